@@ -1,0 +1,2 @@
+//! pitr: keeps PostgreSQL and SQLite databases recoverable to any second.
+fn main() {}
