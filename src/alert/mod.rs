@@ -1,0 +1,1 @@
+//! Alerts (webhooks: Slack, Discord, generic; email). Arrives with the sidecar issue.

@@ -1,0 +1,1 @@
+//! Base backups over the replication protocol. Arrives with the base-backup issue.

@@ -1,0 +1,373 @@
+//! The local catalog: an SQLite index of what the destinations hold.
+//!
+//! It is a cache, never the source of truth (invariant 4): every change comes
+//! from a [`Commit`] that was first stored in the destinations, and replaying
+//! those commits rebuilds it exactly.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::repo::{ChunkId, Commit, Manifest, PackEntry, PackId};
+
+/// A catalog failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// SQLite failed.
+    #[error(
+        "local catalog {path}: {source}; it can be rebuilt from the destinations with `pitr catalog rebuild`"
+    )]
+    Sqlite {
+        /// The catalog file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// A stored row does not parse (the catalog file was damaged).
+    #[error("local catalog {path}: {what}; rebuild it with `pitr catalog rebuild`")]
+    Corrupt {
+        /// The catalog file.
+        path: PathBuf,
+        /// What does not parse.
+        what: String,
+    },
+}
+
+/// One stored item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRow {
+    /// The item's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// When it was written.
+    pub time: jiff::Timestamp,
+    /// Kind-specific attributes.
+    pub attrs: serde_json::Value,
+    /// Its chunks.
+    pub manifest: Manifest,
+    /// The commit object that introduced it.
+    pub commit: String,
+}
+
+/// Where a chunk is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// The pack holding it.
+    pub pack: PackId,
+    /// Its place in the pack.
+    pub entry: PackEntry,
+}
+
+/// The local catalog.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS commits (
+    object TEXT PRIMARY KEY, seq INTEGER NOT NULL, writer TEXT NOT NULL, time TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS packs (
+    id TEXT PRIMARY KEY, size INTEGER NOT NULL, commit_object TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    id BLOB PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL,
+    length INTEGER NOT NULL, raw_length INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, time TEXT NOT NULL,
+    size INTEGER NOT NULL, attrs TEXT NOT NULL, manifest TEXT NOT NULL, commit_object TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS items_name ON items(name);
+";
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let conn = Connection::open(path).map_err(|source| CatalogError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cat = Catalog {
+            conn,
+            path: path.to_owned(),
+        };
+        cat.conn.execute_batch(SCHEMA).map_err(|e| cat.err(e))?;
+        Ok(cat)
+    }
+
+    /// The catalog file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> CatalogError {
+        CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, what: String) -> CatalogError {
+        CatalogError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    /// Names of every commit object applied so far.
+    pub fn applied_commits(&self) -> Result<std::collections::HashSet<String>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT object FROM commits")
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The sequence number for the next commit.
+    pub fn next_seq(&self) -> Result<u64, CatalogError> {
+        let max: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM commits", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(max.map_or(1, |m| m as u64 + 1))
+    }
+
+    /// Records a commit that is stored in the destinations. Idempotent.
+    pub fn apply(&mut self, object: &str, commit: &Commit) -> Result<(), CatalogError> {
+        let path = self.path.clone();
+        let err = |source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO commits (object, seq, writer, time) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    object,
+                    commit.seq as i64,
+                    commit.writer,
+                    commit.time.to_string()
+                ],
+            )
+            .map_err(err)?;
+        if inserted == 0 {
+            return Ok(());
+        }
+        {
+            let mut pack_st = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO packs (id, size, commit_object) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(err)?;
+            let mut chunk_st = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(err)?;
+            for p in &commit.packs {
+                pack_st
+                    .execute(params![p.id, p.size as i64, object])
+                    .map_err(err)?;
+                for c in &p.chunks {
+                    chunk_st
+                        .execute(params![
+                            &c.chunk.0[..],
+                            p.id,
+                            c.offset as i64,
+                            c.length,
+                            c.raw_length
+                        ])
+                        .map_err(err)?;
+                }
+            }
+            let mut item_st = tx
+                .prepare_cached(
+                    "INSERT INTO items (name, kind, time, size, attrs, manifest, commit_object)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(err)?;
+            for it in &commit.items {
+                let manifest =
+                    serde_json::to_string(&it.manifest).expect("a manifest always serializes");
+                item_st
+                    .execute(params![
+                        it.manifest.name,
+                        it.kind,
+                        it.time.to_string(),
+                        it.manifest.size as i64,
+                        it.attrs.to_string(),
+                        manifest,
+                        object
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Whether a chunk is stored.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        st.exists([&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// Where a chunk is stored.
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pack, offset, length, raw_length FROM chunks WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        let row: Option<(String, i64, u32, u32)> = st
+            .query_row([&id.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((pack, offset, length, raw_length)) = row else {
+            return Ok(None);
+        };
+        let pack =
+            PackId::parse(&pack).ok_or_else(|| self.corrupt(format!("bad pack id {pack:?}")))?;
+        Ok(Some(ChunkLocation {
+            pack,
+            entry: PackEntry {
+                chunk: *id,
+                offset: offset as u64,
+                length,
+                raw_length,
+            },
+        }))
+    }
+
+    /// Every pack: `(id, size)`.
+    pub fn packs(&self) -> Result<Vec<(PackId, u64)>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, size FROM packs ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(String, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(id, size)| {
+                PackId::parse(&id)
+                    .map(|p| (p, size as u64))
+                    .ok_or_else(|| self.corrupt(format!("bad pack id {id:?}")))
+            })
+            .collect()
+    }
+
+    /// The entries of one pack, by offset.
+    pub fn pack_entries(&self, pack: &PackId) -> Result<Vec<PackEntry>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, offset, length, raw_length FROM chunks WHERE pack = ?1 ORDER BY offset",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(Vec<u8>, i64, u32, u32)> = st
+            .query_map([pack.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(id, offset, length, raw_length)| {
+                let id: [u8; 32] = id
+                    .try_into()
+                    .map_err(|_| self.corrupt("bad chunk id".into()))?;
+                Ok(PackEntry {
+                    chunk: ChunkId(id),
+                    offset: offset as u64,
+                    length,
+                    raw_length,
+                })
+            })
+            .collect()
+    }
+
+    /// Items whose name starts with `prefix`, oldest first.
+    pub fn items(&self, prefix: &str) -> Result<Vec<ItemRow>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT name, kind, time, attrs, manifest, commit_object FROM items
+                 WHERE substr(name, 1, length(?1)) = ?1 ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(String, String, String, String, String, String)> = st
+            .query_map([prefix], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(name, kind, time, attrs, manifest, commit)| {
+                Ok(ItemRow {
+                    time: time
+                        .parse()
+                        .map_err(|e| self.corrupt(format!("item {name}: time: {e}")))?,
+                    attrs: serde_json::from_str(&attrs)
+                        .map_err(|e| self.corrupt(format!("item {name}: attrs: {e}")))?,
+                    manifest: serde_json::from_str(&manifest)
+                        .map_err(|e| self.corrupt(format!("item {name}: manifest: {e}")))?,
+                    name,
+                    kind,
+                    commit,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest item of this exact name.
+    pub fn latest_item(&self, name: &str) -> Result<Option<ItemRow>, CatalogError> {
+        Ok(self.items(name)?.into_iter().rev().find(|i| i.name == name))
+    }
+
+    /// A canonical text dump of everything the catalog knows, independent of
+    /// insertion order: two catalogs that know the same are dumped equal.
+    pub fn dump(&self) -> Result<String, CatalogError> {
+        let queries = [
+            "SELECT 'commit', object, seq, writer, time FROM commits ORDER BY object",
+            "SELECT 'pack', id, size, commit_object FROM packs ORDER BY id",
+            "SELECT 'chunk', hex(id), pack, offset, length, raw_length FROM chunks ORDER BY id",
+            "SELECT 'item', commit_object, name, kind, time, size, attrs, manifest FROM items
+             ORDER BY commit_object, id",
+        ];
+        let mut out = String::new();
+        for q in queries {
+            let mut st = self.conn.prepare(q).map_err(|e| self.err(e))?;
+            let n = st.column_count();
+            let mut rows = st.query([]).map_err(|e| self.err(e))?;
+            while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+                let cols: Vec<String> = (0..n)
+                    .map(|i| match row.get_ref(i) {
+                        Ok(v) => format!("{v:?}"),
+                        Err(e) => format!("<{e}>"),
+                    })
+                    .collect();
+                out.push_str(&cols.join("\t"));
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+}

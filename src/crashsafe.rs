@@ -1,0 +1,63 @@
+//! Crash-safe local files: temp file → fsync → rename → fsync the directory,
+//! so a crash leaves either the old file or the new one, never a torn one.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically and durably, creating it with `mode`.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{:08x}",
+        name.to_string_lossy(),
+        rand::random::<u32>()
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn writes_atomically_with_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("secret");
+        write_file(&p, b"one", 0o600).expect("write");
+        write_file(&p, b"two", 0o600).expect("overwrite");
+        assert_eq!(fs::read(&p).expect("read"), b"two");
+        assert_eq!(
+            fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("dir").count(),
+            1,
+            "no temp files left"
+        );
+    }
+}

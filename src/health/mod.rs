@@ -1,0 +1,1 @@
+//! The health endpoint and Prometheus metrics. Arrives with the sidecar issue.

@@ -1,0 +1,16 @@
+//! pitr keeps PostgreSQL and SQLite databases recoverable to any second of
+//! their history. See `docs/` and the design card for the architecture: data
+//! flows from the sources (`wal`, `basebackup`, `sqlite`) through the
+//! repository format (`repo`) to the destinations (`ship`); `catalog` indexes
+//! what is stored; `pitr` plans and runs restores.
+
+pub mod alert;
+pub mod basebackup;
+pub mod catalog;
+pub mod crashsafe;
+pub mod health;
+pub mod pitr;
+pub mod repo;
+pub mod ship;
+pub mod sqlite;
+pub mod wal;

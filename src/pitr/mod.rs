@@ -1,0 +1,1 @@
+//! Restore planning and execution, `wal-fetch`. Arrives with the PITR issue.

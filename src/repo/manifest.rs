@@ -1,0 +1,219 @@
+//! Manifests, catalog commits and the repository descriptor: the JSON parts of
+//! the format. See docs/FORMAT.md.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::RepoError;
+use super::chunking::Chunking;
+use super::keys::{ChunkId, RepositoryKey};
+use super::pack::PackEntry;
+use super::seal::{self, SealKind};
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_NAME: &str = "pitr-repository";
+
+/// The chunks of one item, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The item's name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// How it was cut.
+    pub chunker: Chunking,
+    /// Keyed BLAKE3 of the whole plaintext, hex.
+    pub hash: String,
+    /// `(chunk id, plaintext length)` in order.
+    pub chunks: Vec<(ChunkId, u32)>,
+}
+
+/// One item as recorded in a catalog commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemRecord {
+    /// What the item is (`wal`, `base-file`, `sqlite-pages`, ...): later issues
+    /// define their kinds; the repository does not interpret it.
+    pub kind: String,
+    /// When it was written.
+    pub time: Timestamp,
+    /// Kind-specific attributes (LSN ranges, timelines, ...).
+    pub attrs: serde_json::Value,
+    /// Its chunks.
+    pub manifest: Manifest,
+}
+
+/// One pack as recorded in a catalog commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackRecord {
+    /// The pack id, hex.
+    pub id: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its index.
+    pub chunks: Vec<PackEntry>,
+}
+
+/// What became durable together: one `catalog/<seq>-<writer>` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commit {
+    /// Format version of this commit.
+    pub version: u32,
+    /// Sequence number.
+    pub seq: u64,
+    /// The writer that made it (16 hex).
+    pub writer: String,
+    /// When it was made.
+    pub time: Timestamp,
+    /// Packs it introduces.
+    pub packs: Vec<PackRecord>,
+    /// Items it introduces.
+    pub items: Vec<ItemRecord>,
+}
+
+impl Commit {
+    /// The object name of this commit.
+    pub fn object_name(&self) -> String {
+        commit_object_name(self.seq, &self.writer)
+    }
+
+    /// The plaintext encoding (before compression and sealing).
+    pub fn encode_plain(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a commit always serializes")
+    }
+
+    /// The object bytes: sealed zstd of the JSON.
+    pub fn encode(&self, key: &RepositoryKey) -> Vec<u8> {
+        let z = zstd::bulk::compress(&self.encode_plain(), 3)
+            .expect("zstd compression of an in-memory buffer cannot fail");
+        seal::seal(key, SealKind::CatalogCommit, &self.object_name(), &z)
+    }
+
+    /// Opens and parses a commit object.
+    pub fn decode(key: &RepositoryKey, object: &str, bytes: &[u8]) -> Result<Commit, RepoError> {
+        let z = seal::open(key, SealKind::CatalogCommit, object, object, bytes)?;
+        let malformed = |what: String| RepoError::Malformed {
+            object: object.to_owned(),
+            what,
+        };
+        let mut plain = Vec::new();
+        zstd::stream::copy_decode(&z[..], &mut plain)
+            .map_err(|e| malformed(format!("its commit is not valid zstd: {e}")))?;
+        let version: VersionOnly = serde_json::from_slice(&plain)
+            .map_err(|e| malformed(format!("its commit is not valid JSON: {e}")))?;
+        if version.version != FORMAT_VERSION {
+            return Err(RepoError::UnsupportedVersion {
+                object: object.to_owned(),
+                found: version.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let commit: Commit = serde_json::from_slice(&plain)
+            .map_err(|e| malformed(format!("its commit does not parse: {e}")))?;
+        if commit.object_name() != object {
+            return Err(RepoError::Swapped {
+                object: object.to_owned(),
+                what: format!("it holds commit {}", commit.object_name()),
+            });
+        }
+        Ok(commit)
+    }
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: u32,
+}
+
+/// `catalog/<seq as 16 hex>-<writer>`.
+pub fn commit_object_name(seq: u64, writer: &str) -> String {
+    format!("catalog/{seq:016x}-{writer}")
+}
+
+/// Parses a commit object name into `(seq, writer)`.
+pub fn parse_commit_object_name(name: &str) -> Option<(u64, String)> {
+    let rest = name.strip_prefix("catalog/")?;
+    let (seq, writer) = rest.split_once('-')?;
+    if seq.len() != 16 || writer.len() != 16 || !writer.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((u64::from_str_radix(seq, 16).ok()?, writer.to_owned()))
+}
+
+/// The `config` object: what a writer checks before writing anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Descriptor {
+    /// Always `pitr-repository`.
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// Random id of this repository, hex.
+    pub repository_id: String,
+    /// When `pitr init` created it.
+    pub created: Timestamp,
+    /// The repository key's id.
+    pub key_id: String,
+    /// BLAKE3 of the sorted recipients, hex.
+    pub recipients_fingerprint: String,
+}
+
+/// The name of the descriptor object.
+pub const DESCRIPTOR_OBJECT: &str = "config";
+
+impl Descriptor {
+    /// A descriptor for a new repository.
+    pub fn new(key: &RepositoryKey, recipients: &[age::x25519::Recipient]) -> Self {
+        Descriptor {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            repository_id: hex::encode(rand::random::<[u8; 16]>()),
+            created: Timestamp::now(),
+            key_id: key.key_id(),
+            recipients_fingerprint: recipients_fingerprint(recipients),
+        }
+    }
+
+    /// The object bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("a descriptor always serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses the object, refusing other formats and versions.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RepoError> {
+        let malformed = |what: String| RepoError::Malformed {
+            object: DESCRIPTOR_OBJECT.into(),
+            what,
+        };
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| malformed(format!("not JSON ({e}); is this a pitr repository?")))?;
+        if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
+            return Err(malformed("not a pitr repository descriptor".into()));
+        }
+        let version = v.get("version").and_then(|f| f.as_u64()).unwrap_or(0);
+        if version != u64::from(FORMAT_VERSION) {
+            return Err(RepoError::UnsupportedVersion {
+                object: DESCRIPTOR_OBJECT.into(),
+                found: u32::try_from(version).unwrap_or(u32::MAX),
+                supported: FORMAT_VERSION,
+            });
+        }
+        serde_json::from_value(v).map_err(|e| malformed(e.to_string()))
+    }
+}
+
+/// BLAKE3 of the sorted recipient strings joined by `\n`, hex.
+pub fn recipients_fingerprint(recipients: &[age::x25519::Recipient]) -> String {
+    let mut names: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    names.sort();
+    names.dedup();
+    blake3::hash(names.join("\n").as_bytes())
+        .to_hex()
+        .to_string()
+}

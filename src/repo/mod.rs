@@ -1,0 +1,543 @@
+//! The repository: pitr's on-store format (docs/FORMAT.md) and the streaming
+//! API over it.
+//!
+//! Content is cut into chunks, each zstd-compressed then age-encrypted to the
+//! recipients, grouped into packs, and recorded in catalog commits. Writing
+//! needs only the recipients and the repository key; reading chunk data needs
+//! the identity (invariant 5). Everything read back is authenticated and its
+//! chunk id recomputed (invariant 3).
+
+mod chunking;
+mod keys;
+mod manifest;
+mod pack;
+mod reader;
+mod seal;
+mod verify;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::ship::{Fanout, ShipError};
+
+pub use chunking::Chunking;
+pub use keys::{ChunkId, RepositoryKey, age_decrypt, age_encrypt};
+pub use manifest::{
+    Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, ItemRecord, Manifest, PackRecord,
+    commit_object_name, recipients_fingerprint,
+};
+pub use pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
+pub use reader::Reader;
+pub use seal::SealKind;
+pub use verify::{VerifyProblem, VerifyReport};
+pub use writer::{CommitInfo, Writer};
+
+/// Something went wrong reading or writing the repository. Variants a caller
+/// must tell apart (corruption kinds, missing keys) are separate.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// Authentication failed: the bytes were altered.
+    #[error(
+        "object {object} was altered: {what}. Restore it from another destination (`pitr verify` lists every damaged object)"
+    )]
+    Tampered {
+        /// The object.
+        object: String,
+        /// What failed.
+        what: String,
+    },
+    /// The object is shorter than it must be.
+    #[error("object {object} is truncated: {what}. Restore it from another destination")]
+    Truncated {
+        /// The object.
+        object: String,
+        /// What is missing.
+        what: String,
+    },
+    /// The object authenticates but holds other content than its name says.
+    #[error("object {object} holds the wrong content (swapped or replaced): {what}")]
+    Swapped {
+        /// The object.
+        object: String,
+        /// What differs.
+        what: String,
+    },
+    /// The identity cannot decrypt this object.
+    #[error(
+        "object {object} cannot be decrypted with the configured identity: it was encrypted to other recipients. Set repository.identity_file to the identity matching this store's recipients"
+    )]
+    WrongIdentity {
+        /// The object.
+        object: String,
+    },
+    /// Sealed metadata did not authenticate.
+    #[error(
+        "object {object}: its sealed metadata does not authenticate: it was altered, or the repository key is not this store's"
+    )]
+    MetadataAuth {
+        /// The object.
+        object: String,
+    },
+    /// A format version this build does not know.
+    #[error(
+        "object {object} has format version {found}; this pitr reads version {supported}. Use a pitr release that supports version {found}"
+    )]
+    UnsupportedVersion {
+        /// The object.
+        object: String,
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// Not the structure the format prescribes.
+    #[error("object {object} is malformed: {what}")]
+    Malformed {
+        /// The object.
+        object: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// No destination holds a repository.
+    #[error(
+        "destination {dest} holds no pitr repository (no `config` object). Run `pitr init -c <config>` first"
+    )]
+    NotInitialized {
+        /// The destination.
+        dest: String,
+    },
+    /// The store was made for other recipients.
+    #[error(
+        "destination {dest} holds a repository made for other age recipients (fingerprint {found}, configured {configured}). Writing would produce backups its owners cannot read: fix repository.recipients or point at the right destination"
+    )]
+    RecipientsMismatch {
+        /// The destination.
+        dest: String,
+        /// The store's fingerprint.
+        found: String,
+        /// The configured recipients' fingerprint.
+        configured: String,
+    },
+    /// Destinations hold different repositories.
+    #[error(
+        "destinations {a} and {b} hold different repositories (ids {a_id} and {b_id}); every destination of one config must hold the same one"
+    )]
+    DescriptorsDiffer {
+        /// One destination.
+        a: String,
+        /// Its repository id.
+        a_id: String,
+        /// Another destination.
+        b: String,
+        /// Its repository id.
+        b_id: String,
+    },
+    /// A key file does not parse.
+    #[error("repository key file {path} is not 64 hex characters")]
+    BadKeyFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key that belongs to another store.
+    #[error(
+        "repository key from {origin} (key id {found}) is not this store's (key id {expected}); use the key `pitr init` wrote for this store"
+    )]
+    KeyMismatch {
+        /// Where the key came from.
+        origin: String,
+        /// Its id.
+        found: String,
+        /// The store's key id.
+        expected: String,
+    },
+    /// The writer has no repository key.
+    #[error(
+        "no repository key: {state_dir}/repository.key is missing and repository.key_file is not set. Set repository.key_file to the key `pitr init` wrote, or run `pitr catalog rebuild` once with repository.identity_file set to recover it from the store"
+    )]
+    NoRepositoryKey {
+        /// The state directory.
+        state_dir: PathBuf,
+    },
+    /// Reading data needs the identity.
+    #[error(
+        "reading backups needs the age identity: set repository.identity_file (the sidecar itself holds only recipients)"
+    )]
+    NoIdentity,
+    /// An item refers to a chunk the catalog does not know.
+    #[error(
+        "item {item}: chunk {chunk} is in no known pack; the catalog or the store lost it (run `pitr verify`)"
+    )]
+    MissingChunk {
+        /// The item.
+        item: String,
+        /// The chunk.
+        chunk: ChunkId,
+    },
+    /// The reassembled item does not match its manifest.
+    #[error("item {item}: reassembled content does not match its manifest ({what})")]
+    ItemMismatch {
+        /// The item.
+        item: String,
+        /// What differs.
+        what: String,
+    },
+    /// Reading the input of a write failed.
+    #[error("reading the input of item {item}: {source}")]
+    Input {
+        /// The item.
+        item: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A local file failed.
+    #[error("{path}: {source}")]
+    Local {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A destination failed.
+    #[error(transparent)]
+    Ship(#[from] ShipError),
+    /// The local catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// What a repository needs from the configuration.
+#[derive(Clone)]
+pub struct RepoOptions {
+    /// age recipients every chunk is encrypted to.
+    pub recipients: Vec<age::x25519::Recipient>,
+    /// Identities for reading (restore / verify); empty for the sidecar.
+    pub identities: Vec<age::x25519::Identity>,
+    /// Where the repository key is given explicitly.
+    pub key_file: Option<PathBuf>,
+    /// Local state: catalog and key.
+    pub state_dir: PathBuf,
+    /// zstd level for chunks.
+    pub zstd_level: i32,
+    /// Target pack size in bytes.
+    pub pack_size: usize,
+}
+
+impl std::fmt::Debug for RepoOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoOptions")
+            .field(
+                "recipients",
+                &self
+                    .recipients
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "identities",
+                &format_args!("[{} redacted]", self.identities.len()),
+            )
+            .field("key_file", &self.key_file)
+            .field("state_dir", &self.state_dir)
+            .field("zstd_level", &self.zstd_level)
+            .field("pack_size", &self.pack_size)
+            .finish()
+    }
+}
+
+/// An opened repository over a set of destinations.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    fanout: Fanout,
+    key: RepositoryKey,
+    opts: RepoOptions,
+    descriptor: Descriptor,
+    catalog: Mutex<Catalog>,
+    writer_id: String,
+}
+
+/// What `pitr init` found and did.
+#[derive(Debug)]
+pub struct InitReport {
+    /// The repository's descriptor.
+    pub descriptor: Descriptor,
+    /// Whether a new repository was created.
+    pub created: bool,
+    /// Destinations that received the descriptor and key object now.
+    pub seeded: Vec<String>,
+    /// Where the repository key is kept locally.
+    pub key_path: PathBuf,
+}
+
+const KEY_FILE_NAME: &str = "repository.key";
+const CATALOG_FILE_NAME: &str = "catalog.db";
+
+fn local(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |source| RepoError::Local {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn key_object_name(key_id: &str) -> String {
+    format!("keys/{key_id}")
+}
+
+impl Repository {
+    /// Prepares every destination and makes sure each holds the same
+    /// repository, creating it when none exists. Idempotent.
+    pub async fn init(fanout: &Fanout, opts: &RepoOptions) -> Result<InitReport, RepoError> {
+        std::fs::create_dir_all(&opts.state_dir).map_err(local(&opts.state_dir))?;
+        let mut found: Vec<(String, Option<(Descriptor, bytes::Bytes)>)> = Vec::new();
+        for d in fanout.destinations() {
+            d.prepare().await?;
+            let got = match d.get(DESCRIPTOR_OBJECT).await {
+                Ok(b) => Some((Descriptor::decode(&b)?, b)),
+                Err(ShipError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            found.push((d.name().to_owned(), got));
+        }
+        let existing = found
+            .iter()
+            .find_map(|(n, d)| d.as_ref().map(|d| (n.clone(), d.clone())));
+        let configured = recipients_fingerprint(&opts.recipients);
+        let key_path = opts.state_dir.join(KEY_FILE_NAME);
+        let (descriptor, descriptor_bytes, created) = match existing {
+            Some((name, (descriptor, bytes))) => {
+                for (other, d) in &found {
+                    if let Some((d, _)) = d
+                        && d.repository_id != descriptor.repository_id
+                    {
+                        return Err(RepoError::DescriptorsDiffer {
+                            a: name,
+                            a_id: descriptor.repository_id,
+                            b: other.clone(),
+                            b_id: d.repository_id.clone(),
+                        });
+                    }
+                }
+                check_recipients(&name, &descriptor, &configured)?;
+                (descriptor, bytes, false)
+            }
+            None => {
+                let key = match &opts.key_file {
+                    Some(p) => read_key_file(p)?,
+                    None => RepositoryKey::generate(),
+                };
+                crate::crashsafe::write_file(&key_path, key.to_text().as_bytes(), 0o600)
+                    .map_err(local(&key_path))?;
+                let d = Descriptor::new(&key, &opts.recipients);
+                let key_obj = age_encrypt(&opts.recipients, &key.encode_key_object());
+                // The key object first: a descriptor never names a missing key.
+                fanout
+                    .put_if_absent(&key_object_name(&d.key_id), key_obj.into())
+                    .await?;
+                let bytes = bytes::Bytes::from(d.encode());
+                (d, bytes, true)
+            }
+        };
+        let key = load_key(fanout, opts, &descriptor).await?;
+        let key_name = key_object_name(&descriptor.key_id);
+        let key_obj = fanout.get(&key_name).await?;
+        let mut seeded = Vec::new();
+        for (d, (name, had)) in fanout.destinations().iter().zip(&found) {
+            if had.is_none() {
+                d.put_if_absent(&key_name, key_obj.clone()).await?;
+                d.put_if_absent(DESCRIPTOR_OBJECT, descriptor_bytes.clone())
+                    .await?;
+                seeded.push(name.clone());
+            }
+        }
+        if !key_path.exists() {
+            crate::crashsafe::write_file(&key_path, key.to_text().as_bytes(), 0o600)
+                .map_err(local(&key_path))?;
+        }
+        Ok(InitReport {
+            descriptor,
+            created,
+            seeded,
+            key_path,
+        })
+    }
+
+    /// Opens the repository: checks the store's descriptor against the
+    /// configuration, loads the repository key, and brings the local catalog
+    /// up to date with the store (rebuilding it when the state is empty).
+    pub async fn open(fanout: Fanout, opts: RepoOptions) -> Result<Repository, RepoError> {
+        let first = fanout
+            .destinations()
+            .first()
+            .map(|d| d.name().to_owned())
+            .unwrap_or_default();
+        let bytes = match fanout.get(DESCRIPTOR_OBJECT).await {
+            Ok(b) => b,
+            Err(ShipError::NotFound { .. }) => {
+                return Err(RepoError::NotInitialized { dest: first });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let descriptor = Descriptor::decode(&bytes)?;
+        check_recipients(
+            &first,
+            &descriptor,
+            &recipients_fingerprint(&opts.recipients),
+        )?;
+        std::fs::create_dir_all(&opts.state_dir).map_err(local(&opts.state_dir))?;
+        let key = load_key(&fanout, &opts, &descriptor).await?;
+        let catalog_path = opts.state_dir.join(CATALOG_FILE_NAME);
+        let catalog = Catalog::open(&catalog_path)?;
+        let repo = Repository {
+            inner: Arc::new(Inner {
+                fanout,
+                key,
+                opts,
+                descriptor,
+                catalog: Mutex::new(catalog),
+                writer_id: hex::encode(rand::random::<[u8; 8]>()),
+            }),
+        };
+        repo.sync_catalog().await?;
+        Ok(repo)
+    }
+
+    /// Deletes the local catalog and rebuilds it from the destinations alone.
+    pub async fn rebuild_catalog(
+        fanout: Fanout,
+        opts: RepoOptions,
+    ) -> Result<Repository, RepoError> {
+        let path = opts.state_dir.join(CATALOG_FILE_NAME);
+        for suffix in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{suffix}", path.display()));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RepoError::Local { path: p, source: e }),
+            }
+        }
+        Self::open(fanout, opts).await
+    }
+
+    /// Applies every commit in the store that the local catalog lacks, in
+    /// order. Returns how many were applied.
+    pub async fn sync_catalog(&self) -> Result<usize, RepoError> {
+        let listed = self.inner.fanout.list("catalog/").await?;
+        let applied = self.catalog().applied_commits()?;
+        let mut todo: Vec<(u64, String, String)> = listed
+            .into_iter()
+            .filter(|m| !applied.contains(&m.key))
+            .filter_map(|m| {
+                let parsed = manifest::parse_commit_object_name(&m.key);
+                if parsed.is_none() {
+                    tracing::warn!(
+                        object = m.key,
+                        "ignoring an object under catalog/ that is not a commit"
+                    );
+                }
+                parsed.map(|(seq, w)| (seq, w, m.key))
+            })
+            .collect();
+        todo.sort();
+        for (_, _, object) in &todo {
+            let bytes = self.inner.fanout.get(object).await?;
+            let commit = Commit::decode(&self.inner.key, object, &bytes)?;
+            self.catalog().apply(object, &commit)?;
+        }
+        Ok(todo.len())
+    }
+
+    /// The local catalog (held briefly: it is shared with writers).
+    pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        self.inner.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store's descriptor.
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.inner.descriptor
+    }
+
+    /// The repository key.
+    pub fn key(&self) -> &RepositoryKey {
+        &self.inner.key
+    }
+
+    /// The destinations.
+    pub fn fanout(&self) -> &Fanout {
+        &self.inner.fanout
+    }
+
+    /// A writer; several may run at once (each makes its own commits).
+    pub fn writer(&self) -> Writer {
+        Writer::new(self.clone())
+    }
+
+    /// A reader; fails without an identity.
+    pub fn reader(&self) -> Result<Reader, RepoError> {
+        if self.inner.opts.identities.is_empty() {
+            return Err(RepoError::NoIdentity);
+        }
+        Ok(Reader::new(self.clone()))
+    }
+}
+
+fn check_recipients(dest: &str, d: &Descriptor, configured: &str) -> Result<(), RepoError> {
+    if d.recipients_fingerprint != configured {
+        return Err(RepoError::RecipientsMismatch {
+            dest: dest.to_owned(),
+            found: d.recipients_fingerprint.clone(),
+            configured: configured.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn read_key_file(path: &Path) -> Result<RepositoryKey, RepoError> {
+    let text = std::fs::read_to_string(path).map_err(local(path))?;
+    RepositoryKey::from_text(&text, path)
+}
+
+/// Finds the repository key: `key_file`, then `state_dir`, then the store
+/// with the identity (saving it to `state_dir`); checks it is this store's.
+async fn load_key(
+    fanout: &Fanout,
+    opts: &RepoOptions,
+    d: &Descriptor,
+) -> Result<RepositoryKey, RepoError> {
+    let state_key = opts.state_dir.join(KEY_FILE_NAME);
+    let check = |key: RepositoryKey, origin: String| {
+        if key.key_id() == d.key_id {
+            Ok(key)
+        } else {
+            Err(RepoError::KeyMismatch {
+                origin,
+                found: key.key_id(),
+                expected: d.key_id.clone(),
+            })
+        }
+    };
+    if let Some(p) = &opts.key_file {
+        return check(read_key_file(p)?, p.display().to_string());
+    }
+    if state_key.exists() {
+        return check(read_key_file(&state_key)?, state_key.display().to_string());
+    }
+    if opts.identities.is_empty() {
+        return Err(RepoError::NoRepositoryKey {
+            state_dir: opts.state_dir.clone(),
+        });
+    }
+    let name = key_object_name(&d.key_id);
+    let obj = fanout.get(&name).await?;
+    let plain = age_decrypt(&opts.identities, &name, &obj)?;
+    let key = check(RepositoryKey::decode_key_object(&name, &plain)?, name)?;
+    crate::crashsafe::write_file(&state_key, key.to_text().as_bytes(), 0o600)
+        .map_err(local(&state_key))?;
+    Ok(key)
+}

@@ -1,0 +1,184 @@
+//! Reading items back: ranged get of each chunk's blob → age → zstd → chunk
+//! id check, in order, a few chunks ahead; the item's size and keyed hash are
+//! checked at the end.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::keys::{ChunkId, age_decrypt};
+use super::manifest::Manifest;
+use super::pack::PackEntry;
+use super::{Inner, RepoError, Repository};
+
+/// Reads items; holds the identity.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    repo: Repository,
+}
+
+const READ_AHEAD: usize = 4;
+
+impl Reader {
+    pub(super) fn new(repo: Repository) -> Self {
+        Reader { repo }
+    }
+
+    /// The item's plaintext as a stream of verified chunks. The stream ends
+    /// with an error instead of its last chunk if the whole does not match the
+    /// manifest.
+    pub fn stream(
+        &self,
+        manifest: &Manifest,
+    ) -> impl Stream<Item = Result<Bytes, RepoError>> + Send + 'static {
+        let inner = self.repo.inner.clone();
+        let manifest = Arc::new(manifest.clone());
+        let m = manifest.clone();
+        let chunks = futures::stream::iter(manifest.chunks.clone())
+            .map(move |(id, raw_len)| {
+                let inner = inner.clone();
+                let m = m.clone();
+                async move { fetch_chunk(&inner, &m.name, id, raw_len).await }
+            })
+            .buffered(READ_AHEAD);
+        let mut hasher = Some(self.repo.key().item_hasher());
+        let mut size = 0u64;
+        let mut left = manifest.chunks.len();
+        chunks.and_then(move |data| {
+            let manifest = manifest.clone();
+            let result = (|| {
+                let h = hasher
+                    .as_mut()
+                    .expect("the hasher lives until the last chunk");
+                h.update(&data);
+                size += data.len() as u64;
+                left -= 1;
+                if left == 0 {
+                    let h = hasher.take().expect("the last chunk comes once");
+                    check_whole(&manifest, size, &h.finalize().to_hex())?;
+                }
+                Ok(data)
+            })();
+            async move { result }
+        })
+    }
+
+    /// Writes the item's verified plaintext to `out`; returns its size. Checks
+    /// an empty item too.
+    pub async fn read_to<W: AsyncWrite + Unpin>(
+        &self,
+        manifest: &Manifest,
+        out: &mut W,
+    ) -> Result<u64, RepoError> {
+        if manifest.chunks.is_empty() {
+            let h = self.repo.key().item_hasher().finalize();
+            check_whole(manifest, 0, &h.to_hex())?;
+            return Ok(0);
+        }
+        let mut s = std::pin::pin!(self.stream(manifest));
+        let mut n = 0u64;
+        let local = |source| RepoError::Local {
+            path: "(output)".into(),
+            source,
+        };
+        while let Some(b) = s.try_next().await? {
+            out.write_all(&b).await.map_err(local)?;
+            n += b.len() as u64;
+        }
+        out.flush().await.map_err(local)?;
+        Ok(n)
+    }
+}
+
+fn check_whole(m: &Manifest, size: u64, hash: &str) -> Result<(), RepoError> {
+    if size != m.size {
+        return Err(RepoError::ItemMismatch {
+            item: m.name.clone(),
+            what: format!("{size} bytes, manifest says {}", m.size),
+        });
+    }
+    if hash != m.hash {
+        return Err(RepoError::ItemMismatch {
+            item: m.name.clone(),
+            what: "the keyed hash differs".into(),
+        });
+    }
+    Ok(())
+}
+
+async fn fetch_chunk(
+    inner: &Arc<Inner>,
+    item: &str,
+    id: ChunkId,
+    raw_len: u32,
+) -> Result<Bytes, RepoError> {
+    let loc = inner
+        .catalog
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .chunk_location(&id)?
+        .ok_or_else(|| RepoError::MissingChunk {
+            item: item.to_owned(),
+            chunk: id,
+        })?;
+    let object = loc.pack.object_name();
+    let e = loc.entry;
+    let blob = inner
+        .fanout
+        .get_range(&object, e.offset..e.offset + u64::from(e.length))
+        .await?;
+    let inner = inner.clone();
+    let data = tokio::task::spawn_blocking(move || open_blob(&inner, &object, &e, &blob))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    if data.len() != raw_len as usize {
+        return Err(RepoError::ItemMismatch {
+            item: item.to_owned(),
+            what: format!(
+                "chunk {id} has {} bytes, manifest says {raw_len}",
+                data.len()
+            ),
+        });
+    }
+    Ok(Bytes::from(data))
+}
+
+/// Decrypts, decompresses and verifies one chunk blob read from `object`.
+pub(super) fn open_blob(
+    inner: &Inner,
+    object: &str,
+    e: &PackEntry,
+    blob: &[u8],
+) -> Result<Vec<u8>, RepoError> {
+    if blob.len() < e.length as usize {
+        return Err(RepoError::Truncated {
+            object: object.to_owned(),
+            what: format!(
+                "chunk {} should span bytes {}..{} but the object ends after {} of them",
+                e.chunk,
+                e.offset,
+                e.offset + u64::from(e.length),
+                blob.len()
+            ),
+        });
+    }
+    let z = age_decrypt(&inner.opts.identities, object, blob)?;
+    let mut data = Vec::with_capacity(e.raw_length as usize);
+    zstd::stream::copy_decode(&z[..], &mut data).map_err(|err| RepoError::Malformed {
+        object: object.to_owned(),
+        what: format!("chunk {} is not valid zstd: {err}", e.chunk),
+    })?;
+    let actual = inner.key.chunk_id(&data);
+    if actual != e.chunk {
+        return Err(RepoError::Swapped {
+            object: object.to_owned(),
+            what: format!(
+                "the blob at offset {} holds chunk {actual}, expected {}",
+                e.offset, e.chunk
+            ),
+        });
+    }
+    Ok(data)
+}

@@ -1,0 +1,247 @@
+//! Writing items: chunk → dedup → zstd → age → pack → upload → commit.
+//!
+//! Memory is bounded by the pack being filled, one pack being uploaded, and a
+//! few chunks in flight through compression, whatever the item's size.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use jiff::Timestamp;
+use tokio::io::AsyncRead;
+use tokio::task::JoinHandle;
+
+use super::chunking::{self, Chunking};
+use super::keys::{ChunkId, age_encrypt};
+use super::manifest::{Commit, FORMAT_VERSION, ItemRecord, Manifest, PackRecord};
+use super::pack::{PackBuilder, PackId};
+use super::{RepoError, Repository};
+
+/// What a commit made durable.
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    /// The commit object's name.
+    pub object: String,
+    /// Items it recorded.
+    pub items: usize,
+    /// Packs it recorded.
+    pub packs: usize,
+    /// Bytes of packs uploaded for it.
+    pub pack_bytes: u64,
+}
+
+/// Writes items into the repository. Items become visible (in the store and
+/// the catalog) only at [`Writer::commit`].
+#[derive(Debug)]
+pub struct Writer {
+    repo: Repository,
+    pack: PackBuilder,
+    /// Chunks in this writer's uncommitted packs (uploaded or open).
+    pending: HashSet<ChunkId>,
+    uploaded: Vec<PackRecord>,
+    items: Vec<ItemRecord>,
+    upload: Option<JoinHandle<Result<PackRecord, RepoError>>>,
+}
+
+struct Processed {
+    id: ChunkId,
+    data: Vec<u8>,
+    blob: Option<Vec<u8>>,
+}
+
+impl Writer {
+    pub(super) fn new(repo: Repository) -> Self {
+        Writer {
+            repo,
+            pack: PackBuilder::new(),
+            pending: HashSet::new(),
+            uploaded: Vec::new(),
+            items: Vec::new(),
+            upload: None,
+        }
+    }
+
+    /// Stores everything `reader` yields as item `name` and returns its
+    /// manifest. Chunks already stored are not stored again.
+    pub async fn put<R>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        attrs: serde_json::Value,
+        chunking: Chunking,
+        reader: R,
+    ) -> Result<Manifest, RepoError>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+        let inner = self.repo.inner.clone();
+        let input_err = |source| RepoError::Input {
+            item: name.to_owned(),
+            source,
+        };
+        let mut processed = chunking::chunks(chunking, reader)
+            .map_err(input_err)
+            .map_ok(|data| {
+                let inner = inner.clone();
+                async move {
+                    let job =
+                        tokio::task::spawn_blocking(move || -> Result<Processed, RepoError> {
+                            let id = inner.key.chunk_id(&data);
+                            let known = inner
+                                .catalog
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .has_chunk(&id)?;
+                            let blob = if known {
+                                None
+                            } else {
+                                let z = zstd::bulk::compress(&data, inner.opts.zstd_level)
+                                    .map_err(|e| RepoError::Local {
+                                        path: "zstd".into(),
+                                        source: e,
+                                    })?;
+                                Some(age_encrypt(&inner.opts.recipients, &z))
+                            };
+                            Ok(Processed { id, data, blob })
+                        });
+                    match job.await {
+                        Ok(r) => r,
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    }
+                }
+            })
+            .try_buffered(parallel);
+
+        let mut hasher = self.repo.key().item_hasher();
+        let mut size = 0u64;
+        let mut chunks = Vec::new();
+        while let Some(p) = processed.try_next().await? {
+            hasher.update(&p.data);
+            size += p.data.len() as u64;
+            let raw_len = u32::try_from(p.data.len()).expect("chunks are at most a few MiB");
+            chunks.push((p.id, raw_len));
+            if let Some(blob) = p.blob
+                && self.pending.insert(p.id)
+            {
+                self.pack.push(p.id, &blob, raw_len);
+                if self.pack.len() >= self.repo.inner.opts.pack_size {
+                    self.flush_pack().await?;
+                }
+            }
+        }
+        let manifest = Manifest {
+            name: name.to_owned(),
+            size,
+            chunker: chunking,
+            hash: hasher.finalize().to_hex().to_string(),
+            chunks,
+        };
+        self.items.push(ItemRecord {
+            kind: kind.to_owned(),
+            time: Timestamp::now(),
+            attrs,
+            manifest: manifest.clone(),
+        });
+        Ok(manifest)
+    }
+
+    /// Seals the open pack and starts uploading it, after the previous upload
+    /// finished (one upload in flight bounds memory to two packs).
+    async fn flush_pack(&mut self) -> Result<(), RepoError> {
+        self.finish_upload().await?;
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let pack = std::mem::take(&mut self.pack);
+        let inner = self.repo.inner.clone();
+        self.upload = Some(tokio::spawn(async move {
+            let key = inner.key.clone();
+            let (bytes, entries) = tokio::task::spawn_blocking(move || {
+                let (bytes, entries) = pack.finish(&key);
+                (bytes, entries)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let id = PackId::of(&bytes);
+            let size = bytes.len() as u64;
+            inner
+                .fanout
+                .put_if_absent(&id.object_name(), Bytes::from(bytes))
+                .await?;
+            Ok(PackRecord {
+                id: id.to_string(),
+                size,
+                chunks: entries,
+            })
+        }));
+        Ok(())
+    }
+
+    async fn finish_upload(&mut self) -> Result<(), RepoError> {
+        if let Some(handle) = self.upload.take() {
+            let record = handle
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            self.uploaded.push(record);
+        }
+        Ok(())
+    }
+
+    /// Makes every item put since the last commit durable: uploads the open
+    /// pack, then stores the commit object in every destination, then records
+    /// it in the local catalog. Returns `None` when there was nothing to commit.
+    ///
+    /// On error nothing is recorded; the items must be put again.
+    pub async fn commit(&mut self) -> Result<Option<CommitInfo>, RepoError> {
+        let result = self.try_commit().await;
+        if result.is_err() {
+            self.abandon().await;
+        }
+        result
+    }
+
+    async fn try_commit(&mut self) -> Result<Option<CommitInfo>, RepoError> {
+        self.flush_pack().await?;
+        self.finish_upload().await?;
+        if self.items.is_empty() && self.uploaded.is_empty() {
+            return Ok(None);
+        }
+        let inner = &self.repo.inner;
+        let seq = self.repo.catalog().next_seq()?;
+        let commit = Commit {
+            version: FORMAT_VERSION,
+            seq,
+            writer: inner.writer_id.clone(),
+            time: Timestamp::now(),
+            packs: std::mem::take(&mut self.uploaded),
+            items: std::mem::take(&mut self.items),
+        };
+        let object = commit.object_name();
+        let bytes = commit.encode(&inner.key);
+        inner
+            .fanout
+            .put_if_absent(&object, Bytes::from(bytes))
+            .await?;
+        self.repo.catalog().apply(&object, &commit)?;
+        self.pending.clear();
+        Ok(Some(CommitInfo {
+            object,
+            items: commit.items.len(),
+            packs: commit.packs.len(),
+            pack_bytes: commit.packs.iter().map(|p| p.size).sum(),
+        }))
+    }
+
+    /// Drops everything uncommitted (uploaded packs stay as unreferenced
+    /// garbage for a later prune).
+    pub async fn abandon(&mut self) {
+        if let Some(h) = self.upload.take() {
+            let _ = h.await;
+        }
+        self.pack = PackBuilder::new();
+        self.pending.clear();
+        self.uploaded.clear();
+        self.items.clear();
+    }
+}

@@ -1,0 +1,109 @@
+//! The retry layer every destination goes through: exponential backoff with
+//! jitter on transient failures only (a missing object or a full disk is not
+//! retried: it would fail the same way and hide the real problem for longer).
+
+use std::ops::Range;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+
+use super::{Destination, ObjectMeta, PutOutcome, ShipError};
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Delay before the first retry.
+    pub min_delay: Duration,
+    /// Longest delay between two tries.
+    pub max_delay: Duration,
+    /// Retries after the first try.
+    pub max_retries: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            max_retries: 6,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn builder(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_retries)
+            .with_jitter()
+    }
+}
+
+/// Wraps a destination so transient failures are retried.
+#[derive(Debug)]
+pub struct Retrying<D> {
+    inner: D,
+    policy: RetryPolicy,
+}
+
+impl<D: Destination> Retrying<D> {
+    /// Wraps `inner` with `policy`.
+    pub fn new(inner: D, policy: RetryPolicy) -> Self {
+        Retrying { inner, policy }
+    }
+
+    /// The wrapped destination.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, ShipError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ShipError>>,
+    {
+        f.retry(self.policy.builder())
+            .when(ShipError::is_transient)
+            .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "retrying"))
+            .await
+    }
+}
+
+#[async_trait]
+impl<D: Destination> Destination for Retrying<D> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn prepare(&self) -> Result<(), ShipError> {
+        self.inner.prepare().await
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, ShipError> {
+        self.run(|| self.inner.put_if_absent(key, data.clone()))
+            .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, ShipError> {
+        self.run(|| self.inner.get(key)).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ShipError> {
+        self.run(|| self.inner.get_range(key, range.clone())).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ShipError> {
+        self.run(|| self.inner.head(key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ShipError> {
+        self.run(|| self.inner.list(prefix)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), ShipError> {
+        self.run(|| self.inner.delete(key)).await
+    }
+}
