@@ -360,6 +360,10 @@ impl Catalog {
             while let Some(row) = rows.next().map_err(|e| self.err(e))? {
                 let cols: Vec<String> = (0..n)
                     .map(|i| match row.get_ref(i) {
+                        // Text as a quoted string so a dump reads (and diffs) as text.
+                        Ok(rusqlite::types::ValueRef::Text(t)) => {
+                            format!("{:?}", String::from_utf8_lossy(t))
+                        }
                         Ok(v) => format!("{v:?}"),
                         Err(e) => format!("<{e}>"),
                     })

@@ -10,7 +10,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::keys::{ChunkId, age_decrypt};
 use super::manifest::Manifest;
-use super::pack::PackEntry;
+use super::pack::{PackEntry, PackId};
+use super::verify::check_pack;
 use super::{Inner, RepoError, Repository};
 
 /// Reads items; holds the identity.
@@ -129,10 +130,18 @@ async fn fetch_chunk(
         .fanout
         .get_range(&object, e.offset..e.offset + u64::from(e.length))
         .await?;
-    let inner = inner.clone();
-    let data = tokio::task::spawn_blocking(move || open_blob(&inner, &object, &e, &blob))
+    let inner2 = inner.clone();
+    let object2 = object.clone();
+    let data = match tokio::task::spawn_blocking(move || open_blob(&inner2, &object2, &e, &blob))
         .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    {
+        Ok(data) => data,
+        Err(err @ (RepoError::Tampered { .. } | RepoError::Truncated { .. })) => {
+            return Err(diagnose(inner, &object, loc.pack, err).await);
+        }
+        Err(err) => return Err(err),
+    };
     if data.len() != raw_len as usize {
         return Err(RepoError::ItemMismatch {
             item: item.to_owned(),
@@ -143,6 +152,38 @@ async fn fetch_chunk(
         });
     }
     Ok(Bytes::from(data))
+}
+
+/// A ranged read sees only one blob; when it fails, the whole pack tells
+/// whether the object was altered, cut short, or is another pack put in its
+/// place. Returns the more precise error, or `original` when the pack gives no
+/// better answer (this is the error path: reading the pack whole is fine).
+async fn diagnose(inner: &Arc<Inner>, object: &str, pack: PackId, original: RepoError) -> RepoError {
+    let known = || -> Result<(u64, Vec<PackEntry>), RepoError> {
+        let catalog = inner.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        let size = catalog
+            .packs()?
+            .into_iter()
+            .find(|(id, _)| *id == pack)
+            .map(|(_, size)| size);
+        Ok((size.unwrap_or(0), catalog.pack_entries(&pack)?))
+    };
+    let Ok((size, expected)) = known() else {
+        return original;
+    };
+    let Ok(bytes) = inner.fanout.get(object).await else {
+        return original;
+    };
+    let inner = inner.clone();
+    let object = object.to_owned();
+    let found = tokio::task::spawn_blocking(move || {
+        check_pack(&inner, &object, pack, size, &expected, &bytes, false)
+    })
+    .await;
+    match found {
+        Ok(Err(e @ (RepoError::Swapped { .. } | RepoError::Truncated { .. }))) => e,
+        _ => original,
+    }
 }
 
 /// Decrypts, decompresses and verifies one chunk blob read from `object`.

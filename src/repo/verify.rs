@@ -4,9 +4,9 @@
 //! name, sealed index, catalog agreement); with one, every chunk is also
 //! decrypted and its id recomputed.
 
-use super::pack::{PackId, read_index};
+use super::pack::{PackEntry, PackId, read_index};
 use super::reader::open_blob;
-use super::{RepoError, Repository};
+use super::{Inner, RepoError, Repository};
 
 /// One damaged or missing object.
 #[derive(Debug)]
@@ -59,37 +59,9 @@ impl Repository {
                 let inner = inner.clone();
                 let (object2, size) = (object.clone(), *size);
                 let id = *id;
-                let result = tokio::task::spawn_blocking(move || -> Result<usize, RepoError> {
-                    if (bytes.len() as u64) < size {
-                        return Err(RepoError::Truncated {
-                            object: object2,
-                            what: format!("{} bytes, the catalog says {size}", bytes.len()),
-                        });
-                    }
-                    if PackId::of(&bytes) != id {
-                        return Err(RepoError::Swapped {
-                            object: object2,
-                            what: "its content hash does not match its name".into(),
-                        });
-                    }
-                    let entries = read_index(&inner.key, &object2, &bytes)?;
-                    let mut listed = entries.clone();
-                    listed.sort_by_key(|e| e.offset);
-                    if listed != expected {
-                        return Err(RepoError::Malformed {
-                            object: object2,
-                            what: "its index differs from the catalog's record of it".into(),
-                        });
-                    }
-                    if inner.opts.identities.is_empty() {
-                        return Ok(0);
-                    }
-                    for e in &entries {
-                        let start = e.offset as usize;
-                        let blob = &bytes[start..start + e.length as usize];
-                        open_blob(&inner, &object2, e, blob)?;
-                    }
-                    Ok(entries.len())
+                let result = tokio::task::spawn_blocking(move || {
+                    let decrypt = !inner.opts.identities.is_empty();
+                    check_pack(&inner, &object2, id, size, &expected, &bytes, decrypt)
                 })
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -100,7 +72,10 @@ impl Repository {
             }
         }
         // Every item's chunks must be in some pack the catalog knows.
-        for item in self.catalog().items("")? {
+        // Bound first: a guard held across the loop would deadlock on the
+        // `has_chunk` lookups below (std mutexes are not reentrant).
+        let items = self.catalog().items("")?;
+        for item in items {
             for (chunk, _) in &item.manifest.chunks {
                 if !self.catalog().has_chunk(chunk)? {
                     report.problems.push(VerifyProblem {
@@ -116,4 +91,67 @@ impl Repository {
         }
         Ok(report)
     }
+}
+
+/// Checks one whole pack against what the catalog recorded for it and
+/// returns how many chunks were decrypted. The order of the checks is what
+/// makes the error precise: a short object is `Truncated`; an object whose
+/// sealed index opens under our key but lists other chunks is another of our
+/// packs put in its place (`Swapped`); a blob that does not decrypt, or bytes
+/// that differ from the name's hash while everything else checks out, are
+/// `Tampered`.
+pub(super) fn check_pack(
+    inner: &Inner,
+    object: &str,
+    id: PackId,
+    size: u64,
+    expected: &[PackEntry],
+    bytes: &[u8],
+    decrypt: bool,
+) -> Result<usize, RepoError> {
+    let truncated = || RepoError::Truncated {
+        object: object.to_owned(),
+        what: format!("{} bytes, the catalog says {size}", bytes.len()),
+    };
+    // The index first: an index that opens under our key but lists other
+    // chunks identifies a swap even when the sizes differ too.
+    let mut entries = match read_index(&inner.key, object, bytes) {
+        Ok(entries) => entries,
+        Err(_) if (bytes.len() as u64) < size => return Err(truncated()),
+        Err(e) => return Err(e),
+    };
+    entries.sort_by_key(|e| e.offset);
+    if entries != expected {
+        return Err(RepoError::Swapped {
+            object: object.to_owned(),
+            what: "it is a valid pack of this repository, but its index lists other \
+                   chunks than the catalog records for this name"
+                .into(),
+        });
+    }
+    if (bytes.len() as u64) < size {
+        return Err(truncated());
+    }
+    let mut opened = 0;
+    if decrypt {
+        for e in &entries {
+            let start = e.offset as usize;
+            let blob = &bytes[start..start + e.length as usize];
+            open_blob(inner, object, e, blob)?;
+            opened += 1;
+        }
+    }
+    if PackId::of(bytes) != id {
+        return Err(RepoError::Tampered {
+            object: object.to_owned(),
+            what: if decrypt {
+                "its bytes differ from its name's hash outside every chunk blob".into()
+            } else {
+                "its bytes differ from its name's hash (verify with identity_file \
+                 set to find the damaged chunk)"
+                    .into()
+            },
+        });
+    }
+    Ok(opened)
 }
