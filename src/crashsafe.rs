@@ -8,6 +8,46 @@ use std::path::Path;
 
 /// Writes `bytes` to `path` atomically and durably, creating it with `mode`.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, tmp) = temp_beside(path)?;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Like [`write_file`], but fails with `AlreadyExists` instead of replacing
+/// an existing file: for secrets such as identities, where overwriting would
+/// make everything encrypted to the old one unreadable.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, tmp) = temp_beside(path)?;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        // A hard link, unlike rename, refuses an existing target atomically.
+        fs::hard_link(&tmp, path)?;
+        fs::File::open(&dir)?.sync_all()
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+fn temp_beside(path: &Path) -> io::Result<(std::path::PathBuf, std::path::PathBuf)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -20,21 +60,7 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         name.to_string_lossy(),
         rand::random::<u32>()
     ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok((dir.to_owned(), tmp))
 }
 
 #[cfg(test)]

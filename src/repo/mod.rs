@@ -8,6 +8,8 @@
 //! chunk id recomputed (invariant 3).
 
 mod chunking;
+#[cfg(test)]
+mod golden;
 mod keys;
 mod manifest;
 mod pack;
@@ -406,6 +408,31 @@ impl Repository {
         };
         repo.sync_catalog().await?;
         Ok(repo)
+    }
+
+    /// Checks that one destination holds this repository: its descriptor
+    /// exists, has a version this build reads, and was made for the
+    /// configured recipients. Reads one small object; writes nothing.
+    pub async fn check_destination(
+        dest: &dyn crate::ship::Destination,
+        opts: &RepoOptions,
+    ) -> Result<Descriptor, RepoError> {
+        let bytes = match dest.get(DESCRIPTOR_OBJECT).await {
+            Ok(b) => b,
+            Err(ShipError::NotFound { .. }) => {
+                return Err(RepoError::NotInitialized {
+                    dest: dest.name().to_owned(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let descriptor = Descriptor::decode(&bytes)?;
+        check_recipients(
+            dest.name(),
+            &descriptor,
+            &recipients_fingerprint(&opts.recipients),
+        )?;
+        Ok(descriptor)
     }
 
     /// Deletes the local catalog and rebuilds it from the destinations alone.

@@ -1,0 +1,212 @@
+//! Golden tests: the exact bytes of every deterministic part of format v1,
+//! pinned in `tests/golden/`. A failure here means an encoding changed: that
+//! is a format change, to be made on purpose (new version, docs/FORMAT.md),
+//! never by accident. Regenerate with `PITR_UPDATE_GOLDEN=1 cargo test golden`
+//! only when the change is intended.
+//!
+//! age output is randomised (ephemeral keys, nonces, grease), so chunk blobs
+//! and key objects are pinned by decoding checked-in objects instead; the
+//! integration test `golden::a_version_1_store_still_reads` does the same for
+//! a whole store.
+
+use std::path::PathBuf;
+
+use super::chunking::Chunking;
+use super::keys::{ChunkId, RepositoryKey};
+use super::manifest::{Commit, Descriptor, ItemRecord, Manifest, PackRecord};
+use super::pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
+use super::seal::{self, SealKind};
+
+/// The fixed repository key of the golden files. Test-only, never a real key.
+const K: [u8; 32] = [0x42; 32];
+const NONCE: [u8; 24] = [0x07; 24];
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// Compares `actual` with the golden file `name` (hex-encoded, 64 characters
+/// a line, so a diff shows where bytes moved), or rewrites it when asked.
+fn pin(name: &str, actual: &[u8]) {
+    let path = golden_dir().join(name);
+    let hex = hex::encode(actual);
+    let text: String = hex
+        .as_bytes()
+        .chunks(64)
+        .map(|l| format!("{}\n", String::from_utf8_lossy(l)))
+        .collect();
+    if std::env::var_os("PITR_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(golden_dir()).expect("create tests/golden");
+        std::fs::write(&path, text).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "golden file {} is missing ({e}); create it with PITR_UPDATE_GOLDEN=1",
+            path.display()
+        )
+    });
+    assert!(
+        expected == text,
+        "the encoding pinned in {} changed. That is a repository format change: \
+         bump the version and document it in docs/FORMAT.md, then regenerate with \
+         PITR_UPDATE_GOLDEN=1.\n--- expected\n{expected}--- actual\n{text}",
+        path.display()
+    );
+}
+
+fn key() -> RepositoryKey {
+    RepositoryKey::from_bytes(K)
+}
+
+fn entries() -> Vec<PackEntry> {
+    let k = key();
+    vec![
+        PackEntry {
+            chunk: k.chunk_id(b"first chunk"),
+            offset: 10,
+            length: 6,
+            raw_length: 11,
+        },
+        PackEntry {
+            chunk: k.chunk_id(b"second chunk"),
+            offset: 16,
+            length: 7,
+            raw_length: 12,
+        },
+    ]
+}
+
+fn commit() -> Commit {
+    let k = key();
+    let data = b"golden item content\n";
+    let mut h = k.item_hasher();
+    h.update(data);
+    Commit {
+        version: 1,
+        seq: 7,
+        writer: "0123456789abcdef".into(),
+        time: "2026-11-24T06:00:00Z".parse().expect("a fixed time"),
+        packs: vec![PackRecord {
+            id: "ab".repeat(32),
+            size: 1234,
+            chunks: entries(),
+        }],
+        items: vec![ItemRecord {
+            kind: "test".into(),
+            time: "2026-11-24T06:00:01Z".parse().expect("a fixed time"),
+            attrs: serde_json::json!({ "lsn": "0/3000060", "timeline": 1 }),
+            manifest: Manifest {
+                name: "pg/main/wal/000000010000000000000003".into(),
+                size: data.len() as u64,
+                chunker: Chunking::Fixed(131072),
+                hash: h.finalize().to_hex().to_string(),
+                chunks: vec![(k.chunk_id(data), data.len() as u32)],
+            },
+        }],
+    }
+}
+
+#[test]
+fn golden_key_derivations() {
+    let k = key();
+    let mut out = Vec::new();
+    out.extend_from_slice(k.key_id().as_bytes());
+    out.extend_from_slice(&k.chunk_id(b"").0);
+    out.extend_from_slice(&k.chunk_id(b"pitr golden chunk\n").0);
+    out.extend_from_slice(k.meta_key());
+    out.extend_from_slice(k.to_text().as_bytes());
+    pin("key-derivations.hex", &out);
+}
+
+#[test]
+fn golden_key_object_plaintext() {
+    let k = key();
+    let plain = k.encode_key_object();
+    pin("key-object-plaintext.hex", &plain);
+    let back = RepositoryKey::decode_key_object("keys/x", &plain).expect("decodes");
+    assert_eq!(back.key_id(), k.key_id());
+}
+
+#[test]
+fn golden_descriptor() {
+    let d = Descriptor {
+        format: "pitr-repository".into(),
+        version: 1,
+        repository_id: "00112233445566778899aabbccddeeff".into(),
+        created: "2026-11-24T06:00:00Z".parse().expect("a fixed time"),
+        key_id: key().key_id(),
+        recipients_fingerprint: "cd".repeat(32),
+    };
+    let bytes = d.encode();
+    pin("descriptor.hex", &bytes);
+    assert_eq!(Descriptor::decode(&bytes).expect("decodes"), d);
+}
+
+#[test]
+fn golden_sealed_metadata() {
+    let sealed = seal::seal_with_nonce(
+        &key(),
+        SealKind::CatalogCommit,
+        "catalog/0000000000000007-0123456789abcdef",
+        b"sealed golden plaintext",
+        NONCE,
+    );
+    pin("sealed-commit-kind.hex", &sealed);
+    let plain = seal::open(
+        &key(),
+        SealKind::CatalogCommit,
+        "o",
+        "catalog/0000000000000007-0123456789abcdef",
+        &sealed,
+    )
+    .expect("opens");
+    assert_eq!(plain, b"sealed golden plaintext");
+}
+
+#[test]
+fn golden_pack() {
+    let k = key();
+    pin("pack-index-plaintext.hex", &encode_index(&entries()));
+    let mut b = PackBuilder::new();
+    // Stand-ins for age blobs: the pack layout does not look inside them.
+    b.push(k.chunk_id(b"first chunk"), b"blob-a", 11);
+    b.push(k.chunk_id(b"second chunk"), b"blob-bb", 12);
+    let sealed = seal::seal_with_nonce(
+        &k,
+        SealKind::PackIndex,
+        "",
+        &encode_index(&entries()),
+        NONCE,
+    );
+    let (bytes, got) = b.finish_with_sealed(sealed);
+    assert_eq!(got, entries());
+    pin("pack.hex", &bytes);
+    pin("pack-id.hex", PackId::of(&bytes).object_name().as_bytes());
+    assert_eq!(read_index(&k, "p", &bytes).expect("index"), entries());
+}
+
+#[test]
+fn golden_commit() {
+    let c = commit();
+    let plain = c.encode_plain();
+    pin("commit-plaintext.hex", &plain);
+    pin("commit-object-name.hex", c.object_name().as_bytes());
+    // The sealed object, from the pinned plaintext (zstd's output may vary
+    // across zstd versions; the seal and the JSON may not).
+    let z = zstd::bulk::compress(&plain, 3).expect("compress");
+    let sealed = seal::seal_with_nonce(&key(), SealKind::CatalogCommit, &c.object_name(), &z, NONCE);
+    let back = Commit::decode(&key(), &c.object_name(), &sealed).expect("decodes");
+    assert_eq!(back, c);
+}
+
+#[test]
+fn golden_chunk_id_is_keyed() {
+    // The same plaintext under another key has another id: listing a store
+    // does not let anyone confirm a guess about its content.
+    let a = key().chunk_id(b"pitr golden chunk\n");
+    let b = RepositoryKey::from_bytes([0x43; 32]).chunk_id(b"pitr golden chunk\n");
+    let plain = ChunkId(*blake3::hash(b"pitr golden chunk\n").as_bytes());
+    assert_ne!(a, b);
+    assert_ne!(a, plain);
+}
