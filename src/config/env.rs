@@ -307,16 +307,16 @@ fn unknown(
                     )
                 };
                 lines.push(format!(
-                    "{} entries are addressed as PITR_{upper}_<NAME>_<KEY>, NAME being the entry's name uppercased with `-` as `_` ({have}); keys: {}",
+                    "{} entries are addressed as PITR_{upper}_<NAME>_<KEY>, NAME being the entry's name uppercased with `-` as `_` ({have}); KEY is one of {}",
                     section.header(),
-                    section.key_list()
+                    override_keys(section)
                 ));
             }
         } else if var.starts_with(&format!("{PREFIX}{upper}_")) {
             lines.push(format!(
-                "keys of {} are: {}",
+                "Keys of {} are: {}",
                 section.header(),
-                section.key_list()
+                override_keys(section)
             ));
         }
     }
@@ -326,7 +326,7 @@ fn unknown(
             .map(|s| s.name().to_ascii_uppercase())
             .collect();
         lines.push(format!(
-            "variables are named PITR_<SECTION>_<KEY> with SECTION one of {}",
+            "Variables are named PITR_<SECTION>_<KEY> with SECTION one of {}",
             sections.join(", ")
         ));
     }
@@ -339,4 +339,15 @@ fn unknown(
             NOT_CONFIG.join(", ")
         ),
     }
+}
+
+/// The keys of `section` a variable can set, uppercased as in the variable.
+fn override_keys(section: Section) -> String {
+    let keys: Vec<String> = section
+        .keys()
+        .iter()
+        .filter(|k| k.name != "name")
+        .map(|k| k.name.to_ascii_uppercase())
+        .collect();
+    keys.join(", ")
 }

@@ -193,7 +193,7 @@ impl Ctx<'_> {
         ConfigError::Env {
             var: var.to_owned(),
             message: format!(
-                "{what}; it overrides `{key}` from {}. {fix}, or unset {var} to use the file's value",
+                "{what}; it overrides `{key}` from {}. {fix}. Or unset {var} to use the file's value",
                 self.path.display()
             ),
         }

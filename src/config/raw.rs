@@ -240,13 +240,19 @@ pub(super) fn parse(ctx: &Ctx<'_>) -> Result<RawConfig, ConfigError> {
             .unwrap_or_default();
         ConfigError::Parse {
             path: ctx.path.to_path_buf(),
-            message: format!(
-                "not valid TOML{at}: {}. Fix the syntax there (see the example config in the README)",
-                e.message()
-            ),
+            message: format!("not valid TOML{at}: {}. {}", e.message(), syntax_hint(&e)),
         }
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| shape_error(ctx, e))
+}
+
+/// What to do about a syntax error.
+fn syntax_hint(e: &toml::de::Error) -> &'static str {
+    if e.message().contains("duplicate") {
+        "Each key, and each [section], may appear only once; repeated entries are written [[section]]"
+    } else {
+        "Fix the syntax there"
+    }
 }
 
 /// Turns a serde error (valid TOML, wrong shape) into a message about the key.
