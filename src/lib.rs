@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod basebackup;
 pub mod catalog;
+pub mod config;
 pub mod crashsafe;
 pub mod health;
 pub mod pitr;

@@ -1,0 +1,368 @@
+//! The file as written: serde structs that accept any subset of the known keys
+//! and nothing else. Every field is optional so that a missing key gets our
+//! own message (with the fix) instead of serde's, and every value remembers
+//! where it came from so later errors can point at the line or the variable.
+
+use serde::{Deserialize, Deserializer};
+use serde_path_to_error::Segment;
+
+use super::error::{ConfigError, Ctx, Entry, KeyName, Origin, closest};
+
+/// A value and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Val<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Val<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // toml fills `Spanned` with the value's byte range in the file.
+        let spanned = toml::Spanned::<T>::deserialize(d)?;
+        Ok(Val {
+            origin: Origin::File(spanned.span()),
+            value: spanned.into_inner(),
+        })
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub repository: Option<RawRepository>,
+    pub destination: Option<Vec<RawDestination>>,
+    pub postgres: Option<Vec<RawPostgres>>,
+    pub sqlite: Option<Vec<RawSqlite>>,
+    pub health: Option<RawHealth>,
+}
+
+/// `[repository]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRepository {
+    pub recipients: Option<Val<Vec<Val<String>>>>,
+    pub recipients_file: Option<Val<String>>,
+    pub identity_file: Option<Val<String>>,
+    pub state_dir: Option<Val<String>>,
+    pub zstd_level: Option<Val<i64>>,
+    /// An integer of bytes or a string with a unit; checked in validation.
+    pub pack_size: Option<Val<toml::Value>>,
+}
+
+/// One `[[destination]]`. Keys of every kind live here, flat, as they are
+/// written; validation checks which ones the entry's kind uses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDestination {
+    pub name: Option<Val<String>>,
+    pub kind: Option<Val<String>>,
+    pub path: Option<Val<String>>,
+}
+
+/// One `[[postgres]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgres {
+    pub name: Option<Val<String>>,
+    pub conninfo: Option<Val<String>>,
+    pub conninfo_file: Option<Val<String>>,
+    pub slot: Option<Val<String>>,
+    pub base_backup: Option<Val<String>>,
+}
+
+/// One `[[sqlite]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSqlite {
+    pub name: Option<Val<String>>,
+    pub path: Option<Val<String>>,
+}
+
+/// `[health]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub listen: Option<Val<String>>,
+}
+
+/// The sections of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Section {
+    Repository,
+    Destination,
+    Postgres,
+    Sqlite,
+    Health,
+}
+
+/// How an environment variable's text becomes a value of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeyType {
+    Str,
+    Int,
+    /// Comma-separated in the environment.
+    List,
+    /// Bytes, or a number with a unit.
+    Size,
+}
+
+/// One key of a section: its name, type, and an example line for messages.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KeySpec {
+    pub name: &'static str,
+    pub ty: KeyType,
+    pub example: &'static str,
+}
+
+const fn key(name: &'static str, ty: KeyType, example: &'static str) -> KeySpec {
+    KeySpec { name, ty, example }
+}
+
+// These lists must match the raw structs above; `tests::every_key_is_known`
+// checks that each listed key deserializes.
+const REPOSITORY_KEYS: &[KeySpec] = &[
+    key("recipients", KeyType::List, r#"recipients = ["age1…"]"#),
+    key(
+        "recipients_file",
+        KeyType::Str,
+        r#"recipients_file = "/run/secrets/recipients""#,
+    ),
+    key(
+        "identity_file",
+        KeyType::Str,
+        r#"identity_file = "/run/secrets/age""#,
+    ),
+    key("state_dir", KeyType::Str, r#"state_dir = "/var/lib/pitr""#),
+    key("zstd_level", KeyType::Int, "zstd_level = 3"),
+    key("pack_size", KeyType::Size, r#"pack_size = "16MiB""#),
+];
+const DESTINATION_KEYS: &[KeySpec] = &[
+    key("name", KeyType::Str, r#"name = "local""#),
+    key("kind", KeyType::Str, r#"kind = "fs""#),
+    key("path", KeyType::Str, r#"path = "/var/lib/pitr/repo""#),
+];
+const POSTGRES_KEYS: &[KeySpec] = &[
+    key("name", KeyType::Str, r#"name = "main""#),
+    key(
+        "conninfo",
+        KeyType::Str,
+        r#"conninfo = "host=127.0.0.1 port=5432 user=replicator dbname=postgres""#,
+    ),
+    key(
+        "conninfo_file",
+        KeyType::Str,
+        r#"conninfo_file = "/run/secrets/pg-conninfo""#,
+    ),
+    key("slot", KeyType::Str, r#"slot = "pitr""#),
+    key("base_backup", KeyType::Str, r#"base_backup = "0 3 * * *""#),
+];
+const SQLITE_KEYS: &[KeySpec] = &[
+    key("name", KeyType::Str, r#"name = "auth""#),
+    key("path", KeyType::Str, r#"path = "/data/auth.db""#),
+];
+const HEALTH_KEYS: &[KeySpec] = &[key("listen", KeyType::Str, r#"listen = "0.0.0.0:9187""#)];
+
+impl Section {
+    /// Every section, in the order the design card writes them.
+    pub const ALL: [Section; 5] = [
+        Section::Repository,
+        Section::Destination,
+        Section::Postgres,
+        Section::Sqlite,
+        Section::Health,
+    ];
+
+    /// The section's name in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Repository => "repository",
+            Section::Destination => "destination",
+            Section::Postgres => "postgres",
+            Section::Sqlite => "sqlite",
+            Section::Health => "health",
+        }
+    }
+
+    /// Whether it is written `[[name]]` (many named entries).
+    pub fn is_array(self) -> bool {
+        matches!(
+            self,
+            Section::Destination | Section::Postgres | Section::Sqlite
+        )
+    }
+
+    /// The section's header as written in the file.
+    pub fn header(self) -> String {
+        if self.is_array() {
+            format!("[[{}]]", self.name())
+        } else {
+            format!("[{}]", self.name())
+        }
+    }
+
+    /// The keys the section accepts.
+    pub fn keys(self) -> &'static [KeySpec] {
+        match self {
+            Section::Repository => REPOSITORY_KEYS,
+            Section::Destination => DESTINATION_KEYS,
+            Section::Postgres => POSTGRES_KEYS,
+            Section::Sqlite => SQLITE_KEYS,
+            Section::Health => HEALTH_KEYS,
+        }
+    }
+
+    /// The spec of one key.
+    pub fn key(self, name: &str) -> Option<&'static KeySpec> {
+        self.keys().iter().find(|k| k.name == name)
+    }
+
+    /// The section named `name` in the file.
+    pub fn from_name(name: &str) -> Option<Section> {
+        Section::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The valid keys, for "valid keys are …" messages.
+    pub fn key_list(self) -> String {
+        let names: Vec<&str> = self.keys().iter().map(|k| k.name).collect();
+        names.join(", ")
+    }
+}
+
+/// Parses the file's text into the raw structs. Syntax errors become
+/// [`ConfigError::Parse`]; unknown keys and wrong types become
+/// [`ConfigError::Invalid`] naming the key, its line, and the valid keys.
+pub(super) fn parse(ctx: &Ctx<'_>) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(ctx.text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| format!(" at {}", ctx.position(s.start)))
+            .unwrap_or_default();
+        ConfigError::Parse {
+            path: ctx.path.to_path_buf(),
+            message: format!("not valid TOML{at}: {}. {}", e.message(), syntax_hint(&e)),
+        }
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| shape_error(ctx, e))
+}
+
+/// What to do about a syntax error.
+fn syntax_hint(e: &toml::de::Error) -> &'static str {
+    if e.message().contains("duplicate") {
+        "Each key, and each [section], may appear only once; repeated entries are written [[section]]"
+    } else {
+        "Fix the syntax there"
+    }
+}
+
+/// Turns a serde error (valid TOML, wrong shape) into a message about the key.
+fn shape_error(ctx: &Ctx<'_>, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let at = e
+        .inner()
+        .span()
+        .map(|s| format!(" at {}", ctx.position(s.start)))
+        .unwrap_or_default();
+    let detail = e.inner().message().to_owned();
+    // `Val` goes through toml's `Spanned`, whose private field names show up
+    // in the path; they mean nothing to an operator.
+    let segments: Vec<&Segment> = e
+        .path()
+        .iter()
+        .filter(|s| !matches!(s, Segment::Map { key } if key.starts_with("$__serde_spanned")))
+        .collect();
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        path: ctx.path.to_path_buf(),
+        key,
+        message,
+    };
+    let sections: Vec<String> = Section::ALL.iter().map(|s| s.header()).collect();
+    let sections = sections.join(", ");
+
+    let Some(Segment::Map { key: top }) = segments.first() else {
+        return ConfigError::Parse {
+            path: ctx.path.to_path_buf(),
+            message: format!(
+                "{detail}{at}. The file must be a TOML document with the sections {sections}"
+            ),
+        };
+    };
+    let Some(section) = Section::from_name(top) else {
+        let hint = closest(top, Section::ALL.iter().map(|s| s.name()))
+            .map(|s| format!(" Did you mean `{s}`?"))
+            .unwrap_or_default();
+        return invalid(
+            top.clone(),
+            format!(
+                "unknown section or top-level key{at}. Valid sections are {sections}.{hint} Remove or rename it"
+            ),
+        );
+    };
+
+    // Find the entry (for array sections) and the key within the section.
+    let mut rest = segments.get(1..).unwrap_or_default().iter();
+    let entry = if section.is_array() {
+        match rest.next() {
+            Some(Segment::Seq { index }) => entry_of(ctx, section, *index),
+            _ => {
+                return invalid(
+                    section.header(),
+                    format!(
+                        "{detail}{at}. Write each entry as its own {} table, e.g.\n{}\nname = \"…\"",
+                        section.header(),
+                        section.header()
+                    ),
+                );
+            }
+        }
+    } else {
+        Entry::None
+    };
+    let Some(Segment::Map { key: name }) = rest.next() else {
+        return invalid(
+            KeyName::entry(section, &entry, "").to_string(),
+            format!(
+                "{detail}{at}. {} must be a table of keys ({})",
+                section.header(),
+                section.key_list()
+            ),
+        );
+    };
+    let key = KeyName::entry(section, &entry, name);
+    match section.key(name) {
+        None => {
+            let hint = closest(name, section.keys().iter().map(|k| k.name))
+                .map(|k| format!(" Did you mean `{k}`?"))
+                .unwrap_or_default();
+            invalid(
+                key.to_string(),
+                format!(
+                    "unknown key{at}. Valid keys in {} are: {}.{hint} Remove or rename it",
+                    section.header(),
+                    section.key_list()
+                ),
+            )
+        }
+        Some(spec) => invalid(
+            key.to_string(),
+            format!("wrong type{at}: {detail}. Write it like {}", spec.example),
+        ),
+    }
+}
+
+/// Names entry `index` of an array section for a message: by its `name` when
+/// the file gives one, else by position. Parsed loosely, since the strict
+/// parse is what failed.
+fn entry_of(ctx: &Ctx<'_>, section: Section, index: usize) -> Entry {
+    let name = toml::from_str::<toml::Table>(ctx.text).ok().and_then(|t| {
+        t.get(section.name())?
+            .as_array()?
+            .get(index)?
+            .get("name")?
+            .as_str()
+            .map(str::to_owned)
+    });
+    match name {
+        Some(n) => Entry::Named(n),
+        None => Entry::Index(index),
+    }
+}

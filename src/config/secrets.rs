@@ -1,0 +1,163 @@
+//! `*_file` keys: a secret (or a list too long for a variable) kept in its own
+//! file, as Docker and Kubernetes mount them, so it never appears in the
+//! config file or in the process environment.
+
+use std::path::PathBuf;
+
+use super::error::{ConfigError, Ctx, KeyName, Origin};
+use super::raw::Val;
+
+/// A value given either inline or through its `*_file` key.
+#[derive(Debug)]
+pub(super) struct Secret {
+    pub value: String,
+    /// The key that gave it (`conninfo` or `conninfo_file`), for messages.
+    pub key: KeyName,
+    pub origin: Origin,
+    /// The file it was read from, when it came through `*_file`.
+    pub file: Option<PathBuf>,
+}
+
+/// One item of a list given inline or through its `*_file` key.
+#[derive(Debug)]
+pub(super) struct Item {
+    pub value: String,
+    /// Where in the list it is, for messages: `recipients[1]` or
+    /// `line 3 of /run/secrets/recipients`.
+    pub place: String,
+    pub origin: Origin,
+}
+
+/// A list and the key that gave it.
+#[derive(Debug)]
+pub(super) struct List {
+    pub items: Vec<Item>,
+    pub key: KeyName,
+    pub origin: Origin,
+}
+
+/// Resolves `inline` / `file` (e.g. `conninfo` / `conninfo_file`) into one
+/// value: the file's content without its trailing newline, which editors and
+/// `echo` add but no secret means.
+pub(super) fn text(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    inline: Option<Val<String>>,
+    file: Option<Val<String>>,
+) -> Result<Option<Secret>, ConfigError> {
+    let file_key = key.sibling(&format!("{}_file", key.key));
+    match (inline, file) {
+        (None, None) => Ok(None),
+        (Some(v), None) => Ok(Some(Secret {
+            value: v.value,
+            key: key.clone(),
+            origin: v.origin,
+            file: None,
+        })),
+        (Some(_), Some(f)) => Err(both(ctx, key, &file_key, &f.origin)),
+        (None, Some(f)) => {
+            let path = read_path(ctx, &file_key, &f)?;
+            let content = read(ctx, &file_key, &f, &path)?;
+            Ok(Some(Secret {
+                value: content.trim_end_matches(['\n', '\r']).to_owned(),
+                key: file_key,
+                origin: f.origin,
+                file: Some(path),
+            }))
+        }
+    }
+}
+
+/// Resolves a list given inline or as a file of one item per line, where
+/// blank lines and `#` comments are skipped.
+pub(super) fn list(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    inline: Option<Val<Vec<Val<String>>>>,
+    file: Option<Val<String>>,
+) -> Result<Option<List>, ConfigError> {
+    let file_key = key.sibling(&format!("{}_file", key.key));
+    match (inline, file) {
+        (None, None) => Ok(None),
+        (Some(v), None) => Ok(Some(List {
+            items: v
+                .value
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| Item {
+                    value: item.value,
+                    place: format!("{}[{i}]", key.key),
+                    origin: item.origin,
+                })
+                .collect(),
+            key: key.clone(),
+            origin: v.origin,
+        })),
+        (Some(_), Some(f)) => Err(both(ctx, key, &file_key, &f.origin)),
+        (None, Some(f)) => {
+            let path = read_path(ctx, &file_key, &f)?;
+            let content = read(ctx, &file_key, &f, &path)?;
+            let items = content
+                .lines()
+                .enumerate()
+                .filter_map(|(i, line)| {
+                    let value = line.split('#').next().unwrap_or_default().trim();
+                    (!value.is_empty()).then(|| Item {
+                        value: value.to_owned(),
+                        place: format!("line {} of {}", i + 1, path.display()),
+                        origin: f.origin.clone(),
+                    })
+                })
+                .collect();
+            Ok(Some(List {
+                items,
+                key: file_key,
+                origin: f.origin,
+            }))
+        }
+    }
+}
+
+/// The secret file's path, relative ones taken from the config's directory.
+fn read_path(ctx: &Ctx<'_>, file_key: &KeyName, f: &Val<String>) -> Result<PathBuf, ConfigError> {
+    if f.value.trim().is_empty() {
+        return Err(ctx.invalid(
+            file_key,
+            &f.origin,
+            "is empty",
+            "Give the path of the file holding the value",
+        ));
+    }
+    Ok(ctx.resolve(&f.value))
+}
+
+fn read(
+    ctx: &Ctx<'_>,
+    file_key: &KeyName,
+    f: &Val<String>,
+    path: &std::path::Path,
+) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        path: ctx.path.to_path_buf(),
+        key: Ctx::key_label(file_key, &f.origin),
+        file: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Both ways of giving the value are present; which one is meant is a guess
+/// pitr will not make.
+fn both(ctx: &Ctx<'_>, key: &KeyName, file_key: &KeyName, origin: &Origin) -> ConfigError {
+    ctx.invalid(
+        file_key,
+        origin,
+        &format!(
+            "both `{}` and `{}` are set, so it is unclear which one is meant",
+            key.key, file_key.key
+        ),
+        &format!(
+            "Keep only one: `{}` inline or `{}` naming a file that holds it",
+            key.key, file_key.key
+        ),
+    )
+}

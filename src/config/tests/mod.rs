@@ -1,0 +1,65 @@
+//! Unit tests of config loading. Each asserts on the message an operator
+//! sees, not only on the error's existence.
+
+mod env;
+mod file;
+mod secrets;
+mod values;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::error::Ctx;
+use super::raw::{self, KeyType, Section};
+use super::{Config, ConfigError, DestinationKind};
+
+const PATH: &str = "/etc/pitr/pitr.toml";
+
+fn recipient() -> String {
+    age::x25519::Identity::generate().to_public().to_string()
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, Path::new(PATH), &env(vars))
+}
+
+/// The error and its message; fails the test if loading succeeded.
+fn fail(text: &str, vars: &[(&str, &str)]) -> (ConfigError, String) {
+    match load(text, vars) {
+        Ok(c) => panic!("expected an error, loaded {c:?}"),
+        Err(e) => {
+            let msg = e.to_string();
+            (e, msg)
+        }
+    }
+}
+
+/// Asserts that `msg` contains every one of `parts`.
+#[track_caller]
+fn contains_all(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "message lacks {p:?}:\n{msg}");
+    }
+}
+
+/// The smallest valid config: recipients, state_dir, one destination.
+fn minimal(r: &str) -> String {
+    format!(
+        r#"[repository]
+recipients = ["{r}"]
+state_dir = "/var/lib/pitr"
+
+[[destination]]
+name = "local"
+kind = "fs"
+path = "/var/lib/pitr/repo"
+"#
+    )
+}

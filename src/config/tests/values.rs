@@ -1,0 +1,257 @@
+//! Validation of values: required keys, recipients, names, kinds, ranges.
+
+use super::*;
+
+#[test]
+fn missing_recipients() {
+    let text = "[repository]\nstate_dir = \"/s\"\n[[destination]]\nname = \"l\"\nkind = \"fs\"\npath = \"/r\"\n";
+    let (e, msg) = fail(text, &[]);
+    assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "[repository] recipients"));
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[repository] recipients",
+            "recipients = [\"age1…\"]",
+            "pitr keygen",
+        ],
+    );
+
+    let (_, msg) = fail(&minimal("x").replace("[\"x\"]", "[]"), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[repository] recipients",
+            "holds no recipient",
+            "line 2",
+        ],
+    );
+}
+
+#[test]
+fn invalid_recipient_names_index_and_value() {
+    let good = recipient();
+    let text = minimal(&good).replace(
+        &format!("[\"{good}\"]"),
+        &format!("[\"{good}\", \"age1nope\"]"),
+    );
+    let (e, msg) = fail(&text, &[]);
+    assert!(matches!(e, ConfigError::Invalid { .. }));
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[repository] recipients",
+            "recipients[1]",
+            "\"age1nope\"",
+            "line 2",
+            "pitr keygen",
+        ],
+    );
+}
+
+#[test]
+fn secret_key_as_recipient_is_refused_without_echoing_it() {
+    let secret =
+        age::secrecy::ExposeSecret::expose_secret(&age::x25519::Identity::generate().to_string())
+            .to_owned();
+    let (_, msg) = fail(&minimal(&secret), &[]);
+    contains_all(
+        &msg,
+        &[PATH, "recipients[0]", "is an age identity (a secret key)"],
+    );
+    assert!(
+        !msg.contains(&secret),
+        "message leaks the secret key: {msg}"
+    );
+}
+
+#[test]
+fn missing_state_dir() {
+    let text = minimal(&recipient()).replace("state_dir = \"/var/lib/pitr\"\n", "");
+    let (e, msg) = fail(&text, &[]);
+    assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "[repository] state_dir"));
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[repository] state_dir",
+            "state_dir is required",
+            "state_dir = \"/var/lib/pitr\"",
+        ],
+    );
+}
+
+#[test]
+fn no_destination() {
+    let text = format!(
+        "[repository]\nrecipients = [\"{}\"]\nstate_dir = \"/s\"\n",
+        recipient()
+    );
+    let (e, msg) = fail(&text, &[]);
+    assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "[[destination]]"));
+    contains_all(
+        &msg,
+        &[PATH, "no destination is configured", "kind = \"fs\""],
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let r = recipient();
+    let cases = [
+        (
+            "[[destination]]\nname = \"local\"\nkind = \"fs\"\npath = \"/x\"\n",
+            "[[destination]] \"local\" name",
+            "[[destination]] #1",
+        ),
+        (
+            "[[postgres]]\nname = \"main\"\nconninfo = \"host=a\"\n[[postgres]]\nname = \"main\"\nconninfo = \"host=b\"\n",
+            "[[postgres]] \"main\" name",
+            "[[postgres]] #1",
+        ),
+        (
+            "[[sqlite]]\nname = \"auth\"\npath = \"/a\"\n[[sqlite]]\nname = \"auth\"\npath = \"/b\"\n",
+            "[[sqlite]] \"auth\" name",
+            "[[sqlite]] #1",
+        ),
+    ];
+    for (extra, key, first) in cases {
+        let (e, msg) = fail(&format!("{}{extra}", minimal(&r)), &[]);
+        assert!(
+            matches!(&e, ConfigError::Invalid { key: k, .. } if k == key),
+            "{e:?}"
+        );
+        contains_all(
+            &msg,
+            &[PATH, key, "is already used by", first, "unique name"],
+        );
+    }
+}
+
+#[test]
+fn bad_names_and_missing_names() {
+    let r = recipient();
+    let (_, msg) = fail(
+        &minimal(&r).replace("name = \"local\"", "name = \"Local Disk\""),
+        &[],
+    );
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[destination]] #1 name",
+            "\"Local Disk\" is not a valid name",
+            "lowercase",
+        ],
+    );
+    let (_, msg) = fail(&minimal(&r).replace("name = \"local\"\n", ""), &[]);
+    contains_all(&msg, &[PATH, "[[destination]] #1 name", "has no name"]);
+}
+
+#[test]
+fn unknown_kind_lists_supported_kinds() {
+    let (e, msg) = fail(
+        &minimal(&recipient()).replace("kind = \"fs\"", "kind = \"s4\""),
+        &[],
+    );
+    assert!(
+        matches!(&e, ConfigError::Invalid { key, .. } if key == "[[destination]] \"local\" kind")
+    );
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "unknown kind \"s4\"",
+            "supported kinds: fs",
+            "line 7, column 8",
+        ],
+    );
+}
+
+#[test]
+fn fs_destination_needs_path() {
+    let (_, msg) = fail(
+        &minimal(&recipient()).replace("path = \"/var/lib/pitr/repo\"\n", ""),
+        &[],
+    );
+    contains_all(
+        &msg,
+        &[PATH, "[[destination]] \"local\" path", "needs a path"],
+    );
+}
+
+#[test]
+fn range_checks() {
+    let r = recipient();
+    let with = |line: &str| {
+        minimal(&r).replace(
+            "state_dir = \"/var/lib/pitr\"",
+            &format!("state_dir = \"/s\"\n{line}"),
+        )
+    };
+    let (_, msg) = fail(&with("zstd_level = 20"), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[repository] zstd_level",
+            "20 is out of range",
+            "1 (fastest) to 19",
+        ],
+    );
+    let (_, msg) = fail(&with("pack_size = 1000"), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[repository] pack_size",
+            "1000 (1000 bytes) is out of range",
+            "1 MiB to 512 MiB",
+        ],
+    );
+    let (_, msg) = fail(&with("pack_size = \"16MB\""), &[]);
+    contains_all(&msg, &[PATH, "\"16MB\" is not a size"]);
+    let c = load(&with("pack_size = 1048576"), &[]).expect("1 MiB is valid");
+    assert_eq!(c.repository.pack_size, 1024 * 1024);
+    let c = load(&with("pack_size = \"512 MiB\""), &[]).expect("512 MiB is valid");
+    assert_eq!(c.repository.pack_size, 512 * 1024 * 1024);
+    let (_, msg) = fail(
+        &format!("{}[health]\nlisten = \"localhost:9187\"\n", minimal(&r)),
+        &[],
+    );
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[health] listen",
+            "\"localhost:9187\" is not an IP address and port",
+        ],
+    );
+    let pg = |extra: &str| {
+        format!(
+            "{}[[postgres]]\nname = \"main\"\nconninfo = \"host=a\"\n{extra}\n",
+            minimal(&r)
+        )
+    };
+    let (_, msg) = fail(&pg("slot = \"Bad-Slot\""), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" slot",
+            "not a valid replication slot name",
+        ],
+    );
+    let (_, msg) = fail(&pg("base_backup = \"daily\""), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" base_backup",
+            "is not a cron schedule",
+            "0 3 * * *",
+        ],
+    );
+}

@@ -1,0 +1,402 @@
+//! Raw values (file + environment) → a [`Config`] whose every field is
+//! already checked, so nothing past loading validates again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::error::{ConfigError, Ctx, Entry, KeyName};
+use super::raw::{RawConfig, RawDestination, RawPostgres, RawRepository, RawSqlite, Section, Val};
+use super::secrets;
+use super::{
+    Config, DestinationConfig, DestinationKind, HealthConfig, PostgresConfig, RepositoryConfig,
+    SqliteConfig,
+};
+
+const MIB: u64 = 1024 * 1024;
+/// zstd levels pitr accepts; above 19 zstd needs much more memory per level
+/// for little gain, which would break the bounded-memory invariant.
+const ZSTD_LEVELS: std::ops::RangeInclusive<i64> = 1..=19;
+const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Large enough to keep the object count low, small enough to buffer.
+const PACK_SIZES: std::ops::RangeInclusive<u64> = MIB..=512 * MIB;
+const DEFAULT_PACK_SIZE: u64 = 16 * MIB;
+const DEFAULT_SLOT: &str = "pitr";
+/// The destination kinds this build can write to.
+const SUPPORTED_KINDS: &[&str] = &["fs"];
+
+/// Checks everything and builds the [`Config`].
+pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    Ok(Config {
+        path: ctx.path.to_path_buf(),
+        repository: repository(ctx, raw.repository.unwrap_or_default())?,
+        destinations: destinations(ctx, raw.destination.unwrap_or_default())?,
+        postgres: postgres(ctx, raw.postgres.unwrap_or_default())?,
+        sqlite: sqlite(ctx, raw.sqlite.unwrap_or_default())?,
+        health: HealthConfig {
+            listen: match raw.health.and_then(|h| h.listen) {
+                None => None,
+                Some(v) => Some(listen(ctx, v)?),
+            },
+        },
+    })
+}
+
+fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, ConfigError> {
+    let key = |k| KeyName::plain(Section::Repository, k);
+    let add = "Add recipients = [\"age1…\"] (create one with `pitr keygen`), or recipients_file = \"…\" naming a file with one recipient per line";
+    let Some(list) = secrets::list(ctx, &key("recipients"), r.recipients, r.recipients_file)?
+    else {
+        return Err(ctx.missing(
+            &key("recipients"),
+            "no age recipients are configured, and every backup is encrypted to them",
+            add,
+        ));
+    };
+    if list.items.is_empty() {
+        return Err(ctx.invalid(&list.key, &list.origin, "holds no recipient", add));
+    }
+    let mut recipients = Vec::with_capacity(list.items.len());
+    for item in &list.items {
+        match item.value.parse::<age::x25519::Recipient>() {
+            Ok(r) => recipients.push(r),
+            Err(e) => {
+                // Never echo something that looks like a secret key.
+                let what = if item
+                    .value
+                    .to_ascii_uppercase()
+                    .starts_with("AGE-SECRET-KEY-")
+                {
+                    format!(
+                        "{} is an age identity (a secret key), not a recipient; the sidecar must not hold it",
+                        item.place
+                    )
+                } else {
+                    format!(
+                        "{} {:?} is not an age X25519 recipient ({e})",
+                        item.place, item.value
+                    )
+                };
+                return Err(ctx.invalid(
+                    &list.key,
+                    &item.origin,
+                    &what,
+                    "A recipient is `age1` followed by 58 characters, as printed by `pitr keygen` (or `age-keygen -y IDENTITY_FILE`)",
+                ));
+            }
+        }
+    }
+
+    let identity_file = match r.identity_file {
+        None => None,
+        Some(v) => Some(path(ctx, &key("identity_file"), &v)?),
+    };
+    let state_dir = match r.state_dir {
+        Some(v) => path(ctx, &key("state_dir"), &v)?,
+        None => {
+            return Err(ctx.missing(
+                &key("state_dir"),
+                "state_dir is required: pitr keeps its local catalog and spool there",
+                "Add state_dir = \"/var/lib/pitr\" (any directory pitr may write; it can be rebuilt from the destinations)",
+            ));
+        }
+    };
+
+    let zstd_level = match r.zstd_level {
+        None => DEFAULT_ZSTD_LEVEL,
+        Some(v) => match i32::try_from(v.value) {
+            Ok(level) if ZSTD_LEVELS.contains(&v.value) => level,
+            _ => {
+                return Err(ctx.invalid(
+                    &key("zstd_level"),
+                    &v.origin,
+                    &format!("{} is out of range", v.value),
+                    "Use a level from 1 (fastest) to 19 (smallest); 3 is the default",
+                ));
+            }
+        },
+    };
+    let pack_size = match r.pack_size {
+        None => DEFAULT_PACK_SIZE,
+        Some(v) => pack_size(ctx, &key("pack_size"), &v)?,
+    };
+    Ok(RepositoryConfig {
+        recipients,
+        identity_file,
+        state_dir,
+        zstd_level,
+        pack_size,
+    })
+}
+
+fn pack_size(ctx: &Ctx<'_>, key: &KeyName, v: &Val<toml::Value>) -> Result<u64, ConfigError> {
+    let fix = "Give a size from 1 MiB to 512 MiB, as bytes (pack_size = 16777216) or with a unit (pack_size = \"16MiB\"); 16 MiB is the default";
+    let bytes = match &v.value {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(s) => parse_size(s),
+        _ => None,
+    };
+    let shown = match &v.value {
+        toml::Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    match bytes {
+        None => Err(ctx.invalid(key, &v.origin, &format!("{shown} is not a size"), fix)),
+        Some(b) if !PACK_SIZES.contains(&b) => Err(ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{shown} ({b} bytes) is out of range"),
+            fix,
+        )),
+        Some(b) => Ok(b),
+    }
+}
+
+/// `"16MiB"`, `"512 KiB"`, `"1G"`, `"1048576"`: binary units, since pack
+/// sizes are about memory and files, not marketing.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1024,
+        "m" | "mib" => MIB,
+        "g" | "gib" => 1024 * MIB,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// A path value: non-empty, relative ones resolved against the config file's
+/// directory.
+fn path(ctx: &Ctx<'_>, key: &KeyName, v: &Val<String>) -> Result<std::path::PathBuf, ConfigError> {
+    if v.value.trim().is_empty() {
+        let example = key.section.key(&key.key).map_or("", |s| s.example);
+        return Err(ctx.invalid(
+            key,
+            &v.origin,
+            "is empty",
+            &format!("Give a path, e.g. {example}"),
+        ));
+    }
+    Ok(ctx.resolve(&v.value))
+}
+
+/// Checks entry `index`'s name: present, well-formed, and not taken by an
+/// earlier entry of the section (`seen`). Names end up in variable names,
+/// object names and messages, hence the small alphabet.
+fn entry_name(
+    ctx: &Ctx<'_>,
+    section: Section,
+    index: usize,
+    name: Option<Val<String>>,
+    seen: &mut HashMap<String, usize>,
+) -> Result<(Entry, String), ConfigError> {
+    let at_index = KeyName::entry(section, &Entry::Index(index), "name");
+    let example = section.key("name").map_or("", |s| s.example);
+    let Some(name) = name else {
+        return Err(ctx.missing(
+            &at_index,
+            &format!("this {} entry has no name", section.header()),
+            &format!("Add a unique name, e.g. {example}"),
+        ));
+    };
+    let well_formed = !name.value.is_empty()
+        && name
+            .value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !well_formed {
+        return Err(ctx.invalid(
+            &at_index,
+            &name.origin,
+            &format!("{:?} is not a valid name", name.value),
+            "Use only lowercase letters a-z, digits, `_` and `-`",
+        ));
+    }
+    let entry = Entry::Named(name.value.clone());
+    if let Some(first) = seen.insert(name.value.clone(), index) {
+        return Err(ctx.invalid(
+            &KeyName::entry(section, &entry, "name"),
+            &name.origin,
+            &format!(
+                "the name {:?} is already used by {} #{}",
+                name.value,
+                section.header(),
+                first + 1
+            ),
+            &format!("Give each {} entry a unique name", section.header()),
+        ));
+    }
+    Ok((entry, name.value))
+}
+
+fn destinations(
+    ctx: &Ctx<'_>,
+    raw: Vec<RawDestination>,
+) -> Result<Vec<DestinationConfig>, ConfigError> {
+    let section = Section::Destination;
+    if raw.is_empty() {
+        return Err(ctx.missing(
+            &KeyName::plain(section, ""),
+            "no destination is configured, so backups would have nowhere to go",
+            "Add one, e.g.\n[[destination]]\nname = \"local\"\nkind = \"fs\"\npath = \"/var/lib/pitr/repo\"",
+        ));
+    }
+    let mut seen = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, d) in raw.into_iter().enumerate() {
+        let (entry, name) = entry_name(ctx, section, i, d.name, &mut seen)?;
+        let key = |k| KeyName::entry(section, &entry, k);
+        let supported = SUPPORTED_KINDS.join(", ");
+        let Some(kind) = d.kind else {
+            return Err(ctx.missing(
+                &key("kind"),
+                "the destination has no kind",
+                &format!("Add kind = \"fs\" (supported kinds: {supported})"),
+            ));
+        };
+        let kind = match kind.value.as_str() {
+            "fs" => {
+                let Some(p) = d.path else {
+                    return Err(ctx.missing(
+                        &key("path"),
+                        "a destination of kind \"fs\" needs a path",
+                        "Add path = \"/var/lib/pitr/repo\" (the directory backups are written to)",
+                    ));
+                };
+                DestinationKind::Fs {
+                    path: path(ctx, &key("path"), &p)?,
+                }
+            }
+            other => {
+                return Err(ctx.invalid(
+                    &key("kind"),
+                    &kind.origin,
+                    &format!("unknown kind {other:?}"),
+                    &format!("Use one of the supported kinds: {supported}"),
+                ));
+            }
+        };
+        out.push(DestinationConfig { name, kind });
+    }
+    Ok(out)
+}
+
+fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>, ConfigError> {
+    let section = Section::Postgres;
+    let mut seen = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let (entry, name) = entry_name(ctx, section, i, p.name, &mut seen)?;
+        let key = |k| KeyName::entry(section, &entry, k);
+        let conninfo = match secrets::text(ctx, &key("conninfo"), p.conninfo, p.conninfo_file)? {
+            None => {
+                return Err(ctx.missing(
+                    &key("conninfo"),
+                    "no connection string is configured",
+                    &format!(
+                        "Add conninfo = \"host=… port=5432 user=replicator dbname=postgres\", or conninfo_file = \"…\" naming a file that holds it, or set PITR_POSTGRES_{}_CONNINFO",
+                        super::env::env_name(&name)
+                    ),
+                ));
+            }
+            Some(s) if s.value.trim().is_empty() => {
+                let what = match &s.file {
+                    Some(f) => format!("the secret file {} is empty", f.display()),
+                    None => "is empty".to_owned(),
+                };
+                return Err(ctx.invalid(
+                    &s.key,
+                    &s.origin,
+                    &what,
+                    "Give a libpq connection string, e.g. \"host=127.0.0.1 port=5432 user=replicator dbname=postgres\"",
+                ));
+            }
+            Some(s) => s.value,
+        };
+        let slot = match p.slot {
+            None => DEFAULT_SLOT.to_owned(),
+            Some(v) => {
+                let ok = (1..=63).contains(&v.value.len())
+                    && v.value
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !ok {
+                    return Err(ctx.invalid(
+                        &key("slot"),
+                        &v.origin,
+                        &format!("{:?} is not a valid replication slot name", v.value),
+                        "PostgreSQL slot names use only lowercase letters, digits and `_`, at most 63 characters",
+                    ));
+                }
+                v.value
+            }
+        };
+        let base_backup = match p.base_backup {
+            None => None,
+            Some(v) => Some(cron(ctx, &key("base_backup"), v)?),
+        };
+        out.push(PostgresConfig {
+            name,
+            conninfo,
+            slot,
+            base_backup,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks the shape of a cron schedule (five fields of cron characters). The
+/// scheduler parses the fields themselves.
+fn cron(ctx: &Ctx<'_>, key: &KeyName, v: Val<String>) -> Result<String, ConfigError> {
+    let fields: Vec<&str> = v.value.split_whitespace().collect();
+    let ok = fields.len() == 5
+        && fields.iter().all(|f| {
+            f.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | ',' | '-' | '/'))
+        });
+    if !ok {
+        return Err(ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{:?} is not a cron schedule", v.value),
+            "Give five fields (minute hour day-of-month month day-of-week, UTC), e.g. \"0 3 * * *\" for 03:00 daily",
+        ));
+    }
+    Ok(fields.join(" "))
+}
+
+fn sqlite(ctx: &Ctx<'_>, raw: Vec<RawSqlite>) -> Result<Vec<SqliteConfig>, ConfigError> {
+    let section = Section::Sqlite;
+    let mut seen = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let (entry, name) = entry_name(ctx, section, i, s.name, &mut seen)?;
+        let key = KeyName::entry(section, &entry, "path");
+        let Some(p) = s.path else {
+            return Err(ctx.missing(
+                &key,
+                "the SQLite database has no path",
+                "Add path = \"/data/app.db\" (the database file to back up)",
+            ));
+        };
+        out.push(SqliteConfig {
+            name,
+            path: path(ctx, &key, &p)?,
+        });
+    }
+    Ok(out)
+}
+
+fn listen(ctx: &Ctx<'_>, v: Val<String>) -> Result<SocketAddr, ConfigError> {
+    v.value.trim().parse().map_err(|e| {
+        ctx.invalid(
+            &KeyName::plain(Section::Health, "listen"),
+            &v.origin,
+            &format!("{:?} is not an IP address and port ({e})", v.value),
+            "Give an IP and port, e.g. listen = \"0.0.0.0:9187\" or \"[::1]:9187\" (host names are not accepted)",
+        )
+    })
+}
