@@ -1,2 +1,417 @@
-//! pitr: keeps PostgreSQL and SQLite databases recoverable to any second.
-fn main() {}
+//! The `pitr` command line: parses arguments, loads the config, runs one
+//! command and maps its outcome to an exit code. Everything else lives in the
+//! library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pitr::config::Config;
+use pitr::repo::Repository;
+
+/// Keeps PostgreSQL and SQLite databases recoverable to any second.
+#[derive(Parser, Debug)]
+#[command(name = "pitr", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The config file option every command but `keygen` takes.
+#[derive(Args, Debug)]
+struct ConfigArg {
+    /// The config file (TOML). Every key can be overridden with
+    /// PITR_<SECTION>_<KEY> environment variables.
+    #[arg(short = 'c', long = "config", env = "PITR_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// Which database a command is about.
+#[derive(Args, Debug)]
+#[group(multiple = false)]
+struct DatabaseArg {
+    /// A `[[postgres]]` entry by name.
+    #[arg(long, value_name = "NAME")]
+    postgres: Option<String>,
+    /// A `[[sqlite]]` entry by name.
+    #[arg(long, value_name = "NAME")]
+    sqlite: Option<String>,
+}
+
+/// What a restore aims at.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct TargetArg {
+    /// A point in time: RFC 3339 (2026-11-23T03:00:00Z) or PostgreSQL's
+    /// `2026-11-23 03:00:00+00`. A time without a zone is refused.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+    /// The newest point the repository holds.
+    #[arg(long)]
+    latest: bool,
+    /// A WAL position (PostgreSQL only), e.g. 0/3000060.
+    #[arg(long, value_name = "LSN")]
+    lsn: Option<String>,
+    /// A restore point made with pg_create_restore_point (PostgreSQL only).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a new age identity and print its recipient (public key).
+    Keygen {
+        /// Where to write the identity (mode 0600). Without it, the identity
+        /// goes to standard output and the recipient to standard error.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Prepare every destination (idempotent).
+    Init(ConfigArg),
+    /// The sidecar: WAL stream, base-backup schedule, SQLite watchers, health server.
+    Run(ConfigArg),
+    /// Take one base backup now.
+    Backup {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `[[postgres]]` entry (default: the only one).
+        #[arg(long, value_name = "NAME")]
+        postgres: Option<String>,
+    },
+    /// Base backups, WAL ranges per timeline, SQLite points, the restore window.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a restore would fetch, without restoring.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        target: TargetArg,
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a database to a point in time.
+    Restore {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        target: TargetArg,
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// Where to restore: an empty directory (PostgreSQL) or a file path (SQLite).
+        #[arg(long = "target", value_name = "PATH")]
+        target_path: PathBuf,
+    },
+    /// PostgreSQL's restore_command helper: fetch one WAL segment or history file.
+    /// Exits 1 when the repository does not hold it.
+    WalFetch {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The file PostgreSQL asks for (%f).
+        segment: String,
+        /// Where to write it (%p).
+        path: PathBuf,
+    },
+    /// Check every object in every destination; with --restore, a test restore.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also restore to a random time and check the result.
+        #[arg(long)]
+        restore: bool,
+    },
+    /// Check the config, the destinations and (later) the databases.
+    Check(ConfigArg),
+    /// The local catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Archive a throw-away local PostgreSQL cluster, then restore it to a time.
+    Demo,
+}
+
+#[derive(Subcommand, Debug)]
+enum CatalogCommand {
+    /// Recreate the local catalog from the destinations alone.
+    Rebuild(ConfigArg),
+}
+
+/// How a command ended, beyond success: the exit code and the message.
+#[derive(Debug, thiserror::Error)]
+enum Exit {
+    /// Bad usage or configuration (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The thing asked for is not possible (exit 1).
+    #[expect(dead_code, reason = "the restore planner (issue 5) is its first user")]
+    #[error("{0}")]
+    NotPossible(String),
+}
+
+/// Exit codes as DESIGN.md sets them.
+const EXIT_NOT_POSSIBLE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_FAILURE: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PITR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let json = std::env::var("PITR_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Config errors and usage errors are exit 2 wherever in the chain they sit.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<pitr::config::ConfigError>() {
+            return EXIT_USAGE;
+        }
+        if let Some(exit) = cause.downcast_ref::<Exit>() {
+            return match exit {
+                Exit::Usage(_) => EXIT_USAGE,
+                Exit::NotPossible(_) => EXIT_NOT_POSSIBLE,
+            };
+        }
+    }
+    EXIT_FAILURE
+}
+
+/// A command a later issue implements: says which, exits 2.
+fn later(command: &str, issue: u32, what: &str) -> anyhow::Result<()> {
+    Err(Exit::Usage(format!(
+        "`pitr {command}` is not implemented yet: it arrives with issue {issue} ({what}). \
+         Nothing was done."
+    ))
+    .into())
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Keygen { output } => keygen(output.as_deref()),
+        Command::Init(c) => init(&load(&c)?).await,
+        Command::Catalog {
+            command: CatalogCommand::Rebuild(c),
+        } => catalog_rebuild(&load(&c)?).await,
+        Command::Verify { config, restore } => {
+            let config = load(&config)?;
+            if restore {
+                return later("verify --restore", 8, "scheduled and on-demand test restores");
+            }
+            verify(&config).await
+        }
+        Command::Check(c) => check(&load(&c)?).await,
+        Command::Run(c) => {
+            load(&c)?;
+            later("run", 8, "the sidecar")
+        }
+        Command::Backup { config, .. } => {
+            load(&config)?;
+            later("backup", 4, "base backups")
+        }
+        Command::List { config, .. } => {
+            load(&config)?;
+            later("list", 5, "the restore planner")
+        }
+        Command::Plan { config, database, .. } => {
+            load(&config)?;
+            if database.sqlite.is_some() {
+                return later("plan --sqlite", 6, "the SQLite watcher");
+            }
+            later("plan", 5, "the restore planner")
+        }
+        Command::Restore { config, database, .. } => {
+            load(&config)?;
+            if database.sqlite.is_some() {
+                return later("restore --sqlite", 6, "the SQLite watcher");
+            }
+            later("restore", 5, "point-in-time restore")
+        }
+        Command::WalFetch { config, .. } => {
+            load(&config)?;
+            later("wal-fetch", 3, "WAL streaming")
+        }
+        Command::Demo => later("demo", 5, "point-in-time restore and the quickstart"),
+    }
+}
+
+fn load(c: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(&c.config)?)
+}
+
+fn keygen(output: Option<&Path>) -> anyhow::Result<()> {
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public();
+    let created = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
+    // The same layout as age-keygen, so either tool reads the other's file.
+    let text = format!(
+        "# created: {created}\n# public key: {recipient}\n{}\n",
+        age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
+    );
+    match output {
+        Some(path) => {
+            pitr::crashsafe::write_new(path, text.as_bytes(), 0o600).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    anyhow::Error::new(Exit::Usage(format!(
+                        "{} already exists; pitr keygen never overwrites an identity \
+                         (backups encrypted to it would become unreadable). Choose another \
+                         --output or move the old file away first",
+                        path.display()
+                    )))
+                } else {
+                    anyhow::Error::new(e)
+                        .context(format!("cannot write the identity to {}", path.display()))
+                }
+            })?;
+            println!("{recipient}");
+            eprintln!(
+                "Wrote the identity to {} (mode 0600). Put the recipient above into \
+                 [repository] recipients; keep the identity away from the sidecar: \
+                 only restore and verify need it.",
+                path.display()
+            );
+        }
+        None => {
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("cannot write the identity to standard output")?;
+            eprintln!("Public key: {recipient}");
+        }
+    }
+    Ok(())
+}
+
+async fn init(config: &Config) -> anyhow::Result<()> {
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let report = Repository::init(&fanout, &opts).await?;
+    let id = &report.descriptor.repository_id;
+    if report.created {
+        println!("Created repository {id} on {}.", report.seeded.join(", "));
+    } else if report.seeded.is_empty() {
+        println!("Repository {id} is already initialised on every destination.");
+    } else {
+        println!(
+            "Repository {id} existed; prepared the new destinations: {}.",
+            report.seeded.join(", ")
+        );
+    }
+    println!(
+        "The repository key is in {}. Keep a copy as a secret beside the config \
+         ([repository] key_file) so a sidecar that loses its disk keeps deduplicating.",
+        report.key_path.display()
+    );
+    Ok(())
+}
+
+async fn catalog_rebuild(config: &Config) -> anyhow::Result<()> {
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::rebuild_catalog(fanout, opts).await?;
+    let catalog = repo.catalog();
+    println!(
+        "Rebuilt the catalog in {}: {} commits, {} packs, {} items.",
+        config.repository.state_dir.display(),
+        catalog.applied_commits()?.len(),
+        catalog.packs()?.len(),
+        catalog.items("")?.len()
+    );
+    Ok(())
+}
+
+async fn verify(config: &Config) -> anyhow::Result<()> {
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let structural = opts.identities.is_empty();
+    let repo = Repository::open(fanout, opts).await?;
+    let report = repo.verify().await?;
+    println!(
+        "Checked {} pack objects ({} bytes), {} chunks decrypted and re-hashed.",
+        report.packs_checked, report.bytes_read, report.chunks_checked
+    );
+    if structural {
+        println!(
+            "No identity_file is set: packs were checked against their names and sealed \
+             indexes, but chunks were not decrypted. Set [repository] identity_file for a \
+             full check."
+        );
+    }
+    if report.problems.is_empty() {
+        println!("No problems found.");
+        return Ok(());
+    }
+    for p in &report.problems {
+        println!("PROBLEM {} {}: {}", p.destination, p.object, p.error);
+    }
+    anyhow::bail!(
+        "{} damaged or missing objects; restore them from a healthy destination",
+        report.problems.len()
+    )
+}
+
+async fn check(config: &Config) -> anyhow::Result<()> {
+    println!("config {}: valid", config.path.display());
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let mut failed = 0;
+    for d in fanout.destinations() {
+        match Repository::check_destination(d.as_ref(), &opts).await {
+            Ok(descriptor) => println!(
+                "destination {}: repository {}, format version {}, recipients match",
+                d.name(),
+                descriptor.repository_id,
+                descriptor.version
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("destination {}: FAILED: {e}", d.name());
+            }
+        }
+    }
+    if !config.postgres.is_empty() {
+        println!(
+            "postgres: connectivity and server settings are checked once WAL streaming \
+             lands (issue 3)"
+        );
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} destinations failed their check");
+    }
+    Ok(())
+}

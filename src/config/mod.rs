@@ -57,6 +57,11 @@ pub struct RepositoryConfig {
     /// The age identity, needed only to restore and verify. Not read at
     /// load: the sidecar should not have it.
     pub identity_file: Option<PathBuf>,
+    /// The repository key kept as a secret beside the config (written by
+    /// `pitr init` into `state_dir/repository.key`): lets a sidecar that lost
+    /// its disk keep deduplicating without the identity. Read when the
+    /// repository opens, not at load.
+    pub key_file: Option<PathBuf>,
     /// Local catalog and spool; rebuildable from the destinations.
     pub state_dir: PathBuf,
     /// zstd level, 1..=19; default 3.

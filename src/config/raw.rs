@@ -44,6 +44,7 @@ pub(super) struct RawRepository {
     pub recipients: Option<Val<Vec<Val<String>>>>,
     pub recipients_file: Option<Val<String>>,
     pub identity_file: Option<Val<String>>,
+    pub key_file: Option<Val<String>>,
     pub state_dir: Option<Val<String>>,
     pub zstd_level: Option<Val<i64>>,
     /// An integer of bytes or a string with a unit; checked in validation.
@@ -132,6 +133,11 @@ const REPOSITORY_KEYS: &[KeySpec] = &[
         "identity_file",
         KeyType::Str,
         r#"identity_file = "/run/secrets/age""#,
+    ),
+    key(
+        "key_file",
+        KeyType::Str,
+        r#"key_file = "/run/secrets/pitr-repository.key""#,
     ),
     key("state_dir", KeyType::Str, r#"state_dir = "/var/lib/pitr""#),
     key("zstd_level", KeyType::Int, "zstd_level = 3"),

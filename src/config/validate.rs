@@ -90,6 +90,10 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
         None => None,
         Some(v) => Some(path(ctx, &key("identity_file"), &v)?),
     };
+    let key_file = match r.key_file {
+        None => None,
+        Some(v) => Some(path(ctx, &key("key_file"), &v)?),
+    };
     let state_dir = match r.state_dir {
         Some(v) => path(ctx, &key("state_dir"), &v)?,
         None => {
@@ -122,6 +126,7 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
     Ok(RepositoryConfig {
         recipients,
         identity_file,
+        key_file,
         state_dir,
         zstd_level,
         pack_size,

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::config::{Config, ConfigError};
 use crate::ship::{Fanout, ShipError};
 
 pub use chunking::Chunking;
@@ -224,6 +225,81 @@ pub struct RepoOptions {
     pub zstd_level: i32,
     /// Target pack size in bytes.
     pub pack_size: usize,
+}
+
+impl RepoOptions {
+    /// The options a config gives. Reads `identity_file` when it is set
+    /// (restore and verify need it; a sidecar's config should not set it).
+    pub fn from_config(config: &Config) -> Result<RepoOptions, ConfigError> {
+        let r = &config.repository;
+        let identities = match &r.identity_file {
+            None => Vec::new(),
+            Some(file) => read_identities(config, file)?,
+        };
+        Ok(RepoOptions {
+            recipients: r.recipients.clone(),
+            identities,
+            key_file: r.key_file.clone(),
+            state_dir: r.state_dir.clone(),
+            zstd_level: r.zstd_level,
+            // The config bounds pack_size to 512 MiB.
+            pack_size: usize::try_from(r.pack_size).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+/// Parses an identity file as `age-keygen` and `pitr keygen` write it: one
+/// `AGE-SECRET-KEY-1…` per line, `#` comments. Refuses a file that holds no
+/// identity for any configured recipient: a restore with it could only fail
+/// later, object by object.
+fn read_identities(config: &Config, file: &Path) -> Result<Vec<age::x25519::Identity>, ConfigError> {
+    let key = "[repository] identity_file".to_owned();
+    let invalid = |message: String| ConfigError::Invalid {
+        path: config.path.clone(),
+        key: key.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::SecretFile {
+        path: config.path.clone(),
+        key: key.clone(),
+        file: file.to_owned(),
+        source,
+    })?;
+    let mut identities = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let identity = line.parse::<age::x25519::Identity>().map_err(|_| {
+            invalid(format!(
+                "line {} of {} is not an age X25519 identity (AGE-SECRET-KEY-1…). \
+                 Create one with `pitr keygen --output FILE`; plugin and passphrase \
+                 identities are not supported",
+                n + 1,
+                file.display()
+            ))
+        })?;
+        identities.push(identity);
+    }
+    let configured: Vec<String> = config
+        .repository
+        .recipients
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    if !identities
+        .iter()
+        .any(|i| configured.contains(&i.to_public().to_string()))
+    {
+        return Err(invalid(format!(
+            "{} holds no identity for any of the configured recipients, so it cannot \
+             read this repository. Point identity_file at the identity whose public key \
+             (`age-keygen -y FILE`) is in [repository] recipients",
+            file.display()
+        )));
+    }
+    Ok(identities)
 }
 
 impl std::fmt::Debug for RepoOptions {

@@ -13,13 +13,31 @@ mod retry;
 use std::fmt;
 use std::io;
 use std::ops::Range;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::config::{Config, DestinationKind};
+
 pub use fanout::Fanout;
 pub use fs::FsDestination;
 pub use retry::{RetryPolicy, Retrying};
+
+/// The configured destinations, each behind the retry layer, in config order.
+pub fn from_config(config: &Config) -> Fanout {
+    let dests = config
+        .destinations
+        .iter()
+        .map(|d| match &d.kind {
+            DestinationKind::Fs { path } => Arc::new(Retrying::new(
+                FsDestination::new(d.name.clone(), path.clone()),
+                RetryPolicy::default(),
+            )) as Arc<dyn Destination>,
+        })
+        .collect();
+    Fanout::new(dests)
+}
 
 /// What `put_if_absent` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ fn full_config_loads() {
 [repository]
 recipients = ["{r1}", "{r2}"]
 identity_file = "/run/secrets/age"
+key_file = "pitr.key"
 state_dir = "/var/lib/pitr"
 zstd_level = 7
 pack_size = "32MiB"
@@ -50,6 +51,11 @@ listen = "0.0.0.0:9187"
     assert_eq!(
         c.repository.identity_file,
         Some(PathBuf::from("/run/secrets/age"))
+    );
+    // Relative to the config file's directory.
+    assert_eq!(
+        Some(c.repository.key_file.clone().expect("key_file")),
+        PathBuf::from(PATH).parent().map(|d| d.join("pitr.key"))
     );
     assert_eq!(c.repository.state_dir, PathBuf::from("/var/lib/pitr"));
     assert_eq!(c.repository.zstd_level, 7);
@@ -139,7 +145,7 @@ fn unknown_key_in_each_section() {
         (
             base.replace("[repository]\n", "[repository]\nbogus = 1\n"),
             "[repository] bogus",
-            "recipients, recipients_file, identity_file, state_dir, zstd_level, pack_size",
+            "recipients, recipients_file, identity_file, key_file, state_dir, zstd_level, pack_size",
         ),
         (
             base.replace("name = \"local\"\n", "name = \"local\"\nbogus = 1\n"),
