@@ -232,7 +232,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Verify { config, restore } => {
             let config = load(&config)?;
             if restore {
-                return later("verify --restore", 8, "scheduled and on-demand test restores");
+                return later(
+                    "verify --restore",
+                    8,
+                    "scheduled and on-demand test restores",
+                );
             }
             verify(&config).await
         }
@@ -249,14 +253,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             load(&config)?;
             later("list", 5, "the restore planner")
         }
-        Command::Plan { config, database, .. } => {
+        Command::Plan {
+            config, database, ..
+        } => {
             load(&config)?;
             if database.sqlite.is_some() {
                 return later("plan --sqlite", 6, "the SQLite watcher");
             }
             later("plan", 5, "the restore planner")
         }
-        Command::Restore { config, database, .. } => {
+        Command::Restore {
+            config, database, ..
+        } => {
             load(&config)?;
             if database.sqlite.is_some() {
                 return later("restore --sqlite", 6, "the SQLite watcher");

@@ -195,7 +195,8 @@ fn golden_commit() {
     // The sealed object, from the pinned plaintext (zstd's output may vary
     // across zstd versions; the seal and the JSON may not).
     let z = zstd::bulk::compress(&plain, 3).expect("compress");
-    let sealed = seal::seal_with_nonce(&key(), SealKind::CatalogCommit, &c.object_name(), &z, NONCE);
+    let sealed =
+        seal::seal_with_nonce(&key(), SealKind::CatalogCommit, &c.object_name(), &z, NONCE);
     let back = Commit::decode(&key(), &c.object_name(), &sealed).expect("decodes");
     assert_eq!(back, c);
 }

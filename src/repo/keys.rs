@@ -231,7 +231,7 @@ mod tests {
         let other = age::x25519::Identity::generate();
         let ct = age_encrypt(&[id.to_public()], b"secret data");
         assert_eq!(
-            age_decrypt(&[id.clone()], "o", &ct).expect("decrypt"),
+            age_decrypt(std::slice::from_ref(&id), "o", &ct).expect("decrypt"),
             b"secret data"
         );
         let wrong = age_decrypt(&[other], "o", &ct).expect_err("wrong identity");
@@ -239,7 +239,7 @@ mod tests {
         let mut flipped = ct.clone();
         let last = flipped.len() - 3;
         flipped[last] ^= 1;
-        let e = age_decrypt(&[id.clone()], "o", &flipped).expect_err("tampered");
+        let e = age_decrypt(std::slice::from_ref(&id), "o", &flipped).expect_err("tampered");
         assert!(matches!(e, RepoError::Tampered { .. }), "{e}");
         let e = age_decrypt(&[id], "o", &ct[..ct.len() - 20]).expect_err("truncated");
         assert!(

@@ -252,7 +252,10 @@ impl RepoOptions {
 /// `AGE-SECRET-KEY-1…` per line, `#` comments. Refuses a file that holds no
 /// identity for any configured recipient: a restore with it could only fail
 /// later, object by object.
-fn read_identities(config: &Config, file: &Path) -> Result<Vec<age::x25519::Identity>, ConfigError> {
+fn read_identities(
+    config: &Config,
+    file: &Path,
+) -> Result<Vec<age::x25519::Identity>, ConfigError> {
     let key = "[repository] identity_file".to_owned();
     let invalid = |message: String| ConfigError::Invalid {
         path: config.path.clone(),

@@ -158,7 +158,12 @@ async fn fetch_chunk(
 /// whether the object was altered, cut short, or is another pack put in its
 /// place. Returns the more precise error, or `original` when the pack gives no
 /// better answer (this is the error path: reading the pack whole is fine).
-async fn diagnose(inner: &Arc<Inner>, object: &str, pack: PackId, original: RepoError) -> RepoError {
+async fn diagnose(
+    inner: &Arc<Inner>,
+    object: &str,
+    pack: PackId,
+    original: RepoError,
+) -> RepoError {
     let known = || -> Result<(u64, Vec<PackEntry>), RepoError> {
         let catalog = inner.catalog.lock().unwrap_or_else(|p| p.into_inner());
         let size = catalog

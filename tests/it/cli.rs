@@ -35,7 +35,10 @@ impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let identity = dir.path().join("identity.txt");
-        let out = pitr(&["keygen", "--output", identity.to_str().expect("utf-8")], &[]);
+        let out = pitr(
+            &["keygen", "--output", identity.to_str().expect("utf-8")],
+            &[],
+        );
         assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
         let recipient = text(&out).0.trim().to_owned();
         let s = Setup { dir, recipient };
@@ -77,8 +80,17 @@ fn help_lists_every_command_of_the_design() {
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out).0;
     for c in [
-        "keygen", "init", "run", "backup", "list", "plan", "restore", "wal-fetch", "verify",
-        "check", "catalog",
+        "keygen",
+        "init",
+        "run",
+        "backup",
+        "list",
+        "plan",
+        "restore",
+        "wal-fetch",
+        "verify",
+        "check",
+        "catalog",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(c)),
@@ -110,7 +122,11 @@ fn keygen_writes_a_private_identity_and_prints_its_recipient() {
     // Never overwrites: a lost identity means unreadable backups.
     let again = pitr(&["keygen", "--output", file.to_str().expect("utf-8")], &[]);
     assert_eq!(again.status.code(), Some(2));
-    assert!(text(&again).1.contains("already exists"), "{:?}", text(&again));
+    assert!(
+        text(&again).1.contains("already exists"),
+        "{:?}",
+        text(&again)
+    );
     assert_eq!(std::fs::read_to_string(&file).expect("read"), content);
 }
 
@@ -133,7 +149,10 @@ fn config_errors_exit_2_naming_key_and_file() {
     let out = pitr(&["check", "-c", &config], &[]);
     let err = text(&out).1;
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("compresion") && err.contains("pitr.toml"), "{err}");
+    assert!(
+        err.contains("compresion") && err.contains("pitr.toml"),
+        "{err}"
+    );
 
     // Missing recipients.
     std::fs::write(
@@ -144,18 +163,30 @@ fn config_errors_exit_2_naming_key_and_file() {
     let out = pitr(&["init", "-c", &config], &[]);
     let err = text(&out).1;
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("recipients") && err.contains("pitr.toml"), "{err}");
+    assert!(
+        err.contains("recipients") && err.contains("pitr.toml"),
+        "{err}"
+    );
     assert!(err.contains("pitr keygen"), "says how to get one: {err}");
 
     // Bad environment override.
     s.write_config("");
-    let out = pitr(&["check", "-c", &config], &[("PITR_REPOSITORY_ZSTD_LEVEL", "fast")]);
+    let out = pitr(
+        &["check", "-c", &config],
+        &[("PITR_REPOSITORY_ZSTD_LEVEL", "fast")],
+    );
     let err = text(&out).1;
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("PITR_REPOSITORY_ZSTD_LEVEL") && err.contains("zstd_level"), "{err}");
+    assert!(
+        err.contains("PITR_REPOSITORY_ZSTD_LEVEL") && err.contains("zstd_level"),
+        "{err}"
+    );
 
     // A misspelt override is not silently ignored.
-    let out = pitr(&["check", "-c", &config], &[("PITR_REPOSITORY_STATEDIR", "/x")]);
+    let out = pitr(
+        &["check", "-c", &config],
+        &[("PITR_REPOSITORY_STATEDIR", "/x")],
+    );
     let err = text(&out).1;
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("PITR_REPOSITORY_STATEDIR"), "{err}");
@@ -172,7 +203,10 @@ fn config_errors_exit_2_naming_key_and_file() {
     let out = pitr(&["check", "-c", &config], &[]);
     let err = text(&out).1;
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("missing-recipients") && err.contains("recipients_file"), "{err}");
+    assert!(
+        err.contains("missing-recipients") && err.contains("recipients_file"),
+        "{err}"
+    );
 
     // The config file itself missing.
     let out = pitr(&["check", "-c", "/nonexistent/pitr.toml"], &[]);
@@ -189,11 +223,17 @@ fn an_identity_file_for_other_recipients_is_a_config_error() {
     assert_eq!(out.status.code(), Some(0));
     let out = pitr(
         &["verify", "-c", &s.config()],
-        &[("PITR_REPOSITORY_IDENTITY_FILE", other.to_str().expect("utf-8"))],
+        &[(
+            "PITR_REPOSITORY_IDENTITY_FILE",
+            other.to_str().expect("utf-8"),
+        )],
     );
     let err = text(&out).1;
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("identity_file") && err.contains("other.txt"), "{err}");
+    assert!(
+        err.contains("identity_file") && err.contains("other.txt"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -202,29 +242,55 @@ fn init_is_idempotent_and_rebuild_restores_the_catalog() {
     let config = s.config();
     let out = pitr(&["init", "-c", &config], &[]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert!(text(&out).0.contains("Created repository"), "{:?}", text(&out));
+    assert!(
+        text(&out).0.contains("Created repository"),
+        "{:?}",
+        text(&out)
+    );
     assert!(s.path("store/config").is_file());
     let key = std::fs::read(s.path("state/repository.key")).expect("key written");
 
     let out = pitr(&["init", "-c", &config], &[]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert!(text(&out).0.contains("already initialised"), "{:?}", text(&out));
-    assert_eq!(std::fs::read(s.path("state/repository.key")).expect("key"), key);
+    assert!(
+        text(&out).0.contains("already initialised"),
+        "{:?}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(s.path("state/repository.key")).expect("key"),
+        key
+    );
 
     let out = pitr(&["check", "-c", &config], &[]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert!(text(&out).0.contains("recipients match"), "{:?}", text(&out));
+    assert!(
+        text(&out).0.contains("recipients match"),
+        "{:?}",
+        text(&out)
+    );
 
     // The sidecar's disk is lost: rebuild from the destination with the identity.
     std::fs::remove_dir_all(s.path("state")).expect("rm state");
     let out = pitr(&["catalog", "rebuild", "-c", &config], &[]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert!(text(&out).0.contains("Rebuilt the catalog"), "{:?}", text(&out));
-    assert_eq!(std::fs::read(s.path("state/repository.key")).expect("key back"), key);
+    assert!(
+        text(&out).0.contains("Rebuilt the catalog"),
+        "{:?}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(s.path("state/repository.key")).expect("key back"),
+        key
+    );
 
     let out = pitr(&["verify", "-c", &config], &[]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert!(text(&out).0.contains("No problems found"), "{:?}", text(&out));
+    assert!(
+        text(&out).0.contains("No problems found"),
+        "{:?}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -236,7 +302,10 @@ fn init_against_a_store_of_other_recipients_fails_clearly() {
     let store = s.path("store");
     let out = pitr(
         &["init", "-c", &other.config()],
-        &[("PITR_DESTINATION_LOCAL_PATH", store.to_str().expect("utf-8"))],
+        &[(
+            "PITR_DESTINATION_LOCAL_PATH",
+            store.to_str().expect("utf-8"),
+        )],
     );
     let err = text(&out).1;
     assert_ne!(out.status.code(), Some(0), "{err}");
@@ -249,7 +318,10 @@ fn check_on_an_uninitialised_destination_says_to_run_init() {
     let out = pitr(&["check", "-c", &s.config()], &[]);
     let (stdout, stderr) = text(&out);
     assert_ne!(out.status.code(), Some(0));
-    assert!(stdout.contains("pitr init") || stderr.contains("pitr init"), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("pitr init") || stderr.contains("pitr init"),
+        "{stdout}{stderr}"
+    );
 }
 
 #[test]
@@ -260,10 +332,30 @@ fn later_commands_say_which_issue_and_exit_2() {
         (&["run", "-c", &c], "issue 8"),
         (&["backup", "-c", &c], "issue 4"),
         (&["list", "-c", &c], "issue 5"),
-        (&["plan", "-c", &c, "--at", "2026-11-23T03:00:00Z"], "issue 5"),
-        (&["plan", "-c", &c, "--latest", "--sqlite", "auth"], "issue 6"),
-        (&["restore", "-c", &c, "--at", "2026-11-23T03:00:00Z", "--target", "/tmp/x"], "issue 5"),
-        (&["wal-fetch", "-c", &c, "000000010000000000000001", "/tmp/x"], "issue 3"),
+        (
+            &["plan", "-c", &c, "--at", "2026-11-23T03:00:00Z"],
+            "issue 5",
+        ),
+        (
+            &["plan", "-c", &c, "--latest", "--sqlite", "auth"],
+            "issue 6",
+        ),
+        (
+            &[
+                "restore",
+                "-c",
+                &c,
+                "--at",
+                "2026-11-23T03:00:00Z",
+                "--target",
+                "/tmp/x",
+            ],
+            "issue 5",
+        ),
+        (
+            &["wal-fetch", "-c", &c, "000000010000000000000001", "/tmp/x"],
+            "issue 3",
+        ),
         (&["verify", "-c", &c, "--restore"], "issue 8"),
         (&["demo"], "issue 5"),
     ];
@@ -271,13 +363,20 @@ fn later_commands_say_which_issue_and_exit_2() {
         let out = pitr(args, &[]);
         let err = text(&out).1;
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(issue) && err.contains("not implemented"), "{args:?}: {err}");
+        assert!(
+            err.contains(issue) && err.contains("not implemented"),
+            "{args:?}: {err}"
+        );
     }
 }
 
 #[test]
 fn bad_usage_exits_2() {
-    for args in [&["frobnicate"][..], &["restore", "-c", "x.toml"][..], &["init"][..]] {
+    for args in [
+        &["frobnicate"][..],
+        &["restore", "-c", "x.toml"][..],
+        &["init"][..],
+    ] {
         let out = pitr(args, &[]);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {:?}", text(&out));
     }

@@ -22,7 +22,11 @@ fn golden_store() -> PathBuf {
 fn items() -> Vec<(&'static str, Chunking, Vec<u8>)> {
     vec![
         ("golden/empty", Chunking::Cdc, Vec::new()),
-        ("golden/small", Chunking::Cdc, b"pitr golden item\n".to_vec()),
+        (
+            "golden/small",
+            Chunking::Cdc,
+            b"pitr golden item\n".to_vec(),
+        ),
         ("golden/pages", Chunking::Fixed(8192), data(11, 40_000, 2)),
         ("golden/cdc", Chunking::Cdc, data(12, 300_000, 1)),
     ]
@@ -74,15 +78,23 @@ async fn regenerate() {
     let state = tempfile::tempdir().expect("tempdir");
     let opts = options(identity, state.path().to_owned());
     let store = root.join("store");
-    Repository::init(&fanout(&store), &opts).await.expect("init");
+    Repository::init(&fanout(&store), &opts)
+        .await
+        .expect("init");
     let repo = Repository::open(fanout(&store), opts).await.expect("open");
     // Two commits, so the store holds more than one of each object kind.
     for batch in items().chunks(2) {
         let mut w = repo.writer();
         for (name, chunking, bytes) in batch {
-            w.put(name, "golden", serde_json::json!({ "n": name }), *chunking, &bytes[..])
-                .await
-                .expect("put");
+            w.put(
+                name,
+                "golden",
+                serde_json::json!({ "n": name }),
+                *chunking,
+                &bytes[..],
+            )
+            .await
+            .expect("put");
         }
         w.commit().await.expect("commit");
     }
@@ -112,7 +124,9 @@ async fn a_version_1_store_still_reads() {
 
     // An empty state dir: the key comes from the store via the identity and
     // the catalog is rebuilt from the commits.
-    let repo = Repository::open(fanout(&store), opts).await.expect("open the v1 store");
+    let repo = Repository::open(fanout(&store), opts)
+        .await
+        .expect("open the v1 store");
     assert_eq!(repo.descriptor().version, FORMAT_VERSION);
     assert_eq!(repo.descriptor().version, 1);
     for (name, _, expected) in items() {

@@ -9,10 +9,9 @@ use pitr::ship::fault::{FaultPlan, FaultyDestination};
 use pitr::ship::{Destination, Fanout, FsDestination};
 use proptest::prelude::*;
 
-/// A repository on an fs destination in a temp dir, with its identity.
+/// A repository on an fs destination in a temp dir; `opts` holds its identity.
 pub struct TestRepo {
     pub dir: tempfile::TempDir,
-    pub identity: age::x25519::Identity,
     pub opts: RepoOptions,
 }
 
@@ -22,13 +21,13 @@ impl TestRepo {
         let identity = age::x25519::Identity::generate();
         let opts = RepoOptions {
             recipients: vec![identity.to_public()],
-            identities: vec![identity.clone()],
+            identities: vec![identity],
             key_file: None,
             state_dir: dir.path().join("state"),
             zstd_level: 3,
             pack_size: 4 << 20,
         };
-        let t = TestRepo { dir, identity, opts };
+        let t = TestRepo { dir, opts };
         Repository::init(&t.fanout(), &t.opts).await.expect("init");
         t
     }
@@ -38,11 +37,15 @@ impl TestRepo {
     }
 
     pub fn fanout(&self) -> Fanout {
-        Fanout::new(vec![Arc::new(FsDestination::new("local", self.store())) as Arc<dyn Destination>])
+        Fanout::new(vec![
+            Arc::new(FsDestination::new("local", self.store())) as Arc<dyn Destination>
+        ])
     }
 
     pub async fn open(&self) -> Repository {
-        Repository::open(self.fanout(), self.opts.clone()).await.expect("open")
+        Repository::open(self.fanout(), self.opts.clone())
+            .await
+            .expect("open")
     }
 
     /// Total bytes of every object in the store.
@@ -70,7 +73,11 @@ pub fn data(seed: u64, size: usize, runs: u8) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let n = if runs == 0 { 8 } else { 1 + (x as usize % (runs as usize * 8)) };
+        let n = if runs == 0 {
+            8
+        } else {
+            1 + (x as usize % (runs as usize * 8))
+        };
         if runs == 0 {
             out.extend_from_slice(&x.to_le_bytes());
         } else {
@@ -81,7 +88,12 @@ pub fn data(seed: u64, size: usize, runs: u8) -> Vec<u8> {
     out
 }
 
-async fn put_commit(repo: &Repository, name: &str, chunking: Chunking, bytes: &[u8]) -> pitr::repo::Manifest {
+async fn put_commit(
+    repo: &Repository,
+    name: &str,
+    chunking: Chunking,
+    bytes: &[u8],
+) -> pitr::repo::Manifest {
     let mut w = repo.writer();
     let m = w
         .put(name, "test", serde_json::json!({}), chunking, bytes)
@@ -98,7 +110,10 @@ async fn read_all(repo: &Repository, m: &pitr::repo::Manifest) -> Result<Vec<u8>
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 proptest! {
@@ -137,7 +152,10 @@ async fn same_content_twice_is_stored_once() {
     let after_first = t.store_bytes();
     put_commit(&repo, "second", Chunking::Cdc, &input).await;
     let added = t.store_bytes() - after_first;
-    assert!(after_first - before >= 100 << 20, "the first copy is stored");
+    assert!(
+        after_first - before >= 100 << 20,
+        "the first copy is stored"
+    );
     assert!(
         added * 100 < (100 << 20),
         "the second copy added {added} bytes, over 1% of 100 MiB"
@@ -147,7 +165,11 @@ async fn same_content_twice_is_stored_once() {
     let before_third = t.store_bytes();
     put_commit(&again, "third", Chunking::Cdc, &input).await;
     assert!((t.store_bytes() - before_third) * 100 < (100 << 20));
-    let m = again.catalog().latest_item("third").expect("query").expect("item");
+    let m = again
+        .catalog()
+        .latest_item("third")
+        .expect("query")
+        .expect("item");
     assert_eq!(read_all(&again, &m.manifest).await.expect("read"), input);
 }
 
@@ -180,10 +202,16 @@ async fn a_flipped_byte_is_reported_as_altered() {
     std::fs::write(&pack, &bytes).expect("write");
     let err = read_all(&repo, &m).await.expect_err("must fail");
     assert!(matches!(err, RepoError::Tampered { .. }), "{err:?}");
-    assert!(err.to_string().contains("packs/"), "names the object: {err}");
+    assert!(
+        err.to_string().contains("packs/"),
+        "names the object: {err}"
+    );
     let report = repo.verify().await.expect("verify");
     assert_eq!(report.problems.len(), 1, "{report:?}");
-    assert!(matches!(report.problems[0].error, RepoError::Tampered { .. }), "{report:?}");
+    assert!(
+        matches!(report.problems[0].error, RepoError::Tampered { .. }),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
@@ -195,10 +223,16 @@ async fn a_truncated_object_is_reported_as_truncated() {
     std::fs::write(&pack, &bytes[..bytes.len() / 2]).expect("write");
     let err = read_all(&repo, &m).await.expect_err("must fail");
     assert!(matches!(err, RepoError::Truncated { .. }), "{err:?}");
-    assert!(err.to_string().contains("truncated") && err.to_string().contains("packs/"), "{err}");
+    assert!(
+        err.to_string().contains("truncated") && err.to_string().contains("packs/"),
+        "{err}"
+    );
     let report = repo.verify().await.expect("verify");
     assert!(
-        matches!(report.problems.first().map(|p| &p.error), Some(RepoError::Truncated { .. })),
+        matches!(
+            report.problems.first().map(|p| &p.error),
+            Some(RepoError::Truncated { .. })
+        ),
         "{report:?}"
     );
 }
@@ -211,10 +245,24 @@ async fn a_swapped_object_is_reported_as_swapped() {
     let repo = t.open().await;
     let a = put_commit(&repo, "a", Chunking::Fixed(8192), &data(3, 8192, 0)).await;
     let b = put_commit(&repo, "b", Chunking::Fixed(8192), &data(4, 8192, 0)).await;
-    let pa = repo.catalog().chunk_location(&a.chunks[0].0).expect("q").expect("loc");
-    let pb = repo.catalog().chunk_location(&b.chunks[0].0).expect("q").expect("loc");
-    let (fa, fb) = (t.store().join(pa.pack.object_name()), t.store().join(pb.pack.object_name()));
-    let (ba, bb) = (std::fs::read(&fa).expect("a"), std::fs::read(&fb).expect("b"));
+    let pa = repo
+        .catalog()
+        .chunk_location(&a.chunks[0].0)
+        .expect("q")
+        .expect("loc");
+    let pb = repo
+        .catalog()
+        .chunk_location(&b.chunks[0].0)
+        .expect("q")
+        .expect("loc");
+    let (fa, fb) = (
+        t.store().join(pa.pack.object_name()),
+        t.store().join(pb.pack.object_name()),
+    );
+    let (ba, bb) = (
+        std::fs::read(&fa).expect("a"),
+        std::fs::read(&fb).expect("b"),
+    );
     std::fs::write(&fa, &bb).expect("swap");
     std::fs::write(&fb, &ba).expect("swap");
     let err = read_all(&repo, &a).await.expect_err("must fail");
@@ -222,7 +270,12 @@ async fn a_swapped_object_is_reported_as_swapped() {
     assert!(err.to_string().contains(&pa.pack.object_name()), "{err}");
     let report = repo.verify().await.expect("verify");
     assert_eq!(report.problems.len(), 2, "{report:?}");
-    assert!(report.problems.iter().all(|p| matches!(p.error, RepoError::Swapped { .. })));
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| matches!(p.error, RepoError::Swapped { .. }))
+    );
 }
 
 #[tokio::test]
@@ -231,10 +284,15 @@ async fn a_wrong_identity_is_reported_as_such() {
     let (t, _repo, m) = one_item_repo(&input).await;
     let mut opts = t.opts.clone();
     opts.identities = vec![age::x25519::Identity::generate()];
-    let repo = Repository::open(t.fanout(), opts).await.expect("open with the key in state_dir");
+    let repo = Repository::open(t.fanout(), opts)
+        .await
+        .expect("open with the key in state_dir");
     let err = read_all(&repo, &m).await.expect_err("must fail");
     assert!(matches!(err, RepoError::WrongIdentity { .. }), "{err:?}");
-    assert!(err.to_string().contains("identity") && err.to_string().contains("packs/"), "{err}");
+    assert!(
+        err.to_string().contains("identity") && err.to_string().contains("packs/"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -243,7 +301,9 @@ async fn the_writer_cannot_read_its_own_backups() {
     let (t, _repo, _m) = one_item_repo(&input).await;
     let mut opts = t.opts.clone();
     opts.identities.clear();
-    let repo = Repository::open(t.fanout(), opts).await.expect("open as the sidecar");
+    let repo = Repository::open(t.fanout(), opts)
+        .await
+        .expect("open as the sidecar");
     assert!(matches!(repo.reader(), Err(RepoError::NoIdentity)));
     // Yet it writes and deduplicates.
     let before = t.store_bytes();
@@ -260,14 +320,25 @@ async fn the_catalog_is_rebuilt_from_the_destination_alone() {
         for j in 0..3u64 {
             let attrs = serde_json::json!({ "i": i, "j": j });
             let input = data(i * 10 + j, 50_000 * (j as usize + 1), (i % 3) as u8);
-            w.put(&format!("item/{i}/{j}"), "test", attrs, Chunking::Cdc, &input[..])
-                .await
-                .expect("put");
+            w.put(
+                &format!("item/{i}/{j}"),
+                "test",
+                attrs,
+                Chunking::Cdc,
+                &input[..],
+            )
+            .await
+            .expect("put");
         }
         w.commit().await.expect("commit");
     }
     let original = repo.catalog().dump().expect("dump");
-    let count = |kind: &str| original.lines().filter(|l| l.starts_with(&format!("{kind:?}\t"))).count();
+    let count = |kind: &str| {
+        original
+            .lines()
+            .filter(|l| l.starts_with(&format!("{kind:?}\t")))
+            .count()
+    };
     assert_eq!(count("commit"), 5, "{original}");
     assert_eq!(count("item"), 15, "{original}");
     assert!(count("pack") >= 1 && count("chunk") >= 15, "{original}");
@@ -281,41 +352,67 @@ async fn the_catalog_is_rebuilt_from_the_destination_alone() {
 
     // Lose the whole state dir: the identity recovers the key from the store.
     std::fs::remove_dir_all(&t.opts.state_dir).expect("rm state");
-    let rebuilt = Repository::rebuild_catalog(t.fanout(), t.opts.clone()).await.expect("rebuild");
+    let rebuilt = Repository::rebuild_catalog(t.fanout(), t.opts.clone())
+        .await
+        .expect("rebuild");
     assert_eq!(rebuilt.catalog().dump().expect("dump"), original);
-    let item = rebuilt.catalog().latest_item("item/4/2").expect("q").expect("item");
-    assert_eq!(read_all(&rebuilt, &item.manifest).await.expect("read"), data(42, 150_000, 1));
+    let item = rebuilt
+        .catalog()
+        .latest_item("item/4/2")
+        .expect("q")
+        .expect("item");
+    assert_eq!(
+        read_all(&rebuilt, &item.manifest).await.expect("read"),
+        data(42, 150_000, 1)
+    );
     drop(rebuilt);
 
     // Without key nor identity, a clear refusal.
     std::fs::remove_dir_all(&t.opts.state_dir).expect("rm state");
     let mut sidecar = t.opts.clone();
     sidecar.identities.clear();
-    let err = Repository::open(t.fanout(), sidecar.clone()).await.expect_err("no key");
+    let err = Repository::open(t.fanout(), sidecar.clone())
+        .await
+        .expect_err("no key");
     assert!(matches!(err, RepoError::NoRepositoryKey { .. }), "{err:?}");
     assert!(err.to_string().contains("key_file"), "{err}");
 
     // With key_file, the sidecar rebuilds and keeps deduplicating.
     let key_file = t.dir.path().join("key");
-    let key = Repository::rebuild_catalog(t.fanout(), t.opts.clone()).await.expect("rebuild").key().to_text();
+    let key = Repository::rebuild_catalog(t.fanout(), t.opts.clone())
+        .await
+        .expect("rebuild")
+        .key()
+        .to_text();
     std::fs::write(&key_file, key).expect("write key");
     std::fs::remove_dir_all(&t.opts.state_dir).expect("rm state");
     sidecar.key_file = Some(key_file);
-    let repo = Repository::open(t.fanout(), sidecar).await.expect("open with key_file");
+    let repo = Repository::open(t.fanout(), sidecar)
+        .await
+        .expect("open with key_file");
     assert_eq!(repo.catalog().dump().expect("dump"), original);
 }
 
 #[tokio::test]
 async fn init_is_idempotent_and_refuses_other_recipients() {
     let t = TestRepo::new().await;
-    let again = Repository::init(&t.fanout(), &t.opts).await.expect("second init");
+    let again = Repository::init(&t.fanout(), &t.opts)
+        .await
+        .expect("second init");
     assert!(!again.created && again.seeded.is_empty());
 
     let mut other = t.opts.clone();
     other.recipients = vec![age::x25519::Identity::generate().to_public()];
-    let err = Repository::init(&t.fanout(), &other).await.expect_err("other recipients");
-    assert!(matches!(err, RepoError::RecipientsMismatch { .. }), "{err:?}");
-    let err = Repository::open(t.fanout(), other).await.expect_err("other recipients");
+    let err = Repository::init(&t.fanout(), &other)
+        .await
+        .expect_err("other recipients");
+    assert!(
+        matches!(err, RepoError::RecipientsMismatch { .. }),
+        "{err:?}"
+    );
+    let err = Repository::open(t.fanout(), other)
+        .await
+        .expect_err("other recipients");
     assert!(err.to_string().contains("recipients"), "{err}");
 
     // A destination added later is seeded with the same repository.
@@ -338,15 +435,29 @@ async fn another_format_version_is_refused() {
     let path = t.store().join("config");
     let text = std::fs::read_to_string(&path).expect("config");
     std::fs::write(&path, text.replace("\"version\": 1", "\"version\": 2")).expect("write");
-    let err = Repository::open(t.fanout(), t.opts.clone()).await.expect_err("v2");
-    assert!(matches!(err, RepoError::UnsupportedVersion { found: 2, supported: 1, .. }), "{err:?}");
+    let err = Repository::open(t.fanout(), t.opts.clone())
+        .await
+        .expect_err("v2");
+    assert!(
+        matches!(
+            err,
+            RepoError::UnsupportedVersion {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("version 2"), "{err}");
 }
 
 #[tokio::test]
 async fn an_uninitialized_destination_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let fanout = Fanout::new(vec![Arc::new(FsDestination::new("empty", dir.path())) as Arc<dyn Destination>]);
+    let fanout = Fanout::new(vec![
+        Arc::new(FsDestination::new("empty", dir.path())) as Arc<dyn Destination>
+    ]);
     let opts = RepoOptions {
         recipients: vec![age::x25519::Identity::generate().to_public()],
         identities: vec![],
@@ -355,7 +466,9 @@ async fn an_uninitialized_destination_is_a_clear_error() {
         zstd_level: 3,
         pack_size: 1 << 20,
     };
-    let err = Repository::open(fanout, opts).await.expect_err("not initialized");
+    let err = Repository::open(fanout, opts)
+        .await
+        .expect_err("not initialized");
     assert!(matches!(err, RepoError::NotInitialized { .. }), "{err:?}");
     assert!(err.to_string().contains("pitr init"), "{err}");
 }
@@ -363,20 +476,42 @@ async fn an_uninitialized_destination_is_a_clear_error() {
 #[tokio::test]
 async fn a_failed_upload_commits_nothing_and_a_retry_stores_everything() {
     let t = TestRepo::new().await;
-    let faulty = Arc::new(FaultyDestination::new(FsDestination::new("local", t.store())));
+    let faulty = Arc::new(FaultyDestination::new(FsDestination::new(
+        "local",
+        t.store(),
+    )));
     let fanout = Fanout::new(vec![faulty.clone() as Arc<dyn Destination>]);
-    let repo = Repository::open(fanout, t.opts.clone()).await.expect("open");
+    let repo = Repository::open(fanout, t.opts.clone())
+        .await
+        .expect("open");
     let input = data(9, 300_000, 2);
     faulty.set_plan(FaultPlan {
         fail_puts: 1,
         ..FaultPlan::default()
     });
     let mut w = repo.writer();
-    w.put("x", "test", serde_json::json!({}), Chunking::Cdc, &input[..]).await.expect("put");
+    w.put(
+        "x",
+        "test",
+        serde_json::json!({}),
+        Chunking::Cdc,
+        &input[..],
+    )
+    .await
+    .expect("put");
     let err = w.commit().await.expect_err("the upload fails");
     assert!(err.to_string().contains("injected"), "{err}");
-    assert!(repo.catalog().items("").expect("items").is_empty(), "nothing recorded");
-    assert!(!t.store().join("catalog").exists() || std::fs::read_dir(t.store().join("catalog")).expect("dir").count() == 0);
+    assert!(
+        repo.catalog().items("").expect("items").is_empty(),
+        "nothing recorded"
+    );
+    assert!(
+        !t.store().join("catalog").exists()
+            || std::fs::read_dir(t.store().join("catalog"))
+                .expect("dir")
+                .count()
+                == 0
+    );
 
     let m = put_commit(&repo, "x", Chunking::Cdc, &input).await;
     assert_eq!(read_all(&repo, &m).await.expect("read"), input);
