@@ -1,5 +1,8 @@
-//! The integration tests: one binary, one module per area.
+//! The integration tests: one binary, one module per area, sharing the
+//! harness (throw-away PostgreSQL clusters and friends).
 
 mod cli;
 mod golden;
+mod harness;
+mod pg_harness;
 mod repo;
