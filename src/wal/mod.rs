@@ -1,1 +1,7 @@
-//! The physical replication client and WAL segment assembly. Arrives with the WAL streaming issue.
+//! WAL: positions and segment names (`lsn`), and — with the WAL streaming
+//! issue — the physical replication client, segment assembly and the record
+//! decoder.
+
+mod lsn;
+
+pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
