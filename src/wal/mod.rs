@@ -1,7 +1,9 @@
-//! WAL: positions and segment names (`lsn`), and — with the WAL streaming
-//! issue — the physical replication client, segment assembly and the record
-//! decoder.
+//! WAL: positions and segment names (`lsn`), segment assembly from streamed
+//! bytes (`assemble`), and — as the WAL streaming issue lands — the physical
+//! replication client and the record decoder.
 
+mod assemble;
 mod lsn;
 
+pub use assemble::{Assembler, CompletedSegment, GapError};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
