@@ -719,6 +719,24 @@ fn measure(
     }
 }
 
+/// The command line that reproduces this run: `cargo bench` with the
+/// benchmark's environment variables that were set.
+fn command() -> String {
+    let mut cmd = String::new();
+    for var in [
+        "PITR_BENCH_BYTES",
+        "PITR_BENCH_RUNS",
+        "PITR_BENCH_SEED",
+        "PITR_BENCH_DIR",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            let _ = write!(cmd, "{var}={v} ");
+        }
+    }
+    cmd.push_str("cargo bench --bench repo_write -- --write-md");
+    cmd
+}
+
 /// The 1-minute load average, from `/proc/loadavg`.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -1005,6 +1023,7 @@ const TABLE_HEAD: &str = "| run | input MB/s | seconds | CPU seconds | input MB 
 
 fn report_markdown(r: &Report<'_>) -> String {
     let mut md = String::new();
+    let _ = writeln!(md, "Command: `{}`\n", command());
     let _ = writeln!(md, "### Machine\n");
     let _ = writeln!(md, "| | |\n| --- | --- |");
     for (k, v) in machine() {
