@@ -172,11 +172,7 @@ mod tests {
             ),
             "{err}"
         );
-        assert_eq!(
-            d.inner().puts_seen(),
-            4,
-            "a permanent failure is not retried"
-        );
+        assert_eq!(d.inner().puts_seen(), 4, "a permanent failure is not retried");
 
         d.inner().set_plan(FaultPlan {
             fail_puts: 10,
