@@ -4,16 +4,17 @@
 //! never by accident. Regenerate with `PITR_UPDATE_GOLDEN=1 cargo test golden`
 //! only when the change is intended.
 //!
-//! age output is randomised (ephemeral keys, nonces, grease), so chunk blobs
-//! and key objects are pinned by decoding checked-in objects instead; the
+//! age output is randomised (ephemeral keys, nonces, grease), so wrapped data
+//! keys and key objects are pinned by decoding checked-in objects instead; the
 //! integration test `golden::a_version_1_store_still_reads` does the same for
 //! a whole store.
 
 use std::path::PathBuf;
 
 use super::chunking::Chunking;
+use super::datakey::DataKey;
 use super::keys::{ChunkId, RepositoryKey};
-use super::manifest::{Commit, Descriptor, ItemRecord, Manifest, PackRecord};
+use super::manifest::{Commit, Descriptor, ItemHasher, ItemRecord, Manifest, PackRecord};
 use super::pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
 use super::seal::{self, SealKind};
 
@@ -64,14 +65,14 @@ fn entries() -> Vec<PackEntry> {
     vec![
         PackEntry {
             chunk: k.chunk_id(b"first chunk"),
-            offset: 10,
-            length: 6,
+            offset: 26,
+            length: 46,
             raw_length: 11,
         },
         PackEntry {
             chunk: k.chunk_id(b"second chunk"),
-            offset: 16,
-            length: 7,
+            offset: 72,
+            length: 47,
             raw_length: 12,
         },
     ]
@@ -80,8 +81,8 @@ fn entries() -> Vec<PackEntry> {
 fn commit() -> Commit {
     let k = key();
     let data = b"golden item content\n";
-    let mut h = k.item_hasher();
-    h.update(data);
+    let mut h = ItemHasher::new(&k);
+    h.update(&k.chunk_id(data), data.len() as u32);
     Commit {
         version: 1,
         seq: 7,
@@ -100,7 +101,7 @@ fn commit() -> Commit {
                 name: "pg/main/wal/000000010000000000000003".into(),
                 size: data.len() as u64,
                 chunker: Chunking::Fixed(131072),
-                hash: h.finalize().to_hex().to_string(),
+                hash: h.finish(),
                 chunks: vec![(k.chunk_id(data), data.len() as u32)],
             },
         }],
@@ -115,6 +116,9 @@ fn golden_key_derivations() {
     out.extend_from_slice(&k.chunk_id(b"").0);
     out.extend_from_slice(&k.chunk_id(b"pitr golden chunk\n").0);
     out.extend_from_slice(k.meta_key());
+    let mut h = ItemHasher::new(&k);
+    h.update(&k.chunk_id(b"pitr golden chunk\n"), 18);
+    out.extend_from_slice(h.finish().as_bytes());
     out.extend_from_slice(k.to_text().as_bytes());
     pin("key-derivations.hex", &out);
 }
@@ -168,10 +172,20 @@ fn golden_sealed_metadata() {
 fn golden_pack() {
     let k = key();
     pin("pack-index-plaintext.hex", &encode_index(&entries()));
-    let mut b = PackBuilder::new();
-    // Stand-ins for age blobs: the pack layout does not look inside them.
-    b.push(k.chunk_id(b"first chunk"), b"blob-a", 11);
-    b.push(k.chunk_id(b"second chunk"), b"blob-bb", 12);
+    // The wrapped data key is an age file (randomised): a stand-in of the
+    // same role pins the layout around it; its decryption is pinned by the
+    // golden store.
+    let dk = DataKey::from_bytes(&[0x11; 32]);
+    let mut b = PackBuilder::with_key(DataKey::from_bytes(&[0x11; 32]), b"wrapped-key!");
+    for (plain, z) in [
+        (&b"first chunk"[..], &b"zstd-a"[..]),
+        (b"second chunk", b"zstd-bb"),
+    ] {
+        let id = k.chunk_id(plain);
+        let blob = dk.seal_chunk_with_nonce(&id, z, NONCE);
+        pin(&format!("chunk-blob-{}.hex", plain.len()), &blob);
+        b.push_blob(id, &blob, plain.len() as u32);
+    }
     let sealed = seal::seal_with_nonce(
         &k,
         SealKind::PackIndex,
@@ -184,6 +198,12 @@ fn golden_pack() {
     pin("pack.hex", &bytes);
     pin("pack-id.hex", PackId::of(&bytes).object_name().as_bytes());
     assert_eq!(read_index(&k, "p", &bytes).expect("index"), entries());
+    let e = entries()[1];
+    let blob = &bytes[e.offset as usize..][..e.length as usize];
+    assert_eq!(
+        dk.open_chunk("p", e.offset, &e.chunk, blob).expect("open"),
+        b"zstd-bb"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ use super::RepoError;
 const CHUNK_ID_CONTEXT: &str = "pitr 2026-11 chunk id v1";
 const META_CONTEXT: &str = "pitr 2026-11 metadata v1";
 const KEY_ID_CONTEXT: &str = "pitr 2026-11 key id v1";
+const ITEM_HASH_CONTEXT: &str = "pitr 2026-11 item hash v1";
 const KEY_MAGIC: &[u8; 8] = b"PITRKEY\0";
 const KEY_VERSION: u8 = 1;
 
@@ -58,6 +59,7 @@ pub struct RepositoryKey {
     bytes: [u8; 32],
     chunk_key: [u8; 32],
     meta_key: [u8; 32],
+    item_key: [u8; 32],
 }
 
 impl fmt::Debug for RepositoryKey {
@@ -78,6 +80,7 @@ impl RepositoryKey {
             bytes,
             chunk_key: blake3::derive_key(CHUNK_ID_CONTEXT, &bytes),
             meta_key: blake3::derive_key(META_CONTEXT, &bytes),
+            item_key: blake3::derive_key(ITEM_HASH_CONTEXT, &bytes),
         }
     }
 
@@ -91,9 +94,9 @@ impl RepositoryKey {
         ChunkId(*blake3::keyed_hash(&self.chunk_key, plaintext).as_bytes())
     }
 
-    /// A hasher for an item's end-to-end hash.
-    pub fn item_hasher(&self) -> blake3::Hasher {
-        blake3::Hasher::new_keyed(&self.chunk_key)
+    /// A hasher for an item's end-to-end hash (see `ItemHasher`).
+    pub(crate) fn item_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.item_key)
     }
 
     pub(crate) fn meta_key(&self) -> &[u8; 32] {

@@ -30,6 +30,32 @@ pub struct Manifest {
     pub chunks: Vec<(ChunkId, u32)>,
 }
 
+/// An item's end-to-end hash: keyed BLAKE3 (the item-hash subkey of `K`)
+/// over its ordered chunk list, `chunk id (32) | plaintext length u32 LE` per
+/// chunk. Every chunk id is a keyed hash of the chunk's plaintext, recomputed
+/// on read, so this pins content, order and sizes without hashing the data a
+/// second time.
+#[derive(Debug, Clone)]
+pub struct ItemHasher(blake3::Hasher);
+
+impl ItemHasher {
+    /// A hasher for an item of this repository.
+    pub fn new(key: &RepositoryKey) -> Self {
+        ItemHasher(key.item_hasher())
+    }
+
+    /// Adds the next chunk.
+    pub fn update(&mut self, id: &ChunkId, raw_length: u32) {
+        self.0.update(&id.0);
+        self.0.update(&raw_length.to_le_bytes());
+    }
+
+    /// The hash, lowercase hex.
+    pub fn finish(&self) -> String {
+        self.0.finalize().to_hex().to_string()
+    }
+}
+
 /// One item as recorded in a catalog commit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

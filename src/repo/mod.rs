@@ -8,6 +8,7 @@
 //! chunk id recomputed (invariant 3).
 
 mod chunking;
+mod datakey;
 #[cfg(test)]
 mod golden;
 mod keys;
@@ -26,10 +27,11 @@ use crate::config::{Config, ConfigError};
 use crate::ship::{Fanout, ShipError};
 
 pub use chunking::Chunking;
+pub use datakey::DataKey;
 pub use keys::{ChunkId, RepositoryKey, age_decrypt, age_encrypt};
 pub use manifest::{
-    Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, ItemRecord, Manifest, PackRecord,
-    commit_object_name, recipients_fingerprint,
+    Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, ItemHasher, ItemRecord, Manifest,
+    PackRecord, commit_object_name, recipients_fingerprint,
 };
 pub use pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
 pub use reader::Reader;

@@ -6,14 +6,15 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::RepoError;
+use super::datakey::DataKey;
 use super::keys::{ChunkId, RepositoryKey};
 use super::seal::{self, SealKind};
 
 const MAGIC: &[u8; 8] = b"PITRPACK";
 const END_MAGIC: &[u8; 8] = b"PITRPEND";
 const VERSION: u16 = 1;
-/// Bytes before the first blob.
-pub const HEADER_LEN: u64 = 10;
+/// Bytes before the wrapped data key: magic, version, key length.
+pub const PREFIX_LEN: u64 = 14;
 /// Bytes after the sealed index.
 pub const TRAILER_LEN: u64 = 12;
 const ENTRY_LEN: usize = 48;
@@ -67,33 +68,42 @@ impl fmt::Debug for PackId {
     }
 }
 
-/// Accumulates blobs for one pack.
+/// Accumulates blobs for one pack, sealing them under its data key.
 #[derive(Debug)]
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
-}
-
-impl Default for PackBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
+    key: DataKey,
 }
 
 impl PackBuilder {
-    /// An empty pack.
-    pub fn new() -> Self {
+    /// An empty pack with a fresh data key wrapped to `recipients`.
+    pub fn new(recipients: &[age::x25519::Recipient]) -> Self {
+        let (key, wrapped) = DataKey::generate(recipients);
+        Self::with_key(key, &wrapped)
+    }
+
+    pub(crate) fn with_key(key: DataKey, wrapped: &[u8]) -> Self {
         let mut buf = Vec::new();
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
+        let len = u32::try_from(wrapped.len()).expect("a wrapped key is a few hundred bytes");
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(wrapped);
         PackBuilder {
             buf,
             entries: Vec::new(),
+            key,
         }
     }
 
-    /// Appends one chunk blob.
-    pub fn push(&mut self, chunk: ChunkId, blob: &[u8], raw_length: u32) {
+    /// Seals one compressed chunk and appends its blob.
+    pub fn push(&mut self, chunk: ChunkId, compressed: &[u8], raw_length: u32) {
+        let blob = self.key.seal_chunk(&chunk, compressed);
+        self.push_blob(chunk, &blob, raw_length);
+    }
+
+    pub(crate) fn push_blob(&mut self, chunk: ChunkId, blob: &[u8], raw_length: u32) {
         let offset = self.buf.len() as u64;
         self.buf.extend_from_slice(blob);
         self.entries.push(PackEntry {
@@ -170,6 +180,43 @@ fn decode_index(object: &str, plain: &[u8]) -> Result<Vec<PackEntry>, RepoError>
         .collect())
 }
 
+/// Where a pack's wrapped data key lies, from the pack's first
+/// [`PREFIX_LEN`] bytes: checks magic and version.
+pub fn parse_prefix(object: &str, prefix: &[u8]) -> Result<std::ops::Range<u64>, RepoError> {
+    if prefix.len() < PREFIX_LEN as usize {
+        return Err(RepoError::Truncated {
+            object: object.to_owned(),
+            what: "it ends inside the pack header".into(),
+        });
+    }
+    if &prefix[..8] != MAGIC {
+        return Err(RepoError::Tampered {
+            object: object.to_owned(),
+            what: "no PITRPACK magic".into(),
+        });
+    }
+    let version = u16::from_le_bytes([prefix[8], prefix[9]]);
+    if version != VERSION {
+        return Err(RepoError::UnsupportedVersion {
+            object: object.to_owned(),
+            found: u32::from(version),
+            supported: u32::from(VERSION),
+        });
+    }
+    let len = u32::from_le_bytes([prefix[10], prefix[11], prefix[12], prefix[13]]);
+    Ok(PREFIX_LEN..PREFIX_LEN + u64::from(len))
+}
+
+/// The wrapped data key of a whole pack.
+pub fn wrapped_key<'a>(object: &str, pack: &'a [u8]) -> Result<&'a [u8], RepoError> {
+    let range = parse_prefix(object, pack)?;
+    pack.get(range.start as usize..range.end as usize)
+        .ok_or_else(|| RepoError::Truncated {
+            object: object.to_owned(),
+            what: "it ends inside its wrapped data key".into(),
+        })
+}
+
 /// Reads the index of a whole pack, checking magic, version, bounds and that
 /// every entry lies inside the blob area.
 pub fn read_index(
@@ -178,31 +225,18 @@ pub fn read_index(
     pack: &[u8],
 ) -> Result<Vec<PackEntry>, RepoError> {
     let len = pack.len() as u64;
-    if len < HEADER_LEN + TRAILER_LEN || &pack[pack.len() - 8..] != END_MAGIC {
+    if len < PREFIX_LEN + TRAILER_LEN || &pack[pack.len() - 8..] != END_MAGIC {
         return Err(RepoError::Truncated {
             object: object.to_owned(),
             what: "the pack trailer is missing".into(),
         });
     }
-    if &pack[..8] != MAGIC {
-        return Err(RepoError::Tampered {
-            object: object.to_owned(),
-            what: "no PITRPACK magic".into(),
-        });
-    }
-    let version = u16::from_le_bytes([pack[8], pack[9]]);
-    if version != VERSION {
-        return Err(RepoError::UnsupportedVersion {
-            object: object.to_owned(),
-            found: u32::from(version),
-            supported: u32::from(VERSION),
-        });
-    }
+    let blobs_start = parse_prefix(object, pack)?.end;
     let t = pack.len() - TRAILER_LEN as usize;
     let index_len = u32::from_le_bytes(pack[t..t + 4].try_into().expect("4 bytes")) as u64;
     let index_start = (t as u64)
         .checked_sub(index_len)
-        .filter(|s| *s >= HEADER_LEN)
+        .filter(|s| *s >= blobs_start)
         .ok_or_else(|| RepoError::Tampered {
             object: object.to_owned(),
             what: "its index length points outside the pack".into(),
@@ -211,7 +245,7 @@ pub fn read_index(
     let plain = seal::open(key, SealKind::PackIndex, object, "", sealed)?;
     let entries = decode_index(object, &plain)?;
     for e in &entries {
-        if e.offset < HEADER_LEN || e.offset + u64::from(e.length) > index_start {
+        if e.offset < blobs_start || e.offset + u64::from(e.length) > index_start {
             return Err(RepoError::Malformed {
                 object: object.to_owned(),
                 what: format!("chunk {} lies outside the blob area", e.chunk),
@@ -228,15 +262,24 @@ mod tests {
     #[test]
     fn pack_round_trip() {
         let k = RepositoryKey::generate();
-        let mut b = PackBuilder::new();
-        b.push(k.chunk_id(b"a"), b"blob-a", 1);
-        b.push(k.chunk_id(b"bb"), b"blob-bb", 2);
+        let id = age::x25519::Identity::generate();
+        let mut b = PackBuilder::new(&[id.to_public()]);
+        b.push(k.chunk_id(b"a"), b"zstd-a", 1);
+        b.push(k.chunk_id(b"bb"), b"zstd-bb", 2);
         let (bytes, entries) = b.finish(&k);
         let got = read_index(&k, "p", &bytes).expect("index");
         assert_eq!(got, entries);
+        let dk = DataKey::unwrap(
+            std::slice::from_ref(&id),
+            "p",
+            wrapped_key("p", &bytes).expect("key"),
+        )
+        .expect("unwrap");
+        let e = got[1];
+        let blob = &bytes[e.offset as usize..][..e.length as usize];
         assert_eq!(
-            &bytes[got[1].offset as usize..][..got[1].length as usize],
-            b"blob-bb"
+            dk.open_chunk("p", e.offset, &e.chunk, blob).expect("open"),
+            b"zstd-bb"
         );
         let e = read_index(&k, "p", &bytes[..bytes.len() - 1]).expect_err("truncated");
         assert!(matches!(e, RepoError::Truncated { .. }), "{e}");

@@ -1,16 +1,20 @@
-//! Reading items back: ranged get of each chunk's blob → age → zstd → chunk
-//! id check, in order, a few chunks ahead; the item's size and keyed hash are
+//! Reading items back: for each chunk, its pack's data key (unwrapped once
+//! per pack and cached), then a ranged get of its blob → open → zstd → chunk
+//! id check, in order, a few chunks ahead; the item's size and hash are
 //! checked at the end.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::OnceCell;
 
-use super::keys::{ChunkId, age_decrypt};
-use super::manifest::Manifest;
-use super::pack::{PackEntry, PackId};
+use super::datakey::DataKey;
+use super::keys::ChunkId;
+use super::manifest::{ItemHasher, Manifest};
+use super::pack::{PREFIX_LEN, PackEntry, PackId, parse_prefix};
 use super::verify::check_pack;
 use super::{Inner, RepoError, Repository};
 
@@ -18,13 +22,26 @@ use super::{Inner, RepoError, Repository};
 #[derive(Debug, Clone)]
 pub struct Reader {
     repo: Repository,
+    keys: Arc<KeyCache>,
 }
 
 const READ_AHEAD: usize = 4;
+/// Data keys kept; a restore reads packs mostly in order, so a small cache
+/// serves it, and memory stays bounded.
+const KEY_CACHE: usize = 1024;
+
+/// Unwrapped pack data keys; concurrent reads of one pack unwrap it once.
+#[derive(Debug, Default)]
+struct KeyCache {
+    keys: Mutex<HashMap<PackId, Arc<OnceCell<Arc<DataKey>>>>>,
+}
 
 impl Reader {
     pub(super) fn new(repo: Repository) -> Self {
-        Reader { repo }
+        Reader {
+            repo,
+            keys: Arc::default(),
+        }
     }
 
     /// The item's plaintext as a stream of verified chunks. The stream ends
@@ -35,33 +52,31 @@ impl Reader {
         manifest: &Manifest,
     ) -> impl Stream<Item = Result<Bytes, RepoError>> + Send + 'static {
         let inner = self.repo.inner.clone();
+        let keys = self.keys.clone();
         let manifest = Arc::new(manifest.clone());
         let m = manifest.clone();
         let chunks = futures::stream::iter(manifest.chunks.clone())
             .map(move |(id, raw_len)| {
-                let inner = inner.clone();
-                let m = m.clone();
-                async move { fetch_chunk(&inner, &m.name, id, raw_len).await }
+                let (inner, keys, m) = (inner.clone(), keys.clone(), m.clone());
+                async move {
+                    let data = fetch_chunk(&inner, &keys, &m.name, id, raw_len).await?;
+                    Ok::<_, RepoError>((id, data))
+                }
             })
             .buffered(READ_AHEAD);
-        let mut hasher = Some(self.repo.key().item_hasher());
+        let mut hasher = ItemHasher::new(self.repo.key());
         let mut size = 0u64;
         let mut left = manifest.chunks.len();
-        chunks.and_then(move |data| {
-            let manifest = manifest.clone();
-            let result = (|| {
-                let h = hasher
-                    .as_mut()
-                    .expect("the hasher lives until the last chunk");
-                h.update(&data);
-                size += data.len() as u64;
-                left -= 1;
-                if left == 0 {
-                    let h = hasher.take().expect("the last chunk comes once");
-                    check_whole(&manifest, size, &h.finalize().to_hex())?;
-                }
+        chunks.and_then(move |(id, data)| {
+            let len = u32::try_from(data.len()).expect("chunks are at most a few MiB");
+            hasher.update(&id, len);
+            size += data.len() as u64;
+            left -= 1;
+            let result = if left == 0 {
+                check_whole(&manifest, size, &hasher.finish()).map(|()| data)
+            } else {
                 Ok(data)
-            })();
+            };
             async move { result }
         })
     }
@@ -74,8 +89,7 @@ impl Reader {
         out: &mut W,
     ) -> Result<u64, RepoError> {
         if manifest.chunks.is_empty() {
-            let h = self.repo.key().item_hasher().finalize();
-            check_whole(manifest, 0, &h.to_hex())?;
+            check_whole(manifest, 0, &ItemHasher::new(self.repo.key()).finish())?;
             return Ok(0);
         }
         let mut s = std::pin::pin!(self.stream(manifest));
@@ -109,8 +123,40 @@ fn check_whole(m: &Manifest, size: u64, hash: &str) -> Result<(), RepoError> {
     Ok(())
 }
 
+/// The data key of `pack`: two small ranged gets (prefix, wrapped key) and
+/// one age decryption the first time, the cache afterwards.
+async fn pack_key(
+    inner: &Arc<Inner>,
+    keys: &KeyCache,
+    pack: PackId,
+    object: &str,
+) -> Result<Arc<DataKey>, RepoError> {
+    let cell = {
+        let mut map = keys.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= KEY_CACHE && !map.contains_key(&pack) {
+            map.clear();
+        }
+        map.entry(pack).or_default().clone()
+    };
+    cell.get_or_try_init(|| async {
+        let prefix = inner.fanout.get_range(object, 0..PREFIX_LEN).await?;
+        let range = parse_prefix(object, &prefix)?;
+        let wrapped = inner.fanout.get_range(object, range).await?;
+        let inner = inner.clone();
+        let object = object.to_owned();
+        tokio::task::spawn_blocking(move || {
+            DataKey::unwrap(&inner.opts.identities, &object, &wrapped).map(Arc::new)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    })
+    .await
+    .cloned()
+}
+
 async fn fetch_chunk(
     inner: &Arc<Inner>,
+    keys: &KeyCache,
     item: &str,
     id: ChunkId,
     raw_len: u32,
@@ -126,16 +172,19 @@ async fn fetch_chunk(
         })?;
     let object = loc.pack.object_name();
     let e = loc.entry;
-    let blob = inner
-        .fanout
-        .get_range(&object, e.offset..e.offset + u64::from(e.length))
-        .await?;
-    let inner2 = inner.clone();
-    let object2 = object.clone();
-    let data = match tokio::task::spawn_blocking(move || open_blob(&inner2, &object2, &e, &blob))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    {
+    let opened = async {
+        let key = pack_key(inner, keys, loc.pack, &object).await?;
+        let blob = inner
+            .fanout
+            .get_range(&object, e.offset..e.offset + u64::from(e.length))
+            .await?;
+        let inner = inner.clone();
+        let object = object.clone();
+        tokio::task::spawn_blocking(move || open_blob(&inner, &object, &key, &e, &blob))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    };
+    let data = match opened.await {
         Ok(data) => data,
         Err(err @ (RepoError::Tampered { .. } | RepoError::Truncated { .. })) => {
             return Err(diagnose(inner, &object, loc.pack, err).await);
@@ -191,10 +240,11 @@ async fn diagnose(
     }
 }
 
-/// Decrypts, decompresses and verifies one chunk blob read from `object`.
+/// Opens, decompresses and verifies one chunk blob read from `object`.
 pub(super) fn open_blob(
     inner: &Inner,
     object: &str,
+    key: &DataKey,
     e: &PackEntry,
     blob: &[u8],
 ) -> Result<Vec<u8>, RepoError> {
@@ -210,12 +260,13 @@ pub(super) fn open_blob(
             ),
         });
     }
-    let z = age_decrypt(&inner.opts.identities, object, blob)?;
+    let z = key.open_chunk(object, e.offset, &e.chunk, blob)?;
     let mut data = Vec::with_capacity(e.raw_length as usize);
     zstd::stream::copy_decode(&z[..], &mut data).map_err(|err| RepoError::Malformed {
         object: object.to_owned(),
         what: format!("chunk {} is not valid zstd: {err}", e.chunk),
     })?;
+    // Invariant 3: the id is recomputed from what was decrypted.
     let actual = inner.key.chunk_id(&data);
     if actual != e.chunk {
         return Err(RepoError::Swapped {

@@ -4,7 +4,8 @@
 //! name, sealed index, catalog agreement); with one, every chunk is also
 //! decrypted and its id recomputed.
 
-use super::pack::{PackEntry, PackId, read_index};
+use super::datakey::DataKey;
+use super::pack::{PackEntry, PackId, read_index, wrapped_key};
 use super::reader::open_blob;
 use super::{Inner, RepoError, Repository};
 
@@ -134,10 +135,11 @@ pub(super) fn check_pack(
     }
     let mut opened = 0;
     if decrypt {
+        let key = DataKey::unwrap(&inner.opts.identities, object, wrapped_key(object, bytes)?)?;
         for e in &entries {
             let start = e.offset as usize;
             let blob = &bytes[start..start + e.length as usize];
-            open_blob(inner, object, e, blob)?;
+            open_blob(inner, object, &key, e, blob)?;
             opened += 1;
         }
     }

@@ -1,4 +1,5 @@
-//! Writing items: chunk → dedup → zstd → age → pack → upload → commit.
+//! Writing items: chunk → dedup → zstd → seal under the pack's data key →
+//! pack → upload → commit.
 //!
 //! Memory is bounded by the pack being filled, one pack being uploaded, and a
 //! few chunks in flight through compression, whatever the item's size.
@@ -12,8 +13,8 @@ use tokio::io::AsyncRead;
 use tokio::task::JoinHandle;
 
 use super::chunking::{self, Chunking};
-use super::keys::{ChunkId, age_encrypt};
-use super::manifest::{Commit, FORMAT_VERSION, ItemRecord, Manifest, PackRecord};
+use super::keys::ChunkId;
+use super::manifest::{Commit, FORMAT_VERSION, ItemHasher, ItemRecord, Manifest, PackRecord};
 use super::pack::{PackBuilder, PackId};
 use super::{RepoError, Repository};
 
@@ -35,7 +36,8 @@ pub struct CommitInfo {
 #[derive(Debug)]
 pub struct Writer {
     repo: Repository,
-    pack: PackBuilder,
+    /// The pack being filled; created with its data key at its first chunk.
+    pack: Option<PackBuilder>,
     /// Chunks in this writer's uncommitted packs (uploaded or open).
     pending: HashSet<ChunkId>,
     uploaded: Vec<PackRecord>,
@@ -45,15 +47,16 @@ pub struct Writer {
 
 struct Processed {
     id: ChunkId,
-    data: Vec<u8>,
-    blob: Option<Vec<u8>>,
+    raw_len: u32,
+    /// The compressed chunk, when it is not stored yet.
+    compressed: Option<Vec<u8>>,
 }
 
 impl Writer {
     pub(super) fn new(repo: Repository) -> Self {
         Writer {
             repo,
-            pack: PackBuilder::new(),
+            pack: None,
             pending: HashSet::new(),
             uploaded: Vec::new(),
             items: Vec::new(),
@@ -93,17 +96,23 @@ impl Writer {
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .has_chunk(&id)?;
-                            let blob = if known {
+                            let compressed = if known {
                                 None
                             } else {
-                                let z = zstd::bulk::compress(&data, inner.opts.zstd_level)
-                                    .map_err(|e| RepoError::Local {
+                                Some(zstd::bulk::compress(&data, inner.opts.zstd_level).map_err(
+                                    |e| RepoError::Local {
                                         path: "zstd".into(),
                                         source: e,
-                                    })?;
-                                Some(age_encrypt(&inner.opts.recipients, &z))
+                                    },
+                                )?)
                             };
-                            Ok(Processed { id, data, blob })
+                            let raw_len =
+                                u32::try_from(data.len()).expect("chunks are at most a few MiB");
+                            Ok(Processed {
+                                id,
+                                raw_len,
+                                compressed,
+                            })
                         });
                     match job.await {
                         Ok(r) => r,
@@ -113,19 +122,22 @@ impl Writer {
             })
             .try_buffered(parallel);
 
-        let mut hasher = self.repo.key().item_hasher();
+        let mut hasher = ItemHasher::new(self.repo.key());
         let mut size = 0u64;
         let mut chunks = Vec::new();
         while let Some(p) = processed.try_next().await? {
-            hasher.update(&p.data);
-            size += p.data.len() as u64;
-            let raw_len = u32::try_from(p.data.len()).expect("chunks are at most a few MiB");
-            chunks.push((p.id, raw_len));
-            if let Some(blob) = p.blob
+            hasher.update(&p.id, p.raw_len);
+            size += u64::from(p.raw_len);
+            chunks.push((p.id, p.raw_len));
+            if let Some(compressed) = p.compressed
                 && self.pending.insert(p.id)
             {
-                self.pack.push(p.id, &blob, raw_len);
-                if self.pack.len() >= self.repo.inner.opts.pack_size {
+                let inner = &self.repo.inner;
+                let pack = self
+                    .pack
+                    .get_or_insert_with(|| PackBuilder::new(&inner.opts.recipients));
+                pack.push(p.id, &compressed, p.raw_len);
+                if pack.len() >= inner.opts.pack_size {
                     self.flush_pack().await?;
                 }
             }
@@ -134,7 +146,7 @@ impl Writer {
             name: name.to_owned(),
             size,
             chunker: chunking,
-            hash: hasher.finalize().to_hex().to_string(),
+            hash: hasher.finish(),
             chunks,
         };
         self.items.push(ItemRecord {
@@ -150,10 +162,9 @@ impl Writer {
     /// finished (one upload in flight bounds memory to two packs).
     async fn flush_pack(&mut self) -> Result<(), RepoError> {
         self.finish_upload().await?;
-        if self.pack.is_empty() {
+        let Some(pack) = self.pack.take() else {
             return Ok(());
-        }
-        let pack = std::mem::take(&mut self.pack);
+        };
         let inner = self.repo.inner.clone();
         self.upload = Some(tokio::spawn(async move {
             let key = inner.key.clone();
@@ -239,7 +250,7 @@ impl Writer {
         if let Some(h) = self.upload.take() {
             let _ = h.await;
         }
-        self.pack = PackBuilder::new();
+        self.pack = None;
         self.pending.clear();
         self.uploaded.clear();
         self.items.clear();
