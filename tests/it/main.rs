@@ -2,6 +2,7 @@
 //! harness (throw-away PostgreSQL clusters and friends).
 
 mod cli;
+mod disk_full;
 mod golden;
 mod harness;
 mod pg_harness;
