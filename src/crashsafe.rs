@@ -8,28 +8,25 @@ use std::path::Path;
 
 /// Writes `bytes` to `path` atomically and durably, creating it with `mode`.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let (dir, tmp) = temp_beside(path)?;
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    write_via_temp(path, bytes, mode, |tmp| fs::rename(tmp, path))
 }
 
 /// Like [`write_file`], but fails with `AlreadyExists` instead of replacing
 /// an existing file: for secrets such as identities, where overwriting would
 /// make everything encrypted to the old one unreadable.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    // A hard link, unlike rename, refuses an existing target atomically.
+    write_via_temp(path, bytes, mode, |tmp| fs::hard_link(tmp, path))
+}
+
+/// Writes and fsyncs a temp file beside `path`, lets `publish` put it in
+/// place, fsyncs the directory; the temp file never outlives the call.
+fn write_via_temp(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    publish: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<()> {
     let (dir, tmp) = temp_beside(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -39,10 +36,10 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        // A hard link, unlike rename, refuses an existing target atomically.
-        fs::hard_link(&tmp, path)?;
+        publish(&tmp)?;
         fs::File::open(&dir)?.sync_all()
     })();
+    // After a rename it is gone already; after a link or a failure it must go.
     let _ = fs::remove_file(&tmp);
     result
 }

@@ -9,7 +9,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use super::RepoError;
-use super::keys::{ChunkId, age_decrypt, age_encrypt};
+use super::keys::{ChunkId, age_decrypt, age_encrypt, decode_wrapped_key};
 
 const MAGIC: &[u8; 8] = b"PITRDKEY";
 const VERSION: u8 = 1;
@@ -58,21 +58,7 @@ impl DataKey {
         wrapped: &[u8],
     ) -> Result<DataKey, RepoError> {
         let plain = age_decrypt(identities, object, wrapped)?;
-        if plain.len() != 41 || &plain[..8] != MAGIC {
-            return Err(RepoError::Malformed {
-                object: object.to_owned(),
-                what: "its header holds no pack data key".into(),
-            });
-        }
-        if plain[8] != VERSION {
-            return Err(RepoError::UnsupportedVersion {
-                object: object.to_owned(),
-                found: u32::from(plain[8]),
-                supported: u32::from(VERSION),
-            });
-        }
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(&plain[9..]);
+        let bytes = decode_wrapped_key(object, &plain, MAGIC, VERSION, "a pack data key")?;
         Ok(Self::from_bytes(&bytes))
     }
 

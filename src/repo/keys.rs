@@ -128,23 +128,42 @@ impl RepositoryKey {
 
     /// Parses the plaintext of a `keys/<key_id>` object.
     pub fn decode_key_object(object: &str, plain: &[u8]) -> Result<Self, RepoError> {
-        if plain.len() != 41 || &plain[..8] != KEY_MAGIC {
-            return Err(RepoError::Malformed {
-                object: object.to_owned(),
-                what: "not a repository key object".into(),
-            });
-        }
-        if plain[8] != KEY_VERSION {
-            return Err(RepoError::UnsupportedVersion {
-                object: object.to_owned(),
-                found: u32::from(plain[8]),
-                supported: u32::from(KEY_VERSION),
-            });
-        }
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(&plain[9..]);
+        let bytes = decode_wrapped_key(
+            object,
+            plain,
+            KEY_MAGIC,
+            KEY_VERSION,
+            "a repository key object",
+        )?;
         Ok(Self::from_bytes(bytes))
     }
+}
+
+/// Parses `magic (8) | version u8 | key (32)`, the plaintext of every
+/// age-wrapped key (repository key objects, pack data keys).
+pub(super) fn decode_wrapped_key(
+    object: &str,
+    plain: &[u8],
+    magic: &[u8; 8],
+    version: u8,
+    what: &str,
+) -> Result<[u8; 32], RepoError> {
+    if plain.len() != 41 || &plain[..8] != magic {
+        return Err(RepoError::Malformed {
+            object: object.to_owned(),
+            what: format!("it does not hold {what}"),
+        });
+    }
+    if plain[8] != version {
+        return Err(RepoError::UnsupportedVersion {
+            object: object.to_owned(),
+            found: u32::from(plain[8]),
+            supported: u32::from(version),
+        });
+    }
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(&plain[9..]);
+    Ok(bytes)
 }
 
 /// Encrypts `plain` with age to every recipient (binary age format).

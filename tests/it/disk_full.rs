@@ -86,8 +86,14 @@ async fn a_full_destination_fails_clearly_and_leaves_nothing_half_written() {
     let big = data(99, 8 << 20, 0);
     let mut w = repo.writer();
     let result = async {
-        w.put("big", "test", serde_json::json!({}), Chunking::Fixed(131072), &big[..])
-            .await?;
+        w.put(
+            "big",
+            "test",
+            serde_json::json!({}),
+            Chunking::Fixed(131072),
+            &big[..],
+        )
+        .await?;
         w.commit().await
     }
     .await;
@@ -109,13 +115,27 @@ async fn a_full_destination_fails_clearly_and_leaves_nothing_half_written() {
     // No temp file or torn object: every pack left is whole (its name is the
     // hash of its bytes); no commit references anything.
     for f in files_under(&store) {
-        let name = f.strip_prefix(&store).expect("under store").to_string_lossy().into_owned();
+        let name = f
+            .strip_prefix(&store)
+            .expect("under store")
+            .to_string_lossy()
+            .into_owned();
         assert!(!name.contains(".tmp"), "temp file left behind: {name}");
-        if let Some(id) = name.strip_prefix("packs/").and_then(|n| n.split('/').nth(1)) {
+        if let Some(id) = name
+            .strip_prefix("packs/")
+            .and_then(|n| n.split('/').nth(1))
+        {
             let bytes = std::fs::read(&f).expect("read pack");
-            assert_eq!(blake3::hash(&bytes).to_hex().as_str(), id, "torn pack {name}");
+            assert_eq!(
+                blake3::hash(&bytes).to_hex().as_str(),
+                id,
+                "torn pack {name}"
+            );
         }
-        assert!(!name.starts_with("catalog/"), "a commit was written: {name}");
+        assert!(
+            !name.starts_with("catalog/"),
+            "a commit was written: {name}"
+        );
     }
 
     // Room again (the orphan packs of the failed write are garbage a prune
@@ -123,11 +143,21 @@ async fn a_full_destination_fails_clearly_and_leaves_nothing_half_written() {
     let _ = std::fs::remove_dir_all(store.join("packs"));
     let small = data(7, 100_000, 2);
     let mut w = repo.writer();
-    w.put("small", "test", serde_json::json!({}), Chunking::Cdc, &small[..])
-        .await
-        .expect("put after space was freed");
+    w.put(
+        "small",
+        "test",
+        serde_json::json!({}),
+        Chunking::Cdc,
+        &small[..],
+    )
+    .await
+    .expect("put after space was freed");
     w.commit().await.expect("commit after space was freed");
-    let item = repo.catalog().latest_item("small").expect("query").expect("item");
+    let item = repo
+        .catalog()
+        .latest_item("small")
+        .expect("query")
+        .expect("item");
     let mut out = Vec::new();
     repo.reader()
         .expect("reader")
