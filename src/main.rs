@@ -117,6 +117,9 @@ enum Command {
     WalFetch {
         #[command(flatten)]
         config: ConfigArg,
+        /// The `[[postgres]]` entry (default: the only one).
+        #[arg(long, value_name = "NAME")]
+        postgres: Option<String>,
         /// The file PostgreSQL asks for (%f).
         segment: String,
         /// Where to write it (%p).
@@ -154,7 +157,6 @@ enum Exit {
     #[error("{0}")]
     Usage(String),
     /// The thing asked for is not possible (exit 1).
-    #[expect(dead_code, reason = "the restore planner (issue 5) is its first user")]
     #[error("{0}")]
     NotPossible(String),
 }
@@ -271,10 +273,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             later("restore", 5, "point-in-time restore")
         }
-        Command::WalFetch { config, .. } => {
-            load(&config)?;
-            later("wal-fetch", 3, "WAL streaming")
-        }
+        Command::WalFetch {
+            config,
+            postgres,
+            segment,
+            path,
+        } => wal_fetch(&load(&config)?, postgres.as_deref(), &segment, &path).await,
         Command::Demo => later("demo", 5, "point-in-time restore and the quickstart"),
     }
 }
@@ -422,4 +426,86 @@ async fn check(config: &Config) -> anyhow::Result<()> {
         anyhow::bail!("{failed} destinations failed their check");
     }
     Ok(())
+}
+
+/// The `[[postgres]]` entry a command is about: the named one, or the only one.
+fn postgres_entry<'a>(
+    config: &'a Config,
+    name: Option<&str>,
+) -> anyhow::Result<&'a pitr::config::PostgresConfig> {
+    let names = || {
+        config
+            .postgres
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(n) => config.postgres.iter().find(|p| p.name == n).ok_or_else(|| {
+            Exit::Usage(format!(
+                "{}: no [[postgres]] entry is named {n:?} (configured: {})",
+                config.path.display(),
+                names()
+            ))
+            .into()
+        }),
+        None => match config.postgres.as_slice() {
+            [only] => Ok(only),
+            [] => Err(Exit::Usage(format!(
+                "{} has no [[postgres]] entry",
+                config.path.display()
+            ))
+            .into()),
+            _ => Err(Exit::Usage(format!(
+                "{} has several [[postgres]] entries ({}): say which with --postgres NAME",
+                config.path.display(),
+                names()
+            ))
+            .into()),
+        },
+    }
+}
+
+/// PostgreSQL's `restore_command`: exit 0 with the file in place, exit 1
+/// when the repository does not hold it (recovery then knows the WAL ends
+/// there), anything else when something is wrong.
+async fn wal_fetch(
+    config: &Config,
+    postgres: Option<&str>,
+    file: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let db = postgres_entry(config, postgres)?;
+    let wal_name = file.len() == 24 && file.bytes().all(|b| b.is_ascii_hexdigit());
+    let history = file.len() == 16
+        && file.ends_with(".history")
+        && file[..8].bytes().all(|b| b.is_ascii_hexdigit());
+    if !wal_name && !history {
+        // Backup history files and anything else: pitr stores none.
+        return Err(Exit::NotPossible(format!(
+            "{file} is not a WAL segment or timeline history file; pitr stores none such"
+        ))
+        .into());
+    }
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    let store = pitr::wal::WalStore::new(repo, &db.name);
+    match store.fetch_to(file, path).await? {
+        Some(found) if found.partial => {
+            let end = found.attrs.map(|a| a.end).unwrap_or_default();
+            eprintln!(
+                "pitr wal-fetch: served {file} from a partial segment ending at {end} \
+                 (the rest reads as end of WAL)"
+            );
+            Ok(())
+        }
+        Some(_) => Ok(()),
+        None => Err(Exit::NotPossible(format!(
+            "{file} is not in the repository of [[postgres]] {:?}",
+            db.name
+        ))
+        .into()),
+    }
 }

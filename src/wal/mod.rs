@@ -4,6 +4,8 @@
 
 mod assemble;
 mod lsn;
+mod store;
 
 pub use assemble::{Assembler, CompletedSegment, GapError};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
+pub use store::{StoredWal, WalAttrs, WalStore, WalStoreError};

@@ -352,10 +352,6 @@ fn later_commands_say_which_issue_and_exit_2() {
             ],
             "issue 5",
         ),
-        (
-            &["wal-fetch", "-c", &c, "000000010000000000000001", "/tmp/x"],
-            "issue 3",
-        ),
         (&["verify", "-c", &c, "--restore"], "issue 8"),
         (&["demo"], "issue 5"),
     ];
@@ -368,6 +364,24 @@ fn later_commands_say_which_issue_and_exit_2() {
             "{args:?}: {err}"
         );
     }
+}
+
+#[test]
+fn wal_fetch_without_a_postgres_entry_is_a_usage_error() {
+    let s = Setup::new();
+    let out = pitr(
+        &[
+            "wal-fetch",
+            "-c",
+            &s.config(),
+            "000000010000000000000001",
+            "/tmp/x",
+        ],
+        &[],
+    );
+    let err = text(&out).1;
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no [[postgres]] entry"), "{err}");
 }
 
 #[test]

@@ -7,3 +7,4 @@ mod golden;
 mod harness;
 mod pg_harness;
 mod repo;
+mod wal_fetch;
