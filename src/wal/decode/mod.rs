@@ -52,8 +52,6 @@ pub fn valid_segment_size(seg_size: u64) -> bool {
 pub struct Decoder {
     timeline: u32,
     seg_size: u64,
-    /// Where decoding started.
-    start: Lsn,
     /// The position of the next byte to be fed.
     pos: Lsn,
     state: State,
@@ -134,7 +132,6 @@ impl Decoder {
         let mut decoder = Decoder {
             timeline,
             seg_size,
-            start,
             pos: start,
             state,
             header: [0; LONG_HEADER],

@@ -327,51 +327,44 @@ fn capture_main(main: &mut Vec<u8>, range: &Range<u32>, from: usize, bytes: &[u8
 /// every block's image and data, so it is the record's final
 /// `main_data_len` bytes once the lengths add up.
 fn main_data_range(prefix: &[u8], total_len: u32) -> Result<Range<u32>, String> {
-    let mut at = RECORD_HEADER;
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        let field = prefix.get(at..at + n).ok_or_else(|| {
-            if at + n > total_len as usize {
-                "the block headers run past the end of the record".to_owned()
-            } else {
-                format!("the block headers run past {PREFIX_CAP} bytes")
-            }
-        })?;
-        at += n;
-        Ok(field)
+    let mut cursor = Cursor {
+        bytes: prefix,
+        at: RECORD_HEADER,
+        total_len,
     };
     let mut data_total: u64 = 0;
     let mut main_len: u32 = 0;
     let mut last_block: Option<u8> = None;
     let mut have_rel = false;
     loop {
-        let remaining = u64::from(total_len) - at as u64;
+        let remaining = u64::from(total_len) - cursor.at as u64;
         if remaining <= data_total {
             break;
         }
-        let id = take(1)?[0];
+        let id = cursor.take(1)?[0];
         match id {
             BLOCK_ID_DATA_SHORT => {
-                main_len = u32::from(take(1)?[0]);
+                main_len = u32::from(cursor.take(1)?[0]);
                 data_total += u64::from(main_len);
                 break;
             }
             BLOCK_ID_DATA_LONG => {
-                main_len = le_u32(take(4)?, 0);
+                main_len = le_u32(cursor.take(4)?, 0);
                 data_total += u64::from(main_len);
                 break;
             }
             BLOCK_ID_ORIGIN => {
-                take(2)?;
+                cursor.take(2)?;
             }
             BLOCK_ID_TOPLEVEL_XID => {
-                take(4)?;
+                cursor.take(4)?;
             }
             0..=MAX_BLOCK_ID => {
                 if last_block.is_some_and(|last| id <= last) {
                     return Err(format!("block id {id} out of order"));
                 }
                 last_block = Some(id);
-                let head = take(3)?;
+                let head = cursor.take(3)?;
                 let fork_flags = head[0];
                 let data_len = le_u16(head, 1);
                 if (fork_flags & BKPBLOCK_HAS_DATA != 0) != (data_len != 0) {
@@ -381,14 +374,14 @@ fn main_data_range(prefix: &[u8], total_len: u32) -> Result<Range<u32>, String> 
                 }
                 data_total += u64::from(data_len);
                 if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
-                    let image = take(5)?;
+                    let image = cursor.take(5)?;
                     let image_len = le_u16(image, 0);
                     let hole_offset = le_u16(image, 2);
                     let image_info = image[4];
                     let compressed = image_info & BKPIMAGE_COMPRESSED != 0;
                     let has_hole = image_info & BKPIMAGE_HAS_HOLE != 0;
                     let hole_len = if compressed && has_hole {
-                        le_u16(take(2)?, 0)
+                        le_u16(cursor.take(2)?, 0)
                     } else if compressed {
                         0
                     } else {
@@ -408,23 +401,46 @@ fn main_data_range(prefix: &[u8], total_len: u32) -> Result<Range<u32>, String> 
                     data_total += u64::from(image_len);
                 }
                 if fork_flags & BKPBLOCK_SAME_REL == 0 {
-                    take(12)?;
+                    cursor.take(12)?;
                     have_rel = true;
                 } else if !have_rel {
                     return Err(format!("block {id} refers to a previous relation, but none came before"));
                 }
-                take(4)?;
+                cursor.take(4)?;
             }
             other => return Err(format!("invalid block id {other}")),
         }
     }
-    if u64::from(total_len) - at as u64 != data_total {
+    let remaining = u64::from(total_len) - cursor.at as u64;
+    if remaining != data_total {
         return Err(format!(
-            "the block headers announce {data_total} bytes of data, but {} remain",
-            u64::from(total_len) - at as u64
+            "the block headers announce {data_total} bytes of data, but {remaining} remain"
         ));
     }
     Ok(total_len - main_len..total_len)
+}
+
+/// Reads the block-reference headers field by field.
+struct Cursor<'a> {
+    /// The record's first bytes.
+    bytes: &'a [u8],
+    /// The next field's offset in the record.
+    at: usize,
+    total_len: u32,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let field = self.bytes.get(self.at..self.at + n).ok_or_else(|| {
+            if self.at + n > self.total_len as usize {
+                "the block headers run past the end of the record".to_owned()
+            } else {
+                format!("the block headers run past {PREFIX_CAP} bytes")
+            }
+        })?;
+        self.at += n;
+        Ok(field)
+    }
 }
 
 /// Reads the record types pitr cares about out of the first bytes of their
