@@ -32,9 +32,18 @@ fn parse_dump_line(line: &str) -> Option<Dumped> {
         let rest = &line[line.find(name)? + name.len()..];
         Some(rest[..rest.find(',').unwrap_or(rest.len())].trim())
     };
-    let total_len = field("len (rec/tot):")?.split('/').nth(1)?.trim().parse().ok()?;
+    let total_len = field("len (rec/tot):")?
+        .split('/')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Dumped {
-        rmgr: line.strip_prefix("rmgr: ")?.split_whitespace().next()?.to_owned(),
+        rmgr: line
+            .strip_prefix("rmgr: ")?
+            .split_whitespace()
+            .next()?
+            .to_owned(),
         total_len,
         xid: field("tx:")?.parse().ok()?,
         lsn: field("lsn:")?.parse().ok()?,
@@ -47,7 +56,11 @@ fn parse_dump_line(line: &str) -> Option<Dumped> {
 fn dumped_time(desc: &str, verb: &str) -> Option<Timestamp> {
     let text = desc.strip_prefix(verb)?.strip_prefix(' ')?;
     let stamp = text.get(..26)?;
-    assert_eq!(text.get(26..30), Some(" UTC"), "pg_waldump time zone in {desc:?}");
+    assert_eq!(
+        text.get(26..30),
+        Some(" UTC"),
+        "pg_waldump time zone in {desc:?}"
+    );
     format!("{}Z", stamp.replacen(' ', "T", 1)).parse().ok()
 }
 
@@ -63,7 +76,14 @@ fn pg_waldump(pg: &PgCluster, dir: &Path, first: &str, last: &str) -> Output {
 
 fn pgbench(pg: &PgCluster, args: &[&str]) {
     let out = Command::new(pg.bin("pgbench"))
-        .args(["-h", pg.host(), "-p", &pg.port().to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            pg.host(),
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(args)
         .arg("postgres")
         .output()
@@ -97,7 +117,9 @@ fn the_decoder_agrees_with_pg_waldump_on_a_pgbench_run() {
     pgbench(&pg, &["-i", "-s", "5", "-q"]);
     pgbench(&pg, &["-T", "5", "-c", "4", "-j", "2"]);
     pg.psql("SELECT pg_create_restore_point('golden')");
-    pg.psql("BEGIN; CREATE TABLE rolled_back (x int); INSERT INTO rolled_back VALUES (1); ROLLBACK;");
+    pg.psql(
+        "BEGIN; CREATE TABLE rolled_back (x int); INSERT INTO rolled_back VALUES (1); ROLLBACK;",
+    );
     pg.psql("INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 1)");
     let last_name = pg.psql("SELECT pg_walfile_name(pg_switch_wal())");
     let seg_size: u64 = pg
@@ -152,7 +174,11 @@ fn the_decoder_agrees_with_pg_waldump_on_a_pgbench_run() {
         .collect();
 
     let records = decode(&copy, &segments, seg_size).expect("the decoder reads real WAL");
-    assert_eq!(records.len(), dumped.len(), "record count (pg_waldump stderr: {stderr})");
+    assert_eq!(
+        records.len(),
+        dumped.len(),
+        "record count (pg_waldump stderr: {stderr})"
+    );
     let (mut commits, mut aborts) = (0, 0);
     for (ours, theirs) in records.iter().zip(&dumped) {
         let context = format!("{ours:?} vs {theirs:?}");
@@ -163,7 +189,11 @@ fn the_decoder_agrees_with_pg_waldump_on_a_pgbench_run() {
         assert_eq!(ours.rmgr == 0, theirs.rmgr == "XLOG", "{context}");
         match &ours.kind {
             RecordKind::Commit { time, .. } => {
-                assert_eq!(Some(*time), dumped_time(&theirs.desc, "COMMIT"), "{context}");
+                assert_eq!(
+                    Some(*time),
+                    dumped_time(&theirs.desc, "COMMIT"),
+                    "{context}"
+                );
                 commits += 1;
             }
             RecordKind::Abort { time, .. } => {
@@ -183,7 +213,10 @@ fn the_decoder_agrees_with_pg_waldump_on_a_pgbench_run() {
         }
     }
     assert!(commits > 100, "only {commits} commits under pgbench");
-    assert!(aborts >= 1, "the rolled-back transaction left no abort record");
+    assert!(
+        aborts >= 1,
+        "the rolled-back transaction left no abort record"
+    );
 
     // The per-segment index, with each segment's decoder carried to the next,
     // covers the same records, and finds the restore point and the switch.
@@ -205,8 +238,15 @@ fn the_decoder_agrees_with_pg_waldump_on_a_pgbench_run() {
     assert_eq!(golden.len(), 1);
     assert_eq!(golden[0].name, "golden");
     let last_index = &indexes[&last];
-    assert!(last_index.ends_with_switch && last_index.end_of_wal.is_none(), "{last_index:?}");
-    let index_aborts: u64 = indexes.values().filter_map(|i| i.aborts).map(|a| a.count).sum();
+    assert!(
+        last_index.ends_with_switch && last_index.end_of_wal.is_none(),
+        "{last_index:?}"
+    );
+    let index_aborts: u64 = indexes
+        .values()
+        .filter_map(|i| i.aborts)
+        .map(|a| a.count)
+        .sum();
     assert_eq!(index_aborts, aborts);
     let last_commit = records
         .iter()
@@ -216,10 +256,17 @@ fn the_decoder_agrees_with_pg_waldump_on_a_pgbench_run() {
             _ => None,
         })
         .expect("commits");
-    let index_last_commit = indexes.values().rev().find_map(|i| i.commits).map(|c| c.last);
+    let index_last_commit = indexes
+        .values()
+        .rev()
+        .find_map(|i| i.commits)
+        .map(|c| c.last);
     assert_eq!(index_last_commit, Some(last_commit));
     for index in indexes.values().skip(1) {
-        assert_eq!(index.skipped_continuation, 0, "carried decoders skip nothing");
+        assert_eq!(
+            index.skipped_continuation, 0,
+            "carried decoders skip nothing"
+        );
     }
 
     // Zeros where the next record would start end the WAL, where pg_waldump
@@ -236,7 +283,10 @@ fn the_decoder_agrees_with_pg_waldump_on_a_pgbench_run() {
         stderr.contains(&format!("invalid record length at {end}")),
         "pg_waldump ends elsewhere than {end}: {stderr}"
     );
-    assert!(index.records >= 2, "the insert's commit and the shutdown checkpoint: {index:?}");
+    assert!(
+        index.records >= 2,
+        "the insert's commit and the shutdown checkpoint: {index:?}"
+    );
     assert_eq!(index.commits.map(|c| c.count), Some(1));
 
     // Damage one record in a copy: both judges must refuse it, and ours must
@@ -263,7 +313,8 @@ fn the_decoder_agrees_with_pg_waldump_on_a_pgbench_run() {
     assert_eq!(err.lsn, victim.lsn, "{err}");
     let text = err.to_string();
     assert!(
-        text.contains(&victim.lsn.to_string()) && text.contains(&victim_segment.file_name(seg_size)),
+        text.contains(&victim.lsn.to_string())
+            && text.contains(&victim_segment.file_name(seg_size)),
         "{text}"
     );
     let out = pg_waldump(&pg, &damaged, &first_name, &last_name);

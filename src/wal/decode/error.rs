@@ -71,7 +71,9 @@ pub enum DecodeErrorKind {
         detail: String,
     },
     /// The record's CRC-32C does not match its bytes.
-    #[error("CRC-32C mismatch in the record (stored {stored:08X}, computed {computed:08X}); {CORRUPT}")]
+    #[error(
+        "CRC-32C mismatch in the record (stored {stored:08X}, computed {computed:08X}); {CORRUPT}"
+    )]
     Crc {
         /// `xl_crc` as stored in the record header.
         stored: u32,

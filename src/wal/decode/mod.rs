@@ -276,7 +276,8 @@ impl Decoder {
     /// An error at `lsn`, naming the segment holding it.
     fn error(&self, lsn: Lsn, kind: DecodeErrorKind) -> DecodeError {
         DecodeError {
-            segment: Segment::containing(self.timeline, lsn, self.seg_size).file_name(self.seg_size),
+            segment: Segment::containing(self.timeline, lsn, self.seg_size)
+                .file_name(self.seg_size),
             lsn,
             kind,
         }
@@ -341,7 +342,11 @@ impl Decoder {
     /// Moves on after the record in progress took `taken` more bytes: to the
     /// end of WAL when its length is zero, to the next record when it is
     /// complete.
-    fn after_absorb(&mut self, taken: usize, emit: &mut impl FnMut(Record)) -> Result<(), DecodeError> {
+    fn after_absorb(
+        &mut self,
+        taken: usize,
+        emit: &mut impl FnMut(Record),
+    ) -> Result<(), DecodeError> {
         let State::InRecord(partial) = &self.state else {
             return Ok(());
         };
@@ -365,7 +370,9 @@ impl Decoder {
         } else {
             Lsn(after.next_multiple_of(MAXALIGN))
         };
-        let record = partial.finish(end).map_err(|kind| self.error(start, kind))?;
+        let record = partial
+            .finish(end)
+            .map_err(|kind| self.error(start, kind))?;
         if let Some(overwritten) = self.overwritten.take() {
             let names_it = matches!(record.kind,
                 RecordKind::OverwriteContrecord { overwritten: o, .. } if o == overwritten);
@@ -499,7 +506,9 @@ impl Decoder {
                     return Err(self.error(page, continuation(detail)));
                 }
             }
-            State::SkipContinuation { .. } | State::InRecord(_) if header.is_overwrite_contrecord() => {
+            State::SkipContinuation { .. } | State::InRecord(_)
+                if header.is_overwrite_contrecord() =>
+            {
                 // The record being continued was never finished: the server
                 // crashed, recovered, and wrote new WAL here instead.
                 if let State::InRecord(partial) = &self.state {
@@ -536,7 +545,13 @@ impl Decoder {
 
     /// Takes the first `n` of `bytes`, which must be zeros because the WAL
     /// ended at `end` (`after` says how).
-    fn zeros(&self, bytes: &[u8], n: usize, end: Lsn, after: &'static str) -> Result<usize, DecodeError> {
+    fn zeros(
+        &self,
+        bytes: &[u8],
+        n: usize,
+        end: Lsn,
+        after: &'static str,
+    ) -> Result<usize, DecodeError> {
         let n = n.min(ZEROS.len());
         if bytes[..n] != ZEROS[..n] {
             let offset = bytes[..n].iter().position(|&b| b != 0).unwrap_or(0);

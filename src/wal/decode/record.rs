@@ -404,7 +404,9 @@ fn main_data_range(prefix: &[u8], total_len: u32) -> Result<Range<u32>, String> 
                     cursor.take(12)?;
                     have_rel = true;
                 } else if !have_rel {
-                    return Err(format!("block {id} refers to a previous relation, but none came before"));
+                    return Err(format!(
+                        "block {id} refers to a previous relation, but none came before"
+                    ));
                 }
                 cursor.take(4)?;
             }
@@ -448,7 +450,10 @@ impl<'a> Cursor<'a> {
 fn interpret(rmgr: u8, info: u8, main: &[u8]) -> Result<RecordKind, String> {
     let time_at = |at: usize, what: &str| -> Result<Timestamp, String> {
         let Some(bytes) = main.get(at..at + 8) else {
-            return Err(format!("{what} record with {} bytes of main data", main.len()));
+            return Err(format!(
+                "{what} record with {} bytes of main data",
+                main.len()
+            ));
         };
         pg_timestamp(le_u64(bytes, 0) as i64).ok_or_else(|| format!("{what} time out of range"))
     };
@@ -468,9 +473,12 @@ fn interpret(rmgr: u8, info: u8, main: &[u8]) -> Result<RecordKind, String> {
             XLOG_SWITCH => RecordKind::Switch,
             XLOG_RESTORE_POINT => {
                 let time = time_at(0, "restore point")?;
-                let name = main
-                    .get(8..MAIN_DATA_CAP as usize)
-                    .ok_or_else(|| format!("restore point record with {} bytes of main data", main.len()))?;
+                let name = main.get(8..MAIN_DATA_CAP as usize).ok_or_else(|| {
+                    format!(
+                        "restore point record with {} bytes of main data",
+                        main.len()
+                    )
+                })?;
                 // rp_name is a NUL-terminated C string in a 64-byte field,
                 // in the server encoding.
                 let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
@@ -481,7 +489,8 @@ fn interpret(rmgr: u8, info: u8, main: &[u8]) -> Result<RecordKind, String> {
             }
             XLOG_OVERWRITE_CONTRECORD => RecordKind::OverwriteContrecord {
                 overwritten: Lsn(le_u64(
-                    main.get(..8).ok_or("overwrite-contrecord record without main data")?,
+                    main.get(..8)
+                        .ok_or("overwrite-contrecord record without main data")?,
                     0,
                 )),
                 time: time_at(8, "overwrite-contrecord")?,

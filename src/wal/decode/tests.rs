@@ -188,8 +188,18 @@ fn sample() -> (WalWriter, Vec<Lsn>) {
         w.record(10, 0x00, 701, &block_record_body()),
         // Spans three pages.
         w.record(21, 0x00, 0, &main_data(&[0xAB; 20_000])),
-        w.record(0, 0x70, 0, &restore_point_body(micros("2026-11-24T10:00:01Z"), "golden")),
-        w.record(1, 0x20, 702, &main_data(&micros("2026-11-24T10:00:02Z").to_le_bytes())),
+        w.record(
+            0,
+            0x70,
+            0,
+            &restore_point_body(micros("2026-11-24T10:00:01Z"), "golden"),
+        ),
+        w.record(
+            1,
+            0x20,
+            702,
+            &main_data(&micros("2026-11-24T10:00:02Z").to_le_bytes()),
+        ),
     ];
     lsns.push(w.commit(703, micros("2026-11-24T10:00:03.000001Z")));
     (w, lsns)
@@ -210,7 +220,11 @@ fn decodes_what_was_written_in_any_chunking() {
     let bytes = w.padded(4 * PAGE);
     let (records, decoder) = decode_all(&bytes, bytes.len()).expect("decodes");
     assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), lsns);
-    assert_eq!(records[0].lsn, Lsn(SEG_NO * SEG + 40), "after the long header");
+    assert_eq!(
+        records[0].lsn,
+        Lsn(SEG_NO * SEG + 40),
+        "after the long header"
+    );
     assert_eq!(
         records[0].kind,
         RecordKind::Commit {
@@ -264,7 +278,10 @@ fn a_flipped_byte_is_a_crc_error_naming_the_record() {
     assert_eq!(err.lsn, lsns[1]);
     assert!(matches!(err.kind, DecodeErrorKind::Crc { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains(NAME) && text.contains(&lsns[1].to_string()), "{text}");
+    assert!(
+        text.contains(NAME) && text.contains(&lsns[1].to_string()),
+        "{text}"
+    );
 
     // In the spanning record's last page, too.
     let mut bytes = w.padded(4 * PAGE);
@@ -301,7 +318,10 @@ fn another_versions_magic_is_named() {
     );
     assert_eq!(err.lsn, Lsn(SEG_NO * SEG));
     let text = err.to_string();
-    assert!(text.contains(NAME) && text.contains("D10D") && text.contains("PostgreSQL 15"), "{text}");
+    assert!(
+        text.contains(NAME) && text.contains("D10D") && text.contains("PostgreSQL 15"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -324,13 +344,19 @@ fn a_broken_continuation_is_an_error() {
     let mut bytes = w.padded(4 * PAGE);
     bytes[page2 + 16] ^= 0x01; // xlp_rem_len
     let err = decode_all(&bytes, 8192).expect_err("wrong remaining length");
-    assert!(matches!(err.kind, DecodeErrorKind::Continuation { .. }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::Continuation { .. }),
+        "{err}"
+    );
     assert_eq!(err.lsn, lsns[2]);
 
     let mut bytes = w.padded(4 * PAGE);
     bytes[page2 + 2] &= !0x01; // XLP_FIRST_IS_CONTRECORD
     let err = decode_all(&bytes, 8192).expect_err("no continuation flag");
-    assert!(matches!(err.kind, DecodeErrorKind::Continuation { .. }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::Continuation { .. }),
+        "{err}"
+    );
 
     // A page claiming to continue a record when none is open.
     let mut w = WalWriter::new(SEG_NO);
@@ -341,7 +367,10 @@ fn a_broken_continuation_is_an_error() {
     bytes[page2 + 2] |= 0x01;
     bytes[page2 + 16] = 8;
     let err = decode_all(&bytes, 8192).expect_err("continuation out of nowhere");
-    assert!(matches!(err.kind, DecodeErrorKind::Continuation { .. }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::Continuation { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -389,7 +418,10 @@ fn anything_but_zeros_after_the_end_is_an_error() {
     let next = (w.pos - w.base) as usize;
     bytes[next..next + 8].copy_from_slice(&[0xFF; 8]);
     let err = decode_all(&bytes, 1000).expect_err("garbage record");
-    assert!(matches!(err.kind, DecodeErrorKind::RecordHeader { .. }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::RecordHeader { .. }),
+        "{err}"
+    );
     assert_eq!(err.lsn, Lsn(w.pos));
 }
 
@@ -400,18 +432,27 @@ fn a_record_header_pointing_nowhere_is_an_error() {
     let at = (lsns[1].0 - w.base) as usize;
     bytes[at + 8] ^= 0x08; // the back link
     let err = decode_all(&bytes, 1000).expect_err("bad back link");
-    assert!(matches!(err.kind, DecodeErrorKind::RecordHeader { .. }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::RecordHeader { .. }),
+        "{err}"
+    );
     assert_eq!(err.lsn, lsns[1]);
 
     let mut bytes = w.padded(4 * PAGE);
     bytes[at + 17] = 60; // no such resource manager
     let err = decode_all(&bytes, 1000).expect_err("bad rmgr");
-    assert!(matches!(err.kind, DecodeErrorKind::RecordHeader { .. }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::RecordHeader { .. }),
+        "{err}"
+    );
 
     let mut bytes = w.padded(4 * PAGE);
     bytes[at..at + 4].copy_from_slice(&12u32.to_le_bytes());
     let err = decode_all(&bytes, 1000).expect_err("too short");
-    assert!(matches!(err.kind, DecodeErrorKind::RecordHeader { .. }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::RecordHeader { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -457,7 +498,10 @@ fn records_continue_across_segments() {
     let (w, spanning, commit) = spanning_segments();
     let bytes = w.padded(2 * SEG);
     let (first, second) = bytes.split_at(SEG as usize);
-    let seg3 = Segment { timeline: 1, no: SEG_NO };
+    let seg3 = Segment {
+        timeline: 1,
+        no: SEG_NO,
+    };
 
     let (index3, carry) = index_segment(first, seg3, SEG, None).expect("segment 3");
     assert_eq!(index3.end_of_wal, None);
@@ -470,7 +514,10 @@ fn records_continue_across_segments() {
     assert_eq!(index4.end_of_wal, Some(Lsn(w.pos)));
     assert_eq!(index4.skipped_continuation, 0);
     let commits = index4.commits.expect("a commit");
-    assert_eq!((commits.count, commits.first), (1, ts("2026-11-24T11:00:00Z")));
+    assert_eq!(
+        (commits.count, commits.first),
+        (1, ts("2026-11-24T11:00:00Z"))
+    );
 
     // Without the carry, the spanning record's tail is passed over, and says so.
     let (alone, _) = index_segment(second, seg3.next(), SEG, None).expect("segment 4 alone");
@@ -481,7 +528,12 @@ fn records_continue_across_segments() {
     // A carry that does not end where the segment starts is a gap.
     let (_, carry) = index_segment(&first[..1000], seg3, SEG, None).expect("partial");
     let err = index_segment(second, seg3.next(), SEG, Some(carry)).expect_err("gap");
-    assert_eq!(err.kind, DecodeErrorKind::Gap { expected: Lsn(SEG_NO * SEG + 1000) });
+    assert_eq!(
+        err.kind,
+        DecodeErrorKind::Gap {
+            expected: Lsn(SEG_NO * SEG + 1000)
+        }
+    );
     // A decoder fed both segments in one go sees the same records.
     let (records, _) = decode_all(&bytes, 100_000).expect("decodes");
     assert_eq!(records.len() as u64, index3.records + index4.records);
@@ -523,7 +575,10 @@ fn an_abandoned_record_is_replaced_by_an_overwrite_contrecord() {
     let crc = crc32c::crc32c_append(body_crc, &bytes[at - 26..at - 6]);
     bytes[at - 6..at - 2].copy_from_slice(&crc.to_le_bytes());
     let err = decode_all(&bytes, 500).expect_err("names another record");
-    assert!(matches!(err.kind, DecodeErrorKind::Continuation { .. }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::Continuation { .. }),
+        "{err}"
+    );
     assert_eq!(err.lsn, overwrite);
 }
 
@@ -548,7 +603,10 @@ fn a_long_header_must_match_the_segment_size() {
     let bytes = w.padded(2 * PAGE);
     let mut decoder = Decoder::new(1, 2 * SEG, Lsn(SEG_NO * SEG));
     let err = decoder.feed(&bytes).expect_err("segment size");
-    assert!(matches!(err.kind, DecodeErrorKind::PageHeader { .. }), "{err}");
+    assert!(
+        matches!(err.kind, DecodeErrorKind::PageHeader { .. }),
+        "{err}"
+    );
 
     let mut decoder = Decoder::new(1, SEG, Lsn(SEG_NO * SEG)).with_system_identifier(42);
     let err = decoder.feed(&bytes).expect_err("another cluster");
@@ -558,7 +616,10 @@ fn a_long_header_must_match_the_segment_size() {
 #[test]
 fn the_index_serializes_for_the_catalog() {
     let (w, lsns) = sample();
-    let seg = Segment { timeline: 1, no: SEG_NO };
+    let seg = Segment {
+        timeline: 1,
+        no: SEG_NO,
+    };
     let (index, _) = index_segment(&w.padded(SEG), seg, SEG, None).expect("index");
     assert_eq!(index.records, 6);
     assert_eq!(index.first_record, Some(lsns[0]));
@@ -569,7 +630,10 @@ fn the_index_serializes_for_the_catalog() {
     assert_eq!(commits.count, 2);
     assert_eq!(commits.first, ts("2026-11-24T10:00:00.123456Z"));
     assert_eq!(commits.last, ts("2026-11-24T10:00:03.000001Z"));
-    assert_eq!(index.aborts.map(|a| a.latest), Some(ts("2026-11-24T10:00:02Z")));
+    assert_eq!(
+        index.aborts.map(|a| a.latest),
+        Some(ts("2026-11-24T10:00:02Z"))
+    );
     assert!(!index.ends_with_switch);
 
     let json = serde_json::to_string(&index).expect("serialize");
@@ -585,6 +649,9 @@ fn the_index_serializes_for_the_catalog() {
 #[test]
 fn postgres_timestamps_count_from_2000() {
     assert_eq!(record::pg_timestamp(0), Some(ts("2000-01-01T00:00:00Z")));
-    assert_eq!(record::pg_timestamp(-1), Some(ts("1999-12-31T23:59:59.999999Z")));
+    assert_eq!(
+        record::pg_timestamp(-1),
+        Some(ts("1999-12-31T23:59:59.999999Z"))
+    );
     assert_eq!(record::pg_timestamp(i64::MAX), None);
 }
