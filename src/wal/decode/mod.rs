@@ -15,9 +15,12 @@
 //! else that is not a valid record is a [`DecodeError`] naming the segment and
 //! the position.
 
+mod blocks;
 mod error;
 mod page;
+mod partial;
 mod record;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -27,8 +30,8 @@ pub use error::{DecodeError, DecodeErrorKind};
 pub use record::{Record, RecordKind};
 
 use crate::wal::{Lsn, Segment};
-use page::{LONG_HEADER, PageHeader, SHORT_HEADER, WAL_PAGE_SIZE};
-use record::Partial;
+use page::{LONG_HEADER, WAL_PAGE_SIZE};
+use partial::Partial;
 
 /// Records start on `MAXALIGN` boundaries: 8 bytes on every platform
 /// PostgreSQL builds for today.
@@ -282,298 +285,33 @@ impl Decoder {
             kind,
         }
     }
-
-    /// Consumes some of `bytes` (never past a page boundary) and returns how
-    /// many; zero only when the state changed without consuming.
-    fn step(&mut self, bytes: &[u8], emit: &mut impl FnMut(Record)) -> Result<usize, DecodeError> {
-        let pos = self.pos;
-        match self.state {
-            State::EndOfWal { at } => return self.zeros(bytes, bytes.len(), at, "the end of WAL"),
-            State::AfterSwitch => {
-                let to_segment_end = next_segment(pos, self.seg_size).0 - pos.0;
-                let n = bytes.len().min(to_segment_end as usize);
-                let switch = self.prev.unwrap_or(pos);
-                let taken = self.zeros(bytes, n, switch, "the switch record")?;
-                if taken as u64 == to_segment_end {
-                    self.state = State::Between;
-                }
-                return Ok(taken);
-            }
-            _ => {}
-        }
-        if self.header_len > 0 || pos.0 % WAL_PAGE_SIZE == 0 {
-            return self.page_header(bytes);
-        }
-        let to_page_end = WAL_PAGE_SIZE - pos.0 % WAL_PAGE_SIZE;
-        let data = &bytes[..bytes.len().min(to_page_end as usize)];
-        match &mut self.state {
-            State::SkipContinuation { remaining } => {
-                let n = data.len().min(*remaining as usize);
-                *remaining -= n as u32;
-                self.skipped += n as u64;
-                if *remaining == 0 {
-                    self.state = State::Between;
-                }
-                Ok(n)
-            }
-            State::Between => {
-                let padding = pos.0.next_multiple_of(MAXALIGN) - pos.0;
-                if padding > 0 {
-                    return Ok(data.len().min(padding as usize));
-                }
-                self.state = State::InRecord(Partial::new(pos));
-                Ok(0)
-            }
-            State::InRecord(partial) => {
-                let start = partial.start;
-                let prev = self.prev;
-                let taken = partial
-                    .absorb(data, prev)
-                    .map_err(|kind| self.error(start, kind))?;
-                self.after_absorb(taken, emit)?;
-                Ok(taken)
-            }
-            State::Start | State::AfterSwitch | State::EndOfWal { .. } => {
-                unreachable!("handled above: Start only at a page boundary, the others first")
-            }
-        }
-    }
-
-    /// Moves on after the record in progress took `taken` more bytes: to the
-    /// end of WAL when its length is zero, to the next record when it is
-    /// complete.
-    fn after_absorb(
-        &mut self,
-        taken: usize,
-        emit: &mut impl FnMut(Record),
-    ) -> Result<(), DecodeError> {
-        let State::InRecord(partial) = &self.state else {
-            return Ok(());
-        };
-        if partial.got == 4 && partial.total_len == 0 {
-            // Zeros where a record would start: the server has not written
-            // further (yet). The zero check goes on from here.
-            self.state = State::EndOfWal { at: partial.start };
-            return Ok(());
-        }
-        if !partial.is_complete() {
-            return Ok(());
-        }
-        let State::InRecord(partial) = std::mem::replace(&mut self.state, State::Between) else {
-            return Ok(());
-        };
-        let start = partial.start;
-        let after = self.pos.0 + taken as u64;
-        let is_switch = partial.is_switch();
-        let end = if is_switch {
-            next_segment(Lsn(after - 1), self.seg_size)
-        } else {
-            Lsn(after.next_multiple_of(MAXALIGN))
-        };
-        let record = partial
-            .finish(end)
-            .map_err(|kind| self.error(start, kind))?;
-        if let Some(overwritten) = self.overwritten.take() {
-            let names_it = matches!(record.kind,
-                RecordKind::OverwriteContrecord { overwritten: o, .. } if o == overwritten);
-            if !names_it {
-                return Err(self.error(
-                    start,
-                    DecodeErrorKind::Continuation {
-                        detail: format!(
-                            "the record at {overwritten} was abandoned for an overwrite, but the \
-                             record replacing it is not the XLOG_OVERWRITE_CONTRECORD naming it"
-                        ),
-                    },
-                ));
-            }
-        }
-        if is_switch && after % self.seg_size != 0 {
-            self.state = State::AfterSwitch;
-        }
-        self.prev = Some(start);
-        self.last_end = Some(end);
-        emit(record);
-        Ok(())
-    }
-
-    /// Reads page-header bytes; once the header is whole, checks it and moves
-    /// the state on.
-    fn page_header(&mut self, bytes: &[u8]) -> Result<usize, DecodeError> {
-        let want = if self.header_len < SHORT_HEADER {
-            SHORT_HEADER
-        } else {
-            page::header_len(&self.header)
-        };
-        let n = bytes.len().min(want - self.header_len);
-        self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
-        self.header_len += n;
-        if self.header_len < want {
-            return Ok(n);
-        }
-        let page = Lsn(self.pos.0 + n as u64 - self.header_len as u64);
-        if self.header_len == SHORT_HEADER {
-            if self.header[..SHORT_HEADER] == ZEROS[..SHORT_HEADER] {
-                // A page never written: the WAL ends before it.
-                let at = match &self.state {
-                    State::InRecord(partial) => partial.start,
-                    _ => page,
-                };
-                self.header_len = 0;
-                self.state = State::EndOfWal { at };
-                return Ok(n);
-            }
-            let magic = page::le_u16(&self.header, 0);
-            if magic != page::PG15_PAGE_MAGIC {
-                // Named before anything else: another version's header may
-                // differ in every other field.
-                let kind = DecodeErrorKind::UnknownMagic {
-                    found: magic,
-                    expected: page::PG15_PAGE_MAGIC,
-                };
-                return Err(self.error(page, kind));
-            }
-            if page::header_len(&self.header) > SHORT_HEADER {
-                return Ok(n);
-            }
-        }
-        let len = self.header_len;
-        self.header_len = 0;
-        let header = page::parse_header(&self.header[..len], page, self.seg_size)
-            .map_err(|kind| self.error(page, kind))?;
-        self.check_page(page, &header)?;
-        Ok(n)
-    }
-
-    /// The checks of a page header that depend on what came before, and the
-    /// state change the page's continuation flags call for.
-    fn check_page(&mut self, page: Lsn, header: &PageHeader) -> Result<(), DecodeError> {
-        let bad = |detail: String| DecodeErrorKind::PageHeader { detail };
-        if header.timeline > self.timeline {
-            return Err(self.error(
-                page,
-                bad(format!(
-                    "page of timeline {} in WAL of timeline {}",
-                    header.timeline, self.timeline
-                )),
-            ));
-        }
-        if header.timeline < self.page_timeline {
-            return Err(self.error(
-                page,
-                bad(format!(
-                    "timeline {} after a page of timeline {}: timelines never go back",
-                    header.timeline, self.page_timeline
-                )),
-            ));
-        }
-        self.page_timeline = header.timeline;
-        if let Some(found) = header.system_identifier {
-            match self.system_identifier {
-                Some(expected) if expected != found => {
-                    return Err(self.error(
-                        page,
-                        bad(format!(
-                            "system identifier {found} is not {expected}: WAL of another cluster"
-                        )),
-                    ));
-                }
-                _ => self.system_identifier = Some(found),
-            }
-        }
-        let continuation = |detail: String| DecodeErrorKind::Continuation { detail };
-        match &self.state {
-            State::Start if header.is_contrecord() && header.rem_len == 0 => {
-                let detail = "the page continues a record with 0 bytes left".to_owned();
-                return Err(self.error(page, continuation(detail)));
-            }
-            State::Start => {
-                if header.is_contrecord() && !header.is_overwrite_contrecord() {
-                    self.state = State::SkipContinuation {
-                        remaining: header.rem_len,
-                    };
-                } else {
-                    self.state = State::Between;
-                }
-            }
-            State::Between => {
-                if header.is_contrecord() {
-                    let detail = format!(
-                        "the page continues a record ({} bytes left), but the previous record \
-                         ended before the page",
-                        header.rem_len
-                    );
-                    return Err(self.error(page, continuation(detail)));
-                }
-            }
-            State::SkipContinuation { .. } | State::InRecord(_)
-                if header.is_overwrite_contrecord() =>
-            {
-                // The record being continued was never finished: the server
-                // crashed, recovered, and wrote new WAL here instead.
-                if let State::InRecord(partial) = &self.state {
-                    self.overwritten = Some(partial.start);
-                }
-                self.state = State::Between;
-            }
-            State::SkipContinuation { remaining } => {
-                let remaining = *remaining;
-                if !header.is_contrecord() || header.rem_len != remaining {
-                    let detail = format!(
-                        "{remaining} bytes of a record are still to come, but the page {}",
-                        describe_continuation(header)
-                    );
-                    return Err(self.error(page, continuation(detail)));
-                }
-            }
-            State::InRecord(partial) => {
-                let left = partial.total_len.saturating_sub(partial.got);
-                if partial.got < 4 || !header.is_contrecord() || header.rem_len != left {
-                    let detail = format!(
-                        "the record is {} bytes long and {} arrived, but the page {}",
-                        partial.total_len,
-                        partial.got,
-                        describe_continuation(header)
-                    );
-                    return Err(self.error(partial.start, continuation(detail)));
-                }
-            }
-            State::AfterSwitch | State::EndOfWal { .. } => {}
-        }
-        Ok(())
-    }
-
-    /// Takes the first `n` of `bytes`, which must be zeros because the WAL
-    /// ended at `end` (`after` says how).
-    fn zeros(
-        &self,
-        bytes: &[u8],
-        n: usize,
-        end: Lsn,
-        after: &'static str,
-    ) -> Result<usize, DecodeError> {
-        let n = n.min(ZEROS.len());
-        if bytes[..n] != ZEROS[..n] {
-            let offset = bytes[..n].iter().position(|&b| b != 0).unwrap_or(0);
-            return Err(self.error(
-                Lsn(self.pos.0 + offset as u64),
-                DecodeErrorKind::NotZero { after, end },
-            ));
-        }
-        Ok(n)
-    }
-}
-
-/// What a page header says about continuing a record, for error messages.
-fn describe_continuation(header: &PageHeader) -> String {
-    if header.is_contrecord() {
-        format!("says {} bytes are left", header.rem_len)
-    } else {
-        "does not continue a record".to_owned()
-    }
 }
 
 /// The start of the segment after the one holding `lsn`.
 fn next_segment(lsn: Lsn, seg_size: u64) -> Lsn {
     Lsn(lsn.segment_start(seg_size).0 + seg_size)
+}
+
+/// Little-endian integers at fixed offsets of a buffer whose length the caller
+/// checked; a short buffer reads as zeros rather than panicking.
+pub(super) fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(array(bytes, at))
+}
+
+/// See [`le_u16`].
+pub(super) fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(array(bytes, at))
+}
+
+/// See [`le_u16`].
+pub(super) fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(array(bytes, at))
+}
+
+fn array<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0; N];
+    if let Some(src) = bytes.get(at..at + N) {
+        out.copy_from_slice(src);
+    }
+    out
 }

@@ -4,7 +4,8 @@
 //! has the 40-byte long header that also names the cluster (system id) and
 //! repeats the segment and page sizes.
 
-use super::error::DecodeErrorKind;
+use super::error::{DecodeError, DecodeErrorKind};
+use super::{Decoder, State, ZEROS, le_u16, le_u32, le_u64};
 use crate::wal::Lsn;
 
 /// `XLOG_BLCKSZ`: the WAL page size. Fixed at PostgreSQL's compile time; the
@@ -122,26 +123,159 @@ pub fn parse_header(bytes: &[u8], page: Lsn, seg_size: u64) -> Result<PageHeader
     })
 }
 
-/// Little-endian integers at fixed offsets of a buffer whose length the caller
-/// checked; a short buffer reads as zeros rather than panicking.
-pub fn le_u16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(array(bytes, at))
-}
-
-/// See [`le_u16`].
-pub fn le_u32(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(array(bytes, at))
-}
-
-/// See [`le_u16`].
-pub fn le_u64(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(array(bytes, at))
-}
-
-fn array<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
-    let mut out = [0; N];
-    if let Some(src) = bytes.get(at..at + N) {
-        out.copy_from_slice(src);
+impl Decoder {
+    /// Reads page-header bytes; once the header is whole, checks it and moves
+    /// the state on.
+    pub(super) fn page_header(&mut self, bytes: &[u8]) -> Result<usize, DecodeError> {
+        let want = if self.header_len < SHORT_HEADER {
+            SHORT_HEADER
+        } else {
+            header_len(&self.header)
+        };
+        let n = bytes.len().min(want - self.header_len);
+        self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+        self.header_len += n;
+        if self.header_len < want {
+            return Ok(n);
+        }
+        let page = Lsn(self.pos.0 + n as u64 - self.header_len as u64);
+        if self.header_len == SHORT_HEADER {
+            if self.header[..SHORT_HEADER] == ZEROS[..SHORT_HEADER] {
+                // A page never written: the WAL ends before it.
+                let at = match &self.state {
+                    State::InRecord(partial) => partial.start,
+                    _ => page,
+                };
+                self.header_len = 0;
+                self.state = State::EndOfWal { at };
+                return Ok(n);
+            }
+            let magic = le_u16(&self.header, 0);
+            if magic != PG15_PAGE_MAGIC {
+                // Named before anything else: another version's header may
+                // differ in every other field.
+                let kind = DecodeErrorKind::UnknownMagic {
+                    found: magic,
+                    expected: PG15_PAGE_MAGIC,
+                };
+                return Err(self.error(page, kind));
+            }
+            if header_len(&self.header) > SHORT_HEADER {
+                return Ok(n);
+            }
+        }
+        let len = self.header_len;
+        self.header_len = 0;
+        let header = parse_header(&self.header[..len], page, self.seg_size)
+            .map_err(|kind| self.error(page, kind))?;
+        self.check_page(page, &header)?;
+        Ok(n)
     }
-    out
+
+    /// The checks of a page header that depend on what came before, and the
+    /// state change the page's continuation flags call for.
+    fn check_page(&mut self, page: Lsn, header: &PageHeader) -> Result<(), DecodeError> {
+        let bad = |detail: String| DecodeErrorKind::PageHeader { detail };
+        if header.timeline > self.timeline {
+            return Err(self.error(
+                page,
+                bad(format!(
+                    "page of timeline {} in WAL of timeline {}",
+                    header.timeline, self.timeline
+                )),
+            ));
+        }
+        if header.timeline < self.page_timeline {
+            return Err(self.error(
+                page,
+                bad(format!(
+                    "timeline {} after a page of timeline {}: timelines never go back",
+                    header.timeline, self.page_timeline
+                )),
+            ));
+        }
+        self.page_timeline = header.timeline;
+        if let Some(found) = header.system_identifier {
+            match self.system_identifier {
+                Some(expected) if expected != found => {
+                    return Err(self.error(
+                        page,
+                        bad(format!(
+                            "system identifier {found} is not {expected}: WAL of another cluster"
+                        )),
+                    ));
+                }
+                _ => self.system_identifier = Some(found),
+            }
+        }
+        let continuation = |detail: String| DecodeErrorKind::Continuation { detail };
+        match &self.state {
+            State::Start if header.is_contrecord() && header.rem_len == 0 => {
+                let detail = "the page continues a record with 0 bytes left".to_owned();
+                return Err(self.error(page, continuation(detail)));
+            }
+            State::Start => {
+                if header.is_contrecord() && !header.is_overwrite_contrecord() {
+                    self.state = State::SkipContinuation {
+                        remaining: header.rem_len,
+                    };
+                } else {
+                    self.state = State::Between;
+                }
+            }
+            State::Between => {
+                if header.is_contrecord() {
+                    let detail = format!(
+                        "the page continues a record ({} bytes left), but the previous record \
+                         ended before the page",
+                        header.rem_len
+                    );
+                    return Err(self.error(page, continuation(detail)));
+                }
+            }
+            State::SkipContinuation { .. } | State::InRecord(_)
+                if header.is_overwrite_contrecord() =>
+            {
+                // The record being continued was never finished: the server
+                // crashed, recovered, and wrote new WAL here instead.
+                if let State::InRecord(partial) = &self.state {
+                    self.overwritten = Some(partial.start);
+                }
+                self.state = State::Between;
+            }
+            State::SkipContinuation { remaining } => {
+                let remaining = *remaining;
+                if !header.is_contrecord() || header.rem_len != remaining {
+                    let detail = format!(
+                        "{remaining} bytes of a record are still to come, but the page {}",
+                        describe_continuation(header)
+                    );
+                    return Err(self.error(page, continuation(detail)));
+                }
+            }
+            State::InRecord(partial) => {
+                let left = partial.total_len.saturating_sub(partial.got);
+                if partial.got < 4 || !header.is_contrecord() || header.rem_len != left {
+                    let detail = format!(
+                        "the record is {} bytes long and {} arrived, but the page {}",
+                        partial.total_len,
+                        partial.got,
+                        describe_continuation(header)
+                    );
+                    return Err(self.error(partial.start, continuation(detail)));
+                }
+            }
+            State::AfterSwitch | State::EndOfWal { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// What a page header says about continuing a record, for error messages.
+fn describe_continuation(header: &PageHeader) -> String {
+    if header.is_contrecord() {
+        format!("says {} bytes are left", header.rem_len)
+    } else {
+        "does not continue a record".to_owned()
+    }
 }
