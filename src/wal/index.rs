@@ -144,7 +144,9 @@ impl SegmentIndexer {
     /// previous segment, so a record spanning the boundary is decoded whole;
     /// without it, the tail of such a record is passed over and counted in
     /// [`SegmentIndex::skipped_continuation`]. A carry that does not end where
-    /// `segment` starts is a gap.
+    /// `segment` starts is a gap. The first segment of a new timeline holds
+    /// its parent's WAL up to the fork, so it continues the decoder of the
+    /// parent's previous segment, not of the parent's (partial) copy of it.
     ///
     /// # Panics
     ///

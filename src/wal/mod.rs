@@ -6,6 +6,6 @@ pub mod decode;
 mod index;
 mod lsn;
 
-pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind};
+pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind, valid_segment_size};
 pub use index::{RestorePoint, SegmentIndex, SegmentIndexer, XactTimes, index_segment};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
