@@ -55,6 +55,21 @@ impl FromStr for Lsn {
     }
 }
 
+// Serialized in PostgreSQL's spelling (`"0/3000060"`), so catalog attributes
+// and JSON output read like `pg_waldump` and `pg_current_wal_lsn()`.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A WAL segment: timeline and segment number, named as in `pg_wal`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Segment {
@@ -136,6 +151,15 @@ mod tests {
         for bad in ["", "0", "0/", "/1", "x/1", "1/123456789", "0/3000060/1"] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn lsn_serializes_in_postgres_spelling() {
+        let json = serde_json::to_string(&Lsn(0x16_B374_D848)).expect("serialize");
+        assert_eq!(json, "\"16/B374D848\"");
+        let back: Lsn = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, Lsn(0x16_B374_D848));
+        assert!(serde_json::from_str::<Lsn>("\"16\"").is_err());
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! WAL: positions and segment names (`lsn`), segment assembly from streamed
-//! bytes (`assemble`), and — as the WAL streaming issue lands — the physical
-//! replication client and the record decoder.
+//! bytes (`assemble`), the record decoder (`decode`) and the per-segment
+//! index the restore planner reads (`index`), and WAL as repository items
+//! (`store`); the replication client and the streamer arrive with issue 3.
 
 mod assemble;
+pub mod decode;
+mod index;
 mod lsn;
 mod store;
 
 pub use assemble::{Assembler, CompletedSegment, GapError};
+pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind, valid_segment_size};
+pub use index::{RestorePoint, SegmentIndex, SegmentIndexer, XactTimes, index_segment};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
 pub use store::{StoredWal, WalAttrs, WalStore, WalStoreError};

@@ -7,4 +7,5 @@ mod golden;
 mod harness;
 mod pg_harness;
 mod repo;
+mod wal_decode;
 mod wal_fetch;
