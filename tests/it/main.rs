@@ -6,3 +6,4 @@ mod golden;
 mod harness;
 mod pg_harness;
 mod repo;
+mod wal_conn;

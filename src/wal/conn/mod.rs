@@ -1,0 +1,43 @@
+//! The physical replication connection: what `pg_receivewal` speaks, on
+//! `postgres-protocol` over tokio (mainline `tokio-postgres` cannot open
+//! replication connections).
+//!
+//! - [`ConnInfo`]: libpq conninfo strings and `postgres://` URLs, with the
+//!   `PG*` environment variables and `~/.pgpass`;
+//! - [`ReplicationClient::connect`]: TCP or unix socket, TLS per `sslmode`,
+//!   startup with `replication=true`, trust / password / md5 /
+//!   SCRAM-SHA-256 authentication;
+//! - replication commands: [`ReplicationClient::identify_system`],
+//!   [`ReplicationClient::read_replication_slot`],
+//!   [`ReplicationClient::create_physical_slot`], ..., and
+//!   [`ReplicationClient::simple_query`] under them;
+//! - streaming: [`ReplicationClient::start_replication`] →
+//!   [`ReplicationStream`]; [`ReplicationClient::simple_query_copy_out`] →
+//!   [`CopyOutStream`] for `BASE_BACKUP`.
+//!
+//! Every failure is a [`ConnError`] that says what to do; passwords never
+//! appear in `Debug`, `Display` or errors.
+
+mod client;
+mod conninfo;
+mod copy;
+mod error;
+mod ops;
+mod pgpass;
+mod tls;
+mod url;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use client::ReplicationClient;
+pub use conninfo::{
+    ConnInfo, ConnInfoError, DEFAULT_APPLICATION_NAME, DEFAULT_HOST, DEFAULT_PORT,
+    DEFAULT_SOCKET_DIR, Environment, Host, Password, PasswordSource, ProcessEnv, SslMode,
+};
+pub use copy::{
+    CopyOutEvent, CopyOutStream, ReplMessage, ReplicationStream, TimelineEnd, pg_now_micros,
+};
+pub use error::{ConnError, ServerError};
+pub use ops::{Row, SlotInfo, SystemInfo, TimelineHistory};
