@@ -99,7 +99,7 @@ pub enum ConnError {
     },
     /// The server rejected the password (28P01).
     #[error(
-        "PostgreSQL at {target} rejected the password of user {user:?} (from {source}): \
+        "PostgreSQL at {target} rejected the password of user {user:?} (from {password_source}): \
          check the password, or that the role exists and may log in; server said: {server}"
     )]
     PasswordRejected {
@@ -108,7 +108,7 @@ pub enum ConnError {
         /// The role.
         user: String,
         /// Where the password came from.
-        source: PasswordSource,
+        password_source: PasswordSource,
         /// The server's message.
         server: ServerError,
     },
@@ -287,7 +287,7 @@ pub(super) fn classify(target: &str, ctx: Context<'_>, server: ServerError) -> C
             Some(source) => ConnError::PasswordRejected {
                 target,
                 user: (*user).to_owned(),
-                source: (*source).clone(),
+                password_source: (*source).clone(),
                 server,
             },
             None => ConnError::Server {

@@ -212,26 +212,27 @@ impl ReplicationClient {
         }))
     }
 
-    /// `CREATE_REPLICATION_SLOT name PHYSICAL [(RESERVE_WAL)]`: the slot's
-    /// consistent point, which is `None` without RESERVE_WAL (the slot holds
-    /// nothing until first used).
+    /// `CREATE_REPLICATION_SLOT name PHYSICAL [(RESERVE_WAL)]`, then the
+    /// slot as `READ_REPLICATION_SLOT` shows it: with RESERVE_WAL its
+    /// `restart_lsn` is where WAL is kept from; without, `None` until first
+    /// used. (The command's own `consistent_point` is always 0/0 for
+    /// physical slots.)
     pub async fn create_physical_slot(
         &mut self,
         name: &str,
         reserve_wal: bool,
-    ) -> Result<Option<Lsn>, ConnError> {
+    ) -> Result<SlotInfo, ConnError> {
         check_slot_name(name)?;
         let options = if reserve_wal { " (RESERVE_WAL)" } else { "" };
-        let row = self
-            .one_row(
-                &format!("CREATE_REPLICATION_SLOT {name} PHYSICAL{options}"),
-                Some(name),
-            )
-            .await?;
-        match row.get(1) {
-            None => Ok(None),
-            Some(_) => Ok(Some(self.lsn(&row, 1, "consistent_point")?).filter(|l| l.0 != 0)),
-        }
+        self.one_row(
+            &format!("CREATE_REPLICATION_SLOT {name} PHYSICAL{options}"),
+            Some(name),
+        )
+        .await?;
+        self.read_replication_slot(name).await?.ok_or_else(|| {
+            self.wire
+                .protocol(&format!("slot {name:?} vanished right after it was created"))
+        })
     }
 
     /// `DROP_REPLICATION_SLOT name [WAIT]`; with `wait`, waits until no

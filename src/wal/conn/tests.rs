@@ -147,7 +147,7 @@ fn passwords_never_show() {
     let err = ConnError::PasswordRejected {
         target: c.target(),
         user: c.user.clone(),
-        source: PasswordSource::ConnInfo,
+        password_source: PasswordSource::ConnInfo,
         server: ServerError::default(),
     };
     assert!(!err.to_string().contains("hunter2"));

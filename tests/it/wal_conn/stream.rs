@@ -125,7 +125,7 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
         pg.stop();
         pg
     });
-    let err = within("shutdown", follow_until_error(&mut stream, seg_end)).await;
+    let err = within("shutdown", follow_until_error(&mut stream)).await;
     assert!(matches!(err, ConnError::ServerGone { .. }), "{err:?}");
     assert!(err.is_transient());
     let _pg = within("stop", stopper).await.expect("pg_ctl stop");
@@ -179,24 +179,28 @@ async fn ignore_all(mut stream: ReplicationStream) -> ConnError {
     }
 }
 
-/// Streams, reporting what was received as written, until an error.
-async fn follow_until_error(stream: &mut ReplicationStream, flushed: Lsn) -> ConnError {
-    let mut written = flushed;
+/// Streams, reporting everything received as flushed (as a pitr that stores
+/// at once would), until an error.
+///
+/// A fast shutdown waits until the reported flush position (or the write
+/// position when flush is 0/0) equals what the server sent, answering each
+/// reply with another keepalive meanwhile: a client that never reports the
+/// shutdown checkpoint as flushed keeps the server from stopping.
+async fn follow_until_error(stream: &mut ReplicationStream) -> ConnError {
+    let mut received = Lsn(0);
     loop {
         match stream.next().await {
             Ok(Some(ReplMessage::XLogData { start, data, .. })) => {
-                written = written.max(Lsn(start.0 + data.len() as u64));
-                if let Err(e) = stream.send_status(written, flushed, flushed, false).await {
-                    return e;
-                }
+                received = received.max(Lsn(start.0 + data.len() as u64));
             }
-            Ok(Some(ReplMessage::Keepalive { .. })) => {
-                if let Err(e) = stream.send_status(written, flushed, flushed, false).await {
-                    return e;
-                }
-            }
+            Ok(Some(ReplMessage::Keepalive { .. })) => {}
             Ok(None) => panic!("timeline ended instead of a shutdown"),
             Err(e) => return e,
+        }
+        if received.0 > 0 {
+            if let Err(e) = stream.send_status(received, received, received, false).await {
+                return e;
+            }
         }
     }
 }
