@@ -10,7 +10,9 @@ pub struct Lsn(pub u64);
 
 /// `X/X` text that is not an LSN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a WAL position: expected two hex numbers separated by a slash, like 0/3000060")]
+#[error(
+    "{0:?} is not a WAL position: expected two hex numbers separated by a slash, like 0/3000060"
+)]
 pub struct ParseLsnError(String);
 
 impl Lsn {

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::conninfo::{ConnInfo, Host, SslMode};
@@ -100,7 +101,10 @@ async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, Con
         Host::Unix(dir) => {
             // TLS is never used on a unix socket, as in libpq.
             let path = dir.join(format!(".s.PGSQL.{}", info.port));
-            (Socket::Unix(UnixStream::connect(&path).await.map_err(unreachable)?), false)
+            (
+                Socket::Unix(UnixStream::connect(&path).await.map_err(unreachable)?),
+                false,
+            )
         }
         Host::Tcp(name) => {
             let tcp = connect_tcp(name, info.port).await.map_err(unreachable)?;
@@ -146,7 +150,10 @@ async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, Con
 /// Tries each address the name resolves to; returns the last error.
 async fn connect_tcp(name: &str, port: u16) -> io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port)).await?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{name} resolves to no address"));
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{name} resolves to no address"),
+    );
     for addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(s) => return Ok(s),
@@ -158,7 +165,7 @@ async fn connect_tcp(name: &str, port: u16) -> io::Result<TcpStream> {
 
 /// SSLRequest and the handshake, as `sslmode` asks.
 async fn negotiate_tls(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     info: &ConnInfo,
     host: &str,
     target: &str,
@@ -166,14 +173,16 @@ async fn negotiate_tls(
     if info.sslmode == SslMode::Disable {
         return Ok((Socket::Tcp(tcp), false));
     }
-    let mut wire = Wire::new(Socket::Tcp(tcp), target.to_owned());
-    frontend::ssl_request(&mut wire.out);
-    wire.flush().await?;
-    let answer = wire.read_byte().await?;
-    let sock = wire.into_socket()?;
-    let Socket::Tcp(tcp) = sock else {
-        unreachable!("negotiate_tls wraps a TCP socket");
+    // Read exactly one byte: anything the server (or a man in the middle)
+    // sends after it must go through TLS, never a plaintext buffer.
+    let mut request = bytes::BytesMut::with_capacity(8);
+    frontend::ssl_request(&mut request);
+    let io = |source: io::Error| ConnError::Io {
+        target: target.to_owned(),
+        source,
     };
+    tcp.write_all(&request).await.map_err(io)?;
+    let answer = tcp.read_u8().await.map_err(io)?;
     match answer {
         b'S' => {
             let stream = tls::handshake(tcp, info, host, target).await?;
@@ -193,7 +202,10 @@ async fn negotiate_tls(
         }),
         other => Err(ConnError::Protocol {
             target: target.to_owned(),
-            reason: format!("answer {:?} to SSLRequest, expected 'S' or 'N'", other as char),
+            reason: format!(
+                "answer {:?} to SSLRequest, expected 'S' or 'N'",
+                other as char
+            ),
         }),
     }
 }

@@ -1,6 +1,5 @@
-//! Streaming: `START_REPLICATION` in CopyBoth mode ([`ReplicationStream`])
-//! and commands that answer with a CopyOut between result sets
-//! ([`CopyOutStream`], for `BASE_BACKUP`).
+//! Streaming WAL: `START_REPLICATION` in CopyBoth mode
+//! ([`ReplicationStream`]), to the end of a timeline or of the server.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,7 +9,7 @@ use postgres_protocol::message::frontend;
 
 use super::client::ReplicationClient;
 use super::error::{ConnError, Context, classify};
-use super::ops::{Row, check_slot_name};
+use super::ops::check_slot_name;
 use super::wire::{Frame, i64_, parse_error};
 use crate::wal::Lsn;
 
@@ -100,37 +99,30 @@ impl ReplicationClient {
         };
         let sql = format!("START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {timeline}");
         self.send_query(&sql).await?;
-        loop {
-            let frame = self.wire.read().await?;
-            match frame.tag {
-                b'W' => {
-                    return Ok(ReplicationStream {
-                        client: self,
-                        state: State::Streaming,
-                        ended: None,
-                    });
-                }
-                b'E' => {
-                    let err = classify(
-                        &self.wire.target,
-                        Context::Command { slot },
-                        parse_error(&frame.body),
-                    );
-                    return Err(err);
-                }
-                // Start at the very end of a historic timeline: no COPY at
-                // all, the next timeline's row comes at once.
-                b'T' | b'D' | b'C' => {
-                    let mut stream = ReplicationStream {
-                        client: self,
-                        state: State::Streaming,
-                        ended: None,
-                    };
-                    stream.read_result(Some(frame)).await?;
-                    return Ok(stream);
-                }
-                _ => return Err(self.wire.unexpected(&frame, "START_REPLICATION")),
+        let frame = self.wire.read().await?;
+        match frame.tag {
+            b'W' => Ok(ReplicationStream {
+                client: self,
+                state: State::Streaming,
+                ended: None,
+            }),
+            b'E' => Err(classify(
+                &self.wire.target,
+                Context::Command { slot },
+                parse_error(&frame.body),
+            )),
+            // Start at the very end of a historic timeline: no COPY at all,
+            // the next timeline's row comes at once.
+            b'T' | b'D' | b'C' => {
+                let mut stream = ReplicationStream {
+                    client: self,
+                    state: State::Streaming,
+                    ended: None,
+                };
+                stream.read_result(Some(frame)).await?;
+                Ok(stream)
             }
+            _ => Err(self.wire.unexpected(&frame, "START_REPLICATION")),
         }
     }
 }
@@ -189,7 +181,10 @@ impl ReplicationStream {
         reply_requested: bool,
     ) -> Result<(), ConnError> {
         if self.state == State::Ended {
-            return Err(self.client.wire.protocol("status update after the stream ended"));
+            return Err(self
+                .client
+                .wire
+                .protocol("status update after the stream ended"));
         }
         let mut msg = BytesMut::with_capacity(34);
         msg.put_u8(b'r');
@@ -246,11 +241,16 @@ impl ReplicationStream {
     }
 
     fn parse_copy_data(&self, mut b: Bytes) -> Result<ReplMessage, ConnError> {
-        let bad = |what: &str| self.client.wire.protocol(&format!("malformed {what} message"));
+        let bad = |what: &str| {
+            self.client
+                .wire
+                .protocol(&format!("malformed {what} message"))
+        };
         match b.first() {
             Some(b'w') => {
                 let _ = b.split_to(1);
-                let (Some(start), Some(end), Some(time)) = (i64_(&mut b), i64_(&mut b), i64_(&mut b))
+                let (Some(start), Some(end), Some(time)) =
+                    (i64_(&mut b), i64_(&mut b), i64_(&mut b))
                 else {
                     return Err(bad("XLogData"));
                 };
@@ -275,10 +275,10 @@ impl ReplicationStream {
                     reply_requested: reply != 0,
                 })
             }
-            Some(&other) => Err(self.client.wire.protocol(&format!(
-                "unknown streaming message {:?}",
-                other as char
-            ))),
+            Some(&other) => Err(self
+                .client
+                .wire
+                .protocol(&format!("unknown streaming message {:?}", other as char))),
             None => Err(bad("empty CopyData")),
         }
     }
@@ -325,98 +325,5 @@ impl ReplicationStream {
                 _ => return Err(self.client.wire.unexpected(&frame, "the end of streaming")),
             }
         }
-    }
-}
-
-/// What a command with a CopyOut produces, in the server's order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CopyOutEvent {
-    /// A result set begins: its column names.
-    RowDescription(Vec<String>),
-    /// A row of the current result set.
-    Row(Row),
-    /// CopyOutResponse: the CopyData that follows is the copy's.
-    CopyStart,
-    /// One CopyData payload.
-    CopyData(Bytes),
-    /// CopyDone: the copy ended.
-    CopyDone,
-    /// CommandComplete, with its tag.
-    CommandComplete(String),
-}
-
-/// A command whose answer mixes result sets and a CopyOut (`BASE_BACKUP`):
-/// read [`CopyOutEvent`]s until `Ok(None)` (ReadyForQuery).
-///
-/// Dropping it before the end leaves the connection mid-command: drop the
-/// client too and reconnect.
-#[derive(Debug)]
-pub struct CopyOutStream<'a> {
-    client: &'a mut ReplicationClient,
-    columns: Arc<[String]>,
-    done: bool,
-}
-
-impl ReplicationClient {
-    /// Sends `sql` (a simple query whose answer contains a CopyOut) and
-    /// returns the events of its answer.
-    pub async fn simple_query_copy_out(&mut self, sql: &str) -> Result<CopyOutStream<'_>, ConnError> {
-        self.send_query(sql).await?;
-        Ok(CopyOutStream {
-            client: self,
-            columns: Arc::from(Vec::new()),
-            done: false,
-        })
-    }
-}
-
-impl CopyOutStream<'_> {
-    /// The next event; `Ok(None)` once the server is ready for the next
-    /// command. A server error ends the stream with the error (after the
-    /// server's ReadyForQuery was read, so the client stays usable).
-    /// Cancel-safe.
-    pub async fn next(&mut self) -> Result<Option<CopyOutEvent>, ConnError> {
-        if self.done {
-            return Ok(None);
-        }
-        let frame = self.client.wire.read().await?;
-        let event = match frame.tag {
-            b'T' => {
-                self.columns = self.client.row_description(&frame)?;
-                CopyOutEvent::RowDescription(self.columns.to_vec())
-            }
-            b'D' => CopyOutEvent::Row(self.client.data_row(&self.columns, &frame)?),
-            b'H' => CopyOutEvent::CopyStart,
-            b'd' => CopyOutEvent::CopyData(frame.body),
-            b'c' => CopyOutEvent::CopyDone,
-            b'C' => {
-                let mut b = frame.body;
-                CopyOutEvent::CommandComplete(super::wire::cstr(&mut b).unwrap_or_default())
-            }
-            b'Z' => {
-                self.done = true;
-                return Ok(None);
-            }
-            b'E' => {
-                let err = classify(
-                    &self.client.wire.target,
-                    Context::Command { slot: None },
-                    parse_error(&frame.body),
-                );
-                // Skip to ReadyForQuery so the client can go on.
-                if !matches!(err, ConnError::ServerGone { .. }) {
-                    loop {
-                        let f = self.client.wire.read().await?;
-                        if f.tag == b'Z' {
-                            break;
-                        }
-                    }
-                }
-                self.done = true;
-                return Err(err);
-            }
-            _ => return Err(self.client.wire.unexpected(&frame, "a CopyOut command")),
-        };
-        Ok(Some(event))
     }
 }

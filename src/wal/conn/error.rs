@@ -27,7 +27,11 @@ pub struct ServerError {
 
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)?;
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )?;
         if let Some(d) = &self.detail {
             write!(f, "; detail: {d}")?;
         }
@@ -110,7 +114,7 @@ pub enum ConnError {
         /// Where the password came from.
         password_source: PasswordSource,
         /// The server's message.
-        server: ServerError,
+        server: Box<ServerError>,
     },
     /// pg_hba.conf has no line allowing this replication connection (28000).
     #[error(
@@ -125,7 +129,7 @@ pub enum ConnError {
         /// The role.
         user: String,
         /// The server's message.
-        server: ServerError,
+        server: Box<ServerError>,
     },
     /// The role lacks the REPLICATION attribute (42501).
     #[error(
@@ -136,7 +140,7 @@ pub enum ConnError {
         /// The role.
         user: String,
         /// The server's message.
-        server: ServerError,
+        server: Box<ServerError>,
     },
     /// Every WAL sender is busy, or `max_wal_senders` is 0 (53300).
     #[error(
@@ -149,7 +153,7 @@ pub enum ConnError {
         /// `host:port`.
         target: String,
         /// The server's message.
-        server: ServerError,
+        server: Box<ServerError>,
     },
     /// `wal_level = minimal`: the server writes too little WAL to restore from.
     #[error(
@@ -173,7 +177,7 @@ pub enum ConnError {
         /// The walsender holding it, from the message.
         pid: Option<u32>,
         /// The server's message.
-        server: ServerError,
+        server: Box<ServerError>,
     },
     /// The slot does not exist (42704).
     #[error(
@@ -184,7 +188,7 @@ pub enum ConnError {
         /// The slot.
         slot: String,
         /// The server's message.
-        server: ServerError,
+        server: Box<ServerError>,
     },
     /// The slot already exists (42710).
     #[error("replication slot {slot:?} already exists; server said: {server}")]
@@ -192,7 +196,7 @@ pub enum ConnError {
         /// The slot.
         slot: String,
         /// The server's message.
-        server: ServerError,
+        server: Box<ServerError>,
     },
     /// A slot name PostgreSQL would refuse (and that pitr will not send).
     #[error(
@@ -218,7 +222,7 @@ pub enum ConnError {
         /// `host:port`.
         target: String,
         /// What it said.
-        error: ServerError,
+        error: Box<ServerError>,
     },
     /// The server sent something the protocol does not allow here.
     #[error("protocol error talking to PostgreSQL at {target}: {reason}")]
@@ -276,6 +280,7 @@ pub(super) enum Context<'a> {
 /// Turns a server error into the specific case.
 pub(super) fn classify(target: &str, ctx: Context<'_>, server: ServerError) -> ConnError {
     let target = target.to_owned();
+    let server = Box::new(server);
     let code = server.code.as_str();
     match (code, &ctx) {
         // 57P01 admin shutdown / terminate, 57P02 crash shutdown.
@@ -283,17 +288,17 @@ pub(super) fn classify(target: &str, ctx: Context<'_>, server: ServerError) -> C
             target,
             reason: server.to_string(),
         },
-        ("28P01", Context::Startup { user, password }) => match password {
-            Some(source) => ConnError::PasswordRejected {
-                target,
-                user: (*user).to_owned(),
-                password_source: (*source).clone(),
-                server,
+        (
+            "28P01",
+            Context::Startup {
+                user,
+                password: Some(source),
             },
-            None => ConnError::Server {
-                target,
-                error: server,
-            },
+        ) => ConnError::PasswordRejected {
+            target,
+            user: (*user).to_owned(),
+            password_source: (*source).clone(),
+            server,
         },
         ("28000", Context::Startup { user, .. }) if server.message.contains("pg_hba.conf") => {
             ConnError::NoHbaEntry {
@@ -349,7 +354,16 @@ mod tests {
             ..ServerError::default()
         };
         let err = classify("h:1", Context::Command { slot: Some("pitr") }, server);
-        assert!(matches!(err, ConnError::SlotInUse { pid: Some(4242), .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                ConnError::SlotInUse {
+                    pid: Some(4242),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         let text = err.to_string();
         assert!(text.contains("server process 4242"), "{text}");
         assert!(text.contains("pg_receivewal"), "{text}");

@@ -18,12 +18,16 @@
 //! Every failure is a [`ConnError`] that says what to do; passwords never
 //! appear in `Debug`, `Display` or errors.
 
+#![warn(missing_docs)]
+
 mod client;
 mod conninfo;
 mod copy;
+mod copy_out;
 mod error;
 mod ops;
 mod pgpass;
+mod resolve;
 mod tls;
 mod url;
 mod wire;
@@ -34,10 +38,10 @@ mod tests;
 pub use client::ReplicationClient;
 pub use conninfo::{
     ConnInfo, ConnInfoError, DEFAULT_APPLICATION_NAME, DEFAULT_HOST, DEFAULT_PORT,
-    DEFAULT_SOCKET_DIR, Environment, Host, Password, PasswordSource, ProcessEnv, SslMode,
+    DEFAULT_SOCKET_DIR, Host, Password, PasswordSource, SslMode,
 };
-pub use copy::{
-    CopyOutEvent, CopyOutStream, ReplMessage, ReplicationStream, TimelineEnd, pg_now_micros,
-};
+pub use copy::{ReplMessage, ReplicationStream, TimelineEnd, pg_now_micros};
+pub use copy_out::{CopyOutEvent, CopyOutStream};
 pub use error::{ConnError, ServerError};
 pub use ops::{Row, SlotInfo, SystemInfo, TimelineHistory};
+pub use resolve::{Environment, ProcessEnv};

@@ -173,7 +173,11 @@ impl ReplicationClient {
             .ok_or_else(|| self.wire.protocol("malformed RowDescription"))
     }
 
-    pub(super) fn data_row(&self, columns: &Arc<[String]>, frame: &Frame) -> Result<Row, ConnError> {
+    pub(super) fn data_row(
+        &self,
+        columns: &Arc<[String]>,
+        frame: &Frame,
+    ) -> Result<Row, ConnError> {
         let values =
             parse_data_row(&frame.body).ok_or_else(|| self.wire.protocol("malformed DataRow"))?;
         Ok(Row::new(columns.clone(), values))
@@ -191,7 +195,10 @@ impl ReplicationClient {
     }
 
     /// `READ_REPLICATION_SLOT name` (PostgreSQL 15+): `None` if no such slot.
-    pub async fn read_replication_slot(&mut self, name: &str) -> Result<Option<SlotInfo>, ConnError> {
+    pub async fn read_replication_slot(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<SlotInfo>, ConnError> {
         check_slot_name(name)?;
         let row = self
             .one_row(&format!("READ_REPLICATION_SLOT {name}"), Some(name))
@@ -230,8 +237,9 @@ impl ReplicationClient {
         )
         .await?;
         self.read_replication_slot(name).await?.ok_or_else(|| {
-            self.wire
-                .protocol(&format!("slot {name:?} vanished right after it was created"))
+            self.wire.protocol(&format!(
+                "slot {name:?} vanished right after it was created"
+            ))
         })
     }
 
@@ -266,7 +274,9 @@ impl ReplicationClient {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
         {
-            return Err(self.wire.protocol(&format!("{setting:?} is not a setting name")));
+            return Err(self
+                .wire
+                .protocol(&format!("{setting:?} is not a setting name")));
         }
         let row = self.one_row(&format!("SHOW {setting}"), None).await?;
         Ok(self.text(&row, 0, setting)?.to_owned())
@@ -308,7 +318,12 @@ impl ReplicationClient {
             .ok_or_else(|| self.wire.protocol(&format!("{what} missing or not text")))
     }
 
-    fn number<T: std::str::FromStr>(&self, row: &Row, i: usize, what: &str) -> Result<T, ConnError> {
+    fn number<T: std::str::FromStr>(
+        &self,
+        row: &Row,
+        i: usize,
+        what: &str,
+    ) -> Result<T, ConnError> {
         let t = self.text(row, i, what)?;
         t.parse()
             .map_err(|_| self.wire.protocol(&format!("{what} {t:?} is not a number")))

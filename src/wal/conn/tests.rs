@@ -59,16 +59,25 @@ fn defaults_and_environment_follow_libpq() {
     let c = parse("", &e).expect("parses");
     assert_eq!(c.host, Host::Unix(PathBuf::from("/run/pg")));
     assert_eq!(c.target(), "/run/pg/.s.PGSQL.6000");
-    assert_eq!((c.port, c.user.as_str(), c.dbname.as_str()), (6000, "bob", "db"));
+    assert_eq!(
+        (c.port, c.user.as_str(), c.dbname.as_str()),
+        (6000, "bob", "db")
+    );
     assert_eq!(c.sslmode, SslMode::Require);
     assert_eq!(c.application_name, "app");
     let pw = c.password.expect("PGPASSWORD is used");
-    assert_eq!((pw.expose(), pw.source()), ("s3cret", &PasswordSource::Environment));
+    assert_eq!(
+        (pw.expose(), pw.source()),
+        ("s3cret", &PasswordSource::Environment)
+    );
 
     // The string beats the environment.
     let c = parse("host=h port=7 user=u password=p", &e).expect("parses");
     assert_eq!((c.host, c.port), (Host::Tcp("h".into()), 7));
-    assert_eq!(c.password.expect("given").source(), &PasswordSource::ConnInfo);
+    assert_eq!(
+        c.password.expect("given").source(),
+        &PasswordSource::ConnInfo
+    );
 
     assert_eq!(parse("host=h", &[]), Err(ConnInfoError::NoUser));
 }
@@ -80,7 +89,10 @@ fn bad_strings_name_the_keyword() {
     assert!(err.to_string().contains("\"bogus\""), "{err}");
     let err = parse("host=h target_session_attrs=any", &[("USER", "u")]).expect_err("unsupported");
     assert!(err.to_string().contains("not supported by pitr"), "{err}");
-    assert_eq!(parse("host", &[]), Err(ConnInfoError::MissingEquals("host".into())));
+    assert_eq!(
+        parse("host", &[]),
+        Err(ConnInfoError::MissingEquals("host".into()))
+    );
     assert_eq!(
         parse("password='abc", &[]),
         Err(ConnInfoError::UnterminatedQuote("password".into()))
@@ -116,7 +128,11 @@ fn urls_parse_and_percent_decode() {
     assert_eq!(c.host, Host::Tcp("::1".into()));
     assert_eq!(c.target(), "[::1]:5433");
 
-    let c = parse("postgresql://%2Fvar%2Frun%2Fpostgresql/db?user=u&ssl=true", &[]).expect("unix");
+    let c = parse(
+        "postgresql://%2Fvar%2Frun%2Fpostgresql/db?user=u&ssl=true",
+        &[],
+    )
+    .expect("unix");
     assert_eq!(c.host, Host::Unix(PathBuf::from("/var/run/postgresql")));
     assert_eq!(c.sslmode, SslMode::Require);
 
@@ -148,10 +164,13 @@ fn passwords_never_show() {
         target: c.target(),
         user: c.user.clone(),
         password_source: PasswordSource::ConnInfo,
-        server: ServerError::default(),
+        server: Box::default(),
     };
     assert!(!err.to_string().contains("hunter2"));
-    assert!(err.to_string().contains("from the connection string"), "{err}");
+    assert!(
+        err.to_string().contains("from the connection string"),
+        "{err}"
+    );
 }
 
 /// A password file with `mode`, and the environment pointing at it.
@@ -176,7 +195,9 @@ fn pgpass_lines_match_as_libpq_matches() {
     let (_dir, path) = passfile(text, 0o600);
     let with = |conninfo: &str| {
         let s = format!("{conninfo} passfile={path}");
-        ConnInfo::parse_with(&s, &env(&[])).expect("parses").password
+        ConnInfo::parse_with(&s, &env(&[]))
+            .expect("parses")
+            .password
     };
     let pw = with("host=db.example port=5432 user=rep").expect("matches line 4");
     assert_eq!(pw.expose(), "pa:ss\\word");
@@ -201,25 +222,43 @@ fn pgpass_lines_match_as_libpq_matches() {
         pgpass::find(text, ["localhost", "5432", "db", "sock"]).map(|p| p.1),
         Some(5)
     );
-    assert_eq!(pgpass::find("/tmp/pg:5432:*:sock:socket-dir\n", ["/tmp/pg", "5432", "x", "sock"])
-        .map(|p| p.0), Some("socket-dir".into()));
+    assert_eq!(
+        pgpass::find(
+            "/tmp/pg:5432:*:sock:socket-dir\n",
+            ["/tmp/pg", "5432", "x", "sock"]
+        )
+        .map(|p| p.0),
+        Some("socket-dir".into())
+    );
     assert_eq!(pgpass::find("h:1:d:u:\n", ["h", "1", "d", "u"]), None);
 
     // The password in the string or PGPASSWORD wins over the file.
     let s = format!("host=db.example user=rep passfile={path}");
     let c = ConnInfo::parse_with(&s, &env(&[("PGPASSWORD", "envpw")])).expect("parses");
-    assert_eq!(c.password.map(|p| p.expose().to_owned()), Some("envpw".into()));
+    assert_eq!(
+        c.password.map(|p| p.expose().to_owned()),
+        Some("envpw".into())
+    );
 
     // PGPASSFILE and ~/.pgpass are found too.
     let c = ConnInfo::parse_with("host=h user=u", &env(&[("PGPASSFILE", leak(&path))]))
         .expect("parses");
-    assert_eq!(c.password.map(|p| p.expose().to_owned()), Some("catch-all".into()));
+    assert_eq!(
+        c.password.map(|p| p.expose().to_owned()),
+        Some("catch-all".into())
+    );
     let home = _dir.path().to_string_lossy().into_owned();
     fs::copy(&path, _dir.path().join(".pgpass")).expect("copy");
-    fs::set_permissions(_dir.path().join(".pgpass"), fs::Permissions::from_mode(0o600))
-        .expect("chmod");
+    fs::set_permissions(
+        _dir.path().join(".pgpass"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
     let c = ConnInfo::parse_with("host=h user=u", &env(&[("HOME", leak(&home))])).expect("parses");
-    assert_eq!(c.password.map(|p| p.expose().to_owned()), Some("catch-all".into()));
+    assert_eq!(
+        c.password.map(|p| p.expose().to_owned()),
+        Some("catch-all".into())
+    );
 }
 
 #[test]

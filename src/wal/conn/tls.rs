@@ -50,9 +50,10 @@ pub(super) async fn handshake(
         Verify::Nothing => Arc::new(AnyCert(provider.clone())),
         Verify::Chain | Verify::Full => {
             let roots = load_roots(info, root_file.as_deref()).map_err(fail)?;
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| fail(format!("cannot use the trusted roots: {e}")))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| fail(format!("cannot use the trusted roots: {e}")))?;
             if verify == Verify::Full {
                 webpki
             } else {
@@ -78,9 +79,10 @@ pub(super) async fn handshake(
                 reason.push_str(&format!(
                     " (sslmode={}: the server's certificate must chain to a root in {}{}",
                     info.sslmode.as_str(),
-                    root_file
-                        .as_deref()
-                        .map_or_else(|| "the system store".to_owned(), |p| p.display().to_string()),
+                    root_file.as_deref().map_or_else(
+                        || "the system store".to_owned(),
+                        |p| p.display().to_string()
+                    ),
                     if verify == Verify::Full {
                         format!(" and name {host:?})")
                     } else {
@@ -117,7 +119,9 @@ fn load_roots(info: &ConnInfo, file: Option<&Path>) -> Result<RootCertStore, Str
         Some(path) => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                 .and_then(|iter| iter.collect::<Result<_, _>>())
-                .map_err(|e| format!("cannot read root certificates from {}: {e}", path.display()))?;
+                .map_err(|e| {
+                    format!("cannot read root certificates from {}: {e}", path.display())
+                })?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(format!(
@@ -168,7 +172,12 @@ impl ServerCertVerifier for AnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -177,7 +186,12 @@ impl ServerCertVerifier for AnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -102,15 +102,6 @@ impl Wire {
         }
     }
 
-    /// Gives the socket back (for the TLS upgrade); fails if the server sent
-    /// bytes we have not read, which would be a man-in-the-middle's.
-    pub fn into_socket(self) -> Result<Socket, ConnError> {
-        if !self.rbuf.is_empty() {
-            return Err(self.protocol("unencrypted data after the SSL response"));
-        }
-        Ok(self.sock)
-    }
-
     /// Writes every buffered message. Not cancel-safe.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         let result = async {
@@ -120,14 +111,6 @@ impl Wire {
         .await;
         self.out.clear();
         result.map_err(|e| self.io(e))
-    }
-
-    /// Reads exactly one byte (the answer to SSLRequest).
-    pub async fn read_byte(&mut self) -> Result<u8, ConnError> {
-        while self.rbuf.is_empty() {
-            self.fill().await?;
-        }
-        Ok(self.rbuf.get_u8())
     }
 
     /// The next message that is not a notice, parameter status or
@@ -157,10 +140,13 @@ impl Wire {
         loop {
             if self.rbuf.len() >= 5 {
                 let tag = self.rbuf[0];
-                let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
-                    as usize;
+                let len =
+                    u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
+                        as usize;
                 if len < 4 {
-                    return Err(self.protocol(&format!("message {:?} with length {len}", tag as char)));
+                    return Err(
+                        self.protocol(&format!("message {:?} with length {len}", tag as char))
+                    );
                 }
                 if len > MAX_MESSAGE {
                     return Err(self.protocol(&format!(

@@ -53,10 +53,10 @@ async fn password_methods_work_and_refusals_say_what_to_do() {
 
     // Until the reload lands, nohba is still trusted.
     let err = eventually("pg_hba.conf reloaded", Duration::from_secs(10), || async {
-        match within("connect", pitr::wal::ReplicationClient::connect(&as_user("nohba", "nohba-secret"))).await {
-            Ok(_) => None,
-            Err(e) => Some(e),
-        }
+        let nohba = as_user("nohba", "nohba-secret");
+        within("connect", pitr::wal::ReplicationClient::connect(&nohba))
+            .await
+            .err()
     })
     .await;
     assert!(matches!(err, ConnError::NoHbaEntry { .. }), "{err:?}");
@@ -81,11 +81,16 @@ async fn password_methods_work_and_refusals_say_what_to_do() {
     // Wrong passwords are rejected by name, never echoed.
     for user in ["md5user", "scramuser", "pwuser"] {
         let err = connect_err(&as_user(user, "wrong-pw")).await;
-        assert!(matches!(err, ConnError::PasswordRejected { .. }), "{user}: {err:?}");
+        assert!(
+            matches!(err, ConnError::PasswordRejected { .. }),
+            "{user}: {err:?}"
+        );
         assert_eq!(err.sqlstate(), Some("28P01"));
         let text = err.to_string();
         assert!(
-            text.contains(&format!("password authentication failed for user \"{user}\"")),
+            text.contains(&format!(
+                "password authentication failed for user \"{user}\""
+            )),
             "{text}"
         );
         assert!(text.contains("from the connection string"), "{text}");
@@ -106,7 +111,10 @@ async fn password_methods_work_and_refusals_say_what_to_do() {
     )
     .expect("write pgpass");
     fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).expect("chmod");
-    let from_file = info(&format!("{base} user=scramuser passfile={}", passfile.display()));
+    let from_file = info(&format!(
+        "{base} user=scramuser passfile={}",
+        passfile.display()
+    ));
     assert_eq!(
         from_file.password.as_ref().map(|p| p.source().clone()),
         Some(PasswordSource::PassFile {
@@ -118,7 +126,10 @@ async fn password_methods_work_and_refusals_say_what_to_do() {
 
     // A role without REPLICATION.
     let err = connect_err(&as_user("norepl", "norepl-secret")).await;
-    assert!(matches!(err, ConnError::NoReplicationPrivilege { .. }), "{err:?}");
+    assert!(
+        matches!(err, ConnError::NoReplicationPrivilege { .. }),
+        "{err:?}"
+    );
     assert_eq!(err.sqlstate(), Some("42501"));
     let text = err.to_string();
     assert!(text.contains("ALTER ROLE norepl REPLICATION"), "{text}");

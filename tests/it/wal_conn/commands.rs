@@ -6,7 +6,7 @@ use std::fs;
 use pitr::wal::conn::{ConnError, CopyOutEvent, Host, ReplMessage};
 use pitr::wal::{Lsn, history_file_name};
 
-use super::{conninfo, connect, connect_err, info, within};
+use super::{connect, connect_err, conninfo, info, within};
 use crate::harness::PgCluster;
 
 #[tokio::test]
@@ -16,13 +16,17 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
     let mut client = connect(&conninfo(&pg, "application_name=pitr-it")).await;
     assert!(!client.is_tls());
     assert!(
-        client.server_param("server_version").is_some_and(|v| v.starts_with("15")),
+        client
+            .server_param("server_version")
+            .is_some_and(|v| v.starts_with("15")),
         "{:?}",
         client.server_params()
     );
 
     // IDENTIFY_SYSTEM against pg_control_system() and pg_current_wal_flush_lsn().
-    let system = within("identify", client.identify_system()).await.expect("identify");
+    let system = within("identify", client.identify_system())
+        .await
+        .expect("identify");
     let expected: i64 = sql
         .query_one("SELECT system_identifier FROM pg_control_system()", &[])
         .await
@@ -36,7 +40,10 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
         .await
         .expect("flush lsn")
         .get(0);
-    assert!(system.xlogpos <= flush.parse().expect("lsn"), "{system:?} vs {flush}");
+    assert!(
+        system.xlogpos <= flush.parse().expect("lsn"),
+        "{system:?} vs {flush}"
+    );
     let app: String = sql
         .query_one(
             "SELECT application_name FROM pg_stat_activity WHERE pid = $1",
@@ -49,7 +56,10 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
 
     // SHOW works on a replication connection.
     assert_eq!(client.wal_segment_size().await.expect("segsize"), 16 << 20);
-    assert_eq!(client.check_wal_level().await.expect("wal_level"), "replica");
+    assert_eq!(
+        client.check_wal_level().await.expect("wal_level"),
+        "replica"
+    );
     assert_eq!(client.show("max_wal_senders").await.expect("show"), "10");
 
     // Slots: created with RESERVE_WAL, seen by pg_replication_slots and by
@@ -69,7 +79,11 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
     assert_eq!(kind, "physical");
     let restart: Lsn = restart.parse().expect("lsn");
     assert!(restart.0 > 0, "{restart}");
-    assert_eq!(created.restart_lsn, Some(restart), "RESERVE_WAL reserves at once");
+    assert_eq!(
+        created.restart_lsn,
+        Some(restart),
+        "RESERVE_WAL reserves at once"
+    );
     let slot = client
         .read_replication_slot("pitr_it")
         .await
@@ -78,34 +92,71 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
     assert_eq!(slot.slot_type, "physical");
     assert_eq!(slot.restart_lsn, Some(restart));
     assert_eq!(slot.restart_tli, Some(1));
-    assert_eq!(client.read_replication_slot("nope").await.expect("read"), None);
+    assert_eq!(
+        client.read_replication_slot("nope").await.expect("read"),
+        None
+    );
 
-    let err = client.create_physical_slot("pitr_it", true).await.expect_err("exists");
+    let err = client
+        .create_physical_slot("pitr_it", true)
+        .await
+        .expect_err("exists");
     assert!(matches!(err, ConnError::SlotExists { .. }), "{err:?}");
-    let lazy = client.create_physical_slot("lazy", false).await.expect("lazy");
+    let lazy = client
+        .create_physical_slot("lazy", false)
+        .await
+        .expect("lazy");
     assert_eq!((lazy.restart_lsn, lazy.restart_tli), (None, None));
     client.drop_slot("lazy", false).await.expect("drop");
-    assert_eq!(client.read_replication_slot("lazy").await.expect("read"), None);
+    assert_eq!(
+        client.read_replication_slot("lazy").await.expect("read"),
+        None
+    );
     let err = client.drop_slot("lazy", false).await.expect_err("gone");
     assert!(matches!(err, ConnError::SlotMissing { .. }), "{err:?}");
     assert!(err.to_string().contains("does not exist"), "{err}");
-    let err = client.read_replication_slot("Bad-Name").await.expect_err("invalid");
+    let err = client
+        .read_replication_slot("Bad-Name")
+        .await
+        .expect_err("invalid");
     assert!(matches!(err, ConnError::InvalidSlotName(_)), "{err:?}");
     // A failed command leaves the connection usable.
-    assert_eq!(client.identify_system().await.expect("still works").timeline, 1);
+    assert_eq!(
+        client
+            .identify_system()
+            .await
+            .expect("still works")
+            .timeline,
+        1
+    );
 
     // Plain TLS negotiation against a server without ssl: prefer falls back,
     // require says what to change.
-    let plain = connect(&info(&format!("{} sslmode=prefer", pg.conninfo("postgres")))).await;
+    let plain = connect(&info(&format!(
+        "{} sslmode=prefer",
+        pg.conninfo("postgres")
+    )))
+    .await;
     assert!(!plain.is_tls());
-    let err = connect_err(&info(&format!("{} sslmode=require", pg.conninfo("postgres")))).await;
+    let err = connect_err(&info(&format!(
+        "{} sslmode=require",
+        pg.conninfo("postgres")
+    )))
+    .await;
     assert!(err.to_string().contains("does not accept TLS"), "{err}");
 
     // The unix socket.
-    let local_info = info(&format!("host={} port={} user=postgres", pg.dir().display(), pg.port()));
+    let local_info = info(&format!(
+        "host={} port={} user=postgres",
+        pg.dir().display(),
+        pg.port()
+    ));
     assert!(matches!(local_info.host, Host::Unix(_)));
     let mut local = connect(&local_info).await;
-    assert_eq!(local.identify_system().await.expect("identify").system_id, system.system_id);
+    assert_eq!(
+        local.identify_system().await.expect("identify").system_id,
+        system.system_id
+    );
 
     // A CopyOut between result sets: BASE_BACKUP's shape.
     base_backup_events(&mut local).await;
@@ -162,13 +213,18 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
     assert_eq!(stream.next().await.expect("next"), None);
     assert_eq!(stream.ended().map(|e| e.next_tli), Some(2));
     let mut client = stream.into_client().expect("client back");
-    assert_eq!(client.identify_system().await.expect("identify").timeline, 2);
+    assert_eq!(
+        client.identify_system().await.expect("identify").timeline,
+        2
+    );
 }
 
 /// Runs a small BASE_BACKUP and checks the order of what comes back.
 async fn base_backup_events(client: &mut pitr::wal::ReplicationClient) {
     let mut stream = client
-        .simple_query_copy_out("BASE_BACKUP (LABEL 'pitr-it', CHECKPOINT 'fast', WAIT false, MANIFEST 'no')")
+        .simple_query_copy_out(
+            "BASE_BACKUP (LABEL 'pitr-it', CHECKPOINT 'fast', WAIT false, MANIFEST 'no')",
+        )
         .await
         .expect("send BASE_BACKUP");
     let mut shape = Vec::new();
@@ -205,7 +261,10 @@ async fn base_backup_events(client: &mut pitr::wal::ReplicationClient) {
     let last = last_row.expect("an end row");
     let end: Lsn = last.get_str(0).expect("end lsn").parse().expect("lsn");
     assert!(end >= begin, "{end} < {begin}");
-    assert!(tar_bytes > 1 << 20, "a cluster's tar is megabytes, got {tar_bytes}");
+    assert!(
+        tar_bytes > 1 << 20,
+        "a cluster's tar is megabytes, got {tar_bytes}"
+    );
     let shape = shape.join(" ");
     assert!(shape.contains("H dn dd"), "{shape}");
     eprintln!("BASE_BACKUP answer: {shape}");

@@ -39,7 +39,10 @@ fn info(conninfo: &str) -> ConnInfo {
 
 /// The superuser's replication conninfo for `pg`, plus `extra` keywords.
 fn conninfo(pg: &PgCluster, extra: &str) -> ConnInfo {
-    info(&format!("{} sslmode=disable {extra}", pg.conninfo("postgres")))
+    info(&format!(
+        "{} sslmode=disable {extra}",
+        pg.conninfo("postgres")
+    ))
 }
 
 async fn connect(info: &ConnInfo) -> ReplicationClient {
@@ -77,7 +80,10 @@ async fn unreachable_server_is_named_with_what_to_check() {
         .and_then(|l| l.local_addr())
         .expect("probe a free port")
         .port();
-    let err = connect_err(&info(&format!("host=127.0.0.1 port={port} user=u sslmode=disable"))).await;
+    let err = connect_err(&info(&format!(
+        "host=127.0.0.1 port={port} user=u sslmode=disable"
+    )))
+    .await;
     assert!(matches!(err, ConnError::Unreachable { .. }), "{err:?}");
     assert!(err.is_transient());
     let text = err.to_string();
@@ -85,7 +91,10 @@ async fn unreachable_server_is_named_with_what_to_check() {
     assert!(text.contains("listen_addresses"), "{text}");
 
     let err = connect_err(&info("host=/nonexistent/dir port=5999 user=u")).await;
-    assert!(err.to_string().contains("/nonexistent/dir/.s.PGSQL.5999"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/dir/.s.PGSQL.5999"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -111,7 +120,10 @@ async fn no_wal_senders_says_to_raise_max_wal_senders() {
         c.set("wal_level", "minimal").set("max_wal_senders", "0");
     });
     let err = connect_err(&conninfo(&pg, "")).await;
-    assert!(matches!(err, ConnError::TooManyWalSenders { .. }), "{err:?}");
+    assert!(
+        matches!(err, ConnError::TooManyWalSenders { .. }),
+        "{err:?}"
+    );
     assert_eq!(err.sqlstate(), Some("53300"));
     let text = err.to_string();
     assert!(text.contains("raise max_wal_senders"), "{text}");

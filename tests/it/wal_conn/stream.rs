@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pitr::wal::conn::{ConnError, ReplMessage, ReplicationStream};
 use pitr::wal::{Lsn, Segment};
 
-use super::{conninfo, connect, eventually, within};
+use super::{connect, conninfo, eventually, within};
 use crate::harness::PgCluster;
 
 const SEG: u64 = 16 << 20;
@@ -23,7 +23,10 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
     let sql = pg.connect().await;
     let info = conninfo(&pg, "");
     let mut client = connect(&info).await;
-    client.create_physical_slot("pitr", true).await.expect("slot");
+    client
+        .create_physical_slot("pitr", true)
+        .await
+        .expect("slot");
     let system = client.identify_system().await.expect("identify");
     let start = system.xlogpos.segment_start(SEG);
     let seg_end = Lsn(start.0 + SEG);
@@ -40,22 +43,31 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
     )
     .await
     .expect("write rows");
-    sql.query_one("SELECT pg_switch_wal()", &[]).await.expect("switch");
+    sql.query_one("SELECT pg_switch_wal()", &[])
+        .await
+        .expect("switch");
 
     // Collect exactly one segment, checking the positions are contiguous.
     let mut segment = Vec::with_capacity(SEG as usize);
     while (segment.len() as u64) < SEG {
         match within("xlogdata", stream.next()).await.expect("next") {
-            Some(ReplMessage::XLogData { start: at, data, .. }) => {
+            Some(ReplMessage::XLogData {
+                start: at, data, ..
+            }) => {
                 assert_eq!(at.0, start.0 + segment.len() as u64, "contiguous WAL");
                 let take = (SEG as usize - segment.len()).min(data.len());
                 segment.extend_from_slice(&data[..take]);
             }
-            Some(ReplMessage::Keepalive { reply_requested, .. }) => {
+            Some(ReplMessage::Keepalive {
+                reply_requested, ..
+            }) => {
                 // Flush 0/0 leaves the slot alone: nothing is stored yet.
                 if reply_requested {
                     let written = Lsn(start.0 + segment.len() as u64);
-                    stream.send_status(written, Lsn(0), Lsn(0), false).await.expect("status");
+                    stream
+                        .send_status(written, Lsn(0), Lsn(0), false)
+                        .await
+                        .expect("status");
                 }
             }
             None => panic!("stream ended on timeline 1"),
@@ -63,12 +75,18 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
     }
     let name = Segment::containing(1, start, SEG).file_name(SEG);
     let on_disk = std::fs::read(pg.data_dir().join("pg_wal").join(&name)).expect("read segment");
-    assert!(segment == on_disk, "streamed {name} differs from pg_wal/{name}");
+    assert!(
+        segment == on_disk,
+        "streamed {name} differs from pg_wal/{name}"
+    );
 
     // Acknowledge the segment: the server shows it and moves the slot.
     let slot_before = restart_lsn(&sql).await;
     assert!(slot_before < seg_end);
-    stream.send_status(seg_end, seg_end, seg_end, false).await.expect("status");
+    stream
+        .send_status(seg_end, seg_end, seg_end, false)
+        .await
+        .expect("status");
     let flush = eventually("flush_lsn reported", Duration::from_secs(10), || async {
         let row = sql
             .query_opt(
@@ -82,7 +100,11 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
     })
     .await;
     assert_eq!(flush, seg_end.to_string());
-    assert_eq!(restart_lsn(&sql).await, seg_end, "the slot advanced to the flush position");
+    assert_eq!(
+        restart_lsn(&sql).await,
+        seg_end,
+        "the slot advanced to the flush position"
+    );
 
     // Another stream on the same slot is refused, naming our walsender.
     let other = connect(&info).await;
@@ -90,8 +112,14 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
         .start_replication(Some("pitr"), seg_end, 1)
         .await
         .expect_err("slot is taken");
-    assert!(matches!(err, ConnError::SlotInUse { pid: Some(p), .. } if p as i32 == pid), "{err:?}");
-    assert!(err.to_string().contains(&format!("server process {pid}")), "{err}");
+    assert!(
+        matches!(err, ConnError::SlotInUse { pid: Some(p), .. } if p as i32 == pid),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!("server process {pid}")),
+        "{err}"
+    );
 
     // Past wal_sender_timeout: answering keepalives keeps us connected, a
     // silent slot-less stream of the same server is cut off.
@@ -100,11 +128,21 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
         .start_replication(None, start, 1)
         .await
         .expect("silent stream");
-    let (asked, silent_end) = tokio::join!(answer_keepalives(&mut stream, seg_end), ignore_all(silent));
-    assert!(asked >= 1, "the server asked for a reply within {SURVIVE:?}");
-    assert!(matches!(silent_end, ConnError::ServerGone { .. }), "{silent_end:?}");
+    let (asked, silent_end) =
+        tokio::join!(answer_keepalives(&mut stream, seg_end), ignore_all(silent));
+    assert!(
+        asked >= 1,
+        "the server asked for a reply within {SURVIVE:?}"
+    );
+    assert!(
+        matches!(silent_end, ConnError::ServerGone { .. }),
+        "{silent_end:?}"
+    );
     let alive: i64 = sql
-        .query_one("SELECT count(*) FROM pg_stat_replication WHERE pid = $1", &[&pid])
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE pid = $1",
+            &[&pid],
+        )
         .await
         .expect("count")
         .get(0);
@@ -112,7 +150,10 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
 
     // Ending from our side gives the client back.
     let mut client = within("finish", stream.finish()).await.expect("finish");
-    assert_eq!(client.identify_system().await.expect("identify").timeline, 1);
+    assert_eq!(
+        client.identify_system().await.expect("identify").timeline,
+        1
+    );
 
     // A clean shutdown mid-stream is ServerGone once the server has sent
     // everything (it waits for our write position to catch up).
@@ -154,9 +195,15 @@ async fn answer_keepalives(stream: &mut ReplicationStream, flushed: Lsn) -> usiz
             break;
         };
         match msg.expect("stream stays up") {
-            Some(ReplMessage::Keepalive { reply_requested: true, .. }) => {
+            Some(ReplMessage::Keepalive {
+                reply_requested: true,
+                ..
+            }) => {
                 asked += 1;
-                stream.send_status(written, flushed, flushed, false).await.expect("status");
+                stream
+                    .send_status(written, flushed, flushed, false)
+                    .await
+                    .expect("status");
             }
             Some(ReplMessage::XLogData { start, data, .. }) => {
                 written = written.max(Lsn(start.0 + data.len() as u64));
@@ -198,7 +245,10 @@ async fn follow_until_error(stream: &mut ReplicationStream) -> ConnError {
             Err(e) => return e,
         }
         if received.0 > 0 {
-            if let Err(e) = stream.send_status(received, received, received, false).await {
+            if let Err(e) = stream
+                .send_status(received, received, received, false)
+                .await
+            {
                 return e;
             }
         }

@@ -32,8 +32,20 @@ fn make_ca(dir: &Path, name: &str) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", &key, "-out", &crt, "-days", "2", "-subj",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-subj",
             &format!("/CN={name}"),
         ],
     );
@@ -51,15 +63,38 @@ fn make_server_cert(dir: &Path) {
     openssl(
         dir,
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
         ],
     );
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
         ],
     );
 }
@@ -72,9 +107,7 @@ async fn sslmodes_encrypt_and_verify_as_libpq_does() {
     make_ca(&data, "other_ca");
     make_server_cert(&data);
     pg.psql("ALTER SYSTEM SET ssl = on");
-    pg.psql(
-        "CREATE ROLE tlsuser LOGIN REPLICATION PASSWORD 'tls-secret'",
-    );
+    pg.psql("CREATE ROLE tlsuser LOGIN REPLICATION PASSWORD 'tls-secret'");
     // SCRAM over TLS: the server offers SCRAM-SHA-256-PLUS too.
     let hba = fs::read_to_string(data.join("pg_hba.conf")).expect("read pg_hba.conf");
     fs::write(
@@ -95,7 +128,10 @@ async fn sslmodes_encrypt_and_verify_as_libpq_does() {
     assert!(client.is_tls());
     let sql = pg.connect().await;
     let ssl: bool = sql
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = $1", &[&client.backend_pid()])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = $1",
+            &[&client.backend_pid()],
+        )
         .await
         .expect("pg_stat_ssl")
         .get(0);
@@ -122,7 +158,11 @@ async fn sslmodes_encrypt_and_verify_as_libpq_does() {
     assert!(matches!(err, ConnError::Tls { .. }), "{err:?}");
     assert!(err.to_string().contains("name \"127.0.0.1\""), "{err}");
     // verify-ca: the chain is enough.
-    assert!(connect(&with_root("127.0.0.1", "verify-ca", &ca)).await.is_tls());
+    assert!(
+        connect(&with_root("127.0.0.1", "verify-ca", &ca))
+            .await
+            .is_tls()
+    );
     // A CA that did not sign it fails both, and require too once a root is given.
     for mode in ["verify-full", "verify-ca", "require"] {
         let err = connect_err(&with_root("localhost", mode, &other_ca)).await;
