@@ -148,10 +148,23 @@ impl ReplicationClient {
                     error.get_or_insert(err);
                 }
                 b'H' | b'W' | b'G' => {
-                    return Err(self.wire.protocol(&format!(
-                        "{sql:?} started a COPY; use copy_out or start_replication for it"
-                    )));
+                    // End the COPY from our side and skip its data, so the
+                    // connection stays usable.
+                    match frame.tag {
+                        b'G' => frontend::copy_fail("pitr sends no COPY data", &mut self.wire.out)
+                            .map_err(|e| self.wire.io(e))?,
+                        b'W' => frontend::copy_done(&mut self.wire.out),
+                        _ => {}
+                    }
+                    self.wire.flush().await?;
+                    error.get_or_insert_with(|| {
+                        self.wire.protocol(&format!(
+                            "{sql:?} started a COPY: use simple_query_copy_out or \
+                             start_replication for it"
+                        ))
+                    });
                 }
+                b'd' | b'c' if error.is_some() => {}
                 b'Z' => break,
                 _ => return Err(self.wire.unexpected(&frame, "a simple query")),
             }

@@ -160,6 +160,17 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
 
     // A CopyOut between result sets: BASE_BACKUP's shape.
     base_backup_events(&mut local).await;
+    // A COPY where rows were expected is an error, and the connection
+    // stays usable.
+    let cmd = format!(
+        "START_REPLICATION PHYSICAL {} TIMELINE 1",
+        system.xlogpos.segment_start(16 << 20)
+    );
+    let err = within("copy in simple_query", local.simple_query(&cmd))
+        .await
+        .expect_err("COPY is not rows");
+    assert!(err.to_string().contains("started a COPY"), "{err}");
+    assert_eq!(local.identify_system().await.expect("usable").timeline, 1);
     local.close().await.expect("close");
     client.close().await.expect("close");
     drop(sql);
