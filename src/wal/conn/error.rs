@@ -237,6 +237,7 @@ pub enum ConnError {
 impl ConnError {
     /// Whether retrying later may succeed without anyone changing anything:
     /// the server was unreachable, restarting, busy, or the slot was held.
+    /// Configuration and permission errors are not transient.
     pub fn is_transient(&self) -> bool {
         match self {
             ConnError::Unreachable { .. }
@@ -244,7 +245,13 @@ impl ConnError {
             | ConnError::Io { .. }
             | ConnError::ServerGone { .. }
             | ConnError::SlotInUse { .. } => true,
-            // 57P03: the database system is starting up / shutting down.
+            // Every WAL sender busy may pass; max_wal_senders = 0 needs a
+            // restart with a new setting.
+            ConnError::TooManyWalSenders { server, .. } => {
+                !server.message.contains("(currently 0)")
+            }
+            // 57P03: the database system is starting up / shutting down;
+            // 53300: too many clients.
             ConnError::Server { error, .. } => error.code == "57P03" || error.code == "53300",
             _ => false,
         }

@@ -2,11 +2,12 @@
 //! says through ordinary SQL; the end of a historic timeline; a CopyOut.
 
 use std::fs;
+use std::time::Duration;
 
 use pitr::wal::conn::{ConnError, CopyOutEvent, Host, ReplMessage};
 use pitr::wal::{Lsn, history_file_name};
 
-use super::{connect, connect_err, conninfo, info, within};
+use super::{connect, connect_err, conninfo, eventually, info, within};
 use crate::harness::PgCluster;
 
 #[tokio::test]
@@ -181,9 +182,19 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
     pg.stop();
     fs::write(pg.data_dir().join("recovery.signal"), "").expect("recovery.signal");
     pg.start_again();
+    // Hot standby lets pg_ctl return while recovery still runs.
+    eventually("recovery ends", Duration::from_secs(20), || async {
+        (pg.psql("SELECT pg_is_in_recovery()") == "f").then_some(())
+    })
+    .await;
     let mut client = connect(&conninfo(&pg, "")).await;
     let system = client.identify_system().await.expect("identify");
-    assert_eq!(system.timeline, 2, "archive recovery switches timeline");
+    assert_eq!(
+        system.timeline,
+        2,
+        "archive recovery switches timeline; log:\n{}",
+        pg.log_tail()
+    );
 
     let history = client.timeline_history(2).await.expect("history");
     assert_eq!(history.file_name, history_file_name(2));

@@ -125,6 +125,10 @@ async fn no_wal_senders_says_to_raise_max_wal_senders() {
         "{err:?}"
     );
     assert_eq!(err.sqlstate(), Some("53300"));
+    assert!(
+        !err.is_transient(),
+        "only a restart with a new setting helps"
+    );
     let text = err.to_string();
     assert!(text.contains("raise max_wal_senders"), "{text}");
     assert!(text.contains("(currently 0)"), "{text}");
