@@ -1,15 +1,17 @@
-//! WAL: positions and segment names (`lsn`), segment assembly from streamed
-//! bytes (`assemble`), the record decoder (`decode`) and the per-segment
-//! index the restore planner reads (`index`), and WAL as repository items
-//! (`store`); the replication client and the streamer arrive with issue 3.
+//! WAL: positions and segment names (`lsn`), the physical replication client
+//! (`conn`), segment assembly from streamed bytes (`assemble`), the record
+//! decoder (`decode`) and the per-segment index the restore planner reads
+//! (`index`), and WAL as repository items (`store`).
 
 mod assemble;
+pub mod conn;
 pub mod decode;
 mod index;
 mod lsn;
 mod store;
 
 pub use assemble::{Assembler, CompletedSegment, GapError};
+pub use conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind, valid_segment_size};
 pub use index::{RestorePoint, SegmentIndex, SegmentIndexer, XactTimes, index_segment};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};

@@ -7,5 +7,6 @@ mod golden;
 mod harness;
 mod pg_harness;
 mod repo;
+mod wal_conn;
 mod wal_decode;
 mod wal_fetch;

@@ -1,0 +1,321 @@
+//! Opening a physical replication connection: socket, optional TLS, startup
+//! message with `replication=true`, and authentication (trust, cleartext
+//! password, md5, SCRAM-SHA-256).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::conninfo::{ConnInfo, Host, SslMode};
+use super::error::{ConnError, Context, classify};
+use super::tls;
+use super::wire::{Socket, Wire, cstr, i32_, parse_error};
+
+/// A physical replication connection (`replication=true`): only simple
+/// queries of the replication protocol work on it. See the operations in
+/// `ops` and streaming in `copy`.
+pub struct ReplicationClient {
+    pub(super) wire: Wire,
+    user: String,
+    backend_pid: i32,
+    tls: bool,
+}
+
+impl std::fmt::Debug for ReplicationClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationClient")
+            .field("target", &self.wire.target)
+            .field("user", &self.user)
+            .field("backend_pid", &self.backend_pid)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl ReplicationClient {
+    /// Connects and authenticates, within `info.connect_timeout` if set.
+    pub async fn connect(info: &ConnInfo) -> Result<ReplicationClient, ConnError> {
+        let target = info.target();
+        match info.connect_timeout {
+            Some(limit) => tokio::time::timeout(limit, connect(info, &target))
+                .await
+                .map_err(|_| ConnError::Timeout {
+                    target,
+                    timeout: limit,
+                })?,
+            None => connect(info, &target).await,
+        }
+    }
+
+    /// `host:port` or the socket path this client is connected to.
+    pub fn target(&self) -> &str {
+        &self.wire.target
+    }
+
+    /// The role this connection logged in as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The process id of the server's WAL sender for this connection (what
+    /// `pg_stat_replication.pid` shows).
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// A parameter the server reported at startup or since
+    /// (`server_version`, `integer_datetimes`, ...).
+    pub fn server_param(&self, name: &str) -> Option<&str> {
+        self.wire.params.get(name).map(String::as_str)
+    }
+
+    /// All parameters the server reported.
+    pub fn server_params(&self) -> &HashMap<String, String> {
+        &self.wire.params
+    }
+
+    /// Sends Terminate and closes the connection.
+    pub async fn close(mut self) -> Result<(), ConnError> {
+        frontend::terminate(&mut self.wire.out);
+        self.wire.flush().await
+    }
+}
+
+async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, ConnError> {
+    let unreachable = |source: io::Error| ConnError::Unreachable {
+        target: target.to_owned(),
+        source,
+    };
+    let (sock, tls) = match &info.host {
+        Host::Unix(dir) => {
+            // TLS is never used on a unix socket, as in libpq.
+            let path = dir.join(format!(".s.PGSQL.{}", info.port));
+            (
+                Socket::Unix(UnixStream::connect(&path).await.map_err(unreachable)?),
+                false,
+            )
+        }
+        Host::Tcp(name) => {
+            let tcp = connect_tcp(name, info.port).await.map_err(unreachable)?;
+            // Replication sends small status messages that must not wait.
+            tcp.set_nodelay(true).map_err(unreachable)?;
+            negotiate_tls(tcp, info, name, target).await?
+        }
+    };
+    let mut wire = Wire::new(sock, target.to_owned());
+
+    let params = [
+        ("user", info.user.as_str()),
+        ("database", info.dbname.as_str()),
+        ("replication", "true"),
+        ("application_name", info.application_name.as_str()),
+    ];
+    frontend::startup_message(params, &mut wire.out).map_err(|e| wire.io(e))?;
+    wire.flush().await?;
+    authenticate(&mut wire, info).await?;
+
+    let mut backend_pid = 0;
+    loop {
+        let frame = wire.read().await?;
+        match frame.tag {
+            b'K' => {
+                let mut b = frame.body;
+                backend_pid = i32_(&mut b).unwrap_or(0);
+            }
+            b'Z' => break,
+            b'E' => return Err(startup_error(&wire, info, &frame.body)),
+            _ => return Err(wire.unexpected(&frame, "startup")),
+        }
+    }
+    tracing::debug!(target = %wire.target, backend_pid, tls, "replication connection ready");
+    Ok(ReplicationClient {
+        wire,
+        user: info.user.clone(),
+        backend_pid,
+        tls,
+    })
+}
+
+/// Tries each address the name resolves to; returns the last error.
+async fn connect_tcp(name: &str, port: u16) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port)).await?.collect();
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{name} resolves to no address"),
+    );
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// SSLRequest and the handshake, as `sslmode` asks.
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    info: &ConnInfo,
+    host: &str,
+    target: &str,
+) -> Result<(Socket, bool), ConnError> {
+    if info.sslmode == SslMode::Disable {
+        return Ok((Socket::Tcp(tcp), false));
+    }
+    // Read exactly one byte: anything the server (or a man in the middle)
+    // sends after it must go through TLS, never a plaintext buffer.
+    let mut request = bytes::BytesMut::with_capacity(8);
+    frontend::ssl_request(&mut request);
+    let io = |source: io::Error| ConnError::Io {
+        target: target.to_owned(),
+        source,
+    };
+    tcp.write_all(&request).await.map_err(io)?;
+    let answer = tcp.read_u8().await.map_err(io)?;
+    match answer {
+        b'S' => {
+            let stream = tls::handshake(tcp, info, host, target).await?;
+            Ok((Socket::Tls(Box::new(stream)), true))
+        }
+        b'N' if matches!(info.sslmode, SslMode::Allow | SslMode::Prefer) => {
+            Ok((Socket::Tcp(tcp), false))
+        }
+        b'N' => Err(ConnError::Tls {
+            target: target.to_owned(),
+            reason: format!(
+                "the server does not accept TLS connections, but sslmode={} requires TLS: set \
+                 ssl = on (with ssl_cert_file and ssl_key_file) in postgresql.conf, or use \
+                 sslmode=prefer",
+                info.sslmode.as_str()
+            ),
+        }),
+        other => Err(ConnError::Protocol {
+            target: target.to_owned(),
+            reason: format!(
+                "answer {:?} to SSLRequest, expected 'S' or 'N'",
+                other as char
+            ),
+        }),
+    }
+}
+
+/// Answers the server's authentication requests until AuthenticationOk.
+async fn authenticate(wire: &mut Wire, info: &ConnInfo) -> Result<(), ConnError> {
+    let mut scram: Option<ScramSha256> = None;
+    let target = wire.target.clone();
+    let password = |method: &'static str| {
+        info.password
+            .as_ref()
+            .map(|p| p.expose().as_bytes())
+            .ok_or_else(|| ConnError::NoPassword {
+                target: target.clone(),
+                user: info.user.clone(),
+                method,
+            })
+    };
+    loop {
+        let frame = wire.read().await?;
+        match frame.tag {
+            b'R' => {}
+            b'E' => return Err(startup_error(wire, info, &frame.body)),
+            // NegotiateProtocolVersion: we ask for 3.0 and no _pq_ options.
+            b'v' => continue,
+            _ => return Err(wire.unexpected(&frame, "authentication")),
+        }
+        let mut body = frame.body;
+        let Some(code) = i32_(&mut body) else {
+            return Err(wire.protocol("authentication request without a code"));
+        };
+        match code {
+            0 => return Ok(()),
+            3 => {
+                let pw = password("password")?;
+                frontend::password_message(pw, &mut wire.out).map_err(|e| wire.io(e))?;
+            }
+            5 => {
+                let pw = password("md5")?;
+                if body.len() < 4 {
+                    return Err(wire.protocol("md5 request without a salt"));
+                }
+                let salt = [body[0], body[1], body[2], body[3]];
+                let hash = md5_hash(info.user.as_bytes(), pw, salt);
+                frontend::password_message(hash.as_bytes(), &mut wire.out)
+                    .map_err(|e| wire.io(e))?;
+            }
+            10 => {
+                let mut mechanisms = Vec::new();
+                while let Some(m) = cstr(&mut body).filter(|m| !m.is_empty()) {
+                    mechanisms.push(m);
+                }
+                if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                    return Err(wire.protocol(&format!(
+                        "the server offers SASL mechanisms {mechanisms:?}, pitr speaks {SCRAM_SHA_256}"
+                    )));
+                }
+                let pw = password(SCRAM_SHA_256)?;
+                // No channel binding ("n"): accepted with and without TLS.
+                let s = ScramSha256::new(pw, ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut wire.out)
+                    .map_err(|e| wire.io(e))?;
+                scram = Some(s);
+            }
+            11 => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| wire.protocol("SASL continue before SASL start"))?;
+                s.update(&body)
+                    .map_err(|e| wire.protocol(&format!("SCRAM exchange failed: {e}")))?;
+                frontend::sasl_response(s.message(), &mut wire.out).map_err(|e| wire.io(e))?;
+            }
+            12 => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| wire.protocol("SASL final before SASL start"))?;
+                s.finish(&body).map_err(|e| {
+                    wire.protocol(&format!(
+                        "the server's SCRAM signature does not verify ({e}): it may not be the \
+                         server it claims to be"
+                    ))
+                })?;
+                continue;
+            }
+            other => {
+                let method = match other {
+                    2 => "Kerberos V5",
+                    7 | 8 => "GSSAPI",
+                    9 => "SSPI",
+                    _ => "an unknown method",
+                };
+                return Err(wire.protocol(&format!(
+                    "the server asks for {method} authentication (code {other}), which pitr does \
+                     not support: use scram-sha-256 or md5 in pg_hba.conf"
+                )));
+            }
+        }
+        wire.flush().await?;
+    }
+}
+
+/// Classifies an ErrorResponse received before the connection was ready.
+fn startup_error(wire: &Wire, info: &ConnInfo, body: &bytes::Bytes) -> ConnError {
+    let server = parse_error(body);
+    classify(
+        &wire.target,
+        Context::Startup {
+            user: &info.user,
+            password: info.password.as_ref().map(|p| p.source()),
+        },
+        server,
+    )
+}

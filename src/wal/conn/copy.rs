@@ -1,0 +1,329 @@
+//! Streaming WAL: `START_REPLICATION` in CopyBoth mode
+//! ([`ReplicationStream`]), to the end of a timeline or of the server.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use postgres_protocol::message::frontend;
+
+use super::client::ReplicationClient;
+use super::error::{ConnError, Context, classify};
+use super::ops::check_slot_name;
+use super::wire::{Frame, i64_, parse_error};
+use crate::wal::Lsn;
+
+/// Seconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
+const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
+
+/// Now, in microseconds since 2000-01-01 UTC (PostgreSQL's `TimestampTz`).
+pub fn pg_now_micros() -> i64 {
+    let since_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let micros = since_unix.as_micros() as i64;
+    micros - (PG_EPOCH_UNIX_SECS as i64) * 1_000_000
+}
+
+/// A message of the WAL stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplMessage {
+    /// WAL bytes starting at `start`.
+    XLogData {
+        /// The position of `data[0]`.
+        start: Lsn,
+        /// The server's current end of WAL.
+        end_of_wal: Lsn,
+        /// When the server sent it (µs since 2000-01-01).
+        send_time: i64,
+        /// The WAL bytes (at most 128 KiB).
+        data: Bytes,
+    },
+    /// The server's heartbeat.
+    Keepalive {
+        /// The server's current end of WAL.
+        end_of_wal: Lsn,
+        /// When the server sent it (µs since 2000-01-01).
+        send_time: i64,
+        /// The server wants a status update now, or it will disconnect us
+        /// after `wal_sender_timeout`.
+        reply_requested: bool,
+    },
+}
+
+/// Where the next timeline starts, after the server ended a historic one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineEnd {
+    /// The timeline that follows.
+    pub next_tli: u32,
+    /// Where it forks off the streamed one (the streamed timeline's WAL ends
+    /// there).
+    pub start: Lsn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Streaming,
+    /// The server finished the COPY; its result is read.
+    Ended,
+}
+
+/// A running `START_REPLICATION`: read with [`ReplicationStream::next`],
+/// report progress with [`ReplicationStream::send_status`].
+#[derive(Debug)]
+pub struct ReplicationStream {
+    client: ReplicationClient,
+    state: State,
+    ended: Option<TimelineEnd>,
+}
+
+impl ReplicationClient {
+    /// `START_REPLICATION [SLOT slot] PHYSICAL start TIMELINE timeline`.
+    ///
+    /// `start` should be a segment boundary. Takes the client: get it back
+    /// with [`ReplicationStream::into_client`] after the stream ended, or
+    /// [`ReplicationStream::finish`] to end it early. On error the
+    /// connection is dropped; reconnect.
+    pub async fn start_replication(
+        mut self,
+        slot: Option<&str>,
+        start: Lsn,
+        timeline: u32,
+    ) -> Result<ReplicationStream, ConnError> {
+        let slot_clause = match slot {
+            Some(s) => {
+                check_slot_name(s)?;
+                format!("SLOT {s} ")
+            }
+            None => String::new(),
+        };
+        let sql = format!("START_REPLICATION {slot_clause}PHYSICAL {start} TIMELINE {timeline}");
+        self.send_query(&sql).await?;
+        let frame = self.wire.read().await?;
+        match frame.tag {
+            b'W' => Ok(ReplicationStream {
+                client: self,
+                state: State::Streaming,
+                ended: None,
+            }),
+            b'E' => Err(classify(
+                &self.wire.target,
+                Context::Command { slot },
+                parse_error(&frame.body),
+            )),
+            // Start at the very end of a historic timeline: no COPY at all,
+            // the next timeline's row comes at once.
+            b'T' | b'D' | b'C' => {
+                let mut stream = ReplicationStream {
+                    client: self,
+                    state: State::Streaming,
+                    ended: None,
+                };
+                stream.read_result(Some(frame)).await?;
+                Ok(stream)
+            }
+            _ => Err(self.wire.unexpected(&frame, "START_REPLICATION")),
+        }
+    }
+}
+
+impl ReplicationStream {
+    /// The next WAL message; `Ok(None)` when the server ended the timeline
+    /// (see [`ReplicationStream::ended`]). A server shutdown or a dropped
+    /// connection is [`ConnError::ServerGone`].
+    ///
+    /// Cancel-safe: a message is either returned or stays buffered, so
+    /// `next` may race a timer in `tokio::select!`.
+    pub async fn next(&mut self) -> Result<Option<ReplMessage>, ConnError> {
+        if self.state == State::Ended {
+            return Ok(None);
+        }
+        let frame = self.client.wire.read().await?;
+        match frame.tag {
+            b'd' => self.parse_copy_data(frame.body).map(Some),
+            b'c' => {
+                // The server ended a historic timeline: confirm, then read
+                // the next timeline's row.
+                frontend::copy_done(&mut self.client.wire.out);
+                self.client.wire.flush().await?;
+                self.read_result(None).await?;
+                Ok(None)
+            }
+            // A server shutting down ends COPY with CommandComplete alone.
+            b'C' => Err(ConnError::ServerGone {
+                target: self.client.wire.target.clone(),
+                reason: "the server ended streaming without a next timeline".into(),
+            }),
+            b'E' => Err(classify(
+                &self.client.wire.target,
+                Context::Command { slot: None },
+                parse_error(&frame.body),
+            )),
+            _ => Err(self.client.wire.unexpected(&frame, "streaming")),
+        }
+    }
+
+    /// After `next` returned `Ok(None)`: where the next timeline starts, if
+    /// the server said so.
+    pub fn ended(&self) -> Option<TimelineEnd> {
+        self.ended
+    }
+
+    /// Sends a standby status update: `write` received, `flush` durably
+    /// stored (the slot advances to it: report only what is safe), `apply`
+    /// (for pitr, the same as flush). `reply_requested` asks the server for
+    /// a keepalive back.
+    pub async fn send_status(
+        &mut self,
+        write: Lsn,
+        flush: Lsn,
+        apply: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), ConnError> {
+        if self.state == State::Ended {
+            return Err(self
+                .client
+                .wire
+                .protocol("status update after the stream ended"));
+        }
+        let mut msg = BytesMut::with_capacity(34);
+        msg.put_u8(b'r');
+        msg.put_u64(write.0);
+        msg.put_u64(flush.0);
+        msg.put_u64(apply.0);
+        msg.put_i64(pg_now_micros());
+        msg.put_u8(u8::from(reply_requested));
+        let data = frontend::CopyData::new(msg.freeze()).map_err(|e| self.client.wire.io(e))?;
+        data.write(&mut self.client.wire.out);
+        self.client.wire.flush().await
+    }
+
+    /// Ends streaming from our side (CopyDone), skips the WAL still in
+    /// flight, and returns the client ready for the next command.
+    pub async fn finish(mut self) -> Result<ReplicationClient, ConnError> {
+        if self.state == State::Streaming {
+            frontend::copy_done(&mut self.client.wire.out);
+            self.client.wire.flush().await?;
+            loop {
+                let frame = self.client.wire.read().await?;
+                match frame.tag {
+                    b'd' => continue,
+                    b'c' => break,
+                    b'E' => {
+                        return Err(classify(
+                            &self.client.wire.target,
+                            Context::Command { slot: None },
+                            parse_error(&frame.body),
+                        ));
+                    }
+                    _ => return Err(self.client.wire.unexpected(&frame, "ending a COPY")),
+                }
+            }
+            self.read_result(None).await?;
+        }
+        Ok(self.client)
+    }
+
+    /// The client back, once `next` returned `Ok(None)`.
+    pub fn into_client(self) -> Result<ReplicationClient, ConnError> {
+        match self.state {
+            State::Ended => Ok(self.client),
+            State::Streaming => Err(self
+                .client
+                .wire
+                .protocol("the stream has not ended: use finish() to end it")),
+        }
+    }
+
+    /// The client, for reading server parameters while streaming.
+    pub fn client(&self) -> &ReplicationClient {
+        &self.client
+    }
+
+    fn parse_copy_data(&self, mut b: Bytes) -> Result<ReplMessage, ConnError> {
+        let bad = |what: &str| {
+            self.client
+                .wire
+                .protocol(&format!("malformed {what} message"))
+        };
+        match b.first() {
+            Some(b'w') => {
+                let _ = b.split_to(1);
+                let (Some(start), Some(end), Some(time)) =
+                    (i64_(&mut b), i64_(&mut b), i64_(&mut b))
+                else {
+                    return Err(bad("XLogData"));
+                };
+                Ok(ReplMessage::XLogData {
+                    start: Lsn(start as u64),
+                    end_of_wal: Lsn(end as u64),
+                    send_time: time,
+                    data: b,
+                })
+            }
+            Some(b'k') => {
+                let _ = b.split_to(1);
+                let (Some(end), Some(time)) = (i64_(&mut b), i64_(&mut b)) else {
+                    return Err(bad("keepalive"));
+                };
+                let Some(&reply) = b.first() else {
+                    return Err(bad("keepalive"));
+                };
+                Ok(ReplMessage::Keepalive {
+                    end_of_wal: Lsn(end as u64),
+                    send_time: time,
+                    reply_requested: reply != 0,
+                })
+            }
+            Some(&other) => Err(self
+                .client
+                .wire
+                .protocol(&format!("unknown streaming message {:?}", other as char))),
+            None => Err(bad("empty CopyData")),
+        }
+    }
+
+    /// Reads the result after COPY (the next timeline's row, if any) up to
+    /// ReadyForQuery; `first` is a message already read.
+    async fn read_result(&mut self, mut first: Option<Frame>) -> Result<(), ConnError> {
+        let mut columns: Arc<[String]> = Arc::from(Vec::new());
+        loop {
+            let frame = match first.take() {
+                Some(f) => f,
+                None => self.client.wire.read().await?,
+            };
+            match frame.tag {
+                b'T' => columns = self.client.row_description(&frame)?,
+                b'D' => {
+                    let row = self.client.data_row(&columns, &frame)?;
+                    let next_tli = row.get_str(0).and_then(|t| t.parse().ok());
+                    let start = row.get_str(1).and_then(|t| t.parse().ok());
+                    match (next_tli, start) {
+                        (Some(next_tli), Some(start)) => {
+                            self.ended = Some(TimelineEnd { next_tli, start });
+                        }
+                        _ => {
+                            return Err(self
+                                .client
+                                .wire
+                                .protocol(&format!("timeline end row {row:?} is not (tli, lsn)")));
+                        }
+                    }
+                }
+                b'C' => {}
+                b'E' => {
+                    return Err(classify(
+                        &self.client.wire.target,
+                        Context::Command { slot: None },
+                        parse_error(&frame.body),
+                    ));
+                }
+                b'Z' => {
+                    self.state = State::Ended;
+                    return Ok(());
+                }
+                _ => return Err(self.client.wire.unexpected(&frame, "the end of streaming")),
+            }
+        }
+    }
+}

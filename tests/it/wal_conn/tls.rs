@@ -1,0 +1,184 @@
+//! TLS per sslmode against a cluster serving a certificate signed by a
+//! throw-away CA (made with the openssl CLI).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pitr::wal::conn::ConnError;
+
+use super::{connect, connect_err, eventually, info, within};
+use crate::harness::{PgCluster, run_as_pg_user};
+
+/// Runs openssl in `dir` as the server's user, so the key it writes is the
+/// server's to read.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = run_as_pg_user(&mut Command::new("openssl"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl (Debian: apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA `{name}.crt` / `{name}.key` in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+/// `server.crt` / `server.key` in `dir`, for DNS name `localhost` only,
+/// signed by the CA `ca`.
+fn make_server_cert(dir: &Path) {
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext file");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn sslmodes_encrypt_and_verify_as_libpq_does() {
+    let pg = PgCluster::start();
+    let data = pg.data_dir();
+    make_ca(&data, "ca");
+    make_ca(&data, "other_ca");
+    make_server_cert(&data);
+    pg.psql("ALTER SYSTEM SET ssl = on");
+    pg.psql("CREATE ROLE tlsuser LOGIN REPLICATION PASSWORD 'tls-secret'");
+    // SCRAM over TLS: the server offers SCRAM-SHA-256-PLUS too.
+    let hba = fs::read_to_string(data.join("pg_hba.conf")).expect("read pg_hba.conf");
+    fs::write(
+        data.join("pg_hba.conf"),
+        format!("hostssl replication tlsuser 127.0.0.1/32 scram-sha-256\n{hba}"),
+    )
+    .expect("write pg_hba.conf");
+    pg.psql("SELECT pg_reload_conf()");
+
+    let base = format!("port={} user=postgres", pg.port());
+    let require = info(&format!("host=127.0.0.1 {base} sslmode=require"));
+    let client = eventually("ssl = on took effect", Duration::from_secs(10), || async {
+        within("connect", pitr::wal::ReplicationClient::connect(&require))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(client.is_tls());
+    let sql = pg.connect().await;
+    let ssl: bool = sql
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = $1",
+            &[&client.backend_pid()],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(ssl, "the server sees our connection encrypted");
+
+    // prefer: encrypted when offered.
+    let prefer = connect(&info(&format!("host=127.0.0.1 {base} sslmode=prefer"))).await;
+    assert!(prefer.is_tls());
+
+    let ca = data.join("ca.crt");
+    let other_ca = data.join("other_ca.crt");
+    let with_root = |host: &str, mode: &str, root: &Path| {
+        info(&format!(
+            "host={host} {base} sslmode={mode} sslrootcert={}",
+            root.display()
+        ))
+    };
+    // verify-full: right CA and name.
+    let mut full = connect(&with_root("localhost", "verify-full", &ca)).await;
+    assert!(full.is_tls());
+    assert_eq!(full.identify_system().await.expect("identify").timeline, 1);
+    // verify-full: the certificate does not name 127.0.0.1.
+    let err = connect_err(&with_root("127.0.0.1", "verify-full", &ca)).await;
+    assert!(matches!(err, ConnError::Tls { .. }), "{err:?}");
+    assert!(err.to_string().contains("name \"127.0.0.1\""), "{err}");
+    // verify-ca: the chain is enough.
+    assert!(
+        connect(&with_root("127.0.0.1", "verify-ca", &ca))
+            .await
+            .is_tls()
+    );
+    // A CA that did not sign it fails both, and require too once a root is given.
+    for mode in ["verify-full", "verify-ca", "require"] {
+        let err = connect_err(&with_root("localhost", mode, &other_ca)).await;
+        assert!(matches!(err, ConnError::Tls { .. }), "{mode}: {err:?}");
+        assert!(err.to_string().contains("other_ca.crt"), "{err}");
+    }
+    // Verifying without any root is refused up front, as libpq does.
+    let err = connect_err(&info(&format!("host=localhost {base} sslmode=verify-full"))).await;
+    assert!(err.to_string().contains("sslrootcert"), "{err}");
+
+    // SCRAM without channel binding over TLS.
+    let mut scram = connect(&info(&format!(
+        "host=127.0.0.1 port={} user=tlsuser password=tls-secret sslmode=require",
+        pg.port()
+    )))
+    .await;
+    assert!(scram.is_tls());
+    assert_eq!(scram.identify_system().await.expect("identify").timeline, 1);
+}
