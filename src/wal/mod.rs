@@ -1,7 +1,8 @@
 //! WAL: positions and segment names (`lsn`), the physical replication client
 //! (`conn`), segment assembly from streamed bytes (`assemble`), the record
 //! decoder (`decode`) and the per-segment index the restore planner reads
-//! (`index`), and WAL as repository items (`store`).
+//! (`index`), WAL as repository items (`store`), and the streamer that ties
+//! them together (`stream`).
 
 mod assemble;
 pub mod conn;
@@ -9,6 +10,7 @@ pub mod decode;
 mod index;
 mod lsn;
 mod store;
+mod stream;
 
 pub use assemble::{Assembler, CompletedSegment, GapError};
 pub use conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
@@ -16,3 +18,4 @@ pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind, vali
 pub use index::{RestorePoint, SegmentIndex, SegmentIndexer, XactTimes, index_segment};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
 pub use store::{StoredWal, WalAttrs, WalStore, WalStoreError};
+pub use stream::{Ended, Progress, StreamError, StreamOptions, stream, stream_once};

@@ -10,3 +10,4 @@ mod repo;
 mod wal_conn;
 mod wal_decode;
 mod wal_fetch;
+mod wal_stream;

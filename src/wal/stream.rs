@@ -1,0 +1,318 @@
+//! The WAL streamer: a physical replication slot in, segments and partial
+//! segments into the repository, and a flush position reported back to the
+//! server that never passes what the destinations hold (invariant 1).
+//!
+//! One pass of [`stream_once`] connects, finds where to start, and streams
+//! until the server goes away, the timeline ends, or `shutdown` fires;
+//! [`stream`] repeats it with exponential backoff while the failures are
+//! transient. Acknowledgement is simple on purpose: `flush` moves only after
+//! a [`Writer::commit`](crate::repo::Writer::commit) returned, and a commit
+//! returns only after every destination stored the objects.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::assemble::{Assembler, GapError};
+use super::conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
+use super::lsn::{Lsn, Segment};
+use super::store::{WalStore, WalStoreError};
+use crate::repo::{RepoError, Repository};
+
+/// How a `[[postgres]]` entry is streamed.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// The `[[postgres]]` name; items are stored under `pg/<name>/wal/`.
+    pub database: String,
+    /// Where the server is.
+    pub conninfo: ConnInfo,
+    /// The physical replication slot (created with RESERVE_WAL if missing).
+    pub slot: String,
+    /// How often the open segment is stored as a partial object when WAL
+    /// arrived since the last store; bounds the data lost with the server.
+    pub partial_interval: Duration,
+    /// How often a status update is sent without being asked (well inside
+    /// the server's `wal_sender_timeout`, 60 s by default).
+    pub status_interval: Duration,
+}
+
+impl StreamOptions {
+    /// Defaults: partials every second, status every 10 s.
+    pub fn new(database: &str, conninfo: ConnInfo, slot: &str) -> StreamOptions {
+        StreamOptions {
+            database: database.to_owned(),
+            conninfo,
+            slot: slot.to_owned(),
+            partial_interval: Duration::from_secs(1),
+            status_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where streaming stands, published for the health endpoint and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The timeline being streamed (0 before the first connection).
+    pub timeline: u32,
+    /// Everything before this position was received.
+    pub received: Lsn,
+    /// Everything before this position is stored in every destination: the
+    /// flush position reported to the server.
+    pub flushed: Lsn,
+    /// The server's end of WAL, as last reported.
+    pub server_end: Lsn,
+}
+
+/// Why streaming stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The server or the connection.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// The repository or a destination.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The catalog of stored WAL.
+    #[error(transparent)]
+    Store(#[from] WalStoreError),
+    /// Streamed bytes did not continue the stored WAL.
+    #[error(transparent)]
+    Gap(#[from] GapError),
+    /// The slot no longer holds WAL that was never stored: it was advanced by
+    /// someone else, or invalidated by `max_slot_wal_keep_size`.
+    #[error(
+        "replication slot {slot:?} starts at {slot_start}, but pitr stored WAL only up to \
+         {stored_end} on timeline {timeline}: the WAL in between is gone from the server. \
+         Nothing can recover it; take a new base backup (`pitr backup`) so restores can \
+         start after the gap, and make sure nothing else uses the slot"
+    )]
+    SlotAhead {
+        /// The slot.
+        slot: String,
+        /// Where the slot's WAL starts.
+        slot_start: Lsn,
+        /// Where stored WAL ends.
+        stored_end: Lsn,
+        /// The timeline.
+        timeline: u32,
+    },
+}
+
+impl StreamError {
+    /// Whether another try may succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StreamError::Conn(e) => e.is_transient(),
+            StreamError::Repo(RepoError::Ship(e)) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// How one pass ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// `shutdown` fired; everything received was stored and acknowledged.
+    Shutdown,
+    /// The server ended the timeline; streaming goes on with the next.
+    TimelineEnd,
+}
+
+/// Streams until `shutdown` fires, reconnecting with exponential backoff
+/// (1 s doubling to 60 s) after transient failures. Returns the first
+/// failure that is not transient.
+pub async fn stream(
+    repo: Repository,
+    opts: StreamOptions,
+    progress: watch::Sender<Progress>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StreamError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let pass = stream_once(repo.clone(), &opts, &progress, shutdown.as_mut()).await;
+        match pass {
+            Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::TimelineEnd) => delay = Duration::from_secs(1),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(database = %opts.database, error = %e, retry_in = ?delay, "WAL streaming interrupted");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.as_mut() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One connection's worth of streaming; see the module docs.
+pub async fn stream_once(
+    repo: Repository,
+    opts: &StreamOptions,
+    progress: &watch::Sender<Progress>,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Ended, StreamError> {
+    let mut client = ReplicationClient::connect(&opts.conninfo).await?;
+    client.check_wal_level().await?;
+    let system = client.identify_system().await?;
+    let seg_size = client.wal_segment_size().await?;
+    let timeline = system.timeline;
+    let slot = match client.read_replication_slot(&opts.slot).await? {
+        Some(slot) => slot,
+        None => client.create_physical_slot(&opts.slot, true).await?,
+    };
+    let store = WalStore::new(repo.clone(), &opts.database);
+    // A restore needs the history of every timeline after the first to
+    // follow the server's forks.
+    let history_file = super::lsn::history_file_name(timeline);
+    if timeline > 1 && store.find(&history_file)?.is_none() {
+        let history = client.timeline_history(timeline).await?;
+        let mut w = repo.writer();
+        store
+            .put_history(&mut w, timeline, &history.content)
+            .await?;
+        w.commit().await?;
+    }
+    let stored = store.stored_end(timeline)?.map(|(end, _)| end);
+    let slot_start = slot.restart_lsn.unwrap_or(system.xlogpos);
+    // Start at the beginning of the segment holding the first byte not yet
+    // stored: the server keeps that whole segment for the slot, and the
+    // chunks already stored deduplicate.
+    let start = match stored {
+        Some(end) if end.segment_start(seg_size) < slot_start.segment_start(seg_size) => {
+            return Err(StreamError::SlotAhead {
+                slot: opts.slot.clone(),
+                slot_start,
+                stored_end: end,
+                timeline,
+            });
+        }
+        Some(end) => end.segment_start(seg_size),
+        None => slot_start.segment_start(seg_size),
+    };
+    // Nothing stored yet: report no flush position at all (0 is "invalid"
+    // to the server, which then leaves the slot where it is).
+    let flushed = stored.unwrap_or(Lsn(0));
+    progress.send_modify(|p| {
+        p.timeline = timeline;
+        p.received = start;
+        p.flushed = flushed;
+        p.server_end = system.xlogpos;
+    });
+    tracing::info!(database = %opts.database, timeline, %start, slot = %opts.slot, "streaming WAL");
+    let replication = client
+        .start_replication(Some(&opts.slot), start, timeline)
+        .await?;
+    let mut s = Session {
+        store,
+        repo,
+        stream: replication,
+        assembler: Assembler::new(timeline, seg_size, start, Vec::new()),
+        seg_size,
+        flushed,
+        progress,
+    };
+    s.run(opts, shutdown).await
+}
+
+struct Session<'a> {
+    store: WalStore,
+    repo: Repository,
+    stream: ReplicationStream,
+    assembler: Assembler,
+    seg_size: u64,
+    flushed: Lsn,
+    progress: &'a watch::Sender<Progress>,
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        opts: &StreamOptions,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Ended, StreamError> {
+        let mut partial_tick = tokio::time::interval(opts.partial_interval);
+        let mut status_tick = tokio::time::interval(opts.status_interval);
+        partial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = self.stream.next() => match msg? {
+                    Some(ReplMessage::XLogData { start, end_of_wal, data, .. }) => {
+                        self.progress.send_modify(|p| p.server_end = end_of_wal);
+                        let done = self.assembler.push(start, &data)?;
+                        self.progress.send_modify(|p| p.received = self.assembler.position());
+                        for seg in done {
+                            self.store_segment(seg.segment, &seg.bytes).await?;
+                        }
+                    }
+                    Some(ReplMessage::Keepalive { end_of_wal, reply_requested, .. }) => {
+                        self.progress.send_modify(|p| p.server_end = end_of_wal);
+                        if reply_requested {
+                            self.send_status().await?;
+                        }
+                    }
+                    None => {
+                        // The timeline ended: what was received is all of it.
+                        self.store_partial().await?;
+                        return Ok(Ended::TimelineEnd);
+                    }
+                },
+                _ = partial_tick.tick() => self.store_partial().await?,
+                _ = status_tick.tick() => self.send_status().await?,
+                () = shutdown.as_mut() => {
+                    self.store_partial().await?;
+                    return Ok(Ended::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Stores a completed segment and acknowledges it.
+    async fn store_segment(&mut self, segment: Segment, bytes: &[u8]) -> Result<(), StreamError> {
+        let mut w = self.repo.writer();
+        self.store
+            .put_segment(&mut w, segment, self.seg_size, bytes)
+            .await?;
+        w.commit().await?;
+        let end = Lsn(segment.start(self.seg_size).0 + bytes.len() as u64);
+        self.acknowledge(end).await
+    }
+
+    /// Stores the open segment so far, when it holds WAL not yet stored.
+    async fn store_partial(&mut self) -> Result<(), StreamError> {
+        let position = self.assembler.position();
+        if position <= self.flushed {
+            return Ok(());
+        }
+        let Some((segment, bytes)) = self.assembler.partial() else {
+            return Ok(());
+        };
+        let mut w = self.repo.writer();
+        self.store
+            .put_partial(&mut w, segment, self.seg_size, bytes)
+            .await?;
+        w.commit().await?;
+        self.acknowledge(position).await
+    }
+
+    /// Invariant 1: called only after a commit returned.
+    async fn acknowledge(&mut self, stored_end: Lsn) -> Result<(), StreamError> {
+        if stored_end > self.flushed {
+            self.flushed = stored_end;
+            self.progress.send_modify(|p| p.flushed = stored_end);
+        }
+        self.send_status().await
+    }
+
+    async fn send_status(&mut self) -> Result<(), StreamError> {
+        let received = self.assembler.position();
+        self.stream
+            .send_status(received, self.flushed, self.flushed, false)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,283 @@
+//! The WAL streamer against a real server: segments stored byte-identical to
+//! `pg_wal`, the flush position the server sees never ahead of what is stored
+//! (invariant 1), and a failing destination holding the slot back until it
+//! recovers, with no gap.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pitr::repo::Repository;
+use pitr::ship::fault::{FaultPlan, FaultyDestination};
+use pitr::ship::{Destination, Fanout, FsDestination};
+use pitr::wal::{ConnInfo, Lsn, Progress, Segment, StreamOptions, WalStore, stream};
+use tokio::sync::{oneshot, watch};
+
+use crate::harness::PgCluster;
+use crate::repo::TestRepo;
+
+const SEG: u64 = 16 << 20;
+
+fn options(pg: &PgCluster) -> StreamOptions {
+    let info = ConnInfo::parse(&pg.conninfo("postgres")).expect("conninfo");
+    let mut o = StreamOptions::new("main", info, "pitr");
+    o.partial_interval = Duration::from_millis(200);
+    o.status_interval = Duration::from_millis(500);
+    o
+}
+
+async fn lsn(db: &tokio_postgres::Client, sql: &str) -> Option<Lsn> {
+    let row = db.query_opt(sql, &[]).await.expect("query")?;
+    let text: Option<String> = row.get(0);
+    text.map(|t| t.parse().expect("an LSN"))
+}
+
+/// The server's view of our flush position must never pass what the
+/// catalog says is stored. Reads the server first: the catalog only grows.
+async fn check_invariant(db: &tokio_postgres::Client, store: &WalStore) -> Option<Lsn> {
+    let flush = lsn(db, "SELECT flush_lsn::text FROM pg_stat_replication").await;
+    let stored = store
+        .stored_end(1)
+        .expect("catalog")
+        .map(|(end, _)| end)
+        .unwrap_or_default();
+    if let Some(f) = flush {
+        assert!(
+            f <= stored,
+            "the server was told {f} is flushed, but only {stored} is stored"
+        );
+    }
+    flush
+}
+
+async fn write_wal(db: &tokio_postgres::Client, rounds: usize) -> Lsn {
+    for i in 0..rounds {
+        db.batch_execute(&format!(
+            "INSERT INTO t (v) SELECT md5(i::text || '{i}') FROM generate_series(1, 20000) i;
+             SELECT pg_switch_wal();"
+        ))
+        .await
+        .expect("write WAL");
+    }
+    lsn(db, "SELECT pg_current_wal_flush_lsn()::text")
+        .await
+        .expect("flush lsn")
+}
+
+/// Waits (bounded) until `flushed` reaches `target`, checking the invariant
+/// all along.
+async fn wait_flushed(
+    rx: &watch::Receiver<Progress>,
+    db: &tokio_postgres::Client,
+    store: &WalStore,
+    target: Lsn,
+) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while rx.borrow().flushed < target {
+        check_invariant(db, store).await;
+        assert!(
+            Instant::now() < deadline,
+            "streaming did not reach {target}: {:?}",
+            *rx.borrow()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check_invariant(db, store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_segments_are_byte_identical_and_never_acknowledged_early() {
+    let pg = PgCluster::start();
+    let t = TestRepo::new().await;
+    let repo = t.open().await;
+    let store = WalStore::new(repo.clone(), "main");
+    let db = pg.connect().await;
+    db.batch_execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")
+        .await
+        .expect("create");
+
+    let (tx, rx) = watch::channel(Progress::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(stream(repo.clone(), options(&pg), tx, async {
+        let _ = stopped.await;
+    }));
+    let target = write_wal(&db, 4).await;
+    wait_flushed(&rx, &db, &store, target).await;
+    // A little more WAL, not a whole segment: stored as a partial.
+    db.batch_execute("INSERT INTO t (v) VALUES ('tail')")
+        .await
+        .expect("insert");
+    let tail = lsn(&db, "SELECT pg_current_wal_flush_lsn()::text")
+        .await
+        .expect("lsn");
+    wait_flushed(&rx, &db, &store, tail).await;
+    stop.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the streamer stops")
+        .expect("no panic")
+        .expect("no error");
+
+    // The slot keeps nothing that was stored, and nothing that was not.
+    let restart = lsn(
+        &db,
+        "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = 'pitr'",
+    )
+    .await
+    .expect("the slot exists");
+    assert!(restart <= tail, "slot at {restart}, stored up to {tail}");
+
+    // Every stored complete segment equals the server's file.
+    let items = repo.catalog().items("pg/main/wal/").expect("items");
+    let segments: Vec<String> = items
+        .iter()
+        .filter(|i| i.kind == "wal")
+        .map(|i| i.name.rsplit('/').next().expect("name").to_owned())
+        .collect();
+    assert!(segments.len() >= 4, "{segments:?}");
+    let out = tempfile::tempdir().expect("tempdir");
+    let pg_wal = pg.data_dir().join("pg_wal");
+    let mut compared = 0;
+    for name in &segments {
+        let target = out.path().join(name);
+        store
+            .fetch_to(name, &target)
+            .await
+            .expect("fetch")
+            .expect("stored");
+        if let Ok(server) = std::fs::read(pg_wal.join(name)) {
+            assert!(
+                std::fs::read(&target).expect("read") == server,
+                "{name} differs"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 3, "compared {compared} segments with pg_wal");
+    // No gap: consecutive segment numbers from the first to the last.
+    let nos: Vec<u64> = segments
+        .iter()
+        .map(|n| Segment::parse(n, SEG).expect("segment").no)
+        .collect();
+    let mut sorted = nos.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted,
+        (sorted[0]..=sorted[sorted.len() - 1]).collect::<Vec<_>>()
+    );
+    // pg_waldump reads the fetched WAL end to end.
+    let dump = std::process::Command::new(pg.bin("pg_waldump"))
+        .arg("--path")
+        .arg(out.path())
+        .arg(&segments[0])
+        .arg(&segments[segments.len() - 1])
+        .output()
+        .expect("pg_waldump");
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        text.lines().filter(|l| l.starts_with("rmgr:")).count() > 1000,
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    // The partial holds the tail.
+    let (end, _) = store.stored_end(1).expect("catalog").expect("stored");
+    assert!(end >= tail, "stored {end}, tail {tail}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_destination_holds_the_slot_back_and_streaming_catches_up() {
+    let pg = PgCluster::start();
+    let t = TestRepo::new().await;
+    let faulty = Arc::new(FaultyDestination::new(FsDestination::new(
+        "local",
+        t.store(),
+    )));
+    let fanout = Fanout::new(vec![faulty.clone() as Arc<dyn Destination>]);
+    let repo = Repository::open(fanout, t.opts.clone())
+        .await
+        .expect("open");
+    let store = WalStore::new(repo.clone(), "main");
+    let db = pg.connect().await;
+    db.batch_execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")
+        .await
+        .expect("create");
+
+    let (tx, rx) = watch::channel(Progress::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(stream(repo.clone(), options(&pg), tx, async {
+        let _ = stopped.await;
+    }));
+    let first = write_wal(&db, 1).await;
+    wait_flushed(&rx, &db, &store, first).await;
+
+    // The destination goes down.
+    faulty.set_plan(FaultPlan {
+        fail_puts: usize::MAX,
+        transient: true,
+        ..FaultPlan::default()
+    });
+    let stored_before = store.stored_end(1).expect("catalog").expect("stored").0;
+    let target = write_wal(&db, 3).await;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        if let Some(f) = check_invariant(&db, &store).await {
+            assert!(
+                f <= stored_before,
+                "acknowledged {f} while the destination was down"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        store.stored_end(1).expect("catalog").map(|(e, _)| e),
+        Some(stored_before),
+        "nothing was stored while the destination was down"
+    );
+    // The slot holds the WAL: the server still has every segment after it.
+    let restart = lsn(
+        &db,
+        "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = 'pitr'",
+    )
+    .await
+    .expect("slot");
+    assert!(
+        restart <= stored_before,
+        "slot {restart}, stored {stored_before}"
+    );
+    let pg_wal = pg.data_dir().join("pg_wal");
+    let kept = Segment::containing(1, restart, SEG);
+    assert!(
+        pg_wal.join(kept.file_name(SEG)).exists(),
+        "the server kept {kept:?}"
+    );
+
+    // It comes back: streaming catches up, with no gap.
+    faulty.set_plan(FaultPlan::default());
+    wait_flushed(&rx, &db, &store, target).await;
+    stop.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the streamer stops")
+        .expect("no panic")
+        .expect("no error");
+    let mut nos: Vec<u64> = repo
+        .catalog()
+        .items("pg/main/wal/")
+        .expect("items")
+        .iter()
+        .filter(|i| i.kind == "wal")
+        .map(|i| {
+            Segment::parse(i.name.rsplit('/').next().expect("name"), SEG)
+                .expect("segment")
+                .no
+        })
+        .collect();
+    nos.sort();
+    nos.dedup();
+    assert!(nos.len() >= 4, "{nos:?}");
+    assert_eq!(
+        nos,
+        (nos[0]..=nos[nos.len() - 1]).collect::<Vec<_>>(),
+        "no gap"
+    );
+}
