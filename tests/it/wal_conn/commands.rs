@@ -239,6 +239,17 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
         client.identify_system().await.expect("identify").timeline,
         2
     );
+
+    // Streaming from a slot that does not exist.
+    let err = client
+        .start_replication(Some("missing"), switch, 2)
+        .await
+        .expect_err("no such slot");
+    assert!(matches!(err, ConnError::SlotMissing { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("CREATE_REPLICATION_SLOT missing"),
+        "{err}"
+    );
 }
 
 /// Runs a small BASE_BACKUP and checks the order of what comes back.

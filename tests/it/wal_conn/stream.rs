@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use pitr::wal::conn::{ConnError, ReplMessage, ReplicationStream};
+use pitr::wal::conn::{ConnError, ReplMessage, ReplicationStream, pg_now_micros};
 use pitr::wal::{Lsn, Segment};
 
 use super::{connect, conninfo, eventually, within};
@@ -52,9 +52,15 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
     while (segment.len() as u64) < SEG {
         match within("xlogdata", stream.next()).await.expect("next") {
             Some(ReplMessage::XLogData {
-                start: at, data, ..
+                start: at,
+                data,
+                send_time,
+                ..
             }) => {
                 assert_eq!(at.0, start.0 + segment.len() as u64, "contiguous WAL");
+                // Both clocks count µs since 2000-01-01 (same machine).
+                let skew = (send_time - pg_now_micros()).abs();
+                assert!(skew < 60_000_000, "send_time {send_time} is {skew} µs off");
                 let take = (SEG as usize - segment.len()).min(data.len());
                 segment.extend_from_slice(&data[..take]);
             }
