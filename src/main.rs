@@ -70,7 +70,8 @@ enum Command {
     },
     /// Prepare every destination (idempotent).
     Init(ConfigArg),
-    /// The sidecar: WAL stream, base-backup schedule, SQLite watchers, health server.
+    /// The sidecar: WAL stream (today), base-backup schedule, SQLite watchers,
+    /// health server (issues 4, 6, 8).
     Run(ConfigArg),
     /// Take one base backup now.
     Backup {
@@ -243,10 +244,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             verify(&config).await
         }
         Command::Check(c) => check(&load(&c)?).await,
-        Command::Run(c) => {
-            load(&c)?;
-            later("run", 8, "the sidecar")
-        }
+        Command::Run(c) => run_sidecar(&load(&c)?).await,
         Command::Backup { config, .. } => {
             load(&config)?;
             later("backup", 4, "base backups")
@@ -507,5 +505,96 @@ async fn wal_fetch(
             db.name
         ))
         .into()),
+    }
+}
+
+/// `pitr run`: today, WAL streaming for every `[[postgres]]` entry until
+/// SIGTERM or SIGINT, which store what was received, acknowledge it and exit
+/// 0. Base backups, SQLite watchers, the health server and supervision with
+/// restarts arrive with issues 4, 6 and 8.
+async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    if config.postgres.is_empty() {
+        return Err(Exit::Usage(format!(
+            "{} has no [[postgres]] entry: nothing to stream (SQLite watchers arrive with \
+             issue 6)",
+            config.path.display()
+        ))
+        .into());
+    }
+    let mut streams = Vec::new();
+    for pg in &config.postgres {
+        let info = pitr::wal::ConnInfo::parse(&pg.conninfo).map_err(|e| {
+            Exit::Usage(format!(
+                "{}: [[postgres]] {:?} conninfo: {e}",
+                config.path.display(),
+                pg.name
+            ))
+        })?;
+        streams.push(pitr::wal::StreamOptions::new(&pg.name, info, &pg.slot));
+    }
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for o in streams {
+        let (progress, _) = tokio::sync::watch::channel(pitr::wal::Progress::default());
+        let mut stop = stop_rx.clone();
+        let name = o.database.clone();
+        let repo = repo.clone();
+        tasks.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            (name, pitr::wal::stream(repo, o, progress, shutdown).await)
+        });
+    }
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tracing::info!("pitr run: streaming WAL");
+    let failure = tokio::select! {
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+        Some(done) = tasks.join_next() => Some(done),
+    };
+    let _ = stop_tx.send(true);
+    let mut first_error = None;
+    let mut record =
+        |done: Result<(String, Result<(), pitr::wal::StreamError>), tokio::task::JoinError>| {
+            match done {
+                Ok((_, Ok(()))) => {}
+                Ok((name, Err(e))) => {
+                    first_error.get_or_insert(
+                        anyhow::Error::new(e)
+                            .context(format!("WAL streaming of [[postgres]] {name:?} stopped")),
+                    );
+                }
+                Err(e) => {
+                    first_error.get_or_insert(anyhow::anyhow!("a streaming task failed: {e}"));
+                }
+            }
+        };
+    if let Some(done) = failure {
+        record(done);
+    }
+    // Bounded: each stream stores its tail and acknowledges it, or gives up.
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(done) = tasks.join_next().await {
+            record(done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        first_error.get_or_insert(anyhow::anyhow!(
+            "streams did not stop within 60 s of the shutdown signal; what they had not \
+             stored stays on the server in the replication slot"
+        ));
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }

@@ -329,7 +329,6 @@ fn later_commands_say_which_issue_and_exit_2() {
     let s = Setup::new();
     let c = s.config();
     let cases: &[(&[&str], &str)] = &[
-        (&["run", "-c", &c], "issue 8"),
         (&["backup", "-c", &c], "issue 4"),
         (&["list", "-c", &c], "issue 5"),
         (
@@ -379,6 +378,10 @@ fn wal_fetch_without_a_postgres_entry_is_a_usage_error() {
         ],
         &[],
     );
+    let err = text(&out).1;
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no [[postgres]] entry"), "{err}");
+    let out = pitr(&["run", "-c", &s.config()], &[]);
     let err = text(&out).1;
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no [[postgres]] entry"), "{err}");

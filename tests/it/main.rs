@@ -10,4 +10,5 @@ mod repo;
 mod wal_conn;
 mod wal_decode;
 mod wal_fetch;
+mod wal_kill;
 mod wal_stream;

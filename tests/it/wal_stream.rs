@@ -17,6 +17,10 @@ use crate::repo::TestRepo;
 
 const SEG: u64 = 16 << 20;
 
+/// Checks that saw a flush position: the invariant must not pass by never
+/// seeing one.
+static FLUSH_SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn options(pg: &PgCluster) -> StreamOptions {
     let info = ConnInfo::parse(&pg.conninfo("postgres")).expect("conninfo");
     let mut o = StreamOptions::new("main", info, "pitr");
@@ -41,6 +45,7 @@ async fn check_invariant(db: &tokio_postgres::Client, store: &WalStore) -> Optio
         .map(|(end, _)| end)
         .unwrap_or_default();
     if let Some(f) = flush {
+        FLUSH_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         assert!(
             f <= stored,
             "the server was told {f} is flushed, but only {stored} is stored"
@@ -117,6 +122,10 @@ async fn streamed_segments_are_byte_identical_and_never_acknowledged_early() {
         .expect("no panic")
         .expect("no error");
 
+    assert!(
+        FLUSH_SEEN.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the invariant was checked against real flush positions"
+    );
     // The slot keeps nothing that was stored, and nothing that was not.
     let restart = lsn(
         &db,
