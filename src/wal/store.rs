@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use super::index::SegmentIndex;
 use super::lsn::{Lsn, Segment, history_file_name};
 use crate::catalog::ItemRow;
 use crate::repo::{Chunking, Manifest, RepoError, Repository, Writer};
@@ -39,6 +40,11 @@ pub struct WalAttrs {
     pub end: String,
     /// The server's WAL segment size.
     pub segment_size: u64,
+    /// What the segment's records say (commit times, restore points, LSN
+    /// range): what the restore planner reads. Absent when it could not be
+    /// decoded (a partial cut inside its first record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<SegmentIndex>,
 }
 
 /// A WAL file found in the catalog.
@@ -100,12 +106,18 @@ impl WalStore {
         format!("pg/{}/wal/{file}", self.database)
     }
 
-    fn attrs(segment: Segment, end: Lsn, seg_size: u64) -> serde_json::Value {
+    fn attrs(
+        segment: Segment,
+        end: Lsn,
+        seg_size: u64,
+        index: Option<SegmentIndex>,
+    ) -> serde_json::Value {
         let attrs = WalAttrs {
             timeline: segment.timeline,
             start: segment.start(seg_size).to_string(),
             end: end.to_string(),
             segment_size: seg_size,
+            index,
         };
         serde_json::to_value(attrs).expect("WAL attributes always serialize")
     }
@@ -118,10 +130,11 @@ impl WalStore {
         segment: Segment,
         seg_size: u64,
         bytes: &[u8],
+        index: Option<SegmentIndex>,
     ) -> Result<Manifest, RepoError> {
         let end = Lsn(segment.start(seg_size).0 + bytes.len() as u64);
         let name = self.item_name(&segment.file_name(seg_size));
-        let attrs = Self::attrs(segment, end, seg_size);
+        let attrs = Self::attrs(segment, end, seg_size, index);
         w.put(&name, KIND_SEGMENT, attrs, WAL_CHUNKING, bytes).await
     }
 
@@ -132,10 +145,11 @@ impl WalStore {
         segment: Segment,
         seg_size: u64,
         bytes: &[u8],
+        index: Option<SegmentIndex>,
     ) -> Result<Manifest, RepoError> {
         let end = Lsn(segment.start(seg_size).0 + bytes.len() as u64);
         let name = self.item_name(&format!("{}.partial", segment.file_name(seg_size)));
-        let attrs = Self::attrs(segment, end, seg_size);
+        let attrs = Self::attrs(segment, end, seg_size, index);
         w.put(&name, KIND_PARTIAL, attrs, WAL_CHUNKING, bytes).await
     }
 

@@ -16,6 +16,8 @@ use tokio::sync::watch;
 
 use super::assemble::{Assembler, GapError};
 use super::conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
+use super::decode::{DecodeError, Decoder};
+use super::index::index_segment;
 use super::lsn::{Lsn, Segment};
 use super::store::{WalStore, WalStoreError};
 use crate::repo::{RepoError, Repository};
@@ -79,6 +81,10 @@ pub enum StreamError {
     /// Streamed bytes did not continue the stored WAL.
     #[error(transparent)]
     Gap(#[from] GapError),
+    /// A streamed segment does not decode: a CRC failure or a broken record
+    /// (invariant 2: never stored as if it were fine).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
     /// The slot no longer holds WAL that was never stored: it was advanced by
     /// someone else, or invalidated by `max_slot_wal_keep_size`.
     #[error(
@@ -214,6 +220,7 @@ pub async fn stream_once(
         seg_size,
         flushed,
         progress,
+        decoder: None,
     };
     s.run(opts, shutdown).await
 }
@@ -226,6 +233,9 @@ struct Session<'a> {
     seg_size: u64,
     flushed: Lsn,
     progress: &'a watch::Sender<Progress>,
+    /// The record decoder carried from one completed segment to the next
+    /// (records span segments); `None` at the first segment of a session.
+    decoder: Option<Decoder>,
 }
 
 impl Session<'_> {
@@ -273,9 +283,13 @@ impl Session<'_> {
 
     /// Stores a completed segment and acknowledges it.
     async fn store_segment(&mut self, segment: Segment, bytes: &[u8]) -> Result<(), StreamError> {
+        // Every record's CRC is checked before the segment is stored
+        // (invariant 2); the index is what the restore planner reads.
+        let (index, decoder) = index_segment(bytes, segment, self.seg_size, self.decoder.take())?;
+        self.decoder = Some(decoder);
         let mut w = self.repo.writer();
         self.store
-            .put_segment(&mut w, segment, self.seg_size, bytes)
+            .put_segment(&mut w, segment, self.seg_size, bytes, Some(index))
             .await?;
         w.commit().await?;
         let end = Lsn(segment.start(self.seg_size).0 + bytes.len() as u64);
@@ -291,9 +305,15 @@ impl Session<'_> {
         let Some((segment, bytes)) = self.assembler.partial() else {
             return Ok(());
         };
+        // Best effort: a partial may end inside a record, and the complete
+        // segment that supersedes it is checked strictly.
+        let index = index_segment(bytes, segment, self.seg_size, self.decoder.clone())
+            .map(|(index, _)| index)
+            .inspect_err(|e| tracing::debug!(error = %e, "partial segment not indexed"))
+            .ok();
         let mut w = self.repo.writer();
         self.store
-            .put_partial(&mut w, segment, self.seg_size, bytes)
+            .put_partial(&mut w, segment, self.seg_size, bytes, index)
             .await?;
         w.commit().await?;
         self.acknowledge(position).await

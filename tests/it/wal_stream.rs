@@ -143,6 +143,16 @@ async fn streamed_segments_are_byte_identical_and_never_acknowledged_early() {
         .map(|i| i.name.rsplit('/').next().expect("name").to_owned())
         .collect();
     assert!(segments.len() >= 4, "{segments:?}");
+    // Each complete segment carries the decoder's index: the planner's input.
+    let mut commits = 0;
+    for item in items.iter().filter(|i| i.kind == "wal") {
+        let attrs: pitr::wal::WalAttrs =
+            serde_json::from_value(item.attrs.clone()).expect("WAL attributes");
+        let index = attrs.index.expect("complete segments are indexed");
+        assert!(index.records > 0, "{}: {index:?}", item.name);
+        commits += index.commits.map_or(0, |c| c.count);
+    }
+    assert!(commits >= 4, "the four INSERT rounds committed: {commits}");
     let out = tempfile::tempdir().expect("tempdir");
     let pg_wal = pg.data_dir().join("pg_wal");
     let mut compared = 0;
