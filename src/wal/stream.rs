@@ -329,7 +329,9 @@ impl Session<'_> {
     }
 
     async fn send_status(&mut self) -> Result<(), StreamError> {
-        let received = self.assembler.position();
+        // After a restart the assembler re-reads the segment from its start,
+        // behind what is already stored: never report write below flush.
+        let received = self.assembler.position().max(self.flushed);
         self.stream
             .send_status(received, self.flushed, self.flushed, false)
             .await?;
