@@ -125,6 +125,10 @@ enum Command {
         segment: String,
         /// Where to write it (%p).
         path: PathBuf,
+        /// Internal: fill the prefetch spool with the segments after
+        /// SEGMENT, then exit (PATH is ignored).
+        #[arg(long, hide = true)]
+        prefetch_only: bool,
     },
     /// Check every object in every destination; with --restore, a test restore.
     Verify {
@@ -276,7 +280,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             postgres,
             segment,
             path,
-        } => wal_fetch(&load(&config)?, postgres.as_deref(), &segment, &path).await,
+            prefetch_only,
+        } => {
+            let loaded = load(&config)?;
+            if prefetch_only {
+                return prefetch_fill(&loaded, postgres.as_deref(), &segment).await;
+            }
+            wal_fetch(
+                &loaded,
+                &config.config,
+                postgres.as_deref(),
+                &segment,
+                &path,
+            )
+            .await
+        }
         Command::Demo => later("demo", 5, "point-in-time restore and the quickstart"),
     }
 }
@@ -470,6 +488,7 @@ fn postgres_entry<'a>(
 /// there), anything else when something is wrong.
 async fn wal_fetch(
     config: &Config,
+    config_path: &Path,
     postgres: Option<&str>,
     file: &str,
     path: &Path,
@@ -486,6 +505,15 @@ async fn wal_fetch(
         ))
         .into());
     }
+    let prefetch = pitr::wal::Prefetch::new(&config.repository.state_dir, &db.name);
+    if wal_name
+        && prefetch
+            .take(file, path)
+            .with_context(|| format!("cannot move the prefetched {file} to {}", path.display()))?
+    {
+        spawn_prefetcher(config_path, &db.name, file);
+        return Ok(());
+    }
     let fanout = pitr::ship::from_config(config);
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let repo = Repository::open(fanout, opts).await?;
@@ -499,13 +527,59 @@ async fn wal_fetch(
             );
             Ok(())
         }
-        Some(_) => Ok(()),
+        Some(_) => {
+            if wal_name {
+                spawn_prefetcher(config_path, &db.name, file);
+            }
+            Ok(())
+        }
         None => Err(Exit::NotPossible(format!(
             "{file} is not in the repository of [[postgres]] {:?}",
             db.name
         ))
         .into()),
     }
+}
+
+/// How many segments a prefetcher fetches ahead of replay.
+const PREFETCH_SEGMENTS: usize = 4;
+
+/// Starts a detached `pitr wal-fetch --prefetch-only` for the segments after
+/// `file`. PostgreSQL waits only for this process, not for the prefetcher; a
+/// prefetcher that cannot start costs speed, never correctness.
+fn spawn_prefetcher(config_path: &Path, database: &str, file: &str) {
+    use std::os::unix::process::CommandExt;
+
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let spawned = std::process::Command::new(exe)
+        .arg("wal-fetch")
+        .arg("-c")
+        .arg(config_path)
+        .args(["--postgres", database, "--prefetch-only", file, "-"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        // Its own process group: a signal to the restore_command's group
+        // does not reach it, and it outlives this process.
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the WAL prefetcher");
+    }
+}
+
+async fn prefetch_fill(config: &Config, postgres: Option<&str>, file: &str) -> anyhow::Result<()> {
+    let db = postgres_entry(config, postgres)?;
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    let store = pitr::wal::WalStore::new(repo, &db.name);
+    pitr::wal::Prefetch::new(&config.repository.state_dir, &db.name)
+        .fill(&store, file, PREFETCH_SEGMENTS)
+        .await?;
+    Ok(())
 }
 
 /// `pitr run`: today, WAL streaming for every `[[postgres]]` entry until

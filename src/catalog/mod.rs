@@ -89,6 +89,13 @@ impl Catalog {
             path: path.to_owned(),
             source,
         })?;
+        // Several pitr processes share one state_dir (the sidecar, a
+        // wal-fetch and its prefetcher): wait for each other's writes.
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(|source| CatalogError::Sqlite {
+                path: path.to_owned(),
+                source,
+            })?;
         let cat = Catalog {
             conn,
             path: path.to_owned(),

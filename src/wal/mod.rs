@@ -9,6 +9,7 @@ pub mod conn;
 pub mod decode;
 mod index;
 mod lsn;
+mod prefetch;
 mod store;
 mod stream;
 
@@ -17,5 +18,6 @@ pub use conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationS
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind, valid_segment_size};
 pub use index::{RestorePoint, SegmentIndex, SegmentIndexer, XactTimes, index_segment};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
+pub use prefetch::Prefetch;
 pub use store::{StoredWal, WalAttrs, WalStore, WalStoreError};
 pub use stream::{Ended, Progress, StreamError, StreamOptions, stream, stream_once};

@@ -281,3 +281,49 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_fetch_prefetches_the_next_segments() {
+    let pg = PgCluster::start();
+    let segments = completed_segments(&pg);
+    let setup = Setup::new(&pg.conninfo("postgres")).await;
+    let repo = Repository::open(setup.fanout(), setup.opts.clone())
+        .await
+        .expect("open");
+    let store = WalStore::new(repo.clone(), "main");
+    let mut w = repo.writer();
+    for (name, bytes) in &segments {
+        let seg = Segment::parse(name, SEG).expect("segment name");
+        store
+            .put_segment(&mut w, seg, SEG, bytes, None)
+            .await
+            .expect("put segment");
+    }
+    w.commit().await.expect("commit");
+    drop(w);
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let (first, _) = &segments[0];
+    let o = setup.wal_fetch(first, &out.path().join(first));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The detached prefetcher spools the following segments (bounded wait).
+    let spool = setup.dir.path().join("state/prefetch/main");
+    let expected: Vec<&String> = segments[1..].iter().take(4).map(|(n, _)| n).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !expected.iter().all(|n| spool.join(n).is_file()) || spool.join(".lock").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetcher did not spool {expected:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // With the store gone, the next segment still comes, from the spool,
+    // byte-identical; the spool gives it up.
+    std::fs::remove_dir_all(setup.dir.path().join("store/packs")).expect("rm packs");
+    let (second, bytes) = &segments[1];
+    let target = out.path().join(second);
+    let o = setup.wal_fetch(second, &target);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(std::fs::read(&target).expect("fetched") == *bytes);
+    assert!(!spool.join(second).exists(), "moved, not copied");
+}
