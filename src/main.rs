@@ -432,16 +432,44 @@ async fn check(config: &Config) -> anyhow::Result<()> {
             }
         }
     }
-    if !config.postgres.is_empty() {
-        println!(
-            "postgres: connectivity and server settings are checked once WAL streaming \
-             lands (issue 3)"
-        );
+    for pg in &config.postgres {
+        match check_postgres(pg).await {
+            Ok(report) => println!("postgres {}: {report}", pg.name),
+            Err(e) => {
+                failed += 1;
+                println!("postgres {}: FAILED: {e:#}", pg.name);
+            }
+        }
     }
     if failed > 0 {
-        anyhow::bail!("{failed} destinations failed their check");
+        anyhow::bail!("{failed} checks failed (see above)");
     }
     Ok(())
+}
+
+/// Connects the way the streamer does and reads what streaming needs: the
+/// system, `wal_level`, `max_wal_senders`, the slot.
+async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<String> {
+    let info = pitr::wal::ConnInfo::parse(&pg.conninfo)?;
+    let mut client = pitr::wal::ReplicationClient::connect(&info).await?;
+    let system = client.identify_system().await?;
+    let wal_level = client.check_wal_level().await?;
+    let senders = client.show("max_wal_senders").await?;
+    let slot = match client.read_replication_slot(&pg.slot).await? {
+        Some(s) => match s.restart_lsn {
+            Some(lsn) => format!("slot {:?} holds WAL from {lsn}", pg.slot),
+            None => format!("slot {:?} exists but holds no WAL yet", pg.slot),
+        },
+        None => format!(
+            "slot {:?} does not exist yet (pitr run creates it)",
+            pg.slot
+        ),
+    };
+    let _ = client.close().await;
+    Ok(format!(
+        "system {} on timeline {} at {}, wal_level={wal_level}, max_wal_senders={senders}, {slot}",
+        system.system_id, system.timeline, system.xlogpos
+    ))
 }
 
 /// The `[[postgres]]` entry a command is about: the named one, or the only one.

@@ -398,3 +398,37 @@ fn bad_usage_exits_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {:?}", text(&out));
     }
 }
+
+#[test]
+fn check_reports_the_server_and_fails_when_it_is_down() {
+    let mut pg = crate::harness::PgCluster::start();
+    let s = Setup::new();
+    let text_with_pg = format!(
+        "{}\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\n",
+        std::fs::read_to_string(s.path("pitr.toml")).expect("read"),
+        pg.conninfo("postgres")
+    );
+    std::fs::write(s.path("pitr.toml"), text_with_pg).expect("write");
+    assert_eq!(
+        pitr(&["init", "-c", &s.config()], &[]).status.code(),
+        Some(0)
+    );
+    let out = pitr(&["check", "-c", &s.config()], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("postgres main: system") && stdout.contains("wal_level=replica"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("does not exist yet"), "{stdout}");
+
+    pg.stop();
+    let out = pitr(&["check", "-c", &s.config()], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{stdout}");
+    let port = pg.port().to_string();
+    assert!(
+        stdout.contains("postgres main: FAILED") && stdout.contains(&port),
+        "names the server: {stdout}{stderr}"
+    );
+}
