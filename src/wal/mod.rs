@@ -1,12 +1,14 @@
 //! WAL: positions and segment names (`lsn`), the physical replication client
 //! (`conn`), segment assembly from streamed bytes (`assemble`), the record
 //! decoder (`decode`) and the per-segment index the restore planner reads
-//! (`index`), WAL as repository items (`store`), and the streamer that ties
-//! them together (`stream`).
+//! (`index`), timeline lineage and where to resume (`history`), WAL as
+//! repository items (`store`), and the streamer that ties them together
+//! (`stream`).
 
 mod assemble;
 pub mod conn;
 pub mod decode;
+mod history;
 mod index;
 mod lsn;
 mod prefetch;
@@ -16,6 +18,7 @@ mod stream;
 pub use assemble::{Assembler, CompletedSegment, GapError};
 pub use conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind, valid_segment_size};
+pub use history::{HistoryError, Lineage, LineageEntry, Resume};
 pub use index::{RestorePoint, SegmentIndex, SegmentIndexer, XactTimes, index_segment};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
 pub use prefetch::Prefetch;

@@ -213,6 +213,54 @@ impl WalStore {
         Ok(best)
     }
 
+    /// The timelines with stored segments or partials, ascending.
+    pub fn timelines(&self) -> Result<Vec<u32>, WalStoreError> {
+        let mut out = Vec::new();
+        for item in self.repo.catalog().items(&self.item_name(""))? {
+            if item.kind == KIND_SEGMENT || item.kind == KIND_PARTIAL {
+                out.push(parse_attrs(&item)?.timeline);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The WAL stored on `timeline` as contiguous `[start, end)` ranges,
+    /// ascending: for each segment the furthest end stored (a complete
+    /// segment supersedes its partials), merged where one ends exactly where
+    /// the next starts. One range per timeline is the healthy state; more
+    /// are gaps (invariant 2). The first segment of a child timeline starts
+    /// before its switch point: its head is the parent's WAL.
+    pub fn ranges(&self, timeline: u32) -> Result<Vec<(Lsn, Lsn)>, WalStoreError> {
+        let mut ends: std::collections::BTreeMap<Lsn, Lsn> = Default::default();
+        for item in self
+            .repo
+            .catalog()
+            .items(&self.item_name(&format!("{timeline:08X}")))?
+        {
+            if item.kind != KIND_SEGMENT && item.kind != KIND_PARTIAL {
+                continue;
+            }
+            let attrs = parse_attrs(&item)?;
+            if attrs.timeline != timeline {
+                continue;
+            }
+            let start = parse_lsn(&item, &attrs.start)?;
+            let end = parse_lsn(&item, &attrs.end)?;
+            let e = ends.entry(start).or_insert(end);
+            *e = (*e).max(end);
+        }
+        let mut out: Vec<(Lsn, Lsn)> = Vec::new();
+        for (start, end) in ends {
+            match out.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => out.push((start, end)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes the file PostgreSQL asked for to `path`, verified, atomically:
     /// a partial segment is padded with zeros to the segment size, which
     /// recovery reads as the end of WAL. Returns what was served, or `None`

@@ -5,7 +5,15 @@
 //! One pass of [`stream_once`] connects, finds where to start, and streams
 //! until the server goes away, the timeline ends, or `shutdown` fires;
 //! [`stream`] repeats it with exponential backoff while the failures are
-//! transient. Acknowledgement is simple on purpose: `flush` moves only after
+//! transient (a restart, a dropped connection, a slot held by another
+//! process).
+//!
+//! Timelines: a pass streams the newest timeline of the server's lineage
+//! that the repository holds WAL of, even when the server has moved on (a
+//! promoted standby, a restore that forked); the server then streams that
+//! timeline up to its switch point and ends it, and the next pass goes on
+//! with the next timeline from the switch point (see
+//! [`Lineage::resume_point`]). Acknowledgement is simple on purpose: `flush` moves only after
 //! a [`Writer::commit`](crate::repo::Writer::commit) returned, and a commit
 //! returns only after every destination stored the objects.
 
@@ -17,8 +25,9 @@ use tokio::sync::watch;
 use super::assemble::{Assembler, GapError};
 use super::conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
 use super::decode::{DecodeError, Decoder};
+use super::history::{HistoryError, Lineage};
 use super::index::index_segment;
-use super::lsn::{Lsn, Segment};
+use super::lsn::{Lsn, Segment, history_file_name};
 use super::store::{WalStore, WalStoreError};
 use crate::repo::{RepoError, Repository};
 
@@ -85,6 +94,9 @@ pub enum StreamError {
     /// (invariant 2: never stored as if it were fine).
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The server's timeline history file does not parse.
+    #[error(transparent)]
+    History(#[from] HistoryError),
     /// The slot no longer holds WAL that was never stored: it was advanced by
     /// someone else, or invalidated by `max_slot_wal_keep_size`.
     #[error(
@@ -102,6 +114,29 @@ pub enum StreamError {
         stored_end: Lsn,
         /// The timeline.
         timeline: u32,
+    },
+    /// The server removed WAL that pitr had not stored: the slot was
+    /// invalidated (`max_slot_wal_keep_size`; `wal_status` is `lost` in
+    /// `pg_replication_slots`), so nothing held the WAL back.
+    #[error(
+        "replication slot {slot:?} lost WAL that pitr had not stored yet: the server no longer \
+         has the WAL after {stored_end} on timeline {timeline} ({server}). The slot was most \
+         likely invalidated by max_slot_wal_keep_size (pg_replication_slots shows wal_status \
+         'lost'). That WAL is gone and restores cannot pass {stored_end}: take a new base \
+         backup (`pitr backup`) so restores can start after the gap; recreate the slot \
+         (SELECT pg_drop_replication_slot('{slot}'); pitr creates it again with RESERVE_WAL \
+         when it starts); and raise max_slot_wal_keep_size (-1 means no limit) so the slot \
+         keeps WAL until pitr has stored it"
+    )]
+    SlotLost {
+        /// The slot.
+        slot: String,
+        /// Where stored WAL ends.
+        stored_end: Lsn,
+        /// The timeline.
+        timeline: u32,
+        /// What the server said.
+        server: String,
     },
 }
 
@@ -137,11 +172,25 @@ pub async fn stream(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut delay = Duration::from_secs(1);
     loop {
-        let pass = stream_once(repo.clone(), &opts, &progress, shutdown.as_mut()).await;
+        let mut started = false;
+        let pass = pass(
+            repo.clone(),
+            &opts,
+            &progress,
+            shutdown.as_mut(),
+            &mut started,
+        )
+        .await;
         match pass {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::TimelineEnd) => delay = Duration::from_secs(1),
             Err(e) if e.is_transient() => {
+                // A pass that got to stream was a success interrupted (a
+                // restart, a dropped connection): retry soon. Only failures
+                // in a row back off further.
+                if started {
+                    delay = Duration::from_secs(1);
+                }
                 tracing::warn!(database = %opts.database, error = %e, retry_in = ?delay, "WAL streaming interrupted");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -161,57 +210,90 @@ pub async fn stream_once(
     progress: &watch::Sender<Progress>,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Ended, StreamError> {
+    pass(repo, opts, progress, shutdown, &mut false).await
+}
+
+/// [`stream_once`], setting `started` once `START_REPLICATION` succeeded.
+async fn pass(
+    repo: Repository,
+    opts: &StreamOptions,
+    progress: &watch::Sender<Progress>,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    started: &mut bool,
+) -> Result<Ended, StreamError> {
     let mut client = ReplicationClient::connect(&opts.conninfo).await?;
     client.check_wal_level().await?;
     let system = client.identify_system().await?;
     let seg_size = client.wal_segment_size().await?;
-    let timeline = system.timeline;
     let slot = match client.read_replication_slot(&opts.slot).await? {
         Some(slot) => slot,
         None => client.create_physical_slot(&opts.slot, true).await?,
     };
     let store = WalStore::new(repo.clone(), &opts.database);
-    // A restore needs the history of every timeline after the first to
-    // follow the server's forks.
-    let history_file = super::lsn::history_file_name(timeline);
-    if timeline > 1 && store.find(&history_file)?.is_none() {
-        let history = client.timeline_history(timeline).await?;
-        let mut w = repo.writer();
-        store
-            .put_history(&mut w, timeline, &history.content)
-            .await?;
-        w.commit().await?;
+    let lineage = lineage(&mut client, &repo, &store, system.timeline).await?;
+    let mut ends = Vec::new();
+    for e in lineage.entries() {
+        if let Some((end, _)) = store.stored_end(e.timeline)? {
+            ends.push((e.timeline, end));
+        }
     }
-    let stored = store.stored_end(timeline)?.map(|(end, _)| end);
-    let slot_start = slot.restart_lsn.unwrap_or(system.xlogpos);
+    let resume =
+        lineage.resume_point(|tli| ends.iter().find(|(t, _)| *t == tli).map(|(_, end)| *end));
     // Start at the beginning of the segment holding the first byte not yet
     // stored: the server keeps that whole segment for the slot, and the
-    // chunks already stored deduplicate.
-    let start = match stored {
-        Some(end) if end.segment_start(seg_size) < slot_start.segment_start(seg_size) => {
+    // chunks already stored deduplicate. After a timeline switch that is the
+    // new timeline's first segment, whose head repeats the parent's WAL up
+    // to the switch point (already stored, under the parent's name).
+    let (timeline, start, flushed) = match (resume, slot.restart_lsn) {
+        (Some(r), Some(slot_start))
+            if r.stored_end.segment_start(seg_size) < slot_start.segment_start(seg_size) =>
+        {
             return Err(StreamError::SlotAhead {
                 slot: opts.slot.clone(),
                 slot_start,
-                stored_end: end,
-                timeline,
+                stored_end: r.stored_end,
+                timeline: r.timeline,
             });
         }
-        Some(end) => end.segment_start(seg_size),
-        None => slot_start.segment_start(seg_size),
+        (Some(r), restart_lsn) => {
+            if restart_lsn.is_none() {
+                // PostgreSQL 15 shows an invalidated slot this way. Whether
+                // WAL was lost, the server tells when asked for it (see
+                // `lost_wal`); if it still has it, streaming revives the slot.
+                tracing::warn!(database = %opts.database, slot = %opts.slot,
+                    "the replication slot holds no WAL (invalidated by max_slot_wal_keep_size?)");
+            }
+            (
+                r.timeline,
+                r.stored_end.segment_start(seg_size),
+                r.stored_end,
+            )
+        }
+        // Nothing stored yet: start where the slot holds WAL from, and report
+        // no flush position at all (0 is "invalid" to the server, which then
+        // leaves the slot where it is).
+        (None, restart_lsn) => {
+            let from = restart_lsn.unwrap_or(system.xlogpos);
+            (
+                lineage.timeline_of(from),
+                from.segment_start(seg_size),
+                Lsn(0),
+            )
+        }
     };
-    // Nothing stored yet: report no flush position at all (0 is "invalid"
-    // to the server, which then leaves the slot where it is).
-    let flushed = stored.unwrap_or(Lsn(0));
     progress.send_modify(|p| {
         p.timeline = timeline;
         p.received = start;
         p.flushed = flushed;
         p.server_end = system.xlogpos;
     });
-    tracing::info!(database = %opts.database, timeline, %start, slot = %opts.slot, "streaming WAL");
+    tracing::info!(database = %opts.database, timeline, server_timeline = system.timeline,
+        %start, slot = %opts.slot, "streaming WAL");
     let replication = client
         .start_replication(Some(&opts.slot), start, timeline)
-        .await?;
+        .await
+        .map_err(|e| lost_wal(e.into(), opts, timeline, flushed))?;
+    *started = true;
     let mut s = Session {
         store,
         repo,
@@ -222,7 +304,69 @@ pub async fn stream_once(
         progress,
         decoder: None,
     };
-    s.run(opts, shutdown).await
+    let ended = s.run(opts, shutdown).await;
+    ended.map_err(|e| lost_wal(e, opts, timeline, s.flushed))
+}
+
+/// The server's lineage (timelines up to its current one, with switch
+/// points), storing every history file of it the repository lacks: a
+/// restore follows the server's forks through them (invariant 2: no
+/// timeline without its history file). Stored before any of the timeline's
+/// WAL.
+async fn lineage(
+    client: &mut ReplicationClient,
+    repo: &Repository,
+    store: &WalStore,
+    timeline: u32,
+) -> Result<Lineage, StreamError> {
+    if timeline == 1 {
+        return Ok(Lineage::first());
+    }
+    let history = client.timeline_history(timeline).await?;
+    let lineage = Lineage::parse(timeline, &history.content)?;
+    let mut w = repo.writer();
+    let mut any = false;
+    for tli in lineage
+        .entries()
+        .iter()
+        .map(|e| e.timeline)
+        .filter(|t| *t > 1)
+    {
+        if store.find(&history_file_name(tli))?.is_some() {
+            continue;
+        }
+        let content = if tli == timeline {
+            history.content.clone()
+        } else {
+            client.timeline_history(tli).await?.content
+        };
+        store.put_history(&mut w, tli, &content).await?;
+        any = true;
+    }
+    if any {
+        w.commit().await?;
+    }
+    Ok(lineage)
+}
+
+/// Turns the server's "requested WAL segment ... has already been removed"
+/// into [`StreamError::SlotLost`]: with a slot, the server removes WAL only
+/// after the slot let go of it, which pitr never asks for before storing it.
+fn lost_wal(e: StreamError, opts: &StreamOptions, timeline: u32, stored_end: Lsn) -> StreamError {
+    match &e {
+        // 58P01 undefined_file, from the walsender's read of pg_wal.
+        StreamError::Conn(ConnError::Server { error, .. })
+            if error.code == "58P01" && error.message.contains("has already been removed") =>
+        {
+            StreamError::SlotLost {
+                slot: opts.slot.clone(),
+                stored_end,
+                timeline,
+                server: error.message.clone(),
+            }
+        }
+        _ => e,
+    }
 }
 
 struct Session<'a> {
@@ -266,7 +410,22 @@ impl Session<'_> {
                         }
                     }
                     None => {
-                        // The timeline ended: what was received is all of it.
+                        // The timeline ended at its switch point, and the
+                        // server sent all WAL before it. It may have sent a
+                        // little past it (a record torn by the promotion):
+                        // kept, as pg_receivewal does, since recovery reads
+                        // a parent only up to the switch point.
+                        let position = self.assembler.position();
+                        if let Some(end) = self.stream.ended()
+                            && end.start > position
+                        {
+                            return Err(GapError {
+                                timeline: self.assembler.timeline(),
+                                expected: position,
+                                got: end.start,
+                            }
+                            .into());
+                        }
                         self.store_partial().await?;
                         return Ok(Ended::TimelineEnd);
                     }

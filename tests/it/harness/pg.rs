@@ -207,16 +207,7 @@ impl PgCluster {
     /// what pitr is about), and trusts every local and loopback connection,
     /// replication ones included, for the superuser `postgres`.
     pub fn start_with(configure: impl FnOnce(&mut PgConf)) -> PgCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("pitr-pg-")
-            .tempdir()
-            .expect("create a temp dir for a PostgreSQL cluster");
-        if let Some((uid, gid)) = pg_user() {
-            check_traversable(dir.path());
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .expect("hand the cluster's temp dir to the PostgreSQL user");
-        }
-        let mut cluster = PgCluster { dir, port: 0 };
+        let mut cluster = PgCluster::unstarted();
 
         let data = cluster.data_dir();
         // --no-sync skips only initdb's final flush, which guards against the
@@ -265,9 +256,79 @@ impl PgCluster {
              host  replication all  ::1/128       trust\n",
         )
         .expect("write pg_hba.conf");
+        cluster.start_on_free_port();
+        cluster
+    }
 
-        // The port is free when probed, but another process may bind it before
-        // the server does: then try a fresh one.
+    /// A streaming standby of `primary`: `pg_basebackup -R -X stream` into a
+    /// temp dir of its own, `hot_standby = on`, its own port and socket, and
+    /// started (`pg_ctl start -w` returns once it accepts read-only
+    /// connections). Replication slots may be created on it (PostgreSQL 15).
+    pub fn standby_of(primary: &PgCluster) -> PgCluster {
+        let mut cluster = PgCluster::unstarted();
+        let data = cluster.data_dir();
+        // --no-sync: as initdb's, only guards against a kernel crash.
+        run_checked(
+            run_as_pg_user(&mut Command::new(cluster.bin("pg_basebackup")))
+                .current_dir(cluster.dir())
+                .arg("-D")
+                .arg(&data)
+                .args(["-h", primary.host(), "-p", &primary.port.to_string()])
+                .args(["-U", SUPERUSER, "-R", "-X", "stream", "-c", "fast"])
+                .arg("--no-sync"),
+            "pg_basebackup",
+        );
+        let mut conf = PgConf::default();
+        conf.line("")
+            .line("# Added by pitr's test harness for a standby.")
+            .set("unix_socket_directories", &cluster.dir().to_string_lossy())
+            .set("hot_standby", "on");
+        cluster.append_conf(&conf.text);
+        cluster.start_on_free_port();
+        cluster
+    }
+
+    /// Promotes a standby (`pg_ctl promote -w`) and waits, bounded, until it
+    /// leaves recovery (`pg_is_in_recovery()` is false): with hot standby,
+    /// `pg_ctl` may return before that.
+    pub fn promote(&mut self) {
+        self.pg_ctl_checked(&["promote"], "pg_ctl promote");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.psql("SELECT pg_is_in_recovery()") != "f" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the standby on port {} did not leave recovery within 30 s:\n{}",
+                self.port,
+                self.log_tail()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Restarts the server cleanly (`pg_ctl restart -m fast`) on the same
+    /// data directory and port.
+    pub fn restart(&mut self) {
+        self.pg_ctl_checked(&["-m", "fast", "restart"], "pg_ctl restart -m fast");
+    }
+
+    /// A temp dir for a cluster, handed to the PostgreSQL user; no server yet.
+    fn unstarted() -> PgCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("pitr-pg-")
+            .tempdir()
+            .expect("create a temp dir for a PostgreSQL cluster");
+        if let Some((uid, gid)) = pg_user() {
+            check_traversable(dir.path());
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("hand the cluster's temp dir to the PostgreSQL user");
+        }
+        PgCluster { dir, port: 0 }
+    }
+
+    /// Starts the server on a free port, trying fresh ports when another
+    /// process takes one between the probe and the server's bind.
+    fn start_on_free_port(&mut self) {
+        let cluster = self;
         for attempt in 1..=PORT_ATTEMPTS {
             cluster.port = free_port();
             cluster.append_conf(&format!("port = {}\n", cluster.port));
@@ -278,7 +339,7 @@ impl PgCluster {
                 .output()
                 .expect("run pg_ctl start");
             if out.status.success() {
-                return cluster;
+                return;
             }
             let log = fs::read(cluster.log_path()).unwrap_or_default();
             let this_attempt =
