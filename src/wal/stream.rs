@@ -488,6 +488,12 @@ impl Session<'_> {
     }
 
     async fn send_status(&mut self) -> Result<(), StreamError> {
+        // Once the server ended the timeline there is no COPY to report in
+        // (even before `next` said so, when a timer won the race); the next
+        // pass reports the stored position in its first status.
+        if !self.stream.is_streaming() {
+            return Ok(());
+        }
         // After a restart the assembler re-reads the segment from its start,
         // behind what is already stored: never report write below flush.
         let received = self.assembler.position().max(self.flushed);

@@ -9,6 +9,7 @@ mod pg_harness;
 mod repo;
 mod wal_conn;
 mod wal_decode;
+mod wal_failover;
 mod wal_fetch;
 mod wal_kill;
 mod wal_stream;

@@ -64,6 +64,9 @@ pub struct TimelineEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Streaming,
+    /// The server sent CopyDone and ours is queued: what is left is sending
+    /// it and reading the result. A `next` cancelled here resumes here.
+    Ending,
     /// The server finished the COPY; its result is read.
     Ended,
 }
@@ -75,6 +78,8 @@ pub struct ReplicationStream {
     client: ReplicationClient,
     state: State,
     ended: Option<TimelineEnd>,
+    /// The columns of the result after COPY, kept across a cancelled `next`.
+    result_columns: Arc<[String]>,
 }
 
 impl ReplicationClient {
@@ -105,6 +110,7 @@ impl ReplicationClient {
                 client: self,
                 state: State::Streaming,
                 ended: None,
+                result_columns: Arc::from(Vec::new()),
             }),
             b'E' => Err(classify(
                 &self.wire.target,
@@ -116,8 +122,9 @@ impl ReplicationClient {
             b'T' | b'D' | b'C' => {
                 let mut stream = ReplicationStream {
                     client: self,
-                    state: State::Streaming,
+                    state: State::Ending,
                     ended: None,
+                    result_columns: Arc::from(Vec::new()),
                 };
                 stream.read_result(Some(frame)).await?;
                 Ok(stream)
@@ -132,21 +139,28 @@ impl ReplicationStream {
     /// (see [`ReplicationStream::ended`]). A server shutdown or a dropped
     /// connection is [`ConnError::ServerGone`].
     ///
-    /// Cancel-safe: a message is either returned or stays buffered, so
+    /// Cancel-safe: a message is either returned or stays buffered, and
+    /// the end of a timeline, once seen, is finished by the next call, so
     /// `next` may race a timer in `tokio::select!`.
     pub async fn next(&mut self) -> Result<Option<ReplMessage>, ConnError> {
-        if self.state == State::Ended {
-            return Ok(None);
+        match self.state {
+            State::Ended => return Ok(None),
+            State::Ending => {
+                self.finish_ending().await?;
+                return Ok(None);
+            }
+            State::Streaming => {}
         }
         let frame = self.client.wire.read().await?;
         match frame.tag {
             b'd' => self.parse_copy_data(frame.body).map(Some),
             b'c' => {
                 // The server ended a historic timeline: confirm, then read
-                // the next timeline's row.
+                // the next timeline's row. The state changes before any
+                // await, so a cancelled call leaves nothing half done.
                 frontend::copy_done(&mut self.client.wire.out);
-                self.client.wire.flush().await?;
-                self.read_result(None).await?;
+                self.state = State::Ending;
+                self.finish_ending().await?;
                 Ok(None)
             }
             // A server shutting down ends COPY with CommandComplete alone.
@@ -163,10 +177,23 @@ impl ReplicationStream {
         }
     }
 
+    /// Sends our CopyDone (queued) and reads the result after COPY.
+    async fn finish_ending(&mut self) -> Result<(), ConnError> {
+        self.client.wire.flush().await?;
+        self.read_result(None).await
+    }
+
     /// After `next` returned `Ok(None)`: where the next timeline starts, if
     /// the server said so.
     pub fn ended(&self) -> Option<TimelineEnd> {
         self.ended
+    }
+
+    /// Whether WAL may still come and status updates may be sent: false
+    /// once the server has ended the COPY, even if `next` has not yet
+    /// returned `Ok(None)`.
+    pub fn is_streaming(&self) -> bool {
+        self.state == State::Streaming
     }
 
     /// Sends a standby status update: `write` received, `flush` durably
@@ -180,7 +207,7 @@ impl ReplicationStream {
         apply: Lsn,
         reply_requested: bool,
     ) -> Result<(), ConnError> {
-        if self.state == State::Ended {
+        if self.state != State::Streaming {
             return Err(self
                 .client
                 .wire
@@ -220,6 +247,8 @@ impl ReplicationStream {
                 }
             }
             self.read_result(None).await?;
+        } else if self.state == State::Ending {
+            self.finish_ending().await?;
         }
         Ok(self.client)
     }
@@ -228,7 +257,7 @@ impl ReplicationStream {
     pub fn into_client(self) -> Result<ReplicationClient, ConnError> {
         match self.state {
             State::Ended => Ok(self.client),
-            State::Streaming => Err(self
+            State::Streaming | State::Ending => Err(self
                 .client
                 .wire
                 .protocol("the stream has not ended: use finish() to end it")),
@@ -284,18 +313,19 @@ impl ReplicationStream {
     }
 
     /// Reads the result after COPY (the next timeline's row, if any) up to
-    /// ReadyForQuery; `first` is a message already read.
+    /// ReadyForQuery; `first` is a message already read. Resumable: the
+    /// columns live in `self`, and every frame read is handled before the
+    /// next await.
     async fn read_result(&mut self, mut first: Option<Frame>) -> Result<(), ConnError> {
-        let mut columns: Arc<[String]> = Arc::from(Vec::new());
         loop {
             let frame = match first.take() {
                 Some(f) => f,
                 None => self.client.wire.read().await?,
             };
             match frame.tag {
-                b'T' => columns = self.client.row_description(&frame)?,
+                b'T' => self.result_columns = self.client.row_description(&frame)?,
                 b'D' => {
-                    let row = self.client.data_row(&columns, &frame)?;
+                    let row = self.client.data_row(&self.result_columns, &frame)?;
                     let next_tli = row.get_str(0).and_then(|t| t.parse().ok());
                     let start = row.get_str(1).and_then(|t| t.parse().ok());
                     match (next_tli, start) {

@@ -102,14 +102,18 @@ impl Wire {
         }
     }
 
-    /// Writes every buffered message. Not cancel-safe.
+    /// Writes every buffered message. Resumable: if cancelled, what was
+    /// not yet written stays buffered (and nothing twice), so the next
+    /// `flush` sends the rest.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         let result = async {
-            self.sock.write_all(&self.out).await?;
+            self.sock.write_all_buf(&mut self.out).await?;
             self.sock.flush().await
         }
         .await;
-        self.out.clear();
+        if result.is_err() {
+            self.out.clear();
+        }
         result.map_err(|e| self.io(e))
     }
 

@@ -1,0 +1,1 @@
+//! The failures that need an operator.

@@ -1,0 +1,1 @@
+//! Server restart mid-stream: pitr reconnects with backoff and continues.
