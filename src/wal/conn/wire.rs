@@ -114,7 +114,15 @@ impl Wire {
         if result.is_err() {
             self.out.clear();
         }
-        result.map_err(|e| self.io(e))
+        result.map_err(|e| match e.kind() {
+            // The server went away between our reads (a restart, a crash):
+            // the same as reading the end of the connection.
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ConnError::ServerGone {
+                target: self.target.clone(),
+                reason: format!("writing to the connection failed: {e}"),
+            },
+            _ => self.io(e),
+        })
     }
 
     /// The next message that is not a notice, parameter status or
