@@ -357,3 +357,115 @@ impl ReplicationStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::{BufMut, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::wal::conn::ConnInfo;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// Reads one tagged message and returns its tag.
+    async fn read_tagged(sock: &mut TcpStream) -> u8 {
+        let tag = sock.read_u8().await.expect("tag");
+        let len = sock.read_u32().await.expect("length") as usize;
+        let mut body = vec![0; len - 4];
+        sock.read_exact(&mut body).await.expect("body");
+        tag
+    }
+
+    /// The end of a historic timeline as the server sends it, with a pause
+    /// between its CopyDone and the next timeline's row.
+    async fn scripted_server(listener: TcpListener) {
+        let (mut sock, _) = listener.accept().await.expect("accept");
+        let len = sock.read_u32().await.expect("startup length") as usize;
+        let mut startup = vec![0; len - 4];
+        sock.read_exact(&mut startup).await.expect("startup");
+        let mut out = message(b'R', &0u32.to_be_bytes());
+        out.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+        out.extend(message(b'Z', b"I"));
+        sock.write_all(&out).await.expect("write");
+        assert_eq!(read_tagged(&mut sock).await, b'Q');
+        let mut out = message(b'W', &[0, 0, 0]);
+        out.extend(message(b'c', &[]));
+        sock.write_all(&out).await.expect("write");
+        assert_eq!(read_tagged(&mut sock).await, b'c', "the client's CopyDone");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut t = BytesMut::new();
+        t.put_u16(2);
+        for name in ["next_tli", "next_tli_startpos"] {
+            t.put_slice(name.as_bytes());
+            t.put_u8(0);
+            t.put_slice(&[0; 18]);
+        }
+        let mut d = BytesMut::new();
+        d.put_u16(2);
+        for value in ["2", "0/3000060"] {
+            d.put_u32(value.len() as u32);
+            d.put_slice(value.as_bytes());
+        }
+        let mut out = message(b'T', &t);
+        out.extend(message(b'D', &d));
+        out.extend(message(b'C', b"START_STREAMING\0"));
+        out.extend(message(b'Z', b"I"));
+        sock.write_all(&out).await.expect("write");
+        // Hold the connection until the client is done.
+        let _ = sock.read_u8().await;
+    }
+
+    #[tokio::test]
+    async fn a_timeline_end_survives_a_cancelled_next() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(scripted_server(listener));
+        let env = std::collections::BTreeMap::<&str, &str>::new();
+        let info = ConnInfo::parse_with(
+            &format!("host=127.0.0.1 port={port} user=u sslmode=disable"),
+            &env,
+        )
+        .expect("conninfo");
+        let client = ReplicationClient::connect(&info).await.expect("connect");
+        let mut stream = client
+            .start_replication(None, Lsn(0x200_0000), 1)
+            .await
+            .expect("CopyBoth");
+        // A timer wins the race while `next` waits for the row after
+        // CopyDone, as the streamer's partial and status timers do.
+        tokio::select! {
+            msg = stream.next() => panic!("the row came early: {msg:?}"),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        assert!(!stream.is_streaming());
+        let err = stream
+            .send_status(Lsn(1), Lsn(1), Lsn(1), false)
+            .await
+            .expect_err("no status after the server ended COPY");
+        assert!(err.to_string().contains("after the stream ended"), "{err}");
+        // The next call finishes the end of the timeline.
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("in time")
+            .expect("no error");
+        assert_eq!(next, None);
+        assert_eq!(
+            stream.ended(),
+            Some(TimelineEnd {
+                next_tli: 2,
+                start: Lsn(0x300_0060)
+            })
+        );
+        drop(stream.into_client().expect("the client is back"));
+        server.await.expect("the server script ran");
+    }
+}
