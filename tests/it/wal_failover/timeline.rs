@@ -203,6 +203,16 @@ async fn check_timeline_2(
     let compared = compare_with_pg_wal(repo, store, 2, &pg_wal).await;
     assert!(compared >= 2, "compared {compared} timeline 2 segments");
     compare_with_pg_wal(repo, store, 1, &p.primary.data_dir().join("pg_wal")).await;
+    // Each complete segment was decoded (CRC-checked) and indexed, the
+    // first of timeline 2 too, though its head is timeline 1's WAL.
+    for item in repo.catalog().items("pg/main/wal/").expect("items") {
+        if item.kind == "wal" {
+            let attrs: pitr::wal::WalAttrs =
+                serde_json::from_value(item.attrs.clone()).expect("WAL attributes");
+            let index = attrs.index.expect("complete segments are indexed");
+            assert!(index.records > 0, "{}: {index:?}", item.name);
+        }
+    }
 
     // The slot now lives on timeline 2.
     let info = super::options(&p.standby).conninfo;
