@@ -129,6 +129,9 @@ struct Streamer {
     rx: watch::Receiver<Progress>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), StreamError>>,
+    /// How many invariant samples saw a flush position: the check must not
+    /// pass by never seeing one.
+    flush_seen: usize,
 }
 
 impl Streamer {
@@ -138,7 +141,12 @@ impl Streamer {
         let task = tokio::spawn(stream(repo, opts, tx, async {
             let _ = stopped.await;
         }));
-        Streamer { rx, stop, task }
+        Streamer {
+            rx,
+            stop,
+            task,
+            flush_seen: 0,
+        }
     }
 
     /// Waits (bounded) until `done` holds for the progress, sampling
@@ -152,7 +160,9 @@ impl Streamer {
     ) {
         let deadline = Instant::now() + LIMIT;
         loop {
-            check_invariant(db, store).await;
+            if check_invariant(db, store).await.is_some() {
+                self.flush_seen += 1;
+            }
             if done(&self.rx.borrow()) {
                 return;
             }
@@ -179,6 +189,10 @@ impl Streamer {
 
     /// Shuts the streamer down and returns what [`stream`] returned.
     async fn stop(self) -> Result<(), StreamError> {
+        assert!(
+            self.flush_seen > 0,
+            "invariant 1 was never checked against a real flush position"
+        );
         let _ = self.stop.send(());
         within("the streamer stops", self.task)
             .await
