@@ -204,6 +204,7 @@ pub async fn restore(
             e.mode,
         ));
     }
+    let manifest_size = item(&record.manifest)?.size;
     jobs.push((
         item(&record.manifest)?.clone(),
         target.join("backup_manifest"),
@@ -232,6 +233,6 @@ pub async fn restore(
     Ok(RestoreSummary {
         record,
         files: files - 1,
-        bytes,
+        bytes: bytes - manifest_size,
     })
 }

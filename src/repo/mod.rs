@@ -344,6 +344,11 @@ struct Inner {
     descriptor: Descriptor,
     catalog: Mutex<Catalog>,
     writer_id: String,
+    /// Held from choosing a commit's sequence number until the catalog
+    /// recorded it: writers of one repository share `writer_id`, so two
+    /// commits choosing the same number would share an object name, and
+    /// put-if-absent would keep only the first.
+    commit_lock: tokio::sync::Mutex<()>,
 }
 
 /// What `pitr init` found and did.
@@ -485,6 +490,7 @@ impl Repository {
                 descriptor,
                 catalog: Mutex::new(catalog),
                 writer_id: hex::encode(rand::random::<[u8; 8]>()),
+                commit_lock: tokio::sync::Mutex::new(()),
             }),
         };
         repo.sync_catalog().await?;

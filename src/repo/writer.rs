@@ -219,6 +219,7 @@ impl Writer {
             return Ok(None);
         }
         let inner = &self.repo.inner;
+        let _serial = inner.commit_lock.lock().await;
         let seq = self.repo.catalog().next_seq()?;
         let commit = Commit {
             version: FORMAT_VERSION,

@@ -516,3 +516,42 @@ async fn a_failed_upload_commits_nothing_and_a_retry_stores_everything() {
     let m = put_commit(&repo, "x", Chunking::Cdc, &input).await;
     assert_eq!(read_all(&repo, &m).await.expect("read"), input);
 }
+
+/// Writers of one repository share its writer id: commits made at the same
+/// time must still get distinct objects, or put-if-absent keeps only one
+/// and the other's items vanish (the WAL streamer and a base backup commit
+/// concurrently in one process).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_commits_of_one_repository_all_land() {
+    let t = TestRepo::new().await;
+    let repo = t.open().await;
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let repo = repo.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10u64 {
+                let mut writer = repo.writer();
+                let body = data(w * 100 + i, 1000, 0);
+                writer
+                    .put(
+                        &format!("c/{w}/{i}"),
+                        "test",
+                        serde_json::json!({}),
+                        Chunking::Cdc,
+                        &body[..],
+                    )
+                    .await
+                    .expect("put");
+                writer.commit().await.expect("commit");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("no panic");
+    }
+    assert_eq!(repo.catalog().items("c/").expect("items").len(), 40);
+    let rebuilt = Repository::rebuild_catalog(t.fanout(), t.opts.clone())
+        .await
+        .expect("rebuild");
+    assert_eq!(rebuilt.catalog().items("c/").expect("items").len(), 40);
+}

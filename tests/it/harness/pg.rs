@@ -311,6 +311,40 @@ impl PgCluster {
         self.pg_ctl_checked(&["-m", "fast", "restart"], "pg_ctl restart -m fast");
     }
 
+    /// A cluster whose data directory the test fills itself (a restored
+    /// base backup): [`PgCluster::data_dir`] does not exist yet. Start it
+    /// with [`PgCluster::start_filled`].
+    pub fn empty() -> PgCluster {
+        PgCluster::unstarted()
+    }
+
+    /// Starts a cluster made with [`PgCluster::empty`] after its data
+    /// directory was filled: hands it to the PostgreSQL user (mode 0700),
+    /// points its socket and port at this cluster, appends `extra` to
+    /// `postgresql.conf`, and starts it (`pg_ctl start -w`: returns once
+    /// recovery let it accept connections).
+    pub fn start_filled(&mut self, extra: &str) {
+        let data = self.data_dir();
+        if let Some((uid, gid)) = pg_user() {
+            run_checked(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg(format!("{uid}:{gid}"))
+                    .arg(&data),
+                "chown the restored data directory",
+            );
+        }
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
+            .expect("chmod 0700 the restored data directory");
+        let mut conf = PgConf::default();
+        conf.line("")
+            .line("# Added by pitr's test harness for a restored cluster.")
+            .set("unix_socket_directories", &self.dir().to_string_lossy())
+            .line(extra);
+        self.append_conf(&conf.text);
+        self.start_on_free_port();
+    }
+
     /// A temp dir for a cluster, handed to the PostgreSQL user; no server yet.
     fn unstarted() -> PgCluster {
         let dir = tempfile::Builder::new()
