@@ -80,6 +80,16 @@ enum Command {
         /// The `[[postgres]]` entry (default: the only one).
         #[arg(long, value_name = "NAME")]
         postgres: Option<String>,
+        /// How long to wait for the backup's WAL to be stored (by `pitr run`)
+        /// before giving up on marking it restorable.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        wait_wal: u64,
+        /// Let the server spread its checkpoint instead of taking it at once.
+        #[arg(long)]
+        spread_checkpoint: bool,
+        /// Limit the server's sending rate, in kB/s (32 to 1048576).
+        #[arg(long, value_name = "KB", value_parser = clap::value_parser!(u32).range(32..=1048576))]
+        max_rate: Option<u32>,
     },
     /// Base backups, WAL ranges per timeline, SQLite points, the restore window.
     List {
@@ -249,9 +259,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check(c) => check(&load(&c)?).await,
         Command::Run(c) => run_sidecar(&load(&c)?).await,
-        Command::Backup { config, .. } => {
-            load(&config)?;
-            later("backup", 4, "base backups")
+        Command::Backup {
+            config,
+            postgres,
+            wait_wal,
+            spread_checkpoint,
+            max_rate,
+        } => {
+            let config = load(&config)?;
+            let checkpoint = if spread_checkpoint {
+                pitr::basebackup::Checkpoint::Spread
+            } else {
+                pitr::basebackup::Checkpoint::Fast
+            };
+            backup(
+                &config,
+                postgres.as_deref(),
+                checkpoint,
+                max_rate,
+                std::time::Duration::from_secs(wait_wal),
+            )
+            .await
         }
         Command::List { config, .. } => {
             load(&config)?;
@@ -509,6 +537,92 @@ fn postgres_entry<'a>(
             .into()),
         },
     }
+}
+
+/// `pitr backup`: one base backup now, then waits (bounded) until its WAL
+/// is stored and marks it restorable. WAL is streamed by `pitr run`, which
+/// holds the replication slot; this command does not stream itself.
+async fn backup(
+    config: &Config,
+    postgres: Option<&str>,
+    checkpoint: pitr::basebackup::Checkpoint,
+    max_rate_kb: Option<u32>,
+    wait_wal: std::time::Duration,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+
+    let db = postgres_entry(config, postgres)?;
+    let conninfo = pitr::wal::ConnInfo::parse(&db.conninfo).map_err(|e| {
+        Exit::Usage(format!(
+            "{}: [[postgres]] {:?} conninfo: {e}",
+            config.path.display(),
+            db.name
+        ))
+    })?;
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    let options = pitr::basebackup::BackupOptions {
+        database: db.name.clone(),
+        conninfo,
+        label: format!("pitr backup of {}", db.name),
+        checkpoint,
+        max_rate_kb,
+    };
+    let (tx, mut rx) = tokio::sync::watch::channel(pitr::basebackup::BackupProgress::default());
+    let show = std::io::stderr().is_terminal();
+    let reporter = tokio::spawn(async move {
+        while show && rx.changed().await.is_ok() {
+            let p = rx.borrow_and_update().clone();
+            let total = p
+                .total
+                .map_or(String::new(), |t| format!(" of ~{}", mib(t)));
+            eprint!("\r{}{total}, {} files  ", mib(p.done), p.files);
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    });
+    let taken = pitr::basebackup::take(&repo, &options, &tx).await;
+    drop(tx);
+    let _ = reporter.await;
+    if show {
+        eprintln!();
+    }
+    let record = taken?;
+    println!(
+        "Base backup {} of [[postgres]] {:?}: {} files, {} from server version {}, WAL {} to {} \
+         on timeline {}; {} of new data stored (the rest was already in the repository).",
+        record.id,
+        db.name,
+        record.files,
+        mib(record.bytes),
+        record.server_version,
+        record.start_lsn,
+        record.end_lsn,
+        record.end_timeline,
+        mib(record.stored_bytes)
+    );
+    println!(
+        "Waiting up to {} s for the WAL up to {} to be stored by `pitr run`...",
+        wait_wal.as_secs(),
+        record.end_lsn
+    );
+    pitr::basebackup::wait_restorable(
+        &repo,
+        &db.name,
+        &record.id,
+        wait_wal,
+        std::time::Duration::from_secs(1),
+    )
+    .await?;
+    println!(
+        "Base backup {} is restorable: the WAL from {} to {} is stored.",
+        record.id, record.start_lsn, record.end_lsn
+    );
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// PostgreSQL's `restore_command`: exit 0 with the file in place, exit 1

@@ -358,3 +358,86 @@ fn differing(repo: &Repository, a: &BackupRecord, b: &BackupRecord) -> Vec<Strin
         .take(15)
         .collect()
 }
+
+/// `pitr backup` as an operator runs it: without `pitr run` the backup is
+/// taken but not marked restorable, with a message saying why; beside a
+/// running `pitr run` it is restorable.
+#[tokio::test(flavor = "multi_thread")]
+async fn pitr_backup_waits_for_the_wal_of_pitr_run() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let identity = age::x25519::Identity::generate();
+    std::fs::write(
+        dir.path().join("identity.txt"),
+        format!(
+            "{}\n",
+            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
+        ),
+    )
+    .expect("write identity");
+    let config = dir.path().join("pitr.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n\
+             state_dir = \"state\"\n\n[[destination]]\nname = \"local\"\nkind = \"fs\"\n\
+             path = \"store\"\n\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\n",
+            identity.to_public(),
+            pg.conninfo("postgres")
+        ),
+    )
+    .expect("write config");
+    let pitr = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pitr"))
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .env_remove("PITR_CONFIG")
+            .output()
+            .expect("run pitr")
+    };
+    let out = pitr(&["init"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let out = pitr(&["backup", "--wait-wal", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(stdout.contains("Base backup "), "{stdout}");
+    assert!(
+        stderr.contains("not restorable yet") && stderr.contains("pitr run"),
+        "{stderr}"
+    );
+
+    let mut run = Command::new(env!("CARGO_BIN_EXE_pitr"))
+        .arg("run")
+        .arg("-c")
+        .arg(&config)
+        .env_remove("PITR_CONFIG")
+        .spawn()
+        .expect("start pitr run");
+    // The slot must hold WAL from before the backup starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
+        != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pitr run did not start streaming"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = pitr(&["backup", "--wait-wal", "60"]);
+    let _ = Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status();
+    let stopped = run.wait().expect("pitr run exits");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("is restorable"), "{stdout}");
+    assert!(stopped.success(), "pitr run: {stopped}");
+}

@@ -329,7 +329,6 @@ fn later_commands_say_which_issue_and_exit_2() {
     let s = Setup::new();
     let c = s.config();
     let cases: &[(&[&str], &str)] = &[
-        (&["backup", "-c", &c], "issue 4"),
         (&["list", "-c", &c], "issue 5"),
         (
             &["plan", "-c", &c, "--at", "2026-11-23T03:00:00Z"],
