@@ -119,8 +119,13 @@ fn pgbench_init(pg: &PgCluster, scale: u32) {
 
 /// Restores `record` into `restored`'s data directory with the WAL from its
 /// start to its end segment in `pg_wal`.
-async fn restore_with_wal(repo: &Repository, record: &BackupRecord, data: &Path) {
-    let summary = basebackup::restore(repo, "main", &record.id, data, &RestoreOptions::default())
+async fn restore_with_wal(
+    repo: &Repository,
+    record: &BackupRecord,
+    data: &Path,
+    opts: &RestoreOptions,
+) {
+    let summary = basebackup::restore(repo, "main", &record.id, data, opts)
         .await
         .expect("restore");
     assert_eq!(summary.files, record.files);
@@ -181,7 +186,7 @@ async fn a_restored_backup_verifies_recovers_and_matches_the_source() {
 
     let mut restored = PgCluster::empty();
     let data = restored.data_dir();
-    restore_with_wal(&repo, &first, &data).await;
+    restore_with_wal(&repo, &first, &data, &RestoreOptions::default()).await;
     run_tool(
         Command::new(pg.bin("pg_verifybackup"))
             .arg("--wal-directory")
@@ -440,4 +445,78 @@ async fn pitr_backup_waits_for_the_wal_of_pitr_run() {
     );
     assert!(stdout.contains("is restorable"), "{stdout}");
     assert!(stopped.success(), "pitr run: {stopped}");
+}
+
+/// A tablespace outside the data directory is backed up as its own archive
+/// and restored where the caller says, linked from `pg_tblspc`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tablespace_outside_the_data_directory_is_restored_where_asked() {
+    let pg = PgCluster::start();
+    let t = TestRepo::new().await;
+    let repo = t.open().await;
+    let streamer = Streamer::start(&repo, &pg);
+    let location = pg.dir().join("ts");
+    run_tool(
+        run_as_pg_user(Command::new("mkdir").arg(&location)),
+        "mkdir the tablespace",
+    );
+    pg.psql(&format!(
+        "CREATE TABLESPACE ts LOCATION '{}'",
+        location.display()
+    ));
+    pg.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text) TABLESPACE ts;
+         INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 20000) i",
+    );
+    let query = "SELECT count(*), sum(id), md5(string_agg(v, ',' ORDER BY id)) FROM t";
+    let source = pg.psql(query);
+    let record = take(&repo, &pg).await;
+    streamer.stop().await;
+    assert_eq!(record.tablespaces.len(), 1);
+    assert_eq!(
+        record.tablespaces[0].location,
+        location.display().to_string()
+    );
+
+    let mut restored = PgCluster::empty();
+    let data = restored.data_dir();
+    let err = basebackup::restore(&repo, "main", &record.id, &data, &RestoreOptions::default())
+        .await
+        .expect_err("tablespaces need a place");
+    assert!(matches!(err, BackupError::NoTablespaceDir { .. }), "{err}");
+    let ts_dir = restored.dir().join("tablespaces");
+    let opts = RestoreOptions {
+        tablespace_dir: Some(ts_dir.clone()),
+        ..RestoreOptions::default()
+    };
+    restore_with_wal(&repo, &record, &data, &opts).await;
+    run_tool(
+        Command::new(pg.bin("pg_verifybackup"))
+            .arg("--wal-directory")
+            .arg(data.join("pg_wal"))
+            .arg(&data),
+        "pg_verifybackup",
+    );
+    if crate::harness::pg::effective_uid() == 0 {
+        run_tool(
+            Command::new("chown")
+                .arg("-R")
+                .arg("--reference")
+                .arg(restored.dir())
+                .arg(&ts_dir),
+            "chown the tablespaces",
+        );
+    }
+    std::fs::write(data.join("recovery.signal"), b"").expect("recovery.signal");
+    restored.start_filled(
+        "restore_command = 'false'\nrecovery_target = 'immediate'\n\
+         recovery_target_action = 'promote'",
+    );
+    wait_writable(&restored);
+    assert_eq!(restored.psql(query), source);
+    let oid = restored.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'");
+    assert_eq!(
+        restored.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts'"),
+        ts_dir.join(oid).display().to_string()
+    );
 }
