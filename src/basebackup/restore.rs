@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::record::{BackupRecord, ListingEntry, backups};
 use super::{BackupError, files_prefix, local};
-use crate::repo::{Manifest, Repository};
+use crate::repo::{Manifest, RepoError, Repository};
 
 /// Directories a data directory needs that a base backup may lack (their
 /// contents are never backed up).
@@ -221,7 +221,12 @@ pub async fn restore(
                     .open(&path)
                     .await
                     .map_err(local(&path))?;
-                let n = reader.read_to(&manifest, &mut f).await?;
+                // A write error (disk full) names the file, not "(output)".
+                let n = match reader.read_to(&manifest, &mut f).await {
+                    Ok(n) => n,
+                    Err(RepoError::Local { source, .. }) => return Err(local(&path)(source)),
+                    Err(e) => return Err(e.into()),
+                };
                 f.flush().await.map_err(local(&path))?;
                 f.sync_all().await.map_err(local(&path))?;
                 Ok::<u64, BackupError>(n)

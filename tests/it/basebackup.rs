@@ -520,3 +520,36 @@ async fn a_tablespace_outside_the_data_directory_is_restored_where_asked() {
         ts_dir.join(oid).display().to_string()
     );
 }
+
+/// A restore onto a disk that fills up fails naming the file it could not
+/// write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_on_restore_is_a_clear_error() {
+    let Some(disk) = crate::disk_full::SmallDisk::mount("4m") else {
+        return;
+    };
+    let pg = PgCluster::start();
+    let t = TestRepo::new().await;
+    let repo = t.open().await;
+    let (tx, _rx) = watch::channel(BackupProgress::default());
+    let record = basebackup::take(&repo, &options(&pg, None), &tx)
+        .await
+        .expect("base backup");
+    assert!(record.bytes > 8 << 20, "{} bytes", record.bytes);
+    let target = disk.mount.join("data");
+    let err = basebackup::restore(
+        &repo,
+        "main",
+        &record.id,
+        &target,
+        &RestoreOptions::default(),
+    )
+    .await
+    .expect_err("the disk is too small");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, BackupError::Local { path, .. } if path.starts_with(&target)),
+        "{text}"
+    );
+    assert!(text.contains("No space left on device"), "{text}");
+}

@@ -12,15 +12,16 @@ use pitr::ship::{Destination, Fanout, FsDestination, ShipError};
 use crate::repo::data;
 
 /// A tmpfs of a few MiB, unmounted on drop.
-struct SmallDisk {
+pub struct SmallDisk {
     _dir: tempfile::TempDir,
-    mount: PathBuf,
+    /// Where the tmpfs is mounted.
+    pub mount: PathBuf,
 }
 
 impl SmallDisk {
     /// `None` when this process may not mount (not root): the test says so
     /// and checks nothing rather than pretending. CI runs as root.
-    fn mount(size: &str) -> Option<SmallDisk> {
+    pub fn mount(size: &str) -> Option<SmallDisk> {
         let dir = tempfile::tempdir().expect("tempdir");
         let mount = dir.path().join("disk");
         std::fs::create_dir(&mount).expect("mkdir");
