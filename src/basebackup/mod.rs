@@ -14,6 +14,7 @@
 pub mod tar;
 
 mod pgmanifest;
+mod receive;
 mod record;
 mod restore;
 mod take;
