@@ -570,22 +570,36 @@ async fn backup(
         max_rate_kb,
     };
     let (tx, mut rx) = tokio::sync::watch::channel(pitr::basebackup::BackupProgress::default());
-    let show = std::io::stderr().is_terminal();
-    let reporter = tokio::spawn(async move {
-        while show && rx.changed().await.is_ok() {
-            let p = rx.borrow_and_update().clone();
-            let total = p
-                .total
-                .map_or(String::new(), |t| format!(" of ~{}", mib(t)));
-            eprint!("\r{}{total}, {} files  ", mib(p.done), p.files);
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
+    // A bar (bytes, rate, ETA) only for a person watching a terminal.
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bar:30} {binary_bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
     });
+    let reporter = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let Some(bar) = bar else { return };
+            while rx.changed().await.is_ok() {
+                let p = rx.borrow_and_update().clone();
+                if let Some(total) = p.total {
+                    bar.set_length(total.max(p.done));
+                }
+                bar.set_position(p.done);
+                bar.set_message(format!("{} files", p.files));
+            }
+        })
+    };
     let taken = pitr::basebackup::take(&repo, &options, &tx).await;
     drop(tx);
     let _ = reporter.await;
-    if show {
-        eprintln!();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     let record = taken?;
     println!(
