@@ -2,6 +2,7 @@
 //! listing, files fetched a few at a time (each verified by the repository
 //! reader), tablespaces into a directory the caller names with
 //! `pg_tblspc/<oid>` links to them, and the server's `backup_manifest`.
+//! Files get the modes and modification times the server sent.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -198,10 +199,14 @@ pub async fn restore(
     let mut jobs = Vec::new();
     for e in listing.iter().filter(|e| e.kind == "file") {
         let name = format!("{prefix}{}/{}", e.archive, e.path);
+        let mtime = u64::try_from(e.mtime)
+            .ok()
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
         jobs.push((
             item(&name)?.clone(),
             root(&e.archive)?.join(&e.path),
             e.mode,
+            mtime,
         ));
     }
     let manifest_size = item(&record.manifest)?.size;
@@ -209,9 +214,10 @@ pub async fn restore(
         item(&record.manifest)?.clone(),
         target.join("backup_manifest"),
         0o600,
+        None,
     ));
     let (files, bytes) = futures::stream::iter(jobs)
-        .map(|(manifest, path, mode)| {
+        .map(|(manifest, path, mode, mtime)| {
             let reader = reader.clone();
             async move {
                 let mut f = tokio::fs::OpenOptions::new()
@@ -228,7 +234,13 @@ pub async fn restore(
                     Err(e) => return Err(e.into()),
                 };
                 f.flush().await.map_err(local(&path))?;
-                f.sync_all().await.map_err(local(&path))?;
+                if let Some(mtime) = mtime {
+                    let f = f.into_std().await;
+                    f.set_modified(mtime).map_err(local(&path))?;
+                    f.sync_all().map_err(local(&path))?;
+                } else {
+                    f.sync_all().await.map_err(local(&path))?;
+                }
                 Ok::<u64, BackupError>(n)
             }
         })

@@ -187,6 +187,19 @@ async fn a_restored_backup_verifies_recovers_and_matches_the_source() {
     let mut restored = PgCluster::empty();
     let data = restored.data_dir();
     restore_with_wal(&repo, &first, &data, &RestoreOptions::default()).await;
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+    };
+    assert_eq!(
+        mtime(&data.join("PG_VERSION")),
+        mtime(&pg.data_dir().join("PG_VERSION")),
+        "modification times are restored"
+    );
     run_tool(
         Command::new(pg.bin("pg_verifybackup"))
             .arg("--wal-directory")
