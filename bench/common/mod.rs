@@ -4,6 +4,8 @@
 //! part of this, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
