@@ -663,8 +663,9 @@ async fn run(write_md: bool) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("measuring {}", contender.key()))?;
         eprintln!(
-            "wal_stream:   {:.0} MB of WAL, {} CPU s per GB, lag p50 {} / p99 {} s, peak RSS {} MB",
+            "wal_stream:   {:.0} MB of WAL at {} tps, {} CPU s per GB, lag p50 {} / p99 {} s, peak RSS {} MB",
             run.wal_bytes as f64 / MB,
+            fmt_opt(run.tps, 0),
             fmt_opt(run.cpu_per_gb(), 2),
             fmt_secs(quantile(&run.lag_secs, 0.5)),
             fmt_secs(quantile(&run.lag_secs, 0.99)),
@@ -828,12 +829,7 @@ async fn start_contender(
         }
         Contender::PgBackRest | Contender::PgBackRestAes => {
             let time_file = archiver_time_file(bench, contender);
-            db.batch_execute(&format!(
-                "ALTER SYSTEM SET archive_command = '{}'; ",
-                archive_command(bench, contender).replace('\'', "''")
-            ))
-            .await
-            .context("set archive_command")?;
+            set_archive_command(db, &archive_command(bench, contender)).await?;
             db.batch_execute("SELECT pg_reload_conf()")
                 .await
                 .context("reload")?;
@@ -1202,15 +1198,23 @@ async fn enable_archiving(bench: &Bench) -> anyhow::Result<()> {
     // With archive_mode off until now, no old segment waits for archiving;
     // the first command is pgBackRest's (the stanza exists).
     let db = cluster.connect().await?;
-    db.batch_execute(&format!(
-        "ALTER SYSTEM SET archive_mode = 'on'; ALTER SYSTEM SET archive_command = '{}'",
-        archive_command(bench, Contender::PgBackRest).replace('\'', "''")
-    ))
-    .await
-    .context("ALTER SYSTEM SET archive_mode")?;
+    // ALTER SYSTEM refuses to run in a transaction: one statement per call.
+    db.batch_execute("ALTER SYSTEM SET archive_mode = 'on'")
+        .await
+        .context("ALTER SYSTEM SET archive_mode")?;
+    set_archive_command(&db, &archive_command(bench, Contender::PgBackRest)).await?;
     drop(db);
     eprintln!("wal_stream: restarting the server with archive_mode = on");
     cluster.restart()
+}
+
+async fn set_archive_command(db: &tokio_postgres::Client, command: &str) -> anyhow::Result<()> {
+    db.batch_execute(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        command.replace('\'', "''")
+    ))
+    .await
+    .context("ALTER SYSTEM SET archive_command")
 }
 
 /// Waits (bounded) until no segment waits for `archive_command`.
