@@ -43,7 +43,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::pg::{Cluster, run_checked};
-use common::{GB, MB, command_line, cpu_secs, dir_bytes, load_average, vm_hwm_kb, which};
+use common::{
+    GB, MB, ProcCounters, command_line, cpu_secs, dir_bytes, load_average, vm_hwm_kb, vm_rss_kb,
+    which,
+};
 use pitr::repo::{RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
 use pitr::wal::{ConnInfo, Lsn, Progress, Segment, StreamOptions, stream};
@@ -141,7 +144,19 @@ fn child_stream() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .try_init();
-    let result = tokio::runtime::Runtime::new()
+    // The sidecar's runtime (`Runtime::new()`) unless PITR_BENCH_THREADS
+    // asks for a number of workers (an experiment, reported as such).
+    let threads: usize = std::env::var("PITR_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        rt.worker_threads(threads);
+    }
+    let result = rt
+        .enable_all()
+        .build()
         .context("tokio runtime")
         .and_then(|rt| rt.block_on(child_stream_async()));
     match result {
@@ -191,14 +206,16 @@ async fn child_stream_async() -> anyhow::Result<ChildReport> {
         let _ = stop.send(());
     });
     let (tx, rx) = tokio::sync::watch::channel(Progress::default());
-    stream(
-        repo,
-        StreamOptions::new("bench", conninfo, &slot),
-        tx,
-        async {
-            let _ = stopped.await;
-        },
-    )
+    let mut stream_opts = StreamOptions::new("bench", conninfo, &slot);
+    if let Some(ms) = std::env::var("PITR_BENCH_PARTIAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        stream_opts.partial_interval = Duration::from_millis(ms);
+    }
+    stream(repo, stream_opts, tx, async {
+        let _ = stopped.await;
+    })
     .await
     .context("pitr::wal::stream")?;
     let progress = *rx.borrow();
@@ -561,6 +578,10 @@ struct Run {
     /// Bytes the contender added to its storage in the window.
     stored: Option<u64>,
     caught_up: bool,
+    /// Streaming processes: system calls and context switches in the window.
+    counters: Option<ProcCounters>,
+    /// Streaming processes: median `VmRSS` while pgbench ran, kB.
+    rss_median_kb: Option<u64>,
     note: String,
 }
 
@@ -747,6 +768,19 @@ async fn measure(bench: &mut Bench, contender: Contender) -> anyhow::Result<Run>
             .await;
     }
     let mut run = result?;
+    if contender == Contender::Pitr {
+        // Experiments, not the sidecar's defaults: say so in the row.
+        let mut knobs = Vec::new();
+        if let Ok(t) = std::env::var("PITR_BENCH_THREADS") {
+            knobs.push(format!("{t} tokio workers"));
+        }
+        if let Ok(ms) = std::env::var("PITR_BENCH_PARTIAL_MS") {
+            knobs.push(format!("partials every {ms} ms"));
+        }
+        if !knobs.is_empty() {
+            run.note = format!("**{}**; {}", knobs.join(", "), run.note);
+        }
+    }
     if let Some(report) = stopped? {
         // The child's own high-water mark also covers its last store at
         // shutdown.
@@ -965,6 +999,12 @@ async fn measure_running(
     }
     let stored_before = stored_bytes(contender, dir, bench)?;
     let (cpu_before, _, _) = usage(running)?;
+    let pid = match running {
+        Running::Process { proc, .. } => Some(proc.pid()),
+        Running::Archiver { .. } => None,
+    };
+    let counters_before = pid.and_then(ProcCounters::read);
+    let mut rss_kb_samples = Vec::new();
 
     let mut samples = Vec::new();
     let sampler = Sampler {
@@ -991,6 +1031,7 @@ async fn measure_running(
     let pgbench_status = loop {
         tick.tick().await;
         samples.push(sampler.sample().await?);
+        rss_kb_samples.extend(pid.and_then(|p| vm_rss_kb(Some(p))));
         if let Some(status) = pgbench.exited() {
             break status;
         }
@@ -1025,6 +1066,10 @@ async fn measure_running(
     let target = switch_wal(db).await?;
     let caught_up = sampler.wait_ack(target, CATCH_UP, &mut samples).await?;
     let (cpu_after, rss, processes) = usage(running)?;
+    let counters = match (pid.and_then(ProcCounters::read), counters_before) {
+        (Some(after), Some(before)) => Some(after.since(before)),
+        _ => None,
+    };
     let stored_after = stored_bytes(contender, dir, bench)?;
 
     let (lag_secs, lag_bytes) = lags(&samples, window_end);
@@ -1062,6 +1107,8 @@ async fn measure_running(
             _ => None,
         },
         caught_up,
+        counters,
+        rss_median_kb: quantile(&rss_kb_samples, 0.5),
         note: note.trim_start_matches("; ").to_owned(),
     })
 }
@@ -1289,6 +1336,8 @@ fn command() -> String {
         "PITR_BENCH_JOBS",
         "PITR_BENCH_SYNC_COMMIT",
         "PITR_BENCH_ONLY",
+        "PITR_BENCH_THREADS",
+        "PITR_BENCH_PARTIAL_MS",
         "PITR_BENCH_DIR",
     ] {
         if let Ok(v) = std::env::var(var) {
@@ -1402,6 +1451,33 @@ fn report_markdown(
                 fmt_secs(quantile(&r.segment_secs, 0.99)),
                 r.segment_secs.len(),
                 r.pgbench_secs
+            );
+        }
+    }
+
+    let streamers: Vec<&Run> = runs.iter().filter(|r| r.counters.is_some()).collect();
+    if !streamers.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n### Where a streamer's time goes\n\n\
+             Per MB of WAL in the window: read/write-like system calls (`syscr` + `syscw` of \
+             `/proc/PID/io`) and context switches (summed over the live threads); the median \
+             `VmRSS` while pgbench ran beside the peak.\n\n\
+             | contender | read/write syscalls per MB | context switches per MB | threads | \
+             RSS median / peak (MB) |\n| --- | ---: | ---: | ---: | --- |"
+        );
+        for r in streamers {
+            let c = r.counters.unwrap_or_default();
+            let per_mb = |n: u64| n as f64 / (r.wal_bytes.max(1) as f64 / MB);
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {} | {} / {} |",
+                r.contender.label(),
+                per_mb(c.rw_syscalls),
+                per_mb(c.context_switches),
+                c.threads,
+                fmt_opt(r.rss_median_kb.map(|kb| kb as f64 * 1024.0 / MB), 1),
+                fmt_opt(r.rss_kb.map(|kb| kb as f64 * 1024.0 / MB), 1),
             );
         }
     }

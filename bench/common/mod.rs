@@ -35,6 +35,67 @@ pub fn vm_hwm_kb(pid: Option<u32>) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A process's resident set size now, kB (`VmRSS`).
+pub fn vm_rss_kb(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(proc_path(pid, "status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Counters of a process that tell where time goes besides computing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcCounters {
+    /// Read- and write-like system calls (`syscr` + `syscw` of
+    /// `/proc/PID/io`; all threads, also exited ones).
+    pub rw_syscalls: u64,
+    /// Context switches, voluntary and not, summed over the live threads
+    /// (`/proc/PID/task/*/status`; threads that exited are not counted).
+    pub context_switches: u64,
+    /// Live threads.
+    pub threads: u64,
+}
+
+impl ProcCounters {
+    pub fn read(pid: u32) -> Option<ProcCounters> {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+        let field = |text: &str, name: &str| -> Option<u64> {
+            text.lines()
+                .find(|l| l.starts_with(name))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        let rw_syscalls = field(&io, "syscr:")? + field(&io, "syscw:")?;
+        let (mut context_switches, mut threads) = (0, 0);
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let Ok(task) = task else { continue };
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            threads += 1;
+            context_switches += field(&status, "voluntary_ctxt_switches:").unwrap_or(0)
+                + field(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
+        }
+        Some(ProcCounters {
+            rw_syscalls,
+            context_switches,
+            threads,
+        })
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: ProcCounters) -> ProcCounters {
+        ProcCounters {
+            rw_syscalls: self.rw_syscalls.saturating_sub(earlier.rw_syscalls),
+            context_switches: self
+                .context_switches
+                .saturating_sub(earlier.context_switches),
+            threads: self.threads,
+        }
+    }
+}
+
 fn proc_path(pid: Option<u32>, file: &str) -> PathBuf {
     match pid {
         Some(pid) => PathBuf::from(format!("/proc/{pid}/{file}")),
