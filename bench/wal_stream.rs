@@ -768,19 +768,6 @@ async fn measure(bench: &mut Bench, contender: Contender) -> anyhow::Result<Run>
             .await;
     }
     let mut run = result?;
-    if contender == Contender::Pitr {
-        // Experiments, not the sidecar's defaults: say so in the row.
-        let mut knobs = Vec::new();
-        if let Ok(t) = std::env::var("PITR_BENCH_THREADS") {
-            knobs.push(format!("{t} tokio workers"));
-        }
-        if let Ok(ms) = std::env::var("PITR_BENCH_PARTIAL_MS") {
-            knobs.push(format!("partials every {ms} ms"));
-        }
-        if !knobs.is_empty() {
-            run.note = format!("**{}**; {}", knobs.join(", "), run.note);
-        }
-    }
     if let Some(report) = stopped? {
         // The child's own high-water mark also covers its last store at
         // shutdown.
@@ -792,6 +779,20 @@ async fn measure(bench: &mut Bench, contender: Contender) -> anyhow::Result<Run>
             report.flushed,
             report.received
         );
+    }
+    if contender == Contender::Pitr {
+        // Experiments, not the sidecar's defaults: say so in the row.
+        let mut knobs = Vec::new();
+        if let Ok(t) = std::env::var("PITR_BENCH_THREADS") {
+            knobs.push(format!("{t} tokio workers"));
+        }
+        if let Ok(ms) = std::env::var("PITR_BENCH_PARTIAL_MS") {
+            knobs.push(format!("partials every {ms} ms"));
+        }
+        if !knobs.is_empty() {
+            let sep = if run.note.is_empty() { "" } else { "; " };
+            run.note = format!("**{}**{sep}{}", knobs.join(", "), run.note);
+        }
     }
     Ok(run)
 }
