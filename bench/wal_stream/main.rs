@@ -81,7 +81,7 @@ pub const CATCH_UP: Duration = Duration::from_secs(60);
 /// The whole benchmark's time: contenders that would not fit are skipped.
 pub const BUDGET: Duration = Duration::from_secs(570);
 
-pub const DEFAULT_SECS: u64 = 30;
+pub const DEFAULT_SECS: u64 = 20;
 
 pub const DEFAULT_SCALE: u32 = 20;
 
@@ -135,7 +135,8 @@ pub struct Settings {
     pub scale: u32,
     pub clients: u32,
     pub jobs: u32,
-    pub sync_commit: String,
+    /// The server's `synchronous_commit` for each round of contenders.
+    pub sync_commits: Vec<String>,
     pub only: Option<Vec<String>>,
     pub base: PathBuf,
 }
@@ -164,12 +165,23 @@ impl Settings {
                 );
             }
         }
+        let sync_commits: Vec<String> = std::env::var("PITR_BENCH_SYNC_COMMIT")
+            .unwrap_or_else(|_| "on,off".into())
+            .split(',')
+            .map(|v| v.trim().to_owned())
+            .collect();
+        for v in &sync_commits {
+            anyhow::ensure!(
+                ["on", "off"].contains(&v.as_str()),
+                "PITR_BENCH_SYNC_COMMIT: {v:?} is neither on nor off"
+            );
+        }
         Ok(Settings {
             secs: num("PITR_BENCH_SECS", DEFAULT_SECS)?,
             scale: num("PITR_BENCH_SCALE", DEFAULT_SCALE)?,
             clients: num("PITR_BENCH_CLIENTS", 4)?,
             jobs: num("PITR_BENCH_JOBS", 2)?,
-            sync_commit: std::env::var("PITR_BENCH_SYNC_COMMIT").unwrap_or_else(|_| "on".into()),
+            sync_commits,
             only,
             base: std::env::var_os("PITR_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
         })
@@ -185,6 +197,8 @@ impl Settings {
 /// One contender's measurements.
 pub struct Run {
     pub contender: Contender,
+    /// The server's `synchronous_commit` during the run.
+    pub sync_commit: String,
     /// WAL the server wrote while pgbench ran (flush LSN delta).
     pub wal_bytes: u64,
     /// WAL from the window's start to the closing switch: what the contender
@@ -262,7 +276,7 @@ pub async fn run(write_md: bool) -> anyhow::Result<()> {
         &settings.base,
         &[
             ("fsync", "on".to_owned()),
-            ("synchronous_commit", settings.sync_commit.clone()),
+            ("synchronous_commit", settings.sync_commits[0].clone()),
         ],
     )?;
     eprintln!(
@@ -288,24 +302,34 @@ pub async fn run(write_md: bool) -> anyhow::Result<()> {
         archiving: false,
     };
     let mut runs = Vec::new();
-    for contender in Contender::ALL {
-        if !bench.settings.wants(contender) {
-            continue;
-        }
-        if contender.is_archiver() && (bench.pgbackrest.is_none() || bench.time.is_none()) {
-            continue;
-        }
+    let rounds: Vec<(Contender, String)> = Contender::ALL
+        .into_iter()
+        .filter(|c| bench.settings.wants(*c))
+        .filter(|c| !c.is_archiver() || (bench.pgbackrest.is_some() && bench.time.is_some()))
+        .flat_map(|c| {
+            bench
+                .settings
+                .sync_commits
+                .iter()
+                .map(move |s| (c, s.clone()))
+        })
+        .collect();
+    for (contender, sync_commit) in rounds {
         let needed = Duration::from_secs(bench.settings.secs) + Duration::from_secs(60);
         if started.elapsed() + needed > BUDGET {
             notes.push(format!(
-                "{} skipped: it would not finish inside the benchmark's {} s budget.",
+                "{} with `synchronous_commit = {sync_commit}` skipped: it would not finish \
+                 inside the benchmark's {} s budget.",
                 contender.label(),
                 BUDGET.as_secs()
             ));
             continue;
         }
-        eprintln!("wal_stream: {}", contender.key());
-        let run = measure(&mut bench, contender)
+        eprintln!(
+            "wal_stream: {}, synchronous_commit = {sync_commit}",
+            contender.key()
+        );
+        let run = measure(&mut bench, contender, &sync_commit)
             .await
             .with_context(|| format!("measuring {}", contender.key()))?;
         eprintln!(
@@ -372,13 +396,29 @@ pub async fn switch_wal(db: &tokio_postgres::Client) -> anyhow::Result<u64> {
     query_lsn(db, "SELECT pg_current_wal_flush_lsn()::text").await
 }
 
-pub async fn measure(bench: &mut Bench, contender: Contender) -> anyhow::Result<Run> {
+pub async fn measure(
+    bench: &mut Bench,
+    contender: Contender,
+    sync_commit: &str,
+) -> anyhow::Result<Run> {
     if contender.is_archiver() && !bench.archiving {
         enable_archiving(bench).await?;
         bench.archiving = true;
     }
     let db = bench.cluster.connect().await?;
-    let dir = bench.work.path().join(contender.key());
+    // ALTER SYSTEM refuses to run in a transaction: one statement per call.
+    db.batch_execute(&format!(
+        "ALTER SYSTEM SET synchronous_commit = '{sync_commit}'"
+    ))
+    .await
+    .context("set synchronous_commit")?;
+    db.batch_execute("SELECT pg_reload_conf()")
+        .await
+        .context("reload")?;
+    let dir = bench
+        .work
+        .path()
+        .join(format!("{}-{sync_commit}", contender.key()));
     let mut running = start_contender(bench, &db, contender, &dir).await?;
     let result = measure_running(bench, &db, contender, &dir, &mut running).await;
     // Stop the contender whatever happened; on success, collect its report.
@@ -393,6 +433,7 @@ pub async fn measure(bench: &mut Bench, contender: Contender) -> anyhow::Result<
             .await;
     }
     let mut run = result?;
+    run.sync_commit = sync_commit.to_owned();
     if let Some(report) = stopped? {
         // The child's own high-water mark also covers its last store at
         // shutdown.
@@ -546,6 +587,7 @@ pub async fn measure_running(
     }
     Ok(Run {
         contender,
+        sync_commit: String::new(),
         wal_bytes: end.saturating_sub(start),
         covered_bytes: target.saturating_sub(start),
         pgbench_secs: window_end,

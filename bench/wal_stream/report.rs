@@ -77,29 +77,90 @@ pub fn report_markdown(
     let _ = writeln!(
         md,
         "\nWorkload: one cluster (`initdb --data-checksums`, `wal_level = replica`, \
-         `fsync = on`, `synchronous_commit = {}`, other settings default: \
-         `max_wal_size = 1GB`, `shared_buffers = 128MB`), `pgbench -i -s {}`, then per \
-         contender `CHECKPOINT`, `pg_switch_wal()` and `pgbench -N -c {} -j {} -T {}` while \
-         the parent samples the server every {} ms. **WAL MB** is the server's flush LSN \
-         advance during pgbench; **CPU** is the contender's from the window's start until \
-         it holds the segment closed by a `pg_switch_wal()` after pgbench. **Lag** (seconds) \
-         of a sample: time until the contender's safe position (`pg_stat_replication.flush_lsn` \
-         of its slot; for `archive-push` the end of `pg_stat_archiver.last_archived_wal`) \
-         passed the server's flush LSN of that sample, counted to the next sample that shows \
-         it (an upper bound, 0.1 s resolution); **lag MB**: the distance at the sample. \
-         **Stored**: what the contender added to its storage in the window (covered WAL / \
-         stored in parentheses). MB = 10^6 bytes, GB = 10^9.\n",
-        s.sync_commit,
+         `fsync = on`, other settings default: `max_wal_size = 1GB`, \
+         `shared_buffers = 128MB`), `pgbench -i -s {}`, then per contender and \
+         `synchronous_commit` setting a `CHECKPOINT`, a `pg_switch_wal()` and \
+         `pgbench -N -c {} -j {} -T {}` while the parent samples the server every {} ms. \
+         **WAL MB**: the server's flush LSN advance during pgbench. **CPU**: the contender's, \
+         from the window's start until it holds the segment that a `pg_switch_wal()` after \
+         pgbench closed. **Lag** (seconds) of a sample: the time until the contender's safe \
+         position (`pg_stat_replication.flush_lsn` of its slot; for `archive-push` the end of \
+         `pg_stat_archiver.last_archived_wal`) passed the server's flush LSN of that sample, \
+         counted to the first later sample that shows it (an upper bound at {} ms \
+         resolution); **lag MB**: the distance at the sample. **Stored**: what the contender \
+         added to its storage in the window, with the WAL it covers / stored. \
+         MB = 10^6 bytes, GB = 10^9.",
         s.scale,
         s.clients,
         s.jobs,
         s.secs,
+        SAMPLE_EVERY.as_millis(),
         SAMPLE_EVERY.as_millis()
     );
-    let _ = writeln!(md, "### Results\n");
+    for sync_commit in &s.sync_commits {
+        let runs: Vec<&Run> = runs
+            .iter()
+            .filter(|r| &r.sync_commit == sync_commit)
+            .collect();
+        if !runs.is_empty() {
+            setting_markdown(&mut md, sync_commit, &runs);
+        }
+    }
+
+    let _ = writeln!(md, "\n### Against the targets\n");
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    for sync_commit in &s.sync_commits {
+        let find = |c: Contender| {
+            runs.iter()
+                .find(|r| r.contender == c && &r.sync_commit == sync_commit)
+        };
+        let Some(p) = find(Contender::Pitr) else {
+            continue;
+        };
+        let p99 = quantile(&p.lag_secs, 0.99);
+        let _ = writeln!(
+            md,
+            "- `synchronous_commit = {sync_commit}`, lag: pitr's p99 {} s vs 1 s: {}.",
+            fmt_secs(p99),
+            verdict(p99.is_some_and(|v| v <= 1.0) && p.caught_up)
+        );
+        for c in [Contender::PgBackRest, Contender::PgBackRestAes] {
+            if let (Some(q), Some(pc), Some(qc)) =
+                (find(c), p.cpu_per_gb(), find(c).and_then(Run::cpu_per_gb))
+            {
+                let ratio = pc / qc;
+                let _ = writeln!(
+                    md,
+                    "- `synchronous_commit = {sync_commit}`, CPU per GB of WAL: pitr {pc:.2} s \
+                     vs {} {qc:.2} s ({ratio:.2}x, target 0.5x): {}.",
+                    q.contender.label(),
+                    verdict(ratio <= 0.5)
+                );
+            }
+        }
+        let rss = p.rss_kb.map(|kb| kb as f64 * 1024.0 / MB);
+        let _ = writeln!(
+            md,
+            "- `synchronous_commit = {sync_commit}`, peak RSS: pitr {} MB vs 64 MB: {}.",
+            fmt_opt(rss, 1),
+            verdict(rss.is_some_and(|v| v <= 64.0))
+        );
+    }
+    if !runs.iter().any(|r| r.contender == Contender::Pitr) {
+        let _ = writeln!(md, "- pitr was not measured.");
+    }
+    for n in notes {
+        let _ = writeln!(md, "- {n}");
+    }
+    md
+}
+
+/// The tables of one `synchronous_commit` setting.
+fn setting_markdown(md: &mut String, sync_commit: &str, runs: &[&Run]) {
     let _ = writeln!(
         md,
-        "| contender | WAL MB | pgbench tps | CPU s | CPU s per GB | peak RSS (MB) | \
+        "\n### `synchronous_commit = {sync_commit}`\n\n\
+         | contender | WAL MB | pgbench tps | CPU s | CPU s per GB | peak RSS (MB) | \
          lag p50 / p99 / max (s) | lag p50 / p99 / max (MB) | stored MB | note |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"
     );
@@ -131,7 +192,7 @@ pub fn report_markdown(
             r.note
         );
     }
-    let archivers: Vec<&Run> = runs.iter().filter(|r| r.contender.is_archiver()).collect();
+    let archivers: Vec<&&Run> = runs.iter().filter(|r| r.contender.is_archiver()).collect();
     if !archivers.is_empty() {
         let _ = writeln!(
             md,
@@ -142,7 +203,7 @@ pub fn report_markdown(
         for r in archivers {
             let _ = writeln!(
                 md,
-                "- {}: p50 {} s, p99 {} s over {} segments; pgbench ran {:.1} s.",
+                "- {}: p50 {} s, p99 {} s over {} segments ({:.1} s of pgbench).",
                 r.contender.label(),
                 fmt_secs(quantile(&r.segment_secs, 0.5)),
                 fmt_secs(quantile(&r.segment_secs, 0.99)),
@@ -151,15 +212,13 @@ pub fn report_markdown(
             );
         }
     }
-
-    let streamers: Vec<&Run> = runs.iter().filter(|r| r.counters.is_some()).collect();
+    let streamers: Vec<&&Run> = runs.iter().filter(|r| r.counters.is_some()).collect();
     if !streamers.is_empty() {
         let _ = writeln!(
             md,
-            "\n### Where a streamer's time goes\n\n\
-             Per MB of WAL in the window: read/write-like system calls (`syscr` + `syscw` of \
-             `/proc/PID/io`) and context switches (summed over the live threads); the median \
-             `VmRSS` while pgbench ran beside the peak.\n\n\
+            "\nWhere a streamer's time goes, per MB of WAL in the window: read/write-like \
+             system calls (`syscr` + `syscw` of `/proc/PID/io`) and context switches (summed \
+             over the live threads), and the median `VmRSS` while pgbench ran:\n\n\
              | contender | read/write syscalls per MB | context switches per MB | threads | \
              RSS median / peak (MB) |\n| --- | ---: | ---: | ---: | --- |"
         );
@@ -178,50 +237,4 @@ pub fn report_markdown(
             );
         }
     }
-
-    let _ = writeln!(md, "\n### Against the targets\n");
-    let find = |c: Contender| runs.iter().find(|r| r.contender == c);
-    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
-    match find(Contender::Pitr) {
-        None => {
-            let _ = writeln!(md, "- pitr was not measured.");
-        }
-        Some(p) => {
-            let p99 = quantile(&p.lag_secs, 0.99);
-            let _ = writeln!(
-                md,
-                "- Lag: pitr's p99 {} s vs 1 s: {}.",
-                fmt_secs(p99),
-                verdict(p99.is_some_and(|v| v <= 1.0) && p.caught_up)
-            );
-            for c in [Contender::PgBackRest, Contender::PgBackRestAes] {
-                if let (Some(q), Some(pc), Some(qc)) =
-                    (find(c), p.cpu_per_gb(), find(c).and_then(Run::cpu_per_gb))
-                {
-                    let ratio = pc / qc;
-                    let _ = writeln!(
-                        md,
-                        "- CPU per GB of WAL: pitr {pc:.2} s vs {} {qc:.2} s ({ratio:.2}x, target \
-                         0.5x): {}.",
-                        q.contender.label(),
-                        verdict(ratio <= 0.5)
-                    );
-                }
-            }
-            if find(Contender::PgBackRest).is_none() {
-                let _ = writeln!(md, "- CPU per GB: pgBackRest was not measured.");
-            }
-            let rss = p.rss_kb.map(|kb| kb as f64 * 1024.0 / MB);
-            let _ = writeln!(
-                md,
-                "- Peak RSS: pitr {} MB vs 64 MB: {}.",
-                fmt_opt(rss, 1),
-                verdict(rss.is_some_and(|v| v <= 64.0))
-            );
-        }
-    }
-    for n in notes {
-        let _ = writeln!(md, "- {n}");
-    }
-    md
 }
