@@ -137,6 +137,8 @@ pub enum Running {
         proc: Proc,
         /// pitr stops when its stdin closes; pg_receivewal on SIGINT.
         stdin: Option<std::process::ChildStdin>,
+        /// The coalescing proxy pitr connects through, in that experiment.
+        proxy: Option<crate::proxy::Proxy>,
     },
     /// `archive_command`: one process per segment, each under GNU time
     /// appending to `time_file`.
@@ -154,11 +156,27 @@ pub async fn start_contender(
     match contender {
         Contender::Pitr => {
             let exe = std::env::current_exe().context("the benchmark's own path")?;
+            let proxy = match std::env::var("PITR_BENCH_COALESCE_MS") {
+                Ok(ms) => {
+                    let ms: u64 = ms
+                        .parse()
+                        .with_context(|| format!("PITR_BENCH_COALESCE_MS={ms:?}"))?;
+                    Some(crate::proxy::start(cluster.port(), Duration::from_millis(ms)).await?)
+                }
+                Err(_) => None,
+            };
+            let conninfo = match &proxy {
+                Some(p) => cluster.conninfo().replace(
+                    &format!("port={}", cluster.port()),
+                    &format!("port={}", p.port),
+                ),
+                None => cluster.conninfo(),
+            };
             let mut child = Command::new(exe)
                 .env("PITR_BENCH_CHILD", "stream")
                 .env("PITR_BENCH_REPO", dir)
                 .env("PITR_BENCH_RECIPIENT", &bench.recipient)
-                .env("PITR_BENCH_CONNINFO", cluster.conninfo())
+                .env("PITR_BENCH_CONNINFO", conninfo)
                 .env("PITR_BENCH_SLOT", "pitr")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -171,7 +189,7 @@ pub async fn start_contender(
                 what: "the pitr child",
             };
             wait_slot_active(db, "pitr", &mut proc).await?;
-            Ok(Running::Process { proc, stdin })
+            Ok(Running::Process { proc, stdin, proxy })
         }
         Contender::ReceiveWalSync | Contender::ReceiveWal | Contender::ReceiveWalLz4 => {
             let slot = contender.slot().expect("a streamer has a slot");
@@ -206,7 +224,11 @@ pub async fn start_contender(
                 what: "pg_receivewal",
             };
             wait_slot_active(db, slot, &mut proc).await?;
-            Ok(Running::Process { proc, stdin: None })
+            Ok(Running::Process {
+                proc,
+                stdin: None,
+                proxy: None,
+            })
         }
         Contender::PgBackRest | Contender::PgBackRestAes => {
             let time_file = archiver_time_file(bench, contender);
@@ -255,7 +277,7 @@ pub async fn wait_slot_active(
 /// Stops a streaming process: pitr by closing its stdin (it stores what it
 /// received and reports), pg_receivewal by SIGINT. Returns pitr's report.
 pub async fn stop_contender(running: &mut Running) -> anyhow::Result<Option<ChildReport>> {
-    let Running::Process { proc, stdin } = running else {
+    let Running::Process { proc, stdin, .. } = running else {
         return Ok(None);
     };
     if proc.exited().is_some() {

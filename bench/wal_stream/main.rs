@@ -12,15 +12,21 @@
 //! PITR_BENCH_SECS=10 PITR_BENCH_ONLY=pitr cargo bench --bench wal_stream
 //! ```
 //!
-//! Environment: `PITR_BENCH_SECS` (pgbench `-T` per contender, default 30),
+//! Environment: `PITR_BENCH_SECS` (pgbench `-T` per run, default 20),
 //! `PITR_BENCH_SCALE` (`pgbench -i -s`, default 20), `PITR_BENCH_CLIENTS`
 //! (`-c`, default 4), `PITR_BENCH_JOBS` (`-j`, default 2),
-//! `PITR_BENCH_SYNC_COMMIT` (the server's `synchronous_commit`, default on),
-//! `PITR_BENCH_ONLY` (a comma list of contender keys, see [`Contender::key`]),
-//! `PITR_BENCH_DIR` (temp dirs, default the system temp dir),
-//! `PITR_BENCH_PG_BIN` (server binaries, default Debian's PostgreSQL 15).
+//! `PITR_BENCH_SYNC_COMMIT` (the server's `synchronous_commit` settings, each
+//! a round of runs; default `on,off`), `PITR_BENCH_ONLY` (a comma list of
+//! contender keys, see [`Contender::key`]), `PITR_BENCH_DIR` (temp dirs,
+//! default the system temp dir), `PITR_BENCH_PG_BIN` (server binaries,
+//! default Debian's PostgreSQL 15). Experiments on the pitr child, reported as
+//! such in its row: `PITR_BENCH_THREADS` (tokio workers instead of the
+//! sidecar's default runtime), `PITR_BENCH_PARTIAL_MS` (the partial-segment
+//! interval instead of the default 1 s), `PITR_BENCH_COALESCE_MS` (pitr
+//! connects through a proxy that batches the server's bytes, see `proxy.rs`).
 //!
-//! One cluster serves every contender in turn. Each gets a `CHECKPOINT`, a
+//! One cluster serves every contender in turn, under each `synchronous_commit`
+//! setting (changed with a reload). Each run gets a `CHECKPOINT`, a
 //! `pg_switch_wal()` (the window starts on a segment boundary, at the same
 //! point of the checkpoint cycle), then its own pgbench run while the parent
 //! samples, every 100 ms, the server's `pg_current_wal_flush_lsn()` and the
@@ -55,6 +61,7 @@ mod common;
 mod contender;
 mod lag;
 mod pgbackrest;
+mod proxy;
 mod report;
 
 pub const MD_BEGIN: &str =
@@ -454,6 +461,11 @@ pub async fn measure(
         }
         if let Ok(ms) = std::env::var("PITR_BENCH_PARTIAL_MS") {
             knobs.push(format!("partials every {ms} ms"));
+        }
+        if let Ok(ms) = std::env::var("PITR_BENCH_COALESCE_MS") {
+            knobs.push(format!(
+                "through a proxy batching the server's bytes for {ms} ms"
+            ));
         }
         if !knobs.is_empty() {
             let sep = if run.note.is_empty() { "" } else { "; " };

@@ -35,6 +35,7 @@ pub fn command() -> String {
         "PITR_BENCH_ONLY",
         "PITR_BENCH_THREADS",
         "PITR_BENCH_PARTIAL_MS",
+        "PITR_BENCH_COALESCE_MS",
         "PITR_BENCH_DIR",
     ] {
         if let Ok(v) = std::env::var(var) {
@@ -216,10 +217,12 @@ fn setting_markdown(md: &mut String, sync_commit: &str, runs: &[&Run]) {
     if !streamers.is_empty() {
         let _ = writeln!(
             md,
-            "\nWhere a streamer's time goes, per MB of WAL in the window: read/write-like \
-             system calls (`syscr` + `syscw` of `/proc/PID/io`) and context switches (summed \
-             over the live threads), and the median `VmRSS` while pgbench ran:\n\n\
-             | contender | read/write syscalls per MB | context switches per MB | threads | \
+            "\nWhere a streamer's time goes, per MB of WAL in the window: file read/write \
+             calls (`syscr` + `syscw` of `/proc/PID/io`, which count `read(2)`/`write(2)` \
+             but not a socket's `recv`/`send`; pg_receivewal writes each XLogData message \
+             with one `write`, so its count is about its messages), context switches \
+             (summed over the live threads), and the median `VmRSS` while pgbench ran:\n\n\
+             | contender | file read/write calls per MB | context switches per MB | threads | \
              RSS median / peak (MB) |\n| --- | ---: | ---: | ---: | --- |"
         );
         for r in streamers {
