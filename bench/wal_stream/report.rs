@@ -11,11 +11,14 @@ pub fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or("n/a".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+/// Seconds with two decimals: a lag is counted to the first sample that
+/// shows it gone, and samples are about, not exactly, 100 ms apart, so 1.03
+/// must not print as 1.0 beside a 1 s target.
 pub fn fmt_secs(v: Option<f64>) -> String {
     match v {
         None => "n/a".to_owned(),
         Some(v) if v.is_infinite() => format!("> {}", CATCH_UP.as_secs()),
-        Some(v) => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
     }
 }
 
