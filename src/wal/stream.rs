@@ -31,6 +31,9 @@ use super::lsn::{Lsn, Segment, history_file_name};
 use super::store::{WalStore, WalStoreError};
 use crate::repo::{RepoError, Repository};
 
+/// WAL messages smaller than this mean the server is caught up.
+const COALESCE_BELOW: usize = 64 << 10;
+
 /// How a `[[postgres]]` entry is streamed.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -46,6 +49,12 @@ pub struct StreamOptions {
     /// How often a status update is sent without being asked (well inside
     /// the server's `wal_sender_timeout`, 60 s by default).
     pub status_interval: Duration,
+    /// After a small WAL message (the server is caught up and sends each
+    /// commit's flush at once), wait this long before reading again so the
+    /// next read takes many messages at once. Waking per message cost half of
+    /// the CPU under `synchronous_commit = on` (BENCHMARKS.md); 10 ms is 1 %
+    /// of the lag budget. Zero reads at once.
+    pub coalesce: Duration,
 }
 
 impl StreamOptions {
@@ -57,6 +66,7 @@ impl StreamOptions {
             slot: slot.to_owned(),
             partial_interval: Duration::from_secs(1),
             status_interval: Duration::from_secs(10),
+            coalesce: Duration::from_millis(10),
         }
     }
 }
@@ -392,6 +402,7 @@ impl Session<'_> {
         let mut status_tick = tokio::time::interval(opts.status_interval);
         partial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_nap = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 msg = self.stream.next() => match msg? {
@@ -401,6 +412,17 @@ impl Session<'_> {
                         self.progress.send_modify(|p| p.received = self.assembler.position());
                         for seg in done {
                             self.store_segment(seg.segment, &seg.bytes).await?;
+                        }
+                        // The server sends up to 128 KiB per message when it
+                        // has a backlog: then read on at once. Otherwise nap
+                        // at most once per `coalesce`, so what queued during
+                        // the nap is then taken from the buffer without one.
+                        if data.len() < COALESCE_BELOW
+                            && !opts.coalesce.is_zero()
+                            && tokio::time::Instant::now() >= next_nap
+                        {
+                            tokio::time::sleep(opts.coalesce).await;
+                            next_nap = tokio::time::Instant::now() + opts.coalesce;
                         }
                     }
                     Some(ReplMessage::Keepalive { end_of_wal, reply_requested, .. }) => {
