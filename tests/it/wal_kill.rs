@@ -13,6 +13,7 @@ use pitr::repo::{RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
 use pitr::wal::{Lsn, Segment, WalStore};
 
+use crate::harness::query_lsn as server_lsn;
 use crate::harness::{PgCluster, run_as_pg_user};
 
 const SEG: u64 = 16 << 20;
@@ -148,12 +149,6 @@ impl Drop for Sidecar {
             let _ = c.wait();
         }
     }
-}
-
-async fn server_lsn(db: &tokio_postgres::Client, sql: &str) -> Option<Lsn> {
-    let row = db.query_opt(sql, &[]).await.expect("query")?;
-    let text: Option<String> = row.get(0);
-    text.map(|t| t.parse().expect("an LSN"))
 }
 
 /// Invariant 1 against the store: what the server was told is flushed is

@@ -13,6 +13,7 @@ use pitr::wal::{ConnInfo, Lsn, Progress, Segment, StreamOptions, WalStore, strea
 use tokio::sync::{oneshot, watch};
 
 use crate::harness::PgCluster;
+use crate::harness::query_lsn as lsn;
 use crate::repo::TestRepo;
 
 const SEG: u64 = 16 << 20;
@@ -27,12 +28,6 @@ fn options(pg: &PgCluster) -> StreamOptions {
     o.partial_interval = Duration::from_millis(200);
     o.status_interval = Duration::from_millis(500);
     o
-}
-
-async fn lsn(db: &tokio_postgres::Client, sql: &str) -> Option<Lsn> {
-    let row = db.query_opt(sql, &[]).await.expect("query")?;
-    let text: Option<String> = row.get(0);
-    text.map(|t| t.parse().expect("an LSN"))
 }
 
 /// The server's view of our flush position must never pass what the

@@ -11,3 +11,11 @@
 pub mod pg;
 
 pub use pg::{PgCluster, run_as_pg_user};
+
+/// The LSN in the first column of `sql`'s only row (`None` for no row or
+/// NULL): how the WAL tests read `pg_stat_replication`, slots and positions.
+pub async fn query_lsn(db: &tokio_postgres::Client, sql: &str) -> Option<pitr::wal::Lsn> {
+    let row = db.query_opt(sql, &[]).await.expect("query")?;
+    let text: Option<String> = row.get(0);
+    text.map(|t| t.parse().expect("an LSN"))
+}

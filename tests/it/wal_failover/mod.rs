@@ -22,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::harness::PgCluster;
+use crate::harness::query_lsn as lsn;
 
 const SEG: u64 = 16 << 20;
 
@@ -63,12 +64,6 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         Ok(v) => v,
         Err(_) => panic!("{what} took longer than {LIMIT:?}"),
     }
-}
-
-async fn lsn(db: &tokio_postgres::Client, sql: &str) -> Option<Lsn> {
-    let row = db.query_opt(sql, &[]).await.expect("query")?;
-    let text: Option<String> = row.get(0);
-    text.map(|t| t.parse().expect("an LSN"))
 }
 
 async fn flush_lsn(db: &tokio_postgres::Client) -> Lsn {
