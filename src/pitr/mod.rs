@@ -1,1 +1,10 @@
-//! Restore planning and execution, `wal-fetch`. Arrives with the PITR issue.
+//! Point-in-time restore: the target (`target`), the planner that turns a
+//! target into a base backup and a WAL chain from the catalog alone (`plan`),
+//! and the execution that stages a data directory, runs PostgreSQL's
+//! recovery on it and checks where it stopped (`restore`).
+
+mod plan;
+mod target;
+
+pub use plan::{Plan, PlanError, PlannedBackup, Stop, WalFile, Window, plan, windows};
+pub use target::{Target, TargetError, parse_time, pg_time};

@@ -94,6 +94,27 @@ impl Lineage {
         Ok(Lineage { entries })
     }
 
+    /// The lineage of `timeline` from its ancestors and their switch points
+    /// (oldest first), as recorded in the catalog; checked as a history
+    /// file is.
+    pub fn from_parents(timeline: u32, parents: &[(u32, Lsn)]) -> Result<Lineage, HistoryError> {
+        let text: String = parents
+            .iter()
+            .map(|(tli, end)| format!("{tli}\t{end}\n"))
+            .collect();
+        Lineage::parse(timeline, text.as_bytes())
+    }
+
+    /// Where `timeline` begins: its parent's switch point (`Lsn(0)` for the
+    /// oldest timeline of the lineage); `None` when it is not in the lineage.
+    pub fn begin(&self, timeline: u32) -> Option<Lsn> {
+        let i = self.entries.iter().position(|e| e.timeline == timeline)?;
+        Some(match i {
+            0 => Lsn(0),
+            _ => self.entries[i - 1].end.unwrap_or(Lsn(0)),
+        })
+    }
+
     /// The timelines, oldest first.
     pub fn entries(&self) -> &[LineageEntry] {
         &self.entries

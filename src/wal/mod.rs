@@ -22,5 +22,7 @@ pub use history::{HistoryError, Lineage, LineageEntry, Resume};
 pub use index::{RestorePoint, SegmentIndex, SegmentIndexer, XactTimes, index_segment};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
 pub use prefetch::Prefetch;
-pub use store::{StoredWal, WalAttrs, WalStore, WalStoreError};
+pub use store::{
+    KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, StoredWal, WalAttrs, WalStore, WalStoreError,
+};
 pub use stream::{Ended, Progress, StreamError, StreamOptions, stream, stream_once};

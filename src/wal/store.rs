@@ -161,7 +161,18 @@ impl WalStore {
         content: &[u8],
     ) -> Result<Manifest, RepoError> {
         let name = self.item_name(&history_file_name(timeline));
-        let attrs = serde_json::json!({ "timeline": timeline });
+        // The lineage goes into the attributes too, so that planning a
+        // restore needs the catalog only, not the identity. A file that does
+        // not parse is still stored: it is the server's, byte for byte.
+        let parents: Option<Vec<(u32, Lsn)>> = super::history::Lineage::parse(timeline, content)
+            .ok()
+            .map(|l| {
+                l.entries()
+                    .iter()
+                    .filter_map(|e| e.end.map(|end| (e.timeline, end)))
+                    .collect()
+            });
+        let attrs = serde_json::json!({ "timeline": timeline, "parents": parents });
         w.put(&name, KIND_HISTORY, attrs, Chunking::Cdc, content)
             .await
     }
