@@ -11,6 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use pitr::config::Config;
 use pitr::repo::Repository;
 
+mod demo;
+mod restore_cmd;
+use restore_cmd::{list, make_plan, open_repo, parse_target, print_plan, restore};
+
 /// Keeps PostgreSQL and SQLite databases recoverable to any second.
 #[derive(Parser, Debug)]
 #[command(name = "pitr", version, about, long_about = None)]
@@ -107,6 +111,9 @@ enum Command {
         target: TargetArg,
         #[command(flatten)]
         database: DatabaseArg,
+        /// Follow this timeline (default: the one current at the target).
+        #[arg(long, value_name = "N")]
+        timeline: Option<u32>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -122,6 +129,44 @@ enum Command {
         /// Where to restore: an empty directory (PostgreSQL) or a file path (SQLite).
         #[arg(long = "target", value_name = "PATH")]
         target_path: PathBuf,
+        /// Follow this timeline (default: the one current at the target).
+        #[arg(long, value_name = "N")]
+        timeline: Option<u32>,
+        /// Empty a non-empty target directory first.
+        #[arg(long)]
+        force: bool,
+        /// Stop after staging the directory and writing the recovery
+        /// settings; start PostgreSQL yourself (its restore_command is
+        /// `pitr wal-fetch` with this config).
+        #[arg(long)]
+        no_recover: bool,
+        /// The OS user PostgreSQL runs as when pitr runs as root.
+        #[arg(long, value_name = "USER", default_value = "postgres")]
+        os_user: String,
+        /// The directory of PostgreSQL's server binaries (default: found
+        /// from the backup's major version).
+        #[arg(long, value_name = "DIR")]
+        pg_bin: Option<PathBuf>,
+        /// Where tablespaces go (`DIR/<oid>`), when the backup has any.
+        #[arg(long, value_name = "DIR")]
+        tablespace_dir: Option<PathBuf>,
+        /// Files fetched at once.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        parallel: usize,
+        /// Give up when recovery takes longer than this.
+        #[arg(long, value_name = "SECONDS", default_value_t = 86400)]
+        recovery_timeout: u64,
+    },
+    /// Internal: PostgreSQL's restore_command while `pitr restore` runs
+    /// recovery; asks that process for one file over its socket.
+    #[command(hide = true)]
+    RestoreFetch {
+        /// The socket of the running restore.
+        socket: PathBuf,
+        /// The file PostgreSQL asks for (%f).
+        file: String,
+        /// Where to write it (%p).
+        path: PathBuf,
     },
     /// PostgreSQL's restore_command helper: fetch one WAL segment or history file.
     /// Exits 1 when the repository does not hold it.
@@ -180,6 +225,10 @@ enum Exit {
 const EXIT_NOT_POSSIBLE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 3;
+/// `wal-fetch` failures other than "not stored": above 125, so that
+/// PostgreSQL aborts recovery rather than taking the failure for the end of
+/// the WAL and promoting with less data than the repository holds.
+const EXIT_WAL_FETCH_FAILED: u8 = 255;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -281,27 +330,68 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::List { config, .. } => {
-            load(&config)?;
-            later("list", 5, "the restore planner")
-        }
+        Command::List { config, json } => list(&load(&config)?, json).await,
         Command::Plan {
-            config, database, ..
+            config,
+            target,
+            database,
+            timeline,
+            json,
         } => {
-            load(&config)?;
+            let config = load(&config)?;
             if database.sqlite.is_some() {
                 return later("plan --sqlite", 6, "the SQLite watcher");
             }
-            later("plan", 5, "the restore planner")
+            let target = parse_target(&target)?;
+            let repo = open_repo(&config).await?;
+            let db = postgres_entry(&config, database.postgres.as_deref())?;
+            let plan = make_plan(&repo, &db.name, &target, timeline).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print_plan(&plan);
+            }
+            Ok(())
         }
         Command::Restore {
-            config, database, ..
+            config: config_arg,
+            target,
+            database,
+            target_path,
+            timeline,
+            force,
+            no_recover,
+            os_user,
+            pg_bin,
+            tablespace_dir,
+            parallel,
+            recovery_timeout,
         } => {
-            load(&config)?;
+            let config = load(&config_arg)?;
             if database.sqlite.is_some() {
                 return later("restore --sqlite", 6, "the SQLite watcher");
             }
-            later("restore", 5, "point-in-time restore")
+            let target = parse_target(&target)?;
+            let repo = open_repo(&config).await?;
+            let db = postgres_entry(&config, database.postgres.as_deref())?;
+            let plan = make_plan(&repo, &db.name, &target, timeline).await?;
+            let opts = pitr::pitr::RestoreOptions {
+                target_dir: target_path,
+                force,
+                recover: !no_recover,
+                os_user,
+                pg_bin,
+                config_path: config_arg.config.clone(),
+                parallel,
+                tablespace_dir,
+                recovery_timeout: std::time::Duration::from_secs(recovery_timeout),
+                log_dir: config.repository.state_dir.join("restore-logs"),
+            };
+            restore(&repo, &plan, &opts).await
+        }
+        Command::RestoreFetch { socket, file, path } => {
+            let code = pitr::pitr::fetch_client(&socket, &file, &path);
+            std::process::exit(code.into());
         }
         Command::WalFetch {
             config,
@@ -310,20 +400,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
             path,
             prefetch_only,
         } => {
-            let loaded = load(&config)?;
+            // PostgreSQL takes exit 1 (and 2..=125) as "no such file" and
+            // ends recovery there; a failure must abort recovery instead,
+            // which it does for statuses above 125.
+            let loaded = match load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(EXIT_WAL_FETCH_FAILED.into());
+                }
+            };
             if prefetch_only {
                 return prefetch_fill(&loaded, postgres.as_deref(), &segment).await;
             }
-            wal_fetch(
+            let fetched = wal_fetch(
                 &loaded,
                 &config.config,
                 postgres.as_deref(),
                 &segment,
                 &path,
             )
-            .await
+            .await;
+            if let Err(e) = &fetched
+                && exit_code(e) != EXIT_NOT_POSSIBLE
+            {
+                eprintln!("error: {e:#}");
+                std::process::exit(EXIT_WAL_FETCH_FAILED.into());
+            }
+            fetched
         }
-        Command::Demo => later("demo", 5, "point-in-time restore and the quickstart"),
+        Command::Demo => demo::run().await,
     }
 }
 

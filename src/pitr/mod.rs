@@ -1,10 +1,15 @@
 //! Point-in-time restore: the target (`target`), the planner that turns a
 //! target into a base backup and a WAL chain from the catalog alone (`plan`),
 //! and the execution that stages a data directory, runs PostgreSQL's
-//! recovery on it and checks where it stopped (`restore`).
+//! recovery on it and checks where it stopped (`restore`), serving it WAL
+//! over a private socket (`serve`).
 
 mod plan;
+mod restore;
+mod serve;
 mod target;
 
 pub use plan::{Plan, PlanError, PlannedBackup, Stop, WalFile, Window, plan, windows};
+pub use restore::{Reached, RestoreError, RestoreOptions, RestoreReport, restore};
+pub use serve::fetch_client;
 pub use target::{Target, TargetError, parse_time, pg_time};

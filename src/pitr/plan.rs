@@ -252,9 +252,14 @@ pub struct Stop {
     /// The WAL file holding the record recovery stops at (or the last file,
     /// for `--latest`).
     pub file: String,
+    /// Where that file starts.
+    pub start: Lsn,
     /// Where the stored WAL of that file ends: recovery cannot replay past
     /// it.
     pub end: Lsn,
+    /// Where the last whole record stored starts, when the index knows:
+    /// for `--latest`, exactly where redo must end.
+    pub last_record: Option<Lsn>,
 }
 
 /// A restore, planned.
@@ -739,9 +744,17 @@ pub async fn plan(
     if last.end < backup.end_lsn {
         return Err(outside());
     }
+    let last_record = segments.iter().rev().find_map(|f| {
+        view.segs
+            .get(&(f.timeline, view.segno(f.start)))
+            .and_then(|s| s.index.as_ref())
+            .and_then(|i| i.last_record)
+    });
     let stop = Stop {
         file: last.file.clone(),
+        start: last.start,
         end: last.end,
+        last_record,
     };
     let history = lineage
         .entries()

@@ -1,0 +1,808 @@
+//! Executing a plan: the base backup materialised into an empty directory,
+//! recovery settings written, then (by default) PostgreSQL's recovery run on
+//! it by pitr — private socket, no TCP listener, as an unprivileged user —
+//! and checked: it must stop exactly where the plan says, promote, and shut
+//! down cleanly. Only then is the restore reported done (invariant 6). On
+//! any failure, what was written is removed: nothing half-restored is left
+//! looking like a database.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use super::plan::Plan;
+use super::serve::WalServer;
+use super::target::{Target, parse_time, pg_time};
+use crate::basebackup::{self, BackupError};
+use crate::repo::Repository;
+use crate::wal::{Lsn, WalStore};
+
+/// The marker lines around the settings pitr writes into
+/// `postgresql.auto.conf`.
+const BLOCK_BEGIN: &str = "# BEGIN pitr restore: recovery settings";
+const BLOCK_END: &str = "# END pitr restore";
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The data directory to create (missing or empty).
+    pub target_dir: PathBuf,
+    /// Empty a non-empty target directory first.
+    pub force: bool,
+    /// Run and check recovery (the default); `false` stops after staging.
+    pub recover: bool,
+    /// The OS user PostgreSQL runs as when pitr runs as root.
+    pub os_user: String,
+    /// Where PostgreSQL's server binaries are; found from the backup's
+    /// version when `None`.
+    pub pg_bin: Option<PathBuf>,
+    /// The config file, for the `restore_command` left behind by
+    /// `--no-recover`.
+    pub config_path: PathBuf,
+    /// Files fetched at once.
+    pub parallel: usize,
+    /// Where tablespaces go (`<dir>/<oid>`).
+    pub tablespace_dir: Option<PathBuf>,
+    /// How long recovery may take before pitr gives up.
+    pub recovery_timeout: Duration,
+    /// Where a failed recovery's server log is kept.
+    pub log_dir: PathBuf,
+}
+
+/// Where a checked recovery stopped.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reached {
+    /// The server's own words about where it stopped, if it stopped at a
+    /// target.
+    pub stopped: Option<String>,
+    /// The last transaction replayed, by its commit (or abort) time.
+    pub last_transaction: Option<Timestamp>,
+    /// Where the last replayed record starts.
+    pub redo_done: Option<Lsn>,
+    /// The timeline the restored cluster now runs on.
+    pub new_timeline: Option<u32>,
+    /// WAL files recovery fetched.
+    pub wal_files: usize,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    /// The data directory.
+    pub target_dir: PathBuf,
+    /// Base backup files written.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The checked end of recovery; `None` with `--no-recover`.
+    pub reached: Option<Reached>,
+}
+
+/// Why a restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The target directory has something in it.
+    #[error(
+        "{0}: the target directory is not empty; restore into an empty or missing directory, \
+         or pass --force to empty it first"
+    )]
+    TargetNotEmpty(PathBuf),
+    /// Materialising the base backup failed.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// No usable PostgreSQL server binaries.
+    #[error(
+        "recovery needs PostgreSQL {major}'s server binaries (`postgres`): {what}; install them \
+         (Debian: postgresql-{major}), point --pg-bin at their directory, or restore with \
+         --no-recover and start recovery yourself"
+    )]
+    NoPostgres {
+        /// The major version the backup needs.
+        major: String,
+        /// What was looked at.
+        what: String,
+    },
+    /// The OS user for PostgreSQL does not exist.
+    #[error(
+        "pitr runs as root and PostgreSQL refuses to, so recovery runs as the OS user {0:?}, \
+         which does not exist; create it or name another with --os-user"
+    )]
+    NoOsUser(String),
+    /// Recovery failed or stopped somewhere else than planned.
+    #[error(
+        "recovery of the restored directory failed: {why}. The restored files were removed; \
+         the server log is kept at {log}. Last lines:\n{tail}"
+    )]
+    Recovery {
+        /// What went wrong.
+        why: String,
+        /// The kept server log.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Restores `plan` into `opts.target_dir`.
+pub async fn restore(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    let target = &opts.target_dir;
+    let created = prepare_target(target, opts.force)?;
+    let result = restore_into(repo, plan, opts).await;
+    if result.is_err() {
+        discard(target, created, plan, opts);
+    }
+    result
+}
+
+/// Checks the target is missing or empty (emptying it with `force`);
+/// returns whether it did not exist.
+fn prepare_target(target: &Path, force: bool) -> Result<bool, RestoreError> {
+    match std::fs::read_dir(target) {
+        Ok(entries) => {
+            let entries: Vec<_> = entries.collect::<Result<_, _>>().map_err(io(target))?;
+            if entries.is_empty() {
+                return Ok(false);
+            }
+            if !force {
+                return Err(RestoreError::TargetNotEmpty(target.to_owned()));
+            }
+            for e in entries {
+                let p = e.path();
+                let r = match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+                    _ => std::fs::remove_file(&p),
+                };
+                r.map_err(io(&p))?;
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            Err(RestoreError::TargetNotEmpty(target.to_owned()))
+        }
+        Err(e) => Err(io(target)(e)),
+    }
+}
+
+/// Removes what a failed restore wrote.
+fn discard(target: &Path, created: bool, plan: &Plan, opts: &RestoreOptions) {
+    let _ = plan;
+    if let Some(ts) = &opts.tablespace_dir
+        && let Ok(entries) = std::fs::read_dir(target.join("pg_tblspc"))
+    {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir_all(ts.join(e.file_name()));
+        }
+    }
+    if created {
+        let _ = std::fs::remove_dir_all(target);
+    } else if let Ok(entries) = std::fs::read_dir(target) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+async fn restore_into(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    let target = &opts.target_dir;
+    // Everything that can be refused is checked before the download.
+    let owner = os_owner(opts)?;
+    let bin = if opts.recover {
+        Some(find_postgres(opts, &plan.backup.server_version)?)
+    } else {
+        None
+    };
+    let summary = basebackup::restore(
+        repo,
+        &plan.database,
+        &plan.backup.id,
+        target,
+        &basebackup::RestoreOptions {
+            tablespace_dir: opts.tablespace_dir.clone(),
+            parallel: opts.parallel.max(1),
+        },
+    )
+    .await?;
+    // A standby's signal file would make the restored cluster a standby.
+    for f in ["standby.signal", "recovery.signal", "postmaster.pid"] {
+        match std::fs::remove_file(target.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&target.join(f))(e)),
+        }
+    }
+    let mut report = RestoreReport {
+        target_dir: target.clone(),
+        files: summary.files,
+        bytes: summary.bytes,
+        reached: None,
+    };
+    let Some(bin) = bin else {
+        let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+        let config = std::path::absolute(&opts.config_path).map_err(io(&opts.config_path))?;
+        let command = format!(
+            "{} wal-fetch -c {} --postgres {} %f %p",
+            shell_quote(&exe.to_string_lossy()),
+            shell_quote(&config.to_string_lossy()),
+            shell_quote(&plan.database)
+        );
+        write_recovery(target, plan, &command)?;
+        if let Some((uid, gid)) = owner {
+            chown_tree(target, uid, gid)?;
+            chown_tablespaces(target, uid, gid)?;
+        }
+        return Ok(report);
+    };
+    report.reached = Some(recover(repo, plan, opts, &bin, owner).await?);
+    Ok(report)
+}
+
+/// `(uid, gid)` to hand the directory and the server to, when root.
+fn os_owner(opts: &RestoreOptions) -> Result<Option<(u32, u32)>, RestoreError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match nix::unistd::User::from_name(&opts.os_user) {
+        Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
+        _ => Err(RestoreError::NoOsUser(opts.os_user.clone())),
+    }
+}
+
+/// The major version in a `server_version` (`15.10 (Debian ...)`, `16beta1`).
+fn major_of(server_version: &str) -> String {
+    server_version
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect()
+}
+
+/// The `postgres` binary for the backup's major version.
+fn find_postgres(opts: &RestoreOptions, server_version: &str) -> Result<PathBuf, RestoreError> {
+    let major = major_of(server_version);
+    let mut candidates = Vec::new();
+    match &opts.pg_bin {
+        Some(dir) => candidates.push(dir.join("postgres")),
+        None => {
+            candidates.push(PathBuf::from(format!(
+                "/usr/lib/postgresql/{major}/bin/postgres"
+            )));
+            if let Some(path) = std::env::var_os("PATH") {
+                candidates.extend(std::env::split_paths(&path).map(|d| d.join("postgres")));
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    for c in candidates {
+        let Ok(out) = std::process::Command::new(&c).arg("--version").output() else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // "postgres (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)"
+        let version = text.split(") ").nth(1).unwrap_or("").trim();
+        if major_of(version) == major {
+            return Ok(c);
+        }
+        seen.push(format!("{} is {}", c.display(), text.trim()));
+    }
+    Err(RestoreError::NoPostgres {
+        major,
+        what: if seen.is_empty() {
+            "none found".to_owned()
+        } else {
+            seen.join("; ")
+        },
+    })
+}
+
+/// Quotes for `sh`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Quotes a PostgreSQL config string.
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Appends pitr's recovery settings to `postgresql.auto.conf` and creates
+/// `recovery.signal`.
+fn write_recovery(dir: &Path, plan: &Plan, restore_command: &str) -> Result<(), RestoreError> {
+    let mut block = format!(
+        "\n{BLOCK_BEGIN} of [[postgres]] {:?} to {}\n",
+        plan.database,
+        plan.target.describe()
+    );
+    let mut set = |k: &str, v: &str| block.push_str(&format!("{k} = {}\n", conf_quote(v)));
+    set("restore_command", restore_command);
+    match &plan.target {
+        Target::Time(t) => {
+            set("recovery_target_time", &pg_time(*t));
+            set("recovery_target_inclusive", "on");
+            set("recovery_target_action", "promote");
+        }
+        Target::Lsn(l) => {
+            set("recovery_target_lsn", &l.to_string());
+            set("recovery_target_inclusive", "on");
+            set("recovery_target_action", "promote");
+        }
+        Target::Name(n) => {
+            set("recovery_target_name", n);
+            set("recovery_target_action", "promote");
+        }
+        Target::Latest => {}
+    }
+    set("recovery_target_timeline", &plan.timeline.to_string());
+    block.push_str(BLOCK_END);
+    block.push('\n');
+    let auto = dir.join("postgresql.auto.conf");
+    let mut text = match std::fs::read_to_string(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(&auto)(e)),
+    };
+    text = strip_block(&text);
+    text.push_str(&block);
+    std::fs::write(&auto, text).map_err(io(&auto))?;
+    let signal = dir.join("recovery.signal");
+    std::fs::write(&signal, b"").map_err(io(&signal))
+}
+
+/// `text` without pitr's block.
+fn strip_block(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with(BLOCK_BEGIN) {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if line.starts_with(BLOCK_END) {
+                inside = false;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), RestoreError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io(path))?;
+    let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).map_err(io(path))? {
+            let e = e.map_err(io(path))?;
+            chown_tree(&e.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+fn chown_tablespaces(dir: &Path, uid: u32, gid: u32) -> Result<(), RestoreError> {
+    let links = dir.join("pg_tblspc");
+    let Ok(entries) = std::fs::read_dir(&links) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if let Ok(real) = std::fs::canonicalize(e.path()) {
+            chown_tree(&real, uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `user` can reach and run `exe` (every directory above it
+/// searchable by others, the file executable by others): else a copy is
+/// made where it can.
+fn others_can_run(exe: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let ok = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    };
+    ok(exe) && exe.ancestors().skip(1).all(ok)
+}
+
+/// Runs recovery on the staged directory and checks where it stopped.
+async fn recover(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &RestoreOptions,
+    postgres: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<Reached, RestoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let target = &opts.target_dir;
+    // A directory only the server's user (and root) can enter: the server's
+    // socket and ours live there, so nobody else can connect to either.
+    let private = tempfile::Builder::new()
+        .prefix("pitr-restore-")
+        .tempdir()
+        .map_err(io(&std::env::temp_dir()))?;
+    let private_path = private.path().to_owned();
+    // Plaintext WAL read ahead: beside the target, as private as it.
+    let spool_parent = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let spool = tempfile::Builder::new()
+        .prefix(".pitr-wal-spool-")
+        .tempdir_in(spool_parent)
+        .map_err(io(spool_parent))?;
+    let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+    let exe = if owner.is_some() && !others_can_run(&exe) {
+        let copy = private_path.join("pitr");
+        std::fs::copy(&exe, &copy).map_err(io(&copy))?;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(&copy))?;
+        copy
+    } else {
+        exe
+    };
+    let socket = private_path.join("wal.sock");
+    let command = format!(
+        "{} restore-fetch {} %f %p",
+        shell_quote(&exe.to_string_lossy()),
+        shell_quote(&socket.to_string_lossy())
+    );
+    write_recovery(target, plan, &command)?;
+    if let Some((uid, gid)) = owner {
+        chown_tree(target, uid, gid)?;
+        chown_tablespaces(target, uid, gid)?;
+        std::os::unix::fs::chown(&private_path, Some(uid), Some(gid))
+            .map_err(io(&private_path))?;
+    }
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700)).map_err(io(target))?;
+
+    let server = WalServer::new(
+        WalStore::new(repo.clone(), &plan.database),
+        plan,
+        spool.path(),
+        target,
+        owner,
+        opts.parallel.max(2),
+    )
+    .map_err(io(target))?;
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(io(&socket))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&socket, Some(uid), Some(gid)).map_err(io(&socket))?;
+    }
+    let serving = tokio::spawn(server.clone().run(listener));
+
+    let log_path = private_path.join("postgres.log");
+    let outcome = run_server(postgres, target, &private_path, &log_path, owner, opts).await;
+    serving.abort();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let fail = |why: String| {
+        let kept = keep_log(&log, opts);
+        RestoreError::Recovery {
+            why,
+            log: kept,
+            tail: tail(&log, 15),
+        }
+    };
+    outcome.map_err(fail)?;
+    let mut reached = parse_log(&log);
+    reached.wal_files = server.served().len();
+    check_reached(plan, &reached).map_err(fail)?;
+    // The directory starts on its own now: pitr's settings go.
+    let auto = target.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&auto).map_err(io(&auto))?;
+    std::fs::write(&auto, strip_block(&text)).map_err(io(&auto))?;
+    Ok(reached)
+}
+
+fn keep_log(log: &str, opts: &RestoreOptions) -> PathBuf {
+    let name = format!(
+        "restore-{}.log",
+        Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+    );
+    let path = opts.log_dir.join(name);
+    let _ = std::fs::create_dir_all(&opts.log_dir);
+    match std::fs::write(&path, log) {
+        Ok(()) => path,
+        Err(_) => PathBuf::from("(not kept: the log directory is not writable)"),
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Starts PostgreSQL on the restored directory, waits until recovery has
+/// promoted it, and shuts it down cleanly.
+async fn run_server(
+    postgres: &Path,
+    target: &Path,
+    private: &Path,
+    log_path: &Path,
+    owner: Option<(u32, u32)>,
+    opts: &RestoreOptions,
+) -> Result<(), String> {
+    let log = std::fs::File::create(log_path).map_err(|e| format!("server log: {e}"))?;
+    let log2 = log.try_clone().map_err(|e| format!("server log: {e}"))?;
+    let mut cmd = tokio::process::Command::new(postgres);
+    cmd.arg("-D").arg(target);
+    for setting in [
+        "listen_addresses=".to_owned(),
+        format!("unix_socket_directories={}", private.display()),
+        "port=5432".to_owned(),
+        // Never archive into the source's archive, never follow its primary.
+        "archive_mode=off".to_owned(),
+        "primary_conninfo=".to_owned(),
+        "primary_slot_name=".to_owned(),
+        "logging_collector=off".to_owned(),
+        "log_destination=stderr".to_owned(),
+        // What pitr reads back from the log: untranslated, in UTC.
+        "lc_messages=C".to_owned(),
+        "timezone=UTC".to_owned(),
+        "log_timezone=UTC".to_owned(),
+        "log_line_prefix=".to_owned(),
+    ] {
+        cmd.arg("-c").arg(setting);
+    }
+    cmd.current_dir(target)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .kill_on_drop(true);
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", postgres.display()))?;
+    let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let started = Instant::now();
+    let mut seen = 0u64;
+    let mut text = String::new();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the server exited ({status}) before recovery reached the target"
+            ));
+        }
+        if let Ok(mut f) = std::fs::File::open(log_path)
+            && f.seek(SeekFrom::Start(seen)).is_ok()
+        {
+            let mut more = String::new();
+            if let Ok(n) = f.read_to_string(&mut more) {
+                seen += n as u64;
+                text.push_str(&more);
+            }
+        }
+        if text.contains("database system is ready to accept connections") {
+            break;
+        }
+        if started.elapsed() > opts.recovery_timeout {
+            let _ = child.kill().await;
+            return Err(format!(
+                "recovery did not finish within {} s",
+                opts.recovery_timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Fast shutdown: a clean checkpoint, so the directory starts without
+    // recovery and without pitr.
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
+        .await
+        .map_err(|_| "the server did not shut down within 300 s".to_owned())?
+        .map_err(|e| format!("waiting for the server: {e}"))?;
+    if !status.success() {
+        return Err(format!("the server's shutdown failed ({status})"));
+    }
+    Ok(())
+}
+
+/// What the server's log says about the end of recovery.
+fn parse_log(log: &str) -> Reached {
+    let mut r = Reached {
+        stopped: None,
+        last_transaction: None,
+        redo_done: None,
+        new_timeline: None,
+        wal_files: 0,
+    };
+    for line in log.lines() {
+        let line = line.trim();
+        let msg = line.strip_prefix("LOG:").map_or(line, str::trim);
+        if let Some(rest) = msg.strip_prefix("recovery stopping ") {
+            r.stopped = Some(rest.to_owned());
+        } else if let Some(t) = msg.strip_prefix("last completed transaction was at log time ") {
+            r.last_transaction = parse_time(t).ok();
+        } else if let Some(rest) = msg.strip_prefix("redo done at ") {
+            r.redo_done = rest.split_whitespace().next().and_then(|l| l.parse().ok());
+        } else if let Some(t) = msg.strip_prefix("selected new timeline ID: ") {
+            r.new_timeline = t.trim().parse().ok();
+        }
+    }
+    r
+}
+
+/// The time at the end of a "recovery stopping ..., time T" message.
+fn stop_time(stopped: &str) -> Option<Timestamp> {
+    stopped
+        .rsplit_once(", time ")
+        .and_then(|(_, t)| parse_time(t).ok())
+}
+
+/// Checks that recovery stopped where the plan says it must.
+fn check_reached(plan: &Plan, r: &Reached) -> Result<(), String> {
+    let redo = r
+        .redo_done
+        .ok_or("the server log does not say where redo ended")?;
+    if redo < plan.backup.end_lsn {
+        return Err(format!(
+            "redo ended at {redo}, before the backup's consistent point {}",
+            plan.backup.end_lsn
+        ));
+    }
+    if redo > plan.stop.end {
+        return Err(format!(
+            "redo ended at {redo}, past the WAL the plan holds ({})",
+            plan.stop.end
+        ));
+    }
+    match &plan.target {
+        Target::Time(t) => {
+            let stopped = r.stopped.as_deref().ok_or(
+                "recovery ended without stopping at the target time: the WAL ran out first",
+            )?;
+            let at = stop_time(stopped).ok_or_else(|| format!("unexpected stop: {stopped}"))?;
+            if !(stopped.starts_with("before commit") || stopped.starts_with("before abort"))
+                || at <= *t
+            {
+                return Err(format!(
+                    "recovery stopped {stopped}, which is not the first transaction after {}",
+                    pg_time(*t)
+                ));
+            }
+            if let Some(last) = r.last_transaction
+                && last > *t
+            {
+                return Err(format!(
+                    "the last replayed transaction ended at {}, after the target {}",
+                    pg_time(last),
+                    pg_time(*t)
+                ));
+            }
+        }
+        Target::Lsn(l) => {
+            let stopped = r
+                .stopped
+                .as_deref()
+                .ok_or("recovery ended without reaching the target position")?;
+            if !stopped.contains(&format!("\"{l}\"")) {
+                return Err(format!("recovery stopped {stopped}, not at {l}"));
+            }
+        }
+        Target::Name(n) => {
+            let stopped = r
+                .stopped
+                .as_deref()
+                .ok_or("recovery ended without reaching the restore point")?;
+            if !stopped.starts_with(&format!("at restore point \"{n}\"")) {
+                return Err(format!("recovery stopped {stopped}, not at {n:?}"));
+            }
+        }
+        Target::Latest => {
+            if let Some(stopped) = &r.stopped {
+                return Err(format!(
+                    "recovery stopped {stopped} instead of replaying all stored WAL"
+                ));
+            }
+            match plan.stop.last_record {
+                Some(last) if redo != last => {
+                    return Err(format!(
+                        "redo ended at {redo}, but the last record stored starts at {last}"
+                    ));
+                }
+                None if redo < plan.stop.start => {
+                    return Err(format!(
+                        "redo ended at {redo}, before the last stored WAL file {}",
+                        plan.stop.file
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "\
+LOG:  starting archive recovery
+LOG:  restored log file \"000000010000000000000003\" from archive
+LOG:  consistent recovery state reached at 0/3000100
+LOG:  recovery stopping before commit of transaction 745, time 2026-11-25 02:50:10.4321+00
+LOG:  pausing at the end of recovery
+LOG:  redo done at 0/3001F28 system usage: CPU: user: 0.00 s, system: 0.00 s, elapsed: 0.10 s
+LOG:  last completed transaction was at log time 2026-11-25 02:50:10.31+00
+LOG:  selected new timeline ID: 2
+LOG:  archive recovery complete
+LOG:  database system is ready to accept connections
+";
+
+    #[test]
+    fn the_log_says_where_recovery_stopped() {
+        let r = parse_log(LOG);
+        assert_eq!(
+            r.stopped.as_deref(),
+            Some("before commit of transaction 745, time 2026-11-25 02:50:10.4321+00")
+        );
+        assert_eq!(
+            r.last_transaction,
+            Some("2026-11-25T02:50:10.31Z".parse().expect("ts"))
+        );
+        assert_eq!(r.redo_done, Some(Lsn(0x3001F28)));
+        assert_eq!(r.new_timeline, Some(2));
+        assert_eq!(
+            stop_time(r.stopped.as_deref().expect("stopped")),
+            Some("2026-11-25T02:50:10.4321Z".parse().expect("ts"))
+        );
+    }
+
+    #[test]
+    fn settings_are_quoted_for_postgres_and_the_shell() {
+        assert_eq!(conf_quote("it's"), "'it''s'");
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn pitr_block_is_replaced_not_stacked() {
+        let text = format!(
+            "# Do not edit\nwork_mem = '8MB'\n\n{BLOCK_BEGIN} x\nrestore_command = 'a'\n{BLOCK_END}\n"
+        );
+        let stripped = strip_block(&text);
+        assert_eq!(stripped, "# Do not edit\nwork_mem = '8MB'\n\n");
+    }
+
+    #[test]
+    fn major_versions() {
+        assert_eq!(major_of("15.10 (Debian 15.10-0+deb12u1)"), "15");
+        assert_eq!(major_of("16beta1"), "16");
+    }
+}

@@ -1,0 +1,248 @@
+//! Serving a plan's WAL to PostgreSQL during a recovery pitr runs itself.
+//!
+//! The recovering server runs as an unprivileged user that must not read the
+//! config, the catalog or the identity. So `restore_command` is a small
+//! client (`pitr restore-fetch SOCKET %f %p`) that asks this process, over a
+//! Unix socket in a directory only that user (and root) can enter, for one
+//! file; this process writes it, verified, into the data directory's
+//! `pg_wal`, and fetches the next files of the plan ahead of use so replay is
+//! not bound by round trips.
+//!
+//! Answers: `ok`, `absent` (not in the plan: PostgreSQL takes it as the end
+//! of the WAL) and `error <why>`, which the client turns into exit status
+//! 255 so that PostgreSQL aborts recovery instead of mistaking a failure for
+//! the end of the WAL (it treats statuses above 125 as fatal).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::plan::Plan;
+use crate::wal::WalStore;
+
+type Fetch = Shared<BoxFuture<'static, Result<PathBuf, Arc<String>>>>;
+
+/// Serves the files of one plan.
+pub struct WalServer {
+    store: WalStore,
+    /// Plan files in replay order.
+    files: Vec<String>,
+    position: HashMap<String, usize>,
+    spool: PathBuf,
+    pg_wal: PathBuf,
+    owner: Option<(u32, u32)>,
+    ahead: usize,
+    inflight: Mutex<HashMap<usize, Fetch>>,
+    /// Files served, for the report and for progress.
+    served: Mutex<Vec<String>>,
+}
+
+impl WalServer {
+    /// A server for `plan`'s files, spooling up to `ahead` files in `spool`
+    /// (a private directory), writing into `data_dir/pg_wal` only, owned by
+    /// `owner` when set.
+    pub fn new(
+        store: WalStore,
+        plan: &Plan,
+        spool: &Path,
+        data_dir: &Path,
+        owner: Option<(u32, u32)>,
+        ahead: usize,
+    ) -> std::io::Result<Arc<WalServer>> {
+        let files: Vec<String> = plan.files().map(|f| f.file.clone()).collect();
+        let position = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.clone(), i))
+            .collect();
+        let pg_wal = data_dir.join("pg_wal").canonicalize()?;
+        Ok(Arc::new(WalServer {
+            store,
+            files,
+            position,
+            spool: spool.to_owned(),
+            pg_wal,
+            owner,
+            ahead: ahead.max(1),
+            inflight: Mutex::new(HashMap::new()),
+            served: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The files served so far, in order.
+    pub fn served(&self) -> Vec<String> {
+        self.served.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Accepts requests on `listener` until the task is dropped.
+    pub async fn run(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.handle(conn).await {
+                    tracing::warn!("restore-fetch connection: {e}");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, conn: UnixStream) -> std::io::Result<()> {
+        let (read, mut write) = conn.into_split();
+        let mut line = String::new();
+        BufReader::new(read).read_line(&mut line).await?;
+        let answer = match line.trim_end().split_once('\t') {
+            Some((file, dest)) => self.answer(file, Path::new(dest)).await,
+            None => "error malformed request".to_owned(),
+        };
+        write.write_all(answer.as_bytes()).await?;
+        write.write_all(b"\n").await
+    }
+
+    async fn answer(&self, file: &str, dest: &Path) -> String {
+        let Some(&i) = self.position.get(file) else {
+            tracing::debug!("restore-fetch {file}: not in the plan");
+            return "absent".to_owned();
+        };
+        // Only ever write into this data directory's pg_wal.
+        let parent_ok = dest
+            .parent()
+            .and_then(|p| p.canonicalize().ok())
+            .is_some_and(|p| p == self.pg_wal);
+        if !parent_ok || dest.file_name().is_none() {
+            return format!(
+                "error refusing to write {} (outside {})",
+                dest.display(),
+                self.pg_wal.display()
+            );
+        }
+        for j in i..(i + self.ahead).min(self.files.len()) {
+            let _ = self.start(j);
+        }
+        let fetch = self.start(i);
+        let spooled = match fetch.await {
+            Ok(p) => p,
+            Err(e) => {
+                self.forget(i);
+                return format!("error {}", e.replace('\n', " "));
+            }
+        };
+        let result = self.install(&spooled, dest);
+        // Drop what is behind: replay does not go back.
+        self.forget(i);
+        if let Ok(mut inflight) = self.inflight.lock() {
+            inflight.retain(|&j, _| j > i);
+        }
+        for j in 0..i {
+            let _ = std::fs::remove_file(self.spool.join(&self.files[j]));
+        }
+        match result {
+            Ok(()) => {
+                if let Ok(mut s) = self.served.lock() {
+                    s.push(file.to_owned());
+                }
+                tracing::info!("served {file} to recovery");
+                "ok".to_owned()
+            }
+            Err(e) => format!("error writing {}: {e}", dest.display()),
+        }
+    }
+
+    fn install(&self, spooled: &Path, dest: &Path) -> std::io::Result<()> {
+        let tmp = dest.with_extension("pitr-tmp");
+        std::fs::copy(spooled, &tmp)?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+        }
+        std::fs::rename(&tmp, dest)?;
+        let _ = std::fs::remove_file(spooled);
+        Ok(())
+    }
+
+    fn forget(&self, i: usize) {
+        if let Ok(mut inflight) = self.inflight.lock() {
+            inflight.remove(&i);
+        }
+    }
+
+    /// The fetch of plan file `i` into the spool, started if not yet.
+    fn start(&self, i: usize) -> Fetch {
+        let mut inflight = match self.inflight.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        inflight
+            .entry(i)
+            .or_insert_with(|| {
+                let store = self.store.clone();
+                let file = self.files[i].clone();
+                let path = self.spool.join(&file);
+                let task = tokio::spawn(async move {
+                    match store.fetch_to(&file, &path).await {
+                        Ok(Some(_)) => Ok(path),
+                        Ok(None) => Err(Arc::new(format!(
+                            "{file} is in the plan but no longer in the catalog"
+                        ))),
+                        Err(e) => Err(Arc::new(format!("{file}: {e}"))),
+                    }
+                });
+                async move {
+                    task.await
+                        .unwrap_or_else(|e| Err(Arc::new(format!("fetch task failed: {e}"))))
+                }
+                .boxed()
+                .shared()
+            })
+            .clone()
+    }
+}
+
+/// The `restore_command` side: asks the server on `socket` for `file`,
+/// written to `dest`. Returns the exit status for PostgreSQL: 0 served,
+/// 1 not in the plan, 255 anything else (PostgreSQL aborts recovery).
+pub fn fetch_client(socket: &Path, file: &str, dest: &Path) -> u8 {
+    use std::io::{BufRead, Write};
+    let dest = if dest.is_absolute() {
+        dest.to_owned()
+    } else {
+        match std::env::current_dir() {
+            Ok(d) => d.join(dest),
+            Err(e) => {
+                eprintln!("pitr restore-fetch: cannot resolve {}: {e}", dest.display());
+                return 255;
+            }
+        }
+    };
+    let answer = (|| -> std::io::Result<String> {
+        let mut conn = std::os::unix::net::UnixStream::connect(socket)?;
+        writeln!(conn, "{file}\t{}", dest.display())?;
+        let mut line = String::new();
+        std::io::BufReader::new(conn).read_line(&mut line)?;
+        Ok(line.trim_end().to_owned())
+    })();
+    match answer.as_deref() {
+        Ok("ok") => 0,
+        Ok("absent") => 1,
+        Ok(other) => {
+            eprintln!(
+                "pitr restore-fetch {file}: {}",
+                other.strip_prefix("error ").unwrap_or(other)
+            );
+            255
+        }
+        Err(e) => {
+            eprintln!(
+                "pitr restore-fetch {file}: the restore that serves WAL ({}) is gone: {e}",
+                socket.display()
+            );
+            255
+        }
+    }
+}

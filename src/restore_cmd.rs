@@ -1,0 +1,272 @@
+//! `pitr list`, `pitr plan` and `pitr restore` at the command line: opening
+//! the repository, turning planner and restore errors into exit codes, and
+//! printing tables people can read at 3 AM.
+
+use std::fmt::Write as _;
+
+use pitr::config::Config;
+use pitr::pitr::{Plan, PlanError, RestoreError, RestoreOptions, Target};
+use pitr::repo::Repository;
+
+use crate::{Exit, TargetArg, mib};
+
+/// Opens the repository with the latest commits of every writer applied.
+pub async fn open_repo(config: &Config) -> anyhow::Result<Repository> {
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    repo.sync_catalog().await?;
+    Ok(repo)
+}
+
+/// The target the flags name.
+pub fn parse_target(t: &TargetArg) -> anyhow::Result<Target> {
+    if t.latest {
+        return Ok(Target::Latest);
+    }
+    Target::from_args(t.at.as_deref(), t.lsn.as_deref(), t.name.as_deref())
+        .map_err(|e| Exit::Usage(e.to_string()).into())
+}
+
+/// Plans, mapping "cannot reach that target" to exit 1.
+pub async fn make_plan(
+    repo: &Repository,
+    database: &str,
+    target: &Target,
+    timeline: Option<u32>,
+) -> anyhow::Result<Plan> {
+    pitr::pitr::plan(repo, database, target, timeline)
+        .await
+        .map_err(|e: PlanError| {
+            if e.is_not_possible() {
+                Exit::NotPossible(e.to_string()).into()
+            } else {
+                anyhow::Error::new(e)
+            }
+        })
+}
+
+fn lineage_text(plan: &Plan) -> String {
+    let mut s = String::new();
+    for (tl, end) in &plan.lineage {
+        let _ = write!(s, "{tl} until {end}, then ");
+    }
+    let _ = write!(s, "{}", plan.timeline);
+    s
+}
+
+/// `pitr plan` as a table.
+pub fn print_plan(plan: &Plan) {
+    let partials = plan.segments.iter().filter(|s| s.partial).count();
+    println!(
+        "Restore plan for [[postgres]] {:?} to {}",
+        plan.database,
+        plan.target.describe()
+    );
+    println!("  timeline     {}", lineage_text(plan));
+    println!(
+        "  base backup  {}  WAL {} to {}  finished {}  {} files, {}",
+        plan.backup.id,
+        plan.backup.start_lsn,
+        plan.backup.end_lsn,
+        pitr::pitr::pg_time(plan.backup.finished),
+        plan.backup.files,
+        mib(plan.backup.bytes)
+    );
+    let first = plan.segments.first().map_or("-", |s| s.file.as_str());
+    let last = plan.segments.last().map_or("-", |s| s.file.as_str());
+    println!(
+        "  WAL          {} segments ({} partial) {} .. {}, {}; {} history file(s)",
+        plan.segments.len(),
+        partials,
+        first,
+        last,
+        mib(plan.wal_bytes),
+        plan.history.len()
+    );
+    println!(
+        "  stops in     {} (stored up to {})",
+        plan.stop.file, plan.stop.end
+    );
+    let window = match (plan.window.earliest, plan.window.latest) {
+        (Some(e), Some(l)) => format!(
+            "{} to {}",
+            pitr::pitr::pg_time(e),
+            pitr::pitr::pg_time(l)
+        ),
+        (Some(e), None) => format!("{} on", pitr::pitr::pg_time(e)),
+        _ => "-".to_owned(),
+    };
+    println!("  window       {window} on timeline {}", plan.timeline);
+    println!(
+        "  download     {} (base backup {} + WAL {}, less what is already deduplicated)",
+        mib(plan.backup.bytes + plan.wal_bytes),
+        mib(plan.backup.bytes),
+        mib(plan.wal_bytes)
+    );
+}
+
+/// `pitr list`: base backups, WAL ranges per timeline, restore windows.
+pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let repo = open_repo(config).await?;
+    let mut out = Vec::new();
+    for pg in &config.postgres {
+        let backups = pitr::basebackup::backups(&repo, &pg.name)?;
+        let store = pitr::wal::WalStore::new(repo.clone(), &pg.name);
+        let mut wal = Vec::new();
+        for tl in store.timelines()? {
+            wal.push(serde_json::json!({
+                "timeline": tl,
+                "ranges": store.ranges(tl)?,
+            }));
+        }
+        let windows = pitr::pitr::windows(&repo, &pg.name)
+            .await
+            .map_err(anyhow::Error::new)?;
+        if !json {
+            println!("[[postgres]] {:?}", pg.name);
+            println!("  base backups:");
+            if backups.is_empty() {
+                println!("    none");
+            }
+            for b in &backups {
+                let r = &b.record;
+                println!(
+                    "    {}  timeline {}  WAL {} to {}  finished {}  {} ({} stored)  {}",
+                    r.id,
+                    r.end_timeline,
+                    r.start_lsn,
+                    r.end_lsn,
+                    pitr::pitr::pg_time(r.finished),
+                    mib(r.bytes),
+                    mib(r.stored_bytes),
+                    if b.restorable {
+                        "restorable"
+                    } else {
+                        "NOT restorable (its WAL is not stored)"
+                    }
+                );
+            }
+            println!("  WAL:");
+            for tl in store.timelines()? {
+                let ranges: Vec<String> = store
+                    .ranges(tl)?
+                    .iter()
+                    .map(|(s, e)| format!("{s} to {e}"))
+                    .collect();
+                let gaps = if ranges.len() > 1 {
+                    "  (GAPS between ranges)"
+                } else {
+                    ""
+                };
+                println!("    timeline {tl}: {}{gaps}", ranges.join(", "));
+            }
+            println!("  restore window:");
+            for w in &windows {
+                let text = match (w.earliest, w.latest) {
+                    (Some(e), Some(l)) => format!(
+                        "{} to {}",
+                        pitr::pitr::pg_time(e),
+                        pitr::pitr::pg_time(l)
+                    ),
+                    (Some(e), None) => format!(
+                        "{} on (no transaction after it stored yet)",
+                        pitr::pitr::pg_time(e)
+                    ),
+                    _ => "none (no restorable base backup on this timeline)".to_owned(),
+                };
+                println!(
+                    "    timeline {}: {text}; --latest reaches {}",
+                    w.timeline,
+                    w.end.map_or("-".to_owned(), |e| e.to_string())
+                );
+            }
+        }
+        out.push(serde_json::json!({
+            "name": pg.name,
+            "backups": backups.iter().map(|b| serde_json::json!({
+                "record": b.record,
+                "restorable": b.restorable,
+            })).collect::<Vec<_>>(),
+            "wal": wal,
+            "windows": windows,
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "postgres": out }))?
+        );
+    }
+    Ok(())
+}
+
+/// `pitr restore`: executes the plan, reports what was reached.
+pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> anyhow::Result<()> {
+    eprintln!(
+        "Restoring [[postgres]] {:?} to {} into {}: base backup {} ({} files, {}), then {} WAL \
+         segments ({}) on timeline {}...",
+        plan.database,
+        plan.target.describe(),
+        opts.target_dir.display(),
+        plan.backup.id,
+        plan.backup.files,
+        mib(plan.backup.bytes),
+        plan.segments.len(),
+        mib(plan.wal_bytes),
+        lineage_text(plan)
+    );
+    let report = pitr::pitr::restore(repo, plan, opts)
+        .await
+        .map_err(|e| match e {
+            RestoreError::TargetNotEmpty(_) | RestoreError::NoOsUser(_) => {
+                Exit::Usage(e.to_string()).into()
+            }
+            e => anyhow::Error::new(e),
+        })?;
+    match &report.reached {
+        None => {
+            println!(
+                "Staged {} ({} files, {}) with recovery settings for {}; recovery was NOT run \
+                 (--no-recover). Start PostgreSQL on it as its owner; its restore_command runs \
+                 `pitr wal-fetch` with {}, which needs the identity.",
+                report.target_dir.display(),
+                report.files,
+                mib(report.bytes),
+                plan.target.describe(),
+                opts.config_path.display()
+            );
+        }
+        Some(r) => {
+            let last = r
+                .last_transaction
+                .map_or("none replayed".to_owned(), pitr::pitr::pg_time);
+            println!(
+                "Restored [[postgres]] {:?} to {} in {}: recovery checked.",
+                plan.database,
+                plan.target.describe(),
+                report.target_dir.display()
+            );
+            println!("  last transaction replayed  {last}");
+            if let Some(s) = &r.stopped {
+                println!("  recovery stopped           {s}");
+            }
+            if let Some(l) = r.redo_done {
+                println!("  redo ended at              {l}");
+            }
+            if let Some(t) = r.new_timeline {
+                println!("  new timeline               {t}");
+            }
+            println!(
+                "  WAL files replayed         {} (plan: {})",
+                r.wal_files,
+                plan.history.len() + plan.segments.len()
+            );
+            println!(
+                "The directory is shut down cleanly and starts without pitr: pg_ctl -D {} start",
+                report.target_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
