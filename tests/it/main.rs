@@ -7,6 +7,7 @@ mod disk_full;
 mod golden;
 mod harness;
 mod pg_harness;
+mod pitr_restore;
 mod repo;
 mod wal_conn;
 mod wal_decode;

@@ -48,6 +48,37 @@ impl TestRepo {
             .expect("open")
     }
 
+    /// Writes `pitr.toml` (and the identity beside it) for the binary to
+    /// use this repository, with a `[[postgres]]` entry per `(name,
+    /// conninfo)`; returns its path.
+    pub fn write_config(&self, postgres: &[(&str, &str)]) -> PathBuf {
+        let identity = self.dir.path().join("identity.txt");
+        std::fs::write(
+            &identity,
+            format!(
+                "{}\n",
+                age::secrecy::ExposeSecret::expose_secret(&self.opts.identities[0].to_string())
+            ),
+        )
+        .expect("write identity");
+        let mut text = format!(
+            "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n\n\
+             [[destination]]\nname = \"local\"\nkind = \"fs\"\npath = \"{}\"\n",
+            self.opts.recipients[0],
+            identity.display(),
+            self.opts.state_dir.display(),
+            self.store().display()
+        );
+        for (name, conninfo) in postgres {
+            text.push_str(&format!(
+                "\n[[postgres]]\nname = \"{name}\"\nconninfo = \"{conninfo}\"\n"
+            ));
+        }
+        let path = self.dir.path().join("pitr.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
     /// Total bytes of every object in the store.
     pub fn store_bytes(&self) -> u64 {
         fn walk(p: &Path) -> u64 {
