@@ -515,6 +515,12 @@ async fn recover(
             tail: tail(&log, 15),
         }
     };
+    // What the WAL server could not serve says more than the server's
+    // "could not restore file".
+    let outcome = match (outcome, server.first_error()) {
+        (Err(why), Some(served)) => Err(format!("{why}; serving WAL failed: {served}")),
+        (o, _) => o,
+    };
     outcome.map_err(fail)?;
     let mut reached = parse_log(&log);
     reached.wal_files = server.served().len();
@@ -711,7 +717,10 @@ fn check_reached(plan: &Plan, r: &Reached) -> Result<(), String> {
                 .stopped
                 .as_deref()
                 .ok_or("recovery ended without reaching the target position")?;
-            if !stopped.contains(&format!("\"{l}\"")) {
+            // "after WAL location (LSN) "0/3000060"": the first record at
+            // or after the target, within what the plan holds.
+            let at: Option<Lsn> = stopped.split('"').nth(1).and_then(|x| x.parse().ok());
+            if !stopped.starts_with("after WAL location") || at.is_none_or(|a| a < *l) {
                 return Err(format!("recovery stopped {stopped}, not at {l}"));
             }
         }

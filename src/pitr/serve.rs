@@ -40,6 +40,8 @@ pub struct WalServer {
     inflight: Mutex<HashMap<usize, Fetch>>,
     /// Files served, for the report and for progress.
     served: Mutex<Vec<String>>,
+    /// What could not be served.
+    errors: Mutex<Vec<String>>,
 }
 
 impl WalServer {
@@ -71,12 +73,18 @@ impl WalServer {
             ahead: ahead.max(1),
             inflight: Mutex::new(HashMap::new()),
             served: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
         }))
     }
 
     /// The files served so far, in order.
     pub fn served(&self) -> Vec<String> {
         self.served.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The first file that could not be served, and why.
+    pub fn first_error(&self) -> Option<String> {
+        self.errors.lock().ok().and_then(|e| e.first().cloned())
     }
 
     /// Accepts requests on `listener` until the task is dropped.
@@ -102,6 +110,11 @@ impl WalServer {
             Some((file, dest)) => self.answer(file, Path::new(dest)).await,
             None => "error malformed request".to_owned(),
         };
+        if let Some(e) = answer.strip_prefix("error ")
+            && let Ok(mut errors) = self.errors.lock()
+        {
+            errors.push(e.to_owned());
+        }
         write.write_all(answer.as_bytes()).await?;
         write.write_all(b"\n").await
     }

@@ -7,7 +7,7 @@
 
 // mod errors;
 mod oracle;
-// mod targets;
+mod targets;
 // mod timeline;
 
 use std::path::{Path, PathBuf};
