@@ -55,7 +55,11 @@ fn os_user() -> anyhow::Result<Option<(String, u32, u32)>> {
         return Ok(None);
     }
     match nix::unistd::User::from_name("postgres") {
-        Ok(Some(u)) => Ok(Some(("postgres".to_owned(), u.uid.as_raw(), u.gid.as_raw()))),
+        Ok(Some(u)) => Ok(Some((
+            "postgres".to_owned(),
+            u.uid.as_raw(),
+            u.gid.as_raw(),
+        ))),
         _ => Err(Exit::NotPossible(
             "running as root, and PostgreSQL refuses to: the demo runs it as the OS user \
              `postgres`, which does not exist (apt-get install postgresql-15 creates it)"
@@ -131,8 +135,20 @@ impl Cluster {
         self.run(
             "psql",
             &[
-                "-X", "-qAt", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres",
-                "-v", "ON_ERROR_STOP=1", "-c", sql,
+                "-X",
+                "-qAt",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
             ],
         )
     }

@@ -89,11 +89,7 @@ pub fn print_plan(plan: &Plan) {
         plan.stop.file, plan.stop.end
     );
     let window = match (plan.window.earliest, plan.window.latest) {
-        (Some(e), Some(l)) => format!(
-            "{} to {}",
-            pitr::pitr::pg_time(e),
-            pitr::pitr::pg_time(l)
-        ),
+        (Some(e), Some(l)) => format!("{} to {}", pitr::pitr::pg_time(e), pitr::pitr::pg_time(l)),
         (Some(e), None) => format!("{} on", pitr::pitr::pg_time(e)),
         _ => "-".to_owned(),
     };
@@ -164,11 +160,9 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
             println!("  restore window:");
             for w in &windows {
                 let text = match (w.earliest, w.latest) {
-                    (Some(e), Some(l)) => format!(
-                        "{} to {}",
-                        pitr::pitr::pg_time(e),
-                        pitr::pitr::pg_time(l)
-                    ),
+                    (Some(e), Some(l)) => {
+                        format!("{} to {}", pitr::pitr::pg_time(e), pitr::pitr::pg_time(l))
+                    }
                     (Some(e), None) => format!(
                         "{} on (no transaction after it stored yet)",
                         pitr::pitr::pg_time(e)

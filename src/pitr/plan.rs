@@ -327,7 +327,10 @@ fn latest_xact(index: &SegmentIndex) -> Option<Timestamp> {
 }
 
 fn earliest_xact(index: &SegmentIndex) -> Option<Timestamp> {
-    match (index.commits.map(|c| c.earliest), index.aborts.map(|a| a.earliest)) {
+    match (
+        index.commits.map(|c| c.earliest),
+        index.aborts.map(|a| a.earliest),
+    ) {
         (Some(c), Some(a)) => Some(c.min(a)),
         (c, a) => c.or(a),
     }
@@ -345,12 +348,7 @@ impl View {
         let mut seg_size = 0;
         let mut hist_items = Vec::new();
         for item in items {
-            let file = item
-                .name
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
+            let file = item.name.rsplit('/').next().unwrap_or_default().to_owned();
             match item.kind.as_str() {
                 crate::wal::KIND_HISTORY => hist_items.push(item),
                 crate::wal::KIND_SEGMENT | crate::wal::KIND_PARTIAL => {
@@ -658,7 +656,7 @@ pub async fn plan(
                 });
             }
             if let Target::Time(t) = target {
-                check_on_timeline(&view, tl, *t, &describe)?;
+                check_on_timeline(repo, &view, tl, *t, &describe).await?;
             }
             tl
         }
@@ -727,7 +725,8 @@ pub async fn plan(
             })?
         }
         Target::Latest => {
-            let (files, _) = view.walk(&lineage, backup.start_lsn, backup.end_lsn, |_| Ok(false))?;
+            let (files, _) =
+                view.walk(&lineage, backup.start_lsn, backup.end_lsn, |_| Ok(false))?;
             (files, true)
         }
     };
@@ -793,7 +792,8 @@ pub async fn plan(
 /// Refuses a time on `timeline`'s lineage when, at that time, another
 /// timeline was current that had gone on past `timeline`'s branch point:
 /// recovery on `timeline` would silently miss those transactions.
-fn check_on_timeline(
+async fn check_on_timeline(
+    repo: &Repository,
     view: &View,
     timeline: u32,
     t: Timestamp,
@@ -848,6 +848,15 @@ fn check_on_timeline(
                 .and_then(earliest_xact)
                 .is_some_and(|e| e <= t)
         });
+    // The segment holding the fork mixes both sides: decode the ancestor's
+    // copy of it (one segment) to see what it did after the fork.
+    let went_on = went_on || {
+        let seg = view.segs.get(&(current, view.segno(fork)));
+        match seg {
+            Some(seg) if seg.file.end > fork => committed_after(repo, view, seg, fork, t).await?,
+            _ => false,
+        }
+    };
     if went_on {
         return Err(PlanError::NotOnTimeline {
             target: describe.to_owned(),
@@ -857,6 +866,43 @@ fn check_on_timeline(
         });
     }
     Ok(())
+}
+
+/// Whether `seg` holds a transaction end at or after `from` with a time at
+/// or before `t`.
+async fn committed_after(
+    repo: &Repository,
+    view: &View,
+    seg: &Seg,
+    from: Lsn,
+    t: Timestamp,
+) -> Result<bool, PlanError> {
+    let item = repo
+        .catalog()
+        .latest_item(&seg.file.item)?
+        .ok_or_else(|| PlanError::Catalog {
+            database: view.database.clone(),
+            what: format!("{} vanished", seg.file.item),
+        })?;
+    let mut bytes = Vec::with_capacity(item.manifest.size as usize);
+    repo.reader()?.read_to(&item.manifest, &mut bytes).await?;
+    let mut decoder = crate::wal::Decoder::new(seg.file.timeline, view.seg_size, seg.file.start);
+    let mut found = false;
+    decoder
+        .feed_with(&bytes, |r| {
+            if let crate::wal::RecordKind::Commit { time, .. }
+            | crate::wal::RecordKind::Abort { time, .. } = r.kind
+                && r.lsn >= from
+                && time <= t
+            {
+                found = true;
+            }
+        })
+        .map_err(|e| PlanError::Catalog {
+            database: view.database.clone(),
+            what: format!("{}: {e}", seg.file.item),
+        })?;
+    Ok(found)
 }
 
 /// The restore window of every timeline of `database`, oldest first.

@@ -483,8 +483,7 @@ async fn recover(
     if let Some((uid, gid)) = owner {
         chown_tree(target, uid, gid)?;
         chown_tablespaces(target, uid, gid)?;
-        std::os::unix::fs::chown(&private_path, Some(uid), Some(gid))
-            .map_err(io(&private_path))?;
+        std::os::unix::fs::chown(&private_path, Some(uid), Some(gid)).map_err(io(&private_path))?;
     }
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700)).map_err(io(target))?;
 

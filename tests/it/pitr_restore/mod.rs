@@ -8,7 +8,7 @@
 // mod errors;
 mod oracle;
 mod targets;
-// mod timeline;
+mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -179,7 +179,10 @@ fn restore_and_read(env: &Env, args: &[&str]) -> (PgCluster, Vec<u32>, String) {
 
 /// The ids of rows stamped before `t`.
 fn expected(rows: &[(u32, Timestamp)], t: Timestamp) -> Vec<u32> {
-    rows.iter().filter(|(_, at)| *at < t).map(|(id, _)| *id).collect()
+    rows.iter()
+        .filter(|(_, at)| *at < t)
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 fn is_empty_or_missing(p: &Path) -> bool {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{Env, Streamer, backup, between, create_oracle, expected, restore_and_read, text, write_row};
+use super::{
+    Env, Streamer, backup, between, create_oracle, expected, restore_and_read, text, write_row,
+};
 use crate::harness::PgCluster;
 
 /// `pitr plan --at t --json`, parsed.

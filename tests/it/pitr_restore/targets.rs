@@ -33,10 +33,7 @@ async fn name_lsn_and_latest_targets_restore_exactly() {
 
     let (_r, ids, report) = restore_and_read(&env, &["--name", "before-4"]);
     assert_eq!(ids, [1, 2, 3], "{report}");
-    assert!(
-        report.contains("at restore point \"before-4\""),
-        "{report}"
-    );
+    assert!(report.contains("at restore point \"before-4\""), "{report}");
 
     let (_r, ids, report) = restore_and_read(&env, &["--lsn", &after_5]);
     assert_eq!(ids, [1, 2, 3, 4, 5], "{report}");
@@ -51,10 +48,18 @@ async fn name_lsn_and_latest_targets_restore_exactly() {
     let t = target.to_str().expect("utf-8");
     let out = env.pitr(&["restore", "--name", "no-such-point", "--target", t]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("no restore point named \"no-such-point\""), "{}", text(&out));
+    assert!(
+        text(&out).contains("no restore point named \"no-such-point\""),
+        "{}",
+        text(&out)
+    );
     let out = env.pitr(&["restore", "--lsn", "FF/0", "--target", t]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("outside the restore window"), "{}", text(&out));
+    assert!(
+        text(&out).contains("outside the restore window"),
+        "{}",
+        text(&out)
+    );
     assert!(!target.exists(), "nothing written for an impossible target");
     streamer.stop().await;
 }
