@@ -343,8 +343,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 return later("plan --sqlite", 6, "the SQLite watcher");
             }
             let target = parse_target(&target)?;
-            let repo = open_repo(&config).await?;
             let db = postgres_entry(&config, database.postgres.as_deref())?;
+            let repo = open_repo(&config).await?;
             let plan = make_plan(&repo, &db.name, &target, timeline).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -372,8 +372,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 return later("restore --sqlite", 6, "the SQLite watcher");
             }
             let target = parse_target(&target)?;
-            let repo = open_repo(&config).await?;
             let db = postgres_entry(&config, database.postgres.as_deref())?;
+            let repo = open_repo(&config).await?;
             let plan = make_plan(&repo, &db.name, &target, timeline).await?;
             let opts = pitr::pitr::RestoreOptions {
                 target_dir: target_path,

@@ -329,29 +329,17 @@ fn later_commands_say_which_issue_and_exit_2() {
     let s = Setup::new();
     let c = s.config();
     let cases: &[(&[&str], &str)] = &[
-        (&["list", "-c", &c], "issue 5"),
-        (
-            &["plan", "-c", &c, "--at", "2026-11-23T03:00:00Z"],
-            "issue 5",
-        ),
         (
             &["plan", "-c", &c, "--latest", "--sqlite", "auth"],
             "issue 6",
         ),
         (
             &[
-                "restore",
-                "-c",
-                &c,
-                "--at",
-                "2026-11-23T03:00:00Z",
-                "--target",
-                "/tmp/x",
+                "restore", "-c", &c, "--latest", "--sqlite", "auth", "--target", "/tmp/x",
             ],
-            "issue 5",
+            "issue 6",
         ),
         (&["verify", "-c", &c, "--restore"], "issue 8"),
-        (&["demo"], "issue 5"),
     ];
     for (args, issue) in cases {
         let out = pitr(args, &[]);
@@ -430,4 +418,52 @@ fn check_reports_the_server_and_fails_when_it_is_down() {
         stdout.contains("postgres main: FAILED") && stdout.contains(&port),
         "names the server: {stdout}{stderr}"
     );
+}
+
+#[test]
+fn plan_and_restore_without_a_postgres_entry_are_usage_errors() {
+    let s = Setup::new();
+    let c = s.config();
+    for args in [
+        &["plan", "-c", &c, "--latest"][..],
+        &[
+            "restore",
+            "-c",
+            &c,
+            "--latest",
+            "--target",
+            "/tmp/pitr-never",
+        ][..],
+    ] {
+        let out = pitr(args, &[]);
+        let err = text(&out).1;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("no [[postgres]] entry"), "{args:?}: {err}");
+    }
+    assert!(!std::path::Path::new("/tmp/pitr-never").exists());
+}
+
+/// The README's first command: a throw-away cluster archived, restored to a
+/// time between two writes, holding exactly the rows before it; nothing
+/// left behind.
+#[test]
+fn demo_restores_a_throwaway_cluster_to_a_time_and_cleans_up() {
+    let out = pitr(&["demo"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("the restored cluster holds rows: 1,2,3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("recovery checked: stopped before commit"),
+        "{stdout}"
+    );
+    let dir = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("pitr demo in "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the demo names its directory");
+    assert!(!std::path::Path::new(dir).exists(), "{dir} removed");
 }

@@ -63,3 +63,76 @@ async fn name_lsn_and_latest_targets_restore_exactly() {
     assert!(!target.exists(), "nothing written for an impossible target");
     streamer.stop().await;
 }
+
+/// `--no-recover` stages the directory with `pitr wal-fetch` as the
+/// restore_command; PostgreSQL started on it by hand (as its own user,
+/// calling the binary itself) reaches the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_recover_stages_a_directory_postgres_recovers_with_wal_fetch() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgCluster::start();
+    let env = Env::new(&pg).await;
+    let repo = env.open().await;
+    create_oracle(&pg);
+    let streamer = Streamer::start(&repo, &pg, "pitr");
+    streamer.caught_up(&pg).await;
+    backup(&env);
+    let mut rows = Vec::new();
+    for id in 1..=4 {
+        rows.push(write_row(&pg, id));
+        pg.psql("SELECT pg_switch_wal()");
+    }
+    streamer.caught_up(&pg).await;
+    streamer.stop().await;
+    // PostgreSQL's user runs `pitr wal-fetch` with this config: in this test
+    // it may read the repository, the identity and the catalog.
+    let mut cmd = std::process::Command::new("chmod");
+    let status = cmd
+        .args(["-R", "a+rwX"])
+        .arg(env.repo.dir.path())
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    std::fs::set_permissions(env.repo.dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod");
+
+    let t = super::between(rows[1], rows[2]);
+    let mut restored = PgCluster::empty();
+    let data = restored.data_dir();
+    let out = env.pitr(&[
+        "restore",
+        "--at",
+        &pitr::pitr::pg_time(t),
+        "--no-recover",
+        "--target",
+        data.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("recovery was NOT run"),
+        "{}",
+        text(&out)
+    );
+    assert!(data.join("recovery.signal").exists());
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).expect("auto.conf");
+    assert!(
+        auto.contains("wal-fetch -c") && auto.contains("recovery_target_time = '20"),
+        "{auto}"
+    );
+    // PostgreSQL 15 would refuse the RFC 3339 `Z` spelling here.
+    assert!(auto.contains("+00'"), "{auto}");
+    restored.start_filled("");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while restored.psql("SELECT pg_is_in_recovery()") != "f" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            restored.log_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        restored.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM oracle"),
+        "1,2"
+    );
+}
