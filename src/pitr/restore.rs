@@ -151,7 +151,7 @@ pub async fn restore(
     let created = prepare_target(target, opts.force)?;
     let result = restore_into(repo, plan, opts).await;
     if result.is_err() {
-        discard(target, created, plan, opts);
+        discard(target, created, opts);
     }
     result
 }
@@ -187,8 +187,7 @@ fn prepare_target(target: &Path, force: bool) -> Result<bool, RestoreError> {
 }
 
 /// Removes what a failed restore wrote.
-fn discard(target: &Path, created: bool, plan: &Plan, opts: &RestoreOptions) {
-    let _ = plan;
+fn discard(target: &Path, created: bool, opts: &RestoreOptions) {
     if let Some(ts) = &opts.tablespace_dir
         && let Ok(entries) = std::fs::read_dir(target.join("pg_tblspc"))
     {

@@ -136,8 +136,9 @@ impl WalServer {
                 self.pg_wal.display()
             );
         }
+        // Read ahead: the fetches run as tasks of their own, awaited or not.
         for j in i..(i + self.ahead).min(self.files.len()) {
-            let _ = self.start(j);
+            drop(self.start(j));
         }
         let fetch = self.start(i);
         let spooled = match fetch.await {

@@ -353,7 +353,7 @@ fn later_commands_say_which_issue_and_exit_2() {
 }
 
 #[test]
-fn wal_fetch_without_a_postgres_entry_is_a_usage_error() {
+fn wal_fetch_and_run_without_a_postgres_entry_fail_clearly() {
     let s = Setup::new();
     let out = pitr(
         &[
@@ -366,7 +366,9 @@ fn wal_fetch_without_a_postgres_entry_is_a_usage_error() {
         &[],
     );
     let err = text(&out).1;
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    // As PostgreSQL's restore_command, any failure but "not stored" must
+    // abort recovery: exit 255, not 2 (which it would take for "no file").
+    assert_eq!(out.status.code(), Some(255), "{err}");
     assert!(err.contains("no [[postgres]] entry"), "{err}");
     let out = pitr(&["run", "-c", &s.config()], &[]);
     let err = text(&out).1;
