@@ -135,7 +135,7 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         &[
             // The load makes several checkpoints' worth of WAL; one at the
             // end suffices.
-            ("max_wal_size", "8GB".to_owned()),
+            ("max_wal_size", "2GB".to_owned()),
             ("checkpoint_timeout", "1h".to_owned()),
         ],
     )?;
@@ -632,7 +632,7 @@ fn report(
     let _ = writeln!(
         md,
         "\nDatabase: `pgbench -i -s {scale}`, {:.2} GB (`sum(pg_database_size)`), \
-         `initdb --data-checksums`, `max_wal_size = 8GB`. Each contender takes a fast \
+         `initdb --data-checksums`, `max_wal_size = 2GB`. Each contender takes a fast \
          checkpoint. **pitr**: `pitr backup` into a fresh encrypted fs repository while `pitr \
          run` streams WAL into it (the command returns once the backup is restorable, its WAL \
          stored); then `UPDATE` of a contiguous {CHANGED_PERCENT} % of `pgbench_accounts`, \
