@@ -348,6 +348,9 @@ fn pitr_round(bench: &Bench, round: usize) -> anyhow::Result<(Measured, Measured
     let store = dir.join("store");
 
     let backup = |what: &str| -> anyhow::Result<Measured> {
+        // The sidecar stores the WAL written so far first (the update's),
+        // so that it does not compete with the measured backup.
+        wait_caught_up(&bench.cluster, &slot)?;
         let before = dir_bytes(&store)?;
         let time_file = dir.join(format!("{what}.time"));
         let mut cmd = timed(bench, &time_file, &bench.pitr);
@@ -423,6 +426,29 @@ fn wait_slot_active(cluster: &Cluster, slot: &str) -> anyhow::Result<()> {
         anyhow::ensure!(
             Instant::now() < deadline,
             "pitr run did not start streaming"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits (bounded) until the slot's flush position reaches the server's.
+fn wait_caught_up(cluster: &Cluster, slot: &str) -> anyhow::Result<()> {
+    let target = psql(cluster, "SELECT pg_current_wal_flush_lsn()")?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = psql(
+            cluster,
+            &format!(
+                "SELECT restart_lsn >= '{target}' FROM pg_replication_slots \
+                 WHERE slot_name = '{slot}'"
+            ),
+        )?;
+        if done == "t" {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pitr run did not store the WAL up to {target}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -636,7 +662,8 @@ fn report(
          checkpoint. **pitr**: `pitr backup` into a fresh encrypted fs repository while `pitr \
          run` streams WAL into it (the command returns once the backup is restorable, its WAL \
          stored); then `UPDATE` of a contiguous {CHANGED_PERCENT} % of `pgbench_accounts`, \
-         `CHECKPOINT`, and `pitr backup` again (**incremental**). **pipeline**: `pg_basebackup \
+         `CHECKPOINT`, and `pitr backup` again (**incremental**). Before each `pitr backup` \
+         the sidecar has stored all WAL written so far, so it does not compete. **pipeline**: `pg_basebackup \
          -Ft -D - -X fetch -c fast | zstd -3 | age -r R > FILE`. **pgBackRest**: `pgbackrest \
          --type=full backup` with `compress-type=zst`, `compress-level=3`, `process-max=2`, \
          `start-fast=y`, `archive-check=n`, on a local repository, unencrypted. Wall time is \
