@@ -241,6 +241,7 @@ pub async fn run(
         wal,
         status,
         baseline: None,
+        wal_rule_after: None,
     };
     let shutdown = pin!(shutdown);
     tokio::select! {
@@ -257,6 +258,9 @@ struct Scheduler {
     status: watch::Sender<ScheduleStatus>,
     /// Where the newest backup started: the WAL-size rule counts from here.
     baseline: Option<Lsn>,
+    /// After a backup that failed for good, the WAL-size rule (which would
+    /// fire again at once) waits until then.
+    wal_rule_after: Option<tokio::time::Instant>,
 }
 
 /// A wait for the next cron time is cut into steps this long, so a wall
@@ -293,6 +297,8 @@ impl Scheduler {
                             retrying: false,
                         });
                     });
+                    self.wal_rule_after =
+                        Some(tokio::time::Instant::now() + self.opts.retry.max_delay);
                 }
             }
         }
@@ -307,8 +313,10 @@ impl Scheduler {
             .as_ref()
             .and_then(|c| c.next_after(Timestamp::now()));
         self.status.send_modify(|s| s.next_due = due);
-        // Once the stream is gone (shutting down) only the clock counts.
-        let mut wal_open = true;
+        // Only the WAL-size rule needs the stream's progress (it changes
+        // with every message); once the stream is gone only the clock
+        // counts.
+        let mut wal_open = self.opts.wal_bytes.is_some();
         loop {
             if self.wal_rule_fires() {
                 // Another process (`pitr backup`) may have taken one since:
@@ -355,7 +363,10 @@ impl Scheduler {
             s.wal_since_last = since;
             changed
         });
-        self.opts.wal_bytes.is_some_and(|limit| since >= limit)
+        let resting = self
+            .wal_rule_after
+            .is_some_and(|t| tokio::time::Instant::now() < t);
+        !resting && self.opts.wal_bytes.is_some_and(|limit| since >= limit)
     }
 
     /// The start of the newest backup the catalog records, restorable or
