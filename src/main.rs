@@ -386,6 +386,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tablespace_dir,
                 recovery_timeout: std::time::Duration::from_secs(recovery_timeout),
                 log_dir: config.repository.state_dir.join("restore-logs"),
+                progress: None,
             };
             restore(&repo, &plan, &opts).await
         }

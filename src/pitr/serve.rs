@@ -42,12 +42,13 @@ pub struct WalServer {
     served: Mutex<Vec<String>>,
     /// What could not be served.
     errors: Mutex<Vec<String>>,
+    progress: Option<tokio::sync::watch::Sender<super::restore::RestoreProgress>>,
 }
 
 impl WalServer {
     /// A server for `plan`'s files, spooling up to `ahead` files in `spool`
     /// (a private directory), writing into `data_dir/pg_wal` only, owned by
-    /// `owner` when set.
+    /// `owner` when set, counting files served into `progress`.
     pub fn new(
         store: WalStore,
         plan: &Plan,
@@ -55,6 +56,7 @@ impl WalServer {
         data_dir: &Path,
         owner: Option<(u32, u32)>,
         ahead: usize,
+        progress: Option<tokio::sync::watch::Sender<super::restore::RestoreProgress>>,
     ) -> std::io::Result<Arc<WalServer>> {
         let files: Vec<String> = plan.files().map(|f| f.file.clone()).collect();
         let position = files
@@ -74,6 +76,7 @@ impl WalServer {
             inflight: Mutex::new(HashMap::new()),
             served: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
+            progress,
         }))
     }
 
@@ -161,6 +164,9 @@ impl WalServer {
             Ok(()) => {
                 if let Ok(mut s) = self.served.lock() {
                     s.push(file.to_owned());
+                    if let Some(p) = &self.progress {
+                        p.send_modify(|p| p.wal_files = s.len());
+                    }
                 }
                 tracing::info!("served {file} to recovery");
                 "ok".to_owned()
