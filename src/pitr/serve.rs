@@ -123,10 +123,6 @@ impl WalServer {
     }
 
     async fn answer(&self, file: &str, dest: &Path) -> String {
-        let Some(&i) = self.position.get(file) else {
-            tracing::debug!("restore-fetch {file}: not in the plan");
-            return "absent".to_owned();
-        };
         // Only ever write into this data directory's pg_wal.
         let parent_ok = dest
             .parent()
@@ -139,6 +135,17 @@ impl WalServer {
                 self.pg_wal.display()
             );
         }
+        let Some(&i) = self.position.get(file) else {
+            // At promotion PostgreSQL probes for history files above its
+            // timeline to pick an unused number: every stored one must be
+            // found, or the restored cluster would reuse a timeline the
+            // repository already holds and its WAL would collide.
+            if is_history(file) {
+                return self.serve_history(file, dest).await;
+            }
+            tracing::debug!("restore-fetch {file}: not in the plan");
+            return "absent".to_owned();
+        };
         // Read ahead: the fetches run as tasks of their own, awaited or not.
         for j in i..(i + self.ahead).min(self.files.len()) {
             drop(self.start(j));
@@ -172,6 +179,24 @@ impl WalServer {
                 "ok".to_owned()
             }
             Err(e) => format!("error writing {}: {e}", dest.display()),
+        }
+    }
+
+    async fn serve_history(&self, file: &str, dest: &Path) -> String {
+        let tmp = dest.with_extension("pitr-tmp");
+        match self.store.fetch_to(file, &tmp).await {
+            Ok(None) => "absent".to_owned(),
+            Ok(Some(_)) => {
+                let owned = match self.owner {
+                    Some((uid, gid)) => std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)),
+                    None => Ok(()),
+                };
+                match owned.and_then(|()| std::fs::rename(&tmp, dest)) {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => format!("error writing {}: {e}", dest.display()),
+                }
+            }
+            Err(e) => format!("error {file}: {e}"),
         }
     }
 
@@ -222,6 +247,13 @@ impl WalServer {
             })
             .clone()
     }
+}
+
+/// Whether `file` is a timeline history file name (`00000002.history`).
+fn is_history(file: &str) -> bool {
+    file.len() == 16
+        && file.ends_with(".history")
+        && file[..8].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The `restore_command` side: asks the server on `socket` for `file`,
