@@ -228,8 +228,30 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 match key {
                     "kind" => d.kind = Some(v),
                     "path" => d.path = Some(v),
+                    "bucket" => d.bucket = Some(v),
+                    "prefix" => d.prefix = Some(v),
+                    "region" => d.region = Some(v),
+                    "endpoint" => d.endpoint = Some(v),
+                    "access_key_id" => d.access_key_id = Some(v),
+                    "secret_access_key" => {
+                        if from_file(&d.secret_access_key_file) {
+                            d.secret_access_key_file = None;
+                        }
+                        d.secret_access_key = Some(v);
+                    }
+                    "secret_access_key_file" => {
+                        if from_file(&d.secret_access_key) {
+                            d.secret_access_key = None;
+                        }
+                        d.secret_access_key_file = Some(v);
+                    }
                     _ => {}
                 }
+            }
+        }
+        (Section::Destination, Value::Int(v)) if key == "request_timeout" => {
+            if let Some(d) = nth(&mut raw.destination, target.index) {
+                d.request_timeout = Some(v);
             }
         }
         (Section::Postgres, Value::Str(v)) => {

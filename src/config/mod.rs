@@ -87,6 +87,46 @@ pub enum DestinationKind {
         /// The directory objects are written under.
         path: PathBuf,
     },
+    /// `kind = "s3"`: an S3 bucket or an S3-compatible store.
+    S3(S3Config),
+}
+
+/// How to reach an S3 bucket (`kind = "s3"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// Prepended to every object name (`pitr/`); empty for none.
+    pub prefix: String,
+    /// The region (`us-east-1` when the store does not care).
+    pub region: String,
+    /// A custom endpoint (`http://127.0.0.1:9000`); `None` for AWS. Plain
+    /// http only when given here explicitly.
+    pub endpoint: Option<String>,
+    /// The access key id; `None` takes `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// The secret key (`secret_access_key` or `secret_access_key_file`);
+    /// `None` takes `AWS_SECRET_ACCESS_KEY`. `Debug` redacts it.
+    pub secret_access_key: Option<String>,
+    /// How long one request may take before it is retried.
+    pub request_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "(redacted)"),
+            )
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// One `[[postgres]]` cluster.

@@ -59,6 +59,14 @@ pub(super) struct RawDestination {
     pub name: Option<Val<String>>,
     pub kind: Option<Val<String>>,
     pub path: Option<Val<String>>,
+    pub bucket: Option<Val<String>>,
+    pub prefix: Option<Val<String>>,
+    pub region: Option<Val<String>>,
+    pub endpoint: Option<Val<String>>,
+    pub access_key_id: Option<Val<String>>,
+    pub secret_access_key: Option<Val<String>>,
+    pub secret_access_key_file: Option<Val<String>>,
+    pub request_timeout: Option<Val<i64>>,
 }
 
 /// One `[[postgres]]`.
@@ -147,6 +155,26 @@ const DESTINATION_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "local""#),
     key("kind", KeyType::Str, r#"kind = "fs""#),
     key("path", KeyType::Str, r#"path = "/var/lib/pitr/repo""#),
+    key("bucket", KeyType::Str, r#"bucket = "backups""#),
+    key("prefix", KeyType::Str, r#"prefix = "pitr/""#),
+    key("region", KeyType::Str, r#"region = "eu-central-1""#),
+    key(
+        "endpoint",
+        KeyType::Str,
+        r#"endpoint = "https://s3.eu-central-1.amazonaws.com""#,
+    ),
+    key("access_key_id", KeyType::Str, r#"access_key_id = "AKIA…""#),
+    key(
+        "secret_access_key",
+        KeyType::Str,
+        r#"secret_access_key_file = "/run/secrets/s3-secret""#,
+    ),
+    key(
+        "secret_access_key_file",
+        KeyType::Str,
+        r#"secret_access_key_file = "/run/secrets/s3-secret""#,
+    ),
+    key("request_timeout", KeyType::Int, "request_timeout = 60"),
 ];
 const POSTGRES_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "main""#),

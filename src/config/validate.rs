@@ -9,7 +9,7 @@ use super::raw::{RawConfig, RawDestination, RawPostgres, RawRepository, RawSqlit
 use super::secrets;
 use super::{
     Config, DestinationConfig, DestinationKind, HealthConfig, PostgresConfig, RepositoryConfig,
-    SqliteConfig,
+    S3Config, SqliteConfig,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -22,7 +22,7 @@ const PACK_SIZES: std::ops::RangeInclusive<u64> = MIB..=512 * MIB;
 const DEFAULT_PACK_SIZE: u64 = 16 * MIB;
 const DEFAULT_SLOT: &str = "pitr";
 /// The destination kinds this build can write to.
-const SUPPORTED_KINDS: &[&str] = &["fs"];
+const SUPPORTED_KINDS: &[&str] = &["fs", "s3"];
 
 /// Checks everything and builds the [`Config`].
 pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -251,11 +251,11 @@ fn destinations(
     }
     let mut seen = HashMap::new();
     let mut out = Vec::with_capacity(raw.len());
-    for (i, d) in raw.into_iter().enumerate() {
-        let (entry, name) = entry_name(ctx, section, i, d.name, &mut seen)?;
+    for (i, mut d) in raw.into_iter().enumerate() {
+        let (entry, name) = entry_name(ctx, section, i, d.name.take(), &mut seen)?;
         let key = |k| KeyName::entry(section, &entry, k);
         let supported = SUPPORTED_KINDS.join(", ");
-        let Some(kind) = d.kind else {
+        let Some(kind) = d.kind.take() else {
             return Err(ctx.missing(
                 &key("kind"),
                 "the destination has no kind",
@@ -264,17 +264,35 @@ fn destinations(
         };
         let kind = match kind.value.as_str() {
             "fs" => {
-                let Some(p) = d.path else {
+                let Some(p) = d.path.take() else {
                     return Err(ctx.missing(
                         &key("path"),
                         "a destination of kind \"fs\" needs a path",
                         "Add path = \"/var/lib/pitr/repo\" (the directory backups are written to)",
                     ));
                 };
+                let s3_keys = [
+                    ("bucket", d.bucket.is_some()),
+                    ("prefix", d.prefix.is_some()),
+                    ("region", d.region.is_some()),
+                    ("endpoint", d.endpoint.is_some()),
+                    ("access_key_id", d.access_key_id.is_some()),
+                    ("secret_access_key", d.secret_access_key.is_some()),
+                    ("secret_access_key_file", d.secret_access_key_file.is_some()),
+                    ("request_timeout", d.request_timeout.is_some()),
+                ];
+                if let Some((k, _)) = s3_keys.iter().find(|(_, set)| *set) {
+                    return Err(ctx.missing(
+                        &key(k),
+                        &format!("{k} is a key of kind \"s3\", not of kind \"fs\""),
+                        "Remove it, or set kind = \"s3\"",
+                    ));
+                }
                 DestinationKind::Fs {
                     path: path(ctx, &key("path"), &p)?,
                 }
             }
+            "s3" => s3(ctx, section, &entry, d)?,
             other => {
                 return Err(ctx.invalid(
                     &key("kind"),
@@ -287,6 +305,87 @@ fn destinations(
         out.push(DestinationConfig { name, kind });
     }
     Ok(out)
+}
+
+/// A `kind = "s3"` destination's keys.
+fn s3(
+    ctx: &Ctx<'_>,
+    section: Section,
+    entry: &Entry,
+    d: RawDestination,
+) -> Result<DestinationKind, ConfigError> {
+    let key = |k: &str| KeyName::entry(section, entry, k);
+    let Some(bucket) = d.bucket else {
+        return Err(ctx.missing(
+            &key("bucket"),
+            "a destination of kind \"s3\" needs a bucket",
+            "Add bucket = \"backups\" (the bucket must exist)",
+        ));
+    };
+    if bucket.value.trim().is_empty() {
+        return Err(ctx.invalid(
+            &key("bucket"),
+            &bucket.origin,
+            "is empty",
+            "Give the bucket's name, e.g. bucket = \"backups\"",
+        ));
+    }
+    let endpoint = match d.endpoint {
+        None => None,
+        Some(e) => {
+            let ok = (e.value.starts_with("http://") || e.value.starts_with("https://"))
+                && e.value.len() > "https://".len();
+            if !ok {
+                return Err(ctx.invalid(
+                    &key("endpoint"),
+                    &e.origin,
+                    &format!("{:?} is not an http(s) URL", e.value),
+                    "Give the store's URL, e.g. endpoint = \"https://s3.eu-central-1.amazonaws.com\" or \"http://127.0.0.1:9000\"",
+                ));
+            }
+            Some(e.value)
+        }
+    };
+    let secret = secrets::text(
+        ctx,
+        &key("secret_access_key"),
+        d.secret_access_key,
+        d.secret_access_key_file,
+    )?;
+    let request_timeout = match d.request_timeout {
+        None => std::time::Duration::from_secs(60),
+        Some(t) if (1..=3600).contains(&t.value) => std::time::Duration::from_secs(t.value as u64),
+        Some(t) => {
+            return Err(ctx.invalid(
+                &key("request_timeout"),
+                &t.origin,
+                &format!("{} is not between 1 and 3600 seconds", t.value),
+                "request_timeout = 60",
+            ));
+        }
+    };
+    let unused = [("path", d.path.is_some())];
+    for (k, set) in unused {
+        if set {
+            return Err(ctx.missing(
+                &key(k),
+                &format!("{k} is not a key of a destination of kind \"s3\""),
+                "Remove it; an s3 destination is bucket, prefix, region, endpoint, access_key_id and secret_access_key(_file)",
+            ));
+        }
+    }
+    Ok(DestinationKind::S3(S3Config {
+        bucket: bucket.value,
+        prefix: d.prefix.map(|p| p.value).unwrap_or_default(),
+        region: d
+            .region
+            .map(|r| r.value)
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        endpoint,
+        access_key_id: d.access_key_id.map(|a| a.value),
+        secret_access_key: secret.map(|s| s.value),
+        request_timeout,
+    }))
 }
 
 fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>, ConfigError> {

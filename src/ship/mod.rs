@@ -9,6 +9,7 @@ mod fanout;
 pub mod fault;
 mod fs;
 mod retry;
+mod s3;
 
 use std::fmt;
 use std::io;
@@ -23,6 +24,7 @@ use crate::config::{Config, DestinationKind};
 pub use fanout::Fanout;
 pub use fs::FsDestination;
 pub use retry::{RetryPolicy, Retrying};
+pub use s3::{MULTIPART_THRESHOLD, S3Destination};
 
 /// The configured destinations, each behind the retry layer, in config order.
 pub fn from_config(config: &Config) -> Fanout {
@@ -32,6 +34,10 @@ pub fn from_config(config: &Config) -> Fanout {
         .map(|d| match &d.kind {
             DestinationKind::Fs { path } => Arc::new(Retrying::new(
                 FsDestination::new(d.name.clone(), path.clone()),
+                RetryPolicy::default(),
+            )) as Arc<dyn Destination>,
+            DestinationKind::S3(s3) => Arc::new(Retrying::new(
+                S3Destination::new(&d.name, s3),
                 RetryPolicy::default(),
             )) as Arc<dyn Destination>,
         })
