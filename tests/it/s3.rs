@@ -1,0 +1,262 @@
+//! The S3 destination against a real S3-compatible server on loopback
+//! (moto's server): the destination contract, and a whole WAL stream and
+//! base backup stored there, restored from it alone, exact against an
+//! oracle.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pitr::config::{DestinationKind, S3Config};
+use pitr::ship::{Destination, PutOutcome, S3Destination, ShipError};
+
+use crate::harness::{PgCluster, S3Server};
+
+fn settings(server: &S3Server, bucket: &str, prefix: &str) -> S3Config {
+    S3Config {
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+        region: "us-east-1".into(),
+        endpoint: Some(server.endpoint()),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_destination_keeps_the_destination_contract() {
+    let server = S3Server::start("contract");
+    let d = S3Destination::new("s3", &settings(&server, "contract", "pitr/"));
+    d.prepare().await.expect("the bucket is reachable");
+
+    let data = Bytes::from_static(b"immutable bytes");
+    assert_eq!(
+        d.put_if_absent("packs/ab/abc", data.clone())
+            .await
+            .expect("put"),
+        PutOutcome::Created
+    );
+    // Never overwritten: the second put leaves the first bytes.
+    assert_eq!(
+        d.put_if_absent("packs/ab/abc", Bytes::from_static(b"other"))
+            .await
+            .expect("put again"),
+        PutOutcome::AlreadyExists
+    );
+    assert_eq!(d.get("packs/ab/abc").await.expect("get"), data);
+    assert_eq!(
+        d.get_range("packs/ab/abc", 2..7).await.expect("range"),
+        data.slice(2..7)
+    );
+    // A range past the end reads short, as truncation shows to callers.
+    assert_eq!(
+        d.get_range("packs/ab/abc", 10..100).await.expect("range"),
+        data.slice(10..)
+    );
+    assert!(
+        d.get_range("packs/ab/abc", 100..200)
+            .await
+            .expect("range")
+            .is_empty()
+    );
+    let meta = d.head("packs/ab/abc").await.expect("head").expect("exists");
+    assert_eq!(meta.size, data.len() as u64);
+    assert!(d.head("packs/ab/none").await.expect("head").is_none());
+    assert!(matches!(
+        d.get("packs/ab/none").await,
+        Err(ShipError::NotFound { .. })
+    ));
+
+    // Listing is by string prefix, inside the configured prefix only.
+    for k in ["catalog/0001-a", "catalog/0002-a", "catalog-not", "config"] {
+        d.put_if_absent(k, Bytes::from_static(b"x"))
+            .await
+            .expect("put");
+    }
+    let other = S3Destination::new("s3b", &settings(&server, "contract", "elsewhere"));
+    other
+        .put_if_absent("catalog/0003-b", Bytes::from_static(b"y"))
+        .await
+        .expect("put");
+    let keys: Vec<String> = d
+        .list("catalog/")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, ["catalog/0001-a", "catalog/0002-a"]);
+    let keys: Vec<String> = d
+        .list("catalog")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, ["catalog-not", "catalog/0001-a", "catalog/0002-a"]);
+    assert_eq!(d.list("").await.expect("list").len(), 5);
+
+    d.delete("catalog-not").await.expect("delete");
+    d.delete("catalog-not")
+        .await
+        .expect("deleting what is gone is fine");
+    assert!(d.head("catalog-not").await.expect("head").is_none());
+    assert!(matches!(
+        d.put_if_absent("../escape", Bytes::new()).await,
+        Err(ShipError::InvalidKey { .. })
+    ));
+
+    // Above the multipart threshold: uploaded in parts, read back whole.
+    let big: Bytes = (0..pitr::ship::MULTIPART_THRESHOLD + 1000)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    assert_eq!(
+        d.put_if_absent("packs/big", big.clone())
+            .await
+            .expect("multipart put"),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        d.put_if_absent("packs/big", big.clone())
+            .await
+            .expect("again"),
+        PutOutcome::AlreadyExists
+    );
+    let back = d.get("packs/big").await.expect("get");
+    assert_eq!(back.len(), big.len());
+    assert!(back == big, "multipart object read back differs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_store_is_a_transient_error_naming_the_destination() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let d = S3Destination::new(
+        "s3-down",
+        &S3Config {
+            bucket: "b".into(),
+            prefix: String::new(),
+            region: "us-east-1".into(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            access_key_id: Some("x".into()),
+            secret_access_key: Some("y".into()),
+            request_timeout: Duration::from_secs(2),
+        },
+    );
+    let err = tokio::time::timeout(Duration::from_secs(300), d.get("config"))
+        .await
+        .expect("bounded by the retry timeout")
+        .expect_err("nothing listens");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("s3-down"), "{err}");
+}
+
+/// A whole WAL stream and a base backup go to fs + S3; then the local
+/// catalog and the fs destination are deleted, and a restore from S3 alone
+/// is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_from_s3_alone_is_exact() {
+    use crate::pitr_restore::{between, write_row};
+    let server = S3Server::start("backups");
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let identity = age::x25519::Identity::generate();
+    let identity_file = dir.path().join("identity.txt");
+    std::fs::write(
+        &identity_file,
+        format!(
+            "{}\n",
+            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
+        ),
+    )
+    .expect("identity");
+    let head = format!(
+        "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n",
+        identity.to_public(),
+        identity_file.display(),
+        dir.path().join("state").display()
+    );
+    let fs = format!(
+        "\n[[destination]]\nname = \"local\"\nkind = \"fs\"\npath = \"{}\"\n",
+        dir.path().join("store").display()
+    );
+    let s3 = server.destination_toml("s3", "backups", "pitr/");
+    let pgs = format!(
+        "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\n",
+        pg.conninfo("postgres")
+    );
+    let both = dir.path().join("both.toml");
+    std::fs::write(&both, format!("{head}{fs}{s3}{pgs}")).expect("config");
+    let pitr = |config: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
+            .args(args)
+            .arg("-c")
+            .arg(config)
+            .env_remove("PITR_CONFIG")
+            .output()
+            .expect("run pitr")
+    };
+    let out = pitr(&both, &["init"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let config = pitr::config::Config::load(&both).expect("config");
+    assert!(matches!(
+        config.destinations[1].kind,
+        DestinationKind::S3(_)
+    ));
+    let repo = pitr::repo::Repository::open(
+        pitr::ship::from_config(&config),
+        pitr::repo::RepoOptions::from_config(&config).expect("options"),
+    )
+    .await
+    .expect("open");
+    pg.psql("CREATE TABLE oracle (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    let streamer = crate::pitr_restore::Streamer::start(&repo, &pg, "pitr");
+    streamer.caught_up(&pg).await;
+    let out = pitr(&both, &["backup", "--wait-wal", "60"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut rows = Vec::new();
+    for id in 1..=6 {
+        rows.push((id, write_row(&pg, id)));
+        if id == 3 {
+            pg.psql("SELECT pg_switch_wal()");
+        }
+    }
+    streamer.caught_up(&pg).await;
+    streamer.stop().await;
+    drop(repo);
+
+    // Only S3 is left.
+    std::fs::remove_dir_all(dir.path().join("state")).expect("rm state");
+    std::fs::remove_dir_all(dir.path().join("store")).expect("rm fs store");
+    let only_s3 = dir.path().join("s3.toml");
+    std::fs::write(&only_s3, format!("{head}{s3}{pgs}")).expect("config");
+    let t = between(rows[3].1, rows[4].1);
+    let mut restored = PgCluster::empty();
+    let data = restored.data_dir();
+    let out = pitr(
+        &only_s3,
+        &[
+            "restore",
+            "--at",
+            &pitr::pitr::pg_time(t),
+            "--target",
+            data.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    restored.start_filled("");
+    assert_eq!(
+        restored.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM oracle"),
+        "1,2,3,4"
+    );
+}
