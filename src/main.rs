@@ -193,6 +193,9 @@ enum Command {
         #[arg(long)]
         restore: bool,
     },
+    /// Copy missing or damaged objects into each destination from one where
+    /// they check out; then every destination holds every object.
+    Repair(ConfigArg),
     /// Check the config, the destinations and (later) the databases.
     Check(ConfigArg),
     /// The local catalog.
@@ -307,6 +310,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             verify(&config).await
         }
         Command::Check(c) => check(&load(&c)?).await,
+        Command::Repair(c) => repair(&load(&c)?).await,
         Command::Run(c) => run_sidecar(&load(&c)?).await,
         Command::Backup {
             config,
@@ -546,6 +550,38 @@ async fn verify(config: &Config) -> anyhow::Result<()> {
         "{} damaged or missing objects; restore them from a healthy destination",
         report.problems.len()
     )
+}
+
+/// `pitr repair`: every object checked in every destination, good copies
+/// written over missing or damaged ones.
+async fn repair(config: &Config) -> anyhow::Result<()> {
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    let report = repo.repair().await?;
+    for r in &report.repaired {
+        println!(
+            "REPAIRED {} {}: was {}; copied from {}",
+            r.destination, r.object, r.was, r.from
+        );
+    }
+    for u in &report.unrepaired {
+        println!("NOT REPAIRED {} {}: {}", u.destination, u.object, u.why);
+    }
+    println!(
+        "Checked {} objects in {} destinations: {} repaired, {} still wrong.",
+        report.objects,
+        config.destinations.len(),
+        report.repaired.len(),
+        report.unrepaired.len()
+    );
+    if !report.unrepaired.is_empty() {
+        anyhow::bail!(
+            "{} objects could not be repaired (listed above); a destination that cannot be              read must be fixed first, an object no destination holds intact is lost there",
+            report.unrepaired.len()
+        );
+    }
+    Ok(())
 }
 
 async fn check(config: &Config) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ mod keys;
 mod manifest;
 mod pack;
 mod reader;
+mod repair;
 mod seal;
 mod verify;
 mod writer;
@@ -35,6 +36,7 @@ pub use manifest::{
 };
 pub use pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
 pub use reader::Reader;
+pub use repair::{RepairReport, Repaired, Unrepaired};
 pub use seal::SealKind;
 pub use verify::{VerifyProblem, VerifyReport};
 pub use writer::{CommitInfo, Writer};
