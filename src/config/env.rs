@@ -217,6 +217,9 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 ("state_dir", Value::Str(v)) => r.state_dir = Some(v),
                 ("zstd_level", Value::Int(v)) => r.zstd_level = Some(v),
                 ("pack_size", Value::Size(v)) => r.pack_size = Some(v),
+                ("quorum", Value::Int(v)) => r.quorum = Some(v),
+                ("spool_dir", Value::Str(v)) => r.spool_dir = Some(v),
+                ("spool_max_bytes", Value::Size(v)) => r.spool_max_bytes = Some(v),
                 _ => {}
             }
         }

@@ -68,6 +68,15 @@ pub struct RepositoryConfig {
     pub zstd_level: i32,
     /// Target pack size in bytes, 1 MiB..=512 MiB; default 16 MiB.
     pub pack_size: u64,
+    /// How many destinations must hold an object before it counts as
+    /// stored (WAL acknowledged, backup restorable); `None`: all of them.
+    pub quorum: Option<usize>,
+    /// Where objects wait for the destinations outside the quorum
+    /// (default `<state_dir>/spool`).
+    pub spool_dir: PathBuf,
+    /// The spool's size limit; when full, writes wait (and WAL is not
+    /// acknowledged) rather than drop anything.
+    pub spool_max_bytes: u64,
 }
 
 /// One `[[destination]]`.

@@ -49,6 +49,9 @@ pub(super) struct RawRepository {
     pub zstd_level: Option<Val<i64>>,
     /// An integer of bytes or a string with a unit; checked in validation.
     pub pack_size: Option<Val<toml::Value>>,
+    pub quorum: Option<Val<i64>>,
+    pub spool_dir: Option<Val<String>>,
+    pub spool_max_bytes: Option<Val<toml::Value>>,
 }
 
 /// One `[[destination]]`. Keys of every kind live here, flat, as they are
@@ -150,6 +153,17 @@ const REPOSITORY_KEYS: &[KeySpec] = &[
     key("state_dir", KeyType::Str, r#"state_dir = "/var/lib/pitr""#),
     key("zstd_level", KeyType::Int, "zstd_level = 3"),
     key("pack_size", KeyType::Size, r#"pack_size = "16MiB""#),
+    key("quorum", KeyType::Int, "quorum = 2"),
+    key(
+        "spool_dir",
+        KeyType::Str,
+        r#"spool_dir = "/var/lib/pitr/spool""#,
+    ),
+    key(
+        "spool_max_bytes",
+        KeyType::Size,
+        r#"spool_max_bytes = "4GiB""#,
+    ),
 ];
 const DESTINATION_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "local""#),

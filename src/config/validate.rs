@@ -20,13 +20,19 @@ const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Large enough to keep the object count low, small enough to buffer.
 const PACK_SIZES: std::ops::RangeInclusive<u64> = MIB..=512 * MIB;
 const DEFAULT_PACK_SIZE: u64 = 16 * MIB;
+const DEFAULT_SPOOL_MAX: u64 = 1024 * MIB;
 const DEFAULT_SLOT: &str = "pitr";
 /// The destination kinds this build can write to.
 const SUPPORTED_KINDS: &[&str] = &["fs", "s3"];
 
 /// Checks everything and builds the [`Config`].
 pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
-    Ok(Config {
+    let quorum_origin = raw
+        .repository
+        .as_ref()
+        .and_then(|r| r.quorum.as_ref())
+        .map(|q| q.origin.clone());
+    let config = Config {
         path: ctx.path.to_path_buf(),
         repository: repository(ctx, raw.repository.unwrap_or_default())?,
         destinations: destinations(ctx, raw.destination.unwrap_or_default())?,
@@ -38,7 +44,21 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
                 Some(v) => Some(listen(ctx, v)?),
             },
         },
-    })
+    };
+    if let (Some(q), Some(origin)) = (config.repository.quorum, quorum_origin)
+        && q > config.destinations.len()
+    {
+        return Err(ctx.invalid(
+            &KeyName::plain(Section::Repository, "quorum"),
+            &origin,
+            &format!(
+                "{q} is more than the {} configured destinations",
+                config.destinations.len()
+            ),
+            "Lower quorum, or add destinations",
+        ));
+    }
+    Ok(config)
 }
 
 fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, ConfigError> {
@@ -123,6 +143,45 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
         None => DEFAULT_PACK_SIZE,
         Some(v) => pack_size(ctx, &key("pack_size"), &v)?,
     };
+    let quorum = match r.quorum {
+        None => None,
+        Some(q) if q.value >= 1 => Some(q.value as usize),
+        Some(q) => {
+            return Err(ctx.invalid(
+                &key("quorum"),
+                &q.origin,
+                &format!("{} is not a number of destinations", q.value),
+                "Give how many destinations must hold an object before it counts, from 1 to \
+                 the number of [[destination]] entries (the default: all of them)",
+            ));
+        }
+    };
+    let spool_dir = match r.spool_dir {
+        Some(v) => path(ctx, &key("spool_dir"), &v)?,
+        None => state_dir.join("spool"),
+    };
+    let spool_max_bytes = match r.spool_max_bytes {
+        None => DEFAULT_SPOOL_MAX,
+        Some(v) => {
+            let fix = "Give a size of at least 1 MiB, as bytes or with a unit (spool_max_bytes = \"4GiB\"); 1 GiB is the default";
+            let bytes = match &v.value {
+                toml::Value::Integer(n) => u64::try_from(*n).ok(),
+                toml::Value::String(s) => parse_size(s),
+                _ => None,
+            };
+            match bytes {
+                Some(b) if b >= MIB => b,
+                _ => {
+                    return Err(ctx.invalid(
+                        &key("spool_max_bytes"),
+                        &v.origin,
+                        &format!("{} is not a size of at least 1 MiB", v.value),
+                        fix,
+                    ));
+                }
+            }
+        }
+    };
     Ok(RepositoryConfig {
         recipients,
         identity_file,
@@ -130,6 +189,9 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
         state_dir,
         zstd_level,
         pack_size,
+        quorum,
+        spool_dir,
+        spool_max_bytes,
     })
 }
 

@@ -421,3 +421,161 @@ async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
         show(&out)
     );
 }
+
+/// fs + S3 behind a fan-out with `quorum`, spooling into `spool`.
+fn quorum_fanout(
+    server: &S3Server,
+    bucket: &str,
+    store: &std::path::Path,
+    spool: &std::path::Path,
+    quorum: usize,
+    max_bytes: u64,
+) -> pitr::ship::Fanout {
+    let fs: std::sync::Arc<dyn Destination> =
+        std::sync::Arc::new(pitr::ship::FsDestination::new("local", store.to_owned()));
+    let s3: std::sync::Arc<dyn Destination> =
+        std::sync::Arc::new(S3Destination::new("s3", &settings(server, bucket, "")));
+    pitr::ship::Fanout::with_quorum(
+        vec![fs, s3],
+        quorum,
+        pitr::ship::SpoolConfig {
+            dir: spool.to_owned(),
+            max_bytes,
+        },
+    )
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within 60 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_destination_outside_the_quorum_catches_up_from_the_spool() {
+    let server = S3Server::start("quorum");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, spool) = (dir.path().join("store"), dir.path().join("spool"));
+    let s3 = S3Destination::new("s3", &settings(&server, "quorum", ""));
+
+    // quorum = 1: writes go on while S3 hangs.
+    let fanout = quorum_fanout(&server, "quorum", &store, &spool, 1, 64 << 20);
+    server.pause();
+    for i in 0..5 {
+        let key = format!("obj/{i}");
+        let put = fanout.put_if_absent(&key, Bytes::from(vec![i as u8; 1000]));
+        tokio::time::timeout(Duration::from_secs(20), put)
+            .await
+            .expect("a write does not wait for a hung destination outside the quorum")
+            .expect("stored by the quorum");
+    }
+    assert_eq!(fanout.status().spooled, 5);
+    server.resume();
+    until("S3 catching up from the spool", || {
+        fanout.status().spooled == 0
+    })
+    .await;
+    for i in 0..5 {
+        let got = s3.get(&format!("obj/{i}")).await.expect("on S3 now");
+        assert_eq!(got, Bytes::from(vec![i as u8; 1000]));
+    }
+    assert_eq!(
+        std::fs::read_dir(&spool).expect("spool").count(),
+        0,
+        "spool emptied"
+    );
+
+    // quorum = 2 (all): a write waits for the hung destination.
+    let fanout = quorum_fanout(&server, "quorum", &store, &spool, 2, 64 << 20);
+    server.pause();
+    let put = fanout.put_if_absent("obj/all", Bytes::from_static(b"all"));
+    tokio::pin!(put);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut put)
+            .await
+            .is_err(),
+        "with every destination in the quorum, a hung one holds the write"
+    );
+    server.resume();
+    tokio::time::timeout(Duration::from_secs(120), put)
+        .await
+        .expect("the write completes once S3 answers")
+        .expect("stored");
+    assert!(s3.head("obj/all").await.expect("head").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_spool_holds_writes_back_and_drops_nothing() {
+    let server = S3Server::start("spoolfull");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, spool) = (dir.path().join("store"), dir.path().join("spool"));
+    let fanout = quorum_fanout(&server, "spoolfull", &store, &spool, 1, 1 << 20);
+    server.pause();
+    let big = |b: u8| Bytes::from(vec![b; 600 << 10]);
+    tokio::time::timeout(Duration::from_secs(20), fanout.put_if_absent("a/1", big(1)))
+        .await
+        .expect("room for the first")
+        .expect("stored");
+    let second = fanout.put_if_absent("a/2", big(2));
+    tokio::pin!(second);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut second)
+            .await
+            .is_err(),
+        "a full spool holds the write back"
+    );
+    let status = fanout.status();
+    assert!(status.spool_full_for.is_some(), "{status:?}");
+    assert_eq!(status.spooled, 1, "{status:?}");
+    server.resume();
+    tokio::time::timeout(Duration::from_secs(120), second)
+        .await
+        .expect("the write goes on once the spool drains")
+        .expect("stored");
+    until("the spool draining", || fanout.status().spooled == 0).await;
+    let s3 = S3Destination::new("s3", &settings(&server, "spoolfull", ""));
+    assert_eq!(s3.get("a/1").await.expect("a/1"), big(1));
+    assert_eq!(s3.get("a/2").await.expect("a/2"), big(2));
+}
+
+#[test]
+fn a_spool_left_by_a_crash_is_replayed_on_the_next_start() {
+    let server = S3Server::start("replay");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, spool) = (dir.path().join("store"), dir.path().join("spool"));
+    server.pause();
+    {
+        // A run that dies (its runtime dropped: queues and all) while S3 hangs.
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let fanout = quorum_fanout(&server, "replay", &store, &spool, 1, 64 << 20);
+        rt.block_on(async {
+            for i in 0..3 {
+                fanout
+                    .put_if_absent(&format!("left/{i}"), Bytes::from(vec![7; 100]))
+                    .await
+                    .expect("quorum");
+            }
+        });
+        rt.shutdown_background();
+    }
+    assert_eq!(std::fs::read_dir(&spool).expect("spool").count(), 3);
+    server.resume();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let fanout = quorum_fanout(&server, "replay", &store, &spool, 1, 64 << 20);
+        // The next write starts the queues, which replay what was left.
+        fanout
+            .put_if_absent("next/0", Bytes::from_static(b"n"))
+            .await
+            .expect("quorum");
+        until("the replay", || fanout.status().spooled == 0).await;
+        let s3 = S3Destination::new("s3", &settings(&server, "replay", ""));
+        for i in 0..3 {
+            assert!(s3.head(&format!("left/{i}")).await.expect("head").is_some());
+        }
+    });
+}
