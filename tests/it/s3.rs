@@ -579,3 +579,104 @@ fn a_spool_left_by_a_crash_is_replayed_on_the_next_start() {
         }
     });
 }
+
+/// WAL streamed to fs + S3 under pgbench while S3 is paused for 30 s.
+/// Returns the flush positions acknowledged at the pause, near its end and
+/// at the end; checks no WAL is missing from S3 afterwards.
+async fn stream_through_a_hung_s3(
+    quorum: usize,
+) -> (pitr::wal::Lsn, pitr::wal::Lsn, pitr::wal::Lsn) {
+    let bucket = format!("hang{quorum}");
+    let server = S3Server::start(&bucket);
+    let pg = PgCluster::start();
+    let t = crate::repo::TestRepo::new().await;
+    let spool = t.dir.path().join("spool");
+    let fanout = quorum_fanout(&server, &bucket, &t.store(), &spool, quorum, 1 << 30);
+    pitr::repo::Repository::init(&fanout, &t.opts)
+        .await
+        .expect("init on S3 too");
+    let repo = pitr::repo::Repository::open(fanout.clone(), t.opts.clone())
+        .await
+        .expect("open");
+    let pgbench = |args: &[&str]| {
+        let mut c = std::process::Command::new(pg.bin("pgbench"));
+        c.args(args)
+            .args([
+                "-h",
+                pg.host(),
+                "-p",
+                &pg.port().to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("postgres")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    assert!(
+        pgbench(&["-i", "-q", "-s", "1"])
+            .status()
+            .expect("pgbench -i")
+            .success()
+    );
+    let streamer = crate::pitr_restore::Streamer::start(&repo, &pg, "pitr");
+    streamer.caught_up(&pg).await;
+    let mut load = pgbench(&["-n", "-c", "2", "-T", "45"])
+        .spawn()
+        .expect("pgbench");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    server.pause();
+    // Requests already under way finish or hang within a moment.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at_pause = streamer.flushed();
+    tokio::time::sleep(Duration::from_secs(27)).await;
+    let before_resume = streamer.flushed();
+    server.resume();
+    let _ = load.wait();
+    streamer.caught_up(&pg).await;
+    let end = streamer.flushed();
+    streamer.stop().await;
+    until("S3 catching up", || fanout.status().spooled == 0).await;
+
+    // S3 alone holds the WAL without a gap, to the end.
+    let only = pitr::ship::Fanout::new(vec![std::sync::Arc::new(S3Destination::new(
+        "s3",
+        &settings(&server, &bucket, ""),
+    )) as std::sync::Arc<dyn Destination>]);
+    let mut opts = t.opts.clone();
+    opts.state_dir = t.dir.path().join("state-s3-only");
+    let s3_repo = pitr::repo::Repository::open(only, opts)
+        .await
+        .expect("open S3 alone");
+    let ranges = pitr::wal::WalStore::new(s3_repo, "main")
+        .ranges(1)
+        .expect("ranges");
+    assert_eq!(ranges.len(), 1, "one unbroken range on S3: {ranges:?}");
+    assert!(ranges[0].1 >= end, "S3 holds the WAL to {end}: {ranges:?}");
+    (at_pause, before_resume, end)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_quorum_of_all_a_hung_s3_holds_the_flush_position_until_it_answers() {
+    let (at_pause, before_resume, end) = stream_through_a_hung_s3(2).await;
+    assert_eq!(
+        at_pause, before_resume,
+        "nothing is acknowledged that S3 does not hold"
+    );
+    assert!(
+        end > before_resume,
+        "acknowledgement catches up after the pause"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_quorum_of_one_streaming_goes_on_and_s3_catches_up_from_the_spool() {
+    let (at_pause, before_resume, end) = stream_through_a_hung_s3(1).await;
+    assert!(
+        before_resume > at_pause,
+        "the fs destination alone is a quorum: acknowledgement goes on"
+    );
+    assert!(end >= before_resume);
+}

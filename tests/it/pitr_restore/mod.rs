@@ -86,6 +86,11 @@ impl Streamer {
         }
     }
 
+    /// The flush position acknowledged to the server so far.
+    pub fn flushed(&self) -> Lsn {
+        self.progress.borrow().flushed
+    }
+
     /// Waits (bounded) until everything the server has written so far is
     /// stored and acknowledged.
     pub async fn caught_up(&self, pg: &PgCluster) {
