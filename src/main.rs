@@ -210,7 +210,13 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum CatalogCommand {
     /// Recreate the local catalog from the destinations alone.
-    Rebuild(ConfigArg),
+    Rebuild {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Read from this destination only (default: the first that answers).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
 }
 
 /// How a command ended, beyond success: the exit code and the message.
@@ -296,8 +302,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keygen { output } => keygen(output.as_deref()),
         Command::Init(c) => init(&load(&c)?).await,
         Command::Catalog {
-            command: CatalogCommand::Rebuild(c),
-        } => catalog_rebuild(&load(&c)?).await,
+            command: CatalogCommand::Rebuild { config, from },
+        } => catalog_rebuild(&load(&config)?, from.as_deref()).await,
         Command::Verify { config, restore } => {
             let config = load(&config)?;
             if restore {
@@ -507,8 +513,29 @@ async fn init(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn catalog_rebuild(config: &Config) -> anyhow::Result<()> {
-    let fanout = pitr::ship::from_config(config);
+async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyhow::Result<()> {
+    let mut fanout = pitr::ship::from_config(config);
+    if let Some(name) = from {
+        let Some(d) = fanout
+            .destinations()
+            .iter()
+            .find(|d| d.name() == name)
+            .cloned()
+        else {
+            return Err(Exit::Usage(format!(
+                "--from {name:?}: {} has no such [[destination]] (configured: {})",
+                config.path.display(),
+                config
+                    .destinations
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        };
+        fanout = pitr::ship::Fanout::new(vec![d]);
+    }
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let repo = Repository::rebuild_catalog(fanout, opts).await?;
     let catalog = repo.catalog();

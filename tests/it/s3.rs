@@ -405,6 +405,28 @@ async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
         }
     }
 
+    // The catalog comes back from either destination alone.
+    let counts = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .split(": ")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let from_s3 = pitr(&["catalog", "rebuild", "--from", "s3"]);
+    assert!(from_s3.status.success(), "{}", show(&from_s3));
+    let from_fs = pitr(&["catalog", "rebuild", "--from", "local"]);
+    assert!(from_fs.status.success(), "{}", show(&from_fs));
+    assert_eq!(counts(&from_s3), counts(&from_fs));
+    assert!(counts(&from_s3).contains("3 items"), "{}", show(&from_s3));
+    let out = pitr(&["catalog", "rebuild", "--from", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        show(&out).contains("no such [[destination]]"),
+        "{}",
+        show(&out)
+    );
+
     // Damaged everywhere: nothing good to copy; said so, exit 3.
     let victim = packs[2].0.object_name();
     let path = store.join(&victim);
