@@ -11,6 +11,7 @@ mod fs;
 mod retry;
 mod s3;
 mod spool;
+pub mod storacha;
 
 use std::fmt;
 use std::io;

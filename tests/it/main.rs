@@ -2,6 +2,7 @@
 //! harness (throw-away PostgreSQL clusters and friends).
 
 mod basebackup;
+mod car;
 mod cli;
 mod disk_full;
 mod golden;
