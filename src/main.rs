@@ -74,8 +74,8 @@ enum Command {
     },
     /// Prepare every destination (idempotent).
     Init(ConfigArg),
-    /// The sidecar: WAL stream (today), base-backup schedule, SQLite watchers,
-    /// health server (issues 4, 6, 8).
+    /// The sidecar: WAL stream, base-backup schedule; SQLite watchers and
+    /// the health server arrive with issues 6 and 8.
     Run(ConfigArg),
     /// Take one base backup now.
     Backup {
@@ -91,7 +91,8 @@ enum Command {
         /// Let the server spread its checkpoint instead of taking it at once.
         #[arg(long)]
         spread_checkpoint: bool,
-        /// Limit the server's sending rate, in kB/s (32 to 1048576).
+        /// Limit the server's sending rate, in kB/s (32 to 1048576); default:
+        /// the entry's `max_rate`, else no limit.
         #[arg(long, value_name = "KB", value_parser = clap::value_parser!(u32).range(32..=1048576))]
         max_rate: Option<u32>,
     },
@@ -737,7 +738,8 @@ async fn backup(
         conninfo,
         label: format!("pitr backup of {}", db.name),
         checkpoint,
-        max_rate_kb,
+        // The flag wins over the entry's `max_rate`.
+        max_rate_kb: max_rate_kb.or(db.max_rate_kb),
     };
     let (tx, mut rx) = tokio::sync::watch::channel(pitr::basebackup::BackupProgress::default());
     // A bar (bytes, rate, ETA) only for a person watching a terminal.
@@ -908,10 +910,33 @@ async fn prefetch_fill(config: &Config, postgres: Option<&str>, file: &str) -> a
     Ok(())
 }
 
-/// `pitr run`: today, WAL streaming for every `[[postgres]]` entry until
-/// SIGTERM or SIGINT, which store what was received, acknowledge it and exit
-/// 0. Base backups, SQLite watchers, the health server and supervision with
-/// restarts arrive with issues 4, 6 and 8.
+/// How `pitr run` takes the scheduled backups of `pg`.
+fn schedule_options(
+    pg: &pitr::config::PostgresConfig,
+    conninfo: pitr::wal::ConnInfo,
+) -> pitr::basebackup::schedule::ScheduleOptions {
+    pitr::basebackup::schedule::ScheduleOptions {
+        backup: pitr::basebackup::BackupOptions {
+            database: pg.name.clone(),
+            conninfo,
+            label: format!("pitr scheduled backup of {}", pg.name),
+            checkpoint: pg.checkpoint,
+            max_rate_kb: pg.max_rate_kb,
+        },
+        cron: pg.base_backup.clone(),
+        wal_bytes: pg.base_backup_wal,
+        retry: pitr::basebackup::schedule::RetryPolicy::default(),
+        // The stream stores a backup's last segment within seconds; an
+        // hour covers a server that is down meanwhile.
+        wait_wal: std::time::Duration::from_secs(3600),
+    }
+}
+
+/// `pitr run`: WAL streaming for every `[[postgres]]` entry and its
+/// base-backup schedule, until SIGTERM or SIGINT, which store what was
+/// received, acknowledge it and exit 0 (a backup in progress is dropped).
+/// SQLite watchers, the health server and supervision with restarts arrive
+/// with issues 6 and 8.
 async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
@@ -932,7 +957,11 @@ async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
                 pg.name
             ))
         })?;
-        streams.push(pitr::wal::StreamOptions::new(&pg.name, info, &pg.slot));
+        let schedule = schedule_options(pg, info.clone());
+        streams.push((
+            pitr::wal::StreamOptions::new(&pg.name, info, &pg.slot),
+            schedule,
+        ));
     }
     let fanout = pitr::ship::from_config(config);
     let opts = pitr::repo::RepoOptions::from_config(config)?;
@@ -940,8 +969,26 @@ async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    for o in streams {
-        let (progress, _) = tokio::sync::watch::channel(pitr::wal::Progress::default());
+    // Scheduled backups run apart from the streams: whatever happens to a
+    // backup (an error, a panic), the WAL stream goes on.
+    let mut schedulers = tokio::task::JoinSet::new();
+    // Issue 8's health endpoint serves these.
+    let mut _backup_status = Vec::new();
+    for (o, schedule) in streams {
+        let (progress, progress_rx) = tokio::sync::watch::channel(pitr::wal::Progress::default());
+        let (status, status_rx) =
+            tokio::sync::watch::channel(pitr::basebackup::schedule::ScheduleStatus::default());
+        _backup_status.push(status_rx);
+        let mut stop = stop_rx.clone();
+        schedulers.spawn(pitr::basebackup::schedule::run(
+            repo.clone(),
+            schedule,
+            progress_rx,
+            status,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
         let mut stop = stop_rx.clone();
         let name = o.database.clone();
         let repo = repo.clone();
@@ -954,13 +1001,16 @@ async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
     }
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tracing::info!("pitr run: streaming WAL");
+    tracing::info!("pitr run: streaming WAL, base backups on schedule");
     let failure = tokio::select! {
         _ = term.recv() => None,
         _ = int.recv() => None,
         Some(done) = tasks.join_next() => Some(done),
     };
     let _ = stop_tx.send(true);
+    // A backup cut short records nothing (its files stay unreferenced);
+    // the next start takes a new one.
+    schedulers.abort_all();
     let mut first_error = None;
     let mut record =
         |done: Result<(String, Result<(), pitr::wal::StreamError>), tokio::task::JoinError>| {

@@ -36,6 +36,7 @@ enum Value {
     Int(Val<i64>),
     List(Val<Vec<Val<String>>>),
     Size(Val<toml::Value>),
+    Number(Val<toml::Value>),
 }
 
 /// Whether a variable is meant as a config override (all `PITR_*` but the
@@ -165,6 +166,16 @@ fn parse_value(ctx: &Ctx<'_>, var: &str, text: &str, t: &Target) -> Result<Value
                 .collect(),
             origin: origin.clone(),
         }),
+        KeyType::Number => Value::Number(Val {
+            // Left as text when it is not a number: validation says so,
+            // naming the variable.
+            value: match (text.trim().parse::<i64>(), text.trim().parse::<f64>()) {
+                (Ok(n), _) => toml::Value::Integer(n),
+                (_, Ok(x)) => toml::Value::Float(x),
+                _ => toml::Value::String(text.to_owned()),
+            },
+            origin: origin.clone(),
+        }),
         KeyType::Size => Value::Size(Val {
             value: match text.trim().parse::<i64>() {
                 Ok(n) => toml::Value::Integer(n),
@@ -257,6 +268,16 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 d.request_timeout = Some(v);
             }
         }
+        (Section::Postgres, Value::Number(v)) if key == "base_backup_wal_gb" => {
+            if let Some(p) = nth(&mut raw.postgres, target.index) {
+                p.base_backup_wal_gb = Some(v);
+            }
+        }
+        (Section::Postgres, Value::Int(v)) if key == "max_rate" => {
+            if let Some(p) = nth(&mut raw.postgres, target.index) {
+                p.max_rate = Some(v);
+            }
+        }
         (Section::Postgres, Value::Str(v)) => {
             if let Some(p) = nth(&mut raw.postgres, target.index) {
                 match key {
@@ -274,6 +295,7 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                     }
                     "slot" => p.slot = Some(v),
                     "base_backup" => p.base_backup = Some(v),
+                    "checkpoint" => p.checkpoint = Some(v),
                     _ => {}
                 }
             }

@@ -29,6 +29,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 
+use crate::basebackup::Checkpoint;
+use crate::basebackup::schedule::CronSchedule;
+
 /// A loaded and checked configuration. Every field holds a valid value:
 /// code past loading never re-validates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,8 +151,21 @@ pub struct PostgresConfig {
     pub conninfo: String,
     /// Replication slot name; default `pitr`.
     pub slot: String,
-    /// Base-backup schedule, five-field cron in UTC; `None` for no schedule.
-    pub base_backup: Option<String>,
+    /// Base-backup schedule (`base_backup`), cron in UTC: five fields, or six
+    /// with seconds first; default `0 3 * * *`; `None` when written `"off"`.
+    pub base_backup: Option<CronSchedule>,
+    /// Also take a base backup once this many bytes of WAL were stored since
+    /// the last one started (`base_backup_wal_gb`, in GiB, fractions allowed),
+    /// so that replay from the newest backup stays bounded; `None`: no such
+    /// rule.
+    pub base_backup_wal: Option<u64>,
+    /// How scheduled backups take their checkpoint (`checkpoint`, `"spread"`
+    /// by default so a scheduled backup does not cause an I/O spike; `pitr
+    /// backup` takes a fast one unless told `--spread-checkpoint`).
+    pub checkpoint: Checkpoint,
+    /// The server's sending rate limit for base backups in kB/s
+    /// (`max_rate`, 32 to 1048576); `pitr backup --max-rate` overrides it.
+    pub max_rate_kb: Option<u32>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -160,6 +176,9 @@ impl std::fmt::Debug for PostgresConfig {
             .field("conninfo", &redact::conninfo(&self.conninfo))
             .field("slot", &self.slot)
             .field("base_backup", &self.base_backup)
+            .field("base_backup_wal", &self.base_backup_wal)
+            .field("checkpoint", &self.checkpoint)
+            .field("max_rate_kb", &self.max_rate_kb)
             .finish()
     }
 }

@@ -81,6 +81,10 @@ pub(super) struct RawPostgres {
     pub conninfo_file: Option<Val<String>>,
     pub slot: Option<Val<String>>,
     pub base_backup: Option<Val<String>>,
+    /// An integer or a float; checked in validation.
+    pub base_backup_wal_gb: Option<Val<toml::Value>>,
+    pub checkpoint: Option<Val<String>>,
+    pub max_rate: Option<Val<i64>>,
 }
 
 /// One `[[sqlite]]`.
@@ -117,6 +121,8 @@ pub(super) enum KeyType {
     List,
     /// Bytes, or a number with a unit.
     Size,
+    /// A number, whole or with a fraction.
+    Number,
 }
 
 /// One key of a section: its name, type, and an example line for messages.
@@ -204,6 +210,13 @@ const POSTGRES_KEYS: &[KeySpec] = &[
     ),
     key("slot", KeyType::Str, r#"slot = "pitr""#),
     key("base_backup", KeyType::Str, r#"base_backup = "0 3 * * *""#),
+    key(
+        "base_backup_wal_gb",
+        KeyType::Number,
+        "base_backup_wal_gb = 16",
+    ),
+    key("checkpoint", KeyType::Str, r#"checkpoint = "spread""#),
+    key("max_rate", KeyType::Int, "max_rate = 102400"),
 ];
 const SQLITE_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "auth""#),

@@ -11,6 +11,8 @@ use super::{
     Config, DestinationConfig, DestinationKind, HealthConfig, PostgresConfig, RepositoryConfig,
     S3Config, SqliteConfig,
 };
+use crate::basebackup::Checkpoint;
+use crate::basebackup::schedule::CronSchedule;
 
 const MIB: u64 = 1024 * 1024;
 /// zstd levels pitr accepts; above 19 zstd needs much more memory per level
@@ -22,6 +24,13 @@ const PACK_SIZES: std::ops::RangeInclusive<u64> = MIB..=512 * MIB;
 const DEFAULT_PACK_SIZE: u64 = 16 * MIB;
 const DEFAULT_SPOOL_MAX: u64 = 1024 * MIB;
 const DEFAULT_SLOT: &str = "pitr";
+/// The seed's 3 AM daily (DESIGN.md).
+const DEFAULT_BASE_BACKUP: &str = "0 3 * * *";
+const GIB: u64 = 1024 * MIB;
+/// More WAL than any sane rule (1 PiB): keeps the conversion to bytes exact.
+const MAX_WAL_GIB: f64 = 1024.0 * 1024.0;
+/// PostgreSQL's MAX_RATE bounds, kB/s.
+const MAX_RATES: std::ops::RangeInclusive<u32> = 32..=1_048_576;
 /// The destination kinds this build can write to.
 const SUPPORTED_KINDS: &[&str] = &["fs", "s3"];
 
@@ -501,37 +510,92 @@ fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>,
             }
         };
         let base_backup = match p.base_backup {
+            None => Some(CronSchedule::parse(DEFAULT_BASE_BACKUP).expect("the default parses")),
+            Some(v) => cron(ctx, &key("base_backup"), v)?,
+        };
+        let base_backup_wal = match p.base_backup_wal_gb {
             None => None,
-            Some(v) => Some(cron(ctx, &key("base_backup"), v)?),
+            Some(v) => Some(wal_gb(ctx, &key("base_backup_wal_gb"), &v)?),
+        };
+        let checkpoint = match p.checkpoint {
+            None => Checkpoint::Spread,
+            Some(v) => match v.value.trim() {
+                "spread" => Checkpoint::Spread,
+                "fast" => Checkpoint::Fast,
+                other => {
+                    return Err(ctx.invalid(
+                        &key("checkpoint"),
+                        &v.origin,
+                        &format!("{other:?} is not a checkpoint mode"),
+                        "Write checkpoint = \"spread\" (the default: the server spreads the backup's checkpoint over checkpoint_completion_target) or checkpoint = \"fast\" (at once, at full I/O)",
+                    ));
+                }
+            },
+        };
+        let max_rate_kb = match p.max_rate {
+            None => None,
+            Some(v) => match u32::try_from(v.value) {
+                Ok(kb) if MAX_RATES.contains(&kb) => Some(kb),
+                _ => {
+                    return Err(ctx.invalid(
+                        &key("max_rate"),
+                        &v.origin,
+                        &format!("{} is out of range", v.value),
+                        "Give the server's sending limit for base backups in kB/s, from 32 to 1048576 (PostgreSQL's MAX_RATE), e.g. max_rate = 102400 for 100 MB/s; leave it out for no limit",
+                    ));
+                }
+            },
         };
         out.push(PostgresConfig {
             name,
             conninfo,
             slot,
             base_backup,
+            base_backup_wal,
+            checkpoint,
+            max_rate_kb,
         });
     }
     Ok(out)
 }
 
-/// Checks the shape of a cron schedule (five fields of cron characters). The
-/// scheduler parses the fields themselves.
-fn cron(ctx: &Ctx<'_>, key: &KeyName, v: Val<String>) -> Result<String, ConfigError> {
-    let fields: Vec<&str> = v.value.split_whitespace().collect();
-    let ok = fields.len() == 5
-        && fields.iter().all(|f| {
-            f.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | ',' | '-' | '/'))
-        });
-    if !ok {
-        return Err(ctx.invalid(
+/// Parses a cron schedule (`"off"` for none), so that a bad one stops the
+/// sidecar at load rather than at 3 AM.
+fn cron(ctx: &Ctx<'_>, key: &KeyName, v: Val<String>) -> Result<Option<CronSchedule>, ConfigError> {
+    if v.value.trim() == "off" {
+        return Ok(None);
+    }
+    CronSchedule::parse(&v.value).map(Some).map_err(|e| {
+        ctx.invalid(
             key,
             &v.origin,
-            &format!("{:?} is not a cron schedule", v.value),
-            "Give five fields (minute hour day-of-month month day-of-week, UTC), e.g. \"0 3 * * *\" for 03:00 daily",
-        ));
-    }
-    Ok(fields.join(" "))
+            &format!("{:?} is not a cron schedule ({e})", v.value),
+            "Give five fields (minute hour day-of-month month day-of-week, UTC), e.g. \"0 3 * * *\" for 03:00 daily, or six with seconds first; \"off\" takes no scheduled backups",
+        )
+    })
+}
+
+/// `base_backup_wal_gb`: a positive number of GiB, fractions allowed, as
+/// bytes; at least one WAL segment's worth makes sense, but any positive
+/// amount is accepted (a small one means a backup per segment).
+fn wal_gb(ctx: &Ctx<'_>, key: &KeyName, v: &Val<toml::Value>) -> Result<u64, ConfigError> {
+    let gib = match &v.value {
+        toml::Value::Integer(n) => Some(*n as f64),
+        toml::Value::Float(x) => Some(*x),
+        _ => None,
+    };
+    let bytes = gib
+        .filter(|g| g.is_finite() && *g > 0.0 && *g <= MAX_WAL_GIB)
+        .map(|g| (g * GIB as f64).round() as u64)
+        .filter(|b| *b > 0);
+    bytes.ok_or_else(|| {
+        ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{} is not a positive number of GiB", v.value),
+            "Give how much WAL (in GiB, e.g. base_backup_wal_gb = 16 or 0.5) may accumulate after a base backup before the next is taken; leave it out to take backups on the cron schedule only",
+        )
+    })
 }
 
 fn sqlite(ctx: &Ctx<'_>, raw: Vec<RawSqlite>) -> Result<Vec<SqliteConfig>, ConfigError> {

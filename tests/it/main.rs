@@ -11,6 +11,7 @@ mod pg_harness;
 mod pitr_restore;
 mod repo;
 mod s3;
+mod schedule;
 mod wal_conn;
 mod wal_decode;
 mod wal_failover;

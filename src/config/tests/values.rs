@@ -254,6 +254,103 @@ fn range_checks() {
             "0 3 * * *",
         ],
     );
+    // Five fields, but not a time: the cron parser judges.
+    let (_, msg) = fail(&pg("base_backup = \"61 3 * * *\""), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" base_backup",
+            "\"61 3 * * *\" is not a cron schedule",
+        ],
+    );
+    let (_, msg) = fail(&pg("base_backup = \"0 0 30 2 *\""), &[]);
+    contains_all(&msg, &[PATH, "base_backup", "no time in the future"]);
+    let (_, msg) = fail(&pg("base_backup_wal_gb = 0"), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" base_backup_wal_gb",
+            "not a positive number of GiB",
+        ],
+    );
+    let (_, msg) = fail(&pg("base_backup_wal_gb = \"16GB\""), &[]);
+    contains_all(&msg, &[PATH, "base_backup_wal_gb"]);
+    let (_, msg) = fail(&pg("checkpoint = \"slow\""), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" checkpoint",
+            "\"slow\" is not a checkpoint mode",
+            "spread",
+        ],
+    );
+    let (_, msg) = fail(&pg("max_rate = 10"), &[]);
+    contains_all(
+        &msg,
+        &[PATH, "[[postgres]] \"main\" max_rate", "32 to 1048576"],
+    );
+}
+
+#[test]
+fn base_backup_schedule_keys() {
+    let r = recipient();
+    let pg = |line: &str| {
+        format!(
+            "{}[[postgres]]\nname = \"main\"\nconninfo = \"host=db\"\n{line}\n",
+            minimal(&r)
+        )
+    };
+    let c = load(
+        &pg("base_backup = \"*/5  * * * * *\"\nbase_backup_wal_gb = 0.5\ncheckpoint = \"fast\"\nmax_rate = 1024"),
+        &[],
+    )
+    .expect("valid");
+    let p = &c.postgres[0];
+    assert_eq!(
+        p.base_backup.as_ref().map(|b| b.as_str()),
+        Some("*/5 * * * * *")
+    );
+    assert_eq!(p.base_backup_wal, Some(512 << 20));
+    assert_eq!(p.checkpoint, crate::basebackup::Checkpoint::Fast);
+    assert_eq!(p.max_rate_kb, Some(1024));
+
+    let c = load(&pg("base_backup = \"off\"\nbase_backup_wal_gb = 16"), &[]).expect("valid");
+    assert_eq!(c.postgres[0].base_backup, None);
+    assert_eq!(c.postgres[0].base_backup_wal, Some(16 << 30));
+
+    let c = load(
+        &pg(""),
+        &[
+            ("PITR_POSTGRES_MAIN_BASE_BACKUP", "30 1 * * 0"),
+            ("PITR_POSTGRES_MAIN_BASE_BACKUP_WAL_GB", "0.25"),
+            ("PITR_POSTGRES_MAIN_CHECKPOINT", "fast"),
+            ("PITR_POSTGRES_MAIN_MAX_RATE", "2048"),
+        ],
+    )
+    .expect("valid");
+    let p = &c.postgres[0];
+    assert_eq!(
+        p.base_backup.as_ref().map(|b| b.as_str()),
+        Some("30 1 * * 0")
+    );
+    assert_eq!(p.base_backup_wal, Some(256 << 20));
+    assert_eq!(p.checkpoint, crate::basebackup::Checkpoint::Fast);
+    assert_eq!(p.max_rate_kb, Some(2048));
+
+    let (_, msg) = fail(
+        &pg(""),
+        &[("PITR_POSTGRES_MAIN_BASE_BACKUP_WAL_GB", "lots")],
+    );
+    contains_all(
+        &msg,
+        &[
+            "PITR_POSTGRES_MAIN_BASE_BACKUP_WAL_GB",
+            "base_backup_wal_gb",
+        ],
+    );
 }
 
 fn with_s3(extra: &str) -> String {
