@@ -24,15 +24,19 @@ use tokio::sync::watch;
 
 use super::assemble::{Assembler, GapError};
 use super::conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
-use super::decode::{DecodeError, Decoder};
+use super::decode::DecodeError;
 use super::history::{HistoryError, Lineage};
-use super::index::index_segment;
 use super::lsn::{Lsn, Segment, history_file_name};
-use super::store::{WalStore, WalStoreError};
+use super::prepare::{Job, Preparer, Ready};
+use super::store::{WAL_CHUNK, WalStore, WalStoreError};
 use crate::repo::{RepoError, Repository};
 
 /// WAL messages smaller than this mean the server is caught up.
 const COALESCE_BELOW: usize = 64 << 10;
+
+/// Chunks cut but not yet taken by the preparing task, above which the
+/// session stops reading the server (bounded memory; the slot holds the WAL).
+const OUTBOX_MAX: usize = 4;
 
 /// How a `[[postgres]]` entry is streamed.
 #[derive(Debug, Clone)]
@@ -44,7 +48,8 @@ pub struct StreamOptions {
     /// The physical replication slot (created with RESERVE_WAL if missing).
     pub slot: String,
     /// How often the open segment is stored as a partial object when WAL
-    /// arrived since the last store; bounds the data lost with the server.
+    /// arrived since the last store; bounds the data lost with the server,
+    /// and the flush lag: WAL is acknowledged only once stored.
     pub partial_interval: Duration,
     /// How often a status update is sent without being asked (well inside
     /// the server's `wal_sender_timeout`, 60 s by default).
@@ -58,13 +63,15 @@ pub struct StreamOptions {
 }
 
 impl StreamOptions {
-    /// Defaults: partials every second, status every 10 s.
+    /// Defaults: partials every 500 ms, status every 10 s.
     pub fn new(database: &str, conninfo: ConnInfo, slot: &str) -> StreamOptions {
         StreamOptions {
             database: database.to_owned(),
             conninfo,
             slot: slot.to_owned(),
-            partial_interval: Duration::from_secs(1),
+            // A partial costs its new bytes and a manifest (`prepare`), so
+            // twice a second keeps the p99 flush lag under 1 s.
+            partial_interval: Duration::from_millis(500),
             status_interval: Duration::from_secs(10),
             coalesce: Duration::from_millis(10),
         }
@@ -304,15 +311,21 @@ async fn pass(
         .await
         .map_err(|e| lost_wal(e.into(), opts, timeline, flushed))?;
     *started = true;
+    let first = Segment::containing(timeline, start, seg_size);
     let mut s = Session {
         store,
-        repo,
+        repo: repo.clone(),
         stream: replication,
-        assembler: Assembler::new(timeline, seg_size, start, Vec::new()),
+        assembler: Assembler::new(timeline, seg_size, WAL_CHUNK, start),
+        preparer: Preparer::start(&repo, seg_size, first)?,
         seg_size,
         flushed,
         progress,
-        decoder: None,
+        outbox: std::collections::VecDeque::new(),
+        asked: 0,
+        asked_end: start,
+        cut_wanted: false,
+        commit: None,
     };
     let ended = s.run(opts, shutdown).await;
     ended.map_err(|e| lost_wal(e, opts, timeline, s.flushed))
@@ -384,12 +397,24 @@ struct Session<'a> {
     repo: Repository,
     stream: ReplicationStream,
     assembler: Assembler,
+    /// Hashes, compresses and decodes chunks off the runtime (`prepare`).
+    preparer: Preparer,
     seg_size: u64,
     flushed: Lsn,
     progress: &'a watch::Sender<Progress>,
-    /// The record decoder carried from one completed segment to the next
-    /// (records span segments); `None` at the first segment of a session.
-    decoder: Option<Decoder>,
+    /// Jobs for the preparer that its queue had no room for yet, in order.
+    outbox: std::collections::VecDeque<Job>,
+    /// Items asked of the preparer (segment ends and cuts) not yet
+    /// committed.
+    asked: usize,
+    /// The end of the last item asked for.
+    asked_end: Lsn,
+    /// A partial is due, but waits until the items asked for are committed:
+    /// the next one then covers all that arrived meanwhile.
+    cut_wanted: bool,
+    /// The one commit in flight, returning the end it makes safe; the
+    /// session reads on meanwhile.
+    commit: Option<tokio::task::JoinHandle<Result<Lsn, StreamError>>>,
 }
 
 impl Session<'_> {
@@ -403,16 +428,30 @@ impl Session<'_> {
         partial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_nap = tokio::time::Instant::now();
+        // Set when the session is to end: then nothing more is read, and it
+        // ends once everything received is stored and acknowledged.
+        let mut closing: Option<Ended> = None;
         loop {
+            if let Some(ended) = closing
+                && self.outbox.is_empty()
+                && self.asked == 0
+                && !self.cut_wanted
+            {
+                return Ok(ended);
+            }
+            let jobs = self.preparer.jobs.clone();
             tokio::select! {
-                msg = self.stream.next() => match msg? {
+                msg = self.stream.next(), if closing.is_none() && self.outbox.len() < OUTBOX_MAX => match msg? {
                     Some(ReplMessage::XLogData { start, end_of_wal, data, .. }) => {
                         self.progress.send_modify(|p| p.server_end = end_of_wal);
-                        let done = self.assembler.push(start, &data)?;
-                        self.progress.send_modify(|p| p.received = self.assembler.position());
-                        for seg in done {
-                            self.store_segment(seg.segment, &seg.bytes).await?;
+                        for piece in self.assembler.push(start, &data)? {
+                            if piece.ends_segment(self.seg_size) {
+                                self.asked += 1;
+                                self.asked_end = piece.end(self.seg_size);
+                            }
+                            self.outbox.push_back(Job::Chunk(piece));
                         }
+                        self.progress.send_modify(|p| p.received = self.assembler.position());
                         // The server sends up to 128 KiB per message when it
                         // has a backlog: then read on at once. Otherwise nap
                         // at most once per `coalesce`, so what queued during
@@ -448,59 +487,86 @@ impl Session<'_> {
                             }
                             .into());
                         }
-                        self.store_partial().await?;
-                        return Ok(Ended::TimelineEnd);
+                        closing = Some(Ended::TimelineEnd);
+                        self.want_cut();
                     }
                 },
-                _ = partial_tick.tick() => self.store_partial().await?,
+                permit = jobs.reserve(), if !self.outbox.is_empty() => {
+                    // A closed queue means the preparer stopped after an
+                    // error, which `next` below returns.
+                    if let (Ok(permit), Some(job)) = (permit, self.outbox.pop_front()) {
+                        permit.send(job);
+                    }
+                }
+                item = self.preparer.next(), if self.commit.is_none() => match item {
+                    Some(Ok(ready)) => self.commit = Some(self.start_commit(ready)),
+                    Some(Err(e)) => return Err(e),
+                    None => unreachable!("the preparer ends only after an error or when its jobs close"),
+                },
+                done = wait(&mut self.commit), if self.commit.is_some() => {
+                    self.commit = None;
+                    self.asked -= 1;
+                    self.acknowledge(done?).await?;
+                    if self.cut_wanted {
+                        self.want_cut();
+                    }
+                }
+                _ = partial_tick.tick() => self.want_cut(),
                 _ = status_tick.tick() => self.send_status().await?,
-                () = shutdown.as_mut() => {
-                    self.store_partial().await?;
-                    return Ok(Ended::Shutdown);
+                () = shutdown.as_mut(), if closing.is_none() => {
+                    closing = Some(Ended::Shutdown);
+                    self.want_cut();
                 }
             }
         }
     }
 
-    /// Stores a completed segment and acknowledges it.
-    async fn store_segment(&mut self, segment: Segment, bytes: &[u8]) -> Result<(), StreamError> {
-        // Every record's CRC is checked before the segment is stored
-        // (invariant 2); the index is what the restore planner reads.
-        let (index, decoder) = index_segment(bytes, segment, self.seg_size, self.decoder.take())?;
-        self.decoder = Some(decoder);
-        let mut w = self.repo.writer();
-        self.store
-            .put_segment(&mut w, segment, self.seg_size, bytes, Some(index))
-            .await?;
-        w.commit().await?;
-        let end = Lsn(segment.start(self.seg_size).0 + bytes.len() as u64);
-        self.acknowledge(end).await
-    }
-
-    /// Stores the open segment so far, when it holds WAL not yet stored.
-    async fn store_partial(&mut self) -> Result<(), StreamError> {
+    /// Asks for a partial of what arrived since the last item asked for, at
+    /// once when nothing is being stored, else after that (`cut_wanted`).
+    fn want_cut(&mut self) {
         let position = self.assembler.position();
-        if position <= self.flushed {
-            return Ok(());
+        if position <= self.asked_end {
+            self.cut_wanted = false;
+            return;
         }
-        let Some((segment, bytes)) = self.assembler.partial() else {
-            return Ok(());
-        };
-        // Best effort: a partial may end inside a record, and the complete
-        // segment that supersedes it is checked strictly.
-        let index = index_segment(bytes, segment, self.seg_size, self.decoder.clone())
-            .map(|(index, _)| index)
-            .inspect_err(|e| tracing::debug!(error = %e, "partial segment not indexed"))
-            .ok();
-        let mut w = self.repo.writer();
-        self.store
-            .put_partial(&mut w, segment, self.seg_size, bytes, index)
-            .await?;
-        w.commit().await?;
-        self.acknowledge(position).await
+        if self.asked > 0 {
+            self.cut_wanted = true;
+            return;
+        }
+        self.cut_wanted = false;
+        self.asked += 1;
+        self.asked_end = position;
+        self.outbox.push_back(Job::Cut {
+            end: position,
+            tail: self.assembler.tail(),
+        });
     }
 
-    /// Invariant 1: called only after a commit returned.
+    /// Commits a prepared item in its own task, so the session reads on.
+    fn start_commit(&self, ready: Ready) -> tokio::task::JoinHandle<Result<Lsn, StreamError>> {
+        let store = self.store.clone();
+        let repo = self.repo.clone();
+        let seg_size = self.seg_size;
+        tokio::spawn(async move {
+            let mut w = repo.writer();
+            store
+                .put_prepared(
+                    &mut w,
+                    ready.segment,
+                    seg_size,
+                    ready.end,
+                    ready.partial,
+                    ready.chunks,
+                    ready.index,
+                )
+                .await?;
+            w.commit().await?;
+            Ok(ready.end)
+        })
+    }
+
+    /// Invariant 1: called only after a commit returned, with the end of
+    /// what it stored; commits run one at a time, in WAL order.
     async fn acknowledge(&mut self, stored_end: Lsn) -> Result<(), StreamError> {
         if stored_end > self.flushed {
             self.flushed = stored_end;
@@ -523,5 +589,22 @@ impl Session<'_> {
             .send_status(received, self.flushed, self.flushed, false)
             .await?;
         Ok(())
+    }
+}
+
+/// The commit in flight's result; pending when there is none (the branch is
+/// disabled then anyway).
+async fn wait(
+    commit: &mut Option<tokio::task::JoinHandle<Result<Lsn, StreamError>>>,
+) -> Result<Lsn, StreamError> {
+    match commit {
+        Some(handle) => match handle.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only when the runtime shuts down, dropping this
+            // session too.
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
