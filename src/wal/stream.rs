@@ -55,8 +55,9 @@ pub struct StreamOptions {
     /// the server's `wal_sender_timeout`, 60 s by default).
     pub status_interval: Duration,
     /// After a small WAL message (the server is caught up and sends each
-    /// commit's flush at once), wait this long before reading again so the
-    /// next read takes many messages at once. Waking per message cost half of
+    /// commit's flush at once) that left nothing received unhandled, wait
+    /// this long before reading again so the next read takes many messages
+    /// at once. Waking per message cost half of
     /// the CPU under `synchronous_commit = on` (BENCHMARKS.md); 10 ms is 1 %
     /// of the lag budget. Zero reads at once.
     pub coalesce: Duration,
@@ -427,7 +428,6 @@ impl Session<'_> {
         let mut status_tick = tokio::time::interval(opts.status_interval);
         partial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut next_nap = tokio::time::Instant::now();
         // Set when the session is to end: then nothing more is read, and it
         // ends once everything received is stored and acknowledged.
         let mut closing: Option<Ended> = None;
@@ -453,15 +453,19 @@ impl Session<'_> {
                         }
                         self.progress.send_modify(|p| p.received = self.assembler.position());
                         // The server sends up to 128 KiB per message when it
-                        // has a backlog: then read on at once. Otherwise nap
-                        // at most once per `coalesce`, so what queued during
-                        // the nap is then taken from the buffer without one.
+                        // has a backlog: then read on at once. A small
+                        // message means it is caught up and sends each
+                        // commit's flush on its own: once everything received
+                        // is handled, nap, so that the next read takes all
+                        // that came meanwhile with one wake-up. Never while
+                        // messages are buffered or the last read filled the
+                        // buffer: napping per message would cap throughput
+                        // at one message per nap.
                         if data.len() < COALESCE_BELOW
                             && !opts.coalesce.is_zero()
-                            && tokio::time::Instant::now() >= next_nap
+                            && self.stream.drained()
                         {
                             tokio::time::sleep(opts.coalesce).await;
-                            next_nap = tokio::time::Instant::now() + opts.coalesce;
                         }
                     }
                     Some(ReplMessage::Keepalive { end_of_wal, reply_requested, .. }) => {
