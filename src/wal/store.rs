@@ -4,7 +4,7 @@
 //! Items are named `pg/<database>/wal/<file>`, where `<file>` is the name the
 //! server uses in `pg_wal` (`000000010000000000000003`, `00000002.history`),
 //! and `<segment>.partial` for the open segment's bytes so far. Segments are
-//! cut into fixed 128 KiB chunks: a partial stored every second and the
+//! cut into fixed 128 KiB chunks: a partial stored twice a second and the
 //! complete segment that supersedes it share every chunk but the last, so
 //! each upload adds only what is new.
 

@@ -495,13 +495,16 @@ impl Session<'_> {
                         self.want_cut();
                     }
                 },
-                permit = jobs.reserve(), if !self.outbox.is_empty() => {
-                    // A closed queue means the preparer stopped after an
-                    // error, which `next` below returns.
-                    if let (Ok(permit), Some(job)) = (permit, self.outbox.pop_front()) {
-                        permit.send(job);
+                permit = jobs.reserve(), if !self.outbox.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(job) = self.outbox.pop_front() {
+                            permit.send(job);
+                        }
                     }
-                }
+                    // The preparer stopped after an error, which `next`
+                    // returns; nothing more goes to it.
+                    Err(_) => self.outbox.clear(),
+                },
                 item = self.preparer.next(), if self.commit.is_none() => match item {
                     Some(Ok(ready)) => self.commit = Some(self.start_commit(ready)),
                     Some(Err(e)) => return Err(e),
