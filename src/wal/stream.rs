@@ -38,6 +38,9 @@ const COALESCE_BELOW: usize = 64 << 10;
 /// session stops reading the server (bounded memory; the slot holds the WAL).
 const OUTBOX_MAX: usize = 4;
 
+/// Prepared items stored in one commit at most.
+const COMMIT_ITEMS_MAX: usize = 4;
+
 /// How a `[[postgres]]` entry is streamed.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -325,6 +328,7 @@ async fn pass(
         outbox: std::collections::VecDeque::new(),
         asked: 0,
         asked_end: start,
+        cutting: false,
         cut_wanted: false,
         commit: None,
     };
@@ -410,12 +414,13 @@ struct Session<'a> {
     asked: usize,
     /// The end of the last item asked for.
     asked_end: Lsn,
-    /// A partial is due, but waits until the items asked for are committed:
+    /// A partial was asked for and is not yet committed.
+    cutting: bool,
+    /// A partial is due, but waits until the one asked for is committed:
     /// the next one then covers all that arrived meanwhile.
     cut_wanted: bool,
-    /// The one commit in flight, returning the end it makes safe; the
-    /// session reads on meanwhile.
-    commit: Option<tokio::task::JoinHandle<Result<Lsn, StreamError>>>,
+    /// The one commit in flight; the session reads on meanwhile.
+    commit: Option<tokio::task::JoinHandle<Result<Committed, StreamError>>>,
 }
 
 impl Session<'_> {
@@ -506,14 +511,29 @@ impl Session<'_> {
                     Err(_) => self.outbox.clear(),
                 },
                 item = self.preparer.next(), if self.commit.is_none() => match item {
-                    Some(Ok(ready)) => self.commit = Some(self.start_commit(ready)),
+                    Some(Ok(ready)) => {
+                        // Whatever else is ready goes into the same commit
+                        // (a segment's end and the next partial, under a
+                        // backlog): one round of uploads and fsyncs.
+                        let mut items = vec![ready];
+                        while items.len() < COMMIT_ITEMS_MAX
+                            && let Ok(next) = self.preparer.ready.try_recv()
+                        {
+                            items.push(next?);
+                        }
+                        self.commit = Some(self.start_commit(items));
+                    }
                     Some(Err(e)) => return Err(e),
                     None => unreachable!("the preparer ends only after an error or when its jobs close"),
                 },
                 done = wait(&mut self.commit), if self.commit.is_some() => {
                     self.commit = None;
-                    self.asked -= 1;
-                    self.acknowledge(done?).await?;
+                    let done = done?;
+                    self.asked -= done.items;
+                    if done.partial {
+                        self.cutting = false;
+                    }
+                    self.acknowledge(done.end).await?;
                     if self.cut_wanted {
                         self.want_cut();
                     }
@@ -529,18 +549,22 @@ impl Session<'_> {
     }
 
     /// Asks for a partial of what arrived since the last item asked for, at
-    /// once when nothing is being stored, else after that (`cut_wanted`).
+    /// once unless the partial asked for before is not yet stored, else
+    /// after that (`cut_wanted`): one partial in the pipeline at a time, so
+    /// partials never queue up behind a slow destination. Segments do not
+    /// hold a partial back: it is prepared while they are stored.
     fn want_cut(&mut self) {
         let position = self.assembler.position();
         if position <= self.asked_end {
             self.cut_wanted = false;
             return;
         }
-        if self.asked > 0 {
+        if self.cutting {
             self.cut_wanted = true;
             return;
         }
         self.cut_wanted = false;
+        self.cutting = true;
         self.asked += 1;
         self.asked_end = position;
         self.outbox.push_back(Job::Cut {
@@ -549,26 +573,39 @@ impl Session<'_> {
         });
     }
 
-    /// Commits a prepared item in its own task, so the session reads on.
-    fn start_commit(&self, ready: Ready) -> tokio::task::JoinHandle<Result<Lsn, StreamError>> {
+    /// Commits prepared items (in WAL order) in one commit, in its own
+    /// task, so the session reads on.
+    fn start_commit(
+        &self,
+        items: Vec<Ready>,
+    ) -> tokio::task::JoinHandle<Result<Committed, StreamError>> {
         let store = self.store.clone();
         let repo = self.repo.clone();
         let seg_size = self.seg_size;
         tokio::spawn(async move {
             let mut w = repo.writer();
-            store
-                .put_prepared(
-                    &mut w,
-                    ready.segment,
-                    seg_size,
-                    ready.end,
-                    ready.partial,
-                    ready.chunks,
-                    ready.index,
-                )
-                .await?;
+            let mut done = Committed {
+                end: Lsn(0),
+                items: items.len(),
+                partial: false,
+            };
+            for ready in items {
+                store
+                    .put_prepared(
+                        &mut w,
+                        ready.segment,
+                        seg_size,
+                        ready.end,
+                        ready.partial,
+                        ready.chunks,
+                        ready.index,
+                    )
+                    .await?;
+                done.end = done.end.max(ready.end);
+                done.partial |= ready.partial;
+            }
             w.commit().await?;
-            Ok(ready.end)
+            Ok(done)
         })
     }
 
@@ -599,11 +636,21 @@ impl Session<'_> {
     }
 }
 
+/// What a commit stored.
+struct Committed {
+    /// The end of its last item: everything before is stored.
+    end: Lsn,
+    /// How many items.
+    items: usize,
+    /// Whether one was a partial.
+    partial: bool,
+}
+
 /// The commit in flight's result; pending when there is none (the branch is
 /// disabled then anyway).
 async fn wait(
-    commit: &mut Option<tokio::task::JoinHandle<Result<Lsn, StreamError>>>,
-) -> Result<Lsn, StreamError> {
+    commit: &mut Option<tokio::task::JoinHandle<Result<Committed, StreamError>>>,
+) -> Result<Committed, StreamError> {
     match commit {
         Some(handle) => match handle.await {
             Ok(result) => result,
