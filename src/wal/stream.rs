@@ -60,9 +60,9 @@ pub struct StreamOptions {
     /// After a small WAL message (the server is caught up and sends each
     /// commit's flush at once) that left nothing received unhandled, wait
     /// this long before reading again so the next read takes many messages
-    /// at once. Waking per message cost half of
-    /// the CPU under `synchronous_commit = on` (BENCHMARKS.md); 10 ms is 1 %
-    /// of the lag budget. Zero reads at once.
+    /// at once. Waking per message cost half of the CPU under
+    /// `synchronous_commit = on` (BENCHMARKS.md); 10 ms is 1 % of the lag
+    /// budget. Zero reads at once.
     pub coalesce: Duration,
 }
 
