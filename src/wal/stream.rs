@@ -327,7 +327,11 @@ async fn pass(
         progress,
         outbox: std::collections::VecDeque::new(),
         asked: 0,
-        asked_end: start,
+        // The session re-reads the segment holding the first byte not yet
+        // stored from its start: no partial until it has passed what is
+        // stored, or a newer, shorter partial would hide the stored one
+        // from `wal-fetch`.
+        asked_end: start.max(flushed),
         cutting: false,
         cut_wanted: false,
         commit: None,

@@ -391,3 +391,69 @@ async fn partials_are_the_open_segments_bytes_and_decode() {
         "{name} differs from pg_wal"
     );
 }
+
+/// A restarted session re-reads the open segment from its start: it must
+/// not store a partial until it has passed what is stored, or a newer,
+/// shorter partial would hide the longer one from `wal-fetch` (which
+/// serves the newest), and WAL already acknowledged would not be restored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_never_stores_a_shorter_partial() {
+    let pg = PgCluster::start();
+    let t = TestRepo::new().await;
+    let repo = t.open().await;
+    let store = WalStore::new(repo.clone(), "main");
+    let db = pg.connect().await;
+    db.batch_execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")
+        .await
+        .expect("create");
+    let run = |repo: Repository| {
+        let (tx, rx) = watch::channel(Progress::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(stream(repo, options(&pg), tx, async {
+            let _ = stopped.await;
+        }));
+        (rx, stop, task)
+    };
+    let (rx, stop, task) = run(repo.clone());
+    let base = write_wal(&db, 1).await;
+    wait_flushed(&rx, &db, &store, base).await;
+    // Several MiB into a fresh segment, so re-reading it takes a while.
+    db.batch_execute("INSERT INTO t (v) SELECT md5(i::text) FROM generate_series(1, 60000) i")
+        .await
+        .expect("insert");
+    let end = lsn(&db, "SELECT pg_current_wal_flush_lsn()::text")
+        .await
+        .expect("flush lsn");
+    wait_flushed(&rx, &db, &store, end).await;
+    stop.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the streamer stops")
+        .expect("no panic")
+        .expect("no error");
+    let name = Segment::containing(1, end, SEG).file_name(SEG);
+    let served_end = |found: Option<pitr::wal::StoredWal>| -> Lsn {
+        let attrs = found.expect("stored").attrs.expect("WAL attributes");
+        attrs.end.parse().expect("end")
+    };
+    let before = served_end(store.find(&name).expect("catalog"));
+    assert!(before >= end, "stored {before}, flushed {end}");
+
+    let (rx, stop, task) = run(repo.clone());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let now = served_end(store.find(&name).expect("catalog"));
+        assert!(
+            now >= before,
+            "wal-fetch would serve {now}, stored was {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(rx.borrow().received >= end, "{:?}", *rx.borrow());
+    stop.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the streamer stops")
+        .expect("no panic")
+        .expect("no error");
+}
