@@ -234,5 +234,5 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         )?;
         eprintln!("restore: wrote {}", path.display());
     }
-    runs::check_agreement(&results, &prepared, settings.clients)
+    runs::check_agreement(&results, &prepared)
 }

@@ -391,7 +391,8 @@ fn tail(text: &str, n: usize) -> String {
 /// `sum(abalance)` and the history row count, and stops it.
 fn verify(prepared: &Prepared, target: &Path, sock: &Path) -> anyhow::Result<(i64, i64)> {
     let log: PathBuf = prepared.work.join("restores").join("verify.log");
-    let _ = std::fs::remove_file(&log);
+    std::fs::write(&log, "").with_context(|| format!("create {}", log.display()))?;
+    give(&log)?;
     let pg_ctl = prepared.pg_bin.join("pg_ctl");
     let opts = format!(
         "-c listen_addresses='' -c unix_socket_directories='{}' -c port=5432 -c archive_mode=off",
@@ -450,7 +451,8 @@ fn verify(prepared: &Prepared, target: &Path, sock: &Path) -> anyhow::Result<(i6
 /// Fails unless every restore holds the same data, no more history rows
 /// than had started by the target, and at most one in-flight transaction
 /// per client fewer.
-pub fn check_agreement(runs: &[Run], prepared: &Prepared, clients: u32) -> anyhow::Result<()> {
+pub fn check_agreement(runs: &[Run], prepared: &Prepared) -> anyhow::Result<()> {
+    let clients = prepared.clients;
     let Some(first) = runs.first() else {
         anyhow::bail!("no restore ran");
     };

@@ -41,6 +41,11 @@ pub struct Prepared {
     /// restore replays).
     pub replay_wal_bytes: i64,
     pub load_secs: f64,
+    /// pgbench's `-T`, `-c`, `-j`, and how long before the end the target is.
+    pub secs: u64,
+    pub clients: u32,
+    pub jobs: u32,
+    pub before_end: u64,
     pub tps: f64,
     pub pitr_repo_bytes: u64,
     pub pgbackrest_repo_bytes: u64,
@@ -414,6 +419,10 @@ pub fn prepare(
         load_wal_bytes,
         replay_wal_bytes,
         load_secs,
+        secs: settings.secs,
+        clients: settings.clients,
+        jobs: settings.jobs,
+        before_end: settings.before_end,
         tps,
         pitr_repo_bytes: crate::common::dir_bytes(&pd.join("repo"))?,
         pgbackrest_repo_bytes: crate::common::dir_bytes(&br.join("repo"))?,
