@@ -273,10 +273,10 @@ pub fn prepare(
         ),
     )
     .context("write pitr.toml")?;
-    run_checked(&mut pitr_command(pitr, &["init"], &config), "pitr init")?;
+    run_checked(&mut pitr_command(pitr, ["init"], &config), "pitr init")?;
     let log = std::fs::File::create(pd.join("run.log")).context("create run.log")?;
     let sidecar = Sidecar(
-        pitr_command(pitr, &["run"], &config)
+        pitr_command(pitr, ["run"], &config)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -286,7 +286,7 @@ pub fn prepare(
     eprintln!("restore: pitr backup");
     let t = Instant::now();
     run_checked(
-        &mut pitr_command(pitr, &["backup", "--wait-wal", "600"], &config),
+        &mut pitr_command(pitr, ["backup", "--wait-wal", "600"], &config),
         "pitr backup",
     )?;
     let pitr_backup_secs = t.elapsed().as_secs_f64();
