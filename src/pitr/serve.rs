@@ -169,7 +169,19 @@ impl WalServer {
         }
     }
 
+    /// Moves a spooled file to `dest`: a rename when the spool is on the
+    /// same filesystem (it is created beside the data directory for that),
+    /// else a copy beside `dest` and a rename, so that PostgreSQL never sees
+    /// a file half written.
     fn install(&self, spooled: &Path, dest: &Path) -> std::io::Result<()> {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(spooled, Some(uid), Some(gid))?;
+        }
+        match std::fs::rename(spooled, dest) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+            Err(e) => return Err(e),
+        }
         let tmp = dest.with_extension("pitr-tmp");
         std::fs::copy(spooled, &tmp)?;
         if let Some((uid, gid)) = self.owner {
@@ -199,7 +211,7 @@ impl WalServer {
                 let file = self.files[i].clone();
                 let path = self.spool.join(&file);
                 let task = tokio::spawn(async move {
-                    match store.fetch_to(&file, &path).await {
+                    match store.fetch_to_spool(&file, &path).await {
                         Ok(Some(_)) => Ok(path),
                         Ok(None) => Err(Arc::new(format!(
                             "{file} is in the plan but no longer in the catalog"
