@@ -242,6 +242,11 @@ const EXIT_WAL_FETCH_FAILED: u8 = 255;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // PostgreSQL runs this once per WAL file while replay waits: no logging
+    // set-up, no runtime threads, just the round trip.
+    if let Command::RestoreFetch { socket, file, path } = &cli.command {
+        return ExitCode::from(pitr::pitr::fetch_client(socket, file, path));
+    }
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -402,6 +407,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             restore(&repo, &plan, &opts).await
         }
         Command::RestoreFetch { socket, file, path } => {
+            // Answered in main before the runtime starts; kept for the match.
             let code = pitr::pitr::fetch_client(&socket, &file, &path);
             std::process::exit(code.into());
         }

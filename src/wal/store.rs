@@ -319,6 +319,26 @@ impl WalStore {
         file: &str,
         path: &std::path::Path,
     ) -> Result<Option<StoredWal>, WalStoreError> {
+        self.fetch_into(file, path, true).await
+    }
+
+    /// [`WalStore::fetch_to`] without the file's and the directory's fsync:
+    /// for a private spool whose files the caller moves into place, and which
+    /// a crash throws away whole (a restore that dies is started again).
+    pub async fn fetch_to_spool(
+        &self,
+        file: &str,
+        path: &std::path::Path,
+    ) -> Result<Option<StoredWal>, WalStoreError> {
+        self.fetch_into(file, path, false).await
+    }
+
+    async fn fetch_into(
+        &self,
+        file: &str,
+        path: &std::path::Path,
+        durable: bool,
+    ) -> Result<Option<StoredWal>, WalStoreError> {
         let Some(found) = self.find(file)? else {
             return Ok(None);
         };
@@ -355,11 +375,15 @@ impl WalStore {
             }
         }
         out.flush().await.map_err(out_err)?;
-        out.sync_all().await.map_err(out_err)?;
+        if durable {
+            out.sync_all().await.map_err(out_err)?;
+        }
         tmp.persist(path).map_err(|e| out_err(e.error))?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(out_err)?;
+        if durable {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(out_err)?;
+        }
         Ok(Some(found))
     }
 }
