@@ -1,0 +1,331 @@
+//! Reading an SQLite WAL file from outside SQLite: the header, frames, the
+//! salts and the checksum chain that say which frames count, and a cursor
+//! that remembers how far the watcher has read so that each poll reads only
+//! the frames appended since.
+//!
+//! Format (sqlite.org/fileformat2.html, "WAL file format"): a 32-byte header
+//! (magic, version, page size, checkpoint sequence, salt-1, salt-2, checksum)
+//! and frames of a 24-byte header (page number, database size in pages on a
+//! commit frame else 0, the two salts, the cumulative checksum) plus one page.
+//! A frame counts only when its salts match the header's and the checksum
+//! chain holds up to it; only frames up to the last valid commit frame are
+//! committed.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// The WAL header's magic, low bit clear: checksums in little-endian words.
+const MAGIC_LE: u32 = 0x377f_0682;
+/// The WAL header's magic, low bit set: checksums in big-endian words.
+const MAGIC_BE: u32 = 0x377f_0683;
+/// The only WAL format version SQLite writes.
+const VERSION: u32 = 3_007_000;
+const HEADER: u64 = 32;
+const FRAME_HEADER: u64 = 24;
+
+/// A parsed, checksum-verified WAL header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalHeader {
+    big_endian: bool,
+    /// The database page size.
+    pub page_size: u32,
+    /// Incremented each time the WAL restarts.
+    pub checkpoint_seq: u32,
+    /// Salt-1 (incremented on restart) and salt-2 (random on restart).
+    pub salts: (u32, u32),
+    checksum: (u32, u32),
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// SQLite's WAL checksum over `data` (a multiple of 8 bytes), continuing
+/// from `s`.
+fn checksum(big_endian: bool, mut s: (u32, u32), data: &[u8]) -> (u32, u32) {
+    for w in data.chunks_exact(8) {
+        let (a, b) = if big_endian {
+            (be32(w, 0), be32(w, 4))
+        } else {
+            (
+                u32::from_le_bytes([w[0], w[1], w[2], w[3]]),
+                u32::from_le_bytes([w[4], w[5], w[6], w[7]]),
+            )
+        };
+        s.0 = s.0.wrapping_add(a).wrapping_add(s.1);
+        s.1 = s.1.wrapping_add(b).wrapping_add(s.0);
+    }
+    s
+}
+
+impl WalHeader {
+    /// Parses and checks a header; `None` when it is not a valid WAL header
+    /// (an empty or truncated file, or one being rewritten).
+    pub fn parse(b: &[u8]) -> Option<WalHeader> {
+        if b.len() < HEADER as usize {
+            return None;
+        }
+        let big_endian = match be32(b, 0) {
+            MAGIC_LE => false,
+            MAGIC_BE => true,
+            _ => return None,
+        };
+        if be32(b, 4) != VERSION {
+            return None;
+        }
+        let page_size = be32(b, 8);
+        let page_size = if page_size == 1 { 65536 } else { page_size };
+        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+            return None;
+        }
+        let stored = (be32(b, 24), be32(b, 28));
+        if checksum(big_endian, (0, 0), &b[..24]) != stored {
+            return None;
+        }
+        Some(WalHeader {
+            big_endian,
+            page_size,
+            checkpoint_seq: be32(b, 12),
+            salts: (be32(b, 16), be32(b, 20)),
+            checksum: stored,
+        })
+    }
+
+    fn frame_size(&self) -> u64 {
+        FRAME_HEADER + u64::from(self.page_size)
+    }
+
+    /// The file offset of frame `n` (1-based).
+    fn frame_offset(&self, n: u32) -> u64 {
+        HEADER + u64::from(n - 1) * self.frame_size()
+    }
+}
+
+/// A frame position that orders frames across WAL generations: the
+/// generation the cursor counted (one per restart it saw) and the frame's
+/// 1-based index in it.
+pub type FrameId = u64;
+
+fn frame_id(generation: u32, index: u32) -> FrameId {
+    (u64::from(generation) << 32) | u64::from(index)
+}
+
+/// What one [`WalCursor::advance`] found.
+#[derive(Debug, Default)]
+pub struct Advance {
+    /// `(frame, page number)` of every newly committed frame.
+    pub frames: Vec<(FrameId, u32)>,
+    /// Why frames may have been missed (the WAL restarted or was truncated
+    /// before the cursor read them); `None` when nothing was.
+    pub lost: Option<String>,
+    /// Bytes read from the WAL file.
+    pub bytes_read: u64,
+}
+
+/// The generation the cursor follows and how far it has read it.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    header: WalHeader,
+    generation: u32,
+    /// Frames up to this index (1-based; 0 for none) are committed and read.
+    committed: u32,
+    /// The checksum chain after frame `committed`.
+    chain: (u32, u32),
+}
+
+/// How far the watcher has read the WAL. Not a lock and no shared state
+/// with SQLite: it only reads the file.
+#[derive(Debug, Default)]
+pub struct WalCursor {
+    pos: Option<Position>,
+    generations: u32,
+}
+
+/// Frames read by [`scan`]: committed ones, and how far valid frames go.
+struct Scanned {
+    frames: Vec<(u32, u32)>,
+    committed: u32,
+    chain: (u32, u32),
+    /// Every valid frame, committed or not: how far a writer has written.
+    valid: u32,
+    bytes_read: u64,
+}
+
+/// Reads frames `from..` of the generation `h`, starting the checksum chain
+/// at `chain`, until the first frame that does not belong (other salts, a
+/// broken chain, end of file).
+fn scan(file: &File, h: &WalHeader, from: u32, chain: (u32, u32)) -> io::Result<Scanned> {
+    let mut out = Scanned {
+        frames: Vec::new(),
+        committed: from - 1,
+        chain,
+        valid: from - 1,
+        bytes_read: 0,
+    };
+    let mut tentative: Vec<(u32, u32)> = Vec::new();
+    let mut s = chain;
+    let mut buf = vec![0u8; h.frame_size() as usize];
+    let mut n = from;
+    loop {
+        match read_full(file, &mut buf, h.frame_offset(n))? {
+            true => out.bytes_read += buf.len() as u64,
+            false => break,
+        }
+        if (be32(&buf, 8), be32(&buf, 12)) != h.salts {
+            break;
+        }
+        let next = checksum(h.big_endian, s, &buf[..8]);
+        let next = checksum(h.big_endian, next, &buf[FRAME_HEADER as usize..]);
+        if next != (be32(&buf, 16), be32(&buf, 20)) {
+            break;
+        }
+        s = next;
+        out.valid = n;
+        let pgno = be32(&buf, 0);
+        tentative.push((n, pgno));
+        if be32(&buf, 4) != 0 {
+            // A commit frame: everything up to here is committed.
+            out.frames.append(&mut tentative);
+            out.committed = n;
+            out.chain = s;
+        }
+        n = match n.checked_add(1) {
+            Some(n) => n,
+            None => break,
+        };
+    }
+    Ok(out)
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`; `false` at end of file.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => return Ok(false),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+impl WalCursor {
+    /// A cursor that has read nothing: its first advance reports frames as
+    /// lost if the WAL already holds any (the caller then reads every page).
+    pub fn new() -> WalCursor {
+        WalCursor::default()
+    }
+
+    /// The last committed frame read so far; `None` before any WAL.
+    pub fn position(&self) -> Option<FrameId> {
+        self.pos.map(|p| frame_id(p.generation, p.committed))
+    }
+
+    /// The page size the WAL header gives, if there is a valid header.
+    pub fn page_size(&self) -> Option<u32> {
+        self.pos.map(|p| p.header.page_size)
+    }
+
+    /// Reads what was committed to the WAL since the last call.
+    ///
+    /// When the WAL restarted since (new salts), frames the old generation
+    /// got after the cursor are still read if they are provably intact: the
+    /// checkpoint sequence moved by exactly one, and the new generation has
+    /// not yet reached the cursor's position, so it cannot have overwritten
+    /// them. Otherwise (truncated WAL, several restarts, overwritten tail)
+    /// `lost` says so.
+    pub fn advance(&mut self, wal: Option<&File>) -> io::Result<Advance> {
+        let mut adv = Advance::default();
+        let mut head = [0u8; HEADER as usize];
+        let header = match wal {
+            Some(f) if read_full(f, &mut head, 0)? => {
+                adv.bytes_read += HEADER;
+                WalHeader::parse(&head)
+            }
+            _ => None,
+        };
+        let (Some(file), Some(header)) = (wal, header) else {
+            // No WAL, an empty one (after a TRUNCATE checkpoint or before the
+            // first write) or a header being rewritten.
+            if let Some(p) = self.pos.take() {
+                self.generations += 1;
+                if p.committed > 0 {
+                    adv.lost = Some("the WAL was truncated or removed".into());
+                }
+            }
+            return Ok(adv);
+        };
+        match self.pos {
+            Some(p) if p.header == header => {
+                let s = scan(file, &header, p.committed + 1, p.chain)?;
+                adv.bytes_read += s.bytes_read;
+                adv.frames = s
+                    .frames
+                    .iter()
+                    .map(|&(n, pg)| (frame_id(p.generation, n), pg))
+                    .collect();
+                self.pos = Some(Position {
+                    committed: s.committed,
+                    chain: s.chain,
+                    ..p
+                });
+            }
+            old => {
+                // A new generation (or the first look).
+                let mut old_tail = None;
+                if let Some(p) = old {
+                    let one_restart = header.checkpoint_seq == p.header.checkpoint_seq.wrapping_add(1)
+                        && header.salts.0 == p.header.salts.0.wrapping_add(1)
+                        && header.page_size == p.header.page_size;
+                    if one_restart {
+                        let tail = scan(file, &p.header, p.committed + 1, p.chain)?;
+                        adv.bytes_read += tail.bytes_read;
+                        old_tail = Some((p, tail));
+                    }
+                }
+                self.generations += 1;
+                let generation = self.generations;
+                let new = scan(file, &header, 1, header.checksum)?;
+                adv.bytes_read += new.bytes_read;
+                match (old, old_tail) {
+                    (None, _) => {
+                        if new.committed > 0 {
+                            adv.lost = Some("the watcher has not read this WAL before".into());
+                        }
+                    }
+                    (Some(_), Some((p, tail))) if new.valid < p.committed => {
+                        // The new generation wrote frames 1..=valid (and at
+                        // most one more in flight): all below the old tail.
+                        adv.frames.extend(
+                            tail.frames
+                                .iter()
+                                .map(|&(n, pg)| (frame_id(p.generation, n), pg)),
+                        );
+                    }
+                    (Some(_), _) => {
+                        adv.lost = Some(
+                            "the WAL restarted (a checkpoint) before the watcher read its last \
+                             frames"
+                                .into(),
+                        );
+                    }
+                }
+                adv.frames.extend(
+                    new.frames
+                        .iter()
+                        .map(|&(n, pg)| (frame_id(generation, n), pg)),
+                );
+                self.pos = Some(Position {
+                    header,
+                    generation,
+                    committed: new.committed,
+                    chain: new.chain,
+                });
+            }
+        }
+        Ok(adv)
+    }
+}
