@@ -159,6 +159,7 @@ pub struct Spooled {
     pub reason: String,
     update: Update,
     trim_to: Option<FrameId>,
+    db_sig: Option<(u64, (i64, i64))>,
     inode: (u64, u64),
 }
 
@@ -177,7 +178,8 @@ struct Signals {
     size: u64,
     mtime: (i64, i64),
     wal: Option<(u64, (i64, i64), u64)>,
-    data_version: Option<i64>,
+    /// The rollback-journal change counter (header offset 24).
+    change_counter: Option<u32>,
 }
 
 /// Captures one database.
@@ -186,14 +188,16 @@ pub struct Capturer {
     path: PathBuf,
     wal_path: PathBuf,
     spool: PathBuf,
+    /// Open only during a capture: see `connection`.
     conn: Option<Connection>,
-    conn_inode: (u64, u64),
     cursor: WalCursor,
     /// `(frame, page)` of committed WAL frames after `P`.
     pending: Vec<(FrameId, u32)>,
     state: Option<State>,
     /// A continuity break seen while polling, for the next capture.
     rescan: Option<String>,
+    /// The database file's size and mtime when the last capture began.
+    db_sig: Option<(u64, (i64, i64))>,
     signals: Option<Signals>,
     stats: Arc<Stats>,
 }
@@ -215,11 +219,11 @@ impl Capturer {
             wal_path: PathBuf::from(wal),
             spool: spool_dir.join(format!("{file}.pages")),
             conn: None,
-            conn_inode: (0, 0),
             cursor: WalCursor::new(),
             pending: Vec::new(),
             state: None,
             rescan: None,
+            db_sig: None,
             signals: None,
             stats,
         }
@@ -302,18 +306,19 @@ impl Capturer {
         })
     }
 
-    fn connection(&mut self, inode: (u64, u64)) -> Result<&Connection, CaptureError> {
-        if self.conn.is_none() || self.conn_inode != inode {
-            self.conn = None;
-            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI;
-            let conn = Connection::open_with_flags(&self.path, flags).map_err(self.sql_err())?;
-            conn.busy_timeout(BUSY_TIMEOUT).map_err(self.sql_err())?;
-            self.conn = Some(conn);
-            self.conn_inode = inode;
-        }
-        Ok(self.conn.as_ref().expect("just opened"))
+    /// A fresh read-only connection for one capture. Never one kept
+    /// between captures: an idle read-only connection holds no lock, so a
+    /// writer closing last checkpoints and deletes the WAL and `-shm` under
+    /// it, and a connection that opened while no WAL existed reads the file
+    /// as a rollback database — either way it could serve a stale snapshot.
+    fn connection(&mut self) -> Result<&Connection, CaptureError> {
+        self.conn = None;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&self.path, flags).map_err(self.sql_err())?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(self.sql_err())?;
+        Ok(self.conn.insert(conn))
     }
 
     fn look(&mut self) -> Result<Signals, CaptureError> {
@@ -322,29 +327,43 @@ impl Capturer {
         let wal = std::fs::metadata(&self.wal_path)
             .ok()
             .map(|w| (w.len(), (w.mtime(), w.mtime_nsec()), w.ino()));
-        // `data_version` changes when another connection commits: the one
-        // signal that sees a WAL commit whose frames overwrite old ones
-        // (same file size) within one mtime tick.
-        let data_version = self
-            .connection(inode)
-            .ok()
-            .and_then(|c| c.query_row("PRAGMA data_version", [], |r| r.get(0)).ok());
+        // The change counter moves with every rollback-mode commit, even
+        // within one mtime tick; WAL commits are seen by `poll` reading the
+        // new frames.
+        let change_counter = {
+            use std::io::Read;
+            let mut b = [0u8; 28];
+            File::open(&self.path)
+                .and_then(|mut f| f.read_exact(&mut b))
+                .ok()
+                .map(|()| u32::from_be_bytes([b[24], b[25], b[26], b[27]]))
+        };
         Ok(Signals {
             inode,
             size: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
             wal,
-            data_version,
+            change_counter,
         })
     }
 
-    /// A cheap check (file stats, `PRAGMA data_version`): whether anything
-    /// may have changed since the last call. True at first.
+    /// A cheap check: file stats, the change counter, and the WAL frames
+    /// committed since the last look (read into the pending list, so the
+    /// capture reads only what came after). Whether anything may have
+    /// changed since the last capture. True at first.
     pub fn poll(&mut self) -> Result<bool, CaptureError> {
         let now = self.look()?;
-        let changed = self.signals.as_ref() != Some(&now) || self.state.is_none();
+        let mut changed = self.signals.as_ref() != Some(&now) || self.state.is_none();
         self.signals = Some(now);
-        Ok(changed)
+        if self.wal_path.exists() || self.cursor.position().is_some() {
+            let before = self.pending.len();
+            if let Some(lost) = self.advance_wal()? {
+                self.rescan.get_or_insert(lost);
+                changed = true;
+            }
+            changed |= self.pending.len() != before;
+        }
+        Ok(changed || self.rescan.is_some() || !self.pending.is_empty())
     }
 
     /// Takes a capture: the changed pages (every page when `snapshot` or
@@ -367,32 +386,58 @@ impl Capturer {
         }
         // F1: the WAL as committed before the transaction begins.
         let mut trim_to = None;
+        let db_sig = Some((m.len(), (m.mtime(), m.mtime_nsec())));
         if mode == Mode::Wal {
             if let Some(lost) = self.advance_wal()? {
                 rescan.get_or_insert(lost);
             }
             trim_to = self.cursor.position();
+            if trim_to.is_none() && self.state.is_some() && db_sig != self.db_sig {
+                // No readable WAL, yet the file changed: a writer's WAL was
+                // checkpointed into it and removed (or truncated) between two
+                // looks, with frames this watcher never read.
+                rescan.get_or_insert_with(|| {
+                    "the database changed while no WAL was readable (a checkpoint of frames \
+                     the watcher never saw)"
+                        .into()
+                });
+            }
         }
         let spool = self.spool.clone();
-        let begun = self.connection(inode)?.execute_batch("BEGIN");
-        begun.map_err(self.sql_err())?;
+        let begun = self.connection()?.execute_batch("BEGIN");
+        if let Err(e) = begun {
+            self.conn = None;
+            if let Some(r) = rescan {
+                self.rescan = Some(r);
+            }
+            return Err(self.sql_err()(e));
+        }
         let out = self.in_transaction(mode, inode, &mut full, &mut rescan, &spool);
-        if let Some(conn) = &self.conn {
+        if let Some(conn) = self.conn.take() {
             // Ends the read; a failed COMMIT of a read-only transaction
-            // leaves nothing behind, but make sure no lock stays.
+            // leaves nothing behind, and closing releases every lock.
             if conn.execute_batch("COMMIT").is_err() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
         }
-        let mut spooled = match out? {
-            None => {
+        let mut spooled = match out {
+            Ok(None) => {
                 // Nothing changed up to S: the frames up to F1 are settled.
                 self.trim(trim_to);
+                self.db_sig = db_sig;
                 return Ok(None);
             }
-            Some(s) => s,
+            Ok(Some(s)) => s,
+            Err(e) => {
+                // Whatever made this capture break it must not be forgotten.
+                if let Some(r) = rescan {
+                    self.rescan = Some(r);
+                }
+                return Err(e);
+            }
         };
         spooled.trim_to = trim_to;
+        spooled.db_sig = db_sig;
         Ok(Some(spooled))
     }
 
@@ -410,6 +455,19 @@ impl Capturer {
             .map_err(Self::io_err(&self.wal_path))?;
         add(&self.stats.wal_bytes_read, adv.bytes_read);
         self.pending.extend(adv.frames);
+        if adv.first_look && self.state.is_some() {
+            // A WAL appeared since the last look (the last one was removed
+            // when its writer closed). Its frames are all new unless a
+            // checkpoint wrote some of them into the database meanwhile,
+            // which changes the file.
+            let m = self.stat()?;
+            if Some((m.len(), (m.mtime(), m.mtime_nsec()))) != self.db_sig {
+                return Ok(Some(
+                    "a new WAL appeared and the database file changed since the last capture"
+                        .into(),
+                ));
+            }
+        }
         Ok(adv.lost)
     }
 
@@ -563,6 +621,7 @@ impl Capturer {
             reason,
             update,
             trim_to: None,
+            db_sig: None,
             inode,
         }))
     }
@@ -595,6 +654,7 @@ impl Capturer {
             mode: s.mode,
         });
         self.trim(s.trim_to);
+        self.db_sig = s.db_sig;
         let _ = std::fs::remove_file(&s.pages_file);
     }
 
@@ -602,6 +662,9 @@ impl Capturer {
     /// its pages again.
     pub fn discard(&mut self, s: Spooled) {
         add(&self.stats.failures, 1);
+        if s.reason.starts_with("rescan: ") {
+            self.rescan = Some(s.reason["rescan: ".len()..].to_owned());
+        }
         let _ = std::fs::remove_file(&s.pages_file);
     }
 

@@ -121,6 +121,10 @@ pub struct Advance {
     pub lost: Option<String>,
     /// Bytes read from the WAL file.
     pub bytes_read: u64,
+    /// The cursor had no WAL before and this one already holds committed
+    /// frames: whether they are all new since the last capture is for the
+    /// caller to judge (a checkpoint would have changed the database file).
+    pub first_look: bool,
 }
 
 /// The generation the cursor follows and how far it has read it.
@@ -213,8 +217,8 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
 }
 
 impl WalCursor {
-    /// A cursor that has read nothing: its first advance reports frames as
-    /// lost if the WAL already holds any (the caller then reads every page).
+    /// A cursor that has read nothing: its first advance reports every
+    /// committed frame, with `first_look` set.
     pub fn new() -> WalCursor {
         WalCursor::default()
     }
@@ -291,11 +295,7 @@ impl WalCursor {
                 let new = scan(file, &header, 1, header.checksum)?;
                 adv.bytes_read += new.bytes_read;
                 match (old, old_tail) {
-                    (None, _) => {
-                        if new.committed > 0 {
-                            adv.lost = Some("the watcher has not read this WAL before".into());
-                        }
-                    }
+                    (None, _) => adv.first_look = new.committed > 0,
                     (Some(_), Some((p, tail))) if new.valid < p.committed => {
                         // The new generation wrote frames 1..=valid (and at
                         // most one more in flight): all below the old tail.

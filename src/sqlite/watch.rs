@@ -263,7 +263,7 @@ pub async fn watch(
         let started = Instant::now();
         last_step = Some(started);
         match watcher.step(false).await {
-            Ok(Step::Unchanged) => {}
+            Ok(Step::Unchanged) => tracing::trace!(database = %opts.name, "unchanged"),
             Ok(Step::Stored { .. }) => {
                 last_capture = Some(started);
                 last_logged = None;
