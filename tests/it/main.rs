@@ -9,6 +9,7 @@ mod harness;
 mod pg_harness;
 mod pitr_restore;
 mod repo;
+mod sqlite;
 mod wal_conn;
 mod wal_decode;
 mod wal_failover;
