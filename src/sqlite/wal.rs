@@ -202,6 +202,13 @@ fn scan(file: &File, h: &WalHeader, from: u32, chain: (u32, u32)) -> io::Result<
     Ok(out)
 }
 
+/// Whether the file still has header `h` (no further restart happened
+/// while the cursor read).
+fn same_header(file: &File, h: &WalHeader) -> io::Result<bool> {
+    let mut head = [0u8; HEADER as usize];
+    Ok(read_full(file, &mut head, 0)? && WalHeader::parse(&head).as_ref() == Some(h))
+}
+
 /// Reads exactly `buf.len()` bytes at `offset`; `false` at end of file.
 fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
     let mut done = 0;
@@ -237,10 +244,10 @@ impl WalCursor {
     ///
     /// When the WAL restarted since (new salts), frames the old generation
     /// got after the cursor are still read if they are provably intact: the
-    /// checkpoint sequence moved by exactly one, and the new generation has
-    /// not yet reached the cursor's position, so it cannot have overwritten
-    /// them. Otherwise (truncated WAL, several restarts, overwritten tail)
-    /// `lost` says so.
+    /// checkpoint sequence moved by exactly one, the file was not cut below
+    /// the cursor's position (a TRUNCATE checkpoint), the new generation has
+    /// not reached that position (so it cannot have overwritten them), and
+    /// no further restart happened while reading. Otherwise `lost` says so.
     pub fn advance(&mut self, wal: Option<&File>) -> io::Result<Advance> {
         let mut adv = Advance::default();
         let mut head = [0u8; HEADER as usize];
@@ -278,7 +285,12 @@ impl WalCursor {
                 });
             }
             old => {
-                // A new generation (or the first look).
+                // A new generation (or the first look). The file's length
+                // before reading the old tail tells a RESTART (the file
+                // keeps its length, old frames past the new ones intact)
+                // from a TRUNCATE (cut to zero, then rewritten: the old
+                // tail is gone even where the new frames have not reached).
+                let len_before = file.metadata()?.len();
                 let mut old_tail = None;
                 if let Some(p) = old {
                     let one_restart = header.checkpoint_seq == p.header.checkpoint_seq.wrapping_add(1)
@@ -296,7 +308,11 @@ impl WalCursor {
                 adv.bytes_read += new.bytes_read;
                 match (old, old_tail) {
                     (None, _) => adv.first_look = new.committed > 0,
-                    (Some(_), Some((p, tail))) if new.valid < p.committed => {
+                    (Some(_), Some((p, tail)))
+                        if new.valid < p.committed
+                            && len_before >= p.header.frame_offset(p.committed + 1)
+                            && same_header(file, &header)? =>
+                    {
                         // The new generation wrote frames 1..=valid (and at
                         // most one more in flight): all below the old tail.
                         adv.frames.extend(

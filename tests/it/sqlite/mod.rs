@@ -94,6 +94,7 @@ impl Sidecar {
             .args(["run", "-c"])
             .arg(cfg)
             .env("PITR_LOG", "pitr=info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
