@@ -23,6 +23,8 @@ const MAGIC_BE: u32 = 0x377f_0683;
 const VERSION: u32 = 3_007_000;
 const HEADER: u64 = 32;
 const FRAME_HEADER: u64 = 24;
+/// Frames read per system call.
+const BATCH: usize = 32;
 
 /// A parsed, checksum-verified WAL header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,35 +171,44 @@ fn scan(file: &File, h: &WalHeader, from: u32, chain: (u32, u32)) -> io::Result<
     };
     let mut tentative: Vec<(u32, u32)> = Vec::new();
     let mut s = chain;
-    let mut buf = vec![0u8; h.frame_size() as usize];
+    let fs = h.frame_size() as usize;
+    // Frames are read BATCH at a time: one system call per batch, not per
+    // frame, when a busy writer appended thousands since the last look.
+    let mut buf = vec![0u8; fs * BATCH];
     let mut n = from;
-    loop {
-        match read_full(file, &mut buf, h.frame_offset(n))? {
-            true => out.bytes_read += buf.len() as u64,
-            false => break,
-        }
-        if (be32(&buf, 8), be32(&buf, 12)) != h.salts {
+    'read: loop {
+        let got = read_some(file, &mut buf, h.frame_offset(n))?;
+        let frames = got / fs;
+        if frames == 0 {
             break;
         }
-        let next = checksum(h.big_endian, s, &buf[..8]);
-        let next = checksum(h.big_endian, next, &buf[FRAME_HEADER as usize..]);
-        if next != (be32(&buf, 16), be32(&buf, 20)) {
+        out.bytes_read += (frames * fs) as u64;
+        for frame in buf[..frames * fs].chunks_exact(fs) {
+            if (be32(frame, 8), be32(frame, 12)) != h.salts {
+                break 'read;
+            }
+            let next = checksum(h.big_endian, s, &frame[..8]);
+            let next = checksum(h.big_endian, next, &frame[FRAME_HEADER as usize..]);
+            if next != (be32(frame, 16), be32(frame, 20)) {
+                break 'read;
+            }
+            s = next;
+            out.valid = n;
+            tentative.push((n, be32(frame, 0)));
+            if be32(frame, 4) != 0 {
+                // A commit frame: everything up to here is committed.
+                out.frames.append(&mut tentative);
+                out.committed = n;
+                out.chain = s;
+            }
+            n = match n.checked_add(1) {
+                Some(n) => n,
+                None => break 'read,
+            };
+        }
+        if frames < BATCH {
             break;
         }
-        s = next;
-        out.valid = n;
-        let pgno = be32(&buf, 0);
-        tentative.push((n, pgno));
-        if be32(&buf, 4) != 0 {
-            // A commit frame: everything up to here is committed.
-            out.frames.append(&mut tentative);
-            out.committed = n;
-            out.chain = s;
-        }
-        n = match n.checked_add(1) {
-            Some(n) => n,
-            None => break,
-        };
     }
     Ok(out)
 }
@@ -207,6 +218,20 @@ fn scan(file: &File, h: &WalHeader, from: u32, chain: (u32, u32)) -> io::Result<
 fn same_header(file: &File, h: &WalHeader) -> io::Result<bool> {
     let mut head = [0u8; HEADER as usize];
     Ok(read_full(file, &mut head, 0)? && WalHeader::parse(&head).as_ref() == Some(h))
+}
+
+/// Reads as much of `buf` as the file has at `offset`; the count.
+fn read_some(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`; `false` at end of file.

@@ -1,10 +1,11 @@
 //! The watcher must not slow the writer down: inserts per second (one
-//! transaction each, WAL mode, synchronous=NORMAL) on a watched database are
-//! at least 95% of those on an unwatched one.
+//! transaction each, WAL mode) on a watched database are
+//! at least 95% of those on an unwatched one. The writer uses
+//! synchronous=NORMAL: no fsync per commit, so any cost of the watcher shows.
 //!
 //! Both databases live side by side and are written alternately (B A A B B
 //! A …) while one `pitr run` watches only A, so drift in the machine's load
-//! hits both sides alike; medians of five runs each are compared.
+//! hits both sides alike; the median of the five pairs' ratios is compared.
 
 use std::time::Duration;
 
@@ -35,19 +36,18 @@ fn writer_throughput_with_the_watcher_is_at_least_95_percent() {
     }
     let log = sidecar.stop();
     let captures = log.matches("stored an SQLite capture").count();
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (w, wo) = (median(&mut with), median(&mut without));
+    // Each watched run against the unwatched run next to it: the load of a
+    // shared machine drifts over the test, and adjacent runs see the same.
+    let mut ratios: Vec<f64> = with.iter().zip(&without).map(|(w, wo)| w / wo).collect();
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios[ratios.len() / 2];
     eprintln!(
-        "inserts/s with the watcher {with:?} (median {w:.0}), without {without:?} (median \
-         {wo:.0}); ratio {:.3}; {captures} captures",
-        w / wo
+        "inserts/s with the watcher {with:?}, without {without:?}; paired ratios {ratios:.3?}, \
+         median {ratio:.3}; {captures} captures"
     );
     assert!(captures >= 8, "the watcher did not keep up: {captures} captures\n{log}");
     assert!(
-        w >= 0.95 * wo,
-        "the watched writer ran at {w:.0}/s, under 95% of {wo:.0}/s"
+        ratio >= 0.95,
+        "the watched writer ran at {ratio:.3} of the unwatched one's rate (median of pairs)"
     );
 }
