@@ -191,7 +191,9 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "postgres": out, "sqlite": sqlite }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "postgres": out, "sqlite": sqlite })
+            )?
         );
     }
     Ok(())

@@ -13,19 +13,23 @@ use crate::{Exit, mib};
 
 /// The `[[sqlite]]` entry named `name`.
 pub fn sqlite_entry<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a SqliteConfig> {
-    config.sqlite.iter().find(|s| s.name == name).ok_or_else(|| {
-        let names: Vec<&str> = config.sqlite.iter().map(|s| s.name.as_str()).collect();
-        Exit::Usage(format!(
-            "{}: no [[sqlite]] entry is named {name:?} (configured: {})",
-            config.path.display(),
-            if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.join(", ")
-            }
-        ))
-        .into()
-    })
+    config
+        .sqlite
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.sqlite.iter().map(|s| s.name.as_str()).collect();
+            Exit::Usage(format!(
+                "{}: no [[sqlite]] entry is named {name:?} (configured: {})",
+                config.path.display(),
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ))
+            .into()
+        })
 }
 
 fn classify(e: SqliteRestoreError) -> anyhow::Error {

@@ -450,12 +450,9 @@ fn duration(
     };
     match parsed {
         None => Err(ctx.invalid(key, &v.origin, &format!("{shown} is not a duration"), &fix)),
-        Some(d) if !range.contains(&d) => Err(ctx.invalid(
-            key,
-            &v.origin,
-            &format!("{shown} is out of range"),
-            &fix,
-        )),
+        Some(d) if !range.contains(&d) => {
+            Err(ctx.invalid(key, &v.origin, &format!("{shown} is out of range"), &fix))
+        }
         Some(d) => Ok(d),
     }
 }

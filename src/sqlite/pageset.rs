@@ -123,7 +123,9 @@ impl PageSetHeader {
                 return Err(PageSetError("a page number outside the database".into()));
             }
         } else if count != db_pages {
-            return Err(PageSetError("snapshot page count differs from its size".into()));
+            return Err(PageSetError(
+                "snapshot page count differs from its size".into(),
+            ));
         }
         Ok(PageSetHeader {
             page_size,
@@ -160,7 +162,10 @@ mod tests {
         };
         let b = h.encode();
         assert_eq!(b.len() as u64, HEADER_ALIGN);
-        assert_eq!(PageSetHeader::len_from_prefix(&b[..24]).unwrap(), HEADER_ALIGN);
+        assert_eq!(
+            PageSetHeader::len_from_prefix(&b[..24]).unwrap(),
+            HEADER_ALIGN
+        );
         assert_eq!(PageSetHeader::decode(&b).unwrap(), h);
         let big = PageSetHeader {
             pages: (1..=20_000).collect(),

@@ -141,9 +141,7 @@ pub enum SqliteRestoreError {
         got: String,
     },
     /// `PRAGMA integrity_check` failed.
-    #[error(
-        "PRAGMA integrity_check on the restored database failed: {0}; it was not put in place"
-    )]
+    #[error("PRAGMA integrity_check on the restored database failed: {0}; it was not put in place")]
     Integrity(String),
 }
 
@@ -504,11 +502,7 @@ impl<'a> Applier<'a> {
     fn finish(self) -> Result<u64, SqliteRestoreError> {
         match &self.header {
             Some(h) if self.next == h.count() as usize && self.buf.is_empty() => Ok(self.written),
-            Some(h) => Err(self.corrupt(format!(
-                "{} of {} pages present",
-                self.next,
-                h.count()
-            ))),
+            Some(h) => Err(self.corrupt(format!("{} of {} pages present", self.next, h.count()))),
             None => Err(self.corrupt("no header")),
         }
     }

@@ -109,7 +109,5 @@ pub fn captures(repo: &Repository, name: &str) -> Result<Vec<StoredCapture>, Sto
 
 /// The next free capture number of database `name`.
 pub fn next_seq(repo: &Repository, name: &str) -> Result<u64, StoreError> {
-    Ok(captures(repo, name)?
-        .last()
-        .map_or(1, |c| c.attrs.seq + 1))
+    Ok(captures(repo, name)?.last().map_or(1, |c| c.attrs.seq + 1))
 }

@@ -318,7 +318,8 @@ impl WalCursor {
                 let len_before = file.metadata()?.len();
                 let mut old_tail = None;
                 if let Some(p) = old {
-                    let one_restart = header.checkpoint_seq == p.header.checkpoint_seq.wrapping_add(1)
+                    let one_restart = header.checkpoint_seq
+                        == p.header.checkpoint_seq.wrapping_add(1)
                         && header.salts.0 == p.header.salts.0.wrapping_add(1)
                         && header.page_size == p.header.page_size;
                     if one_restart {

@@ -134,7 +134,10 @@ impl Watcher {
     /// stores.
     pub async fn step(&mut self, always: bool) -> Result<Step, StepError> {
         let snapshot = self.snapshot_due();
-        let mut cap = self.capturer.take().expect("capturer present between steps");
+        let mut cap = self
+            .capturer
+            .take()
+            .expect("capturer present between steps");
         let (cap, taken) = tokio::task::spawn_blocking(move || {
             let r = (|| {
                 let changed = cap.poll()?;
@@ -164,7 +167,7 @@ impl Watcher {
                 }
                 tracing::info!(
                     database = %self.opts.name, item = %item, snapshot, pages,
-                    reason = %spooled.reason, "stored an SQLite capture"
+                    reason = %spooled.reason, at = %spooled.at, "stored an SQLite capture"
                 );
                 cap.stored(spooled);
                 Ok(Step::Stored {
@@ -312,13 +315,15 @@ fn file_events(path: &Path, wake: Arc<tokio::sync::Notify>) -> Option<notify::Re
         // Opens and reads (the watcher's own among them) are not changes.
         let change = matches!(
             ev.kind,
-            notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
+            notify::EventKind::Create(_)
+                | notify::EventKind::Modify(_)
+                | notify::EventKind::Remove(_)
         );
         if change
             && ev
-            .paths
-            .iter()
-            .any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| n == f)))
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| n == f)))
         {
             wake.notify_one();
         }

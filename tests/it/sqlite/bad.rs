@@ -38,8 +38,14 @@ async fn missing_deleted_replaced_and_not_sqlite() {
         Err(StepError::Capture(CaptureError::Missing(p))) => assert_eq!(p, db),
         other => panic!("expected Missing, got {other:?}"),
     }
-    sqlite3(&db, "CREATE TABLE t (id INTEGER PRIMARY KEY, at_ns INTEGER); INSERT INTO t VALUES (1, 1);");
-    assert!(stored(w.step(false).await).0, "the first capture is a snapshot");
+    sqlite3(
+        &db,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, at_ns INTEGER); INSERT INTO t VALUES (1, 1);",
+    );
+    assert!(
+        stored(w.step(false).await).0,
+        "the first capture is a snapshot"
+    );
 
     // Deleted while watched.
     std::fs::remove_file(&db).expect("rm");
@@ -114,7 +120,10 @@ async fn a_long_lock_is_waited_out_without_stalling_and_page_size_changes_snapsh
     stored(w.step(false).await);
 
     // A page size change (rollback mode: VACUUM applies it).
-    sqlite3(&db, "PRAGMA page_size = 8192; VACUUM; INSERT INTO t VALUES (3, 3);");
+    sqlite3(
+        &db,
+        "PRAGMA page_size = 8192; VACUUM; INSERT INTO t VALUES (3, 3);",
+    );
     let (snapshot, _) = stored(w.step(false).await);
     assert!(snapshot, "a page size change is stored as a snapshot");
     let cfg = sqlite_config(&repo, "app", &db);
@@ -132,7 +141,10 @@ use std::time::Duration;
 async fn restore_refusals_and_a_wrong_checksum() {
     let repo = TestRepo::new().await;
     let db = repo.dir.path().join("app.db");
-    sqlite3(&db, "CREATE TABLE t (id INTEGER PRIMARY KEY, at_ns INTEGER); INSERT INTO t VALUES (1, 1);");
+    sqlite3(
+        &db,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, at_ns INTEGER); INSERT INTO t VALUES (1, 1);",
+    );
     let mut w = Watcher::new(repo.open().await, options(&repo, &db)).expect("watcher");
     stored(w.step(false).await);
     drop(w);
@@ -142,32 +154,57 @@ async fn restore_refusals_and_a_wrong_checksum() {
     let t = target.to_str().expect("utf-8");
 
     // Before the first snapshot: not possible (exit 1), nothing written.
-    let out = pitr(&["restore", "-c", c, "--sqlite", "app", "--at", "2000-01-01T00:00:00Z", "--target", t]);
+    let out = pitr(&[
+        "restore",
+        "-c",
+        c,
+        "--sqlite",
+        "app",
+        "--at",
+        "2000-01-01T00:00:00Z",
+        "--target",
+        t,
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("restore window"), "{}", text(&out));
     assert!(!target.exists());
     // A PostgreSQL-only target, an unknown name: usage (exit 2).
-    let out = pitr(&["restore", "-c", c, "--sqlite", "app", "--lsn", "0/1", "--target", t]);
+    let out = pitr(&[
+        "restore", "-c", c, "--sqlite", "app", "--lsn", "0/1", "--target", t,
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = pitr(&["plan", "-c", c, "--sqlite", "nope", "--latest"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("no [[sqlite]] entry is named \"nope\""), "{}", text(&out));
+    assert!(
+        text(&out).contains("no [[sqlite]] entry is named \"nope\""),
+        "{}",
+        text(&out)
+    );
     // The plan names the snapshot.
     let out = pitr(&["plan", "-c", c, "--sqlite", "app", "--latest"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("sqlite/app/000000000001"), "{}", text(&out));
+    assert!(
+        text(&out).contains("sqlite/app/000000000001"),
+        "{}",
+        text(&out)
+    );
     // An existing target is not overwritten without --force.
     std::fs::write(&target, b"precious").expect("write");
-    let out = pitr(&["restore", "-c", c, "--sqlite", "app", "--latest", "--target", t]);
+    let out = pitr(&[
+        "restore", "-c", c, "--sqlite", "app", "--latest", "--target", t,
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert_eq!(std::fs::read(&target).expect("read"), b"precious");
-    let out = pitr(&["restore", "-c", c, "--sqlite", "app", "--latest", "--target", t, "--force"]);
+    let out = pitr(&[
+        "restore", "-c", c, "--sqlite", "app", "--latest", "--target", t, "--force",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(rows(&target), vec![(1, 1)]);
 
     // A catalog whose checksum disagrees with the pages: the restore fails
     // and puts nothing in place (invariant 6).
-    let catalog = rusqlite::Connection::open(repo.opts.state_dir.join("catalog.db")).expect("catalog");
+    let catalog =
+        rusqlite::Connection::open(repo.opts.state_dir.join("catalog.db")).expect("catalog");
     let n = catalog
         .execute(
             "UPDATE items SET attrs = json_set(attrs, '$.checksum', '0000000000000000') \
@@ -179,7 +216,14 @@ async fn restore_refusals_and_a_wrong_checksum() {
     drop(catalog);
     let other = repo.dir.path().join("other.db");
     let out = pitr(&[
-        "restore", "-c", c, "--sqlite", "app", "--latest", "--target", other.to_str().expect("utf-8"),
+        "restore",
+        "-c",
+        c,
+        "--sqlite",
+        "app",
+        "--latest",
+        "--target",
+        other.to_str().expect("utf-8"),
     ]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("checksum"), "{}", text(&out));
@@ -197,7 +241,14 @@ fn bad_sqlite_config_values_exit_2() {
     ] {
         let cfg = repo.write_config(&[]);
         add_sqlite(&cfg, "app", &repo.dir.path().join("app.db"), extra);
-        let out = pitr(&["plan", "-c", cfg.to_str().expect("utf-8"), "--sqlite", "app", "--latest"]);
+        let out = pitr(&[
+            "plan",
+            "-c",
+            cfg.to_str().expect("utf-8"),
+            "--sqlite",
+            "app",
+            "--latest",
+        ]);
         assert_eq!(out.status.code(), Some(2), "{extra}: {}", text(&out));
         assert!(text(&out).contains(needle), "{extra}: {}", text(&out));
     }

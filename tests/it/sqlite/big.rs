@@ -33,7 +33,11 @@ pub fn build_big_db(db: &Path, mib: u32) {
         .args(["-c", &script])
         .output()
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn read(stats: &Stats) -> u64 {
@@ -61,7 +65,10 @@ async fn capture_after_a_10_row_update_on_1_gb_reads_under_1_mb() {
         other => panic!("expected the start snapshot, got {other:?}"),
     }
     let after_snapshot = read(&stats);
-    assert!(after_snapshot >= size, "the snapshot read {after_snapshot} bytes");
+    assert!(
+        after_snapshot >= size,
+        "the snapshot read {after_snapshot} bytes"
+    );
 
     // An application that keeps its connection open (as applications do):
     // its WAL stays until it closes.
@@ -99,7 +106,7 @@ async fn capture_after_a_10_row_update_on_1_gb_reads_under_1_mb() {
             snapshot: false,
             pages,
             ..
-        } => assert!(pages >= 1 && pages <= 4, "{pages} pages stored"),
+        } => assert!((1..=4).contains(&pages), "{pages} pages stored"),
         other => panic!("expected a page set, got {other:?}"),
     }
     assert!(used < 1 << 20, "the capture read {used} bytes");

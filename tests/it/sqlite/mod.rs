@@ -165,7 +165,13 @@ pub struct WriterRun {
 }
 
 /// Runs `writer.py` to the end.
-pub fn run_writer(db: &Path, mode: &str, seconds: f64, period_ms: u32, events: &[&str]) -> WriterRun {
+pub fn run_writer(
+    db: &Path,
+    mode: &str,
+    seconds: f64,
+    period_ms: u32,
+    events: &[&str],
+) -> WriterRun {
     let mut child = Command::new("python3")
         .arg(writer_script())
         .arg(db)
@@ -219,7 +225,12 @@ pub fn restore_ok(cfg: &Path, name: &str, at: Option<&str>, target: &Path) {
         None => args.push("--latest"),
     }
     let out = pitr(&args);
-    assert_eq!(out.status.code(), Some(0), "restore at {at:?}: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "restore at {at:?}: {}",
+        text(&out)
+    );
     assert_eq!(sqlite3(target, "PRAGMA integrity_check"), "ok");
 }
 
@@ -248,7 +259,9 @@ fn sqlite_dbpage_is_compiled_in() {
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .expect("sqlite_dbpage must exist: build with LIBSQLITE3_FLAGS=-DSQLITE_ENABLE_DBPAGE_VTAB");
+        .expect(
+            "sqlite_dbpage must exist: build with LIBSQLITE3_FLAGS=-DSQLITE_ENABLE_DBPAGE_VTAB",
+        );
     assert!(pages >= 2);
     assert_eq!(size, pages * 4096);
 }

@@ -22,7 +22,11 @@ fn oracle(mode: &str) {
     // The last commit is stored within an interval or two.
     std::thread::sleep(Duration::from_secs(3));
     let log = sidecar.stop();
-    assert!(run.commits.len() >= 150, "too few commits: {}", run.commits.len());
+    assert!(
+        run.commits.len() >= 150,
+        "too few commits: {}",
+        run.commits.len()
+    );
     assert_eq!(run.events.len(), 2, "{:?}", run.events);
     let snapshots = log.matches("snapshot=true").count();
     let rescans = log.matches("rescan: ").count();
@@ -51,12 +55,22 @@ fn oracle(mode: &str) {
         let got = rows(&target);
         // A prefix: ids 1..=n, nothing missing in between.
         for (i, (id, _)) in got.iter().enumerate() {
-            assert_eq!(*id, i as i64 + 1, "restore at {} is not a prefix", at_text(t));
+            assert_eq!(
+                *id,
+                i as i64 + 1,
+                "restore at {} is not a prefix",
+                at_text(t)
+            );
         }
         let n = got.len() as i64;
         for c in &run.commits {
             if c.at_ns > t {
-                assert!(c.id > n, "commit {} began after {} but is restored", c.id, at_text(t));
+                assert!(
+                    c.id > n,
+                    "commit {} began after {} but is restored",
+                    c.id,
+                    at_text(t)
+                );
             }
             if c.done_ns <= t - 2 * INTERVAL_NS {
                 assert!(

@@ -45,7 +45,10 @@ fn writer_throughput_with_the_watcher_is_at_least_95_percent() {
         "inserts/s with the watcher {with:?}, without {without:?}; paired ratios {ratios:.3?}, \
          median {ratio:.3}; {captures} captures"
     );
-    assert!(captures >= 8, "the watcher did not keep up: {captures} captures\n{log}");
+    assert!(
+        captures >= 8,
+        "the watcher did not keep up: {captures} captures\n{log}"
+    );
     assert!(
         ratio >= 0.95,
         "the watched writer ran at {ratio:.3} of the unwatched one's rate (median of pairs)"
