@@ -75,8 +75,8 @@ enum Command {
     },
     /// Prepare every destination (idempotent).
     Init(ConfigArg),
-    /// The sidecar: WAL stream (today), base-backup schedule, SQLite watchers,
-    /// health server (issues 4, 6, 8).
+    /// The sidecar: WAL streams and SQLite watchers (today), base-backup
+    /// schedule, health server (issues 4, 8).
     Run(ConfigArg),
     /// Take one base backup now.
     Backup {
@@ -859,10 +859,10 @@ async fn prefetch_fill(config: &Config, postgres: Option<&str>, file: &str) -> a
     Ok(())
 }
 
-/// `pitr run`: today, WAL streaming for every `[[postgres]]` entry until
-/// SIGTERM or SIGINT, which store what was received, acknowledge it and exit
-/// 0. Base backups, SQLite watchers, the health server and supervision with
-/// restarts arrive with issues 4, 6 and 8.
+/// `pitr run`: today, WAL streaming for every `[[postgres]]` entry and a
+/// watcher for every `[[sqlite]]` entry until SIGTERM or SIGINT, which store
+/// what was received, acknowledge it and exit 0. Base backups, the health
+/// server and supervision with restarts arrive with issues 4 and 8.
 async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 

@@ -97,10 +97,7 @@ impl Setup {
             None => b.tempdir()?,
         };
         let id = dir.path().join("identity.txt");
-        let out = pitr()
-            .args(["keygen", "--output"])
-            .arg(&id)
-            .output()?;
+        let out = pitr().args(["keygen", "--output"]).arg(&id).output()?;
         if !out.status.success() {
             bail!("pitr keygen: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -262,7 +259,9 @@ fn delays(commits: &[i128], captures: &[(i128, i128, u64, bool)]) -> Vec<f64> {
         .iter()
         .filter_map(|&done| {
             let i = by_at.partition_point(|&(at, _)| at < done);
-            by_at.get(i).map(|&(_, stored)| (stored - done) as f64 / 1e9)
+            by_at
+                .get(i)
+                .map(|&(_, stored)| (stored - done) as f64 / 1e9)
         })
         .collect();
     out.sort_by(f64::total_cmp);
@@ -355,7 +354,10 @@ fn big_run(setup: &Setup, mib: u64) -> anyhow::Result<BigRow> {
     );
     let out = Command::new("python3").args(["-c", &script]).output()?;
     if !out.status.success() {
-        bail!("building the database: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building the database: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let build_secs = t.elapsed().as_secs_f64();
     let cfg = setup.config("big", &db)?;
@@ -476,7 +478,10 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         md,
         "| commits/s asked (achieved) | commits | p50 delay | p99 delay | max | captures | pages stored | bytes stored per page | CPU per capture | pitr CPU | peak RSS |"
     )?;
-    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
     for r in &rows {
         writeln!(
             md,
