@@ -161,6 +161,20 @@ impl Sidecar {
         self.child.id()
     }
 
+    /// Stored captures that hashed every page (`reason` `rescan: …`).
+    fn rescans(&self) -> usize {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "stored an SQLite capture")
+            .filter(|v| {
+                v["fields"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("rescan"))
+            })
+            .count()
+    }
+
     /// Every stored capture so far: (log time, `at`, pages, snapshot), ns.
     fn captures(&self) -> Vec<(i128, i128, u64, bool)> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -326,6 +340,7 @@ struct BigRow {
     snapshot_stored: u64,
     p99: f64,
     captures: usize,
+    rescans: usize,
     cpu_per_capture: f64,
     rss_kb: u64,
     backup_secs: f64,
@@ -374,6 +389,7 @@ fn big_run(setup: &Setup, mib: u64) -> anyhow::Result<BigRow> {
     let cpu = common::cpu_secs(Some(sidecar.pid())).unwrap_or(0.0) - cpu0;
     let rss_kb = common::vm_hwm_kb(Some(sidecar.pid())).unwrap_or(0);
     let caps = sidecar.captures();
+    let rescans = sidecar.rescans();
     sidecar.stop()?;
     let d = delays(&commits, &caps);
     let captures = caps.len() - n0;
@@ -406,6 +422,7 @@ fn big_run(setup: &Setup, mib: u64) -> anyhow::Result<BigRow> {
         snapshot_stored,
         p99: quantile(&d, 0.99),
         captures,
+        rescans,
         cpu_per_capture: cpu / captures.max(1) as f64,
         rss_kb,
         backup_secs,
@@ -524,8 +541,9 @@ fn run(write_md: bool) -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
-        "| each later point (100 commits/s for 10 s) | {} captures, {:.1} ms CPU each, p99 delay {:.2} s | the whole file again, every run |",
+        "| each later point (100 commits/s for 10 s, then the writer closes) | {} captures ({} of them rescans), {:.1} ms CPU each on average, p99 delay {:.2} s | the whole file again, every run |",
         big.captures,
+        big.rescans,
         big.cpu_per_capture * 1000.0,
         big.p99
     )?;
@@ -539,7 +557,7 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         "\n(building the database took {:.1} s; Litestream is not installed on this machine and is not measured)",
         big.build_secs
     )?;
-    let p99_ok = rows.iter().all(|r| r.p99 <= 1.5);
+    let p99_ok = !rows.is_empty() && rows.iter().all(|r| r.p99 <= 1.5);
     let rss_ok = big.rss_kb as f64 * 1024.0 <= 64.0 * common::MB;
     writeln!(
         md,
