@@ -44,8 +44,12 @@ fn read(stats: &Stats) -> u64 {
     stats.db_bytes_read.load(Ordering::Relaxed) + stats.wal_bytes_read.load(Ordering::Relaxed)
 }
 
+// The guard serializes whole tests (each has its own runtime); nothing
+// else in this runtime waits for it.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_after_a_10_row_update_on_1_gb_reads_under_1_mb() {
+    let _heavy = heavy();
     let repo = TestRepo::new().await;
     let db = repo.dir.path().join("big.db");
     build_big_db(&db, 1024);

@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 
 use crate::repo::TestRepo;
 
+/// Held by the tests that measure time or push a gigabyte (the oracles, the
+/// throughput ratio, the 1 GiB capture): run side by side on a 2-core
+/// machine they would measure each other.
+pub static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`HEAVY`], whatever a failed test left in it.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The writer script.
 pub fn writer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/sqlite/writer.py")

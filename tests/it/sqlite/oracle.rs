@@ -11,6 +11,7 @@ use super::*;
 const INTERVAL_NS: i128 = 1_000_000_000;
 
 fn oracle(mode: &str) {
+    let _heavy = heavy();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let repo = rt.block_on(TestRepo::new());
     let db = repo.dir.path().join("app.db");

@@ -13,6 +13,7 @@ use super::*;
 
 #[test]
 fn writer_throughput_with_the_watcher_is_at_least_95_percent() {
+    let _heavy = heavy();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let repo = rt.block_on(TestRepo::new());
     let watched = repo.dir.path().join("watched.db");
