@@ -245,10 +245,12 @@ pub async fn watch(
     let mut last_logged: Option<(String, Instant)> = None;
     let mut last_step: Option<Instant> = None;
     loop {
-        // Captures at most once per interval: events only bring the next
-        // capture forward to the earliest allowed moment.
-        let earliest = last_capture.map_or_else(Instant::now, |t| t + opts.interval);
-        let tick = Instant::now().max(earliest) + opts.interval;
+        // Polls once per interval, captures at most once per interval:
+        // events only bring the next step forward to the earliest moment a
+        // capture is allowed.
+        let now = Instant::now();
+        let earliest = last_capture.map_or(now, |t| t + opts.interval);
+        let tick = last_step.map_or(now, |t| t + opts.interval).max(earliest);
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             _ = tokio::time::sleep_until(tick.into()) => {}
