@@ -187,10 +187,13 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
             "windows": windows,
         }));
     }
+    let sqlite = crate::sqlite_cmd::list(config, &repo, json)?;
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "postgres": out }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "postgres": out, "sqlite": sqlite })
+            )?
         );
     }
     Ok(())

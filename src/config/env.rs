@@ -176,7 +176,7 @@ fn parse_value(ctx: &Ctx<'_>, var: &str, text: &str, t: &Target) -> Result<Value
             },
             origin: origin.clone(),
         }),
-        KeyType::Size => Value::Size(Val {
+        KeyType::Size | KeyType::Duration => Value::Size(Val {
             value: match text.trim().parse::<i64>() {
                 Ok(n) => toml::Value::Integer(n),
                 Err(_) => toml::Value::String(text.to_owned()),
@@ -303,6 +303,15 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
         (Section::Sqlite, Value::Str(v)) if key == "path" => {
             if let Some(s) = nth(&mut raw.sqlite, target.index) {
                 s.path = Some(v);
+            }
+        }
+        (Section::Sqlite, Value::Size(v)) => {
+            if let Some(s) = nth(&mut raw.sqlite, target.index) {
+                match key {
+                    "interval" => s.interval = Some(v),
+                    "snapshot_interval" => s.snapshot_interval = Some(v),
+                    _ => {}
+                }
             }
         }
         // `targets` builds only the combinations handled above.

@@ -190,6 +190,12 @@ pub struct SqliteConfig {
     pub name: String,
     /// The database file.
     pub path: PathBuf,
+    /// How often the watcher polls for changes (file events wake it
+    /// sooner); 100 ms..=1 h, default 1 s.
+    pub interval: std::time::Duration,
+    /// How often a full snapshot is stored, so restores need not replay a
+    /// long run of page sets; 1 min..=30 days, default 24 h.
+    pub snapshot_interval: std::time::Duration,
 }
 
 /// `[health]`.

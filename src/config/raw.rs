@@ -93,6 +93,10 @@ pub(super) struct RawPostgres {
 pub(super) struct RawSqlite {
     pub name: Option<Val<String>>,
     pub path: Option<Val<String>>,
+    /// Seconds as an integer or a string with a unit; checked in validation.
+    pub interval: Option<Val<toml::Value>>,
+    /// Same form as `interval`.
+    pub snapshot_interval: Option<Val<toml::Value>>,
 }
 
 /// `[health]`.
@@ -123,6 +127,8 @@ pub(super) enum KeyType {
     Size,
     /// A number, whole or with a fraction.
     Number,
+    /// Seconds, or a number with a unit (`500ms`, `1s`, `24h`).
+    Duration,
 }
 
 /// One key of a section: its name, type, and an example line for messages.
@@ -221,6 +227,12 @@ const POSTGRES_KEYS: &[KeySpec] = &[
 const SQLITE_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "auth""#),
     key("path", KeyType::Str, r#"path = "/data/auth.db""#),
+    key("interval", KeyType::Duration, r#"interval = "1s""#),
+    key(
+        "snapshot_interval",
+        KeyType::Duration,
+        r#"snapshot_interval = "24h""#,
+    ),
 ];
 const HEALTH_KEYS: &[KeySpec] = &[key("listen", KeyType::Str, r#"listen = "0.0.0.0:9187""#)];
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::error::{ConfigError, Ctx, Entry, KeyName};
 use super::raw::{RawConfig, RawDestination, RawPostgres, RawRepository, RawSqlite, Section, Val};
@@ -31,6 +32,17 @@ const GIB: u64 = 1024 * MIB;
 const MAX_WAL_GIB: f64 = 1024.0 * 1024.0;
 /// PostgreSQL's MAX_RATE bounds, kB/s.
 const MAX_RATES: std::ops::RangeInclusive<u32> = 32..=1_048_576;
+/// How often an SQLite watcher polls: faster than 100 ms costs CPU for no
+/// gain (file events wake it anyway), slower than an hour is no longer
+/// "any second".
+const SQLITE_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+const DEFAULT_SQLITE_INTERVAL: Duration = Duration::from_secs(1);
+/// Snapshots: more often than a minute would store the database over and
+/// over; rarer than 30 days makes restores replay a month of page sets.
+const SNAPSHOT_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(30 * 86400);
+const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(86400);
 /// The destination kinds this build can write to.
 const SUPPORTED_KINDS: &[&str] = &["fs", "s3"];
 
@@ -612,12 +624,92 @@ fn sqlite(ctx: &Ctx<'_>, raw: Vec<RawSqlite>) -> Result<Vec<SqliteConfig>, Confi
                 "Add path = \"/data/app.db\" (the database file to back up)",
             ));
         };
+        let key = |k| KeyName::entry(section, &entry, k);
+        let interval = match s.interval {
+            None => DEFAULT_SQLITE_INTERVAL,
+            Some(v) => duration(ctx, &key("interval"), &v, SQLITE_INTERVALS, "1s")?,
+        };
+        let snapshot_interval = match s.snapshot_interval {
+            None => DEFAULT_SNAPSHOT_INTERVAL,
+            Some(v) => duration(
+                ctx,
+                &key("snapshot_interval"),
+                &v,
+                SNAPSHOT_INTERVALS,
+                "24h",
+            )?,
+        };
         out.push(SqliteConfig {
             name,
-            path: path(ctx, &key, &p)?,
+            path: path(ctx, &key("path"), &p)?,
+            interval,
+            snapshot_interval,
         });
     }
     Ok(out)
+}
+
+/// A duration value: whole seconds as an integer, or a string with a unit
+/// (`ms`, `s`, `m`, `h`, `d`), within `range`.
+fn duration(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: &Val<toml::Value>,
+    range: std::ops::RangeInclusive<Duration>,
+    example: &str,
+) -> Result<Duration, ConfigError> {
+    let show = |d: &Duration| humantime(*d);
+    let fix = format!(
+        "Give a duration from {} to {}, as seconds (1) or with a unit (\"{example}\", \"500ms\", \"2m\", \"24h\")",
+        show(range.start()),
+        show(range.end())
+    );
+    let parsed = match &v.value {
+        toml::Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
+        toml::Value::String(s) => parse_duration(s),
+        _ => None,
+    };
+    let shown = match &v.value {
+        toml::Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    match parsed {
+        None => Err(ctx.invalid(key, &v.origin, &format!("{shown} is not a duration"), &fix)),
+        Some(d) if !range.contains(&d) => {
+            Err(ctx.invalid(key, &v.origin, &format!("{shown} is out of range"), &fix))
+        }
+        Some(d) => Ok(d),
+    }
+}
+
+/// `"500ms"`, `"1s"`, `"2m"`, `"24h"`, `"7d"`, `"30"` (seconds).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms).map(Duration::from_millis)
+}
+
+fn humantime(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 86_400_000 == 0 {
+        format!("{} d", ms / 86_400_000)
+    } else if ms % 3_600_000 == 0 {
+        format!("{} h", ms / 3_600_000)
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
 }
 
 fn listen(ctx: &Ctx<'_>, v: Val<String>) -> Result<SocketAddr, ConfigError> {
