@@ -385,6 +385,7 @@ async fn demo_steps(
         tablespace_dir: None,
         recovery_timeout: Duration::from_secs(300),
         log_dir: dir.join("state"),
+        progress: None,
     };
     println!(
         "5. pitr restore --at '{}' --target {}",

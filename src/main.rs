@@ -13,6 +13,7 @@ use pitr::repo::Repository;
 
 mod demo;
 mod restore_cmd;
+mod sqlite_cmd;
 use restore_cmd::{list, make_plan, open_repo, parse_target, print_plan, restore};
 
 /// Keeps PostgreSQL and SQLite databases recoverable to any second.
@@ -74,8 +75,8 @@ enum Command {
     },
     /// Prepare every destination (idempotent).
     Init(ConfigArg),
-    /// The sidecar: WAL stream, base-backup schedule; SQLite watchers and
-    /// the health server arrive with issues 6 and 8.
+    /// The sidecar: WAL streams, the base-backup schedule and SQLite
+    /// watchers; the health server arrives with issue 8.
     Run(ConfigArg),
     /// Take one base backup now.
     Backup {
@@ -194,6 +195,9 @@ enum Command {
         #[arg(long)]
         restore: bool,
     },
+    /// Copy missing or damaged objects into each destination from one where
+    /// they check out; then every destination holds every object.
+    Repair(ConfigArg),
     /// Check the config, the destinations and (later) the databases.
     Check(ConfigArg),
     /// The local catalog.
@@ -208,7 +212,13 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum CatalogCommand {
     /// Recreate the local catalog from the destinations alone.
-    Rebuild(ConfigArg),
+    Rebuild {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Read from this destination only (default: the first that answers).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
 }
 
 /// How a command ended, beyond success: the exit code and the message.
@@ -232,7 +242,13 @@ const EXIT_FAILURE: u8 = 3;
 const EXIT_WAL_FETCH_FAILED: u8 = 255;
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
+    // PostgreSQL runs this once per WAL file while replay waits: no logging
+    // set-up, no runtime threads, just the round trip.
+    if let Command::RestoreFetch { socket, file, path } = &cli.command {
+        return ExitCode::from(pitr::pitr::fetch_client(socket, file, path));
+    }
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -247,6 +263,22 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(exit_code(&err))
         }
+    }
+}
+
+/// Bounded memory (invariant 7) under glibc. Its default lets the mmap
+/// threshold climb to 32 MiB once a large buffer is freed, after which pack
+/// buffers (16 MiB) and chunks (256 KiB) come from per-thread arenas that
+/// keep freed memory resident; and it allows 8 arenas per core for the
+/// blocking threads that compress chunks. Measured on a 1 GiB SQLite
+/// snapshot (BENCHMARKS.md, `sqlite`): peak RSS 118 MB before.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; this runs first in
+    // main, before any other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
     }
 }
 
@@ -294,8 +326,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keygen { output } => keygen(output.as_deref()),
         Command::Init(c) => init(&load(&c)?).await,
         Command::Catalog {
-            command: CatalogCommand::Rebuild(c),
-        } => catalog_rebuild(&load(&c)?).await,
+            command: CatalogCommand::Rebuild { config, from },
+        } => catalog_rebuild(&load(&config)?, from.as_deref()).await,
         Command::Verify { config, restore } => {
             let config = load(&config)?;
             if restore {
@@ -308,6 +340,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             verify(&config).await
         }
         Command::Check(c) => check(&load(&c)?).await,
+        Command::Repair(c) => repair(&load(&c)?).await,
         Command::Run(c) => run_sidecar(&load(&c)?).await,
         Command::Backup {
             config,
@@ -340,8 +373,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             json,
         } => {
             let config = load(&config)?;
-            if database.sqlite.is_some() {
-                return later("plan --sqlite", 6, "the SQLite watcher");
+            if let Some(name) = &database.sqlite {
+                let entry = sqlite_cmd::sqlite_entry(&config, name)?;
+                let target = parse_target(&target)?;
+                let repo = open_repo(&config).await?;
+                let plan = sqlite_cmd::make_plan(&repo, &entry.name, &target)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&plan)?);
+                } else {
+                    sqlite_cmd::print_plan(&plan);
+                }
+                return Ok(());
             }
             let target = parse_target(&target)?;
             let db = postgres_entry(&config, database.postgres.as_deref())?;
@@ -369,8 +411,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             recovery_timeout,
         } => {
             let config = load(&config_arg)?;
-            if database.sqlite.is_some() {
-                return later("restore --sqlite", 6, "the SQLite watcher");
+            if let Some(name) = &database.sqlite {
+                let entry = sqlite_cmd::sqlite_entry(&config, name)?;
+                let target = parse_target(&target)?;
+                let repo = open_repo(&config).await?;
+                let plan = sqlite_cmd::make_plan(&repo, &entry.name, &target)?;
+                return sqlite_cmd::restore(&repo, &plan, &target_path, force).await;
             }
             let target = parse_target(&target)?;
             let db = postgres_entry(&config, database.postgres.as_deref())?;
@@ -387,10 +433,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tablespace_dir,
                 recovery_timeout: std::time::Duration::from_secs(recovery_timeout),
                 log_dir: config.repository.state_dir.join("restore-logs"),
+                progress: None,
             };
             restore(&repo, &plan, &opts).await
         }
         Command::RestoreFetch { socket, file, path } => {
+            // Answered in main before the runtime starts; kept for the match.
             let code = pitr::pitr::fetch_client(&socket, &file, &path);
             std::process::exit(code.into());
         }
@@ -503,8 +551,29 @@ async fn init(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn catalog_rebuild(config: &Config) -> anyhow::Result<()> {
-    let fanout = pitr::ship::from_config(config);
+async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyhow::Result<()> {
+    let mut fanout = pitr::ship::from_config(config);
+    if let Some(name) = from {
+        let Some(d) = fanout
+            .destinations()
+            .iter()
+            .find(|d| d.name() == name)
+            .cloned()
+        else {
+            return Err(Exit::Usage(format!(
+                "--from {name:?}: {} has no such [[destination]] (configured: {})",
+                config.path.display(),
+                config
+                    .destinations
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        };
+        fanout = pitr::ship::Fanout::new(vec![d]);
+    }
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let repo = Repository::rebuild_catalog(fanout, opts).await?;
     let catalog = repo.catalog();
@@ -546,6 +615,38 @@ async fn verify(config: &Config) -> anyhow::Result<()> {
         "{} damaged or missing objects; restore them from a healthy destination",
         report.problems.len()
     )
+}
+
+/// `pitr repair`: every object checked in every destination, good copies
+/// written over missing or damaged ones.
+async fn repair(config: &Config) -> anyhow::Result<()> {
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    let report = repo.repair().await?;
+    for r in &report.repaired {
+        println!(
+            "REPAIRED {} {}: was {}; copied from {}",
+            r.destination, r.object, r.was, r.from
+        );
+    }
+    for u in &report.unrepaired {
+        println!("NOT REPAIRED {} {}: {}", u.destination, u.object, u.why);
+    }
+    println!(
+        "Checked {} objects in {} destinations: {} repaired, {} still wrong.",
+        report.objects,
+        config.destinations.len(),
+        report.repaired.len(),
+        report.unrepaired.len()
+    );
+    if !report.unrepaired.is_empty() {
+        anyhow::bail!(
+            "{} objects could not be repaired (listed above); a destination that cannot be              read must be fixed first, an object no destination holds intact is lost there",
+            report.unrepaired.len()
+        );
+    }
+    Ok(())
 }
 
 async fn check(config: &Config) -> anyhow::Result<()> {
@@ -868,18 +969,17 @@ fn schedule_options(
     }
 }
 
-/// `pitr run`: WAL streaming for every `[[postgres]]` entry and its
-/// base-backup schedule, until SIGTERM or SIGINT, which store what was
-/// received, acknowledge it and exit 0 (a backup in progress is dropped).
-/// SQLite watchers, the health server and supervision with restarts arrive
-/// with issues 6 and 8.
+/// `pitr run`: WAL streaming and the base-backup schedule for every
+/// `[[postgres]]` entry and a watcher for every `[[sqlite]]` entry, until
+/// SIGTERM or SIGINT, which store what was received, acknowledge it and exit
+/// 0 (a backup in progress is dropped). The health server and supervision
+/// with restarts arrive with issue 8.
 async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    if config.postgres.is_empty() {
+    if config.postgres.is_empty() && config.sqlite.is_empty() {
         return Err(Exit::Usage(format!(
-            "{} has no [[postgres]] entry: nothing to stream (SQLite watchers arrive with \
-             issue 6)",
+            "{} has no [[postgres]] and no [[sqlite]] entry: nothing to back up",
             config.path.display()
         ))
         .into());
@@ -935,6 +1035,7 @@ async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
             (name, pitr::wal::stream(repo, o, progress, shutdown).await)
         });
     }
+    let mut sqlite = sqlite_cmd::spawn_watchers(config, &repo, &stop_rx);
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     tracing::info!("pitr run: streaming WAL, base backups on schedule");
@@ -942,11 +1043,27 @@ async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
         _ = term.recv() => None,
         _ = int.recv() => None,
         Some(done) = tasks.join_next() => Some(done),
+        Some(done) = sqlite.join_next() => {
+            let _ = stop_tx.send(true);
+            return match done {
+                Ok((name, Err(e))) => Err(anyhow::Error::new(e)
+                    .context(format!("the SQLite watcher of [[sqlite]] {name:?} stopped"))),
+                Ok((name, Ok(()))) => Err(anyhow::anyhow!("the SQLite watcher of [[sqlite]] {name:?} stopped")),
+                Err(e) => Err(anyhow::anyhow!("an SQLite watcher failed: {e}")),
+            };
+        }
     };
     let _ = stop_tx.send(true);
     // A backup cut short records nothing (its files stay unreferenced);
     // the next start takes a new one.
     schedulers.abort_all();
+    // Watchers stop between captures; one cut short (after 10 s) holds
+    // nothing that the next run does not take again.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while sqlite.join_next().await.is_some() {}
+    })
+    .await;
+    sqlite.shutdown().await;
     let mut first_error = None;
     let mut record =
         |done: Result<(String, Result<(), pitr::wal::StreamError>), tokio::task::JoinError>| {

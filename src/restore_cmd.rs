@@ -3,6 +3,7 @@
 //! printing tables people can read at 3 AM.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 
 use pitr::config::Config;
 use pitr::pitr::{Plan, PlanError, RestoreError, RestoreOptions, Target};
@@ -186,10 +187,13 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
             "windows": windows,
         }));
     }
+    let sqlite = crate::sqlite_cmd::list(config, &repo, json)?;
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "postgres": out }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "postgres": out, "sqlite": sqlite })
+            )?
         );
     }
     Ok(())
@@ -210,14 +214,60 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
         mib(plan.wal_bytes),
         lineage_text(plan)
     );
-    let report = pitr::pitr::restore(repo, plan, opts)
-        .await
-        .map_err(|e| match e {
-            RestoreError::TargetNotEmpty(_) | RestoreError::NoOsUser(_) => {
-                Exit::Usage(e.to_string()).into()
+    // A bar (bytes, rate, ETA, then WAL files) only for a person watching.
+    let mut opts = opts.clone();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(plan.backup.bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} {bytes}/{total_bytes} {bar:30} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message("base backup");
+        bar
+    });
+    let reporter = bar.clone().map(|bar| {
+        let (tx, mut rx) = tokio::sync::watch::channel(pitr::pitr::RestoreProgress::default());
+        opts.progress = Some(tx);
+        let wal_total = (plan.history.len() + plan.segments.len()) as u64;
+        tokio::spawn(async move {
+            let mut recovering = false;
+            while rx.changed().await.is_ok() {
+                let p = rx.borrow_and_update().clone();
+                if p.recovering && !recovering {
+                    recovering = true;
+                    bar.reset();
+                    bar.set_length(wal_total);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} recovery: WAL file {pos}/{len} {bar:30} ETA {eta}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                }
+                if recovering {
+                    bar.set_position(p.wal_files as u64);
+                } else {
+                    bar.set_position(p.backup_bytes);
+                }
             }
-            e => anyhow::Error::new(e),
-        })?;
+        })
+    });
+    let opts = &opts;
+    let result = pitr::pitr::restore(repo, plan, opts).await;
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = result.map_err(|e| match e {
+        RestoreError::TargetNotEmpty(_) | RestoreError::NoOsUser(_) => {
+            Exit::Usage(e.to_string()).into()
+        }
+        e => anyhow::Error::new(e),
+    })?;
     match &report.reached {
         None => {
             println!(

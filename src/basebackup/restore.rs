@@ -44,6 +44,8 @@ pub struct RestoreOptions {
     pub tablespace_dir: Option<PathBuf>,
     /// Files fetched at once.
     pub parallel: usize,
+    /// Bytes of files written so far, for a progress bar.
+    pub progress: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for RestoreOptions {
@@ -51,6 +53,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             tablespace_dir: None,
             parallel: 4,
+            progress: None,
         }
     }
 }
@@ -245,6 +248,11 @@ pub async fn restore(
             }
         })
         .buffer_unordered(opts.parallel.max(1))
+        .inspect_ok(|n| {
+            if let Some(p) = &opts.progress {
+                p.send_modify(|done| *done += n);
+            }
+        })
         .try_fold((0u64, 0u64), |(f, b), n| async move { Ok((f + 1, b + n)) })
         .await?;
     Ok(RestoreSummary {

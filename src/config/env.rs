@@ -176,7 +176,7 @@ fn parse_value(ctx: &Ctx<'_>, var: &str, text: &str, t: &Target) -> Result<Value
             },
             origin: origin.clone(),
         }),
-        KeyType::Size => Value::Size(Val {
+        KeyType::Size | KeyType::Duration => Value::Size(Val {
             value: match text.trim().parse::<i64>() {
                 Ok(n) => toml::Value::Integer(n),
                 Err(_) => toml::Value::String(text.to_owned()),
@@ -228,6 +228,9 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 ("state_dir", Value::Str(v)) => r.state_dir = Some(v),
                 ("zstd_level", Value::Int(v)) => r.zstd_level = Some(v),
                 ("pack_size", Value::Size(v)) => r.pack_size = Some(v),
+                ("quorum", Value::Int(v)) => r.quorum = Some(v),
+                ("spool_dir", Value::Str(v)) => r.spool_dir = Some(v),
+                ("spool_max_bytes", Value::Size(v)) => r.spool_max_bytes = Some(v),
                 _ => {}
             }
         }
@@ -239,8 +242,30 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 match key {
                     "kind" => d.kind = Some(v),
                     "path" => d.path = Some(v),
+                    "bucket" => d.bucket = Some(v),
+                    "prefix" => d.prefix = Some(v),
+                    "region" => d.region = Some(v),
+                    "endpoint" => d.endpoint = Some(v),
+                    "access_key_id" => d.access_key_id = Some(v),
+                    "secret_access_key" => {
+                        if from_file(&d.secret_access_key_file) {
+                            d.secret_access_key_file = None;
+                        }
+                        d.secret_access_key = Some(v);
+                    }
+                    "secret_access_key_file" => {
+                        if from_file(&d.secret_access_key) {
+                            d.secret_access_key = None;
+                        }
+                        d.secret_access_key_file = Some(v);
+                    }
                     _ => {}
                 }
+            }
+        }
+        (Section::Destination, Value::Int(v)) if key == "request_timeout" => {
+            if let Some(d) = nth(&mut raw.destination, target.index) {
+                d.request_timeout = Some(v);
             }
         }
         (Section::Postgres, Value::Number(v)) if key == "base_backup_wal_gb" => {
@@ -278,6 +303,15 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
         (Section::Sqlite, Value::Str(v)) if key == "path" => {
             if let Some(s) = nth(&mut raw.sqlite, target.index) {
                 s.path = Some(v);
+            }
+        }
+        (Section::Sqlite, Value::Size(v)) => {
+            if let Some(s) = nth(&mut raw.sqlite, target.index) {
+                match key {
+                    "interval" => s.interval = Some(v),
+                    "snapshot_interval" => s.snapshot_interval = Some(v),
+                    _ => {}
+                }
             }
         }
         // `targets` builds only the combinations handled above.

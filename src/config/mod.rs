@@ -71,6 +71,15 @@ pub struct RepositoryConfig {
     pub zstd_level: i32,
     /// Target pack size in bytes, 1 MiB..=512 MiB; default 16 MiB.
     pub pack_size: u64,
+    /// How many destinations must hold an object before it counts as
+    /// stored (WAL acknowledged, backup restorable); `None`: all of them.
+    pub quorum: Option<usize>,
+    /// Where objects wait for the destinations outside the quorum
+    /// (default `<state_dir>/spool`).
+    pub spool_dir: PathBuf,
+    /// The spool's size limit; when full, writes wait (and WAL is not
+    /// acknowledged) rather than drop anything.
+    pub spool_max_bytes: u64,
 }
 
 /// One `[[destination]]`.
@@ -90,6 +99,46 @@ pub enum DestinationKind {
         /// The directory objects are written under.
         path: PathBuf,
     },
+    /// `kind = "s3"`: an S3 bucket or an S3-compatible store.
+    S3(S3Config),
+}
+
+/// How to reach an S3 bucket (`kind = "s3"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// Prepended to every object name (`pitr/`); empty for none.
+    pub prefix: String,
+    /// The region (`us-east-1` when the store does not care).
+    pub region: String,
+    /// A custom endpoint (`http://127.0.0.1:9000`); `None` for AWS. Plain
+    /// http only when given here explicitly.
+    pub endpoint: Option<String>,
+    /// The access key id; `None` takes `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// The secret key (`secret_access_key` or `secret_access_key_file`);
+    /// `None` takes `AWS_SECRET_ACCESS_KEY`. `Debug` redacts it.
+    pub secret_access_key: Option<String>,
+    /// How long one request may take before it is retried.
+    pub request_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "(redacted)"),
+            )
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// One `[[postgres]]` cluster.
@@ -141,6 +190,12 @@ pub struct SqliteConfig {
     pub name: String,
     /// The database file.
     pub path: PathBuf,
+    /// How often the watcher polls for changes (file events wake it
+    /// sooner); 100 ms..=1 h, default 1 s.
+    pub interval: std::time::Duration,
+    /// How often a full snapshot is stored, so restores need not replay a
+    /// long run of page sets; 1 min..=30 days, default 24 h.
+    pub snapshot_interval: std::time::Duration,
 }
 
 /// `[health]`.

@@ -49,6 +49,9 @@ pub(super) struct RawRepository {
     pub zstd_level: Option<Val<i64>>,
     /// An integer of bytes or a string with a unit; checked in validation.
     pub pack_size: Option<Val<toml::Value>>,
+    pub quorum: Option<Val<i64>>,
+    pub spool_dir: Option<Val<String>>,
+    pub spool_max_bytes: Option<Val<toml::Value>>,
 }
 
 /// One `[[destination]]`. Keys of every kind live here, flat, as they are
@@ -59,6 +62,14 @@ pub(super) struct RawDestination {
     pub name: Option<Val<String>>,
     pub kind: Option<Val<String>>,
     pub path: Option<Val<String>>,
+    pub bucket: Option<Val<String>>,
+    pub prefix: Option<Val<String>>,
+    pub region: Option<Val<String>>,
+    pub endpoint: Option<Val<String>>,
+    pub access_key_id: Option<Val<String>>,
+    pub secret_access_key: Option<Val<String>>,
+    pub secret_access_key_file: Option<Val<String>>,
+    pub request_timeout: Option<Val<i64>>,
 }
 
 /// One `[[postgres]]`.
@@ -82,6 +93,10 @@ pub(super) struct RawPostgres {
 pub(super) struct RawSqlite {
     pub name: Option<Val<String>>,
     pub path: Option<Val<String>>,
+    /// Seconds as an integer or a string with a unit; checked in validation.
+    pub interval: Option<Val<toml::Value>>,
+    /// Same form as `interval`.
+    pub snapshot_interval: Option<Val<toml::Value>>,
 }
 
 /// `[health]`.
@@ -112,6 +127,8 @@ pub(super) enum KeyType {
     Size,
     /// A number, whole or with a fraction.
     Number,
+    /// Seconds, or a number with a unit (`500ms`, `1s`, `24h`).
+    Duration,
 }
 
 /// One key of a section: its name, type, and an example line for messages.
@@ -148,11 +165,42 @@ const REPOSITORY_KEYS: &[KeySpec] = &[
     key("state_dir", KeyType::Str, r#"state_dir = "/var/lib/pitr""#),
     key("zstd_level", KeyType::Int, "zstd_level = 3"),
     key("pack_size", KeyType::Size, r#"pack_size = "16MiB""#),
+    key("quorum", KeyType::Int, "quorum = 2"),
+    key(
+        "spool_dir",
+        KeyType::Str,
+        r#"spool_dir = "/var/lib/pitr/spool""#,
+    ),
+    key(
+        "spool_max_bytes",
+        KeyType::Size,
+        r#"spool_max_bytes = "4GiB""#,
+    ),
 ];
 const DESTINATION_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "local""#),
     key("kind", KeyType::Str, r#"kind = "fs""#),
     key("path", KeyType::Str, r#"path = "/var/lib/pitr/repo""#),
+    key("bucket", KeyType::Str, r#"bucket = "backups""#),
+    key("prefix", KeyType::Str, r#"prefix = "pitr/""#),
+    key("region", KeyType::Str, r#"region = "eu-central-1""#),
+    key(
+        "endpoint",
+        KeyType::Str,
+        r#"endpoint = "https://s3.eu-central-1.amazonaws.com""#,
+    ),
+    key("access_key_id", KeyType::Str, r#"access_key_id = "AKIA…""#),
+    key(
+        "secret_access_key",
+        KeyType::Str,
+        r#"secret_access_key_file = "/run/secrets/s3-secret""#,
+    ),
+    key(
+        "secret_access_key_file",
+        KeyType::Str,
+        r#"secret_access_key_file = "/run/secrets/s3-secret""#,
+    ),
+    key("request_timeout", KeyType::Int, "request_timeout = 60"),
 ];
 const POSTGRES_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "main""#),
@@ -179,6 +227,12 @@ const POSTGRES_KEYS: &[KeySpec] = &[
 const SQLITE_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "auth""#),
     key("path", KeyType::Str, r#"path = "/data/auth.db""#),
+    key("interval", KeyType::Duration, r#"interval = "1s""#),
+    key(
+        "snapshot_interval",
+        KeyType::Duration,
+        r#"snapshot_interval = "24h""#,
+    ),
 ];
 const HEALTH_KEYS: &[KeySpec] = &[key("listen", KeyType::Str, r#"listen = "0.0.0.0:9187""#)];
 

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::error::{ConfigError, Ctx, Entry, KeyName};
 use super::raw::{RawConfig, RawDestination, RawPostgres, RawRepository, RawSqlite, Section, Val};
 use super::secrets;
 use super::{
     Config, DestinationConfig, DestinationKind, HealthConfig, PostgresConfig, RepositoryConfig,
-    SqliteConfig,
+    S3Config, SqliteConfig,
 };
 use crate::basebackup::Checkpoint;
 use crate::basebackup::schedule::CronSchedule;
@@ -22,6 +23,7 @@ const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Large enough to keep the object count low, small enough to buffer.
 const PACK_SIZES: std::ops::RangeInclusive<u64> = MIB..=512 * MIB;
 const DEFAULT_PACK_SIZE: u64 = 16 * MIB;
+const DEFAULT_SPOOL_MAX: u64 = 1024 * MIB;
 const DEFAULT_SLOT: &str = "pitr";
 /// The seed's 3 AM daily (DESIGN.md).
 const DEFAULT_BASE_BACKUP: &str = "0 3 * * *";
@@ -30,12 +32,28 @@ const GIB: u64 = 1024 * MIB;
 const MAX_WAL_GIB: f64 = 1024.0 * 1024.0;
 /// PostgreSQL's MAX_RATE bounds, kB/s.
 const MAX_RATES: std::ops::RangeInclusive<u32> = 32..=1_048_576;
+/// How often an SQLite watcher polls: faster than 100 ms costs CPU for no
+/// gain (file events wake it anyway), slower than an hour is no longer
+/// "any second".
+const SQLITE_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+const DEFAULT_SQLITE_INTERVAL: Duration = Duration::from_secs(1);
+/// Snapshots: more often than a minute would store the database over and
+/// over; rarer than 30 days makes restores replay a month of page sets.
+const SNAPSHOT_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(30 * 86400);
+const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(86400);
 /// The destination kinds this build can write to.
-const SUPPORTED_KINDS: &[&str] = &["fs"];
+const SUPPORTED_KINDS: &[&str] = &["fs", "s3"];
 
 /// Checks everything and builds the [`Config`].
 pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
-    Ok(Config {
+    let quorum_origin = raw
+        .repository
+        .as_ref()
+        .and_then(|r| r.quorum.as_ref())
+        .map(|q| q.origin.clone());
+    let config = Config {
         path: ctx.path.to_path_buf(),
         repository: repository(ctx, raw.repository.unwrap_or_default())?,
         destinations: destinations(ctx, raw.destination.unwrap_or_default())?,
@@ -47,7 +65,21 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
                 Some(v) => Some(listen(ctx, v)?),
             },
         },
-    })
+    };
+    if let (Some(q), Some(origin)) = (config.repository.quorum, quorum_origin)
+        && q > config.destinations.len()
+    {
+        return Err(ctx.invalid(
+            &KeyName::plain(Section::Repository, "quorum"),
+            &origin,
+            &format!(
+                "{q} is more than the {} configured destinations",
+                config.destinations.len()
+            ),
+            "Lower quorum, or add destinations",
+        ));
+    }
+    Ok(config)
 }
 
 fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, ConfigError> {
@@ -132,6 +164,45 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
         None => DEFAULT_PACK_SIZE,
         Some(v) => pack_size(ctx, &key("pack_size"), &v)?,
     };
+    let quorum = match r.quorum {
+        None => None,
+        Some(q) if q.value >= 1 => Some(q.value as usize),
+        Some(q) => {
+            return Err(ctx.invalid(
+                &key("quorum"),
+                &q.origin,
+                &format!("{} is not a number of destinations", q.value),
+                "Give how many destinations must hold an object before it counts, from 1 to \
+                 the number of [[destination]] entries (the default: all of them)",
+            ));
+        }
+    };
+    let spool_dir = match r.spool_dir {
+        Some(v) => path(ctx, &key("spool_dir"), &v)?,
+        None => state_dir.join("spool"),
+    };
+    let spool_max_bytes = match r.spool_max_bytes {
+        None => DEFAULT_SPOOL_MAX,
+        Some(v) => {
+            let fix = "Give a size of at least 1 MiB, as bytes or with a unit (spool_max_bytes = \"4GiB\"); 1 GiB is the default";
+            let bytes = match &v.value {
+                toml::Value::Integer(n) => u64::try_from(*n).ok(),
+                toml::Value::String(s) => parse_size(s),
+                _ => None,
+            };
+            match bytes {
+                Some(b) if b >= MIB => b,
+                _ => {
+                    return Err(ctx.invalid(
+                        &key("spool_max_bytes"),
+                        &v.origin,
+                        &format!("{} is not a size of at least 1 MiB", v.value),
+                        fix,
+                    ));
+                }
+            }
+        }
+    };
     Ok(RepositoryConfig {
         recipients,
         identity_file,
@@ -139,6 +210,9 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
         state_dir,
         zstd_level,
         pack_size,
+        quorum,
+        spool_dir,
+        spool_max_bytes,
     })
 }
 
@@ -260,11 +334,11 @@ fn destinations(
     }
     let mut seen = HashMap::new();
     let mut out = Vec::with_capacity(raw.len());
-    for (i, d) in raw.into_iter().enumerate() {
-        let (entry, name) = entry_name(ctx, section, i, d.name, &mut seen)?;
+    for (i, mut d) in raw.into_iter().enumerate() {
+        let (entry, name) = entry_name(ctx, section, i, d.name.take(), &mut seen)?;
         let key = |k| KeyName::entry(section, &entry, k);
         let supported = SUPPORTED_KINDS.join(", ");
-        let Some(kind) = d.kind else {
+        let Some(kind) = d.kind.take() else {
             return Err(ctx.missing(
                 &key("kind"),
                 "the destination has no kind",
@@ -273,17 +347,35 @@ fn destinations(
         };
         let kind = match kind.value.as_str() {
             "fs" => {
-                let Some(p) = d.path else {
+                let Some(p) = d.path.take() else {
                     return Err(ctx.missing(
                         &key("path"),
                         "a destination of kind \"fs\" needs a path",
                         "Add path = \"/var/lib/pitr/repo\" (the directory backups are written to)",
                     ));
                 };
+                let s3_keys = [
+                    ("bucket", d.bucket.is_some()),
+                    ("prefix", d.prefix.is_some()),
+                    ("region", d.region.is_some()),
+                    ("endpoint", d.endpoint.is_some()),
+                    ("access_key_id", d.access_key_id.is_some()),
+                    ("secret_access_key", d.secret_access_key.is_some()),
+                    ("secret_access_key_file", d.secret_access_key_file.is_some()),
+                    ("request_timeout", d.request_timeout.is_some()),
+                ];
+                if let Some((k, _)) = s3_keys.iter().find(|(_, set)| *set) {
+                    return Err(ctx.missing(
+                        &key(k),
+                        &format!("{k} is a key of kind \"s3\", not of kind \"fs\""),
+                        "Remove it, or set kind = \"s3\"",
+                    ));
+                }
                 DestinationKind::Fs {
                     path: path(ctx, &key("path"), &p)?,
                 }
             }
+            "s3" => s3(ctx, section, &entry, d)?,
             other => {
                 return Err(ctx.invalid(
                     &key("kind"),
@@ -296,6 +388,87 @@ fn destinations(
         out.push(DestinationConfig { name, kind });
     }
     Ok(out)
+}
+
+/// A `kind = "s3"` destination's keys.
+fn s3(
+    ctx: &Ctx<'_>,
+    section: Section,
+    entry: &Entry,
+    d: RawDestination,
+) -> Result<DestinationKind, ConfigError> {
+    let key = |k: &str| KeyName::entry(section, entry, k);
+    let Some(bucket) = d.bucket else {
+        return Err(ctx.missing(
+            &key("bucket"),
+            "a destination of kind \"s3\" needs a bucket",
+            "Add bucket = \"backups\" (the bucket must exist)",
+        ));
+    };
+    if bucket.value.trim().is_empty() {
+        return Err(ctx.invalid(
+            &key("bucket"),
+            &bucket.origin,
+            "is empty",
+            "Give the bucket's name, e.g. bucket = \"backups\"",
+        ));
+    }
+    let endpoint = match d.endpoint {
+        None => None,
+        Some(e) => {
+            let ok = (e.value.starts_with("http://") || e.value.starts_with("https://"))
+                && e.value.len() > "https://".len();
+            if !ok {
+                return Err(ctx.invalid(
+                    &key("endpoint"),
+                    &e.origin,
+                    &format!("{:?} is not an http(s) URL", e.value),
+                    "Give the store's URL, e.g. endpoint = \"https://s3.eu-central-1.amazonaws.com\" or \"http://127.0.0.1:9000\"",
+                ));
+            }
+            Some(e.value)
+        }
+    };
+    let secret = secrets::text(
+        ctx,
+        &key("secret_access_key"),
+        d.secret_access_key,
+        d.secret_access_key_file,
+    )?;
+    let request_timeout = match d.request_timeout {
+        None => std::time::Duration::from_secs(60),
+        Some(t) if (1..=3600).contains(&t.value) => std::time::Duration::from_secs(t.value as u64),
+        Some(t) => {
+            return Err(ctx.invalid(
+                &key("request_timeout"),
+                &t.origin,
+                &format!("{} is not between 1 and 3600 seconds", t.value),
+                "request_timeout = 60",
+            ));
+        }
+    };
+    let unused = [("path", d.path.is_some())];
+    for (k, set) in unused {
+        if set {
+            return Err(ctx.missing(
+                &key(k),
+                &format!("{k} is not a key of a destination of kind \"s3\""),
+                "Remove it; an s3 destination is bucket, prefix, region, endpoint, access_key_id and secret_access_key(_file)",
+            ));
+        }
+    }
+    Ok(DestinationKind::S3(S3Config {
+        bucket: bucket.value,
+        prefix: d.prefix.map(|p| p.value).unwrap_or_default(),
+        region: d
+            .region
+            .map(|r| r.value)
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        endpoint,
+        access_key_id: d.access_key_id.map(|a| a.value),
+        secret_access_key: secret.map(|s| s.value),
+        request_timeout,
+    }))
 }
 
 fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>, ConfigError> {
@@ -451,12 +624,92 @@ fn sqlite(ctx: &Ctx<'_>, raw: Vec<RawSqlite>) -> Result<Vec<SqliteConfig>, Confi
                 "Add path = \"/data/app.db\" (the database file to back up)",
             ));
         };
+        let key = |k| KeyName::entry(section, &entry, k);
+        let interval = match s.interval {
+            None => DEFAULT_SQLITE_INTERVAL,
+            Some(v) => duration(ctx, &key("interval"), &v, SQLITE_INTERVALS, "1s")?,
+        };
+        let snapshot_interval = match s.snapshot_interval {
+            None => DEFAULT_SNAPSHOT_INTERVAL,
+            Some(v) => duration(
+                ctx,
+                &key("snapshot_interval"),
+                &v,
+                SNAPSHOT_INTERVALS,
+                "24h",
+            )?,
+        };
         out.push(SqliteConfig {
             name,
-            path: path(ctx, &key, &p)?,
+            path: path(ctx, &key("path"), &p)?,
+            interval,
+            snapshot_interval,
         });
     }
     Ok(out)
+}
+
+/// A duration value: whole seconds as an integer, or a string with a unit
+/// (`ms`, `s`, `m`, `h`, `d`), within `range`.
+fn duration(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: &Val<toml::Value>,
+    range: std::ops::RangeInclusive<Duration>,
+    example: &str,
+) -> Result<Duration, ConfigError> {
+    let show = |d: &Duration| humantime(*d);
+    let fix = format!(
+        "Give a duration from {} to {}, as seconds (1) or with a unit (\"{example}\", \"500ms\", \"2m\", \"24h\")",
+        show(range.start()),
+        show(range.end())
+    );
+    let parsed = match &v.value {
+        toml::Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
+        toml::Value::String(s) => parse_duration(s),
+        _ => None,
+    };
+    let shown = match &v.value {
+        toml::Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    match parsed {
+        None => Err(ctx.invalid(key, &v.origin, &format!("{shown} is not a duration"), &fix)),
+        Some(d) if !range.contains(&d) => {
+            Err(ctx.invalid(key, &v.origin, &format!("{shown} is out of range"), &fix))
+        }
+        Some(d) => Ok(d),
+    }
+}
+
+/// `"500ms"`, `"1s"`, `"2m"`, `"24h"`, `"7d"`, `"30"` (seconds).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms).map(Duration::from_millis)
+}
+
+fn humantime(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 86_400_000 == 0 {
+        format!("{} d", ms / 86_400_000)
+    } else if ms % 3_600_000 == 0 {
+        format!("{} h", ms / 3_600_000)
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
 }
 
 fn listen(ctx: &Ctx<'_>, v: Val<String>) -> Result<SocketAddr, ConfigError> {

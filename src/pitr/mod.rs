@@ -10,6 +10,6 @@ mod serve;
 mod target;
 
 pub use plan::{Plan, PlanError, PlannedBackup, Stop, WalFile, Window, plan, windows};
-pub use restore::{Reached, RestoreError, RestoreOptions, RestoreReport, restore};
+pub use restore::{Reached, RestoreError, RestoreOptions, RestoreProgress, RestoreReport, restore};
 pub use serve::fetch_client;
 pub use target::{Target, TargetError, parse_time, pg_time};

@@ -50,6 +50,19 @@ pub struct RestoreOptions {
     pub recovery_timeout: Duration,
     /// Where a failed recovery's server log is kept.
     pub log_dir: PathBuf,
+    /// Where the restore stands, for a progress bar.
+    pub progress: Option<tokio::sync::watch::Sender<RestoreProgress>>,
+}
+
+/// Where a restore stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreProgress {
+    /// Base backup bytes written.
+    pub backup_bytes: u64,
+    /// WAL files handed to recovery.
+    pub wal_files: usize,
+    /// Whether recovery is running (the base backup is in place).
+    pub recovering: bool,
 }
 
 /// Where a checked recovery stopped.
@@ -222,6 +235,21 @@ async fn restore_into(
     } else {
         None
     };
+    // Bytes written, forwarded into the restore's own progress.
+    let (bytes_tx, forward) = match &opts.progress {
+        Some(p) => {
+            let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+            let p = p.clone();
+            let forward = tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let done = *rx.borrow_and_update();
+                    p.send_modify(|s| s.backup_bytes = done);
+                }
+            });
+            (Some(tx), Some(forward))
+        }
+        None => (None, None),
+    };
     let summary = basebackup::restore(
         repo,
         &plan.database,
@@ -230,9 +258,14 @@ async fn restore_into(
         &basebackup::RestoreOptions {
             tablespace_dir: opts.tablespace_dir.clone(),
             parallel: opts.parallel.max(1),
+            progress: bytes_tx,
         },
     )
-    .await?;
+    .await;
+    if let Some(f) = forward {
+        f.abort();
+    }
+    let summary = summary?;
     // A standby's signal file would make the restored cluster a standby.
     for f in ["standby.signal", "recovery.signal", "postmaster.pid"] {
         match std::fs::remove_file(target.join(f)) {
@@ -493,8 +526,12 @@ async fn recover(
         target,
         owner,
         opts.parallel.max(2),
+        opts.progress.clone(),
     )
     .map_err(io(target))?;
+    if let Some(p) = &opts.progress {
+        p.send_modify(|s| s.recovering = true);
+    }
     let listener = tokio::net::UnixListener::bind(&socket).map_err(io(&socket))?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&socket, Some(uid), Some(gid)).map_err(io(&socket))?;

@@ -32,6 +32,11 @@ pub struct WalServer {
     store: WalStore,
     /// Plan files in replay order.
     files: Vec<String>,
+    /// For each plan file that the plan holds as a partial segment, the
+    /// bytes of it the plan covers: a newer version stored since the plan
+    /// (`pitr run` goes on streaming) is cut back to them, so recovery
+    /// replays exactly what was planned and checked, no further.
+    plan_len: Vec<Option<u64>>,
     position: HashMap<String, usize>,
     spool: PathBuf,
     pg_wal: PathBuf,
@@ -42,12 +47,13 @@ pub struct WalServer {
     served: Mutex<Vec<String>>,
     /// What could not be served.
     errors: Mutex<Vec<String>>,
+    progress: Option<tokio::sync::watch::Sender<super::restore::RestoreProgress>>,
 }
 
 impl WalServer {
     /// A server for `plan`'s files, spooling up to `ahead` files in `spool`
     /// (a private directory), writing into `data_dir/pg_wal` only, owned by
-    /// `owner` when set.
+    /// `owner` when set, counting files served into `progress`.
     pub fn new(
         store: WalStore,
         plan: &Plan,
@@ -55,8 +61,13 @@ impl WalServer {
         data_dir: &Path,
         owner: Option<(u32, u32)>,
         ahead: usize,
+        progress: Option<tokio::sync::watch::Sender<super::restore::RestoreProgress>>,
     ) -> std::io::Result<Arc<WalServer>> {
         let files: Vec<String> = plan.files().map(|f| f.file.clone()).collect();
+        let plan_len = plan
+            .files()
+            .map(|f| f.partial.then(|| f.end.0.saturating_sub(f.start.0)))
+            .collect();
         let position = files
             .iter()
             .enumerate()
@@ -66,6 +77,7 @@ impl WalServer {
         Ok(Arc::new(WalServer {
             store,
             files,
+            plan_len,
             position,
             spool: spool.to_owned(),
             pg_wal,
@@ -74,6 +86,7 @@ impl WalServer {
             inflight: Mutex::new(HashMap::new()),
             served: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
+            progress,
         }))
     }
 
@@ -120,10 +133,6 @@ impl WalServer {
     }
 
     async fn answer(&self, file: &str, dest: &Path) -> String {
-        let Some(&i) = self.position.get(file) else {
-            tracing::debug!("restore-fetch {file}: not in the plan");
-            return "absent".to_owned();
-        };
         // Only ever write into this data directory's pg_wal.
         let parent_ok = dest
             .parent()
@@ -136,6 +145,17 @@ impl WalServer {
                 self.pg_wal.display()
             );
         }
+        let Some(&i) = self.position.get(file) else {
+            // At promotion PostgreSQL probes for history files above its
+            // timeline to pick an unused number: every stored one must be
+            // found, or the restored cluster would reuse a timeline the
+            // repository already holds and its WAL would collide.
+            if is_history(file) {
+                return self.serve_history(file, dest).await;
+            }
+            tracing::debug!("restore-fetch {file}: not in the plan");
+            return "absent".to_owned();
+        };
         // Read ahead: the fetches run as tasks of their own, awaited or not.
         for j in i..(i + self.ahead).min(self.files.len()) {
             drop(self.start(j));
@@ -161,6 +181,9 @@ impl WalServer {
             Ok(()) => {
                 if let Ok(mut s) = self.served.lock() {
                     s.push(file.to_owned());
+                    if let Some(p) = &self.progress {
+                        p.send_modify(|p| p.wal_files = s.len());
+                    }
                 }
                 tracing::info!("served {file} to recovery");
                 "ok".to_owned()
@@ -169,7 +192,37 @@ impl WalServer {
         }
     }
 
+    async fn serve_history(&self, file: &str, dest: &Path) -> String {
+        let tmp = dest.with_extension("pitr-tmp");
+        match self.store.fetch_to(file, &tmp).await {
+            Ok(None) => "absent".to_owned(),
+            Ok(Some(_)) => {
+                let owned = match self.owner {
+                    Some((uid, gid)) => std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)),
+                    None => Ok(()),
+                };
+                match owned.and_then(|()| std::fs::rename(&tmp, dest)) {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => format!("error writing {}: {e}", dest.display()),
+                }
+            }
+            Err(e) => format!("error {file}: {e}"),
+        }
+    }
+
+    /// Moves a spooled file to `dest`: a rename when the spool is on the
+    /// same filesystem (it is created beside the data directory for that),
+    /// else a copy beside `dest` and a rename, so that PostgreSQL never sees
+    /// a file half written.
     fn install(&self, spooled: &Path, dest: &Path) -> std::io::Result<()> {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(spooled, Some(uid), Some(gid))?;
+        }
+        match std::fs::rename(spooled, dest) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+            Err(e) => return Err(e),
+        }
         let tmp = dest.with_extension("pitr-tmp");
         std::fs::copy(spooled, &tmp)?;
         if let Some((uid, gid)) = self.owner {
@@ -198,9 +251,13 @@ impl WalServer {
                 let store = self.store.clone();
                 let file = self.files[i].clone();
                 let path = self.spool.join(&file);
+                let keep = self.plan_len[i];
                 let task = tokio::spawn(async move {
-                    match store.fetch_to(&file, &path).await {
-                        Ok(Some(_)) => Ok(path),
+                    match store.fetch_to_spool(&file, &path).await {
+                        Ok(Some(_)) => match keep.map(|n| cut_to(&path, n)) {
+                            Some(Err(e)) => Err(Arc::new(format!("{file}: {e}"))),
+                            _ => Ok(path),
+                        },
                         Ok(None) => Err(Arc::new(format!(
                             "{file} is in the plan but no longer in the catalog"
                         ))),
@@ -216,6 +273,25 @@ impl WalServer {
             })
             .clone()
     }
+}
+
+/// Whether `file` is a timeline history file name (`00000002.history`).
+fn is_history(file: &str) -> bool {
+    file.len() == 16
+        && file.ends_with(".history")
+        && file[..8].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Zeroes `path` from byte `keep` to its end, keeping its length: a partial
+/// segment as the plan saw it, which recovery reads as the end of the WAL.
+fn cut_to(path: &Path, keep: u64) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = f.metadata()?.len();
+    if keep < len {
+        f.set_len(keep)?;
+        f.set_len(len)?;
+    }
+    Ok(())
 }
 
 /// The `restore_command` side: asks the server on `socket` for `file`,
@@ -258,5 +334,25 @@ pub fn fetch_client(socket: &Path, file: &str, dest: &Path) -> u8 {
             );
             255
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_to;
+
+    #[test]
+    fn a_newer_partial_is_cut_back_to_what_the_plan_covers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("000000010000000000000004");
+        std::fs::write(&path, vec![7u8; 8192]).expect("write");
+        cut_to(&path, 100).expect("cut");
+        let bytes = std::fs::read(&path).expect("read");
+        assert_eq!(bytes.len(), 8192);
+        assert!(bytes[..100].iter().all(|&b| b == 7));
+        assert!(bytes[100..].iter().all(|&b| b == 0));
+        // Nothing past the file's end is added.
+        cut_to(&path, 10_000).expect("cut");
+        assert_eq!(std::fs::read(&path).expect("read").len(), 8192);
     }
 }

@@ -134,7 +134,7 @@ fn every_key_is_known() {
         for spec in section.keys() {
             let value = match spec.ty {
                 KeyType::Str => "\"x\"",
-                KeyType::Int | KeyType::Size | KeyType::Number => "1",
+                KeyType::Int | KeyType::Size | KeyType::Number | KeyType::Duration => "1",
                 KeyType::List => "[\"x\"]",
             };
             let text = format!("{}\n{} = {value}\n", section.header(), spec.name);

@@ -31,6 +31,39 @@ async fn name_lsn_and_latest_targets_restore_exactly() {
     }
     streamer.caught_up(&pg).await;
 
+    // `pitr list`: the backup, one unbroken WAL range, the window.
+    let out = env.pitr(&["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let main = &list["postgres"][0];
+    assert_eq!(main["name"], "main", "{list}");
+    assert_eq!(main["backups"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(main["backups"][0]["restorable"], true, "{list}");
+    assert_eq!(main["wal"][0]["timeline"], 1, "{list}");
+    assert_eq!(
+        main["wal"][0]["ranges"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+    let window = &main["windows"][0];
+    let earliest: jiff::Timestamp = window["earliest"]
+        .as_str()
+        .expect("earliest")
+        .parse()
+        .expect("time");
+    let latest: jiff::Timestamp = window["latest"]
+        .as_str()
+        .expect("latest")
+        .parse()
+        .expect("time");
+    assert!(earliest < latest, "{list}");
+    let out = env.pitr(&["list"]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.contains("restorable") && shown.contains("timeline 1: "),
+        "{shown}"
+    );
+
     let (_r, ids, report) = restore_and_read(&env, &["--name", "before-4"]);
     assert_eq!(ids, [1, 2, 3], "{report}");
     assert!(report.contains("at restore point \"before-4\""), "{report}");

@@ -64,6 +64,9 @@ async fn times_on_both_sides_of_a_fork_restore_exactly() {
     let (_r, ids, report) =
         restore_and_read(&env, &["--at", &pitr::pitr::pg_time(after_fork_on_1)]);
     assert_eq!(ids, (1..=8).collect::<Vec<_>>(), "{report}");
+    // Timeline 2 is taken (the repository holds it): the branch made by
+    // this restore must not reuse its number.
+    assert!(report.contains("new timeline               3"), "{report}");
 
     // Asking for that time on timeline 2, which does not contain it, is
     // refused, not silently answered with timeline 2's past.

@@ -1,0 +1,345 @@
+//! The watcher loop of one `[[sqlite]]` entry: woken by file events
+//! (`notify`, hints only) and by a poll at the interval, it takes captures
+//! (`capture.rs`) and stores them through the repository, one commit each.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use super::capture::{CaptureError, Capturer, Spooled, Stats};
+use super::pageset::{CHUNKING, checksum_text};
+use super::store::{self, CaptureAttrs, KIND_PAGES, KIND_SNAPSHOT};
+use crate::config::SqliteConfig;
+use crate::repo::{RepoError, Repository};
+
+/// How often a persisting problem (database missing, not SQLite) is logged
+/// again after the first time.
+const REPEAT_LOG: Duration = Duration::from_secs(60);
+
+/// What a watcher is told.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// The `[[sqlite]]` name (items are `sqlite/<name>/…`).
+    pub name: String,
+    /// The database file.
+    pub path: PathBuf,
+    /// Poll interval, and the shortest time between two captures.
+    pub interval: Duration,
+    /// Snapshot schedule.
+    pub snapshot_interval: Duration,
+    /// Where captures are spooled before they are stored.
+    pub spool_dir: PathBuf,
+}
+
+impl WatchOptions {
+    /// The options of a configured entry, spooling under `state_dir`.
+    pub fn from_config(c: &SqliteConfig, state_dir: &Path) -> WatchOptions {
+        WatchOptions {
+            name: c.name.clone(),
+            path: c.path.clone(),
+            interval: c.interval,
+            snapshot_interval: c.snapshot_interval,
+            spool_dir: state_dir.join("sqlite-spool").join(&c.name),
+        }
+    }
+}
+
+/// A watcher stopped for good (it retries everything else).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The catalog could not be read at start.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A task failed.
+    #[error("the SQLite watcher of {0:?} failed: {1}")]
+    Task(String, String),
+}
+
+/// One step's outcome, for the loop and for tests.
+#[derive(Debug)]
+pub enum Step {
+    /// Nothing changed.
+    Unchanged,
+    /// A capture was stored as this item.
+    Stored {
+        /// The item's name.
+        item: String,
+        /// Whether it was a snapshot.
+        snapshot: bool,
+        /// Pages it holds.
+        pages: u32,
+    },
+}
+
+/// Failure of one step: logged, and the step is tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Capturing failed.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    /// Storing failed.
+    #[error("storing a capture of {name:?} failed: {source}")]
+    Store {
+        /// The database.
+        name: String,
+        /// The repository error.
+        source: RepoError,
+    },
+}
+
+/// A watcher's capture state and its way into the repository: `step` takes
+/// and stores one capture. `watch` runs it in a loop.
+#[derive(Debug)]
+pub struct Watcher {
+    repo: Repository,
+    opts: WatchOptions,
+    capturer: Option<Capturer>,
+    next_seq: u64,
+    last_seq: Option<u64>,
+    last_snapshot: Option<Instant>,
+}
+
+impl Watcher {
+    /// A watcher of `opts.path`, numbering captures after those the catalog
+    /// holds.
+    pub fn new(repo: Repository, opts: WatchOptions) -> Result<Watcher, WatchError> {
+        let next_seq = store::next_seq(&repo, &opts.name)?;
+        let capturer = Capturer::new(&opts.path, &opts.spool_dir, Arc::new(Stats::default()));
+        Ok(Watcher {
+            repo,
+            opts,
+            capturer: Some(capturer),
+            next_seq,
+            last_seq: None,
+            last_snapshot: None,
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.capturer
+            .as_ref()
+            .map(|c| c.stats().clone())
+            .unwrap_or_default()
+    }
+
+    fn snapshot_due(&self) -> bool {
+        self.last_snapshot
+            .is_some_and(|t| t.elapsed() >= self.opts.snapshot_interval)
+    }
+
+    /// Polls; when something may have changed (or `always`), captures and
+    /// stores.
+    pub async fn step(&mut self, always: bool) -> Result<Step, StepError> {
+        let snapshot = self.snapshot_due();
+        let mut cap = self
+            .capturer
+            .take()
+            .expect("capturer present between steps");
+        let (cap, taken) = tokio::task::spawn_blocking(move || {
+            let r = (|| {
+                let changed = cap.poll()?;
+                if !(changed || always || snapshot) {
+                    return Ok(None);
+                }
+                cap.capture(snapshot)
+            })();
+            (cap, r)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.capturer = Some(cap);
+        let Some(spooled) = taken? else {
+            return Ok(Step::Unchanged);
+        };
+        match self.store(&spooled).await {
+            Ok((item, info_bytes)) => {
+                let snapshot = spooled.header.snapshot;
+                let pages = spooled.header.count();
+                let cap = self.capturer.as_mut().expect("present");
+                cap.stats()
+                    .bytes_stored
+                    .fetch_add(info_bytes, std::sync::atomic::Ordering::Relaxed);
+                if snapshot {
+                    self.last_snapshot = Some(Instant::now());
+                }
+                tracing::info!(
+                    database = %self.opts.name, item = %item, snapshot, pages,
+                    reason = %spooled.reason, at = %spooled.at, "stored an SQLite capture"
+                );
+                cap.stored(spooled);
+                Ok(Step::Stored {
+                    item,
+                    snapshot,
+                    pages,
+                })
+            }
+            Err(source) => {
+                self.capturer.as_mut().expect("present").discard(spooled);
+                Err(StepError::Store {
+                    name: self.opts.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    async fn store(&mut self, s: &Spooled) -> Result<(String, u64), RepoError> {
+        let seq = self.next_seq;
+        let name = store::item_name(&self.opts.name, seq);
+        let attrs = CaptureAttrs {
+            seq,
+            base: if s.header.snapshot {
+                None
+            } else {
+                self.last_seq
+            },
+            at: s.at,
+            page_size: s.header.page_size,
+            db_pages: s.header.db_pages,
+            pages: s.header.count(),
+            checksum: checksum_text(s.checksum),
+            mode: s.mode.as_str().to_owned(),
+            reason: s.reason.clone(),
+        };
+        let kind = if s.header.snapshot {
+            KIND_SNAPSHOT
+        } else {
+            KIND_PAGES
+        };
+        let local = |source| RepoError::Local {
+            path: s.pages_file.clone(),
+            source,
+        };
+        let file = tokio::fs::File::open(&s.pages_file).await.map_err(local)?;
+        let reader = std::io::Cursor::new(s.header.encode()).chain(file);
+        let attrs = serde_json::to_value(attrs).expect("capture attributes always serialize");
+        let mut w = self.repo.writer();
+        w.put(&name, kind, attrs, CHUNKING, reader).await?;
+        let info = w.commit().await?;
+        self.next_seq += 1;
+        self.last_seq = Some(seq);
+        Ok((name, info.map_or(0, |i| i.pack_bytes)))
+    }
+}
+
+/// Watches one database until `shutdown` resolves. Problems are logged and
+/// retried; only a failure to start returns an error.
+pub async fn watch(
+    repo: Repository,
+    opts: WatchOptions,
+    stats_out: Option<tokio::sync::oneshot::Sender<Arc<Stats>>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WatchError> {
+    let mut watcher = Watcher::new(repo, opts.clone())?;
+    if let Some(tx) = stats_out {
+        let _ = tx.send(watcher.stats());
+    }
+    let wake = Arc::new(tokio::sync::Notify::new());
+    // Kept alive for the loop's lifetime; without it, polling alone works.
+    let _events = file_events(&opts.path, wake.clone());
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_capture: Option<Instant> = None;
+    let mut last_logged: Option<(String, Instant)> = None;
+    let mut last_step: Option<Instant> = None;
+    loop {
+        // Polls once per interval, captures at most once per interval:
+        // events only bring the next step forward to the earliest moment a
+        // capture is allowed.
+        let now = Instant::now();
+        let earliest = last_capture.map_or(now, |t| t + opts.interval);
+        let tick = last_step.map_or(now, |t| t + opts.interval).max(earliest);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep_until(tick.into()) => {}
+            _ = wake.notified() => {
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep_until(earliest.into()) => {}
+                }
+            }
+        }
+        // Bursts of events are one poll: at most ten steps per interval.
+        if let Some(t) = last_step {
+            tokio::time::sleep_until((t + opts.interval / 10).into()).await;
+        }
+        let started = Instant::now();
+        last_step = Some(started);
+        match watcher.step(false).await {
+            Ok(Step::Unchanged) => tracing::trace!(database = %opts.name, "unchanged"),
+            Ok(Step::Stored { .. }) => {
+                last_capture = Some(started);
+                last_logged = None;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let repeat = match &last_logged {
+                    Some((t, at)) => *t != text || at.elapsed() >= REPEAT_LOG,
+                    None => true,
+                };
+                if repeat {
+                    match &e {
+                        StepError::Capture(CaptureError::Busy(_)) => {
+                            tracing::info!(database = %opts.name, "{text}")
+                        }
+                        _ => tracing::warn!(database = %opts.name, "{text}"),
+                    }
+                    last_logged = Some((text, Instant::now()));
+                }
+            }
+        }
+    }
+}
+
+/// Watches the database's directory (the files come and go: `-wal` and
+/// `-journal` are deleted and recreated) and wakes the loop on events about
+/// the database, its WAL or its journal. `None` when the platform refuses:
+/// the poll still runs.
+fn file_events(path: &Path, wake: Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let base = path.file_name()?.to_os_string();
+    let names: Vec<std::ffi::OsString> = ["", "-wal", "-journal"]
+        .iter()
+        .map(|s| {
+            let mut n = base.clone();
+            n.push(s);
+            n
+        })
+        .collect();
+    let handler = move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        // Opens and reads (the watcher's own among them) are not changes.
+        let change = matches!(
+            ev.kind,
+            notify::EventKind::Create(_)
+                | notify::EventKind::Modify(_)
+                | notify::EventKind::Remove(_)
+        );
+        if change
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| n == f)))
+        {
+            wake.notify_one();
+        }
+    };
+    let mut w = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::info!(error = %e, "no file events; polling only");
+            return None;
+        }
+    };
+    if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::info!(error = %e, dir = %dir.display(), "no file events; polling only");
+        return None;
+    }
+    Some(w)
+}

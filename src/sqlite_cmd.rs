@@ -1,0 +1,194 @@
+//! The SQLite side of the command line: `pitr plan --sqlite`, `pitr restore
+//! --sqlite`, the SQLite part of `pitr list`, and starting the watchers of
+//! `pitr run`.
+
+use std::path::Path;
+
+use pitr::config::{Config, SqliteConfig};
+use pitr::pitr::Target;
+use pitr::repo::Repository;
+use pitr::sqlite::{SqlitePlan, SqliteRestoreError};
+
+use crate::{Exit, mib};
+
+/// The `[[sqlite]]` entry named `name`.
+pub fn sqlite_entry<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a SqliteConfig> {
+    config
+        .sqlite
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.sqlite.iter().map(|s| s.name.as_str()).collect();
+            Exit::Usage(format!(
+                "{}: no [[sqlite]] entry is named {name:?} (configured: {})",
+                config.path.display(),
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ))
+            .into()
+        })
+}
+
+fn classify(e: SqliteRestoreError) -> anyhow::Error {
+    if e.is_not_possible() {
+        Exit::NotPossible(e.to_string()).into()
+    } else if e.is_usage() {
+        Exit::Usage(e.to_string()).into()
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
+/// Plans, mapping errors to exit codes.
+pub fn make_plan(repo: &Repository, name: &str, target: &Target) -> anyhow::Result<SqlitePlan> {
+    pitr::sqlite::plan(repo, name, target).map_err(classify)
+}
+
+/// `pitr plan --sqlite` as a table.
+pub fn print_plan(plan: &SqlitePlan) {
+    let snaps = plan.captures.iter().filter(|c| c.snapshot).count();
+    println!(
+        "Restore plan for [[sqlite]] {:?} to {}",
+        plan.database,
+        plan.target.describe()
+    );
+    if let Some(first) = plan.captures.first() {
+        println!(
+            "  snapshot     {}  taken {}  {} pages",
+            first.item, first.at, first.pages
+        );
+    }
+    let pages: u64 = plan
+        .captures
+        .iter()
+        .skip(snaps)
+        .map(|c| u64::from(c.pages))
+        .sum();
+    println!(
+        "  page sets    {} ({} pages) up to {}",
+        plan.captures.len() - snaps,
+        pages,
+        plan.at
+    );
+    println!(
+        "  result       {} pages of {} bytes ({}), checksum {}",
+        plan.db_pages,
+        plan.page_size,
+        mib(u64::from(plan.db_pages) * u64::from(plan.page_size)),
+        plan.checksum
+    );
+    println!("  window       {}", window_text(&plan.window));
+    println!("  download     {}", mib(plan.bytes()));
+}
+
+fn window_text(w: &pitr::sqlite::SqliteWindow) -> String {
+    match (w.earliest, w.latest) {
+        (Some(e), Some(l)) => format!("{e} to {l}"),
+        (None, Some(l)) => format!("none (no snapshot; last capture {l})"),
+        _ => "none (nothing stored yet)".to_owned(),
+    }
+}
+
+/// `pitr restore --sqlite`.
+pub async fn restore(
+    repo: &Repository,
+    plan: &SqlitePlan,
+    target: &Path,
+    force: bool,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "Restoring [[sqlite]] {:?} to {} into {}: {} captures ({})...",
+        plan.database,
+        plan.target.describe(),
+        target.display(),
+        plan.captures.len(),
+        mib(plan.bytes())
+    );
+    let report = pitr::sqlite::restore(repo, plan, target, force)
+        .await
+        .map_err(classify)?;
+    println!(
+        "Restored [[sqlite]] {:?} as of {} into {}: {} captures, {} pages written, {}; \
+         checksum {} and PRAGMA integrity_check ok.",
+        plan.database,
+        plan.at,
+        report.target.display(),
+        report.captures,
+        report.pages_written,
+        mib(report.bytes),
+        report.checksum
+    );
+    Ok(())
+}
+
+/// The SQLite part of `pitr list`: as JSON values, printed as text unless
+/// `json`.
+pub fn list(
+    config: &Config,
+    repo: &Repository,
+    json: bool,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for s in &config.sqlite {
+        let caps = pitr::sqlite::store::captures(repo, &s.name)?;
+        let window = pitr::sqlite::window(repo, &s.name)?;
+        let snapshots: Vec<_> = caps.iter().filter(|c| c.snapshot).collect();
+        if !json {
+            println!("[[sqlite]] {:?} ({})", s.name, s.path.display());
+            println!(
+                "  captures: {} ({} snapshots, {} page sets)",
+                caps.len(),
+                snapshots.len(),
+                caps.len() - snapshots.len()
+            );
+            for c in &snapshots {
+                println!(
+                    "    snapshot {}  {}  {} pages of {} bytes  ({})",
+                    c.item.name, c.attrs.at, c.attrs.db_pages, c.attrs.page_size, c.attrs.reason
+                );
+            }
+            if let Some(last) = caps.last() {
+                println!("    last capture {}  {}", last.item.name, last.attrs.at);
+            }
+            println!("  restore window: {}", window_text(&window));
+        }
+        out.push(serde_json::json!({
+            "name": s.name,
+            "path": s.path,
+            "captures": caps.len(),
+            "snapshots": snapshots.iter().map(|c| serde_json::json!({
+                "item": c.item.name, "at": c.attrs.at, "db_pages": c.attrs.db_pages,
+                "page_size": c.attrs.page_size, "reason": c.attrs.reason,
+            })).collect::<Vec<_>>(),
+            "last": caps.last().map(|c| serde_json::json!({"item": c.item.name, "at": c.attrs.at})),
+            "window": window,
+        }));
+    }
+    Ok(out)
+}
+
+/// `pitr run`: starts one watcher per `[[sqlite]]` entry; each stops when
+/// `stop` turns true. A watcher ends early only when it cannot start.
+pub fn spawn_watchers(
+    config: &Config,
+    repo: &Repository,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinSet<(String, Result<(), pitr::sqlite::WatchError>)> {
+    let mut set = tokio::task::JoinSet::new();
+    for s in &config.sqlite {
+        let opts = pitr::sqlite::WatchOptions::from_config(s, &config.repository.state_dir);
+        let (repo, mut stop, name) = (repo.clone(), stop.clone(), s.name.clone());
+        set.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let r = pitr::sqlite::watch(repo, opts, None, shutdown).await;
+            (name, r)
+        });
+    }
+    tracing::info!(watchers = config.sqlite.len(), "SQLite watchers started");
+    set
+}
