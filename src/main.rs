@@ -75,8 +75,8 @@ enum Command {
     },
     /// Prepare every destination (idempotent).
     Init(ConfigArg),
-    /// The sidecar: WAL streams and SQLite watchers (today), base-backup
-    /// schedule, health server (issues 4, 8).
+    /// The sidecar: WAL streams, the base-backup schedule and SQLite
+    /// watchers; the health server arrives with issue 8.
     Run(ConfigArg),
     /// Take one base backup now.
     Backup {
@@ -92,7 +92,8 @@ enum Command {
         /// Let the server spread its checkpoint instead of taking it at once.
         #[arg(long)]
         spread_checkpoint: bool,
-        /// Limit the server's sending rate, in kB/s (32 to 1048576).
+        /// Limit the server's sending rate, in kB/s (32 to 1048576); default:
+        /// the entry's `max_rate`, else no limit.
         #[arg(long, value_name = "KB", value_parser = clap::value_parser!(u32).range(32..=1048576))]
         max_rate: Option<u32>,
     },
@@ -194,6 +195,9 @@ enum Command {
         #[arg(long)]
         restore: bool,
     },
+    /// Copy missing or damaged objects into each destination from one where
+    /// they check out; then every destination holds every object.
+    Repair(ConfigArg),
     /// Check the config, the destinations and (later) the databases.
     Check(ConfigArg),
     /// The local catalog.
@@ -208,7 +212,13 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum CatalogCommand {
     /// Recreate the local catalog from the destinations alone.
-    Rebuild(ConfigArg),
+    Rebuild {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Read from this destination only (default: the first that answers).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
 }
 
 /// How a command ended, beyond success: the exit code and the message.
@@ -234,6 +244,11 @@ const EXIT_WAL_FETCH_FAILED: u8 = 255;
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
+    // PostgreSQL runs this once per WAL file while replay waits: no logging
+    // set-up, no runtime threads, just the round trip.
+    if let Command::RestoreFetch { socket, file, path } = &cli.command {
+        return ExitCode::from(pitr::pitr::fetch_client(socket, file, path));
+    }
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -311,8 +326,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keygen { output } => keygen(output.as_deref()),
         Command::Init(c) => init(&load(&c)?).await,
         Command::Catalog {
-            command: CatalogCommand::Rebuild(c),
-        } => catalog_rebuild(&load(&c)?).await,
+            command: CatalogCommand::Rebuild { config, from },
+        } => catalog_rebuild(&load(&config)?, from.as_deref()).await,
         Command::Verify { config, restore } => {
             let config = load(&config)?;
             if restore {
@@ -325,6 +340,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             verify(&config).await
         }
         Command::Check(c) => check(&load(&c)?).await,
+        Command::Repair(c) => repair(&load(&c)?).await,
         Command::Run(c) => run_sidecar(&load(&c)?).await,
         Command::Backup {
             config,
@@ -422,6 +438,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             restore(&repo, &plan, &opts).await
         }
         Command::RestoreFetch { socket, file, path } => {
+            // Answered in main before the runtime starts; kept for the match.
             let code = pitr::pitr::fetch_client(&socket, &file, &path);
             std::process::exit(code.into());
         }
@@ -534,8 +551,29 @@ async fn init(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn catalog_rebuild(config: &Config) -> anyhow::Result<()> {
-    let fanout = pitr::ship::from_config(config);
+async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyhow::Result<()> {
+    let mut fanout = pitr::ship::from_config(config);
+    if let Some(name) = from {
+        let Some(d) = fanout
+            .destinations()
+            .iter()
+            .find(|d| d.name() == name)
+            .cloned()
+        else {
+            return Err(Exit::Usage(format!(
+                "--from {name:?}: {} has no such [[destination]] (configured: {})",
+                config.path.display(),
+                config
+                    .destinations
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        };
+        fanout = pitr::ship::Fanout::new(vec![d]);
+    }
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let repo = Repository::rebuild_catalog(fanout, opts).await?;
     let catalog = repo.catalog();
@@ -577,6 +615,38 @@ async fn verify(config: &Config) -> anyhow::Result<()> {
         "{} damaged or missing objects; restore them from a healthy destination",
         report.problems.len()
     )
+}
+
+/// `pitr repair`: every object checked in every destination, good copies
+/// written over missing or damaged ones.
+async fn repair(config: &Config) -> anyhow::Result<()> {
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    let report = repo.repair().await?;
+    for r in &report.repaired {
+        println!(
+            "REPAIRED {} {}: was {}; copied from {}",
+            r.destination, r.object, r.was, r.from
+        );
+    }
+    for u in &report.unrepaired {
+        println!("NOT REPAIRED {} {}: {}", u.destination, u.object, u.why);
+    }
+    println!(
+        "Checked {} objects in {} destinations: {} repaired, {} still wrong.",
+        report.objects,
+        config.destinations.len(),
+        report.repaired.len(),
+        report.unrepaired.len()
+    );
+    if !report.unrepaired.is_empty() {
+        anyhow::bail!(
+            "{} objects could not be repaired (listed above); a destination that cannot be              read must be fixed first, an object no destination holds intact is lost there",
+            report.unrepaired.len()
+        );
+    }
+    Ok(())
 }
 
 async fn check(config: &Config) -> anyhow::Result<()> {
@@ -705,7 +775,8 @@ async fn backup(
         conninfo,
         label: format!("pitr backup of {}", db.name),
         checkpoint,
-        max_rate_kb,
+        // The flag wins over the entry's `max_rate`.
+        max_rate_kb: max_rate_kb.or(db.max_rate_kb),
     };
     let (tx, mut rx) = tokio::sync::watch::channel(pitr::basebackup::BackupProgress::default());
     // A bar (bytes, rate, ETA) only for a person watching a terminal.
@@ -876,10 +947,33 @@ async fn prefetch_fill(config: &Config, postgres: Option<&str>, file: &str) -> a
     Ok(())
 }
 
-/// `pitr run`: today, WAL streaming for every `[[postgres]]` entry and a
-/// watcher for every `[[sqlite]]` entry until SIGTERM or SIGINT, which store
-/// what was received, acknowledge it and exit 0. Base backups, the health
-/// server and supervision with restarts arrive with issues 4 and 8.
+/// How `pitr run` takes the scheduled backups of `pg`.
+fn schedule_options(
+    pg: &pitr::config::PostgresConfig,
+    conninfo: pitr::wal::ConnInfo,
+) -> pitr::basebackup::schedule::ScheduleOptions {
+    pitr::basebackup::schedule::ScheduleOptions {
+        backup: pitr::basebackup::BackupOptions {
+            database: pg.name.clone(),
+            conninfo,
+            label: format!("pitr scheduled backup of {}", pg.name),
+            checkpoint: pg.checkpoint,
+            max_rate_kb: pg.max_rate_kb,
+        },
+        cron: pg.base_backup.clone(),
+        wal_bytes: pg.base_backup_wal,
+        retry: pitr::basebackup::schedule::RetryPolicy::default(),
+        // The stream stores a backup's last segment within seconds; an
+        // hour covers a server that is down meanwhile.
+        wait_wal: std::time::Duration::from_secs(3600),
+    }
+}
+
+/// `pitr run`: WAL streaming and the base-backup schedule for every
+/// `[[postgres]]` entry and a watcher for every `[[sqlite]]` entry, until
+/// SIGTERM or SIGINT, which store what was received, acknowledge it and exit
+/// 0 (a backup in progress is dropped). The health server and supervision
+/// with restarts arrive with issue 8.
 async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
@@ -899,7 +993,11 @@ async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
                 pg.name
             ))
         })?;
-        streams.push(pitr::wal::StreamOptions::new(&pg.name, info, &pg.slot));
+        let schedule = schedule_options(pg, info.clone());
+        streams.push((
+            pitr::wal::StreamOptions::new(&pg.name, info, &pg.slot),
+            schedule,
+        ));
     }
     let fanout = pitr::ship::from_config(config);
     let opts = pitr::repo::RepoOptions::from_config(config)?;
@@ -907,8 +1005,26 @@ async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    for o in streams {
-        let (progress, _) = tokio::sync::watch::channel(pitr::wal::Progress::default());
+    // Scheduled backups run apart from the streams: whatever happens to a
+    // backup (an error, a panic), the WAL stream goes on.
+    let mut schedulers = tokio::task::JoinSet::new();
+    // Issue 8's health endpoint serves these.
+    let mut _backup_status = Vec::new();
+    for (o, schedule) in streams {
+        let (progress, progress_rx) = tokio::sync::watch::channel(pitr::wal::Progress::default());
+        let (status, status_rx) =
+            tokio::sync::watch::channel(pitr::basebackup::schedule::ScheduleStatus::default());
+        _backup_status.push(status_rx);
+        let mut stop = stop_rx.clone();
+        schedulers.spawn(pitr::basebackup::schedule::run(
+            repo.clone(),
+            schedule,
+            progress_rx,
+            status,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
         let mut stop = stop_rx.clone();
         let name = o.database.clone();
         let repo = repo.clone();
@@ -922,7 +1038,7 @@ async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
     let mut sqlite = sqlite_cmd::spawn_watchers(config, &repo, &stop_rx);
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tracing::info!("pitr run: streaming WAL");
+    tracing::info!("pitr run: streaming WAL, base backups on schedule");
     let failure = tokio::select! {
         _ = term.recv() => None,
         _ = int.recv() => None,
@@ -938,6 +1054,9 @@ async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
         }
     };
     let _ = stop_tx.send(true);
+    // A backup cut short records nothing (its files stay unreferenced);
+    // the next start takes a new one.
+    schedulers.abort_all();
     // Watchers stop between captures; one cut short (after 10 s) holds
     // nothing that the next run does not take again.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {

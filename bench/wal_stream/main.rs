@@ -38,6 +38,10 @@
 //! RSS come from `/proc/PID` of the streaming process (pitr runs in a child:
 //! this binary re-executed with `PITR_BENCH_CHILD=stream`), and from GNU
 //! `time` around each `archive-push` the server runs.
+//!
+//! `PITR_BENCH_CHILD=floor PITR_BENCH_FLOOR_WAL=DIR target/release/deps/wal_stream-*`
+//! measures the floor of pitr's per-byte work on saved segments instead
+//! (`floor.rs`).
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -59,6 +63,7 @@ mod child;
 #[path = "../common/mod.rs"]
 mod common;
 mod contender;
+mod floor;
 mod lag;
 mod pgbackrest;
 mod proxy;
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
     if let Ok(mode) = std::env::var("PITR_BENCH_CHILD") {
         return match mode.as_str() {
             "stream" => child::child_stream(),
+            "floor" => floor::child_floor(),
             other => {
                 eprintln!("wal_stream: unknown PITR_BENCH_CHILD mode {other:?}");
                 ExitCode::FAILURE

@@ -9,8 +9,12 @@
 //! - [`mark_restorable`] / [`wait_restorable`]: a backup becomes restorable
 //!   once the WAL from its start to its end LSN is stored, recorded as a
 //!   second item `pg/<db>/backups/<id>.restorable` (items are immutable);
-//! - [`restore`]: materialises a backup into an empty directory.
+//! - [`restore`]: materialises a backup into an empty directory;
+//! - [`schedule`]: the backups `pitr run` takes on a cron schedule and when
+//!   WAL accumulates, retried with backoff, with figures for the health
+//!   endpoint.
 
+pub mod schedule;
 pub mod tar;
 
 mod pgmanifest;

@@ -156,8 +156,10 @@ pub async fn mark_restorable(repo: &Repository, db: &str) -> Result<Vec<String>,
 
 /// Waits until backup `id` of `db` is restorable, marking it (and any other
 /// backup whose WAL arrived) when its WAL is stored: polls the store's
-/// catalog every `poll`, so WAL stored by another process (`pitr run`)
-/// counts. Gives up after `timeout` with [`BackupError::WalNotStored`].
+/// catalog, so WAL stored by another process (`pitr run`) counts. The first
+/// polls come quickly (the stream usually stores the backup's last segment
+/// within a second), then every `poll`. Gives up after `timeout` with
+/// [`BackupError::WalNotStored`].
 pub async fn wait_restorable(
     repo: &Repository,
     db: &str,
@@ -166,6 +168,7 @@ pub async fn wait_restorable(
     poll: Duration,
 ) -> Result<(), BackupError> {
     let started = Instant::now();
+    let mut nap = poll.min(FIRST_POLL);
     loop {
         repo.sync_catalog().await?;
         mark_restorable(repo, db).await?;
@@ -199,6 +202,10 @@ pub async fn wait_restorable(
                 stored,
             });
         }
-        tokio::time::sleep(poll).await;
+        tokio::time::sleep(nap).await;
+        nap = (nap * 2).min(poll);
     }
 }
+
+/// The first wait between two polls of [`wait_restorable`].
+const FIRST_POLL: Duration = Duration::from_millis(100);

@@ -36,6 +36,7 @@ enum Value {
     Int(Val<i64>),
     List(Val<Vec<Val<String>>>),
     Size(Val<toml::Value>),
+    Number(Val<toml::Value>),
 }
 
 /// Whether a variable is meant as a config override (all `PITR_*` but the
@@ -165,6 +166,16 @@ fn parse_value(ctx: &Ctx<'_>, var: &str, text: &str, t: &Target) -> Result<Value
                 .collect(),
             origin: origin.clone(),
         }),
+        KeyType::Number => Value::Number(Val {
+            // Left as text when it is not a number: validation says so,
+            // naming the variable.
+            value: match (text.trim().parse::<i64>(), text.trim().parse::<f64>()) {
+                (Ok(n), _) => toml::Value::Integer(n),
+                (_, Ok(x)) => toml::Value::Float(x),
+                _ => toml::Value::String(text.to_owned()),
+            },
+            origin: origin.clone(),
+        }),
         KeyType::Size | KeyType::Duration => Value::Size(Val {
             value: match text.trim().parse::<i64>() {
                 Ok(n) => toml::Value::Integer(n),
@@ -217,6 +228,9 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 ("state_dir", Value::Str(v)) => r.state_dir = Some(v),
                 ("zstd_level", Value::Int(v)) => r.zstd_level = Some(v),
                 ("pack_size", Value::Size(v)) => r.pack_size = Some(v),
+                ("quorum", Value::Int(v)) => r.quorum = Some(v),
+                ("spool_dir", Value::Str(v)) => r.spool_dir = Some(v),
+                ("spool_max_bytes", Value::Size(v)) => r.spool_max_bytes = Some(v),
                 _ => {}
             }
         }
@@ -228,8 +242,40 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 match key {
                     "kind" => d.kind = Some(v),
                     "path" => d.path = Some(v),
+                    "bucket" => d.bucket = Some(v),
+                    "prefix" => d.prefix = Some(v),
+                    "region" => d.region = Some(v),
+                    "endpoint" => d.endpoint = Some(v),
+                    "access_key_id" => d.access_key_id = Some(v),
+                    "secret_access_key" => {
+                        if from_file(&d.secret_access_key_file) {
+                            d.secret_access_key_file = None;
+                        }
+                        d.secret_access_key = Some(v);
+                    }
+                    "secret_access_key_file" => {
+                        if from_file(&d.secret_access_key) {
+                            d.secret_access_key = None;
+                        }
+                        d.secret_access_key_file = Some(v);
+                    }
                     _ => {}
                 }
+            }
+        }
+        (Section::Destination, Value::Int(v)) if key == "request_timeout" => {
+            if let Some(d) = nth(&mut raw.destination, target.index) {
+                d.request_timeout = Some(v);
+            }
+        }
+        (Section::Postgres, Value::Number(v)) if key == "base_backup_wal_gb" => {
+            if let Some(p) = nth(&mut raw.postgres, target.index) {
+                p.base_backup_wal_gb = Some(v);
+            }
+        }
+        (Section::Postgres, Value::Int(v)) if key == "max_rate" => {
+            if let Some(p) = nth(&mut raw.postgres, target.index) {
+                p.max_rate = Some(v);
             }
         }
         (Section::Postgres, Value::Str(v)) => {
@@ -249,6 +295,7 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                     }
                     "slot" => p.slot = Some(v),
                     "base_backup" => p.base_backup = Some(v),
+                    "checkpoint" => p.checkpoint = Some(v),
                     _ => {}
                 }
             }

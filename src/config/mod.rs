@@ -29,6 +29,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
 
+use crate::basebackup::Checkpoint;
+use crate::basebackup::schedule::CronSchedule;
+
 /// A loaded and checked configuration. Every field holds a valid value:
 /// code past loading never re-validates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,15 @@ pub struct RepositoryConfig {
     pub zstd_level: i32,
     /// Target pack size in bytes, 1 MiB..=512 MiB; default 16 MiB.
     pub pack_size: u64,
+    /// How many destinations must hold an object before it counts as
+    /// stored (WAL acknowledged, backup restorable); `None`: all of them.
+    pub quorum: Option<usize>,
+    /// Where objects wait for the destinations outside the quorum
+    /// (default `<state_dir>/spool`).
+    pub spool_dir: PathBuf,
+    /// The spool's size limit; when full, writes wait (and WAL is not
+    /// acknowledged) rather than drop anything.
+    pub spool_max_bytes: u64,
 }
 
 /// One `[[destination]]`.
@@ -87,6 +99,46 @@ pub enum DestinationKind {
         /// The directory objects are written under.
         path: PathBuf,
     },
+    /// `kind = "s3"`: an S3 bucket or an S3-compatible store.
+    S3(S3Config),
+}
+
+/// How to reach an S3 bucket (`kind = "s3"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// Prepended to every object name (`pitr/`); empty for none.
+    pub prefix: String,
+    /// The region (`us-east-1` when the store does not care).
+    pub region: String,
+    /// A custom endpoint (`http://127.0.0.1:9000`); `None` for AWS. Plain
+    /// http only when given here explicitly.
+    pub endpoint: Option<String>,
+    /// The access key id; `None` takes `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// The secret key (`secret_access_key` or `secret_access_key_file`);
+    /// `None` takes `AWS_SECRET_ACCESS_KEY`. `Debug` redacts it.
+    pub secret_access_key: Option<String>,
+    /// How long one request may take before it is retried.
+    pub request_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "(redacted)"),
+            )
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// One `[[postgres]]` cluster.
@@ -99,8 +151,21 @@ pub struct PostgresConfig {
     pub conninfo: String,
     /// Replication slot name; default `pitr`.
     pub slot: String,
-    /// Base-backup schedule, five-field cron in UTC; `None` for no schedule.
-    pub base_backup: Option<String>,
+    /// Base-backup schedule (`base_backup`), cron in UTC: five fields, or six
+    /// with seconds first; default `0 3 * * *`; `None` when written `"off"`.
+    pub base_backup: Option<CronSchedule>,
+    /// Also take a base backup once this many bytes of WAL were stored since
+    /// the last one started (`base_backup_wal_gb`, in GiB, fractions allowed),
+    /// so that replay from the newest backup stays bounded; `None`: no such
+    /// rule.
+    pub base_backup_wal: Option<u64>,
+    /// How scheduled backups take their checkpoint (`checkpoint`, `"spread"`
+    /// by default so a scheduled backup does not cause an I/O spike; `pitr
+    /// backup` takes a fast one unless told `--spread-checkpoint`).
+    pub checkpoint: Checkpoint,
+    /// The server's sending rate limit for base backups in kB/s
+    /// (`max_rate`, 32 to 1048576); `pitr backup --max-rate` overrides it.
+    pub max_rate_kb: Option<u32>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -111,6 +176,9 @@ impl std::fmt::Debug for PostgresConfig {
             .field("conninfo", &redact::conninfo(&self.conninfo))
             .field("slot", &self.slot)
             .field("base_backup", &self.base_backup)
+            .field("base_backup_wal", &self.base_backup_wal)
+            .field("checkpoint", &self.checkpoint)
+            .field("max_rate_kb", &self.max_rate_kb)
             .finish()
     }
 }

@@ -49,6 +49,9 @@ pub(super) struct RawRepository {
     pub zstd_level: Option<Val<i64>>,
     /// An integer of bytes or a string with a unit; checked in validation.
     pub pack_size: Option<Val<toml::Value>>,
+    pub quorum: Option<Val<i64>>,
+    pub spool_dir: Option<Val<String>>,
+    pub spool_max_bytes: Option<Val<toml::Value>>,
 }
 
 /// One `[[destination]]`. Keys of every kind live here, flat, as they are
@@ -59,6 +62,14 @@ pub(super) struct RawDestination {
     pub name: Option<Val<String>>,
     pub kind: Option<Val<String>>,
     pub path: Option<Val<String>>,
+    pub bucket: Option<Val<String>>,
+    pub prefix: Option<Val<String>>,
+    pub region: Option<Val<String>>,
+    pub endpoint: Option<Val<String>>,
+    pub access_key_id: Option<Val<String>>,
+    pub secret_access_key: Option<Val<String>>,
+    pub secret_access_key_file: Option<Val<String>>,
+    pub request_timeout: Option<Val<i64>>,
 }
 
 /// One `[[postgres]]`.
@@ -70,6 +81,10 @@ pub(super) struct RawPostgres {
     pub conninfo_file: Option<Val<String>>,
     pub slot: Option<Val<String>>,
     pub base_backup: Option<Val<String>>,
+    /// An integer or a float; checked in validation.
+    pub base_backup_wal_gb: Option<Val<toml::Value>>,
+    pub checkpoint: Option<Val<String>>,
+    pub max_rate: Option<Val<i64>>,
 }
 
 /// One `[[sqlite]]`.
@@ -110,6 +125,8 @@ pub(super) enum KeyType {
     List,
     /// Bytes, or a number with a unit.
     Size,
+    /// A number, whole or with a fraction.
+    Number,
     /// Seconds, or a number with a unit (`500ms`, `1s`, `24h`).
     Duration,
 }
@@ -148,11 +165,42 @@ const REPOSITORY_KEYS: &[KeySpec] = &[
     key("state_dir", KeyType::Str, r#"state_dir = "/var/lib/pitr""#),
     key("zstd_level", KeyType::Int, "zstd_level = 3"),
     key("pack_size", KeyType::Size, r#"pack_size = "16MiB""#),
+    key("quorum", KeyType::Int, "quorum = 2"),
+    key(
+        "spool_dir",
+        KeyType::Str,
+        r#"spool_dir = "/var/lib/pitr/spool""#,
+    ),
+    key(
+        "spool_max_bytes",
+        KeyType::Size,
+        r#"spool_max_bytes = "4GiB""#,
+    ),
 ];
 const DESTINATION_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "local""#),
     key("kind", KeyType::Str, r#"kind = "fs""#),
     key("path", KeyType::Str, r#"path = "/var/lib/pitr/repo""#),
+    key("bucket", KeyType::Str, r#"bucket = "backups""#),
+    key("prefix", KeyType::Str, r#"prefix = "pitr/""#),
+    key("region", KeyType::Str, r#"region = "eu-central-1""#),
+    key(
+        "endpoint",
+        KeyType::Str,
+        r#"endpoint = "https://s3.eu-central-1.amazonaws.com""#,
+    ),
+    key("access_key_id", KeyType::Str, r#"access_key_id = "AKIA…""#),
+    key(
+        "secret_access_key",
+        KeyType::Str,
+        r#"secret_access_key_file = "/run/secrets/s3-secret""#,
+    ),
+    key(
+        "secret_access_key_file",
+        KeyType::Str,
+        r#"secret_access_key_file = "/run/secrets/s3-secret""#,
+    ),
+    key("request_timeout", KeyType::Int, "request_timeout = 60"),
 ];
 const POSTGRES_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "main""#),
@@ -168,6 +216,13 @@ const POSTGRES_KEYS: &[KeySpec] = &[
     ),
     key("slot", KeyType::Str, r#"slot = "pitr""#),
     key("base_backup", KeyType::Str, r#"base_backup = "0 3 * * *""#),
+    key(
+        "base_backup_wal_gb",
+        KeyType::Number,
+        "base_backup_wal_gb = 16",
+    ),
+    key("checkpoint", KeyType::Str, r#"checkpoint = "spread""#),
+    key("max_rate", KeyType::Int, "max_rate = 102400"),
 ];
 const SQLITE_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "auth""#),

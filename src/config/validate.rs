@@ -10,8 +10,10 @@ use super::raw::{RawConfig, RawDestination, RawPostgres, RawRepository, RawSqlit
 use super::secrets;
 use super::{
     Config, DestinationConfig, DestinationKind, HealthConfig, PostgresConfig, RepositoryConfig,
-    SqliteConfig,
+    S3Config, SqliteConfig,
 };
+use crate::basebackup::Checkpoint;
+use crate::basebackup::schedule::CronSchedule;
 
 const MIB: u64 = 1024 * 1024;
 /// zstd levels pitr accepts; above 19 zstd needs much more memory per level
@@ -21,7 +23,15 @@ const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Large enough to keep the object count low, small enough to buffer.
 const PACK_SIZES: std::ops::RangeInclusive<u64> = MIB..=512 * MIB;
 const DEFAULT_PACK_SIZE: u64 = 16 * MIB;
+const DEFAULT_SPOOL_MAX: u64 = 1024 * MIB;
 const DEFAULT_SLOT: &str = "pitr";
+/// The seed's 3 AM daily (DESIGN.md).
+const DEFAULT_BASE_BACKUP: &str = "0 3 * * *";
+const GIB: u64 = 1024 * MIB;
+/// More WAL than any sane rule (1 PiB): keeps the conversion to bytes exact.
+const MAX_WAL_GIB: f64 = 1024.0 * 1024.0;
+/// PostgreSQL's MAX_RATE bounds, kB/s.
+const MAX_RATES: std::ops::RangeInclusive<u32> = 32..=1_048_576;
 /// How often an SQLite watcher polls: faster than 100 ms costs CPU for no
 /// gain (file events wake it anyway), slower than an hour is no longer
 /// "any second".
@@ -34,11 +44,16 @@ const SNAPSHOT_INTERVALS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(30 * 86400);
 const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(86400);
 /// The destination kinds this build can write to.
-const SUPPORTED_KINDS: &[&str] = &["fs"];
+const SUPPORTED_KINDS: &[&str] = &["fs", "s3"];
 
 /// Checks everything and builds the [`Config`].
 pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
-    Ok(Config {
+    let quorum_origin = raw
+        .repository
+        .as_ref()
+        .and_then(|r| r.quorum.as_ref())
+        .map(|q| q.origin.clone());
+    let config = Config {
         path: ctx.path.to_path_buf(),
         repository: repository(ctx, raw.repository.unwrap_or_default())?,
         destinations: destinations(ctx, raw.destination.unwrap_or_default())?,
@@ -50,7 +65,21 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
                 Some(v) => Some(listen(ctx, v)?),
             },
         },
-    })
+    };
+    if let (Some(q), Some(origin)) = (config.repository.quorum, quorum_origin)
+        && q > config.destinations.len()
+    {
+        return Err(ctx.invalid(
+            &KeyName::plain(Section::Repository, "quorum"),
+            &origin,
+            &format!(
+                "{q} is more than the {} configured destinations",
+                config.destinations.len()
+            ),
+            "Lower quorum, or add destinations",
+        ));
+    }
+    Ok(config)
 }
 
 fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, ConfigError> {
@@ -135,6 +164,45 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
         None => DEFAULT_PACK_SIZE,
         Some(v) => pack_size(ctx, &key("pack_size"), &v)?,
     };
+    let quorum = match r.quorum {
+        None => None,
+        Some(q) if q.value >= 1 => Some(q.value as usize),
+        Some(q) => {
+            return Err(ctx.invalid(
+                &key("quorum"),
+                &q.origin,
+                &format!("{} is not a number of destinations", q.value),
+                "Give how many destinations must hold an object before it counts, from 1 to \
+                 the number of [[destination]] entries (the default: all of them)",
+            ));
+        }
+    };
+    let spool_dir = match r.spool_dir {
+        Some(v) => path(ctx, &key("spool_dir"), &v)?,
+        None => state_dir.join("spool"),
+    };
+    let spool_max_bytes = match r.spool_max_bytes {
+        None => DEFAULT_SPOOL_MAX,
+        Some(v) => {
+            let fix = "Give a size of at least 1 MiB, as bytes or with a unit (spool_max_bytes = \"4GiB\"); 1 GiB is the default";
+            let bytes = match &v.value {
+                toml::Value::Integer(n) => u64::try_from(*n).ok(),
+                toml::Value::String(s) => parse_size(s),
+                _ => None,
+            };
+            match bytes {
+                Some(b) if b >= MIB => b,
+                _ => {
+                    return Err(ctx.invalid(
+                        &key("spool_max_bytes"),
+                        &v.origin,
+                        &format!("{} is not a size of at least 1 MiB", v.value),
+                        fix,
+                    ));
+                }
+            }
+        }
+    };
     Ok(RepositoryConfig {
         recipients,
         identity_file,
@@ -142,6 +210,9 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
         state_dir,
         zstd_level,
         pack_size,
+        quorum,
+        spool_dir,
+        spool_max_bytes,
     })
 }
 
@@ -263,11 +334,11 @@ fn destinations(
     }
     let mut seen = HashMap::new();
     let mut out = Vec::with_capacity(raw.len());
-    for (i, d) in raw.into_iter().enumerate() {
-        let (entry, name) = entry_name(ctx, section, i, d.name, &mut seen)?;
+    for (i, mut d) in raw.into_iter().enumerate() {
+        let (entry, name) = entry_name(ctx, section, i, d.name.take(), &mut seen)?;
         let key = |k| KeyName::entry(section, &entry, k);
         let supported = SUPPORTED_KINDS.join(", ");
-        let Some(kind) = d.kind else {
+        let Some(kind) = d.kind.take() else {
             return Err(ctx.missing(
                 &key("kind"),
                 "the destination has no kind",
@@ -276,17 +347,35 @@ fn destinations(
         };
         let kind = match kind.value.as_str() {
             "fs" => {
-                let Some(p) = d.path else {
+                let Some(p) = d.path.take() else {
                     return Err(ctx.missing(
                         &key("path"),
                         "a destination of kind \"fs\" needs a path",
                         "Add path = \"/var/lib/pitr/repo\" (the directory backups are written to)",
                     ));
                 };
+                let s3_keys = [
+                    ("bucket", d.bucket.is_some()),
+                    ("prefix", d.prefix.is_some()),
+                    ("region", d.region.is_some()),
+                    ("endpoint", d.endpoint.is_some()),
+                    ("access_key_id", d.access_key_id.is_some()),
+                    ("secret_access_key", d.secret_access_key.is_some()),
+                    ("secret_access_key_file", d.secret_access_key_file.is_some()),
+                    ("request_timeout", d.request_timeout.is_some()),
+                ];
+                if let Some((k, _)) = s3_keys.iter().find(|(_, set)| *set) {
+                    return Err(ctx.missing(
+                        &key(k),
+                        &format!("{k} is a key of kind \"s3\", not of kind \"fs\""),
+                        "Remove it, or set kind = \"s3\"",
+                    ));
+                }
                 DestinationKind::Fs {
                     path: path(ctx, &key("path"), &p)?,
                 }
             }
+            "s3" => s3(ctx, section, &entry, d)?,
             other => {
                 return Err(ctx.invalid(
                     &key("kind"),
@@ -299,6 +388,87 @@ fn destinations(
         out.push(DestinationConfig { name, kind });
     }
     Ok(out)
+}
+
+/// A `kind = "s3"` destination's keys.
+fn s3(
+    ctx: &Ctx<'_>,
+    section: Section,
+    entry: &Entry,
+    d: RawDestination,
+) -> Result<DestinationKind, ConfigError> {
+    let key = |k: &str| KeyName::entry(section, entry, k);
+    let Some(bucket) = d.bucket else {
+        return Err(ctx.missing(
+            &key("bucket"),
+            "a destination of kind \"s3\" needs a bucket",
+            "Add bucket = \"backups\" (the bucket must exist)",
+        ));
+    };
+    if bucket.value.trim().is_empty() {
+        return Err(ctx.invalid(
+            &key("bucket"),
+            &bucket.origin,
+            "is empty",
+            "Give the bucket's name, e.g. bucket = \"backups\"",
+        ));
+    }
+    let endpoint = match d.endpoint {
+        None => None,
+        Some(e) => {
+            let ok = (e.value.starts_with("http://") || e.value.starts_with("https://"))
+                && e.value.len() > "https://".len();
+            if !ok {
+                return Err(ctx.invalid(
+                    &key("endpoint"),
+                    &e.origin,
+                    &format!("{:?} is not an http(s) URL", e.value),
+                    "Give the store's URL, e.g. endpoint = \"https://s3.eu-central-1.amazonaws.com\" or \"http://127.0.0.1:9000\"",
+                ));
+            }
+            Some(e.value)
+        }
+    };
+    let secret = secrets::text(
+        ctx,
+        &key("secret_access_key"),
+        d.secret_access_key,
+        d.secret_access_key_file,
+    )?;
+    let request_timeout = match d.request_timeout {
+        None => std::time::Duration::from_secs(60),
+        Some(t) if (1..=3600).contains(&t.value) => std::time::Duration::from_secs(t.value as u64),
+        Some(t) => {
+            return Err(ctx.invalid(
+                &key("request_timeout"),
+                &t.origin,
+                &format!("{} is not between 1 and 3600 seconds", t.value),
+                "request_timeout = 60",
+            ));
+        }
+    };
+    let unused = [("path", d.path.is_some())];
+    for (k, set) in unused {
+        if set {
+            return Err(ctx.missing(
+                &key(k),
+                &format!("{k} is not a key of a destination of kind \"s3\""),
+                "Remove it; an s3 destination is bucket, prefix, region, endpoint, access_key_id and secret_access_key(_file)",
+            ));
+        }
+    }
+    Ok(DestinationKind::S3(S3Config {
+        bucket: bucket.value,
+        prefix: d.prefix.map(|p| p.value).unwrap_or_default(),
+        region: d
+            .region
+            .map(|r| r.value)
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        endpoint,
+        access_key_id: d.access_key_id.map(|a| a.value),
+        secret_access_key: secret.map(|s| s.value),
+        request_timeout,
+    }))
 }
 
 fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>, ConfigError> {
@@ -352,37 +522,92 @@ fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>,
             }
         };
         let base_backup = match p.base_backup {
+            None => Some(CronSchedule::parse(DEFAULT_BASE_BACKUP).expect("the default parses")),
+            Some(v) => cron(ctx, &key("base_backup"), v)?,
+        };
+        let base_backup_wal = match p.base_backup_wal_gb {
             None => None,
-            Some(v) => Some(cron(ctx, &key("base_backup"), v)?),
+            Some(v) => Some(wal_gb(ctx, &key("base_backup_wal_gb"), &v)?),
+        };
+        let checkpoint = match p.checkpoint {
+            None => Checkpoint::Spread,
+            Some(v) => match v.value.trim() {
+                "spread" => Checkpoint::Spread,
+                "fast" => Checkpoint::Fast,
+                other => {
+                    return Err(ctx.invalid(
+                        &key("checkpoint"),
+                        &v.origin,
+                        &format!("{other:?} is not a checkpoint mode"),
+                        "Write checkpoint = \"spread\" (the default: the server spreads the backup's checkpoint over checkpoint_completion_target) or checkpoint = \"fast\" (at once, at full I/O)",
+                    ));
+                }
+            },
+        };
+        let max_rate_kb = match p.max_rate {
+            None => None,
+            Some(v) => match u32::try_from(v.value) {
+                Ok(kb) if MAX_RATES.contains(&kb) => Some(kb),
+                _ => {
+                    return Err(ctx.invalid(
+                        &key("max_rate"),
+                        &v.origin,
+                        &format!("{} is out of range", v.value),
+                        "Give the server's sending limit for base backups in kB/s, from 32 to 1048576 (PostgreSQL's MAX_RATE), e.g. max_rate = 102400 for 100 MB/s; leave it out for no limit",
+                    ));
+                }
+            },
         };
         out.push(PostgresConfig {
             name,
             conninfo,
             slot,
             base_backup,
+            base_backup_wal,
+            checkpoint,
+            max_rate_kb,
         });
     }
     Ok(out)
 }
 
-/// Checks the shape of a cron schedule (five fields of cron characters). The
-/// scheduler parses the fields themselves.
-fn cron(ctx: &Ctx<'_>, key: &KeyName, v: Val<String>) -> Result<String, ConfigError> {
-    let fields: Vec<&str> = v.value.split_whitespace().collect();
-    let ok = fields.len() == 5
-        && fields.iter().all(|f| {
-            f.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | ',' | '-' | '/'))
-        });
-    if !ok {
-        return Err(ctx.invalid(
+/// Parses a cron schedule (`"off"` for none), so that a bad one stops the
+/// sidecar at load rather than at 3 AM.
+fn cron(ctx: &Ctx<'_>, key: &KeyName, v: Val<String>) -> Result<Option<CronSchedule>, ConfigError> {
+    if v.value.trim() == "off" {
+        return Ok(None);
+    }
+    CronSchedule::parse(&v.value).map(Some).map_err(|e| {
+        ctx.invalid(
             key,
             &v.origin,
-            &format!("{:?} is not a cron schedule", v.value),
-            "Give five fields (minute hour day-of-month month day-of-week, UTC), e.g. \"0 3 * * *\" for 03:00 daily",
-        ));
-    }
-    Ok(fields.join(" "))
+            &format!("{:?} is not a cron schedule ({e})", v.value),
+            "Give five fields (minute hour day-of-month month day-of-week, UTC), e.g. \"0 3 * * *\" for 03:00 daily, or six with seconds first; \"off\" takes no scheduled backups",
+        )
+    })
+}
+
+/// `base_backup_wal_gb`: a positive number of GiB, fractions allowed, as
+/// bytes; at least one WAL segment's worth makes sense, but any positive
+/// amount is accepted (a small one means a backup per segment).
+fn wal_gb(ctx: &Ctx<'_>, key: &KeyName, v: &Val<toml::Value>) -> Result<u64, ConfigError> {
+    let gib = match &v.value {
+        toml::Value::Integer(n) => Some(*n as f64),
+        toml::Value::Float(x) => Some(*x),
+        _ => None,
+    };
+    let bytes = gib
+        .filter(|g| g.is_finite() && *g > 0.0 && *g <= MAX_WAL_GIB)
+        .map(|g| (g * GIB as f64).round() as u64)
+        .filter(|b| *b > 0);
+    bytes.ok_or_else(|| {
+        ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{} is not a positive number of GiB", v.value),
+            "Give how much WAL (in GiB, e.g. base_backup_wal_gb = 16 or 0.5) may accumulate after a base backup before the next is taken; leave it out to take backups on the cron schedule only",
+        )
+    })
 }
 
 fn sqlite(ctx: &Ctx<'_>, raw: Vec<RawSqlite>) -> Result<Vec<SqliteConfig>, ConfigError> {

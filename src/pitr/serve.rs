@@ -32,6 +32,11 @@ pub struct WalServer {
     store: WalStore,
     /// Plan files in replay order.
     files: Vec<String>,
+    /// For each plan file that the plan holds as a partial segment, the
+    /// bytes of it the plan covers: a newer version stored since the plan
+    /// (`pitr run` goes on streaming) is cut back to them, so recovery
+    /// replays exactly what was planned and checked, no further.
+    plan_len: Vec<Option<u64>>,
     position: HashMap<String, usize>,
     spool: PathBuf,
     pg_wal: PathBuf,
@@ -59,6 +64,10 @@ impl WalServer {
         progress: Option<tokio::sync::watch::Sender<super::restore::RestoreProgress>>,
     ) -> std::io::Result<Arc<WalServer>> {
         let files: Vec<String> = plan.files().map(|f| f.file.clone()).collect();
+        let plan_len = plan
+            .files()
+            .map(|f| f.partial.then(|| f.end.0.saturating_sub(f.start.0)))
+            .collect();
         let position = files
             .iter()
             .enumerate()
@@ -68,6 +77,7 @@ impl WalServer {
         Ok(Arc::new(WalServer {
             store,
             files,
+            plan_len,
             position,
             spool: spool.to_owned(),
             pg_wal,
@@ -200,7 +210,19 @@ impl WalServer {
         }
     }
 
+    /// Moves a spooled file to `dest`: a rename when the spool is on the
+    /// same filesystem (it is created beside the data directory for that),
+    /// else a copy beside `dest` and a rename, so that PostgreSQL never sees
+    /// a file half written.
     fn install(&self, spooled: &Path, dest: &Path) -> std::io::Result<()> {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(spooled, Some(uid), Some(gid))?;
+        }
+        match std::fs::rename(spooled, dest) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+            Err(e) => return Err(e),
+        }
         let tmp = dest.with_extension("pitr-tmp");
         std::fs::copy(spooled, &tmp)?;
         if let Some((uid, gid)) = self.owner {
@@ -229,9 +251,13 @@ impl WalServer {
                 let store = self.store.clone();
                 let file = self.files[i].clone();
                 let path = self.spool.join(&file);
+                let keep = self.plan_len[i];
                 let task = tokio::spawn(async move {
-                    match store.fetch_to(&file, &path).await {
-                        Ok(Some(_)) => Ok(path),
+                    match store.fetch_to_spool(&file, &path).await {
+                        Ok(Some(_)) => match keep.map(|n| cut_to(&path, n)) {
+                            Some(Err(e)) => Err(Arc::new(format!("{file}: {e}"))),
+                            _ => Ok(path),
+                        },
                         Ok(None) => Err(Arc::new(format!(
                             "{file} is in the plan but no longer in the catalog"
                         ))),
@@ -254,6 +280,18 @@ fn is_history(file: &str) -> bool {
     file.len() == 16
         && file.ends_with(".history")
         && file[..8].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Zeroes `path` from byte `keep` to its end, keeping its length: a partial
+/// segment as the plan saw it, which recovery reads as the end of the WAL.
+fn cut_to(path: &Path, keep: u64) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = f.metadata()?.len();
+    if keep < len {
+        f.set_len(keep)?;
+        f.set_len(len)?;
+    }
+    Ok(())
 }
 
 /// The `restore_command` side: asks the server on `socket` for `file`,
@@ -296,5 +334,25 @@ pub fn fetch_client(socket: &Path, file: &str, dest: &Path) -> u8 {
             );
             255
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_to;
+
+    #[test]
+    fn a_newer_partial_is_cut_back_to_what_the_plan_covers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("000000010000000000000004");
+        std::fs::write(&path, vec![7u8; 8192]).expect("write");
+        cut_to(&path, 100).expect("cut");
+        let bytes = std::fs::read(&path).expect("read");
+        assert_eq!(bytes.len(), 8192);
+        assert!(bytes[..100].iter().all(|&b| b == 7));
+        assert!(bytes[100..].iter().all(|&b| b == 0));
+        // Nothing past the file's end is added.
+        cut_to(&path, 10_000).expect("cut");
+        assert_eq!(std::fs::read(&path).expect("read").len(), 8192);
     }
 }

@@ -15,6 +15,7 @@ mod keys;
 mod manifest;
 mod pack;
 mod reader;
+mod repair;
 mod seal;
 mod verify;
 mod writer;
@@ -35,9 +36,10 @@ pub use manifest::{
 };
 pub use pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
 pub use reader::Reader;
+pub use repair::{RepairReport, Repaired, Unrepaired};
 pub use seal::SealKind;
 pub use verify::{VerifyProblem, VerifyReport};
-pub use writer::{CommitInfo, Writer};
+pub use writer::{ChunkPreparer, CommitInfo, PreparedChunk, Writer};
 
 /// Something went wrong reading or writing the repository. Variants a caller
 /// must tell apart (corruption kinds, missing keys) are separate.
@@ -590,6 +592,12 @@ impl Repository {
     /// A writer; several may run at once (each makes its own commits).
     pub fn writer(&self) -> Writer {
         Writer::new(self.clone())
+    }
+
+    /// A [`ChunkPreparer`] for [`Writer::put_prepared`]; it blocks, so use
+    /// it off the async runtime.
+    pub fn chunk_preparer(&self) -> Result<ChunkPreparer, RepoError> {
+        ChunkPreparer::new(self)
     }
 
     /// A reader; fails without an identity.

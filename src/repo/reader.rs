@@ -17,6 +17,7 @@ use super::manifest::{ItemHasher, Manifest};
 use super::pack::{PREFIX_LEN, PackEntry, PackId, parse_prefix};
 use super::verify::check_pack;
 use super::{Inner, RepoError, Repository};
+use crate::ship::Destination;
 
 /// Reads items; holds the identity.
 #[derive(Debug, Clone)]
@@ -130,6 +131,7 @@ async fn pack_key(
     keys: &KeyCache,
     pack: PackId,
     object: &str,
+    dest: &dyn Destination,
 ) -> Result<Arc<DataKey>, RepoError> {
     let cell = {
         let mut map = keys.keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,9 +141,9 @@ async fn pack_key(
         map.entry(pack).or_default().clone()
     };
     cell.get_or_try_init(|| async {
-        let prefix = inner.fanout.get_range(object, 0..PREFIX_LEN).await?;
+        let prefix = dest.get_range(object, 0..PREFIX_LEN).await?;
         let range = parse_prefix(object, &prefix)?;
-        let wrapped = inner.fanout.get_range(object, range).await?;
+        let wrapped = dest.get_range(object, range).await?;
         let inner = inner.clone();
         let object = object.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -172,24 +174,50 @@ async fn fetch_chunk(
         })?;
     let object = loc.pack.object_name();
     let e = loc.entry;
-    let opened = async {
-        let key = pack_key(inner, keys, loc.pack, &object).await?;
-        let blob = inner
-            .fanout
-            .get_range(&object, e.offset..e.offset + u64::from(e.length))
-            .await?;
-        let inner = inner.clone();
-        let object = object.clone();
-        tokio::task::spawn_blocking(move || open_blob(&inner, &object, &key, &e, &blob))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    };
-    let data = match opened.await {
-        Ok(data) => data,
-        Err(err @ (RepoError::Tampered { .. } | RepoError::Truncated { .. })) => {
+    // Each destination in turn: a copy that is missing, unreadable or fails
+    // authentication is skipped (and said so), and the next one serves.
+    let mut first_err: Option<RepoError> = None;
+    let mut data = None;
+    for dest in inner.fanout.destinations() {
+        let opened = async {
+            let key = pack_key(inner, keys, loc.pack, &object, dest.as_ref()).await?;
+            let blob = dest
+                .get_range(&object, e.offset..e.offset + u64::from(e.length))
+                .await?;
+            let inner = inner.clone();
+            let object = object.clone();
+            tokio::task::spawn_blocking(move || open_blob(&inner, &object, &key, &e, &blob))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        };
+        match opened.await {
+            Ok(d) => {
+                if let Some(err) = &first_err {
+                    tracing::warn!(object, destination = dest.name(), skipped = %err,
+                        "read from the next destination after a bad copy");
+                }
+                data = Some(d);
+                break;
+            }
+            Err(err) => {
+                tracing::warn!(object, destination = dest.name(), error = %err,
+                    "skipping this destination's copy");
+                first_err.get_or_insert(err);
+            }
+        }
+    }
+    let data = match (data, first_err) {
+        (Some(data), _) => data,
+        (None, Some(err @ (RepoError::Tampered { .. } | RepoError::Truncated { .. }))) => {
             return Err(diagnose(inner, &object, loc.pack, err).await);
         }
-        Err(err) => return Err(err),
+        (None, Some(err)) => return Err(err),
+        (None, None) => {
+            return Err(RepoError::MissingChunk {
+                item: item.to_owned(),
+                chunk: id,
+            });
+        }
     };
     if data.len() != raw_len as usize {
         return Err(RepoError::ItemMismatch {

@@ -45,11 +45,115 @@ pub struct Writer {
     upload: Option<JoinHandle<Result<PackRecord, RepoError>>>,
 }
 
-struct Processed {
+/// A chunk ready for [`Writer::put_prepared`]: its id and length, and its
+/// compressed bytes when the catalog did not hold it when it was prepared.
+#[derive(Debug, Clone)]
+pub struct PreparedChunk {
     id: ChunkId,
     raw_len: u32,
     /// The compressed chunk, when it is not stored yet.
     compressed: Option<Vec<u8>>,
+}
+
+impl PreparedChunk {
+    /// The chunk's id.
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// Its plaintext length.
+    pub fn raw_len(&self) -> u32 {
+        self.raw_len
+    }
+
+    /// The same chunk as a reference to what is stored: once an item using
+    /// it was committed, later items need only its id. Drops the compressed
+    /// bytes.
+    pub fn stored(&self) -> PreparedChunk {
+        PreparedChunk {
+            id: self.id,
+            raw_len: self.raw_len,
+            compressed: None,
+        }
+    }
+}
+
+/// Prepares chunks on the calling thread, which may block (a catalog look-up
+/// and zstd per chunk), with one compression context for all of them: for a
+/// caller that already works off the async runtime and cuts its own chunks
+/// (the WAL streamer), instead of a blocking task per chunk in
+/// [`Writer::put`].
+pub struct ChunkPreparer {
+    inner: std::sync::Arc<super::Inner>,
+    zstd: zstd::bulk::Compressor<'static>,
+    /// Compression output, reused: a fresh buffer per chunk would be sized
+    /// for the worst case and kept that large.
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for ChunkPreparer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkPreparer").finish_non_exhaustive()
+    }
+}
+
+impl ChunkPreparer {
+    pub(super) fn new(repo: &Repository) -> Result<ChunkPreparer, RepoError> {
+        let zstd = zstd::bulk::Compressor::new(repo.inner.opts.zstd_level).map_err(zstd_err)?;
+        Ok(ChunkPreparer {
+            inner: repo.inner.clone(),
+            zstd,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Computes `data`'s chunk id and, unless the catalog holds it, its
+    /// compressed form (the same bytes as [`Writer::put`] stores).
+    pub fn prepare(&mut self, data: &[u8]) -> Result<PreparedChunk, RepoError> {
+        let ChunkPreparer {
+            inner,
+            zstd,
+            scratch,
+        } = self;
+        prepare(inner, data, |data| {
+            scratch.clear();
+            scratch.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            zstd.compress_to_buffer(data, scratch)?;
+            Ok(scratch.to_vec())
+        })
+    }
+}
+
+fn zstd_err(e: std::io::Error) -> RepoError {
+    RepoError::Local {
+        path: "zstd".into(),
+        source: e,
+    }
+}
+
+/// A chunk's id, the catalog look-up, and `compress` when it is new.
+fn prepare(
+    inner: &super::Inner,
+    data: &[u8],
+    compress: impl FnOnce(&[u8]) -> std::io::Result<Vec<u8>>,
+) -> Result<PreparedChunk, RepoError> {
+    let id = inner.key.chunk_id(data);
+    let known = inner
+        .catalog
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .has_chunk(&id)?;
+    let compressed = if known {
+        None
+    } else {
+        Some(compress(data).map_err(zstd_err)?)
+    };
+    let raw_len = u32::try_from(data.len()).expect("chunks are at most a few MiB");
+    Ok(PreparedChunk {
+        id,
+        raw_len,
+        compressed,
+    })
 }
 
 impl Writer {
@@ -89,30 +193,9 @@ impl Writer {
                 let inner = inner.clone();
                 async move {
                     let job =
-                        tokio::task::spawn_blocking(move || -> Result<Processed, RepoError> {
-                            let id = inner.key.chunk_id(&data);
-                            let known = inner
-                                .catalog
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .has_chunk(&id)?;
-                            let compressed = if known {
-                                None
-                            } else {
-                                Some(zstd::bulk::compress(&data, inner.opts.zstd_level).map_err(
-                                    |e| RepoError::Local {
-                                        path: "zstd".into(),
-                                        source: e,
-                                    },
-                                )?)
-                            };
-                            let raw_len =
-                                u32::try_from(data.len()).expect("chunks are at most a few MiB");
-                            Ok(Processed {
-                                id,
-                                raw_len,
-                                compressed,
-                            })
+                        tokio::task::spawn_blocking(move || -> Result<PreparedChunk, RepoError> {
+                            // One zstd context per blocking thread, reused.
+                            prepare(&inner, &data, |data| compress(data, inner.opts.zstd_level))
                         });
                     match job.await {
                         Ok(r) => r,
@@ -129,19 +212,87 @@ impl Writer {
             hasher.update(&p.id, p.raw_len);
             size += u64::from(p.raw_len);
             chunks.push((p.id, p.raw_len));
-            if let Some(compressed) = p.compressed
-                && self.pending.insert(p.id)
-            {
-                let inner = &self.repo.inner;
-                let pack = self
-                    .pack
-                    .get_or_insert_with(|| PackBuilder::new(&inner.opts.recipients));
-                pack.push(p.id, &compressed, p.raw_len);
-                if pack.len() >= inner.opts.pack_size {
-                    self.flush_pack().await?;
-                }
+            self.add_chunk(p).await?;
+        }
+        self.record(name, kind, attrs, chunking, size, hasher, chunks)
+    }
+
+    /// Stores chunks prepared elsewhere (see [`ChunkPreparer`]) as item
+    /// `name`, in order, and returns its manifest. A chunk without
+    /// compressed bytes must be stored already (committed, or in this
+    /// writer's uncommitted packs): a manifest never names a chunk that is
+    /// not, so this refuses one instead.
+    pub async fn put_prepared(
+        &mut self,
+        name: &str,
+        kind: &str,
+        attrs: serde_json::Value,
+        chunking: Chunking,
+        prepared: Vec<PreparedChunk>,
+    ) -> Result<Manifest, RepoError> {
+        let mut hasher = ItemHasher::new(self.repo.key());
+        let mut size = 0u64;
+        let mut chunks = Vec::with_capacity(prepared.len());
+        let last = prepared.len().saturating_sub(1);
+        for (i, p) in prepared.into_iter().enumerate() {
+            let fits = match chunking {
+                Chunking::Fixed(n) => p.raw_len == n || (i == last && p.raw_len <= n),
+                Chunking::Cdc => p.raw_len <= chunking.max_chunk(),
+            };
+            let stored = p.compressed.is_some()
+                || self.pending.contains(&p.id)
+                || self.repo.catalog().has_chunk(&p.id)?;
+            if !fits || !stored {
+                return Err(RepoError::Malformed {
+                    object: name.to_owned(),
+                    what: format!(
+                        "chunk {i} ({} bytes) {}",
+                        p.raw_len,
+                        if fits {
+                            "is not stored and came without its data"
+                        } else {
+                            "does not fit the item's chunking"
+                        }
+                    ),
+                });
+            }
+            hasher.update(&p.id, p.raw_len);
+            size += u64::from(p.raw_len);
+            chunks.push((p.id, p.raw_len));
+            self.add_chunk(p).await?;
+        }
+        self.record(name, kind, attrs, chunking, size, hasher, chunks)
+    }
+
+    /// Adds a new chunk's blob to the open pack (once per writer).
+    async fn add_chunk(&mut self, p: PreparedChunk) -> Result<(), RepoError> {
+        if let Some(compressed) = p.compressed
+            && self.pending.insert(p.id)
+        {
+            let inner = &self.repo.inner;
+            let pack = self
+                .pack
+                .get_or_insert_with(|| PackBuilder::new(&inner.opts.recipients));
+            pack.push(p.id, &compressed, p.raw_len);
+            if pack.len() >= inner.opts.pack_size {
+                self.flush_pack().await?;
             }
         }
+        Ok(())
+    }
+
+    /// Records an item whose chunks were added; it is committed with them.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        name: &str,
+        kind: &str,
+        attrs: serde_json::Value,
+        chunking: Chunking,
+        size: u64,
+        hasher: ItemHasher,
+        chunks: Vec<(ChunkId, u32)>,
+    ) -> Result<Manifest, RepoError> {
         let manifest = Manifest {
             name: name.to_owned(),
             size,
@@ -256,4 +407,26 @@ impl Writer {
         self.uploaded.clear();
         self.items.clear();
     }
+}
+
+thread_local! {
+    /// One zstd context per blocking-pool thread, with its level: a fresh
+    /// context per chunk allocated and zeroed its tables every time, 6 % of
+    /// a base backup's CPU (perf, bench/basebackup).
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `zstd::bulk::compress`, reusing this thread's context.
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(l, _)| *l != level) {
+            *cell = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match cell.as_mut() {
+            Some((_, c)) => c.compress(data),
+            None => zstd::bulk::compress(data, level),
+        }
+    })
 }

@@ -1,26 +1,75 @@
-//! Fan-out over every configured destination. For now a write succeeds only
-//! when every destination stored it (the quorum rule and the spool arrive with
-//! the destinations issue); a read is served by the first destination that has
-//! the object.
+//! Fan-out over every configured destination. A write counts as stored once
+//! `quorum` destinations hold it (default: all of them). With a smaller
+//! quorum the object also goes to the spool on local disk first, and each
+//! destination that did not take it at once gets it from its own queue,
+//! retried with backoff and jitter for as long as it takes: a slow or hung
+//! destination never blocks the others, and never loses an object. A read
+//! is served by the first destination that has the object.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
 
+use super::spool::{Spool, SpoolConfig};
 use super::{Destination, ObjectMeta, PutOutcome, ShipError};
 
 /// Every configured destination, in configuration order.
 #[derive(Debug, Clone)]
 pub struct Fanout {
     dests: Vec<Arc<dyn Destination>>,
+    quorum: usize,
+    spool: Option<Arc<Spool>>,
+    /// One queue per destination, started with the first write.
+    queues: Arc<OnceLock<Vec<mpsc::UnboundedSender<String>>>>,
+}
+
+/// Where the fan-out stands, for health and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutStatus {
+    /// How many destinations must hold an object before it counts.
+    pub quorum: usize,
+    /// Objects spooled (held by a quorum, not yet by every destination).
+    pub spooled: usize,
+    /// Their bytes.
+    pub spooled_bytes: u64,
+    /// Whether writes are waiting for room in the spool, and for how long.
+    pub spool_full_for: Option<Duration>,
 }
 
 impl Fanout {
-    /// A fan-out over `dests` (at least one).
+    /// A fan-out over `dests` (at least one) where a write needs all of
+    /// them.
     pub fn new(dests: Vec<Arc<dyn Destination>>) -> Self {
-        Fanout { dests }
+        let quorum = dests.len();
+        Fanout {
+            dests,
+            quorum,
+            spool: None,
+            queues: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// A fan-out where a write counts once `quorum` (1..=n) destinations hold
+    /// it; the others get it from `spool`. A quorum of all needs no spool.
+    pub fn with_quorum(
+        dests: Vec<Arc<dyn Destination>>,
+        quorum: usize,
+        spool: SpoolConfig,
+    ) -> Self {
+        let n = dests.len();
+        let quorum = quorum.clamp(1, n.max(1));
+        Fanout {
+            dests,
+            quorum,
+            spool: (quorum < n).then(|| Arc::new(Spool::new(spool))),
+            queues: Arc::new(OnceLock::new()),
+        }
     }
 
     /// The destinations, in configuration order.
@@ -28,21 +77,131 @@ impl Fanout {
         &self.dests
     }
 
-    /// Stores the object in every destination, concurrently. Fails with the
-    /// first destination's error if any failed: the object is not safe yet.
+    /// Where the fan-out stands.
+    pub fn status(&self) -> FanoutStatus {
+        FanoutStatus {
+            quorum: self.quorum,
+            spooled: self.spool.as_ref().map_or(0, |s| s.len()),
+            spooled_bytes: self.spool.as_ref().map_or(0, |s| s.used()),
+            spool_full_for: self
+                .spool
+                .as_ref()
+                .and_then(|s| s.full_since())
+                .map(|t| t.elapsed()),
+        }
+    }
+
+    /// Stores the object in every destination. Returns once a quorum holds
+    /// it (every destination, without a spool); fails if that cannot be.
     pub async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<(), ShipError> {
-        let results = join_all(
-            self.dests
-                .iter()
-                .map(|d| d.put_if_absent(key, data.clone())),
-        )
-        .await;
-        for r in results {
-            match r? {
-                PutOutcome::Created | PutOutcome::AlreadyExists => {}
+        let Some(spool) = &self.spool else {
+            let results = join_all(
+                self.dests
+                    .iter()
+                    .map(|d| d.put_if_absent(key, data.clone())),
+            )
+            .await;
+            for r in results {
+                match r? {
+                    PutOutcome::Created | PutOutcome::AlreadyExists => {}
+                }
+            }
+            return Ok(());
+        };
+        let queues = self.queues();
+        let fresh = spool
+            .add(key, &data, self.dests.len())
+            .await
+            .map_err(|source| ShipError::Io {
+                dest: format!("(spool {})", spool.dir().display()),
+                op: "spool",
+                key: key.to_owned(),
+                source,
+                transient: true,
+            })?;
+        let mut attempts: FuturesUnordered<_> = self
+            .dests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let data = data.clone();
+                async move { (i, d.put_if_absent(key, data).await) }
+            })
+            .collect();
+        let mut stored = vec![false; self.dests.len()];
+        let mut ok = 0;
+        let mut first_err = None;
+        while let Some((i, r)) = attempts.next().await {
+            match r {
+                Ok(_) => {
+                    stored[i] = true;
+                    ok += 1;
+                    if fresh {
+                        spool.done(key);
+                    }
+                    if ok >= self.quorum {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(destination = self.dests[i].name(), key, error = %e,
+                        "write failed; the destination gets it from the spool later");
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        // The rest (failed, slow or hung) get it from their queues, read back
+        // from the spool: nothing waits on them here, and no object is held
+        // in memory for them.
+        drop(attempts);
+        if fresh {
+            for (i, done) in stored.iter().enumerate() {
+                if !done {
+                    let _ = queues[i].send(key.to_owned());
+                }
+            }
+        }
+        if ok >= self.quorum {
+            return Ok(());
+        }
+        Err(first_err.unwrap_or_else(|| ShipError::Io {
+            dest: "(quorum)".into(),
+            op: "put",
+            key: key.to_owned(),
+            source: std::io::Error::other(format!(
+                "only {ok} of the {} destinations needed stored it",
+                self.quorum
+            )),
+            transient: true,
+        }))
+    }
+
+    /// The destinations' queues, started (with what an earlier run left in
+    /// the spool) on first use.
+    fn queues(&self) -> &Vec<mpsc::UnboundedSender<String>> {
+        self.queues.get_or_init(|| {
+            let Some(spool) = &self.spool else {
+                return Vec::new();
+            };
+            let left = spool.recover(self.dests.len());
+            if !left.is_empty() {
+                tracing::info!(
+                    objects = left.len(),
+                    "replaying the spool of an earlier run to every destination"
+                );
+            }
+            self.dests
+                .iter()
+                .map(|d| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    for k in &left {
+                        let _ = tx.send(k.clone());
+                    }
+                    tokio::spawn(catch_up(d.clone(), spool.clone(), rx));
+                    tx
+                })
+                .collect()
+        })
     }
 
     /// Calls `f` on each destination in order until one succeeds; returns the
@@ -90,5 +249,43 @@ impl Fanout {
     /// Lists from the first destination that answers.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ShipError> {
         self.first_ok(|d| d.list(prefix)).await
+    }
+}
+
+/// One destination's queue: each spooled object, retried with exponential
+/// backoff and jitter until the destination holds it. Never gives up: the
+/// object is only ever dropped from the spool once every destination has it.
+async fn catch_up(
+    dest: Arc<dyn Destination>,
+    spool: Arc<Spool>,
+    mut rx: mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(key) = rx.recv().await {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            let attempt = async {
+                let data = spool.read(&key).await.map_err(|source| ShipError::Io {
+                    dest: dest.name().to_owned(),
+                    op: "read spool",
+                    key: key.clone(),
+                    source,
+                    transient: false,
+                })?;
+                dest.put_if_absent(&key, data).await
+            };
+            match attempt.await {
+                Ok(_) => {
+                    spool.done(&key);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(destination = dest.name(), key, error = %e,
+                        retry_in = ?delay, "catching up from the spool failed");
+                    let jitter = rand::random::<u64>() % (delay.as_millis() as u64 / 2 + 1);
+                    tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
     }
 }

@@ -9,6 +9,9 @@ mod fanout;
 pub mod fault;
 mod fs;
 mod retry;
+mod s3;
+mod spool;
+pub mod storacha;
 
 use std::fmt;
 use std::io;
@@ -20,9 +23,11 @@ use bytes::Bytes;
 
 use crate::config::{Config, DestinationKind};
 
-pub use fanout::Fanout;
+pub use fanout::{Fanout, FanoutStatus};
 pub use fs::FsDestination;
 pub use retry::{RetryPolicy, Retrying};
+pub use s3::{MULTIPART_THRESHOLD, S3Destination};
+pub use spool::SpoolConfig;
 
 /// The configured destinations, each behind the retry layer, in config order.
 pub fn from_config(config: &Config) -> Fanout {
@@ -34,9 +39,24 @@ pub fn from_config(config: &Config) -> Fanout {
                 FsDestination::new(d.name.clone(), path.clone()),
                 RetryPolicy::default(),
             )) as Arc<dyn Destination>,
+            DestinationKind::S3(s3) => Arc::new(Retrying::new(
+                S3Destination::new(&d.name, s3),
+                RetryPolicy::default(),
+            )) as Arc<dyn Destination>,
         })
-        .collect();
-    Fanout::new(dests)
+        .collect::<Vec<_>>();
+    let r = &config.repository;
+    match r.quorum {
+        Some(q) if q < dests.len() => Fanout::with_quorum(
+            dests,
+            q,
+            SpoolConfig {
+                dir: r.spool_dir.clone(),
+                max_bytes: r.spool_max_bytes,
+            },
+        ),
+        _ => Fanout::new(dests),
+    }
 }
 
 /// What `put_if_absent` did.

@@ -127,8 +127,9 @@ impl SegmentIndex {
 }
 
 /// Builds the [`SegmentIndex`] of one segment from its bytes, fed in order as
-/// they arrive (from the replication stream or the repository).
-#[derive(Debug)]
+/// they arrive (from the replication stream or the repository). A clone
+/// indexes on independently (an open segment's partial index).
+#[derive(Debug, Clone)]
 pub struct SegmentIndexer {
     segment: Segment,
     seg_size: u64,

@@ -12,10 +12,11 @@ mod history;
 mod index;
 mod lsn;
 mod prefetch;
+mod prepare;
 mod store;
 mod stream;
 
-pub use assemble::{Assembler, CompletedSegment, GapError};
+pub use assemble::{Assembler, GapError, Piece};
 pub use conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind, valid_segment_size};
 pub use history::{HistoryError, Lineage, LineageEntry, Resume};

@@ -4,7 +4,7 @@
 //! Items are named `pg/<database>/wal/<file>`, where `<file>` is the name the
 //! server uses in `pg_wal` (`000000010000000000000003`, `00000002.history`),
 //! and `<segment>.partial` for the open segment's bytes so far. Segments are
-//! cut into fixed 128 KiB chunks: a partial stored every second and the
+//! cut into fixed 128 KiB chunks: a partial stored twice a second and the
 //! complete segment that supersedes it share every chunk but the last, so
 //! each upload adds only what is new.
 
@@ -15,11 +15,15 @@ use tokio::io::AsyncWriteExt;
 use super::index::SegmentIndex;
 use super::lsn::{Lsn, Segment, history_file_name};
 use crate::catalog::ItemRow;
-use crate::repo::{Chunking, Manifest, RepoError, Repository, Writer};
+use crate::repo::{Chunking, Manifest, PreparedChunk, RepoError, Repository, Writer};
 
-/// Chunks of WAL: 16 pages, so a partial and its successor share all but
-/// their last chunk.
-const WAL_CHUNKING: Chunking = Chunking::Fixed(128 << 10);
+/// The size of WAL chunks: 16 pages, so a partial and its successor share
+/// all but their last chunk. The streamer cuts chunks itself at these
+/// offsets ([`WalStore::put_prepared`]).
+pub(super) const WAL_CHUNK: usize = 128 << 10;
+
+/// How WAL items are chunked.
+const WAL_CHUNKING: Chunking = Chunking::Fixed(WAL_CHUNK as u32);
 
 /// Item kinds written here.
 pub const KIND_SEGMENT: &str = "wal";
@@ -153,6 +157,40 @@ impl WalStore {
         w.put(&name, KIND_PARTIAL, attrs, WAL_CHUNKING, bytes).await
     }
 
+    /// Puts a complete segment, or with `partial` the open segment's bytes
+    /// up to `end`, from chunks the caller cut at multiples of
+    /// [`WAL_CHUNK`] and prepared ([`crate::repo::ChunkPreparer`]): the same
+    /// item [`WalStore::put_segment`] or [`WalStore::put_partial`] stores
+    /// from the bytes. Not yet committed, as those.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_prepared(
+        &self,
+        w: &mut Writer,
+        segment: Segment,
+        seg_size: u64,
+        end: Lsn,
+        partial: bool,
+        chunks: Vec<PreparedChunk>,
+        index: Option<SegmentIndex>,
+    ) -> Result<Manifest, RepoError> {
+        let file = segment.file_name(seg_size);
+        let (name, kind) = if partial {
+            (self.item_name(&format!("{file}.partial")), KIND_PARTIAL)
+        } else {
+            (self.item_name(&file), KIND_SEGMENT)
+        };
+        let len: u64 = chunks.iter().map(|c| u64::from(c.raw_len())).sum();
+        if Lsn(segment.start(seg_size).0 + len) != end || (!partial && len != seg_size) {
+            return Err(RepoError::Malformed {
+                object: name,
+                what: format!("its chunks hold {len} bytes, not up to {end}"),
+            });
+        }
+        let attrs = Self::attrs(segment, end, seg_size, index);
+        w.put_prepared(&name, kind, attrs, WAL_CHUNKING, chunks)
+            .await
+    }
+
     /// Puts a timeline history file.
     pub async fn put_history(
         &self,
@@ -281,6 +319,26 @@ impl WalStore {
         file: &str,
         path: &std::path::Path,
     ) -> Result<Option<StoredWal>, WalStoreError> {
+        self.fetch_into(file, path, true).await
+    }
+
+    /// [`WalStore::fetch_to`] without the file's and the directory's fsync:
+    /// for a private spool whose files the caller moves into place, and which
+    /// a crash throws away whole (a restore that dies is started again).
+    pub async fn fetch_to_spool(
+        &self,
+        file: &str,
+        path: &std::path::Path,
+    ) -> Result<Option<StoredWal>, WalStoreError> {
+        self.fetch_into(file, path, false).await
+    }
+
+    async fn fetch_into(
+        &self,
+        file: &str,
+        path: &std::path::Path,
+        durable: bool,
+    ) -> Result<Option<StoredWal>, WalStoreError> {
         let Some(found) = self.find(file)? else {
             return Ok(None);
         };
@@ -317,11 +375,15 @@ impl WalStore {
             }
         }
         out.flush().await.map_err(out_err)?;
-        out.sync_all().await.map_err(out_err)?;
+        if durable {
+            out.sync_all().await.map_err(out_err)?;
+        }
         tmp.persist(path).map_err(|e| out_err(e.error))?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(out_err)?;
+        if durable {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(out_err)?;
+        }
         Ok(Some(found))
     }
 }

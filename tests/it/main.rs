@@ -2,6 +2,7 @@
 //! harness (throw-away PostgreSQL clusters and friends).
 
 mod basebackup;
+mod car;
 mod cli;
 mod disk_full;
 mod golden;
@@ -9,6 +10,8 @@ mod harness;
 mod pg_harness;
 mod pitr_restore;
 mod repo;
+mod s3;
+mod schedule;
 mod sqlite;
 mod wal_conn;
 mod wal_decode;

@@ -586,3 +586,64 @@ async fn concurrent_commits_of_one_repository_all_land() {
         .expect("rebuild");
     assert_eq!(rebuilt.catalog().items("c/").expect("items").len(), 40);
 }
+
+/// A restore reads from the next destination when a copy is missing or
+/// fails authentication, and fails naming the object only when no copy
+/// checks out.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_fall_back_to_the_next_destination_past_a_bad_copy() {
+    let t = TestRepo::new().await;
+    let second = t.dir.path().join("second");
+    let two = || {
+        Fanout::new(vec![
+            Arc::new(FsDestination::new("first", t.store())) as Arc<dyn Destination>,
+            Arc::new(FsDestination::new("second", second.clone())) as Arc<dyn Destination>,
+        ])
+    };
+    Repository::init(&two(), &t.opts)
+        .await
+        .expect("init the second");
+    let repo = Repository::open(two(), t.opts.clone()).await.expect("open");
+    let bytes = data(99, 3 << 20, 3);
+    let m = put_commit(&repo, "x/item", Chunking::Cdc, &bytes).await;
+    // A byte inside the first chunk's blob.
+    let loc = repo
+        .catalog()
+        .chunk_location(&m.chunks[0].0)
+        .expect("catalog")
+        .expect("located");
+    let pack = loc.pack.object_name();
+    let at = (loc.entry.offset + u64::from(loc.entry.length) / 2) as usize;
+
+    // The first copy flipped: read from the second.
+    let first_copy = t.store().join(&pack);
+    let original = std::fs::read(&first_copy).expect("read");
+    let mut flipped = original.clone();
+    flipped[at] ^= 0x04;
+    std::fs::write(&first_copy, &flipped).expect("write");
+    assert!(read_all(&repo, &m).await.expect("served by the second") == bytes);
+    // (Without the second, that copy is an error: the flip was seen.)
+    let alone = Repository::open(
+        Fanout::new(vec![
+            Arc::new(FsDestination::new("first", t.store())) as Arc<dyn Destination>
+        ]),
+        t.opts.clone(),
+    )
+    .await
+    .expect("open");
+    assert!(
+        read_all(&alone, &m).await.is_err(),
+        "the flipped copy alone fails"
+    );
+    // The first copy gone: the same.
+    std::fs::remove_file(&first_copy).expect("rm");
+    assert!(read_all(&repo, &m).await.expect("served by the second") == bytes);
+    // Both bad: an error naming the object.
+    std::fs::write(&first_copy, &flipped).expect("write");
+    std::fs::write(second.join(&pack), &flipped).expect("write");
+    let err = match read_all(&repo, &m).await {
+        Ok(_) => panic!("no good copy, yet the read succeeded"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains(&pack), "{err}");
+}

@@ -295,3 +295,165 @@ async fn a_failing_destination_holds_the_slot_back_and_streaming_catches_up() {
         "no gap"
     );
 }
+
+/// Partials are stored from chunks prepared once as they arrive (each
+/// partial adds its new chunks and names the earlier ones by id): what
+/// `wal-fetch` serves of a partial must still be the server's bytes up to
+/// its end, then zeros; its index must decode; and its manifest must be the
+/// one storing those bytes whole would make. The complete segment that
+/// supersedes them must equal the server's file.
+#[tokio::test(flavor = "multi_thread")]
+async fn partials_are_the_open_segments_bytes_and_decode() {
+    let pg = PgCluster::start();
+    let t = TestRepo::new().await;
+    let repo = t.open().await;
+    let store = WalStore::new(repo.clone(), "main");
+    let db = pg.connect().await;
+    db.batch_execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")
+        .await
+        .expect("create");
+    let (tx, rx) = watch::channel(Progress::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(stream(repo.clone(), options(&pg), tx, async {
+        let _ = stopped.await;
+    }));
+    // Start the rounds at a segment's start: the open segment is theirs.
+    let base = write_wal(&db, 1).await;
+    wait_flushed(&rx, &db, &store, base).await;
+    let segment = Segment::containing(1, base, SEG);
+    let name = segment.file_name(SEG);
+    let pg_wal = pg.data_dir().join("pg_wal");
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut last_end = base;
+    for round in 1..=3u64 {
+        // A few hundred KiB of WAL: whole chunks and a tail each round.
+        db.batch_execute(&format!(
+            "INSERT INTO t (v) SELECT md5(i::text || 'r{round}') FROM generate_series(1, 3000) i"
+        ))
+        .await
+        .expect("insert");
+        let flushed = lsn(&db, "SELECT pg_current_wal_flush_lsn()::text")
+            .await
+            .expect("flush lsn");
+        wait_flushed(&rx, &db, &store, flushed).await;
+
+        let target = out.path().join(&name);
+        let found = store
+            .fetch_to(&name, &target)
+            .await
+            .expect("fetch")
+            .expect("the partial is stored");
+        assert!(found.partial, "round {round}: {}", found.item.name);
+        let attrs = found.attrs.expect("WAL attributes");
+        let end: Lsn = attrs.end.parse().expect("end");
+        assert!(end >= flushed && end > last_end, "round {round}: {end}");
+        last_end = end;
+        let len = (end.0 - segment.start(SEG).0) as usize;
+        assert!(len > 2 * 128 * 1024, "round {round}: {len} bytes");
+        let fetched = std::fs::read(&target).expect("read");
+        let server = std::fs::read(pg_wal.join(&name)).expect("pg_wal");
+        assert_eq!(fetched.len() as u64, SEG, "padded to a segment");
+        assert!(fetched[..len] == server[..len], "round {round}: differs");
+        assert!(fetched[len..].iter().all(|&b| b == 0), "zeros after");
+
+        let index = attrs.index.expect("the partial decodes");
+        assert!(index.records > 0 && index.end_of_wal.is_some(), "{index:?}");
+        let commits = index.commits.map_or(0, |c| c.count);
+        assert!(commits >= round, "round {round}: {commits} commits");
+
+        let mut w = repo.writer();
+        let whole = store
+            .put_partial(&mut w, segment, SEG, &fetched[..len], None)
+            .await
+            .expect("put");
+        w.abandon().await;
+        assert_eq!(whole.chunks, found.item.manifest.chunks, "round {round}");
+        assert_eq!(whole.hash, found.item.manifest.hash, "round {round}");
+    }
+    // Completing the segment supersedes the partials with the whole file.
+    let done = write_wal(&db, 1).await;
+    wait_flushed(&rx, &db, &store, done).await;
+    stop.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the streamer stops")
+        .expect("no panic")
+        .expect("no error");
+    let target = out.path().join(&name);
+    let found = store
+        .fetch_to(&name, &target)
+        .await
+        .expect("fetch")
+        .expect("the segment is stored");
+    assert!(!found.partial);
+    assert!(
+        std::fs::read(&target).expect("read") == std::fs::read(pg_wal.join(&name)).expect("pg_wal"),
+        "{name} differs from pg_wal"
+    );
+}
+
+/// A restarted session re-reads the open segment from its start: it must
+/// not store a partial until it has passed what is stored, or a newer,
+/// shorter partial would hide the longer one from `wal-fetch` (which
+/// serves the newest), and WAL already acknowledged would not be restored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_never_stores_a_shorter_partial() {
+    let pg = PgCluster::start();
+    let t = TestRepo::new().await;
+    let repo = t.open().await;
+    let store = WalStore::new(repo.clone(), "main");
+    let db = pg.connect().await;
+    db.batch_execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")
+        .await
+        .expect("create");
+    let run = |repo: Repository| {
+        let (tx, rx) = watch::channel(Progress::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(stream(repo, options(&pg), tx, async {
+            let _ = stopped.await;
+        }));
+        (rx, stop, task)
+    };
+    let (rx, stop, task) = run(repo.clone());
+    let base = write_wal(&db, 1).await;
+    wait_flushed(&rx, &db, &store, base).await;
+    // Several MiB into a fresh segment, so re-reading it takes a while.
+    db.batch_execute("INSERT INTO t (v) SELECT md5(i::text) FROM generate_series(1, 60000) i")
+        .await
+        .expect("insert");
+    let end = lsn(&db, "SELECT pg_current_wal_flush_lsn()::text")
+        .await
+        .expect("flush lsn");
+    wait_flushed(&rx, &db, &store, end).await;
+    stop.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the streamer stops")
+        .expect("no panic")
+        .expect("no error");
+    let name = Segment::containing(1, end, SEG).file_name(SEG);
+    let served_end = |found: Option<pitr::wal::StoredWal>| -> Lsn {
+        let attrs = found.expect("stored").attrs.expect("WAL attributes");
+        attrs.end.parse().expect("end")
+    };
+    let before = served_end(store.find(&name).expect("catalog"));
+    assert!(before >= end, "stored {before}, flushed {end}");
+
+    let (rx, stop, task) = run(repo.clone());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let now = served_end(store.find(&name).expect("catalog"));
+        assert!(
+            now >= before,
+            "wal-fetch would serve {now}, stored was {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(rx.borrow().received >= end, "{:?}", *rx.borrow());
+    stop.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the streamer stops")
+        .expect("no panic")
+        .expect("no error");
+}

@@ -89,7 +89,10 @@ listen = "0.0.0.0:9187"
         "host=127.0.0.1 port=5432 user=replicator dbname=postgres"
     );
     assert_eq!(c.postgres[0].slot, "pitr_main");
-    assert_eq!(c.postgres[0].base_backup.as_deref(), Some("0 3 * * *"));
+    assert_eq!(
+        c.postgres[0].base_backup.as_ref().map(|b| b.as_str()),
+        Some("0 3 * * *")
+    );
     assert_eq!(c.sqlite.len(), 1);
     assert_eq!(c.sqlite[0].name, "auth");
     assert_eq!(c.sqlite[0].path, PathBuf::from("/data/auth.db"));
@@ -108,7 +111,17 @@ fn defaults() {
     assert_eq!(c.repository.pack_size, 16 * 1024 * 1024);
     assert_eq!(c.repository.identity_file, None);
     assert_eq!(c.postgres[0].slot, "pitr");
-    assert_eq!(c.postgres[0].base_backup, None);
+    // The seed's 3 AM daily, a spread checkpoint, no WAL rule, no limit.
+    assert_eq!(
+        c.postgres[0].base_backup.as_ref().map(|b| b.as_str()),
+        Some("0 3 * * *")
+    );
+    assert_eq!(c.postgres[0].base_backup_wal, None);
+    assert_eq!(
+        c.postgres[0].checkpoint,
+        crate::basebackup::Checkpoint::Spread
+    );
+    assert_eq!(c.postgres[0].max_rate_kb, None);
     assert!(c.sqlite.is_empty());
     assert_eq!(c.health.listen, None);
 }
@@ -121,7 +134,7 @@ fn every_key_is_known() {
         for spec in section.keys() {
             let value = match spec.ty {
                 KeyType::Str => "\"x\"",
-                KeyType::Int | KeyType::Size | KeyType::Duration => "1",
+                KeyType::Int | KeyType::Size | KeyType::Number | KeyType::Duration => "1",
                 KeyType::List => "[\"x\"]",
             };
             let text = format!("{}\n{} = {value}\n", section.header(), spec.name);
@@ -155,7 +168,7 @@ fn unknown_key_in_each_section() {
         (
             append("[[postgres]]\nname = \"main\""),
             "[[postgres]] \"main\" bogus",
-            "name, conninfo, conninfo_file, slot, base_backup",
+            "name, conninfo, conninfo_file, slot, base_backup, base_backup_wal_gb, checkpoint, max_rate",
         ),
         (
             append("[[sqlite]]\nname = \"auth\""),

@@ -254,4 +254,183 @@ fn range_checks() {
             "0 3 * * *",
         ],
     );
+    // Five fields, but not a time: the cron parser judges.
+    let (_, msg) = fail(&pg("base_backup = \"61 3 * * *\""), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" base_backup",
+            "\"61 3 * * *\" is not a cron schedule",
+        ],
+    );
+    let (_, msg) = fail(&pg("base_backup = \"0 0 30 2 *\""), &[]);
+    contains_all(&msg, &[PATH, "base_backup", "no time in the future"]);
+    let (_, msg) = fail(&pg("base_backup_wal_gb = 0"), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" base_backup_wal_gb",
+            "not a positive number of GiB",
+        ],
+    );
+    let (_, msg) = fail(&pg("base_backup_wal_gb = \"16GB\""), &[]);
+    contains_all(&msg, &[PATH, "base_backup_wal_gb"]);
+    let (_, msg) = fail(&pg("checkpoint = \"slow\""), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" checkpoint",
+            "\"slow\" is not a checkpoint mode",
+            "spread",
+        ],
+    );
+    let (_, msg) = fail(&pg("max_rate = 10"), &[]);
+    contains_all(
+        &msg,
+        &[PATH, "[[postgres]] \"main\" max_rate", "32 to 1048576"],
+    );
+}
+
+#[test]
+fn base_backup_schedule_keys() {
+    let r = recipient();
+    let pg = |line: &str| {
+        format!(
+            "{}[[postgres]]\nname = \"main\"\nconninfo = \"host=db\"\n{line}\n",
+            minimal(&r)
+        )
+    };
+    let c = load(
+        &pg("base_backup = \"*/5  * * * * *\"\nbase_backup_wal_gb = 0.5\ncheckpoint = \"fast\"\nmax_rate = 1024"),
+        &[],
+    )
+    .expect("valid");
+    let p = &c.postgres[0];
+    assert_eq!(
+        p.base_backup.as_ref().map(|b| b.as_str()),
+        Some("*/5 * * * * *")
+    );
+    assert_eq!(p.base_backup_wal, Some(512 << 20));
+    assert_eq!(p.checkpoint, crate::basebackup::Checkpoint::Fast);
+    assert_eq!(p.max_rate_kb, Some(1024));
+
+    let c = load(&pg("base_backup = \"off\"\nbase_backup_wal_gb = 16"), &[]).expect("valid");
+    assert_eq!(c.postgres[0].base_backup, None);
+    assert_eq!(c.postgres[0].base_backup_wal, Some(16 << 30));
+
+    let c = load(
+        &pg(""),
+        &[
+            ("PITR_POSTGRES_MAIN_BASE_BACKUP", "30 1 * * 0"),
+            ("PITR_POSTGRES_MAIN_BASE_BACKUP_WAL_GB", "0.25"),
+            ("PITR_POSTGRES_MAIN_CHECKPOINT", "fast"),
+            ("PITR_POSTGRES_MAIN_MAX_RATE", "2048"),
+        ],
+    )
+    .expect("valid");
+    let p = &c.postgres[0];
+    assert_eq!(
+        p.base_backup.as_ref().map(|b| b.as_str()),
+        Some("30 1 * * 0")
+    );
+    assert_eq!(p.base_backup_wal, Some(256 << 20));
+    assert_eq!(p.checkpoint, crate::basebackup::Checkpoint::Fast);
+    assert_eq!(p.max_rate_kb, Some(2048));
+
+    let (_, msg) = fail(
+        &pg(""),
+        &[("PITR_POSTGRES_MAIN_BASE_BACKUP_WAL_GB", "lots")],
+    );
+    contains_all(
+        &msg,
+        &[
+            "PITR_POSTGRES_MAIN_BASE_BACKUP_WAL_GB",
+            "base_backup_wal_gb",
+        ],
+    );
+}
+
+fn with_s3(extra: &str) -> String {
+    format!(
+        "{}\n[[destination]]\nname = \"s3-eu\"\nkind = \"s3\"\n{extra}",
+        minimal(&recipient())
+    )
+}
+
+#[test]
+fn s3_destination_with_every_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cr3t\n").expect("write");
+    let text = with_s3(&format!(
+        "bucket = \"backups\"\nprefix = \"pitr/\"\nregion = \"eu-central-1\"\n\
+         endpoint = \"http://127.0.0.1:9000\"\naccess_key_id = \"AKIAX\"\n\
+         secret_access_key_file = \"{}\"\nrequest_timeout = 30\n",
+        secret.display()
+    ));
+    let config = load(&text, &[]).expect("valid");
+    let d = &config.destinations[1];
+    assert_eq!(d.name, "s3-eu");
+    let DestinationKind::S3(s3) = &d.kind else {
+        panic!("an s3 destination: {d:?}")
+    };
+    assert_eq!(s3.bucket, "backups");
+    assert_eq!(s3.prefix, "pitr/");
+    assert_eq!(s3.region, "eu-central-1");
+    assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(s3.access_key_id.as_deref(), Some("AKIAX"));
+    assert_eq!(s3.secret_access_key.as_deref(), Some("s3cr3t"));
+    assert_eq!(s3.request_timeout, std::time::Duration::from_secs(30));
+    // The secret never shows in Debug output (logs, panics).
+    assert!(!format!("{d:?}").contains("s3cr3t"), "{d:?}");
+    // Region defaults; secrets may come from the environment instead.
+    let config = load(&with_s3("bucket = \"b\"\n"), &[]).expect("valid");
+    let DestinationKind::S3(s3) = &config.destinations[1].kind else {
+        panic!("s3")
+    };
+    assert_eq!(s3.region, "us-east-1");
+    assert_eq!(s3.secret_access_key, None);
+    // Every key can be overridden from the environment.
+    let config = load(
+        &with_s3("bucket = \"b\"\n"),
+        &[
+            ("PITR_DESTINATION_S3_EU_BUCKET", "other"),
+            ("PITR_DESTINATION_S3_EU_SECRET_ACCESS_KEY", "fromenv"),
+        ],
+    )
+    .expect("valid");
+    let DestinationKind::S3(s3) = &config.destinations[1].kind else {
+        panic!("s3")
+    };
+    assert_eq!(s3.bucket, "other");
+    assert_eq!(s3.secret_access_key.as_deref(), Some("fromenv"));
+}
+
+#[test]
+fn s3_destination_mistakes_name_the_key() {
+    let (_, msg) = fail(&with_s3(""), &[]);
+    contains_all(&msg, &[PATH, "bucket", "needs a bucket"]);
+    let (_, msg) = fail(
+        &with_s3("bucket = \"b\"\nendpoint = \"127.0.0.1:9000\"\n"),
+        &[],
+    );
+    contains_all(&msg, &[PATH, "endpoint", "not an http(s) URL"]);
+    let (_, msg) = fail(&with_s3("bucket = \"b\"\nrequest_timeout = 0\n"), &[]);
+    contains_all(&msg, &[PATH, "request_timeout", "between 1 and 3600"]);
+    let (_, msg) = fail(&with_s3("bucket = \"b\"\npath = \"/x\"\n"), &[]);
+    contains_all(
+        &msg,
+        &[PATH, "path", "not a key of a destination of kind \"s3\""],
+    );
+    let (_, msg) = fail(
+        &with_s3("bucket = \"b\"\nsecret_access_key = \"x\"\nsecret_access_key_file = \"/y\"\n"),
+        &[],
+    );
+    contains_all(&msg, &[PATH, "secret_access_key"]);
+    let text = minimal(&recipient()).replace("kind = \"fs\"", "kind = \"fs\"\nbucket = \"b\"");
+    let (_, msg) = fail(&text, &[]);
+    contains_all(&msg, &[PATH, "bucket", "kind \"s3\", not of kind \"fs\""]);
 }

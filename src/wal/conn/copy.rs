@@ -183,6 +183,13 @@ impl ReplicationStream {
         self.read_result(None).await
     }
 
+    /// Whether the next message would have to wait for the server: nothing
+    /// received is left unreturned (see `Wire::drained`). A caller that
+    /// naps before reading on lets the server's messages gather meanwhile.
+    pub fn drained(&self) -> bool {
+        self.client.wire.drained()
+    }
+
     /// After `next` returned `Ok(None)`: where the next timeline starts, if
     /// the server said so.
     pub fn ended(&self) -> Option<TimelineEnd> {

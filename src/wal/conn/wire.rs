@@ -89,6 +89,9 @@ pub(super) struct Wire {
     pub target: String,
     /// ParameterStatus values the server reported.
     pub params: HashMap<String, String>,
+    /// Whether the last read from the socket filled all the room the
+    /// buffer had: then the socket likely holds more.
+    last_read_full: bool,
 }
 
 impl Wire {
@@ -99,7 +102,22 @@ impl Wire {
             out: BytesMut::with_capacity(1024),
             target,
             params: HashMap::new(),
+            last_read_full: false,
         }
+    }
+
+    /// Whether everything received was returned and the socket likely holds
+    /// nothing more: no whole message is buffered, and the last read did not
+    /// fill the buffer. The next read would wait for the server.
+    pub fn drained(&self) -> bool {
+        if self.last_read_full {
+            return false;
+        }
+        if self.rbuf.len() < 5 {
+            return true;
+        }
+        let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+        self.rbuf.len() <= len as usize
     }
 
     /// Writes every buffered message. Resumable: if cancelled, what was
@@ -179,12 +197,16 @@ impl Wire {
 
     async fn fill(&mut self) -> Result<(), ConnError> {
         self.rbuf.reserve(READ_CHUNK);
+        let room = self.rbuf.capacity() - self.rbuf.len();
         match self.sock.read_buf(&mut self.rbuf).await {
             Ok(0) => Err(ConnError::ServerGone {
                 target: self.target.clone(),
                 reason: "the server closed the connection".into(),
             }),
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                self.last_read_full = n == room;
+                Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(ConnError::ServerGone {
                 target: self.target.clone(),
                 reason: format!("the connection was reset: {e}"),

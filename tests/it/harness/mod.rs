@@ -9,8 +9,10 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod s3;
 
 pub use pg::{PgCluster, run_as_pg_user};
+pub use s3::S3Server;
 
 /// The LSN in the first column of `sql`'s only row (`None` for no row or
 /// NULL): how the WAL tests read `pg_stat_replication`, slots and positions.

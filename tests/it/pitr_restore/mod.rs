@@ -62,14 +62,14 @@ fn text(o: &Output) -> String {
 }
 
 /// The WAL streamer in the background, as `pitr run` runs it.
-struct Streamer {
+pub struct Streamer {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), pitr::wal::StreamError>>,
     progress: watch::Receiver<Progress>,
 }
 
 impl Streamer {
-    fn start(repo: &Repository, pg: &PgCluster, slot: &str) -> Streamer {
+    pub fn start(repo: &Repository, pg: &PgCluster, slot: &str) -> Streamer {
         let info = ConnInfo::parse(&pg.conninfo("postgres")).expect("conninfo");
         let mut o = StreamOptions::new("main", info, slot);
         o.partial_interval = Duration::from_millis(200);
@@ -86,9 +86,14 @@ impl Streamer {
         }
     }
 
+    /// The flush position acknowledged to the server so far.
+    pub fn flushed(&self) -> Lsn {
+        self.progress.borrow().flushed
+    }
+
     /// Waits (bounded) until everything the server has written so far is
     /// stored and acknowledged.
-    async fn caught_up(&self, pg: &PgCluster) {
+    pub async fn caught_up(&self, pg: &PgCluster) {
         let lsn: Lsn = pg
             .psql("SELECT pg_current_wal_lsn()")
             .parse()
@@ -105,7 +110,7 @@ impl Streamer {
         );
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -137,7 +142,7 @@ fn create_oracle(pg: &PgCluster) {
 }
 
 /// Commits row `id` and returns its stamp.
-fn write_row(pg: &PgCluster, id: u32) -> Timestamp {
+pub fn write_row(pg: &PgCluster, id: u32) -> Timestamp {
     let at = pg.psql(&format!(
         "INSERT INTO oracle VALUES ({id}, clock_timestamp()) RETURNING at"
     ));
@@ -145,7 +150,7 @@ fn write_row(pg: &PgCluster, id: u32) -> Timestamp {
 }
 
 /// The midpoint of two stamps.
-fn between(a: Timestamp, b: Timestamp) -> Timestamp {
+pub fn between(a: Timestamp, b: Timestamp) -> Timestamp {
     let half = b.duration_since(a).as_nanos() / 2;
     a.checked_add(jiff::SignedDuration::from_nanos(half as i64))
         .expect("a time")

@@ -2,7 +2,7 @@
 //! the rows committed before the target.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -34,14 +34,16 @@ async fn restores_at_ten_targets_hold_exactly_the_rows_committed_before_each() {
     // The writer: a row about every 100 ms, while backups and segment
     // switches happen beside it.
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (pg, stop) = (pg.clone(), stop.clone());
+        let (pg, stop, written) = (pg.clone(), stop.clone(), written.clone());
         std::thread::spawn(move || {
             let mut rows = Vec::new();
             let mut id = 0;
             while !stop.load(Ordering::Relaxed) && id < 200 {
                 id += 1;
                 rows.push((id, write_row(&pg, id)));
+                written.store(rows.len(), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(100));
             }
             rows
@@ -60,6 +62,15 @@ async fn restores_at_ten_targets_hold_exactly_the_rows_committed_before_each() {
     pg.psql("SELECT pg_switch_wal()");
     // The last rows stay in the open segment, stored as a partial.
     pause(1500).await;
+    // On a busy machine each row takes longer than 100 ms: the writer goes
+    // on (into the open segment) until there are rows enough for the
+    // targets below, however long that takes (bounded).
+    for _ in 0..1200 {
+        if written.load(Ordering::Relaxed) >= 40 {
+            break;
+        }
+        pause(100).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let rows = writer.join().expect("the writer");
     streamer.caught_up(&pg).await;

@@ -22,17 +22,17 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::assemble::{Assembler, GapError};
-use super::conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
-use super::decode::{DecodeError, Decoder};
+use super::assemble::GapError;
+use super::conn::{ConnError, ConnInfo, ReplicationClient};
+use super::decode::DecodeError;
 use super::history::{HistoryError, Lineage};
-use super::index::index_segment;
-use super::lsn::{Lsn, Segment, history_file_name};
+use super::lsn::{Lsn, history_file_name};
 use super::store::{WalStore, WalStoreError};
 use crate::repo::{RepoError, Repository};
 
-/// WAL messages smaller than this mean the server is caught up.
-const COALESCE_BELOW: usize = 64 << 10;
+mod session;
+
+use session::Session;
 
 /// How a `[[postgres]]` entry is streamed.
 #[derive(Debug, Clone)]
@@ -44,27 +44,31 @@ pub struct StreamOptions {
     /// The physical replication slot (created with RESERVE_WAL if missing).
     pub slot: String,
     /// How often the open segment is stored as a partial object when WAL
-    /// arrived since the last store; bounds the data lost with the server.
+    /// arrived since the last store; bounds the data lost with the server,
+    /// and the flush lag: WAL is acknowledged only once stored.
     pub partial_interval: Duration,
     /// How often a status update is sent without being asked (well inside
     /// the server's `wal_sender_timeout`, 60 s by default).
     pub status_interval: Duration,
     /// After a small WAL message (the server is caught up and sends each
-    /// commit's flush at once), wait this long before reading again so the
-    /// next read takes many messages at once. Waking per message cost half of
-    /// the CPU under `synchronous_commit = on` (BENCHMARKS.md); 10 ms is 1 %
-    /// of the lag budget. Zero reads at once.
+    /// commit's flush at once) that left nothing received unhandled, wait
+    /// this long before reading again so the next read takes many messages
+    /// at once. Waking per message cost half of the CPU under
+    /// `synchronous_commit = on` (BENCHMARKS.md); 10 ms is 1 % of the lag
+    /// budget. Zero reads at once.
     pub coalesce: Duration,
 }
 
 impl StreamOptions {
-    /// Defaults: partials every second, status every 10 s.
+    /// Defaults: partials every 500 ms, status every 10 s.
     pub fn new(database: &str, conninfo: ConnInfo, slot: &str) -> StreamOptions {
         StreamOptions {
             database: database.to_owned(),
             conninfo,
             slot: slot.to_owned(),
-            partial_interval: Duration::from_secs(1),
+            // A partial costs its new bytes and a manifest (`prepare`), so
+            // twice a second keeps the p99 flush lag under 1 s.
+            partial_interval: Duration::from_millis(500),
             status_interval: Duration::from_secs(10),
             coalesce: Duration::from_millis(10),
         }
@@ -304,18 +308,18 @@ async fn pass(
         .await
         .map_err(|e| lost_wal(e.into(), opts, timeline, flushed))?;
     *started = true;
-    let mut s = Session {
+    let mut s = Session::new(
         store,
         repo,
-        stream: replication,
-        assembler: Assembler::new(timeline, seg_size, start, Vec::new()),
+        replication,
+        timeline,
         seg_size,
+        start,
         flushed,
         progress,
-        decoder: None,
-    };
+    )?;
     let ended = s.run(opts, shutdown).await;
-    ended.map_err(|e| lost_wal(e, opts, timeline, s.flushed))
+    ended.map_err(|e| lost_wal(e, opts, timeline, s.flushed()))
 }
 
 /// The server's lineage (timelines up to its current one, with switch
@@ -376,152 +380,5 @@ fn lost_wal(e: StreamError, opts: &StreamOptions, timeline: u32, stored_end: Lsn
             }
         }
         _ => e,
-    }
-}
-
-struct Session<'a> {
-    store: WalStore,
-    repo: Repository,
-    stream: ReplicationStream,
-    assembler: Assembler,
-    seg_size: u64,
-    flushed: Lsn,
-    progress: &'a watch::Sender<Progress>,
-    /// The record decoder carried from one completed segment to the next
-    /// (records span segments); `None` at the first segment of a session.
-    decoder: Option<Decoder>,
-}
-
-impl Session<'_> {
-    async fn run(
-        &mut self,
-        opts: &StreamOptions,
-        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<Ended, StreamError> {
-        let mut partial_tick = tokio::time::interval(opts.partial_interval);
-        let mut status_tick = tokio::time::interval(opts.status_interval);
-        partial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut next_nap = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                msg = self.stream.next() => match msg? {
-                    Some(ReplMessage::XLogData { start, end_of_wal, data, .. }) => {
-                        self.progress.send_modify(|p| p.server_end = end_of_wal);
-                        let done = self.assembler.push(start, &data)?;
-                        self.progress.send_modify(|p| p.received = self.assembler.position());
-                        for seg in done {
-                            self.store_segment(seg.segment, &seg.bytes).await?;
-                        }
-                        // The server sends up to 128 KiB per message when it
-                        // has a backlog: then read on at once. Otherwise nap
-                        // at most once per `coalesce`, so what queued during
-                        // the nap is then taken from the buffer without one.
-                        if data.len() < COALESCE_BELOW
-                            && !opts.coalesce.is_zero()
-                            && tokio::time::Instant::now() >= next_nap
-                        {
-                            tokio::time::sleep(opts.coalesce).await;
-                            next_nap = tokio::time::Instant::now() + opts.coalesce;
-                        }
-                    }
-                    Some(ReplMessage::Keepalive { end_of_wal, reply_requested, .. }) => {
-                        self.progress.send_modify(|p| p.server_end = end_of_wal);
-                        if reply_requested {
-                            self.send_status().await?;
-                        }
-                    }
-                    None => {
-                        // The timeline ended at its switch point, and the
-                        // server sent all WAL before it. It may have sent a
-                        // little past it (a record torn by the promotion):
-                        // kept, as pg_receivewal does, since recovery reads
-                        // a parent only up to the switch point.
-                        let position = self.assembler.position();
-                        if let Some(end) = self.stream.ended()
-                            && end.start > position
-                        {
-                            return Err(GapError {
-                                timeline: self.assembler.timeline(),
-                                expected: position,
-                                got: end.start,
-                            }
-                            .into());
-                        }
-                        self.store_partial().await?;
-                        return Ok(Ended::TimelineEnd);
-                    }
-                },
-                _ = partial_tick.tick() => self.store_partial().await?,
-                _ = status_tick.tick() => self.send_status().await?,
-                () = shutdown.as_mut() => {
-                    self.store_partial().await?;
-                    return Ok(Ended::Shutdown);
-                }
-            }
-        }
-    }
-
-    /// Stores a completed segment and acknowledges it.
-    async fn store_segment(&mut self, segment: Segment, bytes: &[u8]) -> Result<(), StreamError> {
-        // Every record's CRC is checked before the segment is stored
-        // (invariant 2); the index is what the restore planner reads.
-        let (index, decoder) = index_segment(bytes, segment, self.seg_size, self.decoder.take())?;
-        self.decoder = Some(decoder);
-        let mut w = self.repo.writer();
-        self.store
-            .put_segment(&mut w, segment, self.seg_size, bytes, Some(index))
-            .await?;
-        w.commit().await?;
-        let end = Lsn(segment.start(self.seg_size).0 + bytes.len() as u64);
-        self.acknowledge(end).await
-    }
-
-    /// Stores the open segment so far, when it holds WAL not yet stored.
-    async fn store_partial(&mut self) -> Result<(), StreamError> {
-        let position = self.assembler.position();
-        if position <= self.flushed {
-            return Ok(());
-        }
-        let Some((segment, bytes)) = self.assembler.partial() else {
-            return Ok(());
-        };
-        // Best effort: a partial may end inside a record, and the complete
-        // segment that supersedes it is checked strictly.
-        let index = index_segment(bytes, segment, self.seg_size, self.decoder.clone())
-            .map(|(index, _)| index)
-            .inspect_err(|e| tracing::debug!(error = %e, "partial segment not indexed"))
-            .ok();
-        let mut w = self.repo.writer();
-        self.store
-            .put_partial(&mut w, segment, self.seg_size, bytes, index)
-            .await?;
-        w.commit().await?;
-        self.acknowledge(position).await
-    }
-
-    /// Invariant 1: called only after a commit returned.
-    async fn acknowledge(&mut self, stored_end: Lsn) -> Result<(), StreamError> {
-        if stored_end > self.flushed {
-            self.flushed = stored_end;
-            self.progress.send_modify(|p| p.flushed = stored_end);
-        }
-        self.send_status().await
-    }
-
-    async fn send_status(&mut self) -> Result<(), StreamError> {
-        // Once the server ended the timeline there is no COPY to report in
-        // (even before `next` said so, when a timer won the race); the next
-        // pass reports the stored position in its first status.
-        if !self.stream.is_streaming() {
-            return Ok(());
-        }
-        // After a restart the assembler re-reads the segment from its start,
-        // behind what is already stored: never report write below flush.
-        let received = self.assembler.position().max(self.flushed);
-        self.stream
-            .send_status(received, self.flushed, self.flushed, false)
-            .await?;
-        Ok(())
     }
 }

@@ -1,0 +1,124 @@
+//! Objects as CAR files (CARv1), the way Storacha's tools pack a file: the
+//! object is cut into 1 MiB raw leaves (CIDv1, `raw`, SHA-256); an object of
+//! one leaf or less is that leaf alone, a larger one gets a UnixFS `File`
+//! root (`dag-pb`) linking every leaf — a balanced layout of width 1024, so
+//! one level up to 1 GiB. The header names the root. These are the defaults
+//! of the `ipfs-car` npm package (`ipfs-car pack --no-wrap --output`), and
+//! the test compares the bytes with it.
+
+use cid::Cid;
+use cid::multihash::Multihash;
+use sha2::{Digest, Sha256};
+
+/// Leaf size.
+const CHUNK: usize = 1 << 20;
+/// Children per node; deeper trees (objects over 1 GiB) are not made.
+const WIDTH: usize = 1024;
+/// Multicodec codes.
+const RAW: u64 = 0x55;
+const DAG_PB: u64 = 0x70;
+const SHA2_256: u64 = 0x12;
+
+/// Why an object cannot be packed.
+#[derive(Debug, thiserror::Error)]
+pub enum CarError {
+    /// Larger than one level of links holds.
+    #[error("{0} bytes is more than a one-level UnixFS file holds (1 GiB)")]
+    TooLarge(usize),
+}
+
+fn cid_of(codec: u64, block: &[u8]) -> Cid {
+    let digest = Sha256::digest(block);
+    let mh = Multihash::<64>::wrap(SHA2_256, &digest)
+        .expect("a 32-byte digest fits a 64-byte multihash");
+    Cid::new_v1(codec, mh)
+}
+
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A protobuf length-delimited field.
+fn field_bytes(field: u64, bytes: &[u8], out: &mut Vec<u8>) {
+    varint(field << 3 | 2, out);
+    varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// A protobuf varint field.
+fn field_varint(field: u64, n: u64, out: &mut Vec<u8>) {
+    varint(field << 3, out);
+    varint(n, out);
+}
+
+/// The `dag-pb` root of a multi-leaf file: links (hash, empty name, size),
+/// then the UnixFS data (type File, file size, each leaf's size).
+fn file_root(leaves: &[(Cid, usize)]) -> Vec<u8> {
+    let mut node = Vec::new();
+    for (cid, size) in leaves {
+        let mut link = Vec::new();
+        field_bytes(1, &cid.to_bytes(), &mut link);
+        field_bytes(2, b"", &mut link);
+        field_varint(3, *size as u64, &mut link);
+        field_bytes(2, &link, &mut node);
+    }
+    let mut data = Vec::new();
+    field_varint(1, 2, &mut data);
+    field_varint(3, leaves.iter().map(|(_, s)| *s as u64).sum(), &mut data);
+    for (_, size) in leaves {
+        field_varint(4, *size as u64, &mut data);
+    }
+    field_bytes(1, &data, &mut node);
+    node
+}
+
+/// The CAR file of `data` and its root CID.
+pub fn pack(data: &[u8]) -> Result<(Cid, Vec<u8>), CarError> {
+    let chunks: Vec<&[u8]> = if data.is_empty() {
+        vec![data]
+    } else {
+        data.chunks(CHUNK).collect()
+    };
+    if chunks.len() > WIDTH {
+        return Err(CarError::TooLarge(data.len()));
+    }
+    let leaves: Vec<(Cid, &[u8])> = chunks.iter().map(|c| (cid_of(RAW, c), *c)).collect();
+    let root_block = (leaves.len() > 1).then(|| {
+        let sizes: Vec<(Cid, usize)> = leaves.iter().map(|(c, b)| (*c, b.len())).collect();
+        file_root(&sizes)
+    });
+    let root = match &root_block {
+        Some(block) => cid_of(DAG_PB, block),
+        None => leaves[0].0,
+    };
+    let mut out = Vec::with_capacity(data.len() + 64 * (leaves.len() + 2));
+    // Header: dag-cbor {"roots": [CID], "version": 1}, keys in dag-cbor
+    // order; a CID is tag 42 over its bytes behind a 0x00 prefix.
+    let cid_bytes = root.to_bytes();
+    let mut header = vec![0xa2, 0x65];
+    header.extend_from_slice(b"roots");
+    header.extend_from_slice(&[0x81, 0xd8, 0x2a, 0x58, (cid_bytes.len() + 1) as u8, 0x00]);
+    header.extend_from_slice(&cid_bytes);
+    header.push(0x67);
+    header.extend_from_slice(b"version");
+    header.push(0x01);
+    varint(header.len() as u64, &mut out);
+    out.extend_from_slice(&header);
+    let block = |cid: &Cid, bytes: &[u8], out: &mut Vec<u8>| {
+        let c = cid.to_bytes();
+        varint((c.len() + bytes.len()) as u64, out);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(bytes);
+    };
+    for (cid, bytes) in &leaves {
+        block(cid, bytes, &mut out);
+    }
+    if let Some(b) = &root_block {
+        block(&root, b, &mut out);
+    }
+    Ok((root, out))
+}
