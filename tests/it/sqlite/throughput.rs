@@ -11,7 +11,12 @@ use std::time::Duration;
 
 use super::*;
 
+// A timing assertion: on a shared 2-core machine under the parallel test
+// suite its ratio swings from 0.5 to 2.7 between adjacent runs, so it cannot
+// gate CI (standards: timings belong in benchmarks). Run it alone on a quiet
+// machine with `cargo test --test it sqlite::throughput -- --ignored`.
 #[test]
+#[ignore = "timing-sensitive: run alone on a quiet machine (--ignored)"]
 fn writer_throughput_with_the_watcher_is_at_least_95_percent() {
     let _heavy = heavy();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
