@@ -130,7 +130,8 @@ fn entry_names(raw: &RawConfig, section: Section) -> Vec<Option<String>> {
         Section::Destination => names(&raw.destination, |e| &e.name),
         Section::Postgres => names(&raw.postgres, |e| &e.name),
         Section::Sqlite => names(&raw.sqlite, |e| &e.name),
-        Section::Repository | Section::Health => Vec::new(),
+        Section::Alert => names(&raw.alert, |e| &e.name),
+        Section::Repository | Section::Health | Section::Verify | Section::Retention => Vec::new(),
     }
 }
 
@@ -234,8 +235,103 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 _ => {}
             }
         }
-        (Section::Health, Value::Str(v)) if key == "listen" => {
-            raw.health.get_or_insert_with(Default::default).listen = Some(v);
+        (Section::Health, Value::Str(v)) => {
+            let h = raw.health.get_or_insert_with(Default::default);
+            match key {
+                "listen" => h.listen = Some(v),
+                "restore_token" => {
+                    if from_file(&h.restore_token_file) {
+                        h.restore_token_file = None;
+                    }
+                    h.restore_token = Some(v);
+                }
+                "restore_token_file" => {
+                    if from_file(&h.restore_token) {
+                        h.restore_token = None;
+                    }
+                    h.restore_token_file = Some(v);
+                }
+                _ => {}
+            }
+        }
+        (Section::Health, Value::Size(v)) => {
+            let h = raw.health.get_or_insert_with(Default::default);
+            match key {
+                "wal_ack_max_age" => h.wal_ack_max_age = Some(v),
+                "backup_max_age" => h.backup_max_age = Some(v),
+                "destination_down_max" => h.destination_down_max = Some(v),
+                "slot_retained_max" => h.slot_retained_max = Some(v),
+                "verify_max_age" => h.verify_max_age = Some(v),
+                _ => {}
+            }
+        }
+        (Section::Alert, Value::Str(v)) => {
+            if let Some(a) = nth(&mut raw.alert, target.index) {
+                match key {
+                    "kind" => a.kind = Some(v),
+                    "url" => {
+                        if from_file(&a.url_file) {
+                            a.url_file = None;
+                        }
+                        a.url = Some(v);
+                    }
+                    "url_file" => {
+                        if from_file(&a.url) {
+                            a.url = None;
+                        }
+                        a.url_file = Some(v);
+                    }
+                    "smtp_url" => {
+                        if from_file(&a.smtp_url_file) {
+                            a.smtp_url_file = None;
+                        }
+                        a.smtp_url = Some(v);
+                    }
+                    "smtp_url_file" => {
+                        if from_file(&a.smtp_url) {
+                            a.smtp_url = None;
+                        }
+                        a.smtp_url_file = Some(v);
+                    }
+                    "from" => a.from = Some(v),
+                    _ => {}
+                }
+            }
+        }
+        (Section::Alert, Value::List(v)) if key == "to" => {
+            if let Some(a) = nth(&mut raw.alert, target.index) {
+                a.to = Some(v);
+            }
+        }
+        (Section::Alert, Value::Size(v)) if key == "renotify" => {
+            if let Some(a) = nth(&mut raw.alert, target.index) {
+                a.renotify = Some(v);
+            }
+        }
+        (Section::Verify, Value::Str(v)) => {
+            let r = raw.verify.get_or_insert_with(Default::default);
+            match key {
+                "schedule" => r.schedule = Some(v),
+                "scratch_dir" => r.scratch_dir = Some(v),
+                "os_user" => r.os_user = Some(v),
+                _ => {}
+            }
+        }
+        (Section::Retention, Value::Int(v)) => {
+            let r = raw.retention.get_or_insert_with(Default::default);
+            match key {
+                "keep_last" => r.keep_last = Some(v),
+                "keep_daily" => r.keep_daily = Some(v),
+                "keep_weekly" => r.keep_weekly = Some(v),
+                "keep_monthly" => r.keep_monthly = Some(v),
+                _ => {}
+            }
+        }
+        (Section::Retention, Value::Size(v)) if key == "gc_grace" => {
+            raw.retention.get_or_insert_with(Default::default).gc_grace = Some(v);
+        }
+        (Section::Retention, Value::Str(v)) if key == "schedule" => {
+            raw.retention.get_or_insert_with(Default::default).schedule = Some(v);
         }
         (Section::Destination, Value::Str(v)) => {
             if let Some(d) = nth(&mut raw.destination, target.index) {

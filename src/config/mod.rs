@@ -26,6 +26,7 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use error::ConfigError;
 
@@ -46,8 +47,16 @@ pub struct Config {
     pub postgres: Vec<PostgresConfig>,
     /// `[[sqlite]]`: database files to watch; names unique.
     pub sqlite: Vec<SqliteConfig>,
-    /// `[health]`: the HTTP endpoint.
+    /// `[health]`: the HTTP endpoint and the thresholds past which it
+    /// reports failure.
     pub health: HealthConfig,
+    /// `[[alert]]`: where failures and recoveries are announced; names
+    /// unique. Empty: failures show only in logs and `/health`.
+    pub alerts: Vec<AlertConfig>,
+    /// `[verify]`: scheduled test restores.
+    pub verify: VerifyConfig,
+    /// `[retention]`: which backups are kept, and garbage collection.
+    pub retention: RetentionConfig,
 }
 
 /// `[repository]`: how objects are encrypted, compressed and packed, and
@@ -198,11 +207,206 @@ pub struct SqliteConfig {
     pub snapshot_interval: std::time::Duration,
 }
 
-/// `[health]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `[health]`: the HTTP endpoint and its thresholds. Each threshold is the
+/// point past which `/health` answers 503 and an alert fires.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HealthConfig {
-    /// Where `/health` and `/metrics` are served; `None` for no endpoint.
+    /// Where `/health`, `/metrics` and the restore API are served; `None`
+    /// for no endpoint.
     pub listen: Option<SocketAddr>,
+    /// A stream is failing when no WAL was acknowledged for this long while
+    /// the server produced some (`wal_ack_max_age`, default 5 min).
+    pub wal_ack_max_age: Duration,
+    /// A database is failing when its newest restorable base backup is older
+    /// than this (`backup_max_age`); `None`: 1.5 × the interval of its
+    /// `base_backup` schedule (no limit when the schedule is off).
+    pub backup_max_age: Option<Duration>,
+    /// A destination is failing when it has been unreachable, or behind, for
+    /// this long (`destination_down_max`, default 10 min).
+    pub destination_down_max: Duration,
+    /// A slot is failing when the server retains more WAL than this for it
+    /// (`slot_retained_max`, default 4 GiB): long before the server's disk
+    /// fills or `max_slot_wal_keep_size` invalidates the slot. When the server
+    /// sets `max_slot_wal_keep_size`, half of it is used if smaller.
+    pub slot_retained_max: u64,
+    /// Verification is failing when the last test restore failed, or when
+    /// none succeeded for this long although one is scheduled
+    /// (`verify_max_age`, default 3 days).
+    pub verify_max_age: Duration,
+    /// The bearer token of `POST /restore` (`restore_token` or
+    /// `restore_token_file`); `None`: the restore API is off. `Debug`
+    /// redacts it.
+    pub restore_token: Option<String>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            listen: None,
+            wal_ack_max_age: Duration::from_secs(300),
+            backup_max_age: None,
+            destination_down_max: Duration::from_secs(600),
+            slot_retained_max: 4 << 30,
+            verify_max_age: Duration::from_secs(3 * 86400),
+            restore_token: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for HealthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthConfig")
+            .field("listen", &self.listen)
+            .field("wal_ack_max_age", &self.wal_ack_max_age)
+            .field("backup_max_age", &self.backup_max_age)
+            .field("destination_down_max", &self.destination_down_max)
+            .field("slot_retained_max", &self.slot_retained_max)
+            .field("verify_max_age", &self.verify_max_age)
+            .field(
+                "restore_token",
+                &self.restore_token.as_ref().map(|_| "(redacted)"),
+            )
+            .finish()
+    }
+}
+
+/// One `[[alert]]` channel.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AlertConfig {
+    /// Unique among `[[alert]]` entries; `[a-z0-9_-]+`.
+    pub name: String,
+    /// Where and how alerts are delivered.
+    pub kind: AlertKind,
+    /// While a condition persists, repeat its alert this often
+    /// (`renotify`); `None` (the default, or `"off"`): once per transition.
+    pub renotify: Option<Duration>,
+}
+
+/// The kind of an alert channel and what it needs. URLs hold tokens:
+/// `Debug` shows only their scheme and host.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AlertKind {
+    /// `kind = "slack"`: a Slack incoming webhook (`{"text": ...}`).
+    Slack {
+        /// The webhook URL (http or https).
+        url: String,
+    },
+    /// `kind = "discord"`: a Discord webhook (`{"content": ...}`).
+    Discord {
+        /// The webhook URL (http or https).
+        url: String,
+    },
+    /// `kind = "webhook"`: a generic JSON POST of the alert's fields.
+    Webhook {
+        /// The URL (http or https).
+        url: String,
+    },
+    /// `kind = "email"`: SMTP. `smtp://` requires STARTTLS unless the URL
+    /// says `?tls=opportunistic` or `?tls=none` (a relay on loopback);
+    /// `smtps://` is implicit TLS.
+    Email {
+        /// `smtp://user:pass@host:587` or `smtps://…:465`.
+        smtp_url: String,
+        /// The sender mailbox.
+        from: String,
+        /// The recipient mailboxes; never empty.
+        to: Vec<String>,
+    },
+}
+
+impl AlertKind {
+    /// The `kind` value as written in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AlertKind::Slack { .. } => "slack",
+            AlertKind::Discord { .. } => "discord",
+            AlertKind::Webhook { .. } => "webhook",
+            AlertKind::Email { .. } => "email",
+        }
+    }
+}
+
+/// `scheme://host[:port]` of a URL, without credentials, path or query.
+fn url_origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(unparsable)".to_owned(),
+    }
+}
+
+impl std::fmt::Debug for AlertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AlertKind::Slack { url } | AlertKind::Discord { url } | AlertKind::Webhook { url } => f
+                .debug_struct(self.name())
+                .field("url", &format!("{}/(redacted)", url_origin(url)))
+                .finish(),
+            AlertKind::Email { smtp_url, from, to } => f
+                .debug_struct("email")
+                .field(
+                    "smtp_url",
+                    &format!("{} (credentials redacted)", url_origin(smtp_url)),
+                )
+                .field("from", from)
+                .field("to", to)
+                .finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AlertConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("renotify", &self.renotify)
+            .finish()
+    }
+}
+
+/// `[verify]`: scheduled test restores (invariant 6). They need the
+/// identity (`[repository] identity_file`); without it `pitr run` does not
+/// schedule them and `/health` says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// When test restores run, cron in UTC (`schedule`, default
+    /// `0 4 * * *`); `None` when written `"off"`.
+    pub schedule: Option<CronSchedule>,
+    /// Where test restores are staged and removed again (`scratch_dir`,
+    /// default `<state_dir>/verify`).
+    pub scratch_dir: PathBuf,
+    /// The OS user PostgreSQL runs as during a test restore when pitr runs
+    /// as root (`os_user`, default `postgres`).
+    pub os_user: String,
+}
+
+/// `[retention]`: which base backups (and SQLite snapshots) are kept, per
+/// database, and how unreferenced objects are collected. The newest
+/// restorable backup is always kept, with the WAL after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Keep the newest N backups (`keep_last`, default 3).
+    pub keep_last: u32,
+    /// Keep the newest backup of each of the last N days with one, UTC
+    /// (`keep_daily`, default 7).
+    pub keep_daily: u32,
+    /// Keep the newest backup of each of the last N ISO weeks with one
+    /// (`keep_weekly`, default 4).
+    pub keep_weekly: u32,
+    /// Keep the newest backup of each of the last N months with one
+    /// (`keep_monthly`, default 6).
+    pub keep_monthly: u32,
+    /// How long an unreferenced object stays marked before it is deleted
+    /// (`gc_grace`, default 24 h), so a writer that still uses it is seen.
+    pub gc_grace: Duration,
+    /// When `pitr run` applies the policy and collects garbage, cron in UTC
+    /// (`schedule`, default `30 4 * * *`); `None` when written `"off"`.
+    pub schedule: Option<CronSchedule>,
 }
 
 impl Config {

@@ -35,6 +35,9 @@ pub(super) struct RawConfig {
     pub postgres: Option<Vec<RawPostgres>>,
     pub sqlite: Option<Vec<RawSqlite>>,
     pub health: Option<RawHealth>,
+    pub alert: Option<Vec<RawAlert>>,
+    pub verify: Option<RawVerify>,
+    pub retention: Option<RawRetention>,
 }
 
 /// `[repository]`.
@@ -104,6 +107,51 @@ pub(super) struct RawSqlite {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealth {
     pub listen: Option<Val<String>>,
+    /// Durations and sizes: an integer or a string with a unit.
+    pub wal_ack_max_age: Option<Val<toml::Value>>,
+    pub backup_max_age: Option<Val<toml::Value>>,
+    pub destination_down_max: Option<Val<toml::Value>>,
+    pub slot_retained_max: Option<Val<toml::Value>>,
+    pub verify_max_age: Option<Val<toml::Value>>,
+    pub restore_token: Option<Val<String>>,
+    pub restore_token_file: Option<Val<String>>,
+}
+
+/// One `[[alert]]` channel. Keys of every kind live here, flat; validation
+/// checks which ones the entry's kind uses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlert {
+    pub name: Option<Val<String>>,
+    pub kind: Option<Val<String>>,
+    pub url: Option<Val<String>>,
+    pub url_file: Option<Val<String>>,
+    pub smtp_url: Option<Val<String>>,
+    pub smtp_url_file: Option<Val<String>>,
+    pub from: Option<Val<String>>,
+    pub to: Option<Val<Vec<Val<String>>>>,
+    pub renotify: Option<Val<toml::Value>>,
+}
+
+/// `[verify]`: scheduled test restores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVerify {
+    pub schedule: Option<Val<String>>,
+    pub scratch_dir: Option<Val<String>>,
+    pub os_user: Option<Val<String>>,
+}
+
+/// `[retention]`: which backups are kept, and garbage collection.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetention {
+    pub keep_last: Option<Val<i64>>,
+    pub keep_daily: Option<Val<i64>>,
+    pub keep_weekly: Option<Val<i64>>,
+    pub keep_monthly: Option<Val<i64>>,
+    pub gc_grace: Option<Val<toml::Value>>,
+    pub schedule: Option<Val<String>>,
 }
 
 /// The sections of the file.
@@ -114,6 +162,9 @@ pub(super) enum Section {
     Postgres,
     Sqlite,
     Health,
+    Alert,
+    Verify,
+    Retention,
 }
 
 /// How an environment variable's text becomes a value of a key.
@@ -234,16 +285,100 @@ const SQLITE_KEYS: &[KeySpec] = &[
         r#"snapshot_interval = "24h""#,
     ),
 ];
-const HEALTH_KEYS: &[KeySpec] = &[key("listen", KeyType::Str, r#"listen = "0.0.0.0:9187""#)];
+const HEALTH_KEYS: &[KeySpec] = &[
+    key("listen", KeyType::Str, r#"listen = "0.0.0.0:9187""#),
+    key(
+        "wal_ack_max_age",
+        KeyType::Duration,
+        r#"wal_ack_max_age = "5m""#,
+    ),
+    key(
+        "backup_max_age",
+        KeyType::Duration,
+        r#"backup_max_age = "36h""#,
+    ),
+    key(
+        "destination_down_max",
+        KeyType::Duration,
+        r#"destination_down_max = "10m""#,
+    ),
+    key(
+        "slot_retained_max",
+        KeyType::Size,
+        r#"slot_retained_max = "4GiB""#,
+    ),
+    key(
+        "verify_max_age",
+        KeyType::Duration,
+        r#"verify_max_age = "3d""#,
+    ),
+    key(
+        "restore_token",
+        KeyType::Str,
+        r#"restore_token_file = "/run/secrets/pitr-restore-token""#,
+    ),
+    key(
+        "restore_token_file",
+        KeyType::Str,
+        r#"restore_token_file = "/run/secrets/pitr-restore-token""#,
+    ),
+];
+const ALERT_KEYS: &[KeySpec] = &[
+    key("name", KeyType::Str, r#"name = "ops""#),
+    key("kind", KeyType::Str, r#"kind = "slack""#),
+    key(
+        "url",
+        KeyType::Str,
+        r#"url_file = "/run/secrets/slack-webhook""#,
+    ),
+    key(
+        "url_file",
+        KeyType::Str,
+        r#"url_file = "/run/secrets/slack-webhook""#,
+    ),
+    key(
+        "smtp_url",
+        KeyType::Str,
+        r#"smtp_url = "smtp://user:password@mail.example.com:587""#,
+    ),
+    key(
+        "smtp_url_file",
+        KeyType::Str,
+        r#"smtp_url_file = "/run/secrets/smtp-url""#,
+    ),
+    key("from", KeyType::Str, r#"from = "pitr@example.com""#),
+    key("to", KeyType::List, r#"to = ["oncall@example.com"]"#),
+    key("renotify", KeyType::Duration, r#"renotify = "24h""#),
+];
+const VERIFY_KEYS: &[KeySpec] = &[
+    key("schedule", KeyType::Str, r#"schedule = "0 4 * * *""#),
+    key(
+        "scratch_dir",
+        KeyType::Str,
+        r#"scratch_dir = "/var/lib/pitr/verify""#,
+    ),
+    key("os_user", KeyType::Str, r#"os_user = "postgres""#),
+];
+const RETENTION_KEYS: &[KeySpec] = &[
+    key("keep_last", KeyType::Int, "keep_last = 3"),
+    key("keep_daily", KeyType::Int, "keep_daily = 7"),
+    key("keep_weekly", KeyType::Int, "keep_weekly = 4"),
+    key("keep_monthly", KeyType::Int, "keep_monthly = 6"),
+    key("gc_grace", KeyType::Duration, r#"gc_grace = "24h""#),
+    key("schedule", KeyType::Str, r#"schedule = "30 4 * * *""#),
+];
 
 impl Section {
     /// Every section, in the order the design card writes them.
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 8] = [
         Section::Repository,
         Section::Destination,
         Section::Postgres,
         Section::Sqlite,
         Section::Health,
+        Section::Alert,
+        Section::Verify,
+        Section::Retention,
     ];
 
     /// The section's name in the file.
@@ -254,6 +389,9 @@ impl Section {
             Section::Postgres => "postgres",
             Section::Sqlite => "sqlite",
             Section::Health => "health",
+            Section::Alert => "alert",
+            Section::Verify => "verify",
+            Section::Retention => "retention",
         }
     }
 
@@ -261,7 +399,7 @@ impl Section {
     pub fn is_array(self) -> bool {
         matches!(
             self,
-            Section::Destination | Section::Postgres | Section::Sqlite
+            Section::Destination | Section::Postgres | Section::Sqlite | Section::Alert
         )
     }
 
@@ -282,6 +420,9 @@ impl Section {
             Section::Postgres => POSTGRES_KEYS,
             Section::Sqlite => SQLITE_KEYS,
             Section::Health => HEALTH_KEYS,
+            Section::Alert => ALERT_KEYS,
+            Section::Verify => VERIFY_KEYS,
+            Section::Retention => RETENTION_KEYS,
         }
     }
 

@@ -6,11 +6,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::error::{ConfigError, Ctx, Entry, KeyName};
-use super::raw::{RawConfig, RawDestination, RawPostgres, RawRepository, RawSqlite, Section, Val};
+use super::raw::{
+    RawAlert, RawConfig, RawDestination, RawHealth, RawPostgres, RawRepository, RawRetention,
+    RawSqlite, RawVerify, Section, Val,
+};
 use super::secrets;
 use super::{
-    Config, DestinationConfig, DestinationKind, HealthConfig, PostgresConfig, RepositoryConfig,
-    S3Config, SqliteConfig,
+    AlertConfig, AlertKind, Config, DestinationConfig, DestinationKind, HealthConfig,
+    PostgresConfig, RepositoryConfig, RetentionConfig, S3Config, SqliteConfig, VerifyConfig,
 };
 use crate::basebackup::Checkpoint;
 use crate::basebackup::schedule::CronSchedule;
@@ -53,18 +56,18 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         .as_ref()
         .and_then(|r| r.quorum.as_ref())
         .map(|q| q.origin.clone());
+    let repository = repository(ctx, raw.repository.unwrap_or_default())?;
+    let verify = verify(ctx, raw.verify.unwrap_or_default(), &repository.state_dir)?;
     let config = Config {
         path: ctx.path.to_path_buf(),
-        repository: repository(ctx, raw.repository.unwrap_or_default())?,
         destinations: destinations(ctx, raw.destination.unwrap_or_default())?,
         postgres: postgres(ctx, raw.postgres.unwrap_or_default())?,
         sqlite: sqlite(ctx, raw.sqlite.unwrap_or_default())?,
-        health: HealthConfig {
-            listen: match raw.health.and_then(|h| h.listen) {
-                None => None,
-                Some(v) => Some(listen(ctx, v)?),
-            },
-        },
+        health: health(ctx, raw.health.unwrap_or_default())?,
+        alerts: alerts(ctx, raw.alert.unwrap_or_default())?,
+        verify,
+        retention: retention(ctx, raw.retention.unwrap_or_default())?,
+        repository,
     };
     if let (Some(q), Some(origin)) = (config.repository.quorum, quorum_origin)
         && q > config.destinations.len()
@@ -720,5 +723,343 @@ fn listen(ctx: &Ctx<'_>, v: Val<String>) -> Result<SocketAddr, ConfigError> {
             &format!("{:?} is not an IP address and port ({e})", v.value),
             "Give an IP and port, e.g. listen = \"0.0.0.0:9187\" or \"[::1]:9187\" (host names are not accepted)",
         )
+    })
+}
+
+/// Default test-restore schedule: daily, after the seed's 03:00 base backup.
+const DEFAULT_VERIFY_SCHEDULE: &str = "0 4 * * *";
+/// Default retention run: daily, after the test restore.
+const DEFAULT_RETENTION_SCHEDULE: &str = "30 4 * * *";
+/// Thresholds shorter than a minute would flap on a slow network; longer
+/// than 30 days would not be a health check any more.
+const THRESHOLDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(90 * 86400);
+
+fn health(ctx: &Ctx<'_>, h: RawHealth) -> Result<HealthConfig, ConfigError> {
+    let key = |k: &str| KeyName::plain(Section::Health, k);
+    let d = HealthConfig::default();
+    let threshold = |name: &str, v: Option<Val<toml::Value>>, default: Duration, example| match v {
+        None => Ok(default),
+        Some(v) => duration(ctx, &key(name), &v, THRESHOLDS, example),
+    };
+    let slot_retained_max = match h.slot_retained_max {
+        None => d.slot_retained_max,
+        Some(v) => {
+            let bytes = match &v.value {
+                toml::Value::Integer(n) => u64::try_from(*n).ok(),
+                toml::Value::String(s) => parse_size(s),
+                _ => None,
+            };
+            match bytes {
+                Some(b) if b >= 16 * MIB => b,
+                _ => {
+                    return Err(ctx.invalid(
+                        &key("slot_retained_max"),
+                        &v.origin,
+                        &format!("{} is not a size of at least 16 MiB", v.value),
+                        "Give how much WAL the server may hold for pitr's slot before it is an alert, as bytes or with a unit (slot_retained_max = \"4GiB\", the default); keep it well below the free space of the server's pg_wal disk",
+                    ));
+                }
+            }
+        }
+    };
+    let token = secrets::text(
+        ctx,
+        &key("restore_token"),
+        h.restore_token,
+        h.restore_token_file,
+    )?;
+    let restore_token = match token {
+        None => None,
+        Some(t) if t.value.trim().len() < 16 => {
+            return Err(ctx.invalid(
+                &t.key,
+                &t.origin,
+                "is shorter than 16 characters",
+                "Use a long random token (e.g. `openssl rand -hex 32`): it allows restores over HTTP",
+            ));
+        }
+        Some(t) => Some(t.value.trim().to_owned()),
+    };
+    Ok(HealthConfig {
+        listen: match h.listen {
+            None => None,
+            Some(v) => Some(listen(ctx, v)?),
+        },
+        wal_ack_max_age: threshold(
+            "wal_ack_max_age",
+            h.wal_ack_max_age,
+            d.wal_ack_max_age,
+            "5m",
+        )?,
+        backup_max_age: match h.backup_max_age {
+            None => None,
+            Some(v) => Some(duration(
+                ctx,
+                &key("backup_max_age"),
+                &v,
+                THRESHOLDS,
+                "36h",
+            )?),
+        },
+        destination_down_max: threshold(
+            "destination_down_max",
+            h.destination_down_max,
+            d.destination_down_max,
+            "10m",
+        )?,
+        slot_retained_max,
+        verify_max_age: threshold("verify_max_age", h.verify_max_age, d.verify_max_age, "3d")?,
+        restore_token,
+    })
+}
+
+const ALERT_KINDS: &str = "slack, discord, webhook, email";
+
+fn alerts(ctx: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<AlertConfig>, ConfigError> {
+    let section = Section::Alert;
+    let mut seen = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, mut a) in raw.into_iter().enumerate() {
+        let (entry, name) = entry_name(ctx, section, i, a.name.take(), &mut seen)?;
+        let key = |k| KeyName::entry(section, &entry, k);
+        let Some(kind) = a.kind.take() else {
+            return Err(ctx.missing(
+                &key("kind"),
+                "the alert channel has no kind",
+                &format!("Add kind = \"slack\" (kinds: {ALERT_KINDS})"),
+            ));
+        };
+        let renotify = a.renotify.take();
+        let is_email = kind.value == "email";
+        // Keys of the other family are refused, not ignored: a channel
+        // that silently drops its `to` would never page anyone.
+        let wrong = if is_email {
+            [("url", a.url.is_some()), ("url_file", a.url_file.is_some())]
+                .into_iter()
+                .find(|(_, set)| *set)
+        } else {
+            [
+                ("smtp_url", a.smtp_url.is_some()),
+                ("smtp_url_file", a.smtp_url_file.is_some()),
+                ("from", a.from.is_some()),
+                ("to", a.to.is_some()),
+            ]
+            .into_iter()
+            .find(|(_, set)| *set)
+        };
+        if let Some((k, _)) = wrong {
+            return Err(ctx.missing(
+                &key(k),
+                &format!("{k} is not a key of kind {:?}", kind.value),
+                "Remove it, or change kind (email takes smtp_url, from, to; the others take url)",
+            ));
+        }
+        let kind = match kind.value.as_str() {
+            "slack" | "discord" | "webhook" => {
+                let Some(url) = secrets::text(ctx, &key("url"), a.url.take(), a.url_file.take())?
+                else {
+                    return Err(ctx.missing(
+                        &key("url"),
+                        &format!("a {:?} alert channel needs a url", kind.value),
+                        "Add url = \"https://…\" (the webhook URL), or url_file = \"/run/secrets/…\" naming a file that holds it",
+                    ));
+                };
+                let value = url.value.trim().to_owned();
+                let ok = reqwest::Url::parse(&value)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+                if ok.is_none() {
+                    return Err(ctx.invalid(
+                        &url.key,
+                        &url.origin,
+                        // Not echoed: a webhook URL is a credential.
+                        "is not an http(s) URL",
+                        "Give the webhook's full URL, e.g. https://hooks.slack.com/services/…",
+                    ));
+                }
+                match kind.value.as_str() {
+                    "slack" => AlertKind::Slack { url: value },
+                    "discord" => AlertKind::Discord { url: value },
+                    _ => AlertKind::Webhook { url: value },
+                }
+            }
+            "email" => email(ctx, section, &entry, a)?,
+            other => {
+                return Err(ctx.invalid(
+                    &key("kind"),
+                    &kind.origin,
+                    &format!("unknown kind {other:?}"),
+                    &format!("Use one of: {ALERT_KINDS}"),
+                ));
+            }
+        };
+        let renotify = match renotify {
+            None => None,
+            Some(v) if matches!(&v.value, toml::Value::String(s) if s.trim() == "off") => None,
+            Some(v) => Some(duration(
+                ctx,
+                &key("renotify"),
+                &v,
+                Duration::from_secs(60)..=Duration::from_secs(30 * 86400),
+                "24h",
+            )?),
+        };
+        out.push(AlertConfig {
+            name,
+            kind,
+            renotify,
+        });
+    }
+    Ok(out)
+}
+
+/// A `kind = "email"` channel's keys.
+fn email(
+    ctx: &Ctx<'_>,
+    section: Section,
+    entry: &Entry,
+    mut a: RawAlert,
+) -> Result<AlertKind, ConfigError> {
+    let key = |k: &str| KeyName::entry(section, entry, k);
+    let Some(smtp) = secrets::text(
+        ctx,
+        &key("smtp_url"),
+        a.smtp_url.take(),
+        a.smtp_url_file.take(),
+    )?
+    else {
+        return Err(ctx.missing(
+            &key("smtp_url"),
+            "an email alert channel needs an SMTP server",
+            "Add smtp_url = \"smtp://user:password@mail.example.com:587\" (STARTTLS) or \"smtps://…:465\", or smtp_url_file naming a file that holds it",
+        ));
+    };
+    let smtp_url = smtp.value.trim().to_owned();
+    let parsed = reqwest::Url::parse(&smtp_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "smtp" | "smtps") && u.host().is_some());
+    if parsed.is_none() {
+        return Err(ctx.invalid(
+            &smtp.key,
+            &smtp.origin,
+            "is not an smtp:// or smtps:// URL",
+            "Write it as smtp://user:password@host:587 (STARTTLS required), smtps://user:password@host:465 (TLS), or smtp://host:25?tls=none for a relay on loopback",
+        ));
+    }
+    let mailbox = |k: &str, v: &Val<String>| -> Result<String, ConfigError> {
+        match v.value.trim().parse::<lettre::message::Mailbox>() {
+            Ok(_) => Ok(v.value.trim().to_owned()),
+            Err(e) => Err(ctx.invalid(
+                &key(k),
+                &v.origin,
+                &format!("{:?} is not an email address ({e})", v.value),
+                "Give an address like pitr@example.com or \"pitr <pitr@example.com>\"",
+            )),
+        }
+    };
+    let Some(from) = a.from.take() else {
+        return Err(ctx.missing(
+            &key("from"),
+            "an email alert channel needs a sender",
+            "Add from = \"pitr@example.com\"",
+        ));
+    };
+    let from = mailbox("from", &from)?;
+    let to = match a.to.take() {
+        Some(list) if !list.value.is_empty() => list
+            .value
+            .iter()
+            .map(|v| mailbox("to", v))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            return Err(ctx.missing(
+                &key("to"),
+                "an email alert channel needs at least one recipient",
+                "Add to = [\"oncall@example.com\"]",
+            ));
+        }
+    };
+    Ok(AlertKind::Email { smtp_url, from, to })
+}
+
+fn verify(
+    ctx: &Ctx<'_>,
+    v: RawVerify,
+    state_dir: &std::path::Path,
+) -> Result<VerifyConfig, ConfigError> {
+    let key = |k| KeyName::plain(Section::Verify, k);
+    let schedule = match v.schedule {
+        None => CronSchedule::parse(DEFAULT_VERIFY_SCHEDULE).ok(),
+        Some(s) => cron(ctx, &key("schedule"), s)?,
+    };
+    let scratch_dir = match v.scratch_dir {
+        None => state_dir.join("verify"),
+        Some(p) => path(ctx, &key("scratch_dir"), &p)?,
+    };
+    let os_user = match v.os_user {
+        None => "postgres".to_owned(),
+        Some(u) if !u.value.trim().is_empty() => u.value.trim().to_owned(),
+        Some(u) => {
+            return Err(ctx.invalid(
+                &key("os_user"),
+                &u.origin,
+                "is empty",
+                "Give the OS user PostgreSQL runs as during test restores, e.g. os_user = \"postgres\"",
+            ));
+        }
+    };
+    Ok(VerifyConfig {
+        schedule,
+        scratch_dir,
+        os_user,
+    })
+}
+
+fn retention(ctx: &Ctx<'_>, r: RawRetention) -> Result<RetentionConfig, ConfigError> {
+    let key = |k: &str| KeyName::plain(Section::Retention, k);
+    let count = |name: &str, v: Option<Val<i64>>, default: u32| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) => u32::try_from(v.value)
+                .ok()
+                .filter(|n| *n <= 10_000)
+                .ok_or_else(|| {
+                    ctx.invalid(
+                        &key(name),
+                        &v.origin,
+                        &format!("{} is not a count from 0 to 10000", v.value),
+                        &format!("Give how many backups to keep, e.g. {name} = 7; 0 keeps none by this rule (the newest restorable backup is always kept)"),
+                    )
+                }),
+        }
+    };
+    let keep_last = count("keep_last", r.keep_last, 3)?;
+    let keep_daily = count("keep_daily", r.keep_daily, 7)?;
+    let keep_weekly = count("keep_weekly", r.keep_weekly, 4)?;
+    let keep_monthly = count("keep_monthly", r.keep_monthly, 6)?;
+    let gc_grace = match r.gc_grace {
+        None => Duration::from_secs(86400),
+        // Shorter than a minute could delete what a writer is still
+        // committing; the default gives a day.
+        Some(v) => duration(
+            ctx,
+            &key("gc_grace"),
+            &v,
+            Duration::from_secs(60)..=Duration::from_secs(90 * 86400),
+            "24h",
+        )?,
+    };
+    let schedule = match r.schedule {
+        None => CronSchedule::parse(DEFAULT_RETENTION_SCHEDULE).ok(),
+        Some(s) => cron(ctx, &key("schedule"), s)?,
+    };
+    Ok(RetentionConfig {
+        keep_last,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        gc_grace,
+        schedule,
     })
 }

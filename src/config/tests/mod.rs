@@ -4,6 +4,7 @@
 mod env;
 mod file;
 mod secrets;
+mod sidecar;
 mod values;
 
 use std::net::SocketAddr;

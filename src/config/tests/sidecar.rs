@@ -1,0 +1,196 @@
+//! `[health]`, `[[alert]]`, `[verify]` and `[retention]`: the sidecar's own
+//! settings.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::AlertKind;
+
+#[test]
+fn defaults_without_the_sections() {
+    let c = load(&minimal(&recipient()), &[]).expect("loads");
+    assert_eq!(c.health.wal_ack_max_age, Duration::from_secs(300));
+    assert_eq!(c.health.destination_down_max, Duration::from_secs(600));
+    assert_eq!(c.health.backup_max_age, None);
+    assert_eq!(c.health.restore_token, None);
+    assert!(c.alerts.is_empty());
+    assert_eq!(c.verify.scratch_dir, PathBuf::from("/var/lib/pitr/verify"));
+    assert_eq!(
+        c.verify.schedule.as_ref().map(|s| s.as_str()),
+        Some("0 4 * * *")
+    );
+    assert_eq!(c.verify.os_user, "postgres");
+    assert_eq!(
+        (
+            c.retention.keep_last,
+            c.retention.keep_daily,
+            c.retention.keep_weekly,
+            c.retention.keep_monthly
+        ),
+        (3, 7, 4, 6)
+    );
+    assert_eq!(c.retention.gc_grace, Duration::from_secs(86400));
+}
+
+#[test]
+fn every_key_of_the_sidecar_sections() {
+    let text = format!(
+        r#"{}
+[health]
+listen = "127.0.0.1:9187"
+wal_ack_max_age = "2m"
+backup_max_age = "36h"
+destination_down_max = 300
+slot_retained_max = "1GiB"
+verify_max_age = "2d"
+restore_token = "0123456789abcdef0123"
+
+[[alert]]
+name = "slack"
+kind = "slack"
+url = "https://hooks.slack.com/services/T/B/secret"
+renotify = "4h"
+
+[[alert]]
+name = "mail"
+kind = "email"
+smtp_url = "smtp://127.0.0.1:2525?tls=none"
+from = "pitr@example.com"
+to = ["a@example.com", "Ops <b@example.com>"]
+
+[verify]
+schedule = "off"
+scratch_dir = "scratch"
+os_user = "pg"
+
+[retention]
+keep_last = 1
+keep_daily = 0
+keep_weekly = 2
+keep_monthly = 12
+gc_grace = "1h"
+schedule = "0 5 * * 0"
+"#,
+        minimal(&recipient())
+    );
+    let c = load(&text, &[]).expect("loads");
+    assert_eq!(c.health.wal_ack_max_age, Duration::from_secs(120));
+    assert_eq!(
+        c.health.backup_max_age,
+        Some(Duration::from_secs(36 * 3600))
+    );
+    assert_eq!(c.health.destination_down_max, Duration::from_secs(300));
+    assert_eq!(c.health.slot_retained_max, 1 << 30);
+    assert_eq!(
+        c.health.restore_token.as_deref(),
+        Some("0123456789abcdef0123")
+    );
+    assert_eq!(c.alerts.len(), 2);
+    assert_eq!(c.alerts[0].renotify, Some(Duration::from_secs(4 * 3600)));
+    assert!(matches!(&c.alerts[1].kind, AlertKind::Email { to, .. } if to.len() == 2));
+    assert_eq!(c.verify.schedule, None);
+    assert_eq!(c.verify.scratch_dir, PathBuf::from("/etc/pitr/scratch"));
+    assert_eq!(c.retention.keep_monthly, 12);
+    assert_eq!(c.retention.gc_grace, Duration::from_secs(3600));
+    // Secrets never reach the logs.
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("B/secret"), "{shown}");
+    assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
+}
+
+#[test]
+fn bad_webhook_url_is_named_without_echoing_it() {
+    let text = format!(
+        "{}\n[[alert]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"hooks.example.com/token-xyz\"\n",
+        minimal(&recipient())
+    );
+    let (_, msg) = fail(&text, &[]);
+    contains_all(&msg, &["[[alert]] \"hook\"", "url", "not an http(s) URL"]);
+    assert!(!msg.contains("token-xyz"), "{msg}");
+}
+
+#[test]
+fn alert_keys_of_the_wrong_kind_and_missing_keys() {
+    let base = minimal(&recipient());
+    let (_, msg) = fail(
+        &format!("{base}\n[[alert]]\nname = \"m\"\nkind = \"email\"\nurl = \"https://x\"\n"),
+        &[],
+    );
+    contains_all(&msg, &["url is not a key of kind \"email\""]);
+    let (_, msg) = fail(
+        &format!(
+            "{base}\n[[alert]]\nname = \"m\"\nkind = \"email\"\nsmtp_url = \"smtp://h\"\nfrom = \"a@b.c\"\n"
+        ),
+        &[],
+    );
+    contains_all(&msg, &["at least one recipient", "to = ["]);
+    let (_, msg) = fail(
+        &format!(
+            "{base}\n[[alert]]\nname = \"m\"\nkind = \"email\"\nsmtp_url = \"http://h\"\nfrom = \"a@b.c\"\nto = [\"x@y.z\"]\n"
+        ),
+        &[],
+    );
+    contains_all(&msg, &["not an smtp:// or smtps:// URL"]);
+    let (_, msg) = fail(
+        &format!(
+            "{base}\n[[alert]]\nname = \"m\"\nkind = \"email\"\nsmtp_url = \"smtp://h\"\nfrom = \"not an address\"\nto = [\"x@y.z\"]\n"
+        ),
+        &[],
+    );
+    contains_all(&msg, &["from", "is not an email address"]);
+    let (_, msg) = fail(
+        &format!("{base}\n[[alert]]\nname = \"p\"\nkind = \"pager\"\n"),
+        &[],
+    );
+    contains_all(
+        &msg,
+        &["unknown kind \"pager\"", "slack, discord, webhook, email"],
+    );
+}
+
+#[test]
+fn short_restore_token_and_bad_counts() {
+    let base = minimal(&recipient());
+    let (_, msg) = fail(
+        &format!("{base}\n[health]\nrestore_token = \"short\"\n"),
+        &[],
+    );
+    contains_all(&msg, &["restore_token", "shorter than 16"]);
+    assert!(!msg.contains("\"short\""), "{msg}");
+    let (_, msg) = fail(&format!("{base}\n[retention]\nkeep_daily = -1\n"), &[]);
+    contains_all(&msg, &["[retention] keep_daily", "not a count"]);
+    let (_, msg) = fail(
+        &format!("{base}\n[verify]\nschedule = \"every day\"\n"),
+        &[],
+    );
+    contains_all(&msg, &["[verify] schedule", "not a cron schedule"]);
+}
+
+#[test]
+fn environment_overrides_the_sidecar_sections() {
+    let text = format!(
+        "{}\n[[alert]]\nname = \"on-call\"\nkind = \"slack\"\nurl = \"https://a.example/x\"\n",
+        minimal(&recipient())
+    );
+    let c = load(
+        &text,
+        &[
+            ("PITR_ALERT_ON_CALL_URL", "https://b.example/y"),
+            ("PITR_ALERT_ON_CALL_RENOTIFY", "2h"),
+            ("PITR_HEALTH_WAL_ACK_MAX_AGE", "60"),
+            ("PITR_RETENTION_KEEP_LAST", "9"),
+            ("PITR_VERIFY_OS_USER", "pgu"),
+        ],
+    )
+    .expect("loads");
+    assert_eq!(
+        c.alerts[0].kind,
+        AlertKind::Slack {
+            url: "https://b.example/y".to_owned()
+        }
+    );
+    assert_eq!(c.alerts[0].renotify, Some(Duration::from_secs(7200)));
+    assert_eq!(c.health.wal_ack_max_age, Duration::from_secs(60));
+    assert_eq!(c.retention.keep_last, 9);
+    assert_eq!(c.verify.os_user, "pgu");
+}
