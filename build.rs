@@ -1,5 +1,5 @@
 //! Records the git commit the binary is built from, for `pitr --version`.
-//! `PITR_GIT_COMMIT` wins (the Dockerfile passes it: a build context has no
+//! `GIT_COMMIT` wins (the Dockerfile passes it: a build context has no
 //! `.git`); outside a checkout the commit reads `unknown`.
 
 use std::process::Command;
@@ -13,8 +13,8 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=PITR_GIT_COMMIT");
-    let commit = std::env::var("PITR_GIT_COMMIT")
+    println!("cargo:rerun-if-env-changed=GIT_COMMIT");
+    let commit = std::env::var("GIT_COMMIT")
         .ok()
         .filter(|s| !s.is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
@@ -28,5 +28,5 @@ fn main() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
-    println!("cargo:rustc-env=PITR_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
 }

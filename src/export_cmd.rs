@@ -13,11 +13,12 @@ use crate::{DatabaseArg, Exit, mib, postgres_entry};
 
 /// `pitr --version`: the crate version and the git commit it was built
 /// from (`build.rs`; `unknown` when built outside a git checkout without
-/// `PITR_GIT_COMMIT` set).
+/// `GIT_COMMIT` set). Not named PITR_*: cargo
+/// passes it to test processes, and the config refuses unknown PITR_ variables.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("PITR_GIT_COMMIT"),
+    env!("BUILD_GIT_COMMIT"),
     ")"
 );
 

@@ -35,7 +35,9 @@ pub enum ExportError {
         source: std::io::Error,
     },
     /// A database has nothing restorable to export.
-    #[error("[[sqlite]] {name:?} has no snapshot in the repository yet: nothing restorable to export")]
+    #[error(
+        "[[sqlite]] {name:?} has no snapshot in the repository yet: nothing restorable to export"
+    )]
     NoSnapshot {
         /// The `[[sqlite]]` entry.
         name: String,
@@ -95,12 +97,11 @@ pub async fn restorable_set(
         names.extend(plan.files().map(|f| f.item.clone()));
     }
     for name in &selection.sqlite {
-        let captures = crate::sqlite::store::captures(repo, name).map_err(|e| {
-            RepoError::Malformed {
+        let captures =
+            crate::sqlite::store::captures(repo, name).map_err(|e| RepoError::Malformed {
                 object: "(catalog)".into(),
                 what: e.to_string(),
-            }
-        })?;
+            })?;
         let Some(start) = captures.iter().rposition(|c| c.snapshot) else {
             return Err(ExportError::NoSnapshot { name: name.clone() });
         };

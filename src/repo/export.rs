@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use jiff::Timestamp;
 
-use super::manifest::{Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, ItemRecord, PackRecord};
+use super::manifest::{
+    Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, ItemRecord, PackRecord,
+};
 use super::pack::PackId;
 use super::verify::check_pack;
 use super::{RepoError, Repository};
@@ -104,10 +106,14 @@ impl Repository {
         let mut records = Vec::with_capacity(packs.len());
         for (hex, id) in packs {
             let object = id.object_name();
-            let size = sizes.get(&hex).copied().ok_or_else(|| RepoError::Malformed {
-                object: object.clone(),
-                what: "a chunk location names this pack but the catalog lists no such pack".into(),
-            })?;
+            let size = sizes
+                .get(&hex)
+                .copied()
+                .ok_or_else(|| RepoError::Malformed {
+                    object: object.clone(),
+                    what: "a chunk location names this pack but the catalog lists no such pack"
+                        .into(),
+                })?;
             let entries = self.catalog().pack_entries(&id)?;
             let bytes = from.get(&object).await?;
             let inner = self.inner.clone();
