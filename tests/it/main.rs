@@ -12,6 +12,7 @@ mod pitr_restore;
 mod repo;
 mod s3;
 mod schedule;
+mod sidecar;
 mod sqlite;
 mod wal_conn;
 mod wal_decode;
