@@ -223,3 +223,125 @@ async fn a_taken_health_port_fails_at_start_with_the_address() {
         "{err}"
     );
 }
+
+/// `pg_replication_slots.restart_lsn` of the `pitr` slot: for a physical
+/// slot, the flush position pitr last acknowledged.
+fn slot_restart_lsn(pg: &PgCluster) -> Option<pitr::wal::Lsn> {
+    let text = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'");
+    text.trim().parse().ok()
+}
+
+/// Stops the sidecar with SIGTERM; asserts exit 0 within 10 s.
+fn stop_within_10s(sidecar: Sidecar, what: &str) {
+    let stopped = Instant::now();
+    let log = sidecar.stop();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "pitr run took {:?} to stop {what}:\n{log}",
+        stopped.elapsed()
+    );
+}
+
+/// Nothing the server was told is stored is missing from the repository.
+async fn acknowledged_is_stored(repo: &TestRepo, pg: &PgCluster) {
+    let acked = slot_restart_lsn(pg).expect("the slot has a restart_lsn");
+    let r = repo.open().await;
+    r.sync_catalog().await.expect("sync");
+    let store = pitr::wal::WalStore::new(r.clone(), "main");
+    let (end, _) = store
+        .stored_end(1)
+        .expect("catalog")
+        .expect("WAL is stored on timeline 1");
+    assert!(
+        acked <= end,
+        "the server was told {acked} is stored, but WAL ends at {end}"
+    );
+    let ranges = store.ranges(1).expect("ranges");
+    assert_eq!(ranges.len(), 1, "WAL has gaps: {ranges:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_base_backup_and_during_streaming_stops_within_10s_and_loses_nothing() {
+    let pg = PgCluster::start();
+    pg.psql("CREATE TABLE t (id serial PRIMARY KEY, pad text); INSERT INTO t (pad) SELECT repeat('x', 500) FROM generate_series(1, 20000)");
+    let repo = TestRepo::new().await;
+    // 32 kB/s: the initial base backup takes minutes, so the signal lands
+    // in the middle of it.
+    let (cfg, port) = sidecar_config(&repo, &pg, "");
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "base_backup = \"0 3 1 1 *\"",
+            "base_backup = \"0 3 1 1 *\"\nmax_rate = 32\ncheckpoint = \"fast\"",
+        ),
+    )
+    .expect("write");
+
+    let sidecar = Sidecar::start(&cfg);
+    wait_health_until(port, 200, Duration::from_secs(120), &sidecar, |b| {
+        b["postgres"][0]["connected"] == true
+            && b["postgres"][0]["schedule"]["running"]["done"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+    })
+    .await;
+    stop_within_10s(sidecar, "during a base backup");
+    acknowledged_is_stored(&repo, &pg).await;
+    let r = repo.open().await;
+    r.sync_catalog().await.expect("sync");
+    assert!(
+        pitr::basebackup::backups(&r, "main")
+            .expect("backups")
+            .is_empty(),
+        "a backup cut short must not be recorded"
+    );
+
+    // The next start continues streaming; now stop it while WAL flows.
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(&cfg, text.replace("\nmax_rate = 32", "")).expect("write");
+    let sidecar = Sidecar::start(&cfg);
+    wait_health_until(port, 200, Duration::from_secs(120), &sidecar, |b| {
+        b["postgres"][0]["connected"] == true && b["postgres"][0]["last_backup"].is_string()
+    })
+    .await;
+    let writer = {
+        let conninfo = pg.conninfo("postgres");
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(6);
+            let mut n = 0;
+            while Instant::now() < end {
+                let out = Command::new(crate::harness::pg::pg_bin_dir().join("psql"))
+                    .args([&conninfo, "-qAtc"])
+                    .arg(
+                        "INSERT INTO t (pad) SELECT repeat('y', 500) FROM generate_series(1, 2000)",
+                    )
+                    .output();
+                if out.is_ok_and(|o| o.status.success()) {
+                    n += 1;
+                }
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_within_10s(sidecar, "while WAL streams");
+    let inserts = writer.join().expect("writer");
+    assert!(inserts > 0, "the writer wrote nothing");
+    acknowledged_is_stored(&repo, &pg).await;
+
+    // And again: the third start picks up where the second stopped.
+    let sidecar = Sidecar::start(&cfg);
+    let before = slot_restart_lsn(&pg).expect("slot");
+    pg.psql("INSERT INTO t (pad) SELECT repeat('z', 500) FROM generate_series(1, 2000); SELECT pg_switch_wal()");
+    wait_health_until(port, 200, Duration::from_secs(120), &sidecar, |b| {
+        b["postgres"][0]["acknowledged_lsn"]
+            .as_str()
+            .and_then(|l| l.parse::<pitr::wal::Lsn>().ok())
+            .is_some_and(|l| l > before)
+    })
+    .await;
+    stop_within_10s(sidecar, "after a restart");
+    acknowledged_is_stored(&repo, &pg).await;
+}
