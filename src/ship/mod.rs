@@ -28,6 +28,7 @@ pub use fs::FsDestination;
 pub use retry::{RetryPolicy, Retrying};
 pub use s3::{MULTIPART_THRESHOLD, S3Destination};
 pub use spool::SpoolConfig;
+pub use storacha::StorachaDestination;
 
 /// The configured destinations, each behind the retry layer, in config order.
 pub fn from_config(config: &Config) -> Fanout {
@@ -41,6 +42,10 @@ pub fn from_config(config: &Config) -> Fanout {
             )) as Arc<dyn Destination>,
             DestinationKind::S3(s3) => Arc::new(Retrying::new(
                 S3Destination::new(&d.name, s3),
+                RetryPolicy::default(),
+            )) as Arc<dyn Destination>,
+            DestinationKind::Storacha(c) => Arc::new(Retrying::new(
+                StorachaDestination::new(&d.name, c),
                 RetryPolicy::default(),
             )) as Arc<dyn Destination>,
         })
