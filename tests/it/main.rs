@@ -13,6 +13,7 @@ mod repo;
 mod s3;
 mod schedule;
 mod sqlite;
+mod storacha;
 mod wal_conn;
 mod wal_decode;
 mod wal_failover;
