@@ -522,7 +522,7 @@ fn ipfs_car(dir: &std::path::Path, name: &str, data: &[u8]) -> (String, String, 
 fn wrapped_cars_and_shard_cids_equal_ipfs_car() {
     let dir = tempfile::tempdir().expect("tempdir");
     let name = entry_name("packs/ab/abcdef0123");
-    assert_eq!(name, "packs%2Fab%2Fabcdef0123");
+    assert_eq!(name, "pitr%2Fpacks%2Fab%2Fabcdef0123");
     for size in [0usize, 1, 256 << 10, (1 << 20) + 1, 3 << 20] {
         let data = crate::repo::data(size as u64 + 11, size, 0);
         let (root, shard, theirs) = ipfs_car(dir.path(), &name, &data);

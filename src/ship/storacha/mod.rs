@@ -2,7 +2,8 @@
 //!
 //! Storacha stores content-addressed uploads, not named objects. pitr makes
 //! every object self-describing: it is packed (`car`) as a UnixFS directory
-//! with one entry whose name is the object's key (`/` written `%2F`), the
+//! with one entry whose name is `pitr/` + the object's key (`/` written
+//! `%2F`), the
 //! way `ipfs-car pack FILE` wraps a file. The upload's root CID therefore
 //! names its key, and the key → CID map is rebuilt from Storacha alone:
 //! `upload/list` through the bridge gives every root, and each root's
@@ -84,14 +85,16 @@ pub struct StorachaDestination {
     cache: Mutex<VecDeque<(String, Bytes)>>,
 }
 
-/// The directory entry name of `key`.
+/// The directory entry name of `key`: the path `pitr/<key>` with every `/`
+/// written `%2F` (a UnixFS name holds no `/`). The `pitr/` part tells
+/// pitr's uploads from others in the same space.
 pub fn entry_name(key: &str) -> String {
-    key.replace('/', "%2F")
+    format!("pitr/{key}").replace('/', "%2F")
 }
 
 /// The key an entry name stands for, when it is one pitr wrote.
 fn key_of(name: &str) -> Option<String> {
-    let key = name.replace("%2F", "/");
+    let key = name.strip_prefix("pitr%2F")?.replace("%2F", "/");
     validate_key("", &key).ok().map(|_| key)
 }
 
