@@ -13,7 +13,8 @@ use super::raw::{
 use super::secrets;
 use super::{
     AlertConfig, AlertKind, Config, DestinationConfig, DestinationKind, HealthConfig,
-    PostgresConfig, RepositoryConfig, RetentionConfig, S3Config, SqliteConfig, StorachaConfig, VerifyConfig,
+    PostgresConfig, RepositoryConfig, RetentionConfig, S3Config, SqliteConfig, StorachaConfig,
+    VerifyConfig,
 };
 use crate::basebackup::Checkpoint;
 use crate::basebackup::schedule::CronSchedule;
@@ -590,7 +591,9 @@ fn storacha(
                     ),
                 ));
             }
-            Some(s) if s.value.trim().is_empty() || s.value.trim().contains(char::is_whitespace) => {
+            Some(s)
+                if s.value.trim().is_empty() || s.value.trim().contains(char::is_whitespace) =>
+            {
                 return Err(ctx.invalid(
                     &s.key,
                     &s.origin,

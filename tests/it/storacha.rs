@@ -32,9 +32,7 @@ use cid::multihash::Multihash;
 use pitr::config::StorachaConfig;
 use pitr::ship::storacha::car::pack_named;
 use pitr::ship::storacha::entry_name;
-use pitr::ship::{
-    Destination, PutOutcome, RetryPolicy, Retrying, ShipError, StorachaDestination,
-};
+use pitr::ship::{Destination, PutOutcome, RetryPolicy, Retrying, ShipError, StorachaDestination};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -163,19 +161,28 @@ fn link_of(v: &Value) -> Option<Cid> {
     obj.get("/")?.as_str()?.parse().ok()
 }
 
-async fn bridge(
-    State(s): State<Arc<Mutex<Inner>>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn bridge(State(s): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Body) -> Response {
     let mut st = s.lock().unwrap();
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     // As the real bridge: missing headers are 401s.
     if h("authorization").is_none() {
-        return (StatusCode::UNAUTHORIZED, "request missing Authorization header").into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            "request missing Authorization header",
+        )
+            .into_response();
     }
     if h("x-auth-secret").is_none() {
-        return (StatusCode::UNAUTHORIZED, "request missing X-Auth-Secret header").into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            "request missing X-Auth-Secret header",
+        )
+            .into_response();
     }
     if h("authorization").as_deref() != Some(AUTH) || h("x-auth-secret").as_deref() != Some(SECRET)
     {
@@ -209,23 +216,31 @@ async fn bridge(
             return (StatusCode::BAD_REQUEST, "bad body").into_response();
         }
     };
-    let tasks = v.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("tasks")).and_then(Value::as_array);
+    let tasks = v
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.get("tasks"))
+        .and_then(Value::as_array);
     let Some(tasks) = tasks else {
-        st.problems.push(format!("body is not {{\"tasks\": [...]}}: {v}"));
+        st.problems
+            .push(format!("body is not {{\"tasks\": [...]}}: {v}"));
         return (StatusCode::BAD_REQUEST, "maybeTasks is not an array").into_response();
     };
     if tasks.len() != 1 {
-        st.problems.push(format!("{} tasks in one request", tasks.len()));
+        st.problems
+            .push(format!("{} tasks in one request", tasks.len()));
     }
     let task = &tasks[0];
     let parts = task.as_array().filter(|a| a.len() == 3);
     let Some(parts) = parts else {
-        st.problems.push(format!("task is not [ability, space, args]: {task}"));
+        st.problems
+            .push(format!("task is not [ability, space, args]: {task}"));
         return (StatusCode::BAD_REQUEST, "InvalidTask").into_response();
     };
     let ability = parts[0].as_str().unwrap_or_default().to_owned();
     if parts[1].as_str() != Some(SPACE) {
-        st.problems.push(format!("task subject {} is not the space", parts[1]));
+        st.problems
+            .push(format!("task subject {} is not the space", parts[1]));
     }
     let args = parts[2].clone();
     if !args.is_object() {
@@ -238,16 +253,25 @@ async fn bridge(
     let base = st.base.clone();
     match ability.as_str() {
         "store/add" => {
-            let keys: Vec<&String> = args.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+            let keys: Vec<&String> = args
+                .as_object()
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
             if keys != ["link", "size"] {
                 st.problems.push(format!("store/add args {args}"));
             }
-            let (Some(link), Some(size)) = (args.get("link").and_then(link_of), args.get("size").and_then(Value::as_u64)) else {
+            let (Some(link), Some(size)) = (
+                args.get("link").and_then(link_of),
+                args.get("size").and_then(Value::as_u64),
+            ) else {
                 st.problems.push(format!("store/add args {args}"));
-                return receipt(json!({"error": {"name": "InvalidArgs", "message": "bad link/size"}}));
+                return receipt(
+                    json!({"error": {"name": "InvalidArgs", "message": "bad link/size"}}),
+                );
             };
             if link.codec() != 0x0202 || link.hash().code() != 0x12 {
-                st.problems.push(format!("store/add link {link} is not a sha2-256 CAR CID"));
+                st.problems
+                    .push(format!("store/add link {link} is not a sha2-256 CAR CID"));
             }
             if st.cars.contains_key(&link) {
                 return receipt(json!({"ok": {
@@ -279,11 +303,14 @@ async fn bridge(
                 .map(|a| a.iter().filter_map(link_of).collect());
             let (Some(root), Some(shards)) = (root, shards) else {
                 st.problems.push(format!("upload/add args {args}"));
-                return receipt(json!({"error": {"name": "InvalidArgs", "message": "bad root/shards"}}));
+                return receipt(
+                    json!({"error": {"name": "InvalidArgs", "message": "bad root/shards"}}),
+                );
             };
             for sh in &shards {
                 if !st.cars.contains_key(sh) {
-                    st.problems.push(format!("upload/add of {root} before shard {sh} was stored"));
+                    st.problems
+                        .push(format!("upload/add of {root} before shard {sh} was stored"));
                 }
             }
             if !st.uploads.iter().any(|(r, _)| *r == root) {
@@ -329,7 +356,9 @@ async fn bridge(
             let before = st.uploads.len();
             st.uploads.retain(|(r, _)| *r != root);
             if st.uploads.len() == before {
-                return receipt(json!({"error": {"name": "UploadNotFound", "message": format!("{root} not found")}}));
+                return receipt(
+                    json!({"error": {"name": "UploadNotFound", "message": format!("{root} not found")}}),
+                );
             }
             receipt(json!({"ok": {"root": {"/": root.to_string()}}}))
         }
@@ -340,7 +369,9 @@ async fn bridge(
             };
             match st.cars.remove(&link) {
                 Some(c) => receipt(json!({"ok": {"size": c.len()}})),
-                None => receipt(json!({"error": {"name": "StoreItemNotFound", "message": format!("{link} not found")}})),
+                None => receipt(
+                    json!({"error": {"name": "StoreItemNotFound", "message": format!("{link} not found")}}),
+                ),
             }
         }
         other => {
@@ -361,21 +392,34 @@ async fn upload_put(
         return (StatusCode::BAD_REQUEST, "bad key").into_response();
     };
     let Some(&size) = st.allocated.get(&shard) else {
-        st.problems.push(format!("PUT of {shard} without an allocation"));
+        st.problems
+            .push(format!("PUT of {shard} without an allocation"));
         return (StatusCode::FORBIDDEN, "no allocation").into_response();
     };
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     if h("content-length") != Some(size.to_string()) || body.len() as u64 != size {
-        st.problems.push(format!("PUT of {shard}: length {:?}, allocated {size}", h("content-length")));
+        st.problems.push(format!(
+            "PUT of {shard}: length {:?}, allocated {size}",
+            h("content-length")
+        ));
         return (StatusCode::BAD_REQUEST, "length").into_response();
     }
     let digest = Sha256::digest(&body);
     if h("x-amz-checksum-sha256") != Some(base64(&digest)) {
-        st.problems.push(format!("PUT of {shard}: checksum header {:?}", h("x-amz-checksum-sha256")));
+        st.problems.push(format!(
+            "PUT of {shard}: checksum header {:?}",
+            h("x-amz-checksum-sha256")
+        ));
         return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
     }
     if sha256_cid(0x0202, &body) != shard {
-        st.problems.push(format!("PUT of {shard}: the bytes hash to another CID"));
+        st.problems
+            .push(format!("PUT of {shard}: the bytes hash to another CID"));
         return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
     }
     st.cars.insert(shard, body.to_vec());
@@ -393,7 +437,10 @@ async fn gateway(
     let Ok(cid) = cid.parse::<Cid>() else {
         return (StatusCode::BAD_REQUEST, "invalid CID").into_response();
     };
-    let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     match q.get("format").map(String::as_str) {
         Some("car") => {
             if accept != "application/vnd.ipld.car" {
@@ -410,7 +457,12 @@ async fn gateway(
                 let n = car.len();
                 car[n / 2] ^= 0x20;
             }
-            (StatusCode::OK, [("content-type", "application/vnd.ipld.car")], car).into_response()
+            (
+                StatusCode::OK,
+                [("content-type", "application/vnd.ipld.car")],
+                car,
+            )
+                .into_response()
         }
         Some("raw") => {
             if accept != "application/vnd.ipld.raw" {
@@ -439,7 +491,9 @@ impl FakeStoracha {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
                 tx.send(listener.local_addr().expect("addr")).expect("send");
                 let app = Router::new()
                     .route("/bridge", post(bridge))
@@ -450,7 +504,9 @@ impl FakeStoracha {
                 axum::serve(listener, app).await.expect("serve");
             });
         });
-        let addr = rx.recv_timeout(Duration::from_secs(10)).expect("server started");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server started");
         inner.lock().unwrap().base = format!("http://{addr}");
         FakeStoracha { inner, addr }
     }
@@ -547,13 +603,18 @@ async fn storacha_destination_keeps_the_destination_contract() {
 
     let big = Bytes::from(crate::repo::data(5, (1 << 20) + 1, 0));
     assert_eq!(
-        d.put_if_absent("packs/ab/abc", big.clone()).await.expect("put"),
+        d.put_if_absent("packs/ab/abc", big.clone())
+            .await
+            .expect("put"),
         PutOutcome::Created
     );
     // The requests, against what ipfs-car computes independently.
     let (root, shard, car) = ipfs_car(dir.path(), &entry_name("packs/ab/abc"), &big);
     let tasks = server.with(|s| s.tasks.clone());
-    assert_eq!(server.abilities(), ["upload/list", "store/add", "upload/add"]);
+    assert_eq!(
+        server.abilities(),
+        ["upload/list", "store/add", "upload/add"]
+    );
     assert_eq!(
         tasks[1].args,
         json!({"link": {"/": shard}, "size": car.len()})
@@ -566,10 +627,17 @@ async fn storacha_destination_keeps_the_destination_contract() {
     assert!(server.with(|s| s.cars.values().any(|c| *c == car)));
 
     assert_eq!(
-        d.put_if_absent("packs/ab/abc", big.clone()).await.expect("again"),
+        d.put_if_absent("packs/ab/abc", big.clone())
+            .await
+            .expect("again"),
         PutOutcome::AlreadyExists
     );
-    for (k, v) in [("catalog/0001-a", "a"), ("catalog/0002-b", "bb"), ("catalog-not", "c"), ("config", "")] {
+    for (k, v) in [
+        ("catalog/0001-a", "a"),
+        ("catalog/0002-b", "bb"),
+        ("catalog-not", "c"),
+        ("config", ""),
+    ] {
         d.put_if_absent(k, Bytes::from(v)).await.expect("put small");
     }
     assert_eq!(d.get("packs/ab/abc").await.expect("get"), big);
@@ -578,13 +646,24 @@ async fn storacha_destination_keeps_the_destination_contract() {
         big.slice(10..20)
     );
     assert_eq!(
-        d.get_range("packs/ab/abc", (1 << 20)..(2 << 20)).await.expect("range past end"),
+        d.get_range("packs/ab/abc", (1 << 20)..(2 << 20))
+            .await
+            .expect("range past end"),
         big.slice(1 << 20..)
     );
     assert_eq!(d.get("config").await.expect("empty"), Bytes::new());
-    assert_eq!(d.head("catalog/0002-b").await.expect("head").map(|m| m.size), Some(2));
+    assert_eq!(
+        d.head("catalog/0002-b")
+            .await
+            .expect("head")
+            .map(|m| m.size),
+        Some(2)
+    );
     assert!(d.head("nope").await.expect("head missing").is_none());
-    assert!(matches!(d.get("nope").await, Err(ShipError::NotFound { .. })));
+    assert!(matches!(
+        d.get("nope").await,
+        Err(ShipError::NotFound { .. })
+    ));
     let keys = |v: Vec<pitr::ship::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
     assert_eq!(
         keys(d.list("catalog/").await.expect("list")),
@@ -607,11 +686,21 @@ async fn storacha_destination_keeps_the_destination_contract() {
     let all = fresh.list("").await.expect("list all");
     assert_eq!(
         keys(all.clone()),
-        ["catalog-not", "catalog/0001-a", "catalog/0002-b", "config", "packs/ab/abc"]
+        [
+            "catalog-not",
+            "catalog/0001-a",
+            "catalog/0002-b",
+            "config",
+            "packs/ab/abc"
+        ]
     );
     assert_eq!(all[4].size, big.len() as u64);
     assert_eq!(fresh.get("packs/ab/abc").await.expect("fresh get"), big);
-    let obj = fresh.object("packs/ab/abc", false).await.expect("object").expect("known");
+    let obj = fresh
+        .object("packs/ab/abc", false)
+        .await
+        .expect("object")
+        .expect("known");
     assert_eq!(obj.root.to_string(), root);
     assert_eq!(obj.shard.map(|s| s.to_string()), Some(shard.clone()));
 
@@ -623,7 +712,13 @@ async fn storacha_destination_keeps_the_destination_contract() {
     assert_eq!(tasks[n - 1].ability, "store/remove");
     fresh.delete("catalog-not").await.expect("delete missing");
     assert!(fresh.head("catalog-not").await.expect("head").is_none());
-    assert!(dest(&server).head("catalog-not").await.expect("head").is_none());
+    assert!(
+        dest(&server)
+            .head("catalog-not")
+            .await
+            .expect("head")
+            .is_none()
+    );
     server.assert_no_problems();
 }
 
@@ -631,7 +726,10 @@ async fn storacha_destination_keeps_the_destination_contract() {
 async fn a_car_already_stored_is_not_uploaded_again() {
     let server = FakeStoracha::start();
     dest(&server)
-        .put_if_absent("wal/000000010000000000000001", Bytes::from_static(b"segment"))
+        .put_if_absent(
+            "wal/000000010000000000000001",
+            Bytes::from_static(b"segment"),
+        )
         .await
         .expect("put");
     // The upload disappears, the CAR stays: store/add answers "done", no PUT,
@@ -642,15 +740,24 @@ async fn a_car_already_stored_is_not_uploaded_again() {
     });
     let d = dest(&server);
     assert_eq!(
-        d.put_if_absent("wal/000000010000000000000001", Bytes::from_static(b"segment"))
-            .await
-            .expect("put again"),
+        d.put_if_absent(
+            "wal/000000010000000000000001",
+            Bytes::from_static(b"segment")
+        )
+        .await
+        .expect("put again"),
         PutOutcome::Created
     );
-    assert_eq!(server.abilities(), ["upload/list", "store/add", "upload/add"]);
+    assert_eq!(
+        server.abilities(),
+        ["upload/list", "store/add", "upload/add"]
+    );
     assert_eq!(server.with(|s| s.puts.len()), 1, "no second PUT");
     assert_eq!(
-        dest(&server).get("wal/000000010000000000000001").await.expect("get"),
+        dest(&server)
+            .get("wal/000000010000000000000001")
+            .await
+            .expect("get"),
         Bytes::from_static(b"segment")
     );
     server.assert_no_problems();
@@ -668,7 +775,10 @@ async fn bridge_failures_are_clear_and_only_transient_ones_are_retried() {
         .expect_err("401");
     assert!(!err.is_transient(), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("refused the tokens") && msg.contains("HTTP 401"), "{msg}");
+    assert!(
+        msg.contains("refused the tokens") && msg.contains("HTTP 401"),
+        "{msg}"
+    );
     assert!(msg.contains("bridge generate-tokens"), "{msg}");
     assert!(msg.contains("storacha"), "{msg}");
 
@@ -684,12 +794,24 @@ async fn bridge_failures_are_clear_and_only_transient_ones_are_retried() {
     d.prepare().await.expect("prepare");
     server.with(|s| s.faults.extend([Fault::Status(503), Fault::Status(502)]));
     assert_eq!(
-        d.put_if_absent("config", Bytes::from_static(b"x")).await.expect("retried"),
+        d.put_if_absent("config", Bytes::from_static(b"x"))
+            .await
+            .expect("retried"),
         PutOutcome::Created
     );
-    let adds = server.abilities().iter().filter(|a| *a == "store/add").count();
-    assert_eq!(adds, 1, "the faults were answered before parsing, so one store/add was seen");
-    assert_eq!(d.get("config").await.expect("get"), Bytes::from_static(b"x"));
+    let adds = server
+        .abilities()
+        .iter()
+        .filter(|a| *a == "store/add")
+        .count();
+    assert_eq!(
+        adds, 1,
+        "the faults were answered before parsing, so one store/add was seen"
+    );
+    assert_eq!(
+        d.get("config").await.expect("get"),
+        Bytes::from_static(b"x")
+    );
 
     // A 200 that is not a receipt: a clear, permanent error.
     let plain = dest(&server);
@@ -700,7 +822,10 @@ async fn bridge_failures_are_clear_and_only_transient_ones_are_retried() {
         .await
         .expect_err("malformed");
     assert!(!err.is_transient(), "{err}");
-    assert!(err.to_string().contains("malformed answer from the bridge"), "{err}");
+    assert!(
+        err.to_string().contains("malformed answer from the bridge"),
+        "{err}"
+    );
     assert!(err.to_string().contains("other"), "{err}");
 
     // The service's own error, in the receipt.
@@ -711,7 +836,8 @@ async fn bridge_failures_are_clear_and_only_transient_ones_are_retried() {
         .expect_err("refused");
     assert!(!err.is_transient(), "{err}");
     assert!(
-        err.to_string().contains("Storacha refused store/add: InsufficientStorage"),
+        err.to_string()
+            .contains("Storacha refused store/add: InsufficientStorage"),
         "{err}"
     );
     server.assert_no_problems();
@@ -722,18 +848,31 @@ async fn a_tampered_gateway_answer_is_refused() {
     let server = FakeStoracha::start();
     let d = dest(&server);
     let data = Bytes::from(crate::repo::data(9, 300_000, 0));
-    d.put_if_absent("packs/cd/cdef", data.clone()).await.expect("put");
-    let root = d.object("packs/cd/cdef", false).await.expect("obj").expect("known").root;
+    d.put_if_absent("packs/cd/cdef", data.clone())
+        .await
+        .expect("put");
+    let root = d
+        .object("packs/cd/cdef", false)
+        .await
+        .expect("obj")
+        .expect("known")
+        .root;
     server.with(|s| s.tamper = true);
     let fresh = dest(&server);
-    fresh.prepare().await.expect("listing needs only the untouched root block");
+    fresh
+        .prepare()
+        .await
+        .expect("listing needs only the untouched root block");
     let err = fresh.get("packs/cd/cdef").await.expect_err("tampered");
     let msg = err.to_string();
     assert!(!err.is_transient(), "{msg}");
     assert!(msg.contains("packs/cd/cdef"), "{msg}");
     assert!(msg.contains(&root.to_string()), "{msg}");
     assert!(msg.contains("fails verification"), "{msg}");
-    let err = fresh.get_range("packs/cd/cdef", 0..10).await.expect_err("tampered range");
+    let err = fresh
+        .get_range("packs/cd/cdef", 0..10)
+        .await
+        .expect_err("tampered range");
     assert!(err.to_string().contains("fails verification"), "{err}");
     server.with(|s| s.tamper = false);
     assert_eq!(fresh.get("packs/cd/cdef").await.expect("good again"), data);

@@ -74,7 +74,9 @@ impl BridgeError {
     pub fn is_transient(&self) -> bool {
         match self {
             BridgeError::Transport { .. } => true,
-            BridgeError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            BridgeError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
             BridgeError::Unauthorized { .. }
             | BridgeError::Malformed { .. }
             | BridgeError::Refused { .. } => false,

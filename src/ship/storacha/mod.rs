@@ -147,7 +147,11 @@ impl StorachaDestination {
     /// The upload behind `key`, listing the space first when it was never
     /// listed, or (with `relist`) when the key is unknown and the last
     /// listing is stale.
-    pub async fn object(&self, key: &str, relist: bool) -> Result<Option<StorachaObject>, ShipError> {
+    pub async fn object(
+        &self,
+        key: &str,
+        relist: bool,
+    ) -> Result<Option<StorachaObject>, ShipError> {
         let listed_at = self
             .index
             .lock()
@@ -181,12 +185,20 @@ impl StorachaDestination {
             .header("Accept", accept)
             .send()
             .await
-            .map_err(|e| self.err("get", key, format!("no answer from the gateway {url}: {e}"), true))?;
+            .map_err(|e| {
+                self.err(
+                    "get",
+                    key,
+                    format!("no answer from the gateway {url}: {e}"),
+                    true,
+                )
+            })?;
         let status = resp.status();
         if !status.is_success() {
             // A gateway may not have found fresh content yet: worth retrying
             // on 404 and 5xx alike.
-            let transient = status.is_server_error() || status.as_u16() == 404 || status.as_u16() == 429;
+            let transient =
+                status.is_server_error() || status.as_u16() == 404 || status.as_u16() == 429;
             return Err(self.err(
                 "get",
                 key,
@@ -208,7 +220,10 @@ impl StorachaDestination {
             self.err(
                 "get",
                 key,
-                format!("the gateway {} served a bad block for {cid}: {e}", self.gateway),
+                format!(
+                    "the gateway {} served a bad block for {cid}: {e}",
+                    self.gateway
+                ),
                 false,
             )
         })?;
@@ -386,7 +401,12 @@ impl StorachaDestination {
                     }
                 }
                 let resp = req.send().await.map_err(|e| {
-                    self.err("put", key, format!("no answer from the upload URL: {e}"), true)
+                    self.err(
+                        "put",
+                        key,
+                        format!("no answer from the upload URL: {e}"),
+                        true,
+                    )
                 })?;
                 let status = resp.status();
                 if !status.is_success() {
@@ -560,7 +580,11 @@ impl Destination for StorachaDestination {
             return Ok(());
         };
         self.bridge
-            .invoke("upload/remove", json!({ "root": link(&obj.root) }), self.timeout)
+            .invoke(
+                "upload/remove",
+                json!({ "root": link(&obj.root) }),
+                self.timeout,
+            )
             .await
             .map_err(|e| self.bridge_err("delete", key, e))?;
         {

@@ -104,7 +104,8 @@ pub fn blocks(car: &[u8]) -> Result<HashMap<Cid, &[u8]>, VerifyError> {
             .ok_or_else(|| malformed("CAR", "block longer than the file (truncated?)"))?;
         let section = &car[pos..end];
         let mut cur = Cursor::new(section);
-        let cid = Cid::read_bytes(&mut cur).map_err(|e| malformed("CAR block CID", e.to_string()))?;
+        let cid =
+            Cid::read_bytes(&mut cur).map_err(|e| malformed("CAR block CID", e.to_string()))?;
         let data = &section[cur.position() as usize..];
         check_block(&cid, data)?;
         out.insert(cid, data);
@@ -259,7 +260,9 @@ pub fn file_bytes(
 /// The one entry of a pitr upload's root directory block: (name, file).
 pub fn single_entry(root: &Cid, block: &[u8]) -> Result<Link, VerifyError> {
     if root.codec() != DAG_PB {
-        return Err(VerifyError::Shape(format!("root {root} is not a directory")));
+        return Err(VerifyError::Shape(format!(
+            "root {root} is not a directory"
+        )));
     }
     let node = decode_pb(block)?;
     if node.kind != 1 || node.links.len() != 1 {
