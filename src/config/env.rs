@@ -356,6 +356,33 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                         }
                         d.secret_access_key_file = Some(v);
                     }
+                    "space" => d.space = Some(v),
+                    "bridge" => d.bridge = Some(v),
+                    "gateway" => d.gateway = Some(v),
+                    "auth_secret" => {
+                        if from_file(&d.auth_secret_file) {
+                            d.auth_secret_file = None;
+                        }
+                        d.auth_secret = Some(v);
+                    }
+                    "auth_secret_file" => {
+                        if from_file(&d.auth_secret) {
+                            d.auth_secret = None;
+                        }
+                        d.auth_secret_file = Some(v);
+                    }
+                    "authorization" => {
+                        if from_file(&d.authorization_file) {
+                            d.authorization_file = None;
+                        }
+                        d.authorization = Some(v);
+                    }
+                    "authorization_file" => {
+                        if from_file(&d.authorization) {
+                            d.authorization = None;
+                        }
+                        d.authorization_file = Some(v);
+                    }
                     _ => {}
                 }
             }

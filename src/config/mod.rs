@@ -110,6 +110,41 @@ pub enum DestinationKind {
     },
     /// `kind = "s3"`: an S3 bucket or an S3-compatible store.
     S3(S3Config),
+    /// `kind = "storacha"`: a Storacha space, written through the HTTP
+    /// bridge and read through an IPFS gateway.
+    Storacha(StorachaConfig),
+}
+
+/// How to reach a Storacha space (`kind = "storacha"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorachaConfig {
+    /// The space's DID (`did:key:z6Mk…`), the subject of every bridge task.
+    pub space: String,
+    /// The `X-Auth-Secret` header value from `storacha bridge
+    /// generate-tokens`. `Debug` redacts it.
+    pub auth_secret: String,
+    /// The `Authorization` header value (a delegation) from `storacha
+    /// bridge generate-tokens`. `Debug` redacts it.
+    pub authorization: String,
+    /// The bridge endpoint (`https://up.storacha.network/bridge`).
+    pub bridge: String,
+    /// The IPFS HTTP gateway reads go through (`https://w3s.link`).
+    pub gateway: String,
+    /// How long one request may take before it is retried.
+    pub request_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for StorachaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorachaConfig")
+            .field("space", &self.space)
+            .field("auth_secret", &"(redacted)")
+            .field("authorization", &"(redacted)")
+            .field("bridge", &self.bridge)
+            .field("gateway", &self.gateway)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// How to reach an S3 bucket (`kind = "s3"`).

@@ -29,6 +29,7 @@ pub use fs::FsDestination;
 pub use retry::{RetryPolicy, Retrying};
 pub use s3::{MULTIPART_THRESHOLD, S3Destination};
 pub use spool::SpoolConfig;
+pub use storacha::StorachaDestination;
 pub use tracked::{DestinationHealth, DestinationState, Tracked};
 
 /// The configured destinations, each behind the retry layer, in config order.
@@ -47,6 +48,10 @@ pub fn from_config(config: &Config) -> Fanout {
                 )) as Arc<dyn Destination>,
                 DestinationKind::S3(s3) => Arc::new(Retrying::new(
                     Tracked::new(S3Destination::new(&d.name, s3), h),
+                    RetryPolicy::default(),
+                )) as Arc<dyn Destination>,
+                DestinationKind::Storacha(c) => Arc::new(Retrying::new(
+                    Tracked::new(StorachaDestination::new(&d.name, c), h),
                     RetryPolicy::default(),
                 )) as Arc<dyn Destination>,
             }

@@ -14,6 +14,7 @@ mod s3;
 mod schedule;
 mod sidecar;
 mod sqlite;
+mod storacha;
 mod wal_conn;
 mod wal_decode;
 mod wal_failover;
