@@ -13,5 +13,6 @@ pub mod health;
 pub mod pitr;
 pub mod repo;
 pub mod ship;
+pub mod sidecar;
 pub mod sqlite;
 pub mod wal;
