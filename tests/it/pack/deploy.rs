@@ -91,7 +91,7 @@ impl Fill {
     /// A valid value for variable `name`.
     fn value(&self, name: &str) -> String {
         let d = self.dir.path();
-        let v = match name {
+        match name {
             n if n.ends_with("_RECIPIENTS") => self.recipient.clone(),
             n if n.ends_with("_IDENTITY_FILE") => d.join("identity.txt").display().to_string(),
             n if n.ends_with("_KEY_FILE") => d.join("repository.key").display().to_string(),
@@ -104,8 +104,7 @@ impl Fill {
             n if n.ends_with("_RESTORE_TOKEN") => "0123456789abcdef0123456789abcdef".into(),
             n if n.ends_with("_PATH") => "/data/app.db".into(),
             _ => "placeholder-value".into(),
-        };
-        v
+        }
     }
 
     /// `value` with placeholders (`<NAME>`, `${NAME...}`, `$(NAME)`) filled:
