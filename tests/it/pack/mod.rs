@@ -4,3 +4,4 @@
 
 mod deploy;
 mod export;
+mod runbook;
