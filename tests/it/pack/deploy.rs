@@ -938,3 +938,27 @@ fn dockerfile_stages_user_healthcheck_and_entrypoint() {
         );
     }
 }
+
+#[test]
+fn readme_links_every_doc() {
+    let readme = read("README.md");
+    for entry in std::fs::read_dir(root().join("docs")).expect("docs") {
+        let name = entry.expect("entry").file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".md") {
+            assert!(
+                readme.contains(&format!("](docs/{name})")),
+                "README does not link docs/{name}"
+            );
+        }
+    }
+    // Its first two commands are the demo and CI.
+    let commands: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| *l != "```sh")
+        .skip(1)
+        .take(2)
+        .collect();
+    assert!(commands[0].starts_with("bash .ci/demo"), "{commands:?}");
+    assert!(commands[1].starts_with("bash .ci/run"), "{commands:?}");
+}
