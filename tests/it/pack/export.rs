@@ -232,3 +232,47 @@ async fn export_of_an_empty_repository_is_not_possible() {
         text(&out)
     );
 }
+
+#[test]
+fn sqlite_export_restores_alone() {
+    use crate::sqlite::{Sidecar, restore_ok, sqlite_config, sqlite3};
+    use std::time::Duration;
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let repo = rt.block_on(TestRepo::new());
+    let db = repo.dir.path().join("app.db");
+    sqlite3(
+        &db,
+        "PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); \
+         INSERT INTO t (v) VALUES ('one'), ('two');",
+    );
+    let config = sqlite_config(&repo, "app", &db);
+    let sidecar = Sidecar::start(&config);
+    sidecar.wait_captures(1, Duration::from_secs(30));
+    sqlite3(&db, "INSERT INTO t (v) VALUES ('three')");
+    sidecar.wait_captures(2, Duration::from_secs(30));
+    sidecar.stop();
+    let expected = sqlite3(&db, "SELECT group_concat(v) FROM t");
+    assert_eq!(expected, "one,two,three");
+
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let export = out_dir.path().join("export");
+    let report = ok(
+        &config,
+        &[
+            "export",
+            "--sqlite",
+            "app",
+            "--to",
+            export.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(report.contains("[[sqlite]] \"app\""), "{report}");
+
+    std::fs::remove_dir_all(repo.store()).expect("delete the original store");
+    std::fs::remove_dir_all(&repo.opts.state_dir).expect("delete the state");
+    let from_export = config_for(&repo, &config, &export, &out_dir.path().join("state"));
+    let target = out_dir.path().join("restored.db");
+    restore_ok(&from_export, "app", None, &target);
+    assert_eq!(sqlite3(&target, "SELECT group_concat(v) FROM t"), expected);
+}
