@@ -87,7 +87,17 @@ pub async fn restorable_set(
     for db in &selection.postgres {
         let plan = plan(repo, db, &Target::Latest, None).await?;
         let record = crate::basebackup::record_name(db, &plan.backup.id);
-        names.insert(format!("{record}.restorable"));
+        // The marker exists when `pitr backup` or the schedule saw the
+        // backup's WAL stored; the planner may choose a backup without it.
+        let marker = format!("{record}.restorable");
+        if repo
+            .catalog()
+            .latest_item(&marker)
+            .map_err(RepoError::from)?
+            .is_some()
+        {
+            names.insert(marker);
+        }
         names.insert(record);
         let files = repo
             .catalog()

@@ -4,4 +4,5 @@
 
 mod deploy;
 mod export;
+mod probe;
 mod runbook;
