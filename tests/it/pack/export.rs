@@ -116,10 +116,31 @@ async fn export_restores_alone_after_the_original_store_is_gone() {
     streamer.stop().await;
     drop(opened);
 
+    // The export runs as the GitHub workflow runs it: no identity, the
+    // repository key from a file, a fresh state directory.
     let out_dir = tempfile::tempdir().expect("tempdir");
+    let key = out_dir.path().join("repository.key");
+    std::fs::copy(repo.opts.state_dir.join("repository.key"), &key).expect("copy the key");
+    let original_config = std::fs::read_to_string(&config).expect("config");
+    let no_identity: String = original_config
+        .lines()
+        .filter(|l| !l.starts_with("identity_file"))
+        .map(|l| match l {
+            "[repository]" => format!("[repository]\nkey_file = \"{}\"", key.display()),
+            l if l.starts_with("state_dir") => format!(
+                "state_dir = \"{}\"",
+                out_dir.path().join("export-state").display()
+            ),
+            l => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!no_identity.contains("identity_file"), "{no_identity}");
+    let export_config = out_dir.path().join("export.toml");
+    std::fs::write(&export_config, no_identity).expect("write");
     let export = out_dir.path().join("export");
     let report = ok(
-        &config,
+        &export_config,
         &["export", "--to", export.to_str().expect("utf-8")],
     );
     assert!(
