@@ -23,6 +23,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# LIBSQLITE3_FLAGS: the SQLite watcher needs the sqlite_dbpage table.
+COPY .cargo ./.cargo
 COPY src ./src
 COPY bench ./bench
 COPY tests ./tests

@@ -877,6 +877,11 @@ fn dockerfile_stages_user_healthcheck_and_entrypoint() {
             .any(|l| !l.starts_with('#') && l.contains("curl"))
     );
     assert!(df.contains("cargo build --profile dist --locked --bin pitr"));
+    // The build sees what a build here sees: .cargo/config.toml sets
+    // LIBSQLITE3_FLAGS, without which the SQLite watcher cannot read pages.
+    assert!(df.contains("COPY .cargo ./.cargo"));
+    let ignored = read(".dockerignore");
+    assert!(!ignored.lines().any(|l| l.trim() == ".cargo"), "{ignored}");
     // Every binary a restore runs is copied, and every file the image
     // takes from this repository exists.
     for b in ["postgres", "initdb", "pg_ctl", "pg_amcheck", "pg_checksums"] {
