@@ -56,7 +56,9 @@ RUN set -eu; \
     cp -a "$src/lib" "$out/lib"; \
     rm -rf "$out/lib/bitcode" "$out/lib/llvmjit"* "$out/lib/pgxs"; \
     cp -a "/usr/share/postgresql/${PG_MAJOR}" "/out/usr/share/postgresql/"; \
-    mkdir -p /out/pgdg-keyring /out/pgdg-sources; \
+    rm -rf "/out/usr/share/postgresql/${PG_MAJOR}/man"; \
+    mkdir -p /out/pgdg-keyring /out/pgdg-sources /out/certs; \
+    cp -L /etc/ssl/certs/ca-certificates.crt /out/certs/; \
     cp -a /usr/share/postgresql-common/pgdg/apt.postgresql.org.* /out/pgdg-keyring/; \
     cp -a /etc/apt/sources.list.d/pgdg.* /out/pgdg-sources/
 
@@ -66,12 +68,16 @@ ARG PG_MAJOR
 ARG DEBIAN_RELEASE
 # The shared libraries the PostgreSQL binaries link (ldd), without the
 # packages that pull LLVM and Perl; libpq from PGDG, matching the binaries.
+# The CA bundle is copied rather than installed: the ca-certificates package
+# pulls the openssl binary, which nothing here runs.
 COPY --from=postgres /out/pgdg-keyring/ /usr/share/postgresql-common/pgdg/
 COPY --from=postgres /out/pgdg-sources/ /etc/apt/sources.list.d/
+# Before apt runs: it reaches PGDG over https with this bundle.
+COPY --from=postgres /out/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      ca-certificates tzdata libpq5 libicu72 libxml2 libssl3 libldap-2.5-0 \
-      libgssapi-krb5-2 liblz4-1 libzstd1 libsystemd0 libreadline8 \
+      tzdata libpq5 libicu72 libxml2 libssl3 libldap-2.5-0 \
+      libgssapi-krb5-2 liblz4-1 libzstd1 libsystemd0 libreadline8 libpam0g \
  && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*
 COPY --from=postgres /out/usr/ /usr/
 COPY --from=build /usr/local/bin/pitr /usr/local/bin/pitr
