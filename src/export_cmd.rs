@@ -114,7 +114,16 @@ pub async fn probe(url: &str, timeout: Duration) -> u8 {
             1
         }
         Err(e) => {
-            eprintln!("probe: GET {url}: {e}");
+            // reqwest's top error says "error sending request"; the cause
+            // (refused, timed out, DNS) is in its sources.
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            eprintln!("probe: GET {url}: {msg}");
             1
         }
     }
