@@ -14,4 +14,5 @@ pub mod pitr;
 pub mod repo;
 pub mod ship;
 pub mod sqlite;
+pub mod verify;
 pub mod wal;
