@@ -18,4 +18,5 @@ mod wal_decode;
 mod wal_failover;
 mod wal_fetch;
 mod wal_kill;
+mod verify;
 mod wal_stream;
