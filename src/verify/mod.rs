@@ -354,7 +354,12 @@ fn scratch_run_dir(scratch_dir: &Path, kind: DatabaseKind, name: &str) -> Result
     let dir = tempfile::Builder::new()
         .prefix(&format!("run-{}-{name}-", kind.as_str()))
         .tempdir_in(scratch_dir)
-        .map_err(|e| format!("cannot create a directory in {}: {e}", scratch_dir.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot create a directory in {}: {e}",
+                scratch_dir.display()
+            )
+        })?;
     // Removed by the caller whatever happens, not on drop of a temp handle.
     Ok(dir.keep())
 }
@@ -367,7 +372,10 @@ fn remove_scratch(dir: &Path) -> Option<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             tracing::error!(dir = %dir.display(), error = %e, "cannot remove a test restore's scratch directory");
-            Some(format!("cannot remove the scratch directory {}: {e}", dir.display()))
+            Some(format!(
+                "cannot remove the scratch directory {}: {e}",
+                dir.display()
+            ))
         }
     }
 }
@@ -410,5 +418,38 @@ mod tests {
         let back: VerifyReport = serde_json::from_value(v).expect("parse");
         assert_eq!(back, r);
         assert!(r.item_name().starts_with("verify/sqlite/auth/"));
+    }
+
+    #[test]
+    fn reports_become_prometheus_metrics() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let mut ok = VerifyReport::new(DatabaseKind::Postgres, "main");
+            ok.ok = true;
+            ok.duration_secs = 12.5;
+            emit_metrics(&ok);
+            let mut bad = VerifyReport::new(DatabaseKind::Sqlite, "auth");
+            bad.error = Some("object packs/aa/aa.. was altered".into());
+            emit_metrics(&bad);
+            emit_metrics(&bad);
+        });
+        let text = handle.render();
+        let line = |name: &str, db: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains(&format!("database=\"{db}\"")))
+                .unwrap_or_else(|| panic!("{name} {db} in:\n{text}"))
+                .rsplit(' ')
+                .next()
+                .expect("a value")
+                .to_owned()
+        };
+        assert_eq!(line("pitr_verify_last_ok", "main"), "1");
+        assert_eq!(line("pitr_verify_duration_seconds", "main"), "12.5");
+        assert_eq!(line("pitr_verify_failures_total", "main"), "0");
+        assert_eq!(line("pitr_verify_last_ok", "auth"), "0");
+        assert_eq!(line("pitr_verify_failures_total", "auth"), "2");
+        assert!(text.contains("pitr_verify_last_success_timestamp_seconds{database=\"main\""));
+        assert!(!text.contains("pitr_verify_last_success_timestamp_seconds{database=\"auth\""));
     }
 }

@@ -260,13 +260,16 @@ fn explain_restore_error(e: RestoreError) -> String {
     };
     match damaged {
         Some(object) => format!(
-            "{e}. The test restore cannot read object {object}: run `pitr verify` to list every \
-             damaged object and `pitr repair` to copy good copies from another destination; \
-             with no good copy left, take a new base backup (`pitr backup`)"
+            "{e}. Run `pitr repair` to copy a good copy of {object} from another destination \
+             (`pitr verify` lists every damaged object); with no good copy left, take a new \
+             base backup (`pitr backup`)"
         ),
         None => {
             let text = e.to_string();
-            if text.contains("altered") || text.contains("truncated") || text.contains("wrong content") {
+            if text.contains("altered")
+                || text.contains("truncated")
+                || text.contains("wrong content")
+            {
                 format!(
                     "{text}. Run `pitr verify` to list damaged objects and `pitr repair` to \
                      restore them from another destination"
@@ -330,9 +333,7 @@ async fn run_tool(
         .env("PGCONNECT_TIMEOUT", "30")
         .kill_on_drop(true);
     let what = format!("{:?}", cmd.as_std().get_program());
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    let child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
     let out = tokio::time::timeout(timeout, child.wait_with_output())
         .await
         .map_err(|_| format!("{what} did not finish within {} s", timeout.as_secs()))?
@@ -553,7 +554,14 @@ async fn amcheck(
     let checksums = lines.next().is_some_and(|l| l.trim() == "on");
     let out = run_tool(
         tokio::process::Command::new(bin.join("pg_amcheck"))
-            .args(["-h", &sock.to_string_lossy(), "-p", "5432", "-U", &superuser])
+            .args([
+                "-h",
+                &sock.to_string_lossy(),
+                "-p",
+                "5432",
+                "-U",
+                &superuser,
+            ])
             .args(["--maintenance-db", "template1"])
             .args(["--all", "--install-missing", "--progress"]),
         owner,

@@ -135,10 +135,7 @@ async fn forever(config: Config, repo: Repository, status: watch::Sender<VerifyS
             Ok(run) => {
                 set_last(&status, &run.reports);
                 status.send_modify(|s| {
-                    s.record_error = run
-                        .record_errors
-                        .last()
-                        .map(|(db, e)| format!("{db}: {e}"));
+                    s.record_error = run.record_errors.last().map(|(db, e)| format!("{db}: {e}"));
                 });
             }
             Err(e) => {

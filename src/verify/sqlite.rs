@@ -46,8 +46,8 @@ pub(super) async fn test_restore(
         ));
         // Again on the file as it lies on disk, independently of the
         // restore's own checks.
-        let sum = file_checksum(&file, plan.page_size)
-            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let sum =
+            file_checksum(&file, plan.page_size).map_err(|e| format!("{}: {e}", file.display()))?;
         let sum = crate::sqlite::pageset::checksum_text(sum);
         if sum != plan.checksum {
             return Err(format!(

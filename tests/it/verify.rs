@@ -187,7 +187,10 @@ async fn postgres_test_restore_passes_is_recorded_and_a_corrupted_pack_fails_it(
         let reports = last_reports(repo).expect("reports");
         assert_eq!(reports.len(), 1, "{reports:?}");
         let r = &reports[0];
-        assert_eq!((r.kind, r.database.as_str()), (DatabaseKind::Postgres, "main"));
+        assert_eq!(
+            (r.kind, r.database.as_str()),
+            (DatabaseKind::Postgres, "main")
+        );
         assert!(r.ok, "{r:?}");
         assert_eq!(r.backup.as_deref(), Some(id.as_str()));
         assert!(r.reached.is_some() && r.wal_files > 0, "{r:?}");
@@ -223,14 +226,20 @@ async fn postgres_test_restore_passes_is_recorded_and_a_corrupted_pack_fails_it(
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let all = text(&out);
     assert!(all.contains("FAILED"), "{all}");
-    assert!(all.contains(&object), "names the damaged object {object}: {all}");
+    assert!(
+        all.contains(&object),
+        "names the damaged object {object}: {all}"
+    );
     assert!(all.contains("pitr repair"), "{all}");
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
     let reports = last_reports(&env.repo.open().await).expect("reports");
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert!(!reports[0].ok, "{reports:?}");
     assert!(
-        reports[0].error.as_deref().is_some_and(|e| e.contains(&object)),
+        reports[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(&object)),
         "{reports:?}"
     );
     streamer.stop().await;
@@ -353,12 +362,19 @@ async fn run_scheduled_runs_on_a_seconds_cron_and_updates_its_status() {
     config.repository.identity_file = None;
     let mut opts = env.repo.opts.clone();
     opts.identities.clear();
-    let writer_only = Repository::open(env.repo.fanout(), opts).await.expect("open");
+    let writer_only = Repository::open(env.repo.fanout(), opts)
+        .await
+        .expect("open");
     let (tx, mut rx) = tokio::sync::watch::channel(VerifyStatus::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(pitr::verify::run_scheduled(config, writer_only, tx, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(pitr::verify::run_scheduled(
+        config,
+        writer_only,
+        tx,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while rx.borrow_and_update().not_configured.is_none() {
         tokio::time::timeout_at(deadline, rx.changed())
@@ -375,7 +391,10 @@ async fn run_scheduled_runs_on_a_seconds_cron_and_updates_its_status() {
     assert!(!s.configured);
     // The earlier report is still shown, read from the catalog.
     assert_eq!(s.last.len(), 1, "{s:?}");
-    assert!(!task.is_finished(), "it waits for shutdown, it does not end");
+    assert!(
+        !task.is_finished(),
+        "it waits for shutdown, it does not end"
+    );
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
