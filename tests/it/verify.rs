@@ -159,6 +159,16 @@ async fn postgres_test_restore_passes_is_recorded_and_a_corrupted_pack_fails_it(
     let streamer = Streamer::start(&repo, &pg, "pitr");
     streamer.caught_up(&pg).await;
     let id = backup(&env);
+    streamer.caught_up(&pg).await;
+    // Right after the backup the window usually holds no transaction after
+    // it: everything stored is restored instead of a random time, and said.
+    let out = env.pitr(&["verify", "--restore"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        stdout.contains("everything stored is restored") || stdout.contains("target       time"),
+        "{stdout}"
+    );
     for i in 1..=20 {
         write_row(&pg, i);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -400,4 +410,42 @@ async fn run_scheduled_runs_on_a_seconds_cron_and_updates_its_status() {
         .await
         .expect("stops on shutdown")
         .expect("no panic");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_restore_refuses_without_identity_or_with_an_unknown_name() {
+    let env = Env::new(None).await;
+    let db = env.repo.dir.path().join("app.db");
+    env.add_sqlite("app", &db);
+    let out = env.pitr(&["verify", "--restore", "--postgres", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("no [[postgres]] entry is named \"nope\""),
+        "{}",
+        text(&out)
+    );
+    // Nothing stored yet: a failed test restore that says what to do.
+    let out = env.pitr(&["verify", "--restore"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing is stored for [[sqlite]] \"app\""),
+        "{}",
+        text(&out)
+    );
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    // Without the identity: usage, naming the key to set.
+    let cfg = std::fs::read_to_string(&env.config).expect("config");
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("identity_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&env.config, cfg).expect("write");
+    let out = env.pitr(&["verify", "--restore"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not configured: no identity_file"),
+        "{}",
+        text(&out)
+    );
 }
