@@ -342,40 +342,65 @@ fn emit_metrics(report: &VerifyReport) {
     }
 }
 
-/// A fresh, private directory for one test restore under `scratch_dir`.
-fn scratch_run_dir(scratch_dir: &Path, kind: DatabaseKind, name: &str) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(scratch_dir).map_err(|e| {
-        format!(
-            "cannot create [verify] scratch_dir {}: {e}; create it or point scratch_dir at a \
-             writable directory",
-            scratch_dir.display()
-        )
-    })?;
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("run-{}-{name}-", kind.as_str()))
-        .tempdir_in(scratch_dir)
-        .map_err(|e| {
+/// One test restore's directory under `scratch_dir`: removed by
+/// [`Scratch::remove`], or on drop when the run is cancelled (sidecar
+/// shutdown) half-way.
+struct Scratch {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Scratch {
+    /// A fresh directory for one test restore under `scratch_dir`.
+    fn create(scratch_dir: &Path, kind: DatabaseKind, name: &str) -> Result<Scratch, String> {
+        std::fs::create_dir_all(scratch_dir).map_err(|e| {
             format!(
-                "cannot create a directory in {}: {e}",
+                "cannot create [verify] scratch_dir {}: {e}; create it or point scratch_dir at \
+                 a writable directory",
                 scratch_dir.display()
             )
         })?;
-    // Removed by the caller whatever happens, not on drop of a temp handle.
-    Ok(dir.keep())
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("run-{}-{name}-", kind.as_str()))
+            .tempdir_in(scratch_dir)
+            .map_err(|e| {
+                format!(
+                    "cannot create a directory in {}: {e}",
+                    scratch_dir.display()
+                )
+            })?;
+        Ok(Scratch {
+            dir: dir.keep(),
+            armed: true,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes the directory; says so when that failed (the next run uses
+    /// a fresh one, but the disk space is not given back).
+    fn remove(mut self) -> Option<String> {
+        self.armed = false;
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot remove a test restore's scratch directory");
+                Some(format!(
+                    "cannot remove the scratch directory {}: {e}; remove it by hand",
+                    self.dir.display()
+                ))
+            }
+        }
+    }
 }
 
-/// Removes a test restore's scratch directory; a failure is logged (the next
-/// run uses a fresh one).
-fn remove_scratch(dir: &Path) -> Option<String> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot remove a test restore's scratch directory");
-            Some(format!(
-                "cannot remove the scratch directory {}: {e}",
-                dir.display()
-            ))
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

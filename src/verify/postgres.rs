@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{DatabaseKind, VerifyReport, random_time, remove_scratch, scratch_run_dir};
+use super::{DatabaseKind, Scratch, VerifyReport, random_time};
 use crate::config::{Config, PostgresConfig};
 use crate::pitr::{RestoreError, RestoreOptions, Target, pg_time};
 use crate::repo::{RepoError, Repository};
@@ -44,9 +44,9 @@ pub(super) async fn test_restore(
         .map_err(|e| e.to_string())?;
     report.backup = Some(plan.backup.id.clone());
     let bin = find_bin_dir(&plan.backup.server_version)?;
-    let run_dir = scratch_run_dir(&config.verify.scratch_dir, DatabaseKind::Postgres, &pg.name)?;
-    let result = restore_and_check(config, repo, pg, &plan, &bin, &run_dir, report).await;
-    let removed = remove_scratch(&run_dir);
+    let scratch = Scratch::create(&config.verify.scratch_dir, DatabaseKind::Postgres, &pg.name)?;
+    let result = restore_and_check(config, repo, pg, &plan, &bin, scratch.path(), report).await;
+    let removed = scratch.remove();
     match (result, removed) {
         (Err(e), _) => Err(e),
         (Ok(()), Some(e)) => Err(e),

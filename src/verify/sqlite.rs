@@ -3,7 +3,7 @@
 //! whose checksum or `PRAGMA integrity_check` fails), both checks run again
 //! on the file as it lies on disk, then the directory is removed.
 
-use super::{DatabaseKind, VerifyReport, random_time, remove_scratch, scratch_run_dir};
+use super::{DatabaseKind, Scratch, VerifyReport, random_time};
 use crate::config::Config;
 use crate::pitr::{Target, pg_time};
 use crate::repo::Repository;
@@ -32,8 +32,8 @@ pub(super) async fn test_restore(
     let plan = crate::sqlite::plan(repo, name, &target).map_err(|e| e.to_string())?;
     report.backup = plan.captures.first().map(|c| c.item.clone());
     report.wal_files = plan.captures.len();
-    let run_dir = scratch_run_dir(&config.verify.scratch_dir, DatabaseKind::Sqlite, name)?;
-    let file = run_dir.join("restored.db");
+    let scratch = Scratch::create(&config.verify.scratch_dir, DatabaseKind::Sqlite, name)?;
+    let file = scratch.path().join("restored.db");
     let result = async {
         let restored = crate::sqlite::restore(repo, &plan, &file, false)
             .await
@@ -64,7 +64,7 @@ pub(super) async fn test_restore(
         Ok(())
     }
     .await;
-    let removed = remove_scratch(&run_dir);
+    let removed = scratch.remove();
     match (result, removed) {
         (Err(e), _) => Err(e),
         (Ok(()), Some(e)) => Err(e),
