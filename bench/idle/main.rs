@@ -30,6 +30,20 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `Command::env_remove` for several names.
+trait EnvsRemove {
+    fn envs_remove(&mut self, names: &[String]) -> &mut Self;
+}
+
+impl EnvsRemove for Command {
+    fn envs_remove(&mut self, names: &[String]) -> &mut Self {
+        for n in names {
+            self.env_remove(n);
+        }
+        self
+    }
+}
+
 /// `pitr run`, killed on drop.
 struct Run(Child);
 
@@ -115,7 +129,14 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
     let pitr = env!("CARGO_BIN_EXE_pitr");
+    // pitr refuses unknown PITR_* variables; the benchmark's own are not
+    // for it.
+    let own: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("PITR_BENCH_"))
+        .collect();
     let init = Command::new(pitr)
+        .envs_remove(&own)
         .args(["init", "-c"])
         .arg(&config)
         .output()
@@ -124,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         bail!("pitr init: {}", String::from_utf8_lossy(&init.stderr));
     }
     let run = Run(Command::new(pitr)
+        .envs_remove(&own)
         .args(["run", "-c"])
         .arg(&config)
         .stdout(Stdio::null())
