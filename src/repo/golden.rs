@@ -105,6 +105,8 @@ fn commit() -> Commit {
                 chunks: vec![(k.chunk_id(data), data.len() as u32)],
             },
         }],
+        forget: Vec::new(),
+        gc: Default::default(),
     }
 }
 

@@ -43,6 +43,11 @@ pub struct Writer {
     uploaded: Vec<PackRecord>,
     items: Vec<ItemRecord>,
     upload: Option<JoinHandle<Result<PackRecord, RepoError>>>,
+    /// Registered while this writer holds uncommitted items or packs: its
+    /// deduplication decisions are not in any commit yet, so garbage
+    /// collection in this process must not delete a pack marked after they
+    /// were made.
+    inflight: Option<super::InflightGuard>,
 }
 
 /// A chunk ready for [`Writer::put_prepared`]: its id and length, and its
@@ -165,6 +170,15 @@ impl Writer {
             uploaded: Vec::new(),
             items: Vec::new(),
             upload: None,
+            inflight: None,
+        }
+    }
+
+    /// Registers this writer's uncommitted work (from its first decision
+    /// until its commit or abandon).
+    fn begin(&mut self) {
+        if self.inflight.is_none() {
+            self.inflight = Some(self.repo.register_inflight());
         }
     }
 
@@ -181,6 +195,7 @@ impl Writer {
     where
         R: AsyncRead + Unpin + Send,
     {
+        self.begin();
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
         let inner = self.repo.inner.clone();
         let input_err = |source| RepoError::Input {
@@ -230,6 +245,7 @@ impl Writer {
         chunking: Chunking,
         prepared: Vec<PreparedChunk>,
     ) -> Result<Manifest, RepoError> {
+        self.begin();
         let mut hasher = ItemHasher::new(self.repo.key());
         let mut size = 0u64;
         let mut chunks = Vec::with_capacity(prepared.len());
@@ -239,9 +255,12 @@ impl Writer {
                 Chunking::Fixed(n) => p.raw_len == n || (i == last && p.raw_len <= n),
                 Chunking::Cdc => p.raw_len <= chunking.max_chunk(),
             };
+            // `holds_chunk`, not `has_chunk`: a chunk prepared as stored may
+            // have been marked since; it is still there, and this writer's
+            // registration keeps garbage collection from deleting it.
             let stored = p.compressed.is_some()
                 || self.pending.contains(&p.id)
-                || self.repo.catalog().has_chunk(&p.id)?;
+                || self.repo.catalog().holds_chunk(&p.id)?;
             if !fits || !stored {
                 return Err(RepoError::Malformed {
                     object: name.to_owned(),
@@ -379,6 +398,8 @@ impl Writer {
             time: Timestamp::now(),
             packs: std::mem::take(&mut self.uploaded),
             items: std::mem::take(&mut self.items),
+            forget: Vec::new(),
+            gc: Default::default(),
         };
         let object = commit.object_name();
         let bytes = commit.encode(&inner.key);
@@ -388,6 +409,7 @@ impl Writer {
             .await?;
         self.repo.catalog().apply(&object, &commit)?;
         self.pending.clear();
+        self.inflight = None;
         Ok(Some(CommitInfo {
             object,
             items: commit.items.len(),
@@ -406,6 +428,7 @@ impl Writer {
         self.pending.clear();
         self.uploaded.clear();
         self.items.clear();
+        self.inflight = None;
     }
 }
 
