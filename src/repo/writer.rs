@@ -453,3 +453,41 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
         }
     })
 }
+
+impl Repository {
+    /// Stores a commit that only removes: forgets items and records garbage
+    /// collection (version 2, docs/FORMAT.md), dated `time`. Returns its
+    /// object name, or `None` when there is nothing to record.
+    pub async fn commit_removals(
+        &self,
+        forget: Vec<super::Forget>,
+        gc: super::GcRecord,
+        time: Timestamp,
+    ) -> Result<Option<String>, RepoError> {
+        if forget.is_empty() && gc.is_empty() {
+            return Ok(None);
+        }
+        let inner = &self.inner;
+        let _serial = inner.commit_lock.lock().await;
+        let seq = self.catalog().next_seq()?;
+        let mut commit = Commit {
+            version: FORMAT_VERSION,
+            seq,
+            writer: inner.writer_id.clone(),
+            time,
+            packs: Vec::new(),
+            items: Vec::new(),
+            forget,
+            gc,
+        };
+        commit.version = commit.version_for();
+        let object = commit.object_name();
+        let bytes = commit.encode(&inner.key);
+        inner
+            .fanout
+            .put_if_absent(&object, Bytes::from(bytes))
+            .await?;
+        self.catalog().apply(&object, &commit)?;
+        Ok(Some(object))
+    }
+}
