@@ -1,0 +1,1 @@
+//! Retention against real clusters (see the parent module).
