@@ -198,3 +198,67 @@ async fn a_marked_pack_is_not_reused_then_deleted_and_a_rebuild_agrees() {
     assert_eq!(live(&rebuilt), original);
     assert_eq!(read(&rebuilt, "x/a3").await, a);
 }
+
+/// A destination that refuses a deletion: the run reports it and leaves
+/// the pack marked (nothing recorded as deleted that a destination still
+/// holds); the next run deletes it there and records it.
+#[tokio::test]
+async fn a_failed_deletion_is_reported_and_retried_next_run() {
+    use std::sync::Arc;
+
+    use pitr::ship::fault::{FaultPlan, FaultyDestination};
+    use pitr::ship::{Destination, Fanout, FsDestination};
+
+    let t = TestRepo::new().await;
+    let config = config(&t);
+    let second = t.dir.path().join("second");
+    let faulty = Arc::new(FaultyDestination::new(FsDestination::new(
+        "second", &second,
+    )));
+    let fanout = Fanout::new(vec![
+        Arc::new(FsDestination::new("local", t.store())) as Arc<dyn Destination>,
+        faulty.clone() as Arc<dyn Destination>,
+    ]);
+    Repository::init(&fanout, &t.opts).await.expect("init both");
+    let repo = Repository::open(fanout, t.opts.clone()).await.expect("open");
+    put(&repo, "x/a", data(5, 300_000, 0)).await;
+    put(&repo, "x/b", data(6, 300_000, 0)).await;
+    forget(&repo, "x/a").await;
+    let plan = gc(&repo, &config, Duration::ZERO).await;
+    let pack = plan.gc.mark[0].id.clone();
+
+    faulty.set_plan(FaultPlan {
+        fail_deletes: 1,
+        ..FaultPlan::default()
+    });
+    let opts = RunOptions {
+        now: jiff::Timestamp::now(),
+        grace: Duration::ZERO,
+        scope: Scope::All,
+    };
+    let (_, report) = retention::run(&repo, &config, &opts, false)
+        .await
+        .expect("a failed deletion does not fail the run");
+    let report = report.expect("applied");
+    assert_eq!(report.gc.deleted, 0);
+    assert_eq!(report.gc.failures.len(), 1, "{:?}", report.gc.failures);
+    assert!(
+        report.gc.failures[0].starts_with("second: deleting packs/"),
+        "{:?}",
+        report.gc.failures
+    );
+    assert!(!pack_exists(&t.store(), &pack));
+    assert!(pack_exists(&second, &pack), "the refused deletion left it");
+    assert!(matches!(
+        repo.catalog().pack_gc_states().unwrap().get(&pack),
+        Some(pitr::catalog::PackGcState::Marked(_))
+    ));
+
+    let plan = gc(&repo, &config, Duration::ZERO).await;
+    assert_eq!(plan.gc.delete.len(), 1, "retried: {}", plan.render());
+    assert!(!pack_exists(&second, &pack));
+    assert!(matches!(
+        repo.catalog().pack_gc_states().unwrap().get(&pack),
+        Some(pitr::catalog::PackGcState::Deleted(_))
+    ));
+}
