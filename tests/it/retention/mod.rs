@@ -5,6 +5,7 @@
 //! deleted, and a base backup written while garbage is collected.
 
 mod pg;
+mod sqlite;
 
 use std::path::Path;
 use std::time::Duration;
