@@ -533,7 +533,8 @@ fn apply_removals(
         let mut tomb = tx.prepare_cached(
             "INSERT OR IGNORE INTO forgotten (commit_object, name) VALUES (?1, ?2)",
         )?;
-        let mut del = tx.prepare_cached("DELETE FROM items WHERE name = ?2 AND commit_object = ?1")?;
+        let mut del =
+            tx.prepare_cached("DELETE FROM items WHERE name = ?2 AND commit_object = ?1")?;
         for f in &commit.forget {
             for name in &f.names {
                 tomb.execute(params![f.commit, name])?;
@@ -547,7 +548,8 @@ fn apply_removals(
         for p in &commit.gc.mark {
             mark.execute(params![p, time])?;
         }
-        let mut unmark = tx.prepare_cached("DELETE FROM gc_packs WHERE pack = ?1 AND state = 'marked'")?;
+        let mut unmark =
+            tx.prepare_cached("DELETE FROM gc_packs WHERE pack = ?1 AND state = 'marked'")?;
         for p in &commit.gc.unmark {
             unmark.execute([p])?;
         }

@@ -268,10 +268,7 @@ fn golden_commit_v2() {
     let mut lying = c.clone();
     lying.version = 1;
     let err = Commit::decode(&key(), &c.object_name(), &seal_it(&lying)).unwrap_err();
-    assert!(
-        matches!(err, super::RepoError::Malformed { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, super::RepoError::Malformed { .. }), "{err}");
     // A version from the future: named, with the version this build reads.
     let mut future = c.clone();
     future.version = 3;

@@ -206,7 +206,11 @@ impl Commit {
             return Err(malformed(format!(
                 "its commit has version {} but {} removals (version 2 exactly when it forgets items or records garbage collection)",
                 commit.version,
-                if commit.removes() { "holds" } else { "holds no" }
+                if commit.removes() {
+                    "holds"
+                } else {
+                    "holds no"
+                }
             )));
         }
         if commit.object_name() != object {

@@ -93,7 +93,9 @@ fn referenced_packs(
 }
 
 fn elapsed(now: Timestamp, since: Timestamp) -> Duration {
-    now.duration_since(since).try_into().unwrap_or(Duration::ZERO)
+    now.duration_since(since)
+        .try_into()
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Plans garbage collection as it will be once `forget` is applied.
@@ -137,7 +139,10 @@ pub(super) fn plan(
                         t.checked_add(grace).unwrap_or(t)
                     ))
                 } else if inflight.is_some_and(|w| w <= t) {
-                    Some("a writer in this process began before the mark and has not committed".into())
+                    Some(
+                        "a writer in this process began before the mark and has not committed"
+                            .into(),
+                    )
                 } else {
                     None
                 };

@@ -444,9 +444,7 @@ fn plan_sqlite(
 ) -> Result<(DatabasePlan, Vec<(String, String)>), RetentionError> {
     let captures = sqlite_store::captures(repo, name).map_err(|e| match e {
         sqlite_store::StoreError::Catalog(c) => RetentionError::Catalog(c),
-        sqlite_store::StoreError::BadAttrs { item, what } => {
-            RetentionError::BadItem { item, what }
-        }
+        sqlite_store::StoreError::BadAttrs { item, what } => RetentionError::BadItem { item, what },
     })?;
     let points: Vec<BackupPoint> = captures
         .iter()

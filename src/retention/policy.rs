@@ -101,6 +101,9 @@ fn month(t: Timestamp) -> String {
         .to_string()
 }
 
+/// A keep-per-period rule: how many periods, a backup's period, the reason.
+type PeriodRule = (u32, fn(Timestamp) -> String, fn(String) -> KeepReason);
+
 /// Decides, for each backup, whether `policy` keeps it at `now`. The result
 /// is in the input's order.
 ///
@@ -148,7 +151,7 @@ pub fn decide(backups: &[BackupPoint], policy: &RetentionConfig, now: Timestamp)
     for &i in candidates.iter().take(policy.keep_last as usize) {
         out[i].reasons.push(KeepReason::Last);
     }
-    let rules: [(u32, fn(Timestamp) -> String, fn(String) -> KeepReason); 3] = [
+    let rules: [PeriodRule; 3] = [
         (policy.keep_daily, day, KeepReason::Daily),
         (policy.keep_weekly, iso_week, KeepReason::Weekly),
         (policy.keep_monthly, month, KeepReason::Monthly),
@@ -256,7 +259,10 @@ mod tests {
             e("2026-11-10T15:00:00Z", &["last", "daily 2026-11-10"]),
             e("2026-11-09T03:00:00Z", &["daily 2026-11-09"]),
             e("2026-11-08T03:00:00Z", &["weekly 2026-W45"]),
-            e("2026-10-28T03:00:00Z", &["weekly 2026-W44", "monthly 2026-10"]),
+            e(
+                "2026-10-28T03:00:00Z",
+                &["weekly 2026-W44", "monthly 2026-10"],
+            ),
             e("2026-09-30T03:00:00Z", &["monthly 2026-09"]),
         ];
         expected.sort();
@@ -296,14 +302,23 @@ mod tests {
                     "2026-11-11T03:00:00Z",
                     vec!["newest restorable".to_owned(), "last".to_owned()]
                 ),
-                ("2026-11-11T18:00:00Z", vec!["in progress (not restorable yet)".to_owned()]),
-                ("2026-11-12T03:00:00Z", vec!["in progress (not restorable yet)".to_owned()]),
+                (
+                    "2026-11-11T18:00:00Z",
+                    vec!["in progress (not restorable yet)".to_owned()]
+                ),
+                (
+                    "2026-11-12T03:00:00Z",
+                    vec!["in progress (not restorable yet)".to_owned()]
+                ),
             ]
         );
         // Unrestorable backups never fill a keep-last slot.
         let d = decide(&h, &policy(2, 0, 0, 0), now);
         assert!(d.iter().any(|x| x.id == "2026-11-10T15:00:00Z" && x.keep()));
-        assert!(d.iter().any(|x| x.id == "2026-11-01T03:00:00Z" && !x.keep()));
+        assert!(
+            d.iter()
+                .any(|x| x.id == "2026-11-01T03:00:00Z" && !x.keep())
+        );
     }
 
     #[test]
@@ -319,7 +334,11 @@ mod tests {
             vec![early.clone(), z.clone(), a.clone()],
         ] {
             let d = decide(&input, &policy(0, 1, 0, 0), now);
-            let mut k: Vec<&str> = d.iter().filter(|d| d.keep()).map(|d| d.id.as_str()).collect();
+            let mut k: Vec<&str> = d
+                .iter()
+                .filter(|d| d.keep())
+                .map(|d| d.id.as_str())
+                .collect();
             k.sort();
             assert_eq!(k, vec!["z"]);
         }
@@ -341,8 +360,17 @@ mod tests {
 
     #[test]
     fn iso_weeks_cross_the_new_year() {
-        assert_eq!(iso_week("2026-12-31T12:00:00Z".parse().unwrap()), "2026-W53");
-        assert_eq!(iso_week("2027-01-03T12:00:00Z".parse().unwrap()), "2026-W53");
-        assert_eq!(iso_week("2027-01-04T12:00:00Z".parse().unwrap()), "2027-W01");
+        assert_eq!(
+            iso_week("2026-12-31T12:00:00Z".parse().unwrap()),
+            "2026-W53"
+        );
+        assert_eq!(
+            iso_week("2027-01-03T12:00:00Z".parse().unwrap()),
+            "2026-W53"
+        );
+        assert_eq!(
+            iso_week("2027-01-04T12:00:00Z".parse().unwrap()),
+            "2027-W01"
+        );
     }
 }

@@ -33,9 +33,15 @@ async fn gc(repo: &Repository, config: &Config, grace: Duration) -> retention::R
 
 async fn put(repo: &Repository, name: &str, bytes: Vec<u8>) {
     let mut w = repo.writer();
-    w.put(name, "test", serde_json::json!({}), Chunking::Cdc, &bytes[..])
-        .await
-        .expect("put");
+    w.put(
+        name,
+        "test",
+        serde_json::json!({}),
+        Chunking::Cdc,
+        &bytes[..],
+    )
+    .await
+    .expect("put");
     w.commit().await.expect("commit");
 }
 
@@ -96,7 +102,14 @@ async fn a_pack_reused_before_its_mark_is_kept_and_unmarked() {
     let a = data(1, 300_000, 0);
     put(&repo, "x/a", a.clone()).await;
     put(&repo, "x/b", data(2, 300_000, 0)).await;
-    let first = repo.catalog().latest_item("x/a").unwrap().unwrap().manifest.chunks[0].0;
+    let first = repo
+        .catalog()
+        .latest_item("x/a")
+        .unwrap()
+        .unwrap()
+        .manifest
+        .chunks[0]
+        .0;
     forget(&repo, "x/a").await;
 
     // The writer decides to reuse x/a's chunks (their pack is not marked).
@@ -164,7 +177,11 @@ async fn a_marked_pack_is_not_reused_then_deleted_and_a_rebuild_agrees() {
 
     let plan = gc(&repo, &config, Duration::ZERO).await;
     assert_eq!(
-        plan.gc.delete.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+        plan.gc
+            .delete
+            .iter()
+            .map(|p| p.id.clone())
+            .collect::<Vec<_>>(),
         vec![pack.clone()],
         "{}",
         plan.render()
@@ -221,7 +238,9 @@ async fn a_failed_deletion_is_reported_and_retried_next_run() {
         faulty.clone() as Arc<dyn Destination>,
     ]);
     Repository::init(&fanout, &t.opts).await.expect("init both");
-    let repo = Repository::open(fanout, t.opts.clone()).await.expect("open");
+    let repo = Repository::open(fanout, t.opts.clone())
+        .await
+        .expect("open");
     put(&repo, "x/a", data(5, 300_000, 0)).await;
     put(&repo, "x/b", data(6, 300_000, 0)).await;
     forget(&repo, "x/a").await;

@@ -183,13 +183,19 @@ async fn forgotten_backups_go_and_kept_ones_restore_exactly() {
     let b3 = backup(&repo, &pg, None).await;
     rows.push((4, write_row(&pg, 4)));
     streamer.caught_up(&pg).await;
-    assert_eq!(env.listed_backups(), vec![b1.clone(), b2.clone(), b3.clone()]);
+    assert_eq!(
+        env.listed_backups(),
+        vec![b1.clone(), b2.clone(), b3.clone()]
+    );
 
     let before = env.packs();
     let dry = env.pitr_ok(&["retention", "--dry-run"]);
     assert!(dry.contains(&format!("forget  {b1}")), "{dry}");
     assert!(dry.contains(&format!("keep    {b2}  (last)")), "{dry}");
-    assert!(dry.contains(&format!("keep    {b3}  (newest restorable, last)")), "{dry}");
+    assert!(
+        dry.contains(&format!("keep    {b3}  (newest restorable, last)")),
+        "{dry}"
+    );
     assert!(dry.contains("forget  WAL timeline 1"), "{dry}");
     assert!(dry.contains("Dry run: nothing was changed."), "{dry}");
     assert_eq!(env.listed_backups().len(), 3, "a dry run changes nothing");
@@ -334,7 +340,10 @@ async fn a_backup_written_during_garbage_collection_restores() {
     let deadline = Instant::now() + Duration::from_secs(180);
     let (mut passes, mut deleted_during, mut waited) = (0, 0, 0);
     while !taking.is_finished() {
-        assert!(Instant::now() < deadline, "the backup did not finish in 180 s");
+        assert!(
+            Instant::now() < deadline,
+            "the backup did not finish in 180 s"
+        );
         let (plan, report) = pass(config.clone()).await;
         passes += 1;
         deleted_during += report.gc.deleted;

@@ -64,12 +64,18 @@ async fn sqlite_captures_before_the_oldest_kept_snapshot_are_forgotten() {
     assert!(out.status.success(), "{}", text(&out));
     let plan = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(plan.contains("forget  sqlite/app/000000000001"), "{plan}");
-    assert!(plan.contains("keep    sqlite/app/000000000003  (last)"), "{plan}");
+    assert!(
+        plan.contains("keep    sqlite/app/000000000003  (last)"),
+        "{plan}"
+    );
     assert!(
         plan.contains("keep    sqlite/app/000000000005  (newest restorable, last)"),
         "{plan}"
     );
-    assert!(plan.contains("forget  1 page sets before the oldest kept snapshot"), "{plan}");
+    assert!(
+        plan.contains("forget  1 page sets before the oldest kept snapshot"),
+        "{plan}"
+    );
     assert!(plan.contains("items forgotten: 2"), "{plan}");
 
     let out = pitr(&["retention", "-c", c, "--sqlite", "app"]);
@@ -91,7 +97,10 @@ async fn sqlite_captures_before_the_oldest_kept_snapshot_are_forgotten() {
     // Just after the second snapshot: inside the kept window.
     let target = t.dir.path().join("second.db");
     restore_ok(&cfg, "app", Some(&marks[1].to_string()), &target);
-    assert_eq!(rows(&target).iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        rows(&target).iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     // Just after the first: forgotten.
     let target = t.dir.path().join("first.db");
     let out = pitr(&[
@@ -110,5 +119,9 @@ async fn sqlite_captures_before_the_oldest_kept_snapshot_are_forgotten() {
     // An unknown name is a usage error.
     let out = pitr(&["retention", "-c", c, "--sqlite", "nope", "--dry-run"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("no [[sqlite]] entry named \"nope\""), "{}", text(&out));
+    assert!(
+        text(&out).contains("no [[sqlite]] entry named \"nope\""),
+        "{}",
+        text(&out)
+    );
 }
