@@ -193,7 +193,7 @@ pub async fn plan(
         {
             continue;
         }
-        let (p, f) = plan_postgres(repo, &pg.name, &config.retention, opts.now)?;
+        let (p, f) = plan_postgres(repo, &pg.name, &config.retention, opts)?;
         databases.push(p);
         forgotten.extend(f);
     }
@@ -272,7 +272,8 @@ fn group_forgets(items: Vec<(String, String)>) -> Vec<Forget> {
         .collect()
 }
 
-/// File sets without a record are left this long after their last file:
+/// File sets without a record are left this long (or the grace period, if
+/// longer) after their last file:
 /// a backup in progress commits its files every GiB, and one taken by
 /// another process (`pitr backup` beside `pitr run`) is not visible
 /// otherwise.
@@ -286,8 +287,9 @@ fn plan_postgres(
     repo: &Repository,
     db: &str,
     policy: &RetentionConfig,
-    now: Timestamp,
+    opts: &RunOptions,
 ) -> Result<(DatabasePlan, Vec<(String, String)>), RetentionError> {
+    let now = opts.now;
     let backups = basebackup::backups(repo, db)?;
     let points: Vec<BackupPoint> = backups
         .iter()
@@ -339,7 +341,7 @@ fn plan_postgres(
         let old = now
             .duration_since(last)
             .try_into()
-            .is_ok_and(|d: Duration| d >= ORPHAN_AGE.max(policy.gc_grace));
+            .is_ok_and(|d: Duration| d >= ORPHAN_AGE.max(opts.grace));
         if old && newest_record.is_some_and(|n| id.as_str() < n) {
             orphan_ids.push(id);
             forget.extend(items);

@@ -282,3 +282,192 @@ async fn a_failed_deletion_is_reported_and_retried_next_run() {
         Some(pitr::catalog::PackGcState::Deleted(_))
     ));
 }
+
+/// A PostgreSQL history made by hand (records, files, WAL segments,
+/// partials, a history file): the plan forgets exactly the expected items
+/// and applying it leaves exactly the rest.
+#[tokio::test]
+async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
+    use pitr::basebackup::{BackupRecord, KIND_BACKUP, KIND_FILE, KIND_RESTORABLE};
+    use pitr::wal::{KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, Lsn, WalAttrs};
+
+    let t = TestRepo::new().await;
+    let path = t.write_config(&[("main", "host=127.0.0.1 port=1 user=x dbname=postgres")]);
+    let mut text = std::fs::read_to_string(&path).expect("config");
+    text.push_str(
+        "base_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\n\
+         schedule = \"off\"\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n",
+    );
+    std::fs::write(&path, text).expect("config");
+    let config = Config::load(&path).expect("config");
+    let repo = t.open().await;
+    let mut w = repo.writer();
+    let mut item = async |name: &str, kind: &str, attrs: serde_json::Value, body: &[u8]| {
+        w.put(name, kind, attrs, Chunking::Cdc, body)
+            .await
+            .expect("put");
+        w.commit().await.expect("commit");
+    };
+    let record = |id: &str, start: &str| {
+        let t: jiff::Timestamp = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", id)
+            .expect("id")
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .expect("zoned")
+            .timestamp();
+        serde_json::to_value(BackupRecord {
+            id: id.into(),
+            label: "x".into(),
+            database: "main".into(),
+            system_id: "1".into(),
+            server_version: "150000".into(),
+            start_lsn: start.parse().expect("lsn"),
+            start_timeline: 1,
+            end_lsn: start.parse().expect("lsn"),
+            end_timeline: 1,
+            started: t,
+            finished: t,
+            tablespaces: vec![],
+            files: 1,
+            bytes: 1,
+            stored_bytes: 1,
+            listing: String::new(),
+            manifest: String::new(),
+            restorable: false,
+        })
+        .expect("record")
+    };
+    let wal = |start: u64, end: u64| {
+        serde_json::to_value(WalAttrs {
+            timeline: 1,
+            start: Lsn(start).to_string(),
+            end: Lsn(end).to_string(),
+            segment_size: 16 << 20,
+            index: None,
+        })
+        .expect("attrs")
+    };
+    let seg = 16u64 << 20;
+    let (b1, b2, b3) = ("20261120T000000Z", "20261121T000000Z", "20261122T000000Z");
+    let (orphan, running) = ("20261119T000000Z", "20261123T000000Z");
+    for (id, start, restorable) in [
+        (b1, "0/1000028", true),
+        (b2, "0/3000028", true),
+        (b3, "0/5000028", false),
+    ] {
+        let name = format!("pg/main/backups/{id}");
+        item(&name, KIND_BACKUP, record(id, start), b"").await;
+        if restorable {
+            item(
+                &format!("{name}.restorable"),
+                KIND_RESTORABLE,
+                serde_json::json!({}),
+                b"",
+            )
+            .await;
+        }
+    }
+    for id in [b1, b2, b3, orphan, running] {
+        let name = format!("pg/main/base/{id}/base/PG_VERSION");
+        item(&name, KIND_FILE, serde_json::json!({}), id.as_bytes()).await;
+    }
+    let p = |n: u64| format!("pg/main/wal/0000000100000000{n:08X}");
+    item(
+        &format!("{}.partial", p(1)),
+        KIND_PARTIAL,
+        wal(seg, seg + 8192),
+        b"p1",
+    )
+    .await;
+    item(&p(1), KIND_SEGMENT, wal(seg, 2 * seg), b"s1").await;
+    item(&p(2), KIND_SEGMENT, wal(2 * seg, 3 * seg), b"s2").await;
+    item(
+        &format!("{}.partial", p(3)),
+        KIND_PARTIAL,
+        wal(3 * seg, 3 * seg + 8192),
+        b"p3",
+    )
+    .await;
+    item(&p(3), KIND_SEGMENT, wal(3 * seg, 4 * seg), b"s3").await;
+    for (i, end) in [8192u64, 16384, 16384].iter().enumerate() {
+        let body = format!("p4 {i}");
+        item(
+            &format!("{}.partial", p(4)),
+            KIND_PARTIAL,
+            wal(4 * seg, 4 * seg + end),
+            body.as_bytes(),
+        )
+        .await;
+    }
+    item(
+        "pg/main/wal/00000002.history",
+        KIND_HISTORY,
+        serde_json::json!({}),
+        b"h",
+    )
+    .await;
+    drop(item);
+
+    let opts = RunOptions {
+        // Past the failed backup's waiting time.
+        now: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(7),
+        grace: Duration::from_secs(3600),
+        scope: Scope::Postgres("main".into()),
+    };
+    let plan = retention::plan(&repo, &config, &opts).await.expect("plan");
+    let d = &plan.databases[0];
+    let verdicts: Vec<(&str, bool)> = d
+        .backups
+        .iter()
+        .map(|b| (b.id.as_str(), b.keep()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [(b1, false), (b2, true), (b3, true)],
+        "{}",
+        plan.render()
+    );
+    assert_eq!(d.orphans, [orphan]);
+    assert_eq!(d.partials_superseded, 3, "{}", plan.render());
+    assert_eq!(d.wal_forgotten.len(), 1, "{}", plan.render());
+    assert_eq!(
+        (
+            d.wal_forgotten[0].start,
+            d.wal_forgotten[0].end,
+            d.wal_forgotten[0].items
+        ),
+        (Lsn(seg), Lsn(3 * seg), 3)
+    );
+    // b1: record, marker, file; orphan file; 01.partial, 01, 02; 03.partial
+    // and two of the three 04.partials.
+    assert_eq!(d.items_forgotten, 10, "{}", plan.render());
+
+    retention::apply(&repo, &plan).await.expect("apply");
+    let mut left: Vec<String> = repo
+        .catalog()
+        .items("pg/main/")
+        .expect("items")
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    left.sort();
+    let mut expected = vec![
+        format!("pg/main/backups/{b2}"),
+        format!("pg/main/backups/{b2}.restorable"),
+        format!("pg/main/backups/{b3}"),
+        format!("pg/main/base/{b2}/base/PG_VERSION"),
+        format!("pg/main/base/{b3}/base/PG_VERSION"),
+        format!("pg/main/base/{running}/base/PG_VERSION"),
+        p(3),
+        format!("{}.partial", p(4)),
+        "pg/main/wal/00000002.history".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+    // The newest 04.partial (the later of the two that reach as far) stays.
+    let kept = repo
+        .catalog()
+        .latest_item(&format!("{}.partial", p(4)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(read(&repo, &kept.name).await, b"p4 2");
+}
