@@ -471,3 +471,170 @@ async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
         .unwrap();
     assert_eq!(read(&repo, &kept.name).await, b"p4 2");
 }
+
+/// Commits replayed out of order (a commit of another process synced after
+/// the one that forgot its item and deleted its pack) do not bring either
+/// back: the catalog keeps tombstones.
+#[test]
+fn a_commit_applied_after_its_removal_stays_removed() {
+    use pitr::catalog::Catalog;
+    use pitr::repo::{Commit, GcRecord, ItemRecord, Manifest, PackRecord};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cat = Catalog::open(&dir.path().join("catalog.db")).expect("catalog");
+    let time: jiff::Timestamp = "2026-11-24T06:00:00Z".parse().unwrap();
+    let pack = "ab".repeat(32);
+    let data_commit = Commit {
+        version: 1,
+        seq: 1,
+        writer: "0123456789abcdef".into(),
+        time,
+        packs: vec![PackRecord {
+            id: pack.clone(),
+            size: 10,
+            chunks: vec![],
+        }],
+        items: vec![ItemRecord {
+            kind: "test".into(),
+            time,
+            attrs: serde_json::json!({}),
+            manifest: Manifest {
+                name: "x/a".into(),
+                size: 0,
+                chunker: Chunking::Cdc,
+                hash: String::new(),
+                chunks: vec![],
+            },
+        }],
+        forget: vec![],
+        gc: GcRecord::default(),
+    };
+    let removal = Commit {
+        version: 2,
+        seq: 2,
+        writer: "fedcba9876543210".into(),
+        time,
+        packs: vec![],
+        items: vec![],
+        forget: vec![Forget {
+            commit: data_commit.object_name(),
+            names: vec!["x/a".into()],
+        }],
+        gc: GcRecord {
+            delete: vec![pack.clone()],
+            ..GcRecord::default()
+        },
+    };
+    cat.apply(&removal.object_name(), &removal).expect("apply");
+    cat.apply(&data_commit.object_name(), &data_commit)
+        .expect("apply");
+    assert!(cat.items("x/").expect("items").is_empty());
+    assert!(cat.packs().expect("packs").is_empty());
+    assert_eq!(
+        cat.empty_commits().expect("empty"),
+        [data_commit.object_name()]
+    );
+}
+
+/// `run_scheduled` runs at its cron times, publishes each outcome, and
+/// returns when shut down.
+#[tokio::test]
+async fn scheduled_runs_publish_their_status() {
+    let t = TestRepo::new().await;
+    let mut config = config(&t);
+    config.retention.schedule =
+        Some(pitr::basebackup::schedule::CronSchedule::parse("* * * * * *").expect("cron"));
+    let repo = t.open().await;
+    put(&repo, "x/a", data(8, 100_000, 0)).await;
+    forget(&repo, "x/a").await;
+    let (tx, mut rx) = tokio::sync::watch::channel(retention::RetentionStatus::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(retention::run_scheduled(repo, config, tx, async {
+        let _ = stopped.await;
+    }));
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        rx.wait_for(|s| s.last_run.is_some()),
+    )
+    .await
+    .expect("a run within 30 s")
+    .expect("status")
+    .clone();
+    assert_eq!(status.last_ok, Some(true), "{status:?}");
+    assert_eq!(status.packs_marked, 1, "{status:?}");
+    assert!(status.next_run.is_some());
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+}
+
+/// A scheduled run that fails (here: the destination refuses reads while
+/// the catalog syncs) is published as failed with its error, and the
+/// schedule goes on.
+#[tokio::test]
+async fn a_failed_scheduled_run_is_published_and_the_schedule_goes_on() {
+    use std::sync::Arc;
+
+    use pitr::ship::fault::{FaultPlan, FaultyDestination};
+    use pitr::ship::{Destination, Fanout, FsDestination};
+
+    let t = TestRepo::new().await;
+    let mut config = config(&t);
+    config.retention.schedule =
+        Some(pitr::basebackup::schedule::CronSchedule::parse("* * * * * *").expect("cron"));
+    let faulty = Arc::new(FaultyDestination::new(FsDestination::new(
+        "local",
+        t.store(),
+    )));
+    let mut opts = t.opts.clone();
+    opts.state_dir = t.dir.path().join("state-2");
+    let repo = Repository::open(
+        Fanout::new(vec![faulty.clone() as Arc<dyn Destination>]),
+        opts,
+    )
+    .await
+    .expect("open");
+    // Another writer's commit, which the sync must read.
+    put(&t.open().await, "x/a", data(9, 1000, 0)).await;
+    faulty.set_plan(FaultPlan {
+        fail_gets: usize::MAX,
+        ..FaultPlan::default()
+    });
+    let (tx, mut rx) = tokio::sync::watch::channel(retention::RetentionStatus::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(retention::run_scheduled(repo, config, tx, async {
+        let _ = stopped.await;
+    }));
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        rx.wait_for(|s| s.last_run.is_some()),
+    )
+    .await
+    .expect("a run within 30 s")
+    .expect("status")
+    .clone();
+    assert_eq!(status.last_ok, Some(false), "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("injected")),
+        "{status:?}"
+    );
+    // Reads work again: a later run succeeds.
+    faulty.set_plan(FaultPlan::default());
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        rx.wait_for(|s| s.last_ok == Some(true)),
+    )
+    .await
+    .expect("a successful run within 30 s")
+    .expect("status");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+}
