@@ -405,7 +405,6 @@ async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
         b"h",
     )
     .await;
-    drop(item);
 
     let opts = RunOptions {
         // Past the failed backup's waiting time.
