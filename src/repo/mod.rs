@@ -366,6 +366,22 @@ pub(crate) struct InflightGuard {
     id: u64,
 }
 
+impl InflightGuard {
+    /// Moves the registration back to `at` if that is earlier.
+    pub(crate) fn since(&mut self, at: jiff::Timestamp) {
+        let mut map = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = map.get_mut(&self.id)
+            && at < *t
+        {
+            *t = at;
+        }
+    }
+}
+
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.inner
@@ -613,7 +629,7 @@ impl Repository {
             .copied()
     }
 
-    pub(crate) fn register_inflight(&self) -> InflightGuard {
+    pub(crate) fn register_inflight(&self, at: jiff::Timestamp) -> InflightGuard {
         let id = self
             .inner
             .inflight_next
@@ -622,7 +638,7 @@ impl Repository {
             .inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, jiff::Timestamp::now());
+            .insert(id, at);
         InflightGuard {
             inner: self.inner.clone(),
             id,

@@ -58,6 +58,10 @@ pub struct PreparedChunk {
     raw_len: u32,
     /// The compressed chunk, when it is not stored yet.
     compressed: Option<Vec<u8>>,
+    /// When it was decided to reuse the stored chunk (no compressed bytes):
+    /// the writer that stores it counts as in flight from then on, for
+    /// garbage collection (`Repository::oldest_inflight`).
+    decided: Option<Timestamp>,
 }
 
 impl PreparedChunk {
@@ -79,6 +83,7 @@ impl PreparedChunk {
             id: self.id,
             raw_len: self.raw_len,
             compressed: None,
+            decided: Some(Timestamp::now()),
         }
     }
 }
@@ -157,6 +162,7 @@ fn prepare(
     Ok(PreparedChunk {
         id,
         raw_len,
+        decided: compressed.is_none().then(Timestamp::now),
         compressed,
     })
 }
@@ -177,8 +183,14 @@ impl Writer {
     /// Registers this writer's uncommitted work (from its first decision
     /// until its commit or abandon).
     fn begin(&mut self) {
-        if self.inflight.is_none() {
-            self.inflight = Some(self.repo.register_inflight());
+        self.begin_at(Timestamp::now());
+    }
+
+    /// The same, for a decision made at `at` (chunks prepared earlier).
+    fn begin_at(&mut self, at: Timestamp) {
+        match &mut self.inflight {
+            Some(g) => g.since(at),
+            None => self.inflight = Some(self.repo.register_inflight(at)),
         }
     }
 
@@ -245,7 +257,10 @@ impl Writer {
         chunking: Chunking,
         prepared: Vec<PreparedChunk>,
     ) -> Result<Manifest, RepoError> {
-        self.begin();
+        // From the earliest reuse decision among the prepared chunks: the
+        // preparer decided before this call.
+        let earliest = prepared.iter().filter_map(|p| p.decided).min();
+        self.begin_at(earliest.map_or_else(Timestamp::now, |e| e.min(Timestamp::now())));
         let mut hasher = ItemHasher::new(self.repo.key());
         let mut size = 0u64;
         let mut chunks = Vec::with_capacity(prepared.len());
