@@ -14,5 +14,6 @@ pub mod pitr;
 pub mod repo;
 pub mod retention;
 pub mod ship;
+pub mod sidecar;
 pub mod sqlite;
 pub mod wal;

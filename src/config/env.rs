@@ -258,6 +258,7 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
             let h = raw.health.get_or_insert_with(Default::default);
             match key {
                 "wal_ack_max_age" => h.wal_ack_max_age = Some(v),
+                "stream_down_max" => h.stream_down_max = Some(v),
                 "backup_max_age" => h.backup_max_age = Some(v),
                 "destination_down_max" => h.destination_down_max = Some(v),
                 "slot_retained_max" => h.slot_retained_max = Some(v),

@@ -217,6 +217,11 @@ pub struct HealthConfig {
     /// A stream is failing when no WAL was acknowledged for this long while
     /// the server produced some (`wal_ack_max_age`, default 5 min).
     pub wal_ack_max_age: Duration,
+    /// A stream (or an SQLite watcher) is failing when it has not been
+    /// connected (or has failed every capture) for this long
+    /// (`stream_down_max`, default 1 min): a stopped server produces no WAL,
+    /// so only the connection shows it.
+    pub stream_down_max: Duration,
     /// A database is failing when its newest restorable base backup is older
     /// than this (`backup_max_age`); `None`: 1.5 × the interval of its
     /// `base_backup` schedule (no limit when the schedule is off).
@@ -244,6 +249,7 @@ impl Default for HealthConfig {
         HealthConfig {
             listen: None,
             wal_ack_max_age: Duration::from_secs(300),
+            stream_down_max: Duration::from_secs(60),
             backup_max_age: None,
             destination_down_max: Duration::from_secs(600),
             slot_retained_max: 4 << 30,
@@ -258,6 +264,7 @@ impl std::fmt::Debug for HealthConfig {
         f.debug_struct("HealthConfig")
             .field("listen", &self.listen)
             .field("wal_ack_max_age", &self.wal_ack_max_age)
+            .field("stream_down_max", &self.stream_down_max)
             .field("backup_max_age", &self.backup_max_age)
             .field("destination_down_max", &self.destination_down_max)
             .field("slot_retained_max", &self.slot_retained_max)

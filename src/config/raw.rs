@@ -109,6 +109,7 @@ pub(super) struct RawHealth {
     pub listen: Option<Val<String>>,
     /// Durations and sizes: an integer or a string with a unit.
     pub wal_ack_max_age: Option<Val<toml::Value>>,
+    pub stream_down_max: Option<Val<toml::Value>>,
     pub backup_max_age: Option<Val<toml::Value>>,
     pub destination_down_max: Option<Val<toml::Value>>,
     pub slot_retained_max: Option<Val<toml::Value>>,
@@ -291,6 +292,11 @@ const HEALTH_KEYS: &[KeySpec] = &[
         "wal_ack_max_age",
         KeyType::Duration,
         r#"wal_ack_max_age = "5m""#,
+    ),
+    key(
+        "stream_down_max",
+        KeyType::Duration,
+        r#"stream_down_max = "1m""#,
     ),
     key(
         "backup_max_age",

@@ -786,6 +786,12 @@ fn health(ctx: &Ctx<'_>, h: RawHealth) -> Result<HealthConfig, ConfigError> {
             None => None,
             Some(v) => Some(listen(ctx, v)?),
         },
+        stream_down_max: threshold(
+            "stream_down_max",
+            h.stream_down_max,
+            d.stream_down_max,
+            "1m",
+        )?,
         wal_ack_max_age: threshold(
             "wal_ack_max_age",
             h.wal_ack_max_age,

@@ -13,6 +13,7 @@ mod repo;
 mod retention;
 mod s3;
 mod schedule;
+mod sidecar;
 mod sqlite;
 mod wal_conn;
 mod wal_decode;
