@@ -81,13 +81,19 @@ fn pack_exists(store: &Path, id: &str) -> bool {
     store.join("packs").join(&id[..2]).join(id).exists()
 }
 
+/// Adds `keys` to the `[retention]` section `TestRepo::write_config`
+/// wrote (schedules off).
+pub fn with_retention(path: &Path, keys: &str) {
+    let text = std::fs::read_to_string(path).expect("config");
+    let section = "[retention]\nschedule = \"off\"\n";
+    assert!(text.contains(section), "{text}");
+    let text = text.replacen(section, &format!("{section}{keys}"), 1);
+    std::fs::write(path, text).expect("config");
+}
+
 fn config(t: &TestRepo) -> Config {
     let path = t.write_config(&[]);
-    let mut text = std::fs::read_to_string(&path).expect("config");
-    text.push_str(
-        "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\nkeep_last = 1\n",
-    );
-    std::fs::write(&path, text).expect("config");
+    with_retention(&path, "keep_last = 1\n");
     Config::load(&path).expect("config loads")
 }
 
@@ -293,12 +299,10 @@ async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
 
     let t = TestRepo::new().await;
     let path = t.write_config(&[("main", "host=127.0.0.1 port=1 user=x dbname=postgres")]);
-    let mut text = std::fs::read_to_string(&path).expect("config");
-    text.push_str(
-        "base_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\n\
-         schedule = \"off\"\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n",
+    with_retention(
+        &path,
+        "keep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n",
     );
-    std::fs::write(&path, text).expect("config");
     let config = Config::load(&path).expect("config");
     let repo = t.open().await;
     let mut w = repo.writer();

@@ -34,12 +34,14 @@ impl Env {
         let text = std::fs::read_to_string(&config)
             .expect("config")
             .replace("[repository]\n", "[repository]\npack_size = \"1MiB\"\n");
-        let text = format!(
-            "{text}base_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n\
-             [retention]\nschedule = \"off\"\nkeep_last = {keep_last}\nkeep_daily = 0\n\
-             keep_weekly = 0\nkeep_monthly = 0\ngc_grace = \"1h\"\n"
-        );
         std::fs::write(&config, text).expect("config");
+        super::with_retention(
+            &config,
+            &format!(
+                "keep_last = {keep_last}\nkeep_daily = 0\nkeep_weekly = 0\n\
+                 keep_monthly = 0\ngc_grace = \"1h\"\n"
+            ),
+        );
         Env { t, config }
     }
 

@@ -32,12 +32,10 @@ async fn sqlite_captures_before_the_oldest_kept_snapshot_are_forgotten() {
     .expect("create");
     let cfg = t.write_config(&[]);
     add_sqlite(&cfg, "app", &db, "");
-    let mut text_cfg = std::fs::read_to_string(&cfg).expect("config");
-    text_cfg.push_str(
-        "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\nkeep_last = 2\n\
-         keep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n",
+    super::with_retention(
+        &cfg,
+        "keep_last = 2\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n",
     );
-    std::fs::write(&cfg, text_cfg).expect("config");
     let repo = t.open().await;
     let opts = || WatchOptions {
         name: "app".into(),
