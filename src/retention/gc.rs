@@ -24,6 +24,11 @@ pub struct PackAction {
     /// Why it waits (packs marked but not deleted yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Whether no commit names it: a pack a writer uploaded and never
+    /// committed (it crashed or failed), or one a destination still holds
+    /// after it was deleted elsewhere.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub orphan: bool,
 }
 
 /// What garbage collection will do, given the items the plan forgets.
@@ -98,8 +103,33 @@ fn elapsed(now: Timestamp, since: Timestamp) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
+/// Packs the destinations hold that the catalog does not know (no commit
+/// names them), with their sizes. A destination that cannot list is
+/// skipped with a warning: the others still count.
+async fn unknown_packs(
+    repo: &Repository,
+    known: &HashSet<String>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for dest in repo.fanout().destinations() {
+        match dest.list("packs/").await {
+            Ok(listed) => {
+                for m in listed {
+                    let id = m.key.rsplit('/').next().unwrap_or("");
+                    if crate::repo::PackId::parse(id).is_some() && !known.contains(id) {
+                        out.insert(id.to_owned(), m.size);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(destination = dest.name(), error = %e,
+                "cannot list packs/ for garbage collection; packs no commit names are looked for in the other destinations only"),
+        }
+    }
+    out
+}
+
 /// Plans garbage collection as it will be once `forget` is applied.
-pub(super) fn plan(
+pub(super) async fn plan(
     repo: &Repository,
     forget: &[Forget],
     now: Timestamp,
@@ -113,17 +143,31 @@ pub(super) fn plan(
         packs: packs.len(),
         ..GcPlan::default()
     };
-    for (id, size) in packs {
-        let id = id.to_string();
+    let known: HashSet<String> = packs.iter().map(|(id, _)| id.to_string()).collect();
+    let mut all: Vec<(String, u64, bool)> = packs
+        .into_iter()
+        .map(|(id, size)| (id.to_string(), size, false))
+        .collect();
+    all.extend(
+        unknown_packs(repo, &known)
+            .await
+            .into_iter()
+            .map(|(id, size)| (id, size, true)),
+    );
+    for (id, size, orphan) in all {
         let marked = match states.get(&id) {
             Some(PackGcState::Marked(t)) => Some(*t),
-            _ => None,
+            // Deleted, yet a destination lists it (it failed to delete
+            // there, or a spool uploaded it again): delete it again.
+            Some(PackGcState::Deleted(t)) => Some(*t),
+            None => None,
         };
         let action = PackAction {
             id: id.clone(),
             size,
             marked,
             waiting: None,
+            orphan,
         };
         match (referenced.contains(&id), marked) {
             (true, Some(_)) => plan.unmark.push(action),
@@ -133,7 +177,9 @@ pub(super) fn plan(
                 plan.mark.push(action);
             }
             (false, Some(t)) => {
-                let waiting = if elapsed(now, t) < grace {
+                let waiting = if matches!(states.get(&id), Some(PackGcState::Deleted(_))) {
+                    None
+                } else if elapsed(now, t) < grace {
                     Some(format!(
                         "grace period: marked {t}, deletable after {}",
                         t.checked_add(grace).unwrap_or(t)
@@ -264,14 +310,15 @@ impl GcPlan {
         use std::fmt::Write;
         let mut s = String::new();
         let _ = writeln!(s, "[packs] {} in the catalog", self.packs);
+        let orphan = |p: &PackAction| if p.orphan { ", no commit names it" } else { "" };
         for p in &self.mark {
-            let _ = writeln!(s, "  mark    {} ({} bytes)", p.id, p.size);
+            let _ = writeln!(s, "  mark    {} ({} bytes{})", p.id, p.size, orphan(p));
         }
         for p in &self.unmark {
             let _ = writeln!(s, "  unmark  {} (referenced again)", p.id);
         }
         for p in &self.delete {
-            let _ = writeln!(s, "  delete  {} ({} bytes)", p.id, p.size);
+            let _ = writeln!(s, "  delete  {} ({} bytes{})", p.id, p.size, orphan(p));
         }
         for p in &self.waiting {
             let _ = writeln!(

@@ -208,7 +208,7 @@ pub async fn plan(
         forgotten.extend(f);
     }
     let forget = group_forgets(forgotten);
-    let gc = gc::plan(repo, &forget, opts.now, opts.grace)?;
+    let gc = gc::plan(repo, &forget, opts.now, opts.grace).await?;
     Ok(RetentionPlan {
         now: opts.now,
         databases,

@@ -641,3 +641,100 @@ async fn a_failed_scheduled_run_is_published_and_the_schedule_goes_on() {
         .expect("stops")
         .expect("no panic");
 }
+
+/// Packs no commit names: one an abandoned writer left is marked, then
+/// deleted after the grace period; one a writer in flight uploaded is
+/// kept until it commits, then unmarked.
+#[tokio::test]
+async fn packs_no_commit_names_are_collected_but_not_a_writers_in_flight() {
+    let t = TestRepo::new().await;
+    let config = config(&t);
+    let repo = t.open().await;
+    let packs = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(t.store().join("packs"))
+            .into_iter()
+            .flatten()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Larger than a pack (4 MiB here): a pack is uploaded during the put.
+    let mut abandoned = repo.writer();
+    abandoned
+        .put(
+            "x/lost",
+            "test",
+            serde_json::json!({}),
+            Chunking::Cdc,
+            &data(12, 5 << 20, 0)[..],
+        )
+        .await
+        .expect("put");
+    abandoned.abandon().await;
+    let lost = packs();
+    assert_eq!(lost.len(), 1, "one pack uploaded, never committed");
+
+    let plan = gc(&repo, &config, Duration::ZERO).await;
+    assert_eq!(plan.gc.mark.len(), 1, "{}", plan.render());
+    assert!(plan.gc.mark[0].orphan && plan.gc.mark[0].id == lost[0]);
+    assert!(plan.render().contains("no commit names it"));
+
+    // A writer in flight uploads a pack of its own meanwhile.
+    let content = data(13, 5 << 20, 0);
+    let mut w = repo.writer();
+    w.put(
+        "x/kept",
+        "test",
+        serde_json::json!({}),
+        Chunking::Cdc,
+        &content[..],
+    )
+    .await
+    .expect("put");
+    // Its first pack uploads in the background: wait (bounded) until the
+    // destination lists it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while repo.fanout().list("packs/").await.expect("list").len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer's pack was not uploaded in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let plan = gc(&repo, &config, Duration::ZERO).await;
+    assert_eq!(
+        plan.gc
+            .delete
+            .iter()
+            .map(|p| p.id.clone())
+            .collect::<Vec<_>>(),
+        lost,
+        "{}",
+        plan.render()
+    );
+    assert_eq!(
+        plan.gc.mark.len(),
+        1,
+        "the writer's uploaded pack: {}",
+        plan.render()
+    );
+    let theirs = plan.gc.mark[0].id.clone();
+    assert!(!packs().contains(&lost[0]));
+
+    let plan = gc(&repo, &config, Duration::ZERO).await;
+    assert!(plan.gc.delete.is_empty(), "{}", plan.render());
+    assert_eq!(plan.gc.waiting.len(), 1, "{}", plan.render());
+    w.commit().await.expect("commit");
+    let plan = gc(&repo, &config, Duration::ZERO).await;
+    assert!(
+        plan.gc.unmark.iter().any(|p| p.id == theirs),
+        "{}",
+        plan.render()
+    );
+    assert!(plan.gc.delete.is_empty(), "{}", plan.render());
+    assert_eq!(read(&repo, "x/kept").await, content);
+    let verified = repo.verify().await.expect("verify");
+    assert!(verified.problems.is_empty(), "{:?}", verified.problems);
+}
