@@ -218,6 +218,20 @@ enum Command {
     /// Copy missing or damaged objects into each destination from one where
     /// they check out; then every destination holds every object.
     Repair(ConfigArg),
+    /// Apply the [retention] policy and collect garbage: prints the plan,
+    /// then applies it unless --dry-run.
+    Retention {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// Print the plan only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the config, the destinations and (later) the databases.
     Check(ConfigArg),
     /// The local catalog.
@@ -368,6 +382,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check(c) => check(&load(&c)?).await,
         Command::Repair(c) => repair(&load(&c)?).await,
+        Command::Retention {
+            config,
+            database,
+            dry_run,
+            json,
+        } => retention(&load(&config)?, database, dry_run, json).await,
         Command::Run(c) => run_sidecar(&load(&c)?).await,
         Command::Backup {
             config,
@@ -642,6 +662,77 @@ async fn verify(config: &Config) -> anyhow::Result<()> {
         "{} damaged or missing objects; restore them from a healthy destination",
         report.problems.len()
     )
+}
+
+/// `pitr retention`: the plan, then (unless `--dry-run`) its application.
+async fn retention(
+    config: &Config,
+    database: DatabaseArg,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use pitr::retention::{RetentionError, RunOptions, Scope};
+    let scope = match (database.postgres, database.sqlite) {
+        (Some(p), None) => Scope::Postgres(p),
+        (None, Some(s)) => Scope::Sqlite(s),
+        (None, None) => Scope::All,
+        (Some(_), Some(_)) => {
+            return Err(Exit::Usage("give --postgres or --sqlite, not both".into()).into());
+        }
+    };
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    let run = RunOptions {
+        scope,
+        ..RunOptions::from_config(config)
+    };
+    let plan = match pitr::retention::plan(&repo, config, &run).await {
+        Err(e @ RetentionError::UnknownDatabase { .. }) => {
+            return Err(Exit::Usage(e.to_string()).into());
+        }
+        r => r?,
+    };
+    if !json {
+        print!("{}", plan.render());
+    }
+    let report = if dry_run {
+        if !json {
+            println!("Dry run: nothing was changed.");
+        }
+        None
+    } else {
+        let report = pitr::retention::apply(&repo, &plan).await?;
+        if !json {
+            println!(
+                "Forgot {} backups ({} items); marked {} packs, unmarked {}, deleted {} ({} bytes freed); deleted {} empty catalog commits.",
+                report.backups_forgotten,
+                report.items_forgotten,
+                report.gc.marked,
+                report.gc.unmarked,
+                report.gc.deleted,
+                report.gc.bytes_freed,
+                report.gc.commits_deleted
+            );
+            for f in &report.gc.failures {
+                println!("FAILED {f}");
+            }
+        }
+        Some(report)
+    };
+    if json {
+        let v = serde_json::json!({ "plan": plan, "report": report });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    if let Some(r) = &report
+        && !r.gc.failures.is_empty()
+    {
+        anyhow::bail!(
+            "{} deletions failed on a destination; they are retried by the next run (fix the destination, then run `pitr retention` again)",
+            r.gc.failures.len()
+        );
+    }
+    Ok(())
 }
 
 /// `pitr repair`: every object checked in every destination, good copies

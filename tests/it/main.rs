@@ -10,6 +10,7 @@ mod harness;
 mod pg_harness;
 mod pitr_restore;
 mod repo;
+mod retention;
 mod s3;
 mod schedule;
 mod sidecar;
