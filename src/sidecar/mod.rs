@@ -217,6 +217,47 @@ pub async fn run(
         });
     }
     tasks.spawn(probe_destinations(repo.clone(), stop_rx.clone()));
+    let mut sections: Vec<(&'static str, health::Section)> = Vec::new();
+    let mut extra_checks: Vec<Arc<dyn Fn() -> Vec<health::Check> + Send + Sync>> = Vec::new();
+
+    // Retention runs in this process, beside the writers: that is what lets
+    // garbage collection see their in-flight work (docs/RETENTION.md).
+    let (retention_tx, retention_rx) = watch::channel(crate::retention::RetentionStatus::default());
+    {
+        let (repo, cfg) = (repo.clone(), (*config).clone());
+        tasks.spawn(supervise(
+            "retention".to_owned(),
+            health::task_cell(),
+            stop_rx.clone(),
+            move |stop| {
+                let (repo, cfg, tx) = (repo.clone(), cfg.clone(), retention_tx.clone());
+                async move {
+                    crate::retention::run_scheduled(repo, cfg, tx, stop).await;
+                    Ok(())
+                }
+            },
+        ));
+        let rx = retention_rx.clone();
+        sections.push((
+            "retention",
+            Arc::new(move || serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
+        ));
+        let rx = retention_rx;
+        extra_checks.push(Arc::new(move || {
+            let s = rx.borrow();
+            let failing = s.last_ok == Some(false);
+            vec![health::Check::new(
+                "retention".to_owned(),
+                failing,
+                match (&s.last_error, failing) {
+                    (Some(e), true) => format!(
+                        "the last retention run failed: {e}. Storage is not cleaned up until it succeeds; `pitr retention --dry-run` shows the plan"
+                    ),
+                    _ => "retention runs as scheduled".to_owned(),
+                },
+            )]
+        }));
+    }
 
     let sources = Sources {
         started: Timestamp::now(),
@@ -224,8 +265,8 @@ pub async fn run(
         repo: repo.clone(),
         postgres: pg_sources,
         sqlite: sqlite_sources,
-        sections: Vec::new(),
-        extra_checks: Vec::new(),
+        sections,
+        extra_checks,
     };
     let (report_tx, report_rx) = watch::channel(None);
     tasks.spawn(evaluate_forever(
