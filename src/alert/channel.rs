@@ -206,6 +206,20 @@ impl SmtpTarget {
         })
     }
 
+    /// `smtp://host:port` with the port in effect, for messages.
+    fn origin(&self) -> String {
+        let scheme = if self.tls == TlsMode::Implicit {
+            "smtps"
+        } else {
+            "smtp"
+        };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+
     fn mailer(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
         let params = || {
             TlsParameters::new(self.host.clone())
@@ -281,7 +295,7 @@ impl Channel {
                 (target, transport)
             }
             AlertKind::Email { smtp_url, from, to } => {
-                let target = origin(smtp_url);
+                let mut target = origin(smtp_url);
                 let setup = |message: String| AlertError::Setup {
                     channel: c.name.clone(),
                     kind,
@@ -289,6 +303,7 @@ impl Channel {
                 };
                 let transport = (|| {
                     let t = SmtpTarget::parse(smtp_url, setup)?;
+                    target = t.origin();
                     let mailer = t.mailer().map_err(setup)?;
                     let mailbox = |s: &str| {
                         s.parse::<Mailbox>()
@@ -577,7 +592,7 @@ pub(crate) async fn check(c: &AlertConfig) -> Result<String, AlertError> {
             let mailer = t.mailer().map_err(setup)?;
             let smtp_err = |e: &lettre::transport::smtp::Error| AlertError::Smtp {
                 channel: c.name.clone(),
-                server: origin(smtp_url),
+                server: t.origin(),
                 message: e.to_string(),
                 hint: smtp_hint(e, t.tls).to_owned(),
                 retryable: false,
@@ -589,7 +604,7 @@ pub(crate) async fn check(c: &AlertConfig) -> Result<String, AlertError> {
             {
                 Ok(Ok(true)) => Ok(format!(
                     "SMTP server {} answered ({}{}), nothing sent",
-                    origin(smtp_url),
+                    t.origin(),
                     t.tls.describe(),
                     if t.credentials.is_some() {
                         ", logged in"
@@ -599,7 +614,7 @@ pub(crate) async fn check(c: &AlertConfig) -> Result<String, AlertError> {
                 )),
                 Ok(Ok(false)) => Err(AlertError::Smtp {
                     channel: c.name.clone(),
-                    server: origin(smtp_url),
+                    server: t.origin(),
                     message: "the server did not answer NOOP".to_owned(),
                     hint: "check that host and port of smtp_url are an SMTP server".to_owned(),
                     retryable: false,
@@ -607,7 +622,7 @@ pub(crate) async fn check(c: &AlertConfig) -> Result<String, AlertError> {
                 Ok(Err(e)) => Err(smtp_err(&e)),
                 Err(_) => Err(AlertError::Smtp {
                     channel: c.name.clone(),
-                    server: origin(smtp_url),
+                    server: t.origin(),
                     message: "no answer in time".to_owned(),
                     hint: "check host and port of smtp_url and any firewall".to_owned(),
                     retryable: false,
@@ -638,6 +653,7 @@ mod tests {
             ("mail.example.com", 587, TlsMode::Required)
         );
         assert!(t.credentials.is_some());
+        assert_eq!(t.origin(), "smtp://mail.example.com:587");
         let t = parse("smtps://mail.example.com").unwrap();
         assert_eq!((t.port, t.tls), (465, TlsMode::Implicit));
         let t = parse("smtp://127.0.0.1:2525?tls=none").unwrap();
@@ -645,6 +661,7 @@ mod tests {
         assert!(t.credentials.is_none());
         let t = parse("smtp://[::1]:25?tls=opportunistic").unwrap();
         assert_eq!((t.host.as_str(), t.tls), ("::1", TlsMode::Opportunistic));
+        assert_eq!(t.origin(), "smtp://[::1]:25");
         let e = parse("smtp://h?tls=off").map(|_| ()).unwrap_err();
         assert!(e.contains("tls=\"off\"") && e.contains("tls=none"), "{e}");
         let e = parse("smtps://h?tls=none").map(|_| ()).unwrap_err();

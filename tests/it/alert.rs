@@ -58,7 +58,13 @@ async fn one_alert_per_transition_none_while_it_persists_one_recovery() {
     let rx = WebhookReceiver::start().await;
     let alerter = Alerter::with_retry(
         &[
-            channel("slack", AlertKind::Slack { url: rx.url("/slack") }, None),
+            channel(
+                "slack",
+                AlertKind::Slack {
+                    url: rx.url("/slack"),
+                },
+                None,
+            ),
             channel(
                 "discord",
                 AlertKind::Discord {
@@ -66,7 +72,13 @@ async fn one_alert_per_transition_none_while_it_persists_one_recovery() {
                 },
                 None,
             ),
-            channel("hook", AlertKind::Webhook { url: rx.url("/hook") }, None),
+            channel(
+                "hook",
+                AlertKind::Webhook {
+                    url: rx.url("/hook"),
+                },
+                None,
+            ),
         ],
         "db1.example.com",
         quick_retry(3),
@@ -161,10 +173,18 @@ async fn renotify_sends_reminders_only_on_channels_that_ask() {
         &[
             channel(
                 "often",
-                AlertKind::Webhook { url: rx.url("/often") },
+                AlertKind::Webhook {
+                    url: rx.url("/often"),
+                },
                 Some(Duration::from_secs(1)),
             ),
-            channel("once", AlertKind::Webhook { url: rx.url("/once") }, None),
+            channel(
+                "once",
+                AlertKind::Webhook {
+                    url: rx.url("/once"),
+                },
+                None,
+            ),
         ],
         "h",
         quick_retry(3),
@@ -200,7 +220,13 @@ async fn server_errors_and_rate_limits_are_retried_until_delivered() {
     let rx = WebhookReceiver::start().await;
     rx.answer_next(&[500, 429, 503]);
     let alerter = Alerter::with_retry(
-        &[channel("hook", AlertKind::Webhook { url: rx.url("/hook") }, None)],
+        &[channel(
+            "hook",
+            AlertKind::Webhook {
+                url: rx.url("/hook"),
+            },
+            None,
+        )],
         "h",
         quick_retry(5),
     );
@@ -268,7 +294,13 @@ async fn an_unreachable_channel_gives_up_and_does_not_hold_up_the_others() {
                 },
                 None,
             ),
-            channel("hook", AlertKind::Webhook { url: rx.url("/hook") }, None),
+            channel(
+                "hook",
+                AlertKind::Webhook {
+                    url: rx.url("/hook"),
+                },
+                None,
+            ),
         ],
         "h",
         Retry {
@@ -319,10 +351,7 @@ async fn email_is_delivered_with_subject_sender_recipients_and_fields() {
         "{m}"
     );
     assert!(m.contains("From: pitr <pitr@example.com>"), "{m}");
-    assert!(
-        m.contains("To: oncall@example.com, dba@example.com"),
-        "{m}"
-    );
+    assert!(m.contains("To: oncall@example.com, dba@example.com"), "{m}");
     assert!(m.contains("X-MailFrom: pitr@example.com"), "{m}");
     assert!(
         m.contains("X-RcptTo: oncall@example.com, dba@example.com"),
@@ -370,12 +399,10 @@ async fn check_channel_talks_to_the_servers_and_sends_nothing() {
         )
     };
 
-    let ok = pitr::alert::check_channel(&email(format!(
-        "smtp://127.0.0.1:{}?tls=none",
-        smtp.port()
-    )))
-    .await
-    .expect("check");
+    let ok =
+        pitr::alert::check_channel(&email(format!("smtp://127.0.0.1:{}?tls=none", smtp.port())))
+            .await
+            .expect("check");
     assert!(ok.contains("answered") && ok.contains("no TLS"), "{ok}");
     let ok = pitr::alert::check_channel(&channel(
         "hook",
@@ -533,7 +560,10 @@ to = ["oncall@example.com"]
         "names the server: {t}"
     );
     assert!(t.contains("refused"), "says what happened: {t}");
-    assert!(t.contains("check that the server runs"), "says what to do: {t}");
+    assert!(
+        t.contains("check that the server runs"),
+        "says what to do: {t}"
+    );
     assert!(!t.contains("hunter2"), "no password in output: {t}");
 }
 
@@ -567,7 +597,10 @@ url = "hooks.slack.com/services/T0/B0/xyz"
     let out = pitr(&["check", "-c", config.to_str().unwrap()]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("team") && t.contains("url"), "names the key: {t}");
+    assert!(
+        t.contains("team") && t.contains("url"),
+        "names the key: {t}"
+    );
     assert!(t.contains("is not an http(s) URL"), "{t}");
     assert!(!t.contains("xyz"), "the URL is a secret: {t}");
 }
