@@ -278,6 +278,9 @@ impl Channel {
                 let client = reqwest::Client::builder()
                     .timeout(ATTEMPT_TIMEOUT)
                     .connect_timeout(CONNECT_TIMEOUT)
+                    // A redirected POST turns into a GET elsewhere: a
+                    // webhook that moved is reported, not followed.
+                    .redirect(reqwest::redirect::Policy::none())
                     .user_agent(concat!("pitr/", env!("CARGO_PKG_VERSION")))
                     .build();
                 let transport = match client {
@@ -385,6 +388,18 @@ impl Channel {
         })
         .retry(backoff)
         .when(AlertError::is_retryable)
+        // A rate-limited channel says how long to wait: wait at least that
+        // (up to the longest wait), so the next try is not refused again.
+        .adjust(|e, wait| match (e, wait) {
+            (
+                AlertError::Status {
+                    retry_after: Some(asked),
+                    ..
+                },
+                Some(wait),
+            ) => Some(wait.max((*asked).min(retry.max_delay))),
+            (_, wait) => wait,
+        })
         .notify(|e, wait| {
             tracing::warn!(
                 channel = %self.name, id = %notice.id, event = notice.event.as_str(),
@@ -449,6 +464,12 @@ impl Channel {
                 if status.is_success() {
                     return Ok(());
                 }
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
                 let text = resp.text().await.unwrap_or_default();
                 let mut detail: String = text.trim().chars().take(BODY_QUOTE_CHARS).collect();
                 if !detail.is_empty() {
@@ -462,6 +483,7 @@ impl Channel {
                         target: self.target.clone(),
                         status: code,
                         detail,
+                        retry_after,
                     })
                 } else {
                     Err(AlertError::Refused {

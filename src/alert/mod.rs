@@ -137,6 +137,8 @@ pub enum AlertError {
         status: u16,
         /// The start of the server's answer, in parentheses, or empty.
         detail: String,
+        /// The server's `Retry-After`, in seconds, if it sent one.
+        retry_after: Option<Duration>,
     },
     /// No answer: DNS, connection or timeout. Retried.
     #[error(
@@ -275,17 +277,29 @@ impl Alerter {
 
     /// [`Alerter::observe`] at a given time.
     fn observe_at(&self, now: Timestamp, conditions: &[Condition]) {
-        let notices = self
+        let decisions = self
             .inner
             .tracker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .observe(now, conditions);
-        for (i, notice) in notices {
-            let Some(slot) = self.inner.slots.get(i) else {
-                continue;
-            };
-            self.enqueue(slot, notice);
+        for d in decisions {
+            let n = &d.notice;
+            // Transitions are logged once here, whatever the channels do.
+            match n.event {
+                Event::Failing => {
+                    tracing::warn!(id = %n.id, "condition failing: {}", n.summary)
+                }
+                Event::Recovered => {
+                    tracing::info!(id = %n.id, "condition recovered: {}", n.summary)
+                }
+                Event::Reminder => {}
+            }
+            for i in d.channels {
+                if let Some(slot) = self.inner.slots.get(i) {
+                    self.enqueue(slot, d.notice.clone());
+                }
+            }
         }
     }
 

@@ -22,6 +22,13 @@ struct Tracked {
     last_sent: Vec<Timestamp>,
 }
 
+/// One notice and the channels (by index) it goes to.
+#[derive(Debug)]
+pub(crate) struct Decision {
+    pub(crate) notice: Arc<Notice>,
+    pub(crate) channels: Vec<usize>,
+}
+
 /// Remembers the state of every condition id and decides, per channel,
 /// which notices an observation produces.
 #[derive(Debug)]
@@ -41,7 +48,8 @@ impl Tracker {
     }
 
     /// Compares `conditions` with the previous observation at time `now` and
-    /// returns the notices to send, each with the index of its channel.
+    /// returns the notices to send and to which channels. Transitions are
+    /// returned even without channels, so the caller can log them.
     ///
     /// Newly failing (including first seen failing): an alert on every
     /// channel. Cleared: a recovery notice on every channel. Still failing: a
@@ -50,11 +58,7 @@ impl Tracker {
     /// from `conditions` is forgotten. An id listed twice is failing when
     /// any of its entries is (the first failing entry's summary is used),
     /// so a duplicate never fakes a transition.
-    pub(crate) fn observe(
-        &mut self,
-        now: Timestamp,
-        conditions: &[Condition],
-    ) -> Vec<(usize, Arc<Notice>)> {
+    pub(crate) fn observe(&mut self, now: Timestamp, conditions: &[Condition]) -> Vec<Decision> {
         let mut merged: Vec<&Condition> = Vec::with_capacity(conditions.len());
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(conditions.len());
         for c in conditions {
@@ -72,7 +76,8 @@ impl Tracker {
         }
         self.tracked.retain(|id, _| index.contains_key(id.as_str()));
 
-        let channels = self.renotify.len();
+        let all: Vec<usize> = (0..self.renotify.len()).collect();
+        let channels = all.len();
         let mut out = Vec::new();
         for c in merged {
             let notice = |event, since, summary: &str, was: Option<&str>| {
@@ -90,8 +95,10 @@ impl Tracker {
             match self.tracked.get_mut(&c.id) {
                 None => {
                     if c.failing {
-                        let n = notice(Event::Failing, now, &c.summary, None);
-                        out.extend((0..channels).map(|ch| (ch, n.clone())));
+                        out.push(Decision {
+                            notice: notice(Event::Failing, now, &c.summary, None),
+                            channels: all.clone(),
+                        });
                     }
                     self.tracked.insert(
                         c.id.clone(),
@@ -110,26 +117,30 @@ impl Tracker {
                 Some(t) => match (t.failing, c.failing) {
                     (false, false) => {}
                     (false, true) => {
-                        let n = notice(Event::Failing, now, &c.summary, None);
-                        out.extend((0..channels).map(|ch| (ch, n.clone())));
+                        out.push(Decision {
+                            notice: notice(Event::Failing, now, &c.summary, None),
+                            channels: all.clone(),
+                        });
                         t.failing = true;
                         t.since = now;
                         t.failing_summary = c.summary.clone();
                         t.last_sent = vec![now; channels];
                     }
                     (true, false) => {
-                        let n = notice(
-                            Event::Recovered,
-                            t.since,
-                            &c.summary,
-                            Some(&t.failing_summary),
-                        );
-                        out.extend((0..channels).map(|ch| (ch, n.clone())));
+                        out.push(Decision {
+                            notice: notice(
+                                Event::Recovered,
+                                t.since,
+                                &c.summary,
+                                Some(&t.failing_summary),
+                            ),
+                            channels: all.clone(),
+                        });
                         t.failing = false;
                     }
                     (true, true) => {
                         t.failing_summary = c.summary.clone();
-                        let mut reminder = None;
+                        let mut due_on = Vec::new();
                         for (ch, every) in self.renotify.iter().enumerate() {
                             let Some(every) = every else { continue };
                             let due = t.last_sent[ch]
@@ -137,14 +148,15 @@ impl Tracker {
                                 .map(|due| now >= due)
                                 .unwrap_or(false);
                             if due {
-                                let n = reminder
-                                    .get_or_insert_with(|| {
-                                        notice(Event::Reminder, t.since, &c.summary, None)
-                                    })
-                                    .clone();
-                                out.push((ch, n));
+                                due_on.push(ch);
                                 t.last_sent[ch] = now;
                             }
+                        }
+                        if !due_on.is_empty() {
+                            out.push(Decision {
+                                notice: notice(Event::Reminder, t.since, &c.summary, None),
+                                channels: due_on,
+                            });
                         }
                     }
                 },
@@ -173,9 +185,13 @@ mod tests {
     }
 
     /// (channel, event, id) of each notice, for compact assertions.
-    fn events(v: &[(usize, Arc<Notice>)]) -> Vec<(usize, Event, String)> {
+    fn events(v: &[Decision]) -> Vec<(usize, Event, String)> {
         v.iter()
-            .map(|(ch, n)| (*ch, n.event, n.id.clone()))
+            .flat_map(|d| {
+                d.channels
+                    .iter()
+                    .map(|ch| (*ch, d.notice.event, d.notice.id.clone()))
+            })
             .collect()
     }
 
@@ -191,9 +207,9 @@ mod tests {
                 (1, Event::Failing, "b".into())
             ]
         );
-        assert_eq!(out[0].1.summary, "down");
-        assert_eq!(out[0].1.since, at(0));
-        assert_eq!(out[0].1.database.as_deref(), Some("main"));
+        assert_eq!(out[0].notice.summary, "down");
+        assert_eq!(out[0].notice.since, at(0));
+        assert_eq!(out[0].notice.database.as_deref(), Some("main"));
     }
 
     #[test]
@@ -210,7 +226,7 @@ mod tests {
         }
         let out = t.observe(at(100), &[cond("a", false, "streaming again")]);
         assert_eq!(events(&out), vec![(0, Event::Recovered, "a".into())]);
-        let n = &out[0].1;
+        let n = &out[0].notice;
         assert_eq!(n.since, at(10), "since: when the failure began");
         assert_eq!(n.time, at(100));
         assert_eq!(n.summary, "streaming again");
@@ -219,19 +235,19 @@ mod tests {
         // A new failure is a new alert with a new `since`.
         let out = t.observe(at(200), &[cond("a", true, "down again")]);
         assert_eq!(events(&out), vec![(0, Event::Failing, "a".into())]);
-        assert_eq!(out[0].1.since, at(200));
+        assert_eq!(out[0].notice.since, at(200));
     }
 
     #[test]
     fn reminders_follow_each_channels_interval() {
         let mut t = Tracker::new(vec![Some(Duration::from_secs(60)), None]);
         let out = t.observe(at(0), &[cond("a", true, "down")]);
-        assert_eq!(out.len(), 2);
+        assert_eq!(events(&out).len(), 2);
         assert!(t.observe(at(59), &[cond("a", true, "down")]).is_empty());
         let out = t.observe(at(60), &[cond("a", true, "still down")]);
         assert_eq!(events(&out), vec![(0, Event::Reminder, "a".into())]);
-        assert_eq!(out[0].1.since, at(0));
-        assert_eq!(out[0].1.summary, "still down");
+        assert_eq!(out[0].notice.since, at(0));
+        assert_eq!(out[0].notice.summary, "still down");
         assert!(t.observe(at(100), &[cond("a", true, "down")]).is_empty());
         let out = t.observe(at(130), &[cond("a", true, "down")]);
         assert_eq!(events(&out), vec![(0, Event::Reminder, "a".into())]);
@@ -244,7 +260,7 @@ mod tests {
                 (1, Event::Recovered, "a".into())
             ]
         );
-        assert_eq!(out[0].1.was.as_deref(), Some("down"));
+        assert_eq!(out[0].notice.was.as_deref(), Some("down"));
         // No reminders once recovered.
         assert!(t.observe(at(1000), &[cond("a", false, "ok")]).is_empty());
     }
@@ -271,7 +287,7 @@ mod tests {
         let both = [cond("a", false, "ok"), cond("a", true, "down")];
         let out = t.observe(at(0), &both);
         assert_eq!(events(&out), vec![(0, Event::Failing, "a".into())]);
-        assert_eq!(out[0].1.summary, "down");
+        assert_eq!(out[0].notice.summary, "down");
         assert!(t.observe(at(1), &both).is_empty());
         assert!(t.observe(at(2), &both).is_empty());
     }
@@ -289,9 +305,13 @@ mod tests {
     }
 
     #[test]
-    fn no_channels_no_notices() {
+    fn without_channels_transitions_are_still_reported() {
         let mut t = Tracker::new(vec![]);
-        assert!(t.observe(at(0), &[cond("a", true, "down")]).is_empty());
-        assert!(t.observe(at(1), &[cond("a", false, "ok")]).is_empty());
+        let out = t.observe(at(0), &[cond("a", true, "down")]);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].channels.is_empty());
+        assert!(t.observe(at(1), &[cond("a", true, "down")]).is_empty());
+        let out = t.observe(at(2), &[cond("a", false, "ok")]);
+        assert_eq!(out[0].notice.event, Event::Recovered);
     }
 }
