@@ -381,33 +381,29 @@ impl Channel {
             .with_min_delay(retry.min_delay)
             .with_max_delay(retry.max_delay)
             .with_max_times(attempts - 1);
-        let mut attempt = 0usize;
-        let result = (|| {
-            attempt += 1;
-            self.attempt(notice, instance)
-        })
-        .retry(backoff)
-        .when(AlertError::is_retryable)
-        // A rate-limited channel says how long to wait: wait at least that
-        // (up to the longest wait), so the next try is not refused again.
-        .adjust(|e, wait| match (e, wait) {
-            (
-                AlertError::Status {
-                    retry_after: Some(asked),
-                    ..
-                },
-                Some(wait),
-            ) => Some(wait.max((*asked).min(retry.max_delay))),
-            (_, wait) => wait,
-        })
-        .notify(|e, wait| {
-            tracing::warn!(
-                channel = %self.name, id = %notice.id, event = notice.event.as_str(),
-                "alert delivery failed, retrying in {:.1}s: {e}", wait.as_secs_f64()
-            );
-            self.record_error(format!("{e} (retrying)"), false);
-        })
-        .await;
+        let result = (|| self.attempt(notice, instance))
+            .retry(backoff)
+            .when(AlertError::is_retryable)
+            // A rate-limited channel says how long to wait: wait at least that
+            // (up to the longest wait), so the next try is not refused again.
+            .adjust(|e, wait| match (e, wait) {
+                (
+                    AlertError::Status {
+                        retry_after: Some(asked),
+                        ..
+                    },
+                    Some(wait),
+                ) => Some(wait.max((*asked).min(retry.max_delay))),
+                (_, wait) => wait,
+            })
+            .notify(|e, wait| {
+                tracing::warn!(
+                    channel = %self.name, id = %notice.id, event = notice.event.as_str(),
+                    "alert delivery failed, retrying in {:.1}s: {e}", wait.as_secs_f64()
+                );
+                self.record_error(format!("{e} (retrying)"), false);
+            })
+            .await;
         match result {
             Ok(()) => {
                 tracing::info!(channel = %self.name, id = %notice.id, event = notice.event.as_str(), "alert delivered");

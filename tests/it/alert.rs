@@ -436,6 +436,63 @@ async fn check_channel_talks_to_the_servers_and_sends_nothing() {
     assert!(rx.received().is_empty());
 }
 
+/// The counters the lead's `/metrics` shows: a recorder local to this
+/// thread, and a current-thread runtime so the delivery tasks run here too.
+#[test]
+fn deliveries_and_failures_are_counted_in_metrics() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let rx = WebhookReceiver::start().await;
+            rx.answer_next(&[410]);
+            let alerter = Alerter::with_retry(
+                &[
+                    channel(
+                        "gone",
+                        AlertKind::Webhook {
+                            url: rx.url("/gone"),
+                        },
+                        None,
+                    ),
+                    channel(
+                        "hook",
+                        AlertKind::Webhook {
+                            url: rx.url("/hook"),
+                        },
+                        None,
+                    ),
+                ],
+                "h",
+                quick_retry(3),
+            );
+            // The first request (to either channel) is answered 410.
+            alerter.observe(&[stream(true)]);
+            assert!(alerter.flush(WAIT).await);
+            alerter.observe(&[stream(false)]);
+            assert!(alerter.flush(WAIT).await);
+            let failed: u64 = alerter.channels().iter().map(|s| s.failed).sum();
+            let delivered: u64 = alerter.channels().iter().map(|s| s.delivered).sum();
+            assert_eq!((failed, delivered), (1, 3), "{:?}", alerter.channels());
+        })
+    });
+    let text = handle.render();
+    let value = |line_start: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("pitr_alert") && l.contains(line_start))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(value("event=\"failing\""), 1, "{text}");
+    assert_eq!(value("event=\"recovered\""), 2, "{text}");
+    assert_eq!(value("pitr_alert_delivery_failures_total{"), 1, "{text}");
+    assert!(text.contains("pitr_alerts_sent_total{"), "{text}");
+}
+
 // ---- `pitr check` through the binary ----
 
 fn pitr(args: &[&str]) -> Output {
