@@ -795,6 +795,15 @@ async fn check(config: &Config) -> anyhow::Result<()> {
             }
         }
     }
+    for alert in &config.alerts {
+        match pitr::alert::check_channel(alert).await {
+            Ok(report) => println!("alert {} ({}): {report}", alert.name, alert.kind.name()),
+            Err(e) => {
+                failed += 1;
+                println!("alert {}: FAILED: {e}", alert.name);
+            }
+        }
+    }
     if failed > 0 {
         anyhow::bail!("{failed} checks failed (see above)");
     }

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area, sharing the
 //! harness (throw-away PostgreSQL clusters and friends).
 
+mod alert;
 mod basebackup;
 mod car;
 mod cli;
