@@ -39,6 +39,47 @@ impl VerifyStatus {
     pub fn failing(&self) -> bool {
         self.last.iter().any(|r| !r.ok)
     }
+
+    /// The health check: whether it fails, and a sentence saying why or
+    /// that all is well. A missing identity is not a failure (the sidecar
+    /// need not hold it, invariant 5); it is said.
+    pub fn check(&self) -> (bool, String) {
+        let failed: Vec<String> = self
+            .last
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| {
+                format!(
+                    "the test restore of [[{}]] {:?} at {} failed: {}",
+                    r.kind.as_str(),
+                    r.database,
+                    r.started,
+                    r.error.as_deref().unwrap_or("no reason recorded")
+                )
+            })
+            .collect();
+        if !failed.is_empty() {
+            return (
+                true,
+                format!(
+                    "{}. `pitr verify --restore` runs it again now",
+                    failed.join("; ")
+                ),
+            );
+        }
+        if let Some(why) = &self.not_configured {
+            return (false, format!("scheduled test restores are {why}"));
+        }
+        match self.last.iter().map(|r| r.started).min() {
+            Some(oldest) => (
+                false,
+                format!(
+                    "the newest test restore of each database passed (oldest of them {oldest})"
+                ),
+            ),
+            None => (false, "no test restore has run yet".to_owned()),
+        }
+    }
 }
 
 /// A wait for the next cron time is cut into steps this long, so a wall
@@ -147,5 +188,32 @@ async fn forever(config: Config, repo: Repository, status: watch::Sender<VerifyS
             s.running_since = None;
             s.runs += 1;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::DatabaseKind;
+
+    #[test]
+    fn a_failed_report_fails_the_check_and_says_why() {
+        let mut s = VerifyStatus {
+            configured: true,
+            ..VerifyStatus::default()
+        };
+        assert_eq!(s.check(), (false, "no test restore has run yet".to_owned()));
+        let mut r = VerifyReport::new(DatabaseKind::Postgres, "main");
+        r.error = Some("object packs/ab/abc was altered".into());
+        s.last.push(r);
+        let (failing, why) = s.check();
+        assert!(failing && s.failing());
+        assert!(
+            why.contains("packs/ab/abc") && why.contains("\"main\""),
+            "{why}"
+        );
+        s.last[0].ok = true;
+        s.last[0].error = None;
+        assert!(!s.check().0);
     }
 }

@@ -361,6 +361,7 @@ async fn run_scheduled_runs_on_a_seconds_cron_and_updates_its_status() {
     assert_eq!(s.last.len(), 1, "{s:?}");
     assert!(s.last[0].ok && s.last[0].database == "app", "{s:?}");
     assert!(!s.failing(), "{s:?}");
+    assert!(!s.check().0, "{s:?}");
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), task)
         .await
@@ -399,6 +400,8 @@ async fn run_scheduled_runs_on_a_seconds_cron_and_updates_its_status() {
         "{s:?}"
     );
     assert!(!s.configured);
+    let (failing, why) = s.check();
+    assert!(!failing && why.contains("no identity_file"), "{why}");
     // The earlier report is still shown, read from the catalog.
     assert_eq!(s.last.len(), 1, "{s:?}");
     assert!(
