@@ -41,11 +41,6 @@ impl Env {
         for p in [repo.dir.path(), scratch.as_path()] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
-        let mut text = std::fs::read_to_string(&config).expect("config");
-        if postgres.is_some() {
-            // The [[postgres]] entry is the last table written.
-            text.push_str("base_backup = \"off\"\n");
-        }
         let os_user = if nix::unistd::User::from_name("postgres")
             .ok()
             .flatten()
@@ -55,11 +50,19 @@ impl Env {
         } else {
             "nobody"
         };
-        text.push_str(&format!(
-            "\n[verify]\nschedule = \"off\"\nscratch_dir = \"{}\"\nos_user = \"{os_user}\"\n\n\
-             [retention]\nschedule = \"off\"\n",
-            scratch.display()
-        ));
+        // TestRepo's config has every schedule off; the scratch directory
+        // and the server's user go into its [verify] section.
+        let text = std::fs::read_to_string(&config).expect("config");
+        let verify = "[verify]\nschedule = \"off\"\n";
+        assert!(text.contains(verify), "{text}");
+        let text = text.replacen(
+            verify,
+            &format!(
+                "{verify}scratch_dir = \"{}\"\nos_user = \"{os_user}\"\n",
+                scratch.display()
+            ),
+            1,
+        );
         std::fs::write(&config, text).expect("write config");
         Env {
             repo,
