@@ -436,6 +436,39 @@ async fn check_channel_talks_to_the_servers_and_sends_nothing() {
     assert!(rx.received().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_starttls_certificate_is_a_clear_error_and_not_retried() {
+    let smtp = SmtpServer::start_with_self_signed_starttls();
+    let mail = channel(
+        "mail",
+        AlertKind::Email {
+            smtp_url: format!("smtp://127.0.0.1:{}", smtp.port()),
+            from: "pitr@example.com".to_owned(),
+            to: vec!["oncall@example.com".to_owned()],
+        },
+        None,
+    );
+    let e = pitr::alert::check_channel(&mail)
+        .await
+        .expect_err("untrusted certificate")
+        .to_string();
+    assert!(
+        e.contains("\"mail\"") && e.contains("TLS handshake failed") && e.contains("certificate"),
+        "{e}"
+    );
+    let alerter = Alerter::with_retry(std::slice::from_ref(&mail), "h", quick_retry(5));
+    alerter.observe(&[stream(true)]);
+    assert!(alerter.flush(WAIT).await);
+    let s = &alerter.channels()[0];
+    assert_eq!((s.delivered, s.failed), (0, 1), "{s:?}");
+    let e = &s.last_error.as_ref().expect("error").message;
+    assert!(
+        e.contains("TLS handshake failed") && !e.contains("gave up"),
+        "{e}"
+    );
+    assert!(smtp.messages().is_empty());
+}
+
 /// The counters the lead's `/metrics` shows: a recorder local to this
 /// thread, and a current-thread runtime so the delivery tasks run here too.
 #[test]
