@@ -255,6 +255,13 @@ path = "{repo}"
 name = "demo"
 conninfo = "host=127.0.0.1 port={port} user=postgres dbname=postgres"
 slot = "pitr_demo"
+base_backup = "off"
+
+[verify]
+schedule = "off"
+
+[retention]
+schedule = "off"
 "#,
             recipient = identity.to_public(),
             identity = identity_file.display(),

@@ -12,6 +12,8 @@ pub mod crashsafe;
 pub mod health;
 pub mod pitr;
 pub mod repo;
+pub mod retention;
 pub mod ship;
+pub mod sidecar;
 pub mod sqlite;
 pub mod wal;

@@ -22,6 +22,26 @@ use restore_cmd::{list, make_plan, open_repo, parse_target, print_plan, restore}
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as human-readable text or as JSON objects (one per line,
+    /// for log collectors). The level comes from PITR_LOG (e.g. `info`,
+    /// `pitr=debug`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PITR_LOG_FORMAT",
+        default_value = "human"
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Text for people.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The config file option every command but `keygen` takes.
@@ -198,6 +218,20 @@ enum Command {
     /// Copy missing or damaged objects into each destination from one where
     /// they check out; then every destination holds every object.
     Repair(ConfigArg),
+    /// Apply the [retention] policy and collect garbage: prints the plan,
+    /// then applies it unless --dry-run.
+    Retention {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// Print the plan only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the config, the destinations and (later) the databases.
     Check(ConfigArg),
     /// The local catalog.
@@ -249,7 +283,14 @@ fn main() -> ExitCode {
     if let Command::RestoreFetch { socket, file, path } = &cli.command {
         return ExitCode::from(pitr::pitr::fetch_client(socket, file, path));
     }
-    init_logging();
+    // The sidecar reports what it does; one-shot commands stay quiet unless
+    // something is wrong.
+    let level = if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -282,10 +323,10 @@ fn tune_allocator() {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PITR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let json = std::env::var("PITR_LOG_FORMAT").is_ok_and(|v| v == "json");
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let json = format == LogFormat::Json;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -341,6 +382,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check(c) => check(&load(&c)?).await,
         Command::Repair(c) => repair(&load(&c)?).await,
+        Command::Retention {
+            config,
+            database,
+            dry_run,
+            json,
+        } => retention(&load(&config)?, database, dry_run, json).await,
         Command::Run(c) => run_sidecar(&load(&c)?).await,
         Command::Backup {
             config,
@@ -615,6 +662,77 @@ async fn verify(config: &Config) -> anyhow::Result<()> {
         "{} damaged or missing objects; restore them from a healthy destination",
         report.problems.len()
     )
+}
+
+/// `pitr retention`: the plan, then (unless `--dry-run`) its application.
+async fn retention(
+    config: &Config,
+    database: DatabaseArg,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use pitr::retention::{RetentionError, RunOptions, Scope};
+    let scope = match (database.postgres, database.sqlite) {
+        (Some(p), None) => Scope::Postgres(p),
+        (None, Some(s)) => Scope::Sqlite(s),
+        (None, None) => Scope::All,
+        (Some(_), Some(_)) => {
+            return Err(Exit::Usage("give --postgres or --sqlite, not both".into()).into());
+        }
+    };
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    let run = RunOptions {
+        scope,
+        ..RunOptions::from_config(config)
+    };
+    let plan = match pitr::retention::plan(&repo, config, &run).await {
+        Err(e @ RetentionError::UnknownDatabase { .. }) => {
+            return Err(Exit::Usage(e.to_string()).into());
+        }
+        r => r?,
+    };
+    if !json {
+        print!("{}", plan.render());
+    }
+    let report = if dry_run {
+        if !json {
+            println!("Dry run: nothing was changed.");
+        }
+        None
+    } else {
+        let report = pitr::retention::apply(&repo, &plan).await?;
+        if !json {
+            println!(
+                "Forgot {} backups ({} items); marked {} packs, unmarked {}, deleted {} ({} bytes freed); deleted {} empty catalog commits.",
+                report.backups_forgotten,
+                report.items_forgotten,
+                report.gc.marked,
+                report.gc.unmarked,
+                report.gc.deleted,
+                report.gc.bytes_freed,
+                report.gc.commits_deleted
+            );
+            for f in &report.gc.failures {
+                println!("FAILED {f}");
+            }
+        }
+        Some(report)
+    };
+    if json {
+        let v = serde_json::json!({ "plan": plan, "report": report });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    if let Some(r) = &report
+        && !r.gc.failures.is_empty()
+    {
+        anyhow::bail!(
+            "{} deletions failed on a destination; they are retried by the next run (fix the destination, then run `pitr retention` again)",
+            r.gc.failures.len()
+        );
+    }
+    Ok(())
 }
 
 /// `pitr repair`: every object checked in every destination, good copies
@@ -957,156 +1075,25 @@ async fn prefetch_fill(config: &Config, postgres: Option<&str>, file: &str) -> a
 }
 
 /// How `pitr run` takes the scheduled backups of `pg`.
-fn schedule_options(
-    pg: &pitr::config::PostgresConfig,
-    conninfo: pitr::wal::ConnInfo,
-) -> pitr::basebackup::schedule::ScheduleOptions {
-    pitr::basebackup::schedule::ScheduleOptions {
-        backup: pitr::basebackup::BackupOptions {
-            database: pg.name.clone(),
-            conninfo,
-            label: format!("pitr scheduled backup of {}", pg.name),
-            checkpoint: pg.checkpoint,
-            max_rate_kb: pg.max_rate_kb,
-        },
-        cron: pg.base_backup.clone(),
-        wal_bytes: pg.base_backup_wal,
-        retry: pitr::basebackup::schedule::RetryPolicy::default(),
-        // The stream stores a backup's last segment within seconds; an
-        // hour covers a server that is down meanwhile.
-        wait_wal: std::time::Duration::from_secs(3600),
-    }
-}
-
-/// `pitr run`: WAL streaming and the base-backup schedule for every
-/// `[[postgres]]` entry and a watcher for every `[[sqlite]]` entry, until
-/// SIGTERM or SIGINT, which store what was received, acknowledge it and exit
-/// 0 (a backup in progress is dropped). The health server and supervision
-/// with restarts arrive with issue 8.
+/// `pitr run`: the sidecar (see `pitr::sidecar`) until SIGTERM or SIGINT,
+/// which stop it cleanly within a bounded time and exit 0.
 async fn run_sidecar(config: &Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-
-    if config.postgres.is_empty() && config.sqlite.is_empty() {
-        return Err(Exit::Usage(format!(
-            "{} has no [[postgres]] and no [[sqlite]] entry: nothing to back up",
-            config.path.display()
-        ))
-        .into());
-    }
-    let mut streams = Vec::new();
-    for pg in &config.postgres {
-        let info = pitr::wal::ConnInfo::parse(&pg.conninfo).map_err(|e| {
-            Exit::Usage(format!(
-                "{}: [[postgres]] {:?} conninfo: {e}",
-                config.path.display(),
-                pg.name
-            ))
-        })?;
-        let schedule = schedule_options(pg, info.clone());
-        streams.push((
-            pitr::wal::StreamOptions::new(&pg.name, info, &pg.slot),
-            schedule,
-        ));
-    }
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
-    let repo = Repository::open(fanout, opts).await?;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    // Scheduled backups run apart from the streams: whatever happens to a
-    // backup (an error, a panic), the WAL stream goes on.
-    let mut schedulers = tokio::task::JoinSet::new();
-    // Issue 8's health endpoint serves these.
-    let mut _backup_status = Vec::new();
-    for (o, schedule) in streams {
-        let (progress, progress_rx) = tokio::sync::watch::channel(pitr::wal::Progress::default());
-        let (status, status_rx) =
-            tokio::sync::watch::channel(pitr::basebackup::schedule::ScheduleStatus::default());
-        _backup_status.push(status_rx);
-        let mut stop = stop_rx.clone();
-        schedulers.spawn(pitr::basebackup::schedule::run(
-            repo.clone(),
-            schedule,
-            progress_rx,
-            status,
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ));
-        let mut stop = stop_rx.clone();
-        let name = o.database.clone();
-        let repo = repo.clone();
-        tasks.spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            (name, pitr::wal::stream(repo, o, progress, shutdown).await)
-        });
-    }
-    let mut sqlite = sqlite_cmd::spawn_watchers(config, &repo, &stop_rx);
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tracing::info!("pitr run: streaming WAL, base backups on schedule");
-    let failure = tokio::select! {
-        _ = term.recv() => None,
-        _ = int.recv() => None,
-        Some(done) = tasks.join_next() => Some(done),
-        Some(done) = sqlite.join_next() => {
-            let _ = stop_tx.send(true);
-            return match done {
-                Ok((name, Err(e))) => Err(anyhow::Error::new(e)
-                    .context(format!("the SQLite watcher of [[sqlite]] {name:?} stopped"))),
-                Ok((name, Ok(()))) => Err(anyhow::anyhow!("the SQLite watcher of [[sqlite]] {name:?} stopped")),
-                Err(e) => Err(anyhow::anyhow!("an SQLite watcher failed: {e}")),
-            };
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
     };
-    let _ = stop_tx.send(true);
-    // A backup cut short records nothing (its files stay unreferenced);
-    // the next start takes a new one.
-    schedulers.abort_all();
-    // Watchers stop between captures; one cut short (after 10 s) holds
-    // nothing that the next run does not take again.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while sqlite.join_next().await.is_some() {}
-    })
-    .await;
-    sqlite.shutdown().await;
-    let mut first_error = None;
-    let mut record =
-        |done: Result<(String, Result<(), pitr::wal::StreamError>), tokio::task::JoinError>| {
-            match done {
-                Ok((_, Ok(()))) => {}
-                Ok((name, Err(e))) => {
-                    first_error.get_or_insert(
-                        anyhow::Error::new(e)
-                            .context(format!("WAL streaming of [[postgres]] {name:?} stopped")),
-                    );
-                }
-                Err(e) => {
-                    first_error.get_or_insert(anyhow::anyhow!("a streaming task failed: {e}"));
-                }
+    pitr::sidecar::run(config.clone(), None, shutdown)
+        .await
+        .map_err(|e| {
+            if e.is_usage() {
+                Exit::Usage(e.to_string()).into()
+            } else {
+                anyhow::Error::new(e)
             }
-        };
-    if let Some(done) = failure {
-        record(done);
-    }
-    // Bounded: each stream stores its tail and acknowledges it, or gives up.
-    let drained = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        while let Some(done) = tasks.join_next().await {
-            record(done);
-        }
-    })
-    .await;
-    if drained.is_err() {
-        first_error.get_or_insert(anyhow::anyhow!(
-            "streams did not stop within 60 s of the shutdown signal; what they had not \
-             stored stays on the server in the replication slot"
-        ));
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+        })
 }

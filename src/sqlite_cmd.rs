@@ -169,26 +169,3 @@ pub fn list(
     }
     Ok(out)
 }
-
-/// `pitr run`: starts one watcher per `[[sqlite]]` entry; each stops when
-/// `stop` turns true. A watcher ends early only when it cannot start.
-pub fn spawn_watchers(
-    config: &Config,
-    repo: &Repository,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinSet<(String, Result<(), pitr::sqlite::WatchError>)> {
-    let mut set = tokio::task::JoinSet::new();
-    for s in &config.sqlite {
-        let opts = pitr::sqlite::WatchOptions::from_config(s, &config.repository.state_dir);
-        let (repo, mut stop, name) = (repo.clone(), stop.clone(), s.name.clone());
-        set.spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            let r = pitr::sqlite::watch(repo, opts, None, shutdown).await;
-            (name, r)
-        });
-    }
-    tracing::info!(watchers = config.sqlite.len(), "SQLite watchers started");
-    set
-}

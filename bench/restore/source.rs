@@ -266,7 +266,8 @@ pub fn prepare(
              [[postgres]]\n\
              name = \"{DB_NAME}\"\n\
              conninfo = \"host=127.0.0.1 port={port} user=postgres dbname=postgres\"\n\
-             slot = \"{SLOT}\"\n",
+             slot = \"{SLOT}\"\n\
+             base_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n",
             identity = identity.display(),
             state = pd.join("state").display(),
             repo = pd.join("repo").display(),

@@ -145,6 +145,9 @@ pub enum Trigger {
     Cron,
     /// The WAL since the newest backup passed `base_backup_wal_gb`.
     Wal,
+    /// The database had no base backup at all when the schedule started:
+    /// until one exists nothing can be restored, so it is taken at once.
+    Initial,
 }
 
 /// The newest scheduled backup that was stored.
@@ -277,8 +280,13 @@ impl Scheduler {
             wal_bytes = ?self.opts.wal_bytes,
             "base-backup schedule started"
         );
+        let mut first = self.baseline.is_none() && self.no_backup_at_all();
         loop {
-            let trigger = self.next_trigger().await;
+            let trigger = if std::mem::take(&mut first) {
+                Trigger::Initial
+            } else {
+                self.next_trigger().await
+            };
             tracing::info!(database = %db, ?trigger, "scheduled base backup starting");
             let started = Timestamp::now();
             match self.take_with_retries(trigger, started).await {
@@ -371,6 +379,14 @@ impl Scheduler {
 
     /// The start of the newest backup the catalog records, restorable or
     /// not (replay bounds count from any stored backup).
+    /// Whether the catalog (synced from the destinations: another sidecar
+    /// or `pitr backup` may have stored one) holds no base backup of the
+    /// database. An unreadable catalog counts as "has one": a spurious
+    /// backup is cheap, but this is only about the first.
+    fn no_backup_at_all(&self) -> bool {
+        matches!(super::backups(&self.repo, &self.opts.backup.database), Ok(b) if b.is_empty())
+    }
+
     fn newest_start(&self) -> Option<Lsn> {
         match super::backups(&self.repo, &self.opts.backup.database) {
             Ok(all) => all.iter().map(|b| b.record.start_lsn).max(),

@@ -258,6 +258,7 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
             let h = raw.health.get_or_insert_with(Default::default);
             match key {
                 "wal_ack_max_age" => h.wal_ack_max_age = Some(v),
+                "stream_down_max" => h.stream_down_max = Some(v),
                 "backup_max_age" => h.backup_max_age = Some(v),
                 "destination_down_max" => h.destination_down_max = Some(v),
                 "slot_retained_max" => h.slot_retained_max = Some(v),
@@ -354,6 +355,33 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                             d.secret_access_key = None;
                         }
                         d.secret_access_key_file = Some(v);
+                    }
+                    "space" => d.space = Some(v),
+                    "bridge" => d.bridge = Some(v),
+                    "gateway" => d.gateway = Some(v),
+                    "auth_secret" => {
+                        if from_file(&d.auth_secret_file) {
+                            d.auth_secret_file = None;
+                        }
+                        d.auth_secret = Some(v);
+                    }
+                    "auth_secret_file" => {
+                        if from_file(&d.auth_secret) {
+                            d.auth_secret = None;
+                        }
+                        d.auth_secret_file = Some(v);
+                    }
+                    "authorization" => {
+                        if from_file(&d.authorization_file) {
+                            d.authorization_file = None;
+                        }
+                        d.authorization = Some(v);
+                    }
+                    "authorization_file" => {
+                        if from_file(&d.authorization) {
+                            d.authorization = None;
+                        }
+                        d.authorization_file = Some(v);
                     }
                     _ => {}
                 }

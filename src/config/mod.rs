@@ -110,6 +110,41 @@ pub enum DestinationKind {
     },
     /// `kind = "s3"`: an S3 bucket or an S3-compatible store.
     S3(S3Config),
+    /// `kind = "storacha"`: a Storacha space, written through the HTTP
+    /// bridge and read through an IPFS gateway.
+    Storacha(StorachaConfig),
+}
+
+/// How to reach a Storacha space (`kind = "storacha"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorachaConfig {
+    /// The space's DID (`did:key:z6Mk…`), the subject of every bridge task.
+    pub space: String,
+    /// The `X-Auth-Secret` header value from `storacha bridge
+    /// generate-tokens`. `Debug` redacts it.
+    pub auth_secret: String,
+    /// The `Authorization` header value (a delegation) from `storacha
+    /// bridge generate-tokens`. `Debug` redacts it.
+    pub authorization: String,
+    /// The bridge endpoint (`https://up.storacha.network/bridge`).
+    pub bridge: String,
+    /// The IPFS HTTP gateway reads go through (`https://w3s.link`).
+    pub gateway: String,
+    /// How long one request may take before it is retried.
+    pub request_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for StorachaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorachaConfig")
+            .field("space", &self.space)
+            .field("auth_secret", &"(redacted)")
+            .field("authorization", &"(redacted)")
+            .field("bridge", &self.bridge)
+            .field("gateway", &self.gateway)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// How to reach an S3 bucket (`kind = "s3"`).
@@ -217,6 +252,11 @@ pub struct HealthConfig {
     /// A stream is failing when no WAL was acknowledged for this long while
     /// the server produced some (`wal_ack_max_age`, default 5 min).
     pub wal_ack_max_age: Duration,
+    /// A stream (or an SQLite watcher) is failing when it has not been
+    /// connected (or has failed every capture) for this long
+    /// (`stream_down_max`, default 1 min): a stopped server produces no WAL,
+    /// so only the connection shows it.
+    pub stream_down_max: Duration,
     /// A database is failing when its newest restorable base backup is older
     /// than this (`backup_max_age`); `None`: 1.5 × the interval of its
     /// `base_backup` schedule (no limit when the schedule is off).
@@ -244,6 +284,7 @@ impl Default for HealthConfig {
         HealthConfig {
             listen: None,
             wal_ack_max_age: Duration::from_secs(300),
+            stream_down_max: Duration::from_secs(60),
             backup_max_age: None,
             destination_down_max: Duration::from_secs(600),
             slot_retained_max: 4 << 30,
@@ -258,6 +299,7 @@ impl std::fmt::Debug for HealthConfig {
         f.debug_struct("HealthConfig")
             .field("listen", &self.listen)
             .field("wal_ack_max_age", &self.wal_ack_max_age)
+            .field("stream_down_max", &self.stream_down_max)
             .field("backup_max_age", &self.backup_max_age)
             .field("destination_down_max", &self.destination_down_max)
             .field("slot_retained_max", &self.slot_retained_max)

@@ -73,6 +73,13 @@ pub(super) struct RawDestination {
     pub secret_access_key: Option<Val<String>>,
     pub secret_access_key_file: Option<Val<String>>,
     pub request_timeout: Option<Val<i64>>,
+    pub space: Option<Val<String>>,
+    pub auth_secret: Option<Val<String>>,
+    pub auth_secret_file: Option<Val<String>>,
+    pub authorization: Option<Val<String>>,
+    pub authorization_file: Option<Val<String>>,
+    pub bridge: Option<Val<String>>,
+    pub gateway: Option<Val<String>>,
 }
 
 /// One `[[postgres]]`.
@@ -109,6 +116,7 @@ pub(super) struct RawHealth {
     pub listen: Option<Val<String>>,
     /// Durations and sizes: an integer or a string with a unit.
     pub wal_ack_max_age: Option<Val<toml::Value>>,
+    pub stream_down_max: Option<Val<toml::Value>>,
     pub backup_max_age: Option<Val<toml::Value>>,
     pub destination_down_max: Option<Val<toml::Value>>,
     pub slot_retained_max: Option<Val<toml::Value>>,
@@ -252,6 +260,33 @@ const DESTINATION_KEYS: &[KeySpec] = &[
         r#"secret_access_key_file = "/run/secrets/s3-secret""#,
     ),
     key("request_timeout", KeyType::Int, "request_timeout = 60"),
+    key("space", KeyType::Str, r#"space = "did:key:z6Mk…""#),
+    key(
+        "auth_secret",
+        KeyType::Str,
+        r#"auth_secret_file = "/run/secrets/storacha-secret""#,
+    ),
+    key(
+        "auth_secret_file",
+        KeyType::Str,
+        r#"auth_secret_file = "/run/secrets/storacha-secret""#,
+    ),
+    key(
+        "authorization",
+        KeyType::Str,
+        r#"authorization_file = "/run/secrets/storacha-authorization""#,
+    ),
+    key(
+        "authorization_file",
+        KeyType::Str,
+        r#"authorization_file = "/run/secrets/storacha-authorization""#,
+    ),
+    key(
+        "bridge",
+        KeyType::Str,
+        r#"bridge = "https://up.storacha.network/bridge""#,
+    ),
+    key("gateway", KeyType::Str, r#"gateway = "https://w3s.link""#),
 ];
 const POSTGRES_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "main""#),
@@ -291,6 +326,11 @@ const HEALTH_KEYS: &[KeySpec] = &[
         "wal_ack_max_age",
         KeyType::Duration,
         r#"wal_ack_max_age = "5m""#,
+    ),
+    key(
+        "stream_down_max",
+        KeyType::Duration,
+        r#"stream_down_max = "1m""#,
     ),
     key(
         "backup_max_age",

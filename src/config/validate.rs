@@ -13,7 +13,8 @@ use super::raw::{
 use super::secrets;
 use super::{
     AlertConfig, AlertKind, Config, DestinationConfig, DestinationKind, HealthConfig,
-    PostgresConfig, RepositoryConfig, RetentionConfig, S3Config, SqliteConfig, VerifyConfig,
+    PostgresConfig, RepositoryConfig, RetentionConfig, S3Config, SqliteConfig, StorachaConfig,
+    VerifyConfig,
 };
 use crate::basebackup::Checkpoint;
 use crate::basebackup::schedule::CronSchedule;
@@ -47,7 +48,7 @@ const SNAPSHOT_INTERVALS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(30 * 86400);
 const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(86400);
 /// The destination kinds this build can write to.
-const SUPPORTED_KINDS: &[&str] = &["fs", "s3"];
+const SUPPORTED_KINDS: &[&str] = &["fs", "s3", "storacha"];
 
 /// Checks everything and builds the [`Config`].
 pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -374,11 +375,19 @@ fn destinations(
                         "Remove it, or set kind = \"s3\"",
                     ));
                 }
+                if let Some(k) = storacha_key_set(&d) {
+                    return Err(ctx.missing(
+                        &key(k),
+                        &format!("{k} is a key of kind \"storacha\", not of kind \"fs\""),
+                        "Remove it, or set kind = \"storacha\"",
+                    ));
+                }
                 DestinationKind::Fs {
                     path: path(ctx, &key("path"), &p)?,
                 }
             }
             "s3" => s3(ctx, section, &entry, d)?,
+            "storacha" => storacha(ctx, section, &entry, d)?,
             other => {
                 return Err(ctx.invalid(
                     &key("kind"),
@@ -401,6 +410,13 @@ fn s3(
     d: RawDestination,
 ) -> Result<DestinationKind, ConfigError> {
     let key = |k: &str| KeyName::entry(section, entry, k);
+    if let Some(k) = storacha_key_set(&d) {
+        return Err(ctx.missing(
+            &key(k),
+            &format!("{k} is a key of kind \"storacha\", not of kind \"s3\""),
+            "Remove it, or set kind = \"storacha\"",
+        ));
+    }
     let Some(bucket) = d.bucket else {
         return Err(ctx.missing(
             &key("bucket"),
@@ -470,6 +486,158 @@ fn s3(
         endpoint,
         access_key_id: d.access_key_id.map(|a| a.value),
         secret_access_key: secret.map(|s| s.value),
+        request_timeout,
+    }))
+}
+
+/// The first key of kind "storacha" set in `d`, if any.
+fn storacha_key_set(d: &RawDestination) -> Option<&'static str> {
+    [
+        ("space", d.space.is_some()),
+        ("auth_secret", d.auth_secret.is_some()),
+        ("auth_secret_file", d.auth_secret_file.is_some()),
+        ("authorization", d.authorization.is_some()),
+        ("authorization_file", d.authorization_file.is_some()),
+        ("bridge", d.bridge.is_some()),
+        ("gateway", d.gateway.is_some()),
+    ]
+    .into_iter()
+    .find(|(_, set)| *set)
+    .map(|(k, _)| k)
+}
+
+/// An http(s) URL without a trailing slash, or a config error naming `k`.
+fn http_url(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: Option<Val<String>>,
+    default: &str,
+    example: &str,
+) -> Result<String, ConfigError> {
+    let Some(v) = v else {
+        return Ok(default.to_owned());
+    };
+    let ok = (v.value.starts_with("http://") || v.value.starts_with("https://"))
+        && v.value.len() > "https://".len()
+        && !v.value.contains(char::is_whitespace);
+    if !ok {
+        return Err(ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{:?} is not an http(s) URL", v.value),
+            example,
+        ));
+    }
+    Ok(v.value.trim_end_matches('/').to_owned())
+}
+
+/// A `kind = "storacha"` destination's keys.
+fn storacha(
+    ctx: &Ctx<'_>,
+    section: Section,
+    entry: &Entry,
+    d: RawDestination,
+) -> Result<DestinationKind, ConfigError> {
+    let key = |k: &str| KeyName::entry(section, entry, k);
+    let other = [
+        ("path", d.path.is_some()),
+        ("bucket", d.bucket.is_some()),
+        ("prefix", d.prefix.is_some()),
+        ("region", d.region.is_some()),
+        ("endpoint", d.endpoint.is_some()),
+        ("access_key_id", d.access_key_id.is_some()),
+        ("secret_access_key", d.secret_access_key.is_some()),
+        ("secret_access_key_file", d.secret_access_key_file.is_some()),
+    ];
+    if let Some((k, _)) = other.iter().find(|(_, set)| *set) {
+        return Err(ctx.missing(
+            &key(k),
+            &format!("{k} is not a key of a destination of kind \"storacha\""),
+            "Remove it; a storacha destination is space, auth_secret(_file), authorization(_file), bridge, gateway and request_timeout",
+        ));
+    }
+    let Some(space) = d.space else {
+        return Err(ctx.missing(
+            &key("space"),
+            "a destination of kind \"storacha\" needs the space's DID",
+            "Add space = \"did:key:z6Mk…\" (`storacha space ls` lists them)",
+        ));
+    };
+    if !space.value.starts_with("did:") || space.value.contains(char::is_whitespace) {
+        return Err(ctx.invalid(
+            &key("space"),
+            &space.origin,
+            &format!("{:?} is not a DID", space.value),
+            "Give the space's DID, e.g. space = \"did:key:z6Mk…\" (`storacha space ls` lists them)",
+        ));
+    }
+    let mut tokens = Vec::new();
+    for (name, inline, file) in [
+        ("auth_secret", d.auth_secret, d.auth_secret_file),
+        ("authorization", d.authorization, d.authorization_file),
+    ] {
+        let header = if name == "auth_secret" {
+            "X-Auth-Secret"
+        } else {
+            "Authorization"
+        };
+        match secrets::text(ctx, &key(name), inline, file)? {
+            None => {
+                return Err(ctx.missing(
+                    &key(name),
+                    &format!("a destination of kind \"storacha\" needs {name} (the {header} header)"),
+                    &format!(
+                        "Run `storacha bridge generate-tokens <space DID> --can store/add --can upload/add --can upload/list --can store/remove --can upload/remove` and give its \"{header} header\" value as {name}_file = \"/run/secrets/…\""
+                    ),
+                ));
+            }
+            Some(s)
+                if s.value.trim().is_empty() || s.value.trim().contains(char::is_whitespace) =>
+            {
+                return Err(ctx.invalid(
+                    &s.key,
+                    &s.origin,
+                    "is empty or contains spaces",
+                    &format!("Give the \"{header} header\" value printed by `storacha bridge generate-tokens`, alone"),
+                ));
+            }
+            Some(s) => tokens.push(s.value.trim().to_owned()),
+        }
+    }
+    let authorization = tokens.pop().unwrap_or_default();
+    let auth_secret = tokens.pop().unwrap_or_default();
+    let bridge = http_url(
+        ctx,
+        &key("bridge"),
+        d.bridge,
+        "https://up.storacha.network/bridge",
+        "bridge = \"https://up.storacha.network/bridge\"",
+    )?;
+    let gateway = http_url(
+        ctx,
+        &key("gateway"),
+        d.gateway,
+        "https://w3s.link",
+        "gateway = \"https://w3s.link\"",
+    )?;
+    let request_timeout = match d.request_timeout {
+        None => std::time::Duration::from_secs(60),
+        Some(t) if (1..=3600).contains(&t.value) => std::time::Duration::from_secs(t.value as u64),
+        Some(t) => {
+            return Err(ctx.invalid(
+                &key("request_timeout"),
+                &t.origin,
+                &format!("{} is not between 1 and 3600 seconds", t.value),
+                "request_timeout = 60",
+            ));
+        }
+    };
+    Ok(DestinationKind::Storacha(StorachaConfig {
+        space: space.value,
+        auth_secret,
+        authorization,
+        bridge,
+        gateway,
         request_timeout,
     }))
 }
@@ -786,6 +954,12 @@ fn health(ctx: &Ctx<'_>, h: RawHealth) -> Result<HealthConfig, ConfigError> {
             None => None,
             Some(v) => Some(listen(ctx, v)?),
         },
+        stream_down_max: threshold(
+            "stream_down_max",
+            h.stream_down_max,
+            d.stream_down_max,
+            "1m",
+        )?,
         wal_ack_max_age: threshold(
             "wal_ack_max_age",
             h.wal_ack_max_age,

@@ -17,7 +17,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use super::spool::{Spool, SpoolConfig};
-use super::{Destination, ObjectMeta, PutOutcome, ShipError};
+use super::{Destination, DestinationHealth, DestinationState, ObjectMeta, PutOutcome, ShipError};
 
 /// Every configured destination, in configuration order.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct Fanout {
     spool: Option<Arc<Spool>>,
     /// One queue per destination, started with the first write.
     queues: Arc<OnceLock<Vec<mpsc::UnboundedSender<String>>>>,
+    /// Per-destination health records, when the destinations are tracked.
+    health: Arc<Vec<Arc<DestinationHealth>>>,
 }
 
 /// Where the fan-out stands, for health and tests.
@@ -52,6 +54,7 @@ impl Fanout {
             quorum,
             spool: None,
             queues: Arc::new(OnceLock::new()),
+            health: Arc::default(),
         }
     }
 
@@ -69,7 +72,21 @@ impl Fanout {
             quorum,
             spool: (quorum < n).then(|| Arc::new(Spool::new(spool))),
             queues: Arc::new(OnceLock::new()),
+            health: Arc::default(),
         }
+    }
+
+    /// Attaches the destinations' health records (see
+    /// [`super::Tracked`]), in configuration order.
+    pub fn with_health(mut self, health: Vec<Arc<DestinationHealth>>) -> Self {
+        self.health = Arc::new(health);
+        self
+    }
+
+    /// Each tracked destination's health, in configuration order; empty when
+    /// the destinations are not tracked.
+    pub fn destination_health(&self) -> Vec<DestinationState> {
+        self.health.iter().map(|h| h.state()).collect()
     }
 
     /// The destinations, in configuration order.

@@ -12,6 +12,7 @@ mod retry;
 mod s3;
 mod spool;
 pub mod storacha;
+mod tracked;
 
 use std::fmt;
 use std::io;
@@ -28,25 +29,36 @@ pub use fs::FsDestination;
 pub use retry::{RetryPolicy, Retrying};
 pub use s3::{MULTIPART_THRESHOLD, S3Destination};
 pub use spool::SpoolConfig;
+pub use storacha::StorachaDestination;
+pub use tracked::{DestinationHealth, DestinationState, Tracked};
 
 /// The configured destinations, each behind the retry layer, in config order.
 pub fn from_config(config: &Config) -> Fanout {
+    let mut health = Vec::new();
     let dests = config
         .destinations
         .iter()
-        .map(|d| match &d.kind {
-            DestinationKind::Fs { path } => Arc::new(Retrying::new(
-                FsDestination::new(d.name.clone(), path.clone()),
-                RetryPolicy::default(),
-            )) as Arc<dyn Destination>,
-            DestinationKind::S3(s3) => Arc::new(Retrying::new(
-                S3Destination::new(&d.name, s3),
-                RetryPolicy::default(),
-            )) as Arc<dyn Destination>,
+        .map(|d| {
+            let h = DestinationHealth::new(&d.name);
+            health.push(h.clone());
+            match &d.kind {
+                DestinationKind::Fs { path } => Arc::new(Retrying::new(
+                    Tracked::new(FsDestination::new(d.name.clone(), path.clone()), h),
+                    RetryPolicy::default(),
+                )) as Arc<dyn Destination>,
+                DestinationKind::S3(s3) => Arc::new(Retrying::new(
+                    Tracked::new(S3Destination::new(&d.name, s3), h),
+                    RetryPolicy::default(),
+                )) as Arc<dyn Destination>,
+                DestinationKind::Storacha(c) => Arc::new(Retrying::new(
+                    Tracked::new(StorachaDestination::new(&d.name, c), h),
+                    RetryPolicy::default(),
+                )) as Arc<dyn Destination>,
+            }
         })
         .collect::<Vec<_>>();
     let r = &config.repository;
-    match r.quorum {
+    let fanout = match r.quorum {
         Some(q) if q < dests.len() => Fanout::with_quorum(
             dests,
             q,
@@ -56,7 +68,8 @@ pub fn from_config(config: &Config) -> Fanout {
             },
         ),
         _ => Fanout::new(dests),
-    }
+    };
+    fanout.with_health(health)
 }
 
 /// What `put_if_absent` did.

@@ -26,4 +26,4 @@ pub use prefetch::Prefetch;
 pub use store::{
     KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, StoredWal, WalAttrs, WalStore, WalStoreError,
 };
-pub use stream::{Ended, Progress, StreamError, StreamOptions, stream, stream_once};
+pub use stream::{Ended, Link, Progress, StreamError, StreamOptions, stream, stream_once};

@@ -28,7 +28,10 @@ impl Sidecar {
     /// added to its `[[postgres]]` entry.
     fn new(repo: TestRepo, pg: &PgCluster, extra: &str) -> Sidecar {
         let config = repo.write_config(&[("main", &pg.conninfo("postgres"))]);
-        let mut text = std::fs::read_to_string(&config).expect("read config");
+        // write_config turns the schedule off; `extra` sets it.
+        let mut text = std::fs::read_to_string(&config)
+            .expect("read config")
+            .replace("base_backup = \"off\"\n", "");
         text.push_str(extra);
         text.push('\n');
         std::fs::write(&config, text).expect("write config");
@@ -240,32 +243,32 @@ async fn pitr_run_takes_a_backup_when_wal_accumulates() {
     );
     side.start();
     let reader = side.reader().await;
-    // Streaming has started: the rule counts from what it first stored.
-    let start = flush_lsn(&pg);
-    wait_wal_stored(&mut side, &reader, start).await;
-    reader.sync_catalog().await.expect("sync");
+    // A database without any base backup gets one at once (nothing could
+    // be restored otherwise); the WAL rule counts from its start.
+    let all = side.wait_restorable(&reader, 1, 120).await;
+    let first = all[0].record.clone();
+    let log = side.log_text();
     assert!(
-        basebackup::backups(&reader, "main")
-            .expect("backups")
-            .is_empty(),
-        "no backup before the WAL accumulated"
+        log.contains("Initial"),
+        "the first backup is the initial one:\n{log}"
     );
 
     generate_wal(&pg, 5);
-    let all = side.wait_restorable(&reader, 1, 120).await;
-    let first = &all[0].record;
+    let all = side.wait_restorable(&reader, 2, 120).await;
+    let second = &all[1].record;
     assert!(
-        first.start_lsn.0 >= start.0 + threshold,
-        "backup at {} although only {} bytes of WAL followed {start}",
-        first.start_lsn,
-        first.start_lsn.0.saturating_sub(start.0)
+        second.start_lsn.0 >= first.start_lsn.0 + threshold,
+        "backup at {} although only {} bytes of WAL followed {}",
+        second.start_lsn,
+        second.start_lsn.0.saturating_sub(first.start_lsn.0),
+        first.start_lsn
     );
 
     // Counted again from that backup's start.
     generate_wal(&pg, 5);
-    let all = side.wait_restorable(&reader, 2, 120).await;
-    let second = &all[1].record;
-    assert!(second.start_lsn.0 >= first.start_lsn.0 + threshold);
+    let all = side.wait_restorable(&reader, 3, 120).await;
+    let third = &all[2].record;
+    assert!(third.start_lsn.0 >= second.start_lsn.0 + threshold);
     side.terminate();
 }
 

@@ -50,6 +50,13 @@ path = "store"
 [[postgres]]
 name = "main"
 conninfo = "{conninfo}"
+base_backup = "off"
+
+[verify]
+schedule = "off"
+
+[retention]
+schedule = "off"
 "#,
                 identity.to_public()
             ),

@@ -48,6 +48,13 @@ path = "store"
 name = "main"
 conninfo = "{}"
 slot = "pitr"
+base_backup = "off"
+
+[verify]
+schedule = "off"
+
+[retention]
+schedule = "off"
 "#,
                 identity.to_public(),
                 pg.conninfo("postgres")

@@ -434,3 +434,105 @@ fn s3_destination_mistakes_name_the_key() {
     let (_, msg) = fail(&text, &[]);
     contains_all(&msg, &[PATH, "bucket", "kind \"s3\", not of kind \"fs\""]);
 }
+
+fn with_storacha(extra: &str) -> String {
+    format!(
+        "{}\n[[destination]]\nname = \"ipfs\"\nkind = \"storacha\"\n{extra}",
+        minimal(&recipient())
+    )
+}
+
+#[test]
+fn storacha_destination_with_every_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "uSECRETVALUE\n").expect("write");
+    let text = with_storacha(&format!(
+        "space = \"did:key:z6MkSpace\"\nauth_secret_file = \"{}\"\n\
+         authorization = \"uAUTHVALUE\"\nbridge = \"http://127.0.0.1:1/bridge/\"\n\
+         gateway = \"http://127.0.0.1:2\"\nrequest_timeout = 30\n",
+        secret.display()
+    ));
+    let config = load(&text, &[]).expect("valid");
+    let d = &config.destinations[1];
+    let DestinationKind::Storacha(s) = &d.kind else {
+        panic!("a storacha destination: {d:?}")
+    };
+    assert_eq!(s.space, "did:key:z6MkSpace");
+    assert_eq!(s.auth_secret, "uSECRETVALUE");
+    assert_eq!(s.authorization, "uAUTHVALUE");
+    assert_eq!(s.bridge, "http://127.0.0.1:1/bridge");
+    assert_eq!(s.gateway, "http://127.0.0.1:2");
+    assert_eq!(s.request_timeout, std::time::Duration::from_secs(30));
+    let shown = format!("{d:?}");
+    assert!(
+        !shown.contains("SECRETVALUE") && !shown.contains("AUTHVALUE"),
+        "{shown}"
+    );
+    // Defaults, and the environment.
+    let config = load(
+        &with_storacha("space = \"did:key:z6MkSpace\"\nauth_secret = \"a\"\n"),
+        &[("PITR_DESTINATION_IPFS_AUTHORIZATION", "fromenv")],
+    )
+    .expect("valid");
+    let DestinationKind::Storacha(s) = &config.destinations[1].kind else {
+        panic!("storacha")
+    };
+    assert_eq!(s.bridge, "https://up.storacha.network/bridge");
+    assert_eq!(s.gateway, "https://w3s.link");
+    assert_eq!(s.authorization, "fromenv");
+}
+
+#[test]
+fn storacha_destination_mistakes_name_the_key() {
+    let (_, msg) = fail(
+        &with_storacha("auth_secret = \"a\"\nauthorization = \"b\"\n"),
+        &[],
+    );
+    contains_all(&msg, &[PATH, "space", "needs the space's DID"]);
+    let (_, msg) = fail(&with_storacha("space = \"z6Mk\"\n"), &[]);
+    contains_all(&msg, &[PATH, "space", "is not a DID"]);
+    let (_, msg) = fail(
+        &with_storacha("space = \"did:key:z\"\nauth_secret = \"a\"\n"),
+        &[],
+    );
+    contains_all(&msg, &[PATH, "authorization", "bridge generate-tokens"]);
+    let (_, msg) = fail(
+        &with_storacha("space = \"did:key:z\"\nauthorization = \"b\"\nauth_secret = \"a b\"\n"),
+        &[],
+    );
+    contains_all(&msg, &[PATH, "auth_secret", "contains spaces"]);
+    let (_, msg) = fail(
+        &with_storacha(
+            "space = \"did:key:z\"\nauth_secret = \"a\"\nauthorization = \"b\"\ngateway = \"w3s.link\"\n",
+        ),
+        &[],
+    );
+    contains_all(&msg, &[PATH, "gateway", "not an http(s) URL"]);
+    let (_, msg) = fail(
+        &with_storacha(
+            "space = \"did:key:z\"\nauth_secret = \"a\"\nauthorization = \"b\"\nbucket = \"x\"\n",
+        ),
+        &[],
+    );
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "bucket",
+            "not a key of a destination of kind \"storacha\"",
+        ],
+    );
+    let (_, msg) = fail(&with_s3("bucket = \"b\"\nspace = \"did:key:z\"\n"), &[]);
+    contains_all(
+        &msg,
+        &[PATH, "space", "kind \"storacha\", not of kind \"s3\""],
+    );
+    let text =
+        minimal(&recipient()).replace("kind = \"fs\"", "kind = \"fs\"\ngateway = \"https://x\"");
+    let (_, msg) = fail(&text, &[]);
+    contains_all(
+        &msg,
+        &[PATH, "gateway", "kind \"storacha\", not of kind \"fs\""],
+    );
+}

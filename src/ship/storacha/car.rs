@@ -17,6 +17,7 @@ const WIDTH: usize = 1024;
 /// Multicodec codes.
 const RAW: u64 = 0x55;
 const DAG_PB: u64 = 0x70;
+const CAR: u64 = 0x0202;
 const SHA2_256: u64 = 0x12;
 
 /// Why an object cannot be packed.
@@ -27,7 +28,7 @@ pub enum CarError {
     TooLarge(usize),
 }
 
-fn cid_of(codec: u64, block: &[u8]) -> Cid {
+pub(super) fn cid_of(codec: u64, block: &[u8]) -> Cid {
     let digest = Sha256::digest(block);
     let mh = Multihash::<64>::wrap(SHA2_256, &digest)
         .expect("a 32-byte digest fits a 64-byte multihash");
@@ -76,8 +77,12 @@ fn file_root(leaves: &[(Cid, usize)]) -> Vec<u8> {
     node
 }
 
-/// The CAR file of `data` and its root CID.
-pub fn pack(data: &[u8]) -> Result<(Cid, Vec<u8>), CarError> {
+/// The blocks of `data` as a UnixFS file: (CID, bytes) in the order
+/// ipfs-car writes them (leaves, then the root), the root CID, and the
+/// DAG's total size (the `Tsize` a parent link records).
+type FileDag<'a> = (Vec<(Cid, std::borrow::Cow<'a, [u8]>)>, Cid, u64);
+
+fn file_dag(data: &[u8]) -> Result<FileDag<'_>, CarError> {
     let chunks: Vec<&[u8]> = if data.is_empty() {
         vec![data]
     } else {
@@ -86,16 +91,26 @@ pub fn pack(data: &[u8]) -> Result<(Cid, Vec<u8>), CarError> {
     if chunks.len() > WIDTH {
         return Err(CarError::TooLarge(data.len()));
     }
-    let leaves: Vec<(Cid, &[u8])> = chunks.iter().map(|c| (cid_of(RAW, c), *c)).collect();
-    let root_block = (leaves.len() > 1).then(|| {
-        let sizes: Vec<(Cid, usize)> = leaves.iter().map(|(c, b)| (*c, b.len())).collect();
-        file_root(&sizes)
-    });
-    let root = match &root_block {
-        Some(block) => cid_of(DAG_PB, block),
-        None => leaves[0].0,
-    };
-    let mut out = Vec::with_capacity(data.len() + 64 * (leaves.len() + 2));
+    let mut blocks: Vec<(Cid, std::borrow::Cow<'_, [u8]>)> = chunks
+        .iter()
+        .map(|c| (cid_of(RAW, c), std::borrow::Cow::Borrowed(*c)))
+        .collect();
+    if blocks.len() == 1 {
+        let root = blocks[0].0;
+        return Ok((blocks, root, data.len() as u64));
+    }
+    let sizes: Vec<(Cid, usize)> = blocks.iter().map(|(c, b)| (*c, b.len())).collect();
+    let node = file_root(&sizes);
+    let root = cid_of(DAG_PB, &node);
+    let tsize = (node.len() + data.len()) as u64;
+    blocks.push((root, std::borrow::Cow::Owned(node)));
+    Ok((blocks, root, tsize))
+}
+
+/// A CARv1 with `root` in its header and `blocks` in order.
+fn write_car(root: &Cid, blocks: &[(Cid, &[u8])]) -> Vec<u8> {
+    let payload: usize = blocks.iter().map(|(_, b)| b.len() + 48).sum();
+    let mut out = Vec::with_capacity(payload + 64);
     // Header: dag-cbor {"roots": [CID], "version": 1}, keys in dag-cbor
     // order; a CID is tag 42 over its bytes behind a 0x00 prefix.
     let cid_bytes = root.to_bytes();
@@ -108,17 +123,66 @@ pub fn pack(data: &[u8]) -> Result<(Cid, Vec<u8>), CarError> {
     header.push(0x01);
     varint(header.len() as u64, &mut out);
     out.extend_from_slice(&header);
-    let block = |cid: &Cid, bytes: &[u8], out: &mut Vec<u8>| {
+    for (cid, bytes) in blocks {
         let c = cid.to_bytes();
-        varint((c.len() + bytes.len()) as u64, out);
+        varint((c.len() + bytes.len()) as u64, &mut out);
         out.extend_from_slice(&c);
         out.extend_from_slice(bytes);
-    };
-    for (cid, bytes) in &leaves {
-        block(cid, bytes, &mut out);
     }
-    if let Some(b) = &root_block {
-        block(&root, b, &mut out);
-    }
-    Ok((root, out))
+    out
+}
+
+/// The CAR file of `data` and its root CID.
+pub fn pack(data: &[u8]) -> Result<(Cid, Vec<u8>), CarError> {
+    let (blocks, root, _) = file_dag(data)?;
+    let refs: Vec<(Cid, &[u8])> = blocks.iter().map(|(c, b)| (*c, b.as_ref())).collect();
+    Ok((root, write_car(&root, &refs)))
+}
+
+/// An object packed for Storacha: the file wrapped in a UnixFS directory
+/// with one entry, so the upload names its key.
+#[derive(Debug, Clone)]
+pub struct NamedCar {
+    /// The directory's CID: the upload's root.
+    pub root: Cid,
+    /// The file's CID (the directory's only entry).
+    pub file: Cid,
+    /// The CAR's own CID (codec `car`, SHA-256 of the CAR bytes): the shard.
+    pub shard: Cid,
+    /// The CAR bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The CAR of `data` as a file named `name` inside a directory, the way
+/// `ipfs-car pack FILE` (wrapping, its default) writes it: the file's
+/// blocks, then the directory node (a `dag-pb` node with one link
+/// `name → file` and UnixFS data `{Type: Directory}`).
+pub fn pack_named(name: &str, data: &[u8]) -> Result<NamedCar, CarError> {
+    let (mut blocks, file, tsize) = file_dag(data)?;
+    let mut link = Vec::new();
+    field_bytes(1, &file.to_bytes(), &mut link);
+    field_bytes(2, name.as_bytes(), &mut link);
+    field_varint(3, tsize, &mut link);
+    let mut dir = Vec::new();
+    field_bytes(2, &link, &mut dir);
+    let mut unixfs = Vec::new();
+    field_varint(1, 1, &mut unixfs);
+    field_bytes(1, &unixfs, &mut dir);
+    let root = cid_of(DAG_PB, &dir);
+    blocks.push((root, std::borrow::Cow::Owned(dir)));
+    let refs: Vec<(Cid, &[u8])> = blocks.iter().map(|(c, b)| (*c, b.as_ref())).collect();
+    let bytes = write_car(&root, &refs);
+    let shard = shard_cid(&bytes);
+    Ok(NamedCar {
+        root,
+        file,
+        shard,
+        bytes,
+    })
+}
+
+/// The CID Storacha names a CAR by (`bag…`): codec `car` (0x0202) over
+/// the SHA-256 of the CAR's bytes, as `ipfs-car hash` prints it.
+pub fn shard_cid(car: &[u8]) -> Cid {
+    cid_of(CAR, car)
 }

@@ -1,5 +1,612 @@
-//! Storacha (IPFS + Filecoin) as a destination. So far: objects packed as
-//! CAR files with the root CIDs Storacha's own tools compute (`car`). The
-//! upload bridge and gateway reads are not written yet (issue 7).
+//! Storacha (IPFS + Filecoin) as a destination (`kind = "storacha"`).
+//!
+//! Storacha stores content-addressed uploads, not named objects. pitr makes
+//! every object self-describing: it is packed (`car`) as a UnixFS directory
+//! with one entry whose name is `pitr/` + the object's key (`/` written
+//! `%2F`), the
+//! way `ipfs-car pack FILE` wraps a file. The upload's root CID therefore
+//! names its key, and the key → CID map is rebuilt from Storacha alone:
+//! `upload/list` through the bridge gives every root, and each root's
+//! directory block (a few hundred bytes, fetched from the gateway and
+//! checked against the root CID) gives the key. So `pitr catalog rebuild
+//! --from <this destination>` needs nothing but the space.
+//!
+//! Writes go through the HTTP bridge (`bridge`): `store/add` of the CAR
+//! (its CID is `bag…`, codec `car`), a `PUT` of the bytes to the URL it
+//! answers (skipped when it says `done`), then `upload/add` of the root
+//! with the CAR as its one shard — in that order, so an upload is only
+//! registered once its bytes are stored. Reads go through an IPFS HTTP
+//! gateway (`{gateway}/ipfs/{root}?format=car`) and are verified block by
+//! block against the root CID (`verify`); a ranged read fetches and verifies
+//! the whole object and keeps the last few in a bounded cache (64 MiB).
 
+pub mod bridge;
 pub mod car;
+pub mod verify;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io;
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cid::Cid;
+use serde_json::{Value, json};
+
+use self::bridge::{Bridge, BridgeError, link, parse_link};
+use super::{Destination, ObjectMeta, PutOutcome, ShipError, validate_key};
+use crate::config::StorachaConfig;
+
+/// Whole objects kept for ranged reads.
+const CACHE_BYTES: usize = 64 << 20;
+/// `upload/list` page size.
+const PAGE: u64 = 1000;
+/// More pages than any space holds; a bound so a looping cursor ends.
+const MAX_PAGES: usize = 100_000;
+/// A read of a key not in the index lists the space again only when the
+/// last listing is older than this.
+const RELIST_AFTER: Duration = Duration::from_secs(30);
+
+/// The upload behind one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorachaObject {
+    /// The upload's root: the directory naming the key.
+    pub root: Cid,
+    /// The file (the directory's entry).
+    pub file: Cid,
+    /// The CAR shard holding it (`bag…`), when known.
+    pub shard: Option<Cid>,
+    /// The object's size in bytes.
+    pub size: u64,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    by_key: BTreeMap<String, StorachaObject>,
+    /// Roots already looked at (pitr's or not), so a listing fetches only
+    /// new directory blocks.
+    seen: HashSet<Cid>,
+    listed_at: Option<Instant>,
+}
+
+/// A Storacha space reached through the HTTP bridge and an IPFS gateway.
+#[derive(Debug)]
+pub struct StorachaDestination {
+    name: String,
+    bridge: Bridge,
+    gateway: String,
+    http: reqwest::Client,
+    timeout: Duration,
+    index: Mutex<Index>,
+    /// One listing at a time.
+    listing: tokio::sync::Mutex<()>,
+    cache: Mutex<VecDeque<(String, Bytes)>>,
+}
+
+/// The directory entry name of `key`: the path `pitr/<key>` with every `/`
+/// written `%2F` (a UnixFS name holds no `/`). The `pitr/` part tells
+/// pitr's uploads from others in the same space.
+pub fn entry_name(key: &str) -> String {
+    format!("pitr/{key}").replace('/', "%2F")
+}
+
+/// The key an entry name stands for, when it is one pitr wrote.
+fn key_of(name: &str) -> Option<String> {
+    let key = name.strip_prefix("pitr%2F")?.replace("%2F", "/");
+    validate_key("", &key).ok().map(|_| key)
+}
+
+impl StorachaDestination {
+    /// A destination named `name` with the given settings.
+    pub fn new(name: &str, c: &StorachaConfig) -> StorachaDestination {
+        let http = reqwest::Client::new();
+        StorachaDestination {
+            name: name.to_owned(),
+            bridge: Bridge::new(
+                http.clone(),
+                &c.bridge,
+                &c.space,
+                &c.auth_secret,
+                &c.authorization,
+            ),
+            gateway: c.gateway.clone(),
+            http,
+            timeout: c.request_timeout,
+            index: Mutex::new(Index::default()),
+            listing: tokio::sync::Mutex::new(()),
+            cache: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn err(&self, op: &'static str, key: &str, msg: String, transient: bool) -> ShipError {
+        ShipError::Io {
+            dest: self.name.clone(),
+            op,
+            key: key.to_owned(),
+            source: io::Error::other(msg),
+            transient,
+        }
+    }
+
+    fn bridge_err(&self, op: &'static str, key: &str, e: BridgeError) -> ShipError {
+        let transient = e.is_transient();
+        self.err(op, key, e.to_string(), transient)
+    }
+
+    fn lookup(&self, key: &str) -> Option<StorachaObject> {
+        self.index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_key
+            .get(key)
+            .cloned()
+    }
+
+    /// The upload behind `key`, listing the space first when it was never
+    /// listed, or (with `relist`) when the key is unknown and the last
+    /// listing is stale.
+    pub async fn object(
+        &self,
+        key: &str,
+        relist: bool,
+    ) -> Result<Option<StorachaObject>, ShipError> {
+        let listed_at = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .listed_at;
+        if listed_at.is_some() {
+            if let Some(o) = self.lookup(key) {
+                return Ok(Some(o));
+            }
+            if !relist || listed_at.is_some_and(|t| t.elapsed() < RELIST_AFTER) {
+                return Ok(None);
+            }
+        }
+        self.relist(key).await?;
+        Ok(self.lookup(key))
+    }
+
+    /// A GET to the gateway, returning the body of a 2xx answer.
+    async fn gateway_get(
+        &self,
+        key: &str,
+        cid: &Cid,
+        format: &str,
+        accept: &str,
+    ) -> Result<Bytes, ShipError> {
+        let url = format!("{}/ipfs/{cid}?format={format}", self.gateway);
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(self.timeout)
+            .header("Accept", accept)
+            .send()
+            .await
+            .map_err(|e| {
+                self.err(
+                    "get",
+                    key,
+                    format!("no answer from the gateway {url}: {e}"),
+                    true,
+                )
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            // A gateway may not have found fresh content yet: worth retrying
+            // on 404 and 5xx alike.
+            let transient =
+                status.is_server_error() || status.as_u16() == 404 || status.as_u16() == 429;
+            return Err(self.err(
+                "get",
+                key,
+                format!("the gateway answered HTTP {} for {url}", status.as_u16()),
+                transient,
+            ));
+        }
+        resp.bytes()
+            .await
+            .map_err(|e| self.err("get", key, format!("reading {url}: {e}"), true))
+    }
+
+    /// One verified block from the gateway.
+    async fn block(&self, key: &str, cid: &Cid) -> Result<Bytes, ShipError> {
+        let bytes = self
+            .gateway_get(key, cid, "raw", "application/vnd.ipld.raw")
+            .await?;
+        verify::check_block(cid, &bytes).map_err(|e| {
+            self.err(
+                "get",
+                key,
+                format!(
+                    "the gateway {} served a bad block for {cid}: {e}",
+                    self.gateway
+                ),
+                false,
+            )
+        })?;
+        Ok(bytes)
+    }
+
+    /// Lists the space through `upload/list` and resolves the roots not
+    /// seen before into keys.
+    async fn relist(&self, what: &str) -> Result<(), ShipError> {
+        let _one = self.listing.lock().await;
+        let mut uploads: Vec<(Cid, Option<Cid>)> = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut args = json!({ "size": PAGE });
+            if let Some(c) = &cursor {
+                args["cursor"] = Value::String(c.clone());
+            }
+            let ok = self
+                .bridge
+                .invoke("upload/list", args, self.timeout)
+                .await
+                .map_err(|e| self.bridge_err("list", what, e))?;
+            let results = ok.get("results").and_then(Value::as_array).ok_or_else(|| {
+                self.err(
+                    "list",
+                    what,
+                    "malformed upload/list answer from the bridge: no results array".to_owned(),
+                    false,
+                )
+            })?;
+            for r in results {
+                let root = r.get("root").and_then(parse_link).ok_or_else(|| {
+                    self.err(
+                        "list",
+                        what,
+                        format!("malformed upload/list answer from the bridge: bad root in {r}"),
+                        false,
+                    )
+                })?;
+                let shard = r
+                    .get("shards")
+                    .and_then(Value::as_array)
+                    .and_then(|s| s.first())
+                    .and_then(parse_link);
+                uploads.push((root, shard));
+            }
+            let next = ok.get("cursor").and_then(Value::as_str).map(str::to_owned);
+            if results.len() < PAGE as usize || next.is_none() || next == cursor {
+                break;
+            }
+            cursor = next;
+        }
+        for (root, shard) in uploads {
+            let seen = self
+                .index
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .seen
+                .contains(&root);
+            if seen {
+                continue;
+            }
+            let found = self.resolve(what, &root, shard).await?;
+            let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            idx.seen.insert(root);
+            if let Some((key, obj)) = found {
+                match idx.by_key.get(&key) {
+                    Some(other) if other.root != obj.root => tracing::warn!(
+                        dest = %self.name,
+                        "object {key} has two uploads, {} and {}; reading the first",
+                        other.root,
+                        obj.root
+                    ),
+                    Some(_) => {}
+                    None => {
+                        idx.by_key.insert(key, obj);
+                    }
+                }
+            }
+        }
+        self.index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .listed_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The key and object an upload root stands for; `None` for uploads
+    /// that are not pitr's (other tools may share the space).
+    async fn resolve(
+        &self,
+        what: &str,
+        root: &Cid,
+        shard: Option<Cid>,
+    ) -> Result<Option<(String, StorachaObject)>, ShipError> {
+        if root.codec() != 0x70 {
+            return Ok(None);
+        }
+        let dir = self.block(what, root).await?;
+        let Ok(entry) = verify::single_entry(root, &dir) else {
+            return Ok(None);
+        };
+        let Some(key) = key_of(&entry.name) else {
+            return Ok(None);
+        };
+        let size = if entry.cid.codec() == 0x55 {
+            entry.tsize
+        } else {
+            let file = self.block(what, &entry.cid).await?;
+            match verify::decode_pb(&file).ok().and_then(|n| n.filesize) {
+                Some(s) => s,
+                None => return Ok(None),
+            }
+        };
+        Ok(Some((
+            key,
+            StorachaObject {
+                root: *root,
+                file: entry.cid,
+                shard,
+                size,
+            },
+        )))
+    }
+
+    /// Uploads a packed object: `store/add`, the `PUT` when asked, then
+    /// `upload/add`.
+    async fn upload(&self, key: &str, car: &car::NamedCar) -> Result<(), ShipError> {
+        let size = car.bytes.len() as u64;
+        let ok = self
+            .bridge
+            .invoke(
+                "store/add",
+                json!({ "link": link(&car.shard), "size": size }),
+                self.timeout,
+            )
+            .await
+            .map_err(|e| self.bridge_err("put", key, e))?;
+        let malformed = |d: &str| {
+            self.err(
+                "put",
+                key,
+                format!("malformed store/add answer from the bridge: {d}"),
+                false,
+            )
+        };
+        match ok.get("status").and_then(Value::as_str) {
+            Some("done") => {}
+            Some("upload") => {
+                let url = ok
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| malformed("status upload without url"))?;
+                let mut req = self
+                    .http
+                    .put(url)
+                    .timeout(self.timeout)
+                    .body(car.bytes.clone());
+                if let Some(h) = ok.get("headers").and_then(Value::as_object) {
+                    for (name, v) in h {
+                        let v = v
+                            .as_str()
+                            .ok_or_else(|| malformed("a header value is not a string"))?;
+                        if name.eq_ignore_ascii_case("content-length") {
+                            // The client sets it from the body; a different
+                            // figure means the bridge sized another CAR.
+                            if v != size.to_string() {
+                                return Err(malformed(&format!(
+                                    "content-length {v} for a CAR of {size} bytes"
+                                )));
+                            }
+                            continue;
+                        }
+                        req = req.header(name.as_str(), v);
+                    }
+                }
+                let resp = req.send().await.map_err(|e| {
+                    self.err(
+                        "put",
+                        key,
+                        format!("no answer from the upload URL: {e}"),
+                        true,
+                    )
+                })?;
+                let status = resp.status();
+                if !status.is_success() {
+                    let body = resp.text().await.unwrap_or_default();
+                    return Err(self.err(
+                        "put",
+                        key,
+                        format!(
+                            "the upload URL answered HTTP {} to the PUT of shard {}: {}",
+                            status.as_u16(),
+                            car.shard,
+                            body.chars().take(300).collect::<String>()
+                        ),
+                        status.is_server_error() || status.as_u16() == 429,
+                    ));
+                }
+            }
+            other => return Err(malformed(&format!("status {other:?}"))),
+        }
+        let ok = self
+            .bridge
+            .invoke(
+                "upload/add",
+                json!({ "root": link(&car.root), "shards": [link(&car.shard)] }),
+                self.timeout,
+            )
+            .await
+            .map_err(|e| self.bridge_err("put", key, e))?;
+        if ok.get("root").and_then(parse_link) != Some(car.root) {
+            return Err(self.err(
+                "put",
+                key,
+                format!(
+                    "malformed upload/add answer from the bridge: root is not {}: {ok}",
+                    car.root
+                ),
+                false,
+            ));
+        }
+        Ok(())
+    }
+
+    fn cached(&self, key: &str) -> Option<Bytes> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.iter().find(|(k, _)| k == key).map(|(_, b)| b.clone())
+    }
+
+    fn remember(&self, key: &str, data: &Bytes) {
+        if data.len() > CACHE_BYTES {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(k, _)| k != key);
+        cache.push_front((key.to_owned(), data.clone()));
+        while cache.iter().map(|(_, b)| b.len()).sum::<usize>() > CACHE_BYTES {
+            cache.pop_back();
+        }
+    }
+}
+
+#[async_trait]
+impl Destination for StorachaDestination {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn prepare(&self) -> Result<(), ShipError> {
+        // Checks the tokens and the space: a listing is the cheapest call
+        // that needs both.
+        self.relist("(space)").await
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, ShipError> {
+        validate_key(&self.name, key)?;
+        if self.object(key, false).await?.is_some() {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        let car = car::pack_named(&entry_name(key), &data)
+            .map_err(|e| self.err("put", key, e.to_string(), false))?;
+        self.upload(key, &car).await?;
+        let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        idx.seen.insert(car.root);
+        idx.by_key.insert(
+            key.to_owned(),
+            StorachaObject {
+                root: car.root,
+                file: car.file,
+                shard: Some(car.shard),
+                size: data.len() as u64,
+            },
+        );
+        Ok(PutOutcome::Created)
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, ShipError> {
+        validate_key(&self.name, key)?;
+        if let Some(b) = self.cached(key) {
+            return Ok(b);
+        }
+        let Some(obj) = self.object(key, true).await? else {
+            return Err(ShipError::NotFound {
+                dest: self.name.clone(),
+                key: key.to_owned(),
+            });
+        };
+        let car = self
+            .gateway_get(key, &obj.root, "car", "application/vnd.ipld.car")
+            .await?;
+        let data = verify::extract(&car, &obj.root, &entry_name(key)).map_err(|e| {
+            self.err(
+                "get",
+                key,
+                format!(
+                    "object {key} (CID {}) from the gateway {} fails verification: {e}",
+                    obj.root, self.gateway
+                ),
+                false,
+            )
+        })?;
+        if data.len() as u64 != obj.size {
+            return Err(self.err(
+                "get",
+                key,
+                format!(
+                    "object {key} (CID {}) holds {} bytes, the listing said {}",
+                    obj.root,
+                    data.len(),
+                    obj.size
+                ),
+                false,
+            ));
+        }
+        let data = Bytes::from(data);
+        self.remember(key, &data);
+        Ok(data)
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ShipError> {
+        let all = self.get(key).await?;
+        let len = all.len() as u64;
+        let start = range.start.min(len) as usize;
+        let end = range.end.clamp(range.start, len) as usize;
+        Ok(all.slice(start..end.max(start)))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ShipError> {
+        validate_key(&self.name, key)?;
+        Ok(self.object(key, true).await?.map(|o| ObjectMeta {
+            key: key.to_owned(),
+            size: o.size,
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ShipError> {
+        self.relist(prefix).await?;
+        let idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(idx
+            .by_key
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, o)| ObjectMeta {
+                key: k.clone(),
+                size: o.size,
+            })
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), ShipError> {
+        validate_key(&self.name, key)?;
+        let Some(obj) = self.object(key, true).await? else {
+            return Ok(());
+        };
+        self.bridge
+            .invoke(
+                "upload/remove",
+                json!({ "root": link(&obj.root) }),
+                self.timeout,
+            )
+            .await
+            .map_err(|e| self.bridge_err("delete", key, e))?;
+        {
+            let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            idx.by_key.remove(key);
+        }
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(k, _)| k != key);
+        if let Some(shard) = obj.shard {
+            self.bridge
+                .invoke("store/remove", json!({ "link": link(&shard) }), self.timeout)
+                .await
+                .map_err(|e| {
+                    let msg = format!(
+                        "upload {} of {key} was removed, but its shard {shard} was not ({e}); the space keeps (and bills) its bytes until `storacha can store rm {shard}` removes it",
+                        obj.root
+                    );
+                    self.err("delete", key, msg, false)
+                })?;
+        }
+        Ok(())
+    }
+}

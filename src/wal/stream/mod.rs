@@ -57,6 +57,25 @@ pub struct StreamOptions {
     /// `synchronous_commit = on` (BENCHMARKS.md); 10 ms is 1 % of the lag
     /// budget. Zero reads at once.
     pub coalesce: Duration,
+    /// Where the connection state is published (for the health endpoint);
+    /// `None`: not published.
+    pub link: Option<watch::Sender<Link>>,
+}
+
+/// Whether a stream is connected, published for the health endpoint: a
+/// server that is down produces no WAL, so only the connection shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Whether WAL is being streamed (`START_REPLICATION` succeeded and the
+    /// connection has not ended since).
+    pub connected: bool,
+    /// When `connected` last changed.
+    pub since: Option<jiff::Timestamp>,
+    /// The newest reason the stream was interrupted.
+    pub last_error: Option<String>,
+    /// The server's `max_slot_wal_keep_size` in bytes; `None` when
+    /// unlimited (-1) or not known yet.
+    pub max_slot_wal_keep_size: Option<u64>,
 }
 
 impl StreamOptions {
@@ -71,6 +90,7 @@ impl StreamOptions {
             partial_interval: Duration::from_millis(500),
             status_interval: Duration::from_secs(10),
             coalesce: Duration::from_millis(10),
+            link: None,
         }
     }
 }
@@ -195,6 +215,17 @@ pub async fn stream(
             &mut started,
         )
         .await;
+        if let Some(link) = &opts.link {
+            link.send_modify(|l| {
+                if l.connected {
+                    l.since = Some(jiff::Timestamp::now());
+                }
+                l.connected = false;
+                if let Err(e) = &pass {
+                    l.last_error = Some(e.to_string());
+                }
+            });
+        }
         match pass {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::TimelineEnd) => delay = Duration::from_secs(1),
@@ -239,6 +270,16 @@ async fn pass(
     client.check_wal_level().await?;
     let system = client.identify_system().await?;
     let seg_size = client.wal_segment_size().await?;
+    if let Some(link) = &opts.link {
+        // Only for the health threshold: a server that will not say is no
+        // reason not to stream.
+        let keep = client
+            .show("max_slot_wal_keep_size")
+            .await
+            .ok()
+            .and_then(|v| pg_size(&v));
+        link.send_modify(|l| l.max_slot_wal_keep_size = keep);
+    }
     let slot = match client.read_replication_slot(&opts.slot).await? {
         Some(slot) => slot,
         None => client.create_physical_slot(&opts.slot, true).await?,
@@ -308,6 +349,12 @@ async fn pass(
         .await
         .map_err(|e| lost_wal(e.into(), opts, timeline, flushed))?;
     *started = true;
+    if let Some(link) = &opts.link {
+        link.send_modify(|l| {
+            l.connected = true;
+            l.since = Some(jiff::Timestamp::now());
+        });
+    }
     let mut s = Session::new(
         store,
         repo,
@@ -320,6 +367,24 @@ async fn pass(
     )?;
     let ended = s.run(opts, shutdown).await;
     ended.map_err(|e| lost_wal(e, opts, timeline, s.flushed()))
+}
+
+/// A PostgreSQL memory setting as `SHOW` prints it (`-1`, `1024MB`,
+/// `10GB`, `512kB`) in bytes; `None` for -1 (no limit) or anything else.
+fn pg_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let factor: u64 = match unit {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor)
 }
 
 /// The server's lineage (timelines up to its current one, with switch
@@ -380,5 +445,17 @@ fn lost_wal(e: StreamError, opts: &StreamOptions, timeline: u32, stored_end: Lsn
             }
         }
         _ => e,
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn pg_sizes() {
+        assert_eq!(super::pg_size("-1"), None);
+        assert_eq!(super::pg_size("1024MB"), Some(1 << 30));
+        assert_eq!(super::pg_size("10GB"), Some(10 << 30));
+        assert_eq!(super::pg_size("64kB"), Some(64 << 10));
+        assert_eq!(super::pg_size("many"), None);
     }
 }

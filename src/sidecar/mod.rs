@@ -1,0 +1,527 @@
+//! `pitr run`: every part of the sidecar started, supervised and stopped.
+//!
+//! Per `[[postgres]]` entry a WAL stream and a base-backup schedule, per
+//! `[[sqlite]]` entry a watcher, plus destination probes, the health
+//! evaluation (which feeds `/health`, `/metrics` and the alerts) and the HTTP
+//! endpoint. A part that fails is restarted with exponential backoff and
+//! jitter and shows as failing in `/health` meanwhile; it never takes the
+//! others down. On shutdown every part is told to stop, streams store and
+//! acknowledge what they received, and whatever has not stopped within
+//! [`SHUTDOWN_GRACE`] is abandoned: nothing is acknowledged before it is
+//! stored, so an abandoned upload only means the server keeps that WAL in
+//! the slot for the next start.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+
+use crate::basebackup::schedule::{self, ScheduleOptions, ScheduleStatus};
+use crate::config::Config;
+use crate::health::server::Endpoint;
+use crate::health::{self, Evaluator, PgSource, Report, Sources, SqliteSource, TaskCell};
+use crate::repo::{RepoError, Repository};
+use crate::wal::{ConnInfo, Link, Progress, StreamOptions};
+
+/// How long stopping may take before what is still running is abandoned.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How often the health of everything is evaluated (and alerts decided).
+const EVALUATE_EVERY: Duration = Duration::from_secs(2);
+/// How often each destination is asked for a small object, so one that is
+/// down shows even while nothing is written.
+const PROBE_EVERY: Duration = Duration::from_secs(60);
+/// Restart backoff: first delay and cap.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A part that ran this long before failing starts again from the first
+/// delay.
+const BACKOFF_RESET: Duration = Duration::from_secs(300);
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// No `[[postgres]]` and no `[[sqlite]]` entry.
+    #[error(
+        "{0} has no [[postgres]] and no [[sqlite]] entry: nothing to back up. Add one (see DESIGN.md's config example)"
+    )]
+    NothingToDo(String),
+    /// A conninfo that does not parse.
+    #[error("{config}: [[postgres]] {name:?} conninfo: {message}")]
+    Conninfo {
+        /// The config file.
+        config: String,
+        /// The entry.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The repository cannot be opened.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The configuration is incomplete for the repository.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The health endpoint cannot listen.
+    #[error(
+        "cannot listen on {addr} for the health endpoint ([health] listen): {source}. Free the port or choose another address"
+    )]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl SidecarError {
+    /// Whether the operator's configuration is at fault (exit 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            SidecarError::NothingToDo(_)
+                | SidecarError::Conninfo { .. }
+                | SidecarError::Listen { .. }
+                | SidecarError::Config(_)
+        )
+    }
+}
+
+/// What a running sidecar exposes to whoever started it (tests, `main`).
+#[derive(Clone)]
+pub struct Handle {
+    /// The address the health endpoint is bound to, if any.
+    pub health_addr: Option<SocketAddr>,
+    /// The newest health report.
+    pub report: watch::Receiver<Option<Arc<Report>>>,
+}
+
+/// Runs the sidecar until `shutdown` resolves; `started` receives the
+/// [`Handle`] once everything is started. Returns `Ok` after a clean stop,
+/// also when parts failed along the way (they were restarted, and shown).
+pub async fn run(
+    config: Config,
+    started: Option<tokio::sync::oneshot::Sender<Handle>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SidecarError> {
+    let config = Arc::new(config);
+    if config.postgres.is_empty() && config.sqlite.is_empty() {
+        return Err(SidecarError::NothingToDo(config.path.display().to_string()));
+    }
+    let mut streams = Vec::new();
+    for pg in &config.postgres {
+        let info = ConnInfo::parse(&pg.conninfo).map_err(|e| SidecarError::Conninfo {
+            config: config.path.display().to_string(),
+            name: pg.name.clone(),
+            message: e.to_string(),
+        })?;
+        streams.push((pg.clone(), info));
+    }
+    let metrics = install_metrics();
+    let fanout = crate::ship::from_config(&config);
+    let opts = crate::repo::RepoOptions::from_config(&config)?;
+    let repo = Repository::open(fanout, opts).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut pg_sources = Vec::new();
+    for (pg, info) in streams {
+        let (progress_tx, progress_rx) = watch::channel(Progress::default());
+        let (link_tx, link_rx) = watch::channel(Link::default());
+        let (status_tx, status_rx) = watch::channel(ScheduleStatus::default());
+        let stream_cell = health::task_cell();
+        let mut opts = StreamOptions::new(&pg.name, info.clone(), &pg.slot);
+        opts.link = Some(link_tx);
+        {
+            let repo = repo.clone();
+            let progress_tx = progress_tx.clone();
+            tasks.spawn(supervise(
+                format!("WAL stream of [[postgres]] {:?}", pg.name),
+                stream_cell.clone(),
+                stop_rx.clone(),
+                move |stop| {
+                    let (repo, opts, progress) = (repo.clone(), opts.clone(), progress_tx.clone());
+                    async move {
+                        crate::wal::stream(repo, opts, progress, stop)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                },
+            ));
+        }
+        let schedule_opts = schedule_options(&pg, info);
+        let schedule_active = schedule_opts.is_active();
+        {
+            let repo = repo.clone();
+            tasks.spawn(supervise(
+                format!("base-backup schedule of [[postgres]] {:?}", pg.name),
+                health::task_cell(),
+                stop_rx.clone(),
+                move |stop| {
+                    let (repo, opts, wal, status) = (
+                        repo.clone(),
+                        schedule_opts.clone(),
+                        progress_rx.clone(),
+                        status_tx.clone(),
+                    );
+                    async move {
+                        schedule::run(repo, opts, wal, status, stop).await;
+                        Ok(())
+                    }
+                },
+            ));
+        }
+        pg_sources.push(PgSource {
+            name: pg.name.clone(),
+            progress: progress_tx.subscribe(),
+            link: link_rx,
+            schedule: status_rx,
+            task: stream_cell,
+            backup_max_age: health::backup_max_age(&config, &pg),
+            schedule_active,
+        });
+    }
+    let mut sqlite_sources = Vec::new();
+    for s in &config.sqlite {
+        let cell = health::task_cell();
+        let stats: Arc<Mutex<Option<Arc<crate::sqlite::Stats>>>> = Arc::default();
+        let opts = crate::sqlite::WatchOptions::from_config(s, &config.repository.state_dir);
+        let (repo, slot) = (repo.clone(), stats.clone());
+        tasks.spawn(supervise(
+            format!("SQLite watcher of [[sqlite]] {:?}", s.name),
+            cell.clone(),
+            stop_rx.clone(),
+            move |stop| {
+                let (repo, opts, slot) = (repo.clone(), opts.clone(), slot.clone());
+                async move {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    tokio::spawn(async move {
+                        if let Ok(stats) = rx.await
+                            && let Ok(mut s) = slot.lock()
+                        {
+                            *s = Some(stats);
+                        }
+                    });
+                    crate::sqlite::watch(repo, opts, Some(tx), stop)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            },
+        ));
+        sqlite_sources.push(SqliteSource {
+            name: s.name.clone(),
+            task: cell,
+            stats,
+        });
+    }
+    tasks.spawn(probe_destinations(repo.clone(), stop_rx.clone()));
+    let mut sections: Vec<(&'static str, health::Section)> = Vec::new();
+    let mut extra_checks: Vec<Arc<dyn Fn() -> Vec<health::Check> + Send + Sync>> = Vec::new();
+
+    // Retention runs in this process, beside the writers: that is what lets
+    // garbage collection see their in-flight work (docs/RETENTION.md).
+    let (retention_tx, retention_rx) = watch::channel(crate::retention::RetentionStatus::default());
+    {
+        let (repo, cfg) = (repo.clone(), (*config).clone());
+        tasks.spawn(supervise(
+            "retention".to_owned(),
+            health::task_cell(),
+            stop_rx.clone(),
+            move |stop| {
+                let (repo, cfg, tx) = (repo.clone(), cfg.clone(), retention_tx.clone());
+                async move {
+                    crate::retention::run_scheduled(repo, cfg, tx, stop).await;
+                    Ok(())
+                }
+            },
+        ));
+        let rx = retention_rx.clone();
+        sections.push((
+            "retention",
+            Arc::new(move || serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
+        ));
+        let rx = retention_rx;
+        extra_checks.push(Arc::new(move || {
+            let s = rx.borrow();
+            let failing = s.last_ok == Some(false);
+            vec![health::Check::new(
+                "retention".to_owned(),
+                failing,
+                match (&s.last_error, failing) {
+                    (Some(e), true) => format!(
+                        "the last retention run failed: {e}. Storage is not cleaned up until it succeeds; `pitr retention --dry-run` shows the plan"
+                    ),
+                    _ => "retention runs as scheduled".to_owned(),
+                },
+            )]
+        }));
+    }
+
+    let sources = Sources {
+        started: Timestamp::now(),
+        thresholds: config.health.clone(),
+        repo: repo.clone(),
+        postgres: pg_sources,
+        sqlite: sqlite_sources,
+        sections,
+        extra_checks,
+    };
+    let (report_tx, report_rx) = watch::channel(None);
+    tasks.spawn(evaluate_forever(
+        Evaluator::new(sources),
+        report_tx,
+        stop_rx.clone(),
+    ));
+
+    let mut health_addr = None;
+    if let Some(addr) = config.health.listen {
+        let endpoint = Endpoint {
+            report: report_rx.clone(),
+            metrics,
+            repo: repo.clone(),
+            config: config.clone(),
+            restores: Arc::default(),
+        };
+        let mut stop = stop_rx.clone();
+        let (bound, server) = health::server::serve(addr, endpoint, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(|source| SidecarError::Listen { addr, source })?;
+        tracing::info!(%bound, "health endpoint listening");
+        health_addr = Some(bound);
+        tasks.spawn(async move {
+            let _ = server.await;
+        });
+    }
+    tracing::info!(
+        postgres = config.postgres.len(),
+        sqlite = config.sqlite.len(),
+        "pitr run: started"
+    );
+    if let Some(tx) = started {
+        let _ = tx.send(Handle {
+            health_addr,
+            report: report_rx,
+        });
+    }
+
+    shutdown.await;
+    tracing::info!("pitr run: stopping");
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    remaining = tasks.len(),
+                    "parts still running {} s after the stop signal are abandoned; WAL they had not stored stays in the replication slot",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    tracing::info!("pitr run: stopped");
+    Ok(())
+}
+
+/// The Prometheus recorder, installed once per process (a second
+/// `pitr run` in the same process, as in tests, reuses the first).
+fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install the metrics recorder; /metrics is off");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// How the schedule of `pg` runs.
+fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> ScheduleOptions {
+    ScheduleOptions {
+        backup: crate::basebackup::BackupOptions {
+            database: pg.name.clone(),
+            conninfo,
+            label: format!("pitr scheduled backup of {}", pg.name),
+            checkpoint: pg.checkpoint,
+            max_rate_kb: pg.max_rate_kb,
+        },
+        cron: pg.base_backup.clone(),
+        wal_bytes: pg.base_backup_wal,
+        retry: schedule::RetryPolicy::default(),
+        // The stream stores a backup's last segment within seconds; an
+        // hour covers a server that is down meanwhile.
+        wait_wal: Duration::from_secs(3600),
+    }
+}
+
+/// Runs the part `make` builds until `stop` is set, starting it again
+/// with exponential backoff and jitter whenever it fails, panics or ends on
+/// its own. Its state goes to `cell` for `/health`.
+async fn supervise<F, Fut>(what: String, cell: TaskCell, stop: watch::Receiver<bool>, mut make: F)
+where
+    F: FnMut(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let set = |state: &'static str, error: Option<String>, restart: bool| {
+        if let Ok(mut t) = cell.lock() {
+            t.state = state;
+            t.since = Some(Timestamp::now());
+            if error.is_some() {
+                t.last_error = error;
+            }
+            if restart {
+                t.restarts += 1;
+            }
+        }
+    };
+    let mut delay = BACKOFF_MIN;
+    loop {
+        if *stop.borrow() {
+            set("stopped", None, false);
+            return;
+        }
+        set("running", None, false);
+        let began = Instant::now();
+        let mut part_stop = stop.clone();
+        let part = make(Box::pin(async move {
+            let _ = part_stop.wait_for(|s| *s).await;
+        }));
+        // Spawned, so that a panic is a failure of this part only.
+        let outcome = tokio::spawn(part).await;
+        if *stop.borrow() {
+            set("stopped", None, false);
+            return;
+        }
+        let error = match outcome {
+            Ok(Ok(())) => "it ended without an error".to_owned(),
+            Ok(Err(e)) => e,
+            Err(e) if e.is_panic() => format!("it panicked: {e}"),
+            Err(e) => format!("it was cancelled: {e}"),
+        };
+        if began.elapsed() >= BACKOFF_RESET {
+            delay = BACKOFF_MIN;
+        }
+        let wait = jitter(delay);
+        tracing::error!(part = %what, error = %error, restart_in = ?wait, "failed; restarting");
+        set("restarting", Some(error), true);
+        let mut stop_wait = stop.clone();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop_wait.wait_for(|s| *s) => {}
+        }
+        delay = (delay * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// 50 % to 100 % of `d`: parts that failed together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+/// Asks every destination for the repository descriptor now and then, so
+/// that one that is down shows failing in `/health` even while idle.
+async fn probe_destinations(repo: Repository, mut stop: watch::Receiver<bool>) {
+    loop {
+        for d in repo.fanout().destinations() {
+            let d = d.clone();
+            // Own tasks: a hung destination must not delay the others'
+            // probes; the tracked layer records each answer.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(PROBE_EVERY, d.head("config")).await;
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Evaluates health every [`EVALUATE_EVERY`], publishing the report and the
+/// metrics.
+async fn evaluate_forever(
+    mut evaluator: Evaluator,
+    report: watch::Sender<Option<Arc<Report>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let r = evaluator.evaluate(Timestamp::now());
+        health::record_metrics(&r);
+        for c in &r.problems {
+            tracing::debug!(check = %c.id, "{}", c.summary);
+        }
+        report.send_replace(Some(Arc::new(r)));
+        tokio::select! {
+            () = tokio::time::sleep(EVALUATE_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_and_whole() {
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_secs(10));
+            assert!(
+                j >= Duration::from_secs(5) && j <= Duration::from_secs(10),
+                "{j:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_part_is_restarted_and_shown_until_stopped() {
+        let cell = health::task_cell();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = runs.clone();
+        let task = tokio::spawn(supervise(
+            "test part".to_owned(),
+            cell.clone(),
+            stop_rx,
+            move |_stop| {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if n == 1 {
+                        panic!("second run panics");
+                    }
+                    Err(format!("run {n} failed"))
+                }
+            },
+        ));
+        // Two restarts take 0.5–1 s plus 1–2 s of backoff.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runs.load(std::sync::atomic::Ordering::SeqCst) < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(runs.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+        let state = cell.lock().map(|t| t.clone()).expect("lock");
+        assert!(state.restarts >= 2, "{state:?}");
+        assert!(state.last_error.is_some(), "{state:?}");
+        stop_tx.send(true).expect("send");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops promptly")
+            .expect("no panic escapes");
+        assert_eq!(cell.lock().map(|t| t.state).expect("lock"), "stopped");
+    }
+}

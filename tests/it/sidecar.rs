@@ -1,0 +1,347 @@
+//! `pitr run` as users deploy it: a real cluster, a real SQLite file written
+//! by another process, the health endpoint, metrics, the restore API,
+//! supervision and shutdown.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::PgCluster;
+use crate::harness::pg::free_port;
+use crate::repo::TestRepo;
+use crate::sqlite::{Sidecar, add_sqlite};
+
+/// A config for `pitr run` with a health endpoint on a free port, an
+/// initial base backup (schedule on, far away) and a 10 s stream threshold.
+fn sidecar_config(repo: &TestRepo, pg: &PgCluster, extra: &str) -> (std::path::PathBuf, u16) {
+    let cfg = repo.write_config(&[("main", &pg.conninfo("postgres"))]);
+    let port = free_port();
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read config")
+        .replace("base_backup = \"off\"", "base_backup = \"0 3 1 1 *\"");
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[health]\nlisten = \"127.0.0.1:{port}\"\nstream_down_max = 10\n{extra}\n"),
+    )
+    .expect("write config");
+    (cfg, port)
+}
+
+/// GET `path` on the endpoint: status and body (`None` while nothing
+/// listens).
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.unwrap_or_default()))
+}
+
+/// Polls `/health` until it answers `want`; returns the body.
+async fn wait_health(
+    port: u16,
+    want: u16,
+    within: Duration,
+    sidecar: &Sidecar,
+) -> serde_json::Value {
+    wait_health_until(port, want, within, sidecar, |_| true).await
+}
+
+/// Polls `/health` until it answers `want` with a body `ready` accepts.
+async fn wait_health_until(
+    port: u16,
+    want: u16,
+    within: Duration,
+    sidecar: &Sidecar,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        if let Some((status, body)) = get(port, "/health").await {
+            if status == want {
+                let json: serde_json::Value = serde_json::from_str(&body).expect("health is JSON");
+                if ready(&json) {
+                    return json;
+                }
+            }
+            last = Some((status, body));
+        }
+        assert!(
+            start.elapsed() < within,
+            "/health did not answer {want} within {within:?}; last answer {last:?}\nlog:\n{}",
+            sidecar.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn start_writer(db: &Path, seconds: u32) -> std::process::Child {
+    Command::new("python3")
+        .arg(crate::sqlite::writer_script())
+        .arg(db)
+        .args(["wal", &seconds.to_string(), "100"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the SQLite writer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_served() {
+    let mut pg = PgCluster::start();
+    let repo = TestRepo::new().await;
+    let (cfg, port) = sidecar_config(&repo, &pg, "");
+    let db = repo.dir.path().join("app.db");
+    let mut writer = start_writer(&db, 600);
+    // The writer creates the file; the watcher needs it to exist.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !db.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    add_sqlite(&cfg, "app", &db, "");
+    let sidecar = Sidecar::start(&cfg);
+
+    // All well: streaming, the initial base backup stored and restorable,
+    // the SQLite file captured, the destination answering.
+    let body = wait_health_until(port, 200, Duration::from_secs(180), &sidecar, |b| {
+        b["postgres"][0]["connected"] == true && b["postgres"][0]["last_backup"].is_string()
+    })
+    .await;
+    assert_eq!(body["status"], "ok", "{body:#}");
+    let main = &body["postgres"][0];
+    assert_eq!(main["name"], "main");
+    assert_eq!(main["connected"], true, "{body:#}");
+    assert!(main["last_backup"].is_string(), "{body:#}");
+    assert!(
+        main["acknowledged_lsn"]
+            .as_str()
+            .is_some_and(|l| l != "0/0"),
+        "{body:#}"
+    );
+    assert_eq!(body["destinations"][0]["name"], "local");
+    assert_eq!(body["destinations"][0]["ok"], true);
+    let start = Instant::now();
+    loop {
+        let (_, text) = get(port, "/health").await.expect("health answers");
+        let b: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        if b["sqlite"][0]["captures"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no SQLite capture: {b:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let (status, metrics) = get(port, "/metrics").await.expect("metrics answer");
+    assert_eq!(status, 200);
+    for name in [
+        "pitr_wal_lag_bytes{database=\"main\"}",
+        "pitr_wal_stream_up{database=\"main\"} 1",
+        "pitr_backup_last_success_timestamp_seconds{database=\"main\"}",
+        "pitr_backup_size_bytes{database=\"main\"}",
+        "pitr_sqlite_captures{database=\"app\"}",
+        "pitr_destination_up{destination=\"local\"} 1",
+        "pitr_upload_bytes_total{destination=\"local\"}",
+        "pitr_health_ok 1",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    let (status, backups) = get(port, "/backups").await.expect("backups answer");
+    assert_eq!(status, 200);
+    let backups: serde_json::Value = serde_json::from_str(&backups).expect("JSON");
+    assert_eq!(backups["postgres"][0]["name"], "main");
+    assert_eq!(
+        backups["postgres"][0]["backups"][0]["restorable"], true,
+        "{backups:#}"
+    );
+    assert_eq!(backups["sqlite"][0]["name"], "app");
+    // Without a token the restore API is off.
+    let off = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/restore"))
+        .json(&serde_json::json!({"latest": true, "target_dir": "/tmp/x"}))
+        .send()
+        .await
+        .expect("restore answers");
+    assert_eq!(off.status().as_u16(), 404);
+
+    // The server goes away: failing within the 10 s threshold (plus an
+    // evaluation), naming the stream.
+    pg.stop();
+    let body = wait_health(port, 503, Duration::from_secs(60), &sidecar).await;
+    let problems: Vec<&str> = body["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert!(problems.contains(&"postgres/main/stream"), "{body:#}");
+    assert_eq!(body["postgres"][0]["connected"], false);
+    let summary = body["problems"][0]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("WAL streaming of [[postgres]] \"main\" is down"),
+        "{summary}"
+    );
+    let (_, metrics) = get(port, "/metrics").await.expect("metrics answer");
+    assert!(
+        metrics.contains("pitr_wal_stream_up{database=\"main\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pitr_health_ok 0"), "{metrics}");
+
+    // And comes back: the stream reconnects (its backoff is at most 60 s).
+    pg.start_again();
+    wait_health(port, 200, Duration::from_secs(120), &sidecar).await;
+
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let stopped = Instant::now();
+    let log = sidecar.stop();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "pitr run took {:?} to stop:\n{log}",
+        stopped.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_health_port_fails_at_start_with_the_address() {
+    let pg = PgCluster::start();
+    let repo = TestRepo::new().await;
+    let (cfg, port) = sidecar_config(&repo, &pg, "");
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let out = crate::sqlite::pitr(&["run", "-c", cfg.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2), "{}", crate::sqlite::text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+            && err.contains("[health] listen"),
+        "{err}"
+    );
+}
+
+/// `pg_replication_slots.restart_lsn` of the `pitr` slot: for a physical
+/// slot, the flush position pitr last acknowledged.
+fn slot_restart_lsn(pg: &PgCluster) -> Option<pitr::wal::Lsn> {
+    let text = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'");
+    text.trim().parse().ok()
+}
+
+/// Stops the sidecar with SIGTERM; asserts exit 0 within 10 s.
+fn stop_within_10s(sidecar: Sidecar, what: &str) {
+    let stopped = Instant::now();
+    let log = sidecar.stop();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "pitr run took {:?} to stop {what}:\n{log}",
+        stopped.elapsed()
+    );
+}
+
+/// Nothing the server was told is stored is missing from the repository.
+async fn acknowledged_is_stored(repo: &TestRepo, pg: &PgCluster) {
+    let acked = slot_restart_lsn(pg).expect("the slot has a restart_lsn");
+    let r = repo.open().await;
+    r.sync_catalog().await.expect("sync");
+    let store = pitr::wal::WalStore::new(r.clone(), "main");
+    let (end, _) = store
+        .stored_end(1)
+        .expect("catalog")
+        .expect("WAL is stored on timeline 1");
+    assert!(
+        acked <= end,
+        "the server was told {acked} is stored, but WAL ends at {end}"
+    );
+    let ranges = store.ranges(1).expect("ranges");
+    assert_eq!(ranges.len(), 1, "WAL has gaps: {ranges:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_base_backup_and_during_streaming_stops_within_10s_and_loses_nothing() {
+    let pg = PgCluster::start();
+    pg.psql("CREATE TABLE t (id serial PRIMARY KEY, pad text); INSERT INTO t (pad) SELECT repeat('x', 500) FROM generate_series(1, 20000)");
+    let repo = TestRepo::new().await;
+    // 32 kB/s: the initial base backup takes minutes, so the signal lands
+    // in the middle of it.
+    let (cfg, port) = sidecar_config(&repo, &pg, "");
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "base_backup = \"0 3 1 1 *\"",
+            "base_backup = \"0 3 1 1 *\"\nmax_rate = 32\ncheckpoint = \"fast\"",
+        ),
+    )
+    .expect("write");
+
+    let sidecar = Sidecar::start(&cfg);
+    wait_health_until(port, 200, Duration::from_secs(120), &sidecar, |b| {
+        b["postgres"][0]["connected"] == true
+            && b["postgres"][0]["schedule"]["running"]["done"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+    })
+    .await;
+    stop_within_10s(sidecar, "during a base backup");
+    acknowledged_is_stored(&repo, &pg).await;
+    let r = repo.open().await;
+    r.sync_catalog().await.expect("sync");
+    assert!(
+        pitr::basebackup::backups(&r, "main")
+            .expect("backups")
+            .is_empty(),
+        "a backup cut short must not be recorded"
+    );
+
+    // The next start continues streaming; now stop it while WAL flows.
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(&cfg, text.replace("\nmax_rate = 32", "")).expect("write");
+    let sidecar = Sidecar::start(&cfg);
+    wait_health_until(port, 200, Duration::from_secs(120), &sidecar, |b| {
+        b["postgres"][0]["connected"] == true && b["postgres"][0]["last_backup"].is_string()
+    })
+    .await;
+    let writer = {
+        let conninfo = pg.conninfo("postgres");
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(6);
+            let mut n = 0;
+            while Instant::now() < end {
+                let out = Command::new(crate::harness::pg::pg_bin_dir().join("psql"))
+                    .args([&conninfo, "-qAtc"])
+                    .arg(
+                        "INSERT INTO t (pad) SELECT repeat('y', 500) FROM generate_series(1, 2000)",
+                    )
+                    .output();
+                if out.is_ok_and(|o| o.status.success()) {
+                    n += 1;
+                }
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_within_10s(sidecar, "while WAL streams");
+    let inserts = writer.join().expect("writer");
+    assert!(inserts > 0, "the writer wrote nothing");
+    acknowledged_is_stored(&repo, &pg).await;
+
+    // And again: the third start picks up where the second stopped.
+    let sidecar = Sidecar::start(&cfg);
+    let before = slot_restart_lsn(&pg).expect("slot");
+    pg.psql("INSERT INTO t (pad) SELECT repeat('z', 500) FROM generate_series(1, 2000); SELECT pg_switch_wal()");
+    wait_health_until(port, 200, Duration::from_secs(120), &sidecar, |b| {
+        b["postgres"][0]["acknowledged_lsn"]
+            .as_str()
+            .and_then(|l| l.parse::<pitr::wal::Lsn>().ok())
+            .is_some_and(|l| l > before)
+    })
+    .await;
+    stop_within_10s(sidecar, "after a restart");
+    acknowledged_is_stored(&repo, &pg).await;
+}
