@@ -480,7 +480,9 @@ impl Channel {
                         channel: self.name.clone(),
                         kind: self.kind,
                         target: self.target.clone(),
-                        message: error_chain(&e),
+                        // reqwest puts the whole URL, token and all, in
+                        // its message: only the origin may be shown.
+                        message: error_chain(&e.without_url()),
                     }
                 })?;
                 let status = resp.status();

@@ -290,7 +290,7 @@ async fn an_unreachable_channel_gives_up_and_does_not_hold_up_the_others() {
             channel(
                 "dead",
                 AlertKind::Slack {
-                    url: format!("http://{closed}/x"),
+                    url: format!("http://{closed}/services/secret-token"),
                 },
                 None,
             ),
@@ -320,6 +320,7 @@ async fn an_unreachable_channel_gives_up_and_does_not_hold_up_the_others() {
         e.contains("\"dead\"") && e.contains("cannot reach") && e.contains("gave up after 3"),
         "{e}"
     );
+    assert!(!e.contains("secret-token"), "the URL is a secret: {e}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
