@@ -242,17 +242,44 @@ impl SmtpTarget {
     }
 }
 
+/// Whether an SMTP failure is the TLS handshake (certificate, protocol):
+/// lettre files most of these under "connection", but trying again will not
+/// help and the hint differs.
+fn smtp_tls_failed(e: &lettre::transport::smtp::Error) -> bool {
+    if e.is_tls() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<tokio_rustls::rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>())
+            {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    // Whatever the wrapping, rustls says what it disliked in these words.
+    let text = e.to_string();
+    text.contains("peer certificate") || text.contains("HandshakeFailure")
+}
+
 /// A hint for an SMTP failure: what to do about it.
 fn smtp_hint(e: &lettre::transport::smtp::Error, tls: TlsMode) -> &'static str {
     let text = e.to_string();
     if text.contains("STARTTLS") {
         "the server does not offer STARTTLS, which smtp:// requires: use a server that does, smtps:// for implicit TLS, or add ?tls=none only for a relay on loopback"
-    } else if e.is_tls() {
-        "the TLS handshake failed: check that the host name matches the server's certificate and the port speaks the TLS mode of smtp_url"
+    } else if smtp_tls_failed(e) {
+        "the TLS handshake failed: the server's certificate must be valid for the host name in smtp_url and signed by a public CA (WebPKI roots), and the port must speak the TLS mode of smtp_url"
     } else if e.is_permanent() {
         "the server refused: check the credentials in smtp_url and the from/to addresses"
     } else if e.is_transient() {
-        "the server answered with a temporary error; it is retried"
+        "the server answered with a temporary error; try again later"
     } else if e.is_timeout() {
         "no answer in time: check host and port of smtp_url and any firewall"
     } else if tls == TlsMode::Implicit {
@@ -453,7 +480,9 @@ impl Channel {
                         channel: self.name.clone(),
                         kind: self.kind,
                         target: self.target.clone(),
-                        message: error_chain(&e),
+                        // reqwest puts the whole URL, token and all, in
+                        // its message: only the origin may be shown.
+                        message: error_chain(&e.without_url()),
                     }
                 })?;
                 let status = resp.status();
@@ -526,7 +555,7 @@ impl Channel {
             server: self.target.clone(),
             message: e.to_string(),
             hint: smtp_hint(e, tls).to_owned(),
-            retryable: !(e.is_permanent() || e.is_client() || e.is_tls()),
+            retryable: !(e.is_permanent() || e.is_client() || smtp_tls_failed(e)),
         }
     }
 }

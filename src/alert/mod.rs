@@ -31,15 +31,17 @@ use state::Tracker;
 const QUEUE_CAPACITY: usize = 256;
 
 /// One condition the health evaluation watches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Condition {
     /// Stable key, e.g. `postgres/main/stream`, `postgres/main/slot`,
     /// `postgres/main/backup`, `sqlite/auth/watcher`, `destination/s3/down`,
     /// `verify/main`, `spool/full`: transitions are tracked per id.
     pub id: String,
     /// The `[[postgres]]`/`[[sqlite]]` entry it concerns, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// The `[[destination]]` it concerns, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
     /// Past its threshold.
     pub failing: bool,

@@ -290,7 +290,7 @@ async fn an_unreachable_channel_gives_up_and_does_not_hold_up_the_others() {
             channel(
                 "dead",
                 AlertKind::Slack {
-                    url: format!("http://{closed}/x"),
+                    url: format!("http://{closed}/services/secret-token"),
                 },
                 None,
             ),
@@ -320,6 +320,7 @@ async fn an_unreachable_channel_gives_up_and_does_not_hold_up_the_others() {
         e.contains("\"dead\"") && e.contains("cannot reach") && e.contains("gave up after 3"),
         "{e}"
     );
+    assert!(!e.contains("secret-token"), "the URL is a secret: {e}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -434,6 +435,39 @@ async fn check_channel_talks_to_the_servers_and_sends_nothing() {
     // Nothing was sent by any check.
     assert!(smtp.messages().is_empty());
     assert!(rx.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_starttls_certificate_is_a_clear_error_and_not_retried() {
+    let smtp = SmtpServer::start_with_self_signed_starttls();
+    let mail = channel(
+        "mail",
+        AlertKind::Email {
+            smtp_url: format!("smtp://127.0.0.1:{}", smtp.port()),
+            from: "pitr@example.com".to_owned(),
+            to: vec!["oncall@example.com".to_owned()],
+        },
+        None,
+    );
+    let e = pitr::alert::check_channel(&mail)
+        .await
+        .expect_err("untrusted certificate")
+        .to_string();
+    assert!(
+        e.contains("\"mail\"") && e.contains("TLS handshake failed") && e.contains("certificate"),
+        "{e}"
+    );
+    let alerter = Alerter::with_retry(std::slice::from_ref(&mail), "h", quick_retry(5));
+    alerter.observe(&[stream(true)]);
+    assert!(alerter.flush(WAIT).await);
+    let s = &alerter.channels()[0];
+    assert_eq!((s.delivered, s.failed), (0, 1), "{s:?}");
+    let e = &s.last_error.as_ref().expect("error").message;
+    assert!(
+        e.contains("TLS handshake failed") && !e.contains("gave up"),
+        "{e}"
+    );
+    assert!(smtp.messages().is_empty());
 }
 
 /// The counters the lead's `/metrics` shows: a recorder local to this

@@ -17,14 +17,48 @@ pub struct SmtpServer {
 impl SmtpServer {
     /// Starts aiosmtpd on a free port of 127.0.0.1.
     pub fn start() -> SmtpServer {
+        SmtpServer::launch(false)
+    }
+
+    /// Starts aiosmtpd offering STARTTLS with a fresh self-signed
+    /// certificate (which no client trusts), not requiring it.
+    pub fn start_with_self_signed_starttls() -> SmtpServer {
+        SmtpServer::launch(true)
+    }
+
+    fn launch(starttls: bool) -> SmtpServer {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut tls_args = Vec::new();
+        if starttls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl: {out:?}");
+            tls_args.extend([
+                "--tlscert".into(),
+                cert.into_os_string(),
+                "--tlskey".into(),
+                key.into_os_string(),
+                "--no-requiretls".into(),
+            ]);
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let log = std::fs::File::create(dir.path().join("log")).expect("log");
         let child = Command::new("python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .args(["-m", "aiosmtpd", "-n"])
+            .args(&tls_args)
+            .arg("-l")
             .arg(format!("127.0.0.1:{port}"))
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(dir.path().join("maildir"))
