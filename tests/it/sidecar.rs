@@ -528,3 +528,126 @@ async fn scheduled_test_restores_show_in_health_metrics_and_catalog_and_a_corrup
     );
     drop(sidecar);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restore_api_needs_the_token_and_reports_the_reached_point() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgCluster::start();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)");
+    let repo = TestRepo::new().await;
+    let token = "a-long-random-test-token-0123456789";
+    let (cfg, port) = sidecar_config(&repo, &pg, &format!("restore_token = \"{token}\"\n"));
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let os_user = if nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        "postgres"
+    } else {
+        "nobody"
+    };
+    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
+        "[verify]\nschedule = \"off\"\n",
+        &format!("[verify]\nschedule = \"off\"\nos_user = \"{os_user}\"\n"),
+        1,
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let sidecar = Sidecar::start(&cfg);
+    wait_health_until(port, 200, Duration::from_secs(180), &sidecar, |b| {
+        b["postgres"][0]["last_backup"].is_string()
+    })
+    .await;
+    pg.psql("INSERT INTO t SELECT generate_series(101, 150); SELECT pg_switch_wal()");
+
+    let target = repo.dir.path().join("restored");
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/restore");
+    let body = serde_json::json!({"latest": true, "target_dir": target});
+    let none = client.post(&url).json(&body).send().await.expect("answer");
+    assert_eq!(none.status().as_u16(), 401);
+    let wrong = client
+        .post(&url)
+        .bearer_auth("not-the-token-at-all-0000")
+        .json(&body)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert!(!target.exists(), "nothing is restored without the token");
+    let bad = client
+        .post(&url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"at": "2026-11-23 03:00:00", "target_dir": target}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        bad.status().as_u16(),
+        400,
+        "a time without a zone is refused"
+    );
+
+    // Wait until the WAL with the second insert is stored, then restore.
+    let start = Instant::now();
+    let job = loop {
+        let r = client
+            .post(&url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("answer");
+        if r.status().as_u16() == 202 {
+            break r.json::<serde_json::Value>().await.expect("JSON");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            r.text().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let id = job["id"].as_str().expect("id").to_owned();
+    let status = format!("http://127.0.0.1:{port}/restore/{id}");
+    assert_eq!(
+        client
+            .get(&status)
+            .send()
+            .await
+            .expect("answer")
+            .status()
+            .as_u16(),
+        401
+    );
+    let start = Instant::now();
+    let done = loop {
+        let j: serde_json::Value = client
+            .get(&status)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .expect("JSON");
+        if j["state"] != "running" {
+            break j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "{j:#}\n{}",
+            sidecar.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(done["state"], "done", "{done:#}\n{}", sidecar.log_text());
+    assert!(done["reached"]["redo_done"].is_string(), "{done:#}");
+    assert!(
+        done["reached"]["wal_files"].as_u64().unwrap_or(0) > 0,
+        "{done:#}"
+    );
+    assert!(target.join("PG_VERSION").exists());
+    drop(sidecar);
+}
