@@ -12,6 +12,7 @@ use pitr::config::Config;
 use pitr::repo::Repository;
 
 mod demo;
+mod export_cmd;
 mod restore_cmd;
 mod sqlite_cmd;
 mod verify_cmd;
@@ -19,7 +20,7 @@ use restore_cmd::{list, make_plan, open_repo, parse_target, print_plan, restore}
 
 /// Keeps PostgreSQL and SQLite databases recoverable to any second.
 #[derive(Parser, Debug)]
-#[command(name = "pitr", version, about, long_about = None)]
+#[command(name = "pitr", version = export_cmd::VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -245,6 +246,32 @@ enum Command {
     },
     /// Archive a throw-away local PostgreSQL cluster, then restore it to a time.
     Demo,
+    /// Copy the newest restorable set (base backup and the WAL after it,
+    /// SQLite's newest snapshot and the page sets after it) into a
+    /// directory laid out as an `fs` destination; still encrypted, no
+    /// identity needed.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The directory to write (created when missing; must be empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// The destination to read from (default: the first configured).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    /// Internal: the container's health check. GETs URL and exits 0 on a
+    /// 2xx answer, 1 otherwise (no curl needed in the image).
+    #[command(hide = true)]
+    Probe {
+        /// The URL, e.g. http://127.0.0.1:9187/health.
+        url: String,
+        /// Give up after this long.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -544,6 +571,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             fetched
         }
         Command::Demo => demo::run().await,
+        Command::Export {
+            config,
+            to,
+            database,
+            from,
+        } => {
+            let config = load(&config)?;
+            export_cmd::export(&config, &to, &database, from.as_deref()).await
+        }
+        Command::Probe { url, timeout } => {
+            let code = export_cmd::probe(&url, std::time::Duration::from_secs(timeout)).await;
+            std::process::exit(code.into());
+        }
     }
 }
 

@@ -2,13 +2,16 @@
 //! target into a base backup and a WAL chain from the catalog alone (`plan`),
 //! and the execution that stages a data directory, runs PostgreSQL's
 //! recovery on it and checks where it stopped (`restore`), serving it WAL
-//! over a private socket (`serve`).
+//! over a private socket (`serve`); `export` copies the newest restorable
+//! set out of the repository.
 
+mod export;
 mod plan;
 mod restore;
 mod serve;
 mod target;
 
+pub use export::{ExportError, Selection, export, restorable_set};
 pub use plan::{Plan, PlanError, PlannedBackup, Stop, WalFile, Window, plan, windows};
 pub use restore::{Reached, RestoreError, RestoreOptions, RestoreProgress, RestoreReport, restore};
 pub use serve::fetch_client;

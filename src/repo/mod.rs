@@ -9,6 +9,7 @@
 
 mod chunking;
 mod datakey;
+mod export;
 #[cfg(test)]
 mod golden;
 mod keys;
@@ -29,6 +30,7 @@ use crate::ship::{Fanout, ShipError};
 
 pub use chunking::Chunking;
 pub use datakey::DataKey;
+pub use export::ExportReport;
 pub use keys::{ChunkId, RepositoryKey, age_decrypt, age_encrypt};
 pub use manifest::{
     COMMIT_VERSION_GC, Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, Forget, GcRecord,

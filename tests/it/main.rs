@@ -8,6 +8,7 @@ mod cli;
 mod disk_full;
 mod golden;
 mod harness;
+mod pack;
 mod pg_harness;
 mod pitr_restore;
 mod repo;

@@ -1,0 +1,96 @@
+# syntax=docker/dockerfile:1
+# pitr as a container: the sidecar (`pitr run`), plus the PostgreSQL server
+# binaries that restores and test restores need, for one major version.
+#
+#   docker build --build-arg PG_MAJOR=15 --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t pitr .
+#   docker run -v ./pitr.toml:/etc/pitr/pitr.toml:ro -e PITR_REPOSITORY_RECIPIENTS=age1... pitr
+#
+# Stages: `build` (the binary, profile `dist`: LTO, stripped), `postgres`
+# (PGDG's server packages, pruned to what restores run), `runtime` (Debian
+# slim, the two copied in, a non-root user). `.ci/dockerfile-check` checks
+# this file's structure and runs the build stage's commands on the host;
+# see README "Container image" for what was and was not checked.
+
+ARG PG_MAJOR=15
+ARG DEBIAN_RELEASE=bookworm
+
+# --- build -------------------------------------------------------------------
+FROM rust:1-slim-bookworm AS build
+ARG GIT_COMMIT=unknown
+# rusqlite builds SQLite from C; ring needs a C compiler too.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+# LIBSQLITE3_FLAGS: the SQLite watcher needs the sqlite_dbpage table.
+COPY .cargo ./.cargo
+COPY src ./src
+COPY bench ./bench
+COPY tests ./tests
+# BUILD: the same command .ci/dockerfile-check runs.
+RUN GIT_COMMIT="$GIT_COMMIT" cargo build --profile dist --locked --bin pitr \
+ && cp target/dist/pitr /usr/local/bin/pitr \
+ && /usr/local/bin/pitr --version
+
+# --- postgres ----------------------------------------------------------------
+FROM debian:${DEBIAN_RELEASE}-slim AS postgres
+ARG PG_MAJOR
+# PGDG carries every supported major for every Debian release; its setup
+# script (from postgresql-common) adds the repository and its signing key.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates postgresql-common \
+ && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
+ && apt-get install -y --no-install-recommends "postgresql-${PG_MAJOR}" \
+ && rm -rf /var/lib/apt/lists/*
+# Only what restores run: the server, initdb/pg_ctl, the checkers, and the
+# tools the runbook uses. No JIT (llvmjit and its bitcode are most of the
+# size and recovery never uses them), no pgxs.
+RUN set -eu; \
+    src="/usr/lib/postgresql/${PG_MAJOR}"; out="/out${src}"; \
+    mkdir -p "$out/bin" "/out/usr/share/postgresql"; \
+    for b in postgres initdb pg_ctl pg_amcheck pg_checksums pg_controldata \
+             pg_waldump pg_verifybackup pg_isready psql; do \
+      cp -a "$src/bin/$b" "$out/bin/"; \
+    done; \
+    cp -a "$src/lib" "$out/lib"; \
+    rm -rf "$out/lib/bitcode" "$out/lib/llvmjit"* "$out/lib/pgxs"; \
+    cp -a "/usr/share/postgresql/${PG_MAJOR}" "/out/usr/share/postgresql/"; \
+    mkdir -p /out/pgdg-keyring /out/pgdg-sources; \
+    cp -a /usr/share/postgresql-common/pgdg/apt.postgresql.org.* /out/pgdg-keyring/; \
+    cp -a /etc/apt/sources.list.d/pgdg.* /out/pgdg-sources/
+
+# --- runtime -----------------------------------------------------------------
+FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+ARG PG_MAJOR
+ARG DEBIAN_RELEASE
+# The shared libraries the PostgreSQL binaries link (ldd), without the
+# packages that pull LLVM and Perl; libpq from PGDG, matching the binaries.
+COPY --from=postgres /out/pgdg-keyring/ /usr/share/postgresql-common/pgdg/
+COPY --from=postgres /out/pgdg-sources/ /etc/apt/sources.list.d/
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      ca-certificates tzdata libpq5 libicu72 libxml2 libssl3 libldap-2.5-0 \
+      libgssapi-krb5-2 liblz4-1 libzstd1 libsystemd0 libreadline8 \
+ && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*
+COPY --from=postgres /out/usr/ /usr/
+COPY --from=build /usr/local/bin/pitr /usr/local/bin/pitr
+COPY deploy/config/postgres.toml /etc/pitr/pitr.toml
+COPY deploy/config/postgres-storacha.toml deploy/config/sqlite.toml /etc/pitr/
+# A non-root user: PostgreSQL refuses root, and a restore then runs the
+# server as this user. state_dir and the default restore targets are its own.
+RUN groupadd --system --gid 10001 pitr \
+ && useradd --system --uid 10001 --gid pitr --home-dir /var/lib/pitr --shell /usr/sbin/nologin pitr \
+ && mkdir -p /var/lib/pitr /var/lib/pitr/restore \
+ && chown -R pitr:pitr /var/lib/pitr
+ENV PATH="/usr/lib/postgresql/${PG_MAJOR}/bin:${PATH}" \
+    PITR_LOG_FORMAT=json
+USER pitr:pitr
+WORKDIR /var/lib/pitr
+VOLUME ["/var/lib/pitr"]
+EXPOSE 9187
+# `pitr probe` instead of curl: 0 on a 2xx from /health, 1 otherwise.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+  CMD ["pitr", "probe", "http://127.0.0.1:9187/health"]
+ENTRYPOINT ["pitr"]
+CMD ["run", "-c", "/etc/pitr/pitr.toml"]

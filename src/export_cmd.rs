@@ -1,0 +1,121 @@
+//! The packaging-facing commands: `pitr export` (the newest restorable set
+//! into a directory, for off-site copies such as GitHub Artifacts), the
+//! container's health probe, and the version string.
+
+use std::path::Path;
+use std::time::Duration;
+
+use pitr::config::Config;
+use pitr::pitr::{ExportError, Selection};
+
+use crate::restore_cmd::open_repo;
+use crate::{DatabaseArg, Exit, mib, postgres_entry};
+
+/// `pitr --version`: the crate version and the git commit it was built
+/// from (`build.rs`; `unknown` when built outside a git checkout without
+/// `GIT_COMMIT` set). Not named PITR_*: cargo
+/// passes it to test processes, and the config refuses unknown PITR_ variables.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);
+
+/// `pitr export`: every database of the config (or the one named) from
+/// destination `from` (default: the first) into `to`.
+pub async fn export(
+    config: &Config,
+    to: &Path,
+    database: &DatabaseArg,
+    from: Option<&str>,
+) -> anyhow::Result<()> {
+    let selection = match (&database.postgres, &database.sqlite) {
+        (Some(name), _) => Selection {
+            postgres: vec![postgres_entry(config, Some(name))?.name.clone()],
+            sqlite: Vec::new(),
+        },
+        (_, Some(name)) => Selection {
+            postgres: Vec::new(),
+            sqlite: vec![crate::sqlite_cmd::sqlite_entry(config, name)?.name.clone()],
+        },
+        (None, None) => Selection {
+            postgres: config.postgres.iter().map(|p| p.name.clone()).collect(),
+            sqlite: config.sqlite.iter().map(|s| s.name.clone()).collect(),
+        },
+    };
+    let repo = open_repo(config).await?;
+    let dests = repo.fanout().destinations();
+    let source = match from {
+        None => dests.first(),
+        Some(name) => dests.iter().find(|d| d.name() == name),
+    }
+    .ok_or_else(|| {
+        Exit::Usage(format!(
+            "{}: no [[destination]] is named {:?} (configured: {})",
+            config.path.display(),
+            from.unwrap_or_default(),
+            dests
+                .iter()
+                .map(|d| d.name().to_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let report = pitr::pitr::export(&repo, source.as_ref(), to, &selection)
+        .await
+        .map_err(|e| match e {
+            ExportError::NotEmpty { .. } | ExportError::NothingSelected => {
+                anyhow::Error::new(Exit::Usage(e.to_string()))
+            }
+            e if e.is_not_possible() => anyhow::Error::new(Exit::NotPossible(e.to_string())),
+            e => anyhow::Error::new(e),
+        })?;
+    let what: Vec<String> = selection
+        .postgres
+        .iter()
+        .map(|n| format!("[[postgres]] {n:?}"))
+        .chain(selection.sqlite.iter().map(|n| format!("[[sqlite]] {n:?}")))
+        .collect();
+    println!(
+        "Exported the newest restorable set of {} from destination {:?} into {}: {} items, \
+         {} packs ({}), {} key objects, catalog commit {}. Still encrypted: restore from it \
+         with a config whose only [[destination]] is kind = \"fs\", path = {:?}, and \
+         repository.identity_file set.",
+        what.join(", "),
+        source.name(),
+        to.display(),
+        report.items,
+        report.packs,
+        mib(report.pack_bytes),
+        report.keys,
+        report.commit,
+        to.display().to_string(),
+    );
+    Ok(())
+}
+
+/// `pitr probe URL`: 0 when a GET answers 2xx within `timeout`, else 1,
+/// with the reason on standard error (Docker keeps it in the health log).
+pub async fn probe(url: &str, timeout: Duration) -> u8 {
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("probe: cannot build an HTTP client: {e}");
+            return 1;
+        }
+    };
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => 0,
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            eprintln!("probe: {url} answered {status}: {}", body.trim());
+            1
+        }
+        Err(e) => {
+            eprintln!("probe: GET {url}: {e}");
+            1
+        }
+    }
+}

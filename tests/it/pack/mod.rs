@@ -1,0 +1,8 @@
+//! Packaging (issue 9): `pitr export` for off-site copies, and the
+//! deployment files under `deploy/` and the `Dockerfile`, checked against the
+//! config the binary accepts.
+
+mod deploy;
+mod export;
+mod probe;
+mod runbook;
