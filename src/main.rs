@@ -15,6 +15,7 @@ mod demo;
 mod export_cmd;
 mod restore_cmd;
 mod sqlite_cmd;
+mod verify_cmd;
 use restore_cmd::{list, make_plan, open_repo, parse_target, print_plan, restore};
 
 /// Keeps PostgreSQL and SQLite databases recoverable to any second.
@@ -215,10 +216,27 @@ enum Command {
         /// Also restore to a random time and check the result.
         #[arg(long)]
         restore: bool,
+        /// With --restore: only this database (default: every one).
+        #[command(flatten)]
+        database: DatabaseArg,
     },
     /// Copy missing or damaged objects into each destination from one where
     /// they check out; then every destination holds every object.
     Repair(ConfigArg),
+    /// Apply the [retention] policy and collect garbage: prints the plan,
+    /// then applies it unless --dry-run.
+    Retention {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// Print the plan only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the config, the destinations and (later) the databases.
     Check(ConfigArg),
     /// The local catalog.
@@ -367,6 +385,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 /// A command a later issue implements: says which, exits 2.
+#[allow(dead_code)] // no command is stubbed on this branch any more; others may still be
 fn later(command: &str, issue: u32, what: &str) -> anyhow::Result<()> {
     Err(Exit::Usage(format!(
         "`pitr {command}` is not implemented yet: it arrives with issue {issue} ({what}). \
@@ -382,19 +401,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Catalog {
             command: CatalogCommand::Rebuild { config, from },
         } => catalog_rebuild(&load(&config)?, from.as_deref()).await,
-        Command::Verify { config, restore } => {
+        Command::Verify {
+            config,
+            restore,
+            database,
+        } => {
             let config = load(&config)?;
             if restore {
-                return later(
-                    "verify --restore",
-                    8,
-                    "scheduled and on-demand test restores",
-                );
+                return verify_cmd::verify_restore(
+                    &config,
+                    database.postgres.as_deref(),
+                    database.sqlite.as_deref(),
+                )
+                .await;
+            }
+            if database.postgres.is_some() || database.sqlite.is_some() {
+                return Err(Exit::Usage(
+                    "--postgres / --sqlite select a database for `pitr verify --restore`; \
+                     `pitr verify` alone checks every object of the repository"
+                        .to_owned(),
+                )
+                .into());
             }
             verify(&config).await
         }
         Command::Check(c) => check(&load(&c)?).await,
         Command::Repair(c) => repair(&load(&c)?).await,
+        Command::Retention {
+            config,
+            database,
+            dry_run,
+            json,
+        } => retention(&load(&config)?, database, dry_run, json).await,
         Command::Run(c) => run_sidecar(&load(&c)?).await,
         Command::Backup {
             config,
@@ -684,6 +722,77 @@ async fn verify(config: &Config) -> anyhow::Result<()> {
     )
 }
 
+/// `pitr retention`: the plan, then (unless `--dry-run`) its application.
+async fn retention(
+    config: &Config,
+    database: DatabaseArg,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use pitr::retention::{RetentionError, RunOptions, Scope};
+    let scope = match (database.postgres, database.sqlite) {
+        (Some(p), None) => Scope::Postgres(p),
+        (None, Some(s)) => Scope::Sqlite(s),
+        (None, None) => Scope::All,
+        (Some(_), Some(_)) => {
+            return Err(Exit::Usage("give --postgres or --sqlite, not both".into()).into());
+        }
+    };
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    let run = RunOptions {
+        scope,
+        ..RunOptions::from_config(config)
+    };
+    let plan = match pitr::retention::plan(&repo, config, &run).await {
+        Err(e @ RetentionError::UnknownDatabase { .. }) => {
+            return Err(Exit::Usage(e.to_string()).into());
+        }
+        r => r?,
+    };
+    if !json {
+        print!("{}", plan.render());
+    }
+    let report = if dry_run {
+        if !json {
+            println!("Dry run: nothing was changed.");
+        }
+        None
+    } else {
+        let report = pitr::retention::apply(&repo, &plan).await?;
+        if !json {
+            println!(
+                "Forgot {} backups ({} items); marked {} packs, unmarked {}, deleted {} ({} bytes freed); deleted {} empty catalog commits.",
+                report.backups_forgotten,
+                report.items_forgotten,
+                report.gc.marked,
+                report.gc.unmarked,
+                report.gc.deleted,
+                report.gc.bytes_freed,
+                report.gc.commits_deleted
+            );
+            for f in &report.gc.failures {
+                println!("FAILED {f}");
+            }
+        }
+        Some(report)
+    };
+    if json {
+        let v = serde_json::json!({ "plan": plan, "report": report });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    if let Some(r) = &report
+        && !r.gc.failures.is_empty()
+    {
+        anyhow::bail!(
+            "{} deletions failed on a destination; they are retried by the next run (fix the destination, then run `pitr retention` again)",
+            r.gc.failures.len()
+        );
+    }
+    Ok(())
+}
+
 /// `pitr repair`: every object checked in every destination, good copies
 /// written over missing or damaged ones.
 async fn repair(config: &Config) -> anyhow::Result<()> {
@@ -741,6 +850,15 @@ async fn check(config: &Config) -> anyhow::Result<()> {
             Err(e) => {
                 failed += 1;
                 println!("postgres {}: FAILED: {e:#}", pg.name);
+            }
+        }
+    }
+    for alert in &config.alerts {
+        match pitr::alert::check_channel(alert).await {
+            Ok(report) => println!("alert {} ({}): {report}", alert.name, alert.kind.name()),
+            Err(e) => {
+                failed += 1;
+                println!("alert {}: FAILED: {e}", alert.name);
             }
         }
     }

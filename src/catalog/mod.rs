@@ -80,7 +80,25 @@ CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, time TEXT NOT NULL,
     size INTEGER NOT NULL, attrs TEXT NOT NULL, manifest TEXT NOT NULL, commit_object TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS items_name ON items(name);
+CREATE TABLE IF NOT EXISTS forgotten (
+    commit_object TEXT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (commit_object, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gc_packs (
+    pack TEXT PRIMARY KEY, state TEXT NOT NULL, time TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS removal_commits (object TEXT PRIMARY KEY) WITHOUT ROWID;
 ";
+
+/// A pack's garbage-collection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackGcState {
+    /// Marked as unreferenced at this time: writers no longer deduplicate
+    /// against it; deleted once the grace period passed and it is still
+    /// unreferenced.
+    Marked(jiff::Timestamp),
+    /// Deleted from the destinations at this time (a tombstone: a commit
+    /// that introduced it and is applied late does not bring it back).
+    Deleted(jiff::Timestamp),
+}
 
 impl Catalog {
     /// Opens (creating if needed) the catalog at `path`.
@@ -175,20 +193,36 @@ impl Catalog {
                     "INSERT OR IGNORE INTO chunks (id, pack, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(err)?;
+            let mut deleted_st = tx
+                .prepare_cached("SELECT 1 FROM gc_packs WHERE pack = ?1 AND state = 'deleted'")
+                .map_err(err)?;
+            // A chunk already recorded in a marked pack moves to the new
+            // copy: a writer stored it again because it must not reuse the
+            // marked one.
+            let mut move_st = tx
+                .prepare_cached(
+                    "UPDATE chunks SET pack = ?2, offset = ?3, length = ?4, raw_length = ?5
+                     WHERE id = ?1 AND pack IN (SELECT pack FROM gc_packs)",
+                )
+                .map_err(err)?;
             for p in &commit.packs {
+                if deleted_st.exists([&p.id]).map_err(err)? {
+                    continue;
+                }
                 pack_st
                     .execute(params![p.id, p.size as i64, object])
                     .map_err(err)?;
                 for c in &p.chunks {
-                    chunk_st
-                        .execute(params![
-                            &c.chunk.0[..],
-                            p.id,
-                            c.offset as i64,
-                            c.length,
-                            c.raw_length
-                        ])
-                        .map_err(err)?;
+                    let row = params![
+                        &c.chunk.0[..],
+                        p.id,
+                        c.offset as i64,
+                        c.length,
+                        c.raw_length
+                    ];
+                    if chunk_st.execute(row).map_err(err)? == 0 {
+                        move_st.execute(row).map_err(err)?;
+                    }
                 }
             }
             let mut item_st = tx
@@ -197,7 +231,16 @@ impl Catalog {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(err)?;
+            let mut forgotten_st = tx
+                .prepare_cached("SELECT 1 FROM forgotten WHERE commit_object = ?1 AND name = ?2")
+                .map_err(err)?;
             for it in &commit.items {
+                if forgotten_st
+                    .exists(params![object, it.manifest.name])
+                    .map_err(err)?
+                {
+                    continue;
+                }
                 let manifest =
                     serde_json::to_string(&it.manifest).expect("a manifest always serializes");
                 item_st
@@ -212,17 +255,103 @@ impl Catalog {
                     ])
                     .map_err(err)?;
             }
+            apply_removals(&tx, object, commit).map_err(err)?;
         }
         tx.commit().map_err(err)
     }
 
-    /// Whether a chunk is stored.
+    /// Whether a chunk is stored in a pack a writer may reuse: packs marked
+    /// for garbage collection do not count, so a writer stores such a chunk
+    /// again instead of making a marked pack live behind the collector's
+    /// back.
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM chunks WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM gc_packs g WHERE g.pack = chunks.pack)",
+            )
+            .map_err(|e| self.err(e))?;
+        st.exists([&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// Whether a chunk is stored at all, marked packs included (reading and
+    /// verification: a marked pack is still there until it is deleted).
+    pub fn holds_chunk(&self, id: &ChunkId) -> Result<bool, CatalogError> {
         let mut st = self
             .conn
             .prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")
             .map_err(|e| self.err(e))?;
         st.exists([&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// The garbage-collection state of every pack that has one.
+    pub fn pack_gc_states(
+        &self,
+    ) -> Result<std::collections::HashMap<String, PackGcState>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pack, state, time FROM gc_packs")
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(String, String, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(pack, state, time)| {
+                let t: jiff::Timestamp = time
+                    .parse()
+                    .map_err(|e| self.corrupt(format!("pack {pack}: gc time: {e}")))?;
+                let s = match state.as_str() {
+                    "marked" => PackGcState::Marked(t),
+                    "deleted" => PackGcState::Deleted(t),
+                    other => return Err(self.corrupt(format!("pack {pack}: gc state {other:?}"))),
+                };
+                Ok((pack, s))
+            })
+            .collect()
+    }
+
+    /// Every `(chunk id, pack)` row: which pack a reader fetches each chunk
+    /// from.
+    pub fn chunk_packs(&self) -> Result<Vec<(ChunkId, String)>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, pack FROM chunks")
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(Vec<u8>, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(id, pack)| {
+                let id: [u8; 32] = id
+                    .try_into()
+                    .map_err(|_| self.corrupt("bad chunk id".into()))?;
+                Ok((ChunkId(id), pack))
+            })
+            .collect()
+    }
+
+    /// Commit objects that may be deleted from the destinations: every
+    /// item they introduced is forgotten, every pack deleted, and they
+    /// remove nothing themselves (a commit that forgets or records garbage
+    /// collection is kept, so a rebuild replays the removals).
+    pub fn empty_commits(&self) -> Result<Vec<String>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT object FROM commits c
+                 WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.commit_object = c.object)
+                 AND NOT EXISTS (SELECT 1 FROM packs p WHERE p.commit_object = c.object)
+                 AND NOT EXISTS (SELECT 1 FROM removal_commits r WHERE r.object = c.object)
+                 ORDER BY object",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Where a chunk is stored.
@@ -358,6 +487,8 @@ impl Catalog {
             "SELECT 'chunk', hex(id), pack, offset, length, raw_length FROM chunks ORDER BY id",
             "SELECT 'item', commit_object, name, kind, time, size, attrs, manifest FROM items
              ORDER BY commit_object, id",
+            "SELECT 'forgotten', commit_object, name FROM forgotten ORDER BY commit_object, name",
+            "SELECT 'gc', pack, state, time FROM gc_packs ORDER BY pack",
         ];
         let mut out = String::new();
         for q in queries {
@@ -381,4 +512,64 @@ impl Catalog {
         }
         Ok(out)
     }
+}
+
+/// Applies a commit's forgets and garbage-collection records inside the
+/// transaction that records it.
+fn apply_removals(
+    tx: &rusqlite::Transaction<'_>,
+    object: &str,
+    commit: &Commit,
+) -> Result<(), rusqlite::Error> {
+    if !commit.removes() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO removal_commits (object) VALUES (?1)",
+        [object],
+    )?;
+    let time = commit.time.to_string();
+    {
+        let mut tomb = tx.prepare_cached(
+            "INSERT OR IGNORE INTO forgotten (commit_object, name) VALUES (?1, ?2)",
+        )?;
+        let mut del =
+            tx.prepare_cached("DELETE FROM items WHERE name = ?2 AND commit_object = ?1")?;
+        for f in &commit.forget {
+            for name in &f.names {
+                tomb.execute(params![f.commit, name])?;
+                del.execute(params![f.commit, name])?;
+            }
+        }
+        let mut mark = tx.prepare_cached(
+            "INSERT INTO gc_packs (pack, state, time) VALUES (?1, 'marked', ?2)
+             ON CONFLICT (pack) DO NOTHING",
+        )?;
+        for p in &commit.gc.mark {
+            mark.execute(params![p, time])?;
+        }
+        let mut unmark =
+            tx.prepare_cached("DELETE FROM gc_packs WHERE pack = ?1 AND state = 'marked'")?;
+        for p in &commit.gc.unmark {
+            unmark.execute([p])?;
+        }
+        let mut delete = tx.prepare_cached(
+            "INSERT INTO gc_packs (pack, state, time) VALUES (?1, 'deleted', ?2)
+             ON CONFLICT (pack) DO UPDATE SET state = 'deleted', time = excluded.time",
+        )?;
+        let mut drop_pack = tx.prepare_cached("DELETE FROM packs WHERE id = ?1")?;
+        for p in &commit.gc.delete {
+            delete.execute(params![p, time])?;
+            drop_pack.execute([p])?;
+        }
+    }
+    if !commit.gc.delete.is_empty() {
+        // One scan for all of them (the chunks table has no index by pack,
+        // which would slow every insert for a daily collection).
+        tx.execute(
+            "DELETE FROM chunks WHERE pack IN (SELECT pack FROM gc_packs WHERE state = 'deleted')",
+            [],
+        )?;
+    }
+    Ok(())
 }

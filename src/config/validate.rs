@@ -1121,6 +1121,24 @@ fn email(
             "Write it as smtp://user:password@host:587 (STARTTLS required), smtps://user:password@host:465 (TLS), or smtp://host:25?tls=none for a relay on loopback",
         ));
     }
+    // The TLS mode is the only parameter; a misspelt one must not quietly
+    // leave STARTTLS required (or worse, be read as off).
+    if let Some(u) = &parsed {
+        let implicit = u.scheme() == "smtps";
+        for (k, v) in u.query_pairs() {
+            let known = k == "tls"
+                && !implicit
+                && matches!(v.as_ref(), "required" | "opportunistic" | "none");
+            if !known {
+                return Err(ctx.invalid(
+                    &smtp.key,
+                    &smtp.origin,
+                    &format!("has the parameter {k}={v:?}, which pitr does not know"),
+                    "The only parameter is tls: smtp://… requires STARTTLS, smtp://…?tls=opportunistic uses it when offered, smtp://…?tls=none is plain text (a relay on loopback); smtps:// is always TLS and takes none",
+                ));
+            }
+        }
+    }
     let mailbox = |k: &str, v: &Val<String>| -> Result<String, ConfigError> {
         match v.value.trim().parse::<lettre::message::Mailbox>() {
             Ok(_) => Ok(v.value.trim().to_owned()),

@@ -123,7 +123,8 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(id: String, failing: bool, summary: String) -> Check {
+    /// A check of nothing in particular (no database, no destination).
+    pub fn new(id: String, failing: bool, summary: String) -> Check {
         Check {
             id,
             database: None,
@@ -133,7 +134,8 @@ impl Check {
         }
     }
 
-    fn db(mut self, name: &str) -> Check {
+    /// The same check, about database `name`.
+    pub fn db(mut self, name: &str) -> Check {
         self.database = Some(name.to_owned());
         self
     }

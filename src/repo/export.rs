@@ -163,6 +163,9 @@ impl Repository {
                     manifest: r.manifest,
                 })
                 .collect(),
+            // A fresh store: nothing to forget, no garbage to track.
+            forget: Vec::new(),
+            gc: super::manifest::GcRecord::default(),
         };
         report.items = commit.items.len();
         report.commit = commit.object_name();

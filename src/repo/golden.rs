@@ -105,6 +105,8 @@ fn commit() -> Commit {
                 chunks: vec![(k.chunk_id(data), data.len() as u32)],
             },
         }],
+        forget: Vec::new(),
+        gc: Default::default(),
     }
 }
 
@@ -230,4 +232,56 @@ fn golden_chunk_id_is_keyed() {
     let plain = ChunkId(*blake3::hash(b"pitr golden chunk\n").as_bytes());
     assert_ne!(a, b);
     assert_ne!(a, plain);
+}
+
+/// A version 2 commit: one that forgets items and records garbage
+/// collection. Pinned like version 1; a commit whose version does not match
+/// its content, or a version this build does not know, is refused.
+#[test]
+fn golden_commit_v2() {
+    use super::manifest::{Forget, GcRecord};
+    let mut c = commit();
+    c.seq = 8;
+    c.packs.clear();
+    c.items.clear();
+    c.forget = vec![Forget {
+        commit: "catalog/0000000000000007-0123456789abcdef".into(),
+        names: vec!["pg/main/wal/000000010000000000000003".into()],
+    }];
+    c.gc = GcRecord {
+        mark: vec!["cd".repeat(32)],
+        unmark: vec![],
+        delete: vec!["ab".repeat(32)],
+    };
+    c.version = c.version_for();
+    assert_eq!(c.version, 2);
+    let plain = c.encode_plain();
+    pin("commit-v2-plaintext.hex", &plain);
+    let seal_it = |c: &Commit| {
+        let z = zstd::bulk::compress(&c.encode_plain(), 3).expect("compress");
+        seal::seal_with_nonce(&key(), SealKind::CatalogCommit, &c.object_name(), &z, NONCE)
+    };
+    let back = Commit::decode(&key(), &c.object_name(), &seal_it(&c)).expect("decodes");
+    assert_eq!(back, c);
+
+    // Removals under version 1: a writer bug, refused rather than replayed.
+    let mut lying = c.clone();
+    lying.version = 1;
+    let err = Commit::decode(&key(), &c.object_name(), &seal_it(&lying)).unwrap_err();
+    assert!(matches!(err, super::RepoError::Malformed { .. }), "{err}");
+    // A version from the future: named, with the version this build reads.
+    let mut future = c.clone();
+    future.version = 3;
+    let err = Commit::decode(&key(), &c.object_name(), &seal_it(&future)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            super::RepoError::UnsupportedVersion {
+                found: 3,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

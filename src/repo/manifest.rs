@@ -12,6 +12,11 @@ use super::seal::{self, SealKind};
 
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
+/// The version of a catalog commit that forgets items or records garbage
+/// collection: a version 1 reader refuses it (`UnsupportedVersion`) instead
+/// of replaying it without its removals. Commits without either stay
+/// version 1, byte for byte.
+pub const COMMIT_VERSION_GC: u32 = 2;
 const FORMAT_NAME: &str = "pitr-repository";
 
 /// The chunks of one item, in order.
@@ -99,9 +104,66 @@ pub struct Commit {
     pub packs: Vec<PackRecord>,
     /// Items it introduces.
     pub items: Vec<ItemRecord>,
+    /// Items it removes (version 2): named by the commit that introduced
+    /// them, since one name can be stored many times (WAL partials).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forget: Vec<Forget>,
+    /// Garbage collection it records (version 2).
+    #[serde(default, skip_serializing_if = "GcRecord::is_empty")]
+    pub gc: GcRecord,
+}
+
+/// Items of one earlier commit that a commit removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forget {
+    /// The commit object that introduced them.
+    pub commit: String,
+    /// Their names (every item of that name in that commit).
+    pub names: Vec<String>,
+}
+
+/// Garbage collection of packs, as one commit records it (docs/FORMAT.md,
+/// "Forgetting and garbage collection").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRecord {
+    /// Packs no live item references, marked at the commit's time: writers
+    /// stop deduplicating against them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mark: Vec<String>,
+    /// Marked packs referenced again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmark: Vec<String>,
+    /// Marked packs deleted from every destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete: Vec<String>,
+}
+
+impl GcRecord {
+    /// Whether it records nothing.
+    pub fn is_empty(&self) -> bool {
+        self.mark.is_empty() && self.unmark.is_empty() && self.delete.is_empty()
+    }
 }
 
 impl Commit {
+    /// Whether this commit removes anything (forgets items or records
+    /// garbage collection), which makes it version 2.
+    pub fn removes(&self) -> bool {
+        !self.forget.is_empty() || !self.gc.is_empty()
+    }
+
+    /// The version a commit with this content carries: 1 unless it removes
+    /// something.
+    pub fn version_for(&self) -> u32 {
+        if self.removes() {
+            COMMIT_VERSION_GC
+        } else {
+            FORMAT_VERSION
+        }
+    }
+
     /// The object name of this commit.
     pub fn object_name(&self) -> String {
         commit_object_name(self.seq, &self.writer)
@@ -131,15 +193,26 @@ impl Commit {
             .map_err(|e| malformed(format!("its commit is not valid zstd: {e}")))?;
         let version: VersionOnly = serde_json::from_slice(&plain)
             .map_err(|e| malformed(format!("its commit is not valid JSON: {e}")))?;
-        if version.version != FORMAT_VERSION {
+        if version.version != FORMAT_VERSION && version.version != COMMIT_VERSION_GC {
             return Err(RepoError::UnsupportedVersion {
                 object: object.to_owned(),
                 found: version.version,
-                supported: FORMAT_VERSION,
+                supported: COMMIT_VERSION_GC,
             });
         }
         let commit: Commit = serde_json::from_slice(&plain)
             .map_err(|e| malformed(format!("its commit does not parse: {e}")))?;
+        if commit.version != commit.version_for() {
+            return Err(malformed(format!(
+                "its commit has version {} but {} removals (version 2 exactly when it forgets items or records garbage collection)",
+                commit.version,
+                if commit.removes() {
+                    "holds"
+                } else {
+                    "holds no"
+                }
+            )));
+        }
         if commit.object_name() != object {
             return Err(RepoError::Swapped {
                 object: object.to_owned(),

@@ -33,8 +33,9 @@ pub use datakey::DataKey;
 pub use export::ExportReport;
 pub use keys::{ChunkId, RepositoryKey, age_decrypt, age_encrypt};
 pub use manifest::{
-    Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, ItemHasher, ItemRecord, Manifest,
-    PackRecord, commit_object_name, recipients_fingerprint,
+    COMMIT_VERSION_GC, Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, Forget, GcRecord,
+    ItemHasher, ItemRecord, Manifest, PackRecord, commit_object_name, parse_commit_object_name,
+    recipients_fingerprint,
 };
 pub use pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
 pub use reader::Reader;
@@ -353,6 +354,44 @@ struct Inner {
     /// commits choosing the same number would share an object name, and
     /// put-if-absent would keep only the first.
     commit_lock: tokio::sync::Mutex<()>,
+    /// Writers holding uncommitted work, by registration number: when each
+    /// began. See [`Repository::oldest_inflight`].
+    inflight: Mutex<std::collections::BTreeMap<u64, jiff::Timestamp>>,
+    inflight_next: std::sync::atomic::AtomicU64,
+}
+
+/// A writer's registration as holding uncommitted work; dropping it ends
+/// the registration.
+#[derive(Debug)]
+pub(crate) struct InflightGuard {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl InflightGuard {
+    /// Moves the registration back to `at` if that is earlier.
+    pub(crate) fn since(&mut self, at: jiff::Timestamp) {
+        let mut map = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = map.get_mut(&self.id)
+            && at < *t
+        {
+            *t = at;
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// What `pitr init` found and did.
@@ -495,6 +534,8 @@ impl Repository {
                 catalog: Mutex::new(catalog),
                 writer_id: hex::encode(rand::random::<[u8; 8]>()),
                 commit_lock: tokio::sync::Mutex::new(()),
+                inflight: Mutex::new(Default::default()),
+                inflight_next: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         repo.sync_catalog().await?;
@@ -574,6 +615,36 @@ impl Repository {
     /// The local catalog (held briefly: it is shared with writers).
     pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
         self.inner.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the oldest writer of this process that holds uncommitted work
+    /// began it; `None` when none does. Garbage collection keeps every pack
+    /// marked after that time: such a writer may have decided to reuse a
+    /// chunk of it before the mark, and its commit is not visible yet.
+    pub fn oldest_inflight(&self) -> Option<jiff::Timestamp> {
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .min()
+            .copied()
+    }
+
+    pub(crate) fn register_inflight(&self, at: jiff::Timestamp) -> InflightGuard {
+        let id = self
+            .inner
+            .inflight_next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, at);
+        InflightGuard {
+            inner: self.inner.clone(),
+            id,
+        }
     }
 
     /// The store's descriptor.

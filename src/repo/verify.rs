@@ -78,7 +78,7 @@ impl Repository {
         let items = self.catalog().items("")?;
         for item in items {
             for (chunk, _) in &item.manifest.chunks {
-                if !self.catalog().has_chunk(chunk)? {
+                if !self.catalog().holds_chunk(chunk)? {
                     report.problems.push(VerifyProblem {
                         destination: "(catalog)".into(),
                         object: item.commit.clone(),

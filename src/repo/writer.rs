@@ -43,6 +43,11 @@ pub struct Writer {
     uploaded: Vec<PackRecord>,
     items: Vec<ItemRecord>,
     upload: Option<JoinHandle<Result<PackRecord, RepoError>>>,
+    /// Registered while this writer holds uncommitted items or packs: its
+    /// deduplication decisions are not in any commit yet, so garbage
+    /// collection in this process must not delete a pack marked after they
+    /// were made.
+    inflight: Option<super::InflightGuard>,
 }
 
 /// A chunk ready for [`Writer::put_prepared`]: its id and length, and its
@@ -53,6 +58,10 @@ pub struct PreparedChunk {
     raw_len: u32,
     /// The compressed chunk, when it is not stored yet.
     compressed: Option<Vec<u8>>,
+    /// When it was decided to reuse the stored chunk (no compressed bytes):
+    /// the writer that stores it counts as in flight from then on, for
+    /// garbage collection (`Repository::oldest_inflight`).
+    decided: Option<Timestamp>,
 }
 
 impl PreparedChunk {
@@ -74,6 +83,7 @@ impl PreparedChunk {
             id: self.id,
             raw_len: self.raw_len,
             compressed: None,
+            decided: Some(Timestamp::now()),
         }
     }
 }
@@ -152,6 +162,7 @@ fn prepare(
     Ok(PreparedChunk {
         id,
         raw_len,
+        decided: compressed.is_none().then(Timestamp::now),
         compressed,
     })
 }
@@ -165,6 +176,21 @@ impl Writer {
             uploaded: Vec::new(),
             items: Vec::new(),
             upload: None,
+            inflight: None,
+        }
+    }
+
+    /// Registers this writer's uncommitted work (from its first decision
+    /// until its commit or abandon).
+    fn begin(&mut self) {
+        self.begin_at(Timestamp::now());
+    }
+
+    /// The same, for a decision made at `at` (chunks prepared earlier).
+    fn begin_at(&mut self, at: Timestamp) {
+        match &mut self.inflight {
+            Some(g) => g.since(at),
+            None => self.inflight = Some(self.repo.register_inflight(at)),
         }
     }
 
@@ -181,6 +207,7 @@ impl Writer {
     where
         R: AsyncRead + Unpin + Send,
     {
+        self.begin();
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
         let inner = self.repo.inner.clone();
         let input_err = |source| RepoError::Input {
@@ -230,6 +257,10 @@ impl Writer {
         chunking: Chunking,
         prepared: Vec<PreparedChunk>,
     ) -> Result<Manifest, RepoError> {
+        // From the earliest reuse decision among the prepared chunks: the
+        // preparer decided before this call.
+        let earliest = prepared.iter().filter_map(|p| p.decided).min();
+        self.begin_at(earliest.map_or_else(Timestamp::now, |e| e.min(Timestamp::now())));
         let mut hasher = ItemHasher::new(self.repo.key());
         let mut size = 0u64;
         let mut chunks = Vec::with_capacity(prepared.len());
@@ -239,9 +270,12 @@ impl Writer {
                 Chunking::Fixed(n) => p.raw_len == n || (i == last && p.raw_len <= n),
                 Chunking::Cdc => p.raw_len <= chunking.max_chunk(),
             };
+            // `holds_chunk`, not `has_chunk`: a chunk prepared as stored may
+            // have been marked since; it is still there, and this writer's
+            // registration keeps garbage collection from deleting it.
             let stored = p.compressed.is_some()
                 || self.pending.contains(&p.id)
-                || self.repo.catalog().has_chunk(&p.id)?;
+                || self.repo.catalog().holds_chunk(&p.id)?;
             if !fits || !stored {
                 return Err(RepoError::Malformed {
                     object: name.to_owned(),
@@ -379,6 +413,8 @@ impl Writer {
             time: Timestamp::now(),
             packs: std::mem::take(&mut self.uploaded),
             items: std::mem::take(&mut self.items),
+            forget: Vec::new(),
+            gc: Default::default(),
         };
         let object = commit.object_name();
         let bytes = commit.encode(&inner.key);
@@ -388,6 +424,7 @@ impl Writer {
             .await?;
         self.repo.catalog().apply(&object, &commit)?;
         self.pending.clear();
+        self.inflight = None;
         Ok(Some(CommitInfo {
             object,
             items: commit.items.len(),
@@ -406,6 +443,7 @@ impl Writer {
         self.pending.clear();
         self.uploaded.clear();
         self.items.clear();
+        self.inflight = None;
     }
 }
 
@@ -429,4 +467,42 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
             None => zstd::bulk::compress(data, level),
         }
     })
+}
+
+impl Repository {
+    /// Stores a commit that only removes: forgets items and records garbage
+    /// collection (version 2, docs/FORMAT.md), dated `time`. Returns its
+    /// object name, or `None` when there is nothing to record.
+    pub async fn commit_removals(
+        &self,
+        forget: Vec<super::Forget>,
+        gc: super::GcRecord,
+        time: Timestamp,
+    ) -> Result<Option<String>, RepoError> {
+        if forget.is_empty() && gc.is_empty() {
+            return Ok(None);
+        }
+        let inner = &self.inner;
+        let _serial = inner.commit_lock.lock().await;
+        let seq = self.catalog().next_seq()?;
+        let mut commit = Commit {
+            version: FORMAT_VERSION,
+            seq,
+            writer: inner.writer_id.clone(),
+            time,
+            packs: Vec::new(),
+            items: Vec::new(),
+            forget,
+            gc,
+        };
+        commit.version = commit.version_for();
+        let object = commit.object_name();
+        let bytes = commit.encode(&inner.key);
+        inner
+            .fanout
+            .put_if_absent(&object, Bytes::from(bytes))
+            .await?;
+        self.catalog().apply(&object, &commit)?;
+        Ok(Some(object))
+    }
 }

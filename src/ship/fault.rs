@@ -16,6 +16,8 @@ pub struct FaultPlan {
     pub fail_puts: usize,
     /// Fail this many upcoming gets (whole or ranged).
     pub fail_gets: usize,
+    /// Fail this many upcoming deletes.
+    pub fail_deletes: usize,
     /// Whether injected failures are transient (retried by the retry layer).
     pub transient: bool,
     /// Flip one bit in every byte string returned by gets.
@@ -52,10 +54,10 @@ impl<D: Destination> FaultyDestination<D> {
 
     fn take(&self, op: &'static str, key: &str) -> Result<(), ShipError> {
         let mut plan = lock(&self.plan);
-        let counter = if op == "put" {
-            &mut plan.fail_puts
-        } else {
-            &mut plan.fail_gets
+        let counter = match op {
+            "put" => &mut plan.fail_puts,
+            "delete" => &mut plan.fail_deletes,
+            _ => &mut plan.fail_gets,
         };
         if *counter > 0 {
             *counter -= 1;
@@ -120,6 +122,7 @@ impl<D: Destination> Destination for FaultyDestination<D> {
     }
 
     async fn delete(&self, key: &str) -> Result<(), ShipError> {
+        self.take("delete", key)?;
         self.inner.delete(key).await
     }
 }

@@ -217,19 +217,109 @@ pub async fn run(
         });
     }
     tasks.spawn(probe_destinations(repo.clone(), stop_rx.clone()));
+    let mut sections: Vec<(&'static str, health::Section)> = Vec::new();
+    let mut extra_checks: Vec<Arc<dyn Fn() -> Vec<health::Check> + Send + Sync>> = Vec::new();
 
+    // Retention runs in this process, beside the writers: that is what lets
+    // garbage collection see their in-flight work (docs/RETENTION.md).
+    let (retention_tx, retention_rx) = watch::channel(crate::retention::RetentionStatus::default());
+    {
+        let (repo, cfg) = (repo.clone(), (*config).clone());
+        tasks.spawn(supervise(
+            "retention".to_owned(),
+            health::task_cell(),
+            stop_rx.clone(),
+            move |stop| {
+                let (repo, cfg, tx) = (repo.clone(), cfg.clone(), retention_tx.clone());
+                async move {
+                    crate::retention::run_scheduled(repo, cfg, tx, stop).await;
+                    Ok(())
+                }
+            },
+        ));
+        let rx = retention_rx.clone();
+        sections.push((
+            "retention",
+            Arc::new(move || serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
+        ));
+        let rx = retention_rx;
+        extra_checks.push(Arc::new(move || {
+            let s = rx.borrow();
+            let failing = s.last_ok == Some(false);
+            vec![health::Check::new(
+                "retention".to_owned(),
+                failing,
+                match (&s.last_error, failing) {
+                    (Some(e), true) => format!(
+                        "the last retention run failed: {e}. Storage is not cleaned up until it succeeds; `pitr retention --dry-run` shows the plan"
+                    ),
+                    _ => "retention runs as scheduled".to_owned(),
+                },
+            )]
+        }));
+    }
+
+    // Test restores (invariant 6): they need the identity; without it the
+    // schedule says so in /health and does nothing.
+    let (verify_tx, verify_rx) = watch::channel(crate::verify::VerifyStatus::default());
+    {
+        let (repo, cfg) = (repo.clone(), (*config).clone());
+        tasks.spawn(supervise(
+            "test restores".to_owned(),
+            health::task_cell(),
+            stop_rx.clone(),
+            move |stop| {
+                let (repo, cfg, tx) = (repo.clone(), cfg.clone(), verify_tx.clone());
+                async move {
+                    crate::verify::run_scheduled(cfg, repo, tx, stop).await;
+                    Ok(())
+                }
+            },
+        ));
+        let rx = verify_rx.clone();
+        sections.push((
+            "verification",
+            Arc::new(move || serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
+        ));
+        let rx = verify_rx;
+        extra_checks.push(Arc::new(move || {
+            let (failing, summary) = rx.borrow().check();
+            vec![health::Check::new(
+                "verification".to_owned(),
+                failing,
+                summary,
+            )]
+        }));
+    }
+    let instance = format!(
+        "{} ({})",
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown host".to_owned()),
+        config.path.display()
+    );
+    let alerter = crate::alert::Alerter::new(&config.alerts, &instance);
+    {
+        let alerter = alerter.clone();
+        sections.push((
+            "alert_channels",
+            Arc::new(move || serde_json::to_value(alerter.channels()).unwrap_or_default()),
+        ));
+    }
     let sources = Sources {
         started: Timestamp::now(),
         thresholds: config.health.clone(),
         repo: repo.clone(),
         postgres: pg_sources,
         sqlite: sqlite_sources,
-        sections: Vec::new(),
-        extra_checks: Vec::new(),
+        sections,
+        extra_checks,
     };
     let (report_tx, report_rx) = watch::channel(None);
     tasks.spawn(evaluate_forever(
         Evaluator::new(sources),
+        alerter.clone(),
         report_tx,
         stop_rx.clone(),
     ));
@@ -287,6 +377,9 @@ pub async fn run(
             }
         }
     }
+    // Whatever was decided last (a failure seen while stopping) still goes
+    // out, briefly.
+    alerter.flush(Duration::from_secs(2)).await;
     tracing::info!("pitr run: stopped");
     Ok(())
 }
@@ -412,15 +505,29 @@ async fn probe_destinations(repo: Repository, mut stop: watch::Receiver<bool>) {
 }
 
 /// Evaluates health every [`EVALUATE_EVERY`], publishing the report and the
-/// metrics.
+/// metrics, and handing every check to the alerts (which act on
+/// transitions).
 async fn evaluate_forever(
     mut evaluator: Evaluator,
+    alerter: crate::alert::Alerter,
     report: watch::Sender<Option<Arc<Report>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let r = evaluator.evaluate(Timestamp::now());
         health::record_metrics(&r);
+        let conditions: Vec<crate::alert::Condition> = r
+            .checks
+            .iter()
+            .map(|c| crate::alert::Condition {
+                id: c.id.clone(),
+                database: c.database.clone(),
+                destination: c.destination.clone(),
+                failing: c.failing,
+                summary: c.summary.clone(),
+            })
+            .collect();
+        alerter.observe(&conditions);
         for c in &r.problems {
             tracing::debug!(check = %c.id, "{}", c.summary);
         }

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area, sharing the
 //! harness (throw-away PostgreSQL clusters and friends).
 
+mod alert;
 mod basebackup;
 mod car;
 mod cli;
@@ -11,11 +12,13 @@ mod pack;
 mod pg_harness;
 mod pitr_restore;
 mod repo;
+mod retention;
 mod s3;
 mod schedule;
 mod sidecar;
 mod sqlite;
 mod storacha;
+mod verify;
 mod wal_conn;
 mod wal_decode;
 mod wal_failover;

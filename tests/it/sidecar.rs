@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::PgCluster;
 use crate::harness::pg::free_port;
+use crate::harness::{PgCluster, WebhookReceiver};
 use crate::repo::TestRepo;
 use crate::sqlite::{Sidecar, add_sqlite};
 
@@ -93,7 +93,15 @@ fn start_writer(db: &Path, seconds: u32) -> std::process::Child {
 async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_served() {
     let mut pg = PgCluster::start();
     let repo = TestRepo::new().await;
-    let (cfg, port) = sidecar_config(&repo, &pg, "");
+    let hook = WebhookReceiver::start().await;
+    let (cfg, port) = sidecar_config(
+        &repo,
+        &pg,
+        &format!(
+            "\n[[alert]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            hook.url("/hook")
+        ),
+    );
     let db = repo.dir.path().join("app.db");
     let mut writer = start_writer(&db, 600);
     // The writer creates the file; the watcher needs it to exist.
@@ -169,6 +177,13 @@ async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_serve
         .expect("restore answers");
     assert_eq!(off.status().as_u16(), 404);
 
+    // All well so far: nothing was sent.
+    assert!(
+        hook.received().is_empty(),
+        "alerts while all was well: {:?}",
+        hook.received()
+    );
+
     // The server goes away: failing within the 10 s threshold (plus an
     // evaluation), naming the stream.
     pg.stop();
@@ -192,10 +207,38 @@ async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_serve
         "{metrics}"
     );
     assert!(metrics.contains("pitr_health_ok 0"), "{metrics}");
+    // One alert, about the stream; none more while it stays down.
+    let alerts = hook
+        .wait_accepted("/hook", 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["event"], "failing", "{alerts:#?}");
+    assert_eq!(alerts[0]["id"], "postgres/main/stream", "{alerts:#?}");
+    assert_eq!(alerts[0]["database"], "main", "{alerts:#?}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        hook.accepted("/hook").len(),
+        1,
+        "{:#?}",
+        hook.accepted("/hook")
+    );
 
-    // And comes back: the stream reconnects (its backoff is at most 60 s).
+    // And comes back: the stream reconnects (its backoff is at most 60 s),
+    // and one recovery notice goes out.
     pg.start_again();
     wait_health(port, 200, Duration::from_secs(120), &sidecar).await;
+    let alerts = hook
+        .wait_accepted("/hook", 2, Duration::from_secs(30))
+        .await;
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(alerts[1]["event"], "recovered", "{alerts:#?}");
+    assert_eq!(alerts[1]["id"], "postgres/main/stream", "{alerts:#?}");
+    // /health shows the channel (its report is at most one evaluation old).
+    let body = wait_health_until(port, 200, Duration::from_secs(30), &sidecar, |b| {
+        b["alert_channels"][0]["delivered"] == 2
+    })
+    .await;
+    assert_eq!(body["alert_channels"][0]["name"], "hook", "{body:#}");
 
     let _ = writer.kill();
     let _ = writer.wait();
@@ -344,4 +387,267 @@ async fn sigterm_during_a_base_backup_and_during_streaming_stops_within_10s_and_
     .await;
     stop_within_10s(sidecar, "after a restart");
     acknowledged_is_stored(&repo, &pg).await;
+}
+
+/// Flips bytes in the middle of every pack in `store`; returns how many.
+fn corrupt_every_pack(store: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![store.join("packs")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let mut bytes = std::fs::read(&p).expect("pack");
+            if bytes.len() < 4096 {
+                continue;
+            }
+            let mid = bytes.len() / 2;
+            for b in &mut bytes[mid..mid + 64] {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&p, bytes).expect("write pack");
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_test_restores_show_in_health_metrics_and_catalog_and_a_corrupt_object_alerts() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgCluster::start();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)");
+    let repo = TestRepo::new().await;
+    let hook = WebhookReceiver::start().await;
+    let (cfg, port) = sidecar_config(
+        &repo,
+        &pg,
+        &format!(
+            "\n[[alert]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            hook.url("/hook")
+        ),
+    );
+    // PostgreSQL's user must reach the scratch directory during test
+    // restores (pitr runs as root here).
+    let scratch = repo.dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    for p in [repo.dir.path(), scratch.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let os_user = if nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        "postgres"
+    } else {
+        "nobody"
+    };
+    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
+        "[verify]\nschedule = \"off\"\n",
+        &format!(
+            "[verify]\nschedule = \"*/15 * * * * *\"\nscratch_dir = \"{}\"\nos_user = \"{os_user}\"\n",
+            scratch.display()
+        ),
+        1,
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let sidecar = Sidecar::start(&cfg);
+
+    // A scheduled test restore passes: in /health, /metrics and the catalog.
+    let body = wait_health_until(port, 200, Duration::from_secs(240), &sidecar, |b| {
+        b["verification"]["last"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|r| r["database"] == "main" && r["ok"] == true))
+    })
+    .await;
+    let report = body["verification"]["last"]
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["database"] == "main"))
+        .expect("a report")
+        .clone();
+    assert!(
+        report["checks"].to_string().contains("pg_amcheck"),
+        "pg_amcheck ran: {report:#}"
+    );
+    let (_, metrics) = get(port, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("pitr_verify_last_ok")
+            && l.contains("main")
+            && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    let r = repo.open().await;
+    r.sync_catalog().await.expect("sync");
+    let stored = pitr::verify::last_reports(&r).expect("reports");
+    assert!(
+        stored.iter().any(|s| s.database == "main" && s.ok),
+        "{stored:?}"
+    );
+    assert!(hook.received().is_empty(), "{:?}", hook.received());
+
+    // A corrupt object: the next test restore fails, /health is 503, an
+    // alert names the verification.
+    assert!(corrupt_every_pack(&repo.store()) > 0);
+    let body = wait_health_until(port, 503, Duration::from_secs(240), &sidecar, |b| {
+        b["problems"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|c| c["id"] == "verification"))
+    })
+    .await;
+    let failed = body["verification"]["last"]
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["database"] == "main"))
+        .expect("a report")
+        .clone();
+    assert_eq!(failed["ok"], false, "{failed:#}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("packs/")),
+        "{failed:#}"
+    );
+    let alerts = hook
+        .wait_accepted("/hook", 1, Duration::from_secs(30))
+        .await;
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["id"] == "verification" && a["event"] == "failing"),
+        "{alerts:#?}"
+    );
+    let (_, metrics) = get(port, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("pitr_verify_last_ok")
+            && l.contains("main")
+            && l.ends_with(" 0")),
+        "{metrics}"
+    );
+    drop(sidecar);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restore_api_needs_the_token_and_reports_the_reached_point() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgCluster::start();
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)");
+    let repo = TestRepo::new().await;
+    let token = "a-long-random-test-token-0123456789";
+    let (cfg, port) = sidecar_config(&repo, &pg, &format!("restore_token = \"{token}\"\n"));
+    std::fs::set_permissions(repo.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let os_user = if nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        "postgres"
+    } else {
+        "nobody"
+    };
+    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
+        "[verify]\nschedule = \"off\"\n",
+        &format!("[verify]\nschedule = \"off\"\nos_user = \"{os_user}\"\n"),
+        1,
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let sidecar = Sidecar::start(&cfg);
+    wait_health_until(port, 200, Duration::from_secs(180), &sidecar, |b| {
+        b["postgres"][0]["last_backup"].is_string()
+    })
+    .await;
+    pg.psql("INSERT INTO t SELECT generate_series(101, 150); SELECT pg_switch_wal()");
+
+    let target = repo.dir.path().join("restored");
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/restore");
+    let body = serde_json::json!({"latest": true, "target_dir": target});
+    let none = client.post(&url).json(&body).send().await.expect("answer");
+    assert_eq!(none.status().as_u16(), 401);
+    let wrong = client
+        .post(&url)
+        .bearer_auth("not-the-token-at-all-0000")
+        .json(&body)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert!(!target.exists(), "nothing is restored without the token");
+    let bad = client
+        .post(&url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"at": "2026-11-23 03:00:00", "target_dir": target}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        bad.status().as_u16(),
+        400,
+        "a time without a zone is refused"
+    );
+
+    // Wait until the WAL with the second insert is stored, then restore.
+    let start = Instant::now();
+    let job = loop {
+        let r = client
+            .post(&url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("answer");
+        if r.status().as_u16() == 202 {
+            break r.json::<serde_json::Value>().await.expect("JSON");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            r.text().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let id = job["id"].as_str().expect("id").to_owned();
+    let status = format!("http://127.0.0.1:{port}/restore/{id}");
+    assert_eq!(
+        client
+            .get(&status)
+            .send()
+            .await
+            .expect("answer")
+            .status()
+            .as_u16(),
+        401
+    );
+    let start = Instant::now();
+    let done = loop {
+        let j: serde_json::Value = client
+            .get(&status)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .expect("JSON");
+        if j["state"] != "running" {
+            break j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "{j:#}\n{}",
+            sidecar.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(done["state"], "done", "{done:#}\n{}", sidecar.log_text());
+    assert!(done["reached"]["redo_done"].is_string(), "{done:#}");
+    assert!(
+        done["reached"]["wal_files"].as_u64().unwrap_or(0) > 0,
+        "{done:#}"
+    );
+    assert!(target.join("PG_VERSION").exists());
+    drop(sidecar);
 }

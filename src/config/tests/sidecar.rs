@@ -110,6 +110,24 @@ fn bad_webhook_url_is_named_without_echoing_it() {
 }
 
 #[test]
+fn smtp_url_parameters_other_than_a_known_tls_mode_are_refused() {
+    let base = minimal(&recipient());
+    let email = |url: &str| {
+        format!(
+            "{base}\n[[alert]]\nname = \"m\"\nkind = \"email\"\nsmtp_url = \"{url}\"\nfrom = \"a@b.c\"\nto = [\"x@y.z\"]\n"
+        )
+    };
+    for (url, says) in [
+        ("smtp://h?tls=off", "tls=\"off\""),
+        ("smtps://h?tls=none", "tls=\"none\""),
+        ("smtp://h?starttls=yes", "starttls=\"yes\""),
+    ] {
+        let (_, msg) = fail(&email(url), &[]);
+        contains_all(&msg, &["smtp_url", says, "tls=opportunistic"]);
+    }
+}
+
+#[test]
 fn alert_keys_of_the_wrong_kind_and_missing_keys() {
     let base = minimal(&recipient());
     let (_, msg) = fail(

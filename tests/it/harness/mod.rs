@@ -10,9 +10,13 @@
 
 pub mod pg;
 pub mod s3;
+pub mod smtp;
+pub mod webhook;
 
 pub use pg::{PgCluster, run_as_pg_user};
 pub use s3::S3Server;
+pub use smtp::SmtpServer;
+pub use webhook::WebhookReceiver;
 
 /// The LSN in the first column of `sql`'s only row (`None` for no row or
 /// NULL): how the WAL tests read `pg_stat_replication`, slots and positions.

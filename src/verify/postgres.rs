@@ -1,0 +1,601 @@
+//! The PostgreSQL test restore: a random time after the newest restorable
+//! base backup, restored with the checked recovery into a scratch
+//! directory; then the restored cluster is started privately (a Unix socket
+//! in a private directory, no TCP listener, trust only on that socket) and
+//! `pg_amcheck --all --install-missing` judges its heaps and B-tree indexes;
+//! after a clean shutdown `pg_checksums --check` reads every page when data
+//! checksums are on. The scratch directory is removed whatever happened.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::{DatabaseKind, Scratch, VerifyReport, random_time};
+use crate::config::{Config, PostgresConfig};
+use crate::pitr::{RestoreError, RestoreOptions, Target, pg_time};
+use crate::repo::{RepoError, Repository};
+
+/// How long recovery of a test restore may take.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// How long the restored cluster may take to start for the checks.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long `pg_amcheck` may take.
+const AMCHECK_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// Restores `pg` to a random time into a scratch directory, checks it and
+/// removes it; fills `report` as it goes. `Err` says what failed and what
+/// to do.
+pub(super) async fn test_restore(
+    config: &Config,
+    repo: &Repository,
+    pg: &PostgresConfig,
+    report: &mut VerifyReport,
+) -> Result<(), String> {
+    let (target, note) = choose_target(repo, &pg.name).await?;
+    report.target = Some(match &note {
+        Some(n) => format!("{} ({n})", target.describe()),
+        None => target.describe(),
+    });
+    let plan = crate::pitr::plan(repo, &pg.name, &target, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    report.backup = Some(plan.backup.id.clone());
+    let bin = find_bin_dir(&plan.backup.server_version)?;
+    let scratch = Scratch::create(&config.verify.scratch_dir, DatabaseKind::Postgres, &pg.name)?;
+    let result = restore_and_check(config, repo, pg, &plan, &bin, scratch.path(), report).await;
+    let removed = scratch.remove();
+    match (result, removed) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+/// The target: a uniformly random time between the end of the newest
+/// restorable base backup and the end of the restore window; `--latest`
+/// (with the reason) when the window has no transaction after that backup.
+async fn choose_target(repo: &Repository, db: &str) -> Result<(Target, Option<String>), String> {
+    let backups = crate::basebackup::backups(repo, db).map_err(|e| e.to_string())?;
+    let newest = backups
+        .iter()
+        .filter(|b| b.restorable)
+        .max_by_key(|b| b.record.finished)
+        .ok_or_else(|| {
+            format!(
+                "the repository holds no restorable base backup of [[postgres]] {db:?}, so \
+                 nothing can be test-restored: take one with `pitr backup` while `pitr run` \
+                 streams its WAL"
+            )
+        })?;
+    let windows = crate::pitr::windows(repo, db)
+        .await
+        .map_err(|e| e.to_string())?;
+    let window = windows
+        .iter()
+        .filter(|w| w.timeline >= newest.record.end_timeline && w.earliest.is_some())
+        .max_by_key(|w| w.timeline);
+    let from = newest.record.finished;
+    match window.and_then(|w| w.latest) {
+        Some(latest) if latest > from => Ok((Target::Time(random_time(from, latest)), None)),
+        _ => Ok((
+            Target::Latest,
+            Some(format!(
+                "the stored WAL holds no transaction after base backup {} finished at {}, so \
+                 everything stored is restored instead of a random time",
+                newest.record.id,
+                pg_time(from)
+            )),
+        )),
+    }
+}
+
+/// The directory holding `postgres`, `pg_amcheck`, `pg_checksums` and
+/// `psql` of the backup's major version.
+fn find_bin_dir(server_version: &str) -> Result<PathBuf, String> {
+    let major: String = server_version
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    let mut candidates = vec![PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    let mut seen = Vec::new();
+    for dir in candidates {
+        let Ok(out) = std::process::Command::new(dir.join("postgres"))
+            .arg("--version")
+            .output()
+        else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let version = text.split(") ").nth(1).unwrap_or("").trim();
+        let found: String = version.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if found != major {
+            seen.push(format!("{} is {}", dir.display(), text.trim()));
+            continue;
+        }
+        let missing: Vec<&str> = ["pg_amcheck", "pg_checksums", "psql"]
+            .into_iter()
+            .filter(|b| !dir.join(b).is_file())
+            .collect();
+        if missing.is_empty() {
+            return Ok(dir);
+        }
+        seen.push(format!("{} lacks {}", dir.display(), missing.join(", ")));
+    }
+    Err(format!(
+        "a test restore needs PostgreSQL {major}'s server binaries and client tools (postgres, \
+         pg_amcheck, pg_checksums, psql) in one directory: {}. Install them (Debian: \
+         postgresql-{major})",
+        if seen.is_empty() {
+            "none found".to_owned()
+        } else {
+            seen.join("; ")
+        }
+    ))
+}
+
+/// `(uid, gid)` PostgreSQL runs as when pitr runs as root.
+fn owner(os_user: &str) -> Result<Option<(u32, u32)>, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match nix::unistd::User::from_name(os_user) {
+        Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
+        _ => Err(format!(
+            "pitr runs as root and PostgreSQL refuses to, so the test restore runs as [verify] \
+             os_user {os_user:?}, which does not exist: create it or set os_user"
+        )),
+    }
+}
+
+async fn restore_and_check(
+    config: &Config,
+    repo: &Repository,
+    pg: &PostgresConfig,
+    plan: &crate::pitr::Plan,
+    bin: &Path,
+    run_dir: &Path,
+    report: &mut VerifyReport,
+) -> Result<(), String> {
+    let owner = owner(&config.verify.os_user)?;
+    if let Some((uid, gid)) = owner {
+        // The server (os_user) must reach its data directory inside.
+        std::os::unix::fs::chown(run_dir, Some(uid), Some(gid))
+            .map_err(|e| format!("{}: {e}", run_dir.display()))?;
+        if let Some(blocked) = run_dir
+            .ancestors()
+            .skip(1)
+            .find(|p| !searchable_by_others(p))
+        {
+            return Err(format!(
+                "[verify] scratch_dir {} is inside {}, which [verify] os_user {:?} cannot \
+                 enter: PostgreSQL runs as that user during a test restore; make it searchable \
+                 (chmod o+x) or point scratch_dir elsewhere",
+                config.verify.scratch_dir.display(),
+                blocked.display(),
+                config.verify.os_user
+            ));
+        }
+    }
+    let data = run_dir.join("data");
+    let opts = RestoreOptions {
+        target_dir: data.clone(),
+        force: false,
+        recover: true,
+        os_user: config.verify.os_user.clone(),
+        pg_bin: Some(bin.to_owned()),
+        config_path: config.path.clone(),
+        parallel: 4,
+        tablespace_dir: Some(run_dir.join("tablespaces")),
+        recovery_timeout: RECOVERY_TIMEOUT,
+        // Beside the reports, outside the directory that is removed.
+        log_dir: config.verify.scratch_dir.clone(),
+        progress: None,
+    };
+    let restored = crate::pitr::restore(repo, plan, &opts)
+        .await
+        .map_err(explain_restore_error)?;
+    let reached = restored.reached.as_ref().ok_or("recovery was not run")?;
+    report.wal_files = reached.wal_files;
+    report.reached = Some(describe_reached(reached));
+    report.checks.push(format!(
+        "recovery: checked ({} base backup files, {} WAL files replayed)",
+        restored.files, reached.wal_files
+    ));
+    let checksums = run_checks(config, pg, bin, &data, owner, report).await?;
+    if checksums {
+        let out = run_tool(
+            tokio::process::Command::new(bin.join("pg_checksums"))
+                .arg("--check")
+                .arg("-D")
+                .arg(&data),
+            owner,
+            AMCHECK_TIMEOUT,
+        )
+        .await?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_checksums --check found bad pages in the restored cluster ({}): {}{}. The \
+                 backup or its WAL holds damaged data pages: run `pitr verify` and `pitr \
+                 repair`, then take a new base backup",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("Blocks scanned") || l.starts_with("Bad checksums"))
+            .map(str::trim)
+            .collect();
+        report
+            .checks
+            .push(format!("pg_checksums --check: ok ({})", summary.join(", ")));
+    } else {
+        report
+            .checks
+            .push("pg_checksums: skipped (data checksums are off in this cluster)".to_owned());
+    }
+    Ok(())
+}
+
+/// Whether others may enter `dir` (the `x` bit for others).
+fn searchable_by_others(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+}
+
+/// A restore error as a report's error, naming a damaged object and the
+/// repair.
+fn explain_restore_error(e: RestoreError) -> String {
+    let damaged = match &e {
+        RestoreError::Backup(crate::basebackup::BackupError::Repo(r)) => damaged_object(r),
+        _ => None,
+    };
+    match damaged {
+        Some(object) => format!(
+            "{e}. Run `pitr repair` to copy a good copy of {object} from another destination \
+             (`pitr verify` lists every damaged object); with no good copy left, take a new \
+             base backup (`pitr backup`)"
+        ),
+        None => {
+            let text = e.to_string();
+            if text.contains("altered")
+                || text.contains("truncated")
+                || text.contains("wrong content")
+            {
+                format!(
+                    "{text}. Run `pitr verify` to list damaged objects and `pitr repair` to \
+                     restore them from another destination"
+                )
+            } else {
+                text
+            }
+        }
+    }
+}
+
+/// The object a repository error says is damaged.
+fn damaged_object(e: &RepoError) -> Option<&str> {
+    match e {
+        RepoError::Tampered { object, .. }
+        | RepoError::Truncated { object, .. }
+        | RepoError::Swapped { object, .. }
+        | RepoError::Malformed { object, .. }
+        | RepoError::MetadataAuth { object } => Some(object),
+        _ => None,
+    }
+}
+
+fn describe_reached(r: &crate::pitr::Reached) -> String {
+    let mut parts = Vec::new();
+    parts.push(match r.last_transaction {
+        Some(t) => format!("last transaction {}", pg_time(t)),
+        None => "no transaction replayed".to_owned(),
+    });
+    if let Some(l) = r.redo_done {
+        parts.push(format!("redo done at {l}"));
+    }
+    if let Some(s) = &r.stopped {
+        parts.push(format!("stopped {s}"));
+    }
+    if let Some(t) = r.new_timeline {
+        parts.push(format!("new timeline {t}"));
+    }
+    parts.join(", ")
+}
+
+/// Output of a finished tool.
+struct ToolOutput {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Runs a client tool (as the server's user when root), bounded in time.
+async fn run_tool(
+    cmd: &mut tokio::process::Command,
+    owner: Option<(u32, u32)>,
+    timeout: Duration,
+) -> Result<ToolOutput, String> {
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("PGCONNECT_TIMEOUT", "30")
+        .kill_on_drop(true);
+    let what = format!("{:?}", cmd.as_std().get_program());
+    let child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| format!("{what} did not finish within {} s", timeout.as_secs()))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    Ok(ToolOutput {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
+}
+
+/// Starts the restored cluster privately, runs `pg_amcheck`, stops it.
+/// Returns whether data checksums are on.
+async fn run_checks(
+    config: &Config,
+    pg: &PostgresConfig,
+    bin: &Path,
+    data: &Path,
+    owner: Option<(u32, u32)>,
+    report: &mut VerifyReport,
+) -> Result<bool, String> {
+    use std::os::unix::fs::PermissionsExt;
+    // The socket's directory: short (socket paths are limited to ~100
+    // bytes), and only the server's user (and root) may enter it, so the
+    // trust rule below admits nobody else.
+    let private = tempfile::Builder::new()
+        .prefix("pitr-verify-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a private socket directory: {e}"))?;
+    let sock = private.path().to_owned();
+    let hba = sock.join("pg_hba.conf");
+    std::fs::write(&hba, "local all all trust\n").map_err(|e| format!("{}: {e}", hba.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("{}: {e}", sock.display()))?;
+    if let Some((uid, gid)) = owner {
+        for p in [&sock, &hba] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+    }
+    let log_path = sock.join("postgres.log");
+    let mut server = start_server(bin, data, &sock, &hba, &log_path, owner).await?;
+    let checked = amcheck(pg, bin, &sock, owner, report).await;
+    let stopped = server.stop().await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let fail = |why: String| {
+        let kept = keep_log(&config.verify.scratch_dir, &log);
+        format!("{why}; the server log is kept at {kept}")
+    };
+    let checksums = checked.map_err(&fail)?;
+    stopped.map_err(&fail)?;
+    Ok(checksums)
+}
+
+/// Keeps a failed check's server log in the scratch directory (beside, not
+/// inside, the removed run directory).
+fn keep_log(scratch: &Path, log: &str) -> String {
+    let path = scratch.join(format!(
+        "verify-{}.log",
+        Timestamp::now().strftime("%Y%m%dT%H%M%S%.6fZ")
+    ));
+    match std::fs::write(&path, log) {
+        Ok(()) => path.display().to_string(),
+        Err(e) => format!("(not kept: {e})"),
+    }
+}
+
+/// The restored cluster, running for the checks.
+struct Server {
+    child: tokio::process::Child,
+}
+
+impl Server {
+    /// Fast shutdown, bounded.
+    async fn stop(&mut self) -> Result<(), String> {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        match tokio::time::timeout(Duration::from_secs(300), self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("the restored cluster's shutdown failed ({status})")),
+            Ok(Err(e)) => Err(format!("waiting for the restored cluster: {e}")),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err("the restored cluster did not shut down within 300 s".to_owned())
+            }
+        }
+    }
+}
+
+async fn start_server(
+    bin: &Path,
+    data: &Path,
+    sock: &Path,
+    hba: &Path,
+    log_path: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<Server, String> {
+    let log = std::fs::File::create(log_path).map_err(|e| format!("server log: {e}"))?;
+    if let Some((uid, gid)) = owner {
+        let _ = std::os::unix::fs::chown(log_path, Some(uid), Some(gid));
+    }
+    let log2 = log.try_clone().map_err(|e| format!("server log: {e}"))?;
+    let mut cmd = tokio::process::Command::new(bin.join("postgres"));
+    cmd.arg("-D").arg(data);
+    for setting in [
+        "listen_addresses=".to_owned(),
+        format!("unix_socket_directories={}", sock.display()),
+        "port=5432".to_owned(),
+        format!("hba_file={}", hba.display()),
+        "archive_mode=off".to_owned(),
+        "primary_conninfo=".to_owned(),
+        "logging_collector=off".to_owned(),
+        "log_destination=stderr".to_owned(),
+        "lc_messages=C".to_owned(),
+        // Small: the checks need few connections and little memory.
+        "max_connections=20".to_owned(),
+        "shared_buffers=32MB".to_owned(),
+    ] {
+        cmd.arg("-c").arg(setting);
+    }
+    cmd.current_dir(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .kill_on_drop(true);
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the restored cluster: {e}"))?;
+    let mut server = Server { child };
+    let started = std::time::Instant::now();
+    let mut seen = 0u64;
+    let mut text = String::new();
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(format!(
+                "the restored cluster exited ({status}) instead of starting for the checks: {}",
+                text.lines().rev().take(10).collect::<Vec<_>>().join(" | ")
+            ));
+        }
+        if let Ok(mut f) = std::fs::File::open(log_path)
+            && f.seek(SeekFrom::Start(seen)).is_ok()
+        {
+            let mut more = String::new();
+            if let Ok(n) = f.read_to_string(&mut more) {
+                seen += n as u64;
+                text.push_str(&more);
+            }
+        }
+        if text.contains("database system is ready to accept connections") {
+            return Ok(server);
+        }
+        if started.elapsed() > START_TIMEOUT {
+            let _ = server.stop().await;
+            return Err(format!(
+                "the restored cluster did not start within {} s",
+                START_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Finds the bootstrap superuser, runs `pg_amcheck` on every database,
+/// notes what it checked; returns whether data checksums are on.
+async fn amcheck(
+    pg: &PostgresConfig,
+    bin: &Path,
+    sock: &Path,
+    owner: Option<(u32, u32)>,
+    report: &mut VerifyReport,
+) -> Result<bool, String> {
+    // Any role that exists can ask who the bootstrap superuser (oid 10) is;
+    // the one the sidecar connects as exists for sure.
+    let mut candidates = Vec::new();
+    if let Ok(info) = crate::wal::ConnInfo::parse(&pg.conninfo) {
+        candidates.push(info.user);
+    }
+    candidates.push("postgres".to_owned());
+    if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
+        candidates.push(u.name);
+    }
+    let mut last_error = String::new();
+    let mut found = None;
+    for user in &candidates {
+        let out = run_tool(
+            tokio::process::Command::new(bin.join("psql"))
+                .arg("-X")
+                .args(["-h", &sock.to_string_lossy(), "-p", "5432", "-U", user])
+                .args(["-d", "template1", "-At"])
+                .args(["-c", "SELECT rolname FROM pg_roles WHERE oid = 10"])
+                .args(["-c", "SHOW data_checksums"])
+                .args([
+                    "-c",
+                    "SELECT count(*) FROM pg_class WHERE relkind IN ('r', 'i', 'm', 't')",
+                ]),
+            owner,
+            Duration::from_secs(120),
+        )
+        .await?;
+        if out.status.success() {
+            found = Some(String::from_utf8_lossy(&out.stdout).to_string());
+            break;
+        }
+        last_error = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    }
+    let text = found.ok_or_else(|| {
+        format!("cannot connect to the restored cluster to check it: {last_error}")
+    })?;
+    let mut lines = text.lines();
+    let superuser = lines.next().unwrap_or("postgres").trim().to_owned();
+    let checksums = lines.next().is_some_and(|l| l.trim() == "on");
+    let out = run_tool(
+        tokio::process::Command::new(bin.join("pg_amcheck"))
+            .args([
+                "-h",
+                &sock.to_string_lossy(),
+                "-p",
+                "5432",
+                "-U",
+                &superuser,
+            ])
+            .args(["--maintenance-db", "template1"])
+            .args(["--all", "--install-missing", "--progress"]),
+        owner,
+        AMCHECK_TIMEOUT,
+    )
+    .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    // --progress redraws one line with \r; its last state is the total.
+    let progress = stderr
+        .rsplit(['\r', '\n'])
+        .map(str::trim)
+        .find(|l| l.contains("relations"))
+        .unwrap_or("")
+        .to_owned();
+    if !out.status.success() || !stdout.is_empty() {
+        let mut detail: String = stdout.lines().take(20).collect::<Vec<_>>().join("\n");
+        if detail.is_empty() {
+            detail = stderr.lines().rev().take(10).collect::<Vec<_>>().join("\n");
+        }
+        return Err(format!(
+            "pg_amcheck found corruption in the restored cluster ({}):\n{detail}\nThe backup \
+             or its WAL restores to a damaged database: run `pitr verify` and `pitr repair`, \
+             then take a new base backup; check the source server's storage too",
+            out.status
+        ));
+    }
+    report.checks.push(format!(
+        "pg_amcheck --all --install-missing: ok ({})",
+        if progress.is_empty() {
+            "no progress reported".to_owned()
+        } else {
+            progress
+        }
+    ));
+    Ok(checksums)
+}

@@ -1,0 +1,87 @@
+//! The SQLite test restore: a random time inside the restore window,
+//! restored into a scratch directory (the restore itself refuses a result
+//! whose checksum or `PRAGMA integrity_check` fails), both checks run again
+//! on the file as it lies on disk, then the directory is removed.
+
+use super::{DatabaseKind, Scratch, VerifyReport, random_time};
+use crate::config::Config;
+use crate::pitr::{Target, pg_time};
+use crate::repo::Repository;
+use crate::sqlite::{SqliteRestoreError, file_checksum, integrity_check};
+
+/// Restores `name` to a random time into a scratch directory, checks it and
+/// removes it; fills `report` as it goes.
+pub(super) async fn test_restore(
+    config: &Config,
+    repo: &Repository,
+    name: &str,
+    report: &mut VerifyReport,
+) -> Result<(), String> {
+    let window = crate::sqlite::window(repo, name).map_err(|e| e.to_string())?;
+    let target = match (window.earliest, window.latest) {
+        (Some(from), Some(to)) if to > from => Target::Time(random_time(from, to)),
+        (Some(_), _) => Target::Latest,
+        _ => {
+            return Err(format!(
+                "nothing is stored for [[sqlite]] {name:?}, so nothing can be test-restored: \
+                 `pitr run` takes its first snapshot when it starts watching the file"
+            ));
+        }
+    };
+    report.target = Some(target.describe());
+    let plan = crate::sqlite::plan(repo, name, &target).map_err(|e| e.to_string())?;
+    report.backup = plan.captures.first().map(|c| c.item.clone());
+    report.wal_files = plan.captures.len();
+    let scratch = Scratch::create(&config.verify.scratch_dir, DatabaseKind::Sqlite, name)?;
+    let file = scratch.path().join("restored.db");
+    let result = async {
+        let restored = crate::sqlite::restore(repo, &plan, &file, false)
+            .await
+            .map_err(explain)?;
+        report.reached = Some(format!(
+            "state at {} ({} captures, {} bytes)",
+            pg_time(plan.at),
+            restored.captures,
+            restored.bytes
+        ));
+        // Again on the file as it lies on disk, independently of the
+        // restore's own checks.
+        let sum =
+            file_checksum(&file, plan.page_size).map_err(|e| format!("{}: {e}", file.display()))?;
+        let sum = crate::sqlite::pageset::checksum_text(sum);
+        if sum != plan.checksum {
+            return Err(format!(
+                "the restored file's checksum {sum} differs from the recorded {}: run `pitr \
+                 verify` and `pitr repair`",
+                plan.checksum
+            ));
+        }
+        report
+            .checks
+            .push(format!("checksum {sum}: matches the catalog"));
+        integrity_check(&file).map_err(explain)?;
+        report.checks.push("PRAGMA integrity_check: ok".to_owned());
+        Ok(())
+    }
+    .await;
+    let removed = scratch.remove();
+    match (result, removed) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+/// A restore error as a report's error; a damaged object gets the repair.
+fn explain(e: SqliteRestoreError) -> String {
+    match &e {
+        SqliteRestoreError::Repo(_)
+        | SqliteRestoreError::Corrupt { .. }
+        | SqliteRestoreError::Checksum { .. }
+        | SqliteRestoreError::Integrity(_) => format!(
+            "{e}. Run `pitr verify` to list every damaged object and `pitr repair` to copy good \
+             copies from another destination"
+        ),
+        _ => e.to_string(),
+    }
+}

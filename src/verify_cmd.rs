@@ -1,0 +1,93 @@
+//! `pitr verify --restore` at the command line: test restores now, each
+//! report printed, exit 3 (a failure, not "not possible") when any failed.
+
+use pitr::config::Config;
+use pitr::verify::{Selection, VerifyError, VerifyReport};
+
+use crate::Exit;
+use crate::restore_cmd::open_repo;
+
+/// Runs a test restore of every (or the named) database and prints the
+/// reports.
+pub async fn verify_restore(
+    config: &Config,
+    postgres: Option<&str>,
+    sqlite: Option<&str>,
+) -> anyhow::Result<()> {
+    let selection = match (postgres, sqlite) {
+        (Some(p), _) => Selection::Postgres(p.to_owned()),
+        (None, Some(s)) => Selection::Sqlite(s.to_owned()),
+        (None, None) => Selection::All,
+    };
+    if config.repository.identity_file.is_none() {
+        return Err(Exit::Usage(VerifyError::NoIdentity.to_string()).into());
+    }
+    let repo = open_repo(config).await?;
+    let run = pitr::verify::run_now(config, &repo, &selection)
+        .await
+        .map_err(|e| match e {
+            VerifyError::UnknownDatabase { .. } | VerifyError::NoIdentity => {
+                anyhow::Error::new(Exit::Usage(e.to_string()))
+            }
+            e => anyhow::Error::new(e),
+        })?;
+    if run.reports.is_empty() {
+        return Err(Exit::Usage(format!(
+            "{} has no [[postgres]] or [[sqlite]] entry to test-restore",
+            config.path.display()
+        ))
+        .into());
+    }
+    for r in &run.reports {
+        print_report(r);
+    }
+    for (db, e) in &run.record_errors {
+        eprintln!("warning: the report of {db:?} could not be recorded in the repository: {e}");
+    }
+    let failed: Vec<&VerifyReport> = run.reports.iter().filter(|r| !r.ok).collect();
+    if !failed.is_empty() {
+        let names: Vec<String> = failed
+            .iter()
+            .map(|r| format!("[[{}]] {:?}", r.kind.as_str(), r.database))
+            .collect();
+        anyhow::bail!(
+            "test restore FAILED for {}: {}",
+            names.join(", "),
+            failed
+                .iter()
+                .filter_map(|r| r.error.as_deref())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    if !run.record_errors.is_empty() {
+        anyhow::bail!(
+            "every test restore passed, but {} report(s) could not be recorded: check the \
+             destinations with `pitr check`",
+            run.record_errors.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_report(r: &VerifyReport) {
+    println!(
+        "Test restore of [[{}]] {:?}: {}",
+        r.kind.as_str(),
+        r.database,
+        if r.ok { "PASSED" } else { "FAILED" }
+    );
+    println!("  started      {}", pitr::pitr::pg_time(r.started));
+    println!("  took         {:.1} s", r.duration_secs);
+    println!("  target       {}", r.target.as_deref().unwrap_or("-"));
+    println!("  from         {}", r.backup.as_deref().unwrap_or("-"));
+    println!("  reached      {}", r.reached.as_deref().unwrap_or("-"));
+    println!("  replayed     {} files", r.wal_files);
+    for c in &r.checks {
+        println!("  check        {c}");
+    }
+    if let Some(e) = &r.error {
+        println!("  error        {e}");
+    }
+    println!("  recorded as  {}", r.item_name());
+}
