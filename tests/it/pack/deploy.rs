@@ -967,3 +967,65 @@ fn readme_links_every_doc() {
     assert!(commands[0].starts_with("bash .ci/demo"), "{commands:?}");
     assert!(commands[1].starts_with("bash .ci/run"), "{commands:?}");
 }
+
+/// `bash -n` / `sh -n`: the script parses.
+fn parses(shell: &str, script: &str, what: &str) {
+    let out = std::process::Command::new(shell)
+        .args(["-n", "-c", script])
+        .output()
+        .expect("run the shell");
+    assert!(
+        out.status.success(),
+        "{what} does not parse with {shell}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_shell_script_parses() {
+    for rel in [
+        ".ci/dockerfile-check",
+        "deploy/akash/sqlite-app/pitr-supervise",
+        "deploy/compose/initdb/10-pitr-replication.sh",
+    ] {
+        parses("bash", &read(rel), rel);
+    }
+    // The scripts embedded in the YAML files, with the shell that runs them.
+    for rel in [
+        "deploy/github/pitr-export.yml",
+        "deploy/github/pitr-verify.yml",
+    ] {
+        let wf = yaml(rel);
+        for job in get(&wf, "jobs")
+            .and_then(Value::as_mapping)
+            .expect("jobs")
+            .values()
+        {
+            for step in seq(get(job, "steps")) {
+                if let Some(run) = get(&step, "run").and_then(Value::as_str) {
+                    parses("bash", run, rel);
+                }
+            }
+        }
+    }
+    let sdl = yaml("deploy/akash/postgres.yaml");
+    for svc in map_keys(get(&sdl, "services")) {
+        let s = get_opt(get(&sdl, "services"), &svc);
+        let command = seq(get_opt(s, "command"));
+        if let (Some(shell), Some(script)) = (
+            command.first().and_then(Value::as_str),
+            seq(get_opt(s, "args")).first().and_then(Value::as_str),
+        ) {
+            parses(shell, script, &format!("deploy/akash/postgres.yaml {svc}"));
+        }
+    }
+    let k8s = read("deploy/kubernetes/postgres-pitr.yaml");
+    let cm: Value = serde_yaml_ng::Deserializer::from_str(&k8s)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+        .next()
+        .expect("the ConfigMap");
+    let init = get_opt(get(&cm, "data"), "10-pitr-replication.sh")
+        .and_then(Value::as_str)
+        .expect("init script");
+    parses("bash", init, "the ConfigMap's init script");
+}
