@@ -120,6 +120,11 @@ pub enum Selection {
     Postgres(String),
     /// One `[[sqlite]]` entry.
     Sqlite(String),
+    /// Every entry that has something to restore; the others are skipped
+    /// and said in [`VerifyRun::skipped`]. The schedule uses it: a database
+    /// with no base backup yet (a fresh deployment before its initial
+    /// backup) is the backup check's business, not a failed test restore.
+    Restorable,
 }
 
 /// Why test restores could not run at all (a failed test restore is a
@@ -158,6 +163,9 @@ pub struct VerifyRun {
     /// Reports that could not be recorded in the repository (a destination
     /// down): the database, then the error.
     pub record_errors: Vec<(String, String)>,
+    /// Databases not tested because nothing of them is restorable yet
+    /// ([`Selection::Restorable`] only): the database, then why.
+    pub skipped: Vec<(String, String)>,
 }
 
 impl VerifyRun {
@@ -203,7 +211,7 @@ pub async fn run_now(
     let pg_names: Vec<&str> = config.postgres.iter().map(|p| p.name.as_str()).collect();
     let sq_names: Vec<&str> = config.sqlite.iter().map(|s| s.name.as_str()).collect();
     let (postgres, sqlite): (Vec<&str>, Vec<&str>) = match selection {
-        Selection::All => (pg_names.clone(), sq_names.clone()),
+        Selection::All | Selection::Restorable => (pg_names.clone(), sq_names.clone()),
         Selection::Postgres(n) => {
             if !pg_names.contains(&n.as_str()) {
                 return Err(unknown("postgres", n, pg_names));
@@ -223,10 +231,16 @@ pub async fn run_now(
         tracing::warn!(error = %e, "cannot bring the catalog up to date before a test restore");
     }
     let mut run = VerifyRun::default();
+    let only_restorable = *selection == Selection::Restorable;
     for name in postgres {
         let Some(pg) = config.postgres.iter().find(|p| p.name == name) else {
             continue;
         };
+        if only_restorable && let Some(why) = postgres::nothing_to_restore(&reader, name) {
+            tracing::info!(database = %name, reason = %why, "test restore skipped");
+            run.skipped.push((format!("[[postgres]] {name:?}"), why));
+            continue;
+        }
         let mut report = VerifyReport::new(DatabaseKind::Postgres, name);
         let clock = Instant::now();
         tracing::info!(database = %name, "PostgreSQL test restore starting");
@@ -235,6 +249,11 @@ pub async fn run_now(
         finish(&reader, report, &mut run).await;
     }
     for name in sqlite {
+        if only_restorable && let Some(why) = sqlite::nothing_to_restore(&reader, name) {
+            tracing::info!(database = %name, reason = %why, "test restore skipped");
+            run.skipped.push((format!("[[sqlite]] {name:?}"), why));
+            continue;
+        }
         let mut report = VerifyReport::new(DatabaseKind::Sqlite, name);
         let clock = Instant::now();
         tracing::info!(database = %name, "SQLite test restore starting");

@@ -54,6 +54,18 @@ pub(super) async fn test_restore(
     }
 }
 
+/// Why `db` has nothing to test-restore yet (no restorable base backup),
+/// or `None` when it has; a catalog that cannot be read is left for the
+/// test restore itself to report.
+pub(super) fn nothing_to_restore(repo: &Repository, db: &str) -> Option<String> {
+    match crate::basebackup::backups(repo, db) {
+        Ok(b) if !b.iter().any(|b| b.restorable) => {
+            Some("no restorable base backup yet (the backup check reports that)".to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// The target: a uniformly random time between the end of the newest
 /// restorable base backup and the end of the restore window; `--latest`
 /// (with the reason) when the window has no transaction after that backup.

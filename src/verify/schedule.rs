@@ -32,6 +32,13 @@ pub struct VerifyStatus {
     pub runs: u64,
     /// The newest failure to record a report in the repository.
     pub record_error: Option<String>,
+    /// Databases the newest run skipped because nothing of them is
+    /// restorable yet, each with why.
+    pub skipped: Vec<String>,
+    /// `[health] verify_max_age`: an older newest report fails the check
+    /// (only while the schedule runs).
+    #[serde(skip)]
+    pub max_age: Option<Duration>,
 }
 
 impl VerifyStatus {
@@ -44,6 +51,11 @@ impl VerifyStatus {
     /// that all is well. A missing identity is not a failure (the sidecar
     /// need not hold it, invariant 5); it is said.
     pub fn check(&self) -> (bool, String) {
+        self.check_at(Timestamp::now())
+    }
+
+    /// [`Self::check`] as of `now`.
+    fn check_at(&self, now: Timestamp) -> (bool, String) {
         let failed: Vec<String> = self
             .last
             .iter()
@@ -69,6 +81,31 @@ impl VerifyStatus {
         }
         if let Some(why) = &self.not_configured {
             return (false, format!("scheduled test restores are {why}"));
+        }
+        if let Some(max) = self.max_age.filter(|_| self.configured) {
+            let stale: Vec<String> = self
+                .last
+                .iter()
+                .filter(|r| {
+                    now.duration_since(r.started)
+                        .as_secs()
+                        .try_into()
+                        .is_ok_and(|age: u64| age > max.as_secs())
+                })
+                .map(|r| format!("[[{}]] {:?} at {}", r.kind.as_str(), r.database, r.started))
+                .collect();
+            if !stale.is_empty() {
+                return (
+                    true,
+                    format!(
+                        "the newest test restore is older than [health] verify_max_age ({}s) \
+                         for {}: check that `pitr run` keeps its [verify] schedule and that the \
+                         test restores finish (logs), or run `pitr verify --restore`",
+                        max.as_secs(),
+                        stale.join(", ")
+                    ),
+                );
+            }
         }
         match self.last.iter().map(|r| r.started).min() {
             Some(oldest) => (
@@ -150,6 +187,7 @@ async fn forever(config: Config, repo: Repository, status: watch::Sender<VerifyS
     status.send_modify(|s| {
         s.configured = true;
         s.not_configured = None;
+        s.max_age = Some(config.health.verify_max_age);
     });
     tracing::info!(cron = %cron, "test restore schedule started");
     loop {
@@ -172,11 +210,16 @@ async fn forever(config: Config, repo: Repository, status: watch::Sender<VerifyS
             s.running_since = Some(Timestamp::now());
             s.next_run = None;
         });
-        match run_now(&config, &reader, &Selection::All).await {
+        match run_now(&config, &reader, &Selection::Restorable).await {
             Ok(run) => {
                 set_last(&status, &run.reports);
                 status.send_modify(|s| {
                     s.record_error = run.record_errors.last().map(|(db, e)| format!("{db}: {e}"));
+                    s.skipped = run
+                        .skipped
+                        .iter()
+                        .map(|(db, why)| format!("{db}: {why}"))
+                        .collect();
                 });
             }
             Err(e) => {
@@ -215,5 +258,29 @@ mod tests {
         s.last[0].ok = true;
         s.last[0].error = None;
         assert!(!s.check().0);
+    }
+
+    #[test]
+    fn a_report_older_than_verify_max_age_fails_the_check() {
+        let mut r = VerifyReport::new(DatabaseKind::Postgres, "main");
+        r.ok = true;
+        let started = r.started;
+        let mut s = VerifyStatus {
+            configured: true,
+            max_age: Some(Duration::from_secs(3 * 86400)),
+            last: vec![r],
+            ..VerifyStatus::default()
+        };
+        let day = jiff::SignedDuration::from_hours(24);
+        assert!(!s.check_at(started + day).0);
+        let (failing, why) = s.check_at(started + day * 4);
+        assert!(failing, "{why}");
+        assert!(
+            why.contains("verify_max_age") && why.contains("\"main\""),
+            "{why}"
+        );
+        // Off (or without an identity) the age is not held against it.
+        s.configured = false;
+        assert!(!s.check_at(started + day * 4).0);
     }
 }

@@ -9,6 +9,18 @@ use crate::pitr::{Target, pg_time};
 use crate::repo::Repository;
 use crate::sqlite::{SqliteRestoreError, file_checksum, integrity_check};
 
+/// Why `name` has nothing to test-restore yet (no capture stored), or
+/// `None` when it has; a catalog that cannot be read is left for the test
+/// restore itself to report.
+pub(super) fn nothing_to_restore(repo: &Repository, name: &str) -> Option<String> {
+    match crate::sqlite::window(repo, name) {
+        Ok(w) if w.earliest.is_none() => {
+            Some("no capture stored yet (the watcher check reports that)".to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// Restores `name` to a random time into a scratch directory, checks it and
 /// removes it; fills `report` as it goes.
 pub(super) async fn test_restore(

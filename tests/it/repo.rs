@@ -97,6 +97,42 @@ impl TestRepo {
         }
         walk(&self.store())
     }
+
+    /// Makes the config at `config` (from [`Self::write_config`]) able to
+    /// run test restores: a scratch directory PostgreSQL's user can reach
+    /// (this directory is private to root), that user as `[verify]
+    /// os_user`, and `schedule` (`"off"` for `pitr verify --restore`
+    /// only). Returns the scratch directory.
+    pub fn enable_test_restores(&self, config: &Path, schedule: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = self.dir.path().join("scratch");
+        std::fs::create_dir_all(&scratch).expect("scratch");
+        for p in [self.dir.path(), scratch.as_path()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let os_user = if nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            "postgres"
+        } else {
+            "nobody"
+        };
+        let text = std::fs::read_to_string(config).expect("config");
+        let verify = "[verify]\nschedule = \"off\"\n";
+        assert!(text.contains(verify), "{text}");
+        let text = text.replacen(
+            verify,
+            &format!(
+                "[verify]\nschedule = \"{schedule}\"\nscratch_dir = \"{}\"\nos_user = \"{os_user}\"\n",
+                scratch.display()
+            ),
+            1,
+        );
+        std::fs::write(config, text).expect("write config");
+        scratch
+    }
 }
 
 /// Deterministic test data: `size` bytes from `seed`; `runs` > 0 makes it

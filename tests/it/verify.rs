@@ -4,7 +4,6 @@
 //! in the catalog (and survives a rebuild); a flipped byte in a pack the
 //! restore needs fails it, names the object and leaves no scratch behind.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -34,36 +33,7 @@ impl Env {
             .collect();
         let entries: Vec<(&str, &str)> = entries.iter().map(|(n, c)| (*n, c.as_str())).collect();
         let config = repo.write_config(&entries);
-        // The dir of the TestRepo is private to root; PostgreSQL runs as
-        // another user during the test restore.
-        let scratch = repo.dir.path().join("scratch");
-        std::fs::create_dir_all(&scratch).expect("scratch");
-        for p in [repo.dir.path(), scratch.as_path()] {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        }
-        let os_user = if nix::unistd::User::from_name("postgres")
-            .ok()
-            .flatten()
-            .is_some()
-        {
-            "postgres"
-        } else {
-            "nobody"
-        };
-        // TestRepo's config has every schedule off; the scratch directory
-        // and the server's user go into its [verify] section.
-        let text = std::fs::read_to_string(&config).expect("config");
-        let verify = "[verify]\nschedule = \"off\"\n";
-        assert!(text.contains(verify), "{text}");
-        let text = text.replacen(
-            verify,
-            &format!(
-                "{verify}scratch_dir = \"{}\"\nos_user = \"{os_user}\"\n",
-                scratch.display()
-            ),
-            1,
-        );
-        std::fs::write(&config, text).expect("write config");
+        let scratch = repo.enable_test_restores(&config, "off");
         Env {
             repo,
             config,
@@ -332,6 +302,11 @@ async fn run_scheduled_runs_on_a_seconds_cron_and_updates_its_status() {
     let mut config = pitr::config::Config::load(&env.config).expect("config");
     config.verify.schedule =
         Some(pitr::basebackup::schedule::CronSchedule::parse("*/2 * * * * *").expect("cron"));
+    // A database nothing is stored of yet (a watcher not started): the
+    // schedule skips it and says so instead of failing.
+    let mut later = config.sqlite[0].clone();
+    later.name = "later".to_owned();
+    config.sqlite.push(later);
     let repo = env.repo.open().await;
     let (tx, mut rx) = tokio::sync::watch::channel(VerifyStatus::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -363,6 +338,12 @@ async fn run_scheduled_runs_on_a_seconds_cron_and_updates_its_status() {
     assert!(saw_next, "the next run was published: {s:?}");
     assert_eq!(s.last.len(), 1, "{s:?}");
     assert!(s.last[0].ok && s.last[0].database == "app", "{s:?}");
+    assert!(
+        s.skipped.len() == 1
+            && s.skipped[0].contains("\"later\"")
+            && s.skipped[0].contains("no capture stored yet"),
+        "{s:?}"
+    );
     assert!(!s.failing(), "{s:?}");
     assert!(!s.check().0, "{s:?}");
     let _ = stop.send(());
