@@ -434,15 +434,18 @@ impl Catalog {
 
     /// Items whose name starts with `prefix`, oldest first.
     pub fn items(&self, prefix: &str) -> Result<Vec<ItemRow>, CatalogError> {
+        // A range on the name index, not a scan of every row: a SQLite
+        // database captured every second adds 86 400 items a day.
+        let end = prefix_end(prefix);
         let mut st = self
             .conn
             .prepare_cached(
                 "SELECT name, kind, time, attrs, manifest, commit_object FROM items
-                 WHERE substr(name, 1, length(?1)) = ?1 ORDER BY id",
+                 WHERE name >= ?1 AND (?2 IS NULL OR name < ?2) ORDER BY id",
             )
             .map_err(|e| self.err(e))?;
         let rows: Vec<(String, String, String, String, String, String)> = st
-            .query_map([prefix], |r| {
+            .query_map(rusqlite::params![prefix, end], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -572,4 +575,55 @@ fn apply_removals(
         )?;
     }
     Ok(())
+}
+
+/// The smallest string greater than every string that starts with
+/// `prefix` (`None`: no bound, as for the empty prefix). SQLite's BINARY
+/// collation compares UTF-8 bytes, which orders like code points, so the
+/// strings starting with `prefix` are exactly `prefix <= s < prefix_end`.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(c) = chars.pop() {
+        if let Some(next) = (u32::from(c) + 1..=u32::from(char::MAX)).find_map(char::from_u32) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_bounds_exactly_the_strings_with_the_prefix() {
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("c/").as_deref(), Some("c0"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        let names = [
+            "",
+            "c",
+            "c/",
+            "c/x",
+            "c0",
+            "c/\u{10FFFF}",
+            "b~",
+            "sqlite/auth/1",
+            "sqlite/auth",
+            "sqlite/authz/1",
+            "\u{10FFFF}",
+        ];
+        for prefix in ["", "c/", "sqlite/auth/", "sqlite/auth", "\u{10FFFF}"] {
+            let end = prefix_end(prefix);
+            for name in names {
+                // SQLite's BINARY collation: byte order.
+                let in_range = name.as_bytes() >= prefix.as_bytes()
+                    && end.as_ref().is_none_or(|e| name.as_bytes() < e.as_bytes());
+                assert_eq!(in_range, name.starts_with(prefix), "{prefix:?} {name:?}");
+            }
+        }
+    }
 }
