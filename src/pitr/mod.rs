@@ -13,6 +13,7 @@ mod target;
 
 pub use export::{ExportError, Selection, export, restorable_set};
 pub use plan::{Plan, PlanError, PlannedBackup, Stop, WalFile, Window, plan, windows};
+pub(crate) use restore::isolated_server_settings;
 pub use restore::{Reached, RestoreError, RestoreOptions, RestoreProgress, RestoreReport, restore};
 pub use serve::fetch_client;
 pub use target::{Target, TargetError, parse_time, pg_time};

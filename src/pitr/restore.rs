@@ -587,6 +587,36 @@ fn tail(text: &str, n: usize) -> String {
 
 /// Starts PostgreSQL on the restored directory, waits until recovery has
 /// promoted it, and shuts it down cleanly.
+/// `-c` settings for a server pitr starts on a restored directory (the
+/// checked recovery, the checks of a test restore): reachable only through
+/// `socket_dir`, and isolated from whatever the source's own configuration
+/// (`postgresql.auto.conf` travels in the base backup) says about the
+/// world around it. A source that is a delayed standby would stall the
+/// recovery for its `recovery_min_apply_delay`; a synchronous primary's
+/// `synchronous_standby_names` would hang every commit of the checks; its
+/// `archive_cleanup_command` and `recovery_end_command` would run against
+/// production's archive; its archiving and `primary_conninfo` would write
+/// into or follow production.
+pub(crate) fn isolated_server_settings(socket_dir: &Path) -> Vec<String> {
+    vec![
+        "listen_addresses=".to_owned(),
+        format!("unix_socket_directories={}", socket_dir.display()),
+        "port=5432".to_owned(),
+        // No TCP: certificates the source names need not exist here.
+        "ssl=off".to_owned(),
+        "archive_mode=off".to_owned(),
+        "primary_conninfo=".to_owned(),
+        "primary_slot_name=".to_owned(),
+        "recovery_min_apply_delay=0".to_owned(),
+        "archive_cleanup_command=".to_owned(),
+        "recovery_end_command=".to_owned(),
+        "synchronous_standby_names=".to_owned(),
+        "logging_collector=off".to_owned(),
+        "log_destination=stderr".to_owned(),
+        "lc_messages=C".to_owned(),
+    ]
+}
+
 async fn run_server(
     postgres: &Path,
     target: &Path,
@@ -599,22 +629,12 @@ async fn run_server(
     let log2 = log.try_clone().map_err(|e| format!("server log: {e}"))?;
     let mut cmd = tokio::process::Command::new(postgres);
     cmd.arg("-D").arg(target);
-    for setting in [
-        "listen_addresses=".to_owned(),
-        format!("unix_socket_directories={}", private.display()),
-        "port=5432".to_owned(),
-        // Never archive into the source's archive, never follow its primary.
-        "archive_mode=off".to_owned(),
-        "primary_conninfo=".to_owned(),
-        "primary_slot_name=".to_owned(),
-        "logging_collector=off".to_owned(),
-        "log_destination=stderr".to_owned(),
+    for setting in isolated_server_settings(private).into_iter().chain([
         // What pitr reads back from the log: untranslated, in UTC.
-        "lc_messages=C".to_owned(),
         "timezone=UTC".to_owned(),
         "log_timezone=UTC".to_owned(),
         "log_line_prefix=".to_owned(),
-    ] {
+    ]) {
         cmd.arg("-c").arg(setting);
     }
     cmd.current_dir(target)

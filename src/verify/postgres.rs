@@ -454,20 +454,15 @@ async fn start_server(
     let log2 = log.try_clone().map_err(|e| format!("server log: {e}"))?;
     let mut cmd = tokio::process::Command::new(bin.join("postgres"));
     cmd.arg("-D").arg(data);
-    for setting in [
-        "listen_addresses=".to_owned(),
-        format!("unix_socket_directories={}", sock.display()),
-        "port=5432".to_owned(),
-        format!("hba_file={}", hba.display()),
-        "archive_mode=off".to_owned(),
-        "primary_conninfo=".to_owned(),
-        "logging_collector=off".to_owned(),
-        "log_destination=stderr".to_owned(),
-        "lc_messages=C".to_owned(),
-        // Small: the checks need few connections and little memory.
-        "max_connections=20".to_owned(),
-        "shared_buffers=32MB".to_owned(),
-    ] {
+    for setting in crate::pitr::isolated_server_settings(sock)
+        .into_iter()
+        .chain([
+            format!("hba_file={}", hba.display()),
+            // Small: the checks need few connections and little memory.
+            "max_connections=20".to_owned(),
+            "shared_buffers=32MB".to_owned(),
+        ])
+    {
         cmd.arg("-c").arg(setting);
     }
     cmd.current_dir(data)

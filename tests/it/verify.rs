@@ -129,6 +129,26 @@ async fn postgres_test_restore_passes_is_recorded_and_a_corrupted_pack_fails_it(
     let repo = env.repo.open().await;
     pg.psql("CREATE TABLE oracle (id int PRIMARY KEY, at timestamptz NOT NULL)");
     pg.psql("CREATE INDEX oracle_at ON oracle (at)");
+    // The source's postgresql.auto.conf travels in the base backup. As a
+    // delayed standby's it would stall recovery for an hour, as a
+    // synchronous primary's hang the checks' commits, and its commands
+    // would run against production: a test restore must override all of it.
+    // ALTER SYSTEM without a reload leaves the source itself unchanged.
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        marker_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let marker = marker_dir.path().join("ran");
+    for setting in [
+        "recovery_min_apply_delay = '1h'".to_owned(),
+        "synchronous_standby_names = 'nobody'".to_owned(),
+        format!("recovery_end_command = 'touch {}'", marker.display()),
+        format!("archive_cleanup_command = 'touch {}'", marker.display()),
+    ] {
+        pg.psql(&format!("ALTER SYSTEM SET {setting}"));
+    }
     let streamer = Streamer::start(&repo, &pg, "pitr");
     streamer.caught_up(&pg).await;
     let id = backup(&env);
@@ -165,6 +185,10 @@ async fn postgres_test_restore_passes_is_recorded_and_a_corrupted_pack_fails_it(
     );
     assert!(stdout.contains(&id), "the backup id: {stdout}");
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert!(
+        !marker.exists(),
+        "the source's recovery_end_command / archive_cleanup_command ran"
+    );
 
     let check_recorded = |repo: &Repository| {
         let reports = last_reports(repo).expect("reports");
