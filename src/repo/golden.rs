@@ -107,6 +107,7 @@ fn commit() -> Commit {
         }],
         forget: Vec::new(),
         gc: Default::default(),
+        cids: Default::default(),
     }
 }
 

@@ -33,7 +33,8 @@ pub use datakey::DataKey;
 pub use export::ExportReport;
 pub use keys::{ChunkId, RepositoryKey, age_decrypt, age_encrypt};
 pub use manifest::{
-    COMMIT_VERSION_GC, Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, Forget, GcRecord,
+    COMMIT_VERSION_GC, Commit, ContentIds, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, Forget,
+    GcRecord,
     ItemHasher, ItemRecord, Manifest, PackRecord, commit_object_name, parse_commit_object_name,
     recipients_fingerprint,
 };
