@@ -734,3 +734,139 @@ fn apply_removals(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::{GcRecord, PackRecord};
+
+    fn commit(seq: u64, pack: Option<&str>, cids: &[(&str, &str, &str)]) -> Commit {
+        let mut c = Commit {
+            version: 1,
+            seq,
+            writer: "0123456789abcdef".into(),
+            time: "2026-11-24T06:00:00Z".parse().expect("time"),
+            packs: pack
+                .map(|p| PackRecord {
+                    id: p.to_owned(),
+                    size: 10,
+                    chunks: vec![],
+                })
+                .into_iter()
+                .collect(),
+            items: vec![],
+            forget: vec![],
+            gc: GcRecord::default(),
+            cids: ContentIds::new(),
+        };
+        for (dest, object, cid) in cids {
+            c.cids
+                .entry((*dest).to_owned())
+                .or_default()
+                .insert((*object).to_owned(), (*cid).to_owned());
+        }
+        c.version = c.version_for();
+        c
+    }
+
+    fn pack_object(id: &str) -> String {
+        PackId::parse(id).expect("id").object_name()
+    }
+
+    #[test]
+    fn content_ids_are_carried_by_commits_and_replayed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        let p1 = "11".repeat(32);
+        let c1 = commit(1, Some(&p1), &[("st", &pack_object(&p1), "bafy-p1")]);
+        cat.apply(&c1.object_name(), &c1).expect("apply");
+        // The commit object's own id is known locally only, until the next
+        // commit carries it.
+        cat.note_cids(&c1.object_name(), &[("st".into(), "bafy-c1".into())])
+            .expect("note");
+        cat.note_cids("config", &[("st".into(), "bafy-config".into())])
+            .expect("note");
+        let pending = cat.uncarried_cids().expect("uncarried");
+        assert_eq!(
+            pending["st"].keys().cloned().collect::<Vec<_>>(),
+            [c1.object_name(), "config".to_owned()]
+        );
+        let mut c2 = commit(2, None, &[]);
+        c2.cids = pending;
+        c2.version = c2.version_for();
+        cat.apply(&c2.object_name(), &c2).expect("apply");
+        assert!(cat.uncarried_cids().expect("uncarried").is_empty());
+        let rows = cat.content_ids().expect("rows");
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.commit.is_some()), "{rows:?}");
+        assert!(cat.has_cid("st", "config").expect("has"));
+        assert!(!cat.has_cid("other", "config").expect("has"));
+
+        // A rebuild (replay into an empty catalog) knows the same.
+        let mut again = Catalog::open(&dir.path().join("d.db")).expect("open");
+        again.apply(&c2.object_name(), &c2).expect("apply");
+        again.apply(&c1.object_name(), &c1).expect("apply");
+        assert_eq!(again.dump().expect("dump"), cat.dump().expect("dump"));
+        assert_eq!(again.content_ids().expect("rows"), rows);
+
+        // A conflicting id for a known object keeps the first.
+        let c3 = commit(3, None, &[("st", "config", "bafy-other")]);
+        cat.apply(&c3.object_name(), &c3).expect("apply");
+        let config: Vec<_> = cat
+            .content_ids()
+            .expect("rows")
+            .into_iter()
+            .filter(|r| r.object == "config")
+            .collect();
+        assert_eq!(config[0].cid, "bafy-config");
+    }
+
+    #[test]
+    fn deleted_packs_lose_their_ids_and_commits_carrying_live_ids_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        let (p1, p2) = ("11".repeat(32), "22".repeat(32));
+        let c1 = commit(
+            1,
+            Some(&p1),
+            &[("st", &pack_object(&p1), "bafy-p1"), ("st", "config", "bafy-cfg")],
+        );
+        let c2 = commit(2, Some(&p2), &[("st", &pack_object(&p2), "bafy-p2")]);
+        // c3 carries c2's id; it introduces nothing else.
+        let c3 = commit(3, None, &[("st", &c2.object_name(), "bafy-c2")]);
+        for c in [&c1, &c2, &c3] {
+            cat.apply(&c.object_name(), c).expect("apply");
+        }
+        // Every pack deleted: c1, c2 and c3 hold nothing live of their own.
+        let mut gc = commit(4, None, &[]);
+        gc.gc.delete = vec![p1.clone(), p2.clone()];
+        gc.version = gc.version_for();
+        cat.apply(&gc.object_name(), &gc).expect("apply");
+        let objects: Vec<String> = cat
+            .content_ids()
+            .expect("rows")
+            .into_iter()
+            .map(|r| r.object)
+            .collect();
+        assert_eq!(objects, [c2.object_name(), "config".to_owned()]);
+        // c1 carries the descriptor's id: kept. c2 goes, so c3 (carrying
+        // only c2's id) may go too.
+        assert_eq!(
+            cat.empty_commits().expect("empty"),
+            [c2.object_name(), c3.object_name()]
+        );
+        // A commit introducing a deleted pack, applied late, does not bring
+        // its id back.
+        let mut late = Catalog::open(&dir.path().join("late.db")).expect("open");
+        late.apply(&gc.object_name(), &gc).expect("apply");
+        late.apply(&c1.object_name(), &c1).expect("apply");
+        assert_eq!(
+            late.content_ids()
+                .expect("rows")
+                .into_iter()
+                .map(|r| r.object)
+                .collect::<Vec<_>>(),
+            ["config"]
+        );
+    }
+}

@@ -199,3 +199,21 @@ fn dir_node(name: &str, file: &Cid, tsize: u64) -> Vec<u8> {
 pub fn shard_cid(car: &[u8]) -> Cid {
     cid_of(CAR, car)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_named_is_the_root_pack_named_writes() {
+        for size in [0usize, 1, CHUNK, CHUNK + 1, 3 * CHUNK] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+            let name = "pitr%2Fpacks%2Fab%2Fabc";
+            assert_eq!(
+                root_named(name, &data).expect("root"),
+                pack_named(name, &data).expect("pack").root,
+                "{size} B"
+            );
+        }
+    }
+}
