@@ -694,15 +694,16 @@ async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyhow::Result<
     }
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let repo = Repository::rebuild_catalog(fanout, opts).await?;
-    let catalog = repo.catalog();
-    println!(
-        "Rebuilt the catalog in {}: {} commits, {} packs, {} items.",
-        config.repository.state_dir.display(),
-        catalog.applied_commits()?.len(),
-        catalog.packs()?.len(),
-        catalog.items("")?.len()
-    );
-    drop(catalog);
+    {
+        let catalog = repo.catalog();
+        println!(
+            "Rebuilt the catalog in {}: {} commits, {} packs, {} items.",
+            config.repository.state_dir.display(),
+            catalog.applied_commits()?.len(),
+            catalog.packs()?.len(),
+            catalog.items("")?.len()
+        );
+    }
     // What the catalog now holds against what content-addressed
     // destinations report (only those read from are asked).
     let problems = repo.check_content_ids().await?;

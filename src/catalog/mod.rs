@@ -311,7 +311,9 @@ impl Catalog {
     pub fn uncarried_cids(&self) -> Result<ContentIds, CatalogError> {
         let mut out = ContentIds::new();
         for r in self.cid_rows("WHERE commit_object IS NULL")? {
-            out.entry(r.destination).or_default().insert(r.object, r.cid);
+            out.entry(r.destination)
+                .or_default()
+                .insert(r.object, r.cid);
         }
         Ok(out)
     }
@@ -649,7 +651,8 @@ fn apply_cids(
          SET commit_object = coalesce(cids.commit_object, excluded.commit_object)
          WHERE cids.cid = excluded.cid",
     )?;
-    let mut dead = tx.prepare_cached("SELECT 1 FROM gc_packs WHERE pack = ?1 AND state = 'deleted'")?;
+    let mut dead =
+        tx.prepare_cached("SELECT 1 FROM gc_packs WHERE pack = ?1 AND state = 'deleted'")?;
     for (dest, objects) in &commit.cids {
         for (name, cid) in objects {
             // A pack deleted by a commit applied earlier stays deleted.
@@ -659,7 +662,9 @@ fn apply_cids(
             {
                 continue;
             }
-            let known: Option<String> = get.query_row(params![dest, name], |r| r.get(0)).optional()?;
+            let known: Option<String> = get
+                .query_row(params![dest, name], |r| r.get(0))
+                .optional()?;
             if let Some(k) = known.filter(|k| k != cid) {
                 tracing::warn!(destination = %dest, object = %name, catalog = %k, commit = %object,
                     "commit {object} carries CID {cid} for {name} in {dest}, the catalog holds {k}; keeping {k} (`pitr verify` compares with the destination)");
@@ -829,7 +834,10 @@ mod tests {
         let c1 = commit(
             1,
             Some(&p1),
-            &[("st", &pack_object(&p1), "bafy-p1"), ("st", "config", "bafy-cfg")],
+            &[
+                ("st", &pack_object(&p1), "bafy-p1"),
+                ("st", "config", "bafy-cfg"),
+            ],
         );
         let c2 = commit(2, Some(&p2), &[("st", &pack_object(&p2), "bafy-p2")]);
         // c3 carries c2's id; it introduces nothing else.

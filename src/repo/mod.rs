@@ -34,9 +34,8 @@ pub use export::ExportReport;
 pub use keys::{ChunkId, RepositoryKey, age_decrypt, age_encrypt};
 pub use manifest::{
     COMMIT_VERSION_GC, Commit, ContentIds, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, Forget,
-    GcRecord,
-    ItemHasher, ItemRecord, Manifest, PackRecord, commit_object_name, parse_commit_object_name,
-    recipients_fingerprint,
+    GcRecord, ItemHasher, ItemRecord, Manifest, PackRecord, commit_object_name,
+    parse_commit_object_name, recipients_fingerprint,
 };
 pub use pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
 pub use reader::Reader;

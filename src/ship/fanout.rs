@@ -108,7 +108,9 @@ impl Fanout {
     /// Whether any destination is content-addressed (see
     /// [`Self::content_ids`]); costs one hash of nothing per destination.
     pub fn has_content_ids(&self) -> bool {
-        self.dests.iter().any(|d| d.content_id("config", &[]).is_some())
+        self.dests
+            .iter()
+            .any(|d| d.content_id("config", &[]).is_some())
     }
 
     /// Where the fan-out stands.

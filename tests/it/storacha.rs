@@ -1027,7 +1027,8 @@ fn check_cids_then_rebuild_from_fs(
     let packs = catalog.packs().expect("packs");
     drop(catalog);
     assert!(!packs.is_empty());
-    let roots: Vec<String> = server.with(|s| s.uploads.iter().map(|(r, _)| r.to_string()).collect());
+    let roots: Vec<String> =
+        server.with(|s| s.uploads.iter().map(|(r, _)| r.to_string()).collect());
     let cid_of = |object: &str| {
         rows.iter()
             .find(|r| r.object == object && r.destination == "storacha")
@@ -1074,7 +1075,8 @@ fn check_cids_then_rebuild_from_fs(
         assert!(r.object.starts_with("catalog/"), "{r:?}");
     }
     assert!(
-        rows.iter().any(|r| r.object == newest && r.commit.is_none()),
+        rows.iter()
+            .any(|r| r.object == newest && r.commit.is_none()),
         "{newest}"
     );
 
@@ -1152,7 +1154,9 @@ async fn verify_finds_a_cid_that_differs_from_upload_list() {
         pack_size: 1 << 20,
     };
     Repository::init(&fanout(), &opts).await.expect("init");
-    let repo = Repository::open(fanout(), opts.clone()).await.expect("open");
+    let repo = Repository::open(fanout(), opts.clone())
+        .await
+        .expect("open");
     let mut w = repo.writer();
     w.put(
         "test/a",

@@ -586,10 +586,7 @@ impl Destination for StorachaDestination {
     /// The root the space's upload listing resolves to `key`.
     async fn stored_content_id(&self, key: &str) -> Result<Option<String>, ShipError> {
         validate_key(&self.name, key)?;
-        Ok(self
-            .object(key, true)
-            .await?
-            .map(|o| o.root.to_string()))
+        Ok(self.object(key, true).await?.map(|o| o.root.to_string()))
     }
 
     async fn delete(&self, key: &str) -> Result<(), ShipError> {
