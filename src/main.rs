@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use pitr::config::Config;
 use pitr::repo::Repository;
 
+mod cids_cmd;
 mod demo;
 mod export_cmd;
 mod restore_cmd;
@@ -284,6 +285,15 @@ enum CatalogCommand {
         #[arg(long, value_name = "NAME")]
         from: Option<String>,
     },
+    /// Print the content identifier (Storacha root CID) of every object in
+    /// each content-addressed destination, with a gateway URL.
+    Cids {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How a command ended, beyond success: the exit code and the message.
@@ -401,6 +411,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Catalog {
             command: CatalogCommand::Rebuild { config, from },
         } => catalog_rebuild(&load(&config)?, from.as_deref()).await,
+        Command::Catalog {
+            command: CatalogCommand::Cids { config, json },
+        } => cids_cmd::catalog_cids(&load(&config)?, json).await,
         Command::Verify {
             config,
             restore,
@@ -681,15 +694,29 @@ async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyhow::Result<
     }
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let repo = Repository::rebuild_catalog(fanout, opts).await?;
-    let catalog = repo.catalog();
-    println!(
-        "Rebuilt the catalog in {}: {} commits, {} packs, {} items.",
-        config.repository.state_dir.display(),
-        catalog.applied_commits()?.len(),
-        catalog.packs()?.len(),
-        catalog.items("")?.len()
-    );
-    Ok(())
+    {
+        let catalog = repo.catalog();
+        println!(
+            "Rebuilt the catalog in {}: {} commits, {} packs, {} items.",
+            config.repository.state_dir.display(),
+            catalog.applied_commits()?.len(),
+            catalog.packs()?.len(),
+            catalog.items("")?.len()
+        );
+    }
+    // What the catalog now holds against what content-addressed
+    // destinations report (only those read from are asked).
+    let problems = repo.check_content_ids().await?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in &problems {
+        println!("PROBLEM {} {}: {}", p.destination, p.object, p.error);
+    }
+    anyhow::bail!(
+        "the catalog was rebuilt, but {} objects have another content id in their destination than the catalog recorded",
+        problems.len()
+    )
 }
 
 async fn verify(config: &Config) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::repo::{ChunkId, Commit, Manifest, PackEntry, PackId};
+use crate::repo::{ChunkId, Commit, ContentIds, Manifest, PackEntry, PackId};
 
 /// A catalog failure.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +86,26 @@ CREATE TABLE IF NOT EXISTS forgotten (
 CREATE TABLE IF NOT EXISTS gc_packs (
     pack TEXT PRIMARY KEY, state TEXT NOT NULL, time TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS removal_commits (object TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cids (
+    dest TEXT NOT NULL, object TEXT NOT NULL, cid TEXT NOT NULL, commit_object TEXT,
+    PRIMARY KEY (dest, object)) WITHOUT ROWID;
 ";
+
+/// One object's content identifier in a content-addressed destination
+/// (a Storacha root CID).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CidRow {
+    /// The object's name (`packs/…`, `catalog/…`, `config`, `keys/…`).
+    pub object: String,
+    /// The destination's configured name.
+    pub destination: String,
+    /// The content identifier (CIDv1, base32).
+    pub cid: String,
+    /// The stored commit that carries it; `None` while only this catalog
+    /// knows it (the newest commit object's own CID, until the next commit
+    /// carries it).
+    pub commit: Option<String>,
+}
 
 /// A pack's garbage-collection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,9 +274,73 @@ impl Catalog {
                     ])
                     .map_err(err)?;
             }
+            apply_cids(&tx, object, commit).map_err(err)?;
             apply_removals(&tx, object, commit).map_err(err)?;
         }
         tx.commit().map_err(err)
+    }
+
+    /// Records content identifiers known locally only (computed from bytes
+    /// just stored) that no stored commit carries yet; the next commit
+    /// carries them ([`Self::uncarried_cids`]). Keeps a known row as it is.
+    pub fn note_cids(&self, object: &str, cids: &[(String, String)]) -> Result<(), CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO cids (dest, object, cid, commit_object) VALUES (?1, ?2, ?3, NULL)",
+            )
+            .map_err(|e| self.err(e))?;
+        for (dest, cid) in cids {
+            st.execute(params![dest, object, cid])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the catalog knows `object`'s content identifier in `dest`.
+    pub fn has_cid(&self, dest: &str, object: &str) -> Result<bool, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM cids WHERE dest = ?1 AND object = ?2")
+            .map_err(|e| self.err(e))?;
+        st.exists(params![dest, object]).map_err(|e| self.err(e))
+    }
+
+    /// Content identifiers no stored commit carries yet: what the next
+    /// commit must carry so a rebuild finds them.
+    pub fn uncarried_cids(&self) -> Result<ContentIds, CatalogError> {
+        let mut out = ContentIds::new();
+        for r in self.cid_rows("WHERE commit_object IS NULL")? {
+            out.entry(r.destination)
+                .or_default()
+                .insert(r.object, r.cid);
+        }
+        Ok(out)
+    }
+
+    /// Every known content identifier, by object then destination.
+    pub fn content_ids(&self) -> Result<Vec<CidRow>, CatalogError> {
+        self.cid_rows("")
+    }
+
+    fn cid_rows(&self, filter: &str) -> Result<Vec<CidRow>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT object, dest, cid, commit_object FROM cids {filter} ORDER BY object, dest"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(CidRow {
+                    object: r.get(0)?,
+                    destination: r.get(1)?,
+                    cid: r.get(2)?,
+                    commit: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Whether a chunk is stored in a pack a writer may reuse: packs marked
@@ -336,9 +419,12 @@ impl Catalog {
     }
 
     /// Commit objects that may be deleted from the destinations: every
-    /// item they introduced is forgotten, every pack deleted, and they
-    /// remove nothing themselves (a commit that forgets or records garbage
-    /// collection is kept, so a rebuild replays the removals).
+    /// item they introduced is forgotten, every pack deleted, they remove
+    /// nothing themselves (a commit that forgets or records garbage
+    /// collection is kept, so a rebuild replays the removals), and they
+    /// carry no content identifier of an object that stays (an earlier
+    /// commit that is kept, the descriptor, a key object): a rebuild
+    /// finds those identifiers only in the commits that carry them.
     pub fn empty_commits(&self) -> Result<Vec<String>, CatalogError> {
         let mut st = self
             .conn
@@ -351,7 +437,36 @@ impl Catalog {
             )
             .map_err(|e| self.err(e))?;
         let rows = st.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        let mut empty: std::collections::BTreeSet<String> =
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        let carried: Vec<(String, String)> = {
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "SELECT DISTINCT commit_object, object FROM cids WHERE commit_object IS NOT NULL",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        // Until nothing changes: keeping a commit keeps the ones carrying
+        // its identifier.
+        loop {
+            let keep: Vec<String> = carried
+                .iter()
+                .filter(|(by, object)| empty.contains(by) && !empty.contains(object))
+                .map(|(by, _)| by.clone())
+                .collect();
+            if keep.is_empty() {
+                break;
+            }
+            for k in keep {
+                empty.remove(&k);
+            }
+        }
+        Ok(empty.into_iter().collect())
     }
 
     /// Where a chunk is stored.
@@ -492,6 +607,9 @@ impl Catalog {
              ORDER BY commit_object, id",
             "SELECT 'forgotten', commit_object, name FROM forgotten ORDER BY commit_object, name",
             "SELECT 'gc', pack, state, time FROM gc_packs ORDER BY pack",
+            // Carried by a stored commit: what a rebuild recovers.
+            "SELECT 'cid', dest, object, cid FROM cids WHERE commit_object IS NOT NULL
+             ORDER BY dest, object",
         ];
         let mut out = String::new();
         for q in queries {
@@ -515,6 +633,50 @@ impl Catalog {
         }
         Ok(out)
     }
+}
+
+/// Records the content identifiers a commit carries, inside the
+/// transaction that records it. A row known locally only becomes carried by
+/// this commit; the first identifier recorded for an object stays (objects
+/// are immutable, so two different ones mean a writer bug, logged).
+fn apply_cids(
+    tx: &rusqlite::Transaction<'_>,
+    object: &str,
+    commit: &Commit,
+) -> Result<(), rusqlite::Error> {
+    if commit.cids.is_empty() {
+        return Ok(());
+    }
+    let mut get = tx.prepare_cached("SELECT cid FROM cids WHERE dest = ?1 AND object = ?2")?;
+    let mut put = tx.prepare_cached(
+        "INSERT INTO cids (dest, object, cid, commit_object) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (dest, object) DO UPDATE
+         SET commit_object = coalesce(cids.commit_object, excluded.commit_object)
+         WHERE cids.cid = excluded.cid",
+    )?;
+    let mut dead =
+        tx.prepare_cached("SELECT 1 FROM gc_packs WHERE pack = ?1 AND state = 'deleted'")?;
+    for (dest, objects) in &commit.cids {
+        for (name, cid) in objects {
+            // A pack deleted by a commit applied earlier stays deleted.
+            if let Some(pack) = name.rsplit('/').next().and_then(PackId::parse)
+                && name.starts_with("packs/")
+                && dead.exists([pack.to_string()])?
+            {
+                continue;
+            }
+            let known: Option<String> = get
+                .query_row(params![dest, name], |r| r.get(0))
+                .optional()?;
+            if let Some(k) = known.filter(|k| k != cid) {
+                tracing::warn!(destination = %dest, object = %name, catalog = %k, commit = %object,
+                    "commit {object} carries CID {cid} for {name} in {dest}, the catalog holds {k}; keeping {k} (`pitr verify` compares with the destination)");
+                continue;
+            }
+            put.execute(params![dest, name, cid, object])?;
+        }
+    }
+    Ok(())
 }
 
 /// Applies a commit's forgets and garbage-collection records inside the
@@ -561,9 +723,13 @@ fn apply_removals(
              ON CONFLICT (pack) DO UPDATE SET state = 'deleted', time = excluded.time",
         )?;
         let mut drop_pack = tx.prepare_cached("DELETE FROM packs WHERE id = ?1")?;
+        let mut drop_cids = tx.prepare_cached("DELETE FROM cids WHERE object = ?1")?;
         for p in &commit.gc.delete {
             delete.execute(params![p, time])?;
             drop_pack.execute([p])?;
+            if let Some(id) = PackId::parse(p) {
+                drop_cids.execute([id.object_name()])?;
+            }
         }
     }
     if !commit.gc.delete.is_empty() {
@@ -594,7 +760,141 @@ fn prefix_end(prefix: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::*;
+    use crate::repo::{GcRecord, PackRecord};
+
+    fn commit(seq: u64, pack: Option<&str>, cids: &[(&str, &str, &str)]) -> Commit {
+        let mut c = Commit {
+            version: 1,
+            seq,
+            writer: "0123456789abcdef".into(),
+            time: "2026-11-24T06:00:00Z".parse().expect("time"),
+            packs: pack
+                .map(|p| PackRecord {
+                    id: p.to_owned(),
+                    size: 10,
+                    chunks: vec![],
+                })
+                .into_iter()
+                .collect(),
+            items: vec![],
+            forget: vec![],
+            gc: GcRecord::default(),
+            cids: ContentIds::new(),
+        };
+        for (dest, object, cid) in cids {
+            c.cids
+                .entry((*dest).to_owned())
+                .or_default()
+                .insert((*object).to_owned(), (*cid).to_owned());
+        }
+        c.version = c.version_for();
+        c
+    }
+
+    fn pack_object(id: &str) -> String {
+        PackId::parse(id).expect("id").object_name()
+    }
+
+    #[test]
+    fn content_ids_are_carried_by_commits_and_replayed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        let p1 = "11".repeat(32);
+        let c1 = commit(1, Some(&p1), &[("st", &pack_object(&p1), "bafy-p1")]);
+        cat.apply(&c1.object_name(), &c1).expect("apply");
+        // The commit object's own id is known locally only, until the next
+        // commit carries it.
+        cat.note_cids(&c1.object_name(), &[("st".into(), "bafy-c1".into())])
+            .expect("note");
+        cat.note_cids("config", &[("st".into(), "bafy-config".into())])
+            .expect("note");
+        let pending = cat.uncarried_cids().expect("uncarried");
+        assert_eq!(
+            pending["st"].keys().cloned().collect::<Vec<_>>(),
+            [c1.object_name(), "config".to_owned()]
+        );
+        let mut c2 = commit(2, None, &[]);
+        c2.cids = pending;
+        c2.version = c2.version_for();
+        cat.apply(&c2.object_name(), &c2).expect("apply");
+        assert!(cat.uncarried_cids().expect("uncarried").is_empty());
+        let rows = cat.content_ids().expect("rows");
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.commit.is_some()), "{rows:?}");
+        assert!(cat.has_cid("st", "config").expect("has"));
+        assert!(!cat.has_cid("other", "config").expect("has"));
+
+        // A rebuild (replay into an empty catalog) knows the same.
+        let mut again = Catalog::open(&dir.path().join("d.db")).expect("open");
+        again.apply(&c2.object_name(), &c2).expect("apply");
+        again.apply(&c1.object_name(), &c1).expect("apply");
+        assert_eq!(again.dump().expect("dump"), cat.dump().expect("dump"));
+        assert_eq!(again.content_ids().expect("rows"), rows);
+
+        // A conflicting id for a known object keeps the first.
+        let c3 = commit(3, None, &[("st", "config", "bafy-other")]);
+        cat.apply(&c3.object_name(), &c3).expect("apply");
+        let config: Vec<_> = cat
+            .content_ids()
+            .expect("rows")
+            .into_iter()
+            .filter(|r| r.object == "config")
+            .collect();
+        assert_eq!(config[0].cid, "bafy-config");
+    }
+
+    #[test]
+    fn deleted_packs_lose_their_ids_and_commits_carrying_live_ids_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cat = Catalog::open(&dir.path().join("c.db")).expect("open");
+        let (p1, p2) = ("11".repeat(32), "22".repeat(32));
+        let c1 = commit(
+            1,
+            Some(&p1),
+            &[
+                ("st", &pack_object(&p1), "bafy-p1"),
+                ("st", "config", "bafy-cfg"),
+            ],
+        );
+        let c2 = commit(2, Some(&p2), &[("st", &pack_object(&p2), "bafy-p2")]);
+        // c3 carries c2's id; it introduces nothing else.
+        let c3 = commit(3, None, &[("st", &c2.object_name(), "bafy-c2")]);
+        for c in [&c1, &c2, &c3] {
+            cat.apply(&c.object_name(), c).expect("apply");
+        }
+        // Every pack deleted: c1, c2 and c3 hold nothing live of their own.
+        let mut gc = commit(4, None, &[]);
+        gc.gc.delete = vec![p1.clone(), p2.clone()];
+        gc.version = gc.version_for();
+        cat.apply(&gc.object_name(), &gc).expect("apply");
+        let objects: Vec<String> = cat
+            .content_ids()
+            .expect("rows")
+            .into_iter()
+            .map(|r| r.object)
+            .collect();
+        assert_eq!(objects, [c2.object_name(), "config".to_owned()]);
+        // c1 carries the descriptor's id: kept. c2 goes, so c3 (carrying
+        // only c2's id) may go too.
+        assert_eq!(
+            cat.empty_commits().expect("empty"),
+            [c2.object_name(), c3.object_name()]
+        );
+        // A commit introducing a deleted pack, applied late, does not bring
+        // its id back.
+        let mut late = Catalog::open(&dir.path().join("late.db")).expect("open");
+        late.apply(&gc.object_name(), &gc).expect("apply");
+        late.apply(&c1.object_name(), &c1).expect("apply");
+        assert_eq!(
+            late.content_ids()
+                .expect("rows")
+                .into_iter()
+                .map(|r| r.object)
+                .collect::<Vec<_>>(),
+            ["config"]
+        );
+    }
 
     #[test]
     fn prefix_end_bounds_exactly_the_strings_with_the_prefix() {

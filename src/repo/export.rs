@@ -166,6 +166,8 @@ impl Repository {
             // A fresh store: nothing to forget, no garbage to track.
             forget: Vec::new(),
             gc: super::manifest::GcRecord::default(),
+            // Storacha CIDs are not carried over: the copy is an fs store.
+            cids: Default::default(),
         };
         report.items = commit.items.len();
         report.commit = commit.object_name();

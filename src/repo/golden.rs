@@ -107,6 +107,7 @@ fn commit() -> Commit {
         }],
         forget: Vec::new(),
         gc: Default::default(),
+        cids: Default::default(),
     }
 }
 
@@ -284,4 +285,60 @@ fn golden_commit_v2() {
         ),
         "{err}"
     );
+}
+
+/// A version 2 commit carrying content ids (Storacha root CIDs) of its pack
+/// and of earlier objects. Pinned; a commit without them stays the version 1
+/// encoding (`golden_commit`), and content ids under version 1 are refused.
+#[test]
+fn golden_commit_with_cids() {
+    let mut c = commit();
+    let pack = format!("packs/ab/{}", "ab".repeat(32));
+    let dir = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+    let other = "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+    c.cids.entry("storacha".into()).or_default().extend([
+        (pack.clone(), dir.to_owned()),
+        (
+            "catalog/0000000000000006-0123456789abcdef".into(),
+            other.to_owned(),
+        ),
+        ("config".into(), other.to_owned()),
+    ]);
+    c.cids
+        .entry("ipfs-b".into())
+        .or_default()
+        .insert(pack, dir.to_owned());
+    assert_eq!(c.version_for(), 2);
+    c.version = c.version_for();
+    let plain = c.encode_plain();
+    pin("commit-v2-cids-plaintext.hex", &plain);
+    // Sorted by destination, then object: the encoding is deterministic.
+    let text = String::from_utf8(plain).expect("utf-8");
+    assert!(
+        text.ends_with(&format!(
+            r#""cids":{{"ipfs-b":{{"packs/ab/{ab}":"{dir}"}},"storacha":{{"catalog/0000000000000006-0123456789abcdef":"{other}","config":"{other}","packs/ab/{ab}":"{dir}"}}}}}}"#,
+            ab = "ab".repeat(32)
+        )),
+        "{text}"
+    );
+    let seal_it = |c: &Commit| {
+        let z = zstd::bulk::compress(&c.encode_plain(), 3).expect("compress");
+        seal::seal_with_nonce(&key(), SealKind::CatalogCommit, &c.object_name(), &z, NONCE)
+    };
+    let back = Commit::decode(&key(), &c.object_name(), &seal_it(&c)).expect("decodes");
+    assert_eq!(back, c);
+
+    // Content ids under version 1: refused, not half-read.
+    let mut lying = c.clone();
+    lying.version = 1;
+    let err = Commit::decode(&key(), &c.object_name(), &seal_it(&lying)).unwrap_err();
+    assert!(matches!(err, super::RepoError::Malformed { .. }), "{err}");
+    assert!(err.to_string().contains("content ids"), "{err}");
+
+    // Without them, the version 1 bytes exactly.
+    let mut none = c.clone();
+    none.cids.clear();
+    none.version = none.version_for();
+    assert_eq!(none.version, 1);
+    assert_eq!(none.encode_plain(), commit().encode_plain());
 }

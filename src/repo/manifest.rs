@@ -1,6 +1,8 @@
 //! Manifests, catalog commits and the repository descriptor: the JSON parts of
 //! the format. See docs/FORMAT.md.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -12,11 +14,16 @@ use super::seal::{self, SealKind};
 
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// The version of a catalog commit that forgets items or records garbage
-/// collection: a version 1 reader refuses it (`UnsupportedVersion`) instead
-/// of replaying it without its removals. Commits without either stay
-/// version 1, byte for byte.
+/// The version of a catalog commit that forgets items, records garbage
+/// collection or carries content identifiers: a version 1 reader refuses it
+/// (`UnsupportedVersion`) instead of replaying it without its removals.
+/// Commits without any of these stay version 1, byte for byte.
 pub const COMMIT_VERSION_GC: u32 = 2;
+
+/// Content identifiers of objects in content-addressed destinations
+/// (Storacha root CIDs): destination name → object name → CID. Sorted maps,
+/// so the encoding is deterministic.
+pub type ContentIds = BTreeMap<String, BTreeMap<String, String>>;
 const FORMAT_NAME: &str = "pitr-repository";
 
 /// The chunks of one item, in order.
@@ -111,6 +118,11 @@ pub struct Commit {
     /// Garbage collection it records (version 2).
     #[serde(default, skip_serializing_if = "GcRecord::is_empty")]
     pub gc: GcRecord,
+    /// Content identifiers (version 2): of the packs it introduces, and of
+    /// earlier objects whose identifiers no stored commit held yet (earlier
+    /// commit objects, the descriptor, key objects). See docs/FORMAT.md.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cids: ContentIds,
 }
 
 /// Items of one earlier commit that a commit removes.
@@ -155,9 +167,9 @@ impl Commit {
     }
 
     /// The version a commit with this content carries: 1 unless it removes
-    /// something.
+    /// something or carries content identifiers.
     pub fn version_for(&self) -> u32 {
-        if self.removes() {
+        if self.removes() || !self.cids.is_empty() {
             COMMIT_VERSION_GC
         } else {
             FORMAT_VERSION
@@ -204,9 +216,9 @@ impl Commit {
             .map_err(|e| malformed(format!("its commit does not parse: {e}")))?;
         if commit.version != commit.version_for() {
             return Err(malformed(format!(
-                "its commit has version {} but {} removals (version 2 exactly when it forgets items or records garbage collection)",
+                "its commit has version {} but {} removals or content ids (version 2 exactly when it forgets items, records garbage collection or carries content ids)",
                 commit.version,
-                if commit.removes() {
+                if commit.version_for() == COMMIT_VERSION_GC {
                     "holds"
                 } else {
                     "holds no"

@@ -33,9 +33,9 @@ pub use datakey::DataKey;
 pub use export::ExportReport;
 pub use keys::{ChunkId, RepositoryKey, age_decrypt, age_encrypt};
 pub use manifest::{
-    COMMIT_VERSION_GC, Commit, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, Forget, GcRecord,
-    ItemHasher, ItemRecord, Manifest, PackRecord, commit_object_name, parse_commit_object_name,
-    recipients_fingerprint,
+    COMMIT_VERSION_GC, Commit, ContentIds, DESCRIPTOR_OBJECT, Descriptor, FORMAT_VERSION, Forget,
+    GcRecord, ItemHasher, ItemRecord, Manifest, PackRecord, commit_object_name,
+    parse_commit_object_name, recipients_fingerprint,
 };
 pub use pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
 pub use reader::Reader;
@@ -89,6 +89,23 @@ pub enum RepoError {
     MetadataAuth {
         /// The object.
         object: String,
+    },
+    /// A content-addressed destination holds an object under another
+    /// content id than the catalog recorded when it was written.
+    #[error(
+        "destination {dest}: object {object} has CID {stored} there, but the catalog recorded {catalog} when it was written. \
+         The destination holds other bytes under that name (or two uploads of it): read the object from another destination, \
+         check it with `pitr verify`, and remove the wrong upload from the space"
+    )]
+    ContentIdMismatch {
+        /// The destination.
+        dest: String,
+        /// The object.
+        object: String,
+        /// The CID the catalog holds.
+        catalog: String,
+        /// The CID the destination reports.
+        stored: String,
     },
     /// A format version this build does not know.
     #[error(
@@ -539,7 +556,51 @@ impl Repository {
             }),
         };
         repo.sync_catalog().await?;
+        repo.note_metadata_cids(&bytes).await?;
         Ok(repo)
+    }
+
+    /// Records the content ids of the descriptor and the key object in
+    /// content-addressed destinations when the catalog lacks them (once per
+    /// repository: the next commit carries them). Reads the key object only
+    /// then.
+    async fn note_metadata_cids(&self, descriptor: &[u8]) -> Result<(), RepoError> {
+        let fanout = &self.inner.fanout;
+        if !fanout.has_content_ids() {
+            return Ok(());
+        }
+        let key_name = key_object_name(&self.inner.descriptor.key_id);
+        for object in [DESCRIPTOR_OBJECT, key_name.as_str()] {
+            let missing = {
+                let cat = self.catalog();
+                let mut missing = false;
+                for d in fanout.destinations() {
+                    if d.content_id(object, &[]).is_some() && !cat.has_cid(d.name(), object)? {
+                        missing = true;
+                    }
+                }
+                missing
+            };
+            if !missing {
+                continue;
+            }
+            let bytes = if object == DESCRIPTOR_OBJECT {
+                bytes::Bytes::copy_from_slice(descriptor)
+            } else {
+                match fanout.get(object).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Only the id is missing: the next open tries again.
+                        tracing::warn!(object, error = %e,
+                            "cannot read the key object to record its content id; trying again at the next start");
+                        continue;
+                    }
+                }
+            };
+            self.catalog()
+                .note_cids(object, &fanout.content_ids(object, &bytes))?;
+        }
+        Ok(())
     }
 
     /// Checks that one destination holds this repository: its descriptor

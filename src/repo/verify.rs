@@ -90,7 +90,41 @@ impl Repository {
                 }
             }
         }
+        report.problems.extend(self.check_content_ids().await?);
         Ok(report)
+    }
+
+    /// Compares every content id the catalog holds with the one its
+    /// destination reports for the object (Storacha: the root its upload
+    /// listing resolves to the key). A difference is a problem naming the
+    /// object and both ids; an object the destination does not report is
+    /// left to the other checks (packs are read above; a commit may have
+    /// been deleted as empty).
+    pub async fn check_content_ids(&self) -> Result<Vec<VerifyProblem>, RepoError> {
+        let rows = self.catalog().content_ids()?;
+        let mut problems = Vec::new();
+        for dest in self.fanout().destinations() {
+            for row in rows.iter().filter(|r| r.destination == dest.name()) {
+                let problem = |error| VerifyProblem {
+                    destination: dest.name().to_owned(),
+                    object: row.object.clone(),
+                    error,
+                };
+                match dest.stored_content_id(&row.object).await {
+                    Ok(Some(stored)) if stored != row.cid => {
+                        problems.push(problem(RepoError::ContentIdMismatch {
+                            dest: dest.name().to_owned(),
+                            object: row.object.clone(),
+                            catalog: row.cid.clone(),
+                            stored,
+                        }))
+                    }
+                    Ok(_) => {}
+                    Err(e) => problems.push(problem(e.into())),
+                }
+            }
+        }
+        Ok(problems)
     }
 }
 

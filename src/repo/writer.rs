@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 
 use super::chunking::{self, Chunking};
 use super::keys::ChunkId;
-use super::manifest::{Commit, FORMAT_VERSION, ItemHasher, ItemRecord, Manifest, PackRecord};
+use super::manifest::{
+    Commit, ContentIds, FORMAT_VERSION, ItemHasher, ItemRecord, Manifest, PackRecord,
+};
 use super::pack::{PackBuilder, PackId};
 use super::{RepoError, Repository};
 
@@ -31,6 +33,9 @@ pub struct CommitInfo {
     pub pack_bytes: u64,
 }
 
+/// An uploaded pack: its record, its object name and its content ids.
+type Uploaded = (PackRecord, String, Vec<(String, String)>);
+
 /// Writes items into the repository. Items become visible (in the store and
 /// the catalog) only at [`Writer::commit`].
 #[derive(Debug)]
@@ -41,8 +46,10 @@ pub struct Writer {
     /// Chunks in this writer's uncommitted packs (uploaded or open).
     pending: HashSet<ChunkId>,
     uploaded: Vec<PackRecord>,
+    /// Content ids of the uploaded packs in content-addressed destinations.
+    cids: ContentIds,
     items: Vec<ItemRecord>,
-    upload: Option<JoinHandle<Result<PackRecord, RepoError>>>,
+    upload: Option<JoinHandle<Result<Uploaded, RepoError>>>,
     /// Registered while this writer holds uncommitted items or packs: its
     /// deduplication decisions are not in any commit yet, so garbage
     /// collection in this process must not delete a pack marked after they
@@ -174,6 +181,7 @@ impl Writer {
             pack: None,
             pending: HashSet::new(),
             uploaded: Vec::new(),
+            cids: ContentIds::new(),
             items: Vec::new(),
             upload: None,
             inflight: None,
@@ -352,33 +360,45 @@ impl Writer {
         };
         let inner = self.repo.inner.clone();
         self.upload = Some(tokio::spawn(async move {
-            let key = inner.key.clone();
-            let (bytes, entries) = tokio::task::spawn_blocking(move || {
-                let (bytes, entries) = pack.finish(&key);
-                (bytes, entries)
+            let inner2 = inner.clone();
+            let (bytes, entries, id, cids) = tokio::task::spawn_blocking(move || {
+                let (bytes, entries) = pack.finish(&inner2.key);
+                let id = PackId::of(&bytes);
+                // Hashes the pack only when a destination is content-addressed.
+                let cids = inner2.fanout.content_ids(&id.object_name(), &bytes);
+                (bytes, entries, id, cids)
             })
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            let id = PackId::of(&bytes);
             let size = bytes.len() as u64;
             inner
                 .fanout
                 .put_if_absent(&id.object_name(), Bytes::from(bytes))
                 .await?;
-            Ok(PackRecord {
-                id: id.to_string(),
-                size,
-                chunks: entries,
-            })
+            Ok((
+                PackRecord {
+                    id: id.to_string(),
+                    size,
+                    chunks: entries,
+                },
+                id.object_name(),
+                cids,
+            ))
         }));
         Ok(())
     }
 
     async fn finish_upload(&mut self) -> Result<(), RepoError> {
         if let Some(handle) = self.upload.take() {
-            let record = handle
+            let (record, object, cids) = handle
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            for (dest, cid) in cids {
+                self.cids
+                    .entry(dest)
+                    .or_default()
+                    .insert(object.clone(), cid);
+            }
             self.uploaded.push(record);
         }
         Ok(())
@@ -406,7 +426,11 @@ impl Writer {
         let inner = &self.repo.inner;
         let _serial = inner.commit_lock.lock().await;
         let seq = self.repo.catalog().next_seq()?;
-        let commit = Commit {
+        let mut cids = self.repo.catalog().uncarried_cids()?;
+        for (dest, objects) in std::mem::take(&mut self.cids) {
+            cids.entry(dest).or_default().extend(objects);
+        }
+        let mut commit = Commit {
             version: FORMAT_VERSION,
             seq,
             writer: inner.writer_id.clone(),
@@ -415,14 +439,19 @@ impl Writer {
             items: std::mem::take(&mut self.items),
             forget: Vec::new(),
             gc: Default::default(),
+            cids,
         };
+        commit.version = commit.version_for();
         let object = commit.object_name();
         let bytes = commit.encode(&inner.key);
+        let own = inner.fanout.content_ids(&object, &bytes);
         inner
             .fanout
             .put_if_absent(&object, Bytes::from(bytes))
             .await?;
         self.repo.catalog().apply(&object, &commit)?;
+        // A commit cannot hold its own id: the next one carries it.
+        self.repo.catalog().note_cids(&object, &own)?;
         self.pending.clear();
         self.inflight = None;
         Ok(Some(CommitInfo {
@@ -442,6 +471,7 @@ impl Writer {
         self.pack = None;
         self.pending.clear();
         self.uploaded.clear();
+        self.cids.clear();
         self.items.clear();
         self.inflight = None;
     }
@@ -494,15 +524,18 @@ impl Repository {
             items: Vec::new(),
             forget,
             gc,
+            cids: self.catalog().uncarried_cids()?,
         };
         commit.version = commit.version_for();
         let object = commit.object_name();
         let bytes = commit.encode(&inner.key);
+        let own = inner.fanout.content_ids(&object, &bytes);
         inner
             .fanout
             .put_if_absent(&object, Bytes::from(bytes))
             .await?;
         self.catalog().apply(&object, &commit)?;
+        self.catalog().note_cids(&object, &own)?;
         Ok(Some(object))
     }
 }

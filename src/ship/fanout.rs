@@ -94,6 +94,25 @@ impl Fanout {
         &self.dests
     }
 
+    /// The content identifiers the content-addressed destinations (Storacha)
+    /// store `data` under as `key`: `(destination name, CID)` in
+    /// configuration order; empty when no destination is content-addressed
+    /// (nothing is hashed then).
+    pub fn content_ids(&self, key: &str, data: &[u8]) -> Vec<(String, String)> {
+        self.dests
+            .iter()
+            .filter_map(|d| d.content_id(key, data).map(|c| (d.name().to_owned(), c)))
+            .collect()
+    }
+
+    /// Whether any destination is content-addressed (see
+    /// [`Self::content_ids`]); costs one hash of nothing per destination.
+    pub fn has_content_ids(&self) -> bool {
+        self.dests
+            .iter()
+            .any(|d| d.content_id("config", &[]).is_some())
+    }
+
     /// Where the fan-out stands.
     pub fn status(&self) -> FanoutStatus {
         FanoutStatus {

@@ -125,6 +125,14 @@ impl<D: Destination> Destination for FaultyDestination<D> {
         self.take("delete", key)?;
         self.inner.delete(key).await
     }
+
+    fn content_id(&self, key: &str, data: &[u8]) -> Option<String> {
+        self.inner.content_id(key, data)
+    }
+
+    async fn stored_content_id(&self, key: &str) -> Result<Option<String>, ShipError> {
+        self.inner.stored_content_id(key).await
+    }
 }
 
 #[cfg(test)]

@@ -192,6 +192,24 @@ pub trait Destination: Send + Sync + fmt::Debug {
 
     /// Removes an object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), ShipError>;
+
+    /// The content identifier this destination stores `data` under as
+    /// `key`, for content-addressed stores (Storacha: the upload's root
+    /// CID), computed from the bytes alone; `None` for stores that name
+    /// objects by key only. It must equal what [`Self::stored_content_id`]
+    /// reports once the object is stored.
+    fn content_id(&self, key: &str, data: &[u8]) -> Option<String> {
+        let _ = (key, data);
+        None
+    }
+
+    /// The content identifier the store itself reports for `key` (Storacha:
+    /// the root its upload listing resolves to the key); `None` when the
+    /// object is missing or the store is not content-addressed.
+    async fn stored_content_id(&self, key: &str) -> Result<Option<String>, ShipError> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// Checks that `key` is a safe, portable object name: `/`-separated

@@ -106,4 +106,12 @@ impl<D: Destination> Destination for Retrying<D> {
     async fn delete(&self, key: &str) -> Result<(), ShipError> {
         self.run(|| self.inner.delete(key)).await
     }
+
+    fn content_id(&self, key: &str, data: &[u8]) -> Option<String> {
+        self.inner.content_id(key, data)
+    }
+
+    async fn stored_content_id(&self, key: &str) -> Result<Option<String>, ShipError> {
+        self.run(|| self.inner.stored_content_id(key)).await
+    }
 }

@@ -147,4 +147,12 @@ impl<D: Destination> Destination for Tracked<D> {
         self.health.record(&r, 0);
         r
     }
+
+    fn content_id(&self, key: &str, data: &[u8]) -> Option<String> {
+        self.inner.content_id(key, data)
+    }
+
+    async fn stored_content_id(&self, key: &str) -> Result<Option<String>, ShipError> {
+        self.inner.stored_content_id(key).await
+    }
 }

@@ -291,6 +291,18 @@ fn init_is_idempotent_and_rebuild_restores_the_catalog() {
         "{:?}",
         text(&out)
     );
+
+    // An fs destination has no content identifiers: said so, not an error.
+    let out = pitr(&["catalog", "cids", "-c", &config], &[]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(
+        text(&out).0.contains("No content identifiers"),
+        "{:?}",
+        text(&out)
+    );
+    let out = pitr(&["catalog", "cids", "--json", "-c", &config], &[]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(text(&out).0.trim(), "[]");
 }
 
 #[test]

@@ -959,6 +959,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
     drop(repo);
     server.assert_no_problems();
     assert!(server.with(|s| s.uploads.len()) > 3);
+    let kept = check_cids_then_rebuild_from_fs(&server, dir.path(), &both, &pitr, &show);
 
     // Only Storacha is left.
     std::fs::remove_dir_all(dir.path().join("state")).expect("rm state");
@@ -967,6 +968,11 @@ async fn a_restore_from_storacha_alone_is_exact() {
     std::fs::write(&only, format!("{head}{st}{pgs}")).expect("config");
     let out = pitr(&only, &["catalog", "rebuild", "--from", "storacha"]);
     assert!(out.status.success(), "{}", show(&out));
+    // The rebuild compared every CID with upload/list (a mismatch fails it)
+    // and the CIDs survived once more.
+    let out = pitr(&only, &["catalog", "cids", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(cid_triples(&out.stdout), kept);
     std::fs::remove_dir_all(dir.path().join("state")).expect("rm state again");
     let t = between(rows[3].1, rows[4].1);
     let mut restored = PgCluster::empty();
@@ -987,5 +993,217 @@ async fn a_restore_from_storacha_alone_is_exact() {
         restored.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM oracle"),
         "1,2,3,4"
     );
+    server.assert_no_problems();
+}
+
+/// `(object, destination, cid)` of `pitr catalog cids --json`.
+fn cid_triples(stdout: &[u8]) -> Vec<(String, String, String)> {
+    let v: Value = serde_json::from_slice(stdout).expect("JSON");
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().expect(k).to_owned();
+            (f("object"), f("destination"), f("cid"))
+        })
+        .collect()
+}
+
+/// After a WAL stream and a base backup into fs + Storacha: every object's
+/// root CID is in the catalog and is what Storacha received (and what
+/// `ipfs-car` computes); `pitr catalog cids` prints them; after losing the
+/// local state, `pitr catalog rebuild --from local` (the fs destination)
+/// brings them back. Returns the CIDs listed after the rebuild.
+fn check_cids_then_rebuild_from_fs(
+    server: &FakeStoracha,
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    pitr: &dyn Fn(&std::path::Path, &[&str]) -> std::process::Output,
+    show: &dyn Fn(&std::process::Output) -> String,
+) -> Vec<(String, String, String)> {
+    let catalog =
+        pitr::catalog::Catalog::open(&dir.join("state/catalog.db")).expect("open catalog");
+    let rows = catalog.content_ids().expect("cids");
+    let packs = catalog.packs().expect("packs");
+    drop(catalog);
+    assert!(!packs.is_empty());
+    let roots: Vec<String> =
+        server.with(|s| s.uploads.iter().map(|(r, _)| r.to_string()).collect());
+    let cid_of = |object: &str| {
+        rows.iter()
+            .find(|r| r.object == object && r.destination == "storacha")
+            .map(|r| r.cid.clone())
+    };
+    // Every row is a root Storacha registered, and only Storacha has rows.
+    for r in &rows {
+        assert_eq!(r.destination, "storacha", "{r:?}");
+        assert!(roots.contains(&r.cid), "{r:?} was never uploaded");
+    }
+    // Every pack, every commit object, the descriptor and the key object.
+    let store = dir.join("store");
+    let mut objects = vec!["config".to_owned()];
+    for sub in ["keys", "catalog"] {
+        for e in std::fs::read_dir(store.join(sub)).expect("ls") {
+            let name = e.expect("entry").file_name();
+            objects.push(format!("{sub}/{}", name.to_string_lossy()));
+        }
+    }
+    for (id, _) in &packs {
+        objects.push(id.object_name());
+    }
+    objects.sort();
+    let newest = objects
+        .iter()
+        .filter(|o| o.starts_with("catalog/"))
+        .max()
+        .cloned()
+        .expect("a commit");
+    for o in &objects {
+        let cid = cid_of(o).unwrap_or_else(|| panic!("no CID for {o} in {rows:#?}"));
+        let bytes = std::fs::read(store.join(o)).expect("read object");
+        let ours = pack_named(&entry_name(o), &bytes).expect("pack").root;
+        assert_eq!(cid, ours.to_string(), "{o}");
+    }
+    // One pack against ipfs-car, independently.
+    let first = packs[0].0.object_name();
+    let bytes = std::fs::read(store.join(&first)).expect("read pack");
+    let (root, _, _) = ipfs_car(&dir.join("ipfs-car"), &entry_name(&first), &bytes);
+    assert_eq!(cid_of(&first), Some(root));
+    // Only commit objects' own CIDs wait for a later commit to carry them,
+    // and the newest commit's always does.
+    for r in rows.iter().filter(|r| r.commit.is_none()) {
+        assert!(r.object.starts_with("catalog/"), "{r:?}");
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r.object == newest && r.commit.is_none()),
+        "{newest}"
+    );
+
+    // What an operator sees.
+    let out = pitr(config, &["catalog", "cids", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let listed = cid_triples(&out.stdout);
+    let expected: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.object.clone(), r.destination.clone(), r.cid.clone()))
+        .collect();
+    assert_eq!(listed, expected);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let url = v[0]["gateway_url"].as_str().expect("url");
+    assert_eq!(
+        url,
+        format!(
+            "{}/ipfs/{}/{}",
+            server.url(),
+            listed[0].2,
+            entry_name(&listed[0].0).replace('%', "%25")
+        )
+    );
+    let out = pitr(config, &["catalog", "cids"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pack_line = format!("{first}\tstoracha\t{}\t", cid_of(&first).expect("cid"));
+    assert!(text.lines().any(|l| l.starts_with(&pack_line)), "{text}");
+
+    // The sidecar's disk is lost; the fs destination alone gives the CIDs
+    // back (all but the newest commit's own, which no commit carries yet).
+    std::fs::remove_dir_all(dir.join("state")).expect("rm state");
+    let out = pitr(config, &["catalog", "rebuild", "--from", "local"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let out = pitr(config, &["catalog", "cids", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let rebuilt = cid_triples(&out.stdout);
+    let carried: Vec<(String, String, String)> = rows
+        .iter()
+        .filter(|r| r.commit.is_some())
+        .map(|r| (r.object.clone(), r.destination.clone(), r.cid.clone()))
+        .collect();
+    for c in &carried {
+        assert!(rebuilt.contains(c), "{c:?} lost by the rebuild");
+    }
+    for r in &rebuilt {
+        assert!(expected.contains(r), "{r:?} is new after the rebuild");
+    }
+    server.assert_no_problems();
+    rebuilt
+}
+
+/// The catalog's CID is checked against what Storacha's `upload/list`
+/// resolves the key to: an upload replaced by other bytes under the same
+/// name is a `pitr verify` problem naming the key and both CIDs.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_finds_a_cid_that_differs_from_upload_list() {
+    use pitr::repo::{Chunking, RepoError, RepoOptions, Repository};
+    use pitr::ship::{Fanout, FsDestination};
+    let server = FakeStoracha::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fanout = || {
+        Fanout::new(vec![
+            std::sync::Arc::new(FsDestination::new("local", dir.path().join("store")))
+                as std::sync::Arc<dyn Destination>,
+            std::sync::Arc::new(dest(&server)),
+        ])
+    };
+    let opts = RepoOptions {
+        recipients: vec![age::x25519::Identity::generate().to_public()],
+        identities: vec![],
+        key_file: None,
+        state_dir: dir.path().join("state"),
+        zstd_level: 3,
+        pack_size: 1 << 20,
+    };
+    Repository::init(&fanout(), &opts).await.expect("init");
+    let repo = Repository::open(fanout(), opts.clone())
+        .await
+        .expect("open");
+    let mut w = repo.writer();
+    w.put(
+        "test/a",
+        "test",
+        json!({}),
+        Chunking::Cdc,
+        &crate::repo::data(3, 300_000, 0)[..],
+    )
+    .await
+    .expect("put");
+    w.commit().await.expect("commit").expect("committed");
+    let report = repo.verify().await.expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let pack = repo.catalog().packs().expect("packs")[0].0.object_name();
+    let recorded = repo
+        .catalog()
+        .content_ids()
+        .expect("cids")
+        .into_iter()
+        .find(|r| r.object == pack)
+        .expect("the pack's CID")
+        .cid;
+    drop(repo);
+
+    // The space now holds other bytes under the pack's name.
+    let other = pack_named(&entry_name(&pack), b"not the pack").expect("pack");
+    server.with(|s| {
+        let i = s
+            .uploads
+            .iter()
+            .position(|(r, _)| r.to_string() == recorded)
+            .expect("the pack's upload");
+        s.cars.insert(other.shard, other.bytes.clone());
+        s.uploads[i] = (other.root, vec![other.shard]);
+    });
+    let repo = Repository::open(fanout(), opts).await.expect("open again");
+    let report = repo.verify().await.expect("verify");
+    let mismatch: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| matches!(p.error, RepoError::ContentIdMismatch { .. }))
+        .collect();
+    assert_eq!(mismatch.len(), 1, "{:?}", report.problems);
+    let msg = mismatch[0].error.to_string();
+    assert!(msg.contains(&pack), "{msg}");
+    assert!(msg.contains(&recorded), "{msg}");
+    assert!(msg.contains(&other.root.to_string()), "{msg}");
+    assert_eq!(mismatch[0].destination, "storacha");
     server.assert_no_problems();
 }

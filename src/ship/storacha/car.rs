@@ -159,15 +159,7 @@ pub struct NamedCar {
 /// `name → file` and UnixFS data `{Type: Directory}`).
 pub fn pack_named(name: &str, data: &[u8]) -> Result<NamedCar, CarError> {
     let (mut blocks, file, tsize) = file_dag(data)?;
-    let mut link = Vec::new();
-    field_bytes(1, &file.to_bytes(), &mut link);
-    field_bytes(2, name.as_bytes(), &mut link);
-    field_varint(3, tsize, &mut link);
-    let mut dir = Vec::new();
-    field_bytes(2, &link, &mut dir);
-    let mut unixfs = Vec::new();
-    field_varint(1, 1, &mut unixfs);
-    field_bytes(1, &unixfs, &mut dir);
+    let dir = dir_node(name, &file, tsize);
     let root = cid_of(DAG_PB, &dir);
     blocks.push((root, std::borrow::Cow::Owned(dir)));
     let refs: Vec<(Cid, &[u8])> = blocks.iter().map(|(c, b)| (*c, b.as_ref())).collect();
@@ -181,8 +173,47 @@ pub fn pack_named(name: &str, data: &[u8]) -> Result<NamedCar, CarError> {
     })
 }
 
+/// The root CID [`pack_named`] gives `data` named `name`, without writing
+/// the CAR: the same hashes, no copy of the bytes.
+pub fn root_named(name: &str, data: &[u8]) -> Result<Cid, CarError> {
+    let (_, file, tsize) = file_dag(data)?;
+    Ok(cid_of(DAG_PB, &dir_node(name, &file, tsize)))
+}
+
+/// The `dag-pb` directory node with one link `name → file`.
+fn dir_node(name: &str, file: &Cid, tsize: u64) -> Vec<u8> {
+    let mut link = Vec::new();
+    field_bytes(1, &file.to_bytes(), &mut link);
+    field_bytes(2, name.as_bytes(), &mut link);
+    field_varint(3, tsize, &mut link);
+    let mut dir = Vec::new();
+    field_bytes(2, &link, &mut dir);
+    let mut unixfs = Vec::new();
+    field_varint(1, 1, &mut unixfs);
+    field_bytes(1, &unixfs, &mut dir);
+    dir
+}
+
 /// The CID Storacha names a CAR by (`bag…`): codec `car` (0x0202) over
 /// the SHA-256 of the CAR's bytes, as `ipfs-car hash` prints it.
 pub fn shard_cid(car: &[u8]) -> Cid {
     cid_of(CAR, car)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_named_is_the_root_pack_named_writes() {
+        for size in [0usize, 1, CHUNK, CHUNK + 1, 3 * CHUNK] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+            let name = "pitr%2Fpacks%2Fab%2Fabc";
+            assert_eq!(
+                root_named(name, &data).expect("root"),
+                pack_named(name, &data).expect("pack").root,
+                "{size} B"
+            );
+        }
+    }
 }

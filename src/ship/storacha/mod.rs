@@ -574,6 +574,21 @@ impl Destination for StorachaDestination {
             .collect())
     }
 
+    /// The upload's root CID: the directory `pitr/<key>` → the object, as
+    /// `put_if_absent` packs it (a pure function of key and bytes).
+    fn content_id(&self, key: &str, data: &[u8]) -> Option<String> {
+        // An object too large to pack is refused by `put_if_absent` itself.
+        car::root_named(&entry_name(key), data)
+            .ok()
+            .map(|c| c.to_string())
+    }
+
+    /// The root the space's upload listing resolves to `key`.
+    async fn stored_content_id(&self, key: &str) -> Result<Option<String>, ShipError> {
+        validate_key(&self.name, key)?;
+        Ok(self.object(key, true).await?.map(|o| o.root.to_string()))
+    }
+
     async fn delete(&self, key: &str) -> Result<(), ShipError> {
         validate_key(&self.name, key)?;
         let Some(obj) = self.object(key, true).await? else {

@@ -511,6 +511,7 @@ fn a_commit_applied_after_its_removal_stays_removed() {
         }],
         forget: vec![],
         gc: GcRecord::default(),
+        cids: Default::default(),
     };
     let removal = Commit {
         version: 2,
@@ -527,6 +528,7 @@ fn a_commit_applied_after_its_removal_stays_removed() {
             delete: vec![pack.clone()],
             ..GcRecord::default()
         },
+        cids: Default::default(),
     };
     cat.apply(&removal.object_name(), &removal).expect("apply");
     cat.apply(&data_commit.object_name(), &data_commit)
