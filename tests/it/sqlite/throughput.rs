@@ -40,7 +40,7 @@ fn writer_is_not_stalled(mode: &str) {
         .arg(writer_script())
         .arg(&db)
         .arg(mode)
-        .args(["5", "0"])
+        .args(["8", "0"])
         .env("TIMEOUT", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -61,7 +61,7 @@ fn writer_is_not_stalled(mode: &str) {
     assert!(committed > 0, "the writer committed nothing:\n{stdout}");
     assert!(
         during >= 2,
-        "the watcher stored {during} captures while the writer ran for 5 s:\n{}",
+        "the watcher stored {during} captures while the writer ran for 8 s:\n{}",
         sidecar.log_text()
     );
 
