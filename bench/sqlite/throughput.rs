@@ -242,7 +242,9 @@ pub fn run() -> anyhow::Result<String> {
     let setup = Setup::new()?;
     let mut rows = Vec::new();
     for mode in &modes {
-        eprintln!("sqlite: writer throughput, {mode} mode, {rounds} rounds of {secs} s per side...");
+        eprintln!(
+            "sqlite: writer throughput, {mode} mode, {rounds} rounds of {secs} s per side..."
+        );
         rows.push(run_mode(&setup, mode, rounds, secs, &sync)?);
     }
 
@@ -327,7 +329,12 @@ pub fn run() -> anyhow::Result<String> {
             };
             for (side, run) in pair {
                 if let Some(run) = run {
-                    write!(line, "{}{side} {:.0}", if line.is_empty() { "" } else { ", " }, run.rate)?;
+                    write!(
+                        line,
+                        "{}{side} {:.0}",
+                        if line.is_empty() { "" } else { ", " },
+                        run.rate
+                    )?;
                 }
             }
         }
