@@ -17,6 +17,7 @@ mod manifest;
 mod pack;
 mod reader;
 mod repair;
+mod scrub;
 mod seal;
 mod verify;
 mod writer;
@@ -40,6 +41,7 @@ pub use manifest::{
 pub use pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
 pub use reader::Reader;
 pub use repair::{RepairReport, Repaired, Unrepaired};
+pub use scrub::{ScrubOptions, ScrubReport};
 pub use seal::SealKind;
 pub use verify::{VerifyProblem, VerifyReport};
 pub use writer::{ChunkPreparer, CommitInfo, PreparedChunk, Writer};

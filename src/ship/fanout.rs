@@ -108,6 +108,12 @@ impl Fanout {
         }
     }
 
+    /// Whether `key` is in the spool, still on its way to some destination:
+    /// a scrub must not count such an object as missing there.
+    pub fn is_spooled(&self, key: &str) -> bool {
+        self.spool.as_ref().is_some_and(|s| s.holds(key))
+    }
+
     /// Stores the object in every destination. Returns once a quorum holds
     /// it (every destination, without a spool); fails if that cannot be.
     pub async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<(), ShipError> {
