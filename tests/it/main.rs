@@ -15,6 +15,7 @@ mod repo;
 mod retention;
 mod s3;
 mod schedule;
+mod scrub;
 mod sidecar;
 mod sqlite;
 mod storacha;
