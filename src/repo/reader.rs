@@ -180,7 +180,7 @@ async fn fetch_chunk(
     let mut first_err: Option<RepoError> = None;
     let mut skipped: Vec<(String, String)> = Vec::new();
     let mut data = None;
-    for dest in inner.fanout.read_order() {
+    for dest in read_order(inner, &object) {
         let opened = async {
             let key = pack_key(inner, keys, loc.pack, &object, dest.as_ref()).await?;
             let blob = dest
@@ -233,6 +233,22 @@ async fn fetch_chunk(
         });
     }
     Ok(Bytes::from(data))
+}
+
+/// The destinations to read `object` from: the fan-out's read order, with
+/// those whose copy of it was already skipped moved last, so a missing or
+/// damaged pack costs one failed request, not one per chunk.
+fn read_order(inner: &Inner, object: &str) -> Vec<std::sync::Arc<dyn Destination>> {
+    let mut order = inner.fanout.read_order();
+    let skipped = inner.skipped.lock().unwrap_or_else(|p| p.into_inner());
+    if skipped.iter().any(|s| s.object == object) {
+        order.sort_by_key(|d| {
+            skipped
+                .iter()
+                .any(|s| s.object == object && s.destination == d.name())
+        });
+    }
+    order
 }
 
 /// Records a skipped copy once per destination and object (a pack holds

@@ -35,6 +35,7 @@ pub struct FaultyDestination<D> {
     inner: D,
     plan: Mutex<FaultPlan>,
     puts_seen: Mutex<usize>,
+    gets_seen: Mutex<usize>,
 }
 
 impl<D: Destination> FaultyDestination<D> {
@@ -44,6 +45,7 @@ impl<D: Destination> FaultyDestination<D> {
             inner,
             plan: Mutex::new(FaultPlan::default()),
             puts_seen: Mutex::new(0),
+            gets_seen: Mutex::new(0),
         }
     }
 
@@ -55,6 +57,11 @@ impl<D: Destination> FaultyDestination<D> {
     /// How many put requests reached this layer (including failed ones).
     pub fn puts_seen(&self) -> usize {
         *lock(&self.puts_seen)
+    }
+
+    /// How many get requests (whole or ranged) reached this layer.
+    pub fn gets_seen(&self) -> usize {
+        *lock(&self.gets_seen)
     }
 
     fn take(&self, op: &'static str, key: &str) -> Result<(), ShipError> {
@@ -117,12 +124,14 @@ impl<D: Destination> Destination for FaultyDestination<D> {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, ShipError> {
+        *lock(&self.gets_seen) += 1;
         self.take("get", key)?;
         self.delay().await;
         Ok(self.maybe_corrupt(self.inner.get(key).await?))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ShipError> {
+        *lock(&self.gets_seen) += 1;
         self.take("get", key)?;
         self.delay().await;
         Ok(self.maybe_corrupt(self.inner.get_range(key, range).await?))

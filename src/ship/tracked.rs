@@ -123,6 +123,11 @@ impl<D: Destination> Tracked<D> {
     pub fn new(inner: D, health: Arc<DestinationHealth>) -> Self {
         Tracked { inner, health }
     }
+
+    /// The wrapped destination.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
 }
 
 impl<D> Tracked<D> {

@@ -11,6 +11,7 @@ mod harness;
 mod pack;
 mod pg_harness;
 mod pitr_restore;
+mod read_order;
 mod repo;
 mod retention;
 mod s3;
