@@ -195,8 +195,13 @@ async fn fetch_chunk(
         match opened.await {
             Ok(d) => {
                 for (from, why) in skipped {
-                    tracing::warn!(object, skipped = from, why, served_by = dest.name(),
-                        "read another destination's copy instead of a bad or missing one");
+                    tracing::warn!(
+                        object,
+                        skipped = from,
+                        why,
+                        served_by = dest.name(),
+                        "read another destination's copy instead of a bad or missing one"
+                    );
                     note_skip(inner, &from, &object, why, dest.name());
                 }
                 data = Some(d);

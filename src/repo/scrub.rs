@@ -24,8 +24,8 @@ use serde::Serialize;
 
 use super::manifest::DESCRIPTOR_OBJECT;
 use super::repair::{Expected, RepairReport};
-use super::{RepoError, Repository};
 use super::{Repaired, Unrepaired};
+use super::{RepoError, Repository};
 
 /// The file in `state_dir` where the content pass remembers where it
 /// stopped.
@@ -125,11 +125,9 @@ impl Repository {
                 if self.fanout().is_spooled(&e.object) {
                     continue;
                 }
-                report.listing_problems.push((
-                    d.name().to_owned(),
-                    e.object.clone(),
-                    problem,
-                ));
+                report
+                    .listing_problems
+                    .push((d.name().to_owned(), e.object.clone(), problem));
                 flagged.insert(e.object.clone(), e);
             }
         }

@@ -364,7 +364,10 @@ mod tests {
         let s = [state("a", false, None), state("b", false, None)];
         assert_eq!(read_order(&s), [0, 1]);
         // The slow one goes after the fast one.
-        let s = [state("a", false, Some(200_000)), state("b", false, Some(900))];
+        let s = [
+            state("a", false, Some(200_000)),
+            state("b", false, Some(900)),
+        ];
         assert_eq!(read_order(&s), [1, 0]);
         // One never timed is tried before a slow one, so it gets measured.
         let s = [state("a", false, Some(200_000)), state("b", false, None)];

@@ -187,8 +187,12 @@ pub async fn run_scheduled(
                     "scrub run done"
                 );
                 for u in &report.unrepaired {
-                    tracing::error!(destination = u.destination, object = u.object, why = u.why,
-                        "scrub: cannot repair");
+                    tracing::error!(
+                        destination = u.destination,
+                        object = u.object,
+                        why = u.why,
+                        "scrub: cannot repair"
+                    );
                 }
                 s.record(report, started);
             }

@@ -18,6 +18,7 @@ mod s3;
 mod schedule;
 mod scrub;
 mod sidecar;
+mod spool_full;
 mod sqlite;
 mod storacha;
 mod verify;

@@ -80,7 +80,9 @@ async fn open(s: &Setup, delay: Duration) -> (Repository, Arc<Slow>, Arc<Slow>) 
         b.clone() as Arc<dyn Destination>,
     ])
     .with_health(vec![ha, hb]);
-    let repo = Repository::open(fanout, s.opts.clone()).await.expect("open");
+    let repo = Repository::open(fanout, s.opts.clone())
+        .await
+        .expect("open");
     (repo, a, b)
 }
 
@@ -115,7 +117,11 @@ async fn reads_are_served_by_the_faster_destination() {
         health[1].read_latency_us.expect("b timed"),
     );
     assert!(la > lb, "a {la} µs, b {lb} µs");
-    assert!(repo.skipped_reads().is_empty(), "{:?}", repo.skipped_reads());
+    assert!(
+        repo.skipped_reads().is_empty(),
+        "{:?}",
+        repo.skipped_reads()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

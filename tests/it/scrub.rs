@@ -83,7 +83,12 @@ impl TwoDests {
     fn commits(&self) -> Vec<String> {
         let mut out: Vec<String> = std::fs::read_dir(self.root("a").join("catalog"))
             .expect("catalog")
-            .map(|e| format!("catalog/{}", e.expect("entry").file_name().to_string_lossy()))
+            .map(|e| {
+                format!(
+                    "catalog/{}",
+                    e.expect("entry").file_name().to_string_lossy()
+                )
+            })
             .collect();
         out.sort();
         out
@@ -153,7 +158,10 @@ async fn scrub_repairs_what_the_listing_shows_and_reads_the_rest_over_runs() {
         assert!(r.unrepaired.is_empty(), "{r:?}");
         wrapped |= r.wrapped;
         if let Some(x) = r.repaired.first() {
-            assert_eq!((x.destination.as_str(), x.object.as_str()), ("a", packs[2].as_str()));
+            assert_eq!(
+                (x.destination.as_str(), x.object.as_str()),
+                ("a", packs[2].as_str())
+            );
             assert!(x.was.starts_with("damaged"), "{x:?}");
             assert_eq!(x.from, "b");
             found = true;
@@ -206,10 +214,7 @@ async fn what_the_scrub_cannot_repair_is_named() {
             .iter()
             .find(|u| u.destination == dest && u.object == packs[2])
             .unwrap_or_else(|| panic!("{dest} {} not reported: {r:?}", packs[2]));
-        assert!(
-            u.why.contains("no destination holds a good copy"),
-            "{u:?}"
-        );
+        assert!(u.why.contains("no destination holds a good copy"), "{u:?}");
     }
     assert!(r.repaired.is_empty(), "nothing damaged is spread: {r:?}");
 }

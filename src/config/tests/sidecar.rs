@@ -248,7 +248,14 @@ fn scrub_defaults_keys_environment_and_errors() {
     let (_, msg) = fail(&format!("{base}\n[scrub]\nschedule = \"nightly\"\n"), &[]);
     contains_all(&msg, &["[scrub] schedule", "not a cron schedule"]);
     let (_, msg) = fail(&format!("{base}\n[scrub]\nread_budget = \"lots\"\n"), &[]);
-    contains_all(&msg, &["[scrub] read_budget", "not a size", "read_budget = \"1GiB\""]);
+    contains_all(
+        &msg,
+        &[
+            "[scrub] read_budget",
+            "not a size",
+            "read_budget = \"1GiB\"",
+        ],
+    );
     let (_, msg) = fail(&format!("{base}\n[scrub]\nbudget = 1\n"), &[]);
     contains_all(&msg, &["read_budget"]);
 }
