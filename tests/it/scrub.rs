@@ -218,3 +218,113 @@ async fn what_the_scrub_cannot_repair_is_named() {
     }
     assert!(r.repaired.is_empty(), "nothing damaged is spread: {r:?}");
 }
+
+/// `pitr run` with the scrub scheduled every minute on a single fs
+/// destination whose only copy of a pack is damaged: `/health` fails the
+/// `scrub` check naming the destination and the object, and `/metrics`
+/// counts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sidecar_scrub_reports_what_it_cannot_repair() {
+    let t = crate::repo::TestRepo::new().await;
+    {
+        let repo = t.open().await;
+        let mut w = repo.writer();
+        w.put(
+            "victim",
+            "test",
+            serde_json::json!({}),
+            Chunking::Fixed(64 << 10),
+            &data(9, 256 << 10, 0)[..],
+        )
+        .await
+        .expect("put");
+        w.commit().await.expect("commit");
+    }
+    let packs = t.store().join("packs");
+    let sub = std::fs::read_dir(&packs)
+        .expect("packs")
+        .next()
+        .expect("a pack dir")
+        .expect("entry")
+        .path();
+    let pack = std::fs::read_dir(&sub)
+        .expect("pack dir")
+        .next()
+        .expect("a pack")
+        .expect("entry")
+        .path();
+    let object = pack
+        .strip_prefix(t.store())
+        .expect("in the store")
+        .to_string_lossy()
+        .into_owned();
+    flip_byte(&pack);
+
+    let db = t.dir.path().join("app.db");
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute_batch("CREATE TABLE x (a); INSERT INTO x VALUES (1);"))
+        .expect("sqlite");
+    let cfg = crate::sqlite::sqlite_config(&t, "app", &db);
+    let port = crate::harness::pg::free_port();
+    let text = std::fs::read_to_string(&cfg).expect("config").replace(
+        "[scrub]\nschedule = \"off\"",
+        "[scrub]\nschedule = \"* * * * *\"",
+    );
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[health]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("config");
+    let sidecar = crate::sqlite::Sidecar::start(&cfg);
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(100);
+    let problem = loop {
+        let body: Option<serde_json::Value> = async {
+            let r = client
+                .get(format!("http://127.0.0.1:{port}/health"))
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .await
+                .ok()?;
+            serde_json::from_str(&r.text().await.ok()?).ok()
+        }
+        .await;
+        let found = body.as_ref().and_then(|b| {
+            b["problems"]
+                .as_array()?
+                .iter()
+                .find(|c| c["id"] == "scrub")
+                .cloned()
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failing scrub check within 100 s: {body:?}\nlog:\n{}",
+            sidecar.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let summary = problem["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&object) && summary.contains("in local"),
+        "{summary}"
+    );
+    assert!(summary.contains("pitr repair"), "{summary}");
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pitr_scrub_unrepaired_objects") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    sidecar.stop();
+}
