@@ -262,6 +262,10 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let skipped = skipped_text(repo);
+    if result.is_err() && !skipped.is_empty() {
+        eprint!("{skipped}");
+    }
     let report = result.map_err(|e| match e {
         RestoreError::TargetNotEmpty(_) | RestoreError::NoOsUser(_) => {
             Exit::Usage(e.to_string()).into()
@@ -312,5 +316,28 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
             );
         }
     }
+    print!("{skipped}");
     Ok(())
+}
+
+/// The copies this process's reads skipped, one line each, naming the
+/// destination, the object, why, and which destination served instead;
+/// empty when none was skipped. `pitr repair` fixes them.
+pub fn skipped_text(repo: &Repository) -> String {
+    let skipped = repo.skipped_reads();
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "Skipped {} bad or missing cop{} (read from another destination instead; `pitr repair` fixes them):\n",
+        skipped.len(),
+        if skipped.len() == 1 { "y" } else { "ies" }
+    );
+    for s in skipped {
+        out.push_str(&format!(
+            "  {} in {}: {} (served by {})\n",
+            s.object, s.destination, s.why, s.served_by
+        ));
+    }
+    out
 }

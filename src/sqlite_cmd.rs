@@ -107,9 +107,12 @@ pub async fn restore(
         plan.captures.len(),
         mib(plan.bytes())
     );
-    let report = pitr::sqlite::restore(repo, plan, target, force)
-        .await
-        .map_err(classify)?;
+    let result = pitr::sqlite::restore(repo, plan, target, force).await;
+    let skipped = crate::restore_cmd::skipped_text(repo);
+    if result.is_err() {
+        eprint!("{skipped}");
+    }
+    let report = result.map_err(classify)?;
     println!(
         "Restored [[sqlite]] {:?} as of {} into {}: {} captures, {} pages written, {}; \
          checksum {} and PRAGMA integrity_check ok.",
@@ -121,6 +124,7 @@ pub async fn restore(
         mib(report.bytes),
         report.checksum
     );
+    print!("{skipped}");
     Ok(())
 }
 

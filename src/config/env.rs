@@ -131,7 +131,11 @@ fn entry_names(raw: &RawConfig, section: Section) -> Vec<Option<String>> {
         Section::Postgres => names(&raw.postgres, |e| &e.name),
         Section::Sqlite => names(&raw.sqlite, |e| &e.name),
         Section::Alert => names(&raw.alert, |e| &e.name),
-        Section::Repository | Section::Health | Section::Verify | Section::Retention => Vec::new(),
+        Section::Repository
+        | Section::Health
+        | Section::Verify
+        | Section::Retention
+        | Section::Scrub => Vec::new(),
     }
 }
 
@@ -333,6 +337,12 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
         }
         (Section::Retention, Value::Str(v)) if key == "schedule" => {
             raw.retention.get_or_insert_with(Default::default).schedule = Some(v);
+        }
+        (Section::Scrub, Value::Str(v)) if key == "schedule" => {
+            raw.scrub.get_or_insert_with(Default::default).schedule = Some(v);
+        }
+        (Section::Scrub, Value::Size(v)) if key == "read_budget" => {
+            raw.scrub.get_or_insert_with(Default::default).read_budget = Some(v);
         }
         (Section::Destination, Value::Str(v)) => {
             if let Some(d) = nth(&mut raw.destination, target.index) {

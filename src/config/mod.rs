@@ -57,6 +57,9 @@ pub struct Config {
     pub verify: VerifyConfig,
     /// `[retention]`: which backups are kept, and garbage collection.
     pub retention: RetentionConfig,
+    /// `[scrub]`: the background scrub that lists, checks and repairs
+    /// every destination.
+    pub scrub: ScrubConfig,
 }
 
 /// `[repository]`: how objects are encrypted, compressed and packed, and
@@ -449,6 +452,22 @@ pub struct RetentionConfig {
     /// When `pitr run` applies the policy and collects garbage, cron in UTC
     /// (`schedule`, default `30 4 * * *`); `None` when written `"off"`.
     pub schedule: Option<CronSchedule>,
+}
+
+/// `[scrub]`: the background scrub inside `pitr run`. Each run lists every
+/// destination and compares names and sizes with the catalog (cheap), copies
+/// a verified good copy over every missing or wrong-size object, and reads
+/// and checks up to `read_budget` bytes of objects in full, continuing where
+/// the last run stopped, so every object is read over successive runs
+/// without downloading the whole repository each time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScrubConfig {
+    /// When the scrub runs, cron in UTC (`schedule`, default `15 5 * * *`);
+    /// `None` when written `"off"`.
+    pub schedule: Option<CronSchedule>,
+    /// Bytes of objects downloaded and checked in full per run and
+    /// destination (`read_budget`, default 1 GiB); 0 only lists.
+    pub read_budget: u64,
 }
 
 impl Config {

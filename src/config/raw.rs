@@ -38,6 +38,7 @@ pub(super) struct RawConfig {
     pub alert: Option<Vec<RawAlert>>,
     pub verify: Option<RawVerify>,
     pub retention: Option<RawRetention>,
+    pub scrub: Option<RawScrub>,
 }
 
 /// `[repository]`.
@@ -162,6 +163,14 @@ pub(super) struct RawRetention {
     pub schedule: Option<Val<String>>,
 }
 
+/// `[scrub]`: the background scrub of every destination.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScrub {
+    pub schedule: Option<Val<String>>,
+    pub read_budget: Option<Val<toml::Value>>,
+}
+
 /// The sections of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
@@ -173,6 +182,7 @@ pub(super) enum Section {
     Alert,
     Verify,
     Retention,
+    Scrub,
 }
 
 /// How an environment variable's text becomes a value of a key.
@@ -407,10 +417,14 @@ const RETENTION_KEYS: &[KeySpec] = &[
     key("gc_grace", KeyType::Duration, r#"gc_grace = "24h""#),
     key("schedule", KeyType::Str, r#"schedule = "30 4 * * *""#),
 ];
+const SCRUB_KEYS: &[KeySpec] = &[
+    key("schedule", KeyType::Str, r#"schedule = "15 5 * * *""#),
+    key("read_budget", KeyType::Size, r#"read_budget = "1GiB""#),
+];
 
 impl Section {
     /// Every section, in the order the design card writes them.
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 9] = [
         Section::Repository,
         Section::Destination,
         Section::Postgres,
@@ -419,6 +433,7 @@ impl Section {
         Section::Alert,
         Section::Verify,
         Section::Retention,
+        Section::Scrub,
     ];
 
     /// The section's name in the file.
@@ -432,6 +447,7 @@ impl Section {
             Section::Alert => "alert",
             Section::Verify => "verify",
             Section::Retention => "retention",
+            Section::Scrub => "scrub",
         }
     }
 
@@ -463,6 +479,7 @@ impl Section {
             Section::Alert => ALERT_KEYS,
             Section::Verify => VERIFY_KEYS,
             Section::Retention => RETENTION_KEYS,
+            Section::Scrub => SCRUB_KEYS,
         }
     }
 

@@ -8,13 +8,13 @@ use std::time::Duration;
 use super::error::{ConfigError, Ctx, Entry, KeyName};
 use super::raw::{
     RawAlert, RawConfig, RawDestination, RawHealth, RawPostgres, RawRepository, RawRetention,
-    RawSqlite, RawVerify, Section, Val,
+    RawScrub, RawSqlite, RawVerify, Section, Val,
 };
 use super::secrets;
 use super::{
     AlertConfig, AlertKind, Config, DestinationConfig, DestinationKind, HealthConfig,
-    PostgresConfig, RepositoryConfig, RetentionConfig, S3Config, SqliteConfig, StorachaConfig,
-    VerifyConfig,
+    PostgresConfig, RepositoryConfig, RetentionConfig, S3Config, ScrubConfig, SqliteConfig,
+    StorachaConfig, VerifyConfig,
 };
 use crate::basebackup::Checkpoint;
 use crate::basebackup::schedule::CronSchedule;
@@ -68,6 +68,7 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         alerts: alerts(ctx, raw.alert.unwrap_or_default())?,
         verify,
         retention: retention(ctx, raw.retention.unwrap_or_default())?,
+        scrub: scrub(ctx, raw.scrub.unwrap_or_default())?,
         repository,
     };
     if let (Some(q), Some(origin)) = (config.repository.quorum, quorum_origin)
@@ -898,6 +899,13 @@ fn listen(ctx: &Ctx<'_>, v: Val<String>) -> Result<SocketAddr, ConfigError> {
 const DEFAULT_VERIFY_SCHEDULE: &str = "0 4 * * *";
 /// Default retention run: daily, after the test restore.
 const DEFAULT_RETENTION_SCHEDULE: &str = "30 4 * * *";
+/// Default scrub: daily, clear of the base backup (03:00), the test restore
+/// (04:00) and retention (04:30), so the three never compete for the
+/// destinations' bandwidth.
+const DEFAULT_SCRUB_SCHEDULE: &str = "15 5 * * *";
+/// Default bytes the scrub downloads and checks per run: a nightly GiB
+/// reads a 30 GiB repository through in a month.
+const DEFAULT_SCRUB_READ_BUDGET: u64 = 1 << 30;
 /// Thresholds shorter than a minute would flap on a slow network; longer
 /// than 30 days would not be a health check any more.
 const THRESHOLDS: std::ops::RangeInclusive<Duration> =
@@ -1253,5 +1261,35 @@ fn retention(ctx: &Ctx<'_>, r: RawRetention) -> Result<RetentionConfig, ConfigEr
         keep_monthly,
         gc_grace,
         schedule,
+    })
+}
+
+fn scrub(ctx: &Ctx<'_>, r: RawScrub) -> Result<ScrubConfig, ConfigError> {
+    let key = |k: &str| KeyName::plain(Section::Scrub, k);
+    let schedule = match r.schedule {
+        None => CronSchedule::parse(DEFAULT_SCRUB_SCHEDULE).ok(),
+        Some(s) => cron(ctx, &key("schedule"), s)?,
+    };
+    let read_budget = match r.read_budget {
+        None => DEFAULT_SCRUB_READ_BUDGET,
+        Some(v) => {
+            let bytes = match &v.value {
+                toml::Value::Integer(n) => u64::try_from(*n).ok(),
+                toml::Value::String(s) => parse_size(s),
+                _ => None,
+            };
+            bytes.ok_or_else(|| {
+                ctx.invalid(
+                    &key("read_budget"),
+                    &v.origin,
+                    &format!("{} is not a size", v.value),
+                    "Give the bytes a scrub run may download and check, as bytes or with a unit (read_budget = \"1GiB\"); 0 only lists and compares sizes",
+                )
+            })?
+        }
+    };
+    Ok(ScrubConfig {
+        schedule,
+        read_budget,
     })
 }

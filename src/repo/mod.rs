@@ -17,6 +17,7 @@ mod manifest;
 mod pack;
 mod reader;
 mod repair;
+mod scrub;
 mod seal;
 mod verify;
 mod writer;
@@ -40,6 +41,7 @@ pub use manifest::{
 pub use pack::{PackBuilder, PackEntry, PackId, encode_index, read_index};
 pub use reader::Reader;
 pub use repair::{RepairReport, Repaired, Unrepaired};
+pub use scrub::{ScrubOptions, ScrubReport};
 pub use seal::SealKind;
 pub use verify::{VerifyProblem, VerifyReport};
 pub use writer::{ChunkPreparer, CommitInfo, PreparedChunk, Writer};
@@ -375,7 +377,27 @@ struct Inner {
     /// began. See [`Repository::oldest_inflight`].
     inflight: Mutex<std::collections::BTreeMap<u64, jiff::Timestamp>>,
     inflight_next: std::sync::atomic::AtomicU64,
+    /// Copies reads passed over (see [`Repository::skipped_reads`]).
+    skipped: Mutex<Vec<SkippedRead>>,
 }
+
+/// A destination's copy of an object that a read passed over, reading
+/// another destination's instead.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedRead {
+    /// The destination whose copy was skipped.
+    pub destination: String,
+    /// The object.
+    pub object: String,
+    /// Why: missing, unreadable, or what failed verification.
+    pub why: String,
+    /// The destination that served the read instead.
+    pub served_by: String,
+}
+
+/// How many skipped reads are kept for the summary; past it they are only
+/// logged (memory stays bounded on a destination missing everything).
+const SKIPPED_KEPT: usize = 1000;
 
 /// A writer's registration as holding uncommitted work; dropping it ends
 /// the registration.
@@ -553,6 +575,7 @@ impl Repository {
                 commit_lock: tokio::sync::Mutex::new(()),
                 inflight: Mutex::new(Default::default()),
                 inflight_next: std::sync::atomic::AtomicU64::new(0),
+                skipped: Mutex::new(Vec::new()),
             }),
         };
         repo.sync_catalog().await?;
@@ -716,6 +739,18 @@ impl Repository {
     /// The repository key.
     pub fn key(&self) -> &RepositoryKey {
         &self.inner.key
+    }
+
+    /// Every copy a read of this repository skipped (missing, unreadable
+    /// or failing verification) and where the read was served instead, one
+    /// entry per destination and object, for a restore's summary. Bounded:
+    /// past the first thousand, skips are only logged.
+    pub fn skipped_reads(&self) -> Vec<SkippedRead> {
+        self.inner
+            .skipped
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// The destinations.

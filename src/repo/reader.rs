@@ -174,11 +174,13 @@ async fn fetch_chunk(
         })?;
     let object = loc.pack.object_name();
     let e = loc.entry;
-    // Each destination in turn: a copy that is missing, unreadable or fails
-    // authentication is skipped (and said so), and the next one serves.
+    // Each destination in turn, fastest healthy first: a copy that is
+    // missing, unreadable or fails authentication is skipped (and said so),
+    // and the next one serves.
     let mut first_err: Option<RepoError> = None;
+    let mut skipped: Vec<(String, String)> = Vec::new();
     let mut data = None;
-    for dest in inner.fanout.destinations() {
+    for dest in read_order(inner, &object) {
         let opened = async {
             let key = pack_key(inner, keys, loc.pack, &object, dest.as_ref()).await?;
             let blob = dest
@@ -192,9 +194,15 @@ async fn fetch_chunk(
         };
         match opened.await {
             Ok(d) => {
-                if let Some(err) = &first_err {
-                    tracing::warn!(object, destination = dest.name(), skipped = %err,
-                        "read from the next destination after a bad copy");
+                for (from, why) in skipped {
+                    tracing::warn!(
+                        object,
+                        skipped = from,
+                        why,
+                        served_by = dest.name(),
+                        "read another destination's copy instead of a bad or missing one"
+                    );
+                    note_skip(inner, &from, &object, why, dest.name());
                 }
                 data = Some(d);
                 break;
@@ -202,6 +210,7 @@ async fn fetch_chunk(
             Err(err) => {
                 tracing::warn!(object, destination = dest.name(), error = %err,
                     "skipping this destination's copy");
+                skipped.push((dest.name().to_owned(), err.to_string()));
                 first_err.get_or_insert(err);
             }
         }
@@ -229,6 +238,41 @@ async fn fetch_chunk(
         });
     }
     Ok(Bytes::from(data))
+}
+
+/// The destinations to read `object` from: the fan-out's read order, with
+/// those whose copy of it was already skipped moved last, so a missing or
+/// damaged pack costs one failed request, not one per chunk.
+fn read_order(inner: &Inner, object: &str) -> Vec<std::sync::Arc<dyn Destination>> {
+    let mut order = inner.fanout.read_order();
+    let skipped = inner.skipped.lock().unwrap_or_else(|p| p.into_inner());
+    if skipped.iter().any(|s| s.object == object) {
+        order.sort_by_key(|d| {
+            skipped
+                .iter()
+                .any(|s| s.object == object && s.destination == d.name())
+        });
+    }
+    order
+}
+
+/// Records a skipped copy once per destination and object (a pack holds
+/// many chunks; its summary line should not repeat for each).
+fn note_skip(inner: &Inner, destination: &str, object: &str, why: String, served_by: &str) {
+    let mut list = inner.skipped.lock().unwrap_or_else(|p| p.into_inner());
+    if list.len() >= super::SKIPPED_KEPT
+        || list
+            .iter()
+            .any(|s| s.destination == destination && s.object == object)
+    {
+        return;
+    }
+    list.push(super::SkippedRead {
+        destination: destination.to_owned(),
+        object: object.to_owned(),
+        why,
+        served_by: served_by.to_owned(),
+    });
 }
 
 /// A ranged read sees only one blob; when it fails, the whole pack tells

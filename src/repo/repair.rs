@@ -3,6 +3,10 @@
 //! and checked; a destination where one is missing or damaged gets a copy
 //! from a destination where it checks out. Nothing is copied unchecked: a
 //! damaged copy is never spread.
+//!
+//! The per-object check and copy ([`Repository::repair_object`]) is shared
+//! with the background scrub (`super::scrub`), which calls it only for the
+//! objects its listing finds wrong and for its rotating content window.
 
 use bytes::Bytes;
 
@@ -13,7 +17,7 @@ use super::{RepoError, Repository};
 use crate::ship::{Destination, ShipError};
 
 /// One object fixed in one destination.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Repaired {
     /// The destination that received a good copy.
     pub destination: String,
@@ -26,7 +30,7 @@ pub struct Repaired {
 }
 
 /// An object that could not be fixed in a destination.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Unrepaired {
     /// The destination.
     pub destination: String,
@@ -45,10 +49,25 @@ pub struct RepairReport {
     pub repaired: Vec<Repaired>,
     /// What is still wrong.
     pub unrepaired: Vec<Unrepaired>,
+    /// Bytes read from destinations.
+    pub bytes_read: u64,
+}
+
+/// One object the repository needs, as the catalog (and the key listing)
+/// knows it.
+#[derive(Debug, Clone)]
+pub(super) struct Expected {
+    /// The object's name.
+    pub object: String,
+    /// What it is, for checking a copy.
+    pub kind: Kind,
+    /// Its exact size, when the catalog records one (packs).
+    pub size: Option<u64>,
 }
 
 /// What an object is, for checking a copy of it.
-enum Kind {
+#[derive(Debug, Clone)]
+pub(super) enum Kind {
     Pack { id: PackId, size: u64 },
     Commit,
     Key,
@@ -59,28 +78,50 @@ impl Repository {
     /// Checks every object in every destination and copies good versions
     /// over missing or damaged ones (see the module docs).
     pub async fn repair(&self) -> Result<RepairReport, RepoError> {
-        let mut objects: Vec<(String, Kind)> =
-            vec![(DESCRIPTOR_OBJECT.to_owned(), Kind::Descriptor)];
+        let mut report = RepairReport::default();
+        for e in self.expected_objects().await? {
+            report.objects += 1;
+            self.repair_object(&e.object, &e.kind, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Every object the repository needs: the descriptor, the key objects
+    /// any destination lists, every applied commit and every pack, in that
+    /// order.
+    pub(super) async fn expected_objects(&self) -> Result<Vec<Expected>, RepoError> {
+        let mut objects = vec![Expected {
+            object: DESCRIPTOR_OBJECT.to_owned(),
+            kind: Kind::Descriptor,
+            size: None,
+        }];
         let mut keys = std::collections::BTreeSet::new();
         for d in self.fanout().destinations() {
-            // A destination that cannot list is reported per object below.
+            // A destination that cannot list is reported per object later.
             if let Ok(listed) = d.list("keys/").await {
                 keys.extend(listed.into_iter().map(|m| m.key));
             }
         }
-        objects.extend(keys.into_iter().map(|k| (k, Kind::Key)));
+        objects.extend(keys.into_iter().map(|object| Expected {
+            object,
+            kind: Kind::Key,
+            size: None,
+        }));
         let mut commits: Vec<String> = self.catalog().applied_commits()?.into_iter().collect();
         commits.sort();
-        objects.extend(commits.into_iter().map(|c| (c, Kind::Commit)));
+        objects.extend(commits.into_iter().map(|object| Expected {
+            object,
+            kind: Kind::Commit,
+            size: None,
+        }));
         for (id, size) in self.catalog().packs()? {
-            objects.push((id.object_name(), Kind::Pack { id, size }));
+            objects.push(Expected {
+                object: id.object_name(),
+                kind: Kind::Pack { id, size },
+                size: Some(size),
+            });
         }
-        let mut report = RepairReport::default();
-        for (object, kind) in &objects {
-            report.objects += 1;
-            self.repair_one(object, kind, &mut report).await?;
-        }
-        Ok(report)
+        Ok(objects)
     }
 
     /// Whether `bytes` is a good copy of `object`; `Err` says what is wrong.
@@ -114,7 +155,10 @@ impl Repository {
         }
     }
 
-    async fn repair_one(
+    /// Reads `object` from every destination, checks each copy, and copies
+    /// a good one over every missing or damaged copy (read back after
+    /// writing). What it did goes to `report`.
+    pub(super) async fn repair_object(
         &self,
         object: &str,
         kind: &Kind,
@@ -125,14 +169,17 @@ impl Repository {
         let mut bad: Vec<(usize, String, bool)> = Vec::new();
         for (i, d) in dests.iter().enumerate() {
             match d.get(object).await {
-                Ok(bytes) => match self.check_copy(object, kind, &bytes) {
-                    Ok(()) => {
-                        if good.is_none() {
-                            good = Some((bytes, d.name().to_owned()));
+                Ok(bytes) => {
+                    report.bytes_read += bytes.len() as u64;
+                    match self.check_copy(object, kind, &bytes) {
+                        Ok(()) => {
+                            if good.is_none() {
+                                good = Some((bytes, d.name().to_owned()));
+                            }
                         }
+                        Err(why) => bad.push((i, format!("damaged: {why}"), true)),
                     }
-                    Err(why) => bad.push((i, format!("damaged: {why}"), true)),
-                },
+                }
                 Err(ShipError::NotFound { .. }) => bad.push((i, "missing".into(), false)),
                 Err(e) => report.unrepaired.push(Unrepaired {
                     destination: d.name().to_owned(),

@@ -3,8 +3,9 @@
 //! quorum the object also goes to the spool on local disk first, and each
 //! destination that did not take it at once gets it from its own queue,
 //! retried with backoff and jitter for as long as it takes: a slow or hung
-//! destination never blocks the others, and never loses an object. A read
-//! is served by the first destination that has the object.
+//! destination never blocks the others, and never loses an object. Reads
+//! go to the fastest healthy destination first ([`Fanout::read_order`]) and
+//! fall back to the next when a copy is missing or bad.
 
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -113,6 +114,22 @@ impl Fanout {
             .any(|d| d.content_id("config", &[]).is_some())
     }
 
+    /// The destinations in the order reads should try them: answering ones
+    /// before failing ones, then by their recent small-read latency (one
+    /// never timed counts as fast, so it gets measured), configuration
+    /// order breaking ties. Untracked destinations keep configuration
+    /// order.
+    pub fn read_order(&self) -> Vec<Arc<dyn Destination>> {
+        if self.health.len() != self.dests.len() {
+            return self.dests.clone();
+        }
+        let states = self.destination_health();
+        read_order(&states)
+            .into_iter()
+            .map(|i| self.dests[i].clone())
+            .collect()
+    }
+
     /// Where the fan-out stands.
     pub fn status(&self) -> FanoutStatus {
         FanoutStatus {
@@ -125,6 +142,12 @@ impl Fanout {
                 .and_then(|s| s.full_since())
                 .map(|t| t.elapsed()),
         }
+    }
+
+    /// Whether `key` is in the spool, still on its way to some destination:
+    /// a scrub must not count such an object as missing there.
+    pub fn is_spooled(&self, key: &str) -> bool {
+        self.spool.as_ref().is_some_and(|s| s.holds(key))
     }
 
     /// Stores the object in every destination. Returns once a quorum holds
@@ -243,14 +266,15 @@ impl Fanout {
     /// Calls `f` on each destination in order until one succeeds; returns the
     /// first error when all fail (a `NotFound` is reported only if every
     /// destination said so).
-    async fn first_ok<'a, T, F, Fut>(&'a self, mut f: F) -> Result<T, ShipError>
+    async fn first_ok<T, F, Fut>(&self, mut f: F) -> Result<T, ShipError>
     where
-        F: FnMut(&'a Arc<dyn Destination>) -> Fut,
+        F: FnMut(Arc<dyn Destination>) -> Fut,
         Fut: Future<Output = Result<T, ShipError>>,
     {
         let mut first_err: Option<ShipError> = None;
-        for d in &self.dests {
-            match f(d).await {
+        let order = self.read_order();
+        for d in &order {
+            match f(d.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     tracing::warn!(destination = d.name(), error = %e, "read failed, trying the next destination");
@@ -274,18 +298,32 @@ impl Fanout {
 
     /// Reads a whole object from the first destination that has it.
     pub async fn get(&self, key: &str) -> Result<Bytes, ShipError> {
-        self.first_ok(|d| d.get(key)).await
+        self.first_ok(|d| async move { d.get(key).await }).await
     }
 
     /// Reads part of an object from the first destination that has it.
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ShipError> {
-        self.first_ok(|d| d.get_range(key, range.clone())).await
+        self.first_ok(|d| {
+            let range = range.clone();
+            async move { d.get_range(key, range).await }
+        })
+        .await
     }
 
     /// Lists from the first destination that answers.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ShipError> {
-        self.first_ok(|d| d.list(prefix)).await
+        self.first_ok(|d| async move { d.list(prefix).await }).await
     }
+}
+
+/// Indices of `states` in read order (see [`Fanout::read_order`]).
+fn read_order(states: &[DestinationState]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..states.len()).collect();
+    order.sort_by_key(|&i| {
+        let s = &states[i];
+        (s.failing_since.is_some(), s.read_latency_us.unwrap_or(0))
+    });
+    order
 }
 
 /// One destination's queue: each spooled object, retried with exponential
@@ -323,5 +361,57 @@ async fn catch_up(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(name: &str, failing: bool, latency: Option<u64>) -> DestinationState {
+        DestinationState {
+            name: name.to_owned(),
+            failing_since: failing.then(jiff::Timestamp::now),
+            read_latency_us: latency,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_go_to_the_fastest_answering_destination_first() {
+        // Unmeasured and tied: configuration order.
+        let s = [state("a", false, None), state("b", false, None)];
+        assert_eq!(read_order(&s), [0, 1]);
+        // The slow one goes after the fast one.
+        let s = [
+            state("a", false, Some(200_000)),
+            state("b", false, Some(900)),
+        ];
+        assert_eq!(read_order(&s), [1, 0]);
+        // One never timed is tried before a slow one, so it gets measured.
+        let s = [state("a", false, Some(200_000)), state("b", false, None)];
+        assert_eq!(read_order(&s), [1, 0]);
+        // A failing destination goes last, however fast it was.
+        let s = [
+            state("a", true, Some(10)),
+            state("b", false, Some(50_000)),
+            state("c", false, Some(5_000)),
+        ];
+        assert_eq!(read_order(&s), [2, 1, 0]);
+        let s = [state("a", true, Some(10)), state("b", true, Some(5))];
+        assert_eq!(read_order(&s), [1, 0]);
+    }
+
+    #[test]
+    fn the_latency_average_follows_recent_reads() {
+        let h = DestinationHealth::new("d");
+        assert_eq!(h.state().read_latency_us, None);
+        h.record_read_latency(Duration::from_millis(100));
+        assert_eq!(h.state().read_latency_us, Some(100_000));
+        for _ in 0..20 {
+            h.record_read_latency(Duration::from_millis(1));
+        }
+        let now = h.state().read_latency_us.expect("measured");
+        assert!(now < 2_000, "{now}");
     }
 }

@@ -22,6 +22,11 @@ pub struct FaultPlan {
     pub transient: bool,
     /// Flip one bit in every byte string returned by gets.
     pub corrupt_reads: bool,
+    /// Fail this many upcoming lists.
+    pub fail_lists: usize,
+    /// Answer every get, ranged get and head this much later: a slow
+    /// destination.
+    pub read_delay: std::time::Duration,
 }
 
 /// Wraps a destination and fails requests as its [`FaultPlan`] says.
@@ -30,6 +35,7 @@ pub struct FaultyDestination<D> {
     inner: D,
     plan: Mutex<FaultPlan>,
     puts_seen: Mutex<usize>,
+    gets_seen: Mutex<usize>,
 }
 
 impl<D: Destination> FaultyDestination<D> {
@@ -39,6 +45,7 @@ impl<D: Destination> FaultyDestination<D> {
             inner,
             plan: Mutex::new(FaultPlan::default()),
             puts_seen: Mutex::new(0),
+            gets_seen: Mutex::new(0),
         }
     }
 
@@ -52,11 +59,17 @@ impl<D: Destination> FaultyDestination<D> {
         *lock(&self.puts_seen)
     }
 
+    /// How many get requests (whole or ranged) reached this layer.
+    pub fn gets_seen(&self) -> usize {
+        *lock(&self.gets_seen)
+    }
+
     fn take(&self, op: &'static str, key: &str) -> Result<(), ShipError> {
         let mut plan = lock(&self.plan);
         let counter = match op {
             "put" => &mut plan.fail_puts,
             "delete" => &mut plan.fail_deletes,
+            "list" => &mut plan.fail_lists,
             _ => &mut plan.fail_gets,
         };
         if *counter > 0 {
@@ -69,6 +82,13 @@ impl<D: Destination> FaultyDestination<D> {
             });
         }
         Ok(())
+    }
+
+    async fn delay(&self) {
+        let d = lock(&self.plan).read_delay;
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
     }
 
     fn maybe_corrupt(&self, b: Bytes) -> Bytes {
@@ -104,20 +124,26 @@ impl<D: Destination> Destination for FaultyDestination<D> {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, ShipError> {
+        *lock(&self.gets_seen) += 1;
         self.take("get", key)?;
+        self.delay().await;
         Ok(self.maybe_corrupt(self.inner.get(key).await?))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ShipError> {
+        *lock(&self.gets_seen) += 1;
         self.take("get", key)?;
+        self.delay().await;
         Ok(self.maybe_corrupt(self.inner.get_range(key, range).await?))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ShipError> {
+        self.delay().await;
         self.inner.head(key).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ShipError> {
+        self.take("list", prefix)?;
         self.inner.list(prefix).await
     }
 

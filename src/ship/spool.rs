@@ -138,6 +138,11 @@ impl Spool {
         self.room.notify_waiters();
     }
 
+    /// Whether `key` still waits for some destination.
+    pub(super) fn holds(&self, key: &str) -> bool {
+        lock(&self.state).pending.contains_key(key)
+    }
+
     /// Reads a spooled object.
     pub(super) async fn read(&self, key: &str) -> std::io::Result<Bytes> {
         tokio::fs::read(self.path(key)).await.map(Bytes::from)

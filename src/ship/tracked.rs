@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,7 +32,20 @@ pub struct DestinationState {
     pub failures: u64,
     /// Bytes written since start.
     pub bytes_written: u64,
+    /// How long a small read (a head, or a get of at most
+    /// [`SMALL_READ`] bytes) has taken lately, in microseconds: an
+    /// exponentially weighted moving average, `None` until one was timed.
+    /// Reads go to the fastest healthy destination first.
+    pub read_latency_us: Option<u64>,
 }
+
+/// The largest read timed for [`DestinationState::read_latency_us`]:
+/// larger reads measure bandwidth more than responsiveness, and would make a
+/// destination that served a whole pack look slow.
+pub const SMALL_READ: usize = 1 << 20;
+/// The weight of the newest sample in the read latency average: a few
+/// reads are enough to notice a destination that became slow.
+const LATENCY_WEIGHT: f64 = 0.3;
 
 /// A shared, updatable [`DestinationState`].
 #[derive(Debug, Default)]
@@ -53,6 +67,19 @@ impl DestinationHealth {
     /// The current state.
     pub fn state(&self) -> DestinationState {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Folds one timed small read into the latency average.
+    pub fn record_read_latency(&self, took: std::time::Duration) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        let sample = took.as_micros().min(u128::from(u64::MAX)) as f64;
+        let avg = match s.read_latency_us {
+            None => sample,
+            Some(old) => old as f64 * (1.0 - LATENCY_WEIGHT) + sample * LATENCY_WEIGHT,
+        };
+        s.read_latency_us = Some(avg.round() as u64);
     }
 
     fn record<T>(&self, result: &Result<T, ShipError>, written: u64) {
@@ -96,6 +123,26 @@ impl<D: Destination> Tracked<D> {
     pub fn new(inner: D, health: Arc<DestinationHealth>) -> Self {
         Tracked { inner, health }
     }
+
+    /// The wrapped destination.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+}
+
+impl<D> Tracked<D> {
+    /// Times a read that was answered (a missing object is an answer too)
+    /// and small enough to measure responsiveness.
+    fn timed<T>(&self, r: &Result<T, ShipError>, began: Instant, len: impl Fn(&T) -> usize) {
+        let small = match r {
+            Ok(v) => len(v) <= SMALL_READ,
+            Err(ShipError::NotFound { .. }) => true,
+            Err(_) => false,
+        };
+        if small {
+            self.health.record_read_latency(began.elapsed());
+        }
+    }
 }
 
 #[async_trait]
@@ -119,19 +166,25 @@ impl<D: Destination> Destination for Tracked<D> {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, ShipError> {
+        let began = Instant::now();
         let r = self.inner.get(key).await;
+        self.timed(&r, began, |b| b.len());
         self.health.record(&r, 0);
         r
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ShipError> {
+        let began = Instant::now();
         let r = self.inner.get_range(key, range).await;
+        self.timed(&r, began, |b| b.len());
         self.health.record(&r, 0);
         r
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ShipError> {
+        let began = Instant::now();
         let r = self.inner.head(key).await;
+        self.timed(&r, began, |_| 0);
         self.health.record(&r, 0);
         r
     }

@@ -26,6 +26,8 @@ use crate::health::{self, Evaluator, PgSource, Report, Sources, SqliteSource, Ta
 use crate::repo::{RepoError, Repository};
 use crate::wal::{ConnInfo, Link, Progress, StreamOptions};
 
+pub mod scrub;
+
 /// How long stopping may take before what is still running is abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// How often the health of everything is evaluated (and alerts decided).
@@ -257,6 +259,37 @@ pub async fn run(
                 },
             )]
         }));
+    }
+
+    // The scrub: lists every destination against the catalog, repairs
+    // from a verified copy, and reads a rotating window of objects in full
+    // (src/repo/scrub.rs). It needs no identity.
+    let (scrub_tx, scrub_rx) = watch::channel(scrub::ScrubStatus::default());
+    // Not spawned when off: `supervise` would take the part's immediate
+    // return for a failure and restart it.
+    if config.scrub.schedule.is_some() {
+        let (repo, cfg) = (repo.clone(), config.scrub.clone());
+        tasks.spawn(supervise(
+            "scrub".to_owned(),
+            health::task_cell(),
+            stop_rx.clone(),
+            move |stop| {
+                let (repo, cfg, tx) = (repo.clone(), cfg.clone(), scrub_tx.clone());
+                async move {
+                    scrub::run_scheduled(repo, cfg, tx, stop).await;
+                    Ok(())
+                }
+            },
+        ));
+    }
+    {
+        let rx = scrub_rx.clone();
+        sections.push((
+            "scrub",
+            Arc::new(move || serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
+        ));
+        let rx = scrub_rx;
+        extra_checks.push(Arc::new(move || vec![rx.borrow().check()]));
     }
 
     // Test restores (invariant 6): they need the identity; without it the

@@ -575,6 +575,9 @@ schedule = "off"
 
 [retention]
 schedule = "off"
+
+[scrub]
+schedule = "off"
 {alerts}"#
         ),
     )

@@ -400,7 +400,7 @@ async fn pitr_backup_waits_for_the_wal_of_pitr_run() {
         format!(
             "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"identity.txt\"\n\
              state_dir = \"state\"\n\n[[destination]]\nname = \"local\"\nkind = \"fs\"\n\
-             path = \"store\"\n\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n",
+             path = \"store\"\n\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
             identity.to_public(),
             pg.conninfo("postgres")
         ),

@@ -70,9 +70,12 @@ impl TestRepo {
             self.store().display()
         );
         // Schedules stay off unless a test is about them: the defaults
-        // (03:00, 04:00, 04:30 UTC) would fire in the middle of some run.
-        // Written before the entries, since tests append keys to the last.
-        text.push_str("\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n");
+        // (03:00, 04:00, 04:30, 05:15 UTC) would fire in the middle of some
+        // run. Written before the entries, since tests append keys to the
+        // last.
+        text.push_str(
+            "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
+        );
         for (name, conninfo) in postgres {
             text.push_str(&format!(
                 "\n[[postgres]]\nname = \"{name}\"\nconninfo = \"{conninfo}\"\nbase_backup = \"off\"\n"

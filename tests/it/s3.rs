@@ -186,7 +186,7 @@ async fn a_restore_from_s3_alone_is_exact() {
     );
     let s3 = server.destination_toml("s3", "backups", "pitr/");
     let pgs = format!(
-        "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n",
+        "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
         pg.conninfo("postgres")
     );
     let both = dir.path().join("both.toml");

@@ -900,7 +900,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
     )
     .expect("identity");
     let head = format!(
-        "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n",
+        "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
         identity.to_public(),
         identity_file.display(),
         dir.path().join("state").display()

@@ -57,6 +57,9 @@ schedule = "off"
 
 [retention]
 schedule = "off"
+
+[scrub]
+schedule = "off"
 "#,
                 identity.to_public()
             ),

@@ -55,6 +55,9 @@ schedule = "off"
 
 [retention]
 schedule = "off"
+
+[scrub]
+schedule = "off"
 "#,
                 identity.to_public(),
                 pg.conninfo("postgres")

@@ -1,4 +1,4 @@
-//! `[health]`, `[[alert]]`, `[verify]` and `[retention]`: the sidecar's own
+//! `[health]`, `[[alert]]`, `[verify]`, `[retention]` and `[scrub]`: the sidecar's own
 //! settings.
 
 use std::time::Duration;
@@ -211,4 +211,51 @@ fn environment_overrides_the_sidecar_sections() {
     assert_eq!(c.health.wal_ack_max_age, Duration::from_secs(60));
     assert_eq!(c.retention.keep_last, 9);
     assert_eq!(c.verify.os_user, "pgu");
+}
+
+#[test]
+fn scrub_defaults_keys_environment_and_errors() {
+    let base = minimal(&recipient());
+    let c = load(&base, &[]).expect("loads");
+    // Daily, clear of 03:00, 04:00 and 04:30.
+    assert_eq!(
+        c.scrub.schedule.as_ref().map(|s| s.as_str()),
+        Some("15 5 * * *")
+    );
+    assert_eq!(c.scrub.read_budget, 1 << 30);
+    let c = load(
+        &format!("{base}\n[scrub]\nschedule = \"off\"\nread_budget = \"64MiB\"\n"),
+        &[],
+    )
+    .expect("loads");
+    assert_eq!(c.scrub.schedule, None);
+    assert_eq!(c.scrub.read_budget, 64 << 20);
+    let c = load(&format!("{base}\n[scrub]\nread_budget = 0\n"), &[]).expect("loads");
+    assert_eq!(c.scrub.read_budget, 0);
+    let c = load(
+        &base,
+        &[
+            ("PITR_SCRUB_SCHEDULE", "0 6 * * 0"),
+            ("PITR_SCRUB_READ_BUDGET", "2GiB"),
+        ],
+    )
+    .expect("loads");
+    assert_eq!(
+        c.scrub.schedule.as_ref().map(|s| s.as_str()),
+        Some("0 6 * * 0")
+    );
+    assert_eq!(c.scrub.read_budget, 2 << 30);
+    let (_, msg) = fail(&format!("{base}\n[scrub]\nschedule = \"nightly\"\n"), &[]);
+    contains_all(&msg, &["[scrub] schedule", "not a cron schedule"]);
+    let (_, msg) = fail(&format!("{base}\n[scrub]\nread_budget = \"lots\"\n"), &[]);
+    contains_all(
+        &msg,
+        &[
+            "[scrub] read_budget",
+            "not a size",
+            "read_budget = \"1GiB\"",
+        ],
+    );
+    let (_, msg) = fail(&format!("{base}\n[scrub]\nbudget = 1\n"), &[]);
+    contains_all(&msg, &["read_budget"]);
 }
