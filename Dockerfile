@@ -69,7 +69,10 @@ ARG DEBIAN_RELEASE
 # The shared libraries the PostgreSQL binaries link (ldd), without the
 # packages that pull LLVM and Perl; libpq from PGDG, matching the binaries.
 # The CA bundle is copied rather than installed: the ca-certificates package
-# pulls the openssl binary, which nothing here runs.
+# pulls the openssl binary, which nothing here runs. glibc's iconv modules
+# (8 MB of Debian slim) go but for the Unicode and ISO 8859 ones: nothing
+# here calls iconv for other charsets (PostgreSQL converts encodings with its
+# own modules and hands libxml2 UTF-8), and the image must stay under 150 MB.
 COPY --from=postgres /out/pgdg-keyring/ /usr/share/postgresql-common/pgdg/
 COPY --from=postgres /out/pgdg-sources/ /etc/apt/sources.list.d/
 # Before apt runs: it reaches PGDG over https with this bundle.
@@ -78,7 +81,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       tzdata libpq5 libicu72 libxml2 libssl3 libldap-2.5-0 \
       libgssapi-krb5-2 liblz4-1 libzstd1 libsystemd0 libreadline8 libpam0g \
- && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*
+ && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* \
+ && find /usr/lib -path '*/gconv/*.so' ! -name 'UTF-*' ! -name 'UNICODE.so' ! -name 'ISO8859-*' -delete \
+ && iconvconfig
 COPY --from=postgres /out/usr/ /usr/
 COPY --from=build /usr/local/bin/pitr /usr/local/bin/pitr
 COPY deploy/config/postgres.toml /etc/pitr/pitr.toml
