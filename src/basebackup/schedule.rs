@@ -222,6 +222,38 @@ pub struct ScheduleStatus {
     pub failed_tries: u64,
 }
 
+/// Waits for the next time of `cron`, after telling `announce` when that
+/// is; `false` when `shutdown` fired first. A schedule with no future time
+/// is warned about (as `what`) and waits for `shutdown`. The wait is cut
+/// into steps of at most 30 s, so a wall clock that jumps costs little.
+/// The scheduled parts of `pitr run` (retention, scrub) loop on it.
+pub async fn wait_for_next<F: Future<Output = ()>>(
+    cron: &CronSchedule,
+    what: &str,
+    shutdown: &mut std::pin::Pin<&mut F>,
+    announce: impl FnOnce(Timestamp),
+) -> bool {
+    let Some(next) = cron.next_after(Timestamp::now()) else {
+        tracing::warn!(schedule = %cron, "the {what} schedule matches no future time; it stops");
+        shutdown.as_mut().await;
+        return false;
+    };
+    announce(next);
+    loop {
+        let left: Duration = next
+            .duration_since(Timestamp::now())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        if left.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            () = shutdown.as_mut() => return false,
+            () = tokio::time::sleep(left.min(Duration::from_secs(30))) => {}
+        }
+    }
+}
+
 /// Takes the backups `opts` asks for until `shutdown` fires. `wal` is the
 /// database's stream progress (its `flushed` position drives the WAL-size
 /// rule and shows when a backup's WAL is stored); `status` receives every
@@ -236,7 +268,9 @@ pub async fn run(
 ) {
     status.send_modify(|s| s.database = opts.backup.database.clone());
     if !opts.is_active() {
-        return;
+        // Until shutdown: the supervisor takes a part that ends for a
+        // failure and would restart it over and over.
+        return shutdown.await;
     }
     let mut scheduler = Scheduler {
         repo,

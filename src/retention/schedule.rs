@@ -3,8 +3,8 @@
 //! endpoint. A failed run is logged and reported, never fatal: the next
 //! time tries again.
 
+use crate::basebackup::schedule::wait_for_next;
 use std::pin::pin;
-use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -41,37 +41,26 @@ pub struct RetentionStatus {
 }
 
 /// Runs retention at every time of `config.retention.schedule` until
-/// `shutdown` fires; returns at once when the schedule is off. Each run's
-/// outcome goes to `status` and the log.
+/// `shutdown` fires, also when the schedule is off (the supervisor takes a
+/// part that ends for a failure). Each run's outcome goes to `status` and
+/// the log.
 pub async fn run_scheduled(
     repo: Repository,
     config: Config,
     status: watch::Sender<RetentionStatus>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let Some(cron) = config.retention.schedule.clone() else {
-        return;
-    };
     let mut shutdown = pin!(shutdown);
+    let Some(cron) = config.retention.schedule.clone() else {
+        return shutdown.await;
+    };
     loop {
-        let Some(next) = cron.next_after(Timestamp::now()) else {
-            tracing::warn!(schedule = %cron, "the retention schedule matches no future time; retention stops");
+        if !wait_for_next(&cron, "retention", &mut shutdown, |next| {
+            status.send_modify(|s| s.next_run = Some(next));
+        })
+        .await
+        {
             return;
-        };
-        status.send_modify(|s| s.next_run = Some(next));
-        // Steps of at most 30 s: a wall clock that jumps costs little.
-        loop {
-            let left: Duration = next
-                .duration_since(Timestamp::now())
-                .try_into()
-                .unwrap_or(Duration::ZERO);
-            if left.is_zero() {
-                break;
-            }
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(left.min(Duration::from_secs(30))) => {}
-            }
         }
         let started = Timestamp::now();
         let opts = RunOptions::from_config(&config);

@@ -3,8 +3,8 @@
 //! `scrub` check), `/metrics` and the alerts. A run that cannot read the
 //! catalog is logged and reported, never fatal: the next time tries again.
 
+use crate::basebackup::schedule::wait_for_next;
 use std::pin::pin;
-use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -135,7 +135,7 @@ impl ScrubStatus {
 }
 
 /// Runs the scrub at every time of `config.schedule` until `shutdown`
-/// fires; returns at once when the schedule is off.
+/// fires (the sidecar starts it only when the schedule is on).
 pub async fn run_scheduled(
     repo: Repository,
     config: ScrubConfig,
@@ -147,24 +147,12 @@ pub async fn run_scheduled(
     };
     let mut shutdown = pin!(shutdown);
     loop {
-        let Some(next) = cron.next_after(Timestamp::now()) else {
-            tracing::warn!(schedule = %cron, "the scrub schedule matches no future time; the scrub stops");
+        if !wait_for_next(&cron, "scrub", &mut shutdown, |next| {
+            status.send_modify(|s| s.next_run = Some(next));
+        })
+        .await
+        {
             return;
-        };
-        status.send_modify(|s| s.next_run = Some(next));
-        // Steps of at most 30 s: a wall clock that jumps costs little.
-        loop {
-            let left: Duration = next
-                .duration_since(Timestamp::now())
-                .try_into()
-                .unwrap_or(Duration::ZERO);
-            if left.is_zero() {
-                break;
-            }
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(left.min(Duration::from_secs(30))) => {}
-            }
         }
         let started = Timestamp::now();
         let opts = ScrubOptions {
