@@ -25,15 +25,7 @@ struct Setup {
 /// 64 chunks.
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let identity = age::x25519::Identity::generate();
-    let opts = RepoOptions {
-        recipients: vec![identity.to_public()],
-        identities: vec![identity],
-        key_file: None,
-        state_dir: dir.path().join("state"),
-        zstd_level: 3,
-        pack_size: 4 << 20,
-    };
+    let opts = crate::repo::test_options(dir.path(), 4 << 20);
     let fanout = Fanout::new(vec![
         Arc::new(FsDestination::new("a", dir.path().join("a"))) as Arc<dyn Destination>,
         Arc::new(FsDestination::new("b", dir.path().join("b"))),

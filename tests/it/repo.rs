@@ -15,18 +15,24 @@ pub struct TestRepo {
     pub opts: RepoOptions,
 }
 
+/// Options of a throw-away repository in `dir` (state in `dir/state`),
+/// with a new identity that can both write and read.
+pub fn test_options(dir: &Path, pack_size: usize) -> RepoOptions {
+    let identity = age::x25519::Identity::generate();
+    RepoOptions {
+        recipients: vec![identity.to_public()],
+        identities: vec![identity],
+        key_file: None,
+        state_dir: dir.join("state"),
+        zstd_level: 3,
+        pack_size,
+    }
+}
+
 impl TestRepo {
     pub async fn new() -> TestRepo {
         let dir = tempfile::tempdir().expect("tempdir");
-        let identity = age::x25519::Identity::generate();
-        let opts = RepoOptions {
-            recipients: vec![identity.to_public()],
-            identities: vec![identity],
-            key_file: None,
-            state_dir: dir.path().join("state"),
-            zstd_level: 3,
-            pack_size: 4 << 20,
-        };
+        let opts = test_options(dir.path(), 4 << 20);
         let t = TestRepo { dir, opts };
         Repository::init(&t.fanout(), &t.opts).await.expect("init");
         t

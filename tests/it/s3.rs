@@ -164,16 +164,7 @@ async fn a_restore_from_s3_alone_is_exact() {
     let server = S3Server::start("backups");
     let pg = PgCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let identity = age::x25519::Identity::generate();
-    let identity_file = dir.path().join("identity.txt");
-    std::fs::write(
-        &identity_file,
-        format!(
-            "{}\n",
-            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
-        ),
-    )
-    .expect("identity");
+    let (identity, identity_file) = crate::harness::new_identity(dir.path());
     let head = format!(
         "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n",
         identity.to_public(),
@@ -268,16 +259,7 @@ async fn a_restore_from_s3_alone_is_exact() {
 async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
     let server = S3Server::start("repair");
     let dir = tempfile::tempdir().expect("tempdir");
-    let identity = age::x25519::Identity::generate();
-    let identity_file = dir.path().join("identity.txt");
-    std::fs::write(
-        &identity_file,
-        format!(
-            "{}\n",
-            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
-        ),
-    )
-    .expect("identity");
+    let (identity, identity_file) = crate::harness::new_identity(dir.path());
     let store = dir.path().join("store");
     let config_path = dir.path().join("pitr.toml");
     std::fs::write(

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pitr::repo::{Chunking, RepoOptions, Repository, ScrubOptions};
+use pitr::repo::{Chunking, Repository, ScrubOptions};
 use pitr::ship::fault::{FaultPlan, FaultyDestination};
 use pitr::ship::{Destination, Fanout, FsDestination};
 
@@ -23,15 +23,7 @@ struct TwoDests {
 impl TwoDests {
     async fn new() -> TwoDests {
         let dir = tempfile::tempdir().expect("tempdir");
-        let identity = age::x25519::Identity::generate();
-        let opts = RepoOptions {
-            recipients: vec![identity.to_public()],
-            identities: vec![identity],
-            key_file: None,
-            state_dir: dir.path().join("state"),
-            zstd_level: 3,
-            pack_size: 1 << 20,
-        };
+        let opts = crate::repo::test_options(dir.path(), 1 << 20);
         let a = Arc::new(FsDestination::new("a", dir.path().join("a"))) as Arc<dyn Destination>;
         let b = Arc::new(FaultyDestination::new(FsDestination::new(
             "b",

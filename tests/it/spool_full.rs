@@ -84,16 +84,7 @@ async fn a_full_spool_stops_acknowledgement_and_reports_it_until_s3_is_back() {
     let pg = PgCluster::start();
     pg.psql("CREATE TABLE t (id serial PRIMARY KEY, pad text)");
     let dir = tempfile::tempdir().expect("tempdir");
-    let identity = age::x25519::Identity::generate();
-    let identity_file = dir.path().join("identity.txt");
-    std::fs::write(
-        &identity_file,
-        format!(
-            "{}\n",
-            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
-        ),
-    )
-    .expect("identity");
+    let (identity, identity_file) = crate::harness::new_identity(dir.path());
     let port = free_port();
     let head = format!(
         "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n\

@@ -889,16 +889,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
     let server = FakeStoracha::start();
     let pg = PgCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let identity = age::x25519::Identity::generate();
-    let identity_file = dir.path().join("identity.txt");
-    std::fs::write(
-        &identity_file,
-        format!(
-            "{}\n",
-            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
-        ),
-    )
-    .expect("identity");
+    let (identity, identity_file) = crate::harness::new_identity(dir.path());
     let head = format!(
         "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
         identity.to_public(),

@@ -18,6 +18,22 @@ pub use s3::S3Server;
 pub use smtp::SmtpServer;
 pub use webhook::WebhookReceiver;
 
+/// A new age identity, written to `dir/identity.txt` as a config's
+/// `identity_file` reads it; returns it and the file's path.
+pub fn new_identity(dir: &std::path::Path) -> (age::x25519::Identity, std::path::PathBuf) {
+    let identity = age::x25519::Identity::generate();
+    let path = dir.join("identity.txt");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n",
+            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
+        ),
+    )
+    .expect("write the identity");
+    (identity, path)
+}
+
 /// The LSN in the first column of `sql`'s only row (`None` for no row or
 /// NULL): how the WAL tests read `pg_stat_replication`, slots and positions.
 pub async fn query_lsn(db: &tokio_postgres::Client, sql: &str) -> Option<pitr::wal::Lsn> {
