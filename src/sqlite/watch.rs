@@ -238,8 +238,8 @@ pub async fn watch(
         let _ = tx.send(watcher.stats());
     }
     let wake = Arc::new(tokio::sync::Notify::new());
-    // Kept alive for the loop's lifetime; without it, polling alone works.
-    let _events = file_events(&opts.path, wake.clone());
+    // Without it, polling alone works.
+    let mut events = file_events(&opts.path, wake.clone());
     let mut shutdown = std::pin::pin!(shutdown);
     let mut last_capture: Option<Instant> = None;
     let mut last_logged: Option<(String, Instant)> = None;
@@ -255,6 +255,13 @@ pub async fn watch(
             _ = &mut shutdown => return Ok(()),
             _ = tokio::time::sleep_until(tick.into()) => {}
             _ = wake.notified() => {
+                // A busy writer makes an event per write, thousands a
+                // second, each a wake-up here and work in the writer's
+                // write(): the first one is all the loop needs, so the
+                // watch is off until the next step.
+                if let Some(e) = &mut events {
+                    e.pause();
+                }
                 tokio::select! {
                     _ = &mut shutdown => return Ok(()),
                     _ = tokio::time::sleep_until(earliest.into()) => {}
@@ -264,6 +271,10 @@ pub async fn watch(
         // Bursts of events are one poll: at most ten steps per interval.
         if let Some(t) = last_step {
             tokio::time::sleep_until((t + opts.interval / 10).into()).await;
+        }
+        // Back on before the step looks: a write after this wakes the loop.
+        if let Some(e) = &mut events {
+            e.resume();
         }
         let started = Instant::now();
         last_step = Some(started);
@@ -293,11 +304,44 @@ pub async fn watch(
     }
 }
 
+/// The watch on the database's directory, which the loop turns off while it
+/// waits for a capture it already knows it will take.
+struct FileEvents {
+    watcher: notify::RecommendedWatcher,
+    dir: PathBuf,
+    on: bool,
+}
+
+impl FileEvents {
+    fn pause(&mut self) {
+        use notify::Watcher as _;
+        if self.on {
+            // Failing to remove it costs only the wake-ups it would save.
+            let _ = self.watcher.unwatch(&self.dir);
+            self.on = false;
+        }
+    }
+
+    fn resume(&mut self) {
+        use notify::Watcher as _;
+        if !self.on {
+            match self
+                .watcher
+                .watch(&self.dir, notify::RecursiveMode::NonRecursive)
+            {
+                Ok(()) => self.on = true,
+                // The poll still runs; the next step tries again.
+                Err(e) => tracing::debug!(error = %e, dir = %self.dir.display(), "file events off"),
+            }
+        }
+    }
+}
+
 /// Watches the database's directory (the files come and go: `-wal` and
 /// `-journal` are deleted and recreated) and wakes the loop on events about
 /// the database, its WAL or its journal. `None` when the platform refuses:
 /// the poll still runs.
-fn file_events(path: &Path, wake: Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
+fn file_events(path: &Path, wake: Arc<tokio::sync::Notify>) -> Option<FileEvents> {
     use notify::Watcher as _;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -341,5 +385,9 @@ fn file_events(path: &Path, wake: Arc<tokio::sync::Notify>) -> Option<notify::Re
         tracing::info!(error = %e, dir = %dir.display(), "no file events; polling only");
         return None;
     }
-    Some(w)
+    Some(FileEvents {
+        watcher: w,
+        dir,
+        on: true,
+    })
 }
