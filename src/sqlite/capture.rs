@@ -381,6 +381,21 @@ impl Capturer {
         Ok(changed || self.rescan.is_some() || !self.pending.is_empty())
     }
 
+    /// Reads the WAL frames committed since the last look into the pending
+    /// list, and nothing else (no file signals: [`Self::poll`] still sees
+    /// what changed). Called often while a writer is busy, so that a WAL
+    /// its checkpoints restart several times per interval is read before
+    /// the restarts overwrite frames this watcher has not seen, which would
+    /// cost a rescan of every page.
+    pub fn follow(&mut self) -> Result<(), CaptureError> {
+        if self.wal_path.exists() || self.cursor.position().is_some() {
+            if let Some(lost) = self.advance_wal()? {
+                self.rescan.get_or_insert(lost);
+            }
+        }
+        Ok(())
+    }
+
     /// Takes a capture: the changed pages (every page when `snapshot` or
     /// when no capture was stored yet) spooled to a file. `None` when
     /// nothing changed. Nothing is remembered until [`Self::stored`] says
