@@ -119,19 +119,7 @@ async fn reads_are_served_by_the_faster_destination() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_copy_is_skipped_and_named() {
     let s = setup().await;
-    let packs = s.dir.path().join("b").join("packs");
-    let sub = std::fs::read_dir(&packs)
-        .expect("packs")
-        .next()
-        .expect("a pack dir")
-        .expect("entry")
-        .path();
-    let pack = std::fs::read_dir(&sub)
-        .expect("pack dir")
-        .next()
-        .expect("a pack")
-        .expect("entry")
-        .path();
+    let pack = crate::repo::first_pack(&s.dir.path().join("b"));
     let object = pack
         .strip_prefix(s.dir.path().join("b"))
         .expect("under b")

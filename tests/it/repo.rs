@@ -29,6 +29,19 @@ pub fn test_options(dir: &Path, pack_size: usize) -> RepoOptions {
     }
 }
 
+/// The path of some pack object in the fs destination rooted at `root`.
+pub fn first_pack(root: &Path) -> PathBuf {
+    let first = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .expect("read_dir")
+            .next()
+            .expect("an entry")
+            .expect("entry")
+            .path()
+    };
+    first(&first(&root.join("packs")))
+}
+
 impl TestRepo {
     pub async fn new() -> TestRepo {
         let dir = tempfile::tempdir().expect("tempdir");

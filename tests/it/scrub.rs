@@ -232,19 +232,7 @@ async fn the_sidecar_scrub_reports_what_it_cannot_repair() {
         .expect("put");
         w.commit().await.expect("commit");
     }
-    let packs = t.store().join("packs");
-    let sub = std::fs::read_dir(&packs)
-        .expect("packs")
-        .next()
-        .expect("a pack dir")
-        .expect("entry")
-        .path();
-    let pack = std::fs::read_dir(&sub)
-        .expect("pack dir")
-        .next()
-        .expect("a pack")
-        .expect("entry")
-        .path();
+    let pack = crate::repo::first_pack(&t.store());
     let object = pack
         .strip_prefix(t.store())
         .expect("in the store")
