@@ -164,17 +164,7 @@ async fn a_restore_from_s3_alone_is_exact() {
     let server = S3Server::start("backups");
     let pg = PgCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (identity, identity_file) = crate::harness::new_identity(dir.path());
-    let head = format!(
-        "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n",
-        identity.to_public(),
-        identity_file.display(),
-        dir.path().join("state").display()
-    );
-    let fs = format!(
-        "\n[[destination]]\nname = \"local\"\nkind = \"fs\"\npath = \"{}\"\n",
-        dir.path().join("store").display()
-    );
+    let (head, fs) = crate::harness::repository_toml(dir.path(), "");
     let s3 = server.destination_toml("s3", "backups", "pitr/");
     let pgs = format!(
         "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",

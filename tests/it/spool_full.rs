@@ -84,19 +84,9 @@ async fn a_full_spool_stops_acknowledgement_and_reports_it_until_s3_is_back() {
     let pg = PgCluster::start();
     pg.psql("CREATE TABLE t (id serial PRIMARY KEY, pad text)");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (identity, identity_file) = crate::harness::new_identity(dir.path());
     let port = free_port();
-    let head = format!(
-        "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n\
-         quorum = 1\nspool_max_bytes = \"1MiB\"\n",
-        identity.to_public(),
-        identity_file.display(),
-        dir.path().join("state").display()
-    );
-    let fs = format!(
-        "\n[[destination]]\nname = \"local\"\nkind = \"fs\"\npath = \"{}\"\n",
-        dir.path().join("store").display()
-    );
+    let (head, fs) =
+        crate::harness::repository_toml(dir.path(), "quorum = 1\nspool_max_bytes = \"1MiB\"\n");
     let s3 = server.destination_toml("s3", "spoolfull", "");
     let rest = format!(
         "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n\

@@ -889,16 +889,9 @@ async fn a_restore_from_storacha_alone_is_exact() {
     let server = FakeStoracha::start();
     let pg = PgCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (identity, identity_file) = crate::harness::new_identity(dir.path());
-    let head = format!(
-        "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
-        identity.to_public(),
-        identity_file.display(),
-        dir.path().join("state").display()
-    );
-    let fs = format!(
-        "\n[[destination]]\nname = \"local\"\nkind = \"fs\"\npath = \"{}\"\n",
-        dir.path().join("store").display()
+    let (head, fs) = crate::harness::repository_toml(
+        dir.path(),
+        "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
     );
     let st = server.toml("storacha");
     let pgs = format!(

@@ -34,6 +34,25 @@ pub fn new_identity(dir: &std::path::Path) -> (age::x25519::Identity, std::path:
     (identity, path)
 }
 
+/// Config parts for a repository in `dir`: the `[repository]` section with
+/// a new identity (in `dir/identity.txt`), state in `dir/state` and `extra`
+/// keys (each ending in a newline); and an fs destination `local` at
+/// `dir/store`, apart so that a test can leave it out of a later config.
+pub fn repository_toml(dir: &std::path::Path, extra: &str) -> (String, String) {
+    let (identity, identity_file) = new_identity(dir);
+    let head = format!(
+        "[repository]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\nstate_dir = \"{}\"\n{extra}",
+        identity.to_public(),
+        identity_file.display(),
+        dir.join("state").display(),
+    );
+    let fs = format!(
+        "\n[[destination]]\nname = \"local\"\nkind = \"fs\"\npath = \"{}\"\n",
+        dir.join("store").display()
+    );
+    (head, fs)
+}
+
 /// The LSN in the first column of `sql`'s only row (`None` for no row or
 /// NULL): how the WAL tests read `pg_stat_replication`, slots and positions.
 pub async fn query_lsn(db: &tokio_postgres::Client, sql: &str) -> Option<pitr::wal::Lsn> {
