@@ -238,8 +238,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check the config, the destinations and (later) the databases.
-    Check(ConfigArg),
+    /// Check the config, then reach every destination, database and alert
+    /// channel it names.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only load and validate the config and the files it names (keys,
+        /// identity); contact nothing. For checking a deployment's config
+        /// before it runs, where its hosts do not resolve.
+        #[arg(long)]
+        offline: bool,
+    },
     /// The local catalog.
     Catalog {
         #[command(subcommand)]
@@ -305,6 +314,13 @@ enum Exit {
     /// The thing asked for is not possible (exit 1).
     #[error("{0}")]
     NotPossible(String),
+    /// Stopped by a signal before finishing (exit 128 + the signal).
+    #[error(
+        "interrupted by {0}: stopped before finishing. Any PostgreSQL server pitr had started \
+         was shut down and any partial restore removed; nothing is left running. Run the \
+         command again to start over"
+    )]
+    Interrupted(&'static str),
 }
 
 /// Exit codes as DESIGN.md sets them.
@@ -339,13 +355,39 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    // Commands that start a PostgreSQL server on restored data stop it and
+    // remove what they wrote when interrupted; the others keep the default
+    // (wal-fetch in particular: PostgreSQL reads a restore_command killed by
+    // SIGTERM as a shutdown, an exit code above 125 as a failure).
+    let interruptible = matches!(
+        cli.command,
+        Command::Restore { .. } | Command::Verify { .. } | Command::Demo
+    );
+    let outcome = runtime.block_on(async {
+        if interruptible {
+            until_interrupted(run(cli.command)).await
+        } else {
+            run(cli.command).await
+        }
+    });
+    let code = match &outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(exit_code(&err))
+            ExitCode::from(exit_code(err))
         }
+    };
+    // An interrupted command may have left a read blocked in the blocking
+    // pool (a hung NFS mount, a destination that stopped answering): what
+    // matters is done, and the exit must not wait for it.
+    let interrupted = outcome.as_ref().is_err_and(|e| {
+        e.chain()
+            .any(|c| matches!(c.downcast_ref::<Exit>(), Some(Exit::Interrupted(_))))
+    });
+    if interrupted {
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     }
+    code
 }
 
 /// Bounded memory (invariant 7) under glibc. Its default lets the mmap
@@ -378,6 +420,25 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+/// Runs `work` until SIGINT or SIGTERM, then drops it: the drop stops the
+/// servers it started and removes what it half-wrote (their drop guards)
+/// before pitr says so and exits.
+async fn until_interrupted(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return work.await;
+    };
+    let signal = tokio::select! {
+        r = work => return r,
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    Err(Exit::Interrupted(signal).into())
+}
+
 /// Config errors and usage errors are exit 2 wherever in the chain they sit.
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -388,6 +449,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             return match exit {
                 Exit::Usage(_) => EXIT_USAGE,
                 Exit::NotPossible(_) => EXIT_NOT_POSSIBLE,
+                Exit::Interrupted("SIGINT") => 128 + 2,
+                Exit::Interrupted(_) => 128 + 15,
             };
         }
     }
@@ -438,7 +501,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             verify(&config).await
         }
-        Command::Check(c) => check(&load(&c)?).await,
+        Command::Check { config, offline } => check(&load(&config)?, offline).await,
         Command::Repair(c) => repair(&load(&c)?).await,
         Command::Retention {
             config,
@@ -852,10 +915,22 @@ async fn repair(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn check(config: &Config) -> anyhow::Result<()> {
+async fn check(config: &Config, offline: bool) -> anyhow::Result<()> {
     println!("config {}: valid", config.path.display());
-    let fanout = pitr::ship::from_config(config);
     let opts = pitr::repo::RepoOptions::from_config(config)?;
+    if offline {
+        opts.check_key_file()?;
+        return check_offline(config);
+    }
+    // One retry: a check should answer quickly; a store that fails twice in
+    // a row is worth reporting.
+    let fanout = pitr::ship::from_config_with_retry(
+        config,
+        pitr::ship::RetryPolicy {
+            max_retries: 1,
+            ..Default::default()
+        },
+    );
     let mut failed = 0;
     for d in fanout.destinations() {
         match Repository::check_destination(d.as_ref(), &opts).await {
@@ -888,6 +963,49 @@ async fn check(config: &Config) -> anyhow::Result<()> {
                 println!("alert {}: FAILED: {e}", alert.name);
             }
         }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} checks failed (see above)");
+    }
+    Ok(())
+}
+
+/// `pitr check --offline`: what can be checked without a network. The
+/// config has loaded (keys and identity read); the settings the clients
+/// would refuse only when used are tried here.
+fn check_offline(config: &Config) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for d in &config.destinations {
+        let verdict = match &d.kind {
+            pitr::config::DestinationKind::S3(s3) => pitr::ship::S3Destination::validate(s3),
+            _ => Ok(()),
+        };
+        match verdict {
+            Ok(()) => println!("destination {}: settings valid (not contacted)", d.name),
+            Err(e) => {
+                failed += 1;
+                println!("destination {}: FAILED: {e}", d.name);
+            }
+        }
+    }
+    for pg in &config.postgres {
+        match pitr::wal::ConnInfo::parse(&pg.conninfo) {
+            Ok(_) => println!("postgres {}: conninfo valid (not contacted)", pg.name),
+            Err(e) => {
+                failed += 1;
+                println!("postgres {}: FAILED: {e}", pg.name);
+            }
+        }
+    }
+    for s in &config.sqlite {
+        println!("sqlite {}: {} (not opened)", s.name, s.path.display());
+    }
+    for alert in &config.alerts {
+        println!(
+            "alert {} ({}): settings valid (not contacted)",
+            alert.name,
+            alert.kind.name()
+        );
     }
     if failed > 0 {
         anyhow::bail!("{failed} checks failed (see above)");

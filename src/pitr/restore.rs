@@ -162,11 +162,34 @@ pub async fn restore(
 ) -> Result<RestoreReport, RestoreError> {
     let target = &opts.target_dir;
     let created = prepare_target(target, opts.force)?;
+    // Declared before the work: when the future is dropped half-way (an
+    // interrupted `pitr restore`, a sidecar shutting down), the work's
+    // server is stopped first, then this removes what was written.
+    let mut written = Written {
+        target,
+        created,
+        opts,
+        keep: false,
+    };
     let result = restore_into(repo, plan, opts).await;
-    if result.is_err() {
-        discard(target, created, opts);
-    }
+    written.keep = result.is_ok();
     result
+}
+
+/// What a restore has written, removed on drop unless `keep`.
+struct Written<'a> {
+    target: &'a Path,
+    created: bool,
+    opts: &'a RestoreOptions,
+    keep: bool,
+}
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            discard(self.target, self.created, self.opts);
+        }
+    }
 }
 
 /// Checks the target is missing or empty (emptying it with `force`);
@@ -536,11 +559,13 @@ async fn recover(
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&socket, Some(uid), Some(gid)).map_err(io(&socket))?;
     }
-    let serving = tokio::spawn(server.clone().run(listener));
+    // A set, not a bare handle: dropped with this future, it stops serving.
+    let mut serving = tokio::task::JoinSet::new();
+    serving.spawn(server.clone().run(listener));
 
     let log_path = private_path.join("postgres.log");
     let outcome = run_server(postgres, target, &private_path, &log_path, owner, opts).await;
-    serving.abort();
+    serving.abort_all();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let fail = |why: String| {
         let kept = keep_log(&log, opts);
@@ -645,10 +670,10 @@ async fn run_server(
     if let Some((uid, gid)) = owner {
         cmd.uid(uid).gid(gid);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", postgres.display()))?;
-    let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let mut child = super::Postmaster::new(
+        cmd.spawn()
+            .map_err(|e| format!("cannot start {}: {e}", postgres.display()))?,
+    );
     let started = Instant::now();
     let mut seen = 0u64;
     let mut text = String::new();
@@ -681,9 +706,7 @@ async fn run_server(
     }
     // Fast shutdown: a clean checkpoint, so the directory starts without
     // recovery and without pitr.
-    if let Some(pid) = pid {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-    }
+    child.signal(nix::sys::signal::Signal::SIGINT);
     let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
         .await
         .map_err(|_| "the server did not shut down within 300 s".to_owned())?

@@ -789,6 +789,17 @@ fn check_recipients(dest: &str, d: &Descriptor, configured: &str) -> Result<(), 
     Ok(())
 }
 
+impl RepoOptions {
+    /// Reads `key_file` when it is set and checks it holds a key, without
+    /// opening any store (`pitr check --offline`).
+    pub fn check_key_file(&self) -> Result<(), RepoError> {
+        match &self.key_file {
+            Some(p) => read_key_file(p).map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
 fn read_key_file(path: &Path) -> Result<RepositoryKey, RepoError> {
     let text = std::fs::read_to_string(path).map_err(local(path))?;
     RepositoryKey::from_text(&text, path)

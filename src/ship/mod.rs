@@ -34,6 +34,12 @@ pub use tracked::{DestinationHealth, DestinationState, Tracked};
 
 /// The configured destinations, each behind the retry layer, in config order.
 pub fn from_config(config: &Config) -> Fanout {
+    from_config_with_retry(config, RetryPolicy::default())
+}
+
+/// `from_config` with another retry policy: `pitr check` answers in seconds
+/// rather than after the half minute of retries a sidecar's write deserves.
+pub fn from_config_with_retry(config: &Config, retry: RetryPolicy) -> Fanout {
     let mut health = Vec::new();
     let dests = config
         .destinations
@@ -44,15 +50,15 @@ pub fn from_config(config: &Config) -> Fanout {
             match &d.kind {
                 DestinationKind::Fs { path } => Arc::new(Retrying::new(
                     Tracked::new(FsDestination::new(d.name.clone(), path.clone()), h),
-                    RetryPolicy::default(),
+                    retry,
                 )) as Arc<dyn Destination>,
                 DestinationKind::S3(s3) => Arc::new(Retrying::new(
                     Tracked::new(S3Destination::new(&d.name, s3), h),
-                    RetryPolicy::default(),
+                    retry,
                 )) as Arc<dyn Destination>,
                 DestinationKind::Storacha(c) => Arc::new(Retrying::new(
                     Tracked::new(StorachaDestination::new(&d.name, c), h),
-                    RetryPolicy::default(),
+                    retry,
                 )) as Arc<dyn Destination>,
             }
         })

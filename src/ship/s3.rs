@@ -90,6 +90,15 @@ impl S3Destination {
         }
     }
 
+    /// Whether the client accepts `settings`, without contacting the
+    /// store (`pitr check --offline`).
+    pub fn validate(settings: &S3Config) -> Result<(), String> {
+        match &S3Destination::new("check", settings).store {
+            Ok(_) => Ok(()),
+            Err(why) => Err(format!("the s3 settings are refused: {why}")),
+        }
+    }
+
     fn store(&self, op: &'static str, key: &str) -> Result<&Arc<dyn ObjectStore>, ShipError> {
         self.store.as_ref().map_err(|why| ShipError::Io {
             dest: self.name.clone(),

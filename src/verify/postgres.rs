@@ -415,18 +415,13 @@ fn keep_log(scratch: &Path, log: &str) -> String {
 
 /// The restored cluster, running for the checks.
 struct Server {
-    child: tokio::process::Child,
+    child: crate::pitr::Postmaster,
 }
 
 impl Server {
     /// Fast shutdown, bounded.
     async fn stop(&mut self) -> Result<(), String> {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-        }
+        self.child.signal(nix::sys::signal::Signal::SIGINT);
         match tokio::time::timeout(Duration::from_secs(300), self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
             Ok(Ok(status)) => Err(format!("the restored cluster's shutdown failed ({status})")),
@@ -476,7 +471,9 @@ async fn start_server(
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start the restored cluster: {e}"))?;
-    let mut server = Server { child };
+    let mut server = Server {
+        child: crate::pitr::Postmaster::new(child),
+    };
     let started = std::time::Instant::now();
     let mut seen = 0u64;
     let mut text = String::new();

@@ -3,7 +3,8 @@
 //! every service, profile, volume and secret they refer to exists, that the
 //! health port never leaves the deployment, and that the pitr config each
 //! one runs with — the image's template plus the `PITR_*` variables the file
-//! sets — loads with the binary's own loader. Broken copies are refused.
+//! sets — is accepted by the binary (`pitr check --offline -c`, with only
+//! those variables in its environment). Broken copies are refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -115,7 +116,10 @@ impl Fill {
             (v.starts_with('<') && v.ends_with('>') && !v[1..].contains('<'))
                 || (v.starts_with("${") && v.ends_with('}') && !v[2..].contains("${"))
         };
-        if whole(value) || value.is_empty() || value.starts_with("${{") {
+        // Secret files are mounted or written where the deployment runs:
+        // stand-ins that exist here.
+        let secret_file = name.ends_with("_IDENTITY_FILE") || name.ends_with("_KEY_FILE");
+        if whole(value) || value.is_empty() || value.starts_with("${{") || secret_file {
             return self.value(name);
         }
         let mut out = String::new();
@@ -145,7 +149,10 @@ impl Fill {
     }
 
     /// Loads `template` (a path in this repository) with `env`: the pitr
-    /// variables a deployment file sets, placeholders filled.
+    /// variables a deployment file sets, placeholders filled. The binary
+    /// judges first, as the container would run it (`pitr check --offline
+    /// -c`, with nothing but these variables); the library's loader then
+    /// gives the config for the structural checks.
     fn load(&self, template: &str, env: &[(String, String)]) -> Result<Config, String> {
         let env: Vec<(String, String)> = env
             .iter()
@@ -153,6 +160,25 @@ impl Fill {
             .map(|(k, v)| (k.clone(), self.render(k, v)))
             .collect();
         let path = root().join(template);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
+            .args(["check", "--offline", "-c"])
+            .arg(&path)
+            .env_clear()
+            .envs(env.iter().cloned())
+            .output()
+            .map_err(|e| format!("cannot run pitr: {e}"))?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            return Err(format!("pitr check --offline -c {template}: {said}"));
+        }
+        assert!(
+            said.contains("valid (not contacted)"),
+            "pitr check --offline said: {said}"
+        );
         let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
         Config::from_toml_str(&text, &path, &env).map_err(|e| e.to_string())
     }
@@ -942,6 +968,69 @@ fn dockerfile_stages_user_healthcheck_and_entrypoint() {
             "{template}: {err}"
         );
     }
+}
+
+/// `pitr check --offline` loads the config and reads the files it names,
+/// and contacts nothing: a store and a database that do not answer pass, a
+/// missing key file does not.
+#[test]
+fn check_offline_reads_the_files_and_contacts_nothing() {
+    let fill = Fill::new();
+    let dir = fill.dir.path();
+    let config = dir.join("offline.toml");
+    let write = |key_file: &Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "[repository]\nrecipients = [\"{}\"]\nkey_file = \"{}\"\nstate_dir = \"{}\"\n\n\
+                 [[destination]]\nname = \"nowhere\"\nkind = \"s3\"\nbucket = \"b\"\n\
+                 endpoint = \"http://127.0.0.1:1\"\n\
+                 access_key_id = \"id\"\nsecret_access_key = \"secret\"\n\n\
+                 [[postgres]]\nname = \"main\"\nconninfo = \"host=127.0.0.1 port=1 user=replicator\"\n",
+                fill.recipient,
+                key_file.display(),
+                dir.join("state").display()
+            ),
+        )
+        .expect("config");
+    };
+    let run = |offline: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pitr"));
+        cmd.arg("check");
+        if offline {
+            cmd.arg("--offline");
+        }
+        let out = cmd
+            .arg("-c")
+            .arg(&config)
+            .env_clear()
+            .output()
+            .expect("pitr");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
+    };
+    write(&dir.join("repository.key"));
+    let (code, said) = run(true);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("destination nowhere: settings valid (not contacted)")
+            && said.contains("postgres main: conninfo valid (not contacted)"),
+        "{said}"
+    );
+    let missing = dir.join("no-such.key");
+    write(&missing);
+    let (code, said) = run(true);
+    assert_ne!(code, Some(0), "{said}");
+    assert!(said.contains("no-such.key"), "{said}");
+    // Without --offline the same config is tried for real, and fails.
+    write(&dir.join("repository.key"));
+    let (code, said) = run(false);
+    assert_ne!(code, Some(0), "{said}");
+    assert!(said.contains("destination nowhere: FAILED"), "{said}");
 }
 
 #[test]

@@ -257,3 +257,129 @@ async fn a_gap_in_the_wal_chain_is_named_before_anything_is_downloaded() {
     );
     assert!(ids.len() < 3, "{report}");
 }
+
+/// The processes whose working directory is `dir` or under it: a server
+/// on that data directory, its children, a restore_command they run.
+fn processes_in(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
+            && cwd.starts_with(dir)
+        {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            found.push(format!(
+                "{name}: {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            ));
+        }
+    }
+    found
+}
+
+/// A restore interrupted while recovery waits on a destination that stopped
+/// answering (a pack the WAL server reads is a FIFO nobody writes: the read
+/// blocks, as on a hung mount): pitr stops the server it started, removes
+/// what it wrote, says so and exits 128 + 15, leaving nothing running.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_restore_stops_its_server_and_removes_the_target() {
+    let pg = PgCluster::start();
+    let env = stored(&pg).await;
+    let repo = env.open().await;
+    let plan = latest_plan(&env);
+    // The newest segment: written after the backup finished, so its pack
+    // holds WAL only and the base backup restores; recovery then waits.
+    let last = plan["segments"]
+        .as_array()
+        .and_then(|s| s.last())
+        .and_then(|s| s["item"].as_str())
+        .expect("segments")
+        .to_owned();
+    let pack = {
+        let catalog = repo.catalog();
+        let item = catalog.latest_item(&last).expect("catalog").expect("item");
+        let at = catalog
+            .chunk_location(&item.manifest.chunks[0].0)
+            .expect("catalog")
+            .expect("location");
+        env.repo.store().join(at.pack.object_name())
+    };
+    std::fs::remove_file(&pack).expect("remove pack");
+    nix::unistd::mkfifo(&pack, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
+        .args(["restore", "--latest", "--target"])
+        .arg(&target)
+        .arg("-c")
+        .arg(&env.config)
+        .env_remove("PITR_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pitr");
+    // Recovery has started once the server wrote its pid file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let postmaster = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "pitr ended ({status}) before recovery started: {}",
+                text(&out)
+            );
+        }
+        let pid = std::fs::read_to_string(target.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        if let Some(pid) = pid {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recovery did not start within 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        !processes_in(&target).is_empty(),
+        "the server runs on the target"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pitr did not exit within 60 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    assert!(
+        text(&out).contains("interrupted by SIGTERM"),
+        "{}",
+        text(&out)
+    );
+    // pitr waited for its server: not running, not even a zombie.
+    assert!(
+        !Path::new(&format!("/proc/{postmaster}")).exists(),
+        "the postmaster {postmaster} is still there"
+    );
+    assert_eq!(processes_in(&target), Vec::<String>::new(), "left running");
+    assert!(
+        is_empty_or_missing(&target),
+        "the partial restore is removed"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).expect("ls").count() == 0,
+        "no spool or temp files left beside it"
+    );
+}
