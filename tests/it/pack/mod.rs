@@ -6,3 +6,4 @@ mod deploy;
 mod export;
 mod probe;
 mod runbook;
+mod w3;
