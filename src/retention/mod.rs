@@ -1,7 +1,8 @@
 //! Retention and garbage collection (docs/RETENTION.md).
 //!
 //! A run is planned first ([`plan`]: which backups the policy keeps and
-//! why, which WAL and SQLite captures go with the forgotten ones, which
+//! why, which WAL and SQLite captures go with the forgotten ones (and the
+//! test-restore reports from before the oldest kept backup), which
 //! packs to mark, unmark and delete) and then applied ([`apply`]): one
 //! commit forgets the items and marks the packs no live item references;
 //! packs marked at least `gc_grace` ago that are still unreferenced after a
@@ -26,6 +27,7 @@ use crate::catalog::{CatalogError, ItemRow};
 use crate::config::{Config, RetentionConfig};
 use crate::repo::{Forget, RepoError, Repository};
 use crate::sqlite::store as sqlite_store;
+use crate::verify::{DatabaseKind, ITEM_PREFIX as VERIFY_PREFIX, KIND_VERIFY, VerifyReport};
 use crate::wal::{KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, Lsn, WalAttrs};
 
 pub use gc::{GcOutcome, GcPlan, PackAction};
@@ -107,6 +109,9 @@ pub struct DatabasePlan {
     pub orphans: Vec<String>,
     /// SQLite captures (page sets) forgotten before the oldest kept snapshot.
     pub captures_forgotten: usize,
+    /// Test-restore reports recorded before the oldest kept backup or
+    /// snapshot, forgotten (the newest and the newest passing one stay).
+    pub verify_reports_forgotten: usize,
     /// Items forgotten in total.
     pub items_forgotten: usize,
 }
@@ -422,6 +427,14 @@ fn plan_postgres(
         }
     }
     forget.extend(before);
+    let keep_from = backups
+        .iter()
+        .filter(|b| kept_ids.contains(b.record.id.as_str()))
+        .map(|b| b.record.started)
+        .min();
+    let reports = verify_reports_to_forget(repo, DatabaseKind::Postgres, db, keep_from)?;
+    let verify_reports_forgotten = reports.len();
+    forget.extend(reports);
     let items_forgotten = forget.len();
     Ok((
         DatabasePlan {
@@ -432,6 +445,7 @@ fn plan_postgres(
             partials_superseded,
             orphans: orphan_ids,
             captures_forgotten: 0,
+            verify_reports_forgotten,
             items_forgotten,
         },
         forget,
@@ -461,13 +475,16 @@ fn plan_sqlite(
     // Every capture from the oldest kept snapshot on stays: later page sets
     // build on the snapshots before them, so a snapshot inside the window
     // is kept for them (the restore window stays one piece, as WAL does).
-    let oldest_kept = captures
-        .iter()
-        .filter(|c| c.snapshot)
-        .zip(&decisions)
-        .filter(|(_, d)| d.keep())
-        .map(|(c, _)| c.attrs.seq)
-        .min();
+    let kept_snapshots = || {
+        captures
+            .iter()
+            .filter(|c| c.snapshot)
+            .zip(&decisions)
+            .filter(|(_, d)| d.keep())
+            .map(|(c, _)| c)
+    };
+    let oldest_kept = kept_snapshots().map(|c| c.attrs.seq).min();
+    let keep_from = kept_snapshots().map(|c| c.attrs.at).min();
     let mut forget = Vec::new();
     let mut captures_forgotten = 0;
     if let Some(oldest) = oldest_kept {
@@ -485,6 +502,9 @@ fn plan_sqlite(
             }
         }
     }
+    let reports = verify_reports_to_forget(repo, DatabaseKind::Sqlite, name, keep_from)?;
+    let verify_reports_forgotten = reports.len();
+    forget.extend(reports);
     let items_forgotten = forget.len();
     Ok((
         DatabasePlan {
@@ -495,10 +515,50 @@ fn plan_sqlite(
             partials_superseded: 0,
             orphans: Vec::new(),
             captures_forgotten,
+            verify_reports_forgotten,
             items_forgotten,
         },
         forget,
     ))
+}
+
+/// The test-restore reports of one database recorded before `keep_from`
+/// (the oldest kept backup's start): they are about restores of data the
+/// policy forgets, and each one holds a catalog commit alive. The newest
+/// report and the newest passing one always stay (`/health` and
+/// `verify_max_age` read them); nothing goes while no backup is kept, and a
+/// report that does not parse is left alone.
+fn verify_reports_to_forget(
+    repo: &Repository,
+    kind: DatabaseKind,
+    name: &str,
+    keep_from: Option<Timestamp>,
+) -> Result<Vec<(String, String)>, RetentionError> {
+    let Some(keep_from) = keep_from else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{VERIFY_PREFIX}{}/{name}/", kind.as_str());
+    let mut reports: Vec<(ItemRow, VerifyReport)> = repo
+        .catalog()
+        .items(&prefix)?
+        .into_iter()
+        .filter(|i| i.kind == KIND_VERIFY)
+        .filter_map(|i| {
+            let r = serde_json::from_value::<VerifyReport>(i.attrs.clone()).ok()?;
+            Some((i, r))
+        })
+        .collect();
+    reports.sort_by_key(|(_, r)| r.started);
+    let newest = reports.len().checked_sub(1);
+    let newest_passing = reports.iter().rposition(|(_, r)| r.ok);
+    Ok(reports
+        .iter()
+        .enumerate()
+        .filter(|&(n, (_, r))| {
+            r.started < keep_from && Some(n) != newest && Some(n) != newest_passing
+        })
+        .map(|(_, (i, _))| key(i))
+        .collect())
 }
 
 impl RetentionPlan {
@@ -543,6 +603,13 @@ impl RetentionPlan {
                     s,
                     "  forget  {} page sets before the oldest kept snapshot",
                     d.captures_forgotten
+                );
+            }
+            if d.verify_reports_forgotten > 0 {
+                let _ = writeln!(
+                    s,
+                    "  forget  {} test-restore reports from before the oldest kept backup",
+                    d.verify_reports_forgotten
                 );
             }
             let _ = writeln!(s, "  items forgotten: {}", d.items_forgotten);

@@ -290,11 +290,12 @@ async fn a_failed_deletion_is_reported_and_retried_next_run() {
 }
 
 /// A PostgreSQL history made by hand (records, files, WAL segments,
-/// partials, a history file): the plan forgets exactly the expected items
-/// and applying it leaves exactly the rest.
+/// partials, a history file, test-restore reports): the plan forgets
+/// exactly the expected items and applying it leaves exactly the rest.
 #[tokio::test]
 async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
     use pitr::basebackup::{BackupRecord, KIND_BACKUP, KIND_FILE, KIND_RESTORABLE};
+    use pitr::verify::{DatabaseKind, VerifyReport};
     use pitr::wal::{KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, Lsn, WalAttrs};
 
     let t = TestRepo::new().await;
@@ -409,6 +410,33 @@ async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
         b"h",
     )
     .await;
+    // Test-restore reports, recorded as `pitr verify --restore` records
+    // them. The oldest kept backup is b2 (2026-11-21 00:00): v1 and v3 go;
+    // v2 stays as the newest passing one, v4 as the newest and after b2;
+    // another database's report is not this database's.
+    let report = |db: &str, at: &str, ok: bool| VerifyReport {
+        database: db.into(),
+        kind: DatabaseKind::Postgres,
+        started: at.parse().expect("time"),
+        duration_secs: 1.0,
+        target: None,
+        reached: None,
+        backup: Some(b1.into()),
+        wal_files: 0,
+        checks: vec![],
+        ok,
+        error: (!ok).then(|| "pg_amcheck found corruption".to_owned()),
+    };
+    let reports = [
+        report("main", "2026-11-20T01:00:00Z", true),
+        report("main", "2026-11-20T12:00:00Z", true),
+        report("main", "2026-11-20T18:00:00Z", false),
+        report("main", "2026-11-21T12:00:00Z", false),
+        report("main2", "2026-11-19T00:00:00Z", true),
+    ];
+    for r in &reports {
+        pitr::verify::record(&repo, r).await.expect("record");
+    }
 
     let opts = RunOptions {
         // Past the failed backup's waiting time.
@@ -440,9 +468,10 @@ async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
         ),
         (Lsn(seg), Lsn(3 * seg), 3)
     );
+    assert_eq!(d.verify_reports_forgotten, 2, "{}", plan.render());
     // b1: record, marker, file; orphan file; 01.partial, 01, 02; 03.partial
-    // and two of the three 04.partials.
-    assert_eq!(d.items_forgotten, 10, "{}", plan.render());
+    // and two of the three 04.partials; reports v1 and v3.
+    assert_eq!(d.items_forgotten, 12, "{}", plan.render());
 
     retention::apply(&repo, &plan).await.expect("apply");
     let mut left: Vec<String> = repo
@@ -466,6 +495,20 @@ async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
     ];
     expected.sort();
     assert_eq!(left, expected);
+    let mut reports_left: Vec<String> = repo
+        .catalog()
+        .items("verify/")
+        .expect("items")
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    reports_left.sort();
+    let mut expected: Vec<String> = [1, 3, 4].iter().map(|&n| reports[n].item_name()).collect();
+    expected.sort();
+    assert_eq!(reports_left, expected);
+    // /health's "last verification" is unchanged: v4 for main.
+    let last = pitr::verify::last_reports(&repo).expect("reports");
+    assert!(last.contains(&reports[3]), "{last:?}");
     // The newest 04.partial (the later of the two that reach as far) stays.
     let kept = repo
         .catalog()

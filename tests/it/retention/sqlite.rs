@@ -1,5 +1,6 @@
 //! Retention of SQLite captures: snapshots kept by the policy, page sets
-//! before the oldest kept snapshot forgotten, the window after it intact.
+//! (and test-restore reports) before the oldest kept snapshot forgotten,
+//! the window after it intact.
 
 use std::time::Duration;
 
@@ -16,8 +17,10 @@ async fn capture(w: &mut Watcher, snapshot: bool) {
 }
 
 /// Three snapshots, each followed by a page set; keeping two snapshots
-/// forgets the first snapshot and its page set only; the latest state and
-/// a time inside the kept window restore, a time before it is refused.
+/// forgets the first snapshot and its page set only, and the test-restore
+/// report made before the second (the newest report stays); the latest
+/// state and a time inside the kept window restore, a time before it is
+/// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_captures_before_the_oldest_kept_snapshot_are_forgotten() {
     let t = TestRepo::new().await;
@@ -36,6 +39,8 @@ async fn sqlite_captures_before_the_oldest_kept_snapshot_are_forgotten() {
         &cfg,
         "keep_last = 2\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n",
     );
+    t.enable_test_restores(&cfg, "off");
+    let c = cfg.to_str().expect("utf-8");
     let repo = t.open().await;
     let opts = || WatchOptions {
         name: "app".into(),
@@ -55,9 +60,12 @@ async fn sqlite_captures_before_the_oldest_kept_snapshot_are_forgotten() {
         conn.execute(&format!("INSERT INTO t VALUES ({}, 0)", 2 * round + 2), [])
             .expect("insert");
         capture(&mut w, false).await;
+        if round == 0 || round == 2 {
+            let out = pitr(&["verify", "-c", c, "--restore", "--sqlite", "app"]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let c = cfg.to_str().expect("utf-8");
     let out = pitr(&["retention", "-c", c, "--sqlite", "app", "--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
     let plan = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -74,7 +82,12 @@ async fn sqlite_captures_before_the_oldest_kept_snapshot_are_forgotten() {
         plan.contains("forget  1 page sets before the oldest kept snapshot"),
         "{plan}"
     );
-    assert!(plan.contains("items forgotten: 2"), "{plan}");
+    assert!(
+        plan.contains("forget  1 test-restore reports from before the oldest kept backup"),
+        "{plan}"
+    );
+    assert!(plan.contains("items forgotten: 3"), "{plan}");
+    let before = pitr::verify::last_reports(&repo).expect("reports");
 
     let out = pitr(&["retention", "-c", c, "--sqlite", "app"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -88,6 +101,9 @@ async fn sqlite_captures_before_the_oldest_kept_snapshot_are_forgotten() {
         left,
         [3, 4, 5, 6].map(|s| format!("sqlite/app/{s:012}")).to_vec()
     );
+    let reports = repo.catalog().items("verify/").expect("items");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].name, before[0].item_name());
 
     let target = t.dir.path().join("latest.db");
     restore_ok(&cfg, "app", None, &target);
