@@ -13,7 +13,7 @@ use pitr::sqlite::{Step, WatchOptions, Watcher};
 use pitr::verify::{DatabaseKind, VerifyStatus, last_reports};
 
 use crate::harness::PgCluster;
-use crate::pitr_restore::{Streamer, write_row};
+use crate::pitr_restore::{Streamer, processes_in, write_row};
 use crate::repo::TestRepo;
 
 /// A config for `repo` (with its identity) whose other schedules are off,
@@ -459,4 +459,147 @@ async fn verify_restore_refuses_without_identity_or_with_an_unknown_name() {
         "{}",
         text(&out)
     );
+}
+
+/// The first `postmaster.pid` under `dir` (a test restore's data directory
+/// sits a few levels down in its run directory), with the pid it names.
+fn find_postmaster(dir: &Path, depth: usize) -> Option<(PathBuf, i32)> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == "postmaster.pid") {
+            let pid = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()));
+            if let Some(pid) = pid {
+                return Some((p, pid));
+            }
+        } else if depth > 0 && p.is_dir() {
+            if let Some(found) = find_postmaster(&p, depth - 1) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// A test restore interrupted while recovery waits on a destination that
+/// stopped answering (the first WAL pack it needs is a FIFO nobody writes:
+/// the read blocks, as on a hung mount), as a cancelled CI job or Ctrl-C
+/// does: pitr stops the server it started, removes its scratch run, exits
+/// 128 + 2 and records no report (an interrupted check neither passed nor
+/// failed: no alert, no recovery notice).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_test_restore_stops_its_server_and_leaves_no_scratch_or_report() {
+    let pg = PgCluster::start();
+    let env = Env::new(Some(&pg)).await;
+    let repo = env.repo.open().await;
+    pg.psql("CREATE TABLE oracle (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    let streamer = Streamer::start(&repo, &pg, "pitr");
+    streamer.caught_up(&pg).await;
+    backup(&env);
+    for i in 1..=3 {
+        write_row(&pg, i);
+        pg.psql("SELECT pg_switch_wal()");
+    }
+    streamer.caught_up(&pg).await;
+    streamer.stop().await;
+    let out = env.pitr(&["plan", "--latest", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    // The segment the backup starts in: every target needs it.
+    let first = plan["segments"]
+        .as_array()
+        .and_then(|s| s.first())
+        .and_then(|s| s["item"].as_str())
+        .expect("segments")
+        .to_owned();
+    let pack = {
+        let catalog = repo.catalog();
+        let item = catalog.latest_item(&first).expect("catalog").expect("item");
+        let at = catalog
+            .chunk_location(&item.manifest.chunks[0].0)
+            .expect("catalog")
+            .expect("location");
+        env.repo.store().join(at.pack.object_name())
+    };
+    std::fs::remove_file(&pack).expect("remove pack");
+    nix::unistd::mkfifo(&pack, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PITR_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(["verify", "--restore", "--postgres", "main", "-c"])
+        .arg(&env.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pitr");
+    // Recovery has started once the server wrote its pid file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (pidfile, postmaster) = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "pitr ended ({status}) before recovery started: {}",
+                text(&out)
+            );
+        }
+        if let Some(found) = find_postmaster(&env.scratch, 4) {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recovery did not start within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        Path::new(&format!("/proc/{postmaster}")).exists(),
+        "the server {postmaster} ({}) runs",
+        pidfile.display()
+    );
+    // The postmaster and its children (the startup process waiting in
+    // restore_command) work in the data directory under the scratch run.
+    assert!(
+        processes_in(&env.scratch).len() > 1,
+        "{:?}",
+        processes_in(&env.scratch)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pitr did not exit within 60 s of SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        text(&out).contains("interrupted by SIGINT"),
+        "{}",
+        text(&out)
+    );
+    // pitr waited for its server: not running, not even a zombie.
+    assert!(
+        !Path::new(&format!("/proc/{postmaster}")).exists(),
+        "the postmaster {postmaster} is still there"
+    );
+    assert_eq!(
+        processes_in(&env.scratch),
+        Vec::<String>::new(),
+        "left running"
+    );
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    let reports = last_reports(&env.repo.open().await).expect("reports");
+    assert!(reports.is_empty(), "{reports:?}");
 }

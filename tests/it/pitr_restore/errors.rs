@@ -8,7 +8,8 @@ use std::path::Path;
 use pitr::repo::{Chunking, Repository};
 
 use super::{
-    Env, Streamer, backup, create_oracle, is_empty_or_missing, restore_and_read, text, write_row,
+    Env, Streamer, backup, create_oracle, is_empty_or_missing, processes_in, restore_and_read,
+    text, write_row,
 };
 use crate::harness::PgCluster;
 use crate::repo::TestRepo;
@@ -256,28 +257,6 @@ async fn a_gap_in_the_wal_chain_is_named_before_anything_is_downloaded() {
         &["--lsn", segments[1]["start"].as_str().expect("start")],
     );
     assert!(ids.len() < 3, "{report}");
-}
-
-/// The processes whose working directory is `dir` or under it: a server
-/// on that data directory, its children, a restore_command they run.
-fn processes_in(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
-            && cwd.starts_with(dir)
-        {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            found.push(format!(
-                "{name}: {}",
-                String::from_utf8_lossy(&cmd).replace('\0', " ")
-            ));
-        }
-    }
-    found
 }
 
 /// A restore interrupted while recovery waits on a destination that stopped
