@@ -1,6 +1,6 @@
 //! Alerts: Slack, Discord and generic JSON webhooks, and email over SMTP.
 //!
-//! The health evaluation hands the [`Alerter`] its list of [`Condition`]s,
+//! The health evaluation hands the [`Alerter`] its list of [`Check`]s,
 //! as often as it likes; the alerter sends one alert when a condition starts
 //! failing, one recovery notice when it clears, and reminders only when a
 //! channel asks for them (`renotify`). Delivery runs in the background, one
@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 pub use message::Event;
 
 use crate::config::AlertConfig;
+use crate::health::Check;
 use channel::Channel;
 use message::Notice;
 use state::Tracker;
@@ -29,25 +30,6 @@ use state::Tracker;
 /// Notices waiting per channel beyond which new ones are dropped (and
 /// counted as failed): a channel that cannot keep up must not grow memory.
 const QUEUE_CAPACITY: usize = 256;
-
-/// One condition the health evaluation watches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Condition {
-    /// Stable key, e.g. `postgres/main/stream`, `postgres/main/slot`,
-    /// `postgres/main/backup`, `sqlite/auth/watcher`, `destination/s3/down`,
-    /// `verify/main`, `spool/full`: transitions are tracked per id.
-    pub id: String,
-    /// The `[[postgres]]`/`[[sqlite]]` entry it concerns, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub database: Option<String>,
-    /// The `[[destination]]` it concerns, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub destination: Option<String>,
-    /// Past its threshold.
-    pub failing: bool,
-    /// One line an on-call engineer understands, with what to do.
-    pub summary: String,
-}
 
 /// How deliveries are retried: exponential backoff with jitter between
 /// `min_delay` and `max_delay`, at most `attempts` tries in all.
@@ -273,12 +255,12 @@ impl Alerter {
     /// first seen OK sends nothing; an id that disappears is forgotten.
     /// Never blocks: deliveries run in background tasks (on the current
     /// tokio runtime) with retries, each channel independent.
-    pub fn observe(&self, conditions: &[Condition]) {
+    pub fn observe(&self, conditions: &[Check]) {
         self.observe_at(Timestamp::now(), conditions);
     }
 
     /// [`Alerter::observe`] at a given time.
-    fn observe_at(&self, now: Timestamp, conditions: &[Condition]) {
+    fn observe_at(&self, now: Timestamp, conditions: &[Check]) {
         let decisions = self
             .inner
             .tracker

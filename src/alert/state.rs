@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::Condition;
 use super::message::{Event, Notice};
+use crate::health::Check;
 
 /// What is remembered of one condition id between observations.
 #[derive(Debug)]
@@ -58,8 +58,8 @@ impl Tracker {
     /// from `conditions` is forgotten. An id listed twice is failing when
     /// any of its entries is (the first failing entry's summary is used),
     /// so a duplicate never fakes a transition.
-    pub(crate) fn observe(&mut self, now: Timestamp, conditions: &[Condition]) -> Vec<Decision> {
-        let mut merged: Vec<&Condition> = Vec::with_capacity(conditions.len());
+    pub(crate) fn observe(&mut self, now: Timestamp, conditions: &[Check]) -> Vec<Decision> {
+        let mut merged: Vec<&Check> = Vec::with_capacity(conditions.len());
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(conditions.len());
         for c in conditions {
             match index.get(c.id.as_str()) {
@@ -170,8 +170,8 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    fn cond(id: &str, failing: bool, summary: &str) -> Condition {
-        Condition {
+    fn cond(id: &str, failing: bool, summary: &str) -> Check {
+        Check {
             id: id.to_owned(),
             database: Some("main".to_owned()),
             destination: None,

@@ -104,21 +104,25 @@ pub struct Sources {
     pub extra_checks: Vec<Arc<dyn Fn() -> Vec<Check> + Send + Sync>>,
 }
 
-/// One condition the sidecar watches, failing or not. Alerts fire on the
-/// transitions of `failing`.
+/// One condition the sidecar watches, failing or not: shown on `/health`
+/// and handed to the alerts ([`crate::alert::Alerter::observe`]), which
+/// fire on the transitions of `failing`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// Stable key: `postgres/main/stream`, `destination/s3/down`, ...
+    /// Stable key, e.g. `postgres/main/stream`, `postgres/main/slot`,
+    /// `postgres/main/backup`, `sqlite/auth/watcher`, `destination/s3/down`,
+    /// `verify/main`, `spool/full`: transitions are tracked per id.
     pub id: String,
-    /// The database it concerns.
+    /// The `[[postgres]]`/`[[sqlite]]` entry it concerns, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// The destination it concerns.
+    /// The `[[destination]]` it concerns, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
     /// Whether it is past its threshold.
     pub failing: bool,
-    /// What is wrong (or right), and what to do.
+    /// One line an on-call engineer understands: what is wrong (or right),
+    /// and what to do.
     pub summary: String,
 }
 

@@ -549,18 +549,7 @@ async fn evaluate_forever(
     loop {
         let r = evaluator.evaluate(Timestamp::now());
         health::record_metrics(&r);
-        let conditions: Vec<crate::alert::Condition> = r
-            .checks
-            .iter()
-            .map(|c| crate::alert::Condition {
-                id: c.id.clone(),
-                database: c.database.clone(),
-                destination: c.destination.clone(),
-                failing: c.failing,
-                summary: c.summary.clone(),
-            })
-            .collect();
-        alerter.observe(&conditions);
+        alerter.observe(&r.checks);
         for c in &r.problems {
             tracing::debug!(check = %c.id, "{}", c.summary);
         }

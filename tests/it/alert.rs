@@ -5,8 +5,9 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use pitr::alert::{Alerter, Condition, Retry};
+use pitr::alert::{Alerter, Retry};
 use pitr::config::{AlertConfig, AlertKind};
+use pitr::health::Check;
 
 use crate::harness::{SmtpServer, WebhookReceiver};
 
@@ -29,8 +30,8 @@ fn channel(name: &str, kind: AlertKind, renotify: Option<Duration>) -> AlertConf
     }
 }
 
-fn stream(failing: bool) -> Condition {
-    Condition {
+fn stream(failing: bool) -> Check {
+    Check {
         id: "postgres/main/stream".to_owned(),
         database: Some("main".to_owned()),
         destination: None,
@@ -43,8 +44,8 @@ fn stream(failing: bool) -> Condition {
     }
 }
 
-fn dest(failing: bool) -> Condition {
-    Condition {
+fn dest(failing: bool) -> Check {
+    Check {
         id: "destination/s3/down".to_owned(),
         database: None,
         destination: Some("s3".to_owned()),
