@@ -13,7 +13,9 @@ use pitr::sqlite::{Step, WatchOptions, Watcher};
 use pitr::verify::{DatabaseKind, VerifyStatus, last_reports};
 
 use crate::harness::PgCluster;
-use crate::pitr_restore::{Streamer, processes_in, write_row};
+use crate::pitr_restore::{
+    Streamer, hang_pack_of, interrupt, processes_in, while_running, write_row,
+};
 use crate::repo::TestRepo;
 
 /// A config for `repo` (with its identity) whose other schedules are off,
@@ -513,17 +515,7 @@ async fn an_interrupted_test_restore_stops_its_server_and_leaves_no_scratch_or_r
         .and_then(|s| s["item"].as_str())
         .expect("segments")
         .to_owned();
-    let pack = {
-        let catalog = repo.catalog();
-        let item = catalog.latest_item(&first).expect("catalog").expect("item");
-        let at = catalog
-            .chunk_location(&item.manifest.chunks[0].0)
-            .expect("catalog")
-            .expect("location");
-        env.repo.store().join(at.pack.object_name())
-    };
-    std::fs::remove_file(&pack).expect("remove pack");
-    nix::unistd::mkfifo(&pack, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    hang_pack_of(&repo, &env.repo.store(), &first);
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
     for (k, _) in std::env::vars() {
@@ -538,51 +530,18 @@ async fn an_interrupted_test_restore_stops_its_server_and_leaves_no_scratch_or_r
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run pitr");
-    // Recovery has started once the server wrote its pid file.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let (pidfile, postmaster) = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "pitr ended ({status}) before recovery started: {}",
-                text(&out)
-            );
-        }
-        if let Some(found) = find_postmaster(&env.scratch, 4) {
-            break found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "recovery did not start within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Recovery has started once the server wrote its pid file and forked
+    // its children (the startup process, soon waiting in restore_command):
+    // they work in the data directory under the scratch run.
+    let (pidfile, postmaster) = while_running(&mut child, "recovery started", || {
+        find_postmaster(&env.scratch, 4).filter(|_| processes_in(&env.scratch).len() > 1)
+    });
     assert!(
         Path::new(&format!("/proc/{postmaster}")).exists(),
         "the server {postmaster} ({}) runs",
         pidfile.display()
     );
-    // The postmaster and its children (the startup process waiting in
-    // restore_command) work in the data directory under the scratch run.
-    assert!(
-        processes_in(&env.scratch).len() > 1,
-        "{:?}",
-        processes_in(&env.scratch)
-    );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("try_wait").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pitr did not exit within 60 s of SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("output");
+    let out = interrupt(child, nix::sys::signal::Signal::SIGINT);
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(
         text(&out).contains("interrupted by SIGINT"),

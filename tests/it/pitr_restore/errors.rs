@@ -8,8 +8,8 @@ use std::path::Path;
 use pitr::repo::{Chunking, Repository};
 
 use super::{
-    Env, Streamer, backup, create_oracle, is_empty_or_missing, processes_in, restore_and_read,
-    text, write_row,
+    Env, Streamer, backup, create_oracle, hang_pack_of, interrupt, is_empty_or_missing,
+    processes_in, restore_and_read, text, while_running, write_row,
 };
 use crate::harness::PgCluster;
 use crate::repo::TestRepo;
@@ -277,17 +277,7 @@ async fn an_interrupted_restore_stops_its_server_and_removes_the_target() {
         .and_then(|s| s["item"].as_str())
         .expect("segments")
         .to_owned();
-    let pack = {
-        let catalog = repo.catalog();
-        let item = catalog.latest_item(&last).expect("catalog").expect("item");
-        let at = catalog
-            .chunk_location(&item.manifest.chunks[0].0)
-            .expect("catalog")
-            .expect("location");
-        env.repo.store().join(at.pack.object_name())
-    };
-    std::fs::remove_file(&pack).expect("remove pack");
-    nix::unistd::mkfifo(&pack, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    hang_pack_of(&repo, &env.repo.store(), &last);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let target = dir.path().join("data");
@@ -302,45 +292,16 @@ async fn an_interrupted_restore_stops_its_server_and_removes_the_target() {
         .spawn()
         .expect("run pitr");
     // Recovery has started once the server wrote its pid file.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let postmaster = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "pitr ended ({status}) before recovery started: {}",
-                text(&out)
-            );
-        }
-        let pid = std::fs::read_to_string(target.join("postmaster.pid"))
+    let postmaster = while_running(&mut child, "recovery started", || {
+        std::fs::read_to_string(target.join("postmaster.pid"))
             .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
-        if let Some(pid) = pid {
-            break pid;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "recovery did not start within 120 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    });
     assert!(
         !processes_in(&target).is_empty(),
         "the server runs on the target"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().expect("try_wait").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pitr did not exit within 60 s of SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("output");
+    let out = interrupt(child, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(out.status.code(), Some(143), "{}", text(&out));
     assert!(
         text(&out).contains("interrupted by SIGTERM"),

@@ -212,6 +212,67 @@ pub fn processes_in(dir: &Path) -> Vec<String> {
     found
 }
 
+/// Replaces the pack holding the first chunk of `item`, in the fs
+/// destination at `store`, with a FIFO nobody writes: a read of it blocks,
+/// as on a hung mount.
+pub fn hang_pack_of(repo: &Repository, store: &Path, item: &str) {
+    let catalog = repo.catalog();
+    let row = catalog.latest_item(item).expect("catalog").expect("item");
+    let at = catalog
+        .chunk_location(&row.manifest.chunks[0].0)
+        .expect("catalog")
+        .expect("location");
+    let pack = store.join(at.pack.object_name());
+    std::fs::remove_file(&pack).expect("remove pack");
+    nix::unistd::mkfifo(&pack, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+}
+
+/// Polls `found` until it gives something, at most 120 s, while `child`
+/// (a `pitr` whose output is piped) runs; panics with its output if it ends
+/// first.
+pub fn while_running<T>(
+    child: &mut std::process::Child,
+    what: &str,
+    mut found: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            use std::io::Read;
+            let (mut stdout, mut stderr) = (String::new(), String::new());
+            if let Some(mut o) = child.stdout.take() {
+                let _ = o.read_to_string(&mut stdout);
+            }
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+            panic!("pitr ended ({status}) before {what}:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        }
+        if let Some(v) = found() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` to `child` and waits at most 60 s for it to exit.
+pub fn interrupt(mut child: std::process::Child, signal: nix::sys::signal::Signal) -> Output {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("kill");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pitr did not exit within 60 s of {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
 fn is_empty_or_missing(p: &Path) -> bool {
     std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
 }
