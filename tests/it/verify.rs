@@ -12,7 +12,7 @@ use pitr::repo::Repository;
 use pitr::sqlite::{Step, WatchOptions, Watcher};
 use pitr::verify::{DatabaseKind, VerifyStatus, last_reports};
 
-use crate::harness::PgCluster;
+use crate::harness::{PgCluster, text};
 use crate::pitr_restore::{
     Streamer, hang_pack_of, interrupt, processes_in, while_running, write_row,
 };
@@ -100,15 +100,6 @@ impl Env {
         std::fs::write(&path, bytes).expect("write pack");
         object
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `pitr backup` through the binary, restorable once the streamer stored

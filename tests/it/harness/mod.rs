@@ -18,6 +18,17 @@ pub use s3::S3Server;
 pub use smtp::SmtpServer;
 pub use webhook::WebhookReceiver;
 
+/// A finished command's exit status, stdout and stderr, for assertion
+/// messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// A new age identity, written to `dir/identity.txt` as a config's
 /// `identity_file` reads it; returns it and the file's path.
 pub fn new_identity(dir: &std::path::Path) -> (age::x25519::Identity, std::path::PathBuf) {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::harness::PgCluster;
+use crate::harness::{PgCluster, text};
 use crate::pitr_restore::{Streamer, between, write_row};
 use crate::repo::TestRepo;
 
@@ -17,15 +17,6 @@ fn pitr(config: &Path, args: &[&str]) -> Output {
         .env_remove("PITR_CONFIG")
         .output()
         .expect("run pitr")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn ok(config: &Path, args: &[&str]) -> String {

@@ -13,6 +13,8 @@ use std::process::{Command, Output};
 
 use serde_yaml_ng::Value;
 
+use crate::harness::text;
+
 /// What pitr calls on the bridge (docs/DESTINATIONS.md).
 const ABILITIES: [&str; 5] = [
     "store/add",
@@ -21,15 +23,6 @@ const ABILITIES: [&str; 5] = [
     "store/remove",
     "upload/remove",
 ];
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// `storacha ARGS` with its store `store` under `home`, acting as
 /// `principal` when given.

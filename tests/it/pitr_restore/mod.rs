@@ -20,6 +20,7 @@ use pitr::wal::{ConnInfo, Lsn, Progress, StreamOptions, stream};
 use tokio::sync::{oneshot, watch};
 
 use crate::harness::PgCluster;
+pub use crate::harness::text;
 use crate::repo::TestRepo;
 
 /// A repository with a config file the binary uses, for one `[[postgres]]`
@@ -50,15 +51,6 @@ impl Env {
             .output()
             .expect("run pitr")
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The WAL streamer in the background, as `pitr run` runs it.

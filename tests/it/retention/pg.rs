@@ -15,7 +15,7 @@ use pitr::retention::{self, RunOptions, Scope};
 use pitr::wal::ConnInfo;
 use tokio::sync::watch;
 
-use crate::harness::PgCluster;
+use crate::harness::{PgCluster, text};
 use crate::pitr_restore::Streamer;
 use crate::repo::{TestRepo, data};
 
@@ -107,15 +107,6 @@ impl Env {
             .collect();
         (restored, ids)
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn write_row(pg: &PgCluster, id: u32) -> Timestamp {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use crate::harness::text;
 use crate::repo::TestRepo;
 
 /// Held by the tests that measure time or push a gigabyte (the oracles, the
@@ -56,16 +57,6 @@ pub fn pitr(args: &[&str]) -> Output {
         }
     }
     cmd.output().expect("run pitr")
-}
-
-/// stdout and stderr of an output, for messages.
-pub fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The `sqlite3` shell's answer to `sql` on `db`, trimmed.
