@@ -98,8 +98,9 @@ enum Command {
     },
     /// Prepare every destination (idempotent).
     Init(ConfigArg),
-    /// The sidecar: WAL streams, the base-backup schedule and SQLite
-    /// watchers; the health server arrives with issue 8.
+    /// The sidecar: WAL streams, SQLite watchers, and base backups, test
+    /// restores, retention and scrub on their schedules, with the health
+    /// server (/health, /metrics) and alerts.
     Run(ConfigArg),
     /// Take one base backup now.
     Backup {
@@ -455,16 +456,6 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
     }
     EXIT_FAILURE
-}
-
-/// A command a later issue implements: says which, exits 2.
-#[allow(dead_code)] // no command is stubbed on this branch any more; others may still be
-fn later(command: &str, issue: u32, what: &str) -> anyhow::Result<()> {
-    Err(Exit::Usage(format!(
-        "`pitr {command}` is not implemented yet: it arrives with issue {issue} ({what}). \
-         Nothing was done."
-    ))
-    .into())
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

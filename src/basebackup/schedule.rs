@@ -199,9 +199,9 @@ pub struct Running {
     pub files: u64,
 }
 
-/// The scheduled backups of one database as the health endpoint will show
-/// them (issue 8 serves this struct on `/health` and `/metrics`; `pitr run`
-/// keeps one per `[[postgres]]` entry in a `watch` channel).
+/// The scheduled backups of one database as the health endpoint shows them
+/// (on `/health` and `/metrics`; `pitr run` keeps one per `[[postgres]]`
+/// entry in a `watch` channel).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ScheduleStatus {
     /// The `[[postgres]]` entry.
