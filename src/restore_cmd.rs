@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 use pitr::config::Config;
 use pitr::pitr::{Plan, PlanError, RestoreError, RestoreOptions, Target};
 use pitr::repo::Repository;
+use pitr::verify::{DatabaseKind, VerifyReport};
 
 use crate::{Exit, TargetArg, mib};
 
@@ -106,6 +107,7 @@ pub fn print_plan(plan: &Plan) {
 /// `pitr list`: base backups, WAL ranges per timeline, restore windows.
 pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let repo = open_repo(config).await?;
+    let reports = pitr::verify::last_reports(&repo)?;
     let mut out = Vec::new();
     for pg in &config.postgres {
         let backups = pitr::basebackup::backups(&repo, &pg.name)?;
@@ -120,6 +122,7 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
         let windows = pitr::pitr::windows(&repo, &pg.name)
             .await
             .map_err(anyhow::Error::new)?;
+        let tested = last_test_restore(&reports, DatabaseKind::Postgres, &pg.name);
         if !json {
             println!("[[postgres]] {:?}", pg.name);
             println!("  base backups:");
@@ -176,6 +179,7 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
                     w.end.map_or("-".to_owned(), |e| e.to_string())
                 );
             }
+            println!("  last test restore: {}", test_restore_text(tested));
         }
         out.push(serde_json::json!({
             "name": pg.name,
@@ -185,9 +189,10 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "wal": wal,
             "windows": windows,
+            "last_test_restore": tested,
         }));
     }
-    let sqlite = crate::sqlite_cmd::list(config, &repo, json)?;
+    let sqlite = crate::sqlite_cmd::list(config, &repo, &reports, json)?;
     if json {
         println!(
             "{}",
@@ -197,6 +202,45 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The newest recorded test restore of one database, if any.
+pub fn last_test_restore<'a>(
+    reports: &'a [VerifyReport],
+    kind: DatabaseKind,
+    name: &str,
+) -> Option<&'a VerifyReport> {
+    reports
+        .iter()
+        .find(|r| r.kind == kind && r.database == name)
+}
+
+/// `pitr list`'s words on a database's newest test restore: when, the
+/// verdict, from what, to where; or how to get one. A backup nobody
+/// restored is a hope, not a backup: the line says so.
+pub fn test_restore_text(report: Option<&VerifyReport>) -> String {
+    let Some(r) = report else {
+        return "none recorded: nothing proves these backups restore yet (`pitr verify \
+                --restore` runs one; `[verify] schedule` runs them in `pitr run`)"
+            .to_owned();
+    };
+    let mut s = format!(
+        "{} {} ({:.1} s",
+        if r.ok { "passed" } else { "FAILED" },
+        pitr::pitr::pg_time(r.started),
+        r.duration_secs
+    );
+    if let Some(b) = &r.backup {
+        let _ = write!(s, ", from {b}");
+    }
+    if let Some(t) = &r.target {
+        let _ = write!(s, ", to {t}");
+    }
+    s.push(')');
+    if let Some(e) = r.error.as_deref().filter(|_| !r.ok) {
+        let _ = write!(s, ": {}", e.lines().next().unwrap_or(e));
+    }
+    s
 }
 
 /// `pitr restore`: executes the plan, reports what was reached.

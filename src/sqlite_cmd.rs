@@ -133,6 +133,7 @@ pub async fn restore(
 pub fn list(
     config: &Config,
     repo: &Repository,
+    reports: &[pitr::verify::VerifyReport],
     json: bool,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
@@ -140,6 +141,11 @@ pub fn list(
         let caps = pitr::sqlite::store::captures(repo, &s.name)?;
         let window = pitr::sqlite::window(repo, &s.name)?;
         let snapshots: Vec<_> = caps.iter().filter(|c| c.snapshot).collect();
+        let tested = crate::restore_cmd::last_test_restore(
+            reports,
+            pitr::verify::DatabaseKind::Sqlite,
+            &s.name,
+        );
         if !json {
             println!("[[sqlite]] {:?} ({})", s.name, s.path.display());
             println!(
@@ -158,6 +164,10 @@ pub fn list(
                 println!("    last capture {}  {}", last.item.name, last.attrs.at);
             }
             println!("  restore window: {}", window_text(&window));
+            println!(
+                "  last test restore: {}",
+                crate::restore_cmd::test_restore_text(tested)
+            );
         }
         out.push(serde_json::json!({
             "name": s.name,
@@ -169,6 +179,7 @@ pub fn list(
             })).collect::<Vec<_>>(),
             "last": caps.last().map(|c| serde_json::json!({"item": c.item.name, "at": c.attrs.at})),
             "window": window,
+            "last_test_restore": tested,
         }));
     }
     Ok(out)

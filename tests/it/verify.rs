@@ -201,6 +201,15 @@ async fn postgres_test_restore_passes_is_recorded_and_a_corrupted_pack_fails_it(
         r.clone()
     };
     let first = check_recorded(&env.repo.open().await);
+    let out = env.pitr(&["list"]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listed.contains(&format!(
+            "last test restore: passed {}",
+            pitr::pitr::pg_time(first.started)
+        )) && listed.contains(&format!("from {id}")),
+        "{listed}"
+    );
     // The report lives in the destinations: a rebuilt catalog has it.
     let out = env.pitr(&["catalog", "rebuild"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -299,6 +308,18 @@ async fn sqlite_test_restore_passes_and_fails_on_a_corrupted_pack() {
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].kind, DatabaseKind::Sqlite);
     assert!(reports[0].ok, "{reports:?}");
+    // `pitr list` shows it, as text and JSON.
+    let out = env.pitr(&["list"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    let when = pitr::pitr::pg_time(reports[0].started);
+    assert!(
+        listed.contains(&format!("last test restore: passed {when}")),
+        "{listed}"
+    );
+    let out = env.pitr(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["sqlite"][0]["last_test_restore"]["ok"], true, "{v}");
 
     // Every restore starts from the snapshot: damage it.
     let snapshot = pitr::sqlite::store::item_name("app", 1);
@@ -311,6 +332,12 @@ async fn sqlite_test_restore_passes_and_fails_on_a_corrupted_pack() {
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
     let reports = last_reports(&env.repo.open().await).expect("reports");
     assert!(!reports[0].ok, "{reports:?}");
+    let out = env.pitr(&["list"]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listed.contains("last test restore: FAILED") && listed.contains(&object),
+        "the failure and the damaged object: {listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

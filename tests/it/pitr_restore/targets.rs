@@ -63,6 +63,11 @@ async fn name_lsn_and_latest_targets_restore_exactly() {
         shown.contains("restorable") && shown.contains("timeline 1: "),
         "{shown}"
     );
+    // No test restore ran: the list says nothing proves the backups yet.
+    assert!(
+        shown.contains("last test restore: none recorded: nothing proves these backups"),
+        "{shown}"
+    );
 
     let (_r, ids, report) = restore_and_read(&env, &["--name", "before-4"]);
     assert_eq!(ids, [1, 2, 3], "{report}");

@@ -183,7 +183,12 @@ async fn restore_refusals_and_a_wrong_checksum() {
     // `pitr list` shows the captures and the window, as text and JSON.
     let out = pitr(&["list", "-c", c]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for needle in ["[[sqlite]] \"app\"", "1 snapshots", "restore window: 20"] {
+    for needle in [
+        "[[sqlite]] \"app\"",
+        "1 snapshots",
+        "restore window: 20",
+        "last test restore: none recorded",
+    ] {
         assert!(text(&out).contains(needle), "{needle}: {}", text(&out));
     }
     let out = pitr(&["list", "-c", c, "--json"]);
@@ -191,6 +196,7 @@ async fn restore_refusals_and_a_wrong_checksum() {
     assert_eq!(v["sqlite"][0]["name"], "app");
     assert_eq!(v["sqlite"][0]["captures"], 1);
     assert!(v["sqlite"][0]["window"]["earliest"].is_string(), "{v}");
+    assert!(v["sqlite"][0]["last_test_restore"].is_null(), "{v}");
     // The plan names the snapshot.
     let out = pitr(&["plan", "-c", c, "--sqlite", "app", "--latest"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
