@@ -81,6 +81,22 @@ const context = await createContext({
   assert: { fail: (error) => console.error('service error:', error) },
 })
 
+// The test indexing service (and the legacy claims service) authorise the
+// upload service with an `assert/*` delegation made without an expiration,
+// so ucanto's default applies: 30 seconds, plenty for one mocha test, and
+// after that every `space/index/add` fails. Delegate the same for good.
+for (const client of [context.indexingService, context.claimsService]) {
+  const { issuer, audience } = client.invocationConfig
+  client.invocationConfig.proofs = [
+    await delegate({
+      issuer: audience,
+      audience: issuer,
+      capabilities: [{ can: 'assert/*', with: audience.did() }],
+      expiration: Infinity,
+    }),
+  ]
+}
+
 // --- IPNI: which index holds a block -------------------------------------
 // `space/index/add` publishes every indexed block to IPNI; the live indexing
 // service answers a query for any block's multihash from there. The test
@@ -502,8 +518,14 @@ const gatewayServer = http.createServer((req, res) => {
   })
 })
 
+// Node closes an idle keep-alive connection after 5 s; a client that reuses
+// it at that moment (the JS client hashing a large shard between two
+// invocations, on a loaded machine) gets "other side closed" and ucanto
+// does not retry. The live service's front keeps connections far longer.
 const listen = (srv, port) =>
   new Promise((resolve, reject) => {
+    srv.keepAliveTimeout = 120_000
+    srv.headersTimeout = 121_000
     srv.once('error', reject)
     srv.listen(Number(port), '127.0.0.1', () => resolve(srv.address().port))
   })
