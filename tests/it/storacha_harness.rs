@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::harness::storacha::{CredentialOptions, StorachaHarness};
+use crate::harness::storacha::{CredentialOptions, GatewayFault, StorachaHarness};
 
 /// `len` pseudo-random bytes (a fixed xorshift: no two files alike, no
 /// dedup between them).
@@ -46,6 +46,21 @@ fn the_js_client_uploads_lists_to_the_end_fetches_identical_bytes_and_removes() 
     for up in [&up_big, &up_small, &up_third] {
         assert_eq!(up.shards.len(), 1, "one shard each: {up:?}");
     }
+    // Each upload: the shard and its index went through space/blob/add and
+    // a PUT; the index was registered; the upload added.
+    let stats = h.stats();
+    assert_eq!(
+        stats.invocations.get("space/blob/add"),
+        Some(&6),
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.invocations.get("space/index/add"),
+        Some(&3),
+        "{stats:?}"
+    );
+    assert_eq!(stats.invocations.get("upload/add"), Some(&3), "{stats:?}");
+    assert_eq!(stats.puts, 6, "{stats:?}");
 
     // Pages of two: 2 + 1, and the short page still carries a cursor, so
     // the end is a third, empty page (as the live table answers).
@@ -112,6 +127,15 @@ fn unindexed_bytes_are_not_served_and_bad_proofs_are_refused() {
     let (status, body) = h.gateway_get(&format!("{cid}?format=raw"));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(body == data);
+    // Injected gateway faults apply to the next requests, in order.
+    h.gateway_faults(&[GatewayFault::Status(503), GatewayFault::Tamper]);
+    let (status, _) = h.gateway_get(&format!("{cid}?format=raw"));
+    assert_eq!(status, 503);
+    let (status, body) = h.gateway_get(&format!("{cid}?format=raw"));
+    assert_eq!(status, 200);
+    assert!(body.len() == data.len() && body != data, "not tampered");
+    let (_, body) = h.gateway_get(&format!("{cid}?format=raw"));
+    assert!(body == data, "a fault outlived its request");
 
     // An expired proof, and one without upload/list, are refused. (The JS
     // client drops an expired proof before sending, so the service sees no

@@ -16,6 +16,8 @@
 //   GET  {service_url}/receipt/<task>  302 to the agent message holding its receipt
 //   GET  {gateway_url}/ipfs/<cid>[/path][?format=car|raw]   trustless gateway
 //   POST {control_url}/credentials     a provisioned space and an agent (below)
+//   POST {control_url}/gateway-faults  faults for the next gateway requests
+//   GET  {control_url}/stats           invocations by ability, PUTs, gateway requests
 //
 // Everything listens on 127.0.0.1 only.
 
@@ -62,9 +64,21 @@ if (!args.info) {
 // The test context's helper servers (storage nodes, indexing service, blob
 // buckets) call `http.createServer(...).listen(cb)`, which binds every
 // interface: make that loopback.
+// What the tests may ask about (GET /control/stats): invocations by
+// ability as received on the HTTP front, PUTs to the blob targets,
+// requests to the gateway.
+const stats = { invocations: {}, puts: 0, gateway_requests: 0 }
+
 const loopbackHttp = {
   ...http,
   createServer: (...a) => {
+    if (typeof a[0] === 'function') {
+      const handler = a[0]
+      a[0] = (req, res) => {
+        if (req.method === 'PUT') stats.puts++
+        return handler(req, res)
+      }
+    }
     const server = http.createServer(...a)
     const listen = server.listen.bind(server)
     server.listen = (...l) =>
@@ -191,12 +205,31 @@ const agent = {
   ...server,
   id: server.id,
   context: { ...server.context, ...context },
-  request: (request) => UploadAPI.handle(agent, request),
+  request: async (request) => {
+    await count(request)
+    return UploadAPI.handle(agent, request)
+  },
 }
+/** Counts a request's invocations by ability (CAR requests; others are legacy). */
+async function count(request) {
+  const type = request.headers['content-type'] ?? ''
+  if (!type.includes(TransportCAR.contentType)) return
+  try {
+    const message = await TransportCAR.request.decode(request)
+    for (const invocation of message.invocations) {
+      const can = invocation.capabilities[0]?.can ?? '?'
+      stats.invocations[can] = (stats.invocations[can] ?? 0) + 1
+    }
+  } catch {
+    // Not decodable: the service will say so in its answer.
+  }
+}
+
+// The harness's own invocations (provisioning) bypass the counting front.
 const connection = Client.connect({
   id: context.id,
   codec: TransportCAR.outbound,
-  channel: agent,
+  channel: { request: (request) => UploadAPI.handle(agent, request) },
 })
 
 // --- Credentials -----------------------------------------------------------
@@ -395,7 +428,21 @@ async function carBytes(root, blocks) {
   return Buffer.concat(chunks)
 }
 
+/**
+ * Faults for the next gateway requests (POST /control/gateway-faults, a JSON
+ * array, one fault per request in order): `{"status": 503}` answers that
+ * status; `{"truncate": true}` a complete HTTP answer whose body stops
+ * halfway (a CAR cut inside a block); `{"abort": true}` drops the
+ * connection halfway through the body; `{"tamper": true}` flips one byte in
+ * the middle of the body.
+ */
+const gatewayFaults = []
+
 async function gateway(req, res) {
+  stats.gateway_requests++
+  const fault = gatewayFaults.shift()
+  if (fault?.status) return send(res, fault.status, 'injected fault')
+  if (fault) res.fault = fault
   const url = new URL(req.url ?? '/', 'http://127.0.0.1')
   const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
   if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -459,8 +506,22 @@ async function gateway(req, res) {
 function send(res, status, body, type = 'text/plain; charset=utf-8', cid) {
   const headers = { 'content-type': type }
   if (cid) headers.etag = `"${cid}"`
+  let bytes = typeof body === 'string' ? Buffer.from(body + '\n') : Buffer.from(body)
+  const fault = status === 200 ? res.fault : undefined
+  const half = Math.floor(bytes.length / 2)
+  if (fault?.tamper && bytes.length) {
+    bytes = Buffer.from(bytes)
+    bytes[half] ^= 0xff
+  }
+  if (fault?.truncate) bytes = bytes.subarray(0, half)
+  if (fault?.abort) {
+    headers['content-length'] = String(bytes.length)
+    res.writeHead(status, headers)
+    res.write(bytes.subarray(0, half))
+    return setTimeout(() => res.destroy(), 50)
+  }
   res.writeHead(status, headers)
-  res.end(typeof body === 'string' ? body + '\n' : body)
+  res.end(bytes)
 }
 
 // --- The service's HTTP front ------------------------------------------------
@@ -498,6 +559,15 @@ const serviceServer = http.createServer(async (req, res) => {
       const opts = body.length ? JSON.parse(new TextDecoder().decode(body)) : {}
       const made = await credentials(opts)
       return send(res, 200, JSON.stringify(made), 'application/json')
+    }
+    if (req.method === 'POST' && url.pathname === '/control/gateway-faults') {
+      const faults = JSON.parse(new TextDecoder().decode(await readBody(req)))
+      if (!Array.isArray(faults)) return send(res, 400, 'a JSON array of faults')
+      gatewayFaults.push(...faults)
+      return send(res, 200, JSON.stringify({ queued: gatewayFaults.length }), 'application/json')
+    }
+    if (req.method === 'GET' && url.pathname === '/control/stats') {
+      return send(res, 200, JSON.stringify(stats), 'application/json')
     }
     if (req.method === 'GET' && url.pathname === '/') {
       return send(res, 200, `ucanto service ${context.id.did()}`)

@@ -84,6 +84,32 @@ pub struct JsFetch {
     pub blocks: u64,
 }
 
+/// A fault for one gateway request (`StorachaHarness::gateway_faults`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayFault {
+    /// Answer with this HTTP status instead.
+    Status(u16),
+    /// A complete HTTP answer whose body stops halfway (a CAR cut inside a
+    /// block).
+    Truncate,
+    /// Drop the connection halfway through the body.
+    Abort,
+    /// Flip one byte in the middle of the body.
+    Tamper,
+}
+
+/// What the harness counted since it started.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorachaStats {
+    /// Invocations received on the service's HTTP front, by ability
+    /// (`space/blob/add`, `ucan/conclude`, ...).
+    pub invocations: std::collections::BTreeMap<String, u64>,
+    /// PUT requests to the blob targets (storage nodes).
+    pub puts: u64,
+    /// Requests to the gateway.
+    pub gateway_requests: u64,
+}
+
 /// A running harness, killed on drop.
 pub struct StorachaHarness {
     child: Child,
@@ -184,21 +210,57 @@ impl StorachaHarness {
         }
         body.insert("expired".into(), opts.expired.into());
         body.insert("other_space".into(), opts.other_space.into());
+        let answer = self.control("credentials", &Value::Object(body));
+        serde_json::from_slice(&answer).unwrap_or_else(|e| {
+            panic!(
+                "credentials answer: {e}: {}",
+                String::from_utf8_lossy(&answer)
+            )
+        })
+    }
+
+    /// `POST {control_url}/PATH` with a JSON body; the answer's body.
+    fn control(&self, path: &str, body: &Value) -> Vec<u8> {
         let out = Command::new("curl")
             .args(["-sS", "--fail-with-body", "--max-time", "30", "-X", "POST"])
             .args(["-H", "content-type: application/json", "-d"])
-            .arg(Value::Object(body).to_string())
-            .arg(format!("{}/credentials", self.info.control_url))
+            .arg(body.to_string())
+            .arg(format!("{}/{path}", self.info.control_url))
             .output()
             .expect("curl");
         assert!(
             out.status.success(),
-            "credentials: {}\n{}",
+            "{path}: {}\n{}",
             super::text(&out),
             self.log()
         );
+        out.stdout
+    }
+
+    /// Queues faults for the next gateway requests, one per request in order.
+    pub fn gateway_faults(&self, faults: &[GatewayFault]) {
+        let faults: Vec<Value> = faults
+            .iter()
+            .map(|f| match f {
+                GatewayFault::Status(s) => serde_json::json!({ "status": s }),
+                GatewayFault::Truncate => serde_json::json!({ "truncate": true }),
+                GatewayFault::Abort => serde_json::json!({ "abort": true }),
+                GatewayFault::Tamper => serde_json::json!({ "tamper": true }),
+            })
+            .collect();
+        self.control("gateway-faults", &Value::Array(faults));
+    }
+
+    /// What the harness counted so far.
+    pub fn stats(&self) -> StorachaStats {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "30"])
+            .arg(format!("{}/stats", self.info.control_url))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "stats: {}", super::text(&out));
         serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("credentials answer: {e}: {}", super::text(&out)))
+            .unwrap_or_else(|e| panic!("stats answer: {e}: {}", super::text(&out)))
     }
 
     /// Runs `interop.mjs ARGS` as the holder of `creds`; its output.
