@@ -6,7 +6,7 @@
 //! backup (that major's `BASE_BACKUP` syntax and stream framing, CRC-32C
 //! manifest) restored with the streamed WAL passes its `pg_verifybackup`.
 //!
-//! Kept cheap (pgbench scale 2 for a few seconds): the whole group is
+//! Kept cheap (pgbench scale 2, 400 transactions): the whole group is
 //! minutes on two cores. Run one major with `cargo test --test it
 //! versions::pg17`. A cluster of major N comes from
 //! `PgCluster::start_major(N)` (binaries as `harness::pg::pg_bin_dir_for`
@@ -29,6 +29,8 @@ use crate::wal_decode::{Dumped, dumped_time, parse_dump_line, pg_waldump, pgbenc
 use crate::wal_fetch::Setup;
 
 const SEG: u64 = 16 << 20;
+/// pgbench transactions in each major's run (two clients).
+const PGBENCH_TRANSACTIONS: usize = 400;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pg14() {
@@ -78,9 +80,30 @@ async fn core_scenarios(major: u32) {
         .await
         .expect("open the repository");
     let streamer = Streamer::start(&repo, &pg);
+    // Everything after the slot exists is streamed: wait for it, so that
+    // every pgbench commit below is in the WAL compared.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr'") != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the streamer made no slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     pgbench(&pg, &["-i", "-s", "2", "-q"]);
-    pgbench(&pg, &["-T", "3", "-c", "2", "-j", "1"]);
+    // A count of transactions, not a duration: the same WAL on any machine.
+    pgbench(
+        &pg,
+        &[
+            "-t",
+            &(PGBENCH_TRANSACTIONS / 2).to_string(),
+            "-c",
+            "2",
+            "-j",
+            "1",
+        ],
+    );
 
     // A base backup in that major's syntax and stream framing; the stream
     // stores its WAL.
