@@ -141,6 +141,20 @@ async fn core_scenarios(major: u32) {
     wait_stored(&repo, Lsn(last.start(SEG).0 + SEG)).await;
     streamer.stop().await;
 
+    // `pitr check` reads what streaming needs on this major.
+    let check = Command::new(env!("CARGO_BIN_EXE_pitr"))
+        .args(["check", "-c"])
+        .arg(setup.config_path())
+        .env_remove("PITR_CONFIG")
+        .output()
+        .expect("run pitr check");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && said.contains(&format!("PostgreSQL {major}, wal_level=replica")),
+        "pitr check on {major}: {said}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
     let fetched = fetch_completed(&pg, &setup, last);
     decoder_agrees_with_pg_waldump(&pg, major, &fetched);
     backup_verifies(&pg, &repo, &record).await;
