@@ -23,6 +23,7 @@ mod sqlite;
 mod storacha;
 mod storacha_harness;
 mod verify;
+mod versions;
 mod wal_conn;
 mod wal_decode;
 mod wal_failover;
