@@ -97,8 +97,9 @@ mod tests {
         let v: Ipld = serde_ipld_dagcbor::from_slice(shard.1).expect("cbor");
         let Ipld::List(top) = v else { panic!("a list") };
         let Ipld::List(slices) = &top[1] else { panic!("slices") };
-        // Three leaves, the file root, the directory and the shard itself.
-        assert_eq!(slices.len(), 6);
+        // Four leaves (3 MiB + 5 B), the file root, the directory and the
+        // shard itself.
+        assert_eq!(slices.len(), 7);
         let in_car = verify::blocks(&car.bytes).expect("pack CAR");
         for s in slices {
             let Ipld::List(s) = s else { panic!("slice") };

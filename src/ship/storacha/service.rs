@@ -375,26 +375,56 @@ impl Service {
     }
 
     /// The receipt of `task` from the service's receipt endpoint
-    /// (`{service}/receipt/{task}`), `None` while it has none.
+    /// (`{service}/receipt/{task}`), `None` while it has none. The endpoint
+    /// redirects to the stored agent message; that GET carries no
+    /// credentials, so (unlike invocations) its redirects are followed, a
+    /// few hops at most.
     async fn receipt(&self, task: &Cid) -> Result<Option<Receipt>, ServiceError> {
-        let url = format!("{}/receipt/{task}", self.url);
-        let resp = self
-            .http
-            .get(&url)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|source| ServiceError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        if resp.status().as_u16() == 404 {
-            return Ok(None);
+        let mut url = format!("{}/receipt/{task}", self.url);
+        for _ in 0..4 {
+            let resp = self
+                .http
+                .get(&url)
+                .timeout(self.timeout)
+                .send()
+                .await
+                .map_err(|source| ServiceError::Transport {
+                    url: url.clone(),
+                    source,
+                })?;
+            if resp.status().as_u16() == 404 {
+                return Ok(None);
+            }
+            if resp.status().is_redirection() {
+                let next = resp
+                    .headers()
+                    .get("location")
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| resp.url().join(l).ok());
+                match next {
+                    Some(n) => {
+                        url = n.to_string();
+                        continue;
+                    }
+                    None => {
+                        return Err(ServiceError::Status {
+                            url,
+                            status: resp.status().as_u16(),
+                            body: "a redirect without a usable location".to_owned(),
+                        });
+                    }
+                }
+            }
+            let body = self.body(&url, resp).await?;
+            let (_, blocks) =
+                ucanto::car_blocks(&body).map_err(|e| Self::protocol("receipt", e))?;
+            return Ok(find_receipt(&blocks, task));
         }
-        let body = self.body(&url, resp).await?;
-        let (_, blocks) =
-            ucanto::car_blocks(&body).map_err(|e| Self::protocol("receipt", e))?;
-        Ok(find_receipt(&blocks, task))
+        Err(ServiceError::Status {
+            url,
+            status: 310,
+            body: "too many redirects".to_owned(),
+        })
     }
 
     /// Stores `bytes` as a blob of the space (`space/blob/add` → allocate
