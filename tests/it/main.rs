@@ -21,6 +21,7 @@ mod sidecar;
 mod spool_full;
 mod sqlite;
 mod storacha;
+mod storacha_harness;
 mod verify;
 mod wal_conn;
 mod wal_decode;

@@ -16,6 +16,8 @@
 //   GET  {service_url}/receipt/<task>  302 to the agent message holding its receipt
 //   GET  {gateway_url}/ipfs/<cid>[/path][?format=car|raw]   trustless gateway
 //   POST {control_url}/credentials     a provisioned space and an agent (below)
+//   POST {control_url}/gateway-faults  faults for the next gateway requests
+//   GET  {control_url}/stats           invocations by ability, PUTs, gateway requests
 //
 // Everything listens on 127.0.0.1 only.
 
@@ -62,9 +64,21 @@ if (!args.info) {
 // The test context's helper servers (storage nodes, indexing service, blob
 // buckets) call `http.createServer(...).listen(cb)`, which binds every
 // interface: make that loopback.
+// What the tests may ask about (GET /control/stats): invocations by
+// ability as received on the HTTP front, PUTs to the blob targets,
+// requests to the gateway.
+const stats = { invocations: {}, puts: 0, gateway_requests: 0 }
+
 const loopbackHttp = {
   ...http,
   createServer: (...a) => {
+    if (typeof a[0] === 'function') {
+      const handler = a[0]
+      a[0] = (req, res) => {
+        if (req.method === 'PUT') stats.puts++
+        return handler(req, res)
+      }
+    }
     const server = http.createServer(...a)
     const listen = server.listen.bind(server)
     server.listen = (...l) =>
@@ -80,6 +94,22 @@ const context = await createContext({
   // whole harness down on one bad request: log instead.
   assert: { fail: (error) => console.error('service error:', error) },
 })
+
+// The test indexing service (and the legacy claims service) authorise the
+// upload service with an `assert/*` delegation made without an expiration,
+// so ucanto's default applies: 30 seconds, plenty for one mocha test, and
+// after that every `space/index/add` fails. Delegate the same for good.
+for (const client of [context.indexingService, context.claimsService]) {
+  const { issuer, audience } = client.invocationConfig
+  client.invocationConfig.proofs = [
+    await delegate({
+      issuer: audience,
+      audience: issuer,
+      capabilities: [{ can: 'assert/*', with: audience.did() }],
+      expiration: Infinity,
+    }),
+  ]
+}
 
 // --- IPNI: which index holds a block -------------------------------------
 // `space/index/add` publishes every indexed block to IPNI; the live indexing
@@ -175,12 +205,31 @@ const agent = {
   ...server,
   id: server.id,
   context: { ...server.context, ...context },
-  request: (request) => UploadAPI.handle(agent, request),
+  request: async (request) => {
+    await count(request)
+    return UploadAPI.handle(agent, request)
+  },
 }
+/** Counts a request's invocations by ability (CAR requests; others are legacy). */
+async function count(request) {
+  const type = request.headers['content-type'] ?? ''
+  if (!type.includes(TransportCAR.contentType)) return
+  try {
+    const message = await TransportCAR.request.decode(request)
+    for (const invocation of message.invocations) {
+      const can = invocation.capabilities[0]?.can ?? '?'
+      stats.invocations[can] = (stats.invocations[can] ?? 0) + 1
+    }
+  } catch {
+    // Not decodable: the service will say so in its answer.
+  }
+}
+
+// The harness's own invocations (provisioning) bypass the counting front.
 const connection = Client.connect({
   id: context.id,
   codec: TransportCAR.outbound,
-  channel: agent,
+  channel: { request: (request) => UploadAPI.handle(agent, request) },
 })
 
 // --- Credentials -----------------------------------------------------------
@@ -379,7 +428,21 @@ async function carBytes(root, blocks) {
   return Buffer.concat(chunks)
 }
 
+/**
+ * Faults for the next gateway requests (POST /control/gateway-faults, a JSON
+ * array, one fault per request in order): `{"status": 503}` answers that
+ * status; `{"truncate": true}` a complete HTTP answer whose body stops
+ * halfway (a CAR cut inside a block); `{"abort": true}` drops the
+ * connection halfway through the body; `{"tamper": true}` flips one byte in
+ * the middle of the body.
+ */
+const gatewayFaults = []
+
 async function gateway(req, res) {
+  stats.gateway_requests++
+  const fault = gatewayFaults.shift()
+  if (fault?.status) return send(res, fault.status, 'injected fault')
+  if (fault) res.fault = fault
   const url = new URL(req.url ?? '/', 'http://127.0.0.1')
   const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
   if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -443,8 +506,22 @@ async function gateway(req, res) {
 function send(res, status, body, type = 'text/plain; charset=utf-8', cid) {
   const headers = { 'content-type': type }
   if (cid) headers.etag = `"${cid}"`
+  let bytes = typeof body === 'string' ? Buffer.from(body + '\n') : Buffer.from(body)
+  const fault = status === 200 ? res.fault : undefined
+  const half = Math.floor(bytes.length / 2)
+  if (fault?.tamper && bytes.length) {
+    bytes = Buffer.from(bytes)
+    bytes[half] ^= 0xff
+  }
+  if (fault?.truncate) bytes = bytes.subarray(0, half)
+  if (fault?.abort) {
+    headers['content-length'] = String(bytes.length)
+    res.writeHead(status, headers)
+    res.write(bytes.subarray(0, half))
+    return setTimeout(() => res.destroy(), 50)
+  }
   res.writeHead(status, headers)
-  res.end(typeof body === 'string' ? body + '\n' : body)
+  res.end(bytes)
 }
 
 // --- The service's HTTP front ------------------------------------------------
@@ -483,6 +560,15 @@ const serviceServer = http.createServer(async (req, res) => {
       const made = await credentials(opts)
       return send(res, 200, JSON.stringify(made), 'application/json')
     }
+    if (req.method === 'POST' && url.pathname === '/control/gateway-faults') {
+      const faults = JSON.parse(new TextDecoder().decode(await readBody(req)))
+      if (!Array.isArray(faults)) return send(res, 400, 'a JSON array of faults')
+      gatewayFaults.push(...faults)
+      return send(res, 200, JSON.stringify({ queued: gatewayFaults.length }), 'application/json')
+    }
+    if (req.method === 'GET' && url.pathname === '/control/stats') {
+      return send(res, 200, JSON.stringify(stats), 'application/json')
+    }
     if (req.method === 'GET' && url.pathname === '/') {
       return send(res, 200, `ucanto service ${context.id.did()}`)
     }
@@ -502,8 +588,14 @@ const gatewayServer = http.createServer((req, res) => {
   })
 })
 
+// Node closes an idle keep-alive connection after 5 s; a client that reuses
+// it at that moment (the JS client hashing a large shard between two
+// invocations, on a loaded machine) gets "other side closed" and ucanto
+// does not retry. The live service's front keeps connections far longer.
 const listen = (srv, port) =>
   new Promise((resolve, reject) => {
+    srv.keepAliveTimeout = 120_000
+    srv.headersTimeout = 121_000
     srv.once('error', reject)
     srv.listen(Number(port), '127.0.0.1', () => resolve(srv.address().port))
   })

@@ -26,6 +26,7 @@
 import fs from 'node:fs'
 import { parseArgs } from 'node:util'
 import { createHash } from 'node:crypto'
+import { inspect } from 'node:util'
 
 import * as Client from '@storacha/client'
 import { StoreMemory } from '@storacha/client/stores/memory'
@@ -198,7 +199,6 @@ try {
       fail(`unknown command ${JSON.stringify(command)}: upload, list, fetch, blob or remove`)
   }
 } catch (e) {
-  const cause = e?.cause ? `: ${JSON.stringify(e.cause, null, 0)?.slice(0, 2000)}` : ''
-  fail(`${command}: ${e?.stack ?? e}${cause}`)
+  fail(`${command}: ${inspect(e, { depth: 6 }).slice(0, 4000)}`)
 }
 process.stdout.write(JSON.stringify(out) + '\n')
