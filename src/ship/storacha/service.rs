@@ -491,15 +491,14 @@ impl Service {
             if let Some(address) = field(&alloc_ok, "address") {
                 self.put(bytes, address).await?;
             }
-            let keys = put_task
-                .fct
-                .first()
-                .and_then(|f| field(f, "keys"))
-                .and_then(|k| match k {
-                    Ipld::Map(m) => m.values().next(),
-                    _ => None,
-                });
-            let Some(Ipld::Bytes(key)) = keys else {
+            // The fact is `{keys: <signer archive>}`, the archive
+            // `{id: did, keys: {did: key bytes}}` (`ed25519.from`).
+            let archive = put_task.fct.first().and_then(|f| field(f, "keys"));
+            let key = archive.and_then(|a| {
+                let id = field(a, "id").and_then(text)?;
+                field(a, "keys").and_then(|k| field(k, id))
+            });
+            let Some(Ipld::Bytes(key)) = key else {
                 return Err(malformed(format!(
                     "http/put task {put_cid} carries no key in its facts"
                 )));
