@@ -188,12 +188,23 @@ async fn objects_are_stored_listed_read_and_deleted_with_the_blob_protocol() {
     let after = StorachaDestination::new("storacha", &config(&h, &creds));
     assert!(after.head(gone).await.expect("head").is_none());
     assert_eq!(after.list("packs/").await.expect("list").len(), keys.len() - 1);
-    let (status, _) = h.gateway_get(&format!("{}?format=raw", car.shard));
-    assert_eq!(status, 404, "the shard's bytes are still served");
     let (uploads, _) = h.js_list(&creds, None);
     assert!(!uploads.iter().any(|u| u.root == root));
+    assert_eq!(h.stats().invocations.get("space/blob/remove"), Some(&1));
     // Deleting again is not an error.
     after.delete(gone).await.expect("delete again");
+    // The object can be stored again after its delete.
+    assert_eq!(
+        after.put_if_absent(gone, big.clone()).await.expect("put again"),
+        PutOutcome::Created
+    );
+    assert_eq!(&after.get(gone).await.expect("get again"), &big);
+    // While a blob the space still holds is not sent twice: a fresh
+    // destination (no index) storing a stored object only registers it.
+    let puts = h.stats().puts;
+    let again = StorachaDestination::new("storacha", &config(&h, &creds));
+    let _ = again.put_if_absent(&keys[3].0, keys[3].1.clone()).await.expect("put");
+    assert_eq!(h.stats().puts, puts, "a stored blob was sent again");
 }
 
 #[tokio::test(flavor = "multi_thread")]
