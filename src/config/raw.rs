@@ -282,7 +282,11 @@ const DESTINATION_KEYS: &[KeySpec] = &[
         KeyType::Str,
         r#"principal_file = "/run/secrets/w3-principal""#,
     ),
-    key("proof", KeyType::Str, r#"proof_file = "/run/secrets/w3-proof""#),
+    key(
+        "proof",
+        KeyType::Str,
+        r#"proof_file = "/run/secrets/w3-proof""#,
+    ),
     key(
         "proof_file",
         KeyType::Str,
@@ -298,7 +302,11 @@ const DESTINATION_KEYS: &[KeySpec] = &[
         KeyType::Str,
         r#"service_did = "did:web:up.storacha.network""#,
     ),
-    key("gateway", KeyType::Str, r#"gateway = "https://storacha.link""#),
+    key(
+        "gateway",
+        KeyType::Str,
+        r#"gateway = "https://storacha.link""#,
+    ),
 ];
 const POSTGRES_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "main""#),

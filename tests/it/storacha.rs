@@ -16,7 +16,9 @@ use pitr::ship::storacha::entry_name;
 use pitr::ship::{Destination, PutOutcome, RetryPolicy, Retrying, StorachaDestination};
 use serde_json::Value;
 
-use crate::harness::storacha::{CredentialOptions, StorachaCredentials, StorachaHarness};
+use crate::harness::storacha::{
+    CredentialOptions, GatewayFault, StorachaCredentials, StorachaHarness,
+};
 
 /// `ipfs-car pack FILE` (wrapping) and `ipfs-car hash`: (root, shard, CAR).
 fn ipfs_car(dir: &std::path::Path, name: &str, data: &[u8]) -> (String, String, Vec<u8>) {
@@ -187,7 +189,10 @@ async fn objects_are_stored_listed_read_and_deleted_with_the_blob_protocol() {
     fresh.delete(gone).await.expect("delete");
     let after = StorachaDestination::new("storacha", &config(&h, &creds));
     assert!(after.head(gone).await.expect("head").is_none());
-    assert_eq!(after.list("packs/").await.expect("list").len(), keys.len() - 1);
+    assert_eq!(
+        after.list("packs/").await.expect("list").len(),
+        keys.len() - 1
+    );
     let (uploads, _) = h.js_list(&creds, None);
     assert!(!uploads.iter().any(|u| u.root == root));
     assert_eq!(h.stats().invocations.get("space/blob/remove"), Some(&1));
@@ -195,7 +200,10 @@ async fn objects_are_stored_listed_read_and_deleted_with_the_blob_protocol() {
     after.delete(gone).await.expect("delete again");
     // The object can be stored again after its delete.
     assert_eq!(
-        after.put_if_absent(gone, big.clone()).await.expect("put again"),
+        after
+            .put_if_absent(gone, big.clone())
+            .await
+            .expect("put again"),
         PutOutcome::Created
     );
     assert_eq!(&after.get(gone).await.expect("get again"), &big);
@@ -203,7 +211,10 @@ async fn objects_are_stored_listed_read_and_deleted_with_the_blob_protocol() {
     // destination (no index) storing a stored object only registers it.
     let puts = h.stats().puts;
     let again = StorachaDestination::new("storacha", &config(&h, &creds));
-    let _ = again.put_if_absent(&keys[3].0, keys[3].1.clone()).await.expect("put");
+    let _ = again
+        .put_if_absent(&keys[3].0, keys[3].1.clone())
+        .await
+        .expect("put");
     assert_eq!(h.stats().puts, puts, "a stored blob was sent again");
 }
 
@@ -239,7 +250,10 @@ async fn refused_proofs_are_permanent_errors_that_say_what_to_do() {
     let e = d.prepare().await.expect_err("another space");
     assert!(!e.is_transient(), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains(&format!("not for the space {}", creds.space)), "{msg}");
+    assert!(
+        msg.contains(&format!("not for the space {}", creds.space)),
+        "{msg}"
+    );
     assert!(msg.contains(&creds.proof_space), "{msg}");
     assert!(msg.contains("storacha delegation create"), "{msg}");
 
@@ -290,26 +304,50 @@ async fn refused_proofs_are_permanent_errors_that_say_what_to_do() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_missing_object_is_retried_a_bounded_number_of_times_then_named() {
+async fn gateway_failures_are_bounded_and_only_transient_ones_are_retried() {
     let h = StorachaHarness::start();
     let creds = h.credentials(&CredentialOptions::default());
     let d = retrying(StorachaDestination::new("storacha", &config(&h, &creds)));
-    d.put_if_absent("test/z", Bytes::from_static(b"zzz"))
-        .await
-        .expect("put");
-    // The JS client removes the upload's bytes behind pitr's back: the
-    // gateway answers 404 for the root pitr still knows.
+    let data = Bytes::from(crate::repo::data(9, (1 << 20) + 99, 0));
+    d.put_if_absent("test/z", data.clone()).await.expect("put");
     let root = d
         .stored_content_id("test/z")
         .await
         .expect("cid")
         .expect("root");
-    let fresh = retrying(StorachaDestination::new("storacha", &config(&h, &creds)));
-    fresh.head("test/z").await.expect("head").expect("listed");
-    h.js_remove(&creds, &root);
-    let e = fresh.get("test/z").await.expect_err("gone");
+    // A fresh destination each time: the first one caches what it read.
+    let fresh = || retrying(StorachaDestination::new("storacha", &config(&h, &creds)));
+
+    // 404 on every try: retried a bounded number of times (3 retries, 4
+    // requests), then an error naming the CID.
+    let r = fresh();
+    r.head("test/z").await.expect("head").expect("listed");
+    let before = h.stats().gateway_requests;
+    h.gateway_faults(&[GatewayFault::Status(404); 4]);
+    let e = r.get("test/z").await.expect_err("404");
     let msg = e.to_string();
-    assert!(msg.contains(&root), "{msg}");
+    assert!(msg.contains(&format!("CID {root}")), "{msg}");
+    assert!(msg.contains("404"), "{msg}");
+    assert_eq!(h.stats().gateway_requests - before, 4);
+
+    // A CAR cut short, or a dropped connection: transient, the next try
+    // reads it whole.
+    for fault in [GatewayFault::Truncate, GatewayFault::Abort] {
+        let r = fresh();
+        r.head("test/z").await.expect("head").expect("listed");
+        h.gateway_faults(&[fault]);
+        assert_eq!(r.get("test/z").await.expect("retried"), data, "{fault:?}");
+    }
+
+    // Bytes that hash wrong: refused at once, never retried.
+    let r = fresh();
+    r.head("test/z").await.expect("head").expect("listed");
+    let before = h.stats().gateway_requests;
+    h.gateway_faults(&[GatewayFault::Tamper]);
+    let e = r.get("test/z").await.expect_err("tampered");
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("fails verification"), "{e}");
+    assert_eq!(h.stats().gateway_requests - before, 1);
 }
 
 /// `pitr check` against the harness: the space, what the proof grants and
@@ -333,7 +371,10 @@ fn check_reports_the_space_and_the_proofs_abilities() {
             .arg(&cfg)
             .output()
             .expect("pitr check");
-        (out.status.success(), format!("{init}\n{}", crate::harness::text(&out)))
+        (
+            out.status.success(),
+            format!("{init}\n{}", crate::harness::text(&out)),
+        )
     };
     let creds = h.credentials(&CredentialOptions::default());
     let (ok, said) = run(&creds);
@@ -352,7 +393,10 @@ fn check_reports_the_space_and_the_proofs_abilities() {
         said.contains("MISSING space/blob/add, space/blob/remove, space/index/add"),
         "{said}"
     );
-    assert!(said.contains("grants upload/add, upload/list, upload/shard/list, upload/remove"), "{said}");
+    assert!(
+        said.contains("grants upload/add, upload/list, upload/shard/list, upload/remove"),
+        "{said}"
+    );
 }
 
 /// `(object, destination, cid)` of `pitr catalog cids --json`.

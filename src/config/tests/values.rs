@@ -488,10 +488,7 @@ fn storacha_destination_with_every_key() {
 
 #[test]
 fn storacha_destination_mistakes_name_the_key() {
-    let (_, msg) = fail(
-        &with_storacha("principal = \"a\"\nproof = \"b\"\n"),
-        &[],
-    );
+    let (_, msg) = fail(&with_storacha("principal = \"a\"\nproof = \"b\"\n"), &[]);
     contains_all(&msg, &[PATH, "space", "needs the space's DID"]);
     let (_, msg) = fail(&with_storacha("space = \"z6Mk\"\n"), &[]);
     contains_all(&msg, &[PATH, "space", "is not a DID"]);
@@ -513,9 +510,7 @@ fn storacha_destination_mistakes_name_the_key() {
     );
     contains_all(&msg, &[PATH, "gateway", "not an http(s) URL"]);
     let (_, msg) = fail(
-        &with_storacha(
-            "space = \"did:key:z\"\nprincipal = \"a\"\nproof = \"b\"\nbucket = \"x\"\n",
-        ),
+        &with_storacha("space = \"did:key:z\"\nprincipal = \"a\"\nproof = \"b\"\nbucket = \"x\"\n"),
         &[],
     );
     contains_all(

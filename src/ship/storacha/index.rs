@@ -96,15 +96,21 @@ mod tests {
             .expect("the shard block");
         let v: Ipld = serde_ipld_dagcbor::from_slice(shard.1).expect("cbor");
         let Ipld::List(top) = v else { panic!("a list") };
-        let Ipld::List(slices) = &top[1] else { panic!("slices") };
+        let Ipld::List(slices) = &top[1] else {
+            panic!("slices")
+        };
         // Four leaves (3 MiB + 5 B), the file root, the directory and the
         // shard itself.
         assert_eq!(slices.len(), 7);
         let in_car = verify::blocks(&car.bytes).expect("pack CAR");
         for s in slices {
             let Ipld::List(s) = s else { panic!("slice") };
-            let (Ipld::Bytes(mh), Ipld::List(pos)) = (&s[0], &s[1]) else { panic!("slice") };
-            let (Ipld::Integer(off), Ipld::Integer(len)) = (&pos[0], &pos[1]) else { panic!("pos") };
+            let (Ipld::Bytes(mh), Ipld::List(pos)) = (&s[0], &s[1]) else {
+                panic!("slice")
+            };
+            let (Ipld::Integer(off), Ipld::Integer(len)) = (&pos[0], &pos[1]) else {
+                panic!("pos")
+            };
             let range = &car.bytes[*off as usize..(*off + *len) as usize];
             if *mh == multihash(&car.bytes) {
                 assert_eq!(range, car.bytes.as_slice());

@@ -117,7 +117,12 @@ impl StorachaDestination {
                 &c.space,
                 c.request_timeout,
             )
-            .map_err(|e| format!("the principal or proof is unusable for space {}: {e}", c.space)),
+            .map_err(|e| {
+                format!(
+                    "the principal or proof is unusable for space {}: {e}",
+                    c.space
+                )
+            }),
             gateway: c.gateway.clone(),
             http,
             timeout: c.request_timeout,
@@ -418,15 +423,21 @@ impl StorachaDestination {
         let exp = svc.proof().ucan.exp.map_or_else(
             || "never expires".to_owned(),
             |e| {
-                jiff::Timestamp::from_second(e)
-                    .map_or_else(|_| format!("expires at Unix {e}"), |t| format!("expires {t}"))
+                jiff::Timestamp::from_second(e).map_or_else(
+                    |_| format!("expires at Unix {e}"),
+                    |t| format!("expires {t}"),
+                )
             },
         );
         let head = format!(
             "space {}, agent {}, proof {exp}, grants {}",
             svc.space(),
             svc.agent(),
-            if granted.is_empty() { "none of pitr's abilities".to_owned() } else { granted.join(", ") }
+            if granted.is_empty() {
+                "none of pitr's abilities".to_owned()
+            } else {
+                granted.join(", ")
+            }
         );
         if missing.is_empty() {
             Ok(format!("{head}; nothing missing"))

@@ -257,10 +257,13 @@ impl Service {
                     .to_owned(),
             });
         }
-        let bytes = resp.bytes().await.map_err(|source| ServiceError::Transport {
-            url: url.to_owned(),
-            source,
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ServiceError::Transport {
+                url: url.to_owned(),
+                source,
+            })?;
         if !status.is_success() {
             return Err(ServiceError::Status {
                 url: url.to_owned(),
@@ -272,7 +275,10 @@ impl Service {
     }
 
     fn refused(&self, ability: &str, err: &Ipld) -> ServiceError {
-        let name = field(err, "name").and_then(text).unwrap_or("Error").to_owned();
+        let name = field(err, "name")
+            .and_then(text)
+            .unwrap_or("Error")
+            .to_owned();
         let message = field(err, "message")
             .and_then(text)
             .unwrap_or("(no message)")
@@ -313,7 +319,11 @@ impl Service {
 
     /// Invokes `ability` on the space with `nb`; returns `out.ok` and the
     /// whole answer (for the effects).
-    pub async fn invoke(&self, ability: &str, nb: Ipld) -> Result<(Ipld, Receipt, Response), ServiceError> {
+    pub async fn invoke(
+        &self,
+        ability: &str,
+        nb: Ipld,
+    ) -> Result<(Ipld, Receipt, Response), ServiceError> {
         let inv = Invocation::new(
             &self.signer,
             Payload {
@@ -449,7 +459,9 @@ impl Service {
         let mut concluded = Vec::new();
         for cid in &receipt.fork {
             let Some(task) = resp.task(cid) else { continue };
-            let Some((can, _)) = task.abilities().next() else { continue };
+            let Some((can, _)) = task.abilities().next() else {
+                continue;
+            };
             match can {
                 "blob/allocate" => allocate = Some(*cid),
                 "web3.storage/blob/allocate" if allocate.is_none() => allocate = Some(*cid),
@@ -479,9 +491,8 @@ impl Service {
             )));
         };
         let of = |task: Cid| concluded.iter().find(|r| r.ran == task);
-        let alloc = of(allocate).ok_or_else(|| {
-            malformed(format!("no blob/allocate receipt for task {allocate}"))
-        })?;
+        let alloc = of(allocate)
+            .ok_or_else(|| malformed(format!("no blob/allocate receipt for task {allocate}")))?;
         let alloc_ok = match &alloc.out {
             Ok(ok) => ok.clone(),
             Err(e) => return Err(self.refused("blob/allocate", e)),

@@ -57,7 +57,9 @@ impl VerifyError {
         match self {
             VerifyError::Missing(_) => true,
             VerifyError::Malformed { detail, .. } => {
-                detail.contains("truncated") || detail.contains("ends early") || detail.contains("longer than the file")
+                detail.contains("truncated")
+                    || detail.contains("ends early")
+                    || detail.contains("longer than the file")
             }
             _ => false,
         }

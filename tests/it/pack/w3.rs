@@ -110,7 +110,10 @@ fn w3_principal_and_proof_from_the_cli_are_read_and_checked() {
     let out = check(dir.path(), &principal, &full, &space);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
-    assert!(said.contains(&format!("space {space}, agent {agent}")), "{said}");
+    assert!(
+        said.contains(&format!("space {space}, agent {agent}")),
+        "{said}"
+    );
     assert!(said.contains("nothing missing"), "{said}");
     for a in ABILITIES {
         assert!(said.contains(a), "{a}: {said}");
@@ -123,22 +126,40 @@ fn w3_principal_and_proof_from_the_cli_are_read_and_checked() {
     assert!(!out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(said.contains("MISSING space/blob/add, space/blob/remove, space/index/add, upload/shard/list, upload/remove"), "{said}");
-    assert!(said.contains(&format!("storacha delegation create {agent} --can space/blob/add")), "{said}");
+    assert!(
+        said.contains(&format!(
+            "storacha delegation create {agent} --can space/blob/add"
+        )),
+        "{said}"
+    );
 
     // A proof for this space given with another space's DID.
     let dir = tempfile::tempdir().expect("tempdir");
     let out = check(dir.path(), &principal, &full, &agent);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&format!("not for the space {agent}")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("not for the space {agent}")),
+        "{}",
+        text(&out)
+    );
 
     // Another agent's key with this proof.
     let other: serde_json::Value =
         serde_json::from_str(&storacha(home, "ci-key2", &["key", "create", "--json"]))
             .expect("key create --json");
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = check(dir.path(), other["key"].as_str().expect("key"), &full, &space);
+    let out = check(
+        dir.path(),
+        other["key"].as_str().expect("key"),
+        &full,
+        &space,
+    );
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&format!("delegates to {agent}")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("delegates to {agent}")),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -156,11 +177,8 @@ fn workflows_pass_w3_principal_and_proof_straight_to_pitr() {
             .and_then(|j| j.values().next())
             .and_then(|j| j["steps"].as_sequence())
             .and_then(|s| {
-                s.iter().find(|s| {
-                    s["run"]
-                        .as_str()
-                        .is_some_and(|r| r.contains("docker run"))
-                })
+                s.iter()
+                    .find(|s| s["run"].as_str().is_some_and(|r| r.contains("docker run")))
             })
             .unwrap_or_else(|| panic!("{rel}: no pitr step"));
         let env = &step["env"];

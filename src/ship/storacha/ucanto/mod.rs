@@ -157,7 +157,11 @@ impl Invocation {
         let ucan = Ucan::issue(issuer, payload);
         let root = ucan.block();
         let mut blocks: Vec<Block> = Vec::new();
-        for b in proofs.iter().flat_map(|p| p.blocks.iter()).chain(attached.iter()) {
+        for b in proofs
+            .iter()
+            .flat_map(|p| p.blocks.iter())
+            .chain(attached.iter())
+        {
             if !blocks.iter().any(|x| x.cid == b.cid) {
                 blocks.push(b.clone());
             }
@@ -292,7 +296,9 @@ impl Response {
         if let Some(Ipld::Map(report)) = field(msg, "report") {
             for link in report.values() {
                 let Ipld::Link(c) = link else {
-                    return Err(UcantoError::Malformed("a report entry is not a link".to_owned()));
+                    return Err(UcantoError::Malformed(
+                        "a report entry is not a link".to_owned(),
+                    ));
                 };
                 let b = blocks.get(c).ok_or_else(|| {
                     UcantoError::Malformed(format!("receipt {c} is not in the answer"))

@@ -100,9 +100,8 @@ impl Did {
         let code = get_varint(bytes, &mut pos)
             .ok_or_else(|| UcantoError::Principal("an empty principal".to_owned()))?;
         if code == DID_CORE {
-            let rest = std::str::from_utf8(&bytes[pos..]).map_err(|_| {
-                UcantoError::Principal("a DID that is not UTF-8".to_owned())
-            })?;
+            let rest = std::str::from_utf8(&bytes[pos..])
+                .map_err(|_| UcantoError::Principal("a DID that is not UTF-8".to_owned()))?;
             return Ok(Did(format!("did:{rest}")));
         }
         Ok(Did(format!(

@@ -78,7 +78,11 @@ impl Proof {
                 super::delegation_flags()
             )));
         }
-        if !self.ucan.abilities().any(|(_, with)| with == space.as_str() || with == "ucan:*") {
+        if !self
+            .ucan
+            .abilities()
+            .any(|(_, with)| with == space.as_str() || with == "ucan:*")
+        {
             let spaces: Vec<&str> = self.ucan.abilities().map(|(_, w)| w).collect();
             return Err(UcantoError::Proof(format!(
                 "the proof is for {}, not for the space {space}; set space to the proof's space, or run `storacha space use {space}` and create the delegation again: `storacha delegation create {agent} {} --base64`",
@@ -89,7 +93,8 @@ impl Proof {
         if let Some(exp) = self.ucan.exp.filter(|&e| e <= now) {
             return Err(UcantoError::Proof(format!(
                 "the proof expired at {} (Unix {exp}); create a new one: `storacha delegation create {agent} {} --base64` (without --expiration it never expires)",
-                jiff::Timestamp::from_second(exp).map_or_else(|_| exp.to_string(), |t| t.to_string()),
+                jiff::Timestamp::from_second(exp)
+                    .map_or_else(|_| exp.to_string(), |t| t.to_string()),
                 super::delegation_flags()
             )));
         }
@@ -103,9 +108,9 @@ impl Proof {
             (with == space.as_str() || with == "ucan:*")
                 && (can == ability
                     || can == "*"
-                    || can
-                        .strip_suffix("/*")
-                        .is_some_and(|ns| ability.starts_with(ns) && ability[ns.len()..].starts_with('/')))
+                    || can.strip_suffix("/*").is_some_and(|ns| {
+                        ability.starts_with(ns) && ability[ns.len()..].starts_with('/')
+                    }))
         })
     }
 }
@@ -153,7 +158,9 @@ fn export(
     depth: usize,
 ) -> Result<Ucan, UcantoError> {
     if depth > 32 {
-        return Err(UcantoError::Malformed("a proof chain deeper than 32".to_owned()));
+        return Err(UcantoError::Malformed(
+            "a proof chain deeper than 32".to_owned(),
+        ));
     }
     let bytes = blocks
         .get(link)

@@ -72,11 +72,18 @@ fn proofs_parse_from_base64_and_car_and_are_checked() {
         .copied()
         .filter(|a| partial.grants(a, space.did()))
         .collect();
-    assert_eq!(granted, ["space/blob/add", "space/blob/remove", "upload/list"]);
+    assert_eq!(
+        granted,
+        ["space/blob/add", "space/blob/remove", "upload/list"]
+    );
     let other = Signer::from_secret([3; 32]);
-    let e = b64.check(agent.did(), other.did(), 0).expect_err("other space");
+    let e = b64
+        .check(agent.did(), other.did(), 0)
+        .expect_err("other space");
     assert!(e.to_string().contains("not for the space"), "{e}");
-    let e = b64.check(other.did(), space.did(), 0).expect_err("other agent");
+    let e = b64
+        .check(other.did(), space.did(), 0)
+        .expect_err("other agent");
     assert!(e.to_string().contains("delegates to"), "{e}");
     let expiring = Proof::parse(&unhex("expiring_car")).expect("expiring");
     assert_eq!(expiring.ucan.exp, Some(1000));
@@ -95,10 +102,7 @@ fn blob_add() -> (Invocation, Proof) {
         .to_bytes();
     let nb = map([(
         "blob",
-        map([
-            ("digest", Ipld::Bytes(digest)),
-            ("size", Ipld::Integer(5)),
-        ]),
+        map([("digest", Ipld::Bytes(digest)), ("size", Ipld::Integer(5))]),
     )]);
     let inv = Invocation::new(
         &agent(),
@@ -123,7 +127,10 @@ fn blob_add() -> (Invocation, Proof) {
 #[test]
 fn invocations_and_requests_are_the_bytes_ucanto_writes() {
     let (inv, _) = blob_add();
-    assert_eq!(hex::encode(&inv.blocks.last().expect("root").bytes), v("invocation_block"));
+    assert_eq!(
+        hex::encode(&inv.blocks.last().expect("root").bytes),
+        v("invocation_block")
+    );
     assert_eq!(inv.cid.to_string(), v("invocation_cid"));
     let decoded = Ucan::decode(&unhex("invocation_block")).expect("decode");
     assert_eq!(decoded, inv.ucan);
@@ -143,9 +150,18 @@ fn receipts_and_their_effects_are_read() {
     assert_eq!(rc.fork.len(), 1);
     assert_eq!(rc.fork[0].to_string(), v("fork_cid"));
     let fork = r.task(&rc.fork[0]).expect("the fork task came along");
-    assert_eq!(fork.abilities().next(), Some(("http/put", v("space_did").as_str())));
+    assert_eq!(
+        fork.abilities().next(),
+        Some(("http/put", v("space_did").as_str()))
+    );
     let e = Response::decode(&unhex("error_response_car")).expect("error response");
-    let err = e.receipts.get(&inv).expect("receipt").out.clone().expect_err("error");
+    let err = e
+        .receipts
+        .get(&inv)
+        .expect("receipt")
+        .out
+        .clone()
+        .expect_err("error");
     assert_eq!(field(&err, "name").and_then(text), Some("Unauthorized"));
     // A CAR cut short is refused.
     let car = unhex("response_car");

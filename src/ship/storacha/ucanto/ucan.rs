@@ -183,7 +183,10 @@ impl Ucan {
     /// dag-json and base64url without padding, joined by a dot.
     pub fn sign_payload(&self) -> String {
         let b64 = |b: &[u8]| multibase::Base::Base64Url.encode(b);
-        let header = format!(r#"{{"alg":"EdDSA","typ":"JWT","ucv":{}}}"#, json_str(&self.version));
+        let header = format!(
+            r#"{{"alg":"EdDSA","typ":"JWT","ucv":{}}}"#,
+            json_str(&self.version)
+        );
         let mut p = BTreeMap::new();
         p.insert("iss".to_owned(), Ipld::String(self.iss.to_string()));
         p.insert("aud".to_owned(), Ipld::String(self.aud.to_string()));
@@ -194,7 +197,12 @@ impl Ucan {
         );
         p.insert(
             "prf".to_owned(),
-            Ipld::List(self.prf.iter().map(|c| Ipld::String(c.to_string())).collect()),
+            Ipld::List(
+                self.prf
+                    .iter()
+                    .map(|c| Ipld::String(c.to_string()))
+                    .collect(),
+            ),
         );
         if !self.fct.is_empty() {
             p.insert("fct".to_owned(), Ipld::List(self.fct.clone()));
@@ -214,7 +222,8 @@ impl Ucan {
     /// Whether the signature is the issuer's (`did:key` ed25519 issuers
     /// only; others cannot be checked offline).
     pub fn signature_valid(&self) -> bool {
-        self.iss.verifies(self.sign_payload().as_bytes(), &self.signature)
+        self.iss
+            .verifies(self.sign_payload().as_bytes(), &self.signature)
     }
 
     /// The capabilities as (can, with) pairs.
@@ -241,7 +250,9 @@ pub fn dag_json(v: &Ipld, out: &mut String) {
         Ipld::Null => out.push_str("null"),
         Ipld::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Ipld::Integer(i) => out.push_str(&i.to_string()),
-        Ipld::Float(f) => out.push_str(&serde_json::Number::from_f64(*f).map_or_else(|| "null".to_owned(), |n| n.to_string())),
+        Ipld::Float(f) => out.push_str(
+            &serde_json::Number::from_f64(*f).map_or_else(|| "null".to_owned(), |n| n.to_string()),
+        ),
         Ipld::String(s) => out.push_str(&json_str(s)),
         Ipld::Bytes(b) => {
             out.push_str(r#"{"/":{"bytes":""#);
