@@ -111,8 +111,11 @@ pub fn map<const N: usize>(entries: [(&str, Ipld); N]) -> Ipld {
     )
 }
 
+/// Blocks by CID.
+pub type Blocks = HashMap<Cid, Vec<u8>>;
+
 /// The roots and (hash-checked) blocks of a CAR.
-pub fn car_blocks(car: &[u8]) -> Result<(Vec<Cid>, HashMap<Cid, Vec<u8>>), UcantoError> {
+pub fn car_blocks(car: &[u8]) -> Result<(Vec<Cid>, Blocks), UcantoError> {
     let bad = |why: String| UcantoError::Malformed(format!("a CAR: {why}"));
     let mut pos = 0;
     let hlen = principal::get_varint(car, &mut pos).ok_or_else(|| bad("no header".into()))?;
