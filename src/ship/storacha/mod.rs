@@ -601,12 +601,25 @@ impl Destination for StorachaDestination {
             return Ok(());
         };
         let svc = self.svc("delete", key)?;
-        // The shards first: once the upload is gone, upload/shard/list
-        // cannot name them.
+        // The shards first (once the upload is gone, upload/shard/list
+        // cannot name them), and their bytes before the upload: a delete
+        // that fails halfway leaves the upload listed, so the next delete
+        // finds its shards again (removing a blob twice is not an error)
+        // instead of leaving bytes no listing names.
         let shards = match obj.shard {
             Some(s) => vec![s],
             None => self.shards(key, &obj.root).await?,
         };
+        for shard in &shards {
+            svc.blob_remove(shard).await.map_err(|e| {
+                let transient = e.is_transient();
+                let msg = format!(
+                    "shard {shard} of {key} (upload {}) was not removed: {e}; the upload stays listed, and the next delete of {key} tries again",
+                    obj.root
+                );
+                self.err("delete", key, msg, transient)
+            })?;
+        }
         match svc.upload_remove(&obj.root).await {
             Err(e) if !e.is_not_found() => return Err(self.svc_err("delete", key, e)),
             _ => {}
@@ -619,18 +632,6 @@ impl Destination for StorachaDestination {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(k, _)| k != key);
-        for shard in shards {
-            match svc.blob_remove(&shard).await {
-                Err(e) if !e.is_not_found() => {
-                    let msg = format!(
-                        "upload {} of {key} was removed, but its shard {shard} was not ({e}); the space keeps (and bills) its bytes until `storacha space blob rm` removes it or the next delete of {key} tries again",
-                        obj.root
-                    );
-                    return Err(self.err("delete", key, msg, e.is_transient()));
-                }
-                _ => {}
-            }
-        }
         Ok(())
     }
 }
