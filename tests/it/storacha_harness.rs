@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use crate::harness::storacha::{CredentialOptions, GatewayFault, StorachaHarness};
+use crate::harness::text;
 
 /// `len` pseudo-random bytes (a fixed xorshift: no two files alike, no
 /// dedup between them).
@@ -110,7 +111,7 @@ fn the_js_client_uploads_lists_to_the_end_fetches_identical_bytes_and_removes() 
 }
 
 #[test]
-fn unindexed_bytes_are_not_served_and_bad_proofs_are_refused() {
+fn unindexed_bytes_are_not_served_credentials_are_the_clis_bad_proofs_are_refused() {
     let h = StorachaHarness::start();
     let creds = h.credentials(&CredentialOptions::default());
     let dir = tempfile::tempdir().expect("temp dir");
@@ -164,6 +165,23 @@ fn unindexed_bytes_are_not_served_and_bad_proofs_are_refused() {
         err.contains("Unauthorized") && err.contains("upload/list"),
         "{err}"
     );
+
+    // The credentials are in the storacha CLI's own formats: it takes the
+    // key as its principal and imports the proof as the space.
+    let home = tempfile::tempdir().expect("temp dir");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("storacha")
+            .args(args)
+            .env("HOME", home.path())
+            .env("STORACHA_STORE_NAME", "harness")
+            .env("STORACHA_PRINCIPAL", &creds.principal)
+            .output()
+            .expect("the storacha CLI (.ci/setup installs it)");
+        assert!(out.status.success(), "storacha {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(cli(&["whoami"]), creds.principal_did);
+    assert_eq!(cli(&["space", "add", &creds.proof]), creds.space);
 
     // A proof for another space: the JS client uses the proof's space, so
     // only the spaces differ (pitr, configured with `space`, must refuse).

@@ -620,3 +620,9 @@ console.log(JSON.stringify(info))
 const stop = () => process.exit(0)
 process.on('SIGTERM', stop)
 process.on('SIGINT', stop)
+// A test process killed outright cannot kill the harness: leave with it
+// (re-parented, our parent id changes).
+const parent = process.ppid
+setInterval(() => {
+  if (process.ppid !== parent) stop()
+}, 1000).unref()

@@ -54,6 +54,19 @@ pub struct StorachaCredentials {
     pub expiration: Option<i64>,
 }
 
+impl StorachaCredentials {
+    /// Writes the key and the proof as a deployment keeps them
+    /// (`dir/w3-principal`, `dir/w3-proof`, one line each); returns both
+    /// paths (for `principal_file` / `proof_file`).
+    pub fn write_files(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let principal = dir.join("w3-principal");
+        let proof = dir.join("w3-proof");
+        std::fs::write(&principal, format!("{}\n", self.principal)).expect("write principal");
+        std::fs::write(&proof, format!("{}\n", self.proof)).expect("write proof");
+        (principal, proof)
+    }
+}
+
 /// What kind of credentials to make; the default is a valid proof for the
 /// space with `storacha delegation create`'s default abilities.
 #[derive(Debug, Clone, Default)]
