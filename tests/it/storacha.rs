@@ -74,13 +74,21 @@ fn config(h: &StorachaHarness, creds: &StorachaCredentials) -> StorachaConfig {
     }
 }
 
-/// The `[[destination]]` of `creds` on the harness.
-fn toml(h: &StorachaHarness, creds: &StorachaCredentials, name: &str) -> String {
+/// The `[[destination]]` of `creds` on the harness, the key and the proof
+/// in files under `dir` as deployments keep them (`principal_file`,
+/// `proof_file`).
+fn toml(
+    h: &StorachaHarness,
+    creds: &StorachaCredentials,
+    name: &str,
+    dir: &std::path::Path,
+) -> String {
+    let (principal, proof) = creds.write_files(dir);
     format!(
-        "\n[[destination]]\nname = \"{name}\"\nkind = \"storacha\"\nspace = \"{}\"\nprincipal = \"{}\"\nproof = \"{}\"\nservice = \"{}\"\nservice_did = \"{}\"\ngateway = \"{}\"\n",
+        "\n[[destination]]\nname = \"{name}\"\nkind = \"storacha\"\nspace = \"{}\"\nprincipal_file = \"{}\"\nproof_file = \"{}\"\nservice = \"{}\"\nservice_did = \"{}\"\ngateway = \"{}\"\n",
         creds.space,
-        creds.principal,
-        creds.proof,
+        principal.display(),
+        proof.display(),
         h.info.service_url,
         h.info.service_did,
         h.info.gateway_url
@@ -359,7 +367,11 @@ fn check_reports_the_space_and_the_proofs_abilities() {
     let run = |creds: &StorachaCredentials| {
         let (head, _) = crate::harness::repository_toml(dir.path(), "");
         let cfg = dir.path().join("pitr.toml");
-        std::fs::write(&cfg, format!("{head}{}", toml(&h, creds, "storacha"))).expect("config");
+        std::fs::write(
+            &cfg,
+            format!("{head}{}", toml(&h, creds, "storacha", dir.path())),
+        )
+        .expect("config");
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
             .args(["init", "-c"])
             .arg(&cfg)
@@ -428,7 +440,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
         dir.path(),
         "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
     );
-    let st = toml(&h, &creds, "storacha");
+    let st = toml(&h, &creds, "storacha", dir.path());
     let pgs = format!(
         "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n",
         pg.conninfo("postgres")
