@@ -367,31 +367,32 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                         d.secret_access_key_file = Some(v);
                     }
                     "space" => d.space = Some(v),
-                    "bridge" => d.bridge = Some(v),
+                    "service" => d.service = Some(v),
+                    "service_did" => d.service_did = Some(v),
                     "gateway" => d.gateway = Some(v),
-                    "auth_secret" => {
-                        if from_file(&d.auth_secret_file) {
-                            d.auth_secret_file = None;
+                    "principal" => {
+                        if from_file(&d.principal_file) {
+                            d.principal_file = None;
                         }
-                        d.auth_secret = Some(v);
+                        d.principal = Some(v);
                     }
-                    "auth_secret_file" => {
-                        if from_file(&d.auth_secret) {
-                            d.auth_secret = None;
+                    "principal_file" => {
+                        if from_file(&d.principal) {
+                            d.principal = None;
                         }
-                        d.auth_secret_file = Some(v);
+                        d.principal_file = Some(v);
                     }
-                    "authorization" => {
-                        if from_file(&d.authorization_file) {
-                            d.authorization_file = None;
+                    "proof" => {
+                        if from_file(&d.proof_file) {
+                            d.proof_file = None;
                         }
-                        d.authorization = Some(v);
+                        d.proof = Some(v);
                     }
-                    "authorization_file" => {
-                        if from_file(&d.authorization) {
-                            d.authorization = None;
+                    "proof_file" => {
+                        if from_file(&d.proof) {
+                            d.proof = None;
                         }
-                        d.authorization_file = Some(v);
+                        d.proof_file = Some(v);
                     }
                     _ => {}
                 }
