@@ -193,13 +193,13 @@ pub async fn restore(
         })
     };
     let place = |e: &ListingEntry| -> Result<PathBuf, BackupError> {
-        Ok(root(&e.archive)?.path().join(&e.path))
+        Ok(root(&e.archive)?.path().join(placed(&e.path)))
     };
     // Directories first, parents before children (the listing is in tar
     // order, which is that).
     for e in listing.iter().filter(|e| e.kind == "dir") {
         root(&e.archive)?
-            .mkdir(&e.path, dir_mode(e.mode))
+            .mkdir(placed(&e.path), dir_mode(e.mode))
             .map_err(local(&place(e)?))?;
     }
     let base = root("base")?;
@@ -231,7 +231,7 @@ pub async fn restore(
         jobs.push((
             item(&name)?.clone(),
             e.archive.clone(),
-            e.path.clone(),
+            placed(&e.path).to_owned(),
             file_mode(e.mode),
             mtime,
         ));
@@ -288,6 +288,13 @@ pub async fn restore(
     })
 }
 
+/// Where an entry goes beneath its root: its path without the leading
+/// `./` that PostgreSQL's tar gives some members (`./pg_wal/...`), which
+/// the listing keeps as received (it names the entry's item).
+fn placed(path: &str) -> &str {
+    path.strip_prefix("./").unwrap_or(path)
+}
+
 /// A directory's mode: what the server had, but never more than group
 /// read and search (PostgreSQL's own choices are 0700 and 0750).
 fn dir_mode(mode: u32) -> u32 {
@@ -317,7 +324,7 @@ fn check_listing(record: &BackupRecord, listing: &[ListingEntry]) -> Result<(), 
     };
     let mut links: HashSet<String> = HashSet::new();
     for e in listing {
-        if let Some(why) = check_relative(&e.path) {
+        if let Some(why) = check_relative(placed(&e.path)) {
             return Err(refuse(e, format!("has a path that {why}")));
         }
         if e.archive != "base" && !oids.contains(&e.archive) {
@@ -333,7 +340,7 @@ fn check_listing(record: &BackupRecord, listing: &[ListingEntry]) -> Result<(), 
             "file" | "dir" => {}
             "symlink" => {
                 let tablespace = e.archive == "base"
-                    && e.path
+                    && placed(&e.path)
                         .strip_prefix("pg_tblspc/")
                         .is_some_and(|oid| oids.contains(oid));
                 if !tablespace {
@@ -346,7 +353,7 @@ fn check_listing(record: &BackupRecord, listing: &[ListingEntry]) -> Result<(), 
                         ),
                     ));
                 }
-                links.insert(e.path.clone());
+                links.insert(placed(&e.path).to_owned());
             }
             other => {
                 return Err(refuse(
@@ -360,7 +367,7 @@ fn check_listing(record: &BackupRecord, listing: &[ListingEntry]) -> Result<(), 
         links.insert(format!("pg_tblspc/{}", t.oid));
     }
     for e in listing.iter().filter(|e| e.archive == "base") {
-        let mut at = e.path.as_str();
+        let mut at = placed(&e.path);
         while let Some((parent, _)) = at.rsplit_once('/') {
             if links.contains(parent) {
                 return Err(refuse(
