@@ -140,6 +140,71 @@ impl Beneath {
         Ok(())
     }
 
+    /// The bytes of file `rel`, `None` when it does not exist; a link there
+    /// is an error, not followed.
+    pub fn read(&self, rel: &str) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let (parent, last) = self.parent(rel)?;
+        let fd = match openat(
+            &parent,
+            cstr(last)?.as_c_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(beneath_error(e, rel)),
+        };
+        let mut f = File::from(fd);
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::other(format!("{rel:?} is not a regular file")));
+        }
+        let mut out = Vec::new();
+        f.read_to_end(&mut out)?;
+        Ok(Some(out))
+    }
+
+    /// Puts `bytes` at `rel` whole: written to a new name beside it
+    /// (`O_EXCL | O_NOFOLLOW`), given to `owner` by descriptor, fsynced and
+    /// renamed over `rel` (which replaces a link there, never follows it).
+    pub fn replace_file(
+        &self,
+        rel: &str,
+        bytes: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<()> {
+        use std::io::Write;
+        let (parent, last) = self.parent(rel)?;
+        let tmp = format!(".{last}.pitr-tmp-{:016x}", rand::random::<u64>());
+        let fd = openat(
+            &parent,
+            cstr(&tmp)?.as_c_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| beneath_error(e, rel))?;
+        let mut f = File::from(fd);
+        let written = (|| {
+            fchmod(&f, Mode::from_bits_truncate(mode))?;
+            if let Some((uid, gid)) = owner {
+                fchown(&f, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+            }
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            nix::fcntl::renameat(&parent, tmp.as_str(), &parent, last)?;
+            Ok::<(), io::Error>(())
+        })();
+        if written.is_err() {
+            let _ = nix::unistd::unlinkat(
+                &parent,
+                tmp.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        written
+    }
+
     /// Whether `rel` exists (a link counts; it is not followed).
     pub fn exists(&self, rel: &str) -> io::Result<bool> {
         let (parent, last) = self.parent(rel)?;
@@ -278,6 +343,7 @@ mod tests {
         b.create_file("dangling", 0o600).expect_err("at a link");
         b.mkdir("link", 0o700).expect_err("a link is no directory");
         assert_eq!(std::fs::read_dir(outside.path()).expect("ls").count(), 0);
+
         b.mkdir("d", 0o750).expect("mkdir");
         b.mkdir("d", 0o750).expect("again");
         b.create_file("d/f", 0o640).expect("file");
@@ -287,6 +353,25 @@ mod tests {
         assert_eq!(mode(&root.join("d/f")), 0o640);
         b.create_file("d/f", 0o640).expect_err("exists");
         assert!(b.exists("dangling").expect("stat"));
+        // A file replaced whole over a planted link: the link goes, its
+        // target stays as it was; reading through a link is refused.
+        std::fs::write(outside.path().join("victim"), b"precious").expect("write");
+        std::os::unix::fs::symlink(outside.path().join("victim"), root.join("conf"))
+            .expect("symlink");
+        b.read("conf").expect_err("a link is not read");
+        b.replace_file("conf", b"new", 0o600, None)
+            .expect("replace");
+        assert_eq!(b.read("conf").expect("read"), Some(b"new".to_vec()));
+        assert!(
+            !std::fs::symlink_metadata(root.join("conf"))
+                .expect("stat")
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).expect("read"),
+            b"precious"
+        );
+        assert_eq!(b.read("absent").expect("read"), None);
         assert!(!b.exists("nope").expect("stat"));
     }
 }

@@ -312,7 +312,7 @@ async fn restore_into(
             command_arg(&config.to_string_lossy()),
             command_arg(&plan.database)
         );
-        write_recovery(target, plan, &command)?;
+        write_recovery(target, plan, &command, owner)?;
         if let Some((uid, gid)) = owner {
             chown_tree(target, uid, gid)?;
             chown_tablespaces(target, opts.tablespace_dir.as_deref(), uid, gid)?;
@@ -413,7 +413,12 @@ fn command_arg(s: &str) -> String {
 
 /// Appends pitr's recovery settings to `postgresql.auto.conf` and creates
 /// `recovery.signal`.
-fn write_recovery(dir: &Path, plan: &Plan, restore_command: &str) -> Result<(), RestoreError> {
+fn write_recovery(
+    dir: &Path,
+    plan: &Plan,
+    restore_command: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), RestoreError> {
     let mut block = format!(
         "\n{BLOCK_BEGIN} of [[postgres]] {:?} to {}\n",
         plan.database,
@@ -441,17 +446,23 @@ fn write_recovery(dir: &Path, plan: &Plan, restore_command: &str) -> Result<(), 
     set("recovery_target_timeline", &plan.timeline.to_string());
     block.push_str(BLOCK_END);
     block.push('\n');
+    // The directory may already belong to the server's user: no link it
+    // holds is followed.
+    let beneath = crate::beneath::Beneath::open(dir).map_err(io(dir))?;
     let auto = dir.join("postgresql.auto.conf");
-    let mut text = match std::fs::read_to_string(&auto) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io(&auto)(e)),
-    };
-    text = strip_block(&text);
+    let text = beneath
+        .read("postgresql.auto.conf")
+        .map_err(io(&auto))?
+        .unwrap_or_default();
+    let mut text = strip_block(&String::from_utf8_lossy(&text));
     text.push_str(&block);
-    std::fs::write(&auto, text).map_err(io(&auto))?;
+    beneath
+        .replace_file("postgresql.auto.conf", text.as_bytes(), 0o600, owner)
+        .map_err(io(&auto))?;
     let signal = dir.join("recovery.signal");
-    std::fs::write(&signal, b"").map_err(io(&signal))
+    beneath
+        .replace_file("recovery.signal", b"", 0o600, owner)
+        .map_err(io(&signal))
 }
 
 /// `text` without pitr's block.
@@ -566,7 +577,7 @@ async fn recover(
         command_arg(&exe.to_string_lossy()),
         command_arg(&socket.to_string_lossy())
     );
-    write_recovery(target, plan, &command)?;
+    write_recovery(target, plan, &command, owner)?;
     if let Some((uid, gid)) = owner {
         chown_tree(target, uid, gid)?;
         chown_tablespaces(target, opts.tablespace_dir.as_deref(), uid, gid)?;
@@ -618,9 +629,22 @@ async fn recover(
     reached.wal_files = server.served().len();
     check_reached(plan, &reached).map_err(fail)?;
     // The directory starts on its own now: pitr's settings go.
+    // The server ran as its user, who owns the directory now: read and
+    // replace without following a link planted there.
     let auto = target.join("postgresql.auto.conf");
-    let text = std::fs::read_to_string(&auto).map_err(io(&auto))?;
-    std::fs::write(&auto, strip_block(&text)).map_err(io(&auto))?;
+    let beneath = crate::beneath::Beneath::open(target).map_err(io(target))?;
+    let text = beneath
+        .read("postgresql.auto.conf")
+        .map_err(io(&auto))?
+        .unwrap_or_default();
+    beneath
+        .replace_file(
+            "postgresql.auto.conf",
+            strip_block(&String::from_utf8_lossy(&text)).as_bytes(),
+            0o600,
+            owner,
+        )
+        .map_err(io(&auto))?;
     Ok(reached)
 }
 
