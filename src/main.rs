@@ -573,13 +573,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(name) = &database.sqlite {
                 let entry = sqlite_cmd::sqlite_entry(&config, name)?;
                 let target = parse_target(&target)?;
-                let repo = open_repo(&config).await?;
+                let repo = restore_cmd::open_repo_for_restore(&config).await?;
                 let plan = sqlite_cmd::make_plan(&repo, &entry.name, &target)?;
                 return sqlite_cmd::restore(&repo, &plan, &target_path, force).await;
             }
             let target = parse_target(&target)?;
             let db = postgres_entry(&config, database.postgres.as_deref())?;
-            let repo = open_repo(&config).await?;
+            let repo = restore_cmd::open_repo_for_restore(&config).await?;
             let plan = make_plan(&repo, &db.name, &target, timeline).await?;
             let opts = pitr::pitr::RestoreOptions {
                 target_dir: target_path,

@@ -230,6 +230,7 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 }
                 ("identity_file", Value::Str(v)) => r.identity_file = Some(v),
                 ("key_file", Value::Str(v)) => r.key_file = Some(v),
+                ("key_id", Value::Str(v)) => r.key_id = Some(v),
                 ("state_dir", Value::Str(v)) => r.state_dir = Some(v),
                 ("zstd_level", Value::Int(v)) => r.zstd_level = Some(v),
                 ("pack_size", Value::Size(v)) => r.pack_size = Some(v),

@@ -92,6 +92,11 @@ pub struct RepositoryConfig {
     /// The spool's size limit; when full, writes wait (and WAL is not
     /// acknowledged) rather than drop anything.
     pub spool_max_bytes: u64,
+    /// The repository key's id (32 hex digits, as `pitr init` and `pitr
+    /// restore` print it), pinned: a restore refuses a store whose key has
+    /// another id, so a key object replaced at a destination is not
+    /// trusted on a host that has no `key_file` or local key.
+    pub key_id: Option<String>,
 }
 
 /// One `[[destination]]`.

@@ -56,6 +56,7 @@ pub(super) struct RawRepository {
     pub quorum: Option<Val<i64>>,
     pub spool_dir: Option<Val<String>>,
     pub spool_max_bytes: Option<Val<toml::Value>>,
+    pub key_id: Option<Val<String>>,
 }
 
 /// One `[[destination]]`. Keys of every kind live here, flat, as they are
@@ -246,6 +247,11 @@ const REPOSITORY_KEYS: &[KeySpec] = &[
         "spool_max_bytes",
         KeyType::Size,
         r#"spool_max_bytes = "4GiB""#,
+    ),
+    key(
+        "key_id",
+        KeyType::Str,
+        r#"key_id = "0123456789abcdef0123456789abcdef""#,
     ),
 ];
 const DESTINATION_KEYS: &[KeySpec] = &[

@@ -208,7 +208,24 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
             }
         }
     };
+    let key_id = match r.key_id {
+        None => None,
+        Some(v) => {
+            let id = v.value.trim().to_ascii_lowercase();
+            if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ctx.invalid(
+                    &key("key_id"),
+                    &v.origin,
+                    &format!("{:?} is not a key id", v.value),
+                    "Give the 32 hex digits `pitr init` or `pitr restore` printed as the \
+                     repository key's id, or leave key_id out",
+                ));
+            }
+            Some(id)
+        }
+    };
     Ok(RepositoryConfig {
+        key_id,
         recipients,
         identity_file,
         key_file,

@@ -13,6 +13,7 @@ mod pg_harness;
 mod pitr_restore;
 mod read_order;
 mod repo;
+mod restore_trust;
 mod retention;
 mod s3;
 mod schedule;
