@@ -980,7 +980,7 @@ fn check_offline(config: &Config) -> anyhow::Result<()> {
         }
     }
     for pg in &config.postgres {
-        match pitr::wal::ConnInfo::parse(&pg.conninfo) {
+        match pitr::wal::ConnInfo::of_entry(pg) {
             Ok(_) => println!("postgres {}: conninfo valid (not contacted)", pg.name),
             Err(e) => {
                 failed += 1;
@@ -1007,7 +1007,7 @@ fn check_offline(config: &Config) -> anyhow::Result<()> {
 /// Connects the way the streamer does and reads what streaming needs: the
 /// system, `wal_level`, `max_wal_senders`, the slot.
 async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<String> {
-    let info = pitr::wal::ConnInfo::parse(&pg.conninfo)?;
+    let info = pitr::wal::ConnInfo::of_entry(pg)?;
     let mut client = pitr::wal::ReplicationClient::connect(&info).await?;
     let system = client.identify_system().await?;
     let wal_level = client.check_wal_level().await?;
@@ -1081,7 +1081,7 @@ async fn backup(
     use std::io::IsTerminal;
 
     let db = postgres_entry(config, postgres)?;
-    let conninfo = pitr::wal::ConnInfo::parse(&db.conninfo).map_err(|e| {
+    let conninfo = pitr::wal::ConnInfo::of_entry(db).map_err(|e| {
         Exit::Usage(format!(
             "{}: [[postgres]] {:?} conninfo: {e}",
             config.path.display(),

@@ -213,6 +213,10 @@ pub struct PostgresConfig {
     /// The server's sending rate limit for base backups in kB/s
     /// (`max_rate`, 32 to 1048576); `pitr backup --max-rate` overrides it.
     pub max_rate_kb: Option<u32>,
+    /// Send a cleartext or md5 password over an unencrypted TCP connection
+    /// (`allow_insecure_password`, default false): off, pitr refuses such a
+    /// request and says why. SCRAM, TLS and unix sockets need no such leave.
+    pub allow_insecure_password: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -226,6 +230,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("base_backup_wal", &self.base_backup_wal)
             .field("checkpoint", &self.checkpoint)
             .field("max_rate_kb", &self.max_rate_kb)
+            .field("allow_insecure_password", &self.allow_insecure_password)
             .finish()
     }
 }
@@ -280,6 +285,10 @@ pub struct HealthConfig {
     /// `restore_token_file`); `None`: the restore API is off. `Debug`
     /// redacts it.
     pub restore_token: Option<String>,
+    /// Every restore the API runs goes into a directory beneath this one
+    /// (`restore_root`, default `<state_dir>/restores`): the API refuses any
+    /// other target.
+    pub restore_root: PathBuf,
 }
 
 impl Default for HealthConfig {
@@ -293,6 +302,7 @@ impl Default for HealthConfig {
             slot_retained_max: 4 << 30,
             verify_max_age: Duration::from_secs(3 * 86400),
             restore_token: None,
+            restore_root: PathBuf::from("/var/lib/pitr/restores"),
         }
     }
 }
@@ -311,6 +321,7 @@ impl std::fmt::Debug for HealthConfig {
                 "restore_token",
                 &self.restore_token.as_ref().map(|_| "(redacted)"),
             )
+            .field("restore_root", &self.restore_root)
             .finish()
     }
 }

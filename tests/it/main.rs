@@ -20,6 +20,7 @@ mod scrub;
 mod sidecar;
 mod spool_full;
 mod sqlite;
+mod state_dir;
 mod storacha;
 mod verify;
 mod wal_conn;

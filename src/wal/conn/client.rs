@@ -123,7 +123,9 @@ async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, Con
     ];
     frontend::startup_message(params, &mut wire.out).map_err(|e| wire.io(e))?;
     wire.flush().await?;
-    authenticate(&mut wire, info).await?;
+    // A unix socket never leaves the host; TCP needs TLS to hide a password.
+    let private = tls || matches!(info.host, Host::Unix(_));
+    authenticate(&mut wire, info, private).await?;
 
     let mut backend_pid = 0;
     loop {
@@ -210,10 +212,37 @@ async fn negotiate_tls(
     }
 }
 
+/// Where a SASL exchange stands: AuthenticationOk counts only after the
+/// server proved (server-final, verified) that it knows the password.
+enum Sasl {
+    NotStarted,
+    Started(ScramSha256),
+    Verified,
+}
+
 /// Answers the server's authentication requests until AuthenticationOk.
-async fn authenticate(wire: &mut Wire, info: &ConnInfo) -> Result<(), ConnError> {
-    let mut scram: Option<ScramSha256> = None;
+/// `private`: the connection is encrypted or a unix socket, so a password
+/// may be sent as the server asks.
+async fn authenticate(wire: &mut Wire, info: &ConnInfo, private: bool) -> Result<(), ConnError> {
+    let mut sasl = Sasl::NotStarted;
     let target = wire.target.clone();
+    let untrusted = |reason: String| ConnError::Untrusted {
+        target: target.clone(),
+        reason,
+    };
+    // Checked before the password is looked at: refused, it never leaves.
+    let exposed = |method: &str| {
+        if private || info.allow_insecure_password {
+            return Ok(());
+        }
+        Err(untrusted(format!(
+            "the server asks for the {method} password over an unencrypted connection, where \
+             anyone on the path (or a server impersonating this one) could take it; use TLS \
+             (sslmode=verify-full with sslrootcert), switch the role to scram-sha-256 in \
+             pg_hba.conf, or set allow_insecure_password = true in the [[postgres]] entry to \
+             accept the risk"
+        )))
+    };
     let password = |method: &'static str| {
         info.password
             .as_ref()
@@ -238,12 +267,25 @@ async fn authenticate(wire: &mut Wire, info: &ConnInfo) -> Result<(), ConnError>
             return Err(wire.protocol("authentication request without a code"));
         };
         match code {
-            0 => return Ok(()),
+            0 => {
+                if let Sasl::Started(_) = sasl {
+                    return Err(untrusted(
+                        "the server reported success before completing the SCRAM exchange \
+                         (no verified server signature), so it never proved it knows the \
+                         password: it may not be the server it claims to be. Check host and \
+                         port, and use sslmode=verify-full"
+                            .to_owned(),
+                    ));
+                }
+                return Ok(());
+            }
             3 => {
+                exposed("cleartext")?;
                 let pw = password("password")?;
                 frontend::password_message(pw, &mut wire.out).map_err(|e| wire.io(e))?;
             }
             5 => {
+                exposed("md5-hashed")?;
                 let pw = password("md5")?;
                 if body.len() < 4 {
                     return Err(wire.protocol("md5 request without a salt"));
@@ -268,26 +310,27 @@ async fn authenticate(wire: &mut Wire, info: &ConnInfo) -> Result<(), ConnError>
                 let s = ScramSha256::new(pw, ChannelBinding::unsupported());
                 frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut wire.out)
                     .map_err(|e| wire.io(e))?;
-                scram = Some(s);
+                sasl = Sasl::Started(s);
             }
             11 => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| wire.protocol("SASL continue before SASL start"))?;
+                let Sasl::Started(s) = &mut sasl else {
+                    return Err(wire.protocol("SASL continue outside a SASL exchange"));
+                };
                 s.update(&body)
                     .map_err(|e| wire.protocol(&format!("SCRAM exchange failed: {e}")))?;
                 frontend::sasl_response(s.message(), &mut wire.out).map_err(|e| wire.io(e))?;
             }
             12 => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| wire.protocol("SASL final before SASL start"))?;
+                let Sasl::Started(s) = &mut sasl else {
+                    return Err(wire.protocol("SASL final outside a SASL exchange"));
+                };
                 s.finish(&body).map_err(|e| {
-                    wire.protocol(&format!(
+                    untrusted(format!(
                         "the server's SCRAM signature does not verify ({e}): it may not be the \
                          server it claims to be"
                     ))
                 })?;
+                sasl = Sasl::Verified;
                 continue;
             }
             other => {

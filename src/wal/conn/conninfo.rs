@@ -211,9 +211,22 @@ pub struct ConnInfo {
     pub application_name: String,
     /// Bounds connecting, TLS and authentication together; `None`: forever.
     pub connect_timeout: Option<Duration>,
+    /// Send a cleartext or md5 password over an unencrypted TCP connection
+    /// when the server asks for one (`[[postgres]] allow_insecure_password`;
+    /// not a libpq keyword). Off: such a request fails the connection
+    /// without the password leaving pitr.
+    pub allow_insecure_password: bool,
 }
 
 impl ConnInfo {
+    /// The connection of a `[[postgres]]` entry: its conninfo resolved,
+    /// with the entry's pitr-only settings applied.
+    pub fn of_entry(pg: &crate::config::PostgresConfig) -> Result<ConnInfo, ConnInfoError> {
+        let mut info = ConnInfo::parse(&pg.conninfo)?;
+        info.allow_insecure_password = pg.allow_insecure_password;
+        Ok(info)
+    }
+
     /// `host:port` or the socket path, for messages.
     pub fn target(&self) -> String {
         self.host.describe(self.port)

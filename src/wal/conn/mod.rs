@@ -33,6 +33,8 @@ mod url;
 mod wire;
 
 #[cfg(test)]
+mod impostor;
+#[cfg(test)]
 mod tests;
 
 pub use client::ReplicationClient;

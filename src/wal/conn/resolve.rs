@@ -283,5 +283,6 @@ fn resolve(
         sslrootcert,
         application_name,
         connect_timeout,
+        allow_insecure_password: false,
     })
 }
