@@ -309,6 +309,24 @@ impl Spool {
     }
 }
 
+impl Drop for Spool {
+    /// An empty spool of a process that ends goes with it (one with objects
+    /// stays for the next writer to adopt).
+    fn drop(&mut self) {
+        let Some((dir, _)) = self.own.get() else {
+            return;
+        };
+        let only_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|e| e.file_name().to_string_lossy() == LOCK)
+        });
+        if only_lock {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Locks `<dir>/.adopt.lock` until the returned file is dropped: claims and
 /// adoptions of one spool directory happen one at a time.
 fn adopt_lock(dir: &Path) -> std::io::Result<Flock<File>> {
@@ -354,5 +372,12 @@ mod tests {
             Bytes::from_static(b"one")
         );
         assert!(!a_dir.exists());
+        // An empty spool leaves with its process.
+        let c = spool(tmp.path());
+        assert!(c.adopt(2).expect("adopt").is_empty());
+        let c_dir = c.dir().to_owned();
+        assert!(c_dir.exists());
+        drop(c);
+        assert!(!c_dir.exists());
     }
 }
