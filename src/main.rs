@@ -1091,6 +1091,13 @@ async fn backup(
     let fanout = pitr::ship::from_config(config);
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let repo = Repository::open(fanout, opts).await?;
+    // A long backup must see marks of a retention run elsewhere, as the
+    // sidecar's writers do (docs/RETENTION.md).
+    repo.refresh_catalog_every(config.retention.gc_grace / 2);
+    let refresh = {
+        let repo = repo.clone();
+        tokio::spawn(async move { repo.keep_catalog_fresh(std::future::pending()).await })
+    };
     let options = pitr::basebackup::BackupOptions {
         database: db.name.clone(),
         conninfo,
@@ -1126,6 +1133,7 @@ async fn backup(
         })
     };
     let taken = pitr::basebackup::take(&repo, &options, &tx).await;
+    refresh.abort();
     drop(tx);
     let _ = reporter.await;
     if let Some(bar) = bar {

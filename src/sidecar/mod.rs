@@ -150,9 +150,27 @@ pub async fn run(
     let fanout = crate::ship::from_config(&config);
     let opts = crate::repo::RepoOptions::from_config(&config)?;
     let repo = Repository::open(fanout, opts).await?;
+    // Retention may run elsewhere too (CI, another host): its marks reach
+    // this process's writers only through a sync (docs/RETENTION.md).
+    repo.refresh_catalog_every(config.retention.gc_grace / 2);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        let repo = repo.clone();
+        tasks.spawn(supervise(
+            "catalog refresh".to_owned(),
+            health::task_cell(),
+            stop_rx.clone(),
+            move |stop| {
+                let repo = repo.clone();
+                async move {
+                    repo.keep_catalog_fresh(stop).await;
+                    Ok(())
+                }
+            },
+        ));
+    }
     let mut pg_sources = Vec::new();
     for (pg, info) in streams {
         let (progress_tx, progress_rx) = watch::channel(Progress::default());

@@ -449,12 +449,20 @@ async fn scheduled_test_restores_show_in_health_metrics_and_catalog_and_a_corrup
     repo.enable_test_restores(&cfg, "*/15 * * * * *");
     let sidecar = Sidecar::start(&cfg);
 
-    // A scheduled test restore passes: in /health, /metrics and the catalog.
-    let body = wait_health_until(port, 200, Duration::from_secs(240), &sidecar, |b| {
-        b["verification"]["last"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|r| r["database"] == "main" && r["ok"] == true))
-    })
+    // A scheduled test restore passes: in /health (its details behind the
+    // token), /metrics and the catalog.
+    let body = wait_health_as(
+        port,
+        Some(token),
+        200,
+        Duration::from_secs(240),
+        &sidecar,
+        |b| {
+            b["verification"]["last"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|r| r["database"] == "main" && r["ok"] == true))
+        },
+    )
     .await;
     let report = body["verification"]["last"]
         .as_array()

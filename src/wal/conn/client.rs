@@ -7,12 +7,14 @@ use std::io;
 use std::net::SocketAddr;
 
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conninfo::{ConnInfo, Host, SslMode};
+use super::conninfo::{ChannelBindingMode, ConnInfo, Host, SslMode};
 use super::error::{ConnError, Context, classify};
 use super::tls;
 use super::wire::{Socket, Wire, cstr, i32_, parse_error};
@@ -113,6 +115,16 @@ async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, Con
             negotiate_tls(tcp, info, name, target).await?
         }
     };
+    // Taken before the socket moves into the wire: what SCRAM binds to.
+    let end_point = match &sock {
+        Socket::Tls(stream) => stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| super::binding::tls_server_end_point(cert)),
+        _ => None,
+    };
     let mut wire = Wire::new(sock, target.to_owned());
 
     let params = [
@@ -125,7 +137,7 @@ async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, Con
     wire.flush().await?;
     // A unix socket never leaves the host; TCP needs TLS to hide a password.
     let private = tls || matches!(info.host, Host::Unix(_));
-    authenticate(&mut wire, info, private).await?;
+    authenticate(&mut wire, info, private, tls, end_point).await?;
 
     let mut backend_pid = 0;
     loop {
@@ -222,9 +234,17 @@ enum Sasl {
 
 /// Answers the server's authentication requests until AuthenticationOk.
 /// `private`: the connection is encrypted or a unix socket, so a password
-/// may be sent as the server asks.
-async fn authenticate(wire: &mut Wire, info: &ConnInfo, private: bool) -> Result<(), ConnError> {
+/// may be sent as the server asks. `end_point`: the TLS certificate's
+/// binding data, when there is TLS and the certificate allows binding.
+async fn authenticate(
+    wire: &mut Wire,
+    info: &ConnInfo,
+    private: bool,
+    tls: bool,
+    end_point: Option<Vec<u8>>,
+) -> Result<(), ConnError> {
     let mut sasl = Sasl::NotStarted;
+    let mut bound = false;
     let target = wire.target.clone();
     let untrusted = |reason: String| ConnError::Untrusted {
         target: target.clone(),
@@ -277,6 +297,15 @@ async fn authenticate(wire: &mut Wire, info: &ConnInfo, private: bool) -> Result
                             .to_owned(),
                     ));
                 }
+                if info.channel_binding == ChannelBindingMode::Require && !bound {
+                    return Err(untrusted(
+                        "channel_binding=require, but the server authenticated the connection \
+                         without SCRAM channel binding (trust, md5, password, or SCRAM without \
+                         -PLUS): use scram-sha-256 in a hostssl line of pg_hba.conf, or lower \
+                         channel_binding to prefer"
+                            .to_owned(),
+                    ));
+                }
                 return Ok(());
             }
             3 => {
@@ -305,10 +334,41 @@ async fn authenticate(wire: &mut Wire, info: &ConnInfo, private: bool) -> Result
                         "the server offers SASL mechanisms {mechanisms:?}, pitr speaks {SCRAM_SHA_256}"
                     )));
                 }
-                let pw = password(SCRAM_SHA_256)?;
-                // No channel binding ("n"): accepted with and without TLS.
-                let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut wire.out)
+                let plus = mechanisms.iter().any(|m| m == SCRAM_SHA_256_PLUS);
+                let (mechanism, binding) = match (info.channel_binding, &end_point) {
+                    (ChannelBindingMode::Disable, _) => {
+                        (SCRAM_SHA_256, ChannelBinding::unsupported())
+                    }
+                    (_, Some(data)) if plus => {
+                        bound = true;
+                        (
+                            SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(data.clone()),
+                        )
+                    }
+                    (ChannelBindingMode::Require, _) => {
+                        return Err(untrusted(format!(
+                            "channel_binding=require, but {}: use TLS (sslmode=verify-full) to a \
+                             server that offers SCRAM-SHA-256-PLUS (PostgreSQL 11+ with ssl = on), \
+                             or lower channel_binding to prefer",
+                            if !tls {
+                                "the connection is not encrypted"
+                            } else if end_point.is_none() {
+                                "the server's certificate uses a signature algorithm without a \
+                                 tls-server-end-point hash"
+                            } else {
+                                "the server does not offer SCRAM-SHA-256-PLUS"
+                            }
+                        )));
+                    }
+                    // Could bind, the server does not offer it: "y" lets a
+                    // server that does support it detect a downgrade.
+                    (_, Some(_)) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+                    (_, None) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                };
+                let pw = password(mechanism)?;
+                let s = ScramSha256::new(pw, binding);
+                frontend::sasl_initial_response(mechanism, s.message(), &mut wire.out)
                     .map_err(|e| wire.io(e))?;
                 sasl = Sasl::Started(s);
             }

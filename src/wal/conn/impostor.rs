@@ -84,6 +84,18 @@ async fn an_impostor_that_skips_scram_with_authentication_ok_is_refused() {
 }
 
 #[tokio::test]
+async fn channel_binding_require_refuses_an_unencrypted_scram_exchange() {
+    let sasl = b"SCRAM-SHA-256\0SCRAM-SHA-256-PLUS\0\0".to_vec();
+    let (port, server) = impostor(vec![auth(10, &sasl), auth(0, &[])]).await;
+    let err = ReplicationClient::connect(&info(port, "channel_binding=require"))
+        .await
+        .expect_err("nothing to bind to without TLS");
+    assert!(matches!(err, ConnError::Untrusted { .. }), "{err:?}");
+    assert!(err.to_string().contains("not encrypted"), "{err}");
+    let _ = server.await;
+}
+
+#[tokio::test]
 async fn an_impostor_whose_server_final_is_forged_is_refused() {
     let sasl = b"SCRAM-SHA-256\0\0".to_vec();
     // A server-first with a nonce that does not extend the client's fails
