@@ -251,11 +251,9 @@ impl Spool {
         let mut s = lock(&self.state);
         for e in std::fs::read_dir(&own)?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
+            // The lock, and temp files of writes in flight in this process
+            // (an ended process's went with its directory).
             if name.starts_with('.') {
-                // Half-written files of a crash never counted as spooled.
-                if name != LOCK {
-                    let _ = std::fs::remove_file(e.path());
-                }
                 continue;
             }
             let size = e.metadata().map_or(0, |m| m.len());
@@ -372,6 +370,13 @@ mod tests {
             Bytes::from_static(b"one")
         );
         assert!(!a_dir.exists());
+        // A write in flight in this process (its temp file) survives the
+        // periodic adoption.
+        let temp = b.dir().join(".x~2.tmp0001");
+        std::fs::write(&temp, b"partial").expect("temp");
+        assert!(b.adopt(2).expect("adopt").is_empty());
+        assert!(temp.exists());
+        std::fs::remove_file(&temp).expect("rm");
         // An empty spool leaves with its process.
         let c = spool(tmp.path());
         assert!(c.adopt(2).expect("adopt").is_empty());
