@@ -6,6 +6,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 /// Creates `dir` and its missing parents with mode 0700: pitr's local
 /// state (catalog, spools of plaintext pages and WAL, logs) is for no other
 /// user to read. Directories that exist keep their mode.
@@ -62,6 +64,22 @@ fn write_via_temp(
     // After a rename it is gone already; after a link or a failure it must go.
     let _ = fs::remove_file(&tmp);
     result
+}
+
+/// Takes an exclusive `flock` on `file` without waiting: `Ok(Ok(lock))`
+/// holds it until dropped (or the process ends, however it ends);
+/// `Ok(Err(file))` when another open file holds it.
+pub fn try_lock(file: fs::File) -> io::Result<Result<Flock<fs::File>, fs::File>> {
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Ok(lock)),
+        Err((file, Errno::EWOULDBLOCK)) => Ok(Err(file)),
+        Err((_, e)) => Err(io::Error::from(e)),
+    }
+}
+
+/// Takes an exclusive `flock` on `file`, waiting for it.
+pub fn lock(file: fs::File) -> io::Result<Flock<fs::File>> {
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
 }
 
 fn temp_beside(path: &Path) -> io::Result<(std::path::PathBuf, std::path::PathBuf)> {

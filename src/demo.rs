@@ -283,7 +283,7 @@ schedule = "off"
 
     // 3. Stream WAL, as `pitr run` does.
     let pg = &config.postgres[0];
-    let conninfo = pitr::wal::ConnInfo::parse(&pg.conninfo)?;
+    let conninfo = pitr::wal::ConnInfo::of_entry(pg)?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let (progress_tx, progress_rx) = tokio::sync::watch::channel(pitr::wal::Progress::default());
     let streaming = tokio::spawn(pitr::wal::stream(
@@ -334,7 +334,7 @@ async fn demo_steps(
     source.sql("CREATE TABLE demo (n int PRIMARY KEY, at timestamptz NOT NULL)")?;
     let options = pitr::basebackup::BackupOptions {
         database: db.clone(),
-        conninfo: pitr::wal::ConnInfo::parse(&config.postgres[0].conninfo)?,
+        conninfo: pitr::wal::ConnInfo::of_entry(&config.postgres[0])?,
         label: "pitr demo".to_owned(),
         checkpoint: pitr::basebackup::Checkpoint::Fast,
         max_rate_kb: None,

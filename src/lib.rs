@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod config;
 pub mod crashsafe;
 pub mod health;
+pub mod listing;
 pub mod pitr;
 pub mod repo;
 pub mod retention;

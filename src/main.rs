@@ -1000,7 +1000,7 @@ fn check_offline(config: &Config) -> anyhow::Result<()> {
         }
     }
     for pg in &config.postgres {
-        match pitr::wal::ConnInfo::parse(&pg.conninfo) {
+        match pitr::wal::ConnInfo::of_entry(pg) {
             Ok(_) => println!("postgres {}: conninfo valid (not contacted)", pg.name),
             Err(e) => {
                 failed += 1;
@@ -1027,7 +1027,7 @@ fn check_offline(config: &Config) -> anyhow::Result<()> {
 /// Connects the way the streamer does and reads what streaming needs: the
 /// system, `wal_level`, `max_wal_senders`, the slot.
 async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<String> {
-    let info = pitr::wal::ConnInfo::parse(&pg.conninfo)?;
+    let info = pitr::wal::ConnInfo::of_entry(pg)?;
     let mut client = pitr::wal::ReplicationClient::connect(&info).await?;
     let system = client.identify_system().await?;
     let wal_level = client.check_wal_level().await?;
@@ -1111,7 +1111,7 @@ async fn backup(
     use std::io::IsTerminal;
 
     let db = postgres_entry(config, postgres)?;
-    let conninfo = pitr::wal::ConnInfo::parse(&db.conninfo).map_err(|e| {
+    let conninfo = pitr::wal::ConnInfo::of_entry(db).map_err(|e| {
         Exit::Usage(format!(
             "{}: [[postgres]] {:?} conninfo: {e}",
             config.path.display(),
@@ -1121,6 +1121,13 @@ async fn backup(
     let fanout = pitr::ship::from_config(config);
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let repo = Repository::open(fanout, opts).await?;
+    // A long backup must see marks of a retention run elsewhere, as the
+    // sidecar's writers do (docs/RETENTION.md).
+    repo.refresh_catalog_every(config.retention.gc_grace / 2);
+    let refresh = {
+        let repo = repo.clone();
+        tokio::spawn(async move { repo.keep_catalog_fresh(std::future::pending()).await })
+    };
     let options = pitr::basebackup::BackupOptions {
         database: db.name.clone(),
         conninfo,
@@ -1157,6 +1164,7 @@ async fn backup(
         })
     };
     let taken = pitr::basebackup::take(&repo, &options, &tx).await;
+    refresh.abort();
     drop(tx);
     let _ = reporter.await;
     if let Some(bar) = bar {

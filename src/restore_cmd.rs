@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use pitr::config::Config;
 use pitr::pitr::{Plan, PlanError, RestoreError, RestoreOptions, Target};
 use pitr::repo::Repository;
-use pitr::verify::{DatabaseKind, VerifyReport};
+use pitr::verify::VerifyReport;
 
 use crate::{Exit, TargetArg, mib};
 
@@ -143,114 +143,77 @@ pub fn print_plan(plan: &Plan) {
 }
 
 /// `pitr list`: base backups, WAL ranges per timeline, restore windows.
+/// The JSON is [`pitr::listing::Listing`], what `GET /backups` serves too.
 pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let repo = open_repo(config).await?;
-    let reports = pitr::verify::last_reports(&repo)?;
-    let mut out = Vec::new();
-    for pg in &config.postgres {
-        let backups = pitr::basebackup::backups(&repo, &pg.name)?;
-        let store = pitr::wal::WalStore::new(repo.clone(), &pg.name);
-        let mut wal = Vec::new();
-        for tl in store.timelines()? {
-            wal.push(serde_json::json!({
-                "timeline": tl,
-                "ranges": store.ranges(tl)?,
-            }));
-        }
-        let windows = pitr::pitr::windows(&repo, &pg.name)
-            .await
-            .map_err(anyhow::Error::new)?;
-        let tested = last_test_restore(&reports, DatabaseKind::Postgres, &pg.name);
-        if !json {
-            println!("[[postgres]] {:?}", pg.name);
-            println!("  base backups:");
-            if backups.is_empty() {
-                println!("    none");
-            }
-            for b in &backups {
-                let r = &b.record;
-                println!(
-                    "    {}  timeline {}  WAL {} to {}  finished {}  {} ({} stored)  {}",
-                    r.id,
-                    r.end_timeline,
-                    r.start_lsn,
-                    r.end_lsn,
-                    pitr::pitr::pg_time(r.finished),
-                    mib(r.bytes),
-                    mib(r.stored_bytes),
-                    if b.restorable {
-                        "restorable"
-                    } else {
-                        "NOT restorable (its WAL is not stored)"
-                    }
-                );
-            }
-            println!("  WAL:");
-            for tl in store.timelines()? {
-                let ranges: Vec<String> = store
-                    .ranges(tl)?
-                    .iter()
-                    .map(|(s, e)| format!("{s} to {e}"))
-                    .collect();
-                let gaps = if ranges.len() > 1 {
-                    "  (GAPS between ranges)"
-                } else {
-                    ""
-                };
-                println!("    timeline {tl}: {}{gaps}", ranges.join(", "));
-            }
-            println!("  restore window:");
-            for w in &windows {
-                let text = match (w.earliest, w.latest) {
-                    (Some(e), Some(l)) => {
-                        format!("{} to {}", pitr::pitr::pg_time(e), pitr::pitr::pg_time(l))
-                    }
-                    (Some(e), None) => format!(
-                        "{} on (no transaction after it stored yet)",
-                        pitr::pitr::pg_time(e)
-                    ),
-                    _ => "none (no restorable base backup on this timeline)".to_owned(),
-                };
-                println!(
-                    "    timeline {}: {text}; --latest reaches {}",
-                    w.timeline,
-                    w.end.map_or("-".to_owned(), |e| e.to_string())
-                );
-            }
-            println!("  last test restore: {}", test_restore_text(tested));
-        }
-        out.push(serde_json::json!({
-            "name": pg.name,
-            "backups": backups.iter().map(|b| serde_json::json!({
-                "record": b.record,
-                "restorable": b.restorable,
-            })).collect::<Vec<_>>(),
-            "wal": wal,
-            "windows": windows,
-            "last_test_restore": tested,
-        }));
-    }
-    let sqlite = crate::sqlite_cmd::list(config, &repo, &reports, json)?;
+    let listing = pitr::listing::listing(&repo, config).await?;
     if json {
+        println!("{}", serde_json::to_string_pretty(&listing)?);
+        return Ok(());
+    }
+    for pg in &listing.postgres {
+        println!("[[postgres]] {:?}", pg.name);
+        println!("  base backups:");
+        if pg.backups.is_empty() {
+            println!("    none");
+        }
+        for b in &pg.backups {
+            let r = &b.record;
+            println!(
+                "    {}  timeline {}  WAL {} to {}  finished {}  {} ({} stored)  {}",
+                r.id,
+                r.end_timeline,
+                r.start_lsn,
+                r.end_lsn,
+                pitr::pitr::pg_time(r.finished),
+                mib(r.bytes),
+                mib(r.stored_bytes),
+                if b.restorable {
+                    "restorable"
+                } else {
+                    "NOT restorable (its WAL is not stored)"
+                }
+            );
+        }
+        println!("  WAL:");
+        for tl in &pg.wal {
+            let ranges: Vec<String> = tl
+                .ranges
+                .iter()
+                .map(|(s, e)| format!("{s} to {e}"))
+                .collect();
+            let gaps = if ranges.len() > 1 {
+                "  (GAPS between ranges)"
+            } else {
+                ""
+            };
+            println!("    timeline {}: {}{gaps}", tl.timeline, ranges.join(", "));
+        }
+        println!("  restore window:");
+        for w in &pg.windows {
+            let text = match (w.earliest, w.latest) {
+                (Some(e), Some(l)) => {
+                    format!("{} to {}", pitr::pitr::pg_time(e), pitr::pitr::pg_time(l))
+                }
+                (Some(e), None) => format!(
+                    "{} on (no transaction after it stored yet)",
+                    pitr::pitr::pg_time(e)
+                ),
+                _ => "none (no restorable base backup on this timeline)".to_owned(),
+            };
+            println!(
+                "    timeline {}: {text}; --latest reaches {}",
+                w.timeline,
+                w.end.map_or("-".to_owned(), |e| e.to_string())
+            );
+        }
         println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "postgres": out, "sqlite": sqlite })
-            )?
+            "  last test restore: {}",
+            test_restore_text(pg.last_test_restore.as_ref())
         );
     }
+    crate::sqlite_cmd::print_list(&listing.sqlite);
     Ok(())
-}
-
-/// The newest recorded test restore of one database, if any.
-pub fn last_test_restore<'a>(
-    reports: &'a [VerifyReport],
-    kind: DatabaseKind,
-    name: &str,
-) -> Option<&'a VerifyReport> {
-    reports
-        .iter()
-        .find(|r| r.kind == kind && r.database == name)
 }
 
 /// `pitr list`'s words on a database's newest test restore: when, the

@@ -128,59 +128,29 @@ pub async fn restore(
     Ok(())
 }
 
-/// The SQLite part of `pitr list`: as JSON values, printed as text unless
-/// `json`.
-pub fn list(
-    config: &Config,
-    repo: &Repository,
-    reports: &[pitr::verify::VerifyReport],
-    json: bool,
-) -> anyhow::Result<Vec<serde_json::Value>> {
-    let mut out = Vec::new();
-    for s in &config.sqlite {
-        let caps = pitr::sqlite::store::captures(repo, &s.name)?;
-        let window = pitr::sqlite::window(repo, &s.name)?;
-        let snapshots: Vec<_> = caps.iter().filter(|c| c.snapshot).collect();
-        let tested = crate::restore_cmd::last_test_restore(
-            reports,
-            pitr::verify::DatabaseKind::Sqlite,
-            &s.name,
+/// The SQLite part of `pitr list`, as text.
+pub fn print_list(sqlite: &[pitr::listing::SqliteListing]) {
+    for s in sqlite {
+        println!("[[sqlite]] {:?} ({})", s.name, s.path.display());
+        println!(
+            "  captures: {} ({} snapshots, {} page sets)",
+            s.captures,
+            s.snapshots.len(),
+            s.captures - s.snapshots.len()
         );
-        if !json {
-            println!("[[sqlite]] {:?} ({})", s.name, s.path.display());
+        for c in &s.snapshots {
             println!(
-                "  captures: {} ({} snapshots, {} page sets)",
-                caps.len(),
-                snapshots.len(),
-                caps.len() - snapshots.len()
-            );
-            for c in &snapshots {
-                println!(
-                    "    snapshot {}  {}  {} pages of {} bytes  ({})",
-                    c.item.name, c.attrs.at, c.attrs.db_pages, c.attrs.page_size, c.attrs.reason
-                );
-            }
-            if let Some(last) = caps.last() {
-                println!("    last capture {}  {}", last.item.name, last.attrs.at);
-            }
-            println!("  restore window: {}", window_text(&window));
-            println!(
-                "  last test restore: {}",
-                crate::restore_cmd::test_restore_text(tested)
+                "    snapshot {}  {}  {} pages of {} bytes  ({})",
+                c.item, c.at, c.db_pages, c.page_size, c.reason
             );
         }
-        out.push(serde_json::json!({
-            "name": s.name,
-            "path": s.path,
-            "captures": caps.len(),
-            "snapshots": snapshots.iter().map(|c| serde_json::json!({
-                "item": c.item.name, "at": c.attrs.at, "db_pages": c.attrs.db_pages,
-                "page_size": c.attrs.page_size, "reason": c.attrs.reason,
-            })).collect::<Vec<_>>(),
-            "last": caps.last().map(|c| serde_json::json!({"item": c.item.name, "at": c.attrs.at})),
-            "window": window,
-            "last_test_restore": tested,
-        }));
+        if let Some(last) = &s.last {
+            println!("    last capture {}  {}", last.item, last.at);
+        }
+        println!("  restore window: {}", window_text(&s.window));
+        println!(
+            "  last test restore: {}",
+            crate::restore_cmd::test_restore_text(s.last_test_restore.as_ref())
+        );
     }
-    Ok(out)
 }

@@ -244,6 +244,7 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
             let h = raw.health.get_or_insert_with(Default::default);
             match key {
                 "listen" => h.listen = Some(v),
+                "restore_root" => h.restore_root = Some(v),
                 "restore_token" => {
                     if from_file(&h.restore_token_file) {
                         h.restore_token_file = None;
@@ -407,6 +408,11 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
         (Section::Postgres, Value::Number(v)) if key == "base_backup_wal_gb" => {
             if let Some(p) = nth(&mut raw.postgres, target.index) {
                 p.base_backup_wal_gb = Some(v);
+            }
+        }
+        (Section::Postgres, Value::Number(v)) if key == "allow_insecure_password" => {
+            if let Some(p) = nth(&mut raw.postgres, target.index) {
+                p.allow_insecure_password = Some(v);
             }
         }
         (Section::Postgres, Value::Int(v)) if key == "max_rate" => {

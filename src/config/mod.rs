@@ -226,6 +226,10 @@ pub struct PostgresConfig {
     /// The per-file checksum of the server's `backup_manifest`
     /// (`manifest_checksums`, `"crc32c"` by default, or `"sha256"`).
     pub manifest_checksums: ManifestChecksums,
+    /// Send a cleartext or md5 password over an unencrypted TCP connection
+    /// (`allow_insecure_password`, default false): off, pitr refuses such a
+    /// request and says why. SCRAM, TLS and unix sockets need no such leave.
+    pub allow_insecure_password: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -240,6 +244,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("checkpoint", &self.checkpoint)
             .field("max_rate_kb", &self.max_rate_kb)
             .field("manifest_checksums", &self.manifest_checksums)
+            .field("allow_insecure_password", &self.allow_insecure_password)
             .finish()
     }
 }
@@ -294,6 +299,10 @@ pub struct HealthConfig {
     /// `restore_token_file`); `None`: the restore API is off. `Debug`
     /// redacts it.
     pub restore_token: Option<String>,
+    /// Every restore the API runs goes into a directory beneath this one
+    /// (`restore_root`, default `<state_dir>/restores`): the API refuses any
+    /// other target.
+    pub restore_root: PathBuf,
 }
 
 impl Default for HealthConfig {
@@ -307,6 +316,7 @@ impl Default for HealthConfig {
             slot_retained_max: 4 << 30,
             verify_max_age: Duration::from_secs(3 * 86400),
             restore_token: None,
+            restore_root: PathBuf::from("/var/lib/pitr/restores"),
         }
     }
 }
@@ -325,6 +335,7 @@ impl std::fmt::Debug for HealthConfig {
                 "restore_token",
                 &self.restore_token.as_ref().map(|_| "(redacted)"),
             )
+            .field("restore_root", &self.restore_root)
             .finish()
     }
 }

@@ -99,6 +99,8 @@ pub(super) struct RawPostgres {
     pub checkpoint: Option<Val<String>>,
     pub max_rate: Option<Val<i64>>,
     pub manifest_checksums: Option<Val<String>>,
+    /// `true`/`false`, or their text from the environment.
+    pub allow_insecure_password: Option<Val<toml::Value>>,
 }
 
 /// One `[[sqlite]]`.
@@ -127,6 +129,7 @@ pub(super) struct RawHealth {
     pub verify_max_age: Option<Val<toml::Value>>,
     pub restore_token: Option<Val<String>>,
     pub restore_token_file: Option<Val<String>>,
+    pub restore_root: Option<Val<String>>,
 }
 
 /// One `[[alert]]` channel. Keys of every kind live here, flat; validation
@@ -341,6 +344,11 @@ const POSTGRES_KEYS: &[KeySpec] = &[
         KeyType::Str,
         r#"manifest_checksums = "crc32c""#,
     ),
+    key(
+        "allow_insecure_password",
+        KeyType::Number,
+        "allow_insecure_password = false",
+    ),
 ];
 const SQLITE_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "auth""#),
@@ -393,6 +401,11 @@ const HEALTH_KEYS: &[KeySpec] = &[
         "restore_token_file",
         KeyType::Str,
         r#"restore_token_file = "/run/secrets/pitr-restore-token""#,
+    ),
+    key(
+        "restore_root",
+        KeyType::Str,
+        r#"restore_root = "/var/lib/pitr/restores""#,
     ),
 ];
 const ALERT_KEYS: &[KeySpec] = &[

@@ -64,7 +64,7 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         destinations: destinations(ctx, raw.destination.unwrap_or_default())?,
         postgres: postgres(ctx, raw.postgres.unwrap_or_default())?,
         sqlite: sqlite(ctx, raw.sqlite.unwrap_or_default())?,
-        health: health(ctx, raw.health.unwrap_or_default())?,
+        health: health(ctx, raw.health.unwrap_or_default(), &repository.state_dir)?,
         alerts: alerts(ctx, raw.alert.unwrap_or_default())?,
         verify,
         retention: retention(ctx, raw.retention.unwrap_or_default())?,
@@ -776,6 +776,22 @@ fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>,
                 }
             },
         };
+        let allow_insecure_password = match p.allow_insecure_password {
+            None => false,
+            Some(v) => match &v.value {
+                toml::Value::Boolean(b) => *b,
+                toml::Value::String(t) if t.trim() == "true" => true,
+                toml::Value::String(t) if t.trim() == "false" => false,
+                other => {
+                    return Err(ctx.invalid(
+                        &key("allow_insecure_password"),
+                        &v.origin,
+                        &format!("{other} is not true or false"),
+                        "Leave it out (false): pitr then refuses to send a cleartext or md5 password over a connection without TLS. Set allow_insecure_password = true only where the network path is trusted",
+                    ));
+                }
+            },
+        };
         out.push(PostgresConfig {
             name,
             conninfo,
@@ -785,6 +801,7 @@ fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>,
             checkpoint,
             max_rate_kb,
             manifest_checksums,
+            allow_insecure_password,
         });
     }
     Ok(out)
@@ -958,7 +975,11 @@ const DEFAULT_SCRUB_READ_BUDGET: u64 = 1 << 30;
 const THRESHOLDS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(10)..=Duration::from_secs(90 * 86400);
 
-fn health(ctx: &Ctx<'_>, h: RawHealth) -> Result<HealthConfig, ConfigError> {
+fn health(
+    ctx: &Ctx<'_>,
+    h: RawHealth,
+    state_dir: &std::path::Path,
+) -> Result<HealthConfig, ConfigError> {
     let key = |k: &str| KeyName::plain(Section::Health, k);
     let d = HealthConfig::default();
     let threshold = |name: &str, v: Option<Val<toml::Value>>, default: Duration, example| match v {
@@ -1004,6 +1025,23 @@ fn health(ctx: &Ctx<'_>, h: RawHealth) -> Result<HealthConfig, ConfigError> {
         }
         Some(t) => Some(t.value.trim().to_owned()),
     };
+    let restore_root = match &h.restore_root {
+        None => state_dir.join("restores"),
+        Some(v) => {
+            let p = path(ctx, &key("restore_root"), v)?;
+            // The root itself is never a target; "/" would make every
+            // directory of the host one.
+            if p.parent().is_none() {
+                return Err(ctx.invalid(
+                    &key("restore_root"),
+                    &v.origin,
+                    "is the file system's root",
+                    "Give a directory that holds only restores, e.g. restore_root = \"/var/lib/pitr/restores\"",
+                ));
+            }
+            p
+        }
+    };
     Ok(HealthConfig {
         listen: match h.listen {
             None => None,
@@ -1040,6 +1078,7 @@ fn health(ctx: &Ctx<'_>, h: RawHealth) -> Result<HealthConfig, ConfigError> {
         slot_retained_max,
         verify_max_age: threshold("verify_max_age", h.verify_max_age, d.verify_max_age, "3d")?,
         restore_token,
+        restore_root,
     })
 }
 

@@ -4,6 +4,7 @@
 //! alerts. The parts publish their state (watch channels, counters); this
 //! module only reads them, so a stuck part can never stall the endpoint.
 
+pub mod confine;
 pub mod server;
 
 use std::collections::HashMap;
@@ -367,6 +368,29 @@ impl Evaluator {
                 )
             } else {
                 "the spool has room".to_owned()
+            },
+        ));
+        // Objects gone from the spool before a destination got them: that
+        // destination lacks them until a repair.
+        let lost = !spool.lost.is_empty();
+        checks.push(Check::new(
+            "spool/lost".to_owned(),
+            lost,
+            if lost {
+                let shown: Vec<String> = spool
+                    .lost
+                    .iter()
+                    .take(5)
+                    .map(|(d, k)| format!("{k} (for {d:?})"))
+                    .collect();
+                format!(
+                    "{} spooled objects were deleted from the spool (not by pitr) before every destination held them: {}{}. Run `pitr repair -c CONFIG` to copy them from a destination that has them, and find what deletes files in the spool directory",
+                    spool.lost.len(),
+                    shown.join(", "),
+                    if spool.lost.len() > 5 { ", ..." } else { "" }
+                )
+            } else {
+                "no spooled object was lost".to_owned()
             },
         ));
         for extra in &self.sources.extra_checks {

@@ -1,8 +1,14 @@
 //! The sidecar's HTTP endpoint (axum): `GET /health` (200 or 503 with the
 //! [`Report`](super::Report) as JSON), `GET /metrics` (Prometheus text),
-//! `GET /backups` (the catalog's backups and restore windows), and the
-//! restore API, `POST /restore` and `GET /restore/{id}`, behind a bearer
-//! token; without a configured token the restore API answers 404.
+//! and behind a bearer token `GET /backups` (what `pitr list --json`
+//! prints) and the restore API, `POST /restore` and `GET /restore/{id}`;
+//! without a configured token those answer 404.
+//!
+//! Whoever can reach the port gets `/health`'s verdict and figures, never
+//! its free text: error messages name hosts, users and paths, so they are
+//! shown only to a caller with the token (and are always in the log).
+//! Restores go only beneath `[health] restore_root` ([`super::confine`]),
+//! at most [`MAX_RESTORE_JOBS`] at a time.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +28,11 @@ use super::Report;
 use crate::config::Config;
 use crate::pitr::{RestoreOptions, Target};
 use crate::repo::Repository;
+
+/// Restores the API runs at once; more are refused (429) until one ends.
+pub const MAX_RESTORE_JOBS: usize = 2;
+/// Finished restore jobs remembered for `GET /restore/{id}`.
+const KEEP_FINISHED_JOBS: usize = 100;
 
 /// What the endpoint serves from.
 #[derive(Clone)]
@@ -121,7 +132,8 @@ pub fn router(endpoint: Endpoint) -> Router {
         .with_state(endpoint)
 }
 
-async fn health(State(e): State<Endpoint>) -> Response {
+async fn health(State(e): State<Endpoint>, headers: HeaderMap) -> Response {
+    let trusted = authorize(&e, &headers).is_none();
     let report = e.report.borrow().clone();
     match report {
         None => (
@@ -135,10 +147,61 @@ async fn health(State(e): State<Endpoint>) -> Response {
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            (code, Json(r.as_ref().clone())).into_response()
+            let body = serde_json::to_value(r.as_ref()).unwrap_or_default();
+            let body = if trusted { body } else { public(body) };
+            (code, Json(body)).into_response()
         }
     }
 }
+
+/// What `/health` shows a caller without the token: the same document
+/// with every free-text string (errors, summaries, paths) replaced, so
+/// nothing names a host, user or file. Kept: numbers, booleans, times,
+/// LSNs and identifiers (names, ids, states).
+fn public(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    const IDENTIFIERS: &[&str] = &[
+        "status",
+        "version",
+        "name",
+        "id",
+        "database",
+        "destination",
+        "state",
+        "kind",
+        "trigger",
+        "event",
+        "last_backup",
+        "backup",
+    ];
+    fn safe_text(s: &str) -> bool {
+        s.parse::<Timestamp>().is_ok() || s.parse::<crate::wal::Lsn>().is_ok()
+    }
+    fn walk(key: Option<&str>, v: Value) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| {
+                        let v = walk(Some(&k), v);
+                        (k, v)
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(|i| walk(key, i)).collect()),
+            Value::String(s) if safe_text(&s) => Value::String(s),
+            Value::String(s) if key.is_some_and(|k| IDENTIFIERS.contains(&k)) && s.len() <= 128 => {
+                Value::String(s)
+            }
+            Value::String(_) => Value::String(HIDDEN.to_owned()),
+            other => other,
+        }
+    }
+    walk(None, v)
+}
+
+/// What replaces free text on `/health` for a caller without the token.
+pub const HIDDEN: &str =
+    "(hidden: in the log, or send Authorization: Bearer <[health] restore_token>)";
 
 async fn metrics(State(e): State<Endpoint>) -> Response {
     match &e.metrics {
@@ -151,41 +214,29 @@ async fn metrics(State(e): State<Endpoint>) -> Response {
     }
 }
 
-async fn backups(State(e): State<Endpoint>) -> Response {
-    match catalog_listing(&e.repo, &e.config).await {
-        Ok(v) => Json(v).into_response(),
-        Err(msg) => (
+async fn backups(State(e): State<Endpoint>, headers: HeaderMap) -> Response {
+    if let Some(denied) = authorize(&e, &headers) {
+        return denied;
+    }
+    // The catalog reads are synchronous and take the catalog's lock, which
+    // the WAL path needs too: never on the runtime's worker threads.
+    let runtime = tokio::runtime::Handle::current();
+    let (repo, config) = (e.repo.clone(), e.config.clone());
+    let listed = tokio::task::spawn_blocking(move || {
+        runtime.block_on(crate::listing::listing(&repo, &config))
+    })
+    .await;
+    match listed {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "GET /backups failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+        }
+        Err(err) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": msg})),
-        )
-            .into_response(),
+            format!("listing the catalog failed: {err}"),
+        ),
     }
-}
-
-/// The catalog's backups, WAL ranges and restore windows, as `pitr list
-/// --json` shows them.
-async fn catalog_listing(repo: &Repository, config: &Config) -> Result<serde_json::Value, String> {
-    let mut postgres = Vec::new();
-    for pg in &config.postgres {
-        let backups = crate::basebackup::backups(repo, &pg.name).map_err(|e| e.to_string())?;
-        let windows = crate::pitr::windows(repo, &pg.name)
-            .await
-            .map_err(|e| e.to_string())?;
-        postgres.push(serde_json::json!({
-            "name": pg.name,
-            "backups": backups.iter().map(|b| serde_json::json!({
-                "record": b.record,
-                "restorable": b.restorable,
-            })).collect::<Vec<_>>(),
-            "windows": windows,
-        }));
-    }
-    let mut sqlite = Vec::new();
-    for s in &config.sqlite {
-        let window = crate::sqlite::window(repo, &s.name).map_err(|e| e.to_string())?;
-        sqlite.push(serde_json::json!({ "name": s.name, "window": window }));
-    }
-    Ok(serde_json::json!({ "postgres": postgres, "sqlite": sqlite }))
 }
 
 /// Compares in time independent of where the first difference is.
@@ -207,7 +258,8 @@ fn authorize(e: &Endpoint, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &e.config.health.restore_token else {
         return Some(error(
             StatusCode::NOT_FOUND,
-            "the restore API is off: set [health] restore_token_file to enable it".to_owned(),
+            "off: set [health] restore_token_file to enable /backups and the restore API"
+                .to_owned(),
         ));
     };
     let given = headers
@@ -274,15 +326,24 @@ async fn start_restore(
             );
         }
     };
-    if !req.target_dir.is_absolute() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "target_dir {:?} is not an absolute path",
-                req.target_dir.display()
-            ),
-        );
-    }
+    // Every check that can refuse runs here, before anything is removed.
+    let root = &e.config.health.restore_root;
+    let state_dir = &e.config.repository.state_dir;
+    let confined = match super::confine::check(root, state_dir, &req.target_dir, req.force) {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::warn!(target_dir = %req.target_dir.display(), error = %err, "restore over HTTP refused");
+            let code = match err {
+                super::confine::ConfineError::Root { .. }
+                | super::confine::ConfineError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                super::confine::ConfineError::NotEmpty(_)
+                | super::confine::ConfineError::Running(_)
+                | super::confine::ConfineError::Busy(_) => StatusCode::CONFLICT,
+                _ => StatusCode::FORBIDDEN,
+            };
+            return error(code, err.to_string());
+        }
+    };
     // Planned before answering: a target outside the window is the
     // caller's to fix, now, not a job that fails later.
     let plan = match crate::pitr::plan(&e.repo, &database, &target, req.timeline).await {
@@ -306,7 +367,7 @@ async fn start_restore(
         state: "running",
         database: database.clone(),
         target: target.describe(),
-        target_dir: req.target_dir.clone(),
+        target_dir: confined.dir.clone(),
         started: Timestamp::now(),
         finished: None,
         backup_bytes: 0,
@@ -314,13 +375,49 @@ async fn start_restore(
         reached: None,
         error: None,
     };
-    if let Ok(mut jobs) = e.restores.lock() {
+    // Admitted under one lock: the cap and the busy check cannot race.
+    {
+        let Ok(mut jobs) = e.restores.lock() else {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the restore job table is poisoned by an earlier panic: restart pitr run"
+                    .to_owned(),
+            );
+        };
+        let running: Vec<&RestoreJob> = jobs.values().filter(|j| j.state == "running").collect();
+        if running.iter().any(|j| j.target_dir == confined.dir) {
+            return error(
+                StatusCode::CONFLICT,
+                super::confine::ConfineError::Busy(req.target_dir).to_string(),
+            );
+        }
+        if running.len() >= MAX_RESTORE_JOBS {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} restores are running, the most pitr runs at once: wait for one to end (GET /restore/<id>)",
+                    running.len()
+                ),
+            );
+        }
+        if jobs.len() >= KEEP_FINISHED_JOBS {
+            let mut done: Vec<(Timestamp, String)> = jobs
+                .values()
+                .filter(|j| j.state != "running")
+                .map(|j| (j.started, j.id.clone()))
+                .collect();
+            done.sort();
+            for (_, old) in done.iter().take(jobs.len() + 1 - KEEP_FINISHED_JOBS) {
+                jobs.remove(old);
+            }
+        }
         jobs.insert(id.clone(), job.clone());
     }
     let (tx, mut rx) = watch::channel(crate::pitr::RestoreProgress::default());
     let opts = RestoreOptions {
-        target_dir: req.target_dir,
-        force: req.force,
+        target_dir: confined.dir.clone(),
+        // Only an earlier API restore, checked above, is ever emptied.
+        force: confined.replace,
         recover: true,
         os_user: e.config.verify.os_user.clone(),
         pg_bin: None,
@@ -347,9 +444,31 @@ async fn start_restore(
     });
     let repo = e.repo.clone();
     let job_id = id.clone();
+    let (root, state_dir, force) = (root.clone(), state_dir.clone(), req.force);
     tokio::spawn(async move {
         tracing::info!(id = %job_id, database = %plan.database, target = %plan.target.describe(), "restore requested over HTTP");
-        let result = crate::pitr::restore(&repo, &plan, &opts).await;
+        // Checked again right before: the directory may have changed
+        // since the request was answered.
+        let result = match super::confine::check(&root, &state_dir, &opts.target_dir, force) {
+            Ok(again) if again.replace == opts.force => crate::pitr::restore(&repo, &plan, &opts)
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(_) => Err(format!(
+                "{}: the directory changed between the request and the restore; nothing was removed, ask again",
+                opts.target_dir.display()
+            )),
+            Err(err) => Err(err.to_string()),
+        };
+        let result = result.and_then(|report| {
+            super::confine::mark(&opts.target_dir, &job_id)
+                .map(|()| report)
+                .map_err(|err| {
+                    format!(
+                        "{}: cannot write the restore marker: {err}",
+                        opts.target_dir.display()
+                    )
+                })
+        });
         if let Ok(mut all) = jobs.lock()
             && let Some(j) = all.get_mut(&job_id)
         {
@@ -362,7 +481,7 @@ async fn start_restore(
                 Err(err) => {
                     tracing::error!(id = %job_id, error = %err, "restore over HTTP failed");
                     j.state = "failed";
-                    j.error = Some(err.to_string());
+                    j.error = Some(err);
                 }
             }
         }
@@ -392,7 +511,37 @@ async fn restore_status(
 
 #[cfg(test)]
 mod tests {
-    use super::same_token;
+    use super::{HIDDEN, public, same_token};
+
+    #[test]
+    fn public_health_keeps_figures_and_hides_free_text() {
+        let full = serde_json::json!({
+            "status": "failing",
+            "time": "2026-12-06T21:00:00Z",
+            "postgres": [{
+                "name": "main",
+                "connected": false,
+                "acknowledged_lsn": "0/16B3748",
+                "last_stream_error": "cannot connect to db.internal:5432 as replicator",
+                "stream": {"state": "restarting", "last_error": "/var/lib/secret: denied"},
+            }],
+            "problems": [{"id": "postgres/main/stream", "failing": true,
+                "summary": "WAL streaming is down: host db.internal refused"}],
+        });
+        let shown = public(full);
+        let text = shown.to_string();
+        for secret in ["db.internal", "replicator", "/var/lib/secret"] {
+            assert!(!text.contains(secret), "{secret} leaks: {text}");
+        }
+        assert_eq!(shown["status"], "failing");
+        assert_eq!(shown["time"], "2026-12-06T21:00:00Z");
+        assert_eq!(shown["postgres"][0]["name"], "main");
+        assert_eq!(shown["postgres"][0]["connected"], false);
+        assert_eq!(shown["postgres"][0]["acknowledged_lsn"], "0/16B3748");
+        assert_eq!(shown["postgres"][0]["stream"]["state"], "restarting");
+        assert_eq!(shown["problems"][0]["id"], "postgres/main/stream");
+        assert_eq!(shown["problems"][0]["summary"], HIDDEN);
+    }
 
     #[test]
     fn tokens_compare_exactly() {

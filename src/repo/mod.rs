@@ -379,6 +379,32 @@ struct Inner {
     inflight_next: std::sync::atomic::AtomicU64,
     /// Copies reads passed over (see [`Repository::skipped_reads`]).
     skipped: Mutex<Vec<SkippedRead>>,
+    /// How fresh the catalog must be for writers to deduplicate against it
+    /// (see [`Repository::refresh_catalog_every`]).
+    freshness: Mutex<Freshness>,
+}
+
+/// When the catalog was last read from the destinations, and how old that
+/// may be before writers stop trusting it for deduplication.
+#[derive(Debug, Default)]
+struct Freshness {
+    every: Option<std::time::Duration>,
+    last: Option<std::time::Instant>,
+}
+
+impl Inner {
+    /// Whether writers may deduplicate against the local catalog: it was
+    /// read from the destinations recently enough that a pack another host
+    /// marked for deletion shows as marked (always, unless
+    /// [`Repository::refresh_catalog_every`] was called).
+    pub(crate) fn catalog_fresh(&self) -> bool {
+        let f = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
+        match (f.every, f.last) {
+            (None, _) => true,
+            (Some(every), Some(last)) => last.elapsed() < every,
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// A destination's copy of an object that a read passed over, reading
@@ -578,6 +604,7 @@ impl Repository {
                 inflight: Mutex::new(Default::default()),
                 inflight_next: std::sync::atomic::AtomicU64::new(0),
                 skipped: Mutex::new(Vec::new()),
+                freshness: Mutex::default(),
             }),
         };
         repo.sync_catalog().await?;
@@ -673,6 +700,62 @@ impl Repository {
     /// Applies every commit in the store that the local catalog lacks, in
     /// order. Returns how many were applied.
     pub async fn sync_catalog(&self) -> Result<usize, RepoError> {
+        // Taken before listing: whatever was committed before this moment
+        // is seen by this sync.
+        let started = std::time::Instant::now();
+        let applied = self.sync_catalog_once().await?;
+        let mut f = self
+            .inner
+            .freshness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        f.last = Some(f.last.map_or(started, |l| l.max(started)));
+        Ok(applied)
+    }
+
+    /// Writers of this repository deduplicate against the local catalog
+    /// only while it was read from the destinations less than `every` ago;
+    /// past that, they store every chunk anew until the next sync.
+    /// Garbage collection run elsewhere (another host, another state
+    /// directory) marks packs in commits this process only sees by syncing:
+    /// with `every` at most half of `gc_grace`, a writer never reuses a
+    /// chunk of a pack marked longer ago than `every`, so no pack it
+    /// reuses is deleted before its commit shows it needed, provided a
+    /// writer commits within `gc_grace / 2` of deciding to reuse a chunk.
+    /// [`Repository::keep_catalog_fresh`] keeps it fresh.
+    pub fn refresh_catalog_every(&self, every: std::time::Duration) {
+        self.inner
+            .freshness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .every = Some(every);
+    }
+
+    /// Syncs the catalog every half of [`Self::refresh_catalog_every`]'s
+    /// period (every 5 minutes when unset) until `stop` resolves. A failed
+    /// sync is logged and tried again; meanwhile writers stop deduplicating
+    /// once the catalog is older than the period.
+    pub async fn keep_catalog_fresh(&self, stop: impl std::future::Future<Output = ()>) {
+        let every = self
+            .inner
+            .freshness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .every
+            .unwrap_or(std::time::Duration::from_secs(600));
+        tokio::pin!(stop);
+        loop {
+            if let Err(e) = self.sync_catalog().await {
+                tracing::warn!(error = %e, "cannot re-read the catalog from the destinations; writers store chunks anew until it succeeds");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every / 2) => {}
+                () = &mut stop => return,
+            }
+        }
+    }
+
+    async fn sync_catalog_once(&self) -> Result<usize, RepoError> {
         let listed = self.inner.fanout.list("catalog/").await?;
         let applied = self.catalog().applied_commits()?;
         let mut todo: Vec<(u64, String, String)> = listed

@@ -155,11 +155,13 @@ fn prepare(
     compress: impl FnOnce(&[u8]) -> std::io::Result<Vec<u8>>,
 ) -> Result<PreparedChunk, RepoError> {
     let id = inner.key.chunk_id(data);
-    let known = inner
-        .catalog
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .has_chunk(&id)?;
+    // A stale catalog may miss another host's marks: store anew instead.
+    let known = inner.catalog_fresh()
+        && inner
+            .catalog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .has_chunk(&id)?;
     let compressed = if known {
         None
     } else {

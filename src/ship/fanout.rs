@@ -43,6 +43,9 @@ pub struct FanoutStatus {
     pub spooled_bytes: u64,
     /// Whether writes are waiting for room in the spool, and for how long.
     pub spool_full_for: Option<Duration>,
+    /// Objects that vanished from the spool before reaching a destination
+    /// that still lacks them: `(destination, key)`.
+    pub lost: Vec<(String, String)>,
 }
 
 impl Fanout {
@@ -141,6 +144,11 @@ impl Fanout {
                 .as_ref()
                 .and_then(|s| s.full_since())
                 .map(|t| t.elapsed()),
+            lost: self
+                .spool
+                .as_ref()
+                .map(|s| s.lost_objects())
+                .unwrap_or_default(),
         }
     }
 
@@ -235,21 +243,25 @@ impl Fanout {
         }))
     }
 
-    /// The destinations' queues, started (with what an earlier run left in
-    /// the spool) on first use.
+    /// The destinations' queues, started on first use with what ended
+    /// processes left in their spools; a task keeps adopting such spools
+    /// (a `pitr backup` that exited with objects still on their way) every
+    /// [`ADOPT_EVERY`].
     fn queues(&self) -> &Vec<mpsc::UnboundedSender<String>> {
         self.queues.get_or_init(|| {
             let Some(spool) = &self.spool else {
                 return Vec::new();
             };
-            let left = spool.recover(self.dests.len());
+            let n = self.dests.len();
+            let left = adopt(spool, n);
             if !left.is_empty() {
                 tracing::info!(
                     objects = left.len(),
-                    "replaying the spool of an earlier run to every destination"
+                    "replaying spooled objects of an earlier process to every destination"
                 );
             }
-            self.dests
+            let senders: Vec<_> = self
+                .dests
                 .iter()
                 .map(|d| {
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -259,7 +271,22 @@ impl Fanout {
                     tokio::spawn(catch_up(d.clone(), spool.clone(), rx));
                     tx
                 })
-                .collect()
+                .collect();
+            let (spool, txs) = (spool.clone(), senders.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ADOPT_EVERY).await;
+                    if txs.iter().all(|t| t.is_closed()) {
+                        return;
+                    }
+                    for k in adopt(&spool, n) {
+                        for t in &txs {
+                            let _ = t.send(k.clone());
+                        }
+                    }
+                }
+            });
+            senders
         })
     }
 
@@ -310,10 +337,76 @@ impl Fanout {
         .await
     }
 
-    /// Lists from the first destination that answers.
+    /// Lists every destination that answers and merges their listings
+    /// (sorted by key): with a quorum below all, any one of them may lag,
+    /// and a reader that trusted the first to answer would miss what only
+    /// the others hold. Disagreements are logged, naming the destination
+    /// and an object it lacks (objects still in this process's spool are
+    /// expected to be missing and not counted). Fails only when no
+    /// destination answers.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ShipError> {
-        self.first_ok(|d| async move { d.list(prefix).await }).await
+        let order = self.read_order();
+        let listed = join_all(
+            order
+                .iter()
+                .map(|d| async move { (d.name().to_owned(), d.list(prefix).await) }),
+        )
+        .await;
+        let mut merged: std::collections::BTreeMap<String, ObjectMeta> = Default::default();
+        let mut answered: Vec<(String, std::collections::HashSet<String>)> = Vec::new();
+        let mut first_err = None;
+        for (name, result) in listed {
+            match result {
+                Ok(objects) => {
+                    let keys = objects.iter().map(|m| m.key.clone()).collect();
+                    for m in objects {
+                        merged.entry(m.key.clone()).or_insert(m);
+                    }
+                    answered.push((name, keys));
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %name, prefix, error = %e,
+                        "listing failed; merging the other destinations' listings");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if answered.is_empty() {
+            return Err(first_err.unwrap_or_else(|| ShipError::NotFound {
+                dest: "(none configured)".into(),
+                key: prefix.to_owned(),
+            }));
+        }
+        for (name, keys) in &answered {
+            let lacking: Vec<&String> = merged
+                .keys()
+                .filter(|k| !keys.contains(*k) && !self.is_spooled(k))
+                .collect();
+            if let Some(example) = lacking.first() {
+                tracing::warn!(
+                    destination = %name,
+                    prefix,
+                    lacking = lacking.len(),
+                    example = %example,
+                    "destinations disagree: this one lacks objects another lists; it may lag \
+                     behind (the spool catches it up) or have lost them (`pitr repair` copies \
+                     them back)"
+                );
+            }
+        }
+        Ok(merged.into_values().collect())
     }
+}
+
+/// How often a writer looks for spools that ended processes left.
+const ADOPT_EVERY: Duration = Duration::from_secs(60);
+
+/// [`Spool::adopt`], logged when it fails (writes then fail at `add`).
+fn adopt(spool: &Spool, dests: usize) -> Vec<String> {
+    spool.adopt(dests).unwrap_or_else(|e| {
+        tracing::error!(spool = %spool.dir().display(), error = %e, "cannot claim a spool directory");
+        Vec::new()
+    })
 }
 
 /// Indices of `states` in read order (see [`Fanout::read_order`]).
@@ -327,8 +420,11 @@ fn read_order(states: &[DestinationState]) -> Vec<usize> {
 }
 
 /// One destination's queue: each spooled object, retried with exponential
-/// backoff and jitter until the destination holds it. Never gives up: the
-/// object is only ever dropped from the spool once every destination has it.
+/// backoff and jitter until the destination holds it. The object is only
+/// ever dropped from the spool once every destination has it. One that
+/// vanished from the spool (deleted behind pitr's back) is looked up on
+/// the destination instead: present, it is done; absent, it is recorded
+/// as lost (an error on `/health`) and the queue moves on, never stalled.
 async fn catch_up(
     dest: Arc<dyn Destination>,
     spool: Arc<Spool>,
@@ -338,16 +434,37 @@ async fn catch_up(
         let mut delay = Duration::from_millis(500);
         loop {
             let attempt = async {
-                let data = spool.read(&key).await.map_err(|source| ShipError::Io {
-                    dest: dest.name().to_owned(),
-                    op: "read spool",
-                    key: key.clone(),
-                    source,
-                    transient: false,
-                })?;
-                dest.put_if_absent(&key, data).await
+                let data = match spool.read(&key).await {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return match dest.head(&key).await? {
+                            Some(_) => Ok(Gone::Present),
+                            None => Ok(Gone::Absent),
+                        };
+                    }
+                    Err(source) => {
+                        return Err(ShipError::Io {
+                            dest: dest.name().to_owned(),
+                            op: "read spool",
+                            key: key.clone(),
+                            source,
+                            transient: false,
+                        });
+                    }
+                };
+                dest.put_if_absent(&key, data).await.map(|_| Gone::No)
             };
             match attempt.await {
+                Ok(Gone::Absent) => {
+                    tracing::error!(
+                        destination = dest.name(),
+                        key,
+                        "a spooled object vanished from the spool before this destination got it; \
+                         `pitr repair` (or the scrub) copies it from a destination that holds it"
+                    );
+                    spool.lost(dest.name(), &key);
+                    break;
+                }
                 Ok(_) => {
                     spool.done(&key);
                     break;
@@ -362,6 +479,16 @@ async fn catch_up(
             }
         }
     }
+}
+
+/// What catching up found.
+enum Gone {
+    /// The object was in the spool, and is stored now.
+    No,
+    /// It vanished from the spool; the destination has it.
+    Present,
+    /// It vanished from the spool; the destination lacks it.
+    Absent,
 }
 
 #[cfg(test)]
@@ -400,6 +527,73 @@ mod tests {
         assert_eq!(read_order(&s), [2, 1, 0]);
         let s = [state("a", true, Some(10)), state("b", true, Some(5))];
         assert_eq!(read_order(&s), [1, 0]);
+    }
+
+    /// Every file named `name` beneath `dir`.
+    fn find(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if e.file_name() == name {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_file_deleted_behind_pitrs_back_does_not_stall_the_destination() {
+        use crate::ship::FsDestination;
+        use crate::ship::fault::{FaultPlan, FaultyDestination};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let a: Arc<dyn Destination> = Arc::new(FsDestination::new("a", tmp.path().join("a")));
+        let b = Arc::new(FaultyDestination::new(FsDestination::new(
+            "b",
+            tmp.path().join("b"),
+        )));
+        b.set_plan(FaultPlan {
+            fail_puts: 1000,
+            ..FaultPlan::default()
+        });
+        let spool_dir = tmp.path().join("spool");
+        let fanout = Fanout::with_quorum(
+            vec![a, b.clone() as Arc<dyn Destination>],
+            1,
+            SpoolConfig {
+                dir: spool_dir.clone(),
+                max_bytes: 1 << 20,
+            },
+        );
+        fanout
+            .put_if_absent("obj/1", Bytes::from_static(b"one"))
+            .await
+            .expect("a holds it");
+        fanout
+            .put_if_absent("obj/2", Bytes::from_static(b"two"))
+            .await
+            .expect("a holds it");
+        // Deleted behind pitr's back while `b` is down; then `b` recovers.
+        let files = find(&spool_dir, "obj~1");
+        assert_eq!(files.len(), 1, "{files:?}");
+        std::fs::remove_file(&files[0]).expect("delete");
+        b.set_plan(FaultPlan::default());
+        let mut waited = 0;
+        while fanout.status().spooled > 0 {
+            assert!(
+                waited < 300,
+                "the queue of b is stuck: {:?}",
+                fanout.status()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        assert!(b.head("obj/2").await.expect("head").is_some());
+        assert_eq!(fanout.status().lost, [("b".to_owned(), "obj/1".to_owned())]);
     }
 
     #[test]

@@ -5,11 +5,21 @@
 //! replay idempotent) and bounded: when it is full, new writes wait — which
 //! stops WAL acknowledgement, so the slot keeps the WAL on the server — and
 //! nothing is ever dropped to make room.
+//!
+//! Each process owns its own spool: a subdirectory `<spool_dir>/<pid>-<n>/`
+//! holding a `.lock` file the process keeps locked (`flock`) while it
+//! lives. Several processes on one state directory (`pitr run` beside
+//! `pitr backup` or `pitr retention`) therefore never touch each other's
+//! objects. A spool whose lock is free belongs to a process that ended: the
+//! next writer adopts its objects ([`Spool::adopt`]) and replays them.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
+
+use nix::fcntl::Flock;
 
 use bytes::Bytes;
 
@@ -38,7 +48,19 @@ pub(super) struct Spool {
     config: SpoolConfig,
     state: Mutex<State>,
     room: tokio::sync::Notify,
+    /// This process's own directory and its held lock, once claimed.
+    own: OnceLock<(PathBuf, Flock<File>)>,
+    /// Objects found gone from the spool that a destination still lacks:
+    /// `(destination, key)`, newest last, bounded.
+    lost: Mutex<Vec<(String, String)>>,
 }
+
+/// The lock file in each owned spool directory.
+const LOCK: &str = ".lock";
+/// Held (briefly) while a process claims or adopts spool directories.
+const ADOPT_LOCK: &str = ".adopt.lock";
+/// Lost objects remembered for `/health`.
+const LOST_KEPT: usize = 100;
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -50,12 +72,44 @@ impl Spool {
             config,
             state: Mutex::new(State::default()),
             room: tokio::sync::Notify::new(),
+            own: OnceLock::new(),
+            lost: Mutex::new(Vec::new()),
         }
+    }
+
+    /// This process's spool directory (the shared one until claimed,
+    /// which a writer always is before its first `add`).
+    fn own_dir(&self) -> &Path {
+        self.own.get().map_or(&self.config.dir, |(d, _)| d)
     }
 
     /// `key` as a file name: `/` cannot be in one, `~` cannot be in a key.
     fn path(&self, key: &str) -> PathBuf {
-        self.config.dir.join(key.replace('/', "~"))
+        self.own_dir().join(key.replace('/', "~"))
+    }
+
+    /// Creates and locks this process's own spool directory, once.
+    fn claim(&self) -> std::io::Result<&Path> {
+        if let Some((d, _)) = self.own.get() {
+            return Ok(d);
+        }
+        std::fs::create_dir_all(&self.config.dir)?;
+        let _adopting = adopt_lock(&self.config.dir)?;
+        if let Some((d, _)) = self.own.get() {
+            return Ok(d);
+        }
+        // Made under a dot name (which adopters skip), locked, then
+        // renamed: no other process ever sees it unlocked.
+        let name = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let staging = self.config.dir.join(format!(".new-{name}"));
+        std::fs::create_dir(&staging)?;
+        std::fs::write(staging.join(LOCK), format!("{}\n", std::process::id()))?;
+        let lock = crate::crashsafe::try_lock(File::open(staging.join(LOCK))?)?
+            .map_err(|_| std::io::Error::other("a new spool directory is locked already"))?;
+        let dir = self.config.dir.join(&name);
+        std::fs::rename(&staging, &dir)?;
+        let _ = self.own.set((dir, lock));
+        Ok(self.own_dir())
     }
 
     /// Writes `data` to the spool for `dests` destinations, waiting for room.
@@ -90,8 +144,12 @@ impl Spool {
             }
             notified.await;
         }
+        if let Err(e) = self.claim() {
+            self.release(key);
+            return Err(e);
+        }
         let path = self.path(key);
-        let dir = self.config.dir.clone();
+        let dir = self.own_dir().to_owned();
         let data = data.clone();
         let written = tokio::task::spawn_blocking(move || {
             crate::crashsafe::create_private_dir_all(&dir)?;
@@ -148,19 +206,54 @@ impl Spool {
         tokio::fs::read(self.path(key)).await.map(Bytes::from)
     }
 
-    /// Objects left by an earlier run, registered for `dests` destinations:
-    /// each must be offered to every destination again.
-    pub(super) fn recover(&self, dests: usize) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(&self.config.dir) else {
-            return Vec::new();
-        };
+    /// Claims this process's spool and adopts every spool left by a
+    /// process that ended (its lock is free), plus objects of the older
+    /// shared layout lying in the spool directory itself: they move into
+    /// this process's directory and are registered for `dests`
+    /// destinations. Returns their keys: each must be offered to every
+    /// destination again. Safe to call again at any time.
+    pub(super) fn adopt(&self, dests: usize) -> std::io::Result<Vec<String>> {
+        let own = self.claim()?.to_owned();
+        let _adopting = adopt_lock(&self.config.dir)?;
+        for e in std::fs::read_dir(&self.config.dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if name.starts_with('.') || path == own {
+                continue;
+            }
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_file() {
+                // The shared layout of earlier versions.
+                let _ = std::fs::rename(&path, own.join(&name));
+                continue;
+            }
+            if !kind.is_dir() {
+                continue;
+            }
+            let Ok(file) = File::open(path.join(LOCK)) else {
+                continue;
+            };
+            let Ok(Ok(_held)) = crate::crashsafe::try_lock(file) else {
+                continue; // Its process lives: never touched.
+            };
+            tracing::info!(spool = %path.display(), "adopting the spool of a process that ended");
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                for f in entries.flatten() {
+                    let n = f.file_name().to_string_lossy().into_owned();
+                    if !n.starts_with('.') {
+                        let _ = std::fs::rename(f.path(), own.join(&n));
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&path);
+        }
         let mut keys = Vec::new();
         let mut s = lock(&self.state);
-        for e in entries.flatten() {
+        for e in std::fs::read_dir(&own)?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            // Half-written files of a crash never counted as spooled.
-            if name.starts_with('.') || name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(e.path());
+            // The lock, and temp files of writes in flight in this process
+            // (an ended process's went with its directory).
+            if name.starts_with('.') {
                 continue;
             }
             let size = e.metadata().map_or(0, |m| m.len());
@@ -170,7 +263,27 @@ impl Spool {
                 keys.push(key);
             }
         }
-        keys
+        Ok(keys)
+    }
+
+    /// `key` was gone from the spool while `dest` still lacked it: nothing
+    /// can send it there any more. Recorded for `/health` (a scrub or
+    /// `pitr repair` copies it from a destination that has it) and counted
+    /// as handled so the queue moves on.
+    pub(super) fn lost(&self, dest: &str, key: &str) {
+        if let Ok(mut l) = self.lost.lock() {
+            if l.len() >= LOST_KEPT {
+                l.remove(0);
+            }
+            l.push((dest.to_owned(), key.to_owned()));
+        }
+        self.done(key);
+    }
+
+    /// Objects lost from the spool before reaching a destination:
+    /// `(destination, key)`.
+    pub(super) fn lost_objects(&self) -> Vec<(String, String)> {
+        self.lost.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Bytes spooled now.
@@ -188,8 +301,88 @@ impl Spool {
         lock(&self.state).full_since
     }
 
-    /// The spool directory.
+    /// This process's spool directory.
     pub(super) fn dir(&self) -> &Path {
-        &self.config.dir
+        self.own_dir()
+    }
+}
+
+impl Drop for Spool {
+    /// An empty spool of a process that ends goes with it (one with objects
+    /// stays for the next writer to adopt).
+    fn drop(&mut self) {
+        let Some((dir, _)) = self.own.get() else {
+            return;
+        };
+        let only_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|e| e.file_name().to_string_lossy() == LOCK)
+        });
+        if only_lock {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Locks `<dir>/.adopt.lock` until the returned file is dropped: claims and
+/// adoptions of one spool directory happen one at a time.
+fn adopt_lock(dir: &Path) -> std::io::Result<Flock<File>> {
+    crate::crashsafe::lock(File::create(dir.join(ADOPT_LOCK))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool(dir: &Path) -> Spool {
+        Spool::new(SpoolConfig {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+        })
+    }
+
+    #[tokio::test]
+    async fn two_spools_on_one_directory_never_share_objects() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let a = spool(tmp.path());
+        let b = spool(tmp.path());
+        assert!(
+            a.add("x/1", &Bytes::from_static(b"one"), 2)
+                .await
+                .expect("add")
+        );
+        // `b` claims and adopts while `a` lives: `a`'s object stays `a`'s.
+        assert!(b.adopt(2).expect("adopt").is_empty());
+        assert_ne!(a.dir(), b.dir());
+        assert_eq!(
+            a.read("x/1").await.expect("still a's"),
+            Bytes::from_static(b"one")
+        );
+        assert!(!b.holds("x/1"));
+        // `a` ends (its process, here its value): the next adoption takes
+        // its objects over.
+        let a_dir = a.dir().to_owned();
+        drop(a);
+        assert_eq!(b.adopt(2).expect("adopt"), ["x/1"]);
+        assert_eq!(
+            b.read("x/1").await.expect("b's now"),
+            Bytes::from_static(b"one")
+        );
+        assert!(!a_dir.exists());
+        // A write in flight in this process (its temp file) survives the
+        // periodic adoption.
+        let temp = b.dir().join(".x~2.tmp0001");
+        std::fs::write(&temp, b"partial").expect("temp");
+        assert!(b.adopt(2).expect("adopt").is_empty());
+        assert!(temp.exists());
+        std::fs::remove_file(&temp).expect("rm");
+        // An empty spool leaves with its process.
+        let c = spool(tmp.path());
+        assert!(c.adopt(2).expect("adopt").is_empty());
+        let c_dir = c.dir().to_owned();
+        assert!(c_dir.exists());
+        drop(c);
+        assert!(!c_dir.exists());
     }
 }

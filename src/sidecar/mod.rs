@@ -66,6 +66,26 @@ pub enum SidecarError {
     /// The configuration is incomplete for the repository.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Another `pitr run` holds the state directory.
+    #[error(
+        "another `pitr run` (pid {pid}) runs on the state directory {state_dir:?}: two sidecars on one state directory would stream, spool and acknowledge over each other. Stop it first, or give this one its own [repository] state_dir"
+    )]
+    AlreadyRunning {
+        /// The state directory.
+        state_dir: std::path::PathBuf,
+        /// The holder's process id, as it wrote it (`?` if unreadable).
+        pid: String,
+    },
+    /// The state directory's lock file cannot be used.
+    #[error(
+        "cannot lock {path:?} ([repository] state_dir): {source}; check that the directory exists and pitr may write it"
+    )]
+    StateLock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The health endpoint cannot listen.
     #[error(
         "cannot listen on {addr} for the health endpoint ([health] listen): {source}. Free the port or choose another address"
@@ -87,6 +107,7 @@ impl SidecarError {
                 | SidecarError::Conninfo { .. }
                 | SidecarError::Listen { .. }
                 | SidecarError::Config(_)
+                | SidecarError::AlreadyRunning { .. }
         )
     }
 }
@@ -114,20 +135,42 @@ pub async fn run(
     }
     let mut streams = Vec::new();
     for pg in &config.postgres {
-        let info = ConnInfo::parse(&pg.conninfo).map_err(|e| SidecarError::Conninfo {
+        let info = ConnInfo::of_entry(pg).map_err(|e| SidecarError::Conninfo {
             config: config.path.display().to_string(),
             name: pg.name.clone(),
             message: e.to_string(),
         })?;
         streams.push((pg.clone(), info));
     }
+    // Held until this function returns (the process ends): one sidecar per
+    // state directory. Other commands beside it need no such lock: each
+    // process spools in its own directory.
+    let _run_lock = lock_state_dir(&config.repository.state_dir)?;
     let metrics = install_metrics();
     let fanout = crate::ship::from_config(&config);
     let opts = crate::repo::RepoOptions::from_config(&config)?;
     let repo = Repository::open(fanout, opts).await?;
+    // Retention may run elsewhere too (CI, another host): its marks reach
+    // this process's writers only through a sync (docs/RETENTION.md).
+    repo.refresh_catalog_every(config.retention.gc_grace / 2);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        let repo = repo.clone();
+        tasks.spawn(supervise(
+            "catalog refresh".to_owned(),
+            health::task_cell(),
+            stop_rx.clone(),
+            move |stop| {
+                let repo = repo.clone();
+                async move {
+                    repo.keep_catalog_fresh(stop).await;
+                    Ok::<(), String>(())
+                }
+            },
+        ));
+    }
     let mut pg_sources = Vec::new();
     for (pg, info) in streams {
         let (progress_tx, progress_rx) = watch::channel(Progress::default());
@@ -364,6 +407,13 @@ pub async fn run(
     ));
 
     let mut health_addr = None;
+    if config.health.listen.is_some() && config.health.restore_token.is_some() {
+        // The restore API writes only beneath this; a missing root would
+        // refuse every request.
+        if let Err(e) = std::fs::create_dir_all(&config.health.restore_root) {
+            tracing::warn!(restore_root = %config.health.restore_root.display(), error = %e, "cannot create [health] restore_root; API restores are refused until it exists");
+        }
+    }
     if let Some(addr) = config.health.listen {
         let endpoint = Endpoint {
             report: report_rx.clone(),
@@ -421,6 +471,51 @@ pub async fn run(
     alerter.flush(Duration::from_secs(2)).await;
     tracing::info!("pitr run: stopped");
     Ok(())
+}
+
+/// The file `pitr run` keeps locked in the state directory, with its pid.
+pub const RUN_LOCK: &str = "pitr-run.pid";
+
+/// Locks `state_dir` for this `pitr run`: fails, naming the holder's pid,
+/// when another one holds it. The lock lasts as long as the returned file
+/// is open (and ends with the process, however it ends).
+pub fn lock_state_dir(
+    state_dir: &std::path::Path,
+) -> Result<nix::fcntl::Flock<std::fs::File>, SidecarError> {
+    use std::io::{Read, Seek, Write};
+    let path = state_dir.join(RUN_LOCK);
+    let fail = |source| SidecarError::StateLock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(fail)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(fail)?;
+    let mut file = match crate::crashsafe::try_lock(file).map_err(fail)? {
+        Ok(held) => held,
+        Err(mut busy) => {
+            let mut pid = String::new();
+            let _ = busy.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(SidecarError::AlreadyRunning {
+                state_dir: state_dir.to_owned(),
+                pid: if pid.is_empty() {
+                    "?".to_owned()
+                } else {
+                    pid.to_owned()
+                },
+            });
+        }
+    };
+    file.set_len(0).map_err(fail)?;
+    file.rewind().map_err(fail)?;
+    writeln!(file, "{}", std::process::id()).map_err(fail)?;
+    Ok(file)
 }
 
 /// The Prometheus recorder, installed once per process (a second

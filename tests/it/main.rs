@@ -21,6 +21,7 @@ mod scrub;
 mod sidecar;
 mod spool_full;
 mod sqlite;
+mod state_dir;
 mod storacha;
 mod storacha_harness;
 mod verify;

@@ -160,3 +160,70 @@ async fn a_bad_copy_is_skipped_and_named() {
     assert!(hit.why.contains("does not exist"), "{hit:?}");
     assert_eq!(hit.served_by, "a");
 }
+
+/// Every file under `dir`, relative to it.
+fn files(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).expect("under dir").to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lagging_first_destination_does_not_hide_newer_commits() {
+    let s = setup().await;
+    let (repo, _a, _b) = open(&s, Duration::ZERO).await;
+    let catalog_a = s.dir.path().join("a/catalog");
+    let before = files(&catalog_a);
+    let mut w = repo.writer();
+    w.put(
+        "newer",
+        "test",
+        serde_json::json!({}),
+        Chunking::Fixed(32 << 10),
+        &data(7, 64 << 10, 0)[..],
+    )
+    .await
+    .expect("put");
+    w.commit().await.expect("commit");
+    // `a`, listed first, lags: the newest commit reached only `b`.
+    let newer: Vec<_> = files(&catalog_a).difference(&before).cloned().collect();
+    assert!(!newer.is_empty(), "the commit is on a");
+    for f in &newer {
+        std::fs::remove_file(catalog_a.join(f)).expect("delete");
+    }
+    // A reader with an empty state directory (another host, a restore)
+    // builds its catalog from both destinations.
+    let mut opts = s.opts.clone();
+    opts.state_dir = s.dir.path().join("reader-state");
+    let fanout = Fanout::new(vec![
+        Arc::new(FsDestination::new("a", s.dir.path().join("a"))) as Arc<dyn Destination>,
+        Arc::new(FsDestination::new("b", s.dir.path().join("b"))),
+    ]);
+    let reader = Repository::open(fanout, opts).await.expect("open");
+    reader.sync_catalog().await.expect("sync");
+    let names: Vec<String> = reader
+        .catalog()
+        .items("")
+        .expect("items")
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "newer"),
+        "the commit only b holds is missing: {names:?}"
+    );
+    assert!(names.iter().any(|n| n == "item"), "{names:?}");
+}

@@ -246,13 +246,15 @@ async fn the_sidecar_scrub_reports_what_it_cannot_repair() {
         .expect("sqlite");
     let cfg = crate::sqlite::sqlite_config(&t, "app", &db);
     let port = crate::harness::pg::free_port();
+    // /health's words (the summary checked below) are for the token only.
+    let token = "a-long-random-test-token-0123456789";
     let text = std::fs::read_to_string(&cfg).expect("config").replace(
         "[scrub]\nschedule = \"off\"",
         "[scrub]\nschedule = \"* * * * *\"",
     );
     std::fs::write(
         &cfg,
-        format!("{text}\n[health]\nlisten = \"127.0.0.1:{port}\"\n"),
+        format!("{text}\n[health]\nlisten = \"127.0.0.1:{port}\"\nrestore_token = \"{token}\"\n"),
     )
     .expect("config");
     let sidecar = crate::sqlite::Sidecar::start(&cfg);
@@ -262,6 +264,7 @@ async fn the_sidecar_scrub_reports_what_it_cannot_repair() {
         let body: Option<serde_json::Value> = async {
             let r = client
                 .get(format!("http://127.0.0.1:{port}/health"))
+                .bearer_auth(token)
                 .timeout(std::time::Duration::from_secs(5))
                 .send()
                 .await

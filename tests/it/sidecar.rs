@@ -30,12 +30,18 @@ fn sidecar_config(repo: &TestRepo, pg: &PgCluster, extra: &str) -> (std::path::P
 /// GET `path` on the endpoint: status and body (`None` while nothing
 /// listens).
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let r = reqwest::Client::new()
+    get_as(port, path, None).await
+}
+
+/// [`get`] with a bearer token.
+async fn get_as(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let mut req = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}{path}"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .ok()?;
+        .timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.ok()?;
     let status = r.status().as_u16();
     Some((status, r.text().await.unwrap_or_default()))
 }
@@ -58,10 +64,22 @@ async fn wait_health_until(
     sidecar: &Sidecar,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
+    wait_health_as(port, None, want, within, sidecar, ready).await
+}
+
+/// [`wait_health_until`] with a bearer token (the whole report).
+async fn wait_health_as(
+    port: u16,
+    token: Option<&str>,
+    want: u16,
+    within: Duration,
+    sidecar: &Sidecar,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let start = Instant::now();
     let mut last = None;
     loop {
-        if let Some((status, body)) = get(port, "/health").await {
+        if let Some((status, body)) = get_as(port, "/health", token).await {
             if status == want {
                 let json: serde_json::Value = serde_json::from_str(&body).expect("health is JSON");
                 if ready(&json) {
@@ -159,16 +177,9 @@ async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_serve
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
-    let (status, backups) = get(port, "/backups").await.expect("backups answer");
-    assert_eq!(status, 200);
-    let backups: serde_json::Value = serde_json::from_str(&backups).expect("JSON");
-    assert_eq!(backups["postgres"][0]["name"], "main");
-    assert_eq!(
-        backups["postgres"][0]["backups"][0]["restorable"], true,
-        "{backups:#}"
-    );
-    assert_eq!(backups["sqlite"][0]["name"], "app");
-    // Without a token the restore API is off.
+    // Without a token /backups and the restore API are off.
+    let (status, _) = get(port, "/backups").await.expect("backups answer");
+    assert_eq!(status, 404);
     let off = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/restore"))
         .json(&serde_json::json!({"latest": true, "target_dir": "/tmp/x"}))
@@ -196,10 +207,15 @@ async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_serve
         .collect();
     assert!(problems.contains(&"postgres/main/stream"), "{body:#}");
     assert_eq!(body["postgres"][0]["connected"], false);
+    // The words (which name the server's address) are not for callers
+    // without the token; the log has them.
     let summary = body["problems"][0]["summary"].as_str().unwrap_or_default();
+    assert_eq!(summary, pitr::health::server::HIDDEN, "{body:#}");
     assert!(
-        summary.contains("WAL streaming of [[postgres]] \"main\" is down"),
-        "{summary}"
+        !body
+            .to_string()
+            .contains(&format!("127.0.0.1:{}", pg.port())),
+        "{body:#}"
     );
     let (_, metrics) = get(port, "/metrics").await.expect("metrics answer");
     assert!(
@@ -421,23 +437,32 @@ async fn scheduled_test_restores_show_in_health_metrics_and_catalog_and_a_corrup
     pg.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)");
     let repo = TestRepo::new().await;
     let hook = WebhookReceiver::start().await;
+    let token = "a-long-random-test-token-0123456789";
     let (cfg, port) = sidecar_config(
         &repo,
         &pg,
         &format!(
-            "\n[[alert]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            "restore_token = \"{token}\"\n\n[[alert]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
             hook.url("/hook")
         ),
     );
     repo.enable_test_restores(&cfg, "*/15 * * * * *");
     let sidecar = Sidecar::start(&cfg);
 
-    // A scheduled test restore passes: in /health, /metrics and the catalog.
-    let body = wait_health_until(port, 200, Duration::from_secs(240), &sidecar, |b| {
-        b["verification"]["last"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|r| r["database"] == "main" && r["ok"] == true))
-    })
+    // A scheduled test restore passes: in /health (its details behind the
+    // token), /metrics and the catalog.
+    let body = wait_health_as(
+        port,
+        Some(token),
+        200,
+        Duration::from_secs(240),
+        &sidecar,
+        |b| {
+            b["verification"]["last"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|r| r["database"] == "main" && r["ok"] == true))
+        },
+    )
     .await;
     let report = body["verification"]["last"]
         .as_array()
@@ -473,11 +498,18 @@ async fn scheduled_test_restores_show_in_health_metrics_and_catalog_and_a_corrup
     // A corrupt object: the next test restore fails, /health is 503, an
     // alert names the verification.
     assert!(corrupt_every_pack(&repo.store()) > 0);
-    let body = wait_health_until(port, 503, Duration::from_secs(240), &sidecar, |b| {
-        b["problems"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|c| c["id"] == "verification"))
-    })
+    let body = wait_health_as(
+        port,
+        Some(token),
+        503,
+        Duration::from_secs(240),
+        &sidecar,
+        |b| {
+            b["problems"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|c| c["id"] == "verification"))
+        },
+    )
     .await;
     let failed = body["verification"]["last"]
         .as_array()
@@ -511,12 +543,22 @@ async fn scheduled_test_restores_show_in_health_metrics_and_catalog_and_a_corrup
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_restore_api_needs_the_token_and_reports_the_reached_point() {
+async fn the_restore_api_needs_the_token_stays_under_its_root_and_reports_the_reached_point() {
     let pg = PgCluster::start();
     pg.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)");
     let repo = TestRepo::new().await;
     let token = "a-long-random-test-token-0123456789";
-    let (cfg, port) = sidecar_config(&repo, &pg, &format!("restore_token = \"{token}\"\n"));
+    // The root holds the running server's data directory: `force` must
+    // still never touch it.
+    let root = pg.dir().to_owned();
+    let (cfg, port) = sidecar_config(
+        &repo,
+        &pg,
+        &format!(
+            "restore_token = \"{token}\"\nrestore_root = \"{}\"\n",
+            root.display()
+        ),
+    );
     repo.enable_test_restores(&cfg, "off");
     let sidecar = Sidecar::start(&cfg);
     wait_health_until(port, 200, Duration::from_secs(180), &sidecar, |b| {
@@ -525,9 +567,59 @@ async fn the_restore_api_needs_the_token_and_reports_the_reached_point() {
     .await;
     pg.psql("INSERT INTO t SELECT generate_series(101, 150); SELECT pg_switch_wal()");
 
-    let target = repo.dir.path().join("restored");
+    let target = root.join("restored");
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/restore");
+
+    // /backups: only with the token, and what `pitr list --json` prints.
+    let (status, _) = get(port, "/backups").await.expect("answer");
+    assert_eq!(status, 401, "/backups needs the token");
+    let (status, text) = get_as(port, "/backups", Some(token)).await.expect("answer");
+    assert_eq!(status, 200, "{text}");
+    let served: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let out = crate::sqlite::pitr(&["list", "-c", cfg.to_str().expect("utf-8"), "--json"]);
+    assert!(out.status.success(), "{}", crate::sqlite::text(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let keys = |v: &serde_json::Value| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys(&served), keys(&listed));
+    assert_eq!(keys(&served["postgres"][0]), keys(&listed["postgres"][0]));
+    assert_eq!(
+        served["postgres"][0]["backups"], listed["postgres"][0]["backups"],
+        "{served:#}\n{listed:#}"
+    );
+    assert_eq!(served["postgres"][0]["backups"][0]["restorable"], true);
+
+    // Refused, and nothing removed or created: a directory outside the
+    // root, a link out of it, and `force` on the running server's data
+    // directory (which lies beneath the root here).
+    let outside = repo.dir.path().join("outside");
+    std::os::unix::fs::symlink(repo.dir.path(), root.join("link")).expect("symlink");
+    for (dir, force, code) in [
+        (outside.clone(), false, 403),
+        (root.join("link/x"), false, 403),
+        (pg.data_dir(), true, 409),
+        (pg.data_dir(), false, 409),
+    ] {
+        let r = client
+            .post(&url)
+            .bearer_auth(token)
+            .json(&serde_json::json!({"latest": true, "target_dir": dir, "force": force}))
+            .send()
+            .await
+            .expect("answer");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(status, code, "{}: {text}", dir.display());
+    }
+    assert!(!outside.exists(), "nothing is created outside restore_root");
+    assert!(!repo.dir.path().join("x").exists());
+    assert!(pg.data_dir().join("PG_VERSION").exists());
+    assert_eq!(pg.psql("SELECT count(*) FROM t").trim(), "150");
+
     let body = serde_json::json!({"latest": true, "target_dir": target});
     let none = client.post(&url).json(&body).send().await.expect("answer");
     assert_eq!(none.status().as_u16(), 401);

@@ -27,10 +27,16 @@ fn current_lsn(pg: &PgCluster) -> Lsn {
         .expect("an LSN")
 }
 
-/// `/health`: status and body, `None` while nothing answers.
+/// The bearer token the sidecar here is given: `/health` shows its words
+/// only to callers that send it.
+const TOKEN: &str = "a-long-random-test-token-0123456789";
+
+/// `/health` as seen with the token: status and body, `None` while nothing
+/// answers.
 async fn health(port: u16) -> Option<(u16, serde_json::Value)> {
     let r = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/health"))
+        .bearer_auth(TOKEN)
         .timeout(Duration::from_secs(5))
         .send()
         .await
@@ -91,7 +97,7 @@ async fn a_full_spool_stops_acknowledgement_and_reports_it_until_s3_is_back() {
     let rest = format!(
         "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n\
          [verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n\
-         [scrub]\nschedule = \"off\"\n\n[health]\nlisten = \"127.0.0.1:{port}\"\n",
+         [scrub]\nschedule = \"off\"\n\n[health]\nlisten = \"127.0.0.1:{port}\"\nrestore_token = \"{TOKEN}\"\n",
         pg.conninfo("postgres")
     );
     let cfg = dir.path().join("pitr.toml");

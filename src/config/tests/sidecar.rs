@@ -259,3 +259,32 @@ fn scrub_defaults_keys_environment_and_errors() {
     let (_, msg) = fail(&format!("{base}\n[scrub]\nbudget = 1\n"), &[]);
     contains_all(&msg, &["read_budget"]);
 }
+
+#[test]
+fn restore_root_defaults_beneath_the_state_directory_and_refuses_the_root() {
+    let c = load(&minimal(&recipient()), &[]).expect("loads");
+    assert_eq!(
+        c.health.restore_root,
+        PathBuf::from("/var/lib/pitr/restores")
+    );
+    let text = format!(
+        "{}\n[health]\nrestore_root = \"/srv/restores\"\n",
+        minimal(&recipient())
+    );
+    let c = load(&text, &[]).expect("loads");
+    assert_eq!(c.health.restore_root, PathBuf::from("/srv/restores"));
+    let c = load(
+        &minimal(&recipient()),
+        &[("PITR_HEALTH_RESTORE_ROOT", "/data/restores")],
+    )
+    .expect("loads");
+    assert_eq!(c.health.restore_root, PathBuf::from("/data/restores"));
+    let (_, msg) = fail(
+        &format!(
+            "{}\n[health]\nrestore_root = \"/\"\n",
+            minimal(&recipient())
+        ),
+        &[],
+    );
+    contains_all(&msg, &["restore_root", "file system's root"]);
+}

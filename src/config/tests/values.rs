@@ -567,3 +567,26 @@ fn manifest_checksums_default_to_crc32c_and_take_sha256() {
         ],
     );
 }
+
+#[test]
+fn allow_insecure_password_is_off_unless_said() {
+    let r = recipient();
+    let pg = |line: &str| {
+        format!(
+            "{}[[postgres]]\nname = \"main\"\nconninfo = \"host=db\"\n{line}\n",
+            minimal(&r)
+        )
+    };
+    let c = load(&pg(""), &[]).expect("valid");
+    assert!(!c.postgres[0].allow_insecure_password);
+    let c = load(&pg("allow_insecure_password = true"), &[]).expect("valid");
+    assert!(c.postgres[0].allow_insecure_password);
+    let c = load(
+        &pg(""),
+        &[("PITR_POSTGRES_MAIN_ALLOW_INSECURE_PASSWORD", "true")],
+    )
+    .expect("valid");
+    assert!(c.postgres[0].allow_insecure_password);
+    let (_, msg) = fail(&pg("allow_insecure_password = \"yes\""), &[]);
+    contains_all(&msg, &["allow_insecure_password", "not true or false"]);
+}

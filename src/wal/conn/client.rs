@@ -7,12 +7,14 @@ use std::io;
 use std::net::SocketAddr;
 
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conninfo::{ConnInfo, Host, SslMode};
+use super::conninfo::{ChannelBindingMode, ConnInfo, Host, SslMode};
 use super::error::{ConnError, Context, classify};
 use super::tls;
 use super::wire::{Socket, Wire, cstr, i32_, parse_error};
@@ -127,6 +129,16 @@ async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, Con
             negotiate_tls(tcp, info, name, target).await?
         }
     };
+    // Taken before the socket moves into the wire: what SCRAM binds to.
+    let end_point = match &sock {
+        Socket::Tls(stream) => stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| super::binding::tls_server_end_point(cert)),
+        _ => None,
+    };
     let mut wire = Wire::new(sock, target.to_owned());
 
     let params = [
@@ -137,7 +149,9 @@ async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, Con
     ];
     frontend::startup_message(params, &mut wire.out).map_err(|e| wire.io(e))?;
     wire.flush().await?;
-    authenticate(&mut wire, info).await?;
+    // A unix socket never leaves the host; TCP needs TLS to hide a password.
+    let private = tls || matches!(info.host, Host::Unix(_));
+    authenticate(&mut wire, info, private, tls, end_point).await?;
 
     let mut backend_pid = 0;
     loop {
@@ -239,10 +253,45 @@ async fn negotiate_tls(
     }
 }
 
+/// Where a SASL exchange stands: AuthenticationOk counts only after the
+/// server proved (server-final, verified) that it knows the password.
+enum Sasl {
+    NotStarted,
+    Started(ScramSha256),
+    Verified,
+}
+
 /// Answers the server's authentication requests until AuthenticationOk.
-async fn authenticate(wire: &mut Wire, info: &ConnInfo) -> Result<(), ConnError> {
-    let mut scram: Option<ScramSha256> = None;
+/// `private`: the connection is encrypted or a unix socket, so a password
+/// may be sent as the server asks. `end_point`: the TLS certificate's
+/// binding data, when there is TLS and the certificate allows binding.
+async fn authenticate(
+    wire: &mut Wire,
+    info: &ConnInfo,
+    private: bool,
+    tls: bool,
+    end_point: Option<Vec<u8>>,
+) -> Result<(), ConnError> {
+    let mut sasl = Sasl::NotStarted;
+    let mut bound = false;
     let target = wire.target.clone();
+    let untrusted = |reason: String| ConnError::Untrusted {
+        target: target.clone(),
+        reason,
+    };
+    // Checked before the password is looked at: refused, it never leaves.
+    let exposed = |method: &str| {
+        if private || info.allow_insecure_password {
+            return Ok(());
+        }
+        Err(untrusted(format!(
+            "the server asks for the {method} password over an unencrypted connection, where \
+             anyone on the path (or a server impersonating this one) could take it; use TLS \
+             (sslmode=verify-full with sslrootcert), switch the role to scram-sha-256 in \
+             pg_hba.conf, or set allow_insecure_password = true in the [[postgres]] entry to \
+             accept the risk"
+        )))
+    };
     let password = |method: &'static str| {
         info.password
             .as_ref()
@@ -267,12 +316,34 @@ async fn authenticate(wire: &mut Wire, info: &ConnInfo) -> Result<(), ConnError>
             return Err(wire.protocol("authentication request without a code"));
         };
         match code {
-            0 => return Ok(()),
+            0 => {
+                if let Sasl::Started(_) = sasl {
+                    return Err(untrusted(
+                        "the server reported success before completing the SCRAM exchange \
+                         (no verified server signature), so it never proved it knows the \
+                         password: it may not be the server it claims to be. Check host and \
+                         port, and use sslmode=verify-full"
+                            .to_owned(),
+                    ));
+                }
+                if info.channel_binding == ChannelBindingMode::Require && !bound {
+                    return Err(untrusted(
+                        "channel_binding=require, but the server authenticated the connection \
+                         without SCRAM channel binding (trust, md5, password, or SCRAM without \
+                         -PLUS): use scram-sha-256 in a hostssl line of pg_hba.conf, or lower \
+                         channel_binding to prefer"
+                            .to_owned(),
+                    ));
+                }
+                return Ok(());
+            }
             3 => {
+                exposed("cleartext")?;
                 let pw = password("password")?;
                 frontend::password_message(pw, &mut wire.out).map_err(|e| wire.io(e))?;
             }
             5 => {
+                exposed("md5-hashed")?;
                 let pw = password("md5")?;
                 if body.len() < 4 {
                     return Err(wire.protocol("md5 request without a salt"));
@@ -292,31 +363,63 @@ async fn authenticate(wire: &mut Wire, info: &ConnInfo) -> Result<(), ConnError>
                         "the server offers SASL mechanisms {mechanisms:?}, pitr speaks {SCRAM_SHA_256}"
                     )));
                 }
-                let pw = password(SCRAM_SHA_256)?;
-                // No channel binding ("n"): accepted with and without TLS.
-                let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut wire.out)
+                let plus = mechanisms.iter().any(|m| m == SCRAM_SHA_256_PLUS);
+                let (mechanism, binding) = match (info.channel_binding, &end_point) {
+                    (ChannelBindingMode::Disable, _) => {
+                        (SCRAM_SHA_256, ChannelBinding::unsupported())
+                    }
+                    (_, Some(data)) if plus => {
+                        bound = true;
+                        (
+                            SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(data.clone()),
+                        )
+                    }
+                    (ChannelBindingMode::Require, _) => {
+                        return Err(untrusted(format!(
+                            "channel_binding=require, but {}: use TLS (sslmode=verify-full) to a \
+                             server that offers SCRAM-SHA-256-PLUS (PostgreSQL 11+ with ssl = on), \
+                             or lower channel_binding to prefer",
+                            if !tls {
+                                "the connection is not encrypted"
+                            } else if end_point.is_none() {
+                                "the server's certificate uses a signature algorithm without a \
+                                 tls-server-end-point hash"
+                            } else {
+                                "the server does not offer SCRAM-SHA-256-PLUS"
+                            }
+                        )));
+                    }
+                    // Could bind, the server does not offer it: "y" lets a
+                    // server that does support it detect a downgrade.
+                    (_, Some(_)) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+                    (_, None) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                };
+                let pw = password(mechanism)?;
+                let s = ScramSha256::new(pw, binding);
+                frontend::sasl_initial_response(mechanism, s.message(), &mut wire.out)
                     .map_err(|e| wire.io(e))?;
-                scram = Some(s);
+                sasl = Sasl::Started(s);
             }
             11 => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| wire.protocol("SASL continue before SASL start"))?;
+                let Sasl::Started(s) = &mut sasl else {
+                    return Err(wire.protocol("SASL continue outside a SASL exchange"));
+                };
                 s.update(&body)
                     .map_err(|e| wire.protocol(&format!("SCRAM exchange failed: {e}")))?;
                 frontend::sasl_response(s.message(), &mut wire.out).map_err(|e| wire.io(e))?;
             }
             12 => {
-                let s = scram
-                    .as_mut()
-                    .ok_or_else(|| wire.protocol("SASL final before SASL start"))?;
+                let Sasl::Started(s) = &mut sasl else {
+                    return Err(wire.protocol("SASL final outside a SASL exchange"));
+                };
                 s.finish(&body).map_err(|e| {
-                    wire.protocol(&format!(
+                    untrusted(format!(
                         "the server's SCRAM signature does not verify ({e}): it may not be the \
                          server it claims to be"
                     ))
                 })?;
+                sasl = Sasl::Verified;
                 continue;
             }
             other => {

@@ -87,6 +87,31 @@ impl SslMode {
     }
 }
 
+/// libpq's `channel_binding`: whether SCRAM binds the exchange to the TLS
+/// connection (`tls-server-end-point`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection is TLS and the server offers
+    /// SCRAM-SHA-256-PLUS (libpq's default).
+    Prefer,
+    /// Bind, or fail: any authentication without channel binding (trust,
+    /// md5, password, SCRAM without PLUS) is refused.
+    Require,
+}
+
+impl ChannelBindingMode {
+    pub(super) fn parse(s: &str) -> Option<ChannelBindingMode> {
+        Some(match s {
+            "disable" => ChannelBindingMode::Disable,
+            "prefer" => ChannelBindingMode::Prefer,
+            "require" => ChannelBindingMode::Require,
+            _ => return None,
+        })
+    }
+}
+
 /// Where a password came from, so a rejected one can be traced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PasswordSource {
@@ -151,8 +176,8 @@ pub enum ConnInfoError {
     /// A keyword libpq does not know either.
     #[error(
         "unknown connection keyword {0:?}: pitr accepts host, port, user, dbname, password, \
-         passfile, sslmode, sslrootcert, application_name, fallback_application_name, \
-         connect_timeout and replication"
+         passfile, sslmode, sslrootcert, channel_binding, application_name, \
+         fallback_application_name, connect_timeout and replication"
     )]
     UnknownKeyword(String),
     /// A libpq keyword pitr does not implement.
@@ -211,9 +236,24 @@ pub struct ConnInfo {
     pub application_name: String,
     /// Bounds connecting, TLS and authentication together; `None`: forever.
     pub connect_timeout: Option<Duration>,
+    /// SCRAM channel binding (`channel_binding`, `PGCHANNELBINDING`).
+    pub channel_binding: ChannelBindingMode,
+    /// Send a cleartext or md5 password over an unencrypted TCP connection
+    /// when the server asks for one (`[[postgres]] allow_insecure_password`;
+    /// not a libpq keyword). Off: such a request fails the connection
+    /// without the password leaving pitr.
+    pub allow_insecure_password: bool,
 }
 
 impl ConnInfo {
+    /// The connection of a `[[postgres]]` entry: its conninfo resolved,
+    /// with the entry's pitr-only settings applied.
+    pub fn of_entry(pg: &crate::config::PostgresConfig) -> Result<ConnInfo, ConnInfoError> {
+        let mut info = ConnInfo::parse(&pg.conninfo)?;
+        info.allow_insecure_password = pg.allow_insecure_password;
+        Ok(info)
+    }
+
     /// `host:port` or the socket path, for messages.
     pub fn target(&self) -> String {
         self.host.describe(self.port)

@@ -120,6 +120,15 @@ pub enum ConnError {
         /// The server's method: `md5`, `SCRAM-SHA-256`, `password`.
         method: &'static str,
     },
+    /// The server's side of authentication cannot be trusted, or pitr
+    /// refuses to expose the password: an impostor, or a setting to fix.
+    #[error("authentication with PostgreSQL at {target} refused by pitr: {reason}")]
+    Untrusted {
+        /// `host:port` or socket path.
+        target: String,
+        /// What happened and what to do.
+        reason: String,
+    },
     /// The server rejected the password (28P01).
     #[error(
         "PostgreSQL at {target} rejected the password of user {user:?} (from {password_source}): \

@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+mod binding;
 mod client;
 mod conninfo;
 mod copy;
@@ -33,12 +34,14 @@ mod url;
 mod wire;
 
 #[cfg(test)]
+mod impostor;
+#[cfg(test)]
 mod tests;
 
 pub use client::ReplicationClient;
 pub use conninfo::{
-    ConnInfo, ConnInfoError, DEFAULT_APPLICATION_NAME, DEFAULT_HOST, DEFAULT_PORT,
-    DEFAULT_SOCKET_DIR, Host, Password, PasswordSource, SslMode,
+    ChannelBindingMode, ConnInfo, ConnInfoError, DEFAULT_APPLICATION_NAME, DEFAULT_HOST,
+    DEFAULT_PORT, DEFAULT_SOCKET_DIR, Host, Password, PasswordSource, SslMode,
 };
 pub use copy::{ReplMessage, ReplicationStream, TimelineEnd, pg_now_micros};
 pub use copy_out::{CopyOutEvent, CopyOutStream};

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::conninfo::{
-    ConnInfo, ConnInfoError, DEFAULT_APPLICATION_NAME, DEFAULT_HOST, DEFAULT_PORT, Host, Password,
-    PasswordSource, SslMode,
+    ChannelBindingMode, ConnInfo, ConnInfoError, DEFAULT_APPLICATION_NAME, DEFAULT_HOST,
+    DEFAULT_PORT, Host, Password, PasswordSource, SslMode,
 };
 use super::pgpass;
 
@@ -57,7 +57,6 @@ const UNSUPPORTED: &[&str] = &[
     "ssl_max_protocol_version",
     "requirepeer",
     "require_auth",
-    "channel_binding",
     "gssencmode",
     "gssdelegation",
     "krbsrvname",
@@ -77,6 +76,7 @@ const SUPPORTED: &[&str] = &[
     "passfile",
     "sslmode",
     "sslrootcert",
+    "channel_binding",
     "application_name",
     "fallback_application_name",
     "connect_timeout",
@@ -216,6 +216,14 @@ fn resolve(
         })?,
     };
     let sslrootcert = get("sslrootcert", "PGSSLROOTCERT").map(PathBuf::from);
+    let channel_binding = match get("channel_binding", "PGCHANNELBINDING") {
+        None => ChannelBindingMode::Prefer,
+        Some(m) => ChannelBindingMode::parse(&m).ok_or(ConnInfoError::InvalidValue {
+            keyword: "channel_binding".into(),
+            value: m,
+            expected: "disable, prefer or require",
+        })?,
+    };
 
     let application_name = get("application_name", "PGAPPNAME")
         .or_else(|| given.get("fallback_application_name").cloned())
@@ -283,5 +291,7 @@ fn resolve(
         sslrootcert,
         application_name,
         connect_timeout,
+        channel_binding,
+        allow_insecure_password: false,
     })
 }

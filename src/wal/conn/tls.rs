@@ -9,7 +9,8 @@
 //!
 //! Trusted roots: `sslrootcert` (a PEM file, or `system` for the operating
 //! system's store), else `~/.postgresql/root.crt`; without either, the
-//! verifying modes fail as libpq does. Channel binding is not used.
+//! verifying modes fail as libpq does. SCRAM channel binding uses the
+//! certificate this handshake yields (see `binding.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -787,3 +787,61 @@ async fn packs_no_commit_names_are_collected_but_not_a_writers_in_flight() {
     let verified = repo.verify().await.expect("verify");
     assert!(verified.problems.is_empty(), "{:?}", verified.problems);
 }
+
+/// Retention run from another state directory (another host, CI) marks and,
+/// after the grace period, deletes a pack; a live writer elsewhere that
+/// re-reads the catalog at least every `gc_grace / 2` never references it
+/// afterwards: what it writes with the same content reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_run_from_another_state_directory_never_deletes_what_a_live_writer_references()
+{
+    let t = TestRepo::new().await;
+    let config = config(&t);
+    let grace = Duration::from_secs(2);
+    // The live writer, with the refresh `pitr run` and `pitr backup` use.
+    let writer = t.open().await;
+    writer.refresh_catalog_every(grace / 2);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let refresher = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            writer
+                .keep_catalog_fresh(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    };
+    let a = data(21, 300_000, 0);
+    put(&writer, "x/a", a.clone()).await;
+    put(&writer, "x/b", data(22, 300_000, 0)).await;
+
+    // Elsewhere: its own state directory, the same destination.
+    let mut other_opts = t.opts.clone();
+    other_opts.state_dir = t.dir.path().join("other-state");
+    let other = Repository::open(t.fanout(), other_opts)
+        .await
+        .expect("open elsewhere");
+    forget(&other, "x/a").await;
+    let plan = gc(&other, &config, grace).await;
+    assert_eq!(plan.gc.mark.len(), 1, "{}", plan.render());
+    let pack = plan.gc.mark[0].id.clone();
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    let plan = gc(&other, &config, grace).await;
+    assert_eq!(plan.gc.delete.len(), 1, "{}", plan.render());
+    assert!(!pack_exists(&t.store(), &pack));
+
+    // The writer stores x/a's content again: never against the deleted
+    // pack.
+    put(&writer, "x/a-again", a.clone()).await;
+    let _ = stop_tx.send(());
+    refresher.await.expect("refresher");
+    let mut reader_opts = t.opts.clone();
+    reader_opts.state_dir = t.dir.path().join("reader-state");
+    let reader = Repository::open(t.fanout(), reader_opts)
+        .await
+        .expect("open a reader");
+    assert_eq!(read(&reader, "x/a-again").await, a);
+    let verified = reader.verify().await.expect("verify");
+    assert!(verified.problems.is_empty(), "{:?}", verified.problems);
+}

@@ -103,6 +103,11 @@ impl Sidecar {
         Sidecar { child, log }
     }
 
+    /// The process id of this `pitr run`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -42,13 +42,16 @@ async fn password_methods_work_and_refusals_say_what_to_do() {
     fs::write(pg.data_dir().join("pg_hba.conf"), HBA).expect("write pg_hba.conf");
     pg.psql("SELECT pg_reload_conf()");
     let base = format!("host={} port={} sslmode=disable", pg.host(), pg.port());
+    // md5 and cleartext over TCP without TLS need the explicit leave.
     let as_user = |user: &str, password: &str| {
         let pw = if password.is_empty() {
             String::new()
         } else {
             format!(" password='{password}'")
         };
-        info(&format!("{base} user={user}{pw}"))
+        let mut i = info(&format!("{base} user={user}{pw}"));
+        i.allow_insecure_password = user != "scramuser";
+        i
     };
 
     // Until the reload lands, nohba is still trusted.
@@ -76,6 +79,21 @@ async fn password_methods_work_and_refusals_say_what_to_do() {
         assert_eq!(client.user(), user);
         let system = client.identify_system().await.expect("identify");
         assert_eq!(system.timeline, 1, "{user}");
+    }
+
+    // Without the leave, md5 and cleartext are refused before the password
+    // leaves pitr (SCRAM needs none: it never sends the password).
+    for (user, password) in [("md5user", "md5-secret"), ("pwuser", "clear-secret")] {
+        let mut strict = as_user(user, password);
+        strict.allow_insecure_password = false;
+        let err = connect_err(&strict).await;
+        assert!(
+            matches!(err, ConnError::Untrusted { .. }),
+            "{user}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("allow_insecure_password"), "{text}");
+        assert!(!text.contains(password), "{text}");
     }
 
     // Wrong passwords are rejected by name, never echoed.

@@ -173,12 +173,30 @@ async fn sslmodes_encrypt_and_verify_as_libpq_does() {
     let err = connect_err(&info(&format!("host=localhost {base} sslmode=verify-full"))).await;
     assert!(err.to_string().contains("sslrootcert"), "{err}");
 
-    // SCRAM without channel binding over TLS.
+    // SCRAM over TLS without channel binding.
     let mut scram = connect(&info(&format!(
-        "host=127.0.0.1 port={} user=tlsuser password=tls-secret sslmode=require",
+        "host=127.0.0.1 port={} user=tlsuser password=tls-secret sslmode=require channel_binding=disable",
         pg.port()
     )))
     .await;
     assert!(scram.is_tls());
     assert_eq!(scram.identify_system().await.expect("identify").timeline, 1);
+
+    // SCRAM bound to the TLS connection (tls-server-end-point): the server
+    // checks the binding data against its own certificate.
+    let mut bound = connect(&info(&format!(
+        "host=localhost port={} user=tlsuser password=tls-secret sslmode=verify-full sslrootcert={} channel_binding=require",
+        pg.port(),
+        ca.display()
+    )))
+    .await;
+    assert_eq!(bound.identify_system().await.expect("identify").timeline, 1);
+    // require refuses what cannot bind: trust (postgres over TLS here) and
+    // any password method without TLS.
+    let err = connect_err(&info(&format!(
+        "host=127.0.0.1 {base} sslmode=require channel_binding=require"
+    )))
+    .await;
+    assert!(matches!(err, ConnError::Untrusted { .. }), "{err:?}");
+    assert!(err.to_string().contains("channel_binding"), "{err}");
 }
