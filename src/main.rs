@@ -1012,6 +1012,8 @@ async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<Str
     let system = client.identify_system().await?;
     let wal_level = client.check_wal_level().await?;
     let senders = client.show("max_wal_senders").await?;
+    let incremental =
+        pitr::basebackup::incremental::describe(&mut client, pg.incremental_max_chain).await?;
     let slot = match client.read_replication_slot(&pg.slot).await? {
         Some(s) => match s.restart_lsn {
             Some(lsn) => format!("slot {:?} holds WAL from {lsn}", pg.slot),
@@ -1024,7 +1026,7 @@ async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<Str
     };
     let _ = client.close().await;
     Ok(format!(
-        "system {} on timeline {} at {}, wal_level={wal_level}, max_wal_senders={senders}, {slot}",
+        "system {} on timeline {} at {}, wal_level={wal_level}, max_wal_senders={senders}, {slot}; {incremental}",
         system.system_id, system.timeline, system.xlogpos
     ))
 }
@@ -1098,6 +1100,7 @@ async fn backup(
         checkpoint,
         // The flag wins over the entry's `max_rate`.
         max_rate_kb: max_rate_kb.or(db.max_rate_kb),
+        incremental_max_chain: db.incremental_max_chain,
     };
     let (tx, mut rx) = tokio::sync::watch::channel(pitr::basebackup::BackupProgress::default());
     // A bar (bytes, rate, ETA) only for a person watching a terminal.
@@ -1145,6 +1148,9 @@ async fn backup(
         record.end_timeline,
         mib(record.stored_bytes)
     );
+    if let Some(parent) = &record.parent {
+        println!("It is incremental on {parent}: a restore combines it with that backup's chain.");
+    }
     println!(
         "Waiting up to {} s for the WAL up to {} to be stored by `pitr run`...",
         wait_wal.as_secs(),

@@ -444,6 +444,7 @@ fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> S
             label: format!("pitr scheduled backup of {}", pg.name),
             checkpoint: pg.checkpoint,
             max_rate_kb: pg.max_rate_kb,
+            incremental_max_chain: pg.incremental_max_chain,
         },
         cron: pg.base_backup.clone(),
         wal_bytes: pg.base_backup_wal,

@@ -536,3 +536,33 @@ fn storacha_destination_mistakes_name_the_key() {
         &[PATH, "gateway", "kind \"storacha\", not of kind \"fs\""],
     );
 }
+
+#[test]
+fn incremental_max_chain_key() {
+    let r = recipient();
+    let pg = |line: &str| {
+        format!(
+            "{}[[postgres]]\nname = \"main\"\nconninfo = \"host=db\"\n{line}\n",
+            minimal(&r)
+        )
+    };
+    let c = load(&pg(""), &[]).expect("valid");
+    assert_eq!(c.postgres[0].incremental_max_chain, 7);
+    let c = load(&pg("incremental_max_chain = 0"), &[]).expect("valid");
+    assert_eq!(c.postgres[0].incremental_max_chain, 0);
+    let c = load(
+        &pg("incremental_max_chain = 3"),
+        &[("PITR_POSTGRES_MAIN_INCREMENTAL_MAX_CHAIN", "12")],
+    )
+    .expect("valid");
+    assert_eq!(c.postgres[0].incremental_max_chain, 12);
+    let (_, msg) = fail(&pg("incremental_max_chain = -1"), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" incremental_max_chain",
+            "from 0",
+        ],
+    );
+}
