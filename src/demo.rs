@@ -339,6 +339,7 @@ async fn demo_steps(
         checkpoint: pitr::basebackup::Checkpoint::Fast,
         max_rate_kb: None,
         incremental_max_chain: config.postgres[0].incremental_max_chain,
+        manifest_checksums: Default::default(),
     };
     let (tx, _rx) = tokio::sync::watch::channel(pitr::basebackup::BackupProgress::default());
     let record = pitr::basebackup::take(repo, &options, &tx).await?;

@@ -349,7 +349,7 @@ pub async fn describe(
     client: &mut crate::wal::ReplicationClient,
     max_chain: u32,
 ) -> Result<String, crate::wal::ConnError> {
-    let major = major_of(client.server_param("server_version").unwrap_or(""));
+    let major = client.server_major();
     if major < FIRST_MAJOR {
         return Ok(format!(
             "base backups are full (PostgreSQL {major} has no incremental ones)"

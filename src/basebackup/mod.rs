@@ -36,7 +36,7 @@ pub use record::{
     wait_restorable,
 };
 pub use restore::{RestoreOptions, RestoreSummary, restore};
-pub use take::{BackupOptions, BackupProgress, Checkpoint, take};
+pub use take::{BackupOptions, BackupProgress, Checkpoint, ManifestChecksums, take};
 
 use crate::repo::RepoError;
 use crate::wal::{ConnError, Lsn};
@@ -76,14 +76,6 @@ pub enum BackupError {
     /// The WAL store failed.
     #[error(transparent)]
     Wal(#[from] crate::wal::WalStoreError),
-    /// The server is older than the protocol pitr speaks.
-    #[error(
-        "the server runs PostgreSQL {version}; pitr takes base backups from PostgreSQL 15 or newer. Upgrade the server, or take backups with its own pg_basebackup"
-    )]
-    ServerTooOld {
-        /// `server_version` as the server reports it.
-        version: String,
-    },
     /// The server cannot take an incremental backup on `parent` (WAL
     /// summaries missing for its range, ...); [`take`] then takes a full
     /// one.

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 pub use error::ConfigError;
 
-use crate::basebackup::Checkpoint;
 use crate::basebackup::schedule::CronSchedule;
+use crate::basebackup::{Checkpoint, ManifestChecksums};
 
 /// A loaded and checked configuration. Every field holds a valid value:
 /// code past loading never re-validates.
@@ -221,6 +221,9 @@ pub struct PostgresConfig {
     /// backups). Incremental backups need PostgreSQL 17 or later with
     /// `summarize_wal = on`; otherwise every backup is full.
     pub incremental_max_chain: u32,
+    /// The per-file checksum of the server's `backup_manifest`
+    /// (`manifest_checksums`, `"crc32c"` by default, or `"sha256"`).
+    pub manifest_checksums: ManifestChecksums,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -235,6 +238,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("checkpoint", &self.checkpoint)
             .field("max_rate_kb", &self.max_rate_kb)
             .field("incremental_max_chain", &self.incremental_max_chain)
+            .field("manifest_checksums", &self.manifest_checksums)
             .finish()
     }
 }

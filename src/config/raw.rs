@@ -97,6 +97,7 @@ pub(super) struct RawPostgres {
     pub checkpoint: Option<Val<String>>,
     pub max_rate: Option<Val<i64>>,
     pub incremental_max_chain: Option<Val<i64>>,
+    pub manifest_checksums: Option<Val<String>>,
 }
 
 /// One `[[sqlite]]`.
@@ -324,6 +325,11 @@ const POSTGRES_KEYS: &[KeySpec] = &[
         "incremental_max_chain",
         KeyType::Int,
         "incremental_max_chain = 7",
+    ),
+    key(
+        "manifest_checksums",
+        KeyType::Str,
+        r#"manifest_checksums = "crc32c""#,
     ),
 ];
 const SQLITE_KEYS: &[KeySpec] = &[

@@ -58,6 +58,7 @@ async fn take(repo: &Repository, pg: &PgCluster) -> BackupRecord {
         checkpoint: Checkpoint::Fast,
         max_rate_kb: None,
         incremental_max_chain: 7,
+        manifest_checksums: Default::default(),
     };
     let (tx, _rx) = watch::channel(BackupProgress::default());
     let record = basebackup::take(repo, &opts, &tx).await.expect("backup");
@@ -182,7 +183,10 @@ async fn combined_equals_pg_combinebackup(major: u32) {
         .into_iter()
         .filter(|i| i.name.contains("/INCREMENTAL."))
         .count();
-    assert!(incremental_files > 100, "{incremental_files} INCREMENTAL files");
+    assert!(
+        incremental_files > 100,
+        "{incremental_files} INCREMENTAL files"
+    );
 
     // The oracle: pg_combinebackup on the three backups as pg_basebackup
     // writes them.
@@ -220,12 +224,16 @@ async fn combined_equals_pg_combinebackup(major: u32) {
         .filter(|(p, bytes)| got.get(*p) != Some(*bytes))
         .map(|(p, _)| p)
         .collect();
-    assert!(differ.is_empty(), "files differ from pg_combinebackup's: {differ:?}");
+    assert!(
+        differ.is_empty(),
+        "files differ from pg_combinebackup's: {differ:?}"
+    );
     let label = String::from_utf8_lossy(&got[Path::new("backup_label")]).to_string();
     assert!(!label.contains("INCREMENTAL"), "{label}");
     // Dropped between the backups: not restored (pg_combinebackup agrees).
     assert!(
-        !got.keys().any(|p| p.to_string_lossy().contains("INCREMENTAL.")),
+        !got.keys()
+            .any(|p| p.to_string_lossy().contains("INCREMENTAL.")),
         "no INCREMENTAL file is left"
     );
 }
@@ -245,10 +253,9 @@ async fn combined_chain_equals_pg_combinebackup_18() {
 fn pitr(config: &Path, pg: &PgCluster, args: &[&str]) -> Output {
     let bin = pg.bin("postgres");
     let dir = bin.parent().expect("bin dir");
-    let path = std::env::join_paths(
-        std::iter::once(dir.to_owned())
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
+    let path = std::env::join_paths(std::iter::once(dir.to_owned()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
     .expect("PATH");
     Command::new(env!("CARGO_BIN_EXE_pitr"))
         .args(args)
@@ -327,7 +334,13 @@ async fn a_chain_restores_exactly(major: u32) {
     let out = pitr(
         &config,
         &pg,
-        &["restore", "--at", &at, "--target", data.to_str().expect("utf-8")],
+        &[
+            "restore",
+            "--at",
+            &at,
+            "--target",
+            data.to_str().expect("utf-8"),
+        ],
     );
     assert!(out.status.success(), "pitr restore: {}", text(&out));
     assert!(text(&out).contains("recovery checked"), "{}", text(&out));
@@ -369,7 +382,10 @@ async fn a_chain_restores_exactly(major: u32) {
             );
         }
     }
-    assert!(!plan.contains("forget  2"), "no backup is forgotten: {plan}");
+    assert!(
+        !plan.contains("forget  2"),
+        "no backup is forgotten: {plan}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -410,15 +426,4 @@ async fn without_summaries_the_backup_is_full_and_the_log_says_why() {
             && check.contains("ALTER SYSTEM SET summarize_wal = on"),
         "{check}"
     );
-}
-
-// TEMPORARY shim until the harness takes a major (branch pgver): run with
-// PITR_TEST_PG_BIN pointing at that major's binaries.
-impl PgCluster {
-    fn start_major_with(_major: u32, f: impl FnOnce(&mut crate::harness::pg::PgConf)) -> PgCluster {
-        PgCluster::start_with(f)
-    }
-    fn empty_major(_major: u32) -> PgCluster {
-        PgCluster::empty()
-    }
 }

@@ -126,6 +126,7 @@ async fn backup(repo: &Repository, pg: &PgCluster, max_rate_kb: Option<u32>) -> 
         checkpoint: Checkpoint::Fast,
         max_rate_kb,
         incremental_max_chain: 0,
+        manifest_checksums: Default::default(),
     };
     let (tx, _rx) = watch::channel(BackupProgress::default());
     let record = basebackup::take(repo, &opts, &tx).await.expect("backup");
@@ -326,6 +327,7 @@ async fn a_backup_written_during_garbage_collection_restores() {
                 checkpoint: Checkpoint::Fast,
                 max_rate_kb: Some(4096),
                 incremental_max_chain: 0,
+                manifest_checksums: Default::default(),
             };
             let (tx, _rx) = watch::channel(BackupProgress::default());
             basebackup::take(&repo, &opts, &tx).await.expect("backup")
