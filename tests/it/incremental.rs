@@ -360,7 +360,8 @@ async fn a_chain_restores_exactly(major: u32) {
     run_tool(
         run_as_pg_user(&mut Command::new(restored.bin("pg_amcheck")))
             .args(["-h", restored.host(), "-p", &restored.port().to_string()])
-            .args(["-U", "postgres", "--heapallindexed", "postgres"]),
+            .args(["-U", "postgres", "--heapallindexed", "--install-missing"])
+            .arg("postgres"),
         "pg_amcheck",
     );
 
