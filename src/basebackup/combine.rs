@@ -14,7 +14,7 @@
 //!
 //! Every source is read as one stream, forward only: the blocks a file
 //! takes from one source come in ascending order, so memory is a few
-//! chunks per source and a block map (at most 2 MiB for a 1 GiB segment),
+//! chunks per source and a block map (at most 3 MiB for a 1 GiB segment),
 //! whatever the size of the database. Each source is read to its end, so
 //! the repository reader checks its item hash too.
 

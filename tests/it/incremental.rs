@@ -9,7 +9,9 @@
 //!   (`pitr restore --at`, checked recovery, the oracle's rows), and
 //!   retention with `keep_last = 1` keeps the whole chain;
 //! - with `summarize_wal = off` the backup is full and the log and `pitr
-//!   check` say how to turn summaries on.
+//!   check` say how to turn summaries on; once on, a backup whose parent
+//!   the summaries do not cover is refused by the server and pitr takes a
+//!   full one at once, saying why; the next is incremental.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -426,5 +428,44 @@ async fn without_summaries_the_backup_is_full_and_the_log_says_why() {
         check.contains("base backups are FULL: summarize_wal = off")
             && check.contains("ALTER SYSTEM SET summarize_wal = on"),
         "{check}"
+    );
+
+    // Summaries turned on as the log says, after a checkpoint past the
+    // newest backup's start (the summarizer begins at the newest redo
+    // point): the parent's range has none, so the server refuses the
+    // incremental backup and pitr takes a full one at once, saying why;
+    // the next one is incremental on it.
+    pg.psql("CREATE TABLE before AS SELECT g FROM generate_series(1, 1000) g");
+    pg.psql("SELECT pg_switch_wal()");
+    pg.psql("CHECKPOINT");
+    pg.psql("ALTER SYSTEM SET summarize_wal = on");
+    pg.psql("SELECT pg_reload_conf()");
+    pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = pitr(&config, &pg, &["backup", "--wait-wal", "0"]);
+    let log = text(&out);
+    assert!(
+        log.contains("cannot take this base backup incrementally; taking a full one instead")
+            && log.contains("WAL summaries are required"),
+        "{log}"
+    );
+    assert!(!log.contains("It is incremental on"), "{log}");
+    pg.psql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = pitr(&config, &pg, &["backup", "--wait-wal", "0"]);
+    let listed = basebackup::backups(&repo, "main").expect("backups");
+    assert_eq!(listed.len(), 4, "{}", text(&out));
+    assert_eq!(listed[2].record.parent, None, "the refused one is full");
+    assert_eq!(
+        listed[3].record.parent.as_deref(),
+        Some(listed[2].record.id.as_str()),
+        "{}",
+        text(&out)
+    );
+    let out = pitr(&config, &pg, &["check"]);
+    assert!(
+        text(&out).contains("base backups are incremental (summarize_wal = on"),
+        "{}",
+        text(&out)
     );
 }
