@@ -323,6 +323,13 @@ async fn a_chain_restores_exactly(major: u32) {
         vec![None, Some(backups[0].clone()), Some(backups[1].clone())]
     );
 
+    let out = pitr(&config, &pg, &["list"]);
+    let list = text(&out);
+    assert!(
+        list.contains(&format!("incremental on {}", backups[1])),
+        "pitr list names the parent: {list}"
+    );
+
     // A time after the second incremental, between two rows.
     let target = between(rows[10].1, rows[11].1);
     let want: Vec<u32> = rows
