@@ -22,6 +22,7 @@ mod sidecar;
 mod spool_full;
 mod sqlite;
 mod storacha;
+mod storacha_harness;
 mod verify;
 mod versions;
 mod wal_conn;
