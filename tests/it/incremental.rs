@@ -6,8 +6,9 @@
 //!   to the very files `pg_combinebackup` writes from the same three
 //!   backups written out as `pg_basebackup` would have written them;
 //! - such a chain restores exactly to a time after the second incremental
-//!   (`pitr restore --at`, checked recovery, the oracle's rows), and
-//!   retention with `keep_last = 1` keeps the whole chain;
+//!   (`pitr restore --at`, checked recovery, the oracle's rows),
+//!   retention with `keep_last = 1` keeps the whole chain, and `pitr
+//!   export` exports it whole (a restore from the export alone works);
 //! - with `summarize_wal = off` the backup is full and the log and `pitr
 //!   check` say how to turn summaries on; once on, a backup whose parent
 //!   the summaries do not cover is refused by the server and pitr takes a
@@ -395,6 +396,55 @@ async fn a_chain_restores_exactly(major: u32) {
     assert!(
         !plan.contains("forget  2"),
         "no backup is forgotten: {plan}"
+    );
+
+    // pitr export takes the whole chain: a restore from the export alone
+    // (a fresh state directory) works.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let to = dir.path().join("export");
+    let out = pitr(
+        &config,
+        &pg,
+        &["export", "--to", to.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "pitr export: {}", text(&out));
+    let original = std::fs::read_to_string(&config).expect("config");
+    let store = t.store().display().to_string();
+    let exported: String = original
+        .lines()
+        .map(|l| {
+            if l.starts_with("state_dir = ") {
+                format!("state_dir = \"{}\"", dir.path().join("state").display())
+            } else {
+                l.replace(&store, &to.display().to_string())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let export_config = dir.path().join("export.toml");
+    std::fs::write(&export_config, exported).expect("write");
+    let mut again = PgCluster::empty_major(major);
+    let data = again.data_dir();
+    let out = pitr(
+        &export_config,
+        &pg,
+        &[
+            "restore",
+            "--latest",
+            "--target",
+            data.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restore from the export: {}",
+        text(&out)
+    );
+    again.start_filled("");
+    assert_eq!(
+        again.psql("SELECT count(*) FROM oracle"),
+        rows.len().to_string(),
+        "everything stored"
     );
 }
 
