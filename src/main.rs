@@ -1032,6 +1032,8 @@ async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<Str
     let system = client.identify_system().await?;
     let wal_level = client.check_wal_level().await?;
     let senders = client.show("max_wal_senders").await?;
+    let incremental =
+        pitr::basebackup::incremental::describe(&mut client, pg.incremental_max_chain).await?;
     let major = client.server_major();
     let slot = if major < 15 {
         format!(
@@ -1054,7 +1056,7 @@ async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<Str
     let _ = client.close().await;
     Ok(format!(
         "system {} on timeline {} at {}, PostgreSQL {major}, wal_level={wal_level}, \
-         max_wal_senders={senders}, {slot}",
+         max_wal_senders={senders}, {slot}; {incremental}",
         system.system_id, system.timeline, system.xlogpos
     ))
 }
@@ -1135,6 +1137,7 @@ async fn backup(
         checkpoint,
         // The flag wins over the entry's `max_rate`.
         max_rate_kb: max_rate_kb.or(db.max_rate_kb),
+        incremental_max_chain: db.incremental_max_chain,
         manifest_checksums: db.manifest_checksums,
     };
     let (tx, mut rx) = tokio::sync::watch::channel(pitr::basebackup::BackupProgress::default());
@@ -1184,6 +1187,9 @@ async fn backup(
         record.end_timeline,
         mib(record.stored_bytes)
     );
+    if let Some(parent) = &record.parent {
+        println!("It is incremental on {parent}: a restore combines it with that backup's chain.");
+    }
     println!(
         "Waiting up to {} s for the WAL up to {} to be stored by `pitr run`...",
         wait_wal.as_secs(),

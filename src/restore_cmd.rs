@@ -160,7 +160,7 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
         for b in &pg.backups {
             let r = &b.record;
             println!(
-                "    {}  timeline {}  WAL {} to {}  finished {}  {} ({} stored)  {}",
+                "    {}  timeline {}  WAL {} to {}  finished {}  {} ({} stored)  {}{}",
                 r.id,
                 r.end_timeline,
                 r.start_lsn,
@@ -172,7 +172,11 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
                     "restorable"
                 } else {
                     "NOT restorable (its WAL is not stored)"
-                }
+                },
+                r.parent
+                    .as_ref()
+                    .map(|p| format!("  incremental on {p}"))
+                    .unwrap_or_default()
             );
         }
         println!("  WAL:");

@@ -18,6 +18,13 @@
 //! dirs, default the system temp dir), `PITR_BENCH_PG_BIN` (server binaries,
 //! default Debian's PostgreSQL 15).
 //!
+//! On PostgreSQL 17 and later (`PITR_BENCH_PG_BIN=/opt/pitr-ci/postgresql/17/bin`)
+//! the server runs with `summarize_wal = on`, so pitr's second backup is the
+//! server's incremental one (`UPLOAD_MANIFEST` + `BASE_BACKUP (INCREMENTAL)`,
+//! checked from `pitr backup`'s output), and the targets include its bytes
+//! from the server (≤ 10 % of the full's) and stored (≤ 3 %); pgBackRest
+//! (Debian 12's 2.45) runs against 15 only.
+//!
 //! Every contender runs under GNU `time` (`%e %M %U %S`), which counts the
 //! CPU time of every process it waited for (pgBackRest's local worker
 //! processes included) and the largest peak RSS of any one of them; the
@@ -102,6 +109,9 @@ struct Measured {
     rss_kb: u64,
     /// Bytes the backup added to its storage.
     stored: u64,
+    /// Bytes the server sent (pitr's backups: the record's file bytes, as
+    /// `pitr backup` prints them, in MiB to 0.1).
+    received: u64,
     load: f64,
 }
 
@@ -110,8 +120,11 @@ struct Bench {
     work: PathBuf,
     pitr: PathBuf,
     time: PathBuf,
-    pgbackrest: PathBuf,
+    pgbackrest: Option<PathBuf>,
     recipient: String,
+    /// The server's major: 17+ runs with `summarize_wal = on`, so that
+    /// pitr's second backup is incremental on the server's side.
+    major: u32,
 }
 
 fn run(write_md: bool) -> anyhow::Result<()> {
@@ -121,7 +134,12 @@ fn run(write_md: bool) -> anyhow::Result<()> {
     let time = which("time")
         .filter(|p| p.starts_with("/usr/bin"))
         .context("GNU time (/usr/bin/time) is needed: `apt-get install time`")?;
-    let pgbackrest = which("pgbackrest").context("`apt-get install pgbackrest`")?;
+    let major = server_major()?;
+    // Debian 12's pgBackRest (2.45) supports PostgreSQL up to 15 here.
+    let pgbackrest = match major {
+        ..=15 => Some(which("pgbackrest").context("`apt-get install pgbackrest`")?),
+        _ => None,
+    };
     for tool in ["zstd", "age", "age-keygen"] {
         which(tool).with_context(|| format!("{tool} not found: `apt-get install {tool}`"))?;
     }
@@ -137,6 +155,19 @@ fn run(write_md: bool) -> anyhow::Result<()> {
             // end suffices.
             ("max_wal_size", "2GB".to_owned()),
             ("checkpoint_timeout", "1h".to_owned()),
+            // 17+: WAL summaries, for incremental base backups.
+            (
+                if major >= 17 {
+                    "summarize_wal"
+                } else {
+                    "checkpoint_completion_target"
+                },
+                if major >= 17 {
+                    "on".to_owned()
+                } else {
+                    "0.9".to_owned()
+                },
+            ),
         ],
     )?;
     let work = work_dir.path().to_path_buf();
@@ -160,6 +191,7 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         time,
         pgbackrest,
         recipient,
+        major,
     };
 
     eprintln!(
@@ -188,7 +220,9 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         db_bytes as f64 / 1e9,
         started.elapsed().as_secs_f64()
     );
-    pgbackrest_setup(&bench)?;
+    if bench.pgbackrest.is_some() {
+        pgbackrest_setup(&bench)?;
+    }
 
     let mut full = Vec::new();
     let mut incr = Vec::new();
@@ -203,9 +237,11 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         let p = pipeline_round(&bench, round)?;
         eprintln!("  pipeline {p:?}");
         pipe.push(p);
-        let r = pgbackrest_round(&bench)?;
-        eprintln!("  pgBackRest {r:?}");
-        rest.push(r);
+        if bench.pgbackrest.is_some() {
+            let r = pgbackrest_round(&bench)?;
+            eprintln!("  pgBackRest {r:?}");
+            rest.push(r);
+        }
     }
     let load_after = load_average();
     let md = report(
@@ -287,20 +323,55 @@ fn locked<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
 
 /// Runs `cmd` under GNU time (writing to `time_file`), holding the lock.
 fn measure(mut cmd: Command, time_file: &Path, what: &str) -> anyhow::Result<Measured> {
+    measure_out(&mut cmd, time_file, what).map(|(m, _)| m)
+}
+
+/// [`measure`], also returning the command's standard output.
+fn measure_out(
+    cmd: &mut Command,
+    time_file: &Path,
+    what: &str,
+) -> anyhow::Result<(Measured, String)> {
     locked(|| {
         let load = load_average().unwrap_or(0.0);
         let started = Instant::now();
-        run_checked(&mut cmd, what)?;
+        let out = run_checked(cmd, what)?;
         let wall = started.elapsed().as_secs_f64();
         let u = Usage::read(time_file)?;
-        Ok(Measured {
+        let m = Measured {
             wall,
             cpu: u.cpu,
             rss_kb: u.rss_kb,
             stored: 0,
+            received: 0,
             load,
-        })
+        };
+        Ok((m, String::from_utf8_lossy(&out.stdout).into_owned()))
     })
+}
+
+/// The bytes `pitr backup` says it received: "…: N files, X MiB from
+/// server version …".
+fn received(stdout: &str) -> u64 {
+    stdout
+        .split(" files, ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|mib| mib.trim().parse::<f64>().ok())
+        .map_or(0, |mib| (mib * (1u64 << 20) as f64) as u64)
+}
+
+/// The major of the server binaries the benchmark runs.
+fn server_major() -> anyhow::Result<u32> {
+    let postgres = common::pg::bin_dir()?.join("postgres");
+    let version = command_line(&postgres, &["--version"]);
+    // "postgres (PostgreSQL) 17.11"
+    version
+        .rsplit(") ")
+        .next()
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse().ok())
+        .with_context(|| format!("no major in {version:?}"))
 }
 
 fn timed(bench: &Bench, time_file: &Path, program: &Path) -> Command {
@@ -356,8 +427,16 @@ fn pitr_round(bench: &Bench, round: usize) -> anyhow::Result<(Measured, Measured
         let mut cmd = timed(bench, &time_file, &bench.pitr);
         cmd.args(["backup", "-c"]).arg(&config);
         without_pitr_env(&mut cmd);
-        let mut m = measure(cmd, &time_file, &format!("pitr backup ({what})"))?;
+        let (mut m, out) = measure_out(&mut cmd, &time_file, &format!("pitr backup ({what})"))?;
         m.stored = dir_bytes(&store)?.saturating_sub(before);
+        m.received = received(&out);
+        if bench.major >= 17 && what == "incremental" {
+            // On 17+ the second backup must be the server's incremental one.
+            anyhow::ensure!(
+                out.contains("It is incremental on"),
+                "not incremental: {out}"
+            );
+        }
         Ok(m)
     };
     let full = backup("full")?;
@@ -485,6 +564,7 @@ fn pipeline_round(bench: &Bench, round: usize) -> anyhow::Result<Measured> {
             cpu: 0.0,
             rss_kb: 0,
             stored: common::file_len(&out)?,
+            received: 0,
             load,
         };
         for stage in ["pg_basebackup", "zstd", "age"] {
@@ -546,12 +626,19 @@ fn pgbackrest_setup(bench: &Bench) -> anyhow::Result<()> {
     run_checked(
         bench
             .cluster
-            .command(&bench.pgbackrest)
+            .command(pgbackrest(bench)?)
             .arg(format!("--config={}", conf.display()))
             .args(["--stanza=bench", "stanza-create"]),
         "pgbackrest stanza-create",
     )?;
     Ok(())
+}
+
+fn pgbackrest(bench: &Bench) -> anyhow::Result<&Path> {
+    bench
+        .pgbackrest
+        .as_deref()
+        .context("pgBackRest runs only against PostgreSQL 15 here")
 }
 
 /// `pgbackrest --type=full backup`, as the server's user.
@@ -565,7 +652,7 @@ fn pgbackrest_round(bench: &Bench) -> anyhow::Result<Measured> {
     let mut cmd = bench.cluster.command(&bench.time);
     cmd.args(["-f", TIME_FORMAT, "-o"])
         .arg(&time_file)
-        .arg(&bench.pgbackrest)
+        .arg(pgbackrest(bench)?)
         .arg(format!(
             "--config={}",
             dir.join("pgbackrest.conf").display()
@@ -590,6 +677,7 @@ struct Row {
     cpu: f64,
     rss_mb: f64,
     stored_mb: f64,
+    received_mb: f64,
 }
 
 fn medians(runs: &[Measured]) -> Row {
@@ -598,6 +686,7 @@ fn medians(runs: &[Measured]) -> Row {
         cpu: median(runs.iter().map(|m| m.cpu).collect()),
         rss_mb: median(runs.iter().map(|m| m.rss_kb as f64 * 1024.0 / MB).collect()),
         stored_mb: median(runs.iter().map(|m| m.stored as f64 / MB).collect()),
+        received_mb: median(runs.iter().map(|m| m.received as f64 / MB).collect()),
     }
 }
 
@@ -631,10 +720,9 @@ fn report(
         "PostgreSQL".into(),
         command_line(bench.cluster.bin("postgres"), &["--version"]),
     ));
-    machine.push((
-        "pgBackRest".into(),
-        command_line(&bench.pgbackrest, &["version"]),
-    ));
+    if let Some(p) = &bench.pgbackrest {
+        machine.push(("pgBackRest".into(), command_line(p, &["version"])));
+    }
     machine.push(("zstd".into(), command_line("zstd", &["--version"])));
     machine.push(("age".into(), command_line("age", &["--version"])));
     for (k, v) in machine {
@@ -670,7 +758,9 @@ fn report(
          measured around the command; CPU (user + system) and peak RSS come from GNU time: for \
          pgBackRest over its whole process tree (CPU summed, RSS of its largest process), for \
          the pipeline summed over the three stages. The server's own CPU (the walsender reading \
-         files and, for pitr, SHA-256 manifest checksums) is not counted for anyone. Medians of \
+         files and computing manifest checksums) is not counted for anyone. On \
+         PostgreSQL 17 and later the server runs with `summarize_wal = on`, and pitr's second \
+         backup is the server's incremental one (only changed blocks are sent). Medians of \
          {} interleaved rounds (pitr, pipeline, pgBackRest, pitr, …); each measured command \
          held `flock /tmp/pitr-bench.lock`. MB = 10^6 bytes.\n",
         db_bytes as f64 / 1e9,
@@ -682,7 +772,7 @@ fn report(
     let r = medians(rest);
     let _ = writeln!(
         md,
-        "### Results\n\n| | wall s | CPU s | peak RSS MB | stored MB |\n| --- | ---: | ---: | ---: | ---: |"
+        "### Results\n\n| | wall s | CPU s | peak RSS MB | stored MB | from the server MB |\n| --- | ---: | ---: | ---: | ---: | ---: |"
     );
     for (name, row) in [
         ("pitr backup, full", &f),
@@ -690,24 +780,54 @@ fn report(
         ("pg_basebackup \\| zstd -3 \\| age", &p),
         ("pgBackRest full", &r),
     ] {
+        if row.wall.is_nan() {
+            continue;
+        }
         let _ = writeln!(
             md,
-            "| {name} | {:.1} | {:.1} | {:.0} | {:.1} |",
-            row.wall, row.cpu, row.rss_mb, row.stored_mb
+            "| {name} | {:.1} | {:.1} | {:.0} | {:.1} | {} |",
+            row.wall,
+            row.cpu,
+            row.rss_mb,
+            row.stored_mb,
+            if row.received_mb > 0.0 {
+                format!("{:.1}", row.received_mb)
+            } else {
+                "-".to_owned()
+            }
         );
     }
     let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
     let full_ratio = f.wall / r.wall;
+    let pipe_ratio = f.wall / p.wall;
     let incr_ratio = i.wall / f.wall;
+    let received_ratio = i.received_mb / f.received_mb;
+    let stored_ratio = i.stored_mb / f.stored_mb;
     let rss = f.rss_mb.max(i.rss_mb);
     let _ = writeln!(
         md,
-        "\n### Targets\n\n| target | measured | |\n| --- | --- | --- |\n\
-         | full ≤ 0.7× pgBackRest's wall time | {full_ratio:.2}× | {} |\n\
-         | incremental ≤ 0.2× the full's wall time | {incr_ratio:.2}× | {} |\n\
+        "\n### Targets (PostgreSQL {})\n\n| target | measured | |\n| --- | --- | --- |",
+        bench.major
+    );
+    if bench.pgbackrest.is_some() {
+        let _ = writeln!(
+            md,
+            "| full ≤ 1.0× pgBackRest's wall time | {full_ratio:.2}× | {} |",
+            verdict(full_ratio <= 1.0)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| full's wall time beside the pipeline's | {pipe_ratio:.2}× | |\n\
+         | incremental ≤ 0.25× the full's wall time | {incr_ratio:.2}× | {} |\n\
+         | incremental's bytes from the server ≤ 10 % of the full's | {:.1} % | {} |\n\
+         | incremental's stored bytes ≤ 3 % of the full's | {:.1} % | {} |\n\
          | peak RSS ≤ 256 MB | {rss:.0} MB | {} |",
-        verdict(full_ratio <= 0.7),
-        verdict(incr_ratio <= 0.2),
+        verdict(incr_ratio <= 0.25),
+        received_ratio * 100.0,
+        verdict(received_ratio <= 0.10),
+        stored_ratio * 100.0,
+        verdict(stored_ratio <= 0.03),
         verdict(rss <= 256.0)
     );
     let _ = writeln!(

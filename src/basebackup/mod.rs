@@ -9,20 +9,28 @@
 //! - [`mark_restorable`] / [`wait_restorable`]: a backup becomes restorable
 //!   once the WAL from its start to its end LSN is stored, recorded as a
 //!   second item `pg/<db>/backups/<id>.restorable` (items are immutable);
-//! - [`restore`]: materialises a backup into an empty directory;
+//! - [`incremental`]: on PostgreSQL 17 and later, backups incremental on
+//!   the newest one (`UPLOAD_MANIFEST` + `BASE_BACKUP (INCREMENTAL)`), and
+//!   the `INCREMENTAL.*` file format;
+//! - [`restore`]: materialises a backup into an empty directory; an
+//!   incremental one is combined from its chain straight from the
+//!   repository (`combine`), as `pg_combinebackup` would;
 //! - [`schedule`]: the backups `pitr run` takes on a cron schedule and when
 //!   WAL accumulates, retried with backoff, with figures for the health
 //!   endpoint.
 
+pub mod incremental;
 pub mod schedule;
 pub mod tar;
 
+mod combine;
 mod pgmanifest;
 mod receive;
 mod record;
 mod restore;
 mod take;
 
+pub use incremental::chain_ids;
 pub use record::{
     BackupInfo, BackupRecord, ListingEntry, TablespaceInfo, backups, mark_restorable,
     wait_restorable,
@@ -68,6 +76,18 @@ pub enum BackupError {
     /// The WAL store failed.
     #[error(transparent)]
     Wal(#[from] crate::wal::WalStoreError),
+    /// The server cannot take an incremental backup on `parent` (WAL
+    /// summaries missing for its range, ...); [`take`] then takes a full
+    /// one.
+    #[error(
+        "the server cannot take an incremental backup on {parent}: {source}. A full backup does not need it: take one"
+    )]
+    IncrementalRefused {
+        /// The parent asked for.
+        parent: String,
+        /// The server's answer.
+        source: ConnError,
+    },
     /// The server sent something the protocol does not allow.
     #[error("base backup: unexpected answer from the server: {0}")]
     Protocol(String),
@@ -174,7 +194,9 @@ impl BackupError {
     /// connection lost, destination down).
     pub fn is_transient(&self) -> bool {
         match self {
-            BackupError::Conn(e) => e.is_transient(),
+            BackupError::Conn(e) | BackupError::IncrementalRefused { source: e, .. } => {
+                e.is_transient()
+            }
             BackupError::Repo(RepoError::Ship(_)) => true,
             _ => false,
         }

@@ -50,6 +50,11 @@ pub struct BackupRecord {
     /// Always false here: a record never changes. Restorable is a second
     /// item, `<record>.restorable`, written once the WAL is stored.
     pub restorable: bool,
+    /// The backup this one is incremental on (PostgreSQL 17 and later): its
+    /// `INCREMENTAL.*` files are restored from it and its own chain of
+    /// parents. `None`: a full backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// A tablespace outside the data directory.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
+use super::combine::{self, Chain, Source};
 use super::record::{BackupRecord, ListingEntry, backups};
 use super::{BackupError, files_prefix, local};
 use crate::beneath::{Beneath, check_relative};
@@ -222,30 +223,46 @@ pub async fn restore(
     }
 
     let prefix = files_prefix(db, id);
+    // An incremental backup is combined with its chain as it is written.
+    let chain = Chain::load(repo, db, &record)?;
     let mut jobs = Vec::new();
     for e in listing.iter().filter(|e| e.kind == "file") {
-        let name = format!("{prefix}{}/{}", e.archive, e.path);
+        let (path, source) = match &chain {
+            Some(chain) => chain.source(e)?,
+            None => {
+                let name = format!("{prefix}{}/{}", e.archive, e.path);
+                (e.path.clone(), Source::Item(item(&name)?.clone()))
+            }
+        };
         let mtime = u64::try_from(e.mtime)
             .ok()
             .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
         jobs.push((
-            item(&name)?.clone(),
+            source,
             e.archive.clone(),
-            placed(&e.path).to_owned(),
+            placed(&path).to_owned(),
             file_mode(e.mode),
             mtime,
         ));
     }
-    let manifest_size = item(&record.manifest)?.size;
-    jobs.push((
-        item(&record.manifest)?.clone(),
-        "base".to_owned(),
-        "backup_manifest".to_owned(),
-        0o600,
-        None,
-    ));
+    // The server's manifest of an incremental backup lists its
+    // INCREMENTAL.* files, which a combined directory does not have: it is
+    // written for full backups only (pg_verifybackup checks those).
+    let manifest_size = match &chain {
+        Some(_) => 0,
+        None => {
+            jobs.push((
+                Source::Item(item(&record.manifest)?.clone()),
+                "base".to_owned(),
+                "backup_manifest".to_owned(),
+                0o600,
+                None,
+            ));
+            item(&record.manifest)?.size
+        }
+    };
     let (files, bytes) = futures::stream::iter(jobs)
-        .map(|(manifest, archive, rel, mode, mtime)| {
+        .map(|(source, archive, rel, mode, mtime)| {
             let reader = reader.clone();
             let roots = roots.clone();
             async move {
@@ -257,7 +274,7 @@ pub async fn restore(
                 let f = root.create_file(&rel, mode).map_err(local(&path))?;
                 let mut f = tokio::fs::File::from_std(f);
                 // A write error (disk full) names the file, not "(output)".
-                let n = match reader.read_to(&manifest, &mut f).await {
+                let n = match combine::write(&reader, &source, &mut f).await {
                     Ok(n) => n,
                     Err(RepoError::Local { source, .. }) => return Err(local(&path)(source)),
                     Err(e) => return Err(e.into()),
@@ -283,7 +300,7 @@ pub async fn restore(
         .await?;
     Ok(RestoreSummary {
         record,
-        files: files - 1,
+        files: files - u64::from(chain.is_none()),
         bytes: bytes - manifest_size,
     })
 }

@@ -70,6 +70,9 @@ pub struct BackupOptions {
     pub checkpoint: Checkpoint,
     /// The server's sending rate limit, kB/s (32 to 1048576), if any.
     pub max_rate_kb: Option<u32>,
+    /// How many incremental backups may follow a full one (PostgreSQL 17+
+    /// with `summarize_wal = on`); 0: full backups only.
+    pub incremental_max_chain: u32,
     /// The manifest's per-file checksum.
     pub manifest_checksums: ManifestChecksums,
 }
@@ -124,10 +127,33 @@ type StoreTask = JoinHandle<Result<(Writer, u64), RepoError>>;
 /// Takes one base backup of `opts.database` and records it (not yet
 /// restorable: see [`super::wait_restorable`]). On any error nothing is
 /// recorded as a backup (files committed on the way are unreferenced).
+///
+/// On PostgreSQL 17 and later with `summarize_wal = on` the backup is
+/// incremental on the newest backup in the repository (up to
+/// `incremental_max_chain` in a row); when the server cannot take it so, a
+/// full one is taken instead and the log says why.
 pub async fn take(
     repo: &Repository,
     opts: &BackupOptions,
     progress: &watch::Sender<BackupProgress>,
+) -> Result<BackupRecord, BackupError> {
+    match take_once(repo, opts, progress, true).await {
+        Err(BackupError::IncrementalRefused { parent, source }) => {
+            tracing::warn!(
+                database = %opts.database, %parent, error = %source,
+                "the server cannot take this base backup incrementally; taking a full one instead"
+            );
+            take_once(repo, opts, progress, false).await
+        }
+        r => r,
+    }
+}
+
+async fn take_once(
+    repo: &Repository,
+    opts: &BackupOptions,
+    progress: &watch::Sender<BackupProgress>,
+    incremental: bool,
 ) -> Result<BackupRecord, BackupError> {
     // Connecting refuses majors pitr does not support.
     let mut client = ReplicationClient::connect(&opts.conninfo).await?;
@@ -172,6 +198,21 @@ pub async fn take(
         progress,
         checksums: opts.manifest_checksums,
     };
+    // Incremental on a parent (17+, summaries on): its manifest goes up on
+    // this connection first.
+    let parent = match incremental {
+        true => {
+            let system_id = system.system_id.to_string();
+            let max = opts.incremental_max_chain;
+            super::incremental::prepare(repo, &opts.database, &mut client, major, &system_id, max)
+                .await?
+        }
+        false => None,
+    };
+    let sql = match parent {
+        Some(_) => sql.replacen("BASE_BACKUP (", "BASE_BACKUP (INCREMENTAL, ", 1),
+        None => sql,
+    };
     let streamed = run.stream(&mut client, &sql, major < 15).await;
     let streamed = match streamed {
         Ok(s) => s,
@@ -187,7 +228,15 @@ pub async fn take(
             {
                 return Err(stored.into());
             }
-            return Err(e);
+            return Err(match (e, &parent) {
+                (BackupError::Conn(c), Some(p)) if super::incremental::refused(&c) => {
+                    BackupError::IncrementalRefused {
+                        parent: p.id.clone(),
+                        source: c,
+                    }
+                }
+                (e, _) => e,
+            });
         }
     };
     drop(run.jobs.take());
@@ -234,6 +283,7 @@ pub async fn take(
         listing: listing_item,
         manifest: manifest_item,
         restorable: false,
+        parent: parent.map(|p| p.id),
     };
     let attrs = serde_json::to_value(&record).expect("a record serializes");
     w.put(
@@ -282,6 +332,7 @@ mod tests {
             checkpoint,
             max_rate_kb,
             manifest_checksums: ManifestChecksums::default(),
+            incremental_max_chain: 0,
         }
     }
 

@@ -420,6 +420,11 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 p.max_rate = Some(v);
             }
         }
+        (Section::Postgres, Value::Int(v)) if key == "incremental_max_chain" => {
+            if let Some(p) = nth(&mut raw.postgres, target.index) {
+                p.incremental_max_chain = Some(v);
+            }
+        }
         (Section::Postgres, Value::Str(v)) => {
             if let Some(p) = nth(&mut raw.postgres, target.index) {
                 match key {

@@ -198,6 +198,9 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
+/// `incremental_max_chain` when the config does not say.
+pub const DEFAULT_INCREMENTAL_MAX_CHAIN: u32 = 7;
+
 /// One `[[postgres]]` cluster.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresConfig {
@@ -223,6 +226,11 @@ pub struct PostgresConfig {
     /// The server's sending rate limit for base backups in kB/s
     /// (`max_rate`, 32 to 1048576); `pitr backup --max-rate` overrides it.
     pub max_rate_kb: Option<u32>,
+    /// How many incremental base backups may follow a full one before the
+    /// next full one (`incremental_max_chain`, default 7; 0 takes only full
+    /// backups). Incremental backups need PostgreSQL 17 or later with
+    /// `summarize_wal = on`; otherwise every backup is full.
+    pub incremental_max_chain: u32,
     /// The per-file checksum of the server's `backup_manifest`
     /// (`manifest_checksums`, `"crc32c"` by default, or `"sha256"`).
     pub manifest_checksums: ManifestChecksums,
@@ -243,6 +251,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("base_backup_wal", &self.base_backup_wal)
             .field("checkpoint", &self.checkpoint)
             .field("max_rate_kb", &self.max_rate_kb)
+            .field("incremental_max_chain", &self.incremental_max_chain)
             .field("manifest_checksums", &self.manifest_checksums)
             .field("allow_insecure_password", &self.allow_insecure_password)
             .finish()

@@ -98,6 +98,7 @@ pub(super) struct RawPostgres {
     pub base_backup_wal_gb: Option<Val<toml::Value>>,
     pub checkpoint: Option<Val<String>>,
     pub max_rate: Option<Val<i64>>,
+    pub incremental_max_chain: Option<Val<i64>>,
     pub manifest_checksums: Option<Val<String>>,
     /// `true`/`false`, or their text from the environment.
     pub allow_insecure_password: Option<Val<toml::Value>>,
@@ -339,6 +340,11 @@ const POSTGRES_KEYS: &[KeySpec] = &[
     ),
     key("checkpoint", KeyType::Str, r#"checkpoint = "spread""#),
     key("max_rate", KeyType::Int, "max_rate = 102400"),
+    key(
+        "incremental_max_chain",
+        KeyType::Int,
+        "incremental_max_chain = 7",
+    ),
     key(
         "manifest_checksums",
         KeyType::Str,

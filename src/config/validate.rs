@@ -36,6 +36,9 @@ const GIB: u64 = 1024 * MIB;
 const MAX_WAL_GIB: f64 = 1024.0 * 1024.0;
 /// PostgreSQL's MAX_RATE bounds, kB/s.
 const MAX_RATES: std::ops::RangeInclusive<u32> = 32..=1_048_576;
+/// The longest chain of incremental backups `incremental_max_chain` allows:
+/// every restore reads each backup of the chain, so a long one costs.
+const MAX_INCREMENTAL_CHAIN: u32 = 1000;
 /// How often an SQLite watcher polls: faster than 100 ms costs CPU for no
 /// gain (file events wake it anyway), slower than an hour is no longer
 /// "any second".
@@ -761,6 +764,20 @@ fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>,
                 }
             },
         };
+        let incremental_max_chain = match p.incremental_max_chain {
+            None => super::DEFAULT_INCREMENTAL_MAX_CHAIN,
+            Some(v) => match u32::try_from(v.value) {
+                Ok(n) if n <= MAX_INCREMENTAL_CHAIN => n,
+                _ => {
+                    return Err(ctx.invalid(
+                        &key("incremental_max_chain"),
+                        &v.origin,
+                        &format!("{} is out of range", v.value),
+                        &format!("Give how many incremental base backups may follow a full one before the next full one, from 0 (only full backups) to {MAX_INCREMENTAL_CHAIN}; the default is 7"),
+                    ));
+                }
+            },
+        };
         let manifest_checksums = match p.manifest_checksums {
             None => ManifestChecksums::Crc32c,
             Some(v) => match v.value.trim().to_ascii_lowercase().as_str() {
@@ -800,6 +817,7 @@ fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>,
             base_backup_wal,
             checkpoint,
             max_rate_kb,
+            incremental_max_chain,
             manifest_checksums,
             allow_insecure_password,
         });

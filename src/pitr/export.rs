@@ -99,11 +99,17 @@ pub async fn restorable_set(
             names.insert(marker);
         }
         names.insert(record);
-        let files = repo
-            .catalog()
-            .items(&crate::basebackup::files_prefix(db, &plan.backup.id))
-            .map_err(RepoError::from)?;
-        names.extend(files.into_iter().map(|i| i.name));
+        // An incremental backup restores from its whole chain.
+        for id in
+            crate::basebackup::chain_ids(repo, db, &plan.backup.id).map_err(PlanError::from)?
+        {
+            names.insert(crate::basebackup::record_name(db, &id));
+            let files = repo
+                .catalog()
+                .items(&crate::basebackup::files_prefix(db, &id))
+                .map_err(RepoError::from)?;
+            names.extend(files.into_iter().map(|i| i.name));
+        }
         names.extend(plan.files().map(|f| f.item.clone()));
     }
     for name in &selection.sqlite {

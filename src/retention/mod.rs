@@ -304,7 +304,12 @@ fn plan_postgres(
             restorable: b.restorable,
         })
         .collect();
-    let decisions = decide(&points, policy, now);
+    let mut decisions = decide(&points, policy, now);
+    let parents: std::collections::HashMap<String, String> = backups
+        .iter()
+        .filter_map(|b| Some((b.record.id.clone(), b.record.parent.clone()?)))
+        .collect();
+    policy::keep_chains(&mut decisions, &parents);
     let mut forget: Vec<(String, String)> = Vec::new();
     let forgotten_ids: HashSet<&str> = decisions
         .iter()

@@ -44,6 +44,9 @@ pub enum KeepReason {
     /// An SQLite snapshot inside the kept window: later page sets build on
     /// it.
     Window,
+    /// A kept incremental backup (this id) is built on it: restoring that
+    /// one needs every backup of its chain.
+    BuiltOn(String),
 }
 
 impl std::fmt::Display for KeepReason {
@@ -57,6 +60,37 @@ impl std::fmt::Display for KeepReason {
             KeepReason::InProgress => write!(f, "in progress (not restorable yet)"),
             KeepReason::Future => write!(f, "dated in the future"),
             KeepReason::Window => write!(f, "inside the restore window"),
+            KeepReason::BuiltOn(id) => write!(f, "kept backup {id} is incremental on it"),
+        }
+    }
+}
+
+/// Keeps every backup a kept one is incremental on: `parents` maps a
+/// backup's id to its parent's. Retention never breaks a chain.
+pub fn keep_chains(
+    decisions: &mut [Decision],
+    parents: &std::collections::HashMap<String, String>,
+) {
+    let kept: Vec<String> = decisions
+        .iter()
+        .filter(|d| d.keep())
+        .map(|d| d.id.clone())
+        .collect();
+    for id in kept {
+        let mut child = id;
+        // Bounded: a chain is never longer than the backups there are.
+        for _ in 0..decisions.len() {
+            let Some(parent) = parents.get(&child) else {
+                break;
+            };
+            let Some(d) = decisions.iter_mut().find(|d| &d.id == parent) else {
+                break;
+            };
+            let reason = KeepReason::BuiltOn(child.clone());
+            if !d.reasons.contains(&reason) {
+                d.reasons.push(reason);
+            }
+            child = parent.clone();
         }
     }
 }
@@ -372,5 +406,38 @@ mod tests {
             iso_week("2027-01-04T12:00:00Z".parse().unwrap()),
             "2027-W01"
         );
+    }
+
+    #[test]
+    fn a_kept_incremental_keeps_its_chain() {
+        // full a, incrementals b on a and c on b; d full; keep_last = 1
+        // keeps only... the newest restorable (c when d is not restorable).
+        let mut h: Vec<BackupPoint> = [
+            "2026-11-01T03:00:00Z",
+            "2026-11-02T03:00:00Z",
+            "2026-11-03T03:00:00Z",
+            "2026-11-04T03:00:00Z",
+        ]
+        .iter()
+        .map(|t| b(t))
+        .collect();
+        h[3].restorable = false;
+        let mut d = decide(
+            &h,
+            &policy(1, 0, 0, 0),
+            "2026-11-05T00:00:00Z".parse().expect("t"),
+        );
+        let kept = |d: &[Decision]| d.iter().filter(|d| d.keep()).count();
+        assert_eq!(kept(&d), 2, "{d:?}");
+        let parents: std::collections::HashMap<String, String> = [
+            (h[1].id.clone(), h[0].id.clone()),
+            (h[2].id.clone(), h[1].id.clone()),
+        ]
+        .into_iter()
+        .collect();
+        keep_chains(&mut d, &parents);
+        assert_eq!(kept(&d), 4, "{d:?}");
+        assert_eq!(d[0].reasons, vec![KeepReason::BuiltOn(h[1].id.clone())]);
+        assert_eq!(d[1].reasons, vec![KeepReason::BuiltOn(h[2].id.clone())]);
     }
 }

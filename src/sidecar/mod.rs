@@ -545,6 +545,7 @@ fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> S
             label: format!("pitr scheduled backup of {}", pg.name),
             checkpoint: pg.checkpoint,
             max_rate_kb: pg.max_rate_kb,
+            incremental_max_chain: pg.incremental_max_chain,
             manifest_checksums: pg.manifest_checksums,
         },
         cron: pg.base_backup.clone(),

@@ -8,6 +8,7 @@ mod cli;
 mod disk_full;
 mod golden;
 mod harness;
+mod incremental;
 mod pack;
 mod pg_harness;
 mod pitr_restore;

@@ -117,6 +117,7 @@ async fn core_scenarios(major: u32) {
         checkpoint: Checkpoint::Fast,
         max_rate_kb: None,
         manifest_checksums: checksums(major),
+        incremental_max_chain: 0,
     };
     let record = basebackup::take(&repo, &options, &tx)
         .await

@@ -590,3 +590,33 @@ fn allow_insecure_password_is_off_unless_said() {
     let (_, msg) = fail(&pg("allow_insecure_password = \"yes\""), &[]);
     contains_all(&msg, &["allow_insecure_password", "not true or false"]);
 }
+
+#[test]
+fn incremental_max_chain_key() {
+    let r = recipient();
+    let pg = |line: &str| {
+        format!(
+            "{}[[postgres]]\nname = \"main\"\nconninfo = \"host=db\"\n{line}\n",
+            minimal(&r)
+        )
+    };
+    let c = load(&pg(""), &[]).expect("valid");
+    assert_eq!(c.postgres[0].incremental_max_chain, 7);
+    let c = load(&pg("incremental_max_chain = 0"), &[]).expect("valid");
+    assert_eq!(c.postgres[0].incremental_max_chain, 0);
+    let c = load(
+        &pg("incremental_max_chain = 3"),
+        &[("PITR_POSTGRES_MAIN_INCREMENTAL_MAX_CHAIN", "12")],
+    )
+    .expect("valid");
+    assert_eq!(c.postgres[0].incremental_max_chain, 12);
+    let (_, msg) = fail(&pg("incremental_max_chain = -1"), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" incremental_max_chain",
+            "from 0",
+        ],
+    );
+}

@@ -13,7 +13,8 @@
 //!   [`ReplicationClient::simple_query`] under them;
 //! - streaming: [`ReplicationClient::start_replication`] →
 //!   [`ReplicationStream`]; [`ReplicationClient::simple_query_copy_out`] →
-//!   [`CopyOutStream`] for `BASE_BACKUP`.
+//!   [`CopyOutStream`] for `BASE_BACKUP`;
+//!   [`ReplicationClient::simple_query_copy_in`] for `UPLOAD_MANIFEST`.
 //!
 //! Every failure is a [`ConnError`] that says what to do; passwords never
 //! appear in `Debug`, `Display` or errors.
@@ -24,6 +25,7 @@ mod binding;
 mod client;
 mod conninfo;
 mod copy;
+mod copy_in;
 mod copy_out;
 mod error;
 mod ops;

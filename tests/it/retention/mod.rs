@@ -338,6 +338,7 @@ async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
             listing: String::new(),
             manifest: String::new(),
             restorable: false,
+            parent: None,
         })
         .expect("record")
     };

@@ -125,6 +125,7 @@ async fn backup(repo: &Repository, pg: &PgCluster, max_rate_kb: Option<u32>) -> 
         label: "pitr retention test".into(),
         checkpoint: Checkpoint::Fast,
         max_rate_kb,
+        incremental_max_chain: 0,
         manifest_checksums: Default::default(),
     };
     let (tx, _rx) = watch::channel(BackupProgress::default());
@@ -325,6 +326,7 @@ async fn a_backup_written_during_garbage_collection_restores() {
                 label: "during gc".into(),
                 checkpoint: Checkpoint::Fast,
                 max_rate_kb: Some(4096),
+                incremental_max_chain: 0,
                 manifest_checksums: Default::default(),
             };
             let (tx, _rx) = watch::channel(BackupProgress::default());
