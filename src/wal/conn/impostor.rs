@@ -65,6 +65,9 @@ fn info(port: u16, extra: &str) -> ConnInfo {
 }
 
 const READY: &[u8] = b"Z\0\0\0\x05I";
+/// `ParameterStatus` naming a supported major: a login that counts must
+/// also pass the check of the server's major.
+const SERVER_VERSION: &[u8] = b"S\0\0\0\x18server_version\x0015.4\0";
 
 #[tokio::test]
 async fn an_impostor_that_skips_scram_with_authentication_ok_is_refused() {
@@ -131,8 +134,11 @@ async fn cleartext_and_md5_are_refused_without_tls_unless_allowed() {
         );
     }
     // With the leave, the cleartext password goes (and the login counts).
-    let (port, server) =
-        impostor(vec![auth(3, &[]), [auth(0, &[]), READY.to_vec()].concat()]).await;
+    let (port, server) = impostor(vec![
+        auth(3, &[]),
+        [auth(0, &[]), SERVER_VERSION.to_vec(), READY.to_vec()].concat(),
+    ])
+    .await;
     let mut allowed = info(port, "");
     allowed.allow_insecure_password = true;
     let client = ReplicationClient::connect(&allowed).await.expect("allowed");
