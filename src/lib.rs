@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 pub mod crashsafe;
 pub mod health;
+pub mod pg;
 pub mod pitr;
 pub mod repo;
 pub mod retention;

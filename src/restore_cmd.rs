@@ -311,9 +311,10 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
         eprint!("{skipped}");
     }
     let report = result.map_err(|e| match e {
-        RestoreError::TargetNotEmpty(_) | RestoreError::NoOsUser(_) => {
-            Exit::Usage(e.to_string()).into()
-        }
+        // A missing major's binaries is an installation or config matter.
+        RestoreError::TargetNotEmpty(_)
+        | RestoreError::NoOsUser(_)
+        | RestoreError::NoPostgres(_) => Exit::Usage(e.to_string()).into(),
         e => anyhow::Error::new(e),
     })?;
     match &report.reached {

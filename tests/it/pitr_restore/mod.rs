@@ -5,6 +5,7 @@
 //! checked recovery it does by default; the restored directory is then
 //! started by the test on its own, without pitr.
 
+mod binaries;
 mod errors;
 mod oracle;
 mod targets;
