@@ -14,7 +14,7 @@ use crate::harness::PgCluster;
 const MAJORS: [u32; 5] = [14, 15, 16, 17, 18];
 
 /// Where `.ci/setup` puts the binaries of `major`.
-fn ci_bin_dir(major: u32) -> PathBuf {
+pub(super) fn ci_bin_dir(major: u32) -> PathBuf {
     let dir = if major == 15 {
         PathBuf::from("/usr/lib/postgresql/15/bin")
     } else {
@@ -63,7 +63,7 @@ fn each_major_is_found_in_bin_dirs() {
 }
 
 /// Runs `pitr <args> -c <config>` with `PITR_RESTORE_BIN_DIRS` set.
-fn pitr_with_bin_dirs(env: &Env, bin_dirs: &str, args: &[&str]) -> Output {
+pub(super) fn pitr_with_bin_dirs(env: &Env, bin_dirs: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pitr"))
         .args(args)
         .arg("-c")
