@@ -1034,7 +1034,7 @@ async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<Str
     };
     let _ = client.close().await;
     Ok(format!(
-        "PostgreSQL {major}, system {} on timeline {} at {}, wal_level={wal_level}, \
+        "system {} on timeline {} at {}, PostgreSQL {major}, wal_level={wal_level}, \
          max_wal_senders={senders}, {slot}",
         system.system_id, system.timeline, system.xlogpos
     ))

@@ -300,3 +300,90 @@ impl OpenSegment {
         Some(indexer.finish().0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::RepoOptions;
+    use crate::ship::{Destination, Fanout, FsDestination};
+
+    const SEG: u64 = 1 << 20;
+
+    async fn repo(dir: &std::path::Path) -> Repository {
+        let identity = age::x25519::Identity::generate();
+        let opts = RepoOptions {
+            recipients: vec![identity.to_public()],
+            identities: vec![identity],
+            key_file: None,
+            state_dir: dir.join("state"),
+            zstd_level: 1,
+            pack_size: 1 << 20,
+        };
+        let fanout = Fanout::new(vec![
+            Arc::new(FsDestination::new("local", dir.join("store"))) as Arc<dyn Destination>,
+        ]);
+        Repository::init(&fanout, &opts).await.expect("init");
+        Repository::open(fanout, opts).await.expect("open")
+    }
+
+    /// Segment 3 of a cluster whose pages carry `magic`: a long page
+    /// header, then no WAL (zeros).
+    fn segment_bytes(magic: u16) -> Vec<u8> {
+        let mut bytes = vec![0; SEG as usize];
+        let mut h = Vec::new();
+        h.extend_from_slice(&magic.to_le_bytes());
+        h.extend_from_slice(&0x0002u16.to_le_bytes());
+        h.extend_from_slice(&1u32.to_le_bytes());
+        h.extend_from_slice(&(3 * SEG).to_le_bytes());
+        h.extend_from_slice(&[0; 8]);
+        h.extend_from_slice(&42u64.to_le_bytes());
+        h.extend_from_slice(&(SEG as u32).to_le_bytes());
+        h.extend_from_slice(&8192u32.to_le_bytes());
+        bytes[..h.len()].copy_from_slice(&h);
+        bytes
+    }
+
+    /// What the preparer makes of a whole segment written with `magic`,
+    /// streamed from a server of `major`.
+    async fn prepare(major: u32, magic: u16) -> Result<Ready, StreamError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = repo(dir.path()).await;
+        let first = Segment { timeline: 1, no: 3 };
+        let format = WalFormat::of_major(major).expect("supported");
+        let mut preparer = Preparer::start(&repo, SEG, first, format).expect("start");
+        for (i, chunk) in segment_bytes(magic).chunks(WAL_CHUNK).enumerate() {
+            let piece = Piece {
+                segment: first,
+                offset: (i * WAL_CHUNK) as u64,
+                bytes: chunk.to_vec(),
+            };
+            preparer.jobs.send(Job::Chunk(piece)).await.expect("send");
+        }
+        preparer.next().await.expect("an item")
+    }
+
+    #[tokio::test]
+    async fn a_segment_of_another_major_than_the_servers_fails() {
+        let ready = prepare(14, 0xD10D)
+            .await
+            .expect("14's WAL from a 14 server");
+        assert_eq!(ready.segment, Segment { timeline: 1, no: 3 });
+        assert!(!ready.partial);
+        let Err(StreamError::Decode(e)) = prepare(15, 0xD10D).await else {
+            panic!("14's WAL from a 15 server was taken");
+        };
+        assert!(
+            matches!(
+                e.kind,
+                crate::wal::DecodeErrorKind::MajorMismatch {
+                    found_major: Some(14),
+                    expected_major: 15,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}

@@ -405,7 +405,8 @@ fn check_reports_the_server_and_fails_when_it_is_down() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(
-        stdout.contains("postgres main: system") && stdout.contains("wal_level=replica"),
+        stdout.contains("postgres main: system")
+            && stdout.contains("PostgreSQL 15, wal_level=replica"),
         "{stdout}"
     );
     assert!(stdout.contains("does not exist yet"), "{stdout}");

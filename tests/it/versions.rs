@@ -6,7 +6,7 @@
 //! backup (that major's `BASE_BACKUP` syntax and stream framing, CRC-32C
 //! manifest) restored with the streamed WAL passes its `pg_verifybackup`.
 //!
-//! Kept cheap (pgbench scale 2 for a few seconds): the whole group is
+//! Kept cheap (pgbench scale 2, 400 transactions): the whole group is
 //! minutes on two cores. Run one major with `cargo test --test it
 //! versions::pg17`. A cluster of major N comes from
 //! `PgCluster::start_major(N)` (binaries as `harness::pg::pg_bin_dir_for`
@@ -29,6 +29,8 @@ use crate::wal_decode::{Dumped, dumped_time, parse_dump_line, pg_waldump, pgbenc
 use crate::wal_fetch::Setup;
 
 const SEG: u64 = 16 << 20;
+/// pgbench transactions in each major's run (two clients).
+const PGBENCH_TRANSACTIONS: usize = 400;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pg14() {
@@ -78,9 +80,30 @@ async fn core_scenarios(major: u32) {
         .await
         .expect("open the repository");
     let streamer = Streamer::start(&repo, &pg);
+    // Everything after the slot exists is streamed: wait for it, so that
+    // every pgbench commit below is in the WAL compared.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr'") != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the streamer made no slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     pgbench(&pg, &["-i", "-s", "2", "-q"]);
-    pgbench(&pg, &["-T", "3", "-c", "2", "-j", "1"]);
+    // A count of transactions, not a duration: the same WAL on any machine.
+    pgbench(
+        &pg,
+        &[
+            "-t",
+            &(PGBENCH_TRANSACTIONS / 2).to_string(),
+            "-c",
+            "2",
+            "-j",
+            "1",
+        ],
+    );
 
     // A base backup in that major's syntax and stream framing; the stream
     // stores its WAL.
@@ -117,6 +140,20 @@ async fn core_scenarios(major: u32) {
     let last = Segment::containing(1, switch, SEG);
     wait_stored(&repo, Lsn(last.start(SEG).0 + SEG)).await;
     streamer.stop().await;
+
+    // `pitr check` reads what streaming needs on this major.
+    let check = Command::new(env!("CARGO_BIN_EXE_pitr"))
+        .args(["check", "-c"])
+        .arg(setup.config_path())
+        .env_remove("PITR_CONFIG")
+        .output()
+        .expect("run pitr check");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && said.contains(&format!("PostgreSQL {major}, wal_level=replica")),
+        "pitr check on {major}: {said}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let fetched = fetch_completed(&pg, &setup, last);
     decoder_agrees_with_pg_waldump(&pg, major, &fetched);
@@ -348,4 +385,129 @@ impl Streamer {
             .expect("no panic")
             .expect("no error");
     }
+}
+
+/// A loopback server that answers every startup as PostgreSQL 13 would
+/// (trust authentication, `server_version` 13.16), then holds the connection
+/// until the client goes; counts the connections.
+async fn fake_pg13() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    let message = |tag: u8, body: &[u8]| {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let mut answer = message(b'R', &0u32.to_be_bytes());
+    answer.extend(message(
+        b'S',
+        b"server_version\x0013.16 (Debian 13.16-0+deb11u1)\x00",
+    ));
+    answer.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+    answer.extend(message(b'Z', b"I"));
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let Ok(len) = sock.read_u32().await else {
+                    return;
+                };
+                let mut startup = vec![0; (len as usize).saturating_sub(4)];
+                if sock.read_exact(&mut startup).await.is_err() {
+                    return;
+                }
+                let _ = sock.write_all(&answer).await;
+                let mut rest = Vec::new();
+                let _ = sock.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    (port, count)
+}
+
+/// `pitr run` in front of a PostgreSQL 13 server: one clear refusal naming
+/// the supported majors, on `/health` and alerted once; not a reconnect
+/// loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_major_is_refused_once_shown_on_health_and_alerted_once() {
+    let (pg_port, connections) = fake_pg13().await;
+    let repo = crate::repo::TestRepo::new().await;
+    let hook = crate::harness::WebhookReceiver::start().await;
+    let cfg = repo.write_config(&[(
+        "main",
+        &format!("host=127.0.0.1 port={pg_port} user=postgres dbname=postgres sslmode=disable"),
+    )]);
+    let port = crate::harness::pg::free_port();
+    let text = fs::read_to_string(&cfg).expect("read config");
+    fs::write(
+        &cfg,
+        format!(
+            "{text}\n[health]\nlisten = \"127.0.0.1:{port}\"\n\n[[alert]]\nname = \"hook\"\n\
+             kind = \"webhook\"\nurl = \"{}\"\n",
+            hook.url("/hook")
+        ),
+    )
+    .expect("write config");
+    let sidecar = crate::sqlite::Sidecar::start(&cfg);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let summary = loop {
+        let body: Option<serde_json::Value> = async {
+            let r = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+                .await
+                .ok()?;
+            r.json().await.ok()
+        }
+        .await;
+        let stream = body.as_ref().and_then(|b| {
+            b["problems"]
+                .as_array()?
+                .iter()
+                .find(|p| p["id"] == "postgres/main/stream")
+                .and_then(|p| p["summary"].as_str().map(str::to_owned))
+        });
+        if let Some(s) = stream.filter(|s| s.contains("not retried")) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/health shows no refusal: {body:?}\n{}",
+            sidecar.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        summary.contains("13.16") && summary.contains("14, 15, 16, 17 and 18"),
+        "{summary}"
+    );
+    let alerts = hook
+        .wait_accepted("/hook", 1, Duration::from_secs(30))
+        .await;
+    let about_stream = |alerts: &[serde_json::Value]| {
+        alerts
+            .iter()
+            .filter(|a| a["id"] == "postgres/main/stream")
+            .count()
+    };
+    assert_eq!(about_stream(&alerts), 1, "{alerts:#?}");
+    // Longer than the supervisor's first backoffs (1 s, then 2 s, jittered)
+    // and the stream's own (1 s): a retry loop would have reconnected.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "reconnected:\n{}",
+        sidecar.log_text()
+    );
+    assert_eq!(about_stream(&hook.accepted("/hook")), 1);
+    let log = sidecar.stop();
+    let errors = log.lines().filter(|l| l.contains("ERROR")).count();
+    assert_eq!(errors, 1, "{log}");
 }

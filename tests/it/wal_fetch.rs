@@ -86,6 +86,11 @@ schedule = "off"
         ])
     }
 
+    /// The config file the binary reads.
+    pub(crate) fn config_path(&self) -> PathBuf {
+        self.dir.path().join("pitr.toml")
+    }
+
     pub(crate) fn wal_fetch(&self, file: &str, out: &Path) -> Output {
         Command::new(env!("CARGO_BIN_EXE_pitr"))
             .arg("wal-fetch")

@@ -10,9 +10,11 @@
 //! the `XLOG_*` info values pitr reads (switch 0x40, restore point 0x70,
 //! end of recovery 0x90, overwrite contrecord 0xD0), the transaction-end
 //! opcodes, and the leading timestamp of `xl_xact_commit`, `xl_xact_abort`,
-//! `xl_restore_point` and `xl_overwrite_contrecord`. (`xl_end_of_recovery`
-//! gained a trailing `wal_level` in 17, and 17 added `XLOG_CHECKPOINT_REDO`
-//! 0xE0; pitr reads neither.)
+//! `xl_restore_point` and `xl_overwrite_contrecord`. (In 17 the checkpoint
+//! record's `CheckPoint` and `xl_end_of_recovery` gained a `wal_level`
+//! field, and `XLOG_CHECKPOINT_REDO` 0xE0 appeared; pitr reads none of them:
+//! a checkpoint or an end of recovery is an [`Other`](super::RecordKind)
+//! record to it. A field pitr starts reading goes here, per major.)
 
 use std::fmt;
 
