@@ -340,6 +340,9 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
                 plan.target.describe(),
                 report.target_dir.display()
             );
+            if let Some(p) = &report.postgres {
+                println!("  recovery ran on            {p}");
+            }
             println!("  last transaction replayed  {last}");
             if let Some(s) = &r.stopped {
                 println!("  recovery stopped           {s}");

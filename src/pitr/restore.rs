@@ -95,6 +95,9 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// The checked end of recovery; `None` with `--no-recover`.
     pub reached: Option<Reached>,
+    /// The server that ran recovery (`PostgreSQL 17.11 in <dir>`); `None`
+    /// with `--no-recover`.
+    pub postgres: Option<String>,
 }
 
 /// Why a restore failed.
@@ -303,6 +306,9 @@ async fn restore_into(
         files: summary.files,
         bytes: summary.bytes,
         reached: None,
+        postgres: bin
+            .as_ref()
+            .map(|b| format!("PostgreSQL {} in {}", b.version(), b.dir().display())),
     };
     let Some(bin) = bin else {
         let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;

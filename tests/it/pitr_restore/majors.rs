@@ -136,6 +136,12 @@ async fn restores_exactly(major: u32) {
             expected(&rows, t),
             "PostgreSQL {major} at {time}: {report}"
         );
+        // Recovery ran on the configured binaries of this major.
+        assert!(
+            report.contains(&format!("recovery ran on            PostgreSQL {major}."))
+                && report.contains(&format!(" in {}", bin_dir.display())),
+            "{report}"
+        );
         assert_eq!(
             restored.psql("SHOW server_version_num")[..2],
             major.to_string(),
