@@ -60,12 +60,12 @@ pub(super) async fn test_restore(
     pg: &PostgresConfig,
     report: &mut VerifyReport,
 ) -> Result<(), Failure> {
-    let (target, note) = choose_target(repo, &pg.name).await?;
+    let (target, timeline, note) = choose_target(repo, &pg.name).await?;
     report.target = Some(match &note {
         Some(n) => format!("{} ({n})", target.describe()),
         None => target.describe(),
     });
-    let plan = crate::pitr::plan(repo, &pg.name, &target, None)
+    let plan = crate::pitr::plan(repo, &pg.name, &target, timeline)
         .await
         .map_err(|e| e.to_string())?;
     report.backup = Some(plan.backup.id.clone());
@@ -100,7 +100,16 @@ pub(super) fn nothing_to_restore(repo: &Repository, db: &str) -> Option<String> 
 /// The target: a uniformly random time between the end of the newest
 /// restorable base backup and the end of the restore window; `--latest`
 /// (with the reason) when the window has no transaction after that backup.
-async fn choose_target(repo: &Repository, db: &str) -> Result<(Target, Option<String>), String> {
+///
+/// A time comes with the timeline whose window it was drawn from: after a
+/// promotion, a time between the old timeline's last transaction and the
+/// fork lies in the new timeline's window (its history reaches it), but
+/// the timeline current then is the old one, whose window ends at its last
+/// transaction: planned without the timeline it would be refused.
+async fn choose_target(
+    repo: &Repository,
+    db: &str,
+) -> Result<(Target, Option<u32>, Option<String>), String> {
     let backups = crate::basebackup::backups(repo, db).map_err(|e| e.to_string())?;
     let newest = backups
         .iter()
@@ -121,10 +130,15 @@ async fn choose_target(repo: &Repository, db: &str) -> Result<(Target, Option<St
         .filter(|w| w.timeline >= newest.record.end_timeline && w.earliest.is_some())
         .max_by_key(|w| w.timeline);
     let from = newest.record.finished;
-    match window.and_then(|w| w.latest) {
-        Some(latest) if latest > from => Ok((Target::Time(random_time(from, latest)), None)),
+    match window.and_then(|w| Some((w.timeline, w.latest?))) {
+        Some((timeline, latest)) if latest > from => Ok((
+            Target::Time(random_time(from, latest)),
+            Some(timeline),
+            None,
+        )),
         _ => Ok((
             Target::Latest,
+            None,
             Some(format!(
                 "the stored WAL holds no transaction after base backup {} finished at {}, so \
                  everything stored is restored instead of a random time",
