@@ -3,8 +3,8 @@
 //! WAL streamed under pgbench is fetched back with `pitr wal-fetch`
 //! byte-identical to the server's `pg_wal`; pitr's decoder lists the same
 //! records, positions and commit times as that major's `pg_waldump`; a base
-//! backup (that major's `BASE_BACKUP` syntax and stream framing, CRC-32C
-//! manifest) restored with the streamed WAL passes its `pg_verifybackup`.
+//! backup (that major's `BASE_BACKUP` syntax and stream framing; CRC-32C
+//! or SHA-256 manifest) restored with the streamed WAL passes its `pg_verifybackup`.
 //!
 //! Kept cheap (pgbench scale 2, 400 transactions): the whole group is
 //! minutes on two cores. Run one major with `cargo test --test it
@@ -16,7 +16,9 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use pitr::basebackup::{self, BackupOptions, BackupProgress, Checkpoint, RestoreOptions};
+use pitr::basebackup::{
+    self, BackupOptions, BackupProgress, Checkpoint, ManifestChecksums, RestoreOptions,
+};
 use pitr::repo::Repository;
 use pitr::wal::{
     ConnInfo, Decoder, Lsn, Progress, RecordKind, Segment, StreamOptions, WalFormat, WalStore,
@@ -114,7 +116,7 @@ async fn core_scenarios(major: u32) {
         label: format!("pitr test on {major}"),
         checkpoint: Checkpoint::Fast,
         max_rate_kb: None,
-        manifest_checksums: Default::default(),
+        manifest_checksums: checksums(major),
     };
     let record = basebackup::take(&repo, &options, &tx)
         .await
@@ -291,8 +293,8 @@ fn decoder_agrees_with_pg_waldump(
 }
 
 /// The backup, restored with the WAL from its start to its end segment,
-/// passes that major's `pg_verifybackup` (files against the CRC-32C
-/// manifest, and the WAL it needs).
+/// passes that major's `pg_verifybackup` (files against the manifest's
+/// checksums, and the WAL it needs).
 async fn backup_verifies(pg: &PgCluster, repo: &Repository, record: &basebackup::BackupRecord) {
     let target = tempfile::tempdir().expect("tempdir");
     let data = target.path().join("data");
@@ -316,9 +318,10 @@ async fn backup_verifies(pg: &PgCluster, repo: &Repository, record: &basebackup:
         seg = seg.next();
     }
     let manifest = fs::read_to_string(data.join("backup_manifest")).expect("backup_manifest");
+    let algorithm = checksums(pg.major()).as_manifest();
     assert!(
-        manifest.contains("\"Checksum-Algorithm\": \"CRC32C\""),
-        "CRC-32C is the default"
+        manifest.contains(&format!("\"Checksum-Algorithm\": \"{algorithm}\"")),
+        "{algorithm} asked for"
     );
     let out = Command::new(pg.bin("pg_verifybackup"))
         .arg("--wal-directory")
@@ -333,6 +336,16 @@ async fn backup_verifies(pg: &PgCluster, repo: &Repository, record: &basebackup:
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The manifest checksum each major's backup asks for: the default
+/// (CRC-32C) on 15 and 17, SHA-256 on 14 (the older stream framing) and 18,
+/// so both algorithms meet both framings.
+fn checksums(major: u32) -> ManifestChecksums {
+    match major {
+        14 | 18 => ManifestChecksums::Sha256,
+        _ => ManifestChecksums::default(),
+    }
 }
 
 /// Waits (bounded) until the streamer stored WAL up to `end`.

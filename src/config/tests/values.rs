@@ -536,3 +536,36 @@ fn storacha_destination_mistakes_name_the_key() {
         &[PATH, "gateway", "kind \"storacha\", not of kind \"fs\""],
     );
 }
+
+#[test]
+fn manifest_checksums_default_to_crc32c_and_take_sha256() {
+    use crate::basebackup::ManifestChecksums;
+    let r = recipient();
+    let pg = |line: &str| {
+        format!(
+            "{}[[postgres]]\nname = \"main\"\nconninfo = \"host=db\"\n{line}\n",
+            minimal(&r)
+        )
+    };
+    let c = load(&pg(""), &[]).expect("valid");
+    assert_eq!(c.postgres[0].manifest_checksums, ManifestChecksums::Crc32c);
+    let c = load(&pg("manifest_checksums = \"SHA256\""), &[]).expect("valid");
+    assert_eq!(c.postgres[0].manifest_checksums, ManifestChecksums::Sha256);
+    let c = load(
+        &pg("manifest_checksums = \"sha256\""),
+        &[("PITR_POSTGRES_MAIN_MANIFEST_CHECKSUMS", "crc32c")],
+    )
+    .expect("valid");
+    assert_eq!(c.postgres[0].manifest_checksums, ManifestChecksums::Crc32c);
+    let (_, msg) = fail(&pg("manifest_checksums = \"md5\""), &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "[[postgres]] \"main\" manifest_checksums",
+            "\"md5\"",
+            "crc32c",
+            "sha256",
+        ],
+    );
+}

@@ -74,10 +74,14 @@ pub enum ConnError {
     /// The server runs a PostgreSQL major pitr does not support: refused
     /// at connect, and never retried (nothing changes by waiting).
     #[error(
-        "PostgreSQL at {target} runs version {version}, a major pitr does not support: pitr \
-         streams WAL from and backs up PostgreSQL {}. Point this [[postgres]] entry at a \
-         server of a supported major (pg_upgrade moves a cluster to one), or back it up with \
-         its own tools",
+        "PostgreSQL at {target} {}, a major pitr does not support: pitr streams WAL from and \
+         backs up PostgreSQL {}. Point this [[postgres]] entry at a server of a supported \
+         major (pg_upgrade moves a cluster to one), or back it up with its own tools",
+        if version.is_empty() {
+            "reported no server_version".to_owned()
+        } else {
+            format!("runs version {version}")
+        },
         crate::wal::supported_majors()
     )]
     UnsupportedMajor {
