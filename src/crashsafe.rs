@@ -3,8 +3,28 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+
+/// Creates `dir` and its missing parents with mode 0700: pitr's local
+/// state (catalog, spools of plaintext pages and WAL, logs) is for no other
+/// user to read. Directories that exist keep their mode.
+pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates (or truncates) `path` for writing; a new file gets mode 0600.
+pub fn create_private_file(path: &Path) -> io::Result<fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
 
 /// Writes `bytes` to `path` atomically and durably, creating it with `mode`.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {

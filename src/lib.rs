@@ -6,6 +6,7 @@
 
 pub mod alert;
 pub mod basebackup;
+pub mod beneath;
 pub mod catalog;
 pub mod config;
 pub mod crashsafe;

@@ -573,13 +573,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(name) = &database.sqlite {
                 let entry = sqlite_cmd::sqlite_entry(&config, name)?;
                 let target = parse_target(&target)?;
-                let repo = open_repo(&config).await?;
+                let repo = restore_cmd::open_repo_for_restore(&config).await?;
                 let plan = sqlite_cmd::make_plan(&repo, &entry.name, &target)?;
                 return sqlite_cmd::restore(&repo, &plan, &target_path, force).await;
             }
             let target = parse_target(&target)?;
             let db = postgres_entry(&config, database.postgres.as_deref())?;
-            let repo = open_repo(&config).await?;
+            let repo = restore_cmd::open_repo_for_restore(&config).await?;
             let plan = make_plan(&repo, &db.name, &target, timeline).await?;
             let opts = pitr::pitr::RestoreOptions {
                 target_dir: target_path,
@@ -924,6 +924,7 @@ async fn check(config: &Config, offline: bool) -> anyhow::Result<()> {
         },
     );
     let mut failed = 0;
+    failed += check_storacha_credentials(config);
     for d in fanout.destinations() {
         match Repository::check_destination(d.as_ref(), &opts).await {
             Ok(descriptor) => println!(
@@ -962,11 +963,30 @@ async fn check(config: &Config, offline: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each Storacha destination's space, the abilities its proof grants and
+/// those it lacks (read from the proof itself, no network); the number of
+/// destinations whose credentials fail.
+fn check_storacha_credentials(config: &Config) -> usize {
+    let mut failed = 0;
+    for d in &config.destinations {
+        if let pitr::config::DestinationKind::Storacha(c) = &d.kind {
+            match pitr::ship::StorachaDestination::new(&d.name, c).credentials_report() {
+                Ok(r) => println!("destination {}: {r}", d.name),
+                Err(e) => {
+                    failed += 1;
+                    println!("destination {}: FAILED: {e}", d.name);
+                }
+            }
+        }
+    }
+    failed
+}
+
 /// `pitr check --offline`: what can be checked without a network. The
 /// config has loaded (keys and identity read); the settings the clients
 /// would refuse only when used are tried here.
 fn check_offline(config: &Config) -> anyhow::Result<()> {
-    let mut failed = 0;
+    let mut failed = check_storacha_credentials(config);
     for d in &config.destinations {
         let verdict = match &d.kind {
             pitr::config::DestinationKind::S3(s3) => pitr::ship::S3Destination::validate(s3),

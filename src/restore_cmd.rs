@@ -21,6 +21,44 @@ pub async fn open_repo(config: &Config) -> anyhow::Result<Repository> {
     Ok(repo)
 }
 
+/// Opens the repository for a restore: pins the repository key when the
+/// config names it, and says which key the restore trusts and why, before
+/// anything is written.
+pub async fn open_repo_for_restore(config: &Config) -> anyhow::Result<Repository> {
+    let r = &config.repository;
+    // Looked at before opening: opening writes a key fetched from the store
+    // into state_dir.
+    let local_key = r.state_dir.join("repository.key");
+    let had_local_key = local_key.exists();
+    let repo = open_repo(config).await?;
+    let id = repo.descriptor().key_id.clone();
+    let why = match (&r.key_id, &r.key_file) {
+        (Some(pin), _) if *pin != id => {
+            return Err(Exit::Usage(format!(
+                "the store's repository key is {id}, but [repository] key_id pins {pin}: \
+                 refusing to restore. The destinations' descriptor and keys/ object may have \
+                 been replaced by someone who can write to them and knows the recipients; \
+                 check the destinations, or correct key_id if the repository was re-created \
+                 on purpose"
+            ))
+            .into());
+        }
+        (Some(_), _) => "pinned by [repository] key_id".to_owned(),
+        (None, Some(f)) => format!("from key_file {}", f.display()),
+        (None, None) if had_local_key => format!(
+            "from {}, kept since this host first opened the store",
+            local_key.display()
+        ),
+        (None, None) => format!(
+            "taken from the store's keys/{id} with the identity, NOT pinned: anyone who can \
+             write to a destination and knows the recipients could have put another key there. \
+             Pin it with key_id = \"{id}\" (or key_file) under [repository]"
+        ),
+    };
+    eprintln!("Repository key {id}: trusted {why}.");
+    Ok(repo)
+}
+
 /// The target the flags name.
 pub fn parse_target(t: &TargetArg) -> anyhow::Result<Target> {
     if t.latest {
@@ -258,6 +296,26 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
         mib(plan.wal_bytes),
         lineage_text(plan)
     );
+    // Where tablespaces go, before anything is written: the only links a
+    // restore makes, to where the operator said.
+    let record = pitr::basebackup::backups(repo, &plan.database)
+        .ok()
+        .and_then(|all| all.into_iter().find(|b| b.record.id == plan.backup.id));
+    for t in record.iter().flat_map(|b| &b.record.tablespaces) {
+        match &opts.tablespace_dir {
+            Some(dir) => eprintln!(
+                "  tablespace {} (on the server at {}) goes to {}, linked from pg_tblspc/{}",
+                t.oid,
+                t.location,
+                dir.join(t.oid.to_string()).display(),
+                t.oid
+            ),
+            None => eprintln!(
+                "  tablespace {} (on the server at {}) needs --tablespace-dir",
+                t.oid, t.location
+            ),
+        }
+    }
     // A bar (bytes, rate, ETA, then WAL files) only for a person watching.
     let mut opts = opts.clone();
     let bar = std::io::stderr().is_terminal().then(|| {

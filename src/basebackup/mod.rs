@@ -107,6 +107,24 @@ pub enum BackupError {
         /// What is wrong.
         what: String,
     },
+    /// A listing entry would write outside the restore's target, or
+    /// through a link: the listing is not what pitr writes, so it may be
+    /// forged (invariant 8). Nothing was written for it.
+    #[error(
+        "{listing}: entry {entry:?} {why}; refusing to restore it. A restore writes only \
+         beneath its target and follows no link, and pitr never writes such an entry: the \
+         listing (or the catalog commit holding it) may have been forged by someone who can \
+         write to a destination. Check the destinations' access and the repository key \
+         (see `pitr restore`'s key line), and restore from a backup you trust"
+    )]
+    UnsafeEntry {
+        /// The listing item.
+        listing: String,
+        /// The entry, as `<archive>/<path>`.
+        entry: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The restore target is not empty.
     #[error(
         "{path} is not empty: a base backup is restored only into an empty or new directory. Choose another target or empty it first"

@@ -4,7 +4,7 @@
 //! `pg_tblspc/<oid>` links to them, and the server's `backup_manifest`.
 //! Files get the modes and modification times the server sent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::record::{BackupRecord, ListingEntry, backups};
 use super::{BackupError, files_prefix, local};
+use crate::beneath::{Beneath, check_relative};
 use crate::repo::{Manifest, RepoError, Repository};
 
 /// Directories a data directory needs that a base backup may lack (their
@@ -154,47 +155,69 @@ pub async fn restore(
             what: e.to_string(),
         })?;
 
-    // Roots: the data directory, and one directory per tablespace.
-    let mut roots: HashMap<String, PathBuf> = HashMap::new();
-    mkdir(target, 0o700)?;
-    roots.insert("base".into(), target.to_owned());
+    check_listing(&record, &listing)?;
     if let Some(ts_root) = &ts_root {
-        std::fs::create_dir_all(ts_root).map_err(local(ts_root))?;
         for t in &record.tablespaces {
-            let dir = ts_root.join(t.oid.to_string());
-            check_empty(&dir)?;
-            mkdir(&dir, 0o700)?;
-            roots.insert(t.oid.to_string(), dir);
+            tracing::info!(
+                "tablespace {} (on the server at {}) goes to {}",
+                t.oid,
+                t.location,
+                ts_root.join(t.oid.to_string()).display()
+            );
         }
     }
+
+    // Roots: the data directory, and one directory per tablespace. Below
+    // them every name is created without following links.
+    let mut roots: HashMap<String, Beneath> = HashMap::new();
+    mkdir(target, 0o700)?;
+    roots.insert("base".into(), Beneath::open(target).map_err(local(target))?);
+    let mut ts_dirs: HashMap<String, PathBuf> = HashMap::new();
+    if let Some(ts_root) = &ts_root {
+        std::fs::create_dir_all(ts_root).map_err(local(ts_root))?;
+        let parent = Beneath::open(ts_root).map_err(local(ts_root))?;
+        for t in &record.tablespaces {
+            let oid = t.oid.to_string();
+            let dir = ts_root.join(&oid);
+            check_empty(&dir)?;
+            parent.mkdir(&oid, 0o700).map_err(local(&dir))?;
+            roots.insert(oid.clone(), Beneath::open(&dir).map_err(local(&dir))?);
+            ts_dirs.insert(oid, dir);
+        }
+    }
+    let roots = std::sync::Arc::new(roots);
     let root = |archive: &str| {
         roots.get(archive).ok_or_else(|| BackupError::BadRecord {
             item: record.listing.clone(),
             what: format!("archive {archive:?} is no tablespace of the backup"),
         })
     };
+    let place = |e: &ListingEntry| -> Result<PathBuf, BackupError> {
+        Ok(root(&e.archive)?.path().join(placed(&e.path)))
+    };
     // Directories first, parents before children (the listing is in tar
     // order, which is that).
     for e in listing.iter().filter(|e| e.kind == "dir") {
-        mkdir(&root(&e.archive)?.join(&e.path), e.mode | 0o700)?;
+        root(&e.archive)?
+            .mkdir(placed(&e.path), dir_mode(e.mode))
+            .map_err(local(&place(e)?))?;
     }
+    let base = root("base")?;
     for d in EMPTY_DIRS {
-        mkdir(&target.join(d), 0o700)?;
+        base.mkdir(d, 0o700).map_err(local(&target.join(d)))?;
     }
-    // Tablespace links point at where the caller put them, not at the
-    // server's location; other symlinks are kept as they were.
-    for e in listing.iter().filter(|e| e.kind == "symlink") {
-        let at = root(&e.archive)?.join(&e.path);
-        let to = match (e.archive.as_str(), e.path.strip_prefix("pg_tblspc/")) {
-            ("base", Some(oid)) if roots.contains_key(oid) => roots[oid].clone(),
-            _ => PathBuf::from(&e.link),
-        };
-        std::os::unix::fs::symlink(&to, &at).map_err(local(&at))?;
-    }
+    // The only links: `pg_tblspc/<oid>` to where the caller put the
+    // tablespace, never to what the listing says.
     for t in &record.tablespaces {
-        let at = target.join("pg_tblspc").join(t.oid.to_string());
-        if at.symlink_metadata().is_err() {
-            std::os::unix::fs::symlink(root(&t.oid.to_string())?, &at).map_err(local(&at))?;
+        let oid = t.oid.to_string();
+        let rel = format!("pg_tblspc/{oid}");
+        let at = target.join(&rel);
+        let to = ts_dirs.get(&oid).ok_or_else(|| BackupError::BadRecord {
+            item: record.listing.clone(),
+            what: format!("tablespace {oid} has no directory"),
+        })?;
+        if !base.exists(&rel).map_err(local(&at))? {
+            base.symlink(&rel, to).map_err(local(&at))?;
         }
     }
 
@@ -207,29 +230,32 @@ pub async fn restore(
             .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
         jobs.push((
             item(&name)?.clone(),
-            root(&e.archive)?.join(&e.path),
-            e.mode,
+            e.archive.clone(),
+            placed(&e.path).to_owned(),
+            file_mode(e.mode),
             mtime,
         ));
     }
     let manifest_size = item(&record.manifest)?.size;
     jobs.push((
         item(&record.manifest)?.clone(),
-        target.join("backup_manifest"),
+        "base".to_owned(),
+        "backup_manifest".to_owned(),
         0o600,
         None,
     ));
     let (files, bytes) = futures::stream::iter(jobs)
-        .map(|(manifest, path, mode, mtime)| {
+        .map(|(manifest, archive, rel, mode, mtime)| {
             let reader = reader.clone();
+            let roots = roots.clone();
             async move {
-                let mut f = tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode | 0o600)
-                    .open(&path)
-                    .await
-                    .map_err(local(&path))?;
+                let root = roots.get(&archive).ok_or_else(|| BackupError::BadRecord {
+                    item: rel.clone(),
+                    what: format!("archive {archive:?} is no tablespace of the backup"),
+                })?;
+                let path = root.path().join(&rel);
+                let f = root.create_file(&rel, mode).map_err(local(&path))?;
+                let mut f = tokio::fs::File::from_std(f);
                 // A write error (disk full) names the file, not "(output)".
                 let n = match reader.read_to(&manifest, &mut f).await {
                     Ok(n) => n,
@@ -260,4 +286,97 @@ pub async fn restore(
         files: files - 1,
         bytes: bytes - manifest_size,
     })
+}
+
+/// Where an entry goes beneath its root: its path without the leading
+/// `./` that PostgreSQL's tar gives some members (`./pg_wal/...`), which
+/// the listing keeps as received (it names the entry's item).
+fn placed(path: &str) -> &str {
+    path.strip_prefix("./").unwrap_or(path)
+}
+
+/// A directory's mode: what the server had, but never more than group
+/// read and search (PostgreSQL's own choices are 0700 and 0750).
+fn dir_mode(mode: u32) -> u32 {
+    (mode & 0o750) | 0o700
+}
+
+/// A file's mode: what the server had, but never more than group read
+/// (0600 or 0640); no set-id bits, nothing for others.
+fn file_mode(mode: u32) -> u32 {
+    (mode & 0o640) | 0o600
+}
+
+/// Checks every entry of a listing before anything is written: plain
+/// relative paths in a known archive, no kind but file, dir and symlink,
+/// links only as `pg_tblspc/<oid>` of the backup's own tablespaces, and
+/// nothing beneath a link.
+fn check_listing(record: &BackupRecord, listing: &[ListingEntry]) -> Result<(), BackupError> {
+    let oids: HashSet<String> = record
+        .tablespaces
+        .iter()
+        .map(|t| t.oid.to_string())
+        .collect();
+    let refuse = |e: &ListingEntry, why: String| BackupError::UnsafeEntry {
+        listing: record.listing.clone(),
+        entry: format!("{}/{}", e.archive, e.path),
+        why,
+    };
+    let mut links: HashSet<String> = HashSet::new();
+    for e in listing {
+        if let Some(why) = check_relative(placed(&e.path)) {
+            return Err(refuse(e, format!("has a path that {why}")));
+        }
+        if e.archive != "base" && !oids.contains(&e.archive) {
+            return Err(refuse(
+                e,
+                format!(
+                    "belongs to archive {:?}, no tablespace of the backup",
+                    e.archive
+                ),
+            ));
+        }
+        match e.kind.as_str() {
+            "file" | "dir" => {}
+            "symlink" => {
+                let tablespace = e.archive == "base"
+                    && placed(&e.path)
+                        .strip_prefix("pg_tblspc/")
+                        .is_some_and(|oid| oids.contains(oid));
+                if !tablespace {
+                    return Err(refuse(
+                        e,
+                        format!(
+                            "is a symbolic link (to {:?}); the only links a restore makes are \
+                             pg_tblspc/<oid> for the backup's own tablespaces",
+                            e.link
+                        ),
+                    ));
+                }
+                links.insert(placed(&e.path).to_owned());
+            }
+            other => {
+                return Err(refuse(
+                    e,
+                    format!("is of kind {other:?}, not file, dir or symlink"),
+                ));
+            }
+        }
+    }
+    for t in &record.tablespaces {
+        links.insert(format!("pg_tblspc/{}", t.oid));
+    }
+    for e in listing.iter().filter(|e| e.archive == "base") {
+        let mut at = placed(&e.path);
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if links.contains(parent) {
+                return Err(refuse(
+                    e,
+                    format!("lies beneath the link {parent:?}, which a restore does not follow"),
+                ));
+            }
+            at = parent;
+        }
+    }
+    Ok(())
 }

@@ -23,6 +23,17 @@ pub enum CatalogError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The catalog file cannot be created or opened.
+    #[error(
+        "local catalog {path}: cannot create or open it: {source}; check that state_dir exists \
+         and is writable by the user pitr runs as"
+    )]
+    Create {
+        /// The catalog file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// A stored row does not parse (the catalog file was damaged).
     #[error("local catalog {path}: {what}; rebuild it with `pitr catalog rebuild`")]
     Corrupt {
@@ -122,6 +133,21 @@ pub enum PackGcState {
 impl Catalog {
     /// Opens (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and
+        // -shm files the database file's mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| CatalogError::Create {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
         let conn = Connection::open(path).map_err(|source| CatalogError::Sqlite {
             path: path.to_owned(),
             source,

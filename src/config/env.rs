@@ -231,6 +231,7 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 }
                 ("identity_file", Value::Str(v)) => r.identity_file = Some(v),
                 ("key_file", Value::Str(v)) => r.key_file = Some(v),
+                ("key_id", Value::Str(v)) => r.key_id = Some(v),
                 ("state_dir", Value::Str(v)) => r.state_dir = Some(v),
                 ("zstd_level", Value::Int(v)) => r.zstd_level = Some(v),
                 ("pack_size", Value::Size(v)) => r.pack_size = Some(v),
@@ -371,31 +372,32 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                         d.secret_access_key_file = Some(v);
                     }
                     "space" => d.space = Some(v),
-                    "bridge" => d.bridge = Some(v),
+                    "service" => d.service = Some(v),
+                    "service_did" => d.service_did = Some(v),
                     "gateway" => d.gateway = Some(v),
-                    "auth_secret" => {
-                        if from_file(&d.auth_secret_file) {
-                            d.auth_secret_file = None;
+                    "principal" => {
+                        if from_file(&d.principal_file) {
+                            d.principal_file = None;
                         }
-                        d.auth_secret = Some(v);
+                        d.principal = Some(v);
                     }
-                    "auth_secret_file" => {
-                        if from_file(&d.auth_secret) {
-                            d.auth_secret = None;
+                    "principal_file" => {
+                        if from_file(&d.principal) {
+                            d.principal = None;
                         }
-                        d.auth_secret_file = Some(v);
+                        d.principal_file = Some(v);
                     }
-                    "authorization" => {
-                        if from_file(&d.authorization_file) {
-                            d.authorization_file = None;
+                    "proof" => {
+                        if from_file(&d.proof_file) {
+                            d.proof_file = None;
                         }
-                        d.authorization = Some(v);
+                        d.proof = Some(v);
                     }
-                    "authorization_file" => {
-                        if from_file(&d.authorization) {
-                            d.authorization = None;
+                    "proof_file" => {
+                        if from_file(&d.proof) {
+                            d.proof = None;
                         }
-                        d.authorization_file = Some(v);
+                        d.proof_file = Some(v);
                     }
                     _ => {}
                 }

@@ -94,6 +94,11 @@ pub struct RepositoryConfig {
     /// The spool's size limit; when full, writes wait (and WAL is not
     /// acknowledged) rather than drop anything.
     pub spool_max_bytes: u64,
+    /// The repository key's id (32 hex digits, as `pitr init` and `pitr
+    /// restore` print it), pinned: a restore refuses a store whose key has
+    /// another id, so a key object replaced at a destination is not
+    /// trusted on a host that has no `key_file` or local key.
+    pub key_id: Option<String>,
 }
 
 /// One `[[destination]]`.
@@ -115,25 +120,29 @@ pub enum DestinationKind {
     },
     /// `kind = "s3"`: an S3 bucket or an S3-compatible store.
     S3(S3Config),
-    /// `kind = "storacha"`: a Storacha space, written through the HTTP
-    /// bridge and read through an IPFS gateway.
+    /// `kind = "storacha"`: a Storacha space, written with ucanto
+    /// invocations and read through an IPFS gateway.
     Storacha(StorachaConfig),
 }
 
 /// How to reach a Storacha space (`kind = "storacha"`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct StorachaConfig {
-    /// The space's DID (`did:key:z6Mk…`), the subject of every bridge task.
+    /// The space's DID (`did:key:z6Mk…`), the subject of every invocation.
     pub space: String,
-    /// The `X-Auth-Secret` header value from `storacha bridge
-    /// generate-tokens`. `Debug` redacts it.
-    pub auth_secret: String,
-    /// The `Authorization` header value (a delegation) from `storacha
-    /// bridge generate-tokens`. `Debug` redacts it.
-    pub authorization: String,
-    /// The bridge endpoint (`https://up.storacha.network/bridge`).
-    pub bridge: String,
-    /// The IPFS HTTP gateway reads go through (`https://w3s.link`).
+    /// The agent's private key as `storacha key create` prints it (`M…`,
+    /// users' `W3_PRINCIPAL`). `Debug` redacts it.
+    pub principal: String,
+    /// The delegation from the space to the agent, as `storacha delegation
+    /// create … --base64` writes it (users' `W3_PROOF`), or the CAR bytes
+    /// of one. `Debug` redacts it.
+    pub proof: String,
+    /// The upload service's URL (`https://up.storacha.network`).
+    pub service: String,
+    /// The upload service's DID, the audience of every invocation
+    /// (`did:web:up.storacha.network`).
+    pub service_did: String,
+    /// The IPFS trustless gateway reads go through (`https://storacha.link`).
     pub gateway: String,
     /// How long one request may take before it is retried.
     pub request_timeout: std::time::Duration,
@@ -143,9 +152,10 @@ impl std::fmt::Debug for StorachaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorachaConfig")
             .field("space", &self.space)
-            .field("auth_secret", &"(redacted)")
-            .field("authorization", &"(redacted)")
-            .field("bridge", &self.bridge)
+            .field("principal", &"(redacted)")
+            .field("proof", &"(redacted)")
+            .field("service", &self.service)
+            .field("service_did", &self.service_did)
             .field("gateway", &self.gateway)
             .field("request_timeout", &self.request_timeout)
             .finish()

@@ -57,6 +57,7 @@ pub(super) struct RawRepository {
     pub quorum: Option<Val<i64>>,
     pub spool_dir: Option<Val<String>>,
     pub spool_max_bytes: Option<Val<toml::Value>>,
+    pub key_id: Option<Val<String>>,
 }
 
 /// One `[[destination]]`. Keys of every kind live here, flat, as they are
@@ -76,11 +77,12 @@ pub(super) struct RawDestination {
     pub secret_access_key_file: Option<Val<String>>,
     pub request_timeout: Option<Val<i64>>,
     pub space: Option<Val<String>>,
-    pub auth_secret: Option<Val<String>>,
-    pub auth_secret_file: Option<Val<String>>,
-    pub authorization: Option<Val<String>>,
-    pub authorization_file: Option<Val<String>>,
-    pub bridge: Option<Val<String>>,
+    pub principal: Option<Val<String>>,
+    pub principal_file: Option<Val<String>>,
+    pub proof: Option<Val<String>>,
+    pub proof_file: Option<Val<String>>,
+    pub service: Option<Val<String>>,
+    pub service_did: Option<Val<String>>,
     pub gateway: Option<Val<String>>,
 }
 
@@ -255,6 +257,11 @@ const REPOSITORY_KEYS: &[KeySpec] = &[
         KeyType::Size,
         r#"spool_max_bytes = "4GiB""#,
     ),
+    key(
+        "key_id",
+        KeyType::Str,
+        r#"key_id = "0123456789abcdef0123456789abcdef""#,
+    ),
 ];
 const DESTINATION_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "local""#),
@@ -282,31 +289,40 @@ const DESTINATION_KEYS: &[KeySpec] = &[
     key("request_timeout", KeyType::Int, "request_timeout = 60"),
     key("space", KeyType::Str, r#"space = "did:key:z6Mk…""#),
     key(
-        "auth_secret",
+        "principal",
         KeyType::Str,
-        r#"auth_secret_file = "/run/secrets/storacha-secret""#,
+        r#"principal_file = "/run/secrets/w3-principal""#,
     ),
     key(
-        "auth_secret_file",
+        "principal_file",
         KeyType::Str,
-        r#"auth_secret_file = "/run/secrets/storacha-secret""#,
+        r#"principal_file = "/run/secrets/w3-principal""#,
     ),
     key(
-        "authorization",
+        "proof",
         KeyType::Str,
-        r#"authorization_file = "/run/secrets/storacha-authorization""#,
+        r#"proof_file = "/run/secrets/w3-proof""#,
     ),
     key(
-        "authorization_file",
+        "proof_file",
         KeyType::Str,
-        r#"authorization_file = "/run/secrets/storacha-authorization""#,
+        r#"proof_file = "/run/secrets/w3-proof""#,
     ),
     key(
-        "bridge",
+        "service",
         KeyType::Str,
-        r#"bridge = "https://up.storacha.network/bridge""#,
+        r#"service = "https://up.storacha.network""#,
     ),
-    key("gateway", KeyType::Str, r#"gateway = "https://w3s.link""#),
+    key(
+        "service_did",
+        KeyType::Str,
+        r#"service_did = "did:web:up.storacha.network""#,
+    ),
+    key(
+        "gateway",
+        KeyType::Str,
+        r#"gateway = "https://storacha.link""#,
+    ),
 ];
 const POSTGRES_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "main""#),

@@ -56,7 +56,13 @@ fn uri(s: &str) -> String {
         return s.to_owned();
     };
     let (scheme, rest) = s.split_at(scheme_end);
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    // The user info ends at the last '@' before the query, even past a
+    // '/': a password may hold a raw '/', and stopping there would print
+    // the rest of it.
+    let authority_end = match rest.find('?').map_or(rest, |q| &rest[..q]).rfind('@') {
+        Some(at) => rest[at..].find(['/', '?']).map_or(rest.len(), |i| at + i),
+        None => rest.find(['/', '?']).unwrap_or(rest.len()),
+    };
     let (authority, tail) = rest.split_at(authority_end);
     let authority = match authority.rfind('@') {
         Some(at) => {

@@ -209,7 +209,24 @@ fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryConfig, Confi
             }
         }
     };
+    let key_id = match r.key_id {
+        None => None,
+        Some(v) => {
+            let id = v.value.trim().to_ascii_lowercase();
+            if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ctx.invalid(
+                    &key("key_id"),
+                    &v.origin,
+                    &format!("{:?} is not a key id", v.value),
+                    "Give the 32 hex digits `pitr init` or `pitr restore` printed as the \
+                     repository key's id, or leave key_id out",
+                ));
+            }
+            Some(id)
+        }
+    };
     Ok(RepositoryConfig {
+        key_id,
         recipients,
         identity_file,
         key_file,
@@ -496,11 +513,12 @@ fn s3(
 fn storacha_key_set(d: &RawDestination) -> Option<&'static str> {
     [
         ("space", d.space.is_some()),
-        ("auth_secret", d.auth_secret.is_some()),
-        ("auth_secret_file", d.auth_secret_file.is_some()),
-        ("authorization", d.authorization.is_some()),
-        ("authorization_file", d.authorization_file.is_some()),
-        ("bridge", d.bridge.is_some()),
+        ("principal", d.principal.is_some()),
+        ("principal_file", d.principal_file.is_some()),
+        ("proof", d.proof.is_some()),
+        ("proof_file", d.proof_file.is_some()),
+        ("service", d.service.is_some()),
+        ("service_did", d.service_did.is_some()),
         ("gateway", d.gateway.is_some()),
     ]
     .into_iter()
@@ -555,7 +573,7 @@ fn storacha(
         return Err(ctx.missing(
             &key(k),
             &format!("{k} is not a key of a destination of kind \"storacha\""),
-            "Remove it; a storacha destination is space, auth_secret(_file), authorization(_file), bridge, gateway and request_timeout",
+            "Remove it; a storacha destination is space, principal(_file), proof(_file), service, service_did, gateway and request_timeout",
         ));
     }
     let Some(space) = d.space else {
@@ -573,54 +591,66 @@ fn storacha(
             "Give the space's DID, e.g. space = \"did:key:z6Mk…\" (`storacha space ls` lists them)",
         ));
     }
-    let mut tokens = Vec::new();
-    for (name, inline, file) in [
-        ("auth_secret", d.auth_secret, d.auth_secret_file),
-        ("authorization", d.authorization, d.authorization_file),
+    let mut creds = Vec::new();
+    for (name, inline, file, what, how) in [
+        (
+            "principal",
+            d.principal,
+            d.principal_file,
+            "the agent's private key (W3_PRINCIPAL)",
+            "Run `storacha key create`, keep the private key it prints (M…) in a file and give principal_file = \"/run/secrets/w3-principal\"",
+        ),
+        (
+            "proof",
+            d.proof,
+            d.proof_file,
+            "the delegation from the space to the agent (W3_PROOF)",
+            "Run `storacha delegation create <the agent's DID> --base64 …` (docs/DESTINATIONS.md lists the --can flags pitr needs) and give proof_file = \"/run/secrets/w3-proof\"",
+        ),
     ] {
-        let header = if name == "auth_secret" {
-            "X-Auth-Secret"
-        } else {
-            "Authorization"
-        };
         match secrets::text(ctx, &key(name), inline, file)? {
             None => {
                 return Err(ctx.missing(
                     &key(name),
-                    &format!("a destination of kind \"storacha\" needs {name} (the {header} header)"),
-                    &format!(
-                        "Run `storacha bridge generate-tokens <space DID> --can store/add --can upload/add --can upload/list --can store/remove --can upload/remove` and give its \"{header} header\" value as {name}_file = \"/run/secrets/…\""
-                    ),
+                    &format!("a destination of kind \"storacha\" needs {name}: {what}"),
+                    how,
                 ));
             }
             Some(s)
                 if s.value.trim().is_empty() || s.value.trim().contains(char::is_whitespace) =>
             {
-                return Err(ctx.invalid(
-                    &s.key,
-                    &s.origin,
-                    "is empty or contains spaces",
-                    &format!("Give the \"{header} header\" value printed by `storacha bridge generate-tokens`, alone"),
-                ));
+                return Err(ctx.invalid(&s.key, &s.origin, "is empty or contains spaces", how));
             }
-            Some(s) => tokens.push(s.value.trim().to_owned()),
+            Some(s) => creds.push(s.value.trim().to_owned()),
         }
     }
-    let authorization = tokens.pop().unwrap_or_default();
-    let auth_secret = tokens.pop().unwrap_or_default();
-    let bridge = http_url(
+    let proof = creds.pop().unwrap_or_default();
+    let principal = creds.pop().unwrap_or_default();
+    let service = http_url(
         ctx,
-        &key("bridge"),
-        d.bridge,
-        "https://up.storacha.network/bridge",
-        "bridge = \"https://up.storacha.network/bridge\"",
+        &key("service"),
+        d.service,
+        "https://up.storacha.network",
+        "service = \"https://up.storacha.network\"",
     )?;
+    let service_did = match d.service_did {
+        None => "did:web:up.storacha.network".to_owned(),
+        Some(v) if v.value.starts_with("did:") && !v.value.contains(char::is_whitespace) => v.value,
+        Some(v) => {
+            return Err(ctx.invalid(
+                &key("service_did"),
+                &v.origin,
+                &format!("{:?} is not a DID", v.value),
+                "service_did = \"did:web:up.storacha.network\"",
+            ));
+        }
+    };
     let gateway = http_url(
         ctx,
         &key("gateway"),
         d.gateway,
-        "https://w3s.link",
-        "gateway = \"https://w3s.link\"",
+        "https://storacha.link",
+        "gateway = \"https://storacha.link\"",
     )?;
     let request_timeout = match d.request_timeout {
         None => std::time::Duration::from_secs(60),
@@ -636,9 +666,10 @@ fn storacha(
     };
     Ok(DestinationKind::Storacha(StorachaConfig {
         space: space.value,
-        auth_secret,
-        authorization,
-        bridge,
+        principal,
+        proof,
+        service,
+        service_did,
         gateway,
         request_timeout,
     }))

@@ -315,14 +315,14 @@ async fn restore_into(
         let config = std::path::absolute(&opts.config_path).map_err(io(&opts.config_path))?;
         let command = format!(
             "{} wal-fetch -c {} --postgres {} %f %p",
-            shell_quote(&exe.to_string_lossy()),
-            shell_quote(&config.to_string_lossy()),
-            shell_quote(&plan.database)
+            command_arg(&exe.to_string_lossy()),
+            command_arg(&config.to_string_lossy()),
+            command_arg(&plan.database)
         );
-        write_recovery(target, plan, &command)?;
+        write_recovery(target, plan, &command, owner)?;
         if let Some((uid, gid)) = owner {
             chown_tree(target, uid, gid)?;
-            chown_tablespaces(target, uid, gid)?;
+            chown_tablespaces(target, opts.tablespace_dir.as_deref(), uid, gid)?;
         }
         return Ok(report);
     };
@@ -345,14 +345,40 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Quotes a PostgreSQL config string.
+/// Quotes a PostgreSQL config string: `'` doubled, backslashes and line
+/// breaks escaped (the config file parser reads `\\`, `\n` and `\r` in
+/// quoted values), so that no value, such as a restore point's name, can
+/// end its line and start another setting.
 fn conf_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A path or name for `restore_command`, where PostgreSQL replaces `%f`,
+/// `%p`, `%r` and `%%`: every `%` doubled, shell-quoted.
+fn command_arg(s: &str) -> String {
+    shell_quote(&s.replace('%', "%%"))
 }
 
 /// Appends pitr's recovery settings to `postgresql.auto.conf` and creates
 /// `recovery.signal`.
-fn write_recovery(dir: &Path, plan: &Plan, restore_command: &str) -> Result<(), RestoreError> {
+fn write_recovery(
+    dir: &Path,
+    plan: &Plan,
+    restore_command: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), RestoreError> {
     let mut block = format!(
         "\n{BLOCK_BEGIN} of [[postgres]] {:?} to {}\n",
         plan.database,
@@ -380,17 +406,23 @@ fn write_recovery(dir: &Path, plan: &Plan, restore_command: &str) -> Result<(), 
     set("recovery_target_timeline", &plan.timeline.to_string());
     block.push_str(BLOCK_END);
     block.push('\n');
+    // The directory may already belong to the server's user: no link it
+    // holds is followed.
+    let beneath = crate::beneath::Beneath::open(dir).map_err(io(dir))?;
     let auto = dir.join("postgresql.auto.conf");
-    let mut text = match std::fs::read_to_string(&auto) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io(&auto)(e)),
-    };
-    text = strip_block(&text);
+    let text = beneath
+        .read("postgresql.auto.conf")
+        .map_err(io(&auto))?
+        .unwrap_or_default();
+    let mut text = strip_block(&String::from_utf8_lossy(&text));
     text.push_str(&block);
-    std::fs::write(&auto, text).map_err(io(&auto))?;
+    beneath
+        .replace_file("postgresql.auto.conf", text.as_bytes(), 0o600, owner)
+        .map_err(io(&auto))?;
     let signal = dir.join("recovery.signal");
-    std::fs::write(&signal, b"").map_err(io(&signal))
+    beneath
+        .replace_file("recovery.signal", b"", 0o600, owner)
+        .map_err(io(&signal))
 }
 
 /// `text` without pitr's block.
@@ -414,25 +446,36 @@ fn strip_block(text: &str) -> String {
     out
 }
 
+/// Gives the restored directory to the server's user without following
+/// any link in it (a link the listing or the user put there changes owner
+/// itself, never its target).
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), RestoreError> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io(path))?;
-    let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
-    if meta.is_dir() {
-        for e in std::fs::read_dir(path).map_err(io(path))? {
-            let e = e.map_err(io(path))?;
-            chown_tree(&e.path(), uid, gid)?;
-        }
-    }
-    Ok(())
+    crate::beneath::chown_tree(path, uid, gid).map_err(io(path))
 }
 
-fn chown_tablespaces(dir: &Path, uid: u32, gid: u32) -> Result<(), RestoreError> {
+/// Gives the tablespace directories this restore created (`<tablespace
+/// dir>/<oid>` for each `pg_tblspc/<oid>` link) to the server's user: by
+/// the name pitr chose, never by where a link points.
+fn chown_tablespaces(
+    dir: &Path,
+    tablespace_dir: Option<&Path>,
+    uid: u32,
+    gid: u32,
+) -> Result<(), RestoreError> {
+    let Some(ts) = tablespace_dir else {
+        return Ok(());
+    };
     let links = dir.join("pg_tblspc");
     let Ok(entries) = std::fs::read_dir(&links) else {
         return Ok(());
     };
     for e in entries.flatten() {
-        if let Ok(real) = std::fs::canonicalize(e.path()) {
+        let name = e.file_name();
+        let Some(oid) = name.to_str().filter(|n| n.parse::<u32>().is_ok()) else {
+            continue;
+        };
+        let real = ts.join(oid);
+        if real.is_dir() {
             chown_tree(&real, uid, gid)?;
         }
     }
@@ -491,13 +534,13 @@ async fn recover(
     let socket = private_path.join("wal.sock");
     let command = format!(
         "{} restore-fetch {} %f %p",
-        shell_quote(&exe.to_string_lossy()),
-        shell_quote(&socket.to_string_lossy())
+        command_arg(&exe.to_string_lossy()),
+        command_arg(&socket.to_string_lossy())
     );
-    write_recovery(target, plan, &command)?;
+    write_recovery(target, plan, &command, owner)?;
     if let Some((uid, gid)) = owner {
         chown_tree(target, uid, gid)?;
-        chown_tablespaces(target, uid, gid)?;
+        chown_tablespaces(target, opts.tablespace_dir.as_deref(), uid, gid)?;
         std::os::unix::fs::chown(&private_path, Some(uid), Some(gid)).map_err(io(&private_path))?;
     }
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700)).map_err(io(target))?;
@@ -546,9 +589,22 @@ async fn recover(
     reached.wal_files = server.served().len();
     check_reached(plan, &reached).map_err(fail)?;
     // The directory starts on its own now: pitr's settings go.
+    // The server ran as its user, who owns the directory now: read and
+    // replace without following a link planted there.
     let auto = target.join("postgresql.auto.conf");
-    let text = std::fs::read_to_string(&auto).map_err(io(&auto))?;
-    std::fs::write(&auto, strip_block(&text)).map_err(io(&auto))?;
+    let beneath = crate::beneath::Beneath::open(target).map_err(io(target))?;
+    let text = beneath
+        .read("postgresql.auto.conf")
+        .map_err(io(&auto))?
+        .unwrap_or_default();
+    beneath
+        .replace_file(
+            "postgresql.auto.conf",
+            strip_block(&String::from_utf8_lossy(&text)).as_bytes(),
+            0o600,
+            owner,
+        )
+        .map_err(io(&auto))?;
     Ok(reached)
 }
 
@@ -558,8 +614,11 @@ fn keep_log(log: &str, opts: &RestoreOptions) -> PathBuf {
         Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
     );
     let path = opts.log_dir.join(name);
-    let _ = std::fs::create_dir_all(&opts.log_dir);
-    match std::fs::write(&path, log) {
+    let _ = crate::crashsafe::create_private_dir_all(&opts.log_dir);
+    // A server log names users, databases and paths: pitr's user only.
+    let written = crate::crashsafe::create_private_file(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, log.as_bytes()));
+    match written {
         Ok(()) => path,
         Err(_) => PathBuf::from("(not kept: the log directory is not writable)"),
     }
@@ -768,6 +827,24 @@ LOG:  database system is ready to accept connections
     fn settings_are_quoted_for_postgres_and_the_shell() {
         assert_eq!(conf_quote("it's"), "'it''s'");
         assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn a_value_cannot_start_another_setting() {
+        let name = "x'\nrestore_command = 'touch /tmp/owned' # \\";
+        let quoted = conf_quote(name);
+        assert!(!quoted.contains('\n') && !quoted.contains('\r'), "{quoted}");
+        assert_eq!(
+            quoted,
+            r"'x''\nrestore_command = ''touch /tmp/owned'' # \\'"
+        );
+        assert_eq!(conf_quote("a\rb"), r"'a\rb'");
+    }
+
+    #[test]
+    fn percent_signs_in_restore_command_paths_are_doubled() {
+        assert_eq!(command_arg("/srv/100%p/pitr"), "'/srv/100%%p/pitr'");
+        assert_eq!(command_arg("/a b/%f"), "'/a b/%%f'");
     }
 
     #[test]

@@ -22,8 +22,18 @@ use futures::future::{BoxFuture, Shared};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::Mode;
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
 use super::plan::Plan;
 use crate::wal::WalStore;
+
+/// `O_NOFOLLOW` for [`std::os::unix::fs::OpenOptionsExt::custom_flags`].
+fn libc_o_nofollow() -> i32 {
+    OFlag::O_NOFOLLOW.bits()
+}
 
 type Fetch = Shared<BoxFuture<'static, Result<PathBuf, Arc<String>>>>;
 
@@ -40,6 +50,9 @@ pub struct WalServer {
     position: HashMap<String, usize>,
     spool: PathBuf,
     pg_wal: PathBuf,
+    /// `pg_wal`, held open: names are created relative to it, so a link
+    /// put in place of the directory later is never followed.
+    pg_wal_fd: std::os::fd::OwnedFd,
     owner: Option<(u32, u32)>,
     ahead: usize,
     inflight: Mutex<HashMap<usize, Fetch>>,
@@ -74,6 +87,11 @@ impl WalServer {
             .map(|(i, f)| (f.clone(), i))
             .collect();
         let pg_wal = data_dir.join("pg_wal").canonicalize()?;
+        let pg_wal_fd = nix::fcntl::open(
+            &pg_wal,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(Arc::new(WalServer {
             store,
             files,
@@ -81,6 +99,7 @@ impl WalServer {
             position,
             spool: spool.to_owned(),
             pg_wal,
+            pg_wal_fd,
             owner,
             ahead: ahead.max(1),
             inflight: Mutex::new(HashMap::new()),
@@ -138,7 +157,8 @@ impl WalServer {
             .parent()
             .and_then(|p| p.canonicalize().ok())
             .is_some_and(|p| p == self.pg_wal);
-        if !parent_ok || dest.file_name().is_none() {
+        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !parent_ok || name.is_empty() {
             return format!(
                 "error refusing to write {} (outside {})",
                 dest.display(),
@@ -151,7 +171,7 @@ impl WalServer {
             // found, or the restored cluster would reuse a timeline the
             // repository already holds and its WAL would collide.
             if is_history(file) {
-                return self.serve_history(file, dest).await;
+                return self.serve_history(file, name, dest).await;
             }
             tracing::debug!("restore-fetch {file}: not in the plan");
             return "absent".to_owned();
@@ -168,7 +188,7 @@ impl WalServer {
                 return format!("error {}", e.replace('\n', " "));
             }
         };
-        let result = self.install(&spooled, dest);
+        let result = self.install(&spooled, name);
         // Drop what is behind: replay does not go back.
         self.forget(i);
         if let Ok(mut inflight) = self.inflight.lock() {
@@ -192,16 +212,18 @@ impl WalServer {
         }
     }
 
-    async fn serve_history(&self, file: &str, dest: &Path) -> String {
-        let tmp = dest.with_extension("pitr-tmp");
-        match self.store.fetch_to(file, &tmp).await {
+    async fn serve_history(&self, file: &str, name: &str, dest: &Path) -> String {
+        // Fetched into pitr's own spool, never beside `dest`: pg_wal
+        // belongs to the server's user.
+        let spooled = self
+            .spool
+            .join(format!("{file}.{:016x}", rand::random::<u64>()));
+        match self.store.fetch_to_spool(file, &spooled).await {
             Ok(None) => "absent".to_owned(),
             Ok(Some(_)) => {
-                let owned = match self.owner {
-                    Some((uid, gid)) => std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)),
-                    None => Ok(()),
-                };
-                match owned.and_then(|()| std::fs::rename(&tmp, dest)) {
+                let result = self.install(&spooled, name);
+                let _ = std::fs::remove_file(&spooled);
+                match result {
                     Ok(()) => "ok".to_owned(),
                     Err(e) => format!("error writing {}: {e}", dest.display()),
                 }
@@ -210,25 +232,48 @@ impl WalServer {
         }
     }
 
-    /// Moves a spooled file to `dest`: a rename when the spool is on the
-    /// same filesystem (it is created beside the data directory for that),
-    /// else a copy beside `dest` and a rename, so that PostgreSQL never sees
-    /// a file half written.
-    fn install(&self, spooled: &Path, dest: &Path) -> std::io::Result<()> {
+    /// Moves a spooled file to `name` in pg_wal, so that PostgreSQL never
+    /// sees a file half written, following no link: the spooled file
+    /// (in pitr's own directory) is opened without following links and
+    /// given to the server's user by descriptor, then renamed into the held
+    /// pg_wal directory (a rename replaces a link planted at `name`, it does
+    /// not follow it). Across filesystems, a copy goes to a new name created
+    /// with `O_CREAT | O_EXCL | O_NOFOLLOW` and is renamed the same way.
+    fn install(&self, spooled: &Path, name: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut src = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_o_nofollow())
+            .open(spooled)?;
         if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::chown(spooled, Some(uid), Some(gid))?;
+            std::os::unix::fs::fchown(&src, Some(uid), Some(gid))?;
         }
-        match std::fs::rename(spooled, dest) {
+        match renameat(&self.pg_wal_fd, spooled, &self.pg_wal_fd, name) {
             Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
-            Err(e) => return Err(e),
+            Err(Errno::EXDEV) => {}
+            Err(e) => return Err(e.into()),
         }
-        let tmp = dest.with_extension("pitr-tmp");
-        std::fs::copy(spooled, &tmp)?;
-        if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+        let tmp = format!(".pitr-tmp-{name}-{:016x}", rand::random::<u64>());
+        let out = openat(
+            &self.pg_wal_fd,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let mut out = std::fs::File::from(out);
+        let copied = (|| {
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::fchown(&out, Some(uid), Some(gid))?;
+            }
+            std::io::copy(&mut src, &mut out)?;
+            out.sync_all()?;
+            renameat(&self.pg_wal_fd, tmp.as_str(), &self.pg_wal_fd, name)
+                .map_err(std::io::Error::from)
+        })();
+        if copied.is_err() {
+            let _ = unlinkat(&self.pg_wal_fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
         }
-        std::fs::rename(&tmp, dest)?;
+        copied?;
         let _ = std::fs::remove_file(spooled);
         Ok(())
     }
@@ -339,7 +384,113 @@ pub fn fetch_client(socket: &Path, file: &str, dest: &Path) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::cut_to;
+    use super::*;
+
+    /// A server for `files` (history files here: they need no real WAL)
+    /// of a repository holding history files 2 and 3.
+    async fn server(
+        dir: &Path,
+        spool: &Path,
+        files: &[&str],
+        owner: Option<(u32, u32)>,
+    ) -> Arc<WalServer> {
+        use crate::repo::{RepoOptions, Repository};
+        use crate::ship::{Destination, Fanout, FsDestination};
+        let identity = age::x25519::Identity::generate();
+        let opts = RepoOptions {
+            recipients: vec![identity.to_public()],
+            identities: vec![identity],
+            key_file: None,
+            state_dir: dir.join("state"),
+            zstd_level: 3,
+            pack_size: 4 << 20,
+        };
+        let fanout = || {
+            Fanout::new(vec![
+                Arc::new(FsDestination::new("local", dir.join("store"))) as Arc<dyn Destination>,
+            ])
+        };
+        Repository::init(&fanout(), &opts).await.expect("init");
+        let repo = Repository::open(fanout(), opts).await.expect("open");
+        let store = WalStore::new(repo.clone(), "main");
+        let mut w = repo.writer();
+        for tli in [2, 3] {
+            store
+                .put_history(&mut w, tli, HISTORY)
+                .await
+                .expect("put a history file");
+        }
+        w.commit().await.expect("commit");
+        let pg_wal = dir.join("data/pg_wal");
+        std::fs::create_dir_all(&pg_wal).expect("mkdir");
+        let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+        let pg_wal = pg_wal.canonicalize().expect("canonical");
+        Arc::new(WalServer {
+            store,
+            plan_len: vec![None; files.len()],
+            position: files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.clone(), i))
+                .collect(),
+            files,
+            spool: spool.to_owned(),
+            pg_wal_fd: nix::fcntl::open(
+                &pg_wal,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )
+            .expect("open pg_wal"),
+            pg_wal,
+            owner,
+            ahead: 1,
+            inflight: Mutex::new(HashMap::new()),
+            served: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+            progress: None,
+        })
+    }
+
+    const HISTORY: &[u8] = b"1\t0/3000000\tno recovery target specified\n";
+
+    #[tokio::test]
+    async fn links_planted_in_pg_wal_are_not_followed() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The spool on another filesystem when /dev/shm is one, so that the
+        // copy across filesystems runs too.
+        let spool = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("spool");
+        let me = nix::unistd::geteuid();
+        // As root, files go to another user, as in a root-run restore.
+        let owner = me.is_root().then_some((65534, 65534));
+        let server = server(dir.path(), spool.path(), &["00000002.history"], owner).await;
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").expect("write");
+        let pg_wal = dir.path().join("data/pg_wal");
+        // One request through the plan, one for a history file outside it;
+        // links at the names and at the temp names pitr used to write.
+        for (file, dest) in [
+            ("00000002.history", "RECOVERYHISTORY"),
+            ("00000003.history", "RECOVERYHISTORY2"),
+        ] {
+            for planted in [dest.to_owned(), format!("{dest}.pitr-tmp")] {
+                std::os::unix::fs::symlink(&victim, pg_wal.join(planted)).expect("plant");
+            }
+            let answer = server.answer(file, &pg_wal.join(dest)).await;
+            assert_eq!(answer, "ok", "{file}");
+            let got = std::fs::symlink_metadata(pg_wal.join(dest)).expect("served");
+            assert!(got.file_type().is_file(), "{dest} is a file, not the link");
+            assert_eq!(std::fs::read(pg_wal.join(dest)).expect("read"), HISTORY);
+            if let Some((uid, _)) = owner {
+                assert_eq!(got.uid(), uid, "{dest} belongs to the server's user");
+            }
+            let v = std::fs::metadata(&victim).expect("victim");
+            assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+            assert_eq!(v.uid(), me.as_raw(), "the link's target was not chowned");
+        }
+    }
 
     #[test]
     fn a_newer_partial_is_cut_back_to_what_the_plan_covers() {

@@ -12,6 +12,11 @@ use super::keys::{ChunkId, RepositoryKey};
 use super::pack::PackEntry;
 use super::seal::{self, SealKind};
 
+/// A commit's plaintext may be this many times its compressed size ...
+const COMMIT_MAX_RATIO: u64 = 64;
+/// ... or this many bytes, whichever is more.
+const COMMIT_MIN_CAP: u64 = 64 << 20;
+
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// The version of a catalog commit that forgets items, records garbage
@@ -200,9 +205,25 @@ impl Commit {
             object: object.to_owned(),
             what,
         };
+        // Bounded: a commit is JSON of hex ids, which zstd shrinks a few
+        // times at most; far more is a decompression bomb, not a commit.
+        let cap = (z.len() as u64)
+            .saturating_mul(COMMIT_MAX_RATIO)
+            .max(COMMIT_MIN_CAP);
         let mut plain = Vec::new();
-        zstd::stream::copy_decode(&z[..], &mut plain)
-            .map_err(|e| malformed(format!("its commit is not valid zstd: {e}")))?;
+        {
+            use std::io::Read;
+            zstd::stream::read::Decoder::with_buffer(&z[..])
+                .and_then(|d| d.take(cap + 1).read_to_end(&mut plain))
+                .map_err(|e| malformed(format!("its commit is not valid zstd: {e}")))?;
+        }
+        if plain.len() as u64 > cap {
+            return Err(malformed(format!(
+                "its commit decompresses to more than {cap} bytes ({COMMIT_MAX_RATIO} times \
+                 its compressed size): a decompression bomb, not a commit pitr wrote; \
+                 decompression was stopped there"
+            )));
+        }
         let version: VersionOnly = serde_json::from_slice(&plain)
             .map_err(|e| malformed(format!("its commit is not valid JSON: {e}")))?;
         if version.version != FORMAT_VERSION && version.version != COMMIT_VERSION_GC {

@@ -464,7 +464,8 @@ impl Repository {
     /// Prepares every destination and makes sure each holds the same
     /// repository, creating it when none exists. Idempotent.
     pub async fn init(fanout: &Fanout, opts: &RepoOptions) -> Result<InitReport, RepoError> {
-        std::fs::create_dir_all(&opts.state_dir).map_err(local(&opts.state_dir))?;
+        crate::crashsafe::create_private_dir_all(&opts.state_dir)
+            .map_err(local(&opts.state_dir))?;
         let mut found: Vec<(String, Option<(Descriptor, bytes::Bytes)>)> = Vec::new();
         for d in fanout.destinations() {
             d.prepare().await?;
@@ -560,7 +561,8 @@ impl Repository {
             &descriptor,
             &recipients_fingerprint(&opts.recipients),
         )?;
-        std::fs::create_dir_all(&opts.state_dir).map_err(local(&opts.state_dir))?;
+        crate::crashsafe::create_private_dir_all(&opts.state_dir)
+            .map_err(local(&opts.state_dir))?;
         let key = load_key(&fanout, &opts, &descriptor).await?;
         let catalog_path = opts.state_dir.join(CATALOG_FILE_NAME);
         let catalog = Catalog::open(&catalog_path)?;

@@ -333,11 +333,7 @@ pub(super) fn open_blob(
         });
     }
     let z = key.open_chunk(object, e.offset, &e.chunk, blob)?;
-    let mut data = Vec::with_capacity(e.raw_length as usize);
-    zstd::stream::copy_decode(&z[..], &mut data).map_err(|err| RepoError::Malformed {
-        object: object.to_owned(),
-        what: format!("chunk {} is not valid zstd: {err}", e.chunk),
-    })?;
+    let data = decompress_bounded(object, e, &z)?;
     // Invariant 3: the id is recomputed from what was decrypted.
     let actual = inner.key.chunk_id(&data);
     if actual != e.chunk {
@@ -348,6 +344,48 @@ pub(super) fn open_blob(
                 e.offset, e.chunk
             ),
         });
+    }
+    Ok(data)
+}
+
+/// The largest chunk any chunker writes (`fixed:<n>` allows up to 4 MiB):
+/// a recorded raw length above it is refused before anything is allocated.
+pub(super) const MAX_CHUNK_LEN: u32 = 4 * 1024 * 1024;
+
+/// Decompresses a chunk into at most its recorded raw length: a blob that
+/// expands further (a zstd bomb in a replaced pack) is an error naming the
+/// object as soon as one byte too many comes out, with memory bounded by the
+/// recorded length (invariant 7).
+pub(super) fn decompress_bounded(
+    object: &str,
+    e: &PackEntry,
+    z: &[u8],
+) -> Result<Vec<u8>, RepoError> {
+    use std::io::Read;
+    let malformed = |what: String| RepoError::Malformed {
+        object: object.to_owned(),
+        what,
+    };
+    if e.raw_length > MAX_CHUNK_LEN {
+        return Err(malformed(format!(
+            "chunk {} is recorded as {} bytes, more than any chunk pitr writes ({MAX_CHUNK_LEN})",
+            e.chunk, e.raw_length
+        )));
+    }
+    let decoder = zstd::stream::read::Decoder::with_buffer(z)
+        .map_err(|err| malformed(format!("chunk {} is not valid zstd: {err}", e.chunk)))?;
+    let mut data = Vec::with_capacity(e.raw_length as usize);
+    decoder
+        .take(u64::from(e.raw_length) + 1)
+        .read_to_end(&mut data)
+        .map_err(|err| malformed(format!("chunk {} is not valid zstd: {err}", e.chunk)))?;
+    if data.len() > e.raw_length as usize {
+        return Err(malformed(format!(
+            "chunk {} decompresses to more than its recorded {} bytes; decompression was \
+             stopped there (a replaced pack or a decompression bomb). Restore from another \
+             destination's copy, or run `pitr verify` to find what else is damaged",
+            e.chunk, e.raw_length
+        )));
     }
     Ok(data)
 }

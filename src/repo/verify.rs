@@ -167,17 +167,26 @@ pub(super) fn check_pack(
     if (bytes.len() as u64) < size {
         return Err(truncated());
     }
+    // The name is the pack's hash: checked before anything is decrypted or
+    // decompressed, so bytes that are not the pack written are never
+    // decompressed (a replaced pack may hold a decompression bomb).
+    let intact = PackId::of(bytes) == id;
     let mut opened = 0;
     if decrypt {
         let key = DataKey::unwrap(&inner.opts.identities, object, wrapped_key(object, bytes)?)?;
         for e in &entries {
             let start = e.offset as usize;
             let blob = &bytes[start..start + e.length as usize];
-            open_blob(inner, object, &key, e, blob)?;
+            if intact {
+                open_blob(inner, object, &key, e, blob)?;
+            } else {
+                // Authenticated only, to name the damaged chunk.
+                key.open_chunk(object, e.offset, &e.chunk, blob)?;
+            }
             opened += 1;
         }
     }
-    if PackId::of(bytes) != id {
+    if !intact {
         return Err(RepoError::Tampered {
             object: object.to_owned(),
             what: if decrypt {

@@ -83,8 +83,8 @@ impl Inner {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let tmp_dir = self.root.join(".tmp");
         let err = |e| self.io_err("put", key, e);
-        fs::create_dir_all(&dir).map_err(err)?;
-        fs::create_dir_all(&tmp_dir).map_err(err)?;
+        create_dir_durable(&dir).map_err(err)?;
+        create_dir_durable(&tmp_dir).map_err(err)?;
         let tmp = tmp_dir.join(format!("{:016x}", rand::random::<u64>()));
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -175,6 +175,29 @@ impl Inner {
     }
 }
 
+/// Creates `dir` and its missing parents, fsyncing each new directory's
+/// parent: the object fsynced inside it must not be lost by a crash that
+/// loses the entry leading to its directory.
+fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        missing.push(d);
+        at = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -199,7 +222,7 @@ impl Destination for FsDestination {
         let inner = self.inner.clone();
         blocking(move || {
             let tmp = inner.root.join(".tmp");
-            fs::create_dir_all(&tmp).map_err(|e| inner.io_err("prepare", "", e))?;
+            create_dir_durable(&tmp).map_err(|e| inner.io_err("prepare", "", e))?;
             sync_dir(&inner.root).map_err(|e| inner.io_err("prepare", "", e))
         })
         .await

@@ -94,7 +94,7 @@ impl Spool {
         let dir = self.config.dir.clone();
         let data = data.clone();
         let written = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir)?;
+            crate::crashsafe::create_private_dir_all(&dir)?;
             crate::crashsafe::write_file(&path, &data, 0o600)
         })
         .await

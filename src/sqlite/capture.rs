@@ -746,9 +746,10 @@ impl PageReader<'_> {
 
     fn spool(&self, spool: &Path) -> Result<BufWriter<File>, CaptureError> {
         if let Some(dir) = spool.parent() {
-            std::fs::create_dir_all(dir).map_err(Capturer::io_err(dir))?;
+            crate::crashsafe::create_private_dir_all(dir).map_err(Capturer::io_err(dir))?;
         }
-        let f = File::create(spool).map_err(Capturer::io_err(spool))?;
+        // Plaintext pages: for pitr's user only.
+        let f = crate::crashsafe::create_private_file(spool).map_err(Capturer::io_err(spool))?;
         Ok(BufWriter::with_capacity(1 << 20, f))
     }
 

@@ -96,8 +96,14 @@ impl PageSetHeader {
     /// The length of the whole header given its first 24 bytes, or an error
     /// if they are not a page set's.
     pub fn len_from_prefix(prefix: &[u8]) -> Result<u64, PageSetError> {
-        let (page_size, _db_pages, count, flags) = fixed(prefix)?;
-        let _ = page_size;
+        let (_page_size, db_pages, count, flags) = fixed(prefix)?;
+        // Ascending numbers within the database: no more of them than it
+        // has pages. Checked here, before a reader sizes a buffer by it.
+        if flags & FLAG_SNAPSHOT == 0 && count > db_pages {
+            return Err(PageSetError(format!(
+                "{count} pages listed in a database of {db_pages}"
+            )));
+        }
         let listed = if flags & FLAG_SNAPSHOT != 0 { 0 } else { count };
         Ok((FIXED as u64 + 4 * u64::from(listed)).div_ceil(HEADER_ALIGN) * HEADER_ALIGN)
     }

@@ -312,7 +312,7 @@ pub async fn restore(
                 item: c.item.clone(),
                 what: "no longer in the catalog".into(),
             })?;
-        let mut apply = Applier::new(&file, &c.item);
+        let mut apply = Applier::new(&file, &c.item, item.manifest.size);
         let mut s = std::pin::pin!(reader.stream(&item.manifest));
         while let Some(bytes) = s.try_next().await? {
             apply.feed(&bytes)?;
@@ -423,16 +423,19 @@ struct Applier<'a> {
     item: &'a str,
     buf: Vec<u8>,
     header: Option<PageSetHeader>,
+    /// The item's size: no header is longer.
+    size: u64,
     header_len: Option<u64>,
     next: usize,
     written: u64,
 }
 
 impl<'a> Applier<'a> {
-    fn new(file: &'a File, item: &'a str) -> Self {
+    fn new(file: &'a File, item: &'a str, size: u64) -> Self {
         Applier {
             file,
             item,
+            size,
             buf: Vec::new(),
             header: None,
             header_len: None,
@@ -462,6 +465,12 @@ impl<'a> Applier<'a> {
                     if self.header_len.is_none() {
                         let n = PageSetHeader::len_from_prefix(&self.buf)
                             .map_err(|e| self.corrupt(e.0))?;
+                        if n > self.size {
+                            return Err(self.corrupt(format!(
+                                "its header claims {n} bytes, more than the whole item ({})",
+                                self.size
+                            )));
+                        }
                         self.header_len = Some(n);
                     } else {
                         let h = PageSetHeader::decode(&self.buf).map_err(|e| self.corrupt(e.0))?;

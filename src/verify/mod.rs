@@ -379,7 +379,7 @@ struct Scratch {
 impl Scratch {
     /// A fresh directory for one test restore under `scratch_dir`.
     fn create(scratch_dir: &Path, kind: DatabaseKind, name: &str) -> Result<Scratch, String> {
-        std::fs::create_dir_all(scratch_dir).map_err(|e| {
+        crate::crashsafe::create_private_dir_all(scratch_dir).map_err(|e| {
             format!(
                 "cannot create [verify] scratch_dir {}: {e}; create it or point scratch_dir at \
                  a writable directory",

@@ -78,7 +78,7 @@ impl Prefetch {
             path: self.dir.clone(),
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(output)?;
+        crate::crashsafe::create_private_dir_all(&self.dir).map_err(output)?;
         let Some(_lock) = Lock::take(&self.dir.join(".lock")).map_err(output)? else {
             return Ok(0);
         };

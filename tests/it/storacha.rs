@@ -1,552 +1,24 @@
-//! The Storacha destination against local servers on 127.0.0.1 that
-//! emulate the documented API (no network reaches Storacha from here):
-//!
-//! - a bridge that checks every request against the format of
-//!   <https://docs.storacha.network/how-to/http-bridge/> and
-//!   <https://github.com/storacha/specs/blob/main/w3-ucan-bridge.md>
-//!   (POST, `X-Auth-Secret` / `Authorization` equal to the config's, a JSON
-//!   body `{"tasks": [[ability, space, args]]}` with dag-json links) and
-//!   answers with receipts shaped like the documented ones;
-//! - a "presigned upload URL" that receives the CAR `PUT` and checks that
-//!   its bytes hash to the shard CID and to `x-amz-checksum-sha256`;
-//! - a trustless gateway (`/ipfs/{cid}?format=car|raw`), with a tampering
-//!   mode.
-//!
-//! CIDs and CAR bytes are checked against `ipfs-car` (npm), run on the same
-//! bytes.
+//! The Storacha destination against Storacha's own service code on
+//! loopback: `tests/storacha/harness.mjs` serves the published
+//! `@storacha/upload-api` (its handlers, in-memory stores, test storage
+//! nodes and indexing service) shaped as the live service, and a trustless
+//! gateway that finds blocks only through registered sharded-DAG indexes.
+//! Credentials are made as users hold them (`W3_PRINCIPAL`, `W3_PROOF`).
+//! Storacha's JS client (`interop.mjs`) reads what pitr wrote and writes
+//! what pitr reads. CAR bytes and CIDs are also compared with `ipfs-car`.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes as Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use bytes::Bytes;
-use cid::Cid;
-use cid::multihash::Multihash;
 use pitr::config::StorachaConfig;
 use pitr::ship::storacha::car::pack_named;
 use pitr::ship::storacha::entry_name;
-use pitr::ship::{Destination, PutOutcome, RetryPolicy, Retrying, ShipError, StorachaDestination};
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use pitr::ship::{Destination, PutOutcome, RetryPolicy, Retrying, StorachaDestination};
+use serde_json::Value;
 
-const SPACE: &str = "did:key:z6Mkm5qHN9g9NQSGbBfL7iGp9sexdssioT4CzyVap9ATqGqX";
-const SECRET: &str = "uNGUyOTA2OTRlYjNlZDJjNjE3ZTRkNzBlYzJiN2RkYTM";
-const AUTH: &str = "uOqJlcm9vdHOB2CpYJQABcRIggNKF1CtKV9n5k1T8575Uh8T5P";
-
-/// What the next bridge request gets instead of a proper answer.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    Status(u16),
-    NotJson,
-    ReceiptError,
-}
-
-/// One bridge task as received.
-#[derive(Debug, Clone)]
-struct Task {
-    ability: String,
-    args: Value,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    base: String,
-    /// Stored CARs by shard CID.
-    cars: HashMap<Cid, Vec<u8>>,
-    /// Allocations made by store/add: shard → size.
-    allocated: HashMap<Cid, u64>,
-    /// Registered uploads, in order: (root, shards).
-    uploads: Vec<(Cid, Vec<Cid>)>,
-    tasks: Vec<Task>,
-    puts: Vec<Cid>,
-    faults: VecDeque<Fault>,
-    tamper: bool,
-    /// Every way a request broke the documented format.
-    problems: Vec<String>,
-}
-
-/// The emulated service, on its own runtime so that blocking test code
-/// (running `pitr` as a child process) cannot starve it.
-#[derive(Clone)]
-struct FakeStoracha {
-    inner: Arc<Mutex<Inner>>,
-    addr: SocketAddr,
-}
-
-fn sha256_cid(codec: u64, bytes: &[u8]) -> Cid {
-    let mh = Multihash::<64>::wrap(0x12, &Sha256::digest(bytes)).expect("digest");
-    Cid::new_v1(codec, mh)
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The blocks of a CAR, unverified (the emulated gateway only serves them).
-fn car_blocks(car: &[u8]) -> Vec<(Cid, Vec<u8>)> {
-    fn varint(b: &[u8], pos: &mut usize) -> usize {
-        let mut n = 0usize;
-        let mut shift = 0;
-        loop {
-            let x = b[*pos];
-            *pos += 1;
-            n |= ((x & 0x7f) as usize) << shift;
-            if x & 0x80 == 0 {
-                return n;
-            }
-            shift += 7;
-        }
-    }
-    let mut pos = 0;
-    let h = varint(car, &mut pos);
-    pos += h;
-    let mut out = Vec::new();
-    while pos < car.len() {
-        let len = varint(car, &mut pos);
-        let section = &car[pos..pos + len];
-        let mut cur = std::io::Cursor::new(section);
-        let cid = Cid::read_bytes(&mut cur).expect("cid");
-        out.push((cid, section[cur.position() as usize..].to_vec()));
-        pos += len;
-    }
-    out
-}
-
-fn receipt(out: Value) -> Response {
-    let body = json!([{
-        "p": {
-            "fx": { "fork": [] },
-            "iss": "did:web:storacha.network",
-            "meta": {},
-            "out": out,
-            "prf": [],
-            "ran": { "/": "bafyreib732osv25yuv4zs7fhr6ijywa4itb62g6o7chej2jh6ierf6o6jy" }
-        },
-        "s": { "/": { "bytes": "7aEDQH53KYLjnCneSTc9nslSC1AjFCU1dtGOgwwaCopfxS1Stur" } }
-    }]);
-    (
-        StatusCode::OK,
-        [("content-type", "application/vnd.ipld.dag-json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-fn link_of(v: &Value) -> Option<Cid> {
-    let obj = v.as_object()?;
-    if obj.len() != 1 {
-        return None;
-    }
-    obj.get("/")?.as_str()?.parse().ok()
-}
-
-async fn bridge(State(s): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Body) -> Response {
-    let mut st = s.lock().unwrap();
-    let h = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    // As the real bridge: missing headers are 401s.
-    if h("authorization").is_none() {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "request missing Authorization header",
-        )
-            .into_response();
-    }
-    if h("x-auth-secret").is_none() {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "request missing X-Auth-Secret header",
-        )
-            .into_response();
-    }
-    if h("authorization").as_deref() != Some(AUTH) || h("x-auth-secret").as_deref() != Some(SECRET)
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "could not extract delegation from authorization header value",
-        )
-            .into_response();
-    }
-    if h("content-type").as_deref() != Some("application/json") {
-        st.problems
-            .push(format!("content-type {:?}", h("content-type")));
-    }
-    if let Some(f) = st.faults.pop_front() {
-        return match f {
-            Fault::Status(code) => (
-                StatusCode::from_u16(code).unwrap(),
-                "the service is having a moment",
-            )
-                .into_response(),
-            Fault::NotJson => (StatusCode::OK, "<html>captive portal</html>").into_response(),
-            Fault::ReceiptError => receipt(json!({
-                "error": { "name": "InsufficientStorage", "message": "space has no storage provider" }
-            })),
-        };
-    }
-    let v: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            st.problems.push(format!("body is not JSON: {e}"));
-            return (StatusCode::BAD_REQUEST, "bad body").into_response();
-        }
-    };
-    let tasks = v
-        .as_object()
-        .filter(|o| o.len() == 1)
-        .and_then(|o| o.get("tasks"))
-        .and_then(Value::as_array);
-    let Some(tasks) = tasks else {
-        st.problems
-            .push(format!("body is not {{\"tasks\": [...]}}: {v}"));
-        return (StatusCode::BAD_REQUEST, "maybeTasks is not an array").into_response();
-    };
-    if tasks.len() != 1 {
-        st.problems
-            .push(format!("{} tasks in one request", tasks.len()));
-    }
-    let task = &tasks[0];
-    let parts = task.as_array().filter(|a| a.len() == 3);
-    let Some(parts) = parts else {
-        st.problems
-            .push(format!("task is not [ability, space, args]: {task}"));
-        return (StatusCode::BAD_REQUEST, "InvalidTask").into_response();
-    };
-    let ability = parts[0].as_str().unwrap_or_default().to_owned();
-    if parts[1].as_str() != Some(SPACE) {
-        st.problems
-            .push(format!("task subject {} is not the space", parts[1]));
-    }
-    let args = parts[2].clone();
-    if !args.is_object() {
-        st.problems.push(format!("args of {ability} are not a map"));
-    }
-    st.tasks.push(Task {
-        ability: ability.clone(),
-        args: args.clone(),
-    });
-    let base = st.base.clone();
-    match ability.as_str() {
-        "store/add" => {
-            let keys: Vec<&String> = args
-                .as_object()
-                .map(|o| o.keys().collect())
-                .unwrap_or_default();
-            if keys != ["link", "size"] {
-                st.problems.push(format!("store/add args {args}"));
-            }
-            let (Some(link), Some(size)) = (
-                args.get("link").and_then(link_of),
-                args.get("size").and_then(Value::as_u64),
-            ) else {
-                st.problems.push(format!("store/add args {args}"));
-                return receipt(
-                    json!({"error": {"name": "InvalidArgs", "message": "bad link/size"}}),
-                );
-            };
-            if link.codec() != 0x0202 || link.hash().code() != 0x12 {
-                st.problems
-                    .push(format!("store/add link {link} is not a sha2-256 CAR CID"));
-            }
-            if st.cars.contains_key(&link) {
-                return receipt(json!({"ok": {
-                    "status": "done", "allocated": 0, "link": {"/": link.to_string()}, "with": SPACE
-                }}));
-            }
-            st.allocated.insert(link, size);
-            let url = format!(
-                "{base}/carpark/{link}/{link}.car?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=86400&X-Amz-Signature=00&X-Amz-SignedHeaders=content-length%3Bhost%3Bx-amz-checksum-sha256&x-id=PutObject"
-            );
-            let digest = link.hash().digest().to_vec();
-            receipt(json!({"ok": {
-                "status": "upload",
-                "allocated": size,
-                "headers": {
-                    "content-length": size.to_string(),
-                    "x-amz-checksum-sha256": base64(&digest)
-                },
-                "link": {"/": link.to_string()},
-                "url": url,
-                "with": SPACE
-            }}))
-        }
-        "upload/add" => {
-            let root = args.get("root").and_then(link_of);
-            let shards: Option<Vec<Cid>> = args
-                .get("shards")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(link_of).collect());
-            let (Some(root), Some(shards)) = (root, shards) else {
-                st.problems.push(format!("upload/add args {args}"));
-                return receipt(
-                    json!({"error": {"name": "InvalidArgs", "message": "bad root/shards"}}),
-                );
-            };
-            for sh in &shards {
-                if !st.cars.contains_key(sh) {
-                    st.problems
-                        .push(format!("upload/add of {root} before shard {sh} was stored"));
-                }
-            }
-            if !st.uploads.iter().any(|(r, _)| *r == root) {
-                st.uploads.push((root, shards.clone()));
-            }
-            let shards: Vec<Value> = shards.iter().map(|c| json!({"/": c.to_string()})).collect();
-            receipt(json!({"ok": {"root": {"/": root.to_string()}, "shards": shards}}))
-        }
-        "upload/list" => {
-            let size = args.get("size").and_then(Value::as_u64).unwrap_or(1000) as usize;
-            let start: usize = args
-                .get("cursor")
-                .and_then(Value::as_str)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let page: Vec<Value> = st
-                .uploads
-                .iter()
-                .skip(start)
-                .take(size)
-                .map(|(r, sh)| {
-                    let sh: Vec<Value> = sh.iter().map(|c| json!({"/": c.to_string()})).collect();
-                    json!({
-                        "root": {"/": r.to_string()},
-                        "shards": sh,
-                        "insertedAt": "2024-02-09T00:53:54.545Z",
-                        "updatedAt": "2024-02-09T00:53:54.545Z"
-                    })
-                })
-                .collect();
-            let n = page.len();
-            receipt(json!({"ok": {
-                "size": n,
-                "results": page,
-                "cursor": (start + n).to_string()
-            }}))
-        }
-        "upload/remove" => {
-            let Some(root) = args.get("root").and_then(link_of) else {
-                st.problems.push(format!("upload/remove args {args}"));
-                return receipt(json!({"error": {"name": "InvalidArgs", "message": "bad root"}}));
-            };
-            let before = st.uploads.len();
-            st.uploads.retain(|(r, _)| *r != root);
-            if st.uploads.len() == before {
-                return receipt(
-                    json!({"error": {"name": "UploadNotFound", "message": format!("{root} not found")}}),
-                );
-            }
-            receipt(json!({"ok": {"root": {"/": root.to_string()}}}))
-        }
-        "store/remove" => {
-            let Some(link) = args.get("link").and_then(link_of) else {
-                st.problems.push(format!("store/remove args {args}"));
-                return receipt(json!({"error": {"name": "InvalidArgs", "message": "bad link"}}));
-            };
-            match st.cars.remove(&link) {
-                Some(c) => receipt(json!({"ok": {"size": c.len()}})),
-                None => receipt(
-                    json!({"error": {"name": "StoreItemNotFound", "message": format!("{link} not found")}}),
-                ),
-            }
-        }
-        other => {
-            st.problems.push(format!("unexpected ability {other}"));
-            receipt(json!({"error": {"name": "UnknownAbility", "message": other}}))
-        }
-    }
-}
-
-async fn upload_put(
-    State(s): State<Arc<Mutex<Inner>>>,
-    Path((shard, _file)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut st = s.lock().unwrap();
-    let Ok(shard) = shard.parse::<Cid>() else {
-        return (StatusCode::BAD_REQUEST, "bad key").into_response();
-    };
-    let Some(&size) = st.allocated.get(&shard) else {
-        st.problems
-            .push(format!("PUT of {shard} without an allocation"));
-        return (StatusCode::FORBIDDEN, "no allocation").into_response();
-    };
-    let h = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    if h("content-length") != Some(size.to_string()) || body.len() as u64 != size {
-        st.problems.push(format!(
-            "PUT of {shard}: length {:?}, allocated {size}",
-            h("content-length")
-        ));
-        return (StatusCode::BAD_REQUEST, "length").into_response();
-    }
-    let digest = Sha256::digest(&body);
-    if h("x-amz-checksum-sha256") != Some(base64(&digest)) {
-        st.problems.push(format!(
-            "PUT of {shard}: checksum header {:?}",
-            h("x-amz-checksum-sha256")
-        ));
-        return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
-    }
-    if sha256_cid(0x0202, &body) != shard {
-        st.problems
-            .push(format!("PUT of {shard}: the bytes hash to another CID"));
-        return (StatusCode::BAD_REQUEST, "BadDigest").into_response();
-    }
-    st.cars.insert(shard, body.to_vec());
-    st.puts.push(shard);
-    StatusCode::OK.into_response()
-}
-
-async fn gateway(
-    State(s): State<Arc<Mutex<Inner>>>,
-    Path(cid): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let st = s.lock().unwrap();
-    let Ok(cid) = cid.parse::<Cid>() else {
-        return (StatusCode::BAD_REQUEST, "invalid CID").into_response();
-    };
-    let accept = headers
-        .get("accept")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    match q.get("format").map(String::as_str) {
-        Some("car") => {
-            if accept != "application/vnd.ipld.car" {
-                return (StatusCode::BAD_REQUEST, "accept").into_response();
-            }
-            let Some((_, shards)) = st.uploads.iter().find(|(r, _)| *r == cid) else {
-                return (StatusCode::NOT_FOUND, "not found").into_response();
-            };
-            let Some(car) = shards.first().and_then(|s| st.cars.get(s)) else {
-                return (StatusCode::NOT_FOUND, "not found").into_response();
-            };
-            let mut car = car.clone();
-            if st.tamper {
-                let n = car.len();
-                car[n / 2] ^= 0x20;
-            }
-            (
-                StatusCode::OK,
-                [("content-type", "application/vnd.ipld.car")],
-                car,
-            )
-                .into_response()
-        }
-        Some("raw") => {
-            if accept != "application/vnd.ipld.raw" {
-                return (StatusCode::BAD_REQUEST, "accept").into_response();
-            }
-            for car in st.cars.values() {
-                if let Some((_, b)) = car_blocks(car).into_iter().find(|(c, _)| *c == cid) {
-                    return (StatusCode::OK, b).into_response();
-                }
-            }
-            (StatusCode::NOT_FOUND, "not found").into_response()
-        }
-        _ => (StatusCode::BAD_REQUEST, "format").into_response(),
-    }
-}
-
-impl FakeStoracha {
-    fn start() -> FakeStoracha {
-        let inner = Arc::new(Mutex::new(Inner::default()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let state = inner.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                tx.send(listener.local_addr().expect("addr")).expect("send");
-                let app = Router::new()
-                    .route("/bridge", post(bridge))
-                    .route("/carpark/{shard}/{file}", put(upload_put))
-                    .route("/ipfs/{cid}", get(gateway))
-                    .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
-                    .with_state(state);
-                axum::serve(listener, app).await.expect("serve");
-            });
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("server started");
-        inner.lock().unwrap().base = format!("http://{addr}");
-        FakeStoracha { inner, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn config(&self) -> StorachaConfig {
-        StorachaConfig {
-            space: SPACE.into(),
-            auth_secret: SECRET.into(),
-            authorization: AUTH.into(),
-            bridge: format!("{}/bridge", self.url()),
-            gateway: self.url(),
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-
-    fn toml(&self, name: &str) -> String {
-        format!(
-            "\n[[destination]]\nname = \"{name}\"\nkind = \"storacha\"\nspace = \"{SPACE}\"\nauth_secret = \"{SECRET}\"\nauthorization = \"{AUTH}\"\nbridge = \"{}/bridge\"\ngateway = \"{}\"\nrequest_timeout = 20\n",
-            self.url(),
-            self.url()
-        )
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        f(&mut self.inner.lock().unwrap())
-    }
-
-    fn abilities(&self) -> Vec<String> {
-        self.with(|s| s.tasks.iter().map(|t| t.ability.clone()).collect())
-    }
-
-    fn assert_no_problems(&self) {
-        let p = self.with(|s| s.problems.clone());
-        assert!(p.is_empty(), "requests broke the documented format: {p:#?}");
-    }
-}
+use crate::harness::storacha::{
+    CredentialOptions, GatewayFault, StorachaCredentials, StorachaHarness,
+};
 
 /// `ipfs-car pack FILE` (wrapping) and `ipfs-car hash`: (root, shard, CAR).
 fn ipfs_car(dir: &std::path::Path, name: &str, data: &[u8]) -> (String, String, Vec<u8>) {
@@ -589,311 +61,386 @@ fn wrapped_cars_and_shard_cids_equal_ipfs_car() {
     }
 }
 
-fn dest(server: &FakeStoracha) -> StorachaDestination {
-    StorachaDestination::new("storacha", &server.config())
+/// The destination's settings for `creds` on the harness.
+fn config(h: &StorachaHarness, creds: &StorachaCredentials) -> StorachaConfig {
+    StorachaConfig {
+        space: creds.space.clone(),
+        principal: creds.principal.clone(),
+        proof: creds.proof.clone(),
+        service: h.info.service_url.clone(),
+        service_did: h.info.service_did.clone(),
+        gateway: h.info.gateway_url.clone(),
+        request_timeout: Duration::from_secs(60),
+    }
+}
+
+/// The `[[destination]]` of `creds` on the harness, the key and the proof
+/// in files under `dir` as deployments keep them (`principal_file`,
+/// `proof_file`).
+fn toml(
+    h: &StorachaHarness,
+    creds: &StorachaCredentials,
+    name: &str,
+    dir: &std::path::Path,
+) -> String {
+    let (principal, proof) = creds.write_files(dir);
+    format!(
+        "\n[[destination]]\nname = \"{name}\"\nkind = \"storacha\"\nspace = \"{}\"\nprincipal_file = \"{}\"\nproof_file = \"{}\"\nservice = \"{}\"\nservice_did = \"{}\"\ngateway = \"{}\"\n",
+        creds.space,
+        principal.display(),
+        proof.display(),
+        h.info.service_url,
+        h.info.service_did,
+        h.info.gateway_url
+    )
+}
+
+/// Retries quick enough for a test, bounded as in production.
+fn retrying(d: StorachaDestination) -> Retrying<StorachaDestination> {
+    Retrying::new(
+        d,
+        RetryPolicy {
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+            max_retries: 3,
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn storacha_destination_keeps_the_destination_contract() {
-    let server = FakeStoracha::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dest(&server);
-    d.prepare().await.expect("prepare lists the space");
-    assert_eq!(server.abilities(), ["upload/list"]);
+async fn objects_are_stored_listed_read_and_deleted_with_the_blob_protocol() {
+    let h = StorachaHarness::start();
+    let creds = h.credentials(&CredentialOptions::default());
+    let d = StorachaDestination::new("storacha", &config(&h, &creds));
+    d.prepare().await.expect("prepare: the credentials work");
 
-    let big = Bytes::from(crate::repo::data(5, (1 << 20) + 1, 0));
+    // Enough objects for several upload/list pages (the service answers
+    // pages of 20), one of several 1 MiB leaves.
+    let big = Bytes::from(crate::repo::data(7, (3 << 20) + 17, 0));
+    let mut keys = Vec::new();
+    for i in 0..45u64 {
+        let key = format!("packs/{:02x}/object-{i:03}", i % 7);
+        let data = if i == 0 {
+            big.clone()
+        } else {
+            Bytes::from(crate::repo::data(i, 100 + i as usize, 0))
+        };
+        assert_eq!(
+            d.put_if_absent(&key, data.clone()).await.expect("put"),
+            PutOutcome::Created,
+            "{key}"
+        );
+        keys.push((key, data));
+    }
+    // Idempotent: the same object again is not uploaded twice.
     assert_eq!(
-        d.put_if_absent("packs/ab/abc", big.clone())
+        d.put_if_absent(&keys[1].0, keys[1].1.clone())
             .await
-            .expect("put"),
-        PutOutcome::Created
-    );
-    // The requests, against what ipfs-car computes independently.
-    let (root, shard, car) = ipfs_car(dir.path(), &entry_name("packs/ab/abc"), &big);
-    let tasks = server.with(|s| s.tasks.clone());
-    assert_eq!(
-        server.abilities(),
-        ["upload/list", "store/add", "upload/add"]
-    );
-    assert_eq!(
-        tasks[1].args,
-        json!({"link": {"/": shard}, "size": car.len()})
-    );
-    assert_eq!(
-        tasks[2].args,
-        json!({"root": {"/": root}, "shards": [{"/": shard}]})
-    );
-    assert_eq!(server.with(|s| s.puts.len()), 1);
-    assert!(server.with(|s| s.cars.values().any(|c| *c == car)));
-
-    assert_eq!(
-        d.put_if_absent("packs/ab/abc", big.clone())
-            .await
-            .expect("again"),
+            .expect("put again"),
         PutOutcome::AlreadyExists
     );
-    for (k, v) in [
-        ("catalog/0001-a", "a"),
-        ("catalog/0002-b", "bb"),
-        ("catalog-not", "c"),
-        ("config", ""),
-    ] {
-        d.put_if_absent(k, Bytes::from(v)).await.expect("put small");
+
+    // A fresh destination (no index in memory) lists every page to the end
+    // and reads every object back, verified, through the gateway.
+    let fresh = StorachaDestination::new("storacha", &config(&h, &creds));
+    let listed = fresh.list("packs/").await.expect("list");
+    let mut want: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    want.sort_unstable();
+    assert_eq!(
+        listed.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+        want
+    );
+    for (key, data) in &keys {
+        assert_eq!(&fresh.get(key).await.expect("get"), data, "{key}");
     }
-    assert_eq!(d.get("packs/ab/abc").await.expect("get"), big);
     assert_eq!(
-        d.get_range("packs/ab/abc", 10..20).await.expect("range"),
-        big.slice(10..20)
-    );
-    assert_eq!(
-        d.get_range("packs/ab/abc", (1 << 20)..(2 << 20))
+        fresh
+            .get_range(&keys[0].0, (1 << 20) - 5..(1 << 20) + 5)
             .await
-            .expect("range past end"),
-        big.slice(1 << 20..)
+            .expect("range"),
+        big.slice((1 << 20) - 5..(1 << 20) + 5)
     );
-    assert_eq!(d.get("config").await.expect("empty"), Bytes::new());
+    let meta = fresh.head(&keys[0].0).await.expect("head").expect("exists");
+    assert_eq!(meta.size, big.len() as u64);
+    // The same object through a fresh destination: the service already
+    // has it.
     assert_eq!(
-        d.head("catalog/0002-b")
+        fresh
+            .put_if_absent(&keys[2].0, keys[2].1.clone())
             .await
-            .expect("head")
-            .map(|m| m.size),
-        Some(2)
-    );
-    assert!(d.head("nope").await.expect("head missing").is_none());
-    assert!(matches!(
-        d.get("nope").await,
-        Err(ShipError::NotFound { .. })
-    ));
-    let keys = |v: Vec<pitr::ship::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
-    assert_eq!(
-        keys(d.list("catalog/").await.expect("list")),
-        ["catalog/0001-a", "catalog/0002-b"]
-    );
-    assert_eq!(
-        keys(d.list("catalog").await.expect("list")),
-        ["catalog-not", "catalog/0001-a", "catalog/0002-b"]
+            .expect("put through another"),
+        PutOutcome::AlreadyExists
     );
 
-    // Losing the sidecar's state loses nothing: a fresh destination finds
-    // every key from the space alone (upload/list + the directory blocks),
-    // ignoring uploads that are not pitr's.
-    let foreign = pack_named("holiday.jpg", b"not ours").expect("pack");
-    server.with(|s| {
-        s.cars.insert(foreign.shard, foreign.bytes.clone());
-        s.uploads.push((foreign.root, vec![foreign.shard]));
-    });
-    let fresh = dest(&server);
-    let all = fresh.list("").await.expect("list all");
-    assert_eq!(
-        keys(all.clone()),
-        [
-            "catalog-not",
-            "catalog/0001-a",
-            "catalog/0002-b",
-            "config",
-            "packs/ab/abc"
-        ]
-    );
-    assert_eq!(all[4].size, big.len() as u64);
-    assert_eq!(fresh.get("packs/ab/abc").await.expect("fresh get"), big);
-    let obj = fresh
-        .object("packs/ab/abc", false)
+    // The JS client sees every upload (its own listing, shards from
+    // upload/shard/list) and reads the big object's bytes identical.
+    let (uploads, pages) = h.js_list(&creds, None);
+    assert_eq!(uploads.len(), keys.len());
+    assert!(pages >= 3, "{pages} pages");
+    let root = fresh
+        .stored_content_id(&keys[0].0)
         .await
-        .expect("object")
-        .expect("known");
-    assert_eq!(obj.root.to_string(), root);
-    assert_eq!(obj.shard.map(|s| s.to_string()), Some(shard.clone()));
+        .expect("cid")
+        .expect("a root");
+    let theirs = uploads
+        .iter()
+        .find(|u| u.root == root)
+        .expect("the JS client lists pitr's upload");
+    let car = pack_named(&entry_name(&keys[0].0), &big).expect("pack");
+    assert_eq!(theirs.shards, vec![car.shard.to_string()]);
+    let fetched = h.js_fetch(&creds, &root, Some(&entry_name(&keys[0].0)));
+    assert!(fetched.bytes == big, "the JS client read other bytes");
 
-    // Delete: upload/remove, then store/remove of its shard.
-    fresh.delete("catalog-not").await.expect("delete");
-    let tasks = server.with(|s| s.tasks.clone());
-    let n = tasks.len();
-    assert_eq!(tasks[n - 2].ability, "upload/remove");
-    assert_eq!(tasks[n - 1].ability, "store/remove");
-    fresh.delete("catalog-not").await.expect("delete missing");
-    assert!(fresh.head("catalog-not").await.expect("head").is_none());
-    assert!(
-        dest(&server)
-            .head("catalog-not")
+    // A delete removes the upload and its blob (the gateway cannot find
+    // the bytes any more), through a destination that never saw the put.
+    let gone = &keys[0].0;
+    fresh.delete(gone).await.expect("delete");
+    let after = StorachaDestination::new("storacha", &config(&h, &creds));
+    assert!(after.head(gone).await.expect("head").is_none());
+    assert_eq!(
+        after.list("packs/").await.expect("list").len(),
+        keys.len() - 1
+    );
+    let (uploads, _) = h.js_list(&creds, None);
+    assert!(!uploads.iter().any(|u| u.root == root));
+    assert_eq!(h.stats().invocations.get("space/blob/remove"), Some(&1));
+    // Deleting again is not an error.
+    after.delete(gone).await.expect("delete again");
+    // The object can be stored again after its delete.
+    assert_eq!(
+        after
+            .put_if_absent(gone, big.clone())
             .await
-            .expect("head")
-            .is_none()
-    );
-    server.assert_no_problems();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_car_already_stored_is_not_uploaded_again() {
-    let server = FakeStoracha::start();
-    dest(&server)
-        .put_if_absent(
-            "wal/000000010000000000000001",
-            Bytes::from_static(b"segment"),
-        )
-        .await
-        .expect("put");
-    // The upload disappears, the CAR stays: store/add answers "done", no PUT,
-    // and the upload is registered again.
-    server.with(|s| {
-        s.uploads.clear();
-        s.tasks.clear();
-    });
-    let d = dest(&server);
-    assert_eq!(
-        d.put_if_absent(
-            "wal/000000010000000000000001",
-            Bytes::from_static(b"segment")
-        )
-        .await
-        .expect("put again"),
+            .expect("put again"),
         PutOutcome::Created
     );
-    assert_eq!(
-        server.abilities(),
-        ["upload/list", "store/add", "upload/add"]
-    );
-    assert_eq!(server.with(|s| s.puts.len()), 1, "no second PUT");
-    assert_eq!(
-        dest(&server)
-            .get("wal/000000010000000000000001")
-            .await
-            .expect("get"),
-        Bytes::from_static(b"segment")
-    );
-    server.assert_no_problems();
+    assert_eq!(&after.get(gone).await.expect("get again"), &big);
+    // While a blob the space still holds is not sent twice: a fresh
+    // destination (no index) storing a stored object only registers it.
+    let puts = h.stats().puts;
+    let again = StorachaDestination::new("storacha", &config(&h, &creds));
+    let _ = again
+        .put_if_absent(&keys[3].0, keys[3].1.clone())
+        .await
+        .expect("put");
+    assert_eq!(h.stats().puts, puts, "a stored blob was sent again");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bridge_failures_are_clear_and_only_transient_ones_are_retried() {
-    let server = FakeStoracha::start();
-    // Wrong tokens: 401, not retried, and the message says what to do.
-    let mut bad = server.config();
-    bad.authorization = "uWRONG".into();
-    let err = StorachaDestination::new("storacha", &bad)
-        .put_if_absent("config", Bytes::from_static(b"x"))
-        .await
-        .expect_err("401");
-    assert!(!err.is_transient(), "{err}");
-    let msg = err.to_string();
+async fn pitr_reads_an_upload_the_js_client_made() {
+    let h = StorachaHarness::start();
+    let creds = h.credentials(&CredentialOptions::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = "test/made-by-js";
+    let data = crate::repo::data(5, (2 << 20) + 3, 0);
+    let file = dir.path().join("bytes");
+    std::fs::write(&file, &data).expect("write");
+    // A directory with one file named as pitr names the key.
+    let up = h.js_upload(&creds, &file, Some(&entry_name(key)));
+    let d = StorachaDestination::new("storacha", &config(&h, &creds));
+    assert_eq!(d.get(key).await.expect("get").as_ref(), data.as_slice());
+    assert_eq!(
+        d.stored_content_id(key).await.expect("cid").as_deref(),
+        Some(up.root.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_proofs_are_permanent_errors_that_say_what_to_do() {
+    let h = StorachaHarness::start();
+
+    // A proof for another space than the configured one.
+    let creds = h.credentials(&CredentialOptions {
+        other_space: true,
+        ..Default::default()
+    });
+    let d = retrying(StorachaDestination::new("storacha", &config(&h, &creds)));
+    let e = d.prepare().await.expect_err("another space");
+    assert!(!e.is_transient(), "{e}");
+    let msg = e.to_string();
     assert!(
-        msg.contains("refused the tokens") && msg.contains("HTTP 401"),
+        msg.contains(&format!("not for the space {}", creds.space)),
         "{msg}"
     );
-    assert!(msg.contains("bridge generate-tokens"), "{msg}");
-    assert!(msg.contains("storacha"), "{msg}");
+    assert!(msg.contains(&creds.proof_space), "{msg}");
+    assert!(msg.contains("storacha delegation create"), "{msg}");
 
-    // 5xx: transient; behind the retry layer the write goes through.
-    let d = Retrying::new(
-        dest(&server),
-        RetryPolicy {
-            max_retries: 5,
-            min_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-        },
-    );
-    d.prepare().await.expect("prepare");
-    server.with(|s| s.faults.extend([Fault::Status(503), Fault::Status(502)]));
-    assert_eq!(
-        d.put_if_absent("config", Bytes::from_static(b"x"))
-            .await
-            .expect("retried"),
-        PutOutcome::Created
-    );
-    let adds = server
-        .abilities()
-        .iter()
-        .filter(|a| *a == "store/add")
-        .count();
-    assert_eq!(
-        adds, 1,
-        "the faults were answered before parsing, so one store/add was seen"
-    );
-    assert_eq!(
-        d.get("config").await.expect("get"),
-        Bytes::from_static(b"x")
-    );
-
-    // A 200 that is not a receipt: a clear, permanent error.
-    let plain = dest(&server);
-    plain.prepare().await.expect("prepare");
-    server.with(|s| s.faults.push_back(Fault::NotJson));
-    let err = plain
-        .put_if_absent("other", Bytes::from_static(b"y"))
+    // An expired proof.
+    let creds = h.credentials(&CredentialOptions {
+        expired: true,
+        ..Default::default()
+    });
+    let d = retrying(StorachaDestination::new("storacha", &config(&h, &creds)));
+    let e = d
+        .put_if_absent("test/x", Bytes::from_static(b"x"))
         .await
-        .expect_err("malformed");
-    assert!(!err.is_transient(), "{err}");
-    assert!(
-        err.to_string().contains("malformed answer from the bridge"),
-        "{err}"
-    );
-    assert!(err.to_string().contains("other"), "{err}");
+        .expect_err("expired");
+    assert!(!e.is_transient(), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("expired"), "{msg}");
+    assert!(msg.contains("storacha delegation create"), "{msg}");
 
-    // The service's own error, in the receipt.
-    server.with(|s| s.faults.push_back(Fault::ReceiptError));
-    let err = plain
-        .put_if_absent("other", Bytes::from_static(b"y"))
+    // A proof without upload/add: the service refuses it, and the error
+    // names the ability and every one pitr needs.
+    let can: Vec<String> = [
+        "space/blob/*",
+        "space/index/*",
+        "upload/list",
+        "upload/shard/list",
+        "upload/remove",
+    ]
+    .map(String::from)
+    .to_vec();
+    let creds = h.credentials(&CredentialOptions {
+        can: Some(can),
+        ..Default::default()
+    });
+    let d = retrying(StorachaDestination::new("storacha", &config(&h, &creds)));
+    d.prepare().await.expect("listing is allowed");
+    let e = d
+        .put_if_absent("test/y", Bytes::from_static(b"y"))
         .await
-        .expect_err("refused");
-    assert!(!err.is_transient(), "{err}");
+        .expect_err("no upload/add");
+    assert!(!e.is_transient(), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("refused upload/add"), "{msg}");
+    assert!(msg.contains("it lacks upload/add"), "{msg}");
     assert!(
-        err.to_string()
-            .contains("Storacha refused store/add: InsufficientStorage"),
-        "{err}"
+        msg.contains("--can space/blob/add --can space/blob/remove --can space/index/add --can upload/add --can upload/list --can upload/shard/list --can upload/remove"),
+        "{msg}"
     );
-    server.assert_no_problems();
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_tampered_gateway_answer_is_refused() {
-    let server = FakeStoracha::start();
-    let d = dest(&server);
-    let data = Bytes::from(crate::repo::data(9, 300_000, 0));
-    d.put_if_absent("packs/cd/cdef", data.clone())
-        .await
-        .expect("put");
+async fn gateway_failures_are_bounded_and_only_transient_ones_are_retried() {
+    let h = StorachaHarness::start();
+    let creds = h.credentials(&CredentialOptions::default());
+    let d = retrying(StorachaDestination::new("storacha", &config(&h, &creds)));
+    let data = Bytes::from(crate::repo::data(9, (1 << 20) + 99, 0));
+    d.put_if_absent("test/z", data.clone()).await.expect("put");
     let root = d
-        .object("packs/cd/cdef", false)
+        .stored_content_id("test/z")
         .await
-        .expect("obj")
-        .expect("known")
-        .root;
-    server.with(|s| s.tamper = true);
-    let fresh = dest(&server);
-    fresh
-        .prepare()
-        .await
-        .expect("listing needs only the untouched root block");
-    let err = fresh.get("packs/cd/cdef").await.expect_err("tampered");
-    let msg = err.to_string();
-    assert!(!err.is_transient(), "{msg}");
-    assert!(msg.contains("packs/cd/cdef"), "{msg}");
-    assert!(msg.contains(&root.to_string()), "{msg}");
-    assert!(msg.contains("fails verification"), "{msg}");
-    let err = fresh
-        .get_range("packs/cd/cdef", 0..10)
-        .await
-        .expect_err("tampered range");
-    assert!(err.to_string().contains("fails verification"), "{err}");
-    server.with(|s| s.tamper = false);
-    assert_eq!(fresh.get("packs/cd/cdef").await.expect("good again"), data);
+        .expect("cid")
+        .expect("root");
+    // A fresh destination each time: the first one caches what it read.
+    let fresh = || retrying(StorachaDestination::new("storacha", &config(&h, &creds)));
+
+    // 404 on every try: retried a bounded number of times (3 retries, 4
+    // requests), then an error naming the CID.
+    let r = fresh();
+    r.head("test/z").await.expect("head").expect("listed");
+    let before = h.stats().gateway_requests;
+    h.gateway_faults(&[GatewayFault::Status(404); 4]);
+    let e = r.get("test/z").await.expect_err("404");
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("CID {root}")), "{msg}");
+    assert!(msg.contains("404"), "{msg}");
+    assert_eq!(h.stats().gateway_requests - before, 4);
+
+    // A CAR cut short, or a dropped connection: transient, the next try
+    // reads it whole.
+    for fault in [GatewayFault::Truncate, GatewayFault::Abort] {
+        let r = fresh();
+        r.head("test/z").await.expect("head").expect("listed");
+        h.gateway_faults(&[fault]);
+        assert_eq!(r.get("test/z").await.expect("retried"), data, "{fault:?}");
+    }
+
+    // Bytes that hash wrong: refused at once, never retried.
+    let r = fresh();
+    r.head("test/z").await.expect("head").expect("listed");
+    let before = h.stats().gateway_requests;
+    h.gateway_faults(&[GatewayFault::Tamper]);
+    let e = r.get("test/z").await.expect_err("tampered");
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("fails verification"), "{e}");
+    assert_eq!(h.stats().gateway_requests - before, 1);
 }
 
-/// A WAL stream and a base backup go to fs + Storacha (the emulated
-/// service); then the local state and the fs destination are deleted, the
-/// catalog is rebuilt from Storacha alone, and a restore reading only from
-/// Storacha (through the gateway) is exact.
+/// `pitr check` against the harness: the space, what the proof grants and
+/// what it lacks.
+#[test]
+fn check_reports_the_space_and_the_proofs_abilities() {
+    let h = StorachaHarness::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |creds: &StorachaCredentials| {
+        let (head, _) = crate::harness::repository_toml(dir.path(), "");
+        let cfg = dir.path().join("pitr.toml");
+        std::fs::write(
+            &cfg,
+            format!("{head}{}", toml(&h, creds, "storacha", dir.path())),
+        )
+        .expect("config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
+            .args(["init", "-c"])
+            .arg(&cfg)
+            .output()
+            .expect("pitr init");
+        let init = crate::harness::text(&out);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
+            .args(["check", "-c"])
+            .arg(&cfg)
+            .output()
+            .expect("pitr check");
+        (
+            out.status.success(),
+            format!("{init}\n{}", crate::harness::text(&out)),
+        )
+    };
+    let creds = h.credentials(&CredentialOptions::default());
+    let (ok, said) = run(&creds);
+    assert!(ok, "{said}");
+    assert!(said.contains(&format!("space {}", creds.space)), "{said}");
+    assert!(said.contains("nothing missing"), "{said}");
+    assert!(said.contains("recipients match"), "{said}");
+
+    let creds = h.credentials(&CredentialOptions {
+        can: Some(vec!["upload/*".to_owned()]),
+        ..Default::default()
+    });
+    let (ok, said) = run(&creds);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("MISSING space/blob/add, space/blob/remove, space/index/add"),
+        "{said}"
+    );
+    assert!(
+        said.contains("grants upload/add, upload/list, upload/shard/list, upload/remove"),
+        "{said}"
+    );
+}
+
+/// `(object, destination, cid)` of `pitr catalog cids --json`.
+fn cid_triples(stdout: &[u8]) -> Vec<(String, String, String)> {
+    let v: Value = serde_json::from_slice(stdout).expect("JSON");
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().expect(k).to_owned();
+            (f("object"), f("destination"), f("cid"))
+        })
+        .collect()
+}
+
+/// A WAL stream and a base backup go to fs + Storacha (the harness); then
+/// the local state and the fs destination are deleted, the catalog is
+/// rebuilt from Storacha alone, and a restore reading only from Storacha
+/// (through the gateway) is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_from_storacha_alone_is_exact() {
     use crate::harness::PgCluster;
     use crate::pitr_restore::{between, write_row};
-    let server = FakeStoracha::start();
+    let h = StorachaHarness::start();
+    let creds = h.credentials(&CredentialOptions::default());
     let pg = PgCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let (head, fs) = crate::harness::repository_toml(
         dir.path(),
         "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
     );
-    let st = server.toml("storacha");
+    let st = toml(&h, &creds, "storacha", dir.path());
     let pgs = format!(
         "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n",
         pg.conninfo("postgres")
@@ -909,13 +456,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
             .output()
             .expect("run pitr")
     };
-    let show = |o: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
+    let show = |o: &std::process::Output| crate::harness::text(o);
     let out = pitr(&both, &["init"]);
     assert!(out.status.success(), "{}", show(&out));
 
@@ -941,9 +482,15 @@ async fn a_restore_from_storacha_alone_is_exact() {
     streamer.caught_up(&pg).await;
     streamer.stop().await;
     drop(repo);
-    server.assert_no_problems();
-    assert!(server.with(|s| s.uploads.len()) > 3);
-    let kept = check_cids_then_rebuild_from_fs(&server, dir.path(), &both, &pitr, &show);
+    let out = pitr(&both, &["catalog", "cids", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let kept = cid_triples(&out.stdout);
+    assert!(kept.len() > 3, "{kept:?}");
+    // Every CID the catalog keeps is an upload the JS client lists.
+    let (uploads, _) = h.js_list(&creds, None);
+    for (object, _, cid) in kept.iter().filter(|(o, _, _)| !o.starts_with("catalog/")) {
+        assert!(uploads.iter().any(|u| &u.root == cid), "{object} {cid}");
+    }
 
     // Only Storacha is left.
     std::fs::remove_dir_all(dir.path().join("state")).expect("rm state");
@@ -952,11 +499,6 @@ async fn a_restore_from_storacha_alone_is_exact() {
     std::fs::write(&only, format!("{head}{st}{pgs}")).expect("config");
     let out = pitr(&only, &["catalog", "rebuild", "--from", "storacha"]);
     assert!(out.status.success(), "{}", show(&out));
-    // The rebuild compared every CID with upload/list (a mismatch fails it)
-    // and the CIDs survived once more.
-    let out = pitr(&only, &["catalog", "cids", "--json"]);
-    assert!(out.status.success(), "{}", show(&out));
-    assert_eq!(cid_triples(&out.stdout), kept);
     std::fs::remove_dir_all(dir.path().join("state")).expect("rm state again");
     let t = between(rows[3].1, rows[4].1);
     let mut restored = PgCluster::empty();
@@ -977,217 +519,4 @@ async fn a_restore_from_storacha_alone_is_exact() {
         restored.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM oracle"),
         "1,2,3,4"
     );
-    server.assert_no_problems();
-}
-
-/// `(object, destination, cid)` of `pitr catalog cids --json`.
-fn cid_triples(stdout: &[u8]) -> Vec<(String, String, String)> {
-    let v: Value = serde_json::from_slice(stdout).expect("JSON");
-    v.as_array()
-        .expect("an array")
-        .iter()
-        .map(|r| {
-            let f = |k: &str| r[k].as_str().expect(k).to_owned();
-            (f("object"), f("destination"), f("cid"))
-        })
-        .collect()
-}
-
-/// After a WAL stream and a base backup into fs + Storacha: every object's
-/// root CID is in the catalog and is what Storacha received (and what
-/// `ipfs-car` computes); `pitr catalog cids` prints them; after losing the
-/// local state, `pitr catalog rebuild --from local` (the fs destination)
-/// brings them back. Returns the CIDs listed after the rebuild.
-fn check_cids_then_rebuild_from_fs(
-    server: &FakeStoracha,
-    dir: &std::path::Path,
-    config: &std::path::Path,
-    pitr: &dyn Fn(&std::path::Path, &[&str]) -> std::process::Output,
-    show: &dyn Fn(&std::process::Output) -> String,
-) -> Vec<(String, String, String)> {
-    let catalog =
-        pitr::catalog::Catalog::open(&dir.join("state/catalog.db")).expect("open catalog");
-    let rows = catalog.content_ids().expect("cids");
-    let packs = catalog.packs().expect("packs");
-    drop(catalog);
-    assert!(!packs.is_empty());
-    let roots: Vec<String> =
-        server.with(|s| s.uploads.iter().map(|(r, _)| r.to_string()).collect());
-    let cid_of = |object: &str| {
-        rows.iter()
-            .find(|r| r.object == object && r.destination == "storacha")
-            .map(|r| r.cid.clone())
-    };
-    // Every row is a root Storacha registered, and only Storacha has rows.
-    for r in &rows {
-        assert_eq!(r.destination, "storacha", "{r:?}");
-        assert!(roots.contains(&r.cid), "{r:?} was never uploaded");
-    }
-    // Every pack, every commit object, the descriptor and the key object.
-    let store = dir.join("store");
-    let mut objects = vec!["config".to_owned()];
-    for sub in ["keys", "catalog"] {
-        for e in std::fs::read_dir(store.join(sub)).expect("ls") {
-            let name = e.expect("entry").file_name();
-            objects.push(format!("{sub}/{}", name.to_string_lossy()));
-        }
-    }
-    for (id, _) in &packs {
-        objects.push(id.object_name());
-    }
-    objects.sort();
-    let newest = objects
-        .iter()
-        .filter(|o| o.starts_with("catalog/"))
-        .max()
-        .cloned()
-        .expect("a commit");
-    for o in &objects {
-        let cid = cid_of(o).unwrap_or_else(|| panic!("no CID for {o} in {rows:#?}"));
-        let bytes = std::fs::read(store.join(o)).expect("read object");
-        let ours = pack_named(&entry_name(o), &bytes).expect("pack").root;
-        assert_eq!(cid, ours.to_string(), "{o}");
-    }
-    // One pack against ipfs-car, independently.
-    let first = packs[0].0.object_name();
-    let bytes = std::fs::read(store.join(&first)).expect("read pack");
-    let (root, _, _) = ipfs_car(&dir.join("ipfs-car"), &entry_name(&first), &bytes);
-    assert_eq!(cid_of(&first), Some(root));
-    // Only commit objects' own CIDs wait for a later commit to carry them,
-    // and the newest commit's always does.
-    for r in rows.iter().filter(|r| r.commit.is_none()) {
-        assert!(r.object.starts_with("catalog/"), "{r:?}");
-    }
-    assert!(
-        rows.iter()
-            .any(|r| r.object == newest && r.commit.is_none()),
-        "{newest}"
-    );
-
-    // What an operator sees.
-    let out = pitr(config, &["catalog", "cids", "--json"]);
-    assert!(out.status.success(), "{}", show(&out));
-    let listed = cid_triples(&out.stdout);
-    let expected: Vec<(String, String, String)> = rows
-        .iter()
-        .map(|r| (r.object.clone(), r.destination.clone(), r.cid.clone()))
-        .collect();
-    assert_eq!(listed, expected);
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let url = v[0]["gateway_url"].as_str().expect("url");
-    assert_eq!(
-        url,
-        format!(
-            "{}/ipfs/{}/{}",
-            server.url(),
-            listed[0].2,
-            entry_name(&listed[0].0).replace('%', "%25")
-        )
-    );
-    let out = pitr(config, &["catalog", "cids"]);
-    assert!(out.status.success(), "{}", show(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pack_line = format!("{first}\tstoracha\t{}\t", cid_of(&first).expect("cid"));
-    assert!(text.lines().any(|l| l.starts_with(&pack_line)), "{text}");
-
-    // The sidecar's disk is lost; the fs destination alone gives the CIDs
-    // back (all but the newest commit's own, which no commit carries yet).
-    std::fs::remove_dir_all(dir.join("state")).expect("rm state");
-    let out = pitr(config, &["catalog", "rebuild", "--from", "local"]);
-    assert!(out.status.success(), "{}", show(&out));
-    let out = pitr(config, &["catalog", "cids", "--json"]);
-    assert!(out.status.success(), "{}", show(&out));
-    let rebuilt = cid_triples(&out.stdout);
-    let carried: Vec<(String, String, String)> = rows
-        .iter()
-        .filter(|r| r.commit.is_some())
-        .map(|r| (r.object.clone(), r.destination.clone(), r.cid.clone()))
-        .collect();
-    for c in &carried {
-        assert!(rebuilt.contains(c), "{c:?} lost by the rebuild");
-    }
-    for r in &rebuilt {
-        assert!(expected.contains(r), "{r:?} is new after the rebuild");
-    }
-    server.assert_no_problems();
-    rebuilt
-}
-
-/// The catalog's CID is checked against what Storacha's `upload/list`
-/// resolves the key to: an upload replaced by other bytes under the same
-/// name is a `pitr verify` problem naming the key and both CIDs.
-#[tokio::test(flavor = "multi_thread")]
-async fn verify_finds_a_cid_that_differs_from_upload_list() {
-    use pitr::repo::{Chunking, RepoError, RepoOptions, Repository};
-    use pitr::ship::{Fanout, FsDestination};
-    let server = FakeStoracha::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fanout = || {
-        Fanout::new(vec![
-            std::sync::Arc::new(FsDestination::new("local", dir.path().join("store")))
-                as std::sync::Arc<dyn Destination>,
-            std::sync::Arc::new(dest(&server)),
-        ])
-    };
-    let opts = RepoOptions {
-        recipients: vec![age::x25519::Identity::generate().to_public()],
-        identities: vec![],
-        key_file: None,
-        state_dir: dir.path().join("state"),
-        zstd_level: 3,
-        pack_size: 1 << 20,
-    };
-    Repository::init(&fanout(), &opts).await.expect("init");
-    let repo = Repository::open(fanout(), opts.clone())
-        .await
-        .expect("open");
-    let mut w = repo.writer();
-    w.put(
-        "test/a",
-        "test",
-        json!({}),
-        Chunking::Cdc,
-        &crate::repo::data(3, 300_000, 0)[..],
-    )
-    .await
-    .expect("put");
-    w.commit().await.expect("commit").expect("committed");
-    let report = repo.verify().await.expect("verify");
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
-    let pack = repo.catalog().packs().expect("packs")[0].0.object_name();
-    let recorded = repo
-        .catalog()
-        .content_ids()
-        .expect("cids")
-        .into_iter()
-        .find(|r| r.object == pack)
-        .expect("the pack's CID")
-        .cid;
-    drop(repo);
-
-    // The space now holds other bytes under the pack's name.
-    let other = pack_named(&entry_name(&pack), b"not the pack").expect("pack");
-    server.with(|s| {
-        let i = s
-            .uploads
-            .iter()
-            .position(|(r, _)| r.to_string() == recorded)
-            .expect("the pack's upload");
-        s.cars.insert(other.shard, other.bytes.clone());
-        s.uploads[i] = (other.root, vec![other.shard]);
-    });
-    let repo = Repository::open(fanout(), opts).await.expect("open again");
-    let report = repo.verify().await.expect("verify");
-    let mismatch: Vec<_> = report
-        .problems
-        .iter()
-        .filter(|p| matches!(p.error, RepoError::ContentIdMismatch { .. }))
-        .collect();
-    assert_eq!(mismatch.len(), 1, "{:?}", report.problems);
-    let msg = mismatch[0].error.to_string();
-    assert!(msg.contains(&pack), "{msg}");
-    assert!(msg.contains(&recorded), "{msg}");
-    assert!(msg.contains(&other.root.to_string()), "{msg}");
-    assert_eq!(mismatch[0].destination, "storacha");
-    server.assert_no_problems();
 }

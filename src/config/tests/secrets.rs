@@ -154,12 +154,12 @@ fn empty_secret_file_is_refused() {
 #[test]
 fn debug_redacts_passwords() {
     let text = format!(
-        "{}[[postgres]]\nname = \"a\"\nconninfo = \"host=x password='p w\\\\'d' user=u\"\n[[postgres]]\nname = \"b\"\nconninfo = \"postgresql://u:hunter2@h/db?sslmode=require&password=hunter3\"\n",
+        "{}[[postgres]]\nname = \"a\"\nconninfo = \"host=x password='p w\\\\'d' user=u\"\n[[postgres]]\nname = \"b\"\nconninfo = \"postgresql://u:hunter2@h/db?sslmode=require&password=hunter3\"\n[[postgres]]\nname = \"c\"\nconninfo = \"postgresql://u:hun/ter4@h/db\"\n",
         minimal(&recipient())
     );
     let c = load(&text, &[]).expect("valid");
     let dbg = format!("{c:?}");
-    for secret in ["p w", "hunter2", "hunter3"] {
+    for secret in ["p w", "hunter2", "hunter3", "hun/", "ter4"] {
         assert!(!dbg.contains(secret), "Debug leaks {secret:?}: {dbg}");
     }
     contains_all(
@@ -167,6 +167,7 @@ fn debug_redacts_passwords() {
         &[
             "host=x password=*** user=u",
             "postgresql://u:***@h/db?sslmode=require&password=***",
+            "postgresql://u:***@h/db\"",
         ],
     );
 }

@@ -446,10 +446,11 @@ fn with_storacha(extra: &str) -> String {
 fn storacha_destination_with_every_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = dir.path().join("secret");
-    std::fs::write(&secret, "uSECRETVALUE\n").expect("write");
+    std::fs::write(&secret, "MgSECRETVALUE\n").expect("write");
     let text = with_storacha(&format!(
-        "space = \"did:key:z6MkSpace\"\nauth_secret_file = \"{}\"\n\
-         authorization = \"uAUTHVALUE\"\nbridge = \"http://127.0.0.1:1/bridge/\"\n\
+        "space = \"did:key:z6MkSpace\"\nprincipal_file = \"{}\"\n\
+         proof = \"mAUTHVALUE\"\nservice = \"http://127.0.0.1:1/\"\n\
+         service_did = \"did:web:test\"\n\
          gateway = \"http://127.0.0.1:2\"\nrequest_timeout = 30\n",
         secret.display()
     ));
@@ -459,9 +460,10 @@ fn storacha_destination_with_every_key() {
         panic!("a storacha destination: {d:?}")
     };
     assert_eq!(s.space, "did:key:z6MkSpace");
-    assert_eq!(s.auth_secret, "uSECRETVALUE");
-    assert_eq!(s.authorization, "uAUTHVALUE");
-    assert_eq!(s.bridge, "http://127.0.0.1:1/bridge");
+    assert_eq!(s.principal, "MgSECRETVALUE");
+    assert_eq!(s.proof, "mAUTHVALUE");
+    assert_eq!(s.service, "http://127.0.0.1:1");
+    assert_eq!(s.service_did, "did:web:test");
     assert_eq!(s.gateway, "http://127.0.0.1:2");
     assert_eq!(s.request_timeout, std::time::Duration::from_secs(30));
     let shown = format!("{d:?}");
@@ -471,48 +473,44 @@ fn storacha_destination_with_every_key() {
     );
     // Defaults, and the environment.
     let config = load(
-        &with_storacha("space = \"did:key:z6MkSpace\"\nauth_secret = \"a\"\n"),
-        &[("PITR_DESTINATION_IPFS_AUTHORIZATION", "fromenv")],
+        &with_storacha("space = \"did:key:z6MkSpace\"\nprincipal = \"a\"\n"),
+        &[("PITR_DESTINATION_IPFS_PROOF", "fromenv")],
     )
     .expect("valid");
     let DestinationKind::Storacha(s) = &config.destinations[1].kind else {
         panic!("storacha")
     };
-    assert_eq!(s.bridge, "https://up.storacha.network/bridge");
-    assert_eq!(s.gateway, "https://w3s.link");
-    assert_eq!(s.authorization, "fromenv");
+    assert_eq!(s.service, "https://up.storacha.network");
+    assert_eq!(s.service_did, "did:web:up.storacha.network");
+    assert_eq!(s.gateway, "https://storacha.link");
+    assert_eq!(s.proof, "fromenv");
 }
 
 #[test]
 fn storacha_destination_mistakes_name_the_key() {
-    let (_, msg) = fail(
-        &with_storacha("auth_secret = \"a\"\nauthorization = \"b\"\n"),
-        &[],
-    );
+    let (_, msg) = fail(&with_storacha("principal = \"a\"\nproof = \"b\"\n"), &[]);
     contains_all(&msg, &[PATH, "space", "needs the space's DID"]);
     let (_, msg) = fail(&with_storacha("space = \"z6Mk\"\n"), &[]);
     contains_all(&msg, &[PATH, "space", "is not a DID"]);
     let (_, msg) = fail(
-        &with_storacha("space = \"did:key:z\"\nauth_secret = \"a\"\n"),
+        &with_storacha("space = \"did:key:z\"\nprincipal = \"a\"\n"),
         &[],
     );
-    contains_all(&msg, &[PATH, "authorization", "bridge generate-tokens"]);
+    contains_all(&msg, &[PATH, "proof", "storacha delegation create"]);
     let (_, msg) = fail(
-        &with_storacha("space = \"did:key:z\"\nauthorization = \"b\"\nauth_secret = \"a b\"\n"),
+        &with_storacha("space = \"did:key:z\"\nproof = \"b\"\nprincipal = \"a b\"\n"),
         &[],
     );
-    contains_all(&msg, &[PATH, "auth_secret", "contains spaces"]);
+    contains_all(&msg, &[PATH, "principal", "contains spaces"]);
     let (_, msg) = fail(
         &with_storacha(
-            "space = \"did:key:z\"\nauth_secret = \"a\"\nauthorization = \"b\"\ngateway = \"w3s.link\"\n",
+            "space = \"did:key:z\"\nprincipal = \"a\"\nproof = \"b\"\ngateway = \"w3s.link\"\n",
         ),
         &[],
     );
     contains_all(&msg, &[PATH, "gateway", "not an http(s) URL"]);
     let (_, msg) = fail(
-        &with_storacha(
-            "space = \"did:key:z\"\nauth_secret = \"a\"\nauthorization = \"b\"\nbucket = \"x\"\n",
-        ),
+        &with_storacha("space = \"did:key:z\"\nprincipal = \"a\"\nproof = \"b\"\nbucket = \"x\"\n"),
         &[],
     );
     contains_all(

@@ -108,7 +108,7 @@ fn file_dag(data: &[u8]) -> Result<FileDag<'_>, CarError> {
 }
 
 /// A CARv1 with `root` in its header and `blocks` in order.
-fn write_car(root: &Cid, blocks: &[(Cid, &[u8])]) -> Vec<u8> {
+pub(super) fn write_car(root: &Cid, blocks: &[(Cid, &[u8])]) -> Vec<u8> {
     let payload: usize = blocks.iter().map(|(_, b)| b.len() + 48).sum();
     let mut out = Vec::with_capacity(payload + 64);
     // Header: dag-cbor {"roots": [CID], "version": 1}, keys in dag-cbor

@@ -6,22 +6,26 @@
 //! `%2F`), the
 //! way `ipfs-car pack FILE` wraps a file. The upload's root CID therefore
 //! names its key, and the key → CID map is rebuilt from Storacha alone:
-//! `upload/list` through the bridge gives every root, and each root's
+//! `upload/list` gives every root, and each root's
 //! directory block (a few hundred bytes, fetched from the gateway and
 //! checked against the root CID) gives the key. So `pitr catalog rebuild
 //! --from <this destination>` needs nothing but the space.
 //!
-//! Writes go through the HTTP bridge (`bridge`): `store/add` of the CAR
-//! (its CID is `bag…`, codec `car`), a `PUT` of the bytes to the URL it
-//! answers (skipped when it says `done`), then `upload/add` of the root
-//! with the CAR as its one shard — in that order, so an upload is only
-//! registered once its bytes are stored. Reads go through an IPFS HTTP
-//! gateway (`{gateway}/ipfs/{root}?format=car`) and are verified block by
-//! block against the root CID (`verify`); a ranged read fetches and verifies
-//! the whole object and keeps the last few in a bounded cache (64 MiB).
+//! Writes speak Storacha's own protocol, ucanto (`ucanto`, `service`):
+//! the CAR is stored as a blob of the space (`space/blob/add`, the `PUT` to
+//! the URL its allocation gives, the `http/put` receipt via `ucan/conclude`,
+//! `blob/accept`), then its sharded-DAG index (`index`: a blob too, then
+//! `space/index/add`) so gateways can find it, then `upload/add` of the
+//! root with the CAR as its one shard — in that order, so a listed upload
+//! always has its bytes. Reads go through an IPFS trustless gateway
+//! (`{gateway}/ipfs/{root}?format=car`) and are verified block by block
+//! against the root CID (`verify`); a ranged read fetches and verifies the
+//! whole object and keeps the last few in a bounded cache (64 MiB).
 
-pub mod bridge;
 pub mod car;
+pub mod index;
+pub mod service;
+pub mod ucanto;
 pub mod verify;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -33,9 +37,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use cid::Cid;
-use serde_json::{Value, json};
 
-use self::bridge::{Bridge, BridgeError, link, parse_link};
+use self::service::{Service, ServiceError};
 use super::{Destination, ObjectMeta, PutOutcome, ShipError, validate_key};
 use crate::config::StorachaConfig;
 
@@ -71,11 +74,13 @@ struct Index {
     listed_at: Option<Instant>,
 }
 
-/// A Storacha space reached through the HTTP bridge and an IPFS gateway.
+/// A Storacha space reached through its upload service and an IPFS gateway.
 #[derive(Debug)]
 pub struct StorachaDestination {
     name: String,
-    bridge: Bridge,
+    /// The agent, or why its credentials are unusable (reported by every
+    /// call, so a bad proof is an error at the first use, not a panic).
+    service: Result<Service, String>,
     gateway: String,
     http: reqwest::Client,
     timeout: Duration,
@@ -104,13 +109,20 @@ impl StorachaDestination {
         let http = reqwest::Client::new();
         StorachaDestination {
             name: name.to_owned(),
-            bridge: Bridge::new(
-                http.clone(),
-                &c.bridge,
+            service: Service::new(
+                &c.service,
+                &c.service_did,
+                &c.principal,
+                &c.proof,
                 &c.space,
-                &c.auth_secret,
-                &c.authorization,
-            ),
+                c.request_timeout,
+            )
+            .map_err(|e| {
+                format!(
+                    "the principal or proof is unusable for space {}: {e}",
+                    c.space
+                )
+            }),
             gateway: c.gateway.clone(),
             http,
             timeout: c.request_timeout,
@@ -130,9 +142,16 @@ impl StorachaDestination {
         }
     }
 
-    fn bridge_err(&self, op: &'static str, key: &str, e: BridgeError) -> ShipError {
+    fn svc_err(&self, op: &'static str, key: &str, e: ServiceError) -> ShipError {
         let transient = e.is_transient();
         self.err(op, key, e.to_string(), transient)
+    }
+
+    /// The agent, or a permanent error saying why the credentials fail.
+    fn svc(&self, op: &'static str, key: &str) -> Result<&Service, ShipError> {
+        self.service
+            .as_ref()
+            .map_err(|e| self.err(op, key, e.clone(), false))
     }
 
     fn lookup(&self, key: &str) -> Option<StorachaObject> {
@@ -202,7 +221,15 @@ impl StorachaDestination {
             return Err(self.err(
                 "get",
                 key,
-                format!("the gateway answered HTTP {} for {url}", status.as_u16()),
+                format!(
+                    "the gateway answered HTTP {} for CID {cid} ({url}){}",
+                    status.as_u16(),
+                    if status.as_u16() == 404 {
+                        "; it has not found the content (yet): is the upload's index registered?"
+                    } else {
+                        ""
+                    }
+                ),
                 transient,
             ));
         }
@@ -234,47 +261,41 @@ impl StorachaDestination {
     /// seen before into keys.
     async fn relist(&self, what: &str) -> Result<(), ShipError> {
         let _one = self.listing.lock().await;
+        let svc = self.svc("list", what)?;
         let mut uploads: Vec<(Cid, Option<Cid>)> = Vec::new();
         let mut cursor: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            let mut args = json!({ "size": PAGE });
-            if let Some(c) = &cursor {
-                args["cursor"] = Value::String(c.clone());
-            }
-            let ok = self
-                .bridge
-                .invoke("upload/list", args, self.timeout)
-                .await
-                .map_err(|e| self.bridge_err("list", what, e))?;
-            let results = ok.get("results").and_then(Value::as_array).ok_or_else(|| {
-                self.err(
+        let mut pages = 0;
+        // Every page up to the one without a cursor: a short page may
+        // still carry one.
+        loop {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(self.err(
                     "list",
                     what,
-                    "malformed upload/list answer from the bridge: no results array".to_owned(),
+                    format!("upload/list gave more than {MAX_PAGES} pages; is the service's cursor looping?"),
                     false,
-                )
-            })?;
-            for r in results {
-                let root = r.get("root").and_then(parse_link).ok_or_else(|| {
-                    self.err(
+                ));
+            }
+            let page = svc
+                .upload_list(cursor.as_deref(), PAGE)
+                .await
+                .map_err(|e| self.svc_err("list", what, e))?;
+            // upload/list no longer names shards: upload/shard/list does,
+            // when a delete needs them.
+            uploads.extend(page.results.into_iter().map(|root| (root, None)));
+            match page.cursor {
+                None => break,
+                Some(next) if cursor.as_deref() == Some(next.as_str()) => {
+                    return Err(self.err(
                         "list",
                         what,
-                        format!("malformed upload/list answer from the bridge: bad root in {r}"),
+                        format!("upload/list answered the cursor {next:?} twice; the listing would not end"),
                         false,
-                    )
-                })?;
-                let shard = r
-                    .get("shards")
-                    .and_then(Value::as_array)
-                    .and_then(|s| s.first())
-                    .and_then(parse_link);
-                uploads.push((root, shard));
+                    ));
+                }
+                Some(next) => cursor = Some(next),
             }
-            let next = ok.get("cursor").and_then(Value::as_str).map(str::to_owned);
-            if results.len() < PAGE as usize || next.is_none() || next == cursor {
-                break;
-            }
-            cursor = next;
         }
         for (root, shard) in uploads {
             let seen = self
@@ -349,104 +370,85 @@ impl StorachaDestination {
         )))
     }
 
-    /// Uploads a packed object: `store/add`, the `PUT` when asked, then
-    /// `upload/add`.
+    /// Uploads a packed object: the CAR as a blob, its index as a blob
+    /// registered with `space/index/add`, then `upload/add`.
     async fn upload(&self, key: &str, car: &car::NamedCar) -> Result<(), ShipError> {
-        let size = car.bytes.len() as u64;
-        let ok = self
-            .bridge
-            .invoke(
-                "store/add",
-                json!({ "link": link(&car.shard), "size": size }),
-                self.timeout,
-            )
+        let svc = self.svc("put", key)?;
+        svc.blob_add(&car.bytes)
             .await
-            .map_err(|e| self.bridge_err("put", key, e))?;
-        let malformed = |d: &str| {
-            self.err(
-                "put",
-                key,
-                format!("malformed store/add answer from the bridge: {d}"),
-                false,
-            )
-        };
-        match ok.get("status").and_then(Value::as_str) {
-            Some("done") => {}
-            Some("upload") => {
-                let url = ok
-                    .get("url")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| malformed("status upload without url"))?;
-                let mut req = self
-                    .http
-                    .put(url)
-                    .timeout(self.timeout)
-                    .body(car.bytes.clone());
-                if let Some(h) = ok.get("headers").and_then(Value::as_object) {
-                    for (name, v) in h {
-                        let v = v
-                            .as_str()
-                            .ok_or_else(|| malformed("a header value is not a string"))?;
-                        if name.eq_ignore_ascii_case("content-length") {
-                            // The client sets it from the body; a different
-                            // figure means the bridge sized another CAR.
-                            if v != size.to_string() {
-                                return Err(malformed(&format!(
-                                    "content-length {v} for a CAR of {size} bytes"
-                                )));
-                            }
-                            continue;
-                        }
-                        req = req.header(name.as_str(), v);
-                    }
-                }
-                let resp = req.send().await.map_err(|e| {
-                    self.err(
-                        "put",
-                        key,
-                        format!("no answer from the upload URL: {e}"),
-                        true,
-                    )
-                })?;
-                let status = resp.status();
-                if !status.is_success() {
-                    let body = resp.text().await.unwrap_or_default();
-                    return Err(self.err(
-                        "put",
-                        key,
-                        format!(
-                            "the upload URL answered HTTP {} to the PUT of shard {}: {}",
-                            status.as_u16(),
-                            car.shard,
-                            body.chars().take(300).collect::<String>()
-                        ),
-                        status.is_server_error() || status.as_u16() == 429,
-                    ));
-                }
-            }
-            other => return Err(malformed(&format!("status {other:?}"))),
-        }
-        let ok = self
-            .bridge
-            .invoke(
-                "upload/add",
-                json!({ "root": link(&car.root), "shards": [link(&car.shard)] }),
-                self.timeout,
-            )
+            .map_err(|e| self.svc_err("put", key, e))?;
+        let (index, index_bytes) = index::sharded_dag_index(&car.root, &car.bytes)
+            .map_err(|e| self.err("put", key, e.to_string(), false))?;
+        svc.blob_add(&index_bytes)
             .await
-            .map_err(|e| self.bridge_err("put", key, e))?;
-        if ok.get("root").and_then(parse_link) != Some(car.root) {
-            return Err(self.err(
-                "put",
-                key,
-                format!(
-                    "malformed upload/add answer from the bridge: root is not {}: {ok}",
-                    car.root
-                ),
-                false,
-            ));
-        }
+            .map_err(|e| self.svc_err("put", key, e))?;
+        svc.index_add(&index)
+            .await
+            .map_err(|e| self.svc_err("put", key, e))?;
+        svc.upload_add(&car.root, &[car.shard])
+            .await
+            .map_err(|e| self.svc_err("put", key, e))?;
         Ok(())
+    }
+
+    /// Every shard of the upload `root`, from `upload/shard/list`.
+    async fn shards(&self, key: &str, root: &Cid) -> Result<Vec<Cid>, ShipError> {
+        let svc = self.svc("delete", key)?;
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = svc
+                .upload_shard_list(root, cursor.as_deref())
+                .await
+                .map_err(|e| self.svc_err("delete", key, e))?;
+            out.extend(page.results);
+            match page.cursor {
+                Some(next) if cursor.as_deref() != Some(next.as_str()) => cursor = Some(next),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `pitr check` says of the credentials: the space, the agent,
+    /// the abilities the proof grants and those pitr needs but lacks.
+    pub fn credentials_report(&self) -> Result<String, String> {
+        let svc = self.service.as_ref().map_err(Clone::clone)?;
+        let granted: Vec<&str> = ucanto::ABILITIES
+            .iter()
+            .copied()
+            .filter(|a| svc.proof().grants(a, svc.space()))
+            .collect();
+        let missing = svc.missing_abilities();
+        let exp = svc.proof().ucan.exp.map_or_else(
+            || "never expires".to_owned(),
+            |e| {
+                jiff::Timestamp::from_second(e).map_or_else(
+                    |_| format!("expires at Unix {e}"),
+                    |t| format!("expires {t}"),
+                )
+            },
+        );
+        let head = format!(
+            "space {}, agent {}, proof {exp}, grants {}",
+            svc.space(),
+            svc.agent(),
+            if granted.is_empty() {
+                "none of pitr's abilities".to_owned()
+            } else {
+                granted.join(", ")
+            }
+        );
+        if missing.is_empty() {
+            Ok(format!("{head}; nothing missing"))
+        } else {
+            Err(format!(
+                "{head}; MISSING {}: create the delegation again with `storacha delegation create {} {} --base64`",
+                missing.join(", "),
+                svc.agent(),
+                ucanto::delegation_flags()
+            ))
+        }
     }
 
     fn cached(&self, key: &str) -> Option<Bytes> {
@@ -474,8 +476,8 @@ impl Destination for StorachaDestination {
     }
 
     async fn prepare(&self) -> Result<(), ShipError> {
-        // Checks the tokens and the space: a listing is the cheapest call
-        // that needs both.
+        // Checks the credentials and the space: a listing is the cheapest
+        // call that needs both.
         self.relist("(space)").await
     }
 
@@ -516,6 +518,10 @@ impl Destination for StorachaDestination {
             .gateway_get(key, &obj.root, "car", "application/vnd.ipld.car")
             .await?;
         let data = verify::extract(&car, &obj.root, &entry_name(key)).map_err(|e| {
+            // A CAR cut short (a dropped connection, a gateway still
+            // assembling it) may come whole next time; bytes that hash
+            // wrong will not.
+            let transient = e.is_truncation();
             self.err(
                 "get",
                 key,
@@ -523,7 +529,7 @@ impl Destination for StorachaDestination {
                     "object {key} (CID {}) from the gateway {} fails verification: {e}",
                     obj.root, self.gateway
                 ),
-                false,
+                transient,
             )
         })?;
         if data.len() as u64 != obj.size {
@@ -594,14 +600,30 @@ impl Destination for StorachaDestination {
         let Some(obj) = self.object(key, true).await? else {
             return Ok(());
         };
-        self.bridge
-            .invoke(
-                "upload/remove",
-                json!({ "root": link(&obj.root) }),
-                self.timeout,
-            )
-            .await
-            .map_err(|e| self.bridge_err("delete", key, e))?;
+        let svc = self.svc("delete", key)?;
+        // The shards first (once the upload is gone, upload/shard/list
+        // cannot name them), and their bytes before the upload: a delete
+        // that fails halfway leaves the upload listed, so the next delete
+        // finds its shards again (removing a blob twice is not an error)
+        // instead of leaving bytes no listing names.
+        let shards = match obj.shard {
+            Some(s) => vec![s],
+            None => self.shards(key, &obj.root).await?,
+        };
+        for shard in &shards {
+            svc.blob_remove(shard).await.map_err(|e| {
+                let transient = e.is_transient();
+                let msg = format!(
+                    "shard {shard} of {key} (upload {}) was not removed: {e}; the upload stays listed, and the next delete of {key} tries again",
+                    obj.root
+                );
+                self.err("delete", key, msg, transient)
+            })?;
+        }
+        match svc.upload_remove(&obj.root).await {
+            Err(e) if !e.is_not_found() => return Err(self.svc_err("delete", key, e)),
+            _ => {}
+        }
         {
             let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
             idx.by_key.remove(key);
@@ -610,18 +632,6 @@ impl Destination for StorachaDestination {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(k, _)| k != key);
-        if let Some(shard) = obj.shard {
-            self.bridge
-                .invoke("store/remove", json!({ "link": link(&shard) }), self.timeout)
-                .await
-                .map_err(|e| {
-                    let msg = format!(
-                        "upload {} of {key} was removed, but its shard {shard} was not ({e}); the space keeps (and bills) its bytes until `storacha can store rm {shard}` removes it",
-                        obj.root
-                    );
-                    self.err("delete", key, msg, false)
-                })?;
-        }
         Ok(())
     }
 }

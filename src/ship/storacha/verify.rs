@@ -50,6 +50,22 @@ pub enum VerifyError {
     Shape(String),
 }
 
+impl VerifyError {
+    /// Whether the answer looks cut short (a block or the CAR ends early,
+    /// a linked block is absent) rather than wrong.
+    pub fn is_truncation(&self) -> bool {
+        match self {
+            VerifyError::Missing(_) => true,
+            VerifyError::Malformed { detail, .. } => {
+                detail.contains("truncated")
+                    || detail.contains("ends early")
+                    || detail.contains("longer than the file")
+            }
+            _ => false,
+        }
+    }
+}
+
 fn malformed(what: &'static str, detail: impl Into<String>) -> VerifyError {
     VerifyError::Malformed {
         what,

@@ -144,6 +144,18 @@ fn urls_parse_and_percent_decode() {
     assert_eq!(err, ConnInfoError::UnknownKeyword("bogus".into()));
     let err = parse("postgresql://u:topsecret@[::1/db", &[]).expect_err("bad ipv6");
     assert!(!err.to_string().contains("topsecret"), "{err}");
+    // A raw '/' in the password is still the password, and an error
+    // about another part shows none of it.
+    let c = parse("postgresql://u:top/secret@h:6432/db", &[]).expect("a '/' in the password");
+    assert_eq!(
+        c.password.as_ref().map(Password::expose),
+        Some("top/secret")
+    );
+    assert_eq!((c.host.clone(), c.port), (Host::Tcp("h".into()), 6432));
+    assert_eq!(c.dbname, "db");
+    let err = parse("postgresql://u:top/secret@h:notaport/db", &[]).expect_err("bad port");
+    assert!(!err.to_string().contains("secret"), "{err}");
+    assert!(!err.to_string().contains("top/"), "{err}");
     let err = parse("postgresql://u:top%ZZsecret@h/db", &[]).expect_err("bad escape");
     assert!(err.to_string().contains("password"), "{err}");
     assert!(!err.to_string().contains("secret"), "{err}");

@@ -19,12 +19,17 @@ pub(super) fn parse(url: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
         Some((m, q)) => (m, Some(q)),
         None => (rest, None),
     };
-    let (authority, path) = match main.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (main, None),
+    // The last '@' before the query ends the user info, even past a '/':
+    // libpq wants '@' and '/' in a password %-encoded, but taking the rest
+    // of a password for the host, port or database name would print it in
+    // an error.
+    let (authority, path) = {
+        let from = main.rfind('@').unwrap_or(0);
+        match main[from..].find('/') {
+            Some(i) => (&main[..from + i], Some(&main[from + i + 1..])),
+            None => (main, None),
+        }
     };
-    // The last '@' ends the user info: a password may not contain a raw '@'
-    // in libpq either, but be lenient about it.
     let hostport = match authority.rsplit_once('@') {
         Some((userinfo, hostport)) => {
             let (user, password) = match userinfo.split_once(':') {

@@ -11,6 +11,7 @@
 pub mod pg;
 pub mod s3;
 pub mod smtp;
+pub mod storacha;
 pub mod webhook;
 
 pub use pg::{PgCluster, run_as_pg_user};

@@ -67,6 +67,13 @@ fn template_for(image_path: &str) -> &'static str {
 
 /// Values that pass validation for the variables the files set to
 /// placeholders (secrets the operator fills in).
+/// One value of tests/data/ucanto/vectors.json.
+fn ucanto_vector(key: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("../../data/ucanto/vectors.json")).expect("vectors");
+    v[key].as_str().expect("a vector").to_owned()
+}
+
 struct Fill {
     dir: tempfile::TempDir,
     recipient: String,
@@ -97,7 +104,12 @@ impl Fill {
             n if n.ends_with("_IDENTITY_FILE") => d.join("identity.txt").display().to_string(),
             n if n.ends_with("_KEY_FILE") => d.join("repository.key").display().to_string(),
             n if n.ends_with("_DIR") => d.join("dir").display().to_string(),
-            n if n.ends_with("_SPACE") => "did:key:z6MkpitrTestSpace".into(),
+            // A key, a proof for that space and the space, made by the
+            // JS libraries (tests/data/ucanto/vectors.mjs): `pitr check
+            // --offline` reads all three.
+            n if n.ends_with("_SPACE") => ucanto_vector("space_did"),
+            n if n.ends_with("_PRINCIPAL") => ucanto_vector("agent_key"),
+            n if n.ends_with("_PROOF") => ucanto_vector("proof_b64"),
             n if n.ends_with("_ENDPOINT") => "http://127.0.0.1:9000".into(),
             n if n.ends_with("_CONNINFO") => {
                 "host=postgres port=5432 user=replicator password=x dbname=postgres".into()
@@ -519,10 +531,10 @@ fn a_broken_sdl_is_refused() {
         env.retain(|e| {
             !e.as_str()
                 .unwrap_or("")
-                .starts_with("PITR_DESTINATION_PRIMARY_AUTHORIZATION=")
+                .starts_with("PITR_DESTINATION_PRIMARY_PROOF=")
         });
     });
-    assert!(errs.contains("authorization"), "{errs}");
+    assert!(errs.contains("proof"), "{errs}");
 
     let errs = broken("an unknown compute profile", &|sdl| {
         sdl["deployment"]["pitr"]["akash"]["profile"] = Value::from("nope");
@@ -946,8 +958,8 @@ fn dockerfile_stages_user_healthcheck_and_entrypoint() {
             &[
                 "PITR_REPOSITORY_RECIPIENTS",
                 "PITR_DESTINATION_PRIMARY_SPACE",
-                "PITR_DESTINATION_PRIMARY_AUTH_SECRET",
-                "PITR_DESTINATION_PRIMARY_AUTHORIZATION",
+                "PITR_DESTINATION_PRIMARY_PRINCIPAL",
+                "PITR_DESTINATION_PRIMARY_PROOF",
             ][..],
         ),
         (
