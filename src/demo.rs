@@ -16,57 +16,21 @@ use pitr::repo::Repository;
 
 use crate::Exit;
 
-/// Where PostgreSQL's binaries are: the newest /usr/lib/postgresql/N/bin
-/// with initdb, else the PATH.
-fn pg_bin() -> anyhow::Result<PathBuf> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let major: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((major, bin))
-        })
-        .collect();
-    found.sort();
-    if let Some((_, bin)) = found.pop() {
-        return Ok(bin);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if dir.join("initdb").exists() && dir.join("postgres").exists() {
-                return Ok(dir);
-            }
-        }
-    }
-    Err(Exit::NotPossible(
-        "the demo needs PostgreSQL's server binaries (initdb, postgres, pg_ctl, psql) and found \
-         none in /usr/lib/postgresql/*/bin or on the PATH; on Debian: apt-get install \
-         postgresql-15"
-            .to_owned(),
-    )
-    .into())
+/// The programs the demo runs.
+const TOOLS: &[&str] = &["initdb", "postgres", "pg_ctl", "psql"];
+
+/// The newest PostgreSQL installed, wherever restores look for one.
+fn pg_bin() -> anyhow::Result<pitr::pg::PgBin> {
+    pitr::pg::find_newest(&[], TOOLS).map_err(|e| Exit::NotPossible(e.to_string()).into())
 }
 
 /// The unprivileged user PostgreSQL runs as when the demo runs as root.
-fn os_user() -> anyhow::Result<Option<(String, u32, u32)>> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(None);
-    }
-    match nix::unistd::User::from_name("postgres") {
-        Ok(Some(u)) => Ok(Some((
-            "postgres".to_owned(),
-            u.uid.as_raw(),
-            u.gid.as_raw(),
-        ))),
-        _ => Err(Exit::NotPossible(
-            "running as root, and PostgreSQL refuses to: the demo runs it as the OS user \
-             `postgres`, which does not exist (apt-get install postgresql-15 creates it)"
-                .to_owned(),
-        )
-        .into()),
-    }
+fn os_user() -> anyhow::Result<Option<(u32, u32)>> {
+    pitr::pg::server_owner(
+        "postgres",
+        "the demo always uses `postgres`, which installing PostgreSQL's packages creates",
+    )
+    .map_err(|e| Exit::NotPossible(e.to_string()).into())
 }
 
 /// A throw-away cluster, stopped on drop.
@@ -74,7 +38,7 @@ struct Cluster {
     bin: PathBuf,
     data: PathBuf,
     port: u16,
-    user: Option<(String, u32, u32)>,
+    user: Option<(u32, u32)>,
     running: bool,
 }
 
@@ -82,7 +46,7 @@ impl Cluster {
     fn command(&self, tool: &str) -> Command {
         use std::os::unix::process::CommandExt;
         let mut c = Command::new(self.bin.join(tool));
-        if let Some((_, uid, gid)) = &self.user {
+        if let Some((uid, gid)) = &self.user {
             c.uid(*uid).gid(*gid);
         }
         c
@@ -171,8 +135,8 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn chown(path: &Path, user: &Option<(String, u32, u32)>) -> anyhow::Result<()> {
-    if let Some((_, uid, gid)) = user {
+fn chown(path: &Path, user: &Option<(u32, u32)>) -> anyhow::Result<()> {
+    if let Some((uid, gid)) = user {
         std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
             .with_context(|| format!("chown {}", path.display()))?;
     }
@@ -194,17 +158,18 @@ pub async fn run() -> anyhow::Result<()> {
     std::fs::create_dir(&pgdir)?;
     chown(&pgdir, &user)?;
     println!(
-        "pitr demo in {} (removed at the end), PostgreSQL from {}",
+        "pitr demo in {} (removed at the end), PostgreSQL {} from {}",
         dir.display(),
-        bin.display()
+        bin.version(),
+        bin.dir().display()
     );
 
     // 1. A source cluster.
     let mut source = Cluster {
-        bin: bin.clone(),
+        bin: bin.dir().to_owned(),
         data: pgdir.join("source"),
         port: free_port()?,
-        user: user.clone(),
+        user,
         running: false,
     };
     source.run(
@@ -389,6 +354,7 @@ async fn demo_steps(
         recover: true,
         os_user: "postgres".to_owned(),
         pg_bin: Some(source.bin.clone()),
+        bin_dirs: Vec::new(),
         config_path: config.path.clone(),
         parallel: 4,
         tablespace_dir: None,
@@ -414,7 +380,7 @@ async fn demo_steps(
         bin: source.bin.clone(),
         data: restored_dir,
         port: free_port()?,
-        user: source.user.clone(),
+        user: source.user,
         running: false,
     };
     restored.start()?;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod crashsafe;
 pub mod health;
 pub mod listing;
+pub mod pg;
 pub mod pitr;
 pub mod repo;
 pub mod retention;

@@ -587,6 +587,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 recover: !no_recover,
                 os_user,
                 pg_bin,
+                bin_dirs: config.restore.bin_dirs.clone(),
                 config_path: config_arg.config.clone(),
                 parallel,
                 tablespace_dir,

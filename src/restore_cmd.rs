@@ -336,9 +336,10 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
         eprint!("{skipped}");
     }
     let report = result.map_err(|e| match e {
-        RestoreError::TargetNotEmpty(_) | RestoreError::NoOsUser(_) => {
-            Exit::Usage(e.to_string()).into()
-        }
+        // A missing major's binaries is an installation or config matter.
+        RestoreError::TargetNotEmpty(_)
+        | RestoreError::NoOsUser(_)
+        | RestoreError::NoPostgres(_) => Exit::Usage(e.to_string()).into(),
         e => anyhow::Error::new(e),
     })?;
     match &report.reached {
@@ -364,6 +365,9 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
                 plan.target.describe(),
                 report.target_dir.display()
             );
+            if let Some(p) = &report.postgres {
+                println!("  recovery ran on            {p}");
+            }
             println!("  last transaction replayed  {last}");
             if let Some(s) = &r.stopped {
                 println!("  recovery stopped           {s}");

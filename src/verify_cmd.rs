@@ -45,6 +45,29 @@ pub async fn verify_restore(
         eprintln!("warning: the report of {db:?} could not be recorded in the repository: {e}");
     }
     let failed: Vec<&VerifyReport> = run.reports.iter().filter(|r| !r.ok).collect();
+    // Only missing server binaries: nothing is known to be wrong with the
+    // backups, the installation or config must change (exit 2).
+    if !failed.is_empty()
+        && failed.iter().all(|r| {
+            r.kind == pitr::verify::DatabaseKind::Postgres
+                && run.missing_binaries.contains(&r.database)
+        })
+    {
+        return Err(Exit::Usage(format!(
+            "test restore could not run for {}: {}",
+            failed
+                .iter()
+                .map(|r| format!("[[postgres]] {:?}", r.database))
+                .collect::<Vec<_>>()
+                .join(", "),
+            failed
+                .iter()
+                .filter_map(|r| r.error.as_deref())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+        .into());
+    }
     if !failed.is_empty() {
         let names: Vec<String> = failed
             .iter()

@@ -135,7 +135,8 @@ fn entry_names(raw: &RawConfig, section: Section) -> Vec<Option<String>> {
         | Section::Health
         | Section::Verify
         | Section::Retention
-        | Section::Scrub => Vec::new(),
+        | Section::Scrub
+        | Section::Restore => Vec::new(),
     }
 }
 
@@ -339,6 +340,9 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
         }
         (Section::Retention, Value::Str(v)) if key == "schedule" => {
             raw.retention.get_or_insert_with(Default::default).schedule = Some(v);
+        }
+        (Section::Restore, Value::List(v)) if key == "bin_dirs" => {
+            raw.restore.get_or_insert_with(Default::default).bin_dirs = Some(v);
         }
         (Section::Scrub, Value::Str(v)) if key == "schedule" => {
             raw.scrub.get_or_insert_with(Default::default).schedule = Some(v);

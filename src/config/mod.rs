@@ -60,6 +60,8 @@ pub struct Config {
     /// `[scrub]`: the background scrub that lists, checks and repairs
     /// every destination.
     pub scrub: ScrubConfig,
+    /// `[restore]`: where the PostgreSQL server binaries restores run are.
+    pub restore: RestoreConfig,
 }
 
 /// `[repository]`: how objects are encrypted, compressed and packed, and
@@ -462,6 +464,14 @@ pub struct VerifyConfig {
     /// The OS user PostgreSQL runs as during a test restore when pitr runs
     /// as root (`os_user`, default `postgres`).
     pub os_user: String,
+}
+
+/// `[restore]`: how restores and test restores find PostgreSQL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreConfig {
+    /// Directories searched first for the server binaries of a backup's
+    /// major (`bin_dirs`, default none), before the usual places.
+    pub bin_dirs: Vec<PathBuf>,
 }
 
 /// `[retention]`: which base backups (and SQLite snapshots) are kept, per

@@ -39,6 +39,7 @@ pub(super) struct RawConfig {
     pub verify: Option<RawVerify>,
     pub retention: Option<RawRetention>,
     pub scrub: Option<RawScrub>,
+    pub restore: Option<RawRestore>,
 }
 
 /// `[repository]`.
@@ -178,6 +179,13 @@ pub(super) struct RawScrub {
     pub read_budget: Option<Val<toml::Value>>,
 }
 
+/// `[restore]`: how restores (and test restores) run PostgreSQL.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRestore {
+    pub bin_dirs: Option<Val<Vec<Val<String>>>>,
+}
+
 /// The sections of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
@@ -190,6 +198,7 @@ pub(super) enum Section {
     Verify,
     Retention,
     Scrub,
+    Restore,
 }
 
 /// How an environment variable's text becomes a value of a key.
@@ -458,6 +467,11 @@ const RETENTION_KEYS: &[KeySpec] = &[
     key("gc_grace", KeyType::Duration, r#"gc_grace = "24h""#),
     key("schedule", KeyType::Str, r#"schedule = "30 4 * * *""#),
 ];
+const RESTORE_KEYS: &[KeySpec] = &[key(
+    "bin_dirs",
+    KeyType::List,
+    r#"bin_dirs = ["/usr/lib/postgresql/17/bin"]"#,
+)];
 const SCRUB_KEYS: &[KeySpec] = &[
     key("schedule", KeyType::Str, r#"schedule = "15 5 * * *""#),
     key("read_budget", KeyType::Size, r#"read_budget = "1GiB""#),
@@ -465,7 +479,7 @@ const SCRUB_KEYS: &[KeySpec] = &[
 
 impl Section {
     /// Every section, in the order the design card writes them.
-    pub const ALL: [Section; 9] = [
+    pub const ALL: [Section; 10] = [
         Section::Repository,
         Section::Destination,
         Section::Postgres,
@@ -475,6 +489,7 @@ impl Section {
         Section::Verify,
         Section::Retention,
         Section::Scrub,
+        Section::Restore,
     ];
 
     /// The section's name in the file.
@@ -489,6 +504,7 @@ impl Section {
             Section::Verify => "verify",
             Section::Retention => "retention",
             Section::Scrub => "scrub",
+            Section::Restore => "restore",
         }
     }
 
@@ -521,6 +537,7 @@ impl Section {
             Section::Verify => VERIFY_KEYS,
             Section::Retention => RETENTION_KEYS,
             Section::Scrub => SCRUB_KEYS,
+            Section::Restore => RESTORE_KEYS,
         }
     }
 

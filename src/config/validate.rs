@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use super::error::{ConfigError, Ctx, Entry, KeyName};
 use super::raw::{
-    RawAlert, RawConfig, RawDestination, RawHealth, RawPostgres, RawRepository, RawRetention,
-    RawScrub, RawSqlite, RawVerify, Section, Val,
+    RawAlert, RawConfig, RawDestination, RawHealth, RawPostgres, RawRepository, RawRestore,
+    RawRetention, RawScrub, RawSqlite, RawVerify, Section, Val,
 };
 use super::secrets;
 use super::{
     AlertConfig, AlertKind, Config, DestinationConfig, DestinationKind, HealthConfig,
-    PostgresConfig, RepositoryConfig, RetentionConfig, S3Config, ScrubConfig, SqliteConfig,
-    StorachaConfig, VerifyConfig,
+    PostgresConfig, RepositoryConfig, RestoreConfig, RetentionConfig, S3Config, ScrubConfig,
+    SqliteConfig, StorachaConfig, VerifyConfig,
 };
 use crate::basebackup::schedule::CronSchedule;
 use crate::basebackup::{Checkpoint, ManifestChecksums};
@@ -72,6 +72,7 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         verify,
         retention: retention(ctx, raw.retention.unwrap_or_default())?,
         scrub: scrub(ctx, raw.scrub.unwrap_or_default())?,
+        restore: restore(ctx, raw.restore.unwrap_or_default())?,
         repository,
     };
     if let (Some(q), Some(origin)) = (config.repository.quorum, quorum_origin)
@@ -1318,6 +1319,19 @@ fn verify(
         scratch_dir,
         os_user,
     })
+}
+
+fn restore(ctx: &Ctx<'_>, r: RawRestore) -> Result<RestoreConfig, ConfigError> {
+    let key = KeyName::plain(Section::Restore, "bin_dirs");
+    let bin_dirs = match r.bin_dirs {
+        None => Vec::new(),
+        Some(dirs) => dirs
+            .value
+            .iter()
+            .map(|d| path(ctx, &key, d))
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(RestoreConfig { bin_dirs })
 }
 
 fn retention(ctx: &Ctx<'_>, r: RawRetention) -> Result<RetentionConfig, ConfigError> {

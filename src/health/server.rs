@@ -421,6 +421,7 @@ async fn start_restore(
         recover: true,
         os_user: e.config.verify.os_user.clone(),
         pg_bin: None,
+        bin_dirs: e.config.restore.bin_dirs.clone(),
         config_path: e.config.path.clone(),
         parallel: 4,
         tablespace_dir: None,

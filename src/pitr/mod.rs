@@ -7,15 +7,12 @@
 
 mod export;
 mod plan;
-mod postmaster;
 mod restore;
 mod serve;
 mod target;
 
 pub use export::{ExportError, Selection, export, restorable_set};
 pub use plan::{Plan, PlanError, PlannedBackup, Stop, WalFile, Window, plan, windows};
-pub(crate) use postmaster::Postmaster;
-pub(crate) use restore::isolated_server_settings;
 pub use restore::{Reached, RestoreError, RestoreOptions, RestoreProgress, RestoreReport, restore};
 pub use serve::fetch_client;
 pub use target::{Target, TargetError, parse_time, pg_time};

@@ -6,10 +6,8 @@
 //! any failure, what was written is removed: nothing half-restored is left
 //! looking like a database.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 
@@ -17,6 +15,7 @@ use super::plan::Plan;
 use super::serve::WalServer;
 use super::target::{Target, parse_time, pg_time};
 use crate::basebackup::{self, BackupError};
+use crate::pg::{self, PgBin};
 use crate::repo::Repository;
 use crate::wal::{Lsn, WalStore};
 
@@ -36,9 +35,13 @@ pub struct RestoreOptions {
     pub recover: bool,
     /// The OS user PostgreSQL runs as when pitr runs as root.
     pub os_user: String,
-    /// Where PostgreSQL's server binaries are; found from the backup's
-    /// version when `None`.
+    /// The one directory of PostgreSQL's server binaries to use
+    /// (`--pg-bin`); when `None` they are found for the backup's major in
+    /// `bin_dirs`, then the usual places.
     pub pg_bin: Option<PathBuf>,
+    /// Directories searched first for the backup's major (`[restore]
+    /// bin_dirs`).
+    pub bin_dirs: Vec<PathBuf>,
     /// The config file, for the `restore_command` left behind by
     /// `--no-recover`.
     pub config_path: PathBuf,
@@ -92,6 +95,9 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// The checked end of recovery; `None` with `--no-recover`.
     pub reached: Option<Reached>,
+    /// The server that ran recovery (`PostgreSQL 17.11 in <dir>`); `None`
+    /// with `--no-recover`.
+    pub postgres: Option<String>,
 }
 
 /// Why a restore failed.
@@ -114,24 +120,15 @@ pub enum RestoreError {
         /// The error.
         source: std::io::Error,
     },
-    /// No usable PostgreSQL server binaries.
+    /// No usable server binaries of the backup's major.
     #[error(
-        "recovery needs PostgreSQL {major}'s server binaries (`postgres`): {what}; install them \
-         (Debian: postgresql-{major}), point --pg-bin at their directory, or restore with \
+        "recovery cannot run: {0}; or point --pg-bin at their directory, or restore with \
          --no-recover and start recovery yourself"
     )]
-    NoPostgres {
-        /// The major version the backup needs.
-        major: String,
-        /// What was looked at.
-        what: String,
-    },
+    NoPostgres(crate::pg::BinError),
     /// The OS user for PostgreSQL does not exist.
-    #[error(
-        "pitr runs as root and PostgreSQL refuses to, so recovery runs as the OS user {0:?}, \
-         which does not exist; create it or name another with --os-user"
-    )]
-    NoOsUser(String),
+    #[error("{0}")]
+    NoOsUser(crate::pg::NoOsUser),
     /// Recovery failed or stopped somewhere else than planned.
     #[error(
         "recovery of the restored directory failed: {why}. The restored files were removed; \
@@ -252,11 +249,12 @@ async fn restore_into(
 ) -> Result<RestoreReport, RestoreError> {
     let target = &opts.target_dir;
     // Everything that can be refused is checked before the download.
-    let owner = os_owner(opts)?;
-    let bin = if opts.recover {
-        Some(find_postgres(opts, &plan.backup.server_version)?)
-    } else {
-        None
+    let owner = pg::server_owner(&opts.os_user, "--os-user").map_err(RestoreError::NoOsUser)?;
+    // The catalog's server version, checked before the download; the
+    // restored PG_VERSION decides below.
+    let mut bin = match (opts.recover, pg::major_of(&plan.backup.server_version)) {
+        (true, Some(major)) => Some(find_postgres(opts, major)?),
+        _ => None,
     };
     // Bytes written, forwarded into the restore's own progress.
     let (bytes_tx, forward) = match &opts.progress {
@@ -297,11 +295,20 @@ async fn restore_into(
             Err(e) => return Err(io(&target.join(f))(e)),
         }
     }
+    if opts.recover {
+        let major = pg::data_dir_major(target).map_err(RestoreError::NoPostgres)?;
+        if bin.as_ref().is_none_or(|b| b.major() != major) {
+            bin = Some(find_postgres(opts, major)?);
+        }
+    }
     let mut report = RestoreReport {
         target_dir: target.clone(),
         files: summary.files,
         bytes: summary.bytes,
         reached: None,
+        postgres: bin
+            .as_ref()
+            .map(|b| format!("PostgreSQL {} in {}", b.version(), b.dir().display())),
     };
     let Some(bin) = bin else {
         let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
@@ -323,61 +330,14 @@ async fn restore_into(
     Ok(report)
 }
 
-/// `(uid, gid)` to hand the directory and the server to, when root.
-fn os_owner(opts: &RestoreOptions) -> Result<Option<(u32, u32)>, RestoreError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(None);
-    }
-    match nix::unistd::User::from_name(&opts.os_user) {
-        Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
-        _ => Err(RestoreError::NoOsUser(opts.os_user.clone())),
-    }
-}
-
-/// The major version in a `server_version` (`15.10 (Debian ...)`, `16beta1`).
-fn major_of(server_version: &str) -> String {
-    server_version
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect()
-}
-
-/// The `postgres` binary for the backup's major version.
-fn find_postgres(opts: &RestoreOptions, server_version: &str) -> Result<PathBuf, RestoreError> {
-    let major = major_of(server_version);
-    let mut candidates = Vec::new();
+/// The server binaries of `major`: `--pg-bin` alone when given, else
+/// `[restore] bin_dirs` and the usual places.
+fn find_postgres(opts: &RestoreOptions, major: u32) -> Result<PgBin, RestoreError> {
     match &opts.pg_bin {
-        Some(dir) => candidates.push(dir.join("postgres")),
-        None => {
-            candidates.push(PathBuf::from(format!(
-                "/usr/lib/postgresql/{major}/bin/postgres"
-            )));
-            if let Some(path) = std::env::var_os("PATH") {
-                candidates.extend(std::env::split_paths(&path).map(|d| d.join("postgres")));
-            }
-        }
+        Some(dir) => pg::find_in(dir, "--pg-bin", major, &["postgres"]),
+        None => pg::find(major, &opts.bin_dirs, &["postgres"]),
     }
-    let mut seen = Vec::new();
-    for c in candidates {
-        let Ok(out) = std::process::Command::new(&c).arg("--version").output() else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        // "postgres (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)"
-        let version = text.split(") ").nth(1).unwrap_or("").trim();
-        if major_of(version) == major {
-            return Ok(c);
-        }
-        seen.push(format!("{} is {}", c.display(), text.trim()));
-    }
-    Err(RestoreError::NoPostgres {
-        major,
-        what: if seen.is_empty() {
-            "none found".to_owned()
-        } else {
-            seen.join("; ")
-        },
-    })
+    .map_err(RestoreError::NoPostgres)
 }
 
 /// Quotes for `sh`.
@@ -540,7 +500,7 @@ async fn recover(
     repo: &Repository,
     plan: &Plan,
     opts: &RestoreOptions,
-    postgres: &Path,
+    bin: &PgBin,
     owner: Option<(u32, u32)>,
 ) -> Result<Reached, RestoreError> {
     use std::os::unix::fs::PermissionsExt;
@@ -607,7 +567,7 @@ async fn recover(
     serving.spawn(server.clone().run(listener));
 
     let log_path = private_path.join("postgres.log");
-    let outcome = run_server(postgres, target, &private_path, &log_path, owner, opts).await;
+    let outcome = run_server(bin, target, &private_path, &log_path, owner, opts).await;
     serving.abort_all();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let fail = |why: String| {
@@ -671,109 +631,41 @@ fn tail(text: &str, n: usize) -> String {
 
 /// Starts PostgreSQL on the restored directory, waits until recovery has
 /// promoted it, and shuts it down cleanly.
-/// `-c` settings for a server pitr starts on a restored directory (the
-/// checked recovery, the checks of a test restore): reachable only through
-/// `socket_dir`, and isolated from whatever the source's own configuration
-/// (`postgresql.auto.conf` travels in the base backup) says about the
-/// world around it. A source that is a delayed standby would stall the
-/// recovery for its `recovery_min_apply_delay`; a synchronous primary's
-/// `synchronous_standby_names` would hang every commit of the checks; its
-/// `archive_cleanup_command` and `recovery_end_command` would run against
-/// production's archive; its archiving and `primary_conninfo` would write
-/// into or follow production.
-pub(crate) fn isolated_server_settings(socket_dir: &Path) -> Vec<String> {
-    vec![
-        "listen_addresses=".to_owned(),
-        format!("unix_socket_directories={}", socket_dir.display()),
-        "port=5432".to_owned(),
-        // No TCP: certificates the source names need not exist here.
-        "ssl=off".to_owned(),
-        "archive_mode=off".to_owned(),
-        "primary_conninfo=".to_owned(),
-        "primary_slot_name=".to_owned(),
-        "recovery_min_apply_delay=0".to_owned(),
-        "archive_cleanup_command=".to_owned(),
-        "recovery_end_command=".to_owned(),
-        "synchronous_standby_names=".to_owned(),
-        "logging_collector=off".to_owned(),
-        "log_destination=stderr".to_owned(),
-        "lc_messages=C".to_owned(),
-    ]
-}
-
 async fn run_server(
-    postgres: &Path,
+    bin: &PgBin,
     target: &Path,
     private: &Path,
     log_path: &Path,
     owner: Option<(u32, u32)>,
     opts: &RestoreOptions,
 ) -> Result<(), String> {
-    let log = std::fs::File::create(log_path).map_err(|e| format!("server log: {e}"))?;
-    let log2 = log.try_clone().map_err(|e| format!("server log: {e}"))?;
-    let mut cmd = tokio::process::Command::new(postgres);
-    cmd.arg("-D").arg(target);
-    for setting in isolated_server_settings(private).into_iter().chain([
+    let start = pg::ServerStart {
+        bin,
+        data: target,
+        socket_dir: private,
         // What pitr reads back from the log: untranslated, in UTC.
-        "timezone=UTC".to_owned(),
-        "log_timezone=UTC".to_owned(),
-        "log_line_prefix=".to_owned(),
-    ]) {
-        cmd.arg("-c").arg(setting);
-    }
-    cmd.current_dir(target)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2))
-        .kill_on_drop(true);
-    if let Some((uid, gid)) = owner {
-        cmd.uid(uid).gid(gid);
-    }
-    let mut child = super::Postmaster::new(
-        cmd.spawn()
-            .map_err(|e| format!("cannot start {}: {e}", postgres.display()))?,
-    );
-    let started = Instant::now();
-    let mut seen = 0u64;
-    let mut text = String::new();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "the server exited ({status}) before recovery reached the target"
-            ));
-        }
-        if let Ok(mut f) = std::fs::File::open(log_path)
-            && f.seek(SeekFrom::Start(seen)).is_ok()
-        {
-            let mut more = String::new();
-            if let Ok(n) = f.read_to_string(&mut more) {
-                seen += n as u64;
-                text.push_str(&more);
+        settings: vec![
+            "timezone=UTC".to_owned(),
+            "log_timezone=UTC".to_owned(),
+            "log_line_prefix=".to_owned(),
+        ],
+        log: log_path,
+        owner,
+    };
+    let mut server = pg::start_isolated(start, opts.recovery_timeout)
+        .await
+        .map_err(|e| match e {
+            pg::StartError::Exited { status, .. } => {
+                format!("the server exited ({status}) before recovery reached the target")
             }
-        }
-        if text.contains("database system is ready to accept connections") {
-            break;
-        }
-        if started.elapsed() > opts.recovery_timeout {
-            let _ = child.kill().await;
-            return Err(format!(
-                "recovery did not finish within {} s",
-                opts.recovery_timeout.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            pg::StartError::Timeout(t) => {
+                format!("recovery did not finish within {} s", t.as_secs())
+            }
+            e => e.to_string(),
+        })?;
     // Fast shutdown: a clean checkpoint, so the directory starts without
     // recovery and without pitr.
-    child.signal(nix::sys::signal::Signal::SIGINT);
-    let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
-        .await
-        .map_err(|_| "the server did not shut down within 300 s".to_owned())?
-        .map_err(|e| format!("waiting for the server: {e}"))?;
-    if !status.success() {
-        return Err(format!("the server's shutdown failed ({status})"));
-    }
-    Ok(())
+    server.stop_fast(Duration::from_secs(300)).await
 }
 
 /// What the server's log says about the end of recovery.
@@ -962,11 +854,5 @@ LOG:  database system is ready to accept connections
         );
         let stripped = strip_block(&text);
         assert_eq!(stripped, "# Do not edit\nwork_mem = '8MB'\n\n");
-    }
-
-    #[test]
-    fn major_versions() {
-        assert_eq!(major_of("15.10 (Debian 15.10-0+deb12u1)"), "15");
-        assert_eq!(major_of("16beta1"), "16");
     }
 }

@@ -166,6 +166,10 @@ pub struct VerifyRun {
     /// Databases not tested because nothing of them is restorable yet
     /// ([`Selection::Restorable`] only): the database, then why.
     pub skipped: Vec<(String, String)>,
+    /// PostgreSQL databases whose test restore could not run because the
+    /// server binaries of their backup's major are not installed (or not
+    /// configured): an installation problem, not a damaged backup.
+    pub missing_binaries: Vec<String>,
 }
 
 impl VerifyRun {
@@ -245,7 +249,10 @@ pub async fn run_now(
         let clock = Instant::now();
         tracing::info!(database = %name, "PostgreSQL test restore starting");
         let result = postgres::test_restore(config, &reader, pg, &mut report).await;
-        conclude(&mut report, clock, result);
+        if let Err(postgres::Failure::Binaries(_)) = &result {
+            run.missing_binaries.push(name.to_owned());
+        }
+        conclude(&mut report, clock, result.map_err(String::from));
         finish(&reader, report, &mut run).await;
     }
     for name in sqlite {

@@ -6,8 +6,7 @@
 //! after a clean shutdown `pg_checksums --check` reads every page when data
 //! checksums are on. The scratch directory is removed whatever happened.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use jiff::Timestamp;
 
 use super::{DatabaseKind, Scratch, VerifyReport, random_time};
 use crate::config::{Config, PostgresConfig};
+use crate::pg::{self, PgBin};
 use crate::pitr::{RestoreError, RestoreOptions, Target, pg_time};
 use crate::repo::{RepoError, Repository};
 
@@ -25,31 +25,62 @@ const START_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long `pg_amcheck` may take.
 const AMCHECK_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
+/// The programs a test restore runs, all of the backup's major.
+const TOOLS: &[&str] = &["postgres", "pg_amcheck", "pg_checksums", "psql"];
+
+/// Why a test restore failed: what failed and what to do.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The backup's major has no server binaries here: an installation
+    /// problem, not a damaged backup.
+    Binaries(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure::Other(s)
+    }
+}
+
+impl From<Failure> for String {
+    fn from(f: Failure) -> String {
+        match f {
+            Failure::Binaries(s) | Failure::Other(s) => s,
+        }
+    }
+}
+
 /// Restores `pg` to a random time into a scratch directory, checks it and
-/// removes it; fills `report` as it goes. `Err` says what failed and what
-/// to do.
+/// removes it; fills `report` as it goes.
 pub(super) async fn test_restore(
     config: &Config,
     repo: &Repository,
     pg: &PostgresConfig,
     report: &mut VerifyReport,
-) -> Result<(), String> {
-    let (target, note) = choose_target(repo, &pg.name).await?;
+) -> Result<(), Failure> {
+    let (target, timeline, note) = choose_target(repo, &pg.name).await?;
     report.target = Some(match &note {
         Some(n) => format!("{} ({n})", target.describe()),
         None => target.describe(),
     });
-    let plan = crate::pitr::plan(repo, &pg.name, &target, None)
+    let plan = crate::pitr::plan(repo, &pg.name, &target, timeline)
         .await
         .map_err(|e| e.to_string())?;
     report.backup = Some(plan.backup.id.clone());
-    let bin = find_bin_dir(&plan.backup.server_version)?;
+    // The catalog's server version, checked before the download; the
+    // restored PG_VERSION is checked again after it.
+    let bin = match pg::major_of(&plan.backup.server_version) {
+        Some(major) => Some(find_tools(config, major)?),
+        None => None,
+    };
     let scratch = Scratch::create(&config.verify.scratch_dir, DatabaseKind::Postgres, &pg.name)?;
-    let result = restore_and_check(config, repo, pg, &plan, &bin, scratch.path(), report).await;
+    let result = restore_and_check(config, repo, pg, &plan, bin, scratch.path(), report).await;
     let removed = scratch.remove();
     match (result, removed) {
         (Err(e), _) => Err(e),
-        (Ok(()), Some(e)) => Err(e),
+        (Ok(()), Some(e)) => Err(e.into()),
         (Ok(()), None) => Ok(()),
     }
 }
@@ -69,7 +100,16 @@ pub(super) fn nothing_to_restore(repo: &Repository, db: &str) -> Option<String> 
 /// The target: a uniformly random time between the end of the newest
 /// restorable base backup and the end of the restore window; `--latest`
 /// (with the reason) when the window has no transaction after that backup.
-async fn choose_target(repo: &Repository, db: &str) -> Result<(Target, Option<String>), String> {
+///
+/// A time comes with the timeline whose window it was drawn from: after a
+/// promotion, a time between the old timeline's last transaction and the
+/// fork lies in the new timeline's window (its history reaches it), but
+/// the timeline current then is the old one, whose window ends at its last
+/// transaction: planned without the timeline it would be refused.
+async fn choose_target(
+    repo: &Repository,
+    db: &str,
+) -> Result<(Target, Option<u32>, Option<String>), String> {
     let backups = crate::basebackup::backups(repo, db).map_err(|e| e.to_string())?;
     let newest = backups
         .iter()
@@ -90,10 +130,15 @@ async fn choose_target(repo: &Repository, db: &str) -> Result<(Target, Option<St
         .filter(|w| w.timeline >= newest.record.end_timeline && w.earliest.is_some())
         .max_by_key(|w| w.timeline);
     let from = newest.record.finished;
-    match window.and_then(|w| w.latest) {
-        Some(latest) if latest > from => Ok((Target::Time(random_time(from, latest)), None)),
+    match window.and_then(|w| Some((w.timeline, w.latest?))) {
+        Some((timeline, latest)) if latest > from => Ok((
+            Target::Time(random_time(from, latest)),
+            Some(timeline),
+            None,
+        )),
         _ => Ok((
             Target::Latest,
+            None,
             Some(format!(
                 "the stored WAL holds no transaction after base backup {} finished at {}, so \
                  everything stored is restored instead of a random time",
@@ -104,65 +149,10 @@ async fn choose_target(repo: &Repository, db: &str) -> Result<(Target, Option<St
     }
 }
 
-/// The directory holding `postgres`, `pg_amcheck`, `pg_checksums` and
-/// `psql` of the backup's major version.
-fn find_bin_dir(server_version: &str) -> Result<PathBuf, String> {
-    let major: String = server_version
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    let mut candidates = vec![PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))];
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path));
-    }
-    let mut seen = Vec::new();
-    for dir in candidates {
-        let Ok(out) = std::process::Command::new(dir.join("postgres"))
-            .arg("--version")
-            .output()
-        else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let version = text.split(") ").nth(1).unwrap_or("").trim();
-        let found: String = version.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if found != major {
-            seen.push(format!("{} is {}", dir.display(), text.trim()));
-            continue;
-        }
-        let missing: Vec<&str> = ["pg_amcheck", "pg_checksums", "psql"]
-            .into_iter()
-            .filter(|b| !dir.join(b).is_file())
-            .collect();
-        if missing.is_empty() {
-            return Ok(dir);
-        }
-        seen.push(format!("{} lacks {}", dir.display(), missing.join(", ")));
-    }
-    Err(format!(
-        "a test restore needs PostgreSQL {major}'s server binaries and client tools (postgres, \
-         pg_amcheck, pg_checksums, psql) in one directory: {}. Install them (Debian: \
-         postgresql-{major})",
-        if seen.is_empty() {
-            "none found".to_owned()
-        } else {
-            seen.join("; ")
-        }
-    ))
-}
-
-/// `(uid, gid)` PostgreSQL runs as when pitr runs as root.
-fn owner(os_user: &str) -> Result<Option<(u32, u32)>, String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(None);
-    }
-    match nix::unistd::User::from_name(os_user) {
-        Ok(Some(u)) => Ok(Some((u.uid.as_raw(), u.gid.as_raw()))),
-        _ => Err(format!(
-            "pitr runs as root and PostgreSQL refuses to, so the test restore runs as [verify] \
-             os_user {os_user:?}, which does not exist: create it or set os_user"
-        )),
-    }
+/// The binaries of `major` with every tool a test restore runs.
+fn find_tools(config: &Config, major: u32) -> Result<PgBin, Failure> {
+    pg::find(major, &config.restore.bin_dirs, TOOLS)
+        .map_err(|e| Failure::Binaries(format!("the test restore cannot run: {e}")))
 }
 
 async fn restore_and_check(
@@ -170,11 +160,12 @@ async fn restore_and_check(
     repo: &Repository,
     pg: &PostgresConfig,
     plan: &crate::pitr::Plan,
-    bin: &Path,
+    bin: Option<PgBin>,
     run_dir: &Path,
     report: &mut VerifyReport,
-) -> Result<(), String> {
-    let owner = owner(&config.verify.os_user)?;
+) -> Result<(), Failure> {
+    let owner =
+        pg::server_owner(&config.verify.os_user, "[verify] os_user").map_err(|e| e.to_string())?;
     if let Some((uid, gid)) = owner {
         // The server (os_user) must reach its data directory inside.
         std::os::unix::fs::chown(run_dir, Some(uid), Some(gid))
@@ -184,14 +175,14 @@ async fn restore_and_check(
             .skip(1)
             .find(|p| !searchable_by_others(p))
         {
-            return Err(format!(
+            return Err(Failure::Other(format!(
                 "[verify] scratch_dir {} is inside {}, which [verify] os_user {:?} cannot \
                  enter: PostgreSQL runs as that user during a test restore; make it searchable \
                  (chmod o+x) or point scratch_dir elsewhere",
                 config.verify.scratch_dir.display(),
                 blocked.display(),
                 config.verify.os_user
-            ));
+            )));
         }
     }
     let data = run_dir.join("data");
@@ -200,7 +191,9 @@ async fn restore_and_check(
         force: false,
         recover: true,
         os_user: config.verify.os_user.clone(),
-        pg_bin: Some(bin.to_owned()),
+        // Restore finds `postgres` for the restored PG_VERSION the same way.
+        pg_bin: None,
+        bin_dirs: config.restore.bin_dirs.clone(),
         config_path: config.path.clone(),
         parallel: 4,
         tablespace_dir: Some(run_dir.join("tablespaces")),
@@ -209,20 +202,35 @@ async fn restore_and_check(
         log_dir: config.verify.scratch_dir.clone(),
         progress: None,
     };
-    let restored = crate::pitr::restore(repo, plan, &opts)
-        .await
-        .map_err(explain_restore_error)?;
-    let reached = restored.reached.as_ref().ok_or("recovery was not run")?;
+    let restored = match crate::pitr::restore(repo, plan, &opts).await {
+        Err(RestoreError::NoPostgres(e)) => {
+            return Err(Failure::Binaries(format!(
+                "the test restore cannot run: {e}"
+            )));
+        }
+        r => r.map_err(explain_restore_error)?,
+    };
+    let reached = restored
+        .reached
+        .as_ref()
+        .ok_or_else(|| "recovery was not run".to_owned())?;
     report.wal_files = reached.wal_files;
     report.reached = Some(describe_reached(reached));
     report.checks.push(format!(
         "recovery: checked ({} base backup files, {} WAL files replayed)",
         restored.files, reached.wal_files
     ));
+    // The restored PG_VERSION decides the major of the checks' tools.
+    let major = pg::data_dir_major(&data).map_err(|e| e.to_string())?;
+    let bin = match bin {
+        Some(b) if b.major() == major => b,
+        _ => find_tools(config, major)?,
+    };
+    let bin = &bin;
     let checksums = run_checks(config, pg, bin, &data, owner, report).await?;
     if checksums {
         let out = run_tool(
-            tokio::process::Command::new(bin.join("pg_checksums"))
+            tokio::process::Command::new(bin.tool("pg_checksums"))
                 .arg("--check")
                 .arg("-D")
                 .arg(&data),
@@ -231,14 +239,14 @@ async fn restore_and_check(
         )
         .await?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(Failure::Other(format!(
                 "pg_checksums --check found bad pages in the restored cluster ({}): {}{}. The \
                  backup or its WAL holds damaged data pages: run `pitr verify` and `pitr \
                  repair`, then take a new base backup",
                 out.status,
                 String::from_utf8_lossy(&out.stdout).trim(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            )));
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let summary: Vec<&str> = text
@@ -362,7 +370,7 @@ async fn run_tool(
 async fn run_checks(
     config: &Config,
     pg: &PostgresConfig,
-    bin: &Path,
+    bin: &PgBin,
     data: &Path,
     owner: Option<(u32, u32)>,
     report: &mut VerifyReport,
@@ -387,9 +395,33 @@ async fn run_checks(
         }
     }
     let log_path = sock.join("postgres.log");
-    let mut server = start_server(bin, data, &sock, &hba, &log_path, owner).await?;
+    let start = pg::ServerStart {
+        bin,
+        data,
+        socket_dir: &sock,
+        settings: vec![
+            format!("hba_file={}", hba.display()),
+            // Small: the checks need few connections and little memory.
+            "max_connections=20".to_owned(),
+            "shared_buffers=32MB".to_owned(),
+        ],
+        log: &log_path,
+        owner,
+    };
+    let mut server = pg::start_isolated(start, START_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            pg::StartError::Exited { status, log_tail } => format!(
+                "the restored cluster exited ({status}) instead of starting for the checks: {}",
+                log_tail.lines().rev().collect::<Vec<_>>().join(" | ")
+            ),
+            e => format!("the restored cluster did not start for the checks: {e}"),
+        })?;
     let checked = amcheck(pg, bin, &sock, owner, report).await;
-    let stopped = server.stop().await;
+    let stopped = server
+        .stop_fast(Duration::from_secs(300))
+        .await
+        .map_err(|e| format!("the restored cluster: {e}"));
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let fail = |why: String| {
         let kept = keep_log(&config.verify.scratch_dir, &log);
@@ -413,105 +445,11 @@ fn keep_log(scratch: &Path, log: &str) -> String {
     }
 }
 
-/// The restored cluster, running for the checks.
-struct Server {
-    child: crate::pitr::Postmaster,
-}
-
-impl Server {
-    /// Fast shutdown, bounded.
-    async fn stop(&mut self) -> Result<(), String> {
-        self.child.signal(nix::sys::signal::Signal::SIGINT);
-        match tokio::time::timeout(Duration::from_secs(300), self.child.wait()).await {
-            Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(format!("the restored cluster's shutdown failed ({status})")),
-            Ok(Err(e)) => Err(format!("waiting for the restored cluster: {e}")),
-            Err(_) => {
-                let _ = self.child.kill().await;
-                Err("the restored cluster did not shut down within 300 s".to_owned())
-            }
-        }
-    }
-}
-
-async fn start_server(
-    bin: &Path,
-    data: &Path,
-    sock: &Path,
-    hba: &Path,
-    log_path: &Path,
-    owner: Option<(u32, u32)>,
-) -> Result<Server, String> {
-    let log = std::fs::File::create(log_path).map_err(|e| format!("server log: {e}"))?;
-    if let Some((uid, gid)) = owner {
-        let _ = std::os::unix::fs::chown(log_path, Some(uid), Some(gid));
-    }
-    let log2 = log.try_clone().map_err(|e| format!("server log: {e}"))?;
-    let mut cmd = tokio::process::Command::new(bin.join("postgres"));
-    cmd.arg("-D").arg(data);
-    for setting in crate::pitr::isolated_server_settings(sock)
-        .into_iter()
-        .chain([
-            format!("hba_file={}", hba.display()),
-            // Small: the checks need few connections and little memory.
-            "max_connections=20".to_owned(),
-            "shared_buffers=32MB".to_owned(),
-        ])
-    {
-        cmd.arg("-c").arg(setting);
-    }
-    cmd.current_dir(data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2))
-        .kill_on_drop(true);
-    if let Some((uid, gid)) = owner {
-        cmd.uid(uid).gid(gid);
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the restored cluster: {e}"))?;
-    let mut server = Server {
-        child: crate::pitr::Postmaster::new(child),
-    };
-    let started = std::time::Instant::now();
-    let mut seen = 0u64;
-    let mut text = String::new();
-    loop {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            return Err(format!(
-                "the restored cluster exited ({status}) instead of starting for the checks: {}",
-                text.lines().rev().take(10).collect::<Vec<_>>().join(" | ")
-            ));
-        }
-        if let Ok(mut f) = std::fs::File::open(log_path)
-            && f.seek(SeekFrom::Start(seen)).is_ok()
-        {
-            let mut more = String::new();
-            if let Ok(n) = f.read_to_string(&mut more) {
-                seen += n as u64;
-                text.push_str(&more);
-            }
-        }
-        if text.contains("database system is ready to accept connections") {
-            return Ok(server);
-        }
-        if started.elapsed() > START_TIMEOUT {
-            let _ = server.stop().await;
-            return Err(format!(
-                "the restored cluster did not start within {} s",
-                START_TIMEOUT.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Finds the bootstrap superuser, runs `pg_amcheck` on every database,
 /// notes what it checked; returns whether data checksums are on.
 async fn amcheck(
     pg: &PostgresConfig,
-    bin: &Path,
+    bin: &PgBin,
     sock: &Path,
     owner: Option<(u32, u32)>,
     report: &mut VerifyReport,
@@ -530,7 +468,7 @@ async fn amcheck(
     let mut found = None;
     for user in &candidates {
         let out = run_tool(
-            tokio::process::Command::new(bin.join("psql"))
+            tokio::process::Command::new(bin.tool("psql"))
                 .arg("-X")
                 .args(["-h", &sock.to_string_lossy(), "-p", "5432", "-U", user])
                 .args(["-d", "template1", "-At"])
@@ -557,7 +495,7 @@ async fn amcheck(
     let superuser = lines.next().unwrap_or("postgres").trim().to_owned();
     let checksums = lines.next().is_some_and(|l| l.trim() == "on");
     let out = run_tool(
-        tokio::process::Command::new(bin.join("pg_amcheck"))
+        tokio::process::Command::new(bin.tool("pg_amcheck"))
             .args([
                 "-h",
                 &sock.to_string_lossy(),

@@ -83,6 +83,7 @@ async fn forge(repo: &Repository, id: &str, listing: &[ListingEntry], tablespace
         files: listing.iter().filter(|e| e.kind == "file").count() as u64,
         bytes: 0,
         stored_bytes: 0,
+        parent: None,
         listing: listing_item,
         manifest,
         restorable: false,

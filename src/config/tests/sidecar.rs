@@ -288,3 +288,33 @@ fn restore_root_defaults_beneath_the_state_directory_and_refuses_the_root() {
     );
     contains_all(&msg, &["restore_root", "file system's root"]);
 }
+
+#[test]
+fn restore_bin_dirs_from_file_and_environment() {
+    let base = minimal(&recipient());
+    assert!(load(&base, &[]).expect("loads").restore.bin_dirs.is_empty());
+    let c = load(
+        &format!("{base}\n[restore]\nbin_dirs = [\"/opt/pg/17/bin\", \"pg16/bin\"]\n"),
+        &[],
+    )
+    .expect("loads");
+    // Relative paths are the config file's neighbours, like every path.
+    assert_eq!(
+        c.restore.bin_dirs,
+        [
+            PathBuf::from("/opt/pg/17/bin"),
+            PathBuf::from("/etc/pitr/pg16/bin")
+        ]
+    );
+    let c = load(
+        &format!("{base}\n[restore]\nbin_dirs = [\"/opt/pg/17/bin\"]\n"),
+        &[("PITR_RESTORE_BIN_DIRS", "/a/bin, /b/bin")],
+    )
+    .expect("loads");
+    assert_eq!(
+        c.restore.bin_dirs,
+        [PathBuf::from("/a/bin"), PathBuf::from("/b/bin")]
+    );
+    let (_, msg) = fail(&format!("{base}\n[restore]\nbin_dirs = [\"\"]\n"), &[]);
+    contains_all(&msg, &["[restore] bin_dirs", "is empty"]);
+}

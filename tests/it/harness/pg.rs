@@ -587,6 +587,15 @@ impl PgCluster {
     /// `pg_ctl` on this cluster, waiting a bounded time, as the server's user.
     fn pg_ctl(&self) -> Command {
         let mut cmd = Command::new(self.bin("pg_ctl"));
+        // The PyPI builds' loadable modules (libpqwalreceiver) look for
+        // libpq in their build's prefix, which is not here, and so load the
+        // system's older one: a standby of 17 then fails on the
+        // `sslnegotiation` that pg_basebackup -R writes. Their own libpq
+        // sits in ../lib.
+        let lib = self.bin.join("../lib");
+        if lib.join("libpq.so.5").is_file() {
+            cmd.env("LD_LIBRARY_PATH", &lib);
+        }
         run_as_pg_user(&mut cmd)
             .current_dir(self.dir())
             .arg("-D")

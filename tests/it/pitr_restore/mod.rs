@@ -5,7 +5,9 @@
 //! checked recovery it does by default; the restored directory is then
 //! started by the test on its own, without pitr.
 
+mod binaries;
 mod errors;
+mod majors;
 mod oracle;
 mod targets;
 mod timeline;
@@ -151,7 +153,13 @@ pub fn between(a: Timestamp, b: Timestamp) -> Timestamp {
 /// Restores with the binary into a fresh cluster directory, starts it on
 /// its own and returns it with the ids of its oracle rows.
 fn restore_and_read(env: &Env, args: &[&str]) -> (PgCluster, Vec<u32>, String) {
-    let mut restored = PgCluster::empty();
+    restore_and_read_major(env, crate::harness::pg::DEFAULT_MAJOR, args)
+}
+
+/// [`restore_and_read`] for a backup of PostgreSQL `major`, started with
+/// that major's binaries.
+fn restore_and_read_major(env: &Env, major: u32, args: &[&str]) -> (PgCluster, Vec<u32>, String) {
+    let mut restored = PgCluster::empty_major(major);
     let data = restored.data_dir();
     let mut all = vec!["restore", "--target", data.to_str().expect("utf-8 path")];
     all.extend_from_slice(args);
