@@ -593,12 +593,15 @@ fn storacha(
                 ));
             }
             Some(s)
-                if s.value.trim().is_empty() || s.value.trim().contains(char::is_whitespace) =>
+                if s.value.trim().is_empty()
+                    || s.value.trim().contains(char::is_whitespace)
+                    // The shipped templates' `<PITR_...>` placeholders.
+                    || (s.value.starts_with('<') && s.value.ends_with('>')) =>
             {
                 return Err(ctx.invalid(
                     &s.key,
                     &s.origin,
-                    "is empty or contains spaces",
+                    "is empty, contains spaces or is a <PLACEHOLDER> left unfilled",
                     &format!("Give the \"{header} header\" value printed by `storacha bridge generate-tokens`, alone"),
                 ));
             }
