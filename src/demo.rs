@@ -338,6 +338,7 @@ async fn demo_steps(
         label: "pitr demo".to_owned(),
         checkpoint: pitr::basebackup::Checkpoint::Fast,
         max_rate_kb: None,
+        manifest_checksums: Default::default(),
     };
     let (tx, _rx) = tokio::sync::watch::channel(pitr::basebackup::BackupProgress::default());
     let record = pitr::basebackup::take(repo, &options, &tx).await?;

@@ -1012,19 +1012,29 @@ async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<Str
     let system = client.identify_system().await?;
     let wal_level = client.check_wal_level().await?;
     let senders = client.show("max_wal_senders").await?;
-    let slot = match client.read_replication_slot(&pg.slot).await? {
-        Some(s) => match s.restart_lsn {
-            Some(lsn) => format!("slot {:?} holds WAL from {lsn}", pg.slot),
-            None => format!("slot {:?} exists but holds no WAL yet", pg.slot),
-        },
-        None => format!(
-            "slot {:?} does not exist yet (pitr run creates it)",
+    let major = client.server_major();
+    let slot = if major < 15 {
+        format!(
+            "slot {:?} not shown (PostgreSQL {major} has no READ_REPLICATION_SLOT; see \
+             pg_replication_slots)",
             pg.slot
-        ),
+        )
+    } else {
+        match client.read_replication_slot(&pg.slot).await? {
+            Some(s) => match s.restart_lsn {
+                Some(lsn) => format!("slot {:?} holds WAL from {lsn}", pg.slot),
+                None => format!("slot {:?} exists but holds no WAL yet", pg.slot),
+            },
+            None => format!(
+                "slot {:?} does not exist yet (pitr run creates it)",
+                pg.slot
+            ),
+        }
     };
     let _ = client.close().await;
     Ok(format!(
-        "system {} on timeline {} at {}, wal_level={wal_level}, max_wal_senders={senders}, {slot}",
+        "PostgreSQL {major}, system {} on timeline {} at {}, wal_level={wal_level}, \
+         max_wal_senders={senders}, {slot}",
         system.system_id, system.timeline, system.xlogpos
     ))
 }
@@ -1098,6 +1108,7 @@ async fn backup(
         checkpoint,
         // The flag wins over the entry's `max_rate`.
         max_rate_kb: max_rate_kb.or(db.max_rate_kb),
+        manifest_checksums: db.manifest_checksums,
     };
     let (tx, mut rx) = tokio::sync::watch::channel(pitr::basebackup::BackupProgress::default());
     // A bar (bytes, rate, ETA) only for a person watching a terminal.

@@ -28,7 +28,7 @@ pub use record::{
     wait_restorable,
 };
 pub use restore::{RestoreOptions, RestoreSummary, restore};
-pub use take::{BackupOptions, BackupProgress, Checkpoint, take};
+pub use take::{BackupOptions, BackupProgress, Checkpoint, ManifestChecksums, take};
 
 use crate::repo::RepoError;
 use crate::wal::{ConnError, Lsn};
@@ -68,14 +68,6 @@ pub enum BackupError {
     /// The WAL store failed.
     #[error(transparent)]
     Wal(#[from] crate::wal::WalStoreError),
-    /// The server is older than the protocol pitr speaks.
-    #[error(
-        "the server runs PostgreSQL {version}; pitr takes base backups from PostgreSQL 15 or newer. Upgrade the server, or take backups with its own pg_basebackup"
-    )]
-    ServerTooOld {
-        /// `server_version` as the server reports it.
-        version: String,
-    },
     /// The server sent something the protocol does not allow.
     #[error("base backup: unexpected answer from the server: {0}")]
     Protocol(String),

@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-/// What was received of one file: size and SHA-256 (lowercase hex).
+/// What was received of one file: size and checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     /// Bytes.
     pub size: u64,
-    /// SHA-256, lowercase hex.
-    pub sha256: String,
+    /// The manifest's name of the checksum algorithm (`CRC32C`, `SHA256`).
+    pub algorithm: &'static str,
+    /// The checksum, lowercase hex as the manifest writes it.
+    pub checksum: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,13 +70,18 @@ pub fn check(manifest: &[u8], received: &BTreeMap<String, Received>) -> Result<(
                 "{path}: {} bytes arrived, the manifest says {}",
                 r.size, f.size
             )),
-            Some(r) => {
-                if f.algorithm.as_deref() == Some("SHA256")
-                    && f.checksum.as_deref() != Some(r.sha256.as_str())
-                {
-                    problems.push(format!("{path}: SHA-256 differs"));
+            Some(r) => match f.algorithm.as_deref() {
+                None | Some("NONE") => {}
+                Some(a) if a == r.algorithm => {
+                    if f.checksum.as_deref() != Some(r.checksum.as_str()) {
+                        problems.push(format!("{path}: {a} checksum differs"));
+                    }
                 }
-            }
+                Some(a) => problems.push(format!(
+                    "{path}: the manifest has a {a} checksum, pitr asked for {}",
+                    r.algorithm
+                )),
+            },
         }
         listed.insert(path);
     }
@@ -111,27 +118,61 @@ mod tests {
             "PG_VERSION".to_owned(),
             Received {
                 size: 3,
-                sha256: "aa".into(),
+                algorithm: "SHA256",
+                checksum: "aa".into(),
             },
         );
         r.insert(
             "ok".to_owned(),
             Received {
                 size: 0,
-                sha256: "zz".into(),
+                algorithm: "SHA256",
+                checksum: "zz".into(),
             },
         );
         assert_eq!(check(m, &r), Ok(()));
-        r.get_mut("PG_VERSION").expect("present").sha256 = "bb".into();
+        r.get_mut("PG_VERSION").expect("present").checksum = "bb".into();
         r.insert(
             "extra".to_owned(),
             Received {
                 size: 1,
-                sha256: String::new(),
+                algorithm: "SHA256",
+                checksum: String::new(),
             },
         );
         let err = check(m, &r).expect_err("differs");
-        assert!(err.contains("PG_VERSION: SHA-256 differs"), "{err}");
+        assert!(err.contains("PG_VERSION: SHA256 checksum differs"), "{err}");
         assert!(err.contains("extra arrived"), "{err}");
+    }
+
+    #[test]
+    fn crc32c_as_postgresql_writes_it() {
+        // PostgreSQL 17's manifest entry for a 3-byte PG_VERSION "17\n".
+        let m = br#"{ "PostgreSQL-Backup-Manifest-Version": 1,
+            "Files": [
+              { "Path": "PG_VERSION", "Size": 3, "Last-Modified": "x",
+                "Checksum-Algorithm": "CRC32C", "Checksum": "CHECKSUM" } ] }"#;
+        let crc = crc32c::crc32c(b"17\n");
+        let text = String::from_utf8_lossy(m).replace("CHECKSUM", &hex::encode(crc.to_le_bytes()));
+        let mut r = BTreeMap::new();
+        let received = Received {
+            size: 3,
+            algorithm: "CRC32C",
+            checksum: hex::encode(crc.to_le_bytes()),
+        };
+        r.insert("PG_VERSION".to_owned(), received.clone());
+        assert_eq!(check(text.as_bytes(), &r), Ok(()));
+        r.insert(
+            "PG_VERSION".to_owned(),
+            Received {
+                algorithm: "SHA256",
+                ..received
+            },
+        );
+        let err = check(text.as_bytes(), &r).expect_err("another algorithm");
+        assert!(
+            err.contains("CRC32C checksum, pitr asked for SHA256"),
+            "{err}"
+        );
     }
 }

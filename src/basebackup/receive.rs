@@ -15,7 +15,7 @@ use super::BackupError;
 use super::files_prefix;
 use super::pgmanifest::Received;
 use super::record::{ListingEntry, TablespaceInfo};
-use super::take::BackupProgress;
+use super::take::{BackupProgress, ManifestChecksums};
 use super::tar::{TarEvent, TarParser};
 use crate::repo::Chunking;
 use crate::wal::conn::CopyOutEvent;
@@ -37,8 +37,41 @@ pub(super) struct FileJob {
 pub(super) struct Current {
     path: String,
     tx: mpsc::Sender<Bytes>,
-    sha: Sha256,
+    sum: Sum,
     size: u64,
+}
+
+/// The checksum of a file being received, in the algorithm the server's
+/// manifest uses (only that one is computed: SHA-256 costs ~10x CRC-32C).
+enum Sum {
+    Crc32c(u32),
+    Sha256(Box<Sha256>),
+}
+
+impl Sum {
+    fn new(algorithm: ManifestChecksums) -> Sum {
+        match algorithm {
+            ManifestChecksums::Crc32c => Sum::Crc32c(0),
+            ManifestChecksums::Sha256 => Sum::Sha256(Box::default()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Sum::Crc32c(crc) => *crc = crc32c::crc32c_append(*crc, bytes),
+            Sum::Sha256(sha) => sha.update(bytes),
+        }
+    }
+
+    /// As the manifest writes it: lowercase hex of the digest bytes; a
+    /// CRC-32C as its four bytes in memory order (little-endian on every
+    /// platform pitr runs on), as PostgreSQL's `pg_checksum_final` does.
+    fn finish(self) -> String {
+        match self {
+            Sum::Crc32c(crc) => hex::encode(crc.to_le_bytes()),
+            Sum::Sha256(sha) => hex::encode(sha.finalize()),
+        }
+    }
 }
 
 /// What the command's answer held besides the files.
@@ -60,6 +93,8 @@ pub(super) struct Run<'a> {
     pub(super) files: u64,
     pub(super) bytes: u64,
     pub(super) progress: &'a watch::Sender<BackupProgress>,
+    /// The checksum algorithm the command asked the manifest for.
+    pub(super) checksums: ManifestChecksums,
 }
 
 /// The store task went away: its error explains why.
@@ -71,16 +106,25 @@ fn store_gone() -> BackupError {
 pub(super) const STORE_GONE: &str = "the store task stopped";
 
 impl Run<'_> {
-    /// Sends `sql` and receives its whole answer.
+    /// Sends `sql` and receives its whole answer. From PostgreSQL 15 on the
+    /// archives and the manifest come in one COPY, each CopyData tagged
+    /// (`n` new archive, `d` data, `p` progress, `m` manifest); before
+    /// (`legacy`), each archive is a COPY of its own, untagged, in the order
+    /// of the tablespace rows, and the manifest is one more COPY after them.
     pub(super) async fn stream(
         &mut self,
         client: &mut ReplicationClient,
         sql: &str,
+        legacy: bool,
     ) -> Result<Streamed, BackupError> {
         let mut events = client.simple_query_copy_out(sql).await?;
         let (mut result_sets, mut copy_done) = (0, false);
         let (mut start, mut end) = (None, None);
         let mut tablespaces = Vec::new();
+        // The archive of each tablespace row, in order (legacy framing).
+        let mut archives: Vec<String> = Vec::new();
+        let mut copies = 0usize;
+        let mut legacy_done = 0u64;
         let mut total_kb = 0u64;
         let mut archive: Option<(String, TarParser)> = None;
         let mut manifest: Option<Vec<u8>> = None;
@@ -92,23 +136,43 @@ impl Run<'_> {
                 CopyOutEvent::Row(row) if result_sets == 1 => start = Some(lsn_tli(&row)?),
                 CopyOutEvent::Row(row) => {
                     total_kb += row.get_str(2).and_then(|s| s.parse().ok()).unwrap_or(0);
-                    if let Some(oid) = row.get_str(0) {
-                        let oid = oid
-                            .parse()
-                            .map_err(|_| bad(format!("tablespace oid {oid:?}")))?;
-                        let location = row.get_str(1).unwrap_or_default().to_owned();
-                        tablespaces.push(TablespaceInfo { oid, location });
+                    match row.get_str(0) {
+                        Some(oid) => {
+                            let oid = oid
+                                .parse::<u32>()
+                                .map_err(|_| bad(format!("tablespace oid {oid:?}")))?;
+                            let location = row.get_str(1).unwrap_or_default().to_owned();
+                            archives.push(oid.to_string());
+                            tablespaces.push(TablespaceInfo { oid, location });
+                        }
+                        None => archives.push("base".to_owned()),
                     }
                 }
                 CopyOutEvent::CopyStart => {
-                    self.progress
-                        .send_modify(|p| p.total = Some(total_kb * 1024));
+                    if copies == 0 {
+                        self.progress
+                            .send_modify(|p| p.total = Some(total_kb * 1024));
+                    }
+                    if legacy {
+                        match archives.get(copies) {
+                            Some(label) => archive = Some((label.clone(), TarParser::new())),
+                            None if copies == archives.len() => manifest = Some(Vec::new()),
+                            None => return Err(bad("more COPYs than archives".into())),
+                        }
+                    }
+                    copies += 1;
                 }
                 CopyOutEvent::CopyDone => {
                     copy_done = true;
                     finish_archive(archive.take())?;
                 }
                 CopyOutEvent::CommandComplete(_) => {}
+                CopyOutEvent::CopyData(data) if legacy => {
+                    // No progress messages before 15: count what arrived.
+                    legacy_done += data.len() as u64;
+                    self.bytes_in(&mut archive, &mut manifest, data).await?;
+                    self.progress.send_modify(|p| p.done = legacy_done);
+                }
                 CopyOutEvent::CopyData(mut data) => {
                     if data.is_empty() {
                         return Err(bad("an empty CopyData".into()));
@@ -125,23 +189,7 @@ impl Run<'_> {
                             };
                             archive = Some((label, TarParser::new()));
                         }
-                        b'd' => match (&mut manifest, &mut archive) {
-                            (Some(m), _) => m.extend_from_slice(&data),
-                            (None, Some((label, parser))) => {
-                                let mut out = Vec::new();
-                                parser
-                                    .feed(data, &mut out)
-                                    .map_err(|source| BackupError::Tar {
-                                        archive: label.clone(),
-                                        source,
-                                    })?;
-                                let label = label.clone();
-                                for e in out {
-                                    self.on_tar(&label, e).await?;
-                                }
-                            }
-                            (None, None) => return Err(bad("data before an archive".into())),
-                        },
+                        b'd' => self.bytes_in(&mut archive, &mut manifest, data).await?,
                         b'p' if data.len() >= 8 => {
                             let done = data.get_i64().max(0) as u64;
                             self.progress.send_modify(|p| p.done = done);
@@ -163,6 +211,34 @@ impl Run<'_> {
             tablespaces,
             manifest: manifest.ok_or_else(|| bad("no backup_manifest".into()))?,
         })
+    }
+
+    /// Archive or manifest bytes: to the manifest once it started, else
+    /// through the current archive's tar parser.
+    async fn bytes_in(
+        &mut self,
+        archive: &mut Option<(String, TarParser)>,
+        manifest: &mut Option<Vec<u8>>,
+        data: Bytes,
+    ) -> Result<(), BackupError> {
+        match (manifest, archive) {
+            (Some(m), _) => m.extend_from_slice(&data),
+            (None, Some((label, parser))) => {
+                let mut out = Vec::new();
+                parser
+                    .feed(data, &mut out)
+                    .map_err(|source| BackupError::Tar {
+                        archive: label.clone(),
+                        source,
+                    })?;
+                let label = label.clone();
+                for e in out {
+                    self.on_tar(&label, e).await?;
+                }
+            }
+            (None, None) => return Err(BackupError::Protocol("data before an archive".into())),
+        }
+        Ok(())
     }
 
     async fn on_tar(&mut self, archive: &str, event: TarEvent) -> Result<(), BackupError> {
@@ -202,13 +278,13 @@ impl Run<'_> {
                 self.current = Some(Current {
                     path,
                     tx,
-                    sha: Sha256::new(),
+                    sum: Sum::new(self.checksums),
                     size: 0,
                 });
             }
             TarEvent::Data(d) => {
                 let c = self.current.as_mut().ok_or_else(store_gone)?;
-                c.sha.update(&d);
+                c.sum.update(&d);
                 c.size += d.len() as u64;
                 c.tx.send(d).await.map_err(|_| store_gone())?;
             }
@@ -217,12 +293,13 @@ impl Run<'_> {
                 c.tx.send(Bytes::new()).await.map_err(|_| store_gone())?;
                 self.files += 1;
                 self.bytes += c.size;
-                let sha256 = hex::encode(c.sha.finalize());
+                let checksum = c.sum.finish();
                 self.received.insert(
                     c.path,
                     Received {
                         size: c.size,
-                        sha256,
+                        algorithm: self.checksums.as_manifest(),
+                        checksum,
                     },
                 );
                 let files = self.files;

@@ -33,6 +33,30 @@ pub enum Checkpoint {
     Spread,
 }
 
+/// Which checksum the server's `backup_manifest` carries for each file
+/// (`MANIFEST_CHECKSUMS`). pitr's integrity does not rest on it (every chunk
+/// is keyed BLAKE3 and authenticated); it checks that what arrived is what
+/// the server listed, and `pg_verifybackup` uses it after a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ManifestChecksums {
+    /// `CRC32C`, PostgreSQL's own default: cheap for the server and for pitr.
+    #[default]
+    Crc32c,
+    /// `SHA256`: the server hashes every byte (seconds of CPU per GB).
+    Sha256,
+}
+
+impl ManifestChecksums {
+    /// The name in `MANIFEST_CHECKSUMS` and in the manifest's
+    /// `Checksum-Algorithm`.
+    pub fn as_manifest(self) -> &'static str {
+        match self {
+            ManifestChecksums::Crc32c => "CRC32C",
+            ManifestChecksums::Sha256 => "SHA256",
+        }
+    }
+}
+
 /// What to back up and how.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -46,6 +70,42 @@ pub struct BackupOptions {
     pub checkpoint: Checkpoint,
     /// The server's sending rate limit, kB/s (32 to 1048576), if any.
     pub max_rate_kb: Option<u32>,
+    /// The manifest's per-file checksum.
+    pub manifest_checksums: ManifestChecksums,
+}
+
+/// The `BASE_BACKUP` command for a server of `major`: the option list in
+/// parentheses from 15 on; before, the older keyword syntax (14's protocol
+/// documentation), where `NOWAIT` is `WAIT false` and `FAST` is
+/// `CHECKPOINT 'fast'`.
+pub(super) fn base_backup_command(major: u32, opts: &BackupOptions) -> String {
+    let label = opts.label.replace('\'', "''");
+    let checksums = opts.manifest_checksums.as_manifest();
+    if major >= 15 {
+        format!(
+            "BASE_BACKUP (LABEL '{label}', PROGRESS, CHECKPOINT '{}', WAIT false, MANIFEST 'yes', \
+             MANIFEST_CHECKSUMS '{checksums}'{})",
+            match opts.checkpoint {
+                Checkpoint::Fast => "fast",
+                Checkpoint::Spread => "spread",
+            },
+            opts.max_rate_kb
+                .map(|r| format!(", MAX_RATE {r}"))
+                .unwrap_or_default()
+        )
+    } else {
+        format!(
+            "BASE_BACKUP LABEL '{label}' PROGRESS{} NOWAIT{} MANIFEST 'yes' \
+             MANIFEST_CHECKSUMS '{checksums}'",
+            match opts.checkpoint {
+                Checkpoint::Fast => " FAST",
+                Checkpoint::Spread => "",
+            },
+            opts.max_rate_kb
+                .map(|r| format!(" MAX_RATE {r}"))
+                .unwrap_or_default()
+        )
+    }
 }
 
 /// How far a backup is.
@@ -69,34 +129,17 @@ pub async fn take(
     opts: &BackupOptions,
     progress: &watch::Sender<BackupProgress>,
 ) -> Result<BackupRecord, BackupError> {
+    // Connecting refuses majors pitr does not support.
     let mut client = ReplicationClient::connect(&opts.conninfo).await?;
     let version = client
         .server_param("server_version")
         .unwrap_or("")
         .to_owned();
-    let major: u32 = version
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if major < 15 {
-        return Err(BackupError::ServerTooOld { version });
-    }
+    let major = client.server_major();
     let system = client.identify_system().await?;
     let id = new_id(repo, &opts.database).await?;
     let started = Timestamp::now();
-    let sql = format!(
-        "BASE_BACKUP (LABEL '{}', PROGRESS, CHECKPOINT '{}', WAIT false, MANIFEST 'yes', \
-         MANIFEST_CHECKSUMS 'SHA256'{})",
-        opts.label.replace('\'', "''"),
-        match opts.checkpoint {
-            Checkpoint::Fast => "fast",
-            Checkpoint::Spread => "spread",
-        },
-        opts.max_rate_kb
-            .map(|r| format!(", MAX_RATE {r}"))
-            .unwrap_or_default()
-    );
+    let sql = base_backup_command(major, opts);
     let (jobs_tx, mut jobs_rx) = mpsc::channel::<FileJob>(1);
     let writer = repo.writer();
     let store: StoreTask = tokio::spawn(async move {
@@ -127,8 +170,9 @@ pub async fn take(
         files: 0,
         bytes: 0,
         progress,
+        checksums: opts.manifest_checksums,
     };
-    let streamed = run.stream(&mut client, &sql).await;
+    let streamed = run.stream(&mut client, &sql, major < 15).await;
     let streamed = match streamed {
         Ok(s) => s,
         Err(e) => {
@@ -222,5 +266,50 @@ async fn join_store(store: StoreTask) -> Result<(Writer, u64), BackupError> {
         Ok(r) => Ok(r?),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => Err(BackupError::Protocol(format!("the store task ended: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(checkpoint: Checkpoint, max_rate_kb: Option<u32>) -> BackupOptions {
+        BackupOptions {
+            database: "main".into(),
+            conninfo: ConnInfo::parse_with("host=/tmp user=u", &BTreeMap::<&str, &str>::new())
+                .expect("conninfo"),
+            label: "pitr's backup".into(),
+            checkpoint,
+            max_rate_kb,
+            manifest_checksums: ManifestChecksums::default(),
+        }
+    }
+
+    #[test]
+    fn the_command_per_major() {
+        let fast = options(Checkpoint::Fast, Some(1024));
+        assert_eq!(
+            base_backup_command(14, &fast),
+            "BASE_BACKUP LABEL 'pitr''s backup' PROGRESS FAST NOWAIT MAX_RATE 1024 \
+             MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C'"
+        );
+        let spread = options(Checkpoint::Spread, None);
+        assert_eq!(
+            base_backup_command(14, &spread),
+            "BASE_BACKUP LABEL 'pitr''s backup' PROGRESS NOWAIT MANIFEST 'yes' \
+             MANIFEST_CHECKSUMS 'CRC32C'"
+        );
+        for major in 15..=18 {
+            assert_eq!(
+                base_backup_command(major, &fast),
+                "BASE_BACKUP (LABEL 'pitr''s backup', PROGRESS, CHECKPOINT 'fast', WAIT false, \
+                 MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', MAX_RATE 1024)"
+            );
+        }
+        let sha = BackupOptions {
+            manifest_checksums: ManifestChecksums::Sha256,
+            ..spread
+        };
+        assert!(base_backup_command(17, &sha).contains("MANIFEST_CHECKSUMS 'SHA256'"));
     }
 }

@@ -430,6 +430,7 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                     "slot" => p.slot = Some(v),
                     "base_backup" => p.base_backup = Some(v),
                     "checkpoint" => p.checkpoint = Some(v),
+                    "manifest_checksums" => p.manifest_checksums = Some(v),
                     _ => {}
                 }
             }

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 pub use error::ConfigError;
 
-use crate::basebackup::Checkpoint;
 use crate::basebackup::schedule::CronSchedule;
+use crate::basebackup::{Checkpoint, ManifestChecksums};
 
 /// A loaded and checked configuration. Every field holds a valid value:
 /// code past loading never re-validates.
@@ -213,6 +213,9 @@ pub struct PostgresConfig {
     /// The server's sending rate limit for base backups in kB/s
     /// (`max_rate`, 32 to 1048576); `pitr backup --max-rate` overrides it.
     pub max_rate_kb: Option<u32>,
+    /// The per-file checksum of the server's `backup_manifest`
+    /// (`manifest_checksums`, `"crc32c"` by default, or `"sha256"`).
+    pub manifest_checksums: ManifestChecksums,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -226,6 +229,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("base_backup_wal", &self.base_backup_wal)
             .field("checkpoint", &self.checkpoint)
             .field("max_rate_kb", &self.max_rate_kb)
+            .field("manifest_checksums", &self.manifest_checksums)
             .finish()
     }
 }

@@ -96,6 +96,7 @@ pub(super) struct RawPostgres {
     pub base_backup_wal_gb: Option<Val<toml::Value>>,
     pub checkpoint: Option<Val<String>>,
     pub max_rate: Option<Val<i64>>,
+    pub manifest_checksums: Option<Val<String>>,
 }
 
 /// One `[[sqlite]]`.
@@ -319,6 +320,11 @@ const POSTGRES_KEYS: &[KeySpec] = &[
     ),
     key("checkpoint", KeyType::Str, r#"checkpoint = "spread""#),
     key("max_rate", KeyType::Int, "max_rate = 102400"),
+    key(
+        "manifest_checksums",
+        KeyType::Str,
+        r#"manifest_checksums = "crc32c""#,
+    ),
 ];
 const SQLITE_KEYS: &[KeySpec] = &[
     key("name", KeyType::Str, r#"name = "auth""#),

@@ -16,8 +16,8 @@ use super::{
     PostgresConfig, RepositoryConfig, RetentionConfig, S3Config, ScrubConfig, SqliteConfig,
     StorachaConfig, VerifyConfig,
 };
-use crate::basebackup::Checkpoint;
 use crate::basebackup::schedule::CronSchedule;
+use crate::basebackup::{Checkpoint, ManifestChecksums};
 
 const MIB: u64 = 1024 * 1024;
 /// zstd levels pitr accepts; above 19 zstd needs much more memory per level
@@ -733,6 +733,21 @@ fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>,
                 }
             },
         };
+        let manifest_checksums = match p.manifest_checksums {
+            None => ManifestChecksums::Crc32c,
+            Some(v) => match v.value.trim().to_ascii_lowercase().as_str() {
+                "crc32c" => ManifestChecksums::Crc32c,
+                "sha256" => ManifestChecksums::Sha256,
+                other => {
+                    return Err(ctx.invalid(
+                        &key("manifest_checksums"),
+                        &v.origin,
+                        &format!("{other:?} is not a manifest checksum pitr asks for"),
+                        "Write manifest_checksums = \"crc32c\" (the default, PostgreSQL's own: cheap for the server) or manifest_checksums = \"sha256\" (the server hashes every byte of the backup)",
+                    ));
+                }
+            },
+        };
         out.push(PostgresConfig {
             name,
             conninfo,
@@ -741,6 +756,7 @@ fn postgres(ctx: &Ctx<'_>, raw: Vec<RawPostgres>) -> Result<Vec<PostgresConfig>,
             base_backup_wal,
             checkpoint,
             max_rate_kb,
+            manifest_checksums,
         });
     }
     Ok(out)

@@ -23,8 +23,8 @@ use crate::wal::{Link, Progress};
 /// How a supervised task is doing, as its supervisor publishes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TaskState {
-    /// `starting`, `running`, `restarting` (failed; waiting to start again)
-    /// or `stopped`.
+    /// `starting`, `running`, `restarting` (failed; waiting to start again),
+    /// `failed` (for good: not restarted until pitr is) or `stopped`.
     pub state: &'static str,
     /// Since when it is in that state.
     pub since: Option<Timestamp>,
@@ -458,6 +458,7 @@ impl Evaluator {
         };
         let down_for = down_since.map_or(0.0, |s| secs(now, s));
         let stream_failing = task.state == "restarting"
+            || task.state == "failed"
             || (down_since.is_some() && down_for >= t.stream_down_max.as_secs_f64());
         checks.push(
             Check::new(
@@ -468,6 +469,8 @@ impl Evaluator {
                         "WAL streaming of [[postgres]] {name:?} is down ({}): {}. Nothing is lost while the slot holds WAL on the server; check that the server is up and reachable with the configured conninfo",
                         if task.state == "restarting" {
                             "the stream failed and restarts with backoff".to_owned()
+                        } else if task.state == "failed" {
+                            "the stream failed and is not retried: fix what the error says, then restart pitr".to_owned()
                         } else {
                             format!("not connected for {}", human(down_for))
                         },

@@ -148,7 +148,13 @@ pub async fn run(
                     async move {
                         crate::wal::stream(repo, opts, progress, stop)
                             .await
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| {
+                                if e.is_permanent() {
+                                    PartError::Permanent(e.to_string())
+                                } else {
+                                    PartError::Retry(e.to_string())
+                                }
+                            })
                     }
                 },
             ));
@@ -170,7 +176,7 @@ pub async fn run(
                     );
                     async move {
                         schedule::run(repo, opts, wal, status, stop).await;
-                        Ok(())
+                        Ok::<(), String>(())
                     }
                 },
             ));
@@ -235,7 +241,7 @@ pub async fn run(
                 let (repo, cfg, tx) = (repo.clone(), cfg.clone(), retention_tx.clone());
                 async move {
                     crate::retention::run_scheduled(repo, cfg, tx, stop).await;
-                    Ok(())
+                    Ok::<(), String>(())
                 }
             },
         ));
@@ -277,7 +283,7 @@ pub async fn run(
                 let (repo, cfg, tx) = (repo.clone(), cfg.clone(), scrub_tx.clone());
                 async move {
                     scrub::run_scheduled(repo, cfg, tx, stop).await;
-                    Ok(())
+                    Ok::<(), String>(())
                 }
             },
         ));
@@ -305,7 +311,7 @@ pub async fn run(
                 let (repo, cfg, tx) = (repo.clone(), cfg.clone(), verify_tx.clone());
                 async move {
                     crate::verify::run_scheduled(cfg, repo, tx, stop).await;
-                    Ok(())
+                    Ok::<(), String>(())
                 }
             },
         ));
@@ -444,6 +450,7 @@ fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> S
             label: format!("pitr scheduled backup of {}", pg.name),
             checkpoint: pg.checkpoint,
             max_rate_kb: pg.max_rate_kb,
+            manifest_checksums: pg.manifest_checksums,
         },
         cron: pg.base_backup.clone(),
         wal_bytes: pg.base_backup_wal,
@@ -454,13 +461,34 @@ fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> S
     }
 }
 
+/// How a supervised part failed.
+enum PartError {
+    /// Another start may succeed: start it again after a backoff.
+    Retry(String),
+    /// Nothing changes by trying again (an unsupported server, ...): the
+    /// part stays failed, on `/health` and alerted, until pitr restarts.
+    Permanent(String),
+}
+
+impl From<String> for PartError {
+    fn from(e: String) -> PartError {
+        PartError::Retry(e)
+    }
+}
+
 /// Runs the part `make` builds until `stop` is set, starting it again
 /// with exponential backoff and jitter whenever it fails, panics or ends on
-/// its own. Its state goes to `cell` for `/health`.
-async fn supervise<F, Fut>(what: String, cell: TaskCell, stop: watch::Receiver<bool>, mut make: F)
-where
+/// its own; a [`PartError::Permanent`] failure leaves it failed (state
+/// `failed`), logged once. Its state goes to `cell` for `/health`.
+async fn supervise<F, Fut, E>(
+    what: String,
+    cell: TaskCell,
+    stop: watch::Receiver<bool>,
+    mut make: F,
+) where
     F: FnMut(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<PartError> + Send + 'static,
 {
     let set = |state: &'static str, error: Option<String>, restart: bool| {
         if let Ok(mut t) = cell.lock() {
@@ -494,7 +522,17 @@ where
         }
         let error = match outcome {
             Ok(Ok(())) => "it ended without an error".to_owned(),
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => match e.into() {
+                PartError::Retry(e) => e,
+                PartError::Permanent(e) => {
+                    tracing::error!(part = %what, error = %e, "failed; not restarting: this needs a change (see the error), then a restart of pitr");
+                    set("failed", Some(e), false);
+                    let mut stop_wait = stop.clone();
+                    let _ = stop_wait.wait_for(|s| *s).await;
+                    set("stopped", None, false);
+                    return;
+                }
+            },
             Err(e) if e.is_panic() => format!("it panicked: {e}"),
             Err(e) => format!("it was cancelled: {e}"),
         };
@@ -605,6 +643,43 @@ mod tests {
         let state = cell.lock().map(|t| t.clone()).expect("lock");
         assert!(state.restarts >= 2, "{state:?}");
         assert!(state.last_error.is_some(), "{state:?}");
+        stop_tx.send(true).expect("send");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops promptly")
+            .expect("no panic escapes");
+        assert_eq!(cell.lock().map(|t| t.state).expect("lock"), "stopped");
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_shown_and_not_restarted() {
+        let cell = health::task_cell();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = runs.clone();
+        let task = tokio::spawn(supervise(
+            "test part".to_owned(),
+            cell.clone(),
+            stop_rx,
+            move |_stop| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { Err::<(), _>(PartError::Permanent("PostgreSQL 13 is refused".into())) }
+            },
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cell.lock().map(|t| t.state).expect("lock") != "failed" && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Longer than the first backoff (0.5 to 1 s): a retry would have run.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let state = cell.lock().map(|t| t.clone()).expect("lock");
+        assert_eq!(state.state, "failed", "{state:?}");
+        assert_eq!(state.restarts, 0, "{state:?}");
+        assert_eq!(
+            state.last_error.as_deref(),
+            Some("PostgreSQL 13 is refused")
+        );
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
         stop_tx.send(true).expect("send");
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

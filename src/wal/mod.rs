@@ -18,7 +18,10 @@ mod stream;
 
 pub use assemble::{Assembler, GapError, Piece};
 pub use conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
-pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind, valid_segment_size};
+pub use decode::{
+    DecodeError, DecodeErrorKind, Decoder, FORMATS, Record, RecordKind, WalFormat,
+    major_of_version, supported_majors, valid_segment_size,
+};
 pub use history::{HistoryError, Lineage, LineageEntry, Resume};
 pub use index::{RestorePoint, SegmentIndex, SegmentIndexer, XactTimes, index_segment};
 pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};

@@ -23,7 +23,7 @@
 use tokio::sync::mpsc;
 
 use super::assemble::Piece;
-use super::decode::{DecodeError, Decoder};
+use super::decode::{DecodeError, Decoder, WalFormat};
 use super::index::{SegmentIndex, SegmentIndexer};
 use super::lsn::{Lsn, Segment};
 use super::store::WAL_CHUNK;
@@ -80,17 +80,23 @@ pub(super) struct Preparer {
 }
 
 impl Preparer {
-    /// Starts the task for WAL from the start of `first` on. Without a
-    /// carried decoder the first segment's head that finishes a record begun
-    /// earlier is passed over unchecked, as before any session's first
-    /// segment.
+    /// Starts the task for WAL from the start of `first` on, written by the
+    /// major of `format` (the server's; a page of another major fails the
+    /// segment, invariant 2). Without a carried decoder the first segment's
+    /// head that finishes a record begun earlier is passed over unchecked, as
+    /// before any session's first segment.
     pub fn start(
         repo: &Repository,
         seg_size: u64,
         first: Segment,
+        format: &'static WalFormat,
     ) -> Result<Preparer, StreamError> {
         let chunker = repo.chunk_preparer()?;
-        let open = OpenSegment::new(first, seg_size, None)?;
+        // A fresh decoder at the segment's start, carried in only to say
+        // which major's WAL to expect.
+        let decoder =
+            Decoder::new(first.timeline, seg_size, first.start(seg_size)).with_format(format);
+        let open = OpenSegment::new(first, seg_size, Some(decoder))?;
         let (jobs, jobs_rx) = mpsc::channel(JOBS_QUEUED);
         let (ready_tx, ready) = mpsc::channel(READY_QUEUED);
         let mut worker = Worker {

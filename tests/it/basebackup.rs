@@ -63,6 +63,7 @@ fn options(pg: &PgCluster, max_rate_kb: Option<u32>) -> BackupOptions {
         label: "pitr test".into(),
         checkpoint: Checkpoint::Fast,
         max_rate_kb,
+        manifest_checksums: Default::default(),
     }
 }
 

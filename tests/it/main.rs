@@ -22,6 +22,7 @@ mod spool_full;
 mod sqlite;
 mod storacha;
 mod verify;
+mod versions;
 mod wal_conn;
 mod wal_decode;
 mod wal_failover;

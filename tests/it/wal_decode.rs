@@ -17,17 +17,17 @@ use crate::harness::PgCluster;
 
 /// One line of `pg_waldump` output, the fields we compare.
 #[derive(Debug)]
-struct Dumped {
-    rmgr: String,
-    total_len: u32,
-    xid: u32,
-    lsn: Lsn,
-    desc: String,
+pub(crate) struct Dumped {
+    pub(crate) rmgr: String,
+    pub(crate) total_len: u32,
+    pub(crate) xid: u32,
+    pub(crate) lsn: Lsn,
+    pub(crate) desc: String,
 }
 
 /// Parses `rmgr: Heap len (rec/tot): 54/ 150, tx: 735, lsn: 0/0155A3F8,
 /// prev 0/0155A3C0, desc: INSERT off 3 ...`.
-fn parse_dump_line(line: &str) -> Option<Dumped> {
+pub(crate) fn parse_dump_line(line: &str) -> Option<Dumped> {
     let field = |name: &str| -> Option<&str> {
         let rest = &line[line.find(name)? + name.len()..];
         Some(rest[..rest.find(',').unwrap_or(rest.len())].trim())
@@ -53,7 +53,7 @@ fn parse_dump_line(line: &str) -> Option<Dumped> {
 
 /// The time `pg_waldump` prints after `COMMIT ` or `ABORT `:
 /// `2026-11-24 10:00:00.123456 UTC` (with `TZ=UTC`).
-fn dumped_time(desc: &str, verb: &str) -> Option<Timestamp> {
+pub(crate) fn dumped_time(desc: &str, verb: &str) -> Option<Timestamp> {
     let text = desc.strip_prefix(verb)?.strip_prefix(' ')?;
     let stamp = text.get(..26)?;
     assert_eq!(
@@ -64,7 +64,7 @@ fn dumped_time(desc: &str, verb: &str) -> Option<Timestamp> {
     format!("{}Z", stamp.replacen(' ', "T", 1)).parse().ok()
 }
 
-fn pg_waldump(pg: &PgCluster, dir: &Path, first: &str, last: &str) -> Output {
+pub(crate) fn pg_waldump(pg: &PgCluster, dir: &Path, first: &str, last: &str) -> Output {
     Command::new(pg.bin("pg_waldump"))
         .env("TZ", "UTC")
         .arg("-p")
@@ -74,7 +74,7 @@ fn pg_waldump(pg: &PgCluster, dir: &Path, first: &str, last: &str) -> Output {
         .expect("run pg_waldump")
 }
 
-fn pgbench(pg: &PgCluster, args: &[&str]) {
+pub(crate) fn pgbench(pg: &PgCluster, args: &[&str]) {
     let out = Command::new(pg.bin("pgbench"))
         .args([
             "-h",

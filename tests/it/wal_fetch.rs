@@ -16,14 +16,15 @@ use crate::harness::PgCluster;
 
 const SEG: u64 = 16 << 20;
 
-/// A repository with a config file the binary can use.
-struct Setup {
+/// A repository with a config file the binary can use (also the `versions`
+/// tests').
+pub(crate) struct Setup {
     dir: tempfile::TempDir,
-    opts: RepoOptions,
+    pub(crate) opts: RepoOptions,
 }
 
 impl Setup {
-    async fn new(conninfo: &str) -> Setup {
+    pub(crate) async fn new(conninfo: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let identity = age::x25519::Identity::generate();
         std::fs::write(
@@ -78,14 +79,14 @@ schedule = "off"
         s
     }
 
-    fn fanout(&self) -> Fanout {
+    pub(crate) fn fanout(&self) -> Fanout {
         Fanout::new(vec![
             Arc::new(FsDestination::new("local", self.dir.path().join("store")))
                 as Arc<dyn Destination>,
         ])
     }
 
-    fn wal_fetch(&self, file: &str, out: &Path) -> Output {
+    pub(crate) fn wal_fetch(&self, file: &str, out: &Path) -> Output {
         Command::new(env!("CARGO_BIN_EXE_pitr"))
             .arg("wal-fetch")
             .arg("-c")

@@ -16,6 +16,7 @@ use super::conninfo::{ConnInfo, Host, SslMode};
 use super::error::{ConnError, Context, classify};
 use super::tls;
 use super::wire::{Socket, Wire, cstr, i32_, parse_error};
+use crate::wal::decode::{WalFormat, major_of_version};
 
 /// A physical replication connection (`replication=true`): only simple
 /// queries of the replication protocol work on it. See the operations in
@@ -25,6 +26,8 @@ pub struct ReplicationClient {
     user: String,
     backend_pid: i32,
     tls: bool,
+    /// The WAL facts of the server's major, known at connect.
+    format: &'static WalFormat,
 }
 
 impl std::fmt::Debug for ReplicationClient {
@@ -72,6 +75,17 @@ impl ReplicationClient {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// The WAL format of the server's major (`server_version` at startup;
+    /// [`ReplicationClient::connect`] refuses majors pitr does not decode).
+    pub fn wal_format(&self) -> &'static WalFormat {
+        self.format
+    }
+
+    /// The server's major version (14, 15, ...).
+    pub fn server_major(&self) -> u32 {
+        self.format.major
     }
 
     /// A parameter the server reported at startup or since
@@ -138,12 +152,27 @@ async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, Con
             _ => return Err(wire.unexpected(&frame, "startup")),
         }
     }
-    tracing::debug!(target = %wire.target, backend_pid, tls, "replication connection ready");
+    // Refused here, before any command: every later step (the WAL decoder,
+    // the base-backup syntax) depends on the major.
+    let version = wire
+        .params
+        .get("server_version")
+        .cloned()
+        .unwrap_or_default();
+    let Some(format) = major_of_version(&version).and_then(WalFormat::of_major) else {
+        return Err(ConnError::UnsupportedMajor {
+            target: wire.target.clone(),
+            version,
+        });
+    };
+    tracing::debug!(target = %wire.target, backend_pid, tls, major = format.major,
+        "replication connection ready");
     Ok(ReplicationClient {
         wire,
         user: info.user.clone(),
         backend_pid,
         tls,
+        format,
     })
 }
 
@@ -318,4 +347,94 @@ fn startup_error(wire: &Wire, info: &ConnInfo, body: &bytes::Bytes) -> ConnError
         },
         server,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// A loopback server that accepts one startup and answers it as a
+    /// PostgreSQL server of `version` would (trust authentication); `None`
+    /// reports no version at all.
+    async fn fake_server(version: Option<&'static str>) -> (u16, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let len = sock.read_u32().await.expect("startup length") as usize;
+            let mut startup = vec![0; len - 4];
+            sock.read_exact(&mut startup).await.expect("startup");
+            let mut out = message(b'R', &0u32.to_be_bytes());
+            if let Some(v) = version {
+                out.extend(message(b'S', format!("server_version\0{v}\0").as_bytes()));
+            }
+            out.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+            out.extend(message(b'Z', b"I"));
+            sock.write_all(&out).await.expect("write");
+            // Hold the connection until the client closes it.
+            let mut rest = Vec::new();
+            let _ = sock.read_to_end(&mut rest).await;
+        });
+        (port, task)
+    }
+
+    async fn connect_to(version: Option<&'static str>) -> Result<ReplicationClient, ConnError> {
+        let (port, server) = fake_server(version).await;
+        let env = std::collections::BTreeMap::<&str, &str>::new();
+        let info = ConnInfo::parse_with(
+            &format!("host=127.0.0.1 port={port} user=u sslmode=disable connect_timeout=10"),
+            &env,
+        )
+        .expect("conninfo");
+        let client = ReplicationClient::connect(&info).await;
+        server.abort();
+        client
+    }
+
+    #[tokio::test]
+    async fn majors_outside_14_to_18_are_refused_at_connect() {
+        for version in [
+            Some("13.16 (Debian 13.16-0+deb11u1)"),
+            Some("19beta1"),
+            Some("9.6.24"),
+            None,
+        ] {
+            let err = connect_to(version).await.expect_err("refused");
+            assert!(
+                matches!(&err, ConnError::UnsupportedMajor { version: v, .. }
+                    if v == version.unwrap_or_default()),
+                "{version:?}: {err:?}"
+            );
+            assert!(!err.is_transient(), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(version.unwrap_or_default())
+                    && text.contains("14, 15, 16, 17 and 18"),
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn supported_majors_connect_and_say_which() {
+        for (version, major) in [
+            ("14.23", 14),
+            ("15.10 (Debian 15.10-0+deb12u1)", 15),
+            ("18.6", 18),
+        ] {
+            let client = connect_to(Some(version)).await.expect("connects");
+            assert_eq!(client.server_major(), major);
+            assert_eq!(client.wal_format().major, major);
+        }
+    }
 }

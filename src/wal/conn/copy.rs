@@ -400,6 +400,7 @@ mod tests {
         let mut startup = vec![0; len - 4];
         sock.read_exact(&mut startup).await.expect("startup");
         let mut out = message(b'R', &0u32.to_be_bytes());
+        out.extend(message(b'S', b"server_version\x0015.10\x00"));
         out.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
         out.extend(message(b'Z', b"I"));
         sock.write_all(&out).await.expect("write");

@@ -71,6 +71,21 @@ pub enum ConnError {
         /// The limit.
         timeout: Duration,
     },
+    /// The server runs a PostgreSQL major pitr does not support: refused
+    /// at connect, and never retried (nothing changes by waiting).
+    #[error(
+        "PostgreSQL at {target} runs version {version}, a major pitr does not support: pitr \
+         streams WAL from and backs up PostgreSQL {}. Point this [[postgres]] entry at a \
+         server of a supported major (pg_upgrade moves a cluster to one), or back it up with \
+         its own tools",
+        crate::wal::supported_majors()
+    )]
+    UnsupportedMajor {
+        /// `host:port` or socket path.
+        target: String,
+        /// `server_version` as the server reported it (empty if it did not).
+        version: String,
+    },
     /// A read or write failed mid-conversation.
     #[error("connection to PostgreSQL at {target} failed: {source}")]
     Io {

@@ -91,6 +91,17 @@ pub struct SlotInfo {
     pub restart_tli: Option<u32>,
 }
 
+impl SlotInfo {
+    /// A physical slot whose position cannot be read (PostgreSQL 14).
+    fn unknown() -> SlotInfo {
+        SlotInfo {
+            slot_type: "physical".to_owned(),
+            restart_lsn: None,
+            restart_tli: None,
+        }
+    }
+}
+
 /// A timeline history file fetched with `TIMELINE_HISTORY`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimelineHistory {
@@ -208,11 +219,20 @@ impl ReplicationClient {
     }
 
     /// `READ_REPLICATION_SLOT name` (PostgreSQL 15+): `None` if no such slot.
+    /// PostgreSQL 14 has no such command: [`ConnError::Protocol`] saying so
+    /// (see [`ReplicationClient::physical_slot`]).
     pub async fn read_replication_slot(
         &mut self,
         name: &str,
     ) -> Result<Option<SlotInfo>, ConnError> {
         check_slot_name(name)?;
+        if self.server_major() < 15 {
+            return Err(self.wire.protocol(&format!(
+                "PostgreSQL {} has no READ_REPLICATION_SLOT (it came with 15): query \
+                 pg_replication_slots instead",
+                self.server_major()
+            )));
+        }
         let row = self
             .one_row(&format!("READ_REPLICATION_SLOT {name}"), Some(name))
             .await?;
@@ -237,23 +257,50 @@ impl ReplicationClient {
     /// `restart_lsn` is where WAL is kept from; without, `None` until first
     /// used. (The command's own `consistent_point` is always 0/0 for
     /// physical slots.)
+    ///
+    /// PostgreSQL 14 takes the older unparenthesised `RESERVE_WAL` and cannot
+    /// show the slot: there the result's `restart_lsn` is `None`.
     pub async fn create_physical_slot(
         &mut self,
         name: &str,
         reserve_wal: bool,
     ) -> Result<SlotInfo, ConnError> {
         check_slot_name(name)?;
-        let options = if reserve_wal { " (RESERVE_WAL)" } else { "" };
+        let legacy = self.server_major() < 15;
+        let options = match (reserve_wal, legacy) {
+            (false, _) => "",
+            (true, false) => " (RESERVE_WAL)",
+            (true, true) => " RESERVE_WAL",
+        };
         self.one_row(
             &format!("CREATE_REPLICATION_SLOT {name} PHYSICAL{options}"),
             Some(name),
         )
         .await?;
+        if legacy {
+            return Ok(SlotInfo::unknown());
+        }
         self.read_replication_slot(name).await?.ok_or_else(|| {
             self.wire.protocol(&format!(
                 "slot {name:?} vanished right after it was created"
             ))
         })
+    }
+
+    /// The physical slot `name`, created (reserving WAL) if missing. On
+    /// PostgreSQL 14, which cannot show a slot over replication, an existing
+    /// slot is found by failing to create it, and its `restart_lsn` is `None`.
+    pub async fn physical_slot(&mut self, name: &str) -> Result<SlotInfo, ConnError> {
+        if self.server_major() >= 15 {
+            return match self.read_replication_slot(name).await? {
+                Some(slot) => Ok(slot),
+                None => self.create_physical_slot(name, true).await,
+            };
+        }
+        match self.create_physical_slot(name, true).await {
+            Err(ConnError::SlotExists { .. }) => Ok(SlotInfo::unknown()),
+            other => other,
+        }
     }
 
     /// `DROP_REPLICATION_SLOT name [WAIT]`; with `wait`, waits until no

@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use super::format::WalFormat;
 use super::record::{PREFIX_CAP, RECORD_HEADER};
 use super::{le_u16, le_u32};
 
@@ -17,17 +18,22 @@ const MAX_BLOCK_ID: u8 = 32;
 const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
 const BKPBLOCK_HAS_DATA: u8 = 0x20;
 const BKPBLOCK_SAME_REL: u8 = 0x80;
-/// `bimg_info` bits of a full-page image (PostgreSQL 15 values).
+/// `bimg_info` bit of a full-page image with a hole (the compressed bits
+/// differ between majors: [`WalFormat::image_compressed`]).
 const BKPIMAGE_HAS_HOLE: u8 = 0x01;
-const BKPIMAGE_COMPRESSED: u8 = 0x04 | 0x08 | 0x10;
 /// `BLCKSZ`: the data page size full-page images are cut from.
 const BLCKSZ: u16 = 8192;
 
 /// Walks the block-reference headers of a record (as `DecodeXLogRecord`
 /// does) to find where its main data is: the main data comes last, after
 /// every block's image and data, so it is the record's final
-/// `main_data_len` bytes once the lengths add up.
-pub fn main_data_range(prefix: &[u8], total_len: u32) -> Result<Range<u32>, String> {
+/// `main_data_len` bytes once the lengths add up. `format` is the major
+/// whose WAL this is.
+pub fn main_data_range(
+    prefix: &[u8],
+    total_len: u32,
+    format: &WalFormat,
+) -> Result<Range<u32>, String> {
     let mut cursor = Cursor {
         bytes: prefix,
         at: RECORD_HEADER,
@@ -79,7 +85,7 @@ pub fn main_data_range(prefix: &[u8], total_len: u32) -> Result<Range<u32>, Stri
                     let image_len = le_u16(image, 0);
                     let hole_offset = le_u16(image, 2);
                     let image_info = image[4];
-                    let compressed = image_info & BKPIMAGE_COMPRESSED != 0;
+                    let compressed = image_info & format.image_compressed != 0;
                     let has_hole = image_info & BKPIMAGE_HAS_HOLE != 0;
                     let hole_len = if compressed && has_hole {
                         le_u16(cursor.take(2)?, 0)

@@ -28,16 +28,34 @@ const CORRUPT: &str = "the segment is damaged; fetch it again from another desti
 /// The kinds of [`DecodeError`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeErrorKind {
-    /// The page magic is not PostgreSQL 15's: another major version wrote it,
-    /// or the bytes are not WAL at all.
+    /// The page magic is no supported major's: an unsupported major wrote
+    /// it, or the bytes are not WAL at all.
     #[error(
-        "page magic {found:04X} is not PostgreSQL 15's {expected:04X}: this WAL was written by \
-         another PostgreSQL major version or is not WAL at all; pitr decodes PostgreSQL 15 WAL"
+        "page magic {found:04X} is not that of any PostgreSQL major pitr decodes ({}): this \
+         WAL was written by an unsupported PostgreSQL major version or is not WAL at all",
+        super::format::supported_majors()
     )]
     UnknownMagic {
         /// The magic on the page.
         found: u16,
-        /// The magic this decoder reads.
+    },
+    /// The page magic is another major's than the server's (or the first
+    /// page's): WAL of two majors never mixes in one stream.
+    #[error(
+        "page magic {found:04X} ({}) is not PostgreSQL {expected_major}'s {expected:04X}: this \
+         WAL was not written by the PostgreSQL {expected_major} server it is decoded for (a \
+         server upgraded in place, or WAL of another cluster); a new major needs a new \
+         [[postgres]] name or repository and a new base backup",
+        match found_major { Some(m) => format!("PostgreSQL {m}'s"), None => "no supported major's".to_owned() }
+    )]
+    MajorMismatch {
+        /// The magic on the page.
+        found: u16,
+        /// The major that magic is from, if a supported one.
+        found_major: Option<u32>,
+        /// The major expected.
+        expected_major: u32,
+        /// Its magic.
         expected: u16,
     },
     /// A page header field is impossible (flags, sizes, timeline, system id).

@@ -1,5 +1,7 @@
-//! The WAL record decoder: PostgreSQL 15 WAL bytes in, CRC-checked records
-//! out (invariant 2).
+//! The WAL record decoder: WAL bytes of PostgreSQL 14 to 18 in, CRC-checked
+//! records out (invariant 2). What differs between majors is data, one
+//! [`WalFormat`] per major (see `format`); a decoder reads one major's WAL,
+//! given or learnt from the first page header.
 //!
 //! [`Decoder`] is a streaming state machine: feed it the WAL bytes of one
 //! timeline in order, in pieces of any size, as they arrive from the server or
@@ -17,6 +19,7 @@
 
 mod blocks;
 mod error;
+mod format;
 mod page;
 mod partial;
 mod record;
@@ -27,6 +30,7 @@ mod tests;
 use std::fmt;
 
 pub use error::{DecodeError, DecodeErrorKind};
+pub use format::{FORMATS, WalFormat, major_of_version, supported_majors};
 pub use record::{Record, RecordKind};
 
 use crate::wal::{Lsn, Segment};
@@ -79,6 +83,9 @@ pub struct Decoder {
     skipped: u64,
     /// The first error: a failed decoder stays failed.
     failed: Option<DecodeError>,
+    /// The major whose WAL this is: given, or learnt from the first page
+    /// header; a page of another major is an error.
+    format: Option<&'static WalFormat>,
 }
 
 #[derive(Clone, Debug)]
@@ -146,6 +153,7 @@ impl Decoder {
             overwritten: None,
             skipped: 0,
             failed: None,
+            format: None,
         };
         if start.0 % MAXALIGN != 0 {
             decoder.failed = Some(decoder.error(start, DecodeErrorKind::Misaligned));
@@ -159,6 +167,19 @@ impl Decoder {
     pub fn with_system_identifier(mut self, system_identifier: u64) -> Decoder {
         self.system_identifier = Some(system_identifier);
         self
+    }
+
+    /// Expects the WAL of this major (the server's, or the one recorded with
+    /// stored WAL): a page of another major is an error. Without it the
+    /// first page header decides, and every later page must agree.
+    pub fn with_format(mut self, format: &'static WalFormat) -> Decoder {
+        self.format = Some(format);
+        self
+    }
+
+    /// The major whose WAL this is, once given or learnt.
+    pub fn format(&self) -> Option<&'static WalFormat> {
+        self.format
     }
 
     /// Decodes `bytes`, the WAL that follows what was fed before, and returns

@@ -1,19 +1,18 @@
-//! WAL page headers (PostgreSQL 15, `access/xlog_internal.h`).
+//! WAL page headers (`access/xlog_internal.h`, the same in 14 to 18 but for
+//! the magic, see [`super::format`]).
 //!
 //! Every 8 KiB page starts with a 24-byte header; the first page of a segment
 //! has the 40-byte long header that also names the cluster (system id) and
 //! repeats the segment and page sizes.
 
 use super::error::{DecodeError, DecodeErrorKind};
+use super::format::WalFormat;
 use super::{Decoder, State, ZEROS, le_u16, le_u32, le_u64};
 use crate::wal::Lsn;
 
 /// `XLOG_BLCKSZ`: the WAL page size. Fixed at PostgreSQL's compile time; the
 /// Debian and upstream builds use 8 KiB, and the long header lets us check.
 pub const WAL_PAGE_SIZE: u64 = 8192;
-/// `XLOG_PAGE_MAGIC` of PostgreSQL 15. Each major version bumps it whenever
-/// the WAL format changes, so it doubles as a version check.
-pub const PG15_PAGE_MAGIC: u16 = 0xD110;
 /// `SizeOfXLogShortPHD`: MAXALIGN of the 20 bytes of fields.
 pub const SHORT_HEADER: usize = 24;
 /// `SizeOfXLogLongPHD`: the short header plus system id, segment and page size.
@@ -28,7 +27,7 @@ pub const LONG_HEADER_FLAG: u16 = 0x0002;
 /// record that spans pages; after recovery it wrote new WAL here instead of
 /// the missing continuation, and the half-written record is void.
 pub const FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
-/// `XLP_ALL_FLAGS`: any other bit means the header is not a PostgreSQL 15 one.
+/// `XLP_ALL_FLAGS`: any other bit means the header is not a PostgreSQL one.
 const ALL_FLAGS: u16 = 0x000F;
 
 /// A page header, as read from the page.
@@ -67,21 +66,22 @@ pub fn header_len(first: &[u8]) -> usize {
 }
 
 /// Checks the header `bytes` (exactly [`header_len`] long) of the page at
-/// `page` in a WAL of `seg_size`-byte segments; the caller checks what
+/// `page` in a WAL of `seg_size`-byte segments, written by the major of
+/// `format` when given (else by any supported one); the caller checks what
 /// depends on decoding state (timeline order, continuation, system id).
 ///
 /// Follows `XLogReaderValidatePageHeader`: magic, known flags, a long header
 /// on a segment's first page with matching segment and page sizes, and the
 /// page address equal to the page's own position (what catches a stale page
-/// of a recycled segment file).
-pub fn parse_header(bytes: &[u8], page: Lsn, seg_size: u64) -> Result<PageHeader, DecodeErrorKind> {
-    let magic = le_u16(bytes, 0);
-    if magic != PG15_PAGE_MAGIC {
-        return Err(DecodeErrorKind::UnknownMagic {
-            found: magic,
-            expected: PG15_PAGE_MAGIC,
-        });
-    }
+/// of a recycled segment file). Returns the header and the format its magic
+/// names.
+pub fn parse_header(
+    bytes: &[u8],
+    page: Lsn,
+    seg_size: u64,
+    format: Option<&'static WalFormat>,
+) -> Result<(PageHeader, &'static WalFormat), DecodeErrorKind> {
+    let format = check_magic(le_u16(bytes, 0), format)?;
     let info = le_u16(bytes, 2);
     let bad = |detail: String| Err(DecodeErrorKind::PageHeader { detail });
     if info & !ALL_FLAGS != 0 {
@@ -115,12 +115,33 @@ pub fn parse_header(bytes: &[u8], page: Lsn, seg_size: u64) -> Result<PageHeader
             found: page_address,
         });
     }
-    Ok(PageHeader {
+    let header = PageHeader {
         info,
         timeline: le_u32(bytes, 4),
         rem_len: le_u32(bytes, 16),
         system_identifier,
-    })
+    };
+    Ok((header, format))
+}
+
+/// The format a page with `magic` is in: `expected`'s if given (another
+/// major's magic is an error, invariant 2), else any supported major's.
+fn check_magic(
+    magic: u16,
+    expected: Option<&'static WalFormat>,
+) -> Result<&'static WalFormat, DecodeErrorKind> {
+    let found = WalFormat::of_magic(magic);
+    match (expected, found) {
+        (Some(expected), Some(found)) if std::ptr::eq(expected, found) => Ok(found),
+        (None, Some(found)) => Ok(found),
+        (Some(expected), found) => Err(DecodeErrorKind::MajorMismatch {
+            found: magic,
+            found_major: found.map(|f| f.major),
+            expected_major: expected.major,
+            expected: expected.page_magic,
+        }),
+        (None, None) => Err(DecodeErrorKind::UnknownMagic { found: magic }),
+    }
 }
 
 impl Decoder {
@@ -150,24 +171,20 @@ impl Decoder {
                 self.state = State::EndOfWal { at };
                 return Ok(n);
             }
-            let magic = le_u16(&self.header, 0);
-            if magic != PG15_PAGE_MAGIC {
-                // Named before anything else: another version's header may
-                // differ in every other field.
-                let kind = DecodeErrorKind::UnknownMagic {
-                    found: magic,
-                    expected: PG15_PAGE_MAGIC,
-                };
-                return Err(self.error(page, kind));
-            }
+            // Named before anything else: another version's header may
+            // differ in every other field.
+            let format = check_magic(le_u16(&self.header, 0), self.format)
+                .map_err(|kind| self.error(page, kind))?;
+            self.format = Some(format);
             if header_len(&self.header) > SHORT_HEADER {
                 return Ok(n);
             }
         }
         let len = self.header_len;
         self.header_len = 0;
-        let header = parse_header(&self.header[..len], page, self.seg_size)
+        let (header, format) = parse_header(&self.header[..len], page, self.seg_size, self.format)
             .map_err(|kind| self.error(page, kind))?;
+        self.format = Some(format);
         self.check_page(page, &header)?;
         Ok(n)
     }

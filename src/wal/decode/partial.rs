@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use super::blocks::main_data_range;
 use super::error::DecodeErrorKind;
+use super::format::WalFormat;
 use super::record::{
     MAIN_DATA_CAP, PREFIX_CAP, RECORD_HEADER, RM_XLOG, Record, XLOG_SWITCH, XLR_INFO_MASK,
     interpret,
@@ -17,13 +18,9 @@ use crate::wal::Lsn;
 /// `offsetof(XLogRecord, xl_crc)`: the header bytes the CRC covers (after
 /// the record's data, see [`Partial::finish`]).
 const CRC_OFFSET: usize = 20;
-/// The largest record PostgreSQL 15 will read (`MaxAllocSize`, just under
-/// 1 GiB); a longer `xl_tot_len` is garbage.
+/// The largest record PostgreSQL 14 to 18 will read (`MaxAllocSize`, just
+/// under 1 GiB); a longer `xl_tot_len` is garbage.
 const MAX_RECORD_LEN: u32 = 0x3FFF_FFFF;
-/// The highest built-in resource manager id of PostgreSQL 15
-/// (`RM_LOGICALMSG_ID`); 128..=255 are custom resource managers.
-const RM_MAX_BUILTIN: u8 = 21;
-const RM_MIN_CUSTOM: u8 = 128;
 
 /// A record whose bytes are still arriving.
 #[derive(Debug, Clone)]
@@ -67,7 +64,13 @@ impl Partial {
     /// `prev` is where the previous record started, when known: the header's
     /// back link must match it exactly (`ValidXLogRecordHeader`), which is what
     /// tells a stale record left in a recycled page from a real one.
-    pub fn absorb(&mut self, data: &[u8], prev: Option<Lsn>) -> Result<usize, DecodeErrorKind> {
+    /// `format` is the major whose WAL this is.
+    pub fn absorb(
+        &mut self,
+        data: &[u8],
+        prev: Option<Lsn>,
+        format: &WalFormat,
+    ) -> Result<usize, DecodeErrorKind> {
         if self.got < 4 {
             let take = data.len().min(4 - self.got as usize);
             self.prefix.extend_from_slice(&data[..take]);
@@ -90,10 +93,10 @@ impl Partial {
             self.prefix
                 .extend_from_slice(&data[..take.min(prefix_end - from)]);
             if !had_header && self.prefix.len() >= RECORD_HEADER {
-                self.check_header(prev)?;
+                self.check_header(prev, format)?;
             }
             if self.prefix.len() == prefix_end {
-                let layout = main_data_range(&self.prefix, self.total_len);
+                let layout = main_data_range(&self.prefix, self.total_len, format);
                 if let Ok(range) = &layout {
                     capture_main(&mut self.main, range, 0, &self.prefix);
                 }
@@ -179,11 +182,11 @@ impl Partial {
         Err(DecodeErrorKind::RecordHeader { detail })
     }
 
-    fn check_header(&self, prev: Option<Lsn>) -> Result<(), DecodeErrorKind> {
+    fn check_header(&self, prev: Option<Lsn>, format: &WalFormat) -> Result<(), DecodeErrorKind> {
         let rmgr = self.prefix[17];
         let back_link = Lsn(le_u64(&self.prefix, 8));
-        let detail = if rmgr > RM_MAX_BUILTIN && rmgr < RM_MIN_CUSTOM {
-            format!("resource manager id {rmgr} does not exist")
+        let detail = if !format.valid_rmgr(rmgr) {
+            format!("resource manager id {rmgr} does not exist in {format}")
         } else if prev.is_some_and(|prev| back_link != prev) {
             format!(
                 "back link {back_link} does not point at the previous record ({})",

@@ -1,4 +1,4 @@
-//! WAL records (PostgreSQL 15, `access/xlogrecord.h`, `access/xact.h`): the
+//! WAL records (`access/xlogrecord.h`, `access/xact.h`, the same in 14 to 18): the
 //! decoded record pitr hands out, and the few record types it reads
 //! (transaction ends, restore points, switches).
 

@@ -2,6 +2,7 @@
 //! zeros that follow a switch record or the end of the WAL.
 
 use super::error::DecodeErrorKind;
+use super::format::WalFormat;
 use super::page::WAL_PAGE_SIZE;
 use super::partial::Partial;
 use super::record::{Record, RecordKind};
@@ -57,8 +58,10 @@ impl Decoder {
             State::InRecord(partial) => {
                 let start = partial.start;
                 let prev = self.prev;
+                // A page header came first unless decoding began mid-page.
+                let format = self.format.unwrap_or_else(WalFormat::newest);
                 let taken = partial
-                    .absorb(data, prev)
+                    .absorb(data, prev, format)
                     .map_err(|kind| self.error(start, kind))?;
                 self.after_absorb(taken, emit)?;
                 Ok(taken)

@@ -175,6 +175,15 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// Whether no later try can succeed until someone changes something
+    /// (the server's major): the sidecar then stops retrying and says so.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StreamError::Conn(crate::wal::conn::ConnError::UnsupportedMajor { .. })
+        )
+    }
+
     /// Whether another try may succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -267,6 +276,7 @@ async fn pass(
     started: &mut bool,
 ) -> Result<Ended, StreamError> {
     let mut client = ReplicationClient::connect(&opts.conninfo).await?;
+    let format = client.wal_format();
     client.check_wal_level().await?;
     let system = client.identify_system().await?;
     let seg_size = client.wal_segment_size().await?;
@@ -280,10 +290,7 @@ async fn pass(
             .and_then(|v| pg_size(&v));
         link.send_modify(|l| l.max_slot_wal_keep_size = keep);
     }
-    let slot = match client.read_replication_slot(&opts.slot).await? {
-        Some(slot) => slot,
-        None => client.create_physical_slot(&opts.slot, true).await?,
-    };
+    let slot = client.physical_slot(&opts.slot).await?;
     let store = WalStore::new(repo.clone(), &opts.database);
     let lineage = lineage(&mut client, &repo, &store, system.timeline).await?;
     let mut ends = Vec::new();
@@ -311,7 +318,8 @@ async fn pass(
             });
         }
         (Some(r), restart_lsn) => {
-            if restart_lsn.is_none() {
+            // (PostgreSQL 14 cannot show a slot: nothing to warn about.)
+            if restart_lsn.is_none() && format.major >= 15 {
                 // PostgreSQL 15 shows an invalidated slot this way. Whether
                 // WAL was lost, the server tells when asked for it (see
                 // `lost_wal`); if it still has it, streaming revives the slot.
@@ -364,6 +372,7 @@ async fn pass(
         start,
         flushed,
         progress,
+        format,
     )?;
     let ended = s.run(opts, shutdown).await;
     ended.map_err(|e| lost_wal(e, opts, timeline, s.flushed()))

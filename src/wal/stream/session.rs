@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::{Ended, Progress, StreamError, StreamOptions};
 use crate::repo::Repository;
+use crate::wal::WalFormat;
 use crate::wal::assemble::{Assembler, GapError};
 use crate::wal::conn::{ReplMessage, ReplicationStream};
 use crate::wal::lsn::{Lsn, Segment};
@@ -54,7 +55,8 @@ pub(super) struct Session<'a> {
 
 impl Session<'_> {
     /// A session streaming `timeline` from `start` (a segment's start),
-    /// with everything before `flushed` stored.
+    /// with everything before `flushed` stored, from a server of the major of
+    /// `format`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new<'a>(
         store: WalStore,
@@ -65,11 +67,12 @@ impl Session<'_> {
         start: Lsn,
         flushed: Lsn,
         progress: &'a watch::Sender<Progress>,
+        format: &'static WalFormat,
     ) -> Result<Session<'a>, StreamError> {
         let first = Segment::containing(timeline, start, seg_size);
         Ok(Session {
             store,
-            preparer: Preparer::start(&repo, seg_size, first)?,
+            preparer: Preparer::start(&repo, seg_size, first, format)?,
             repo,
             stream,
             assembler: Assembler::new(timeline, seg_size, WAL_CHUNK, start),

@@ -81,6 +81,43 @@ fn find_pg_bin_dir() -> PathBuf {
     );
 }
 
+/// The PostgreSQL major the harness runs unless told another.
+pub const DEFAULT_MAJOR: u32 = 15;
+/// Where `.ci/setup` installs the other majors: `<dir>/<major>/bin`.
+const CI_PG_ROOT: &str = "/opt/pitr-ci/postgresql";
+
+/// The directory holding the server binaries of PostgreSQL `major`:
+/// [`pg_bin_dir`] for 15; `$PITR_TEST_PG_BIN_<major>` if set, else
+/// `/opt/pitr-ci/postgresql/<major>/bin` (what `.ci/setup` installs),
+/// else `/usr/lib/postgresql/<major>/bin`. Panics with install instructions
+/// when none holds a server of that major.
+pub fn pg_bin_dir_for(major: u32) -> PathBuf {
+    if major == DEFAULT_MAJOR {
+        return pg_bin_dir().to_owned();
+    }
+    let env = format!("{PG_BIN_ENV}_{major}");
+    let candidates: Vec<PathBuf> = match std::env::var_os(&env) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![
+            Path::new(CI_PG_ROOT).join(major.to_string()).join("bin"),
+            PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+        ],
+    };
+    for dir in &candidates {
+        if ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+        {
+            return dir.clone();
+        }
+    }
+    panic!(
+        "PostgreSQL {major} server binaries not found in {candidates:?}: run `bash .ci/setup` \
+         (it installs 14, 16, 17 and 18 under {CI_PG_ROOT}), or set {env} to a directory \
+         holding that major's initdb, pg_ctl and postgres"
+    );
+}
+
 /// The effective uid of this process.
 ///
 /// std has no `geteuid`; a new file belongs to the effective uid, which saves a
@@ -192,6 +229,10 @@ pub struct PgCluster {
     /// `Drop::drop` stopped the server.
     dir: TempDir,
     port: u16,
+    /// The server binaries: those of the cluster's major.
+    bin: PathBuf,
+    /// The cluster's major.
+    major: u32,
 }
 
 impl PgCluster {
@@ -207,7 +248,18 @@ impl PgCluster {
     /// what pitr is about), and trusts every local and loopback connection,
     /// replication ones included, for the superuser `postgres`.
     pub fn start_with(configure: impl FnOnce(&mut PgConf)) -> PgCluster {
-        let mut cluster = PgCluster::unstarted();
+        PgCluster::start_major_with(DEFAULT_MAJOR, configure)
+    }
+
+    /// Starts a cluster of PostgreSQL `major` (14 to 18) with the harness's
+    /// settings; see [`pg_bin_dir_for`] for where its binaries come from.
+    pub fn start_major(major: u32) -> PgCluster {
+        PgCluster::start_major_with(major, |_| {})
+    }
+
+    /// [`PgCluster::start_with`] for a cluster of PostgreSQL `major`.
+    pub fn start_major_with(major: u32, configure: impl FnOnce(&mut PgConf)) -> PgCluster {
+        let mut cluster = PgCluster::unstarted(major);
 
         let data = cluster.data_dir();
         // --no-sync skips only initdb's final flush, which guards against the
@@ -265,7 +317,7 @@ impl PgCluster {
     /// started (`pg_ctl start -w` returns once it accepts read-only
     /// connections). Replication slots may be created on it (PostgreSQL 15).
     pub fn standby_of(primary: &PgCluster) -> PgCluster {
-        let mut cluster = PgCluster::unstarted();
+        let mut cluster = PgCluster::unstarted(primary.major);
         let data = cluster.data_dir();
         // --no-sync: as initdb's, only guards against a kernel crash.
         run_checked(
@@ -315,7 +367,12 @@ impl PgCluster {
     /// base backup): [`PgCluster::data_dir`] does not exist yet. Start it
     /// with [`PgCluster::start_filled`].
     pub fn empty() -> PgCluster {
-        PgCluster::unstarted()
+        PgCluster::unstarted(DEFAULT_MAJOR)
+    }
+
+    /// [`PgCluster::empty`] for a data directory of PostgreSQL `major`.
+    pub fn empty_major(major: u32) -> PgCluster {
+        PgCluster::unstarted(major)
     }
 
     /// Starts a cluster made with [`PgCluster::empty`] after its data
@@ -345,8 +402,10 @@ impl PgCluster {
         self.start_on_free_port();
     }
 
-    /// A temp dir for a cluster, handed to the PostgreSQL user; no server yet.
-    fn unstarted() -> PgCluster {
+    /// A temp dir for a cluster of `major`, handed to the PostgreSQL user; no
+    /// server yet.
+    fn unstarted(major: u32) -> PgCluster {
+        let bin = pg_bin_dir_for(major);
         let dir = tempfile::Builder::new()
             .prefix("pitr-pg-")
             .tempdir()
@@ -356,7 +415,12 @@ impl PgCluster {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .expect("hand the cluster's temp dir to the PostgreSQL user");
         }
-        PgCluster { dir, port: 0 }
+        PgCluster {
+            dir,
+            port: 0,
+            bin,
+            major,
+        }
     }
 
     /// Starts the server on a free port, trying fresh ports when another
@@ -418,9 +482,15 @@ impl PgCluster {
         self.dir().join("postgres.log")
     }
 
-    /// The path of a PostgreSQL binary, e.g. `bin("pg_waldump")`.
+    /// The path of a PostgreSQL binary of the cluster's major, e.g.
+    /// `bin("pg_waldump")`.
     pub fn bin(&self, name: &str) -> PathBuf {
-        pg_bin_dir().join(name)
+        self.bin.join(name)
+    }
+
+    /// The cluster's PostgreSQL major.
+    pub fn major(&self) -> u32 {
+        self.major
     }
 
     /// A libpq connection string for the superuser over TCP, e.g.

@@ -125,6 +125,7 @@ async fn backup(repo: &Repository, pg: &PgCluster, max_rate_kb: Option<u32>) -> 
         label: "pitr retention test".into(),
         checkpoint: Checkpoint::Fast,
         max_rate_kb,
+        manifest_checksums: Default::default(),
     };
     let (tx, _rx) = watch::channel(BackupProgress::default());
     let record = basebackup::take(repo, &opts, &tx).await.expect("backup");
@@ -324,6 +325,7 @@ async fn a_backup_written_during_garbage_collection_restores() {
                 label: "during gc".into(),
                 checkpoint: Checkpoint::Fast,
                 max_rate_kb: Some(4096),
+                manifest_checksums: Default::default(),
             };
             let (tx, _rx) = watch::channel(BackupProgress::default());
             basebackup::take(&repo, &opts, &tx).await.expect("backup")

@@ -40,22 +40,44 @@ fn a_failed_decoder_stays_failed() {
 }
 
 #[test]
-fn another_versions_magic_is_named() {
+fn another_majors_magic_is_named() {
     let (w, _) = sample();
     let mut bytes = w.padded(4 * PAGE);
     bytes[..2].copy_from_slice(&0xD10Du16.to_le_bytes());
-    let err = decode_all(&bytes, 4096).expect_err("PostgreSQL 14 magic");
+    let pg15 = WalFormat::of_major(15).expect("15 is supported");
+    let mut decoder = Decoder::new(1, SEG, Lsn(SEG_NO * SEG)).with_format(pg15);
+    let err = decoder.feed(&bytes).expect_err("PostgreSQL 14 magic");
     assert_eq!(
         err.kind,
-        DecodeErrorKind::UnknownMagic {
+        DecodeErrorKind::MajorMismatch {
             found: 0xD10D,
+            found_major: Some(14),
+            expected_major: 15,
             expected: 0xD110
         }
     );
     assert_eq!(err.lsn, Lsn(SEG_NO * SEG));
     let text = err.to_string();
     assert!(
-        text.contains(NAME) && text.contains("D10D") && text.contains("PostgreSQL 15"),
+        text.contains(NAME)
+            && text.contains("D10D")
+            && text.contains("PostgreSQL 14's")
+            && text.contains("PostgreSQL 15's D110"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unknown_magic_names_the_supported_majors() {
+    let (w, _) = sample();
+    let mut bytes = w.padded(4 * PAGE);
+    // PostgreSQL 13's magic.
+    bytes[..2].copy_from_slice(&0xD106u16.to_le_bytes());
+    let err = decode_all(&bytes, 4096).expect_err("PostgreSQL 13 magic");
+    assert_eq!(err.kind, DecodeErrorKind::UnknownMagic { found: 0xD106 });
+    let text = err.to_string();
+    assert!(
+        text.contains(NAME) && text.contains("D106") && text.contains("14, 15, 16, 17 and 18"),
         "{text}"
     );
 }

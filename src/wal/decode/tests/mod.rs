@@ -1,10 +1,12 @@
 //! The decoder against hand-built WAL: a small writer lays records out the
-//! way PostgreSQL 15 does (page headers, continuations, alignment, CRC);
-//! the tests decode it whole, in pieces and across segments (`stream`) or
-//! damage one thing at a time (`damage`). Real server WAL is the integration
+//! way PostgreSQL does (page headers, continuations, alignment, CRC), with
+//! PostgreSQL 15's magic unless told another; the tests decode it whole, in
+//! pieces and across segments (`stream`), damage one thing at a time
+//! (`damage`) or tell majors apart (`majors`). Real server WAL is the integration
 //! test's job (`tests/it/wal_decode.rs`, against `pg_waldump`).
 
 mod damage;
+mod majors;
 mod stream;
 
 use jiff::Timestamp;
@@ -19,7 +21,7 @@ pub(super) const SYSID: u64 = 7_312_345_678_901_234_567;
 pub(super) const SEG_NO: u64 = 3;
 pub(super) const NAME: &str = "000000010000000000000003";
 
-/// Lays out WAL records as PostgreSQL 15's `CopyXLogRecordToWAL` does.
+/// Lays out WAL records as PostgreSQL's `CopyXLogRecordToWAL` does.
 pub(super) struct WalWriter {
     /// The LSN of `buf[0]`: a segment start.
     base: u64,
@@ -30,6 +32,8 @@ pub(super) struct WalWriter {
     prev: u64,
     /// Flags for the next page header (for overwrite-contrecord tests).
     next_page_flags: u16,
+    /// `XLOG_PAGE_MAGIC` of the pages written from now on.
+    magic: u16,
 }
 
 impl WalWriter {
@@ -40,6 +44,7 @@ impl WalWriter {
             pos: seg_no * SEG,
             prev: seg_no * SEG - 0x28,
             next_page_flags: 0,
+            magic: 0xD110,
         }
     }
 
@@ -63,7 +68,7 @@ impl WalWriter {
             info |= 0x0002;
         }
         let mut h = Vec::new();
-        h.extend_from_slice(&0xD110u16.to_le_bytes());
+        h.extend_from_slice(&self.magic.to_le_bytes());
         h.extend_from_slice(&info.to_le_bytes());
         h.extend_from_slice(&1u32.to_le_bytes());
         h.extend_from_slice(&self.pos.to_le_bytes());
