@@ -9,6 +9,8 @@ pub mod basebackup;
 pub mod catalog;
 pub mod config;
 pub mod crashsafe;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod health;
 pub mod pitr;
 pub mod repo;

@@ -22,7 +22,7 @@
 
 mod client;
 mod conninfo;
-mod copy;
+pub(crate) mod copy;
 mod copy_out;
 mod error;
 mod ops;
@@ -30,7 +30,7 @@ mod pgpass;
 mod resolve;
 mod tls;
 mod url;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
