@@ -128,8 +128,6 @@ fn fuzz_identity() -> &'static age::x25519::Identity {
 /// timeline, page address, long header on the segment's first page) around
 /// the fuzzed page contents; the second splits the feed in two.
 pub fn wal(data: &[u8]) {
-    const PAGE: usize = 8192;
-    const SEG: u64 = 16 << 20;
     let Some((&choice, rest)) = data.split_first() else {
         return;
     };
@@ -137,46 +135,54 @@ pub fn wal(data: &[u8]) {
         return;
     };
     let format = &FORMATS[usize::from(choice) % FORMATS.len()];
-    let start = Lsn(SEG);
     let bytes = if choice & 0x80 != 0 {
         rest.to_vec()
     } else {
-        let mut out = Vec::with_capacity(rest.len() + rest.len() / 4);
-        for (i, body) in rest.chunks(PAGE - 40).enumerate() {
-            let page = out.len();
-            let addr = SEG + (i * PAGE) as u64;
-            // Flags and remaining length are the fuzzer's (first 6 bytes of
-            // the body), the rest of the header is right.
-            let info = body.first().map_or(0, |b| u16::from(*b & 0x0D)) | u16::from(i == 0) << 1;
-            let rem = body
-                .get(1..5)
-                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            out.extend_from_slice(&format.page_magic.to_le_bytes());
-            out.extend_from_slice(&info.to_le_bytes());
-            out.extend_from_slice(&1u32.to_le_bytes());
-            out.extend_from_slice(&addr.to_le_bytes());
-            out.extend_from_slice(&rem.to_le_bytes());
-            out.extend_from_slice(&[0; 4]);
-            if i == 0 {
-                out.extend_from_slice(&0x7000_0000_0000_0001u64.to_le_bytes());
-                out.extend_from_slice(&(SEG as u32).to_le_bytes());
-                out.extend_from_slice(&(PAGE as u32).to_le_bytes());
-            }
-            out.extend_from_slice(body.get(5..).unwrap_or(&[]));
-            // A full page, but for the last one.
-            if out.len() - page < PAGE && rest.len() > (i + 1) * (PAGE - 40) {
-                out.resize(page + PAGE, 0);
-            }
-        }
-        out
+        frame_wal(format.page_magic, rest)
     };
-    let mut decoder = Decoder::new(1, SEG, start).with_format(format);
+    let mut decoder = Decoder::new(1, WAL_SEG, Lsn(WAL_SEG)).with_format(format);
     let cut = usize::from(split) * bytes.len() / 256;
     if decoder.feed(&bytes[..cut]).is_ok() {
         let _ = decoder.feed(&bytes[cut..]);
     }
     let _ = decoder.end_of_wal();
     let _ = decoder.complete_up_to();
+}
+
+const WAL_PAGE: usize = 8192;
+const WAL_SEG: u64 = 16 << 20;
+
+/// Pages from the start of segment 1 on timeline 1 with valid headers for
+/// `magic`, each holding the next `WAL_PAGE - 40` bytes of `bodies`: the
+/// first 5 give the header's flags and remaining length (the fuzzer's), the
+/// rest the page's contents.
+fn frame_wal(magic: u16, bodies: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bodies.len() + bodies.len() / 4);
+    for (i, body) in bodies.chunks(WAL_PAGE - 40).enumerate() {
+        let page = out.len();
+        let addr = WAL_SEG + (i * WAL_PAGE) as u64;
+        let info = body.first().map_or(0, |b| u16::from(*b & 0x0D)) | u16::from(i == 0) << 1;
+        let rem = body
+            .get(1..5)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        out.extend_from_slice(&magic.to_le_bytes());
+        out.extend_from_slice(&info.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&addr.to_le_bytes());
+        out.extend_from_slice(&rem.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        if i == 0 {
+            out.extend_from_slice(&0x7000_0000_0000_0001u64.to_le_bytes());
+            out.extend_from_slice(&(WAL_SEG as u32).to_le_bytes());
+            out.extend_from_slice(&(WAL_PAGE as u32).to_le_bytes());
+        }
+        out.extend_from_slice(body.get(5..).unwrap_or(&[]));
+        // A full page, but for the last one.
+        if out.len() - page < WAL_PAGE && bodies.len() > (i + 1) * (WAL_PAGE - 40) {
+            out.resize(page + WAL_PAGE, 0);
+        }
+    }
+    out
 }
 
 /// The tar stream of BASE_BACKUP, fed in two pieces split where the first
@@ -264,4 +270,43 @@ pub fn config(data: &[u8]) {
         "/nonexistent/pitr-fuzz/state".to_owned(),
     )];
     let _ = crate::config::Config::from_toml_str(&text, path, &env);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::decode::DecodeErrorKind;
+
+    /// The WAL target's framing gets fuzzed bytes past the page header of
+    /// every major, to the record decoder: a record header with a wrong
+    /// CRC fails as a record, not as a page.
+    #[test]
+    fn framed_wal_reaches_the_record_decoder_of_every_major() {
+        for format in &FORMATS {
+            let mut body = vec![0u8; 5];
+            // XLogRecord: xl_tot_len 64, xid, prev, info, rmid, pad, crc.
+            body.extend_from_slice(&64u32.to_le_bytes());
+            body.extend_from_slice(&[0; 4]);
+            body.extend_from_slice(&[0; 8]);
+            body.extend_from_slice(&[0, 0, 0, 0]);
+            body.extend_from_slice(&0xdead_beefu32.to_le_bytes());
+            body.extend_from_slice(&[0xAB; 40]);
+            let bytes = frame_wal(format.page_magic, &body);
+            let err = Decoder::new(1, WAL_SEG, Lsn(WAL_SEG))
+                .with_format(format)
+                .feed(&bytes)
+                .expect_err("a forged record");
+            assert!(
+                !matches!(
+                    err.kind,
+                    DecodeErrorKind::UnknownMagic { .. }
+                        | DecodeErrorKind::MajorMismatch { .. }
+                        | DecodeErrorKind::PageHeader { .. }
+                        | DecodeErrorKind::PageAddress { .. }
+                ),
+                "PostgreSQL {}: {err}",
+                format.major
+            );
+        }
+    }
 }
