@@ -7,7 +7,7 @@
 #
 # Stages: `build` (the binary, profile `dist`: LTO, stripped), `postgres`
 # (PGDG's server packages, pruned to what restores run), `runtime` (Debian
-# slim, the two copied in, a non-root user). `.ci/dockerfile-check` checks
+# slim, the two copied in, an entrypoint that runs pitr as uid 10001). `.ci/dockerfile-check` checks
 # this file's structure and runs the build stage's commands on the host;
 # see README "Container image" for what was and was not checked.
 
@@ -88,20 +88,29 @@ COPY --from=postgres /out/usr/ /usr/
 COPY --from=build /usr/local/bin/pitr /usr/local/bin/pitr
 COPY deploy/config/postgres.toml /etc/pitr/pitr.toml
 COPY deploy/config/postgres-storacha.toml deploy/config/sqlite.toml /etc/pitr/
-# A non-root user: PostgreSQL refuses root, and a restore then runs the
-# server as this user. state_dir and the default restore targets are its own.
+COPY deploy/image/pitr-entrypoint /usr/local/bin/pitr-entrypoint
+# pitr runs as 10001:10001, numerically (no name to resolve, and what
+# Kubernetes' runAsUser / fsGroup and `docker run --user` name): PostgreSQL
+# refuses root, and a restore then runs the server as this user. The image
+# itself starts as root, for one step only: Akash mounts persistent volumes
+# owned by root, with no fsGroup and no way to pick the user, so the
+# entrypoint gives the state directory to 10001:10001 and then drops to it
+# for good with setpriv (util-linux, in Debian slim) before pitr starts.
+# Started as 10001 (Kubernetes runAsUser + fsGroup: 10001, `--user
+# 10001:10001`) it is never root at all. One-off commands in a running
+# container go through it too: `docker exec <c> pitr-entrypoint list -c ...`.
 RUN groupadd --system --gid 10001 pitr \
- && useradd --system --uid 10001 --gid pitr --home-dir /var/lib/pitr --shell /usr/sbin/nologin pitr \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/pitr --shell /usr/sbin/nologin pitr \
  && mkdir -p /var/lib/pitr /var/lib/pitr/restore \
- && chown -R pitr:pitr /var/lib/pitr
+ && chown -R 10001:10001 /var/lib/pitr \
+ && chmod 0700 /var/lib/pitr
 ENV PATH="/usr/lib/postgresql/${PG_MAJOR}/bin:${PATH}" \
     PITR_LOG_FORMAT=json
-USER pitr:pitr
 WORKDIR /var/lib/pitr
 VOLUME ["/var/lib/pitr"]
 EXPOSE 9187
 # `pitr probe` instead of curl: 0 on a 2xx from /health, 1 otherwise.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
   CMD ["pitr", "probe", "http://127.0.0.1:9187/health"]
-ENTRYPOINT ["pitr"]
+ENTRYPOINT ["pitr-entrypoint"]
 CMD ["run", "-c", "/etc/pitr/pitr.toml"]

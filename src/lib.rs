@@ -10,6 +10,8 @@ pub mod beneath;
 pub mod catalog;
 pub mod config;
 pub mod crashsafe;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod health;
 pub mod listing;
 pub mod pg;

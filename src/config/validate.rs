@@ -620,9 +620,17 @@ fn storacha(
                 ));
             }
             Some(s)
-                if s.value.trim().is_empty() || s.value.trim().contains(char::is_whitespace) =>
+                if s.value.trim().is_empty()
+                    || s.value.trim().contains(char::is_whitespace)
+                    // The shipped templates' `<PITR_...>` placeholders.
+                    || (s.value.starts_with('<') && s.value.ends_with('>')) =>
             {
-                return Err(ctx.invalid(&s.key, &s.origin, "is empty or contains spaces", how));
+                return Err(ctx.invalid(
+                    &s.key,
+                    &s.origin,
+                    "is empty, contains spaces or is a <PLACEHOLDER> left unfilled",
+                    how,
+                ));
             }
             Some(s) => creds.push(s.value.trim().to_owned()),
         }

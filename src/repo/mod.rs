@@ -12,13 +12,13 @@ mod datakey;
 mod export;
 #[cfg(test)]
 mod golden;
-mod keys;
+pub(crate) mod keys;
 mod manifest;
-mod pack;
+pub(crate) mod pack;
 mod reader;
 mod repair;
 mod scrub;
-mod seal;
+pub(crate) mod seal;
 mod verify;
 mod writer;
 

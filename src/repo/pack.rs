@@ -153,7 +153,7 @@ pub fn encode_index(entries: &[PackEntry]) -> Vec<u8> {
     v
 }
 
-fn decode_index(object: &str, plain: &[u8]) -> Result<Vec<PackEntry>, RepoError> {
+pub(crate) fn decode_index(object: &str, plain: &[u8]) -> Result<Vec<PackEntry>, RepoError> {
     let malformed = |what: &str| RepoError::Malformed {
         object: object.to_owned(),
         what: what.to_owned(),

@@ -276,47 +276,8 @@ impl ReplicationStream {
         &self.client
     }
 
-    fn parse_copy_data(&self, mut b: Bytes) -> Result<ReplMessage, ConnError> {
-        let bad = |what: &str| {
-            self.client
-                .wire
-                .protocol(&format!("malformed {what} message"))
-        };
-        match b.first() {
-            Some(b'w') => {
-                let _ = b.split_to(1);
-                let (Some(start), Some(end), Some(time)) =
-                    (i64_(&mut b), i64_(&mut b), i64_(&mut b))
-                else {
-                    return Err(bad("XLogData"));
-                };
-                Ok(ReplMessage::XLogData {
-                    start: Lsn(start as u64),
-                    end_of_wal: Lsn(end as u64),
-                    send_time: time,
-                    data: b,
-                })
-            }
-            Some(b'k') => {
-                let _ = b.split_to(1);
-                let (Some(end), Some(time)) = (i64_(&mut b), i64_(&mut b)) else {
-                    return Err(bad("keepalive"));
-                };
-                let Some(&reply) = b.first() else {
-                    return Err(bad("keepalive"));
-                };
-                Ok(ReplMessage::Keepalive {
-                    end_of_wal: Lsn(end as u64),
-                    send_time: time,
-                    reply_requested: reply != 0,
-                })
-            }
-            Some(&other) => Err(self
-                .client
-                .wire
-                .protocol(&format!("unknown streaming message {:?}", other as char))),
-            None => Err(bad("empty CopyData")),
-        }
+    fn parse_copy_data(&self, b: Bytes) -> Result<ReplMessage, ConnError> {
+        decode_copy_data(b).map_err(|what| self.client.wire.protocol(&what))
     }
 
     /// Reads the result after COPY (the next timeline's row, if any) up to
@@ -362,6 +323,44 @@ impl ReplicationStream {
                 _ => return Err(self.client.wire.unexpected(&frame, "the end of streaming")),
             }
         }
+    }
+}
+
+/// Parses one CopyData body of START_REPLICATION (`w` XLogData, `k`
+/// keepalive), or says what is wrong with it. Bytes from the server: never
+/// trusted, never a panic.
+pub(crate) fn decode_copy_data(mut b: Bytes) -> Result<ReplMessage, String> {
+    let bad = |what: &str| format!("malformed {what} message");
+    match b.first() {
+        Some(b'w') => {
+            let _ = b.split_to(1);
+            let (Some(start), Some(end), Some(time)) = (i64_(&mut b), i64_(&mut b), i64_(&mut b))
+            else {
+                return Err(bad("XLogData"));
+            };
+            Ok(ReplMessage::XLogData {
+                start: Lsn(start as u64),
+                end_of_wal: Lsn(end as u64),
+                send_time: time,
+                data: b,
+            })
+        }
+        Some(b'k') => {
+            let _ = b.split_to(1);
+            let (Some(end), Some(time)) = (i64_(&mut b), i64_(&mut b)) else {
+                return Err(bad("keepalive"));
+            };
+            let Some(&reply) = b.first() else {
+                return Err(bad("keepalive"));
+            };
+            Ok(ReplMessage::Keepalive {
+                end_of_wal: Lsn(end as u64),
+                send_time: time,
+                reply_requested: reply != 0,
+            })
+        }
+        Some(&other) => Err(format!("unknown streaming message {:?}", other as char)),
+        None => Err(bad("empty CopyData")),
     }
 }
 

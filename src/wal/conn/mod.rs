@@ -24,7 +24,7 @@
 mod binding;
 mod client;
 mod conninfo;
-mod copy;
+pub(crate) mod copy;
 mod copy_in;
 mod copy_out;
 mod error;
@@ -33,7 +33,7 @@ mod pgpass;
 mod resolve;
 mod tls;
 mod url;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod impostor;

@@ -261,7 +261,7 @@ pub(super) fn i64_(b: &mut Bytes) -> Option<i64> {
 }
 
 /// The fields of an ErrorResponse or NoticeResponse body.
-pub(super) fn parse_error(body: &Bytes) -> ServerError {
+pub(crate) fn parse_error(body: &Bytes) -> ServerError {
     let mut b = body.clone();
     let mut e = ServerError::default();
     while let Some(kind) = (!b.is_empty()).then(|| b.get_u8()) {
@@ -283,7 +283,7 @@ pub(super) fn parse_error(body: &Bytes) -> ServerError {
 }
 
 /// Column names of a RowDescription.
-pub(super) fn parse_row_description(body: &Bytes) -> Option<Vec<String>> {
+pub(crate) fn parse_row_description(body: &Bytes) -> Option<Vec<String>> {
     let mut b = body.clone();
     let n = i16_(&mut b)?;
     let mut names = Vec::with_capacity(n.max(0) as usize);
@@ -300,7 +300,7 @@ pub(super) fn parse_row_description(body: &Bytes) -> Option<Vec<String>> {
 
 /// The values of a DataRow; NULL is `None`. The values share the body's
 /// memory.
-pub(super) fn parse_data_row(body: &Bytes) -> Option<Vec<Option<Bytes>>> {
+pub(crate) fn parse_data_row(body: &Bytes) -> Option<Vec<Option<Bytes>>> {
     let mut b = body.clone();
     let n = i16_(&mut b)?;
     let mut values = Vec::with_capacity(n.max(0) as usize);

