@@ -488,12 +488,16 @@ pub fn lock_state_dir(
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(state_dir).map_err(fail)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    crate::crashsafe::create_private_dir_all(state_dir).map_err(fail)?;
+    // Private like the rest of the state directory (it names a pid only,
+    // but no file there is for other users).
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(fail)?;
     let mut file = match crate::crashsafe::try_lock(file).map_err(fail)? {

@@ -451,6 +451,7 @@ async fn fake_pg13() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 /// loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsupported_major_is_refused_once_shown_on_health_and_alerted_once() {
+    const TOKEN: &str = "versions-test-token-0123456789abcdef";
     let (pg_port, connections) = fake_pg13().await;
     let repo = crate::repo::TestRepo::new().await;
     let hook = crate::harness::WebhookReceiver::start().await;
@@ -463,8 +464,8 @@ async fn an_unsupported_major_is_refused_once_shown_on_health_and_alerted_once()
     fs::write(
         &cfg,
         format!(
-            "{text}\n[health]\nlisten = \"127.0.0.1:{port}\"\n\n[[alert]]\nname = \"hook\"\n\
-             kind = \"webhook\"\nurl = \"{}\"\n",
+            "{text}\n[health]\nlisten = \"127.0.0.1:{port}\"\nrestore_token = \"{TOKEN}\"\n\n\
+             [[alert]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
             hook.url("/hook")
         ),
     )
@@ -474,7 +475,12 @@ async fn an_unsupported_major_is_refused_once_shown_on_health_and_alerted_once()
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let summary = loop {
         let body: Option<serde_json::Value> = async {
-            let r = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            // The refusal's text is behind the token (an unauthenticated
+            // caller sees states and figures only).
+            let r = reqwest::Client::new()
+                .get(format!("http://127.0.0.1:{port}/health"))
+                .bearer_auth(TOKEN)
+                .send()
                 .await
                 .ok()?;
             r.json().await.ok()
