@@ -20,13 +20,11 @@ use pitr::basebackup::{
     self, BackupOptions, BackupProgress, Checkpoint, ManifestChecksums, RestoreOptions,
 };
 use pitr::repo::Repository;
-use pitr::wal::{
-    ConnInfo, Decoder, Lsn, Progress, RecordKind, Segment, StreamOptions, WalFormat, WalStore,
-    stream,
-};
-use tokio::sync::{oneshot, watch};
+use pitr::wal::{ConnInfo, Decoder, Lsn, RecordKind, Segment, WalFormat, WalStore};
+use tokio::sync::watch;
 
 use crate::harness::PgCluster;
+use crate::pitr_restore::Streamer;
 use crate::wal_decode::{Dumped, dumped_time, parse_dump_line, pg_waldump, pgbench};
 use crate::wal_fetch::Setup;
 
@@ -81,7 +79,7 @@ async fn core_scenarios(major: u32) {
     let repo = Repository::open(setup.fanout(), setup.opts.clone())
         .await
         .expect("open the repository");
-    let streamer = Streamer::start(&repo, &pg);
+    let streamer = Streamer::start(&repo, &pg, "pitr");
     // Everything after the slot exists is streamed: wait for it, so that
     // every pgbench commit below is in the WAL compared.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -363,41 +361,6 @@ async fn wait_stored(repo: &Repository, end: Lsn) {
             "the streamer did not store WAL up to {end}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The WAL streamer in the background, as `pitr run` runs it.
-struct Streamer {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), pitr::wal::StreamError>>,
-}
-
-impl Streamer {
-    fn start(repo: &Repository, pg: &PgCluster) -> Streamer {
-        let info = ConnInfo::parse(&pg.conninfo("postgres")).expect("conninfo");
-        let mut o = StreamOptions::new("main", info, "pitr");
-        o.partial_interval = Duration::from_millis(200);
-        o.status_interval = Duration::from_millis(500);
-        let (tx, _rx) = watch::channel(Progress::default());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(stream(repo.clone(), o, tx, async {
-            let _ = stopped.await;
-        }));
-        Streamer {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the streamer stops")
-            .expect("no panic")
-            .expect("no error");
     }
 }
 
