@@ -247,15 +247,7 @@ impl Service {
     async fn body(&self, url: &str, resp: reqwest::Response) -> Result<Vec<u8>, ServiceError> {
         let status = resp.status();
         if status.is_redirection() {
-            return Err(ServiceError::Redirect {
-                url: url.to_owned(),
-                location: resp
-                    .headers()
-                    .get("location")
-                    .and_then(|l| l.to_str().ok())
-                    .unwrap_or("(no location)")
-                    .to_owned(),
-            });
+            return Err(redirected(url, &resp));
         }
         let bytes = resp
             .bytes()
@@ -584,15 +576,7 @@ impl Service {
         })?;
         let status = resp.status();
         if status.is_redirection() {
-            return Err(ServiceError::Redirect {
-                url: url.to_owned(),
-                location: resp
-                    .headers()
-                    .get("location")
-                    .and_then(|l| l.to_str().ok())
-                    .unwrap_or("(no location)")
-                    .to_owned(),
-            });
+            return Err(redirected(url, &resp));
         }
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -710,4 +694,18 @@ fn find_receipt(blocks: &std::collections::HashMap<Cid, Vec<u8>>, task: &Cid) ->
         .filter(|(c, _)| c.codec() == 0x71)
         .filter_map(|(c, b)| Receipt::decode(*c, b).ok())
         .find(|r| &r.ran == task)
+}
+
+/// A redirect is an error, never followed: the request may carry
+/// credentials that must not reach another host (issue 19).
+fn redirected(url: &str, resp: &reqwest::Response) -> ServiceError {
+    ServiceError::Redirect {
+        url: url.to_owned(),
+        location: resp
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or("(no location)")
+            .to_owned(),
+    }
 }
