@@ -121,7 +121,7 @@ fn pgbench_init(pg: &PgCluster, scale: u32) {
 
 /// Restores `record` into `restored`'s data directory with the WAL from its
 /// start to its end segment in `pg_wal`.
-async fn restore_with_wal(
+pub(crate) async fn restore_with_wal(
     repo: &Repository,
     record: &BackupRecord,
     data: &Path,

@@ -297,25 +297,7 @@ fn decoder_agrees_with_pg_waldump(
 async fn backup_verifies(pg: &PgCluster, repo: &Repository, record: &basebackup::BackupRecord) {
     let target = tempfile::tempdir().expect("tempdir");
     let data = target.path().join("data");
-    let summary = basebackup::restore(repo, "main", &record.id, &data, &RestoreOptions::default())
-        .await
-        .expect("restore the base backup");
-    assert_eq!(summary.files, record.files);
-    let store = WalStore::new(repo.clone(), "main");
-    let mut seg = Segment::containing(record.start_timeline, record.start_lsn, SEG);
-    let last = Segment::containing(record.end_timeline, record.end_lsn, SEG);
-    loop {
-        let name = seg.file_name(SEG);
-        store
-            .fetch_to(&name, &data.join("pg_wal").join(&name))
-            .await
-            .expect("fetch WAL")
-            .unwrap_or_else(|| panic!("{name} is stored"));
-        if seg == last {
-            break;
-        }
-        seg = seg.next();
-    }
+    crate::basebackup::restore_with_wal(repo, record, &data, &RestoreOptions::default()).await;
     let manifest = fs::read_to_string(data.join("backup_manifest")).expect("backup_manifest");
     let algorithm = checksums(pg.major()).as_manifest();
     assert!(
