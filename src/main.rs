@@ -716,12 +716,36 @@ async fn init(config: &Config) -> anyhow::Result<()> {
             report.seeded.join(", ")
         );
     }
+    let batched = pitr::ship::batched_from_config(config);
+    if !batched.is_empty() {
+        let repo = Repository::open(fanout, opts).await?;
+        for b in batched {
+            repo.open_batched(b.fanout).await?;
+            println!(
+                "Batched destination {} holds repository {id}; `pitr run` sends it a batch every {}.",
+                b.name,
+                humantime_secs(b.every)
+            );
+        }
+    }
     println!(
         "The repository key is in {}. Keep a copy as a secret beside the config \
          ([repository] key_file) so a sidecar that loses its disk keeps deduplicating.",
         report.key_path.display()
     );
     Ok(())
+}
+
+/// `90s` as `1m30s`: intervals as a config would give them.
+fn humantime_secs(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
 }
 
 async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyhow::Result<()> {
@@ -733,6 +757,13 @@ async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyhow::Result<
             .find(|d| d.name() == name)
             .cloned()
         else {
+            if config.destinations.iter().any(|d| d.name == name && d.is_batched()) {
+                return Err(Exit::Usage(format!(
+                    "--from {name:?}: that destination is batched: it holds a repository of its own commits. \
+                     To read it alone, write a config that names only it (without batch_interval) and use that"
+                ))
+                .into());
+            }
             return Err(Exit::Usage(format!(
                 "--from {name:?}: {} has no such [[destination]] (configured: {})",
                 config.path.display(),
@@ -925,17 +956,47 @@ async fn check(config: &Config, offline: bool) -> anyhow::Result<()> {
     );
     let mut failed = 0;
     failed += check_storacha_credentials(config);
+    let quorum = config
+        .repository
+        .quorum
+        .map_or_else(|| "all of them".to_owned(), |q| q.to_string());
     for d in fanout.destinations() {
         match Repository::check_destination(d.as_ref(), &opts).await {
             Ok(descriptor) => println!(
-                "destination {}: repository {}, format version {}, recipients match",
+                "destination {}: repository {}, format version {}, recipients match; takes every write \
+                 (acknowledgement quorum: {quorum} of the {} that do)",
                 d.name(),
                 descriptor.repository_id,
-                descriptor.version
+                descriptor.version,
+                fanout.destinations().len()
             ),
             Err(e) => {
                 failed += 1;
                 println!("destination {}: FAILED: {e}", d.name());
+            }
+        }
+    }
+    for b in pitr::ship::batched_from_config(config) {
+        let every = humantime_secs(b.every);
+        let Some(d) = b.fanout.destinations().first() else {
+            continue;
+        };
+        let what = format!(
+            "batched every {every}: not counted toward the acknowledgement quorum; \
+             restores from it alone are exact up to its last batch"
+        );
+        match Repository::check_destination(d.as_ref(), &opts).await {
+            Ok(descriptor) => println!(
+                "destination {}: {what}; repository {}, format version {}, recipients match",
+                b.name, descriptor.repository_id, descriptor.version
+            ),
+            Err(pitr::repo::RepoError::NotInitialized { .. }) => println!(
+                "destination {}: {what}; it holds no repository yet (`pitr init` or the first batch of `pitr run` writes it)",
+                b.name
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("destination {}: {what}; FAILED: {e}", b.name);
             }
         }
     }
@@ -993,7 +1054,14 @@ fn check_offline(config: &Config) -> anyhow::Result<()> {
             _ => Ok(()),
         };
         match verdict {
-            Ok(()) => println!("destination {}: settings valid (not contacted)", d.name),
+            Ok(()) => match d.batch_interval {
+                Some(every) => println!(
+                    "destination {}: settings valid (not contacted); batched every {}: not counted toward the acknowledgement quorum",
+                    d.name,
+                    humantime_secs(every)
+                ),
+                None => println!("destination {}: settings valid (not contacted)", d.name),
+            },
             Err(e) => {
                 failed += 1;
                 println!("destination {}: FAILED: {e}", d.name);

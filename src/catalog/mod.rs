@@ -61,6 +61,19 @@ pub struct ItemRow {
     pub commit: String,
 }
 
+/// An item as [`Catalog::item_heads`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemHead {
+    /// The item's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its manifest's end-to-end hash (hex).
+    pub hash: String,
+    /// The commit object that introduced it.
+    pub commit: String,
+}
+
 /// Where a chunk is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLocation {
@@ -615,6 +628,40 @@ impl Catalog {
                 })
             })
             .collect()
+    }
+
+    /// Every item's name, kind, end-to-end hash and commit, oldest first:
+    /// what comparing two catalogs needs, without parsing a manifest.
+    pub fn item_heads(&self) -> Result<Vec<ItemHead>, CatalogError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT name, kind, json_extract(manifest, '$.hash'), commit_object
+                 FROM items ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ItemHead {
+                    name: r.get(0)?,
+                    kind: r.get(1)?,
+                    hash: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    commit: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// The item of this name that this commit introduced.
+    pub fn item_in_commit(&self, name: &str, commit: &str) -> Result<Option<ItemRow>, CatalogError> {
+        Ok(self
+            .items(name)?
+            .into_iter()
+            .rev()
+            .find(|i| i.name == name && i.commit == commit))
     }
 
     /// The newest item of this exact name.

@@ -404,6 +404,11 @@ fn set(raw: &mut RawConfig, target: &Target, value: Value) {
                 }
             }
         }
+        (Section::Destination, Value::Size(v)) if key == "batch_interval" => {
+            if let Some(d) = nth(&mut raw.destination, target.index) {
+                d.batch_interval = Some(v);
+            }
+        }
         (Section::Destination, Value::Int(v)) if key == "request_timeout" => {
             if let Some(d) = nth(&mut raw.destination, target.index) {
                 d.request_timeout = Some(v);

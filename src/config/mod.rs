@@ -108,6 +108,18 @@ pub struct DestinationConfig {
     pub name: String,
     /// What kind of store, with its settings.
     pub kind: DestinationKind,
+    /// `batch_interval`: when set, the destination takes no write as it
+    /// happens; at this interval it receives what the other destinations
+    /// hold, consolidated into few objects (docs/DESTINATIONS.md, "Batched
+    /// destinations"). It does not count toward the acknowledgement quorum.
+    pub batch_interval: Option<std::time::Duration>,
+}
+
+impl DestinationConfig {
+    /// Whether the destination is batched (takes no write as it happens).
+    pub fn is_batched(&self) -> bool {
+        self.batch_interval.is_some()
+    }
 }
 
 /// The kind of a destination and the settings that kind needs.

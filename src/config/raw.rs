@@ -84,6 +84,8 @@ pub(super) struct RawDestination {
     pub service: Option<Val<String>>,
     pub service_did: Option<Val<String>>,
     pub gateway: Option<Val<String>>,
+    /// Same form as `[[sqlite]] interval`.
+    pub batch_interval: Option<Val<toml::Value>>,
 }
 
 /// One `[[postgres]]`.
@@ -291,6 +293,7 @@ const DESTINATION_KEYS: &[KeySpec] = &[
         r#"secret_access_key_file = "/run/secrets/s3-secret""#,
     ),
     key("request_timeout", KeyType::Int, "request_timeout = 60"),
+    key("batch_interval", KeyType::Duration, r#"batch_interval = "5m""#),
     key("space", KeyType::Str, r#"space = "did:key:z6Mk…""#),
     key(
         "principal",

@@ -42,6 +42,14 @@ const MAX_INCREMENTAL_CHAIN: u32 = 1000;
 /// How often an SQLite watcher polls: faster than 100 ms costs CPU for no
 /// gain (file events wake it anyway), slower than an hour is no longer
 /// "any second".
+/// `batch_interval`: `0` (every write, the default but for Storacha), or
+/// at least a second and at most a day.
+const BATCH_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(0)..=Duration::from_secs(86400);
+/// A Storacha destination's default `batch_interval` when another
+/// destination takes every write: each object costs several invocations and
+/// an index there, and the gateway rate-limits reads.
+const STORACHA_BATCH_INTERVAL: Duration = Duration::from_secs(300);
 const SQLITE_INTERVALS: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
 const DEFAULT_SQLITE_INTERVAL: Duration = Duration::from_secs(1);
@@ -75,16 +83,22 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         restore: restore(ctx, raw.restore.unwrap_or_default())?,
         repository,
     };
+    let unbatched = config.destinations.iter().filter(|d| !d.is_batched()).count();
     if let (Some(q), Some(origin)) = (config.repository.quorum, quorum_origin)
-        && q > config.destinations.len()
+        && q > unbatched
     {
+        let batched = config.destinations.len() - unbatched;
         return Err(ctx.invalid(
             &KeyName::plain(Section::Repository, "quorum"),
             &origin,
-            &format!(
-                "{q} is more than the {} configured destinations",
-                config.destinations.len()
-            ),
+            &if batched == 0 {
+                format!("{q} is more than the {unbatched} configured destinations")
+            } else {
+                format!(
+                    "{q} is more than the {unbatched} destinations that take every write \
+                     ({batched} more are batched, and batched destinations do not count toward the quorum)"
+                )
+            },
             "Lower quorum, or add destinations",
         ));
     }
@@ -360,9 +374,27 @@ fn destinations(
     }
     let mut seen = HashMap::new();
     let mut out = Vec::with_capacity(raw.len());
+    // Per destination: the key's origin and whether it was given at all.
+    let mut batch_given = Vec::with_capacity(raw.len());
     for (i, mut d) in raw.into_iter().enumerate() {
         let (entry, name) = entry_name(ctx, section, i, d.name.take(), &mut seen)?;
         let key = |k| KeyName::entry(section, &entry, k);
+        let batch_interval = match d.batch_interval.take() {
+            None => None,
+            Some(v) => {
+                let k = key("batch_interval");
+                let every = duration(ctx, &k, &v, BATCH_INTERVALS, "5m")?;
+                if every > Duration::ZERO && every < Duration::from_secs(1) {
+                    return Err(ctx.invalid(
+                        &k,
+                        &v.origin,
+                        &format!("{} is less than a second", humantime(every)),
+                        "Give 0 (every write, as it happens) or an interval of at least a second, e.g. \"5m\"",
+                    ));
+                }
+                Some((every, v.origin, k))
+            }
+        };
         let supported = SUPPORTED_KINDS.join(", ");
         let Some(kind) = d.kind.take() else {
             return Err(ctx.missing(
@@ -419,7 +451,45 @@ fn destinations(
                 ));
             }
         };
-        out.push(DestinationConfig { name, kind });
+        let storacha = matches!(kind, DestinationKind::Storacha(_));
+        batch_given.push((batch_interval.clone(), storacha));
+        out.push(DestinationConfig {
+            name,
+            kind,
+            batch_interval: batch_interval
+                .map(|(every, _, _)| every)
+                .filter(|e| !e.is_zero()),
+        });
+    }
+    // Storacha is batched unless told otherwise, when some other destination
+    // takes every write (a lone Storacha destination takes them itself).
+    // Those that take every write by choice or by kind (not Storacha left
+    // at its default).
+    let unbatched: Vec<bool> = out
+        .iter()
+        .zip(&batch_given)
+        .map(|(d, (given, storacha))| !d.is_batched() && (given.is_some() || !storacha))
+        .collect();
+    for (i, d) in out.iter_mut().enumerate() {
+        let elsewhere = unbatched.iter().enumerate().any(|(j, u)| j != i && *u);
+        if batch_given[i].0.is_none() && batch_given[i].1 && elsewhere {
+            d.batch_interval = Some(STORACHA_BATCH_INTERVAL);
+        }
+    }
+    if out.iter().all(DestinationConfig::is_batched) {
+        let (_, origin, k) = batch_given
+            .iter()
+            .rev()
+            .find_map(|(b, _)| b.clone())
+            .expect("every destination is batched, so one has the key");
+        return Err(ctx.invalid(
+            &k,
+            &origin,
+            "every destination is batched, so none takes each write as it happens: nothing \
+             could acknowledge WAL, and the last minutes of every database would be at risk",
+            "Leave at least one destination without batch_interval (or with batch_interval = 0); \
+             to restore from a batched destination alone, write a config that names only it, without batch_interval",
+        ));
     }
     Ok(out)
 }

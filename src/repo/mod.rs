@@ -7,6 +7,7 @@
 //! the identity (invariant 5). Everything read back is authenticated and its
 //! chunk id recomputed (invariant 3).
 
+mod batch;
 mod chunking;
 mod datakey;
 mod export;
@@ -29,6 +30,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
 use crate::ship::{Fanout, ShipError};
 
+pub use batch::{BatchReport, BatchStage, STAGE_MAX_BYTES, Supersedes};
 pub use chunking::Chunking;
 pub use datakey::DataKey;
 pub use export::ExportReport;
@@ -382,6 +384,9 @@ struct Inner {
     /// How fresh the catalog must be for writers to deduplicate against it
     /// (see [`Repository::refresh_catalog_every`]).
     freshness: Mutex<Freshness>,
+    /// The staging areas of batched destinations (`repo::batch`): every
+    /// new chunk a writer stores is staged in each.
+    batch_stages: std::sync::RwLock<Vec<Arc<BatchStage>>>,
 }
 
 /// When the catalog was last read from the destinations, and how old that
@@ -393,6 +398,18 @@ struct Freshness {
 }
 
 impl Inner {
+    /// Stages a new chunk for every batched destination (best effort).
+    fn stage_for_batches(&self, id: &ChunkId, compressed: &[u8], raw_length: u32) {
+        for stage in self
+            .batch_stages
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            stage.stage(id, compressed, raw_length);
+        }
+    }
+
     /// Whether writers may deduplicate against the local catalog: it was
     /// read from the destinations recently enough that a pack another host
     /// marked for deletion shows as marked (always, unless
@@ -605,6 +622,7 @@ impl Repository {
                 inflight_next: std::sync::atomic::AtomicU64::new(0),
                 skipped: Mutex::new(Vec::new()),
                 freshness: Mutex::default(),
+                batch_stages: Default::default(),
             }),
         };
         repo.sync_catalog().await?;

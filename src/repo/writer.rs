@@ -318,6 +318,7 @@ impl Writer {
                 .pack
                 .get_or_insert_with(|| PackBuilder::new(&inner.opts.recipients));
             pack.push(p.id, &compressed, p.raw_len);
+            inner.stage_for_batches(&p.id, &compressed, p.raw_len);
             if pack.len() >= inner.opts.pack_size {
                 self.flush_pack().await?;
             }

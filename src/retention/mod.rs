@@ -262,6 +262,26 @@ pub async fn run(
     Ok((plan, Some(report)))
 }
 
+/// Garbage collection alone, for a repository whose items are forgotten by
+/// other means (a batched destination's, whose batches forget what the
+/// main repository no longer holds): marks unreferenced packs, deletes
+/// those marked longer than `grace` ago.
+pub async fn collect_garbage(
+    repo: &Repository,
+    now: Timestamp,
+    grace: std::time::Duration,
+) -> Result<RetentionReport, RetentionError> {
+    repo.sync_catalog().await?;
+    let gc = gc::plan(repo, &[], now, grace).await?;
+    let plan = RetentionPlan {
+        now,
+        databases: Vec::new(),
+        forget: Vec::new(),
+        gc,
+    };
+    apply(repo, &plan).await
+}
+
 fn group_forgets(items: Vec<(String, String)>) -> Vec<Forget> {
     let mut by_commit: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (commit, name) in items {

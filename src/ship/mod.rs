@@ -32,7 +32,9 @@ pub use spool::SpoolConfig;
 pub use storacha::StorachaDestination;
 pub use tracked::{DestinationHealth, DestinationState, Tracked};
 
-/// The configured destinations, each behind the retry layer, in config order.
+/// The configured destinations that take every write, each behind the
+/// retry layer, in config order. Batched destinations are not among them:
+/// see [`batched_from_config`].
 pub fn from_config(config: &Config) -> Fanout {
     from_config_with_retry(config, RetryPolicy::default())
 }
@@ -44,23 +46,11 @@ pub fn from_config_with_retry(config: &Config, retry: RetryPolicy) -> Fanout {
     let dests = config
         .destinations
         .iter()
+        .filter(|d| !d.is_batched())
         .map(|d| {
             let h = DestinationHealth::new(&d.name);
             health.push(h.clone());
-            match &d.kind {
-                DestinationKind::Fs { path } => Arc::new(Retrying::new(
-                    Tracked::new(FsDestination::new(d.name.clone(), path.clone()), h),
-                    retry,
-                )) as Arc<dyn Destination>,
-                DestinationKind::S3(s3) => Arc::new(Retrying::new(
-                    Tracked::new(S3Destination::new(&d.name, s3), h),
-                    retry,
-                )) as Arc<dyn Destination>,
-                DestinationKind::Storacha(c) => Arc::new(Retrying::new(
-                    Tracked::new(StorachaDestination::new(&d.name, c), h),
-                    retry,
-                )) as Arc<dyn Destination>,
-            }
+            destination(d, h, retry)
         })
         .collect::<Vec<_>>();
     let r = &config.repository;
@@ -76,6 +66,57 @@ pub fn from_config_with_retry(config: &Config, retry: RetryPolicy) -> Fanout {
         _ => Fanout::new(dests),
     };
     fanout.with_health(health)
+}
+
+/// A batched destination (`batch_interval`): its own one-destination
+/// fan-out, outside the acknowledgement path.
+#[derive(Debug, Clone)]
+pub struct Batched {
+    /// The destination's name.
+    pub name: String,
+    /// How often it receives a batch.
+    pub every: std::time::Duration,
+    /// The destination alone, behind the retry layer.
+    pub fanout: Fanout,
+}
+
+/// The configured batched destinations, in config order.
+pub fn batched_from_config(config: &Config) -> Vec<Batched> {
+    config
+        .destinations
+        .iter()
+        .filter_map(|d| {
+            let every = d.batch_interval?;
+            let h = DestinationHealth::new(&d.name);
+            let dest = destination(d, h.clone(), RetryPolicy::default());
+            Some(Batched {
+                name: d.name.clone(),
+                every,
+                fanout: Fanout::new(vec![dest]).with_health(vec![h]),
+            })
+        })
+        .collect()
+}
+
+fn destination(
+    d: &crate::config::DestinationConfig,
+    h: Arc<DestinationHealth>,
+    retry: RetryPolicy,
+) -> Arc<dyn Destination> {
+    match &d.kind {
+        DestinationKind::Fs { path } => Arc::new(Retrying::new(
+            Tracked::new(FsDestination::new(d.name.clone(), path.clone()), h),
+            retry,
+        )),
+        DestinationKind::S3(s3) => Arc::new(Retrying::new(
+            Tracked::new(S3Destination::new(&d.name, s3), h),
+            retry,
+        )),
+        DestinationKind::Storacha(c) => Arc::new(Retrying::new(
+            Tracked::new(StorachaDestination::new(&d.name, c), h),
+            retry,
+        )),
+    }
 }
 
 /// What `put_if_absent` did.

@@ -26,7 +26,8 @@ use crate::health::{self, Evaluator, PgSource, Report, Sources, SqliteSource, Ta
 use crate::repo::{RepoError, Repository};
 use crate::wal::{ConnInfo, Link, Progress, StreamOptions};
 
-pub mod scrub;
+mod batch;
+mod scrub;
 
 /// How long stopping may take before what is still running is abandoned.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -153,6 +154,18 @@ pub async fn run(
     // Retention may run elsewhere too (CI, another host): its marks reach
     // this process's writers only through a sync (docs/RETENTION.md).
     repo.refresh_catalog_every(config.retention.gc_grace / 2);
+    // Staging starts before any writer does: each chunk stored from now on
+    // reaches the batched destinations without a copy of its whole pack.
+    let mut batched = Vec::new();
+    for b in crate::ship::batched_from_config(&config) {
+        let stage = Arc::new(crate::repo::BatchStage::new(
+            &b.name,
+            &config.repository.state_dir,
+            &config.repository.recipients,
+        )?);
+        repo.attach_batch_stage(stage.clone());
+        batched.push((b, stage));
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -270,6 +283,44 @@ pub async fn run(
     tasks.spawn(probe_destinations(repo.clone(), stop_rx.clone()));
     let mut sections: Vec<(&'static str, health::Section)> = Vec::new();
     let mut extra_checks: Vec<Arc<dyn Fn() -> Vec<health::Check> + Send + Sync>> = Vec::new();
+
+    // Batched destinations: outside the acknowledgement path, each on its
+    // own interval.
+    let mut batch_rx = Vec::new();
+    for (b, stage) in batched {
+        let (tx, rx) = watch::channel(batch::BatchStatus {
+            destination: b.name.clone(),
+            every_seconds: b.every.as_secs(),
+            ..Default::default()
+        });
+        let (repo, grace) = (repo.clone(), config.retention.gc_grace);
+        tasks.spawn(supervise(
+            format!("batches to [[destination]] {:?}", b.name),
+            health::task_cell(),
+            stop_rx.clone(),
+            move |stop| {
+                let (repo, b, stage, tx) = (repo.clone(), b.clone(), stage.clone(), tx.clone());
+                async move {
+                    batch::run(repo, b, stage, grace, tx, stop).await;
+                    Ok::<(), String>(())
+                }
+            },
+        ));
+        batch_rx.push(rx);
+    }
+    if !batch_rx.is_empty() {
+        let rxs = batch_rx.clone();
+        sections.push((
+            "batched",
+            Arc::new(move || {
+                serde_json::to_value(rxs.iter().map(|r| r.borrow().clone()).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            }),
+        ));
+        extra_checks.push(Arc::new(move || {
+            batch_rx.iter().map(|r| r.borrow().check()).collect()
+        }));
+    }
 
     // Retention runs in this process, beside the writers: that is what lets
     // garbage collection see their in-flight work (docs/RETENTION.md).

@@ -28,5 +28,6 @@ pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
 pub use prefetch::Prefetch;
 pub use store::{
     KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, StoredWal, WalAttrs, WalStore, WalStoreError,
+    superseded_by,
 };
 pub use stream::{Ended, Link, Progress, StreamError, StreamOptions, stream, stream_once};

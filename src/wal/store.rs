@@ -32,6 +32,15 @@ pub const KIND_PARTIAL: &str = "wal-partial";
 /// A timeline history file.
 pub const KIND_HISTORY: &str = "wal-history";
 
+/// The item that makes a WAL item unneeded once stored: a partial segment's
+/// whole segment. A batched destination never receives a superseded
+/// partial (`repo::batch`).
+pub fn superseded_by(kind: &str, name: &str) -> Option<String> {
+    (kind == KIND_PARTIAL)
+        .then(|| name.strip_suffix(".partial").map(str::to_owned))
+        .flatten()
+}
+
 /// What the catalog records with each WAL item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
