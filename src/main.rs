@@ -757,7 +757,11 @@ async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyhow::Result<
             .find(|d| d.name() == name)
             .cloned()
         else {
-            if config.destinations.iter().any(|d| d.name == name && d.is_batched()) {
+            if config
+                .destinations
+                .iter()
+                .any(|d| d.name == name && d.is_batched())
+            {
                 return Err(Exit::Usage(format!(
                     "--from {name:?}: that destination is batched: it holds a repository of its own commits. \
                      To read it alone, write a config that names only it (without batch_interval) and use that"

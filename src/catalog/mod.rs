@@ -656,7 +656,11 @@ impl Catalog {
     }
 
     /// The item of this name that this commit introduced.
-    pub fn item_in_commit(&self, name: &str, commit: &str) -> Result<Option<ItemRow>, CatalogError> {
+    pub fn item_in_commit(
+        &self,
+        name: &str,
+        commit: &str,
+    ) -> Result<Option<ItemRow>, CatalogError> {
         Ok(self
             .items(name)?
             .into_iter()

@@ -293,7 +293,11 @@ const DESTINATION_KEYS: &[KeySpec] = &[
         r#"secret_access_key_file = "/run/secrets/s3-secret""#,
     ),
     key("request_timeout", KeyType::Int, "request_timeout = 60"),
-    key("batch_interval", KeyType::Duration, r#"batch_interval = "5m""#),
+    key(
+        "batch_interval",
+        KeyType::Duration,
+        r#"batch_interval = "5m""#,
+    ),
     key("space", KeyType::Str, r#"space = "did:key:z6Mk…""#),
     key(
         "principal",

@@ -83,7 +83,11 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         restore: restore(ctx, raw.restore.unwrap_or_default())?,
         repository,
     };
-    let unbatched = config.destinations.iter().filter(|d| !d.is_batched()).count();
+    let unbatched = config
+        .destinations
+        .iter()
+        .filter(|d| !d.is_batched())
+        .count();
     if let (Some(q), Some(origin)) = (config.repository.quorum, quorum_origin)
         && q > unbatched
     {

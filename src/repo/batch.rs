@@ -357,13 +357,18 @@ impl Repository {
         let mut forget: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut forgotten = 0;
         for h in &held {
-            let newest = newest_held.get(h.name.as_str()).is_some_and(|n| std::ptr::eq(*n, h));
+            let newest = newest_held
+                .get(h.name.as_str())
+                .is_some_and(|n| std::ptr::eq(*n, h));
             let wanted = target
                 .get(h.name.as_str())
                 .is_some_and(|(_, t)| t.hash == h.hash);
             if !(newest && wanted) {
                 forgotten += 1;
-                forget.entry(h.commit.clone()).or_default().push(h.name.clone());
+                forget
+                    .entry(h.commit.clone())
+                    .or_default()
+                    .push(h.name.clone());
             }
         }
         let mut items = Vec::new();
@@ -373,7 +378,11 @@ impl Repository {
             // batched commit sees the items as they were written.
             let mut adds: Vec<(usize, &ItemHead)> = target
                 .values()
-                .filter(|(_, t)| newest_held.get(t.name.as_str()).is_none_or(|h| h.hash != t.hash))
+                .filter(|(_, t)| {
+                    newest_held
+                        .get(t.name.as_str())
+                        .is_none_or(|h| h.hash != t.hash)
+                })
                 .copied()
                 .collect();
             adds.sort_by_key(|(i, _)| *i);
@@ -431,17 +440,18 @@ impl Repository {
         };
         let mut packs = Vec::new();
         let mut cids = ContentIds::new();
-        let mut note = |report: &mut BatchReport, record: PackRecord, found: Vec<(String, String)>| {
-            report.pack_bytes += record.size;
-            report.objects += 1;
-            let object = PackId::parse(&record.id).map(|p| p.object_name());
-            if let Some(object) = object {
-                for (dest, cid) in found {
-                    cids.entry(dest).or_default().insert(object.clone(), cid);
+        let mut note =
+            |report: &mut BatchReport, record: PackRecord, found: Vec<(String, String)>| {
+                report.pack_bytes += record.size;
+                report.objects += 1;
+                let object = PackId::parse(&record.id).map(|p| p.object_name());
+                if let Some(object) = object {
+                    for (dest, cid) in found {
+                        cids.entry(dest).or_default().insert(object.clone(), cid);
+                    }
                 }
-            }
-            packs.push(record);
-        };
+                packs.push(record);
+            };
         for pack in whole {
             let object = pack.object_name();
             let bytes = self.inner.fanout.get(&object).await?;

@@ -106,10 +106,15 @@ pub async fn run(
         match &outcome {
             Ok(report) => {
                 if report.commit.is_some() {
-                    tracing::info!(destination = name, items = report.items,
-                        forgotten = report.forgotten, packs_built = report.packs_built,
-                        packs_copied = report.packs_copied, bytes = report.pack_bytes,
-                        "batch stored");
+                    tracing::info!(
+                        destination = name,
+                        items = report.items,
+                        forgotten = report.forgotten,
+                        packs_built = report.packs_built,
+                        packs_copied = report.packs_copied,
+                        bytes = report.pack_bytes,
+                        "batch stored"
+                    );
                 }
                 metrics::counter!("pitr_batch_objects_total", "destination" => name.to_owned())
                     .increment(report.objects as u64);
@@ -141,11 +146,9 @@ pub async fn run(
             .checked_add(jiff::SignedDuration::try_from(batched.every).unwrap_or_default())
             .unwrap_or(started);
         status.send_modify(|s| s.next_batch = Some(next));
-        let wait = batched.every.saturating_sub(
-            Timestamp::now()
-                .duration_since(started)
-                .unsigned_abs(),
-        );
+        let wait = batched
+            .every
+            .saturating_sub(Timestamp::now().duration_since(started).unsigned_abs());
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(wait) => {}

@@ -3,6 +3,7 @@
 
 mod alert;
 mod basebackup;
+mod batch;
 mod car;
 mod cli;
 mod disk_full;

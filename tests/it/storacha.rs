@@ -440,7 +440,12 @@ async fn a_restore_from_storacha_alone_is_exact() {
         dir.path(),
         "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
     );
-    let st = toml(&h, &creds, "storacha", dir.path());
+    // Every write, as it happens: beside another destination a Storacha
+    // one is batched by default (tests/it/batch.rs covers batching).
+    let st = format!(
+        "{}batch_interval = 0\n",
+        toml(&h, &creds, "storacha", dir.path())
+    );
     let pgs = format!(
         "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n",
         pg.conninfo("postgres")

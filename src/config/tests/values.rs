@@ -620,3 +620,73 @@ fn incremental_max_chain_key() {
         ],
     );
 }
+
+#[test]
+fn batch_interval_defaults_checks_and_refusals() {
+    use std::time::Duration;
+    let storacha = "space = \"did:key:z6MkSpace\"\nprincipal = \"a\"\nproof = \"b\"\n";
+    // Storacha beside a destination taking every write: batched, 5 minutes.
+    let config = load(&with_storacha(storacha), &[]).expect("valid");
+    assert_eq!(config.destinations[0].batch_interval, None);
+    assert_eq!(
+        config.destinations[1].batch_interval,
+        Some(Duration::from_secs(300))
+    );
+    // `0` opts out; an explicit interval is kept; the environment sets it.
+    let config = load(
+        &with_storacha(&format!("{storacha}batch_interval = 0\n")),
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(config.destinations[1].batch_interval, None);
+    let config = load(
+        &with_storacha(storacha),
+        &[("PITR_DESTINATION_IPFS_BATCH_INTERVAL", "90s")],
+    )
+    .expect("valid");
+    assert_eq!(
+        config.destinations[1].batch_interval,
+        Some(Duration::from_secs(90))
+    );
+    // A lone Storacha destination takes every write itself.
+    let lone = format!(
+        "[repository]\nrecipients = [\"{}\"]\nstate_dir = \"/var/lib/pitr\"\n\
+         [[destination]]\nname = \"ipfs\"\nkind = \"storacha\"\n{storacha}",
+        recipient()
+    );
+    let config = load(&lone, &[]).expect("valid");
+    assert_eq!(config.destinations[0].batch_interval, None);
+    // Every destination batched: refused, naming the fix.
+    let all =
+        minimal(&recipient()).replace("kind = \"fs\"", "kind = \"fs\"\nbatch_interval = \"5m\"");
+    let (_, msg) = fail(&all, &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "batch_interval",
+            "every destination is batched",
+            "Leave at least one destination without batch_interval",
+        ],
+    );
+    // Too short, or not a duration.
+    let short =
+        minimal(&recipient()).replace("kind = \"fs\"", "kind = \"fs\"\nbatch_interval = \"500ms\"");
+    let (_, msg) = fail(&short, &[]);
+    contains_all(&msg, &[PATH, "batch_interval", "less than a second"]);
+    // The quorum counts only the destinations that take every write.
+    let text = format!(
+        "{}\n[[destination]]\nname = \"s3\"\nkind = \"fs\"\npath = \"/b\"\nbatch_interval = \"5m\"\n",
+        minimal(&recipient()).replace("state_dir", "quorum = 2\nstate_dir")
+    );
+    let (_, msg) = fail(&text, &[]);
+    contains_all(
+        &msg,
+        &[
+            PATH,
+            "quorum",
+            "1 destinations that take every write",
+            "do not count toward the quorum",
+        ],
+    );
+}
