@@ -2,16 +2,26 @@
 # pitr as a container: the sidecar (`pitr run`), plus the PostgreSQL server
 # binaries that restores and test restores need, for one major version.
 #
-#   docker build --build-arg PG_MAJOR=15 --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t pitr .
-#   docker run -v ./pitr.toml:/etc/pitr/pitr.toml:ro -e PITR_REPOSITORY_RECIPIENTS=age1... pitr
+#   docker build --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t pitr:pg17 .
+#   docker build --build-arg PG_MAJOR=18 --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t pitr:pg18 .
+#   docker run -v ./pitr.toml:/etc/pitr/pitr.toml:ro -e PITR_REPOSITORY_RECIPIENTS=age1... pitr:pg17
 #
 # Stages: `build` (the binary, profile `dist`: LTO, stripped), `postgres`
 # (PGDG's server packages, pruned to what restores run), `runtime` (Debian
-# slim, the two copied in, an entrypoint that runs pitr as uid 10001). `.ci/dockerfile-check` checks
-# this file's structure and runs the build stage's commands on the host;
-# see README "Container image" for what was and was not checked.
+# slim, the two copied in, an entrypoint that runs pitr as uid 10001).
+# `.ci/dockerfile-check` checks this file's structure, runs the build
+# stage's commands on the host, and applies the postgres stage's file list
+# to every major whose binaries are on the host and runs the result; see
+# README "Container image" for what was and was not checked.
 
-ARG PG_MAJOR=15
+# PG_MAJOR: any major pitr supports, 14 to 18 (PGDG has each for bookworm).
+# A restore starts the server of the backup's major, so the image must carry
+# the major of the database it backs up: build one image per major you run.
+# The default is 17: a current major (supported upstream until November
+# 2029), widely deployed, and the first with incremental base backups from
+# the server (`summarize_wal`), which pitr takes; 14 to 16 have none. 18,
+# the newest, has them too but has been out a year less (September 2025).
+ARG PG_MAJOR=17
 ARG DEBIAN_RELEASE=bookworm
 
 # --- build -------------------------------------------------------------------

@@ -920,6 +920,89 @@ fn github_workflows_are_sound_and_their_configs_load() {
     }
 }
 
+/// The Dockerfile's `ARG PG_MAJOR=<n>` default.
+fn dockerfile_pg_major(df: &str) -> u32 {
+    df.lines()
+        .find_map(|l| l.strip_prefix("ARG PG_MAJOR="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("ARG PG_MAJOR=<n> in the Dockerfile")
+}
+
+/// The PostgreSQL servers a deployment example runs: for each, the major of
+/// its `postgres:<major>-...` image and its command line (arguments and
+/// script), as one text.
+fn example_servers(rel: &str, text: &str) -> Vec<(u32, String)> {
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{rel}: {e}")))
+        .collect();
+    // Compose and Akash: services; Kubernetes: the pod's containers.
+    let mut runs: Vec<Value> = Vec::new();
+    for doc in &docs {
+        let services = get(doc, "services");
+        runs.extend(
+            map_keys(services)
+                .iter()
+                .filter_map(|n| get_opt(services, n).cloned()),
+        );
+        let pod = get_opt(get_opt(get(doc, "spec"), "template"), "spec");
+        runs.extend(seq(get_opt(pod, "containers")));
+    }
+    runs.iter()
+        .filter_map(|r| {
+            let image = get(r, "image").and_then(Value::as_str)?;
+            let tag = image.strip_prefix("postgres:")?;
+            let major: String = tag.chars().take_while(char::is_ascii_digit).collect();
+            let major = major
+                .parse()
+                .unwrap_or_else(|_| panic!("{rel}: {image} names no major"));
+            let command = ["command", "args"]
+                .iter()
+                .filter_map(|k| get(r, k).map(text_of))
+                .collect::<Vec<_>>()
+                .join(" ");
+            Some((major, command))
+        })
+        .collect()
+}
+
+/// The deployment examples run PostgreSQL of the image's default major
+/// (restores need the binaries of the backup's major, and the image carries
+/// only its `PG_MAJOR`'s), with WAL summaries on so that base backups after
+/// the first are incremental (17 and later; older servers refuse the
+/// setting at start).
+#[test]
+fn deploy_examples_run_the_images_postgres_major_with_summaries_on() {
+    let major = dockerfile_pg_major(&read("Dockerfile"));
+    assert!(
+        major >= pitr::basebackup::incremental::FIRST_MAJOR,
+        "PG_MAJOR={major} has no incremental backups, and the examples set summarize_wal"
+    );
+    let files = [
+        "deploy/compose/docker-compose.yml",
+        "deploy/kubernetes/postgres-pitr.yaml",
+        "deploy/akash/postgres.yaml",
+    ];
+    for rel in files {
+        let servers = example_servers(rel, &read(rel));
+        assert_eq!(servers.len(), 1, "{rel}: one PostgreSQL server");
+        let (server_major, command) = &servers[0];
+        assert_eq!(
+            *server_major, major,
+            "{rel}: PostgreSQL {server_major}, but the pitr image's PG_MAJOR is {major}"
+        );
+        assert!(
+            command.contains("summarize_wal=on"),
+            "{rel}: summarize_wal=on is not set: {command}"
+        );
+    }
+    // A drifted copy is seen.
+    let text = read(files[0]).replace(
+        &format!("postgres:{major}-"),
+        &format!("postgres:{}-", major - 1),
+    );
+    assert_eq!(example_servers(files[0], &text)[0].0, major - 1);
+}
+
 #[test]
 fn dockerfile_stages_user_healthcheck_and_entrypoint() {
     let df = read("Dockerfile");
@@ -930,7 +1013,11 @@ fn dockerfile_stages_user_healthcheck_and_entrypoint() {
         .filter_map(|l| l.split(" AS ").nth(1))
         .collect();
     assert_eq!(stages, ["build", "postgres", "runtime"]);
-    assert!(df.contains("ARG PG_MAJOR=15\n"));
+    let major = dockerfile_pg_major(&df);
+    assert!(
+        pitr::wal::decode::WalFormat::of_major(major).is_some(),
+        "ARG PG_MAJOR={major} is not a supported major"
+    );
     let last_from = lines
         .iter()
         .rposition(|l| l.starts_with("FROM "))
