@@ -18,8 +18,16 @@
 //! cargo bench --bench s3 -- --write-md     # also rewrites BENCHMARKS.md
 //! ```
 //!
+//! 3. The same at 10 commits per second with the S3 destination batched
+//!    (`batch_interval`) beside a directory that takes every write: PUTs per
+//!    hour on the batched destination (target ≤ 120) and the delay from
+//!    commit to acknowledgement (the RPO), which must match the unbatched
+//!    run's.
+//!
 //! Environment: `PITR_BENCH_IDLE_SECS` (default 300), `PITR_BENCH_BUSY_SECS`
-//! (default 120), `PITR_BENCH_ROUNDS` (throughput rounds, default 3).
+//! (default 120), `PITR_BENCH_ROUNDS` (throughput rounds, default 3),
+//! `PITR_BENCH_BATCH_SECS` (the batch interval, default 300),
+//! `PITR_BENCH_BATCHED_SECS` (how long the batched run lasts, default 900).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -295,16 +303,7 @@ async fn puts_per_hour(moto: &Moto, idle_secs: u64, busy_secs: u64) -> anyhow::R
 
     let p1 = puts.load(Ordering::Relaxed);
     let b1 = bytes.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let mut n = 0u64;
-    while started.elapsed() < Duration::from_secs(busy_secs) {
-        client.execute("INSERT INTO t DEFAULT VALUES", &[]).await?;
-        n += 1;
-        let next = Duration::from_millis(100 * n);
-        if let Some(wait) = next.checked_sub(started.elapsed()) {
-            tokio::time::sleep(wait).await;
-        }
-    }
+    let (n, ack) = ten_commits_per_second(&client, &progress, busy_secs).await?;
     let busy = puts.load(Ordering::Relaxed) - p1;
     let busy_bytes = bytes.load(Ordering::Relaxed) - b1;
     let _ = stop.send(());
@@ -312,12 +311,186 @@ async fn puts_per_hour(moto: &Moto, idle_secs: u64, busy_secs: u64) -> anyhow::R
 
     let per_hour = |count: u64, secs: u64| count as f64 * 3600.0 / secs as f64;
     Ok(format!(
-        "| database | measured | PUTs | PUTs per hour | bytes uploaded per hour |\n| --- | --- | --- | --- | --- |\n\
-         | idle | {idle_secs} s | {idle} | {:.0} | - |\n\
-         | 10 commits/s | {busy_secs} s ({n} commits) | {busy} | {:.0} | {:.1} MB |\n",
+        "| database | measured | PUTs | PUTs per hour | bytes uploaded per hour | commit to acknowledgement, median / max |\n| --- | --- | --- | --- | --- | --- |\n\
+         | idle | {idle_secs} s | {idle} | {:.0} | - | - |\n\
+         | 10 commits/s | {busy_secs} s ({n} commits) | {busy} | {:.0} | {:.1} MB | {} |\n",
         per_hour(idle, idle_secs),
         per_hour(busy, busy_secs),
         busy_bytes as f64 * 3600.0 / busy_secs as f64 / common::MB,
+        ack.show(),
+    ))
+}
+
+/// How long each commit waited for pitr's acknowledgement (the RPO a
+/// destination taking every write gives).
+struct AckDelays(Vec<Duration>);
+
+impl AckDelays {
+    fn show(&self) -> String {
+        let mut v = self.0.clone();
+        v.sort();
+        match (v.get(v.len() / 2), v.last()) {
+            (Some(m), Some(x)) => format!("{} ms / {} ms", m.as_millis(), x.as_millis()),
+            _ => "-".to_owned(),
+        }
+    }
+}
+
+/// One INSERT every 100 ms for `secs`; each commit's WAL position is
+/// watched until the stream acknowledges it.
+async fn ten_commits_per_second(
+    client: &tokio_postgres::Client,
+    progress: &tokio::sync::watch::Receiver<pitr::wal::Progress>,
+    secs: u64,
+) -> anyhow::Result<(u64, AckDelays)> {
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut pending: std::collections::VecDeque<(pitr::wal::Lsn, Instant)> = Default::default();
+    let mut delays = Vec::new();
+    let mut settle = |pending: &mut std::collections::VecDeque<(pitr::wal::Lsn, Instant)>| {
+        let flushed = progress.borrow().flushed;
+        while let Some((lsn, at)) = pending.front() {
+            if *lsn > flushed {
+                break;
+            }
+            delays.push(at.elapsed());
+            pending.pop_front();
+        }
+    };
+    while started.elapsed() < Duration::from_secs(secs) {
+        client.execute("INSERT INTO t DEFAULT VALUES", &[]).await?;
+        let at = Instant::now();
+        let lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?
+            .get(0);
+        pending.push_back((lsn.parse()?, at));
+        n += 1;
+        let next = Duration::from_millis(100 * n);
+        while let Some(wait) = next.checked_sub(started.elapsed()) {
+            settle(&mut pending);
+            tokio::time::sleep(wait.min(Duration::from_millis(10))).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pending.is_empty() && Instant::now() < deadline {
+        settle(&mut pending);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::ensure!(pending.is_empty(), "commits were not acknowledged within 30 s");
+    Ok((n, AckDelays(delays)))
+}
+
+/// The same database at 10 commits per second with two destinations: a
+/// directory taking every write, and the S3 one batched every `batch_secs`
+/// (`repo::batch`, as `pitr run` drives it). Counts the batched one's PUTs
+/// and the acknowledgement delay, which only the directory sets.
+async fn batched_puts_per_hour(
+    moto: &Moto,
+    batch_secs: u64,
+    busy_secs: u64,
+) -> anyhow::Result<String> {
+    let base = std::env::temp_dir();
+    let pg = common::pg::Cluster::start(&base, &[])?;
+    let settings = moto.bucket("batched")?;
+    let puts = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let s3: Arc<dyn Destination> = Arc::new(Counting {
+        inner: S3Destination::new("s3", &settings),
+        puts: puts.clone(),
+        bytes: bytes.clone(),
+    });
+    let dir = tempfile::tempdir()?;
+    let local: Arc<dyn Destination> = Arc::new(pitr::ship::FsDestination::new(
+        "local".to_owned(),
+        dir.path().join("store"),
+    ));
+    let fanout = pitr::ship::Fanout::new(vec![local]);
+    let identity = age::x25519::Identity::generate();
+    let opts = pitr::repo::RepoOptions {
+        recipients: vec![identity.to_public()],
+        identities: vec![],
+        key_file: None,
+        state_dir: dir.path().join("state"),
+        zstd_level: 3,
+        pack_size: 16 << 20,
+    };
+    pitr::repo::Repository::init(&fanout, &opts).await?;
+    let repo = pitr::repo::Repository::open(fanout, opts.clone()).await?;
+    let stage = Arc::new(pitr::repo::BatchStage::new(
+        "s3",
+        &opts.state_dir,
+        &opts.recipients,
+    )?);
+    repo.attach_batch_stage(stage.clone());
+    let batched = repo
+        .open_batched(pitr::ship::Fanout::new(vec![s3]))
+        .await?;
+    let info = pitr::wal::ConnInfo::parse(&pg.conninfo())?;
+    let (tx, progress) = tokio::sync::watch::channel(pitr::wal::Progress::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(pitr::wal::stream(
+        repo.clone(),
+        pitr::wal::StreamOptions::new("main", info, "pitr"),
+        tx,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = pg.connect().await?;
+    client
+        .batch_execute("CREATE TABLE t (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
+        .await?;
+    let lsn: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    let lsn: pitr::wal::Lsn = lsn.parse()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.borrow().flushed < lsn {
+        anyhow::ensure!(Instant::now() < deadline, "the stream did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first batch brings the destination up to date; counting starts
+    // after it, as a sidecar that has run for a while sees it.
+    repo.send_batch(&batched, Some(&stage), &pitr::wal::superseded_by)
+        .await?;
+    let (batch_stop, mut batch_stopped) = tokio::sync::watch::channel(false);
+    let batcher = {
+        let (repo, batched, stage) = (repo.clone(), batched.clone(), stage.clone());
+        tokio::spawn(async move {
+            let mut batches = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = batch_stopped.changed() => return Ok::<_, anyhow::Error>(batches),
+                    () = tokio::time::sleep(Duration::from_secs(batch_secs)) => {}
+                }
+                batches.push(
+                    repo.send_batch(&batched, Some(&stage), &pitr::wal::superseded_by)
+                        .await?,
+                );
+            }
+        })
+    };
+    let p1 = puts.load(Ordering::Relaxed);
+    let b1 = bytes.load(Ordering::Relaxed);
+    let (n, ack) = ten_commits_per_second(&client, &progress, busy_secs).await?;
+    let busy = puts.load(Ordering::Relaxed) - p1;
+    let busy_bytes = bytes.load(Ordering::Relaxed) - b1;
+    let _ = batch_stop.send(true);
+    let batches = batcher.await??;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    let built: usize = batches.iter().map(|b| b.packs_built).sum();
+    let copied: usize = batches.iter().map(|b| b.packs_copied).sum();
+    Ok(format!(
+        "| destination | measured | batches | PUTs | PUTs per hour | bytes uploaded per hour | packs built / copied whole | commit to acknowledgement, median / max |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n\
+         | s3, batch_interval {batch_secs} s, beside an fs destination taking every write | {busy_secs} s ({n} commits) | {} | {busy} | {:.0} | {:.1} MB | {built} / {copied} | {} |\n",
+        batches.len(),
+        busy as f64 * 3600.0 / busy_secs as f64,
+        busy_bytes as f64 * 3600.0 / busy_secs as f64 / common::MB,
+        ack.show(),
     ))
 }
 
@@ -333,30 +506,59 @@ fn main() -> anyhow::Result<()> {
     let rounds = env_u64("PITR_BENCH_ROUNDS", 3) as usize;
     let idle_secs = env_u64("PITR_BENCH_IDLE_SECS", 300);
     let busy_secs = env_u64("PITR_BENCH_BUSY_SECS", 120);
+    let batch_secs = env_u64("PITR_BENCH_BATCH_SECS", 300);
+    let batched_secs = env_u64("PITR_BENCH_BATCHED_SECS", 900);
+    // `PITR_BENCH_PARTS=batched` runs the third part alone (it has its own
+    // section in BENCHMARKS.md).
+    let parts = std::env::var("PITR_BENCH_PARTS").unwrap_or_else(|_| "all".to_owned());
+    let part = |p: &str| parts == "all" || parts.split(',').any(|x| x == p);
     let rt = tokio::runtime::Runtime::new()?;
     let moto = Moto::start()?;
-    let load_before = common::load_average();
-    let tp = rt.block_on(throughput(&moto, rounds))?;
-    let puts = rt.block_on(puts_per_hour(&moto, idle_secs, busy_secs))?;
-    let mut md = String::new();
-    md.push_str(&format!(
-        "Command: `cargo bench --bench s3 -- --write-md` (rounds {rounds}, idle {idle_secs} s, busy {busy_secs} s); \
-         load average before: {}.\n\n",
-        load_before.map_or("-".to_owned(), |l| format!("{l:.2}"))
-    ));
-    md.push_str("Upload throughput to moto's S3 server on loopback (medians of the rounds):\n\n");
-    md.push_str(&tp);
-    md.push_str("\nPUT requests to one S3 destination while streaming one database:\n\n");
-    md.push_str(&puts);
-    println!("{md}");
-    if write_md {
-        common::write_section(
-            std::path::Path::new("BENCHMARKS.md"),
-            "<!-- BEGIN s3 results (generated by bench/s3/main.rs) -->",
-            "<!-- END s3 results -->",
-            "## `s3`: the S3 destination (throughput, PUTs per hour)",
-            &md,
-        )?;
+    let load = || {
+        common::load_average().map_or("-".to_owned(), |l| format!("{l:.2}"))
+    };
+    if part("throughput") || part("puts") {
+        let load_before = load();
+        let tp = rt.block_on(throughput(&moto, rounds))?;
+        let puts = rt.block_on(puts_per_hour(&moto, idle_secs, busy_secs))?;
+        let mut md = String::new();
+        md.push_str(&format!(
+            "Command: `cargo bench --bench s3 -- --write-md` (rounds {rounds}, idle {idle_secs} s, busy {busy_secs} s); \
+             load average before: {load_before}.\n\n"
+        ));
+        md.push_str("Upload throughput to moto's S3 server on loopback (medians of the rounds):\n\n");
+        md.push_str(&tp);
+        md.push_str("\nPUT requests to one S3 destination while streaming one database:\n\n");
+        md.push_str(&puts);
+        println!("{md}");
+        if write_md {
+            common::write_section(
+                std::path::Path::new("BENCHMARKS.md"),
+                "<!-- BEGIN s3 results (generated by bench/s3/main.rs) -->",
+                "<!-- END s3 results -->",
+                "## `s3`: the S3 destination (throughput, PUTs per hour)",
+                &md,
+            )?;
+        }
+    }
+    if part("batched") {
+        let load_before = load();
+        let batched = rt.block_on(batched_puts_per_hour(&moto, batch_secs, batched_secs))?;
+        let md = format!(
+            "Command: `PITR_BENCH_PARTS=batched cargo bench --bench s3 -- --write-md` (interval {batch_secs} s over \
+             {batched_secs} s at 10 commits per second); load average before: {load_before}, after: {}.\n\n{batched}",
+            load()
+        );
+        println!("{md}");
+        if write_md {
+            common::write_section(
+                std::path::Path::new("BENCHMARKS.md"),
+                "<!-- BEGIN s3 batched results (generated by bench/s3/main.rs) -->",
+                "<!-- END s3 batched results -->",
+                "## `s3`: the S3 destination (throughput, PUTs per hour)",
+                &md,
+            )?;
+        }
     }
     Ok(())
 }
