@@ -960,15 +960,12 @@ async fn check(config: &Config, offline: bool) -> anyhow::Result<()> {
     );
     let mut failed = 0;
     failed += check_storacha_credentials(config);
-    let quorum = config
-        .repository
-        .quorum
-        .map_or_else(|| "all of them".to_owned(), |q| q.to_string());
+    let quorum = fanout.status().quorum;
     for d in fanout.destinations() {
         match Repository::check_destination(d.as_ref(), &opts).await {
             Ok(descriptor) => println!(
                 "destination {}: repository {}, format version {}, recipients match; takes every write \
-                 (acknowledgement quorum: {quorum} of the {} that do)",
+                 (a write counts once {quorum} of the {} such destinations hold it)",
                 d.name(),
                 descriptor.repository_id,
                 descriptor.version,

@@ -41,13 +41,33 @@ use crate::ship::{Fanout, ShipError};
 /// batch that succeeds frees all but the newest window.
 pub const STAGE_MAX_BYTES: u64 = 2 << 30;
 
+/// A staging file begins with this, then the wrapped key's length (u32 LE)
+/// and the wrapped key.
+const STAGE_MAGIC: &[u8; 8] = b"PITRSTG1";
+/// A wrapped key is an age file to the recipients: a few hundred bytes
+/// each. A header claiming more is not one of ours.
+const MAX_WRAPPED: u32 = 1 << 20;
+/// Chunk id (32), raw length u32 LE, blob length u32 LE, MAC (32).
+const RECORD_HEADER: usize = 72;
+/// Chunks are at most a few MiB (FastCDC's maximum is 1 MiB, zstd's worst
+/// case adds little): a record claiming more ends the readable part.
+const MAX_BLOB: u32 = 64 << 20;
+const STAGE_MAC_CONTEXT: &str = "pitr 2026-12 batch staging record MAC v1";
+
 /// The staging area of one batched destination: windows of sealed chunk
 /// blobs, each under its own key. Shared by every writer of the process.
+///
+/// A window is one file: `PITRSTG1`, the wrapped key, then records of a
+/// chunk id, its lengths, a MAC under the repository key (so that a record
+/// damaged on disk is never packed), and the sealed blob. Files survive a
+/// restart: their blobs are copied into packs without opening them, so
+/// the lost key does not matter for them.
 #[derive(Debug)]
 pub struct BatchStage {
     dest: String,
     dir: PathBuf,
     recipients: Vec<age::x25519::Recipient>,
+    mac_key: [u8; 32],
     state: Mutex<StageState>,
 }
 
@@ -63,7 +83,8 @@ struct StageState {
 #[derive(Debug)]
 struct Window {
     n: u64,
-    key: DataKey,
+    /// `None` for a window an earlier process left: closed for good.
+    key: Option<DataKey>,
     wrapped: Arc<[u8]>,
     path: PathBuf,
     /// `None` once the window is closed (or its file failed).
@@ -72,6 +93,7 @@ struct Window {
     index: HashMap<ChunkId, Staged>,
 }
 
+/// Where a staged record is: `offset` is the record's, `length` its blob's.
 #[derive(Debug, Clone, Copy)]
 struct Staged {
     offset: u64,
@@ -79,27 +101,70 @@ struct Staged {
     raw_length: u32,
 }
 
+fn record_mac(key: &[u8; 32], id: &ChunkId, raw_length: u32, blob: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(&id.0);
+    h.update(&raw_length.to_le_bytes());
+    h.update(&(blob.len() as u64).to_le_bytes());
+    h.update(blob);
+    *h.finalize().as_bytes()
+}
+
 impl BatchStage {
-    /// The staging area of batched destination `dest` under `state_dir`.
-    /// Files an earlier process left are removed: their keys went with it.
+    /// The staging area of batched destination `dest` under `state_dir`,
+    /// with what an earlier process staged there (records that do not
+    /// parse end a file's readable part; a file that does not parse at
+    /// all is removed).
     pub fn new(
         dest: &str,
         state_dir: &Path,
         recipients: &[age::x25519::Recipient],
+        key: &super::RepositoryKey,
     ) -> Result<BatchStage, RepoError> {
         let dir = stage_dir(state_dir, dest);
         crate::crashsafe::create_private_dir_all(&dir).map_err(local(&dir))?;
+        let mut st = StageState::default();
+        let mut found = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(local(&dir))? {
             let path = entry.map_err(local(&dir))?.path();
-            if path.extension().is_some_and(|e| e == "stage") {
-                std::fs::remove_file(&path).map_err(local(&path))?;
+            let n = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_suffix(".stage"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(n) = n {
+                found.push((n, path));
+            }
+        }
+        found.sort();
+        for (n, path) in found {
+            match recover(&path) {
+                Ok(Some((wrapped, index, len))) => {
+                    st.bytes += len;
+                    st.next = n + 1;
+                    st.windows.push(Window {
+                        n,
+                        key: None,
+                        wrapped,
+                        path,
+                        file: None,
+                        len,
+                        index,
+                    });
+                }
+                Ok(None) => {
+                    tracing::warn!(file = %path.display(), "removing a staging file that is not one");
+                    std::fs::remove_file(&path).map_err(local(&path))?;
+                }
+                Err(e) => return Err(RepoError::Local { path, source: e }),
             }
         }
         Ok(BatchStage {
             dest: dest.to_owned(),
             dir,
             recipients: recipients.to_vec(),
-            state: Mutex::default(),
+            mac_key: blake3::derive_key(STAGE_MAC_CONTEXT, key.meta_key()),
+            state: Mutex::new(st),
         })
     }
 
@@ -113,7 +178,7 @@ impl BatchStage {
     pub(crate) fn stage(&self, id: &ChunkId, compressed: &[u8], raw_length: u32) {
         let mut st = self.state();
         let st = &mut *st;
-        let need = compressed.len() as u64 + super::datakey::BLOB_OVERHEAD as u64;
+        let need = (RECORD_HEADER + compressed.len() + super::datakey::BLOB_OVERHEAD) as u64;
         if st.bytes + need > STAGE_MAX_BYTES {
             if !st.warned {
                 st.warned = true;
@@ -127,21 +192,27 @@ impl BatchStage {
             let n = st.next;
             st.next += 1;
             let path = self.dir.join(format!("{n}.stage"));
+            let (key, wrapped) = DataKey::generate(&self.recipients);
+            let mut header = Vec::with_capacity(12 + wrapped.len());
+            header.extend_from_slice(STAGE_MAGIC);
+            header.extend_from_slice(&(wrapped.len() as u32).to_le_bytes());
+            header.extend_from_slice(&wrapped);
             let file = std::fs::OpenOptions::new()
                 .create_new(true)
                 .append(true)
                 .mode(0o600)
-                .open(&path);
+                .open(&path)
+                .and_then(|mut f| f.write_all(&header).map(|()| f));
             match file {
                 Ok(file) => {
-                    let (key, wrapped) = DataKey::generate(&self.recipients);
+                    st.bytes += header.len() as u64;
                     st.windows.push(Window {
                         n,
-                        key,
+                        key: Some(key),
                         wrapped: wrapped.into(),
                         path,
                         file: Some(file),
-                        len: 0,
+                        len: header.len() as u64,
                         index: HashMap::new(),
                     });
                 }
@@ -158,18 +229,25 @@ impl BatchStage {
         if w.index.contains_key(id) {
             return;
         }
-        let blob = w.key.seal_chunk(id, compressed);
+        let Some(key) = &w.key else { return };
+        let blob = key.seal_chunk(id, compressed);
+        let length = u32::try_from(blob.len()).expect("chunk blobs are at most a few MiB");
+        let mut record = Vec::with_capacity(RECORD_HEADER + blob.len());
+        record.extend_from_slice(&id.0);
+        record.extend_from_slice(&raw_length.to_le_bytes());
+        record.extend_from_slice(&length.to_le_bytes());
+        record.extend_from_slice(&record_mac(&self.mac_key, id, raw_length, &blob));
+        record.extend_from_slice(&blob);
         let Some(file) = &mut w.file else {
             return;
         };
-        if let Err(e) = file.write_all(&blob) {
+        if let Err(e) = file.write_all(&record) {
             tracing::warn!(destination = %self.dest, file = %w.path.display(), error = %e,
                 "cannot append to the staging file of this batched destination; its next batch copies whole packs");
-            // Whatever part was written is past every indexed blob.
+            // Whatever part was written is past every indexed record.
             w.file = None;
             return;
         }
-        let length = u32::try_from(blob.len()).expect("chunk blobs are at most a few MiB");
         w.index.insert(
             *id,
             Staged {
@@ -178,16 +256,17 @@ impl BatchStage {
                 raw_length,
             },
         );
-        w.len += u64::from(length);
-        st.bytes += u64::from(length);
+        w.len += record.len() as u64;
+        st.bytes += record.len() as u64;
     }
 
     /// Closes the open window; chunks staged from now on go to a new one.
-    /// Returns the number of the window closed, if one was open.
+    /// Returns the number of the newest window, open or not.
     fn close_open(&self) -> Option<u64> {
         let mut st = self.state();
         let w = st.windows.last_mut()?;
-        w.file.take().map(|_| w.n)
+        w.file = None;
+        Some(w.n)
     }
 
     fn lookup(&self, id: &ChunkId) -> Option<(u64, Staged)> {
@@ -198,12 +277,12 @@ impl BatchStage {
             .find_map(|w| w.index.get(id).map(|s| (w.n, *s)))
     }
 
-    fn window(&self, n: u64) -> Option<(DataKey, Arc<[u8]>, PathBuf)> {
+    fn window(&self, n: u64) -> Option<(Arc<[u8]>, PathBuf)> {
         self.state()
             .windows
             .iter()
             .find(|w| w.n == n)
-            .map(|w| (w.key.clone(), w.wrapped.clone(), w.path.clone()))
+            .map(|w| (w.wrapped.clone(), w.path.clone()))
     }
 
     /// Drops the windows older than `n` (a batch made their content
@@ -227,6 +306,54 @@ impl BatchStage {
     pub fn staged_bytes(&self) -> u64 {
         self.state().bytes
     }
+}
+
+/// Reads a staging file an earlier process left: its wrapped key, the
+/// index of its whole records, and its readable length. `None` when its
+/// header is not a staging file's. Records are not authenticated here
+/// (that happens when they are packed); a length past the end or past
+/// [`MAX_BLOB`] ends the readable part.
+#[allow(clippy::type_complexity)]
+fn recover(path: &Path) -> std::io::Result<Option<(Arc<[u8]>, HashMap<ChunkId, Staged>, u64)>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut r = std::io::BufReader::new(file);
+    let mut head = [0u8; 12];
+    if r.read_exact(&mut head).is_err() || &head[..8] != STAGE_MAGIC {
+        return Ok(None);
+    }
+    let wrapped_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if wrapped_len > MAX_WRAPPED || 12 + u64::from(wrapped_len) > size {
+        return Ok(None);
+    }
+    let mut wrapped = vec![0u8; wrapped_len as usize];
+    r.read_exact(&mut wrapped)?;
+    let mut offset = 12 + u64::from(wrapped_len);
+    let mut index = HashMap::new();
+    let mut rec = [0u8; RECORD_HEADER];
+    while offset + RECORD_HEADER as u64 <= size {
+        r.read_exact(&mut rec)?;
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&rec[..32]);
+        let raw_length = u32::from_le_bytes([rec[32], rec[33], rec[34], rec[35]]);
+        let length = u32::from_le_bytes([rec[36], rec[37], rec[38], rec[39]]);
+        let end = offset + RECORD_HEADER as u64 + u64::from(length);
+        if length > MAX_BLOB || end > size {
+            break;
+        }
+        r.seek_relative(i64::from(length))?;
+        index.insert(
+            ChunkId(id),
+            Staged {
+                offset,
+                length,
+                raw_length,
+            },
+        );
+        offset = end;
+    }
+    Ok(Some((wrapped.into(), index, offset)))
 }
 
 fn stage_dir(state_dir: &Path, dest: &str) -> PathBuf {
@@ -405,29 +532,18 @@ impl Repository {
 
         // Where each chunk the batched destination lacks comes from.
         let mut by_window: BTreeMap<u64, Vec<(ChunkId, Staged)>> = BTreeMap::new();
-        let mut whole: Vec<PackId> = Vec::new();
+        let mut unstaged: Vec<(String, ChunkId)> = Vec::new();
         {
-            let ours = self.catalog();
             let theirs = batched.catalog();
             let mut seen = HashSet::new();
-            let mut copied = HashSet::new();
             for item in &items {
                 for (id, _) in &item.manifest.chunks {
                     if !seen.insert(*id) || theirs.has_chunk(id)? {
                         continue;
                     }
-                    if let Some((n, s)) = stage.and_then(|st| st.lookup(id)) {
-                        by_window.entry(n).or_default().push((*id, s));
-                        continue;
-                    }
-                    let Some(loc) = ours.chunk_location(id)? else {
-                        return Err(RepoError::MissingChunk {
-                            item: item.manifest.name.clone(),
-                            chunk: *id,
-                        });
-                    };
-                    if copied.insert(loc.pack) {
-                        whole.push(loc.pack);
+                    match stage.and_then(|st| st.lookup(id)) {
+                        Some((n, s)) => by_window.entry(n).or_default().push((*id, s)),
+                        None => unstaged.push((item.manifest.name.clone(), *id)),
                     }
                 }
             }
@@ -444,14 +560,77 @@ impl Repository {
             |report: &mut BatchReport, record: PackRecord, found: Vec<(String, String)>| {
                 report.pack_bytes += record.size;
                 report.objects += 1;
-                let object = PackId::parse(&record.id).map(|p| p.object_name());
-                if let Some(object) = object {
+                if let Some(object) = PackId::parse(&record.id).map(|p| p.object_name()) {
                     for (dest, cid) in found {
                         cids.entry(dest).or_default().insert(object.clone(), cid);
                     }
                 }
                 packs.push(record);
             };
+        let pack_size = self.inner.opts.pack_size;
+        for (n, chunks) in by_window {
+            let window = stage.and_then(|st| st.window(n).map(|w| (st, w)));
+            let Some((st, (wrapped, path))) = window else {
+                // Only a batch drops windows, and one runs at a time.
+                unstaged.extend(chunks.iter().map(|(id, _)| (String::new(), *id)));
+                continue;
+            };
+            let mut rest = chunks.as_slice();
+            while !rest.is_empty() {
+                let (built, taken, damaged) = {
+                    let (wrapped, file, part) = (wrapped.clone(), path.clone(), rest.to_vec());
+                    let (meta, mac) = (self.inner.key.clone(), st.mac_key);
+                    tokio::task::spawn_blocking(move || {
+                        build_pack(&wrapped, &file, &part, pack_size, &meta, &mac)
+                    })
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+                    .map_err(local(&path))?
+                };
+                rest = &rest[taken..];
+                if !damaged.is_empty() {
+                    tracing::warn!(destination = %st.dest, file = %path.display(), records = damaged.len(),
+                        "staged records that do not authenticate (damaged on disk): copying the packs that hold those chunks instead");
+                    unstaged.extend(damaged.into_iter().map(|id| (String::new(), id)));
+                }
+                let Some((bytes, entries)) = built else {
+                    continue;
+                };
+                let id = PackId::of(&bytes);
+                let object = id.object_name();
+                let found = batched.inner.fanout.content_ids(&object, &bytes);
+                let size = bytes.len() as u64;
+                batched
+                    .inner
+                    .fanout
+                    .put_if_absent(&object, Bytes::from(bytes))
+                    .await?;
+                report.packs_built += 1;
+                note(
+                    &mut report,
+                    PackRecord {
+                        id: id.to_string(),
+                        size,
+                        chunks: entries,
+                    },
+                    found,
+                );
+            }
+        }
+        // The rest come with the packs that hold them, copied unchanged.
+        let mut whole: Vec<PackId> = Vec::new();
+        {
+            let ours = self.catalog();
+            let mut copied = HashSet::new();
+            for (item, id) in unstaged {
+                let Some(loc) = ours.chunk_location(&id)? else {
+                    return Err(RepoError::MissingChunk { item, chunk: id });
+                };
+                if copied.insert(loc.pack) {
+                    whole.push(loc.pack);
+                }
+            }
+        }
         for pack in whole {
             let object = pack.object_name();
             let bytes = self.inner.fanout.get(&object).await?;
@@ -475,49 +654,6 @@ impl Repository {
                 },
                 found,
             );
-        }
-        let pack_size = self.inner.opts.pack_size;
-        for (n, chunks) in by_window {
-            let Some(stage) = stage else { continue };
-            let Some((key, wrapped, path)) = stage.window(n) else {
-                // Dropped meanwhile: not possible while this batch runs,
-                // as only a batch drops windows.
-                continue;
-            };
-            let mut rest = chunks.as_slice();
-            while !rest.is_empty() {
-                let (bytes, entries, taken) = {
-                    let (key, wrapped, file, rest) =
-                        (key.clone(), wrapped.clone(), path.clone(), rest.to_vec());
-                    let meta = self.inner.key.clone();
-                    tokio::task::spawn_blocking(move || {
-                        build_pack(key, &wrapped, &file, &rest, pack_size, &meta)
-                    })
-                    .await
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-                    .map_err(local(&path))?
-                };
-                rest = &rest[taken..];
-                let id = PackId::of(&bytes);
-                let object = id.object_name();
-                let found = batched.inner.fanout.content_ids(&object, &bytes);
-                let size = bytes.len() as u64;
-                batched
-                    .inner
-                    .fanout
-                    .put_if_absent(&object, Bytes::from(bytes))
-                    .await?;
-                report.packs_built += 1;
-                note(
-                    &mut report,
-                    PackRecord {
-                        id: id.to_string(),
-                        size,
-                        chunks: entries,
-                    },
-                    found,
-                );
-            }
         }
         let forget = forget
             .into_iter()
@@ -601,29 +737,48 @@ fn live_heads<'a>(
     newest
 }
 
-/// One pack from staged blobs of one window, at most `pack_size` bytes
-/// (or one blob): its bytes, entries and how many chunks it took.
+/// One pack from staged records of one window, at most `pack_size` bytes
+/// (or one blob): its bytes and entries (`None` when every record taken
+/// was damaged), how many records it took, and the chunks whose records
+/// do not authenticate.
+#[allow(clippy::type_complexity)]
 fn build_pack(
-    key: DataKey,
     wrapped: &[u8],
     path: &Path,
     chunks: &[(ChunkId, Staged)],
     pack_size: usize,
     meta: &super::RepositoryKey,
-) -> std::io::Result<(Vec<u8>, Vec<super::PackEntry>, usize)> {
+    mac_key: &[u8; 32],
+) -> std::io::Result<(
+    Option<(Vec<u8>, Vec<super::PackEntry>)>,
+    usize,
+    Vec<ChunkId>,
+)> {
     let file = std::fs::File::open(path)?;
-    let mut pack = PackBuilder::with_key(key, wrapped);
+    let mut pack = PackBuilder::for_sealed(wrapped);
     let mut taken = 0;
-    let mut blob = Vec::new();
+    let mut damaged = Vec::new();
+    let mut record = Vec::new();
     for (id, s) in chunks {
-        if taken > 0 && pack.len() + s.length as usize > pack_size {
+        if !pack.is_empty() && pack.len() + s.length as usize > pack_size {
             break;
         }
-        blob.resize(s.length as usize, 0);
-        file.read_exact_at(&mut blob, s.offset)?;
-        pack.push_blob(*id, &blob, s.raw_length);
         taken += 1;
+        record.resize(RECORD_HEADER + s.length as usize, 0);
+        file.read_exact_at(&mut record, s.offset)?;
+        let (head, blob) = record.split_at(RECORD_HEADER);
+        let intact = head[..32] == id.0
+            && head[32..36] == s.raw_length.to_le_bytes()
+            && head[36..40] == s.length.to_le_bytes()
+            && head[40..72] == record_mac(mac_key, id, s.raw_length, blob);
+        if intact {
+            pack.push_blob(*id, blob, s.raw_length);
+        } else {
+            damaged.push(*id);
+        }
     }
-    let (bytes, entries) = pack.finish(meta);
-    Ok((bytes, entries, taken))
+    if pack.is_empty() {
+        return Ok((None, taken, damaged));
+    }
+    Ok((Some(pack.finish(meta)), taken, damaged))
 }

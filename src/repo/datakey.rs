@@ -20,7 +20,6 @@ const TAG_LEN: usize = 16;
 pub const BLOB_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 /// One pack's data key.
-#[derive(Clone)]
 pub struct DataKey {
     cipher: XChaCha20Poly1305,
 }

@@ -73,7 +73,8 @@ impl fmt::Debug for PackId {
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
-    key: DataKey,
+    /// `None` for a pack of blobs sealed elsewhere ([`Self::for_sealed`]).
+    key: Option<DataKey>,
 }
 
 impl PackBuilder {
@@ -84,6 +85,10 @@ impl PackBuilder {
     }
 
     pub(crate) fn with_key(key: DataKey, wrapped: &[u8]) -> Self {
+        Self::header(Some(key), wrapped)
+    }
+
+    fn header(key: Option<DataKey>, wrapped: &[u8]) -> Self {
         let mut buf = Vec::new();
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
@@ -97,9 +102,20 @@ impl PackBuilder {
         }
     }
 
+    /// A pack of blobs already sealed under the data key `wrapped` wraps
+    /// (a batched destination's staged chunks): it takes
+    /// [`Self::push_blob`] only.
+    pub(crate) fn for_sealed(wrapped: &[u8]) -> Self {
+        Self::header(None, wrapped)
+    }
+
     /// Seals one compressed chunk and appends its blob.
     pub fn push(&mut self, chunk: ChunkId, compressed: &[u8], raw_length: u32) {
-        let blob = self.key.seal_chunk(&chunk, compressed);
+        let blob = self
+            .key
+            .as_ref()
+            .expect("a pack of blobs sealed elsewhere takes push_blob only")
+            .seal_chunk(&chunk, compressed);
         self.push_blob(chunk, &blob, raw_length);
     }
 

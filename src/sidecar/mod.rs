@@ -162,6 +162,7 @@ pub async fn run(
             &b.name,
             &config.repository.state_dir,
             &config.repository.recipients,
+            repo.key(),
         )?);
         repo.attach_batch_stage(stage.clone());
         batched.push((b, stage));

@@ -143,9 +143,13 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
     // Batches follow: one after the sixth row (the backup's packs copied,
     // the sidecar's staged chunks packed).
     let sixth = rows[5].1;
-    wait_for(port, Duration::from_secs(120), &sidecar, "a batch after the sixth row", |b| {
-        last_batch(b).is_some_and(|t| t > sixth) && b["batched"][0]["last_error"].is_null()
-    })
+    wait_for(
+        port,
+        Duration::from_secs(120),
+        &sidecar,
+        "a batch after the sixth row",
+        |b| last_batch(b).is_some_and(|t| t > sixth) && b["batched"][0]["last_error"].is_null(),
+    )
     .await;
 
     // The batched destination hangs: every write is still acknowledged
@@ -188,7 +192,9 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
         "{failing:#}"
     );
     assert!(
-        sidecar.log_text().contains("batch failed; the next interval tries again"),
+        sidecar
+            .log_text()
+            .contains("batch failed; the next interval tries again"),
         "{}",
         sidecar.log_text()
     );
@@ -242,5 +248,163 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
             want,
             "restore to {at} from the batched destination alone"
         );
+    }
+}
+
+/// The batch itself, on fs destinations: chunks staged by one process are
+/// packed by the next one (staging survives a restart), a staged record
+/// damaged on disk is never packed (its chunk comes with a copy of the
+/// pack that holds it), a superseded item is forgotten, and the batched
+/// destination alone reads back every item exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn staging_survives_a_restart_damage_is_never_packed_and_the_batched_copy_reads_back() {
+    use pitr::repo::{BatchStage, Chunking, Repository};
+    use pitr::ship::{Destination, Fanout, FsDestination};
+    use std::sync::Arc;
+
+    let t = crate::repo::TestRepo::new().await;
+    let batched_fanout = || {
+        Fanout::new(vec![
+            Arc::new(FsDestination::new("far", t.dir.path().join("far"))) as Arc<dyn Destination>,
+        ])
+    };
+    let stage_of = |repo: &Repository| {
+        let s = Arc::new(
+            BatchStage::new("far", &t.opts.state_dir, &t.opts.recipients, repo.key())
+                .expect("stage"),
+        );
+        repo.attach_batch_stage(s.clone());
+        s
+    };
+    let data = |seed: u8, len: usize| -> Vec<u8> {
+        let mut x = u64::from(seed) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let put = |repo: &Repository, name: &str, kind: &str, bytes: Vec<u8>| {
+        let repo = repo.clone();
+        let (name, kind) = (name.to_owned(), kind.to_owned());
+        async move {
+            let mut w = repo.writer();
+            let m = w
+                .put(
+                    &name,
+                    &kind,
+                    serde_json::json!({}),
+                    Chunking::Cdc,
+                    &bytes[..],
+                )
+                .await
+                .expect("put");
+            w.commit().await.expect("commit");
+            m
+        }
+    };
+
+    // One process stages three items' chunks, then stops.
+    let repo = t.open().await;
+    let stage = stage_of(&repo);
+    let a = data(1, 3 << 20);
+    let b = data(2, 2 << 20);
+    let p = data(3, 1 << 20);
+    put(&repo, "x/a", "test", a.clone()).await;
+    put(&repo, "x/b", "test", b.clone()).await;
+    put(&repo, "x/seg.partial", "wal-partial", p.clone()).await;
+    let staged = stage.staged_bytes();
+    assert!(staged > (5 << 20), "staged {staged} bytes");
+    drop((repo, stage));
+
+    // Damage one record's blob: the first record starts after the header
+    // (12 bytes and the wrapped key); its blob after 72 bytes more.
+    let dir = t.opts.state_dir.join("batch").join("far");
+    let file = std::fs::read_dir(&dir)
+        .expect("stage dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "stage"))
+        .expect("a staging file");
+    let mut bytes = std::fs::read(&file).expect("read");
+    let wrapped = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    let at = 12 + wrapped + 72 + 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("write");
+
+    // The next process packs what the first staged.
+    let repo = t.open().await;
+    let stage = stage_of(&repo);
+    assert_eq!(
+        stage.staged_bytes(),
+        staged,
+        "the staging file was recovered"
+    );
+    let far = repo
+        .open_batched(batched_fanout())
+        .await
+        .expect("open batched");
+    let supersedes = |kind: &str, name: &str| pitr::wal::superseded_by(kind, name);
+    let first = repo
+        .send_batch(&far, Some(&stage), &supersedes)
+        .await
+        .expect("batch");
+    assert_eq!(first.items, 3, "{first:?}");
+    assert!(first.packs_built >= 1, "{first:?}");
+    assert_eq!(
+        first.packs_copied, 1,
+        "the damaged record's chunk comes with its pack: {first:?}"
+    );
+    assert_eq!(first.forgotten, 0, "{first:?}");
+    // Nothing new: nothing sent.
+    let again = repo
+        .send_batch(&far, Some(&stage), &supersedes)
+        .await
+        .expect("batch");
+    assert_eq!(again.commit, None, "{again:?}");
+    // The whole segment supersedes its partial.
+    put(&repo, "x/seg", "wal", p.clone()).await;
+    let second = repo
+        .send_batch(&far, Some(&stage), &supersedes)
+        .await
+        .expect("batch");
+    assert_eq!((second.items, second.forgotten), (1, 1), "{second:?}");
+    assert_eq!(
+        second.packs_built + second.packs_copied,
+        0,
+        "its chunks are there: {second:?}"
+    );
+    drop((repo, stage, far));
+
+    // The batched destination alone, with a fresh state directory.
+    let mut alone = t.opts.clone();
+    alone.state_dir = t.dir.path().join("fresh");
+    alone.key_file = Some(t.opts.state_dir.join("repository.key"));
+    let far = Repository::open(batched_fanout(), alone)
+        .await
+        .expect("open far alone");
+    let names: Vec<String> = far
+        .catalog()
+        .items("x/")
+        .expect("items")
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["x/a", "x/b", "x/seg"]);
+    for (name, want) in [("x/a", &a), ("x/b", &b), ("x/seg", &p)] {
+        let item = far
+            .catalog()
+            .latest_item(name)
+            .expect("catalog")
+            .expect("item");
+        let mut out = Vec::new();
+        far.reader()
+            .expect("reader")
+            .read_to(&item.manifest, &mut out)
+            .await
+            .expect("read");
+        assert!(&out == want, "{name} differs");
     }
 }
