@@ -1003,7 +1003,10 @@ async fn check(config: &Config, offline: bool) -> anyhow::Result<()> {
     }
     for pg in &config.postgres {
         match check_postgres(pg).await {
-            Ok(report) => println!("postgres {}: {report}", pg.name),
+            Ok((report, major)) => {
+                println!("postgres {}: {report}", pg.name);
+                failed += check_restore_binaries(config, &pg.name, major);
+            }
             Err(e) => {
                 failed += 1;
                 println!("postgres {}: FAILED: {e:#}", pg.name);
@@ -1096,7 +1099,39 @@ fn check_offline(config: &Config) -> anyhow::Result<()> {
 
 /// Connects the way the streamer does and reads what streaming needs: the
 /// system, `wal_level`, `max_wal_senders`, the slot.
-async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<String> {
+/// Whether this host can restore (and test-restore) a backup of `major`:
+/// the binaries `pitr restore` and the test restores would use, or where
+/// they were looked for. Missing ones fail the check only when test
+/// restores are scheduled here (they would fail); otherwise a restore may
+/// well run on another host, and this is a warning. Returns the failures.
+fn check_restore_binaries(config: &Config, name: &str, major: u32) -> usize {
+    let tools = pitr::verify::TEST_RESTORE_TOOLS;
+    match pitr::pg::find(major, &config.restore.bin_dirs, tools) {
+        Ok(bin) => {
+            println!(
+                "postgres {name}: restores and test restores use PostgreSQL {} in {}",
+                bin.version(),
+                bin.dir().display()
+            );
+            0
+        }
+        Err(e) if config.verify.schedule.is_some() => {
+            println!(
+                "postgres {name}: FAILED: test restores are scheduled ([verify] schedule) but cannot run on this host: {e}"
+            );
+            1
+        }
+        Err(e) => {
+            println!(
+                "postgres {name}: WARNING: a restore of it cannot run on this host: {e} \
+                 (restore on a host that has them, or name their directory in [restore] bin_dirs)"
+            );
+            0
+        }
+    }
+}
+
+async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<(String, u32)> {
     let info = pitr::wal::ConnInfo::of_entry(pg)?;
     let mut client = pitr::wal::ReplicationClient::connect(&info).await?;
     let system = client.identify_system().await?;
@@ -1124,10 +1159,13 @@ async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<Str
         }
     };
     let _ = client.close().await;
-    Ok(format!(
-        "system {} on timeline {} at {}, PostgreSQL {major}, wal_level={wal_level}, \
+    Ok((
+        format!(
+            "system {} on timeline {} at {}, PostgreSQL {major}, wal_level={wal_level}, \
          max_wal_senders={senders}, {slot}; {incremental}",
-        system.system_id, system.timeline, system.xlogpos
+            system.system_id, system.timeline, system.xlogpos
+        ),
+        major,
     ))
 }
 

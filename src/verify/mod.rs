@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::repo::{Chunking, RepoError, RepoOptions, Repository};
 
+pub use postgres::TOOLS as TEST_RESTORE_TOOLS;
 pub use schedule::{VerifyStatus, run_scheduled};
 
 /// The item kind of a recorded test restore.

@@ -26,7 +26,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(300);
 const AMCHECK_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// The programs a test restore runs, all of the backup's major.
-const TOOLS: &[&str] = &["postgres", "pg_amcheck", "pg_checksums", "psql"];
+/// What a test restore runs of the backup's major.
+pub const TOOLS: &[&str] = &["postgres", "pg_amcheck", "pg_checksums", "psql"];
 
 /// Why a test restore failed: what failed and what to do.
 #[derive(Debug)]

@@ -142,19 +142,46 @@ async fn core_scenarios(major: u32) {
     wait_stored(&repo, Lsn(last.start(SEG).0 + SEG)).await;
     streamer.stop().await;
 
-    // `pitr check` reads what streaming needs on this major.
+    // `pitr check` reads what streaming needs on this major, and names the
+    // binaries a restore of it would use.
+    let bin = crate::harness::pg::pg_bin_dir_for(major);
     let check = Command::new(env!("CARGO_BIN_EXE_pitr"))
         .args(["check", "-c"])
         .arg(setup.config_path())
         .env_remove("PITR_CONFIG")
+        .env("PITR_RESTORE_BIN_DIRS", &bin)
         .output()
         .expect("run pitr check");
     let said = String::from_utf8_lossy(&check.stdout);
     assert!(
-        check.status.success() && said.contains(&format!("PostgreSQL {major}, wal_level=replica")),
+        check.status.success()
+            && said.contains(&format!("PostgreSQL {major}, wal_level=replica"))
+            && said.contains(&format!(
+                "postgres main: restores and test restores use PostgreSQL {major}."
+            ))
+            && said.contains(&format!("in {}", bin.display())),
         "pitr check on {major}: {said}{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // Without them, and with test restores scheduled, the check fails and
+    // names the major and where it looked. (Debian's 15 is found in its
+    // usual place; the other majors are only where .ci/setup put them.)
+    if major != crate::harness::pg::DEFAULT_MAJOR {
+        let check = Command::new(env!("CARGO_BIN_EXE_pitr"))
+            .args(["check", "-c"])
+            .arg(setup.config_path())
+            .env_remove("PITR_CONFIG")
+            .env("PITR_VERIFY_SCHEDULE", "0 4 * * *")
+            .output()
+            .expect("run pitr check");
+        let said = String::from_utf8_lossy(&check.stdout);
+        assert!(
+            !check.status.success()
+                && said.contains("postgres main: FAILED: test restores are scheduled")
+                && said.contains(&format!("PostgreSQL {major}")),
+            "pitr check on {major} without its binaries: {said}"
+        );
+    }
 
     let fetched = fetch_completed(&pg, &setup, last);
     decoder_agrees_with_pg_waldump(&pg, major, &fetched);
