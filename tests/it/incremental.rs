@@ -448,6 +448,123 @@ async fn a_chain_restores_exactly(major: u32) {
     );
 }
 
+/// A chain whose changes are in a tablespace outside the data directory:
+/// the incremental carries that tablespace's `INCREMENTAL.*` files in its
+/// own archive, and `pitr restore --at --tablespace-dir` puts the combined
+/// files there, exactly (rows, and `pg_amcheck` on the result).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_with_a_tablespace_restores_exactly_17() {
+    let pg = cluster(17, true);
+    let t = TestRepo::new().await;
+    let config = t.write_config(&[("main", &pg.conninfo("postgres"))]);
+    let repo = t.open().await;
+    let streamer = Streamer::start(&repo, &pg, "pitr");
+    let location = pg.dir().join("ts");
+    run_tool(
+        run_as_pg_user(Command::new("mkdir").arg(&location)),
+        "mkdir the tablespace",
+    );
+    pg.psql(&format!(
+        "CREATE TABLESPACE ts LOCATION '{}'",
+        location.display()
+    ));
+    pg.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text) TABLESPACE ts;
+         INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 50000) i",
+    );
+    let out = pitr(&config, &pg, &["backup", "--wait-wal", "60"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let full = backup_id(&out);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Changed blocks, a new relation, both in the tablespace.
+    pg.psql("UPDATE t SET v = md5(v) WHERE id BETWEEN 1000 AND 1500");
+    pg.psql("CREATE TABLE u TABLESPACE ts AS SELECT g FROM generate_series(1, 5000) g");
+    pg.psql("CHECKPOINT");
+    let out = pitr(&config, &pg, &["backup", "--wait-wal", "60"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("It is incremental on"),
+        "{}",
+        text(&out)
+    );
+    let inc = backup_id(&out);
+    let record = basebackup::backups(&repo, "main")
+        .expect("backups")
+        .into_iter()
+        .find(|b| b.record.id == inc)
+        .expect("the incremental")
+        .record;
+    assert_eq!(record.parent.as_deref(), Some(full.as_str()));
+    assert_eq!(record.tablespaces.len(), 1, "{record:?}");
+    let prefix = basebackup::files_prefix("main", &inc);
+    let in_ts = repo
+        .catalog()
+        .items(&prefix)
+        .expect("items")
+        .into_iter()
+        .filter(|i| {
+            i.name.contains("/INCREMENTAL.") && !i.name.starts_with(&format!("{prefix}base/"))
+        })
+        .count();
+    assert!(in_ts > 0, "no INCREMENTAL file in the tablespace's archive");
+    let query = "SELECT count(*), sum(id), md5(string_agg(v, ',' ORDER BY id)) FROM t";
+    let want_t = pg.psql(query);
+    let want_u = pg.psql("SELECT count(*), sum(g) FROM u");
+    let after = write_row_plain(&pg);
+    streamer.caught_up(&pg).await;
+    streamer.stop().await;
+
+    let mut restored = PgCluster::empty_major(17);
+    let data = restored.data_dir();
+    let ts_dir = restored.dir().join("tablespaces");
+    let at = pitr::pitr::pg_time(after);
+    let out = pitr(
+        &config,
+        &pg,
+        &[
+            "restore",
+            "--at",
+            &at,
+            "--target",
+            data.to_str().expect("utf-8"),
+            "--tablespace-dir",
+            ts_dir.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.status.success(), "pitr restore: {}", text(&out));
+    if crate::harness::pg::effective_uid() == 0 {
+        run_tool(
+            Command::new("chown")
+                .arg("-R")
+                .arg("--reference")
+                .arg(restored.dir())
+                .arg(&ts_dir),
+            "chown the tablespaces",
+        );
+    }
+    restored.start_filled("");
+    assert_eq!(restored.psql(query), want_t);
+    assert_eq!(restored.psql("SELECT count(*), sum(g) FROM u"), want_u);
+    run_tool(
+        run_as_pg_user(&mut Command::new(restored.bin("pg_amcheck")))
+            .args(["-h", restored.host(), "-p", &restored.port().to_string()])
+            .args(["-U", "postgres", "--heapallindexed", "--install-missing"])
+            .arg("postgres"),
+        "pg_amcheck",
+    );
+}
+
+/// A commit after everything else, and its time plus a little: a target
+/// for `--at` that includes all that came before.
+fn write_row_plain(pg: &PgCluster) -> jiff::Timestamp {
+    pg.psql("CREATE TABLE IF NOT EXISTS marker (at timestamptz)");
+    let at = pg.psql("INSERT INTO marker VALUES (clock_timestamp()) RETURNING at");
+    let at = pitr::pitr::parse_time(&at).expect("a timestamptz");
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql("INSERT INTO marker VALUES (clock_timestamp())");
+    at.checked_add(jiff::SignedDuration::from_millis(20))
+        .expect("a time")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chain_of_two_incrementals_restores_exactly_17() {
     a_chain_restores_exactly(17).await;
