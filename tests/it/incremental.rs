@@ -5,6 +5,8 @@
 //!   created, one dropped and one truncated by VACUUM in between) restore
 //!   to the very files `pg_combinebackup` writes from the same three
 //!   backups written out as `pg_basebackup` would have written them;
+//! - a chain whose changes are in a tablespace restores exactly with
+//!   `--tablespace-dir`;
 //! - such a chain restores exactly to a time after the second incremental
 //!   (`pitr restore --at`, checked recovery, the oracle's rows),
 //!   retention with `keep_last = 1` keeps the whole chain, and `pitr
