@@ -377,7 +377,10 @@ async fn ten_commits_per_second(
         settle(&mut pending);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    anyhow::ensure!(pending.is_empty(), "commits were not acknowledged within 30 s");
+    anyhow::ensure!(
+        pending.is_empty(),
+        "commits were not acknowledged within 30 s"
+    );
     Ok((n, AckDelays(delays)))
 }
 
@@ -423,9 +426,7 @@ async fn batched_puts_per_hour(
         &opts.recipients,
     )?);
     repo.attach_batch_stage(stage.clone());
-    let batched = repo
-        .open_batched(pitr::ship::Fanout::new(vec![s3]))
-        .await?;
+    let batched = repo.open_batched(pitr::ship::Fanout::new(vec![s3])).await?;
     let info = pitr::wal::ConnInfo::parse(&pg.conninfo())?;
     let (tx, progress) = tokio::sync::watch::channel(pitr::wal::Progress::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -514,9 +515,7 @@ fn main() -> anyhow::Result<()> {
     let part = |p: &str| parts == "all" || parts.split(',').any(|x| x == p);
     let rt = tokio::runtime::Runtime::new()?;
     let moto = Moto::start()?;
-    let load = || {
-        common::load_average().map_or("-".to_owned(), |l| format!("{l:.2}"))
-    };
+    let load = || common::load_average().map_or("-".to_owned(), |l| format!("{l:.2}"));
     if part("throughput") || part("puts") {
         let load_before = load();
         let tp = rt.block_on(throughput(&moto, rounds))?;
@@ -526,7 +525,9 @@ fn main() -> anyhow::Result<()> {
             "Command: `cargo bench --bench s3 -- --write-md` (rounds {rounds}, idle {idle_secs} s, busy {busy_secs} s); \
              load average before: {load_before}.\n\n"
         ));
-        md.push_str("Upload throughput to moto's S3 server on loopback (medians of the rounds):\n\n");
+        md.push_str(
+            "Upload throughput to moto's S3 server on loopback (medians of the rounds):\n\n",
+        );
         md.push_str(&tp);
         md.push_str("\nPUT requests to one S3 destination while streaming one database:\n\n");
         md.push_str(&puts);

@@ -143,9 +143,13 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
     // Batches follow: one after the sixth row (the backup's packs copied,
     // the sidecar's staged chunks packed).
     let sixth = rows[5].1;
-    wait_for(port, Duration::from_secs(120), &sidecar, "a batch after the sixth row", |b| {
-        last_batch(b).is_some_and(|t| t > sixth) && b["batched"][0]["last_error"].is_null()
-    })
+    wait_for(
+        port,
+        Duration::from_secs(120),
+        &sidecar,
+        "a batch after the sixth row",
+        |b| last_batch(b).is_some_and(|t| t > sixth) && b["batched"][0]["last_error"].is_null(),
+    )
     .await;
 
     // The batched destination hangs: every write is still acknowledged
@@ -188,7 +192,9 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
         "{failing:#}"
     );
     assert!(
-        sidecar.log_text().contains("batch failed; the next interval tries again"),
+        sidecar
+            .log_text()
+            .contains("batch failed; the next interval tries again"),
         "{}",
         sidecar.log_text()
     );
