@@ -20,6 +20,25 @@ fn plan_json(env: &Env, t: Timestamp) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("plan --json is JSON")
 }
 
+/// When backup `id` finished by its record (`pitr list --json`): the time
+/// `pitr restore --at` compares targets with.
+fn recorded_finish(env: &Env, id: &str) -> Timestamp {
+    let out = env.pitr(&["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
+    let backup = list["postgres"][0]["backups"]
+        .as_array()
+        .expect("backups")
+        .iter()
+        .find(|b| b["record"]["id"] == id)
+        .unwrap_or_else(|| panic!("backup {id} is listed: {list}"));
+    backup["record"]["finished"]
+        .as_str()
+        .expect("finished")
+        .parse()
+        .expect("a timestamp")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restores_at_ten_targets_hold_exactly_the_rows_committed_before_each() {
     let pg = Arc::new(PgCluster::start());
@@ -55,7 +74,12 @@ async fn restores_at_ten_targets_hold_exactly_the_rows_committed_before_each() {
     pause(1000).await;
     let second_started = Timestamp::now();
     let second = backup(&env);
-    let second_done = Timestamp::now();
+    // A restore to a time starts from the newest backup whose record says
+    // it finished by then. That is earlier than the test's clock once
+    // `pitr backup` returned (the command then waits for the backup's WAL
+    // to be stored, and exits): a target in between is restored from the
+    // second backup, so the record's time is what the targets are judged by.
+    let second_finished = recorded_finish(&env, &second);
     pause(1000).await;
     pg.psql("SELECT pg_switch_wal()");
     pause(1000).await;
@@ -84,7 +108,7 @@ async fn restores_at_ten_targets_hold_exactly_the_rows_committed_before_each() {
         .expect("rows before the second backup");
     let first_after_second = rows
         .iter()
-        .position(|(_, t)| *t > second_done)
+        .position(|(_, t)| *t > second_finished)
         .expect("rows after the second backup");
     assert!(first_after_second + 3 < n, "rows after the second backup");
     let mut targets = vec![
@@ -114,7 +138,9 @@ async fn restores_at_ten_targets_hold_exactly_the_rows_committed_before_each() {
     for (what, t) in &targets {
         let plan = plan_json(&env, *t);
         let chosen = plan["backup"]["id"].as_str().expect("backup id");
-        if *t < second_done {
+        // pitr gets the target in microseconds (`pg_time`).
+        let sent = pitr::pitr::parse_time(&pitr::pitr::pg_time(*t)).expect("a time");
+        if sent < second_finished {
             assert_eq!(chosen, first, "{what}: {plan}");
         } else {
             assert_eq!(chosen, second, "{what}: {plan}");
