@@ -49,6 +49,14 @@ pub struct GcPlan {
     pub bytes_freed: u64,
     /// Bytes marked now (freed by a run after the grace period).
     pub bytes_marked: u64,
+    /// The time the marks are dated: once the destinations were listed,
+    /// never before it. A writer whose uncommitted pack the listing saw
+    /// began before then, so the in-flight rule keeps that pack while it
+    /// runs; a mark dated when the plan began (before the listing) would
+    /// predate a writer begun during the listing and leave its pack
+    /// unprotected.
+    #[serde(skip)]
+    pub marked_at: Timestamp,
 }
 
 /// What garbage collection did.
@@ -154,6 +162,7 @@ pub(super) async fn plan(
             .into_iter()
             .map(|(id, size)| (id, size, true)),
     );
+    plan.marked_at = now.max(Timestamp::now());
     for (id, size, orphan) in all {
         let marked = match states.get(&id) {
             Some(PackGcState::Marked(t)) => Some(*t),
@@ -222,7 +231,7 @@ pub(super) async fn apply(
     outcome.marked = first.mark.len();
     outcome.unmarked = first.unmark.len();
     let forget_commit = repo
-        .commit_removals(plan.forget.clone(), first, plan.now)
+        .commit_removals(plan.forget.clone(), first, plan.gc.marked_at.max(plan.now))
         .await?;
 
     if !plan.gc.delete.is_empty() {

@@ -789,6 +789,57 @@ async fn packs_no_commit_names_are_collected_but_not_a_writers_in_flight() {
     assert!(verified.problems.is_empty(), "{:?}", verified.problems);
 }
 
+/// A retention run whose plan is dated before a writer began, but which
+/// lists the destinations after that writer uploaded a pack: the pack's
+/// mark is dated once the listing was taken, not when the plan began, so
+/// the in-flight rule keeps it until the writer commits (dated at the
+/// plan's start, the next run deleted it under the writer).
+#[tokio::test]
+async fn a_writer_begun_while_garbage_is_planned_keeps_its_pack() {
+    let t = TestRepo::new().await;
+    let config = config(&t);
+    let repo = t.open().await;
+    let planned = jiff::Timestamp::now();
+    // The writer begins strictly after the plan's time.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let content = data(14, 5 << 20, 0);
+    let mut w = repo.writer();
+    w.put(
+        "x/late",
+        "test",
+        serde_json::json!({}),
+        Chunking::Cdc,
+        &content[..],
+    )
+    .await
+    .expect("put");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while repo.fanout().list("packs/").await.expect("list").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer's pack was not uploaded in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let opts = RunOptions {
+        now: planned,
+        grace: Duration::ZERO,
+        scope: Scope::All,
+    };
+    let (plan, _) = retention::run(&repo, &config, &opts, false)
+        .await
+        .expect("retention run");
+    assert_eq!(plan.gc.mark.len(), 1, "{}", plan.render());
+    assert!(plan.gc.marked_at > planned, "marks dated after the listing");
+    let plan = gc(&repo, &config, Duration::ZERO).await;
+    assert!(plan.gc.delete.is_empty(), "{}", plan.render());
+    assert_eq!(plan.gc.waiting.len(), 1, "{}", plan.render());
+    w.commit().await.expect("commit");
+    assert_eq!(read(&repo, "x/late").await, content);
+    let verified = repo.verify().await.expect("verify");
+    assert!(verified.problems.is_empty(), "{:?}", verified.problems);
+}
+
 /// Retention run from another state directory (another host, CI) marks and,
 /// after the grace period, deletes a pack; a live writer elsewhere that
 /// re-reads the catalog at least every `gc_grace / 2` never references it
