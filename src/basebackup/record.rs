@@ -33,7 +33,10 @@ pub struct BackupRecord {
     pub end_timeline: u32,
     /// When the backup started.
     pub started: Timestamp,
-    /// When the server finished sending it.
+    /// When its files were stored (after the server finished sending them
+    /// and the last upload; before its record is committed and before its
+    /// WAL is waited for). `pitr restore --at` starts from the newest
+    /// backup finished at or before the target.
     pub finished: Timestamp,
     /// Tablespaces outside the data directory.
     pub tablespaces: Vec<TablespaceInfo>,
