@@ -166,7 +166,7 @@ pub async fn mark_restorable(repo: &Repository, db: &str) -> Result<Vec<String>,
 /// backup whose WAL arrived) when its WAL is stored: polls the store's
 /// catalog, so WAL stored by another process (`pitr run`) counts. The first
 /// polls come quickly (the stream usually stores the backup's last segment
-/// within a second), then every `poll`. Gives up after `timeout` with
+/// within a second), then further apart up to every `poll`. Gives up after `timeout` with
 /// [`BackupError::WalNotStored`].
 pub async fn wait_restorable(
     repo: &Repository,
@@ -211,9 +211,16 @@ pub async fn wait_restorable(
             });
         }
         tokio::time::sleep(nap).await;
-        nap = (nap * 2).min(poll);
+        if started.elapsed() >= QUICK_POLLS {
+            nap = (nap * 2).min(poll);
+        }
     }
 }
 
 /// The first wait between two polls of [`wait_restorable`].
 const FIRST_POLL: Duration = Duration::from_millis(100);
+/// For this long polls stay [`FIRST_POLL`] apart: the stream stores a
+/// partial every half second, so the backup's WAL is usually stored within
+/// a second, and a doubling wait would find it up to twice as late (one
+/// small catalog listing per poll).
+const QUICK_POLLS: Duration = Duration::from_secs(3);
