@@ -27,7 +27,9 @@
 //! Environment: `PITR_BENCH_IDLE_SECS` (default 300), `PITR_BENCH_BUSY_SECS`
 //! (default 120), `PITR_BENCH_ROUNDS` (throughput rounds, default 3),
 //! `PITR_BENCH_BATCH_SECS` (the batch interval, default 300),
-//! `PITR_BENCH_BATCHED_SECS` (how long the batched run lasts, default 900).
+//! `PITR_BENCH_BATCHED_SECS` (how long the batched run lasts, default 900),
+//! `PITR_BENCH_ALONE_SECS` (the run before it with the directory alone, for
+//! the acknowledgement delay without a batched destination, default 120).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -392,6 +394,7 @@ async fn batched_puts_per_hour(
     moto: &Moto,
     batch_secs: u64,
     busy_secs: u64,
+    alone_secs: u64,
 ) -> anyhow::Result<String> {
     let base = std::env::temp_dir();
     let pg = common::pg::Cluster::start(&base, &[])?;
@@ -420,14 +423,6 @@ async fn batched_puts_per_hour(
     };
     pitr::repo::Repository::init(&fanout, &opts).await?;
     let repo = pitr::repo::Repository::open(fanout, opts.clone()).await?;
-    let stage = Arc::new(pitr::repo::BatchStage::new(
-        "s3",
-        &opts.state_dir,
-        &opts.recipients,
-        repo.key(),
-    )?);
-    repo.attach_batch_stage(stage.clone());
-    let batched = repo.open_batched(pitr::ship::Fanout::new(vec![s3])).await?;
     let info = pitr::wal::ConnInfo::parse(&pg.conninfo())?;
     let (tx, progress) = tokio::sync::watch::channel(pitr::wal::Progress::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -453,6 +448,17 @@ async fn batched_puts_per_hour(
         anyhow::ensure!(Instant::now() < deadline, "the stream did not catch up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // First the directory alone: the acknowledgement delay without any
+    // batched destination, on the same cluster and stream.
+    let (_, alone) = ten_commits_per_second(&client, &progress, alone_secs).await?;
+    let stage = Arc::new(pitr::repo::BatchStage::new(
+        "s3",
+        &opts.state_dir,
+        &opts.recipients,
+        repo.key(),
+    )?);
+    repo.attach_batch_stage(stage.clone());
+    let batched = repo.open_batched(pitr::ship::Fanout::new(vec![s3])).await?;
     // The first batch brings the destination up to date; counting starts
     // after it, as a sidecar that has run for a while sees it.
     repo.send_batch(&batched, Some(&stage), &pitr::wal::superseded_by)
@@ -492,9 +498,11 @@ async fn batched_puts_per_hour(
     let built: usize = batches.iter().map(|b| b.packs_built).sum();
     let copied: usize = batches.iter().map(|b| b.packs_copied).sum();
     Ok(format!(
-        "| destination | measured | batches | PUTs | PUTs per hour | bytes uploaded per hour | packs built / copied whole | commit to acknowledgement, median / max |\n\
+        "| destinations | measured | batches | PUTs to s3 | s3 PUTs per hour | s3 bytes uploaded per hour | packs built / copied whole | commit to acknowledgement, median / max |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n\
-         | s3, batch_interval {batch_secs} s, beside an fs destination taking every write | {busy_secs} s ({n} commits) | {} | {busy} | {:.0} | {:.1} MB | {built} / {copied} | {} |\n",
+         | fs alone (before s3 is added) | {alone_secs} s | - | - | - | - | - | {} |\n\
+         | fs, and s3 with batch_interval {batch_secs} s | {busy_secs} s ({n} commits) | {} | {busy} | {:.0} | {:.1} MB | {built} / {copied} | {} |\n",
+        alone.show(),
         batches.len(),
         busy as f64 * 3600.0 / busy_secs as f64,
         busy_bytes as f64 * 3600.0 / busy_secs as f64 / common::MB,
@@ -551,7 +559,13 @@ fn main() -> anyhow::Result<()> {
     }
     if part("batched") {
         let load_before = load();
-        let batched = rt.block_on(batched_puts_per_hour(&moto, batch_secs, batched_secs))?;
+        let alone_secs = env_u64("PITR_BENCH_ALONE_SECS", 120);
+        let batched = rt.block_on(batched_puts_per_hour(
+            &moto,
+            batch_secs,
+            batched_secs,
+            alone_secs,
+        ))?;
         let md = format!(
             "Command: `PITR_BENCH_PARTS=batched cargo bench --bench s3 -- --write-md` (interval {batch_secs} s over \
              {batched_secs} s at 10 commits per second); load average before: {load_before}, after: {}.\n\n{batched}",
