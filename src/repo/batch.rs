@@ -30,7 +30,7 @@ use jiff::Timestamp;
 
 use super::datakey::DataKey;
 use super::keys::ChunkId;
-use super::manifest::{Commit, ContentIds, FORMAT_VERSION, Forget, ItemRecord, PackRecord};
+use super::manifest::{ContentIds, Forget, ItemRecord, PackRecord};
 use super::pack::{PackBuilder, PackId};
 use super::{RepoError, Repository, local};
 use crate::catalog::{Catalog, ItemHead};
@@ -659,50 +659,20 @@ impl Repository {
             .into_iter()
             .map(|(commit, names)| Forget { commit, names })
             .collect();
-        let object = batched.store_commit(packs, items, forget, cids).await?;
+        let object = batched
+            .store_commit(
+                packs,
+                items,
+                forget,
+                Default::default(),
+                cids,
+                Timestamp::now(),
+            )
+            .await?;
         report.objects += 1;
         report.commit = Some(object);
         finish_stage(stage, cut);
         Ok(report)
-    }
-
-    /// Stores one commit of packs already uploaded, items and forgets, and
-    /// records it in the local catalog.
-    async fn store_commit(
-        &self,
-        packs: Vec<PackRecord>,
-        items: Vec<ItemRecord>,
-        forget: Vec<Forget>,
-        mut cids: ContentIds,
-    ) -> Result<String, RepoError> {
-        let inner = &self.inner;
-        let _serial = inner.commit_lock.lock().await;
-        let seq = self.catalog().next_seq()?;
-        for (dest, objects) in self.catalog().uncarried_cids()? {
-            cids.entry(dest).or_default().extend(objects);
-        }
-        let mut commit = Commit {
-            version: FORMAT_VERSION,
-            seq,
-            writer: inner.writer_id.clone(),
-            time: Timestamp::now(),
-            packs,
-            items,
-            forget,
-            gc: Default::default(),
-            cids,
-        };
-        commit.version = commit.version_for();
-        let object = commit.object_name();
-        let bytes = commit.encode(&inner.key);
-        let own = inner.fanout.content_ids(&object, &bytes);
-        inner
-            .fanout
-            .put_if_absent(&object, Bytes::from(bytes))
-            .await?;
-        self.catalog().apply(&object, &commit)?;
-        self.catalog().note_cids(&object, &own)?;
-        Ok(object)
     }
 }
 

@@ -444,42 +444,27 @@ impl Writer {
         if self.items.is_empty() && self.uploaded.is_empty() {
             return Ok(None);
         }
-        let inner = &self.repo.inner;
-        let _serial = inner.commit_lock.lock().await;
-        let seq = self.repo.catalog().next_seq()?;
-        let mut cids = self.repo.catalog().uncarried_cids()?;
-        for (dest, objects) in std::mem::take(&mut self.cids) {
-            cids.entry(dest).or_default().extend(objects);
-        }
-        let mut commit = Commit {
-            version: FORMAT_VERSION,
-            seq,
-            writer: inner.writer_id.clone(),
-            time: Timestamp::now(),
-            packs: std::mem::take(&mut self.uploaded),
-            items: std::mem::take(&mut self.items),
-            forget: Vec::new(),
-            gc: Default::default(),
-            cids,
-        };
-        commit.version = commit.version_for();
-        let object = commit.object_name();
-        let bytes = commit.encode(&inner.key);
-        let own = inner.fanout.content_ids(&object, &bytes);
-        inner
-            .fanout
-            .put_if_absent(&object, Bytes::from(bytes))
+        let packs = std::mem::take(&mut self.uploaded);
+        let items = std::mem::take(&mut self.items);
+        let info = (items.len(), packs.len(), packs.iter().map(|p| p.size).sum());
+        let object = self
+            .repo
+            .store_commit(
+                packs,
+                items,
+                Vec::new(),
+                Default::default(),
+                std::mem::take(&mut self.cids),
+                Timestamp::now(),
+            )
             .await?;
-        self.repo.catalog().apply(&object, &commit)?;
-        // A commit cannot hold its own id: the next one carries it.
-        self.repo.catalog().note_cids(&object, &own)?;
         self.pending.clear();
         self.inflight = None;
         Ok(Some(CommitInfo {
             object,
-            items: commit.items.len(),
-            packs: commit.packs.len(),
-            pack_bytes: commit.packs.iter().map(|p| p.size).sum(),
+            items: info.0,
+            packs: info.1,
+            pack_bytes: info.2,
         }))
     }
 
@@ -533,19 +518,42 @@ impl Repository {
         if forget.is_empty() && gc.is_empty() {
             return Ok(None);
         }
+        let object = self
+            .store_commit(Vec::new(), Vec::new(), forget, gc, ContentIds::new(), time)
+            .await?;
+        Ok(Some(object))
+    }
+
+    /// Stores one commit (packs already uploaded, items, forgets, garbage
+    /// collection, content ids of the objects it introduces) in every
+    /// destination, then records it in the local catalog. The one place a
+    /// commit is made: writers, removals and batches.
+    pub(super) async fn store_commit(
+        &self,
+        packs: Vec<PackRecord>,
+        items: Vec<ItemRecord>,
+        forget: Vec<super::Forget>,
+        gc: super::GcRecord,
+        new_cids: ContentIds,
+        time: Timestamp,
+    ) -> Result<String, RepoError> {
         let inner = &self.inner;
         let _serial = inner.commit_lock.lock().await;
         let seq = self.catalog().next_seq()?;
+        let mut cids = self.catalog().uncarried_cids()?;
+        for (dest, objects) in new_cids {
+            cids.entry(dest).or_default().extend(objects);
+        }
         let mut commit = Commit {
             version: FORMAT_VERSION,
             seq,
             writer: inner.writer_id.clone(),
             time,
-            packs: Vec::new(),
-            items: Vec::new(),
+            packs,
+            items,
             forget,
             gc,
-            cids: self.catalog().uncarried_cids()?,
+            cids,
         };
         commit.version = commit.version_for();
         let object = commit.object_name();
@@ -556,7 +564,8 @@ impl Repository {
             .put_if_absent(&object, Bytes::from(bytes))
             .await?;
         self.catalog().apply(&object, &commit)?;
+        // A commit cannot hold its own id: the next one carries it.
         self.catalog().note_cids(&object, &own)?;
-        Ok(Some(object))
+        Ok(object)
     }
 }
