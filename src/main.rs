@@ -391,18 +391,25 @@ fn main() -> ExitCode {
     code
 }
 
-/// Bounded memory (invariant 7) under glibc. Its default lets the mmap
-/// threshold climb to 32 MiB once a large buffer is freed, after which pack
-/// buffers (16 MiB) and chunks (256 KiB) come from per-thread arenas that
-/// keep freed memory resident; and it allows 8 arenas per core for the
-/// blocking threads that compress chunks. Measured on a 1 GiB SQLite
-/// snapshot (BENCHMARKS.md, `sqlite`): peak RSS 118 MB before.
+/// Bounded memory (invariant 7) under glibc, without paying for it in page
+/// faults. glibc's default lets the mmap threshold climb to 32 MiB once a
+/// large buffer is freed, after which pack buffers (16 MiB) come from
+/// per-thread arenas that keep freed memory resident, and it allows 8 arenas
+/// per core for the blocking threads that compress chunks (peak RSS 118 MB
+/// on a 1 GiB SQLite snapshot, BENCHMARKS.md `sqlite`). So the threshold is
+/// fixed, two arenas at most, but just above a page-sized chunk (128 KiB of
+/// data plus glibc's header): at exactly 128 KiB every chunk was a fresh
+/// mmap, zero-filled on first touch and unmapped with a TLB shootdown when
+/// dropped, which cost a base backup of 2.2 GB 4.3 s of kernel time out of
+/// 8 (BENCHMARKS.md `basebackup`). The trim threshold keeps an arena from
+/// giving its top back, and faulting it in again, after every pack.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; this runs first in
     // main, before any other thread exists.
     unsafe {
-        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 132 * 1024);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 2 * 1024 * 1024);
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
     }
 }
