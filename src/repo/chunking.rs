@@ -88,6 +88,13 @@ impl<'de> serde::Deserialize<'de> for Chunking {
     }
 }
 
+/// Where a content-defined cut of one input stands.
+enum Cdc<R: AsyncRead + Unpin> {
+    Start(R),
+    Cutting(Box<fastcdc::v2020::AsyncStreamCDC<tokio::io::Chain<std::io::Cursor<Vec<u8>>, R>>>),
+    Done,
+}
+
 /// A stream of chunks read from `reader`; memory is bounded by one chunk plus
 /// the chunker's buffer.
 pub fn chunks<'a, R>(
@@ -99,24 +106,45 @@ where
 {
     match chunking {
         Chunking::Cdc => {
-            let stream = futures::stream::unfold(
-                Some(fastcdc::v2020::AsyncStreamCDC::new(
-                    reader, CDC_MIN, CDC_AVG, CDC_MAX,
-                )),
-                |state| async move {
-                    let mut cdc = state?;
-                    let next = {
-                        let mut s = Box::pin(cdc.as_stream());
-                        s.next().await
-                    };
-                    match next {
-                        None => None,
-                        Some(Ok(c)) => Some((Ok(c.data), Some(cdc))),
-                        Some(Err(fastcdc::v2020::Error::IoError(e))) => Some((Err(e), None)),
-                        Some(Err(e)) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            let stream = futures::stream::unfold(Cdc::Start(reader), |state| async move {
+                let mut cdc = match state {
+                    Cdc::Done => return None,
+                    Cdc::Cutting(cdc) => cdc,
+                    Cdc::Start(mut reader) => {
+                        // FastCDC cuts nothing out of CDC_MIN bytes or fewer:
+                        // such an input is one chunk, and most files in a base
+                        // backup are that small. Its chunker zero-fills a
+                        // buffer of CDC_MAX per input, which cost more than
+                        // the rest of an incremental backup of 980 files.
+                        let mut head = Vec::with_capacity(CDC_MIN as usize + 1);
+                        let read = (&mut reader)
+                            .take(u64::from(CDC_MIN) + 1)
+                            .read_to_end(&mut head)
+                            .await;
+                        match read {
+                            Err(e) => return Some((Err(e), Cdc::Done)),
+                            Ok(0) => return None,
+                            Ok(n) if n <= CDC_MIN as usize => return Some((Ok(head), Cdc::Done)),
+                            Ok(_) => Box::new(fastcdc::v2020::AsyncStreamCDC::new(
+                                std::io::Cursor::new(head).chain(reader),
+                                CDC_MIN,
+                                CDC_AVG,
+                                CDC_MAX,
+                            )),
+                        }
                     }
-                },
-            );
+                };
+                let next = {
+                    let mut s = Box::pin(cdc.as_stream());
+                    s.next().await
+                };
+                match next {
+                    None => None,
+                    Some(Ok(c)) => Some((Ok(c.data), Cdc::Cutting(cdc))),
+                    Some(Err(fastcdc::v2020::Error::IoError(e))) => Some((Err(e), Cdc::Done)),
+                    Some(Err(e)) => Some((Err(std::io::Error::other(e.to_string())), Cdc::Done)),
+                }
+            });
             Box::pin(stream)
         }
         Chunking::Fixed(size) => {
@@ -186,6 +214,30 @@ mod tests {
             "{common} of {} chunks survive",
             a.len()
         );
+    }
+
+    #[tokio::test]
+    async fn small_inputs_are_one_chunk_as_fastcdc_cuts_them() {
+        let mut x: u64 = 7;
+        let data: Vec<u8> = (0..3 * CDC_MIN as usize)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 33) as u8
+            })
+            .collect();
+        let min = CDC_MIN as usize;
+        for len in [1, 4096, min - 1, min, min + 1, 2 * min, 3 * min] {
+            let input = &data[..len];
+            let ours = cut(Chunking::Cdc, input).await;
+            let theirs: Vec<Vec<u8>> =
+                fastcdc::v2020::FastCDC::new(input, CDC_MIN, CDC_AVG, CDC_MAX)
+                    .map(|c| input[c.offset..c.offset + c.length].to_vec())
+                    .collect();
+            assert_eq!(ours, theirs, "{len} bytes");
+        }
+        assert!(cut(Chunking::Cdc, &[]).await.is_empty());
     }
 
     #[test]
