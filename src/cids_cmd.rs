@@ -2,8 +2,8 @@
 //! catalog holds, so an operator can fetch an object from any IPFS gateway
 //! by CID, without the Storacha account.
 
-use pitr::catalog::CidRow;
 use pitr::config::{Config, DestinationKind};
+use pitr::repo::catalog::CidRow;
 
 use crate::restore_cmd::open_repo;
 

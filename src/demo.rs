@@ -301,7 +301,7 @@ async fn demo_steps(
         database: db.clone(),
         conninfo: pitr::wal::ConnInfo::of_entry(&config.postgres[0])?,
         label: "pitr demo".to_owned(),
-        checkpoint: pitr::basebackup::Checkpoint::Fast,
+        checkpoint: pitr::pg::Checkpoint::Fast,
         max_rate_kb: None,
         incremental_max_chain: config.postgres[0].incremental_max_chain,
         manifest_checksums: Default::default(),
@@ -327,7 +327,7 @@ async fn demo_steps(
         let at = source.sql(&format!(
             "INSERT INTO demo VALUES ({n}, clock_timestamp()) RETURNING at"
         ))?;
-        stamps.push(pitr::pitr::parse_time(&at)?);
+        stamps.push(pitr::restore::parse_time(&at)?);
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     wait_stored(&progress, source).await?;
@@ -340,15 +340,15 @@ async fn demo_steps(
         .context("target time")?;
     println!(
         "4. wrote rows 1..6; row 3 committed at {}, row 4 at {}",
-        pitr::pitr::pg_time(before),
-        pitr::pitr::pg_time(after)
+        pitr::restore::pg_time(before),
+        pitr::restore::pg_time(after)
     );
 
     // 5. Restore to the moment between rows 3 and 4.
-    let t = pitr::pitr::Target::Time(target);
-    let plan = pitr::pitr::plan(repo, db, &t, None).await?;
+    let t = pitr::restore::Target::Time(target);
+    let plan = pitr::restore::plan(repo, db, &t, None).await?;
     let restored_dir = dir.join("pg").join("restored");
-    let opts = pitr::pitr::RestoreOptions {
+    let opts = pitr::restore::RestoreOptions {
         target_dir: restored_dir.clone(),
         force: false,
         recover: true,
@@ -364,10 +364,10 @@ async fn demo_steps(
     };
     println!(
         "5. pitr restore --at '{}' --target {}",
-        pitr::pitr::pg_time(target),
+        pitr::restore::pg_time(target),
         restored_dir.display()
     );
-    let report = pitr::pitr::restore(repo, &plan, &opts).await?;
+    let report = pitr::restore::restore(repo, &plan, &opts).await?;
     if let Some(r) = &report.reached {
         println!(
             "   recovery checked: stopped {}",

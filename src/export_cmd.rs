@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pitr::config::Config;
-use pitr::pitr::{ExportError, Selection};
+use pitr::restore::{ExportError, Selection};
 
 use crate::restore_cmd::open_repo;
 use crate::{DatabaseArg, Exit, mib, postgres_entry};
@@ -62,7 +62,7 @@ pub async fn export(
                 .join(", ")
         ))
     })?;
-    let report = pitr::pitr::export(&repo, source.as_ref(), to, &selection)
+    let report = pitr::restore::export(&repo, source.as_ref(), to, &selection)
         .await
         .map_err(|e| match e {
             ExportError::NotEmpty { .. } | ExportError::NothingSelected => {

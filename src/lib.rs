@@ -1,22 +1,22 @@
 //! pitr keeps PostgreSQL and SQLite databases recoverable to any second of
-//! their history. See `docs/` and the design card for the architecture: data
-//! flows from the sources (`wal`, `basebackup`, `sqlite`) through the
-//! repository format (`repo`) to the destinations (`ship`); `catalog` indexes
-//! what is stored; `pitr` plans and runs restores.
+//! their history. docs/ARCHITECTURE.md has the layers and the invariants:
+//! data flows from the sources (`wal`, `basebackup`, `sqlite`) through the
+//! repository format (`repo`, its catalog inside) to the destinations
+//! (`ship`); `restore` plans and runs restores; `sidecar` runs it all.
 
 pub mod alert;
 pub mod basebackup;
 pub mod beneath;
-pub mod catalog;
 pub mod config;
 pub mod crashsafe;
+pub mod cron;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod health;
 pub mod listing;
 pub mod pg;
-pub mod pitr;
 pub mod repo;
+pub mod restore;
 pub mod retention;
 pub mod ship;
 pub mod sidecar;

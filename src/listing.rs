@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use crate::basebackup::{BackupError, BackupRecord};
 use crate::config::Config;
-use crate::pitr::{PlanError, Window};
 use crate::repo::{RepoError, Repository};
-use crate::sqlite::SqliteWindow;
+use crate::restore::sqlite::SqliteWindow;
+use crate::restore::{PlanError, Window};
 use crate::verify::{DatabaseKind, VerifyReport};
 use crate::wal::{Lsn, WalStore};
 
@@ -120,7 +120,7 @@ pub enum ListingError {
     Sqlite(#[from] crate::sqlite::store::StoreError),
     /// The SQLite window could not be computed.
     #[error(transparent)]
-    SqliteWindow(#[from] crate::sqlite::SqliteRestoreError),
+    SqliteWindow(#[from] crate::restore::sqlite::SqliteRestoreError),
 }
 
 /// Builds the listing of every configured database from the local catalog
@@ -154,7 +154,7 @@ pub async fn listing(repo: &Repository, config: &Config) -> Result<Listing, List
             name: pg.name.clone(),
             backups,
             wal,
-            windows: crate::pitr::windows(repo, &pg.name).await?,
+            windows: crate::restore::windows(repo, &pg.name).await?,
             last_test_restore: tested(DatabaseKind::Postgres, &pg.name),
         });
     }
@@ -180,7 +180,7 @@ pub async fn listing(repo: &Repository, config: &Config) -> Result<Listing, List
                 item: c.item.name.clone(),
                 at: c.attrs.at,
             }),
-            window: crate::sqlite::window(repo, &s.name)?,
+            window: crate::restore::sqlite::window(repo, &s.name)?,
             last_test_restore: tested(DatabaseKind::Sqlite, &s.name),
         });
     }

@@ -339,7 +339,7 @@ fn main() -> ExitCode {
     // PostgreSQL runs this once per WAL file while replay waits: no logging
     // set-up, no runtime threads, just the round trip.
     if let Command::RestoreFetch { socket, file, path } = &cli.command {
-        return ExitCode::from(pitr::pitr::fetch_client(socket, file, path));
+        return ExitCode::from(pitr::restore::fetch_client(socket, file, path));
     }
     // The sidecar reports what it does; one-shot commands stay quiet unless
     // something is wrong.
@@ -517,9 +517,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = load(&config)?;
             let checkpoint = if spread_checkpoint {
-                pitr::basebackup::Checkpoint::Spread
+                pitr::pg::Checkpoint::Spread
             } else {
-                pitr::basebackup::Checkpoint::Fast
+                pitr::pg::Checkpoint::Fast
             };
             backup(
                 &config,
@@ -588,7 +588,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let db = postgres_entry(&config, database.postgres.as_deref())?;
             let repo = restore_cmd::open_repo_for_restore(&config).await?;
             let plan = make_plan(&repo, &db.name, &target, timeline).await?;
-            let opts = pitr::pitr::RestoreOptions {
+            let opts = pitr::restore::RestoreOptions {
                 target_dir: target_path,
                 force,
                 recover: !no_recover,
@@ -606,7 +606,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::RestoreFetch { socket, file, path } => {
             // Answered in main before the runtime starts; kept for the match.
-            let code = pitr::pitr::fetch_client(&socket, &file, &path);
+            let code = pitr::restore::fetch_client(&socket, &file, &path);
             std::process::exit(code.into());
         }
         Command::WalFetch {
@@ -1221,7 +1221,7 @@ fn postgres_entry<'a>(
 async fn backup(
     config: &Config,
     postgres: Option<&str>,
-    checkpoint: pitr::basebackup::Checkpoint,
+    checkpoint: pitr::pg::Checkpoint,
     max_rate_kb: Option<u32>,
     wait_wal: std::time::Duration,
 ) -> anyhow::Result<()> {

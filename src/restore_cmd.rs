@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 
 use pitr::config::Config;
-use pitr::pitr::{Plan, PlanError, RestoreError, RestoreOptions, Target};
 use pitr::repo::Repository;
+use pitr::restore::{Plan, PlanError, RestoreError, RestoreOptions, Target};
 use pitr::verify::VerifyReport;
 
 use crate::{Exit, TargetArg, mib};
@@ -75,7 +75,7 @@ pub async fn make_plan(
     target: &Target,
     timeline: Option<u32>,
 ) -> anyhow::Result<Plan> {
-    pitr::pitr::plan(repo, database, target, timeline)
+    pitr::restore::plan(repo, database, target, timeline)
         .await
         .map_err(|e: PlanError| {
             if e.is_not_possible() {
@@ -109,7 +109,7 @@ pub fn print_plan(plan: &Plan) {
         plan.backup.id,
         plan.backup.start_lsn,
         plan.backup.end_lsn,
-        pitr::pitr::pg_time(plan.backup.finished),
+        pitr::restore::pg_time(plan.backup.finished),
         plan.backup.files,
         mib(plan.backup.bytes)
     );
@@ -129,8 +129,12 @@ pub fn print_plan(plan: &Plan) {
         plan.stop.file, plan.stop.end
     );
     let window = match (plan.window.earliest, plan.window.latest) {
-        (Some(e), Some(l)) => format!("{} to {}", pitr::pitr::pg_time(e), pitr::pitr::pg_time(l)),
-        (Some(e), None) => format!("{} on", pitr::pitr::pg_time(e)),
+        (Some(e), Some(l)) => format!(
+            "{} to {}",
+            pitr::restore::pg_time(e),
+            pitr::restore::pg_time(l)
+        ),
+        (Some(e), None) => format!("{} on", pitr::restore::pg_time(e)),
         _ => "-".to_owned(),
     };
     println!("  window       {window} on timeline {}", plan.timeline);
@@ -165,7 +169,7 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
                 r.end_timeline,
                 r.start_lsn,
                 r.end_lsn,
-                pitr::pitr::pg_time(r.finished),
+                pitr::restore::pg_time(r.finished),
                 mib(r.bytes),
                 mib(r.stored_bytes),
                 if b.restorable {
@@ -197,11 +201,15 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
         for w in &pg.windows {
             let text = match (w.earliest, w.latest) {
                 (Some(e), Some(l)) => {
-                    format!("{} to {}", pitr::pitr::pg_time(e), pitr::pitr::pg_time(l))
+                    format!(
+                        "{} to {}",
+                        pitr::restore::pg_time(e),
+                        pitr::restore::pg_time(l)
+                    )
                 }
                 (Some(e), None) => format!(
                     "{} on (no transaction after it stored yet)",
-                    pitr::pitr::pg_time(e)
+                    pitr::restore::pg_time(e)
                 ),
                 _ => "none (no restorable base backup on this timeline)".to_owned(),
             };
@@ -232,7 +240,7 @@ pub fn test_restore_text(report: Option<&VerifyReport>) -> String {
     let mut s = format!(
         "{} {} ({:.1} s",
         if r.ok { "passed" } else { "FAILED" },
-        pitr::pitr::pg_time(r.started),
+        pitr::restore::pg_time(r.started),
         r.duration_secs
     );
     if let Some(b) = &r.backup {
@@ -297,7 +305,7 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
         bar
     });
     let reporter = bar.clone().map(|bar| {
-        let (tx, mut rx) = tokio::sync::watch::channel(pitr::pitr::RestoreProgress::default());
+        let (tx, mut rx) = tokio::sync::watch::channel(pitr::restore::RestoreProgress::default());
         opts.progress = Some(tx);
         let wal_total = (plan.history.len() + plan.segments.len()) as u64;
         tokio::spawn(async move {
@@ -324,7 +332,7 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
         })
     });
     let opts = &opts;
-    let result = pitr::pitr::restore(repo, plan, opts).await;
+    let result = pitr::restore::restore(repo, plan, opts).await;
     if let Some(r) = reporter {
         r.abort();
     }
@@ -358,7 +366,7 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
         Some(r) => {
             let last = r
                 .last_transaction
-                .map_or("none replayed".to_owned(), pitr::pitr::pg_time);
+                .map_or("none replayed".to_owned(), pitr::restore::pg_time);
             println!(
                 "Restored [[postgres]] {:?} to {} in {}: recovery checked.",
                 plan.database,

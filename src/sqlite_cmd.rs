@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use pitr::config::{Config, SqliteConfig};
-use pitr::pitr::Target;
 use pitr::repo::Repository;
-use pitr::sqlite::{SqlitePlan, SqliteRestoreError};
+use pitr::restore::Target;
+use pitr::restore::sqlite::{SqlitePlan, SqliteRestoreError};
 
 use crate::{Exit, mib};
 
@@ -44,7 +44,7 @@ fn classify(e: SqliteRestoreError) -> anyhow::Error {
 
 /// Plans, mapping errors to exit codes.
 pub fn make_plan(repo: &Repository, name: &str, target: &Target) -> anyhow::Result<SqlitePlan> {
-    pitr::sqlite::plan(repo, name, target).map_err(classify)
+    pitr::restore::sqlite::plan(repo, name, target).map_err(classify)
 }
 
 /// `pitr plan --sqlite` as a table.
@@ -84,7 +84,7 @@ pub fn print_plan(plan: &SqlitePlan) {
     println!("  download     {}", mib(plan.bytes()));
 }
 
-fn window_text(w: &pitr::sqlite::SqliteWindow) -> String {
+fn window_text(w: &pitr::restore::sqlite::SqliteWindow) -> String {
     match (w.earliest, w.latest) {
         (Some(e), Some(l)) => format!("{e} to {l}"),
         (None, Some(l)) => format!("none (no snapshot; last capture {l})"),
@@ -107,7 +107,7 @@ pub async fn restore(
         plan.captures.len(),
         mib(plan.bytes())
     );
-    let result = pitr::sqlite::restore(repo, plan, target, force).await;
+    let result = pitr::restore::sqlite::restore(repo, plan, target, force).await;
     let skipped = crate::restore_cmd::skipped_text(repo);
     if result.is_err() {
         eprint!("{skipped}");

@@ -100,7 +100,7 @@ fn print_report(r: &VerifyReport) {
         r.database,
         if r.ok { "PASSED" } else { "FAILED" }
     );
-    println!("  started      {}", pitr::pitr::pg_time(r.started));
+    println!("  started      {}", pitr::restore::pg_time(r.started));
     println!("  took         {:.1} s", r.duration_secs);
     println!("  target       {}", r.target.as_deref().unwrap_or("-"));
     println!("  from         {}", r.backup.as_deref().unwrap_or("-"));

@@ -36,7 +36,7 @@ pub use record::{
     wait_restorable,
 };
 pub use restore::{RestoreOptions, RestoreSummary, restore};
-pub use take::{BackupOptions, BackupProgress, Checkpoint, ManifestChecksums, take};
+pub use take::{BackupOptions, BackupProgress, take};
 
 use crate::repo::RepoError;
 use crate::wal::{ConnError, Lsn};
@@ -72,7 +72,7 @@ pub enum BackupError {
     Repo(#[from] RepoError),
     /// The catalog failed.
     #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
+    Catalog(#[from] crate::repo::catalog::CatalogError),
     /// The WAL store failed.
     #[error(transparent)]
     Wal(#[from] crate::wal::WalStoreError),

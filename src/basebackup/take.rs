@@ -17,45 +17,13 @@ use super::pgmanifest;
 use super::receive::{ChannelReader, FileJob, Run, STORE_GONE};
 use super::record::BackupRecord;
 use super::{BackupError, KIND_BACKUP, KIND_FILE, KIND_META, files_prefix, record_name};
+use crate::pg::{Checkpoint, ManifestChecksums};
 use crate::repo::{Chunking, RepoError, Repository, Writer};
 use crate::wal::{ConnInfo, ReplicationClient};
 
 /// Commit the files stored so far after this many bytes, so a long backup
 /// does not hold every manifest until its end.
 const COMMIT_EVERY: u64 = 1 << 30;
-
-/// How the server's backup checkpoint is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkpoint {
-    /// At once, at full I/O speed (`pitr backup`).
-    Fast,
-    /// Spread over `checkpoint_completion_target` (scheduled backups).
-    Spread,
-}
-
-/// Which checksum the server's `backup_manifest` carries for each file
-/// (`MANIFEST_CHECKSUMS`). pitr's integrity does not rest on it (every chunk
-/// is keyed BLAKE3 and authenticated); it checks that what arrived is what
-/// the server listed, and `pg_verifybackup` uses it after a restore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ManifestChecksums {
-    /// `CRC32C`, PostgreSQL's own default: cheap for the server and for pitr.
-    #[default]
-    Crc32c,
-    /// `SHA256`: the server hashes every byte (seconds of CPU per GB).
-    Sha256,
-}
-
-impl ManifestChecksums {
-    /// The name in `MANIFEST_CHECKSUMS` and in the manifest's
-    /// `Checksum-Algorithm`.
-    pub fn as_manifest(self) -> &'static str {
-        match self {
-            ManifestChecksums::Crc32c => "CRC32C",
-            ManifestChecksums::Sha256 => "SHA256",
-        }
-    }
-}
 
 /// What to back up and how.
 #[derive(Debug, Clone)]

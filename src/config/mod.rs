@@ -30,8 +30,8 @@ use std::time::Duration;
 
 pub use error::ConfigError;
 
-use crate::basebackup::schedule::CronSchedule;
-use crate::basebackup::{Checkpoint, ManifestChecksums};
+use crate::cron::CronSchedule;
+use crate::pg::{Checkpoint, ManifestChecksums};
 
 /// A loaded and checked configuration. Every field holds a valid value:
 /// code past loading never re-validates.

@@ -16,8 +16,8 @@ use super::{
     PostgresConfig, RepositoryConfig, RestoreConfig, RetentionConfig, S3Config, ScrubConfig,
     SqliteConfig, StorachaConfig, VerifyConfig,
 };
-use crate::basebackup::schedule::CronSchedule;
-use crate::basebackup::{Checkpoint, ManifestChecksums};
+use crate::cron::CronSchedule;
+use crate::pg::{Checkpoint, ManifestChecksums};
 
 const MIB: u64 = 1024 * 1024;
 /// zstd levels pitr accepts; above 19 zstd needs much more memory per level

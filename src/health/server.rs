@@ -26,8 +26,8 @@ use tokio::sync::watch;
 
 use super::Report;
 use crate::config::Config;
-use crate::pitr::{RestoreOptions, Target};
 use crate::repo::Repository;
+use crate::restore::{RestoreOptions, Target};
 
 /// Restores the API runs at once; more are refused (429) until one ends.
 pub const MAX_RESTORE_JOBS: usize = 2;
@@ -71,7 +71,7 @@ pub struct RestoreJob {
     /// WAL files handed to recovery so far.
     pub wal_files: usize,
     /// Where recovery stopped, once done.
-    pub reached: Option<crate::pitr::Reached>,
+    pub reached: Option<crate::restore::Reached>,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -346,7 +346,7 @@ async fn start_restore(
     };
     // Planned before answering: a target outside the window is the
     // caller's to fix, now, not a job that fails later.
-    let plan = match crate::pitr::plan(&e.repo, &database, &target, req.timeline).await {
+    let plan = match crate::restore::plan(&e.repo, &database, &target, req.timeline).await {
         Ok(p) => p,
         Err(err) => {
             let code = if err.is_not_possible() {
@@ -413,7 +413,7 @@ async fn start_restore(
         }
         jobs.insert(id.clone(), job.clone());
     }
-    let (tx, mut rx) = watch::channel(crate::pitr::RestoreProgress::default());
+    let (tx, mut rx) = watch::channel(crate::restore::RestoreProgress::default());
     let opts = RestoreOptions {
         target_dir: confined.dir.clone(),
         // Only an earlier API restore, checked above, is ever emptied.
@@ -451,9 +451,11 @@ async fn start_restore(
         // Checked again right before: the directory may have changed
         // since the request was answered.
         let result = match super::confine::check(&root, &state_dir, &opts.target_dir, force) {
-            Ok(again) if again.replace == opts.force => crate::pitr::restore(&repo, &plan, &opts)
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(again) if again.replace == opts.force => {
+                crate::restore::restore(&repo, &plan, &opts)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             Ok(_) => Err(format!(
                 "{}: the directory changed between the request and the restore; nothing was removed, ask again",
                 opts.target_dir.display()

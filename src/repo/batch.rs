@@ -33,7 +33,7 @@ use super::keys::ChunkId;
 use super::manifest::{ContentIds, Forget, ItemRecord, PackRecord};
 use super::pack::{PackBuilder, PackId};
 use super::{RepoError, Repository, local};
-use crate::catalog::{Catalog, ItemHead};
+use crate::repo::catalog::{Catalog, ItemHead};
 use crate::ship::{Fanout, ShipError};
 
 /// At most this many bytes are staged for one batched destination; past

@@ -8,6 +8,7 @@
 //! chunk id recomputed (invariant 3).
 
 mod batch;
+pub mod catalog;
 mod chunking;
 mod datakey;
 mod export;
@@ -26,8 +27,8 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
+use crate::repo::catalog::{Catalog, CatalogError};
 use crate::ship::{Fanout, ShipError};
 
 pub use batch::{BatchReport, BatchStage, STAGE_MAX_BYTES, Supersedes};

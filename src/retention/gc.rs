@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::{RetentionError, RetentionPlan};
-use crate::catalog::PackGcState;
+use crate::repo::catalog::PackGcState;
 use crate::repo::{ChunkId, Forget, GcRecord, Repository};
 
 /// One pack in a garbage-collection plan.

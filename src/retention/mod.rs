@@ -23,8 +23,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::basebackup::{self, BackupError};
-use crate::catalog::{CatalogError, ItemRow};
 use crate::config::{Config, RetentionConfig};
+use crate::repo::catalog::{CatalogError, ItemRow};
 use crate::repo::{Forget, RepoError, Repository};
 use crate::sqlite::store as sqlite_store;
 use crate::verify::{DatabaseKind, ITEM_PREFIX as VERIFY_PREFIX, KIND_VERIFY, VerifyReport};

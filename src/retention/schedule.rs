@@ -3,7 +3,7 @@
 //! endpoint. A failed run is logged and reported, never fatal: the next
 //! time tries again.
 
-use crate::basebackup::schedule::wait_for_next;
+use crate::cron::wait_for_next;
 use std::pin::pin;
 
 use jiff::Timestamp;

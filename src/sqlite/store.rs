@@ -10,8 +10,8 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::ItemRow;
 use crate::repo::Repository;
+use crate::repo::catalog::ItemRow;
 
 /// Kind of an item holding every page.
 pub const KIND_SNAPSHOT: &str = "sqlite-snapshot";
@@ -61,7 +61,7 @@ pub struct StoredCapture {
 pub enum StoreError {
     /// The catalog failed.
     #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
+    Catalog(#[from] crate::repo::catalog::CatalogError),
     /// Attributes this build cannot read.
     #[error("catalog item {item} has unreadable SQLite capture attributes: {what}")]
     BadAttrs {

@@ -15,8 +15,8 @@ use jiff::Timestamp;
 use super::{DatabaseKind, Scratch, VerifyReport, random_time};
 use crate::config::{Config, PostgresConfig};
 use crate::pg::{self, PgBin};
-use crate::pitr::{RestoreError, RestoreOptions, Target, pg_time};
 use crate::repo::{RepoError, Repository};
+use crate::restore::{RestoreError, RestoreOptions, Target, pg_time};
 
 /// How long recovery of a test restore may take.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
@@ -66,7 +66,7 @@ pub(super) async fn test_restore(
         Some(n) => format!("{} ({n})", target.describe()),
         None => target.describe(),
     });
-    let plan = crate::pitr::plan(repo, &pg.name, &target, timeline)
+    let plan = crate::restore::plan(repo, &pg.name, &target, timeline)
         .await
         .map_err(|e| e.to_string())?;
     report.backup = Some(plan.backup.id.clone());
@@ -123,7 +123,7 @@ async fn choose_target(
                  streams its WAL"
             )
         })?;
-    let windows = crate::pitr::windows(repo, db)
+    let windows = crate::restore::windows(repo, db)
         .await
         .map_err(|e| e.to_string())?;
     let window = windows
@@ -160,7 +160,7 @@ async fn restore_and_check(
     config: &Config,
     repo: &Repository,
     pg: &PostgresConfig,
-    plan: &crate::pitr::Plan,
+    plan: &crate::restore::Plan,
     bin: Option<PgBin>,
     run_dir: &Path,
     report: &mut VerifyReport,
@@ -203,7 +203,7 @@ async fn restore_and_check(
         log_dir: config.verify.scratch_dir.clone(),
         progress: None,
     };
-    let restored = match crate::pitr::restore(repo, plan, &opts).await {
+    let restored = match crate::restore::restore(repo, plan, &opts).await {
         Err(RestoreError::NoPostgres(e)) => {
             return Err(Failure::Binaries(format!(
                 "the test restore cannot run: {e}"
@@ -314,7 +314,7 @@ fn damaged_object(e: &RepoError) -> Option<&str> {
     }
 }
 
-fn describe_reached(r: &crate::pitr::Reached) -> String {
+fn describe_reached(r: &crate::restore::Reached) -> String {
     let mut parts = Vec::new();
     parts.push(match r.last_transaction {
         Some(t) => format!("last transaction {}", pg_time(t)),

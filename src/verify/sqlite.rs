@@ -5,15 +5,15 @@
 
 use super::{DatabaseKind, Scratch, VerifyReport, random_time};
 use crate::config::Config;
-use crate::pitr::{Target, pg_time};
 use crate::repo::Repository;
-use crate::sqlite::{SqliteRestoreError, file_checksum, integrity_check};
+use crate::restore::sqlite::{SqliteRestoreError, file_checksum, integrity_check};
+use crate::restore::{Target, pg_time};
 
 /// Why `name` has nothing to test-restore yet (no capture stored), or
 /// `None` when it has; a catalog that cannot be read is left for the test
 /// restore itself to report.
 pub(super) fn nothing_to_restore(repo: &Repository, name: &str) -> Option<String> {
-    match crate::sqlite::window(repo, name) {
+    match crate::restore::sqlite::window(repo, name) {
         Ok(w) if w.earliest.is_none() => {
             Some("no capture stored yet (the watcher check reports that)".to_owned())
         }
@@ -29,7 +29,7 @@ pub(super) async fn test_restore(
     name: &str,
     report: &mut VerifyReport,
 ) -> Result<(), String> {
-    let window = crate::sqlite::window(repo, name).map_err(|e| e.to_string())?;
+    let window = crate::restore::sqlite::window(repo, name).map_err(|e| e.to_string())?;
     let target = match (window.earliest, window.latest) {
         (Some(from), Some(to)) if to > from => Target::Time(random_time(from, to)),
         (Some(_), _) => Target::Latest,
@@ -41,13 +41,13 @@ pub(super) async fn test_restore(
         }
     };
     report.target = Some(target.describe());
-    let plan = crate::sqlite::plan(repo, name, &target).map_err(|e| e.to_string())?;
+    let plan = crate::restore::sqlite::plan(repo, name, &target).map_err(|e| e.to_string())?;
     report.backup = plan.captures.first().map(|c| c.item.clone());
     report.wal_files = plan.captures.len();
     let scratch = Scratch::create(&config.verify.scratch_dir, DatabaseKind::Sqlite, name)?;
     let file = scratch.path().join("restored.db");
     let result = async {
-        let restored = crate::sqlite::restore(repo, &plan, &file, false)
+        let restored = crate::restore::sqlite::restore(repo, &plan, &file, false)
             .await
             .map_err(explain)?;
         report.reached = Some(format!(

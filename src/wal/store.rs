@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::index::SegmentIndex;
 use super::lsn::{Lsn, Segment, history_file_name};
-use crate::catalog::ItemRow;
+use crate::repo::catalog::ItemRow;
 use crate::repo::{Chunking, Manifest, PreparedChunk, RepoError, Repository, Writer};
 
 /// The size of WAL chunks: 16 pages, so a partial and its successor share
@@ -79,7 +79,7 @@ pub enum WalStoreError {
     Repo(#[from] RepoError),
     /// The catalog failed.
     #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
+    Catalog(#[from] crate::repo::catalog::CatalogError),
     /// A catalog item's attributes are not what this build wrote.
     #[error("catalog item {item} has unreadable WAL attributes: {what}")]
     BadAttrs {

@@ -10,8 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use pitr::basebackup::{
-    self, BackupError, BackupOptions, BackupProgress, BackupRecord, Checkpoint, RestoreOptions,
+    self, BackupError, BackupOptions, BackupProgress, BackupRecord, RestoreOptions,
 };
+use pitr::pg::Checkpoint;
 use pitr::repo::Repository;
 use pitr::wal::{ConnInfo, Progress, Segment, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};

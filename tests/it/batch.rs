@@ -236,7 +236,7 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
             &[
                 "restore",
                 "--at",
-                &pitr::pitr::pg_time(at),
+                &pitr::restore::pg_time(at),
                 "--target",
                 data.to_str().expect("utf-8"),
             ],

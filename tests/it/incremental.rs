@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use pitr::basebackup::{self, BackupOptions, BackupProgress, BackupRecord, Checkpoint};
+use pitr::basebackup::{self, BackupOptions, BackupProgress, BackupRecord};
+use pitr::pg::Checkpoint;
 use pitr::repo::Repository;
 use pitr::wal::ConnInfo;
 use tokio::sync::watch;
@@ -342,7 +343,7 @@ async fn a_chain_restores_exactly(major: u32) {
         .collect();
     let mut restored = PgCluster::empty_major(major);
     let data = restored.data_dir();
-    let at = pitr::pitr::pg_time(target);
+    let at = pitr::restore::pg_time(target);
     let out = pitr(
         &config,
         &pg,
@@ -518,7 +519,7 @@ async fn a_chain_with_a_tablespace_restores_exactly_17() {
     let mut restored = PgCluster::empty_major(17);
     let data = restored.data_dir();
     let ts_dir = restored.dir().join("tablespaces");
-    let at = pitr::pitr::pg_time(after);
+    let at = pitr::restore::pg_time(after);
     let out = pitr(
         &config,
         &pg,
@@ -560,7 +561,7 @@ async fn a_chain_with_a_tablespace_restores_exactly_17() {
 fn write_row_plain(pg: &PgCluster) -> jiff::Timestamp {
     pg.psql("CREATE TABLE IF NOT EXISTS marker (at timestamptz)");
     let at = pg.psql("INSERT INTO marker VALUES (clock_timestamp()) RETURNING at");
-    let at = pitr::pitr::parse_time(&at).expect("a timestamptz");
+    let at = pitr::restore::parse_time(&at).expect("a timestamptz");
     std::thread::sleep(Duration::from_millis(50));
     pg.psql("INSERT INTO marker VALUES (clock_timestamp())");
     at.checked_add(jiff::SignedDuration::from_millis(20))

@@ -10,6 +10,7 @@ mod disk_full;
 mod golden;
 mod harness;
 mod incremental;
+mod layers;
 mod pack;
 mod pg_harness;
 mod pitr_restore;

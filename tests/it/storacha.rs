@@ -513,7 +513,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
         &[
             "restore",
             "--at",
-            &pitr::pitr::pg_time(t),
+            &pitr::restore::pg_time(t),
             "--target",
             data.to_str().expect("utf-8"),
         ],

@@ -206,7 +206,7 @@ async fn postgres_test_restore_passes_is_recorded_and_a_corrupted_pack_fails_it(
     assert!(
         listed.contains(&format!(
             "last test restore: passed {}",
-            pitr::pitr::pg_time(first.started)
+            pitr::restore::pg_time(first.started)
         )) && listed.contains(&format!("from {id}")),
         "{listed}"
     );
@@ -312,7 +312,7 @@ async fn sqlite_test_restore_passes_and_fails_on_a_corrupted_pack() {
     let out = env.pitr(&["list"]);
     assert!(out.status.success(), "{}", text(&out));
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
-    let when = pitr::pitr::pg_time(reports[0].started);
+    let when = pitr::restore::pg_time(reports[0].started);
     assert!(
         listed.contains(&format!("last test restore: passed {when}")),
         "{listed}"
@@ -344,8 +344,7 @@ async fn sqlite_test_restore_passes_and_fails_on_a_corrupted_pack() {
 async fn run_scheduled_runs_on_a_seconds_cron_and_updates_its_status() {
     let (env, _db) = sqlite_repo().await;
     let mut config = pitr::config::Config::load(&env.config).expect("config");
-    config.verify.schedule =
-        Some(pitr::basebackup::schedule::CronSchedule::parse("*/2 * * * * *").expect("cron"));
+    config.verify.schedule = Some(pitr::cron::CronSchedule::parse("*/2 * * * * *").expect("cron"));
     // A database nothing is stored of yet (a watcher not started): the
     // schedule skips it and says so instead of failing.
     let mut later = config.sqlite[0].clone();

@@ -16,9 +16,8 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use pitr::basebackup::{
-    self, BackupOptions, BackupProgress, Checkpoint, ManifestChecksums, RestoreOptions,
-};
+use pitr::basebackup::{self, BackupOptions, BackupProgress, RestoreOptions};
+use pitr::pg::{Checkpoint, ManifestChecksums};
 use pitr::repo::Repository;
 use pitr::wal::{ConnInfo, Decoder, Lsn, RecordKind, Segment, WalFormat, WalStore};
 use tokio::sync::watch;

@@ -260,7 +260,7 @@ async fn sigkill_during_pgbench_loses_nothing_and_acknowledges_nothing_early() {
 
     // No gap: complete segments are contiguous.
     let items = reader.catalog().items("pg/main/wal/").expect("items");
-    let mut complete: Vec<&pitr::catalog::ItemRow> =
+    let mut complete: Vec<&pitr::repo::catalog::ItemRow> =
         items.iter().filter(|i| i.kind == "wal").collect();
     complete.sort_by(|a, b| a.name.cmp(&b.name));
     let nos: Vec<u64> = complete

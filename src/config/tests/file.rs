@@ -117,10 +117,7 @@ fn defaults() {
         Some("0 3 * * *")
     );
     assert_eq!(c.postgres[0].base_backup_wal, None);
-    assert_eq!(
-        c.postgres[0].checkpoint,
-        crate::basebackup::Checkpoint::Spread
-    );
+    assert_eq!(c.postgres[0].checkpoint, crate::pg::Checkpoint::Spread);
     assert_eq!(c.postgres[0].max_rate_kb, None);
     assert!(c.sqlite.is_empty());
     assert_eq!(c.health.listen, None);

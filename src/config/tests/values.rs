@@ -314,7 +314,7 @@ fn base_backup_schedule_keys() {
         Some("*/5 * * * * *")
     );
     assert_eq!(p.base_backup_wal, Some(512 << 20));
-    assert_eq!(p.checkpoint, crate::basebackup::Checkpoint::Fast);
+    assert_eq!(p.checkpoint, crate::pg::Checkpoint::Fast);
     assert_eq!(p.max_rate_kb, Some(1024));
 
     let c = load(&pg("base_backup = \"off\"\nbase_backup_wal_gb = 16"), &[]).expect("valid");
@@ -337,7 +337,7 @@ fn base_backup_schedule_keys() {
         Some("30 1 * * 0")
     );
     assert_eq!(p.base_backup_wal, Some(256 << 20));
-    assert_eq!(p.checkpoint, crate::basebackup::Checkpoint::Fast);
+    assert_eq!(p.checkpoint, crate::pg::Checkpoint::Fast);
     assert_eq!(p.max_rate_kb, Some(2048));
 
     let (_, msg) = fail(
@@ -537,7 +537,7 @@ fn storacha_destination_mistakes_name_the_key() {
 
 #[test]
 fn manifest_checksums_default_to_crc32c_and_take_sha256() {
-    use crate::basebackup::ManifestChecksums;
+    use crate::pg::ManifestChecksums;
     let r = recipient();
     let pg = |line: &str| {
         format!(

@@ -126,7 +126,7 @@ async fn the_restore_runbook_works_as_written() {
 
     // The damage happened after row 4: go back to between rows 4 and 5,
     // written the way PostgreSQL prints times.
-    let time = pitr::pitr::pg_time(between(stamps[3], stamps[4]));
+    let time = pitr::restore::pg_time(between(stamps[3], stamps[4]));
     let restored = PgCluster::empty();
     let target = restored.data_dir();
     let socket = restored.dir().to_owned();

@@ -132,7 +132,7 @@ async fn restores_exactly(major: u32) {
         (at(6, 7), 2, 2),
     ];
     for (t, nth_backup, timeline) in targets {
-        let time = pitr::pitr::pg_time(t);
+        let time = pitr::restore::pg_time(t);
         let out = env.pitr(&["plan", "--at", &time, "--json"]);
         assert!(out.status.success(), "{}", text(&out));
         let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");

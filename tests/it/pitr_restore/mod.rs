@@ -140,7 +140,7 @@ pub fn write_row(pg: &PgCluster, id: u32) -> Timestamp {
     let at = pg.psql(&format!(
         "INSERT INTO oracle VALUES ({id}, clock_timestamp()) RETURNING at"
     ));
-    pitr::pitr::parse_time(&at).expect("a timestamptz")
+    pitr::restore::parse_time(&at).expect("a timestamptz")
 }
 
 /// The midpoint of two stamps.

@@ -14,7 +14,7 @@ use crate::harness::PgCluster;
 
 /// `pitr plan --at t --json`, parsed.
 fn plan_json(env: &Env, t: Timestamp) -> serde_json::Value {
-    let at = pitr::pitr::pg_time(t);
+    let at = pitr::restore::pg_time(t);
     let out = env.pitr(&["plan", "--at", &at, "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).expect("plan --json is JSON")
@@ -139,7 +139,7 @@ async fn restores_at_ten_targets_hold_exactly_the_rows_committed_before_each() {
         let plan = plan_json(&env, *t);
         let chosen = plan["backup"]["id"].as_str().expect("backup id");
         // pitr gets the target in microseconds (`pg_time`).
-        let sent = pitr::pitr::parse_time(&pitr::pitr::pg_time(*t)).expect("a time");
+        let sent = pitr::restore::parse_time(&pitr::restore::pg_time(*t)).expect("a time");
         if sent < second_finished {
             assert_eq!(chosen, first, "{what}: {plan}");
         } else {
@@ -153,7 +153,7 @@ async fn restores_at_ten_targets_hold_exactly_the_rows_committed_before_each() {
                 "{what}: the target is in the open segment: {plan}"
             );
         }
-        let at = pitr::pitr::pg_time(*t);
+        let at = pitr::restore::pg_time(*t);
         let (_restored, ids, report) = restore_and_read(&env, &["--at", &at]);
         assert_eq!(ids, expected(&rows, *t), "{what} ({at}):\n{report}");
     }

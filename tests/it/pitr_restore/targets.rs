@@ -140,7 +140,7 @@ async fn no_recover_stages_a_directory_postgres_recovers_with_wal_fetch() {
     let out = env.pitr(&[
         "restore",
         "--at",
-        &pitr::pitr::pg_time(t),
+        &pitr::restore::pg_time(t),
         "--no-recover",
         "--target",
         data.to_str().expect("utf-8"),

@@ -28,7 +28,7 @@ async fn times_on_both_sides_of_a_fork_restore_exactly() {
     // The fork: back to between rows 5 and 6, promoted to timeline 2.
     let fork = between(tl1[4].1, tl1[5].1);
     let after_fork_on_1 = between(tl1[7].1, tl1[8].1);
-    let (new, ids, report) = restore_and_read(&env, &["--at", &pitr::pitr::pg_time(fork)]);
+    let (new, ids, report) = restore_and_read(&env, &["--at", &pitr::restore::pg_time(fork)]);
     assert_eq!(ids, [1, 2, 3, 4, 5], "{report}");
     assert!(report.contains("new timeline               2"), "{report}");
 
@@ -44,25 +44,25 @@ async fn times_on_both_sides_of_a_fork_restore_exactly() {
 
     // A time on timeline 2: the history up to the fork, then timeline 2.
     let on_2 = between(tl2[1].1, tl2[2].1);
-    let out = env.pitr(&["plan", "--at", &pitr::pitr::pg_time(on_2), "--json"]);
+    let out = env.pitr(&["plan", "--at", &pitr::restore::pg_time(on_2), "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(plan["timeline"], 2, "{plan}");
-    let (_r, ids, report) = restore_and_read(&env, &["--at", &pitr::pitr::pg_time(on_2)]);
+    let (_r, ids, report) = restore_and_read(&env, &["--at", &pitr::restore::pg_time(on_2)]);
     assert_eq!(ids, [1, 2, 3, 4, 5, 101, 102], "{report}");
 
     // A time on timeline 1 after the fork: timeline 1 was current then.
     let out = env.pitr(&[
         "plan",
         "--at",
-        &pitr::pitr::pg_time(after_fork_on_1),
+        &pitr::restore::pg_time(after_fork_on_1),
         "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(plan["timeline"], 1, "{plan}");
     let (_r, ids, report) =
-        restore_and_read(&env, &["--at", &pitr::pitr::pg_time(after_fork_on_1)]);
+        restore_and_read(&env, &["--at", &pitr::restore::pg_time(after_fork_on_1)]);
     assert_eq!(ids, (1..=8).collect::<Vec<_>>(), "{report}");
     // Timeline 2 is taken (the repository holds it): the branch made by
     // this restore must not reuse its number.
@@ -75,7 +75,7 @@ async fn times_on_both_sides_of_a_fork_restore_exactly() {
     let out = env.pitr(&[
         "restore",
         "--at",
-        &pitr::pitr::pg_time(after_fork_on_1),
+        &pitr::restore::pg_time(after_fork_on_1),
         "--timeline",
         "2",
         "--target",

@@ -277,7 +277,7 @@ async fn a_failed_deletion_is_reported_and_retried_next_run() {
     assert!(pack_exists(&second, &pack), "the refused deletion left it");
     assert!(matches!(
         repo.catalog().pack_gc_states().unwrap().get(&pack),
-        Some(pitr::catalog::PackGcState::Marked(_))
+        Some(pitr::repo::catalog::PackGcState::Marked(_))
     ));
 
     let plan = gc(&repo, &config, Duration::ZERO).await;
@@ -285,7 +285,7 @@ async fn a_failed_deletion_is_reported_and_retried_next_run() {
     assert!(!pack_exists(&second, &pack));
     assert!(matches!(
         repo.catalog().pack_gc_states().unwrap().get(&pack),
-        Some(pitr::catalog::PackGcState::Deleted(_))
+        Some(pitr::repo::catalog::PackGcState::Deleted(_))
     ));
 }
 
@@ -528,7 +528,7 @@ async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
 /// back: the catalog keeps tombstones.
 #[test]
 fn a_commit_applied_after_its_removal_stays_removed() {
-    use pitr::catalog::Catalog;
+    use pitr::repo::catalog::Catalog;
     use pitr::repo::{Commit, GcRecord, ItemRecord, Manifest, PackRecord};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -595,8 +595,7 @@ fn a_commit_applied_after_its_removal_stays_removed() {
 async fn scheduled_runs_publish_their_status() {
     let t = TestRepo::new().await;
     let mut config = config(&t);
-    config.retention.schedule =
-        Some(pitr::basebackup::schedule::CronSchedule::parse("* * * * * *").expect("cron"));
+    config.retention.schedule = Some(pitr::cron::CronSchedule::parse("* * * * * *").expect("cron"));
     let repo = t.open().await;
     put(&repo, "x/a", data(8, 100_000, 0)).await;
     forget(&repo, "x/a").await;
@@ -635,8 +634,7 @@ async fn a_failed_scheduled_run_is_published_and_the_schedule_goes_on() {
 
     let t = TestRepo::new().await;
     let mut config = config(&t);
-    config.retention.schedule =
-        Some(pitr::basebackup::schedule::CronSchedule::parse("* * * * * *").expect("cron"));
+    config.retention.schedule = Some(pitr::cron::CronSchedule::parse("* * * * * *").expect("cron"));
     let faulty = Arc::new(FaultyDestination::new(FsDestination::new(
         "local",
         t.store(),

@@ -8,8 +8,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use pitr::basebackup::{self, BackupOptions, BackupProgress, Checkpoint};
+use pitr::basebackup::{self, BackupOptions, BackupProgress};
 use pitr::config::Config;
+use pitr::pg::Checkpoint;
 use pitr::repo::Repository;
 use pitr::retention::{self, RunOptions, Scope};
 use pitr::wal::ConnInfo;
@@ -113,7 +114,7 @@ fn write_row(pg: &PgCluster, id: u32) -> Timestamp {
     let at = pg.psql(&format!(
         "INSERT INTO oracle VALUES ({id}, clock_timestamp()) RETURNING at"
     ));
-    pitr::pitr::parse_time(&at).expect("a timestamptz")
+    pitr::restore::parse_time(&at).expect("a timestamptz")
 }
 
 /// A base backup through the API, restorable once the streamer stored its

@@ -60,7 +60,7 @@ pub struct WalServer {
     served: Mutex<Vec<String>>,
     /// What could not be served.
     errors: Mutex<Vec<String>>,
-    progress: Option<tokio::sync::watch::Sender<super::restore::RestoreProgress>>,
+    progress: Option<tokio::sync::watch::Sender<super::postgres::RestoreProgress>>,
 }
 
 impl WalServer {
@@ -74,7 +74,7 @@ impl WalServer {
         data_dir: &Path,
         owner: Option<(u32, u32)>,
         ahead: usize,
-        progress: Option<tokio::sync::watch::Sender<super::restore::RestoreProgress>>,
+        progress: Option<tokio::sync::watch::Sender<super::postgres::RestoreProgress>>,
     ) -> std::io::Result<Arc<WalServer>> {
         let files: Vec<String> = plan.files().map(|f| f.file.clone()).collect();
         let plan_len = plan

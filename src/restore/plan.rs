@@ -149,7 +149,7 @@ pub enum PlanError {
     Wal(#[from] crate::wal::WalStoreError),
     /// Reading the catalog failed.
     #[error(transparent)]
-    CatalogRead(#[from] crate::catalog::CatalogError),
+    CatalogRead(#[from] crate::repo::catalog::CatalogError),
     /// Reading a history file from the repository failed.
     #[error(transparent)]
     Repo(#[from] crate::repo::RepoError),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::repo::{ChunkId, Commit, ContentIds, Manifest, PackEntry, PackId};
+use super::{ChunkId, Commit, ContentIds, Manifest, PackEntry, PackId};
 
 /// A catalog failure.
 #[derive(Debug, thiserror::Error)]

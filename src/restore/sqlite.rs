@@ -13,10 +13,10 @@ use futures::TryStreamExt;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::pageset::{PageSetHeader, checksum_text, page_hash};
-use super::store::{self, StoredCapture};
-use crate::pitr::Target;
+use super::Target;
 use crate::repo::{RepoError, Repository};
+use crate::sqlite::pageset::{PageSetHeader, checksum_text, page_hash};
+use crate::sqlite::store::{self, StoredCapture};
 
 /// One capture a restore applies.
 #[derive(Debug, Clone, Serialize)]
