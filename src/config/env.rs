@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::error::{ConfigError, Ctx, Entry, KeyName, Origin, closest};
-use super::raw::{KeyType, RawConfig, Section, Val};
+use super::raw::{RawConfig, Section, Slot, Val};
 
 /// Variables the CLI reads itself; they are not config keys.
 const NOT_CONFIG: &[&str] = &["PITR_CONFIG", "PITR_LOG", "PITR_LOG_FORMAT"];
@@ -27,16 +27,6 @@ struct Target {
     /// Entry position for array sections.
     index: Option<usize>,
     key: KeyName,
-    ty: KeyType,
-}
-
-/// A parsed override value.
-enum Value {
-    Str(Val<String>),
-    Int(Val<i64>),
-    List(Val<Vec<Val<String>>>),
-    Size(Val<toml::Value>),
-    Number(Val<toml::Value>),
 }
 
 /// Whether a variable is meant as a config override (all `PITR_*` but the
@@ -74,8 +64,7 @@ pub(super) fn apply(
             Some(many) => return Err(ambiguous(ctx, var, many)),
             None => return Err(unknown(ctx, raw, var, &targets)),
         };
-        let value = parse_value(ctx, var, text, target)?;
-        set(raw, target, value);
+        store(ctx, raw, var, text, target)?;
     }
     Ok(())
 }
@@ -110,7 +99,6 @@ fn targets(raw: &RawConfig) -> HashMap<String, Vec<Target>> {
                     section,
                     index,
                     key: KeyName::entry(section, &entry, spec.name),
-                    ty: spec.ty,
                 });
             }
         }
@@ -140,19 +128,45 @@ fn entry_names(raw: &RawConfig, section: Section) -> Vec<Option<String>> {
     }
 }
 
-fn parse_value(ctx: &Ctx<'_>, var: &str, text: &str, t: &Target) -> Result<Value, ConfigError> {
-    let origin = Origin::Env(var.to_owned());
-    let val = |value| Val {
-        value,
-        origin: origin.clone(),
+/// Stores the override `text` in the key `target` names, parsed by the key's
+/// type. An override of one half of a value/file pair (`conninfo` /
+/// `conninfo_file`) drops the file's other half: the environment replaces
+/// how the secret is given, it does not add a second way.
+fn store(
+    ctx: &Ctx<'_>,
+    raw: &mut RawConfig,
+    var: &str,
+    text: &str,
+    t: &Target,
+) -> Result<(), ConfigError> {
+    fn val<T>(value: T, var: &str) -> Val<T> {
+        Val {
+            value,
+            origin: Origin::Env(var.to_owned()),
+        }
+    }
+    // `targets` made a target only for an existing entry and a key of the
+    // section's table, so both are found; failing that, the override would
+    // be lost, and that must not pass silently.
+    let lost = || {
+        ctx.env(
+            var,
+            &t.key,
+            "has no field to go into (a bug in pitr)",
+            "Report it",
+        )
     };
-    Ok(match t.ty {
-        KeyType::Str => Value::Str(val(text.to_owned())),
-        KeyType::Int => match text.trim().parse::<i64>() {
-            Ok(n) => Value::Int(Val {
-                value: n,
-                origin: origin.clone(),
-            }),
+    let keys = raw.keys_mut(t.section, t.index).ok_or_else(lost)?;
+    if let Some(other) = paired_key(t.section, &t.key.key)
+        && let Some(slot) = keys.slot(other)
+        && matches!(slot.origin(), Some(Origin::File(_)))
+    {
+        slot.clear();
+    }
+    match keys.slot(&t.key.key).ok_or_else(lost)? {
+        Slot::Str(f) => *f = Some(val(text.to_owned(), var)),
+        Slot::Int(f) => match text.trim().parse::<i64>() {
+            Ok(n) => *f = Some(val(n, var)),
             Err(_) => {
                 let example = t.section.key(&t.key.key).map_or("", |s| s.example);
                 return Err(ctx.env(
@@ -163,321 +177,49 @@ fn parse_value(ctx: &Ctx<'_>, var: &str, text: &str, t: &Target) -> Result<Value
                 ));
             }
         },
-        KeyType::List => Value::List(Val {
-            value: text
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| val(s.to_owned()))
-                .collect(),
-            origin: origin.clone(),
-        }),
-        KeyType::Number => Value::Number(Val {
-            // Left as text when it is not a number: validation says so,
-            // naming the variable.
-            value: match (text.trim().parse::<i64>(), text.trim().parse::<f64>()) {
-                (Ok(n), _) => toml::Value::Integer(n),
-                (_, Ok(x)) => toml::Value::Float(x),
-                _ => toml::Value::String(text.to_owned()),
-            },
-            origin: origin.clone(),
-        }),
-        KeyType::Size | KeyType::Duration => Value::Size(Val {
-            value: match text.trim().parse::<i64>() {
-                Ok(n) => toml::Value::Integer(n),
-                Err(_) => toml::Value::String(text.to_owned()),
-            },
-            origin: origin.clone(),
-        }),
-    })
-}
-
-/// Stores `value` in the field `target` names. An override of one half of a
-/// value/file pair (`conninfo` / `conninfo_file`) drops the file's other half:
-/// the environment replaces how the secret is given, it does not add a
-/// second way.
-fn set(raw: &mut RawConfig, target: &Target, value: Value) {
-    let from_file = |v: &Option<Val<String>>| {
-        matches!(
-            v,
-            Some(Val {
-                origin: Origin::File(_),
-                ..
-            })
-        )
-    };
-    let key = target.key.key.as_str();
-    match (target.section, value) {
-        (Section::Repository, value) => {
-            let r = raw.repository.get_or_insert_with(Default::default);
-            match (key, value) {
-                ("recipients", Value::List(v)) => {
-                    if from_file(&r.recipients_file) {
-                        r.recipients_file = None;
-                    }
-                    r.recipients = Some(v);
-                }
-                ("recipients_file", Value::Str(v)) => {
-                    if matches!(
-                        r.recipients,
-                        Some(Val {
-                            origin: Origin::File(_),
-                            ..
-                        })
-                    ) {
-                        r.recipients = None;
-                    }
-                    r.recipients_file = Some(v);
-                }
-                ("identity_file", Value::Str(v)) => r.identity_file = Some(v),
-                ("key_file", Value::Str(v)) => r.key_file = Some(v),
-                ("key_id", Value::Str(v)) => r.key_id = Some(v),
-                ("state_dir", Value::Str(v)) => r.state_dir = Some(v),
-                ("zstd_level", Value::Int(v)) => r.zstd_level = Some(v),
-                ("pack_size", Value::Size(v)) => r.pack_size = Some(v),
-                ("quorum", Value::Int(v)) => r.quorum = Some(v),
-                ("spool_dir", Value::Str(v)) => r.spool_dir = Some(v),
-                ("spool_max_bytes", Value::Size(v)) => r.spool_max_bytes = Some(v),
-                _ => {}
-            }
+        Slot::List(f) => {
+            *f = Some(val(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| val(s.to_owned(), var))
+                    .collect(),
+                var,
+            ))
         }
-        (Section::Health, Value::Str(v)) => {
-            let h = raw.health.get_or_insert_with(Default::default);
-            match key {
-                "listen" => h.listen = Some(v),
-                "restore_root" => h.restore_root = Some(v),
-                "restore_token" => {
-                    if from_file(&h.restore_token_file) {
-                        h.restore_token_file = None;
-                    }
-                    h.restore_token = Some(v);
-                }
-                "restore_token_file" => {
-                    if from_file(&h.restore_token) {
-                        h.restore_token = None;
-                    }
-                    h.restore_token_file = Some(v);
-                }
-                _ => {}
-            }
+        // Left as text when it is not a number: validation says so, naming
+        // the variable.
+        Slot::Number(f) => {
+            *f = Some(val(
+                match (text.trim().parse::<i64>(), text.trim().parse::<f64>()) {
+                    (Ok(n), _) => toml::Value::Integer(n),
+                    (_, Ok(x)) => toml::Value::Float(x),
+                    _ => toml::Value::String(text.to_owned()),
+                },
+                var,
+            ))
         }
-        (Section::Health, Value::Size(v)) => {
-            let h = raw.health.get_or_insert_with(Default::default);
-            match key {
-                "wal_ack_max_age" => h.wal_ack_max_age = Some(v),
-                "stream_down_max" => h.stream_down_max = Some(v),
-                "backup_max_age" => h.backup_max_age = Some(v),
-                "destination_down_max" => h.destination_down_max = Some(v),
-                "slot_retained_max" => h.slot_retained_max = Some(v),
-                "verify_max_age" => h.verify_max_age = Some(v),
-                _ => {}
-            }
+        Slot::Size(f) | Slot::Duration(f) => {
+            *f = Some(val(
+                match text.trim().parse::<i64>() {
+                    Ok(n) => toml::Value::Integer(n),
+                    Err(_) => toml::Value::String(text.to_owned()),
+                },
+                var,
+            ))
         }
-        (Section::Alert, Value::Str(v)) => {
-            if let Some(a) = nth(&mut raw.alert, target.index) {
-                match key {
-                    "kind" => a.kind = Some(v),
-                    "url" => {
-                        if from_file(&a.url_file) {
-                            a.url_file = None;
-                        }
-                        a.url = Some(v);
-                    }
-                    "url_file" => {
-                        if from_file(&a.url) {
-                            a.url = None;
-                        }
-                        a.url_file = Some(v);
-                    }
-                    "smtp_url" => {
-                        if from_file(&a.smtp_url_file) {
-                            a.smtp_url_file = None;
-                        }
-                        a.smtp_url = Some(v);
-                    }
-                    "smtp_url_file" => {
-                        if from_file(&a.smtp_url) {
-                            a.smtp_url = None;
-                        }
-                        a.smtp_url_file = Some(v);
-                    }
-                    "from" => a.from = Some(v),
-                    _ => {}
-                }
-            }
-        }
-        (Section::Alert, Value::List(v)) if key == "to" => {
-            if let Some(a) = nth(&mut raw.alert, target.index) {
-                a.to = Some(v);
-            }
-        }
-        (Section::Alert, Value::Size(v)) if key == "renotify" => {
-            if let Some(a) = nth(&mut raw.alert, target.index) {
-                a.renotify = Some(v);
-            }
-        }
-        (Section::Verify, Value::Str(v)) => {
-            let r = raw.verify.get_or_insert_with(Default::default);
-            match key {
-                "schedule" => r.schedule = Some(v),
-                "scratch_dir" => r.scratch_dir = Some(v),
-                "os_user" => r.os_user = Some(v),
-                _ => {}
-            }
-        }
-        (Section::Retention, Value::Int(v)) => {
-            let r = raw.retention.get_or_insert_with(Default::default);
-            match key {
-                "keep_last" => r.keep_last = Some(v),
-                "keep_daily" => r.keep_daily = Some(v),
-                "keep_weekly" => r.keep_weekly = Some(v),
-                "keep_monthly" => r.keep_monthly = Some(v),
-                _ => {}
-            }
-        }
-        (Section::Retention, Value::Size(v)) if key == "gc_grace" => {
-            raw.retention.get_or_insert_with(Default::default).gc_grace = Some(v);
-        }
-        (Section::Retention, Value::Str(v)) if key == "schedule" => {
-            raw.retention.get_or_insert_with(Default::default).schedule = Some(v);
-        }
-        (Section::Restore, Value::List(v)) if key == "bin_dirs" => {
-            raw.restore.get_or_insert_with(Default::default).bin_dirs = Some(v);
-        }
-        (Section::Scrub, Value::Str(v)) if key == "schedule" => {
-            raw.scrub.get_or_insert_with(Default::default).schedule = Some(v);
-        }
-        (Section::Scrub, Value::Size(v)) if key == "read_budget" => {
-            raw.scrub.get_or_insert_with(Default::default).read_budget = Some(v);
-        }
-        (Section::Destination, Value::Str(v)) => {
-            if let Some(d) = nth(&mut raw.destination, target.index) {
-                match key {
-                    "kind" => d.kind = Some(v),
-                    "path" => d.path = Some(v),
-                    "bucket" => d.bucket = Some(v),
-                    "prefix" => d.prefix = Some(v),
-                    "region" => d.region = Some(v),
-                    "endpoint" => d.endpoint = Some(v),
-                    "access_key_id" => d.access_key_id = Some(v),
-                    "secret_access_key" => {
-                        if from_file(&d.secret_access_key_file) {
-                            d.secret_access_key_file = None;
-                        }
-                        d.secret_access_key = Some(v);
-                    }
-                    "secret_access_key_file" => {
-                        if from_file(&d.secret_access_key) {
-                            d.secret_access_key = None;
-                        }
-                        d.secret_access_key_file = Some(v);
-                    }
-                    "space" => d.space = Some(v),
-                    "service" => d.service = Some(v),
-                    "service_did" => d.service_did = Some(v),
-                    "gateway" => d.gateway = Some(v),
-                    "principal" => {
-                        if from_file(&d.principal_file) {
-                            d.principal_file = None;
-                        }
-                        d.principal = Some(v);
-                    }
-                    "principal_file" => {
-                        if from_file(&d.principal) {
-                            d.principal = None;
-                        }
-                        d.principal_file = Some(v);
-                    }
-                    "proof" => {
-                        if from_file(&d.proof_file) {
-                            d.proof_file = None;
-                        }
-                        d.proof = Some(v);
-                    }
-                    "proof_file" => {
-                        if from_file(&d.proof) {
-                            d.proof = None;
-                        }
-                        d.proof_file = Some(v);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        (Section::Destination, Value::Size(v)) if key == "batch_interval" => {
-            if let Some(d) = nth(&mut raw.destination, target.index) {
-                d.batch_interval = Some(v);
-            }
-        }
-        (Section::Destination, Value::Int(v)) if key == "request_timeout" => {
-            if let Some(d) = nth(&mut raw.destination, target.index) {
-                d.request_timeout = Some(v);
-            }
-        }
-        (Section::Postgres, Value::Number(v)) if key == "base_backup_wal_gb" => {
-            if let Some(p) = nth(&mut raw.postgres, target.index) {
-                p.base_backup_wal_gb = Some(v);
-            }
-        }
-        (Section::Postgres, Value::Number(v)) if key == "allow_insecure_password" => {
-            if let Some(p) = nth(&mut raw.postgres, target.index) {
-                p.allow_insecure_password = Some(v);
-            }
-        }
-        (Section::Postgres, Value::Int(v)) if key == "max_rate" => {
-            if let Some(p) = nth(&mut raw.postgres, target.index) {
-                p.max_rate = Some(v);
-            }
-        }
-        (Section::Postgres, Value::Int(v)) if key == "incremental_max_chain" => {
-            if let Some(p) = nth(&mut raw.postgres, target.index) {
-                p.incremental_max_chain = Some(v);
-            }
-        }
-        (Section::Postgres, Value::Str(v)) => {
-            if let Some(p) = nth(&mut raw.postgres, target.index) {
-                match key {
-                    "conninfo" => {
-                        if from_file(&p.conninfo_file) {
-                            p.conninfo_file = None;
-                        }
-                        p.conninfo = Some(v);
-                    }
-                    "conninfo_file" => {
-                        if from_file(&p.conninfo) {
-                            p.conninfo = None;
-                        }
-                        p.conninfo_file = Some(v);
-                    }
-                    "slot" => p.slot = Some(v),
-                    "base_backup" => p.base_backup = Some(v),
-                    "checkpoint" => p.checkpoint = Some(v),
-                    "manifest_checksums" => p.manifest_checksums = Some(v),
-                    _ => {}
-                }
-            }
-        }
-        (Section::Sqlite, Value::Str(v)) if key == "path" => {
-            if let Some(s) = nth(&mut raw.sqlite, target.index) {
-                s.path = Some(v);
-            }
-        }
-        (Section::Sqlite, Value::Size(v)) => {
-            if let Some(s) = nth(&mut raw.sqlite, target.index) {
-                match key {
-                    "interval" => s.interval = Some(v),
-                    "snapshot_interval" => s.snapshot_interval = Some(v),
-                    _ => {}
-                }
-            }
-        }
-        // `targets` builds only the combinations handled above.
-        _ => {}
     }
+    Ok(())
 }
 
-fn nth<T>(entries: &mut Option<Vec<T>>, index: Option<usize>) -> Option<&mut T> {
-    entries.as_mut()?.get_mut(index?)
+/// The other half of a value/file pair: `x` and `x_file` when the section
+/// has both, the naming `secrets` resolves pairs by.
+pub(super) fn paired_key(section: Section, key: &str) -> Option<&'static str> {
+    let other = match key.strip_suffix("_file") {
+        Some(inline) => inline.to_owned(),
+        None => format!("{key}_file"),
+    };
+    section.key(&other).map(|spec| spec.name)
 }
 
 fn ambiguous(ctx: &Ctx<'_>, var: &str, many: &[Target]) -> ConfigError {

@@ -2,6 +2,10 @@
 //! and nothing else. Every field is optional so that a missing key gets our
 //! own message (with the fix) instead of serde's, and every value remembers
 //! where it came from so later errors can point at the line or the variable.
+//!
+//! Each section is declared once, with `section!`: its struct, its key table
+//! (names, types, examples for messages) and the by-name access through which
+//! `env` sets keys all come from that one list.
 
 use serde::{Deserialize, Deserializer};
 use serde_path_to_error::Segment;
@@ -42,150 +46,33 @@ pub(super) struct RawConfig {
     pub restore: Option<RawRestore>,
 }
 
-/// `[repository]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRepository {
-    pub recipients: Option<Val<Vec<Val<String>>>>,
-    pub recipients_file: Option<Val<String>>,
-    pub identity_file: Option<Val<String>>,
-    pub key_file: Option<Val<String>>,
-    pub state_dir: Option<Val<String>>,
-    pub zstd_level: Option<Val<i64>>,
-    /// An integer of bytes or a string with a unit; checked in validation.
-    pub pack_size: Option<Val<toml::Value>>,
-    pub quorum: Option<Val<i64>>,
-    pub spool_dir: Option<Val<String>>,
-    pub spool_max_bytes: Option<Val<toml::Value>>,
-    pub key_id: Option<Val<String>>,
-}
-
-/// One `[[destination]]`. Keys of every kind live here, flat, as they are
-/// written; validation checks which ones the entry's kind uses.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawDestination {
-    pub name: Option<Val<String>>,
-    pub kind: Option<Val<String>>,
-    pub path: Option<Val<String>>,
-    pub bucket: Option<Val<String>>,
-    pub prefix: Option<Val<String>>,
-    pub region: Option<Val<String>>,
-    pub endpoint: Option<Val<String>>,
-    pub access_key_id: Option<Val<String>>,
-    pub secret_access_key: Option<Val<String>>,
-    pub secret_access_key_file: Option<Val<String>>,
-    pub request_timeout: Option<Val<i64>>,
-    pub space: Option<Val<String>>,
-    pub principal: Option<Val<String>>,
-    pub principal_file: Option<Val<String>>,
-    pub proof: Option<Val<String>>,
-    pub proof_file: Option<Val<String>>,
-    pub service: Option<Val<String>>,
-    pub service_did: Option<Val<String>>,
-    pub gateway: Option<Val<String>>,
-    /// Same form as `[[sqlite]] interval`.
-    pub batch_interval: Option<Val<toml::Value>>,
-}
-
-/// One `[[postgres]]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawPostgres {
-    pub name: Option<Val<String>>,
-    pub conninfo: Option<Val<String>>,
-    pub conninfo_file: Option<Val<String>>,
-    pub slot: Option<Val<String>>,
-    pub base_backup: Option<Val<String>>,
-    /// An integer or a float; checked in validation.
-    pub base_backup_wal_gb: Option<Val<toml::Value>>,
-    pub checkpoint: Option<Val<String>>,
-    pub max_rate: Option<Val<i64>>,
-    pub incremental_max_chain: Option<Val<i64>>,
-    pub manifest_checksums: Option<Val<String>>,
-    /// `true`/`false`, or their text from the environment.
-    pub allow_insecure_password: Option<Val<toml::Value>>,
-}
-
-/// One `[[sqlite]]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawSqlite {
-    pub name: Option<Val<String>>,
-    pub path: Option<Val<String>>,
-    /// Seconds as an integer or a string with a unit; checked in validation.
-    pub interval: Option<Val<toml::Value>>,
-    /// Same form as `interval`.
-    pub snapshot_interval: Option<Val<toml::Value>>,
-}
-
-/// `[health]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawHealth {
-    pub listen: Option<Val<String>>,
-    /// Durations and sizes: an integer or a string with a unit.
-    pub wal_ack_max_age: Option<Val<toml::Value>>,
-    pub stream_down_max: Option<Val<toml::Value>>,
-    pub backup_max_age: Option<Val<toml::Value>>,
-    pub destination_down_max: Option<Val<toml::Value>>,
-    pub slot_retained_max: Option<Val<toml::Value>>,
-    pub verify_max_age: Option<Val<toml::Value>>,
-    pub restore_token: Option<Val<String>>,
-    pub restore_token_file: Option<Val<String>>,
-    pub restore_root: Option<Val<String>>,
-}
-
-/// One `[[alert]]` channel. Keys of every kind live here, flat; validation
-/// checks which ones the entry's kind uses.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAlert {
-    pub name: Option<Val<String>>,
-    pub kind: Option<Val<String>>,
-    pub url: Option<Val<String>>,
-    pub url_file: Option<Val<String>>,
-    pub smtp_url: Option<Val<String>>,
-    pub smtp_url_file: Option<Val<String>>,
-    pub from: Option<Val<String>>,
-    pub to: Option<Val<Vec<Val<String>>>>,
-    pub renotify: Option<Val<toml::Value>>,
-}
-
-/// `[verify]`: scheduled test restores.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawVerify {
-    pub schedule: Option<Val<String>>,
-    pub scratch_dir: Option<Val<String>>,
-    pub os_user: Option<Val<String>>,
-}
-
-/// `[retention]`: which backups are kept, and garbage collection.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRetention {
-    pub keep_last: Option<Val<i64>>,
-    pub keep_daily: Option<Val<i64>>,
-    pub keep_weekly: Option<Val<i64>>,
-    pub keep_monthly: Option<Val<i64>>,
-    pub gc_grace: Option<Val<toml::Value>>,
-    pub schedule: Option<Val<String>>,
-}
-
-/// `[scrub]`: the background scrub of every destination.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawScrub {
-    pub schedule: Option<Val<String>>,
-    pub read_budget: Option<Val<toml::Value>>,
-}
-
-/// `[restore]`: how restores (and test restores) run PostgreSQL.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRestore {
-    pub bin_dirs: Option<Val<Vec<Val<String>>>>,
+impl RawConfig {
+    /// The keys of `section`, of its entry `index` for array sections, for
+    /// the environment to set. A plain section the file lacks is created;
+    /// an entry the file lacks is `None`, since entries are found by name.
+    pub fn keys_mut(&mut self, section: Section, index: Option<usize>) -> Option<&mut dyn Keys> {
+        fn nth<T: Keys>(
+            entries: &mut Option<Vec<T>>,
+            index: Option<usize>,
+        ) -> Option<&mut dyn Keys> {
+            Some(entries.as_mut()?.get_mut(index?)? as &mut dyn Keys)
+        }
+        fn plain<T: Keys + Default>(s: &mut Option<T>) -> Option<&mut dyn Keys> {
+            Some(s.get_or_insert_with(Default::default) as &mut dyn Keys)
+        }
+        match section {
+            Section::Repository => plain(&mut self.repository),
+            Section::Destination => nth(&mut self.destination, index),
+            Section::Postgres => nth(&mut self.postgres, index),
+            Section::Sqlite => nth(&mut self.sqlite, index),
+            Section::Health => plain(&mut self.health),
+            Section::Alert => nth(&mut self.alert, index),
+            Section::Verify => plain(&mut self.verify),
+            Section::Retention => plain(&mut self.retention),
+            Section::Scrub => plain(&mut self.scrub),
+            Section::Restore => plain(&mut self.restore),
+        }
+    }
 }
 
 /// The sections of the file.
@@ -222,267 +109,242 @@ pub(super) enum KeyType {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct KeySpec {
     pub name: &'static str,
+    /// The same type [`Slot`] has for the key (one declaration gives both);
+    /// only the tests that walk the table read it here.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub ty: KeyType,
     pub example: &'static str,
 }
 
-const fn key(name: &'static str, ty: KeyType, example: &'static str) -> KeySpec {
-    KeySpec { name, ty, example }
+/// Where one key's value lives in a raw section, by the key's type; the
+/// environment overrides write through it.
+pub(super) enum Slot<'a> {
+    Str(&'a mut Option<Val<String>>),
+    Int(&'a mut Option<Val<i64>>),
+    List(&'a mut Option<Val<Vec<Val<String>>>>),
+    /// Sizes, durations and numbers stay TOML values until validation, which
+    /// accepts an integer or a string with a unit.
+    Size(&'a mut Option<Val<toml::Value>>),
+    Number(&'a mut Option<Val<toml::Value>>),
+    Duration(&'a mut Option<Val<toml::Value>>),
 }
 
-// These lists must match the raw structs above; `tests::every_key_is_known`
-// checks that each listed key deserializes.
-const REPOSITORY_KEYS: &[KeySpec] = &[
-    key("recipients", KeyType::List, r#"recipients = ["age1…"]"#),
-    key(
-        "recipients_file",
-        KeyType::Str,
-        r#"recipients_file = "/run/secrets/recipients""#,
-    ),
-    key(
-        "identity_file",
-        KeyType::Str,
-        r#"identity_file = "/run/secrets/age""#,
-    ),
-    key(
-        "key_file",
-        KeyType::Str,
-        r#"key_file = "/run/secrets/pitr-repository.key""#,
-    ),
-    key("state_dir", KeyType::Str, r#"state_dir = "/var/lib/pitr""#),
-    key("zstd_level", KeyType::Int, "zstd_level = 3"),
-    key("pack_size", KeyType::Size, r#"pack_size = "16MiB""#),
-    key("quorum", KeyType::Int, "quorum = 2"),
-    key(
-        "spool_dir",
-        KeyType::Str,
-        r#"spool_dir = "/var/lib/pitr/spool""#,
-    ),
-    key(
-        "spool_max_bytes",
-        KeyType::Size,
-        r#"spool_max_bytes = "4GiB""#,
-    ),
-    key(
-        "key_id",
-        KeyType::Str,
-        r#"key_id = "0123456789abcdef0123456789abcdef""#,
-    ),
-];
-const DESTINATION_KEYS: &[KeySpec] = &[
-    key("name", KeyType::Str, r#"name = "local""#),
-    key("kind", KeyType::Str, r#"kind = "fs""#),
-    key("path", KeyType::Str, r#"path = "/var/lib/pitr/repo""#),
-    key("bucket", KeyType::Str, r#"bucket = "backups""#),
-    key("prefix", KeyType::Str, r#"prefix = "pitr/""#),
-    key("region", KeyType::Str, r#"region = "eu-central-1""#),
-    key(
-        "endpoint",
-        KeyType::Str,
-        r#"endpoint = "https://s3.eu-central-1.amazonaws.com""#,
-    ),
-    key("access_key_id", KeyType::Str, r#"access_key_id = "AKIA…""#),
-    key(
-        "secret_access_key",
-        KeyType::Str,
-        r#"secret_access_key_file = "/run/secrets/s3-secret""#,
-    ),
-    key(
-        "secret_access_key_file",
-        KeyType::Str,
-        r#"secret_access_key_file = "/run/secrets/s3-secret""#,
-    ),
-    key("request_timeout", KeyType::Int, "request_timeout = 60"),
-    key(
-        "batch_interval",
-        KeyType::Duration,
-        r#"batch_interval = "5m""#,
-    ),
-    key("space", KeyType::Str, r#"space = "did:key:z6Mk…""#),
-    key(
-        "principal",
-        KeyType::Str,
-        r#"principal_file = "/run/secrets/w3-principal""#,
-    ),
-    key(
-        "principal_file",
-        KeyType::Str,
-        r#"principal_file = "/run/secrets/w3-principal""#,
-    ),
-    key(
-        "proof",
-        KeyType::Str,
-        r#"proof_file = "/run/secrets/w3-proof""#,
-    ),
-    key(
-        "proof_file",
-        KeyType::Str,
-        r#"proof_file = "/run/secrets/w3-proof""#,
-    ),
-    key(
-        "service",
-        KeyType::Str,
-        r#"service = "https://up.storacha.network""#,
-    ),
-    key(
-        "service_did",
-        KeyType::Str,
-        r#"service_did = "did:web:up.storacha.network""#,
-    ),
-    key(
-        "gateway",
-        KeyType::Str,
-        r#"gateway = "https://storacha.link""#,
-    ),
-];
-const POSTGRES_KEYS: &[KeySpec] = &[
-    key("name", KeyType::Str, r#"name = "main""#),
-    key(
-        "conninfo",
-        KeyType::Str,
-        r#"conninfo = "host=127.0.0.1 port=5432 user=replicator dbname=postgres""#,
-    ),
-    key(
-        "conninfo_file",
-        KeyType::Str,
-        r#"conninfo_file = "/run/secrets/pg-conninfo""#,
-    ),
-    key("slot", KeyType::Str, r#"slot = "pitr""#),
-    key("base_backup", KeyType::Str, r#"base_backup = "0 3 * * *""#),
-    key(
-        "base_backup_wal_gb",
-        KeyType::Number,
-        "base_backup_wal_gb = 16",
-    ),
-    key("checkpoint", KeyType::Str, r#"checkpoint = "spread""#),
-    key("max_rate", KeyType::Int, "max_rate = 102400"),
-    key(
-        "incremental_max_chain",
-        KeyType::Int,
-        "incremental_max_chain = 7",
-    ),
-    key(
-        "manifest_checksums",
-        KeyType::Str,
-        r#"manifest_checksums = "crc32c""#,
-    ),
-    key(
-        "allow_insecure_password",
-        KeyType::Number,
-        "allow_insecure_password = false",
-    ),
-];
-const SQLITE_KEYS: &[KeySpec] = &[
-    key("name", KeyType::Str, r#"name = "auth""#),
-    key("path", KeyType::Str, r#"path = "/data/auth.db""#),
-    key("interval", KeyType::Duration, r#"interval = "1s""#),
-    key(
-        "snapshot_interval",
-        KeyType::Duration,
-        r#"snapshot_interval = "24h""#,
-    ),
-];
-const HEALTH_KEYS: &[KeySpec] = &[
-    key("listen", KeyType::Str, r#"listen = "0.0.0.0:9187""#),
-    key(
-        "wal_ack_max_age",
-        KeyType::Duration,
-        r#"wal_ack_max_age = "5m""#,
-    ),
-    key(
-        "stream_down_max",
-        KeyType::Duration,
-        r#"stream_down_max = "1m""#,
-    ),
-    key(
-        "backup_max_age",
-        KeyType::Duration,
-        r#"backup_max_age = "36h""#,
-    ),
-    key(
-        "destination_down_max",
-        KeyType::Duration,
-        r#"destination_down_max = "10m""#,
-    ),
-    key(
-        "slot_retained_max",
-        KeyType::Size,
-        r#"slot_retained_max = "4GiB""#,
-    ),
-    key(
-        "verify_max_age",
-        KeyType::Duration,
-        r#"verify_max_age = "3d""#,
-    ),
-    key(
-        "restore_token",
-        KeyType::Str,
-        r#"restore_token_file = "/run/secrets/pitr-restore-token""#,
-    ),
-    key(
-        "restore_token_file",
-        KeyType::Str,
-        r#"restore_token_file = "/run/secrets/pitr-restore-token""#,
-    ),
-    key(
-        "restore_root",
-        KeyType::Str,
-        r#"restore_root = "/var/lib/pitr/restores""#,
-    ),
-];
-const ALERT_KEYS: &[KeySpec] = &[
-    key("name", KeyType::Str, r#"name = "ops""#),
-    key("kind", KeyType::Str, r#"kind = "slack""#),
-    key(
-        "url",
-        KeyType::Str,
-        r#"url_file = "/run/secrets/slack-webhook""#,
-    ),
-    key(
-        "url_file",
-        KeyType::Str,
-        r#"url_file = "/run/secrets/slack-webhook""#,
-    ),
-    key(
-        "smtp_url",
-        KeyType::Str,
-        r#"smtp_url = "smtp://user:password@mail.example.com:587""#,
-    ),
-    key(
-        "smtp_url_file",
-        KeyType::Str,
-        r#"smtp_url_file = "/run/secrets/smtp-url""#,
-    ),
-    key("from", KeyType::Str, r#"from = "pitr@example.com""#),
-    key("to", KeyType::List, r#"to = ["oncall@example.com"]"#),
-    key("renotify", KeyType::Duration, r#"renotify = "24h""#),
-];
-const VERIFY_KEYS: &[KeySpec] = &[
-    key("schedule", KeyType::Str, r#"schedule = "0 4 * * *""#),
-    key(
-        "scratch_dir",
-        KeyType::Str,
-        r#"scratch_dir = "/var/lib/pitr/verify""#,
-    ),
-    key("os_user", KeyType::Str, r#"os_user = "postgres""#),
-];
-const RETENTION_KEYS: &[KeySpec] = &[
-    key("keep_last", KeyType::Int, "keep_last = 3"),
-    key("keep_daily", KeyType::Int, "keep_daily = 7"),
-    key("keep_weekly", KeyType::Int, "keep_weekly = 4"),
-    key("keep_monthly", KeyType::Int, "keep_monthly = 6"),
-    key("gc_grace", KeyType::Duration, r#"gc_grace = "24h""#),
-    key("schedule", KeyType::Str, r#"schedule = "30 4 * * *""#),
-];
-const RESTORE_KEYS: &[KeySpec] = &[key(
-    "bin_dirs",
-    KeyType::List,
-    r#"bin_dirs = ["/usr/lib/postgresql/17/bin"]"#,
-)];
-const SCRUB_KEYS: &[KeySpec] = &[
-    key("schedule", KeyType::Str, r#"schedule = "15 5 * * *""#),
-    key("read_budget", KeyType::Size, r#"read_budget = "1GiB""#),
-];
+impl Slot<'_> {
+    /// Where the current value came from; `None` when unset.
+    pub fn origin(&self) -> Option<&Origin> {
+        match self {
+            Slot::Str(v) => v.as_ref().map(|v| &v.origin),
+            Slot::Int(v) => v.as_ref().map(|v| &v.origin),
+            Slot::List(v) => v.as_ref().map(|v| &v.origin),
+            Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) => v.as_ref().map(|v| &v.origin),
+        }
+    }
+
+    /// Unsets the key.
+    pub fn clear(self) {
+        match self {
+            Slot::Str(v) => *v = None,
+            Slot::Int(v) => *v = None,
+            Slot::List(v) => *v = None,
+            Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) => *v = None,
+        }
+    }
+}
+
+/// A raw section's keys, addressed by name.
+pub(super) trait Keys {
+    /// The slot of `key`; `None` for a key the section does not have.
+    fn slot(&mut self, key: &str) -> Option<Slot<'_>>;
+}
+
+/// The raw field type of a key of type `$ty`.
+macro_rules! raw_type {
+    (Str) => { String };
+    (Int) => { i64 };
+    (List) => { Vec<Val<String>> };
+    (Size) => { toml::Value };
+    (Number) => { toml::Value };
+    (Duration) => { toml::Value };
+}
+
+/// Declares a section's raw struct, its key table and its [`Keys`] from one
+/// list, so that a key exists in all three or in none: the file, the
+/// messages and the environment overrides all know the same keys. The list's
+/// order is the order messages list the keys in.
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        struct $name:ident, table $table:ident {
+            $( $(#[$field_meta:meta])* $field:ident: $ty:ident = $example:expr, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct $name {
+            $( $(#[$field_meta])* pub $field: Option<Val<raw_type!($ty)>>, )*
+        }
+
+        const $table: &[KeySpec] = &[
+            $( KeySpec { name: stringify!($field), ty: KeyType::$ty, example: $example }, )*
+        ];
+
+        impl Keys for $name {
+            fn slot(&mut self, key: &str) -> Option<Slot<'_>> {
+                match key {
+                    $( stringify!($field) => Some(Slot::$ty(&mut self.$field)), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+section! {
+    /// `[repository]`.
+    struct RawRepository, table REPOSITORY_KEYS {
+        recipients: List = r#"recipients = ["age1…"]"#,
+        recipients_file: Str = r#"recipients_file = "/run/secrets/recipients""#,
+        identity_file: Str = r#"identity_file = "/run/secrets/age""#,
+        key_file: Str = r#"key_file = "/run/secrets/pitr-repository.key""#,
+        state_dir: Str = r#"state_dir = "/var/lib/pitr""#,
+        zstd_level: Int = "zstd_level = 3",
+        /// An integer of bytes or a string with a unit; checked in validation.
+        pack_size: Size = r#"pack_size = "16MiB""#,
+        quorum: Int = "quorum = 2",
+        spool_dir: Str = r#"spool_dir = "/var/lib/pitr/spool""#,
+        spool_max_bytes: Size = r#"spool_max_bytes = "4GiB""#,
+        key_id: Str = r#"key_id = "0123456789abcdef0123456789abcdef""#,
+    }
+}
+
+section! {
+    /// One `[[destination]]`. Keys of every kind live here, flat, as they are
+    /// written; validation checks which ones the entry's kind uses.
+    struct RawDestination, table DESTINATION_KEYS {
+        name: Str = r#"name = "local""#,
+        kind: Str = r#"kind = "fs""#,
+        path: Str = r#"path = "/var/lib/pitr/repo""#,
+        bucket: Str = r#"bucket = "backups""#,
+        prefix: Str = r#"prefix = "pitr/""#,
+        region: Str = r#"region = "eu-central-1""#,
+        endpoint: Str = r#"endpoint = "https://s3.eu-central-1.amazonaws.com""#,
+        access_key_id: Str = r#"access_key_id = "AKIA…""#,
+        secret_access_key: Str = r#"secret_access_key_file = "/run/secrets/s3-secret""#,
+        secret_access_key_file: Str = r#"secret_access_key_file = "/run/secrets/s3-secret""#,
+        request_timeout: Int = "request_timeout = 60",
+        /// Same form as `[[sqlite]] interval`.
+        batch_interval: Duration = r#"batch_interval = "5m""#,
+        space: Str = r#"space = "did:key:z6Mk…""#,
+        principal: Str = r#"principal_file = "/run/secrets/w3-principal""#,
+        principal_file: Str = r#"principal_file = "/run/secrets/w3-principal""#,
+        proof: Str = r#"proof_file = "/run/secrets/w3-proof""#,
+        proof_file: Str = r#"proof_file = "/run/secrets/w3-proof""#,
+        service: Str = r#"service = "https://up.storacha.network""#,
+        service_did: Str = r#"service_did = "did:web:up.storacha.network""#,
+        gateway: Str = r#"gateway = "https://storacha.link""#,
+    }
+}
+
+section! {
+    /// One `[[postgres]]`.
+    struct RawPostgres, table POSTGRES_KEYS {
+        name: Str = r#"name = "main""#,
+        conninfo: Str =
+            r#"conninfo = "host=127.0.0.1 port=5432 user=replicator dbname=postgres""#,
+        conninfo_file: Str = r#"conninfo_file = "/run/secrets/pg-conninfo""#,
+        slot: Str = r#"slot = "pitr""#,
+        base_backup: Str = r#"base_backup = "0 3 * * *""#,
+        /// An integer or a float; checked in validation.
+        base_backup_wal_gb: Number = "base_backup_wal_gb = 16",
+        checkpoint: Str = r#"checkpoint = "spread""#,
+        max_rate: Int = "max_rate = 102400",
+        incremental_max_chain: Int = "incremental_max_chain = 7",
+        manifest_checksums: Str = r#"manifest_checksums = "crc32c""#,
+        /// `true`/`false`, or their text from the environment.
+        allow_insecure_password: Number = "allow_insecure_password = false",
+    }
+}
+
+section! {
+    /// One `[[sqlite]]`.
+    struct RawSqlite, table SQLITE_KEYS {
+        name: Str = r#"name = "auth""#,
+        path: Str = r#"path = "/data/auth.db""#,
+        /// Seconds as an integer or a string with a unit; checked in validation.
+        interval: Duration = r#"interval = "1s""#,
+        /// Same form as `interval`.
+        snapshot_interval: Duration = r#"snapshot_interval = "24h""#,
+    }
+}
+
+section! {
+    /// `[health]`. Durations and sizes: an integer or a string with a unit.
+    struct RawHealth, table HEALTH_KEYS {
+        listen: Str = r#"listen = "0.0.0.0:9187""#,
+        wal_ack_max_age: Duration = r#"wal_ack_max_age = "5m""#,
+        stream_down_max: Duration = r#"stream_down_max = "1m""#,
+        backup_max_age: Duration = r#"backup_max_age = "36h""#,
+        destination_down_max: Duration = r#"destination_down_max = "10m""#,
+        slot_retained_max: Size = r#"slot_retained_max = "4GiB""#,
+        verify_max_age: Duration = r#"verify_max_age = "3d""#,
+        restore_token: Str = r#"restore_token_file = "/run/secrets/pitr-restore-token""#,
+        restore_token_file: Str = r#"restore_token_file = "/run/secrets/pitr-restore-token""#,
+        restore_root: Str = r#"restore_root = "/var/lib/pitr/restores""#,
+    }
+}
+
+section! {
+    /// One `[[alert]]` channel. Keys of every kind live here, flat;
+    /// validation checks which ones the entry's kind uses.
+    struct RawAlert, table ALERT_KEYS {
+        name: Str = r#"name = "ops""#,
+        kind: Str = r#"kind = "slack""#,
+        url: Str = r#"url_file = "/run/secrets/slack-webhook""#,
+        url_file: Str = r#"url_file = "/run/secrets/slack-webhook""#,
+        smtp_url: Str = r#"smtp_url = "smtp://user:password@mail.example.com:587""#,
+        smtp_url_file: Str = r#"smtp_url_file = "/run/secrets/smtp-url""#,
+        from: Str = r#"from = "pitr@example.com""#,
+        to: List = r#"to = ["oncall@example.com"]"#,
+        renotify: Duration = r#"renotify = "24h""#,
+    }
+}
+
+section! {
+    /// `[verify]`: scheduled test restores.
+    struct RawVerify, table VERIFY_KEYS {
+        schedule: Str = r#"schedule = "0 4 * * *""#,
+        scratch_dir: Str = r#"scratch_dir = "/var/lib/pitr/verify""#,
+        os_user: Str = r#"os_user = "postgres""#,
+    }
+}
+
+section! {
+    /// `[retention]`: which backups are kept, and garbage collection.
+    struct RawRetention, table RETENTION_KEYS {
+        keep_last: Int = "keep_last = 3",
+        keep_daily: Int = "keep_daily = 7",
+        keep_weekly: Int = "keep_weekly = 4",
+        keep_monthly: Int = "keep_monthly = 6",
+        gc_grace: Duration = r#"gc_grace = "24h""#,
+        schedule: Str = r#"schedule = "30 4 * * *""#,
+    }
+}
+
+section! {
+    /// `[scrub]`: the background scrub of every destination.
+    struct RawScrub, table SCRUB_KEYS {
+        schedule: Str = r#"schedule = "15 5 * * *""#,
+        read_budget: Size = r#"read_budget = "1GiB""#,
+    }
+}
+
+section! {
+    /// `[restore]`: how restores (and test restores) run PostgreSQL.
+    struct RawRestore, table RESTORE_KEYS {
+        bin_dirs: List = r#"bin_dirs = ["/usr/lib/postgresql/17/bin"]"#,
+    }
+}
 
 impl Section {
     /// Every section, in the order the design card writes them.

@@ -1,6 +1,8 @@
 //! `PITR_*` overrides: precedence, bad values, unknown variables.
 
 use super::*;
+use crate::config::env as overrides;
+use crate::config::error::Origin;
 
 #[test]
 fn env_overrides_win() {
@@ -174,4 +176,181 @@ fn env_value_replaces_the_files_secret_file() {
     let c =
         load(&text, &[("PITR_POSTGRES_MAIN_CONNINFO", "host=env")]).expect("env replaces the file");
     assert_eq!(c.postgres[0].conninfo, "host=env");
+}
+
+/// An override's text and the raw value it must become, per key type.
+fn override_for(ty: KeyType) -> (&'static str, toml::Value) {
+    use toml::Value;
+    match ty {
+        KeyType::Str => ("from-env", Value::String("from-env".into())),
+        KeyType::Int => ("42", Value::Integer(42)),
+        KeyType::List => (
+            "a, b",
+            Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+        ),
+        KeyType::Size => ("8MiB", Value::String("8MiB".into())),
+        KeyType::Number => ("2.5", Value::Float(2.5)),
+        KeyType::Duration => ("5m", Value::String("5m".into())),
+    }
+}
+
+/// A slot's value as TOML, and its origin (and, for a list, its items'
+/// origins, which messages about one item point at).
+fn slot_value(slot: raw::Slot<'_>) -> Option<(toml::Value, Vec<Origin>)> {
+    use raw::Slot;
+    Some(match slot {
+        Slot::Str(v) => {
+            let v = v.as_ref()?;
+            (toml::Value::String(v.value.clone()), vec![v.origin.clone()])
+        }
+        Slot::Int(v) => {
+            let v = v.as_ref()?;
+            (toml::Value::Integer(v.value), vec![v.origin.clone()])
+        }
+        Slot::List(v) => {
+            let v = v.as_ref()?;
+            let items = v.value.iter().map(|i| toml::Value::String(i.value.clone()));
+            let origins =
+                std::iter::once(v.origin.clone()).chain(v.value.iter().map(|i| i.origin.clone()));
+            (toml::Value::Array(items.collect()), origins.collect())
+        }
+        Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) => {
+            let v = v.as_ref()?;
+            (v.value.clone(), vec![v.origin.clone()])
+        }
+    })
+}
+
+/// Parses `text` and applies `vars`, as loading does before validation.
+fn raw_with_env(text: &str, vars: &[(&str, &str)]) -> Result<raw::RawConfig, ConfigError> {
+    let ctx = Ctx {
+        path: Path::new(PATH),
+        text,
+        base: Path::new("/etc/pitr"),
+    };
+    let mut raw = raw::parse(&ctx)?;
+    overrides::apply(&ctx, &mut raw, &env(vars))?;
+    Ok(raw)
+}
+
+/// Every key of the key table (but entry names, which are how variables
+/// find entries) can be set from the environment: `PITR_<SECTION>_<KEY>`,
+/// or `PITR_<SECTION>_<NAME>_<KEY>` on the second of two declared entries.
+/// The override replaces the file's value, leaves the other entry alone,
+/// and drops the file's other half of a value/file pair (`conninfo` /
+/// `conninfo_file`). The keys come from the table, so a key added there is
+/// covered here without a change, and fails here if the environment cannot
+/// set it.
+///
+/// Checks the raw layer (the values validation receives), not `Config`:
+/// which `Config` field a key ends up in depends on other keys (an s3 key is
+/// an error on an fs destination), so no generic check of the final config
+/// is practical. `env_overrides_win` checks final values for common keys.
+#[test]
+fn every_key_can_be_set_from_the_environment() {
+    let mut checked = 0;
+    for section in Section::ALL {
+        let upper = section.name().to_ascii_uppercase();
+        for spec in section.keys().iter().filter(|k| k.name != "name") {
+            let file_value = match spec.ty {
+                KeyType::Str => "\"from-file\"",
+                KeyType::Int | KeyType::Size | KeyType::Number | KeyType::Duration => "1",
+                KeyType::List => "[\"from-file\"]",
+            };
+            let pair = overrides::paired_key(section, spec.name);
+            let mut keys = format!("{} = {file_value}\n", spec.name);
+            if let Some(other) = pair {
+                let ty = section.key(other).map(|s| s.ty);
+                let other_value = if ty == Some(KeyType::List) {
+                    "[\"from-file\"]"
+                } else {
+                    "\"from-file\""
+                };
+                keys.push_str(&format!("{other} = {other_value}\n"));
+            }
+            let (text, var, index) = if section.is_array() {
+                let header = section.header();
+                (
+                    format!(
+                        "{header}\nname = \"first\"\n{keys}{header}\nname = \"the-entry\"\n{keys}"
+                    ),
+                    format!("PITR_{upper}_THE_ENTRY_{}", spec.name.to_ascii_uppercase()),
+                    Some(1),
+                )
+            } else {
+                (
+                    format!("{}\n{keys}", section.header()),
+                    format!("PITR_{upper}_{}", spec.name.to_ascii_uppercase()),
+                    None,
+                )
+            };
+            let (env_text, expected) = override_for(spec.ty);
+            let mut raw = match raw_with_env(&text, &[(&var, env_text)]) {
+                Ok(raw) => raw,
+                Err(e) => panic!("{var} for {} {}: {e}", section.header(), spec.name),
+            };
+
+            let mut read = |index: Option<usize>, key: &str| {
+                raw.keys_mut(section, index)
+                    .and_then(|k| k.slot(key))
+                    .and_then(slot_value)
+            };
+            let Some((value, origins)) = read(index, spec.name) else {
+                panic!("{var} left {} {} unset", section.header(), spec.name);
+            };
+            assert_eq!(value, expected, "{var}: value");
+            for origin in origins {
+                assert_eq!(origin, Origin::Env(var.clone()), "{var}: origin");
+            }
+            if let Some(other) = pair {
+                assert!(
+                    read(index, other).is_none(),
+                    "{var} kept the file's {other}"
+                );
+            }
+            if section.is_array() {
+                let Some((_, origins)) = read(Some(0), spec.name) else {
+                    panic!("{var} unset the other entry's {}", spec.name);
+                };
+                assert!(
+                    matches!(origins.first(), Some(Origin::File(_))),
+                    "{var} changed the other entry"
+                );
+            }
+            checked += 1;
+        }
+    }
+    // The walk itself must not come up empty.
+    assert!(checked > 50, "only {checked} keys checked");
+}
+
+/// A misspelt override of any key of the table is an error that names the
+/// variable and suggests the intended one.
+#[test]
+fn misspelt_override_of_any_key_is_an_error() {
+    for section in Section::ALL {
+        let upper = section.name().to_ascii_uppercase();
+        let (text, infix) = if section.is_array() {
+            (
+                format!("{}\nname = \"the-entry\"\n", section.header()),
+                "THE_ENTRY_",
+            )
+        } else {
+            (String::new(), "")
+        };
+        for spec in section.keys().iter().filter(|k| k.name != "name") {
+            let var = format!("PITR_{upper}_{infix}{}", spec.name.to_ascii_uppercase());
+            let typo = format!("{var}X");
+            match raw_with_env(&text, &[(&typo, "1")]) {
+                Ok(_) => panic!("{typo} was accepted"),
+                Err(e) => {
+                    assert!(matches!(&e, ConfigError::Env { var, .. } if *var == typo));
+                    contains_all(
+                        &e.to_string(),
+                        &["matches no key", &format!("Did you mean {var}?")],
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,81 @@
+//! Raw values (file + environment) → a [`Config`] whose every field is
+//! already checked, so nothing past loading validates again.
+//!
+//! One module per section; `values` holds the checks several sections share
+//! (sizes, durations, paths, cron schedules, entry names). Only checks that
+//! span sections (the quorum against the destinations) live here.
+
+mod alert;
+mod destination;
+mod health;
+mod postgres;
+mod repository;
+mod restore;
+mod retention;
+mod scrub;
+mod sqlite;
+mod values;
+mod verify;
+
+use super::Config;
+use super::error::{ConfigError, Ctx, KeyName};
+use super::raw::{RawConfig, Section};
+
+use alert::alerts;
+use destination::destinations;
+use health::health;
+use postgres::postgres;
+use repository::repository;
+use restore::restore;
+use retention::retention;
+use scrub::scrub;
+use sqlite::sqlite;
+use verify::verify;
+
+/// Checks everything and builds the [`Config`].
+pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let quorum_origin = raw
+        .repository
+        .as_ref()
+        .and_then(|r| r.quorum.as_ref())
+        .map(|q| q.origin.clone());
+    let repository = repository(ctx, raw.repository.unwrap_or_default())?;
+    let verify = verify(ctx, raw.verify.unwrap_or_default(), &repository.state_dir)?;
+    let config = Config {
+        path: ctx.path.to_path_buf(),
+        destinations: destinations(ctx, raw.destination.unwrap_or_default())?,
+        postgres: postgres(ctx, raw.postgres.unwrap_or_default())?,
+        sqlite: sqlite(ctx, raw.sqlite.unwrap_or_default())?,
+        health: health(ctx, raw.health.unwrap_or_default(), &repository.state_dir)?,
+        alerts: alerts(ctx, raw.alert.unwrap_or_default())?,
+        verify,
+        retention: retention(ctx, raw.retention.unwrap_or_default())?,
+        scrub: scrub(ctx, raw.scrub.unwrap_or_default())?,
+        restore: restore(ctx, raw.restore.unwrap_or_default())?,
+        repository,
+    };
+    let unbatched = config
+        .destinations
+        .iter()
+        .filter(|d| !d.is_batched())
+        .count();
+    if let (Some(q), Some(origin)) = (config.repository.quorum, quorum_origin)
+        && q > unbatched
+    {
+        let batched = config.destinations.len() - unbatched;
+        return Err(ctx.invalid(
+            &KeyName::plain(Section::Repository, "quorum"),
+            &origin,
+            &if batched == 0 {
+                format!("{q} is more than the {unbatched} configured destinations")
+            } else {
+                format!(
+                    "{q} is more than the {unbatched} destinations that take every write \
+                     ({batched} more are batched, and batched destinations do not count toward the quorum)"
+                )
+            },
+            "Lower quorum, or add destinations",
+        ));
+    }
+    Ok(config)
+}

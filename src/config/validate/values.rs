@@ -1,0 +1,179 @@
+//! Value checks more than one section uses: sizes, durations, paths,
+//! cron schedules and entry names.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::super::error::{ConfigError, Ctx, Entry, KeyName};
+use super::super::raw::{Section, Val};
+use crate::cron::CronSchedule;
+
+pub(super) const MIB: u64 = 1024 * 1024;
+pub(super) const GIB: u64 = 1024 * MIB;
+/// `"16MiB"`, `"512 KiB"`, `"1G"`, `"1048576"`: binary units, since pack
+/// sizes are about memory and files, not marketing.
+pub(super) fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1024,
+        "m" | "mib" => MIB,
+        "g" | "gib" => 1024 * MIB,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// A path value: non-empty, relative ones resolved against the config file's
+/// directory.
+pub(super) fn path(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: &Val<String>,
+) -> Result<std::path::PathBuf, ConfigError> {
+    if v.value.trim().is_empty() {
+        let example = key.section.key(&key.key).map_or("", |s| s.example);
+        return Err(ctx.invalid(
+            key,
+            &v.origin,
+            "is empty",
+            &format!("Give a path, e.g. {example}"),
+        ));
+    }
+    Ok(ctx.resolve(&v.value))
+}
+
+/// Checks entry `index`'s name: present, well-formed, and not taken by an
+/// earlier entry of the section (`seen`). Names end up in variable names,
+/// object names and messages, hence the small alphabet.
+pub(super) fn entry_name(
+    ctx: &Ctx<'_>,
+    section: Section,
+    index: usize,
+    name: Option<Val<String>>,
+    seen: &mut HashMap<String, usize>,
+) -> Result<(Entry, String), ConfigError> {
+    let at_index = KeyName::entry(section, &Entry::Index(index), "name");
+    let example = section.key("name").map_or("", |s| s.example);
+    let Some(name) = name else {
+        return Err(ctx.missing(
+            &at_index,
+            &format!("this {} entry has no name", section.header()),
+            &format!("Add a unique name, e.g. {example}"),
+        ));
+    };
+    let well_formed = !name.value.is_empty()
+        && name
+            .value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !well_formed {
+        return Err(ctx.invalid(
+            &at_index,
+            &name.origin,
+            &format!("{:?} is not a valid name", name.value),
+            "Use only lowercase letters a-z, digits, `_` and `-`",
+        ));
+    }
+    let entry = Entry::Named(name.value.clone());
+    if let Some(first) = seen.insert(name.value.clone(), index) {
+        return Err(ctx.invalid(
+            &KeyName::entry(section, &entry, "name"),
+            &name.origin,
+            &format!(
+                "the name {:?} is already used by {} #{}",
+                name.value,
+                section.header(),
+                first + 1
+            ),
+            &format!("Give each {} entry a unique name", section.header()),
+        ));
+    }
+    Ok((entry, name.value))
+}
+
+/// Parses a cron schedule (`"off"` for none), so that a bad one stops the
+/// sidecar at load rather than at 3 AM.
+pub(super) fn cron(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: Val<String>,
+) -> Result<Option<CronSchedule>, ConfigError> {
+    if v.value.trim() == "off" {
+        return Ok(None);
+    }
+    CronSchedule::parse(&v.value).map(Some).map_err(|e| {
+        ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{:?} is not a cron schedule ({e})", v.value),
+            "Give five fields (minute hour day-of-month month day-of-week, UTC), e.g. \"0 3 * * *\" for 03:00 daily, or six with seconds first; \"off\" takes no scheduled backups",
+        )
+    })
+}
+
+/// A duration value: whole seconds as an integer, or a string with a unit
+/// (`ms`, `s`, `m`, `h`, `d`), within `range`.
+pub(super) fn duration(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: &Val<toml::Value>,
+    range: std::ops::RangeInclusive<Duration>,
+    example: &str,
+) -> Result<Duration, ConfigError> {
+    let show = |d: &Duration| humantime(*d);
+    let fix = format!(
+        "Give a duration from {} to {}, as seconds (1) or with a unit (\"{example}\", \"500ms\", \"2m\", \"24h\")",
+        show(range.start()),
+        show(range.end())
+    );
+    let parsed = match &v.value {
+        toml::Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
+        toml::Value::String(s) => parse_duration(s),
+        _ => None,
+    };
+    let shown = match &v.value {
+        toml::Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    match parsed {
+        None => Err(ctx.invalid(key, &v.origin, &format!("{shown} is not a duration"), &fix)),
+        Some(d) if !range.contains(&d) => {
+            Err(ctx.invalid(key, &v.origin, &format!("{shown} is out of range"), &fix))
+        }
+        Some(d) => Ok(d),
+    }
+}
+
+/// `"500ms"`, `"1s"`, `"2m"`, `"24h"`, `"7d"`, `"30"` (seconds).
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms).map(Duration::from_millis)
+}
+
+pub(super) fn humantime(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 86_400_000 == 0 {
+        format!("{} d", ms / 86_400_000)
+    } else if ms % 3_600_000 == 0 {
+        format!("{} h", ms / 3_600_000)
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
+}
