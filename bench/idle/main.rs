@@ -2,7 +2,7 @@
 //! three SQLite databases, all idle, with the health endpoint on. Measures
 //! the sidecar's CPU share (user + system over the window) and its resident
 //! memory (sampled every second; the peak and the end) after the initial base
-//! backup is stored and things settled. Target (issue 8): under 1 % of a core
+//! backup is stored and things settled. Target: under 1 % of a core
 //! and under 64 MB RSS.
 //!
 //! ```text

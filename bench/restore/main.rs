@@ -1,4 +1,4 @@
-//! Restore benchmark (issue 5): `pitr restore --at T --target DIR`, which
+//! Restore benchmark: `pitr restore --at T --target DIR`, which
 //! materialises the base backup and runs a checked recovery to T, beside
 //! pgBackRest 2.45's `restore --type=time --target=T --target-action=promote`
 //! followed by PostgreSQL started on the restored directory until it has

@@ -8,7 +8,7 @@ use crate::common::{command_line, group_digits, machine};
 use crate::runs::{Run, Tool};
 use crate::source::Prepared;
 
-/// The target of issue 5: pitr's wall time at most this share of
+/// The restore target: pitr's wall time at most this share of
 /// pgBackRest's.
 pub const TARGET_RATIO: f64 = 0.8;
 

@@ -48,7 +48,7 @@ const BACKOFF_RESET: Duration = Duration::from_secs(300);
 pub enum SidecarError {
     /// No `[[postgres]]` and no `[[sqlite]]` entry.
     #[error(
-        "{0} has no [[postgres]] and no [[sqlite]] entry: nothing to back up. Add one (see DESIGN.md's config example)"
+        "{0} has no [[postgres]] and no [[sqlite]] entry: nothing to back up. Add one (`pitr init` writes an example; docs/OPERATIONS.md explains each key)"
     )]
     NothingToDo(String),
     /// A conninfo that does not parse.

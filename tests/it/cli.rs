@@ -338,7 +338,7 @@ fn check_on_an_uninitialised_destination_says_to_run_init() {
 
 #[test]
 fn verify_restore_is_no_longer_a_stub_and_needs_an_initialised_repository() {
-    // `pitr verify --restore` was issue 8's stub; tests/it/verify.rs covers
+    // `pitr verify --restore` was once a stub; tests/it/verify.rs covers
     // the test restores themselves.
     let s = Setup::new();
     let out = pitr(&["verify", "-c", &s.config(), "--restore"], &[]);

@@ -11,7 +11,7 @@ use crate::cron::CronSchedule;
 use crate::pg::{Checkpoint, ManifestChecksums};
 
 const DEFAULT_SLOT: &str = "pitr";
-/// The seed's 3 AM daily (DESIGN.md).
+/// The seed's 3 AM daily: the schedule the scripts pitr replaces ran at.
 const DEFAULT_BASE_BACKUP: &str = "0 3 * * *";
 /// More WAL than any sane rule (1 PiB): keeps the conversion to bytes exact.
 const MAX_WAL_GIB: f64 = 1024.0 * 1024.0;

@@ -697,7 +697,8 @@ fn find_receipt(blocks: &std::collections::HashMap<Cid, Vec<u8>>, task: &Cid) ->
 }
 
 /// A redirect is an error, never followed: the request may carry
-/// credentials that must not reach another host (issue 19).
+/// credentials that must not reach another host (invariant 3,
+/// docs/ARCHITECTURE.md: nothing from outside is trusted).
 fn redirected(url: &str, resp: &reqwest::Response) -> ServiceError {
     ServiceError::Redirect {
         url: url.to_owned(),

@@ -1,4 +1,4 @@
-//! Packaging (issue 9): `pitr export` for off-site copies, and the
+//! Packaging: `pitr export` for off-site copies, and the
 //! deployment files under `deploy/` and the `Dockerfile`, checked against the
 //! config the binary accepts.
 

@@ -1,4 +1,4 @@
-//! The oracle test of issue 5: restores at many targets each hold exactly
+//! The restore oracle: restores at many targets each hold exactly
 //! the rows committed before the target.
 
 use std::sync::Arc;

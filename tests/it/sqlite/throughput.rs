@@ -6,7 +6,7 @@
 //! for a second would show here — while the watcher stores captures, and
 //! the latest restore holds every row it committed.
 //!
-//! How fast the writer is with and without the watcher (issue 6: at least
+//! How fast the writer is with and without the watcher (target: at least
 //! 95%) is a timing, measured by `cargo bench --bench sqlite`
 //! (`PITR_BENCH_PARTS=throughput`) and recorded in `BENCHMARKS.md`: on a
 //! shared 2-core machine a test asserting it swung 0.5–2.7 between adjacent
