@@ -6,6 +6,7 @@
 //! in `crate::repo`.
 
 mod fanout;
+#[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 mod fs;
 mod retry;
@@ -181,7 +182,8 @@ pub enum ShipError {
         /// Whether trying again may succeed.
         transient: bool,
     },
-    /// A failure injected by [`fault::FaultyDestination`] (tests only).
+    /// A failure injected by `fault::FaultyDestination` (the `fault-injection`
+    /// feature, which only the tests turn on).
     #[error("destination {dest}: {op} {key}: injected fault")]
     Injected {
         /// Destination name.
