@@ -21,12 +21,28 @@ use crate::repo::Repository;
 use crate::sqlite::Stats;
 use crate::wal::{Link, Progress};
 
+/// Where a supervised task is in its life (shown lowercase on `/health`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Not started yet.
+    #[default]
+    Starting,
+    /// Doing its work.
+    Running,
+    /// Failed; waiting to start again.
+    Restarting,
+    /// Failed for good: not restarted until pitr is.
+    Failed,
+    /// Ended (shutdown, or nothing left to do).
+    Stopped,
+}
+
 /// How a supervised task is doing, as its supervisor publishes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TaskState {
-    /// `starting`, `running`, `restarting` (failed; waiting to start again),
-    /// `failed` (for good: not restarted until pitr is) or `stopped`.
-    pub state: &'static str,
+    /// Where it is.
+    pub state: Phase,
     /// Since when it is in that state.
     pub since: Option<Timestamp>,
     /// The newest failure.
@@ -41,7 +57,7 @@ pub type TaskCell = Arc<Mutex<TaskState>>;
 /// A new [`TaskCell`] in state `starting`.
 pub fn task_cell() -> TaskCell {
     Arc::new(Mutex::new(TaskState {
-        state: "starting",
+        state: Phase::Starting,
         since: Some(Timestamp::now()),
         ..TaskState::default()
     }))
@@ -481,8 +497,8 @@ impl Evaluator {
             Some(link.since.unwrap_or(started).max(started))
         };
         let down_for = down_since.map_or(0.0, |s| secs(now, s));
-        let stream_failing = task.state == "restarting"
-            || task.state == "failed"
+        let stream_failing = task.state == Phase::Restarting
+            || task.state == Phase::Failed
             || (down_since.is_some() && down_for >= t.stream_down_max.as_secs_f64());
         checks.push(
             Check::new(
@@ -491,9 +507,9 @@ impl Evaluator {
                 if stream_failing {
                     format!(
                         "WAL streaming of [[postgres]] {name:?} is down ({}): {}. Nothing is lost while the slot holds WAL on the server; check that the server is up and reachable with the configured conninfo",
-                        if task.state == "restarting" {
+                        if task.state == Phase::Restarting {
                             "the stream failed and restarts with backoff".to_owned()
-                        } else if task.state == "failed" {
+                        } else if task.state == Phase::Failed {
                             "the stream failed and is not retried: fix what the error says, then restart pitr".to_owned()
                         } else {
                             format!("not connected for {}", human(down_for))
@@ -673,14 +689,15 @@ impl Evaluator {
         }
         let name = &src.name;
         let failing_for = mem.failing_since.map_or(0.0, |s| secs(now, s));
-        let failing = task.state == "restarting" || failing_for >= t.stream_down_max.as_secs_f64();
+        let failing =
+            task.state == Phase::Restarting || failing_for >= t.stream_down_max.as_secs_f64();
         let check = Check::new(
             format!("sqlite/{name}/watcher"),
             failing,
             if failing {
                 format!(
                     "the SQLite watcher of [[sqlite]] {name:?} {}: {}. Check that the file exists and is readable (see the log)",
-                    if task.state == "restarting" {
+                    if task.state == Phase::Restarting {
                         "failed and restarts with backoff".to_owned()
                     } else {
                         format!("has failed every capture for {}", human(failing_for))

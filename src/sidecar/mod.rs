@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::basebackup::schedule::{self, ScheduleOptions, ScheduleStatus};
 use crate::config::Config;
 use crate::health::server::Endpoint;
-use crate::health::{self, Evaluator, PgSource, Report, Sources, SqliteSource, TaskCell};
+use crate::health::{self, Evaluator, PgSource, Phase, Report, Sources, SqliteSource, TaskCell};
 use crate::repo::{RepoError, Repository};
 use crate::wal::{ConnInfo, Link, Progress, StreamOptions};
 
@@ -642,7 +642,7 @@ async fn supervise<F, Fut, E>(
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<PartError> + Send + 'static,
 {
-    let set = |state: &'static str, error: Option<String>, restart: bool| {
+    let set = |state: Phase, error: Option<String>, restart: bool| {
         if let Ok(mut t) = cell.lock() {
             t.state = state;
             t.since = Some(Timestamp::now());
@@ -657,10 +657,10 @@ async fn supervise<F, Fut, E>(
     let mut delay = BACKOFF_MIN;
     loop {
         if *stop.borrow() {
-            set("stopped", None, false);
+            set(Phase::Stopped, None, false);
             return;
         }
-        set("running", None, false);
+        set(Phase::Running, None, false);
         let began = Instant::now();
         let mut part_stop = stop.clone();
         let part = make(Box::pin(async move {
@@ -669,7 +669,7 @@ async fn supervise<F, Fut, E>(
         // Spawned, so that a panic is a failure of this part only.
         let outcome = tokio::spawn(part).await;
         if *stop.borrow() {
-            set("stopped", None, false);
+            set(Phase::Stopped, None, false);
             return;
         }
         let error = match outcome {
@@ -678,10 +678,10 @@ async fn supervise<F, Fut, E>(
                 PartError::Retry(e) => e,
                 PartError::Permanent(e) => {
                     tracing::error!(part = %what, error = %e, "failed; not restarting: this needs a change (see the error), then a restart of pitr");
-                    set("failed", Some(e), false);
+                    set(Phase::Failed, Some(e), false);
                     let mut stop_wait = stop.clone();
                     let _ = stop_wait.wait_for(|s| *s).await;
-                    set("stopped", None, false);
+                    set(Phase::Stopped, None, false);
                     return;
                 }
             },
@@ -693,7 +693,7 @@ async fn supervise<F, Fut, E>(
         }
         let wait = jitter(delay);
         tracing::error!(part = %what, error = %error, restart_in = ?wait, "failed; restarting");
-        set("restarting", Some(error), true);
+        set(Phase::Restarting, Some(error), true);
         let mut stop_wait = stop.clone();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -800,7 +800,7 @@ mod tests {
             .await
             .expect("stops promptly")
             .expect("no panic escapes");
-        assert_eq!(cell.lock().map(|t| t.state).expect("lock"), "stopped");
+        assert_eq!(cell.lock().map(|t| t.state).expect("lock"), Phase::Stopped);
     }
 
     #[tokio::test]
@@ -819,13 +819,15 @@ mod tests {
             },
         ));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while cell.lock().map(|t| t.state).expect("lock") != "failed" && Instant::now() < deadline {
+        while cell.lock().map(|t| t.state).expect("lock") != Phase::Failed
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Longer than the first backoff (0.5 to 1 s): a retry would have run.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let state = cell.lock().map(|t| t.clone()).expect("lock");
-        assert_eq!(state.state, "failed", "{state:?}");
+        assert_eq!(state.state, Phase::Failed, "{state:?}");
         assert_eq!(state.restarts, 0, "{state:?}");
         assert_eq!(
             state.last_error.as_deref(),
@@ -837,6 +839,6 @@ mod tests {
             .await
             .expect("stops promptly")
             .expect("no panic escapes");
-        assert_eq!(cell.lock().map(|t| t.state).expect("lock"), "stopped");
+        assert_eq!(cell.lock().map(|t| t.state).expect("lock"), Phase::Stopped);
     }
 }
