@@ -11,13 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use pitr::config::Config;
 use pitr::repo::Repository;
 
-mod cids_cmd;
-mod demo;
-mod export_cmd;
-mod restore_cmd;
-mod sqlite_cmd;
-mod verify_cmd;
-use restore_cmd::{list, make_plan, open_repo, parse_target, print_plan, restore};
+mod cli;
+use cli::restore::{list, make_plan, open_repo, parse_target, print_plan, restore};
+use cli::{cids as cids_cmd, demo, export as export_cmd, restore as restore_cmd};
+use cli::{sqlite as sqlite_cmd, verify as verify_cmd};
 
 /// Keeps PostgreSQL and SQLite databases recoverable to any second.
 #[derive(Parser, Debug)]

@@ -108,7 +108,7 @@ pub async fn restore(
         mib(plan.bytes())
     );
     let result = pitr::restore::sqlite::restore(repo, plan, target, force).await;
-    let skipped = crate::restore_cmd::skipped_text(repo);
+    let skipped = super::restore::skipped_text(repo);
     if result.is_err() {
         eprint!("{skipped}");
     }
@@ -150,7 +150,7 @@ pub fn print_list(sqlite: &[pitr::listing::SqliteListing]) {
         println!("  restore window: {}", window_text(&s.window));
         println!(
             "  last test restore: {}",
-            crate::restore_cmd::test_restore_text(s.last_test_restore.as_ref())
+            super::restore::test_restore_text(s.last_test_restore.as_ref())
         );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pitr::config::Config;
 use pitr::restore::{ExportError, Selection};
 
-use crate::restore_cmd::open_repo;
+use super::restore::open_repo;
 use crate::{DatabaseArg, Exit, mib, postgres_entry};
 
 /// `pitr --version`: the crate version and the git commit it was built
@@ -37,7 +37,7 @@ pub async fn export(
         },
         (_, Some(name)) => Selection {
             postgres: Vec::new(),
-            sqlite: vec![crate::sqlite_cmd::sqlite_entry(config, name)?.name.clone()],
+            sqlite: vec![super::sqlite::sqlite_entry(config, name)?.name.clone()],
         },
         (None, None) => Selection {
             postgres: config.postgres.iter().map(|p| p.name.clone()).collect(),

@@ -4,8 +4,8 @@
 use pitr::config::Config;
 use pitr::verify::{Selection, VerifyError, VerifyReport};
 
+use super::restore::open_repo;
 use crate::Exit;
-use crate::restore_cmd::open_repo;
 
 /// Runs a test restore of every (or the named) database and prints the
 /// reports.

@@ -5,7 +5,7 @@
 use pitr::config::{Config, DestinationKind};
 use pitr::repo::catalog::CidRow;
 
-use crate::restore_cmd::open_repo;
+use super::restore::open_repo;
 
 /// Prints every object's CID per content-addressed destination: one line
 /// `object  destination  cid  gateway URL`, or a JSON array.

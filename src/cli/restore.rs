@@ -224,7 +224,7 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
             test_restore_text(pg.last_test_restore.as_ref())
         );
     }
-    crate::sqlite_cmd::print_list(&listing.sqlite);
+    super::sqlite::print_list(&listing.sqlite);
     Ok(())
 }
 
