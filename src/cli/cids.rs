@@ -9,7 +9,7 @@ use super::restore::open_repo;
 
 /// Prints every object's CID per content-addressed destination: one line
 /// `object  destination  cid  gateway URL`, or a JSON array.
-pub async fn catalog_cids(config: &Config, json: bool) -> anyhow::Result<()> {
+pub(super) async fn catalog_cids(config: &Config, json: bool) -> anyhow::Result<()> {
     let repo = open_repo(config).await?;
     let rows = repo.catalog().content_ids()?;
     if json {

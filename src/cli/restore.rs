@@ -10,10 +10,12 @@ use pitr::repo::Repository;
 use pitr::restore::{Plan, PlanError, RestoreError, RestoreOptions, Target};
 use pitr::verify::VerifyReport;
 
-use crate::{Exit, TargetArg, mib};
+use super::args::TargetArg;
+use super::exit::Exit;
+use super::mib;
 
 /// Opens the repository with the latest commits of every writer applied.
-pub async fn open_repo(config: &Config) -> anyhow::Result<Repository> {
+pub(super) async fn open_repo(config: &Config) -> anyhow::Result<Repository> {
     let fanout = pitr::ship::from_config(config);
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let repo = Repository::open(fanout, opts).await?;
@@ -24,7 +26,7 @@ pub async fn open_repo(config: &Config) -> anyhow::Result<Repository> {
 /// Opens the repository for a restore: pins the repository key when the
 /// config names it, and says which key the restore trusts and why, before
 /// anything is written.
-pub async fn open_repo_for_restore(config: &Config) -> anyhow::Result<Repository> {
+pub(super) async fn open_repo_for_restore(config: &Config) -> anyhow::Result<Repository> {
     let r = &config.repository;
     // Looked at before opening: opening writes a key fetched from the store
     // into state_dir.
@@ -60,7 +62,7 @@ pub async fn open_repo_for_restore(config: &Config) -> anyhow::Result<Repository
 }
 
 /// The target the flags name.
-pub fn parse_target(t: &TargetArg) -> anyhow::Result<Target> {
+pub(super) fn parse_target(t: &TargetArg) -> anyhow::Result<Target> {
     if t.latest {
         return Ok(Target::Latest);
     }
@@ -69,7 +71,7 @@ pub fn parse_target(t: &TargetArg) -> anyhow::Result<Target> {
 }
 
 /// Plans, mapping "cannot reach that target" to exit 1.
-pub async fn make_plan(
+pub(super) async fn make_plan(
     repo: &Repository,
     database: &str,
     target: &Target,
@@ -96,7 +98,7 @@ fn lineage_text(plan: &Plan) -> String {
 }
 
 /// `pitr plan` as a table.
-pub fn print_plan(plan: &Plan) {
+pub(super) fn print_plan(plan: &Plan) {
     let partials = plan.segments.iter().filter(|s| s.partial).count();
     println!(
         "Restore plan for [[postgres]] {:?} to {}",
@@ -148,7 +150,7 @@ pub fn print_plan(plan: &Plan) {
 
 /// `pitr list`: base backups, WAL ranges per timeline, restore windows.
 /// The JSON is [`pitr::listing::Listing`], what `GET /backups` serves too.
-pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
+pub(super) async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
     let repo = open_repo(config).await?;
     let listing = pitr::listing::listing(&repo, config).await?;
     if json {
@@ -231,7 +233,7 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
 /// `pitr list`'s words on a database's newest test restore: when, the
 /// verdict, from what, to where; or how to get one. A backup nobody
 /// restored is a hope, not a backup: the line says so.
-pub fn test_restore_text(report: Option<&VerifyReport>) -> String {
+pub(super) fn test_restore_text(report: Option<&VerifyReport>) -> String {
     let Some(r) = report else {
         return "none recorded: nothing proves these backups restore yet (`pitr verify \
                 --restore` runs one; `[verify] schedule` runs them in `pitr run`)"
@@ -257,7 +259,11 @@ pub fn test_restore_text(report: Option<&VerifyReport>) -> String {
 }
 
 /// `pitr restore`: executes the plan, reports what was reached.
-pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> anyhow::Result<()> {
+pub(super) async fn restore(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &RestoreOptions,
+) -> anyhow::Result<()> {
     eprintln!(
         "Restoring [[postgres]] {:?} to {} into {}: base backup {} ({} files, {}), then {} WAL \
          segments ({}) on timeline {}...",
@@ -404,7 +410,7 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
 /// The copies this process's reads skipped, one line each, naming the
 /// destination, the object, why, and which destination served instead;
 /// empty when none was skipped. `pitr repair` fixes them.
-pub fn skipped_text(repo: &Repository) -> String {
+pub(super) fn skipped_text(repo: &Repository) -> String {
     let skipped = repo.skipped_reads();
     if skipped.is_empty() {
         return String::new();
