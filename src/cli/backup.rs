@@ -1,10 +1,9 @@
 //! `pitr backup`: one base backup now.
 
 use pitr::config::Config;
-use pitr::repo::Repository;
 
 use super::exit::Exit;
-use super::{mib, postgres_entry};
+use super::{CatalogSync, mib, open_repo, postgres_entry};
 
 /// `pitr backup`: one base backup now, then waits (bounded) until its WAL
 /// is stored and marks it restorable. WAL is streamed by `pitr run`, which
@@ -26,9 +25,7 @@ pub(super) async fn backup(
             db.name
         ))
     })?;
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
-    let repo = Repository::open(fanout, opts).await?;
+    let repo = open_repo(config, CatalogSync::AsOpened).await?;
     // A long backup must see marks of a retention run elsewhere, as the
     // sidecar's writers do (docs/RETENTION.md).
     repo.refresh_catalog_every(config.retention.gc_grace / 2);

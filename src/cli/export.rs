@@ -10,8 +10,7 @@ use pitr::restore::{ExportError, Selection};
 
 use super::args::DatabaseArg;
 use super::exit::Exit;
-use super::restore::open_repo;
-use super::{mib, postgres_entry};
+use super::{CatalogSync, mib, open_repo, postgres_entry};
 
 /// `pitr --version`: the crate version and the git commit it was built
 /// from (`build.rs`; `unknown` when built outside a git checkout without
@@ -46,7 +45,7 @@ pub(super) async fn export(
             sqlite: config.sqlite.iter().map(|s| s.name.clone()).collect(),
         },
     };
-    let repo = open_repo(config).await?;
+    let repo = open_repo(config, CatalogSync::Latest).await?;
     let dests = repo.fanout().destinations();
     let source = match from {
         None => dests.first(),

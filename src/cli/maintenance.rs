@@ -3,17 +3,15 @@
 //! collection).
 
 use pitr::config::Config;
-use pitr::repo::Repository;
 
 use super::args::DatabaseArg;
 use super::exit::Exit;
+use super::{CatalogSync, open_repo};
 
 /// `pitr repair`: every object checked in every destination, good copies
 /// written over missing or damaged ones.
 pub(super) async fn repair(config: &Config) -> anyhow::Result<()> {
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
-    let repo = Repository::open(fanout, opts).await?;
+    let repo = open_repo(config, CatalogSync::AsOpened).await?;
     let report = repo.repair().await?;
     for r in &report.repaired {
         println!(
@@ -56,9 +54,7 @@ pub(super) async fn retention(
             return Err(Exit::Usage("give --postgres or --sqlite, not both".into()).into());
         }
     };
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
-    let repo = Repository::open(fanout, opts).await?;
+    let repo = open_repo(config, CatalogSync::AsOpened).await?;
     let run = RunOptions {
         scope,
         ..RunOptions::from_config(config)

@@ -7,8 +7,7 @@
 //! - `backup`: `backup`
 //! - `sidecar`: `run`
 //! - `wal_fetch`: `wal-fetch` and its prefetcher
-//! - `restore`: `list`, `plan` and `restore`, and opening the repository for
-//!   a command
+//! - `restore`: `list`, `plan` and `restore`
 //! - `sqlite`: the SQLite side of `list`, `plan` and `restore`
 //! - `verify`: `verify`, with and without `--restore`
 //! - `maintenance`: `repair`, `retention`
@@ -16,8 +15,8 @@
 //! - `export`: `export`, `probe` and the version string
 //! - `demo`: `demo`
 //!
-//! Helpers more than one command uses (the config, the `[[postgres]]` entry,
-//! sizes and intervals as text) are here.
+//! Helpers more than one command uses (the config, opening the repository,
+//! the `[[postgres]]` entry, sizes and intervals as text) are here.
 
 pub(crate) mod args;
 mod backup;
@@ -35,6 +34,7 @@ mod verify;
 mod wal_fetch;
 
 use pitr::config::Config;
+use pitr::repo::Repository;
 
 use args::{CatalogCommand, Command, ConfigArg};
 use exit::{EXIT_NOT_POSSIBLE, EXIT_WAL_FETCH_FAILED, Exit, exit_code};
@@ -117,7 +117,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(name) = &database.sqlite {
                 let entry = sqlite::sqlite_entry(&config, name)?;
                 let target = restore::parse_target(&target)?;
-                let repo = restore::open_repo(&config).await?;
+                let repo = open_repo(&config, CatalogSync::Latest).await?;
                 let plan = sqlite::make_plan(&repo, &entry.name, &target)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -128,7 +128,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             }
             let target = restore::parse_target(&target)?;
             let db = postgres_entry(&config, database.postgres.as_deref())?;
-            let repo = restore::open_repo(&config).await?;
+            let repo = open_repo(&config, CatalogSync::Latest).await?;
             let plan = restore::make_plan(&repo, &db.name, &target, timeline).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -240,6 +240,31 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
 /// The config a command names, loaded and validated.
 fn load(c: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load(&c.config)?)
+}
+
+/// Whether [`open_repo`] also applies the commits the store holds that the
+/// local catalog lacks ([`Repository::sync_catalog`]), or leaves the catalog
+/// as opening the repository left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CatalogSync {
+    /// Every writer's latest commits applied: what reads (list, plan,
+    /// restore, export, catalog cids, test restores) do.
+    Latest,
+    /// As [`Repository::open`] leaves it.
+    AsOpened,
+}
+
+/// Opens the repository the config describes. The commands that need the
+/// fan-out or the options themselves (`init`, `catalog rebuild`, `check`,
+/// `verify`, `demo`) open it their own way.
+async fn open_repo(config: &Config, sync: CatalogSync) -> anyhow::Result<Repository> {
+    let fanout = pitr::ship::from_config(config);
+    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let repo = Repository::open(fanout, opts).await?;
+    if sync == CatalogSync::Latest {
+        repo.sync_catalog().await?;
+    }
+    Ok(repo)
 }
 
 /// The `[[postgres]]` entry a command is about: the named one, or the only one.

@@ -1,6 +1,6 @@
 //! `pitr list`, `pitr plan` and `pitr restore` at the command line: opening
-//! the repository, turning planner and restore errors into exit codes, and
-//! printing tables people can read at 3 AM.
+//! the repository for a restore, turning planner and restore errors into
+//! exit codes, and printing tables people can read at 3 AM.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -12,16 +12,7 @@ use pitr::verify::VerifyReport;
 
 use super::args::TargetArg;
 use super::exit::Exit;
-use super::mib;
-
-/// Opens the repository with the latest commits of every writer applied.
-pub(super) async fn open_repo(config: &Config) -> anyhow::Result<Repository> {
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
-    let repo = Repository::open(fanout, opts).await?;
-    repo.sync_catalog().await?;
-    Ok(repo)
-}
+use super::{CatalogSync, mib, open_repo};
 
 /// Opens the repository for a restore: pins the repository key when the
 /// config names it, and says which key the restore trusts and why, before
@@ -32,7 +23,7 @@ pub(super) async fn open_repo_for_restore(config: &Config) -> anyhow::Result<Rep
     // into state_dir.
     let local_key = r.state_dir.join("repository.key");
     let had_local_key = local_key.exists();
-    let repo = open_repo(config).await?;
+    let repo = open_repo(config, CatalogSync::Latest).await?;
     let id = repo.descriptor().key_id.clone();
     let why = match (&r.key_id, &r.key_file) {
         (Some(pin), _) if *pin != id => {
@@ -151,7 +142,7 @@ pub(super) fn print_plan(plan: &Plan) {
 /// `pitr list`: base backups, WAL ranges per timeline, restore windows.
 /// The JSON is [`pitr::listing::Listing`], what `GET /backups` serves too.
 pub(super) async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
-    let repo = open_repo(config).await?;
+    let repo = open_repo(config, CatalogSync::Latest).await?;
     let listing = pitr::listing::listing(&repo, config).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&listing)?);

@@ -7,7 +7,7 @@ use pitr::repo::Repository;
 use pitr::verify::{Selection, VerifyError, VerifyReport};
 
 use super::exit::Exit;
-use super::restore::open_repo;
+use super::{CatalogSync, open_repo};
 
 /// Runs a test restore of every (or the named) database and prints the
 /// reports.
@@ -24,7 +24,7 @@ pub(super) async fn verify_restore(
     if config.repository.identity_file.is_none() {
         return Err(Exit::Usage(VerifyError::NoIdentity.to_string()).into());
     }
-    let repo = open_repo(config).await?;
+    let repo = open_repo(config, CatalogSync::Latest).await?;
     let run = pitr::verify::run_now(config, &repo, &selection)
         .await
         .map_err(|e| match e {

@@ -5,10 +5,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use pitr::config::Config;
-use pitr::repo::Repository;
 
 use super::exit::Exit;
-use super::postgres_entry;
+use super::{CatalogSync, open_repo, postgres_entry};
 
 /// PostgreSQL's `restore_command`: exit 0 with the file in place, exit 1
 /// when the repository does not hold it (recovery then knows the WAL ends
@@ -41,9 +40,7 @@ pub(super) async fn wal_fetch(
         spawn_prefetcher(config_path, &db.name, file);
         return Ok(());
     }
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
-    let repo = Repository::open(fanout, opts).await?;
+    let repo = open_repo(config, CatalogSync::AsOpened).await?;
     let store = pitr::wal::WalStore::new(repo, &db.name);
     match store.fetch_to(file, path).await? {
         Some(found) if found.partial => {
@@ -105,9 +102,7 @@ pub(super) async fn prefetch_fill(
     file: &str,
 ) -> anyhow::Result<()> {
     let db = postgres_entry(config, postgres)?;
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
-    let repo = Repository::open(fanout, opts).await?;
+    let repo = open_repo(config, CatalogSync::AsOpened).await?;
     let store = pitr::wal::WalStore::new(repo, &db.name);
     pitr::wal::Prefetch::new(&config.repository.state_dir, &db.name)
         .fill(&store, file, PREFETCH_SEGMENTS)
