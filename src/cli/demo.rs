@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use pitr::config::Config;
 use pitr::repo::Repository;
 
-use crate::Exit;
+use super::exit::Exit;
 
 /// The programs the demo runs.
 const TOOLS: &[&str] = &["initdb", "postgres", "pg_ctl", "psql"];
@@ -144,7 +144,7 @@ fn chown(path: &Path, user: &Option<(u32, u32)>) -> anyhow::Result<()> {
 }
 
 /// Runs the demo.
-pub async fn run() -> anyhow::Result<()> {
+pub(super) async fn run() -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let bin = pg_bin()?;
     let user = os_user()?;

@@ -1,6 +1,6 @@
 //! `pitr list`, `pitr plan` and `pitr restore` at the command line: opening
-//! the repository, turning planner and restore errors into exit codes, and
-//! printing tables people can read at 3 AM.
+//! the repository for a restore, turning planner and restore errors into
+//! exit codes, and printing tables people can read at 3 AM.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -10,27 +10,20 @@ use pitr::repo::Repository;
 use pitr::restore::{Plan, PlanError, RestoreError, RestoreOptions, Target};
 use pitr::verify::VerifyReport;
 
-use crate::{Exit, TargetArg, mib};
-
-/// Opens the repository with the latest commits of every writer applied.
-pub async fn open_repo(config: &Config) -> anyhow::Result<Repository> {
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
-    let repo = Repository::open(fanout, opts).await?;
-    repo.sync_catalog().await?;
-    Ok(repo)
-}
+use super::args::TargetArg;
+use super::exit::Exit;
+use super::{CatalogSync, mib, open_repo};
 
 /// Opens the repository for a restore: pins the repository key when the
 /// config names it, and says which key the restore trusts and why, before
 /// anything is written.
-pub async fn open_repo_for_restore(config: &Config) -> anyhow::Result<Repository> {
+pub(super) async fn open_repo_for_restore(config: &Config) -> anyhow::Result<Repository> {
     let r = &config.repository;
     // Looked at before opening: opening writes a key fetched from the store
     // into state_dir.
     let local_key = r.state_dir.join("repository.key");
     let had_local_key = local_key.exists();
-    let repo = open_repo(config).await?;
+    let repo = open_repo(config, CatalogSync::Latest).await?;
     let id = repo.descriptor().key_id.clone();
     let why = match (&r.key_id, &r.key_file) {
         (Some(pin), _) if *pin != id => {
@@ -60,7 +53,7 @@ pub async fn open_repo_for_restore(config: &Config) -> anyhow::Result<Repository
 }
 
 /// The target the flags name.
-pub fn parse_target(t: &TargetArg) -> anyhow::Result<Target> {
+pub(super) fn parse_target(t: &TargetArg) -> anyhow::Result<Target> {
     if t.latest {
         return Ok(Target::Latest);
     }
@@ -69,7 +62,7 @@ pub fn parse_target(t: &TargetArg) -> anyhow::Result<Target> {
 }
 
 /// Plans, mapping "cannot reach that target" to exit 1.
-pub async fn make_plan(
+pub(super) async fn make_plan(
     repo: &Repository,
     database: &str,
     target: &Target,
@@ -96,7 +89,7 @@ fn lineage_text(plan: &Plan) -> String {
 }
 
 /// `pitr plan` as a table.
-pub fn print_plan(plan: &Plan) {
+pub(super) fn print_plan(plan: &Plan) {
     let partials = plan.segments.iter().filter(|s| s.partial).count();
     println!(
         "Restore plan for [[postgres]] {:?} to {}",
@@ -148,8 +141,8 @@ pub fn print_plan(plan: &Plan) {
 
 /// `pitr list`: base backups, WAL ranges per timeline, restore windows.
 /// The JSON is [`pitr::listing::Listing`], what `GET /backups` serves too.
-pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
-    let repo = open_repo(config).await?;
+pub(super) async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let repo = open_repo(config, CatalogSync::Latest).await?;
     let listing = pitr::listing::listing(&repo, config).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&listing)?);
@@ -224,14 +217,14 @@ pub async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
             test_restore_text(pg.last_test_restore.as_ref())
         );
     }
-    crate::sqlite_cmd::print_list(&listing.sqlite);
+    super::sqlite::print_list(&listing.sqlite);
     Ok(())
 }
 
 /// `pitr list`'s words on a database's newest test restore: when, the
 /// verdict, from what, to where; or how to get one. A backup nobody
 /// restored is a hope, not a backup: the line says so.
-pub fn test_restore_text(report: Option<&VerifyReport>) -> String {
+pub(super) fn test_restore_text(report: Option<&VerifyReport>) -> String {
     let Some(r) = report else {
         return "none recorded: nothing proves these backups restore yet (`pitr verify \
                 --restore` runs one; `[verify] schedule` runs them in `pitr run`)"
@@ -257,7 +250,11 @@ pub fn test_restore_text(report: Option<&VerifyReport>) -> String {
 }
 
 /// `pitr restore`: executes the plan, reports what was reached.
-pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> anyhow::Result<()> {
+pub(super) async fn restore(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &RestoreOptions,
+) -> anyhow::Result<()> {
     eprintln!(
         "Restoring [[postgres]] {:?} to {} into {}: base backup {} ({} files, {}), then {} WAL \
          segments ({}) on timeline {}...",
@@ -404,7 +401,7 @@ pub async fn restore(repo: &Repository, plan: &Plan, opts: &RestoreOptions) -> a
 /// The copies this process's reads skipped, one line each, naming the
 /// destination, the object, why, and which destination served instead;
 /// empty when none was skipped. `pitr repair` fixes them.
-pub fn skipped_text(repo: &Repository) -> String {
+pub(super) fn skipped_text(repo: &Repository) -> String {
     let skipped = repo.skipped_reads();
     if skipped.is_empty() {
         return String::new();

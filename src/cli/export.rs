@@ -8,14 +8,15 @@ use std::time::Duration;
 use pitr::config::Config;
 use pitr::restore::{ExportError, Selection};
 
-use crate::restore_cmd::open_repo;
-use crate::{DatabaseArg, Exit, mib, postgres_entry};
+use super::args::DatabaseArg;
+use super::exit::Exit;
+use super::{CatalogSync, mib, open_repo, postgres_entry};
 
 /// `pitr --version`: the crate version and the git commit it was built
 /// from (`build.rs`; `unknown` when built outside a git checkout without
 /// `GIT_COMMIT` set). Not named PITR_*: cargo
 /// passes it to test processes, and the config refuses unknown PITR_ variables.
-pub const VERSION: &str = concat!(
+pub(super) const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("BUILD_GIT_COMMIT"),
@@ -24,7 +25,7 @@ pub const VERSION: &str = concat!(
 
 /// `pitr export`: every database of the config (or the one named) from
 /// destination `from` (default: the first) into `to`.
-pub async fn export(
+pub(super) async fn export(
     config: &Config,
     to: &Path,
     database: &DatabaseArg,
@@ -37,14 +38,14 @@ pub async fn export(
         },
         (_, Some(name)) => Selection {
             postgres: Vec::new(),
-            sqlite: vec![crate::sqlite_cmd::sqlite_entry(config, name)?.name.clone()],
+            sqlite: vec![super::sqlite::sqlite_entry(config, name)?.name.clone()],
         },
         (None, None) => Selection {
             postgres: config.postgres.iter().map(|p| p.name.clone()).collect(),
             sqlite: config.sqlite.iter().map(|s| s.name.clone()).collect(),
         },
     };
-    let repo = open_repo(config).await?;
+    let repo = open_repo(config, CatalogSync::Latest).await?;
     let dests = repo.fanout().destinations();
     let source = match from {
         None => dests.first(),
@@ -97,7 +98,7 @@ pub async fn export(
 
 /// `pitr probe URL`: 0 when a GET answers 2xx within `timeout`, else 1,
 /// with the reason on standard error (Docker keeps it in the health log).
-pub async fn probe(url: &str, timeout: Duration) -> u8 {
+pub(super) async fn probe(url: &str, timeout: Duration) -> u8 {
     let client = match reqwest::Client::builder().timeout(timeout).build() {
         Ok(c) => c,
         Err(e) => {

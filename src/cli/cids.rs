@@ -5,12 +5,12 @@
 use pitr::config::{Config, DestinationKind};
 use pitr::repo::catalog::CidRow;
 
-use crate::restore_cmd::open_repo;
+use super::{CatalogSync, open_repo};
 
 /// Prints every object's CID per content-addressed destination: one line
 /// `object  destination  cid  gateway URL`, or a JSON array.
-pub async fn catalog_cids(config: &Config, json: bool) -> anyhow::Result<()> {
-    let repo = open_repo(config).await?;
+pub(super) async fn catalog_cids(config: &Config, json: bool) -> anyhow::Result<()> {
+    let repo = open_repo(config, CatalogSync::Latest).await?;
     let rows = repo.catalog().content_ids()?;
     if json {
         let v: Vec<serde_json::Value> = rows

@@ -9,10 +9,11 @@ use pitr::repo::Repository;
 use pitr::restore::Target;
 use pitr::restore::sqlite::{SqlitePlan, SqliteRestoreError};
 
-use crate::{Exit, mib};
+use super::exit::Exit;
+use super::mib;
 
 /// The `[[sqlite]]` entry named `name`.
-pub fn sqlite_entry<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a SqliteConfig> {
+pub(super) fn sqlite_entry<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a SqliteConfig> {
     config
         .sqlite
         .iter()
@@ -43,12 +44,16 @@ fn classify(e: SqliteRestoreError) -> anyhow::Error {
 }
 
 /// Plans, mapping errors to exit codes.
-pub fn make_plan(repo: &Repository, name: &str, target: &Target) -> anyhow::Result<SqlitePlan> {
+pub(super) fn make_plan(
+    repo: &Repository,
+    name: &str,
+    target: &Target,
+) -> anyhow::Result<SqlitePlan> {
     pitr::restore::sqlite::plan(repo, name, target).map_err(classify)
 }
 
 /// `pitr plan --sqlite` as a table.
-pub fn print_plan(plan: &SqlitePlan) {
+pub(super) fn print_plan(plan: &SqlitePlan) {
     let snaps = plan.captures.iter().filter(|c| c.snapshot).count();
     println!(
         "Restore plan for [[sqlite]] {:?} to {}",
@@ -93,7 +98,7 @@ fn window_text(w: &pitr::restore::sqlite::SqliteWindow) -> String {
 }
 
 /// `pitr restore --sqlite`.
-pub async fn restore(
+pub(super) async fn restore(
     repo: &Repository,
     plan: &SqlitePlan,
     target: &Path,
@@ -108,7 +113,7 @@ pub async fn restore(
         mib(plan.bytes())
     );
     let result = pitr::restore::sqlite::restore(repo, plan, target, force).await;
-    let skipped = crate::restore_cmd::skipped_text(repo);
+    let skipped = super::restore::skipped_text(repo);
     if result.is_err() {
         eprint!("{skipped}");
     }
@@ -129,7 +134,7 @@ pub async fn restore(
 }
 
 /// The SQLite part of `pitr list`, as text.
-pub fn print_list(sqlite: &[pitr::listing::SqliteListing]) {
+pub(super) fn print_list(sqlite: &[pitr::listing::SqliteListing]) {
     for s in sqlite {
         println!("[[sqlite]] {:?} ({})", s.name, s.path.display());
         println!(
@@ -150,7 +155,7 @@ pub fn print_list(sqlite: &[pitr::listing::SqliteListing]) {
         println!("  restore window: {}", window_text(&s.window));
         println!(
             "  last test restore: {}",
-            crate::restore_cmd::test_restore_text(s.last_test_restore.as_ref())
+            super::restore::test_restore_text(s.last_test_restore.as_ref())
         );
     }
 }
