@@ -31,7 +31,8 @@ pub(super) async fn repair(config: &Config) -> anyhow::Result<()> {
     );
     if !report.unrepaired.is_empty() {
         anyhow::bail!(
-            "{} objects could not be repaired (listed above); a destination that cannot be              read must be fixed first, an object no destination holds intact is lost there",
+            "{} objects could not be repaired (listed above); a destination that cannot be \
+             read must be fixed first, an object no destination holds intact is lost there",
             report.unrepaired.len()
         );
     }
