@@ -4,7 +4,6 @@
 //! repository format (`repo`, its catalog inside) to the destinations
 //! (`ship`); `restore` plans and runs restores; `sidecar` runs it all.
 
-pub mod alert;
 pub mod basebackup;
 pub mod beneath;
 pub mod config;
@@ -12,7 +11,6 @@ pub mod crashsafe;
 pub mod cron;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod health;
 pub mod listing;
 pub mod pg;
 pub mod repo;

@@ -80,7 +80,7 @@ pub(super) async fn check(config: &Config, offline: bool) -> anyhow::Result<()> 
         }
     }
     for alert in &config.alerts {
-        match pitr::alert::check_channel(alert).await {
+        match pitr::sidecar::alert::check_channel(alert).await {
             Ok(report) => println!("alert {} ({}): {report}", alert.name, alert.kind.name()),
             Err(e) => {
                 failed += 1;

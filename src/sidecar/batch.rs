@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::health::Check;
+use super::health::Check;
 use crate::repo::{BatchReport, BatchStage, Repository};
 use crate::ship::Batched;
 

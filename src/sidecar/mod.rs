@@ -21,12 +21,14 @@ use tokio::sync::watch;
 
 use crate::basebackup::schedule::{self, ScheduleOptions, ScheduleStatus};
 use crate::config::Config;
-use crate::health::server::Endpoint;
-use crate::health::{self, Evaluator, PgSource, Phase, Report, Sources, SqliteSource, TaskCell};
 use crate::repo::{RepoError, Repository};
 use crate::wal::{ConnInfo, Link, Progress, StreamOptions};
+use health::server::Endpoint;
+use health::{Evaluator, PgSource, Phase, Report, Sources, SqliteSource, TaskCell};
 
+pub mod alert;
 mod batch;
+pub mod health;
 mod scrub;
 
 /// How long stopping may take before what is still running is abandoned.
@@ -433,7 +435,7 @@ pub async fn run(
             .unwrap_or_else(|| "unknown host".to_owned()),
         config.path.display()
     );
-    let alerter = crate::alert::Alerter::new(&config.alerts, &instance);
+    let alerter = crate::sidecar::alert::Alerter::new(&config.alerts, &instance);
     {
         let alerter = alerter.clone();
         sections.push((
@@ -732,7 +734,7 @@ async fn probe_destinations(repo: Repository, mut stop: watch::Receiver<bool>) {
 /// transitions).
 async fn evaluate_forever(
     mut evaluator: Evaluator,
-    alerter: crate::alert::Alerter,
+    alerter: crate::sidecar::alert::Alerter,
     report: watch::Sender<Option<Arc<Report>>>,
     mut stop: watch::Receiver<bool>,
 ) {

@@ -10,8 +10,8 @@ use jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::health::Check;
 use crate::config::ScrubConfig;
-use crate::health::Check;
 use crate::repo::{Repository, ScrubOptions, ScrubReport, Unrepaired};
 
 /// How many unrepaired objects the `/health` summary names; the rest are

@@ -5,9 +5,9 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use pitr::alert::{Alerter, Retry};
 use pitr::config::{AlertConfig, AlertKind};
-use pitr::health::Check;
+use pitr::sidecar::alert::{Alerter, Retry};
+use pitr::sidecar::health::Check;
 
 use crate::harness::{SmtpServer, WebhookReceiver};
 
@@ -401,12 +401,14 @@ async fn check_channel_talks_to_the_servers_and_sends_nothing() {
         )
     };
 
-    let ok =
-        pitr::alert::check_channel(&email(format!("smtp://127.0.0.1:{}?tls=none", smtp.port())))
-            .await
-            .expect("check");
+    let ok = pitr::sidecar::alert::check_channel(&email(format!(
+        "smtp://127.0.0.1:{}?tls=none",
+        smtp.port()
+    )))
+    .await
+    .expect("check");
     assert!(ok.contains("answered") && ok.contains("no TLS"), "{ok}");
-    let ok = pitr::alert::check_channel(&channel(
+    let ok = pitr::sidecar::alert::check_channel(&channel(
         "hook",
         AlertKind::Discord { url: rx.url("/d") },
         None,
@@ -416,15 +418,16 @@ async fn check_channel_talks_to_the_servers_and_sends_nothing() {
     assert!(ok.contains("accepts connections"), "{ok}");
 
     // smtp:// requires STARTTLS, which this server does not offer.
-    let e = pitr::alert::check_channel(&email(format!("smtp://127.0.0.1:{}", smtp.port())))
-        .await
-        .expect_err("no STARTTLS")
-        .to_string();
+    let e =
+        pitr::sidecar::alert::check_channel(&email(format!("smtp://127.0.0.1:{}", smtp.port())))
+            .await
+            .expect_err("no STARTTLS")
+            .to_string();
     assert!(
         e.contains("\"mail\"") && e.contains("STARTTLS") && e.contains("tls=none"),
         "{e}"
     );
-    let e = pitr::alert::check_channel(&email(format!(
+    let e = pitr::sidecar::alert::check_channel(&email(format!(
         "smtp://127.0.0.1:{}?tls=maybe",
         smtp.port()
     )))
@@ -450,7 +453,7 @@ async fn an_untrusted_starttls_certificate_is_a_clear_error_and_not_retried() {
         },
         None,
     );
-    let e = pitr::alert::check_channel(&mail)
+    let e = pitr::sidecar::alert::check_channel(&mail)
         .await
         .expect_err("untrusted certificate")
         .to_string();

@@ -210,7 +210,7 @@ async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_serve
     // The words (which name the server's address) are not for callers
     // without the token; the log has them.
     let summary = body["problems"][0]["summary"].as_str().unwrap_or_default();
-    assert_eq!(summary, pitr::health::server::HIDDEN, "{body:#}");
+    assert_eq!(summary, pitr::sidecar::health::server::HIDDEN, "{body:#}");
     assert!(
         !body
             .to_string()

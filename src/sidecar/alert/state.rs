@@ -8,7 +8,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::message::{Event, Notice};
-use crate::health::Check;
+use crate::sidecar::health::Check;
 
 /// What is remembered of one condition id between observations.
 #[derive(Debug)]

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 pub use message::Event;
 
 use crate::config::AlertConfig;
-use crate::health::Check;
+use crate::sidecar::health::Check;
 use channel::Channel;
 use message::Notice;
 use state::Tracker;

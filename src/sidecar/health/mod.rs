@@ -122,7 +122,7 @@ pub struct Sources {
 }
 
 /// One condition the sidecar watches, failing or not: shown on `/health`
-/// and handed to the alerts ([`crate::alert::Alerter::observe`]), which
+/// and handed to the alerts ([`crate::sidecar::alert::Alerter::observe`]), which
 /// fire on the transitions of `failing`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
