@@ -106,3 +106,31 @@ pub async fn wait_for_next<F: Future<Output = ()>>(
         }
     }
 }
+
+/// Runs `job` at every time of `cron` until `shutdown` fires: the wait of
+/// [`wait_for_next`] (telling `announce` each next time), then the job,
+/// given the time it started; a job still running when `shutdown` fires is
+/// dropped. The one loop behind every scheduled part of `pitr run` (scrub,
+/// retention, test restores), so each says only what its run does.
+pub async fn every<J, Fut>(
+    cron: &CronSchedule,
+    what: &str,
+    shutdown: impl Future<Output = ()>,
+    mut announce: impl FnMut(Timestamp),
+    mut job: J,
+) where
+    J: FnMut(Timestamp) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        if !wait_for_next(cron, what, &mut shutdown, &mut announce).await {
+            return;
+        }
+        let started = Timestamp::now();
+        tokio::select! {
+            () = shutdown.as_mut() => return,
+            () = job(started) => {}
+        }
+    }
+}

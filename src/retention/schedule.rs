@@ -3,15 +3,13 @@
 //! endpoint. A failed run is logged and reported, never fatal: the next
 //! time tries again.
 
-use crate::cron::wait_for_next;
-use std::pin::pin;
-
 use jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{RunOptions, run};
 use crate::config::Config;
+use crate::cron::every;
 use crate::repo::Repository;
 
 /// The scheduled retention runs as `/health` shows them.
@@ -50,24 +48,14 @@ pub async fn run_scheduled(
     status: watch::Sender<RetentionStatus>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut shutdown = pin!(shutdown);
     let Some(cron) = config.retention.schedule.clone() else {
         return shutdown.await;
     };
-    loop {
-        if !wait_for_next(&cron, "retention", &mut shutdown, |next| {
-            status.send_modify(|s| s.next_run = Some(next));
-        })
-        .await
-        {
-            return;
-        }
-        let started = Timestamp::now();
-        let opts = RunOptions::from_config(&config);
-        let result = tokio::select! {
-            () = &mut shutdown => return,
-            r = run(&repo, &config, &opts, false) => r,
-        };
+    let (repo, config, status) = (&repo, &config, &status);
+    let announce = |next| status.send_modify(|s| s.next_run = Some(next));
+    every(&cron, "retention", shutdown, announce, |started| async move {
+        let opts = RunOptions::from_config(config);
+        let result = run(repo, config, &opts, false).await;
         status.send_modify(|s| {
             s.last_run = Some(started);
             match &result {
@@ -98,5 +86,6 @@ pub async fn run_scheduled(
                 }
             }
         });
-    }
+    })
+    .await;
 }

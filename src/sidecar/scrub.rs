@@ -3,15 +3,13 @@
 //! `scrub` check), `/metrics` and the alerts. A run that cannot read the
 //! catalog is logged and reported, never fatal: the next time tries again.
 
-use crate::cron::wait_for_next;
-use std::pin::pin;
-
 use jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use super::health::Check;
 use crate::config::ScrubConfig;
+use crate::cron::every;
 use crate::repo::{Repository, ScrubOptions, ScrubReport, Unrepaired};
 
 /// How many unrepaired objects the `/health` summary names; the rest are
@@ -145,23 +143,13 @@ pub async fn run_scheduled(
     let Some(cron) = config.schedule.clone() else {
         return;
     };
-    let mut shutdown = pin!(shutdown);
-    loop {
-        if !wait_for_next(&cron, "scrub", &mut shutdown, |next| {
-            status.send_modify(|s| s.next_run = Some(next));
-        })
-        .await
-        {
-            return;
-        }
-        let started = Timestamp::now();
+    let (repo, status) = (&repo, &status);
+    let announce = |next| status.send_modify(|s| s.next_run = Some(next));
+    every(&cron, "scrub", shutdown, announce, |started| async move {
         let opts = ScrubOptions {
             read_budget: config.read_budget,
         };
-        let result = tokio::select! {
-            () = &mut shutdown => return,
-            r = repo.scrub(opts) => r,
-        };
+        let result = repo.scrub(opts).await;
         record_metrics(&result, started);
         status.send_modify(|s| match &result {
             Ok(report) => {
@@ -191,7 +179,8 @@ pub async fn run_scheduled(
                 s.last_error = Some(e.to_string());
             }
         });
-    }
+    })
+    .await;
 }
 
 fn record_metrics(result: &Result<ScrubReport, crate::repo::RepoError>, started: Timestamp) {

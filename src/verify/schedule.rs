@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::{Selection, VerifyError, VerifyReport, last_reports, reading_repo, run_now};
 use crate::config::Config;
+use crate::cron::every;
 use crate::repo::Repository;
 
 /// Test restores as `/health` shows them.
@@ -119,10 +120,6 @@ impl VerifyStatus {
     }
 }
 
-/// A wait for the next cron time is cut into steps this long, so a wall
-/// clock that jumps delays a run by at most this much.
-const CLOCK_STEP: Duration = Duration::from_secs(30);
-
 /// Runs test restores of every database at each time of
 /// `config.verify.schedule` until `shutdown` fires, publishing to `status`.
 /// Never fails the sidecar: without an identity, or with the schedule off,
@@ -190,29 +187,18 @@ async fn forever(config: Config, repo: Repository, status: watch::Sender<VerifyS
         s.max_age = Some(config.health.verify_max_age);
     });
     tracing::info!(cron = %cron, "test restore schedule started");
-    loop {
-        let Some(due) = cron.next_after(Timestamp::now()) else {
-            status.send_modify(|s| s.next_run = None);
-            return std::future::pending().await;
-        };
-        status.send_modify(|s| s.next_run = Some(due));
-        loop {
-            let left = Timestamp::now().duration_until(due);
-            if left.is_negative() || left.is_zero() {
-                break;
-            }
-            let step = Duration::try_from(left)
-                .unwrap_or(CLOCK_STEP)
-                .min(CLOCK_STEP);
-            tokio::time::sleep(step).await;
-        }
+    let (config, reader, status) = (&config, &reader, &status);
+    let announce = |due| status.send_modify(|s| s.next_run = Some(due));
+    // `run_scheduled` stops this on shutdown, so it waits for nothing else.
+    let shutdown = std::future::pending::<()>();
+    every(&cron, "test restore", shutdown, announce, |_| async move {
         status.send_modify(|s| {
             s.running_since = Some(Timestamp::now());
             s.next_run = None;
         });
-        match run_now(&config, &reader, &Selection::Restorable).await {
+        match run_now(config, reader, &Selection::Restorable).await {
             Ok(run) => {
-                set_last(&status, &run.reports);
+                set_last(status, &run.reports);
                 status.send_modify(|s| {
                     s.record_error = run.record_errors.last().map(|(db, e)| format!("{db}: {e}"));
                     s.skipped = run
@@ -231,7 +217,8 @@ async fn forever(config: Config, repo: Repository, status: watch::Sender<VerifyS
             s.running_since = None;
             s.runs += 1;
         });
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
