@@ -209,9 +209,9 @@ pub async fn run(
                             .await
                             .map_err(|e| {
                                 if e.is_permanent() {
-                                    PartError::Permanent(e.to_string())
+                                    PartError::Permanent(with_causes(&e))
                                 } else {
-                                    PartError::Retry(e.to_string())
+                                    PartError::Retry(with_causes(&e))
                                 }
                             })
                     }
@@ -273,7 +273,7 @@ pub async fn run(
                     });
                     crate::sqlite::watch(repo, opts, Some(tx), stop)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| with_causes(&e))
                 }
             },
         ));
@@ -705,6 +705,24 @@ async fn supervise<F, Fut, E>(
     }
 }
 
+/// An error with every cause in its chain that its message does not
+/// already hold ("a: b: c"): what `/health`, the log and the alerts show of
+/// a failed part, so the root cause (a refused connection under a failed
+/// read of the catalog, say) is not lost on the way.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// 50 % to 100 % of `d`: parts that failed together do not retry together.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
@@ -755,6 +773,25 @@ async fn evaluate_forever(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_part_shows_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("the catalog cannot be read")]
+        struct Outer(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("the stream failed: {0}")]
+        struct Echoing(#[source] std::io::Error);
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            super::with_causes(&Outer(refused())),
+            "the catalog cannot be read: refused"
+        );
+        assert_eq!(
+            super::with_causes(&Echoing(refused())),
+            "the stream failed: refused"
+        );
+    }
+
     use super::*;
 
     #[test]
