@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::health::Check;
+use super::with_causes;
 use crate::repo::{BatchReport, BatchStage, Repository};
 use crate::ship::Batched;
 
@@ -172,7 +173,7 @@ async fn once(
             let r = primary
                 .open_batched(batched.fanout.clone())
                 .await
-                .map_err(|e| format!("cannot open the repository there: {e}"))?;
+                .map_err(|e| format!("cannot open the repository there: {}", with_causes(&e)))?;
             *repo = Some(r.clone());
             r
         }
@@ -180,7 +181,7 @@ async fn once(
     let report = primary
         .send_batch(&target, Some(stage), &crate::wal::superseded_by)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| with_causes(&e))?;
     if last_gc.is_none_or(|t| t.elapsed() >= GC_EVERY) {
         // A failure here loses nothing: unreferenced packs wait for the
         // next run.

@@ -709,7 +709,7 @@ async fn supervise<F, Fut, E>(
 /// already hold ("a: b: c"): what `/health`, the log and the alerts show of
 /// a failed part, so the root cause (a refused connection under a failed
 /// read of the catalog, say) is not lost on the way.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
