@@ -20,8 +20,8 @@ fn listen(ctx: &Ctx<'_>, v: Val<String>) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-/// Thresholds shorter than a minute would flap on a slow network; longer
-/// than 30 days would not be a health check any more.
+/// Thresholds shorter than 10 s would flap on an ordinary pause; longer
+/// than 90 days would not be a health check any more.
 const THRESHOLDS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(10)..=Duration::from_secs(90 * 86400);
 
