@@ -4,6 +4,7 @@
 //! repository format (`repo`, its catalog inside) to the destinations
 //! (`ship`); `restore` plans and runs restores; `sidecar` runs it all.
 
+pub mod backoff;
 pub mod basebackup;
 pub mod beneath;
 pub mod config;

@@ -12,38 +12,22 @@
 use std::pin::pin;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{BackupError, BackupOptions, BackupProgress, BackupRecord, take, wait_restorable};
+use crate::backoff::Backoff;
 use crate::cron::CronSchedule;
 use crate::repo::Repository;
 use crate::wal::{Lsn, Progress};
 
-/// How failed scheduled backups are retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Delay before the first retry (jitter added).
-    pub min_delay: Duration,
-    /// Longest delay between two tries.
-    pub max_delay: Duration,
-    /// Tries after the first; then the backup waits for its next trigger.
-    pub max_retries: usize,
-}
-
-impl Default for RetryPolicy {
-    /// 5 s doubling to 5 min, 8 retries: rides out a server restart or a
-    /// destination outage of about a quarter of an hour.
-    fn default() -> Self {
-        RetryPolicy {
-            min_delay: Duration::from_secs(5),
-            max_delay: Duration::from_secs(300),
-            max_retries: 8,
-        }
-    }
-}
+/// How failed scheduled backups are retried: 5 s doubling to 5 min, 8
+/// retries: rides out a server restart or a destination outage of about a
+/// quarter of an hour; then the backup waits for its next trigger.
+pub const BACKUP_RETRY: Backoff =
+    Backoff::forever(Duration::from_secs(5), Duration::from_secs(300)).times(8);
 
 /// When and how the scheduled backups of one database are taken.
 #[derive(Debug, Clone)]
@@ -56,7 +40,7 @@ pub struct ScheduleOptions {
     /// newest backup started; `None`: no such rule.
     pub wal_bytes: Option<u64>,
     /// Retries of a failed backup.
-    pub retry: RetryPolicy,
+    pub retry: Backoff,
     /// How long to wait for a backup's WAL to be stored before leaving it
     /// unmarked (a later backup's wait marks it once the WAL arrives).
     pub wait_wal: Duration,
@@ -338,12 +322,7 @@ impl Scheduler {
         started: Timestamp,
     ) -> Result<BackupRecord, BackupError> {
         let attempt = std::sync::atomic::AtomicU32::new(0);
-        let policy = self.opts.retry;
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(policy.min_delay)
-            .with_max_delay(policy.max_delay)
-            .with_max_times(policy.max_retries)
-            .with_jitter();
+        let backoff = self.opts.retry.builder();
         let db = &self.opts.backup.database;
         (|| async {
             let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;

@@ -17,13 +17,7 @@ pub(super) async fn check(config: &Config, offline: bool) -> anyhow::Result<()> 
     }
     // One retry: a check should answer quickly; a store that fails twice in
     // a row is worth reporting.
-    let fanout = pitr::ship::from_config_with_retry(
-        config,
-        pitr::ship::RetryPolicy {
-            max_retries: 1,
-            ..Default::default()
-        },
-    );
+    let fanout = pitr::ship::from_config_with_retry(config, pitr::ship::REQUEST_RETRY.times(1));
     let mut failed = 0;
     failed += check_storacha_credentials(config);
     let quorum = fanout.status().quorum;

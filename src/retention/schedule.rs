@@ -38,6 +38,21 @@ pub struct RetentionStatus {
     pub next_run: Option<Timestamp>,
 }
 
+impl RetentionStatus {
+    /// Whether the last run failed, and the `/health` summary.
+    pub fn check(&self) -> (bool, String) {
+        match (&self.last_error, self.last_ok == Some(false)) {
+            (Some(e), true) => (
+                true,
+                format!(
+                    "the last retention run failed: {e}. Storage is not cleaned up until it succeeds; `pitr retention --dry-run` shows the plan"
+                ),
+            ),
+            _ => (false, "retention runs as scheduled".to_owned()),
+        }
+    }
+}
+
 /// Runs retention at every time of `config.retention.schedule` until
 /// `shutdown` fires, also when the schedule is off (the supervisor takes a
 /// part that ends for a failure). Each run's outcome goes to `status` and

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::spool::{Spool, SpoolConfig};
 use super::{Destination, DestinationHealth, DestinationState, ObjectMeta, PutOutcome, ShipError};
+use crate::backoff::Backoff;
 
 /// Every configured destination, in configuration order.
 #[derive(Debug, Clone)]
@@ -419,6 +420,11 @@ fn read_order(states: &[DestinationState]) -> Vec<usize> {
     order
 }
 
+/// How a destination's spool queue retries one object: 0.5 s doubling to
+/// 45 s (jitter making the longest wait 90 s), for as long as it takes.
+const CATCH_UP_RETRY: Backoff =
+    Backoff::forever(Duration::from_millis(500), Duration::from_secs(45));
+
 /// One destination's queue: each spooled object, retried with exponential
 /// backoff and jitter until the destination holds it. The object is only
 /// ever dropped from the spool once every destination has it. One that
@@ -431,7 +437,7 @@ async fn catch_up(
     mut rx: mpsc::UnboundedReceiver<String>,
 ) {
     while let Some(key) = rx.recv().await {
-        let mut delay = Duration::from_millis(500);
+        let mut delays = CATCH_UP_RETRY.delays();
         loop {
             let attempt = async {
                 let data = match spool.read(&key).await {
@@ -470,11 +476,12 @@ async fn catch_up(
                     break;
                 }
                 Err(e) => {
+                    // Forever: the object stays spooled until this
+                    // destination holds it.
+                    let delay = delays.next_delay().unwrap_or(CATCH_UP_RETRY.max_delay);
                     tracing::warn!(destination = dest.name(), key, error = %e,
                         retry_in = ?delay, "catching up from the spool failed");
-                    let jitter = rand::random::<u64>() % (delay.as_millis() as u64 / 2 + 1);
-                    tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
-                    delay = (delay * 2).min(Duration::from_secs(60));
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

@@ -165,15 +165,12 @@ impl<D: Destination> Destination for FaultyDestination<D> {
 mod tests {
     use std::time::Duration;
 
-    use super::super::{FsDestination, RetryPolicy, Retrying};
+    use super::super::{FsDestination, Retrying};
     use super::*;
+    use crate::backoff::Backoff;
 
-    fn fast() -> RetryPolicy {
-        RetryPolicy {
-            min_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(5),
-            max_retries: 3,
-        }
+    fn fast() -> Backoff {
+        Backoff::forever(Duration::from_millis(1), Duration::from_millis(5)).times(3)
     }
 
     #[tokio::test]

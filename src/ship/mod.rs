@@ -23,11 +23,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::backoff::Backoff;
 use crate::config::{Config, DestinationKind};
 
 pub use fanout::{Fanout, FanoutStatus};
 pub use fs::FsDestination;
-pub use retry::{RetryPolicy, Retrying};
+pub use retry::{REQUEST_RETRY, Retrying};
 pub use s3::{MULTIPART_THRESHOLD, S3Destination};
 pub use spool::SpoolConfig;
 pub use storacha::StorachaDestination;
@@ -37,12 +38,12 @@ pub use tracked::{DestinationHealth, DestinationState, Tracked};
 /// retry layer, in config order. Batched destinations are not among them:
 /// see [`batched_from_config`].
 pub fn from_config(config: &Config) -> Fanout {
-    from_config_with_retry(config, RetryPolicy::default())
+    from_config_with_retry(config, REQUEST_RETRY)
 }
 
 /// `from_config` with another retry policy: `pitr check` answers in seconds
 /// rather than after the half minute of retries a sidecar's write deserves.
-pub fn from_config_with_retry(config: &Config, retry: RetryPolicy) -> Fanout {
+pub fn from_config_with_retry(config: &Config, retry: Backoff) -> Fanout {
     let mut health = Vec::new();
     let dests = config
         .destinations
@@ -89,7 +90,7 @@ pub fn batched_from_config(config: &Config) -> Vec<Batched> {
         .filter_map(|d| {
             let every = d.batch_interval?;
             let h = DestinationHealth::new(&d.name);
-            let dest = destination(d, h.clone(), RetryPolicy::default());
+            let dest = destination(d, h.clone(), REQUEST_RETRY);
             Some(Batched {
                 name: d.name.clone(),
                 every,
@@ -102,7 +103,7 @@ pub fn batched_from_config(config: &Config) -> Vec<Batched> {
 fn destination(
     d: &crate::config::DestinationConfig,
     h: Arc<DestinationHealth>,
-    retry: RetryPolicy,
+    retry: Backoff,
 ) -> Arc<dyn Destination> {
     match &d.kind {
         DestinationKind::Fs { path } => Arc::new(Retrying::new(

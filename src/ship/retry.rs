@@ -6,52 +6,28 @@ use std::ops::Range;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use bytes::Bytes;
 
 use super::{Destination, ObjectMeta, PutOutcome, ShipError};
+use crate::backoff::Backoff;
 
-/// How often and how patiently to retry.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Delay before the first retry.
-    pub min_delay: Duration,
-    /// Longest delay between two tries.
-    pub max_delay: Duration,
-    /// Retries after the first try.
-    pub max_retries: usize,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            min_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-            max_retries: 6,
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn builder(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_max_times(self.max_retries)
-            .with_jitter()
-    }
-}
+/// How destination requests are retried: 200 ms doubling to 10 s, 6
+/// retries (about half a minute: a blip, not an outage; the fan-out's spool
+/// rides out outages).
+pub const REQUEST_RETRY: Backoff =
+    Backoff::forever(Duration::from_millis(200), Duration::from_secs(10)).times(6);
 
 /// Wraps a destination so transient failures are retried.
 #[derive(Debug)]
 pub struct Retrying<D> {
     inner: D,
-    policy: RetryPolicy,
+    policy: Backoff,
 }
 
 impl<D: Destination> Retrying<D> {
     /// Wraps `inner` with `policy`.
-    pub fn new(inner: D, policy: RetryPolicy) -> Self {
+    pub fn new(inner: D, policy: Backoff) -> Self {
         Retrying { inner, policy }
     }
 

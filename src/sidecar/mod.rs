@@ -3,9 +3,10 @@
 //! Per `[[postgres]]` entry a WAL stream and a base-backup schedule, per
 //! `[[sqlite]]` entry a watcher, plus destination probes, the health
 //! evaluation (which feeds `/health`, `/metrics` and the alerts) and the HTTP
-//! endpoint. A part that fails is restarted with exponential backoff and
-//! jitter and shows as failing in `/health` meanwhile; it never takes the
-//! others down. On shutdown every part is told to stop, streams store and
+//! endpoint. Each part is one registration in the job registry ([`jobs`]),
+//! which supervises it: a part that fails is restarted with exponential
+//! backoff and jitter and shows as failing in `/health` meanwhile; it
+//! never takes the others down. On shutdown every part is told to stop, streams store and
 //! acknowledge what they received, and whatever has not stopped within
 //! [`SHUTDOWN_GRACE`] is abandoned: nothing is acknowledged before it is
 //! stored, so an abandoned upload only means the server keeps that WAL in
@@ -14,7 +15,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use tokio::sync::watch;
@@ -24,11 +25,13 @@ use crate::config::Config;
 use crate::repo::{RepoError, Repository};
 use crate::wal::{ConnInfo, Link, Progress, StreamOptions};
 use health::server::Endpoint;
-use health::{Evaluator, PgSource, Phase, Report, Sources, SqliteSource, TaskCell};
+use health::{Evaluator, PgSource, Report, Sources, SqliteSource};
+use jobs::{Jobs, PartError, Schedule};
 
 pub mod alert;
 mod batch;
 pub mod health;
+pub mod jobs;
 mod scrub;
 
 /// How long stopping may take before what is still running is abandoned.
@@ -38,13 +41,6 @@ const EVALUATE_EVERY: Duration = Duration::from_secs(2);
 /// How often each destination is asked for a small object, so one that is
 /// down shows even while nothing is written.
 const PROBE_EVERY: Duration = Duration::from_secs(60);
-/// Restart backoff: first delay and cap.
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// A part that ran this long before failing starts again from the first
-/// delay.
-const BACKOFF_RESET: Duration = Duration::from_secs(300);
-
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
@@ -171,37 +167,35 @@ pub async fn run(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut jobs = Jobs::new(stop_rx.clone());
     {
         let repo = repo.clone();
-        tasks.spawn(supervise(
+        jobs.add(
+            "catalog-refresh",
             "catalog refresh".to_owned(),
-            health::task_cell(),
-            stop_rx.clone(),
+            Schedule::Every(config.retention.gc_grace / 2),
+            false,
             move |stop| {
                 let repo = repo.clone();
-                async move {
-                    repo.keep_catalog_fresh(stop).await;
-                    Ok::<(), String>(())
-                }
+                async move { repo.keep_catalog_fresh(stop).await }
             },
-        ));
+        );
     }
     let mut pg_sources = Vec::new();
     for (pg, info) in streams {
         let (progress_tx, progress_rx) = watch::channel(Progress::default());
         let (link_tx, link_rx) = watch::channel(Link::default());
         let (status_tx, status_rx) = watch::channel(ScheduleStatus::default());
-        let stream_cell = health::task_cell();
         let mut opts = StreamOptions::new(&pg.name, info.clone(), &pg.slot);
         opts.link = Some(link_tx);
-        {
+        let stream_cell = {
             let repo = repo.clone();
             let progress_tx = progress_tx.clone();
-            tasks.spawn(supervise(
+            jobs.add(
+                &format!("postgres/{}/stream", pg.name),
                 format!("WAL stream of [[postgres]] {:?}", pg.name),
-                stream_cell.clone(),
-                stop_rx.clone(),
+                Schedule::Continuous,
+                true,
                 move |stop| {
                     let (repo, opts, progress) = (repo.clone(), opts.clone(), progress_tx.clone());
                     async move {
@@ -216,29 +210,27 @@ pub async fn run(
                             })
                     }
                 },
-            ));
-        }
+            )
+        };
         let schedule_opts = schedule_options(&pg, info);
         let schedule_active = schedule_opts.is_active();
         {
             let repo = repo.clone();
-            tasks.spawn(supervise(
+            jobs.add(
+                &format!("postgres/{}/base-backups", pg.name),
                 format!("base-backup schedule of [[postgres]] {:?}", pg.name),
-                health::task_cell(),
-                stop_rx.clone(),
+                cron_schedule(pg.base_backup.as_ref()),
+                false,
                 move |stop| {
-                    let (repo, opts, wal, status) = (
+                    schedule::run(
                         repo.clone(),
                         schedule_opts.clone(),
                         progress_rx.clone(),
                         status_tx.clone(),
-                    );
-                    async move {
-                        schedule::run(repo, opts, wal, status, stop).await;
-                        Ok::<(), String>(())
-                    }
+                        stop,
+                    )
                 },
-            ));
+            );
         }
         pg_sources.push(PgSource {
             name: pg.name.clone(),
@@ -252,14 +244,14 @@ pub async fn run(
     }
     let mut sqlite_sources = Vec::new();
     for s in &config.sqlite {
-        let cell = health::task_cell();
         let stats: Arc<Mutex<Option<Arc<crate::sqlite::Stats>>>> = Arc::default();
         let opts = crate::sqlite::WatchOptions::from_config(s, &config.repository.state_dir);
         let (repo, slot) = (repo.clone(), stats.clone());
-        tasks.spawn(supervise(
+        let cell = jobs.add(
+            &format!("sqlite/{}/watcher", s.name),
             format!("SQLite watcher of [[sqlite]] {:?}", s.name),
-            cell.clone(),
-            stop_rx.clone(),
+            Schedule::Continuous,
+            true,
             move |stop| {
                 let (repo, opts, slot) = (repo.clone(), opts.clone(), slot.clone());
                 async move {
@@ -276,16 +268,14 @@ pub async fn run(
                         .map_err(|e| with_causes(&e))
                 }
             },
-        ));
+        );
         sqlite_sources.push(SqliteSource {
             name: s.name.clone(),
             task: cell,
             stats,
         });
     }
-    tasks.spawn(probe_destinations(repo.clone(), stop_rx.clone()));
-    let mut sections: Vec<(&'static str, health::Section)> = Vec::new();
-    let mut extra_checks: Vec<Arc<dyn Fn() -> Vec<health::Check> + Send + Sync>> = Vec::new();
+    jobs.background(probe_destinations(repo.clone(), stop_rx.clone()));
 
     // Batched destinations: outside the acknowledgement path, each on its
     // own interval.
@@ -297,32 +287,34 @@ pub async fn run(
             ..Default::default()
         });
         let (repo, grace) = (repo.clone(), config.retention.gc_grace);
-        tasks.spawn(supervise(
+        jobs.add(
+            &format!("batch/{}", b.name),
             format!("batches to [[destination]] {:?}", b.name),
-            health::task_cell(),
-            stop_rx.clone(),
+            Schedule::Every(b.every),
+            false,
             move |stop| {
-                let (repo, b, stage, tx) = (repo.clone(), b.clone(), stage.clone(), tx.clone());
-                async move {
-                    batch::run(repo, b, stage, grace, tx, stop).await;
-                    Ok::<(), String>(())
-                }
+                batch::run(
+                    repo.clone(),
+                    b.clone(),
+                    stage.clone(),
+                    grace,
+                    tx.clone(),
+                    stop,
+                )
             },
-        ));
+        );
         batch_rx.push(rx);
     }
     if !batch_rx.is_empty() {
         let rxs = batch_rx.clone();
-        sections.push((
+        jobs.section(
             "batched",
             Arc::new(move || {
                 serde_json::to_value(rxs.iter().map(|r| r.borrow().clone()).collect::<Vec<_>>())
                     .unwrap_or_default()
             }),
-        ));
-        extra_checks.push(Arc::new(move || {
-            batch_rx.iter().map(|r| r.borrow().check()).collect()
-        }));
+        );
+        jobs.check(move || batch_rx.iter().map(|r| r.borrow().check()).collect());
     }
 
     // Retention runs in this process, beside the writers: that is what lets
@@ -330,102 +322,68 @@ pub async fn run(
     let (retention_tx, retention_rx) = watch::channel(crate::retention::RetentionStatus::default());
     {
         let (repo, cfg) = (repo.clone(), (*config).clone());
-        tasks.spawn(supervise(
-            "retention".to_owned(),
-            health::task_cell(),
-            stop_rx.clone(),
-            move |stop| {
-                let (repo, cfg, tx) = (repo.clone(), cfg.clone(), retention_tx.clone());
-                async move {
-                    crate::retention::run_scheduled(repo, cfg, tx, stop).await;
-                    Ok::<(), String>(())
-                }
-            },
-        ));
-        let rx = retention_rx.clone();
-        sections.push((
+        jobs.add_with_status(
             "retention",
-            Arc::new(move || serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
-        ));
-        let rx = retention_rx;
-        extra_checks.push(Arc::new(move || {
-            let s = rx.borrow();
-            let failing = s.last_ok == Some(false);
-            vec![health::Check::new(
-                "retention".to_owned(),
-                failing,
-                match (&s.last_error, failing) {
-                    (Some(e), true) => format!(
-                        "the last retention run failed: {e}. Storage is not cleaned up until it succeeds; `pitr retention --dry-run` shows the plan"
-                    ),
-                    _ => "retention runs as scheduled".to_owned(),
-                },
-            )]
-        }));
+            "retention".to_owned(),
+            cron_schedule(config.retention.schedule.as_ref()),
+            "retention",
+            retention_rx.clone(),
+            move |stop| {
+                crate::retention::run_scheduled(
+                    repo.clone(),
+                    cfg.clone(),
+                    retention_tx.clone(),
+                    stop,
+                )
+            },
+        );
+        jobs.check(move || {
+            let (failing, summary) = retention_rx.borrow().check();
+            vec![health::Check::new("retention".to_owned(), failing, summary)]
+        });
     }
 
     // The scrub: lists every destination against the catalog, repairs
     // from a verified copy, and reads a rotating window of objects in full
     // (src/repo/scrub.rs). It needs no identity.
     let (scrub_tx, scrub_rx) = watch::channel(scrub::ScrubStatus::default());
-    // Not spawned when off: `supervise` would take the part's immediate
-    // return for a failure and restart it.
-    if config.scrub.schedule.is_some() {
-        let (repo, cfg) = (repo.clone(), config.scrub.clone());
-        tasks.spawn(supervise(
-            "scrub".to_owned(),
-            health::task_cell(),
-            stop_rx.clone(),
-            move |stop| {
-                let (repo, cfg, tx) = (repo.clone(), cfg.clone(), scrub_tx.clone());
-                async move {
-                    scrub::run_scheduled(repo, cfg, tx, stop).await;
-                    Ok::<(), String>(())
-                }
-            },
-        ));
-    }
     {
-        let rx = scrub_rx.clone();
-        sections.push((
+        let (repo, cfg) = (repo.clone(), config.scrub.clone());
+        jobs.add_with_status(
             "scrub",
-            Arc::new(move || serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
-        ));
-        let rx = scrub_rx;
-        extra_checks.push(Arc::new(move || vec![rx.borrow().check()]));
+            "scrub".to_owned(),
+            cron_schedule(config.scrub.schedule.as_ref()),
+            "scrub",
+            scrub_rx.clone(),
+            move |stop| scrub::run_scheduled(repo.clone(), cfg.clone(), scrub_tx.clone(), stop),
+        );
+        jobs.check(move || vec![scrub_rx.borrow().check()]);
     }
 
-    // Test restores (invariant 6): they need the identity; without it the
-    // schedule says so in /health and does nothing.
+    // Test restores (invariant 6, docs/ARCHITECTURE.md): they need the
+    // identity; without it the schedule says so in /health and does
+    // nothing.
     let (verify_tx, verify_rx) = watch::channel(crate::verify::VerifyStatus::default());
     {
         let (repo, cfg) = (repo.clone(), (*config).clone());
-        tasks.spawn(supervise(
+        jobs.add_with_status(
+            "test-restores",
             "test restores".to_owned(),
-            health::task_cell(),
-            stop_rx.clone(),
-            move |stop| {
-                let (repo, cfg, tx) = (repo.clone(), cfg.clone(), verify_tx.clone());
-                async move {
-                    crate::verify::run_scheduled(cfg, repo, tx, stop).await;
-                    Ok::<(), String>(())
-                }
-            },
-        ));
-        let rx = verify_rx.clone();
-        sections.push((
+            cron_schedule(config.verify.schedule.as_ref()),
             "verification",
-            Arc::new(move || serde_json::to_value(&*rx.borrow()).unwrap_or_default()),
-        ));
-        let rx = verify_rx;
-        extra_checks.push(Arc::new(move || {
-            let (failing, summary) = rx.borrow().check();
+            verify_rx.clone(),
+            move |stop| {
+                crate::verify::run_scheduled(cfg.clone(), repo.clone(), verify_tx.clone(), stop)
+            },
+        );
+        jobs.check(move || {
+            let (failing, summary) = verify_rx.borrow().check();
             vec![health::Check::new(
                 "verification".to_owned(),
                 failing,
                 summary,
             )]
-        }));
+        });
     }
     let instance = format!(
         "{} ({})",
@@ -438,22 +396,24 @@ pub async fn run(
     let alerter = crate::sidecar::alert::Alerter::new(&config.alerts, &instance);
     {
         let alerter = alerter.clone();
-        sections.push((
+        jobs.section(
             "alert_channels",
             Arc::new(move || serde_json::to_value(alerter.channels()).unwrap_or_default()),
-        ));
+        );
     }
+    let (registered, sections, extra_checks) = jobs.for_health();
     let sources = Sources {
         started: Timestamp::now(),
         thresholds: config.health.clone(),
         repo: repo.clone(),
         postgres: pg_sources,
         sqlite: sqlite_sources,
+        jobs: registered,
         sections,
         extra_checks,
     };
     let (report_tx, report_rx) = watch::channel(None);
-    tasks.spawn(evaluate_forever(
+    jobs.background(evaluate_forever(
         Evaluator::new(sources),
         alerter.clone(),
         report_tx,
@@ -484,7 +444,7 @@ pub async fn run(
         .map_err(|source| SidecarError::Listen { addr, source })?;
         tracing::info!(%bound, "health endpoint listening");
         health_addr = Some(bound);
-        tasks.spawn(async move {
+        jobs.background(async move {
             let _ = server.await;
         });
     }
@@ -503,23 +463,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("pitr run: stopping");
     let _ = stop_tx.send(true);
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    loop {
-        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(_) => {
-                tracing::warn!(
-                    remaining = tasks.len(),
-                    "parts still running {} s after the stop signal are abandoned; WAL they had not stored stays in the replication slot",
-                    SHUTDOWN_GRACE.as_secs()
-                );
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
-                break;
-            }
-        }
-    }
+    jobs.wait_stopped(SHUTDOWN_GRACE).await;
     // Whatever was decided last (a failure seen while stopping) still goes
     // out, briefly.
     alerter.flush(Duration::from_secs(2)).await;
@@ -594,6 +538,11 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .clone()
 }
 
+/// A cron setting as the registry shows it.
+fn cron_schedule(cron: Option<&crate::cron::CronSchedule>) -> Schedule {
+    cron.map_or(Schedule::Off, |c| Schedule::Cron(c.as_str().to_owned()))
+}
+
 /// How the schedule of `pg` runs.
 fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> ScheduleOptions {
     ScheduleOptions {
@@ -608,100 +557,10 @@ fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> S
         },
         cron: pg.base_backup.clone(),
         wal_bytes: pg.base_backup_wal,
-        retry: schedule::RetryPolicy::default(),
+        retry: schedule::BACKUP_RETRY,
         // The stream stores a backup's last segment within seconds; an
         // hour covers a server that is down meanwhile.
         wait_wal: Duration::from_secs(3600),
-    }
-}
-
-/// How a supervised part failed.
-enum PartError {
-    /// Another start may succeed: start it again after a backoff.
-    Retry(String),
-    /// Nothing changes by trying again (an unsupported server, ...): the
-    /// part stays failed, on `/health` and alerted, until pitr restarts.
-    Permanent(String),
-}
-
-impl From<String> for PartError {
-    fn from(e: String) -> PartError {
-        PartError::Retry(e)
-    }
-}
-
-/// Runs the part `make` builds until `stop` is set, starting it again
-/// with exponential backoff and jitter whenever it fails, panics or ends on
-/// its own; a [`PartError::Permanent`] failure leaves it failed (state
-/// `failed`), logged once. Its state goes to `cell` for `/health`.
-async fn supervise<F, Fut, E>(
-    what: String,
-    cell: TaskCell,
-    stop: watch::Receiver<bool>,
-    mut make: F,
-) where
-    F: FnMut(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
-    Fut: Future<Output = Result<(), E>> + Send + 'static,
-    E: Into<PartError> + Send + 'static,
-{
-    let set = |state: Phase, error: Option<String>, restart: bool| {
-        if let Ok(mut t) = cell.lock() {
-            t.state = state;
-            t.since = Some(Timestamp::now());
-            if error.is_some() {
-                t.last_error = error;
-            }
-            if restart {
-                t.restarts += 1;
-            }
-        }
-    };
-    let mut delay = BACKOFF_MIN;
-    loop {
-        if *stop.borrow() {
-            set(Phase::Stopped, None, false);
-            return;
-        }
-        set(Phase::Running, None, false);
-        let began = Instant::now();
-        let mut part_stop = stop.clone();
-        let part = make(Box::pin(async move {
-            let _ = part_stop.wait_for(|s| *s).await;
-        }));
-        // Spawned, so that a panic is a failure of this part only.
-        let outcome = tokio::spawn(part).await;
-        if *stop.borrow() {
-            set(Phase::Stopped, None, false);
-            return;
-        }
-        let error = match outcome {
-            Ok(Ok(())) => "it ended without an error".to_owned(),
-            Ok(Err(e)) => match e.into() {
-                PartError::Retry(e) => e,
-                PartError::Permanent(e) => {
-                    tracing::error!(part = %what, error = %e, "failed; not restarting: this needs a change (see the error), then a restart of pitr");
-                    set(Phase::Failed, Some(e), false);
-                    let mut stop_wait = stop.clone();
-                    let _ = stop_wait.wait_for(|s| *s).await;
-                    set(Phase::Stopped, None, false);
-                    return;
-                }
-            },
-            Err(e) if e.is_panic() => format!("it panicked: {e}"),
-            Err(e) => format!("it was cancelled: {e}"),
-        };
-        if began.elapsed() >= BACKOFF_RESET {
-            delay = BACKOFF_MIN;
-        }
-        let wait = jitter(delay);
-        tracing::error!(part = %what, error = %error, restart_in = ?wait, "failed; restarting");
-        set(Phase::Restarting, Some(error), true);
-        let mut stop_wait = stop.clone();
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            _ = stop_wait.wait_for(|s| *s) => {}
-        }
-        delay = (delay * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -721,11 +580,6 @@ pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     text
-}
-
-/// 50 % to 100 % of `d`: parts that failed together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
 /// Asks every destination for the repository descriptor now and then, so
@@ -790,94 +644,5 @@ mod tests {
             super::with_causes(&Echoing(refused())),
             "the stream failed: refused"
         );
-    }
-
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_half_and_whole() {
-        for _ in 0..1000 {
-            let j = jitter(Duration::from_secs(10));
-            assert!(
-                j >= Duration::from_secs(5) && j <= Duration::from_secs(10),
-                "{j:?}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn a_failing_part_is_restarted_and_shown_until_stopped() {
-        let cell = health::task_cell();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let counter = runs.clone();
-        let task = tokio::spawn(supervise(
-            "test part".to_owned(),
-            cell.clone(),
-            stop_rx,
-            move |_stop| {
-                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move {
-                    if n == 1 {
-                        panic!("second run panics");
-                    }
-                    Err(format!("run {n} failed"))
-                }
-            },
-        ));
-        // Two restarts take 0.5–1 s plus 1–2 s of backoff.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while runs.load(std::sync::atomic::Ordering::SeqCst) < 3 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(runs.load(std::sync::atomic::Ordering::SeqCst) >= 3);
-        let state = cell.lock().map(|t| t.clone()).expect("lock");
-        assert!(state.restarts >= 2, "{state:?}");
-        assert!(state.last_error.is_some(), "{state:?}");
-        stop_tx.send(true).expect("send");
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("stops promptly")
-            .expect("no panic escapes");
-        assert_eq!(cell.lock().map(|t| t.state).expect("lock"), Phase::Stopped);
-    }
-
-    #[tokio::test]
-    async fn a_permanent_failure_is_shown_and_not_restarted() {
-        let cell = health::task_cell();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let counter = runs.clone();
-        let task = tokio::spawn(supervise(
-            "test part".to_owned(),
-            cell.clone(),
-            stop_rx,
-            move |_stop| {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move { Err::<(), _>(PartError::Permanent("PostgreSQL 13 is refused".into())) }
-            },
-        ));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cell.lock().map(|t| t.state).expect("lock") != Phase::Failed
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Longer than the first backoff (0.5 to 1 s): a retry would have run.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let state = cell.lock().map(|t| t.clone()).expect("lock");
-        assert_eq!(state.state, Phase::Failed, "{state:?}");
-        assert_eq!(state.restarts, 0, "{state:?}");
-        assert_eq!(
-            state.last_error.as_deref(),
-            Some("PostgreSQL 13 is refused")
-        );
-        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
-        stop_tx.send(true).expect("send");
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("stops promptly")
-            .expect("no panic escapes");
-        assert_eq!(cell.lock().map(|t| t.state).expect("lock"), Phase::Stopped);
     }
 }

@@ -140,8 +140,10 @@ pub async fn run_scheduled(
     status: watch::Sender<ScrubStatus>,
     shutdown: impl Future<Output = ()>,
 ) {
+    // Off, it waits: the supervisor would take an immediate return for a
+    // failure and restart it.
     let Some(cron) = config.schedule.clone() else {
-        return;
+        return shutdown.await;
     };
     let (repo, status) = (&repo, &status);
     let announce = |next| status.send_modify(|s| s.next_run = Some(next));

@@ -5,8 +5,9 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use pitr::backoff::Backoff;
 use pitr::config::{AlertConfig, AlertKind};
-use pitr::sidecar::alert::{Alerter, Retry};
+use pitr::sidecar::alert::Alerter;
 use pitr::sidecar::health::Check;
 
 use crate::harness::{SmtpServer, WebhookReceiver};
@@ -14,12 +15,8 @@ use crate::harness::{SmtpServer, WebhookReceiver};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Short waits between attempts so retry tests take about a second.
-fn quick_retry(attempts: usize) -> Retry {
-    Retry {
-        min_delay: Duration::from_millis(50),
-        max_delay: Duration::from_millis(200),
-        attempts,
-    }
+fn quick_retry(attempts: usize) -> Backoff {
+    Backoff::forever(Duration::from_millis(50), Duration::from_millis(200)).times(attempts - 1)
 }
 
 fn channel(name: &str, kind: AlertKind, renotify: Option<Duration>) -> AlertConfig {
@@ -304,11 +301,7 @@ async fn an_unreachable_channel_gives_up_and_does_not_hold_up_the_others() {
             ),
         ],
         "h",
-        Retry {
-            min_delay: Duration::from_millis(200),
-            max_delay: Duration::from_millis(400),
-            attempts: 3,
-        },
+        Backoff::forever(Duration::from_millis(200), Duration::from_millis(400)).times(2),
     );
     alerter.observe(&[stream(true)]);
     // The live channel's alert arrives while the dead one is still retrying.

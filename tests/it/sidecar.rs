@@ -149,6 +149,45 @@ async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_serve
     );
     assert_eq!(body["destinations"][0]["name"], "local");
     assert_eq!(body["destinations"][0]["ok"], true);
+    // Every part of `pitr run` is in the job registry, with its schedule
+    // and its supervisor's state.
+    let jobs: Vec<(&str, &str)> = body["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| {
+            (
+                j["name"].as_str().unwrap_or_default(),
+                j["schedule"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for name in [
+        "catalog-refresh",
+        "postgres/main/stream",
+        "postgres/main/base-backups",
+        "sqlite/app/watcher",
+        "retention",
+        "scrub",
+        "test-restores",
+    ] {
+        assert!(
+            jobs.iter().any(|(n, _)| *n == name),
+            "{name} missing: {body:#}"
+        );
+    }
+    assert!(
+        jobs.contains(&("postgres/main/stream", "continuous")),
+        "{body:#}"
+    );
+    assert!(
+        body["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .all(|j| j["state"] == "running" && j["restarts"] == 0),
+        "{body:#}"
+    );
     let start = Instant::now();
     loop {
         let (_, text) = get(port, "/health").await.expect("health answers");
@@ -174,6 +213,8 @@ async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_serve
         "pitr_destination_up{destination=\"local\"} 1",
         "pitr_upload_bytes_total{destination=\"local\"}",
         "pitr_health_ok 1",
+        "pitr_job_up{job=\"postgres/main/stream\"} 1",
+        "pitr_job_restarts{job=\"retention\"} 0",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }

@@ -10,10 +10,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use pitr::backoff::Backoff;
 use pitr::config::StorachaConfig;
 use pitr::ship::storacha::car::pack_named;
 use pitr::ship::storacha::entry_name;
-use pitr::ship::{Destination, PutOutcome, RetryPolicy, Retrying, StorachaDestination};
+use pitr::ship::{Destination, PutOutcome, Retrying, StorachaDestination};
 use serde_json::Value;
 
 use crate::harness::storacha::{
@@ -99,11 +100,7 @@ fn toml(
 fn retrying(d: StorachaDestination) -> Retrying<StorachaDestination> {
     Retrying::new(
         d,
-        RetryPolicy {
-            min_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(200),
-            max_retries: 3,
-        },
+        Backoff::forever(Duration::from_millis(20), Duration::from_millis(200)).times(3),
     )
 }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use jiff::Timestamp;
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
@@ -15,7 +15,8 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::message::Notice;
-use super::{AlertError, ChannelError, ChannelStatus, Retry};
+use super::{AlertError, ChannelError, ChannelStatus};
+use crate::backoff::Backoff;
 use crate::config::{AlertConfig, AlertKind};
 
 /// One HTTP request or SMTP session may take this long before it counts as
@@ -401,13 +402,8 @@ impl Channel {
 
     /// Delivers `notice`, retrying what may succeed later, and records the
     /// outcome in the counters, the metrics and the log. Never panics.
-    pub(crate) async fn deliver(&self, notice: &Notice, instance: &str, retry: &Retry) {
-        let attempts = retry.attempts.max(1);
-        let backoff = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(retry.min_delay)
-            .with_max_delay(retry.max_delay)
-            .with_max_times(attempts - 1);
+    pub(crate) async fn deliver(&self, notice: &Notice, instance: &str, retry: &Backoff) {
+        let backoff = retry.builder();
         let result = (|| self.attempt(notice, instance))
             .retry(backoff)
             .when(AlertError::is_retryable)
@@ -445,10 +441,9 @@ impl Channel {
                 s.last_success = Some(Timestamp::now());
             }
             Err(e) => {
-                let tries = if e.is_retryable() {
-                    format!(" (gave up after {attempts} attempts)")
-                } else {
-                    String::new()
+                let tries = match retry.max_retries {
+                    Some(n) if e.is_retryable() => format!(" (gave up after {} attempts)", n + 1),
+                    _ => String::new(),
                 };
                 tracing::error!(
                     channel = %self.name, id = %notice.id, event = notice.event.as_str(),

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use message::Event;
 
+use crate::backoff::Backoff;
 use crate::config::AlertConfig;
 use crate::sidecar::health::Check;
 use channel::Channel;
@@ -31,29 +32,11 @@ use state::Tracker;
 /// counted as failed): a channel that cannot keep up must not grow memory.
 const QUEUE_CAPACITY: usize = 256;
 
-/// How deliveries are retried: exponential backoff with jitter between
-/// `min_delay` and `max_delay`, at most `attempts` tries in all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    /// The first wait.
-    pub min_delay: Duration,
-    /// The longest wait.
-    pub max_delay: Duration,
-    /// Tries per notice, the first included (at least 1).
-    pub attempts: usize,
-}
-
-impl Default for Retry {
-    /// 1 s, 2 s, 4 s, … up to 60 s, 8 tries: about two minutes of outage
-    /// of a chat service is ridden out.
-    fn default() -> Self {
-        Retry {
-            min_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(60),
-            attempts: 8,
-        }
-    }
-}
+/// How deliveries are retried: 1 s, 2 s, 4 s, … up to 60 s (jitter
+/// added), 7 retries: about two minutes of outage of a chat service is
+/// ridden out.
+pub const DELIVERY_RETRY: Backoff =
+    Backoff::forever(Duration::from_secs(1), Duration::from_secs(60)).times(7);
 
 /// The last failure of a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -180,7 +163,7 @@ impl AlertError {
 /// senders: when the alerter is dropped, the workers end).
 struct Shared {
     instance: String,
-    retry: Retry,
+    retry: Backoff,
     /// Notices queued or in delivery, over all channels; `flush` waits for 0.
     pending: watch::Sender<usize>,
 }
@@ -219,12 +202,12 @@ impl Alerter {
     /// An alerter for `channels`; `instance` (host name or config path)
     /// is shown in every notice so the reader knows which sidecar speaks.
     pub fn new(channels: &[AlertConfig], instance: &str) -> Alerter {
-        Alerter::with_retry(channels, instance, Retry::default())
+        Alerter::with_retry(channels, instance, DELIVERY_RETRY)
     }
 
     /// [`Alerter::new`] with a retry policy of its own (tests use short
     /// delays).
-    pub fn with_retry(channels: &[AlertConfig], instance: &str, retry: Retry) -> Alerter {
+    pub fn with_retry(channels: &[AlertConfig], instance: &str, retry: Backoff) -> Alerter {
         let slots = channels
             .iter()
             .map(|c| {

@@ -67,6 +67,35 @@ fn read_task(cell: &TaskCell) -> TaskState {
     cell.lock().map(|t| t.clone()).unwrap_or_default()
 }
 
+/// A job of the sidecar's registry ([`crate::sidecar::jobs`]), as `/health`
+/// reads it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Its stable key (`retention`, `postgres/main/stream`, ...).
+    pub name: String,
+    /// What the log and the check call it.
+    pub what: String,
+    /// When it runs (`continuous`, `cron ...`, `every N s`, `off`).
+    pub schedule: String,
+    /// Its supervisor's state.
+    pub task: TaskCell,
+    /// Whether another check judges its state (the stream and watcher
+    /// checks); otherwise it is the check `job/NAME`.
+    pub checked_by_health: bool,
+}
+
+/// One job in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    /// Its key.
+    pub name: String,
+    /// When it runs.
+    pub schedule: String,
+    /// Its supervisor's state.
+    #[serde(flatten)]
+    pub task: TaskState,
+}
+
 /// One `[[postgres]]` entry's published state.
 #[derive(Debug, Clone)]
 pub struct PgSource {
@@ -102,6 +131,9 @@ pub struct SqliteSource {
 /// alert channels): each a function returning its current state.
 pub type Section = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// Checks a part contributes, judged at each evaluation.
+pub type CheckFn = Arc<dyn Fn() -> Vec<Check> + Send + Sync>;
+
 /// Everything the health endpoint reads.
 #[derive(Clone)]
 pub struct Sources {
@@ -115,10 +147,12 @@ pub struct Sources {
     pub postgres: Vec<PgSource>,
     /// Per `[[sqlite]]`.
     pub sqlite: Vec<SqliteSource>,
+    /// Every registered job.
+    pub jobs: Vec<Job>,
     /// Named extra sections of the report.
     pub sections: Vec<(&'static str, Section)>,
     /// Checks other parts contribute (e.g. verification results).
-    pub extra_checks: Vec<Arc<dyn Fn() -> Vec<Check> + Send + Sync>>,
+    pub extra_checks: Vec<CheckFn>,
 }
 
 /// One condition the sidecar watches, failing or not: shown on `/health`
@@ -181,6 +215,8 @@ pub struct Report {
     pub destinations: Vec<DestinationReport>,
     /// The spool of objects not yet on every destination.
     pub spool: SpoolReport,
+    /// Every job of the sidecar, with its supervisor's state.
+    pub jobs: Vec<JobReport>,
     /// Extra sections (verification, retention, alert channels).
     #[serde(flatten)]
     pub sections: serde_json::Map<String, serde_json::Value>,
@@ -409,6 +445,18 @@ impl Evaluator {
                 "no spooled object was lost".to_owned()
             },
         ));
+        let mut jobs = Vec::new();
+        for job in &self.sources.jobs {
+            let task = read_task(&job.task);
+            if !job.checked_by_health {
+                checks.push(job_check(job, &task));
+            }
+            jobs.push(JobReport {
+                name: job.name.clone(),
+                schedule: job.schedule.clone(),
+                task,
+            });
+        }
         for extra in &self.sources.extra_checks {
             checks.extend(extra());
         }
@@ -431,6 +479,7 @@ impl Evaluator {
                 bytes: spool.spooled_bytes,
                 full_for_seconds: spool.spool_full_for.map(|d| d.as_secs_f64()),
             },
+            jobs,
             sections,
             problems,
             checks,
@@ -740,6 +789,30 @@ fn secs(now: Timestamp, then: Timestamp) -> f64 {
 }
 
 /// `95 s`, `12 min`, `3.5 h`, `2.0 d`.
+/// The check of a job no other check judges: failing while it restarts
+/// after a failure (a panic, an end it should not have) or failed for good.
+fn job_check(job: &Job, task: &TaskState) -> Check {
+    let error = task.last_error.as_deref().unwrap_or("no error recorded");
+    let (failing, summary) = match task.state {
+        Phase::Restarting => (
+            true,
+            format!(
+                "{} failed and restarts with backoff ({} restarts so far): {error}. The log has each failure",
+                job.what, task.restarts
+            ),
+        ),
+        Phase::Failed => (
+            true,
+            format!(
+                "{} failed and is not restarted: {error}. Fix the cause, then restart pitr",
+                job.what
+            ),
+        ),
+        _ => (false, format!("{} runs", job.what)),
+    };
+    Check::new(format!("job/{}", job.name), failing, summary)
+}
+
 fn human(secs: f64) -> String {
     if secs < 120.0 {
         format!("{secs:.0} s")
@@ -805,6 +878,15 @@ pub fn record_metrics(report: &Report) {
         );
         gauge!("pitr_destination_ok", "destination" => dest).set(if d.ok { 1.0 } else { 0.0 });
     }
+    for j in &report.jobs {
+        let job = j.name.clone();
+        gauge!("pitr_job_up", "job" => job.clone()).set(if j.task.state == Phase::Running {
+            1.0
+        } else {
+            0.0
+        });
+        gauge!("pitr_job_restarts", "job" => job).set(j.task.restarts as f64);
+    }
     gauge!("pitr_spool_bytes").set(report.spool.bytes as f64);
     gauge!("pitr_spool_objects").set(report.spool.objects as f64);
     for c in &report.checks {
@@ -818,7 +900,42 @@ pub fn record_metrics(report: &Report) {
 
 #[cfg(test)]
 mod tests {
-    use super::human;
+    use super::*;
+
+    #[test]
+    fn a_job_no_other_check_judges_fails_while_restarting_or_failed() {
+        let job = Job {
+            name: "retention".to_owned(),
+            what: "retention".to_owned(),
+            schedule: "cron 30 4 * * *".to_owned(),
+            task: task_cell(),
+            checked_by_health: false,
+        };
+        let mut task = TaskState {
+            state: Phase::Running,
+            ..TaskState::default()
+        };
+        let ok = job_check(&job, &task);
+        assert_eq!((ok.id.as_str(), ok.failing), ("job/retention", false));
+        task.state = Phase::Restarting;
+        task.restarts = 2;
+        task.last_error = Some("it panicked: boom".to_owned());
+        let restarting = job_check(&job, &task);
+        assert!(restarting.failing);
+        assert!(
+            restarting.summary.contains("2 restarts") && restarting.summary.contains("boom"),
+            "{}",
+            restarting.summary
+        );
+        task.state = Phase::Failed;
+        let failed = job_check(&job, &task);
+        assert!(failed.failing);
+        assert!(
+            failed.summary.contains("restart pitr"),
+            "{}",
+            failed.summary
+        );
+    }
 
     #[test]
     fn human_durations() {

@@ -173,6 +173,7 @@ fn public(v: serde_json::Value) -> serde_json::Value {
         "event",
         "last_backup",
         "backup",
+        "schedule",
     ];
     fn safe_text(s: &str) -> bool {
         s.parse::<Timestamp>().is_ok() || s.parse::<crate::wal::Lsn>().is_ok()

@@ -28,6 +28,7 @@ use super::decode::DecodeError;
 use super::history::{HistoryError, Lineage};
 use super::lsn::{Lsn, history_file_name};
 use super::store::{WalStore, WalStoreError};
+use crate::backoff::Backoff;
 use crate::repo::{RepoError, Repository};
 
 mod session;
@@ -203,8 +204,12 @@ pub enum Ended {
     TimelineEnd,
 }
 
+/// How the stream reconnects after transient failures: 1 s doubling to
+/// 30 s, jitter making the longest wait a minute, for as long as it takes.
+const RECONNECT: Backoff = Backoff::forever(Duration::from_secs(1), Duration::from_secs(30));
+
 /// Streams until `shutdown` fires, reconnecting with exponential backoff
-/// (1 s doubling to 60 s) after transient failures. Returns the first
+/// ([`RECONNECT`]) after transient failures. Returns the first
 /// failure that is not transient.
 pub async fn stream(
     repo: Repository,
@@ -213,7 +218,7 @@ pub async fn stream(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StreamError> {
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut delay = Duration::from_secs(1);
+    let mut delays = RECONNECT.delays();
     loop {
         let mut started = false;
         let pass = pass(
@@ -237,20 +242,20 @@ pub async fn stream(
         }
         match pass {
             Ok(Ended::Shutdown) => return Ok(()),
-            Ok(Ended::TimelineEnd) => delay = Duration::from_secs(1),
+            Ok(Ended::TimelineEnd) => delays.reset(),
             Err(e) if e.is_transient() => {
                 // A pass that got to stream was a success interrupted (a
                 // restart, a dropped connection): retry soon. Only failures
                 // in a row back off further.
                 if started {
-                    delay = Duration::from_secs(1);
+                    delays.reset();
                 }
+                let delay = delays.next_delay().unwrap_or(RECONNECT.max_delay);
                 tracing::warn!(database = %opts.database, error = %e, retry_in = ?delay, "WAL streaming interrupted");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.as_mut() => return Ok(()),
                 }
-                delay = (delay * 2).min(Duration::from_secs(60));
             }
             Err(e) => return Err(e),
         }
