@@ -76,6 +76,20 @@ pub(crate) struct TargetArg {
     pub(crate) name: Option<String>,
 }
 
+/// Which database a plan or restore is about, and the point it aims at.
+#[derive(Args, Debug)]
+pub(crate) struct PointArg {
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    #[command(flatten)]
+    pub(crate) target: TargetArg,
+    #[command(flatten)]
+    pub(crate) database: DatabaseArg,
+    /// Follow this timeline (default: the one current at the target).
+    #[arg(long, value_name = "N")]
+    pub(crate) timeline: Option<u32>,
+}
+
 /// The commands (`pitr <COMMAND>`).
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
@@ -122,14 +136,7 @@ pub(crate) enum Command {
     /// Show what a restore would fetch, without restoring.
     Plan {
         #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        target: TargetArg,
-        #[command(flatten)]
-        database: DatabaseArg,
-        /// Follow this timeline (default: the one current at the target).
-        #[arg(long, value_name = "N")]
-        timeline: Option<u32>,
+        point: PointArg,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -137,17 +144,10 @@ pub(crate) enum Command {
     /// Restore a database to a point in time.
     Restore {
         #[command(flatten)]
-        config: ConfigArg,
-        #[command(flatten)]
-        target: TargetArg,
-        #[command(flatten)]
-        database: DatabaseArg,
+        point: PointArg,
         /// Where to restore: an empty directory (PostgreSQL) or a file path (SQLite).
         #[arg(long = "target", value_name = "PATH")]
         target_path: PathBuf,
-        /// Follow this timeline (default: the one current at the target).
-        #[arg(long, value_name = "N")]
-        timeline: Option<u32>,
         /// Empty a non-empty target directory first.
         #[arg(long)]
         force: bool,

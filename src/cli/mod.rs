@@ -36,7 +36,7 @@ mod wal_fetch;
 use pitr::config::Config;
 use pitr::repo::Repository;
 
-use args::{CatalogCommand, Command, ConfigArg};
+use args::{CatalogCommand, Command, ConfigArg, PointArg};
 use exit::{EXIT_NOT_POSSIBLE, EXIT_WAL_FETCH_FAILED, Exit, exit_code};
 
 /// Runs one parsed command to its end.
@@ -106,43 +106,19 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::List { config, json } => restore::list(&load(&config)?, json).await,
-        Command::Plan {
-            config,
-            target,
-            database,
-            timeline,
-            json,
-        } => {
-            let config = load(&config)?;
-            if let Some(name) = &database.sqlite {
-                let entry = sqlite::sqlite_entry(&config, name)?;
-                let target = restore::parse_target(&target)?;
-                let repo = open_repo(&config, CatalogSync::Latest).await?;
-                let plan = sqlite::make_plan(&repo, &entry.name, &target)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&plan)?);
-                } else {
-                    sqlite::print_plan(&plan);
-                }
-                return Ok(());
-            }
-            let target = restore::parse_target(&target)?;
-            let db = postgres_entry(&config, database.postgres.as_deref())?;
-            let repo = open_repo(&config, CatalogSync::Latest).await?;
-            let plan = restore::make_plan(&repo, &db.name, &target, timeline).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
-            } else {
-                restore::print_plan(&plan);
+        Command::Plan { point, json } => {
+            let (_, _, planned) = plan_point(&point, false).await?;
+            match (planned, json) {
+                (Planned::Sqlite(p), true) => println!("{}", serde_json::to_string_pretty(&p)?),
+                (Planned::Postgres(p), true) => println!("{}", serde_json::to_string_pretty(&p)?),
+                (Planned::Sqlite(p), false) => sqlite::print_plan(&p),
+                (Planned::Postgres(p), false) => restore::print_plan(&p),
             }
             Ok(())
         }
         Command::Restore {
-            config: config_arg,
-            target,
-            database,
+            point,
             target_path,
-            timeline,
             force,
             no_recover,
             os_user,
@@ -151,18 +127,13 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             parallel,
             recovery_timeout,
         } => {
-            let config = load(&config_arg)?;
-            if let Some(name) = &database.sqlite {
-                let entry = sqlite::sqlite_entry(&config, name)?;
-                let target = restore::parse_target(&target)?;
-                let repo = restore::open_repo_for_restore(&config).await?;
-                let plan = sqlite::make_plan(&repo, &entry.name, &target)?;
-                return sqlite::restore(&repo, &plan, &target_path, force).await;
-            }
-            let target = restore::parse_target(&target)?;
-            let db = postgres_entry(&config, database.postgres.as_deref())?;
-            let repo = restore::open_repo_for_restore(&config).await?;
-            let plan = restore::make_plan(&repo, &db.name, &target, timeline).await?;
+            let (config, repo, planned) = plan_point(&point, true).await?;
+            let plan = match planned {
+                Planned::Sqlite(plan) => {
+                    return sqlite::restore(&repo, &plan, &target_path, force).await;
+                }
+                Planned::Postgres(plan) => plan,
+            };
             let opts = pitr::restore::RestoreOptions {
                 target_dir: target_path,
                 force,
@@ -170,7 +141,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
                 os_user,
                 pg_bin,
                 bin_dirs: config.restore.bin_dirs.clone(),
-                config_path: config_arg.config.clone(),
+                config_path: point.config.config.clone(),
                 parallel,
                 tablespace_dir,
                 recovery_timeout: std::time::Duration::from_secs(recovery_timeout),
@@ -265,6 +236,45 @@ async fn open_repo(config: &Config, sync: CatalogSync) -> anyhow::Result<Reposit
         repo.sync_catalog().await?;
     }
     Ok(repo)
+}
+
+/// A restore plan of either kind of database.
+enum Planned {
+    /// Of a `[[sqlite]]` entry.
+    Sqlite(pitr::restore::sqlite::SqlitePlan),
+    /// Of a `[[postgres]]` entry.
+    Postgres(pitr::restore::Plan),
+}
+
+/// What `pitr plan` and `pitr restore` share: the config loaded, the
+/// database and the target checked (usage errors, before any destination
+/// is asked), the repository opened (as a restore opens it, with
+/// `restoring`) and the plan made.
+async fn plan_point(
+    point: &PointArg,
+    restoring: bool,
+) -> anyhow::Result<(Config, Repository, Planned)> {
+    let config = load(&point.config)?;
+    // The entry's name: `Ok` for SQLite, `Err` for PostgreSQL.
+    let sqlite_or_postgres = match &point.database.sqlite {
+        Some(name) => Ok(sqlite::sqlite_entry(&config, name)?.name.clone()),
+        None => Err(postgres_entry(&config, point.database.postgres.as_deref())?
+            .name
+            .clone()),
+    };
+    let target = restore::parse_target(&point.target)?;
+    let repo = if restoring {
+        restore::open_repo_for_restore(&config).await?
+    } else {
+        open_repo(&config, CatalogSync::Latest).await?
+    };
+    let planned = match sqlite_or_postgres {
+        Ok(name) => Planned::Sqlite(sqlite::make_plan(&repo, &name, &target)?),
+        Err(name) => {
+            Planned::Postgres(restore::make_plan(&repo, &name, &target, point.timeline).await?)
+        }
+    };
+    Ok((config, repo, planned))
 }
 
 /// The `[[postgres]]` entry a command is about: the named one, or the only one.

@@ -419,8 +419,10 @@ impl AlertKind {
     }
 }
 
-/// `scheme://host[:port]` of a URL, without credentials, path or query.
-fn url_origin(url: &str) -> String {
+/// `scheme://host[:port]` of a URL, without credentials, path or query:
+/// URLs of alert channels hold tokens, so only this much is ever logged or
+/// shown.
+pub fn url_origin(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(u) => format!(
             "{}://{}{}",
@@ -428,7 +430,7 @@ fn url_origin(url: &str) -> String {
             u.host_str().unwrap_or(""),
             u.port().map(|p| format!(":{p}")).unwrap_or_default()
         ),
-        Err(_) => "(unparsable)".to_owned(),
+        Err(_) => "(unparsable URL)".to_owned(),
     }
 }
 

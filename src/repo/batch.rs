@@ -433,22 +433,8 @@ impl Repository {
         let catalog = Catalog::open(&dir.join(super::CATALOG_FILE_NAME))?;
         let mut opts = self.inner.opts.clone();
         opts.state_dir = dir;
-        let repo = Repository {
-            inner: Arc::new(super::Inner {
-                fanout,
-                key: self.inner.key.clone(),
-                opts,
-                descriptor: ours.clone(),
-                catalog: Mutex::new(catalog),
-                writer_id: hex::encode(rand::random::<[u8; 8]>()),
-                commit_lock: tokio::sync::Mutex::new(()),
-                inflight: Mutex::new(Default::default()),
-                inflight_next: std::sync::atomic::AtomicU64::new(0),
-                skipped: Mutex::new(Vec::new()),
-                freshness: Mutex::default(),
-                batch_stages: Default::default(),
-            }),
-        };
+        let repo =
+            Repository::assemble(fanout, self.inner.key.clone(), opts, ours.clone(), catalog);
         repo.sync_catalog().await?;
         Ok(repo)
     }

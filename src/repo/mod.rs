@@ -585,6 +585,33 @@ impl Repository {
 
     /// Opens the repository: checks the store's descriptor against the
     /// configuration, loads the repository key, and brings the local catalog
+    /// A repository handle over an opened catalog, with a writer id of its
+    /// own and nothing in flight: the one place the handle is built.
+    fn assemble(
+        fanout: Fanout,
+        key: RepositoryKey,
+        opts: RepoOptions,
+        descriptor: Descriptor,
+        catalog: Catalog,
+    ) -> Repository {
+        Repository {
+            inner: Arc::new(Inner {
+                fanout,
+                key,
+                opts,
+                descriptor,
+                catalog: Mutex::new(catalog),
+                writer_id: hex::encode(rand::random::<[u8; 8]>()),
+                commit_lock: tokio::sync::Mutex::new(()),
+                inflight: Mutex::new(Default::default()),
+                inflight_next: std::sync::atomic::AtomicU64::new(0),
+                skipped: Mutex::new(Vec::new()),
+                freshness: Mutex::default(),
+                batch_stages: Default::default(),
+            }),
+        }
+    }
+
     /// up to date with the store (rebuilding it when the state is empty).
     pub async fn open(fanout: Fanout, opts: RepoOptions) -> Result<Repository, RepoError> {
         let first = fanout
@@ -610,22 +637,7 @@ impl Repository {
         let key = load_key(&fanout, &opts, &descriptor).await?;
         let catalog_path = opts.state_dir.join(CATALOG_FILE_NAME);
         let catalog = Catalog::open(&catalog_path)?;
-        let repo = Repository {
-            inner: Arc::new(Inner {
-                fanout,
-                key,
-                opts,
-                descriptor,
-                catalog: Mutex::new(catalog),
-                writer_id: hex::encode(rand::random::<[u8; 8]>()),
-                commit_lock: tokio::sync::Mutex::new(()),
-                inflight: Mutex::new(Default::default()),
-                inflight_next: std::sync::atomic::AtomicU64::new(0),
-                skipped: Mutex::new(Vec::new()),
-                freshness: Mutex::default(),
-                batch_stages: Default::default(),
-            }),
-        };
+        let repo = Repository::assemble(fanout, key, opts, descriptor, catalog);
         repo.sync_catalog().await?;
         repo.note_metadata_cids(&bytes).await?;
         Ok(repo)
@@ -946,4 +958,28 @@ async fn load_key(
     crate::crashsafe::write_file(&state_key, key.to_text().as_bytes(), 0o600)
         .map_err(local(&state_key))?;
     Ok(key)
+}
+
+/// A fresh repository on one local directory store beneath `dir` (store
+/// `dir/store`, state `dir/state`), with a new identity: the fixture of
+/// unit tests that need a real repository.
+#[cfg(test)]
+pub(crate) async fn test_repository(dir: &std::path::Path) -> Repository {
+    let identity = age::x25519::Identity::generate();
+    let opts = RepoOptions {
+        recipients: vec![identity.to_public()],
+        identities: vec![identity],
+        key_file: None,
+        state_dir: dir.join("state"),
+        zstd_level: 1,
+        pack_size: 1 << 20,
+    };
+    let fanout = || {
+        Fanout::new(vec![
+            Arc::new(crate::ship::FsDestination::new("local", dir.join("store")))
+                as Arc<dyn crate::ship::Destination>,
+        ])
+    };
+    Repository::init(&fanout(), &opts).await.expect("init");
+    Repository::open(fanout(), opts).await.expect("open")
 }

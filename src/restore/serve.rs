@@ -394,24 +394,7 @@ mod tests {
         files: &[&str],
         owner: Option<(u32, u32)>,
     ) -> Arc<WalServer> {
-        use crate::repo::{RepoOptions, Repository};
-        use crate::ship::{Destination, Fanout, FsDestination};
-        let identity = age::x25519::Identity::generate();
-        let opts = RepoOptions {
-            recipients: vec![identity.to_public()],
-            identities: vec![identity],
-            key_file: None,
-            state_dir: dir.join("state"),
-            zstd_level: 3,
-            pack_size: 4 << 20,
-        };
-        let fanout = || {
-            Fanout::new(vec![
-                Arc::new(FsDestination::new("local", dir.join("store"))) as Arc<dyn Destination>,
-            ])
-        };
-        Repository::init(&fanout(), &opts).await.expect("init");
-        let repo = Repository::open(fanout(), opts).await.expect("open");
+        let repo = crate::repo::test_repository(dir).await;
         let store = WalStore::new(repo.clone(), "main");
         let mut w = repo.writer();
         for tli in [2, 3] {

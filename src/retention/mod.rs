@@ -377,12 +377,13 @@ fn plan_postgres(
             forget.extend(items);
         }
     }
-    // WAL: everything from the oldest kept backup's start stays.
-    let cutoff = backups
+    let kept: Vec<_> = backups
         .iter()
         .filter(|b| kept_ids.contains(b.record.id.as_str()))
-        .map(|b| b.record.start_lsn)
-        .min();
+        .map(|b| &b.record)
+        .collect();
+    // WAL: everything from the oldest kept backup's start stays.
+    let cutoff = kept.iter().map(|r| r.start_lsn).min();
     let wal_items = repo.catalog().items(&format!("pg/{db}/wal/"))?;
     let mut segs: Vec<(ItemRow, WalAttrs, Lsn, Lsn)> = Vec::new();
     for item in wal_items {
@@ -452,11 +453,7 @@ fn plan_postgres(
         }
     }
     forget.extend(before);
-    let keep_from = backups
-        .iter()
-        .filter(|b| kept_ids.contains(b.record.id.as_str()))
-        .map(|b| b.record.started)
-        .min();
+    let keep_from = kept.iter().map(|r| r.started).min();
     let reports = verify_reports_to_forget(repo, DatabaseKind::Postgres, db, keep_from)?;
     let verify_reports_forgotten = reports.len();
     forget.extend(reports);

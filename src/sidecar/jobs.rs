@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 
 use super::health::{Check, CheckFn, Job, Phase, Section, TaskCell, task_cell};
 use crate::backoff::Backoff;
+use crate::cron::CronSchedule;
 
 /// How a failed part is restarted: 1 s doubling to 150 s, jitter making
 /// the longest wait 5 min, for as long as pitr runs.
@@ -37,6 +38,13 @@ pub enum Schedule {
     Every(Duration),
     /// Registered but not scheduled (its section says why).
     Off,
+}
+
+impl Schedule {
+    /// A cron setting: `Off` when there is none.
+    pub fn of_cron(cron: Option<&CronSchedule>) -> Schedule {
+        cron.map_or(Schedule::Off, |c| Schedule::Cron(c.as_str().to_owned()))
+    }
 }
 
 impl std::fmt::Display for Schedule {
@@ -141,25 +149,33 @@ impl Jobs {
         task
     }
 
-    /// Registers a job whose state is a watch channel: `/health` shows it
-    /// as the section `section`.
-    pub fn add_with_status<S, F, Fut>(
+    /// Registers a job that runs at each time of `cron` (off when `None`)
+    /// and publishes its status `S` to the watch channel `run` is given:
+    /// `/health` shows the status as the section `section`, and `judge`
+    /// makes it a check at each evaluation.
+    pub fn scheduled<S, F, Fut>(
         &mut self,
         name: &str,
-        what: String,
-        schedule: Schedule,
+        cron: Option<&CronSchedule>,
         section: &'static str,
-        status: watch::Receiver<S>,
-        make: F,
-    ) -> TaskCell
-    where
-        S: serde::Serialize + Send + Sync + 'static,
-        F: FnMut(StopSignal) -> Fut + Send + 'static,
+        judge: impl Fn(&S) -> Check + Send + Sync + 'static,
+        mut run: F,
+    ) where
+        S: serde::Serialize + Default + Send + Sync + 'static,
+        F: FnMut(watch::Sender<S>, StopSignal) -> Fut + Send + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: Outcome,
     {
-        self.publish(section, status);
-        self.add(name, what, schedule, false, make)
+        let (tx, rx) = watch::channel(S::default());
+        self.publish(section, rx.clone());
+        self.check(move || vec![judge(&rx.borrow())]);
+        self.add(
+            name,
+            name.replace('-', " "),
+            Schedule::of_cron(cron),
+            false,
+            move |stop| run(tx.clone(), stop),
+        );
     }
 
     /// Shows `status` on `/health` as the section `section`.

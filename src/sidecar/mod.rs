@@ -219,7 +219,7 @@ pub async fn run(
             jobs.add(
                 &format!("postgres/{}/base-backups", pg.name),
                 format!("base-backup schedule of [[postgres]] {:?}", pg.name),
-                cron_schedule(pg.base_backup.as_ref()),
+                Schedule::of_cron(pg.base_backup.as_ref()),
                 false,
                 move |stop| {
                     schedule::run(
@@ -319,71 +319,47 @@ pub async fn run(
 
     // Retention runs in this process, beside the writers: that is what lets
     // garbage collection see their in-flight work (docs/RETENTION.md).
-    let (retention_tx, retention_rx) = watch::channel(crate::retention::RetentionStatus::default());
     {
         let (repo, cfg) = (repo.clone(), (*config).clone());
-        jobs.add_with_status(
+        jobs.scheduled(
             "retention",
-            "retention".to_owned(),
-            cron_schedule(config.retention.schedule.as_ref()),
+            config.retention.schedule.as_ref(),
             "retention",
-            retention_rx.clone(),
-            move |stop| {
-                crate::retention::run_scheduled(
-                    repo.clone(),
-                    cfg.clone(),
-                    retention_tx.clone(),
-                    stop,
-                )
+            |s: &crate::retention::RetentionStatus| {
+                let (failing, summary) = s.check();
+                health::Check::new("retention".to_owned(), failing, summary)
             },
+            move |tx, stop| crate::retention::run_scheduled(repo.clone(), cfg.clone(), tx, stop),
         );
-        jobs.check(move || {
-            let (failing, summary) = retention_rx.borrow().check();
-            vec![health::Check::new("retention".to_owned(), failing, summary)]
-        });
     }
-
     // The scrub: lists every destination against the catalog, repairs
     // from a verified copy, and reads a rotating window of objects in full
     // (src/repo/scrub.rs). It needs no identity.
-    let (scrub_tx, scrub_rx) = watch::channel(scrub::ScrubStatus::default());
     {
         let (repo, cfg) = (repo.clone(), config.scrub.clone());
-        jobs.add_with_status(
+        jobs.scheduled(
             "scrub",
-            "scrub".to_owned(),
-            cron_schedule(config.scrub.schedule.as_ref()),
+            config.scrub.schedule.as_ref(),
             "scrub",
-            scrub_rx.clone(),
-            move |stop| scrub::run_scheduled(repo.clone(), cfg.clone(), scrub_tx.clone(), stop),
+            scrub::ScrubStatus::check,
+            move |tx, stop| scrub::run_scheduled(repo.clone(), cfg.clone(), tx, stop),
         );
-        jobs.check(move || vec![scrub_rx.borrow().check()]);
     }
-
     // Test restores (invariant 6, docs/ARCHITECTURE.md): they need the
     // identity; without it the schedule says so in /health and does
     // nothing.
-    let (verify_tx, verify_rx) = watch::channel(crate::verify::VerifyStatus::default());
     {
         let (repo, cfg) = (repo.clone(), (*config).clone());
-        jobs.add_with_status(
+        jobs.scheduled(
             "test-restores",
-            "test restores".to_owned(),
-            cron_schedule(config.verify.schedule.as_ref()),
+            config.verify.schedule.as_ref(),
             "verification",
-            verify_rx.clone(),
-            move |stop| {
-                crate::verify::run_scheduled(cfg.clone(), repo.clone(), verify_tx.clone(), stop)
+            |s: &crate::verify::VerifyStatus| {
+                let (failing, summary) = s.check();
+                health::Check::new("verification".to_owned(), failing, summary)
             },
+            move |tx, stop| crate::verify::run_scheduled(cfg.clone(), repo.clone(), tx, stop),
         );
-        jobs.check(move || {
-            let (failing, summary) = verify_rx.borrow().check();
-            vec![health::Check::new(
-                "verification".to_owned(),
-                failing,
-                summary,
-            )]
-        });
     }
     let instance = format!(
         "{} ({})",
@@ -538,11 +514,6 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .clone()
 }
 
-/// A cron setting as the registry shows it.
-fn cron_schedule(cron: Option<&crate::cron::CronSchedule>) -> Schedule {
-    cron.map_or(Schedule::Off, |c| Schedule::Cron(c.as_str().to_owned()))
-}
-
 /// How the schedule of `pg` runs.
 fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> ScheduleOptions {
     ScheduleOptions {
@@ -567,8 +538,10 @@ fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> S
 /// An error with every cause in its chain that its message does not
 /// already hold ("a: b: c"): what `/health`, the log and the alerts show of
 /// a failed part, so the root cause (a refused connection under a failed
-/// read of the catalog, say) is not lost on the way.
-pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+/// read of the catalog, say) is not lost on the way; and what an alert
+/// channel's failure says (reqwest's own message alone, "error sending
+/// request", does not say that the connection was refused).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -829,19 +829,7 @@ impl PageReader<'_> {
 
     /// The listed pages into the spool.
     fn pages(&self, pages: &[u32], spool: &Path) -> Result<(), CaptureError> {
-        let mut out = self.spool(spool)?;
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
-            .map_err(|e| self.err(e))?;
-        let mut buf = Vec::with_capacity(self.page_size as usize);
-        for &p in pages {
-            self.read_page(&mut st, p, &mut buf)?;
-            out.write_all(&buf).map_err(Capturer::io_err(spool))?;
-        }
-        out.into_inner()
-            .map_err(|e| Capturer::io_err(spool)(e.into_error()))?;
-        Ok(())
+        self.spool_pages(pages, spool, |_, _| true).map(drop)
     }
 
     /// Of `candidates`, the pages whose hash differs from `state`'s, spooled;
@@ -853,24 +841,42 @@ impl PageReader<'_> {
         state: &State,
         spool: &Path,
     ) -> Result<(Vec<u32>, Vec<u64>), CaptureError> {
+        let mut hashes = Vec::new();
+        let changed = self.spool_pages(candidates, spool, |p, page| {
+            let h = page_hash(p, page);
+            let differs = state.hashes.get(p as usize - 1) != Some(&h);
+            if differs {
+                hashes.push(h);
+            }
+            differs
+        })?;
+        Ok((changed, hashes))
+    }
+
+    /// Reads each of `candidates` and spools those `keep` accepts, in
+    /// order, one page in memory at a time; returns the spooled ones.
+    fn spool_pages(
+        &self,
+        candidates: &[u32],
+        spool: &Path,
+        mut keep: impl FnMut(u32, &[u8]) -> bool,
+    ) -> Result<Vec<u32>, CaptureError> {
         let mut out = self.spool(spool)?;
         let mut st = self
             .conn
             .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
             .map_err(|e| self.err(e))?;
         let mut buf = Vec::with_capacity(self.page_size as usize);
-        let (mut changed, mut hashes) = (Vec::new(), Vec::new());
+        let mut kept = Vec::new();
         for &p in candidates {
             self.read_page(&mut st, p, &mut buf)?;
-            let h = page_hash(p, &buf);
-            if state.hashes.get(p as usize - 1) != Some(&h) {
+            if keep(p, &buf) {
                 out.write_all(&buf).map_err(Capturer::io_err(spool))?;
-                changed.push(p);
-                hashes.push(h);
+                kept.push(p);
             }
         }
         out.into_inner()
             .map_err(|e| Capturer::io_err(spool)(e.into_error()))?;
-        Ok((changed, hashes))
+        Ok(kept)
     }
 }

@@ -303,29 +303,13 @@ impl OpenSegment {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
-    use crate::repo::RepoOptions;
-    use crate::ship::{Destination, Fanout, FsDestination};
 
     const SEG: u64 = 1 << 20;
 
     async fn repo(dir: &std::path::Path) -> Repository {
-        let identity = age::x25519::Identity::generate();
-        let opts = RepoOptions {
-            recipients: vec![identity.to_public()],
-            identities: vec![identity],
-            key_file: None,
-            state_dir: dir.join("state"),
-            zstd_level: 1,
-            pack_size: 1 << 20,
-        };
-        let fanout = Fanout::new(vec![
-            Arc::new(FsDestination::new("local", dir.join("store"))) as Arc<dyn Destination>,
-        ]);
-        Repository::init(&fanout, &opts).await.expect("init");
-        Repository::open(fanout, opts).await.expect("open")
+        crate::repo::test_repository(dir).await
     }
 
     /// Segment 3 of a cluster whose pages carry `magic`: a long page

@@ -135,42 +135,43 @@ impl WalStore {
         serde_json::to_value(attrs).expect("WAL attributes always serialize")
     }
 
-    /// Puts a complete segment (not yet committed: the caller commits, and
-    /// only a commit makes it safe to acknowledge).
-    pub async fn put_segment(
+    /// Puts a complete segment, or with `partial` the open segment's bytes
+    /// so far (not yet committed: the caller commits, and only a commit
+    /// makes it safe to acknowledge).
+    pub async fn put_bytes(
         &self,
         w: &mut Writer,
         segment: Segment,
         seg_size: u64,
+        partial: bool,
         bytes: &[u8],
         index: Option<SegmentIndex>,
     ) -> Result<Manifest, RepoError> {
         let end = Lsn(segment.start(seg_size).0 + bytes.len() as u64);
-        let name = self.item_name(&segment.file_name(seg_size));
+        let (name, kind) = self.name_and_kind(segment, seg_size, partial);
         let attrs = Self::attrs(segment, end, seg_size, index);
-        w.put(&name, KIND_SEGMENT, attrs, WAL_CHUNKING, bytes).await
+        w.put(&name, kind, attrs, WAL_CHUNKING, bytes).await
     }
 
-    /// Puts the open segment's bytes so far.
-    pub async fn put_partial(
+    /// The item name and kind of a segment, or of its partial.
+    fn name_and_kind(
         &self,
-        w: &mut Writer,
         segment: Segment,
         seg_size: u64,
-        bytes: &[u8],
-        index: Option<SegmentIndex>,
-    ) -> Result<Manifest, RepoError> {
-        let end = Lsn(segment.start(seg_size).0 + bytes.len() as u64);
-        let name = self.item_name(&format!("{}.partial", segment.file_name(seg_size)));
-        let attrs = Self::attrs(segment, end, seg_size, index);
-        w.put(&name, KIND_PARTIAL, attrs, WAL_CHUNKING, bytes).await
+        partial: bool,
+    ) -> (String, &'static str) {
+        let file = segment.file_name(seg_size);
+        if partial {
+            (self.item_name(&format!("{file}.partial")), KIND_PARTIAL)
+        } else {
+            (self.item_name(&file), KIND_SEGMENT)
+        }
     }
 
     /// Puts a complete segment, or with `partial` the open segment's bytes
     /// up to `end`, from chunks the caller cut at multiples of
     /// [`WAL_CHUNK`] and prepared ([`crate::repo::ChunkPreparer`]): the same
-    /// item [`WalStore::put_segment`] or [`WalStore::put_partial`] stores
-    /// from the bytes. Not yet committed, as those.
+    /// item [`WalStore::put_bytes`] stores from the bytes. Not yet committed, as those.
     #[allow(clippy::too_many_arguments)]
     pub async fn put_prepared(
         &self,
@@ -182,12 +183,7 @@ impl WalStore {
         chunks: Vec<PreparedChunk>,
         index: Option<SegmentIndex>,
     ) -> Result<Manifest, RepoError> {
-        let file = segment.file_name(seg_size);
-        let (name, kind) = if partial {
-            (self.item_name(&format!("{file}.partial")), KIND_PARTIAL)
-        } else {
-            (self.item_name(&file), KIND_SEGMENT)
-        };
+        let (name, kind) = self.name_and_kind(segment, seg_size, partial);
         let len: u64 = chunks.iter().map(|c| u64::from(c.raw_len())).sum();
         if Lsn(segment.start(seg_size).0 + len) != end || (!partial && len != seg_size) {
             return Err(RepoError::Malformed {

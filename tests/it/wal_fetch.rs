@@ -151,7 +151,7 @@ async fn wal_fetch_serves_real_segments_byte_identical() {
     for (name, bytes) in &segments {
         let seg = Segment::parse(name, SEG).expect("segment name");
         store
-            .put_segment(&mut w, seg, SEG, bytes, None)
+            .put_bytes(&mut w, seg, SEG, false, bytes, None)
             .await
             .expect("put segment");
     }
@@ -160,7 +160,7 @@ async fn wal_fetch_serves_real_segments_byte_identical() {
     let next = Segment::parse(last_name, SEG).expect("name").next();
     let partial = &last_bytes[..3 << 20];
     store
-        .put_partial(&mut w, next, SEG, partial, None)
+        .put_bytes(&mut w, next, SEG, true, partial, None)
         .await
         .expect("put partial");
     let history = b"1\t0/3000000\tno recovery target specified\n";
@@ -245,10 +245,11 @@ async fn wal_fetch_of_a_damaged_store_fails_loudly_and_writes_nothing() {
     let (name, bytes) = &segments[0];
     let mut w = repo.writer();
     store
-        .put_segment(
+        .put_bytes(
             &mut w,
             Segment::parse(name, SEG).expect("name"),
             SEG,
+            false,
             bytes,
             None,
         )
@@ -314,7 +315,7 @@ async fn wal_fetch_prefetches_the_next_segments() {
     for (name, bytes) in &segments {
         let seg = Segment::parse(name, SEG).expect("segment name");
         store
-            .put_segment(&mut w, seg, SEG, bytes, None)
+            .put_bytes(&mut w, seg, SEG, false, bytes, None)
             .await
             .expect("put segment");
     }

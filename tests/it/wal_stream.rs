@@ -363,7 +363,7 @@ async fn partials_are_the_open_segments_bytes_and_decode() {
 
         let mut w = repo.writer();
         let whole = store
-            .put_partial(&mut w, segment, SEG, &fetched[..len], None)
+            .put_bytes(&mut w, segment, SEG, true, &fetched[..len], None)
             .await
             .expect("put");
         w.abandon().await;

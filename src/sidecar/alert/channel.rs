@@ -17,6 +17,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use super::message::Notice;
 use super::{AlertError, ChannelError, ChannelStatus};
 use crate::backoff::Backoff;
+use crate::config::url_origin;
 use crate::config::{AlertConfig, AlertKind};
 
 /// One HTTP request or SMTP session may take this long before it counts as
@@ -72,20 +73,6 @@ struct Counters {
     failed: u64,
     last_success: Option<Timestamp>,
     last_error: Option<ChannelError>,
-}
-
-/// `scheme://host[:port]` of a URL: URLs of alert channels hold tokens,
-/// so only this much is ever logged or shown.
-pub(crate) fn origin(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}{}",
-            u.scheme(),
-            u.host_str().unwrap_or(""),
-            u.port().map(|p| format!(":{p}")).unwrap_or_default()
-        ),
-        Err(_) => "(unparsable URL)".to_owned(),
-    }
 }
 
 /// How an `smtp_url` asks for TLS.
@@ -302,7 +289,7 @@ impl Channel {
                     AlertKind::Discord { .. } => Format::Discord,
                     _ => Format::Webhook,
                 };
-                let target = origin(url);
+                let target = url_origin(url);
                 let client = reqwest::Client::builder()
                     .timeout(ATTEMPT_TIMEOUT)
                     .connect_timeout(CONNECT_TIMEOUT)
@@ -326,7 +313,7 @@ impl Channel {
                 (target, transport)
             }
             AlertKind::Email { smtp_url, from, to } => {
-                let mut target = origin(smtp_url);
+                let mut target = url_origin(smtp_url);
                 let setup = |message: String| AlertError::Setup {
                     channel: c.name.clone(),
                     kind,
@@ -477,7 +464,7 @@ impl Channel {
                         target: self.target.clone(),
                         // reqwest puts the whole URL, token and all, in
                         // its message: only the origin may be shown.
-                        message: error_chain(&e.without_url()),
+                        message: crate::sidecar::with_causes(&e.without_url()),
                     }
                 })?;
                 let status = resp.status();
@@ -555,28 +542,12 @@ impl Channel {
     }
 }
 
-/// An error and its sources, on one line: reqwest's own message alone
-/// ("error sending request") does not say that the connection was refused.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        source = inner.source();
-    }
-    s
-}
-
 /// `pitr check` for one channel; see [`super::check_channel`].
 pub(crate) async fn check(c: &AlertConfig) -> Result<String, AlertError> {
     let kind = c.kind.name();
     match &c.kind {
         AlertKind::Slack { url } | AlertKind::Discord { url } | AlertKind::Webhook { url } => {
-            let target = origin(url);
+            let target = url_origin(url);
             let unreachable = |message: String| AlertError::Unreachable {
                 channel: c.name.clone(),
                 kind,
@@ -723,9 +694,9 @@ mod tests {
     #[test]
     fn origins_hide_secrets() {
         assert_eq!(
-            origin("https://hooks.slack.com/services/T0/B0/secret"),
+            url_origin("https://hooks.slack.com/services/T0/B0/secret"),
             "https://hooks.slack.com"
         );
-        assert_eq!(origin("smtp://u:p@h:25?tls=none"), "smtp://h:25");
+        assert_eq!(url_origin("smtp://u:p@h:25?tls=none"), "smtp://h:25");
     }
 }
