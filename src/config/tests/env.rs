@@ -31,13 +31,7 @@ fn env_overrides_win() {
     assert_eq!(c.repository.state_dir, PathBuf::from("/env/state"));
     assert_eq!(c.repository.zstd_level, 9);
     assert_eq!(c.repository.pack_size, 8 * 1024 * 1024);
-    let recipients: Vec<String> = c
-        .repository
-        .recipients
-        .iter()
-        .map(|r| r.to_string())
-        .collect();
-    assert_eq!(recipients, [r2, r3]);
+    assert_eq!(recipient_strings(&c), [r2, r3]);
     assert_eq!(
         c.destinations[0].kind,
         DestinationKind::Fs {
@@ -68,11 +62,22 @@ fn env_can_supply_what_the_file_lacks() {
     assert_eq!(c.repository.recipients[0].to_string(), r);
 }
 
+/// The message of loading the minimal config (recipient `r`) with `var`
+/// set to `value`, which must be an error blamed on `var`.
+#[track_caller]
+fn env_refused(r: &str, var: &str, value: &str) -> String {
+    let (e, msg) = fail(&minimal(r), &[(var, value)]);
+    assert!(
+        matches!(&e, ConfigError::Env { var: v, .. } if v == var),
+        "{var}={value:?}: {e:?}"
+    );
+    msg
+}
+
 #[test]
 fn bad_env_override_names_the_variable() {
     let r = recipient();
-    let (e, msg) = fail(&minimal(&r), &[("PITR_REPOSITORY_ZSTD_LEVEL", "abc")]);
-    assert!(matches!(&e, ConfigError::Env { var, .. } if var == "PITR_REPOSITORY_ZSTD_LEVEL"));
+    let msg = env_refused(&r, "PITR_REPOSITORY_ZSTD_LEVEL", "abc");
     contains_all(
         &msg,
         &[
@@ -83,8 +88,7 @@ fn bad_env_override_names_the_variable() {
     );
 
     // A value that parses but fails validation is still blamed on the variable.
-    let (e, msg) = fail(&minimal(&r), &[("PITR_REPOSITORY_ZSTD_LEVEL", "42")]);
-    assert!(matches!(&e, ConfigError::Env { var, .. } if var == "PITR_REPOSITORY_ZSTD_LEVEL"));
+    let msg = env_refused(&r, "PITR_REPOSITORY_ZSTD_LEVEL", "42");
     contains_all(
         &msg,
         &[
@@ -94,8 +98,7 @@ fn bad_env_override_names_the_variable() {
         ],
     );
 
-    let (e, msg) = fail(&minimal(&r), &[("PITR_REPOSITORY_RECIPIENTS", "age1bad")]);
-    assert!(matches!(&e, ConfigError::Env { var, .. } if var == "PITR_REPOSITORY_RECIPIENTS"));
+    let msg = env_refused(&r, "PITR_REPOSITORY_RECIPIENTS", "age1bad");
     contains_all(
         &msg,
         &[
@@ -108,8 +111,7 @@ fn bad_env_override_names_the_variable() {
 #[test]
 fn unknown_pitr_variable_is_an_error() {
     let r = recipient();
-    let (e, msg) = fail(&minimal(&r), &[("PITR_REPOSITORY_ZSTD_LEVLE", "3")]);
-    assert!(matches!(&e, ConfigError::Env { var, .. } if var == "PITR_REPOSITORY_ZSTD_LEVLE"));
+    let msg = env_refused(&r, "PITR_REPOSITORY_ZSTD_LEVLE", "3");
     contains_all(
         &msg,
         &[

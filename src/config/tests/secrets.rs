@@ -68,9 +68,8 @@ fn both_value_and_file_is_an_error() {
 
     let r = recipient();
     let text = minimal(&r).replace("state_dir", "recipients_file = \"/r\"\nstate_dir");
-    let (_, msg) = fail(&text, &[]);
-    contains_all(
-        &msg,
+    refused(
+        &text,
         &[
             PATH,
             "[repository] recipients_file",
