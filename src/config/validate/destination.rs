@@ -75,18 +75,10 @@ pub(super) fn destinations(
                 let s3_key = s3_key_set(&d)
                     .or_else(|| first_set([("request_timeout", d.request_timeout.is_some())]));
                 if let Some(k) = s3_key {
-                    return Err(ctx.missing(
-                        &key(k),
-                        &format!("{k} is a key of kind \"s3\", not of kind \"fs\""),
-                        "Remove it, or set kind = \"s3\"",
-                    ));
+                    return Err(other_kinds_key(ctx, &key(k), "s3", "fs"));
                 }
                 if let Some(k) = storacha_key_set(&d) {
-                    return Err(ctx.missing(
-                        &key(k),
-                        &format!("{k} is a key of kind \"storacha\", not of kind \"fs\""),
-                        "Remove it, or set kind = \"storacha\"",
-                    ));
+                    return Err(other_kinds_key(ctx, &key(k), "storacha", "fs"));
                 }
                 DestinationKind::Fs {
                     path: path(ctx, &key("path"), &p)?,
@@ -155,11 +147,7 @@ fn s3(
 ) -> Result<DestinationKind, ConfigError> {
     let key = |k: &str| KeyName::entry(section, entry, k);
     if let Some(k) = storacha_key_set(&d) {
-        return Err(ctx.missing(
-            &key(k),
-            &format!("{k} is a key of kind \"storacha\", not of kind \"s3\""),
-            "Remove it, or set kind = \"storacha\"",
-        ));
+        return Err(other_kinds_key(ctx, &key(k), "storacha", "s3"));
     }
     let Some(bucket) = d.bucket else {
         return Err(ctx.missing(
@@ -221,6 +209,18 @@ fn s3(
         secret_access_key: secret.map(|s| s.value),
         request_timeout,
     }))
+}
+
+/// Key `key` of kind `owner` set on a destination of kind `kind`.
+fn other_kinds_key(ctx: &Ctx<'_>, key: &KeyName, owner: &str, kind: &str) -> ConfigError {
+    ctx.missing(
+        key,
+        &format!(
+            "{} is a key of kind {owner:?}, not of kind {kind:?}",
+            key.key
+        ),
+        &format!("Remove it, or set kind = {owner:?}"),
+    )
 }
 
 /// The first key of kind "s3" alone set in `d`, if any.
