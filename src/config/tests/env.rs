@@ -62,58 +62,65 @@ fn env_can_supply_what_the_file_lacks() {
     assert_eq!(c.repository.recipients[0].to_string(), r);
 }
 
-/// The message of loading the minimal config (recipient `r`) with `var`
-/// set to `value`, which must be an error blamed on `var`.
+/// Loads the minimal config (recipient `r`) with `var` set to `value`,
+/// which must be an error blamed on `var` whose message contains every one
+/// of `parts`.
 #[track_caller]
-fn env_refused(r: &str, var: &str, value: &str) -> String {
+fn env_refused(r: &str, var: &str, value: &str, parts: &[&str]) {
     let (e, msg) = fail(&minimal(r), &[(var, value)]);
     assert!(
         matches!(&e, ConfigError::Env { var: v, .. } if v == var),
         "{var}={value:?}: {e:?}"
     );
-    msg
+    contains_all(&msg, parts);
 }
 
 #[test]
 fn bad_env_override_names_the_variable() {
     let r = recipient();
-    let msg = env_refused(&r, "PITR_REPOSITORY_ZSTD_LEVEL", "abc");
-    contains_all(
-        &msg,
-        &[
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
             "PITR_REPOSITORY_ZSTD_LEVEL",
-            "\"abc\" is not a whole number",
-            "overrides `[repository] zstd_level` from /etc/pitr/pitr.toml",
-        ],
-    );
-
-    // A value that parses but fails validation is still blamed on the variable.
-    let msg = env_refused(&r, "PITR_REPOSITORY_ZSTD_LEVEL", "42");
-    contains_all(
-        &msg,
-        &[
-            "42 is out of range",
-            "overrides `[repository] zstd_level`",
-            PATH,
-        ],
-    );
-
-    let msg = env_refused(&r, "PITR_REPOSITORY_RECIPIENTS", "age1bad");
-    contains_all(
-        &msg,
-        &[
-            "recipients[0] \"age1bad\"",
-            "overrides `[repository] recipients`",
-        ],
-    );
+            "abc",
+            &[
+                "PITR_REPOSITORY_ZSTD_LEVEL",
+                "\"abc\" is not a whole number",
+                "overrides `[repository] zstd_level` from /etc/pitr/pitr.toml",
+            ],
+        ),
+        // A value that parses but fails validation is still blamed on the
+        // variable.
+        (
+            "PITR_REPOSITORY_ZSTD_LEVEL",
+            "42",
+            &[
+                "42 is out of range",
+                "overrides `[repository] zstd_level`",
+                PATH,
+            ],
+        ),
+        (
+            "PITR_REPOSITORY_RECIPIENTS",
+            "age1bad",
+            &[
+                "recipients[0] \"age1bad\"",
+                "overrides `[repository] recipients`",
+            ],
+        ),
+    ];
+    // A failing case shows its message, and every message names the variable.
+    for (var, value, parts) in cases {
+        env_refused(&r, var, value, parts);
+    }
 }
 
 #[test]
 fn unknown_pitr_variable_is_an_error() {
     let r = recipient();
-    let msg = env_refused(&r, "PITR_REPOSITORY_ZSTD_LEVLE", "3");
-    contains_all(
-        &msg,
+    env_refused(
+        &r,
+        "PITR_REPOSITORY_ZSTD_LEVLE",
+        "3",
         &[
             "PITR_REPOSITORY_ZSTD_LEVLE",
             "matches no key",

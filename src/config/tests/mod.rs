@@ -51,19 +51,35 @@ fn contains_all(msg: &str, parts: &[&str]) {
     }
 }
 
-/// The message of loading `text` (no variables), which must fail with a
-/// message that contains every one of `parts`. A failure shows `text` too,
-/// so a table of cases says which one failed.
+/// The error and message of loading `text` (no variables), which must fail
+/// with a message that contains every one of `parts`. A failure shows
+/// `text` too, so a table of cases says which one failed.
 #[track_caller]
-fn refused(text: &str, parts: &[&str]) -> String {
-    let (_, msg) = fail(text, &[]);
+fn refused_with(text: &str, parts: &[&str]) -> (ConfigError, String) {
+    let (e, msg) = fail(text, &[]);
     for p in parts {
         assert!(
             msg.contains(p),
             "message lacks {p:?}:\n{msg}\nconfig:\n{text}"
         );
     }
-    msg
+    (e, msg)
+}
+
+/// [`refused_with`]'s message.
+#[track_caller]
+fn refused(text: &str, parts: &[&str]) -> String {
+    refused_with(text, parts).1
+}
+
+/// Like [`refused`], and the error must be a config error at `key`.
+#[track_caller]
+fn refused_at(text: &str, key: &str, parts: &[&str]) {
+    let (e, _) = refused_with(text, parts);
+    assert!(
+        matches!(&e, ConfigError::Invalid { key: k, .. } if k == key),
+        "{e:?}"
+    );
 }
 
 /// The smallest valid config: recipients, state_dir, one destination.

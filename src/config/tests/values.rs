@@ -5,10 +5,9 @@ use super::*;
 #[test]
 fn missing_recipients() {
     let text = "[repository]\nstate_dir = \"/s\"\n[[destination]]\nname = \"l\"\nkind = \"fs\"\npath = \"/r\"\n";
-    let (e, msg) = fail(text, &[]);
-    assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "[repository] recipients"));
-    contains_all(
-        &msg,
+    refused_at(
+        text,
+        "[repository] recipients",
         &[
             PATH,
             "[repository] recipients",
@@ -35,10 +34,9 @@ fn invalid_recipient_names_index_and_value() {
         &format!("[\"{good}\"]"),
         &format!("[\"{good}\", \"age1nope\"]"),
     );
-    let (e, msg) = fail(&text, &[]);
-    assert!(matches!(e, ConfigError::Invalid { .. }));
-    contains_all(
-        &msg,
+    refused_at(
+        &text,
+        "[repository] recipients",
         &[
             PATH,
             "[repository] recipients",
@@ -68,10 +66,9 @@ fn secret_key_as_recipient_is_refused_without_echoing_it() {
 #[test]
 fn missing_state_dir() {
     let text = minimal(&recipient()).replace("state_dir = \"/var/lib/pitr\"\n", "");
-    let (e, msg) = fail(&text, &[]);
-    assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "[repository] state_dir"));
-    contains_all(
-        &msg,
+    refused_at(
+        &text,
+        "[repository] state_dir",
         &[
             PATH,
             "[repository] state_dir",
@@ -87,10 +84,9 @@ fn no_destination() {
         "[repository]\nrecipients = [\"{}\"]\nstate_dir = \"/s\"\n",
         recipient()
     );
-    let (e, msg) = fail(&text, &[]);
-    assert!(matches!(&e, ConfigError::Invalid { key, .. } if key == "[[destination]]"));
-    contains_all(
-        &msg,
+    refused_at(
+        &text,
+        "[[destination]]",
         &[PATH, "no destination is configured", "kind = \"fs\""],
     );
 }
@@ -116,13 +112,9 @@ fn duplicate_names() {
         ),
     ];
     for (extra, key, first) in cases {
-        let (e, msg) = fail(&format!("{}{extra}", minimal(&r)), &[]);
-        assert!(
-            matches!(&e, ConfigError::Invalid { key: k, .. } if k == key),
-            "{e:?}"
-        );
-        contains_all(
-            &msg,
+        refused_at(
+            &format!("{}{extra}", minimal(&r)),
+            key,
             &[PATH, key, "is already used by", first, "unique name"],
         );
     }
@@ -148,15 +140,9 @@ fn bad_names_and_missing_names() {
 
 #[test]
 fn unknown_kind_lists_supported_kinds() {
-    let (e, msg) = fail(
+    refused_at(
         &minimal(&recipient()).replace("kind = \"fs\"", "kind = \"s4\""),
-        &[],
-    );
-    assert!(
-        matches!(&e, ConfigError::Invalid { key, .. } if key == "[[destination]] \"local\" kind")
-    );
-    contains_all(
-        &msg,
+        "[[destination]] \"local\" kind",
         &[
             PATH,
             "unknown kind \"s4\"",
@@ -337,11 +323,29 @@ fn with_s3(extra: &str) -> String {
     )
 }
 
-#[test]
-fn s3_destination_with_every_key() {
+/// The second destination's s3 settings; fails the test if it has another
+/// kind.
+#[track_caller]
+fn s3_of(c: &Config) -> &crate::config::S3Config {
+    let d = &c.destinations[1];
+    let DestinationKind::S3(s3) = &d.kind else {
+        panic!("an s3 destination: {d:?}")
+    };
+    s3
+}
+
+/// A secret file holding `content`, in a directory that lives as long as
+/// the returned guard.
+fn secret_file(content: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret = dir.path().join("secret");
-    std::fs::write(&secret, "s3cr3t\n").expect("write");
+    std::fs::write(&secret, content).expect("write");
+    (dir, secret)
+}
+
+#[test]
+fn s3_destination_with_every_key() {
+    let (_dir, secret) = secret_file("s3cr3t\n");
     let text = with_s3(&format!(
         "bucket = \"backups\"\nprefix = \"pitr/\"\nregion = \"eu-central-1\"\n\
          endpoint = \"http://127.0.0.1:9000\"\naccess_key_id = \"AKIAX\"\n\
@@ -351,9 +355,7 @@ fn s3_destination_with_every_key() {
     let config = load(&text, &[]).expect("valid");
     let d = &config.destinations[1];
     assert_eq!(d.name, "s3-eu");
-    let DestinationKind::S3(s3) = &d.kind else {
-        panic!("an s3 destination: {d:?}")
-    };
+    let s3 = s3_of(&config);
     assert_eq!(s3.bucket, "backups");
     assert_eq!(s3.prefix, "pitr/");
     assert_eq!(s3.region, "eu-central-1");
@@ -365,9 +367,7 @@ fn s3_destination_with_every_key() {
     assert!(!format!("{d:?}").contains("s3cr3t"), "{d:?}");
     // Region defaults; secrets may come from the environment instead.
     let config = load(&with_s3("bucket = \"b\"\n"), &[]).expect("valid");
-    let DestinationKind::S3(s3) = &config.destinations[1].kind else {
-        panic!("s3")
-    };
+    let s3 = s3_of(&config);
     assert_eq!(s3.region, "us-east-1");
     assert_eq!(s3.secret_access_key, None);
     // Every key can be overridden from the environment.
@@ -379,32 +379,36 @@ fn s3_destination_with_every_key() {
         ],
     )
     .expect("valid");
-    let DestinationKind::S3(s3) = &config.destinations[1].kind else {
-        panic!("s3")
-    };
+    let s3 = s3_of(&config);
     assert_eq!(s3.bucket, "other");
     assert_eq!(s3.secret_access_key.as_deref(), Some("fromenv"));
 }
 
 #[test]
 fn s3_destination_mistakes_name_the_key() {
-    refused(&with_s3(""), &[PATH, "bucket", "needs a bucket"]);
-    refused(
-        &with_s3("bucket = \"b\"\nendpoint = \"127.0.0.1:9000\"\n"),
-        &[PATH, "endpoint", "not an http(s) URL"],
-    );
-    refused(
-        &with_s3("bucket = \"b\"\nrequest_timeout = 0\n"),
-        &[PATH, "request_timeout", "between 1 and 3600"],
-    );
-    refused(
-        &with_s3("bucket = \"b\"\npath = \"/x\"\n"),
-        &[PATH, "path", "not a key of a destination of kind \"s3\""],
-    );
-    refused(
-        &with_s3("bucket = \"b\"\nsecret_access_key = \"x\"\nsecret_access_key_file = \"/y\"\n"),
-        &[PATH, "secret_access_key"],
-    );
+    let cases: [(&str, &[&str]); 5] = [
+        ("", &[PATH, "bucket", "needs a bucket"]),
+        (
+            "bucket = \"b\"\nendpoint = \"127.0.0.1:9000\"\n",
+            &[PATH, "endpoint", "not an http(s) URL"],
+        ),
+        (
+            "bucket = \"b\"\nrequest_timeout = 0\n",
+            &[PATH, "request_timeout", "between 1 and 3600"],
+        ),
+        (
+            "bucket = \"b\"\npath = \"/x\"\n",
+            &[PATH, "path", "not a key of a destination of kind \"s3\""],
+        ),
+        (
+            "bucket = \"b\"\nsecret_access_key = \"x\"\nsecret_access_key_file = \"/y\"\n",
+            &[PATH, "secret_access_key"],
+        ),
+    ];
+    // `refused` shows the config of a case that fails.
+    for (extra, parts) in cases {
+        refused(&with_s3(extra), parts);
+    }
     let text = minimal(&recipient()).replace("kind = \"fs\"", "kind = \"fs\"\nbucket = \"b\"");
     refused(&text, &[PATH, "bucket", "kind \"s3\", not of kind \"fs\""]);
 }
@@ -416,11 +420,20 @@ fn with_storacha(extra: &str) -> String {
     )
 }
 
+/// The second destination's Storacha settings; fails the test if it has
+/// another kind.
+#[track_caller]
+fn storacha_of(c: &Config) -> &crate::config::StorachaConfig {
+    let d = &c.destinations[1];
+    let DestinationKind::Storacha(s) = &d.kind else {
+        panic!("a storacha destination: {d:?}")
+    };
+    s
+}
+
 #[test]
 fn storacha_destination_with_every_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "MgSECRETVALUE\n").expect("write");
+    let (_dir, secret) = secret_file("MgSECRETVALUE\n");
     let text = with_storacha(&format!(
         "space = \"did:key:z6MkSpace\"\nprincipal_file = \"{}\"\n\
          proof = \"mAUTHVALUE\"\nservice = \"http://127.0.0.1:1/\"\n\
@@ -430,9 +443,7 @@ fn storacha_destination_with_every_key() {
     ));
     let config = load(&text, &[]).expect("valid");
     let d = &config.destinations[1];
-    let DestinationKind::Storacha(s) = &d.kind else {
-        panic!("a storacha destination: {d:?}")
-    };
+    let s = storacha_of(&config);
     assert_eq!(s.space, "did:key:z6MkSpace");
     assert_eq!(s.principal, "MgSECRETVALUE");
     assert_eq!(s.proof, "mAUTHVALUE");
@@ -451,9 +462,7 @@ fn storacha_destination_with_every_key() {
         &[("PITR_DESTINATION_IPFS_PROOF", "fromenv")],
     )
     .expect("valid");
-    let DestinationKind::Storacha(s) = &config.destinations[1].kind else {
-        panic!("storacha")
-    };
+    let s = storacha_of(&config);
     assert_eq!(s.service, "https://up.storacha.network");
     assert_eq!(s.service_did, "did:web:up.storacha.network");
     assert_eq!(s.gateway, "https://storacha.link");
@@ -462,36 +471,37 @@ fn storacha_destination_with_every_key() {
 
 #[test]
 fn storacha_destination_mistakes_name_the_key() {
-    refused(
-        &with_storacha("principal = \"a\"\nproof = \"b\"\n"),
-        &[PATH, "space", "needs the space's DID"],
-    );
-    refused(
-        &with_storacha("space = \"z6Mk\"\n"),
-        &[PATH, "space", "is not a DID"],
-    );
-    refused(
-        &with_storacha("space = \"did:key:z\"\nprincipal = \"a\"\n"),
-        &[PATH, "proof", "storacha delegation create"],
-    );
-    refused(
-        &with_storacha("space = \"did:key:z\"\nproof = \"b\"\nprincipal = \"a b\"\n"),
-        &[PATH, "principal", "contains spaces"],
-    );
-    refused(
-        &with_storacha(
-            "space = \"did:key:z\"\nprincipal = \"a\"\nproof = \"b\"\ngateway = \"w3s.link\"\n",
+    let cases: [(&str, &[&str]); 6] = [
+        (
+            "principal = \"a\"\nproof = \"b\"\n",
+            &[PATH, "space", "needs the space's DID"],
         ),
-        &[PATH, "gateway", "not an http(s) URL"],
-    );
-    refused(
-        &with_storacha("space = \"did:key:z\"\nprincipal = \"a\"\nproof = \"b\"\nbucket = \"x\"\n"),
-        &[
-            PATH,
-            "bucket",
-            "not a key of a destination of kind \"storacha\"",
-        ],
-    );
+        ("space = \"z6Mk\"\n", &[PATH, "space", "is not a DID"]),
+        (
+            "space = \"did:key:z\"\nprincipal = \"a\"\n",
+            &[PATH, "proof", "storacha delegation create"],
+        ),
+        (
+            "space = \"did:key:z\"\nproof = \"b\"\nprincipal = \"a b\"\n",
+            &[PATH, "principal", "contains spaces"],
+        ),
+        (
+            "space = \"did:key:z\"\nprincipal = \"a\"\nproof = \"b\"\ngateway = \"w3s.link\"\n",
+            &[PATH, "gateway", "not an http(s) URL"],
+        ),
+        (
+            "space = \"did:key:z\"\nprincipal = \"a\"\nproof = \"b\"\nbucket = \"x\"\n",
+            &[
+                PATH,
+                "bucket",
+                "not a key of a destination of kind \"storacha\"",
+            ],
+        ),
+    ];
+    // `refused` shows the config of a case that fails.
+    for (extra, parts) in cases {
+        refused(&with_storacha(extra), parts);
+    }
     refused(
         &with_s3("bucket = \"b\"\nspace = \"did:key:z\"\n"),
         &[PATH, "space", "kind \"storacha\", not of kind \"s3\""],
