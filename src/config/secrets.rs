@@ -45,27 +45,26 @@ pub(super) fn text(
     inline: Option<Val<String>>,
     file: Option<Val<String>>,
 ) -> Result<Option<Secret>, ConfigError> {
-    let file_key = key.sibling(&format!("{}_file", key.key));
-    match (inline, file) {
-        (None, None) => Ok(None),
-        (Some(v), None) => Ok(Some(Secret {
+    Ok(match given(ctx, key, inline, file)? {
+        None => None,
+        Some(Given::Inline(v)) => Some(Secret {
             value: v.value,
             key: key.clone(),
             origin: v.origin,
             file: None,
-        })),
-        (Some(_), Some(f)) => Err(both(ctx, key, &file_key, &f.origin)),
-        (None, Some(f)) => {
-            let path = read_path(ctx, &file_key, &f)?;
-            let content = read(ctx, &file_key, &f, &path)?;
-            Ok(Some(Secret {
-                value: content.trim_end_matches(['\n', '\r']).to_owned(),
-                key: file_key,
-                origin: f.origin,
-                file: Some(path),
-            }))
-        }
-    }
+        }),
+        Some(Given::File {
+            key,
+            origin,
+            path,
+            content,
+        }) => Some(Secret {
+            value: content.trim_end_matches(['\n', '\r']).to_owned(),
+            key,
+            origin,
+            file: Some(path),
+        }),
+    })
 }
 
 /// Resolves a list given inline or as a file of one item per line, where
@@ -76,10 +75,9 @@ pub(super) fn list(
     inline: Option<Val<Vec<Val<String>>>>,
     file: Option<Val<String>>,
 ) -> Result<Option<List>, ConfigError> {
-    let file_key = key.sibling(&format!("{}_file", key.key));
-    match (inline, file) {
-        (None, None) => Ok(None),
-        (Some(v), None) => Ok(Some(List {
+    Ok(match given(ctx, key, inline, file)? {
+        None => None,
+        Some(Given::Inline(v)) => Some(List {
             items: v
                 .value
                 .into_iter()
@@ -92,11 +90,13 @@ pub(super) fn list(
                 .collect(),
             key: key.clone(),
             origin: v.origin,
-        })),
-        (Some(_), Some(f)) => Err(both(ctx, key, &file_key, &f.origin)),
-        (None, Some(f)) => {
-            let path = read_path(ctx, &file_key, &f)?;
-            let content = read(ctx, &file_key, &f, &path)?;
+        }),
+        Some(Given::File {
+            key,
+            origin,
+            path,
+            content,
+        }) => {
             let items = content
                 .lines()
                 .enumerate()
@@ -105,14 +105,47 @@ pub(super) fn list(
                     (!value.is_empty()).then(|| Item {
                         value: value.to_owned(),
                         place: format!("line {} of {}", i + 1, path.display()),
-                        origin: f.origin.clone(),
+                        origin: origin.clone(),
                     })
                 })
                 .collect();
-            Ok(Some(List {
-                items,
+            Some(List { items, key, origin })
+        }
+    })
+}
+
+/// Which of a key and its `*_file` twin gave the value; for the file, the
+/// `*_file` key, where it was set, and the file it named, read.
+enum Given<T> {
+    Inline(Val<T>),
+    File {
+        key: KeyName,
+        origin: Origin,
+        path: PathBuf,
+        content: String,
+    },
+}
+
+/// Picks `inline` or `file` (both is an error) and reads the file.
+fn given<T>(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    inline: Option<Val<T>>,
+    file: Option<Val<String>>,
+) -> Result<Option<Given<T>>, ConfigError> {
+    let file_key = key.sibling(&format!("{}_file", key.key));
+    match (inline, file) {
+        (None, None) => Ok(None),
+        (Some(v), None) => Ok(Some(Given::Inline(v))),
+        (Some(_), Some(f)) => Err(both(ctx, key, &file_key, &f.origin)),
+        (None, Some(f)) => {
+            let path = read_path(ctx, &file_key, &f)?;
+            let content = read(ctx, &file_key, &f, &path)?;
+            Ok(Some(Given::File {
                 key: file_key,
                 origin: f.origin,
+                path,
+                content,
             }))
         }
     }

@@ -31,13 +31,7 @@ fn env_overrides_win() {
     assert_eq!(c.repository.state_dir, PathBuf::from("/env/state"));
     assert_eq!(c.repository.zstd_level, 9);
     assert_eq!(c.repository.pack_size, 8 * 1024 * 1024);
-    let recipients: Vec<String> = c
-        .repository
-        .recipients
-        .iter()
-        .map(|r| r.to_string())
-        .collect();
-    assert_eq!(recipients, [r2, r3]);
+    assert_eq!(recipient_strings(&c), [r2, r3]);
     assert_eq!(
         c.destinations[0].kind,
         DestinationKind::Fs {
@@ -68,50 +62,65 @@ fn env_can_supply_what_the_file_lacks() {
     assert_eq!(c.repository.recipients[0].to_string(), r);
 }
 
+/// Loads the minimal config (recipient `r`) with `var` set to `value`,
+/// which must be an error blamed on `var` whose message contains every one
+/// of `parts`.
+#[track_caller]
+fn env_refused(r: &str, var: &str, value: &str, parts: &[&str]) {
+    let (e, msg) = fail(&minimal(r), &[(var, value)]);
+    assert!(
+        matches!(&e, ConfigError::Env { var: v, .. } if v == var),
+        "{var}={value:?}: {e:?}"
+    );
+    contains_all(&msg, parts);
+}
+
 #[test]
 fn bad_env_override_names_the_variable() {
     let r = recipient();
-    let (e, msg) = fail(&minimal(&r), &[("PITR_REPOSITORY_ZSTD_LEVEL", "abc")]);
-    assert!(matches!(&e, ConfigError::Env { var, .. } if var == "PITR_REPOSITORY_ZSTD_LEVEL"));
-    contains_all(
-        &msg,
-        &[
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
             "PITR_REPOSITORY_ZSTD_LEVEL",
-            "\"abc\" is not a whole number",
-            "overrides `[repository] zstd_level` from /etc/pitr/pitr.toml",
-        ],
-    );
-
-    // A value that parses but fails validation is still blamed on the variable.
-    let (e, msg) = fail(&minimal(&r), &[("PITR_REPOSITORY_ZSTD_LEVEL", "42")]);
-    assert!(matches!(&e, ConfigError::Env { var, .. } if var == "PITR_REPOSITORY_ZSTD_LEVEL"));
-    contains_all(
-        &msg,
-        &[
-            "42 is out of range",
-            "overrides `[repository] zstd_level`",
-            PATH,
-        ],
-    );
-
-    let (e, msg) = fail(&minimal(&r), &[("PITR_REPOSITORY_RECIPIENTS", "age1bad")]);
-    assert!(matches!(&e, ConfigError::Env { var, .. } if var == "PITR_REPOSITORY_RECIPIENTS"));
-    contains_all(
-        &msg,
-        &[
-            "recipients[0] \"age1bad\"",
-            "overrides `[repository] recipients`",
-        ],
-    );
+            "abc",
+            &[
+                "PITR_REPOSITORY_ZSTD_LEVEL",
+                "\"abc\" is not a whole number",
+                "overrides `[repository] zstd_level` from /etc/pitr/pitr.toml",
+            ],
+        ),
+        // A value that parses but fails validation is still blamed on the
+        // variable.
+        (
+            "PITR_REPOSITORY_ZSTD_LEVEL",
+            "42",
+            &[
+                "42 is out of range",
+                "overrides `[repository] zstd_level`",
+                PATH,
+            ],
+        ),
+        (
+            "PITR_REPOSITORY_RECIPIENTS",
+            "age1bad",
+            &[
+                "recipients[0] \"age1bad\"",
+                "overrides `[repository] recipients`",
+            ],
+        ),
+    ];
+    // A failing case shows its message, and every message names the variable.
+    for (var, value, parts) in cases {
+        env_refused(&r, var, value, parts);
+    }
 }
 
 #[test]
 fn unknown_pitr_variable_is_an_error() {
     let r = recipient();
-    let (e, msg) = fail(&minimal(&r), &[("PITR_REPOSITORY_ZSTD_LEVLE", "3")]);
-    assert!(matches!(&e, ConfigError::Env { var, .. } if var == "PITR_REPOSITORY_ZSTD_LEVLE"));
-    contains_all(
-        &msg,
+    env_refused(
+        &r,
+        "PITR_REPOSITORY_ZSTD_LEVLE",
+        "3",
         &[
             "PITR_REPOSITORY_ZSTD_LEVLE",
             "matches no key",

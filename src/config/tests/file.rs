@@ -41,13 +41,7 @@ listen = "0.0.0.0:9187"
     );
     let c = load(&text, &[]).expect("valid config");
     assert_eq!(c.path, PathBuf::from(PATH));
-    let recipients: Vec<String> = c
-        .repository
-        .recipients
-        .iter()
-        .map(|r| r.to_string())
-        .collect();
-    assert_eq!(recipients, [r1, r2]);
+    assert_eq!(recipient_strings(&c), [r1, r2]);
     assert_eq!(
         c.repository.identity_file,
         Some(PathBuf::from("/run/secrets/age"))
@@ -102,11 +96,7 @@ listen = "0.0.0.0:9187"
 
 #[test]
 fn defaults() {
-    let text = format!(
-        "{}\n[[postgres]]\nname = \"main\"\nconninfo = \"host=db\"\n",
-        minimal(&recipient())
-    );
-    let c = load(&text, &[]).expect("valid config");
+    let c = load(&with_postgres(""), &[]).expect("valid config");
     assert_eq!(c.repository.zstd_level, 3);
     assert_eq!(c.repository.pack_size, 16 * 1024 * 1024);
     assert_eq!(c.repository.identity_file, None);
@@ -176,13 +166,9 @@ fn unknown_key_in_each_section() {
     ];
     for (text, key, valid) in cases {
         let line = text.lines().position(|l| l == "bogus = 1").expect("line") + 1;
-        let (e, msg) = fail(&text, &[]);
-        assert!(
-            matches!(&e, ConfigError::Invalid { key: k, .. } if k == key),
-            "{e:?}"
-        );
-        contains_all(
-            &msg,
+        refused_at(
+            &text,
+            key,
             &[
                 PATH,
                 key,
@@ -197,9 +183,8 @@ fn unknown_key_in_each_section() {
 #[test]
 fn unknown_key_suggests_the_closest() {
     let text = minimal(&recipient()).replace("state_dir", "state_dri");
-    let (_, msg) = fail(&text, &[]);
-    contains_all(
-        &msg,
+    refused(
+        &text,
         &[PATH, "[repository] state_dri", "Did you mean `state_dir`?"],
     );
 }
@@ -210,9 +195,8 @@ fn unknown_section() {
         "{}\n[helth]\nlisten = \"0.0.0.0:1\"\n",
         minimal(&recipient())
     );
-    let (_, msg) = fail(&text, &[]);
-    contains_all(
-        &msg,
+    refused(
+        &text,
         &[
             PATH,
             "helth",
@@ -229,10 +213,9 @@ fn wrong_type_names_key_line_and_example() {
         "state_dir = \"/var/lib/pitr\"",
         "state_dir = \"/s\"\nzstd_level = \"high\"",
     );
-    let (e, msg) = fail(&text, &[]);
-    assert!(matches!(e, ConfigError::Invalid { .. }));
-    contains_all(
-        &msg,
+    refused_at(
+        &text,
+        "[repository] zstd_level",
         &[
             PATH,
             "[repository] zstd_level",
@@ -246,9 +229,8 @@ fn wrong_type_names_key_line_and_example() {
 #[test]
 fn single_table_instead_of_array_is_explained() {
     let text = minimal(&recipient()).replace("[[destination]]", "[destination]");
-    let (_, msg) = fail(&text, &[]);
-    contains_all(
-        &msg,
+    refused(
+        &text,
         &[
             PATH,
             "[[destination]]",
@@ -263,8 +245,7 @@ fn parse_error_has_line_and_column() {
     let (e, msg) = fail(text, &[]);
     assert!(matches!(e, ConfigError::Parse { .. }));
     contains_all(&msg, &[PATH, "not valid TOML", "line 3, column"]);
-    let (_, msg) = fail("[repository\n", &[]);
-    contains_all(&msg, &[PATH, "line 1, column"]);
+    refused("[repository\n", &[PATH, "line 1, column"]);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use super::super::error::{ConfigError, Ctx, Entry, KeyName};
 use super::super::raw::{RawAlert, Section, Val};
 use super::super::secrets;
 use super::super::{AlertConfig, AlertKind};
-use super::values::{duration, entry_name};
+use super::values::{duration, entry_name, first_set};
 
 const ALERT_KINDS: &str = "slack, discord, webhook, email";
 
@@ -30,20 +30,16 @@ pub(super) fn alerts(ctx: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<AlertConfi
         // Keys of the other family are refused, not ignored: a channel
         // that silently drops its `to` would never page anyone.
         let wrong = if is_email {
-            [("url", a.url.is_some()), ("url_file", a.url_file.is_some())]
-                .into_iter()
-                .find(|(_, set)| *set)
+            first_set([("url", a.url.is_some()), ("url_file", a.url_file.is_some())])
         } else {
-            [
+            first_set([
                 ("smtp_url", a.smtp_url.is_some()),
                 ("smtp_url_file", a.smtp_url_file.is_some()),
                 ("from", a.from.is_some()),
                 ("to", a.to.is_some()),
-            ]
-            .into_iter()
-            .find(|(_, set)| *set)
+            ])
         };
-        if let Some((k, _)) = wrong {
+        if let Some(k) = wrong {
             return Err(ctx.missing(
                 &key(k),
                 &format!("{k} is not a key of kind {:?}", kind.value),
@@ -52,7 +48,15 @@ pub(super) fn alerts(ctx: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<AlertConfi
         }
         let kind = match kind.value.as_str() {
             "slack" | "discord" | "webhook" => {
-                let Some(url) = secrets::text(ctx, &key("url"), a.url.take(), a.url_file.take())?
+                let Some((value, _, _)) = secret_url(
+                    ctx,
+                    &key("url"),
+                    a.url.take(),
+                    a.url_file.take(),
+                    &["http", "https"],
+                    "is not an http(s) URL",
+                    "Give the webhook's full URL, e.g. https://hooks.slack.com/services/…",
+                )?
                 else {
                     return Err(ctx.missing(
                         &key("url"),
@@ -60,19 +64,6 @@ pub(super) fn alerts(ctx: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<AlertConfi
                         "Add url = \"https://…\" (the webhook URL), or url_file = \"/run/secrets/…\" naming a file that holds it",
                     ));
                 };
-                let value = url.value.trim().to_owned();
-                let ok = reqwest::Url::parse(&value)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-                if ok.is_none() {
-                    return Err(ctx.invalid(
-                        &url.key,
-                        &url.origin,
-                        // Not echoed: a webhook URL is a credential.
-                        "is not an http(s) URL",
-                        "Give the webhook's full URL, e.g. https://hooks.slack.com/services/…",
-                    ));
-                }
                 match kind.value.as_str() {
                     "slack" => AlertKind::Slack { url: value },
                     "discord" => AlertKind::Discord { url: value },
@@ -117,11 +108,14 @@ fn email(
     mut a: RawAlert,
 ) -> Result<AlertKind, ConfigError> {
     let key = |k: &str| KeyName::entry(section, entry, k);
-    let Some(smtp) = secrets::text(
+    let Some((smtp_url, u, smtp)) = secret_url(
         ctx,
         &key("smtp_url"),
         a.smtp_url.take(),
         a.smtp_url_file.take(),
+        &["smtp", "smtps"],
+        "is not an smtp:// or smtps:// URL",
+        "Write it as smtp://user:password@host:587 (STARTTLS required), smtps://user:password@host:465 (TLS), or smtp://host:25?tls=none for a relay on loopback",
     )?
     else {
         return Err(ctx.missing(
@@ -130,34 +124,19 @@ fn email(
             "Add smtp_url = \"smtp://user:password@mail.example.com:587\" (STARTTLS) or \"smtps://…:465\", or smtp_url_file naming a file that holds it",
         ));
     };
-    let smtp_url = smtp.value.trim().to_owned();
-    let parsed = reqwest::Url::parse(&smtp_url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "smtp" | "smtps") && u.host().is_some());
-    if parsed.is_none() {
-        return Err(ctx.invalid(
-            &smtp.key,
-            &smtp.origin,
-            "is not an smtp:// or smtps:// URL",
-            "Write it as smtp://user:password@host:587 (STARTTLS required), smtps://user:password@host:465 (TLS), or smtp://host:25?tls=none for a relay on loopback",
-        ));
-    }
     // The TLS mode is the only parameter; a misspelt one must not quietly
     // leave STARTTLS required (or worse, be read as off).
-    if let Some(u) = &parsed {
-        let implicit = u.scheme() == "smtps";
-        for (k, v) in u.query_pairs() {
-            let known = k == "tls"
-                && !implicit
-                && matches!(v.as_ref(), "required" | "opportunistic" | "none");
-            if !known {
-                return Err(ctx.invalid(
-                    &smtp.key,
-                    &smtp.origin,
-                    &format!("has the parameter {k}={v:?}, which pitr does not know"),
-                    "The only parameter is tls: smtp://… requires STARTTLS, smtp://…?tls=opportunistic uses it when offered, smtp://…?tls=none is plain text (a relay on loopback); smtps:// is always TLS and takes none",
-                ));
-            }
+    let implicit = u.scheme() == "smtps";
+    for (k, v) in u.query_pairs() {
+        let known =
+            k == "tls" && !implicit && matches!(v.as_ref(), "required" | "opportunistic" | "none");
+        if !known {
+            return Err(ctx.invalid(
+                &smtp.key,
+                &smtp.origin,
+                &format!("has the parameter {k}={v:?}, which pitr does not know"),
+                "The only parameter is tls: smtp://… requires STARTTLS, smtp://…?tls=opportunistic uses it when offered, smtp://…?tls=none is plain text (a relay on loopback); smtps:// is always TLS and takes none",
+            ));
         }
     }
     let mailbox = |k: &str, v: &Val<String>| -> Result<String, ConfigError> {
@@ -194,4 +173,31 @@ fn email(
         }
     };
     Ok(AlertKind::Email { smtp_url, from, to })
+}
+
+/// A URL given inline or through its `_file` key (`None` when neither is
+/// set): trimmed, of one of `schemes` and with a host, or an error saying
+/// `not_url` with `fix`. The URL is never echoed: it may hold a credential.
+/// Returns the URL, its parse, and the secret that gave it (whose key and
+/// origin later messages point at).
+fn secret_url(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    inline: Option<Val<String>>,
+    file: Option<Val<String>>,
+    schemes: &[&str],
+    not_url: &str,
+    fix: &str,
+) -> Result<Option<(String, reqwest::Url, secrets::Secret)>, ConfigError> {
+    let Some(secret) = secrets::text(ctx, key, inline, file)? else {
+        return Ok(None);
+    };
+    let value = secret.value.trim().to_owned();
+    let parsed = reqwest::Url::parse(&value)
+        .ok()
+        .filter(|u| schemes.contains(&u.scheme()) && u.host().is_some());
+    match parsed {
+        Some(u) => Ok(Some((value, u, secret))),
+        None => Err(ctx.invalid(&secret.key, &secret.origin, not_url, fix)),
+    }
 }

@@ -7,7 +7,7 @@ use super::super::error::{ConfigError, Ctx, Entry, KeyName};
 use super::super::raw::{RawDestination, Section, Val};
 use super::super::secrets;
 use super::super::{DestinationConfig, DestinationKind, S3Config, StorachaConfig};
-use super::values::{duration, entry_name, humantime, path};
+use super::values::{duration, entry_name, first_set, humantime, path};
 
 /// `batch_interval`: `0` (every write, the default but for Storacha), or
 /// at least a second and at most a day.
@@ -72,29 +72,13 @@ pub(super) fn destinations(
                         "Add path = \"/var/lib/pitr/repo\" (the directory backups are written to)",
                     ));
                 };
-                let s3_keys = [
-                    ("bucket", d.bucket.is_some()),
-                    ("prefix", d.prefix.is_some()),
-                    ("region", d.region.is_some()),
-                    ("endpoint", d.endpoint.is_some()),
-                    ("access_key_id", d.access_key_id.is_some()),
-                    ("secret_access_key", d.secret_access_key.is_some()),
-                    ("secret_access_key_file", d.secret_access_key_file.is_some()),
-                    ("request_timeout", d.request_timeout.is_some()),
-                ];
-                if let Some((k, _)) = s3_keys.iter().find(|(_, set)| *set) {
-                    return Err(ctx.missing(
-                        &key(k),
-                        &format!("{k} is a key of kind \"s3\", not of kind \"fs\""),
-                        "Remove it, or set kind = \"s3\"",
-                    ));
+                let s3_key = s3_key_set(&d)
+                    .or_else(|| first_set([("request_timeout", d.request_timeout.is_some())]));
+                if let Some(k) = s3_key {
+                    return Err(other_kinds_key(ctx, &key(k), "s3", "fs"));
                 }
                 if let Some(k) = storacha_key_set(&d) {
-                    return Err(ctx.missing(
-                        &key(k),
-                        &format!("{k} is a key of kind \"storacha\", not of kind \"fs\""),
-                        "Remove it, or set kind = \"storacha\"",
-                    ));
+                    return Err(other_kinds_key(ctx, &key(k), "storacha", "fs"));
                 }
                 DestinationKind::Fs {
                     path: path(ctx, &key("path"), &p)?,
@@ -163,11 +147,7 @@ fn s3(
 ) -> Result<DestinationKind, ConfigError> {
     let key = |k: &str| KeyName::entry(section, entry, k);
     if let Some(k) = storacha_key_set(&d) {
-        return Err(ctx.missing(
-            &key(k),
-            &format!("{k} is a key of kind \"storacha\", not of kind \"s3\""),
-            "Remove it, or set kind = \"storacha\"",
-        ));
+        return Err(other_kinds_key(ctx, &key(k), "storacha", "s3"));
     }
     let Some(bucket) = d.bucket else {
         return Err(ctx.missing(
@@ -206,18 +186,7 @@ fn s3(
         d.secret_access_key,
         d.secret_access_key_file,
     )?;
-    let request_timeout = match d.request_timeout {
-        None => std::time::Duration::from_secs(60),
-        Some(t) if (1..=3600).contains(&t.value) => std::time::Duration::from_secs(t.value as u64),
-        Some(t) => {
-            return Err(ctx.invalid(
-                &key("request_timeout"),
-                &t.origin,
-                &format!("{} is not between 1 and 3600 seconds", t.value),
-                "request_timeout = 60",
-            ));
-        }
-    };
+    let request_timeout = request_timeout(ctx, &key("request_timeout"), d.request_timeout)?;
     let unused = [("path", d.path.is_some())];
     for (k, set) in unused {
         if set {
@@ -242,9 +211,34 @@ fn s3(
     }))
 }
 
+/// Key `key` of kind `owner` set on a destination of kind `kind`.
+fn other_kinds_key(ctx: &Ctx<'_>, key: &KeyName, owner: &str, kind: &str) -> ConfigError {
+    ctx.missing(
+        key,
+        &format!(
+            "{} is a key of kind {owner:?}, not of kind {kind:?}",
+            key.key
+        ),
+        &format!("Remove it, or set kind = {owner:?}"),
+    )
+}
+
+/// The first key of kind "s3" alone set in `d`, if any.
+fn s3_key_set(d: &RawDestination) -> Option<&'static str> {
+    first_set([
+        ("bucket", d.bucket.is_some()),
+        ("prefix", d.prefix.is_some()),
+        ("region", d.region.is_some()),
+        ("endpoint", d.endpoint.is_some()),
+        ("access_key_id", d.access_key_id.is_some()),
+        ("secret_access_key", d.secret_access_key.is_some()),
+        ("secret_access_key_file", d.secret_access_key_file.is_some()),
+    ])
+}
+
 /// The first key of kind "storacha" set in `d`, if any.
 fn storacha_key_set(d: &RawDestination) -> Option<&'static str> {
-    [
+    first_set([
         ("space", d.space.is_some()),
         ("principal", d.principal.is_some()),
         ("principal_file", d.principal_file.is_some()),
@@ -253,10 +247,26 @@ fn storacha_key_set(d: &RawDestination) -> Option<&'static str> {
         ("service", d.service.is_some()),
         ("service_did", d.service_did.is_some()),
         ("gateway", d.gateway.is_some()),
-    ]
-    .into_iter()
-    .find(|(_, set)| *set)
-    .map(|(k, _)| k)
+    ])
+}
+
+/// `request_timeout` of an s3 or storacha destination: whole seconds from 1
+/// to 3600, 60 when not given.
+fn request_timeout(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: Option<Val<i64>>,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(Duration::from_secs(60)),
+        Some(t) if (1..=3600).contains(&t.value) => Ok(Duration::from_secs(t.value as u64)),
+        Some(t) => Err(ctx.invalid(
+            key,
+            &t.origin,
+            &format!("{} is not between 1 and 3600 seconds", t.value),
+            "request_timeout = 60",
+        )),
+    }
 }
 
 /// An http(s) URL without a trailing slash, or a config error naming `k`.
@@ -292,17 +302,8 @@ fn storacha(
     d: RawDestination,
 ) -> Result<DestinationKind, ConfigError> {
     let key = |k: &str| KeyName::entry(section, entry, k);
-    let other = [
-        ("path", d.path.is_some()),
-        ("bucket", d.bucket.is_some()),
-        ("prefix", d.prefix.is_some()),
-        ("region", d.region.is_some()),
-        ("endpoint", d.endpoint.is_some()),
-        ("access_key_id", d.access_key_id.is_some()),
-        ("secret_access_key", d.secret_access_key.is_some()),
-        ("secret_access_key_file", d.secret_access_key_file.is_some()),
-    ];
-    if let Some((k, _)) = other.iter().find(|(_, set)| *set) {
+    let other = first_set([("path", d.path.is_some())]).or_else(|| s3_key_set(&d));
+    if let Some(k) = other {
         return Err(ctx.missing(
             &key(k),
             &format!("{k} is not a key of a destination of kind \"storacha\""),
@@ -393,18 +394,7 @@ fn storacha(
         "https://storacha.link",
         "gateway = \"https://storacha.link\"",
     )?;
-    let request_timeout = match d.request_timeout {
-        None => std::time::Duration::from_secs(60),
-        Some(t) if (1..=3600).contains(&t.value) => std::time::Duration::from_secs(t.value as u64),
-        Some(t) => {
-            return Err(ctx.invalid(
-                &key("request_timeout"),
-                &t.origin,
-                &format!("{} is not between 1 and 3600 seconds", t.value),
-                "request_timeout = 60",
-            ));
-        }
-    };
+    let request_timeout = request_timeout(ctx, &key("request_timeout"), d.request_timeout)?;
     Ok(DestinationKind::Storacha(StorachaConfig {
         space: space.value,
         principal,

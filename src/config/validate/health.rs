@@ -7,7 +7,7 @@ use super::super::HealthConfig;
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawHealth, Section, Val};
 use super::super::secrets;
-use super::values::{MIB, duration, parse_size, path};
+use super::values::{MIB, duration, path, size_at_least};
 
 fn listen(ctx: &Ctx<'_>, v: Val<String>) -> Result<SocketAddr, ConfigError> {
     v.value.trim().parse().map_err(|e| {
@@ -38,24 +38,13 @@ pub(super) fn health(
     };
     let slot_retained_max = match h.slot_retained_max {
         None => d.slot_retained_max,
-        Some(v) => {
-            let bytes = match &v.value {
-                toml::Value::Integer(n) => u64::try_from(*n).ok(),
-                toml::Value::String(s) => parse_size(s),
-                _ => None,
-            };
-            match bytes {
-                Some(b) if b >= 16 * MIB => b,
-                _ => {
-                    return Err(ctx.invalid(
-                        &key("slot_retained_max"),
-                        &v.origin,
-                        &format!("{} is not a size of at least 16 MiB", v.value),
-                        "Give how much WAL the server may hold for pitr's slot before it is an alert, as bytes or with a unit (slot_retained_max = \"4GiB\", the default); keep it well below the free space of the server's pg_wal disk",
-                    ));
-                }
-            }
-        }
+        Some(v) => size_at_least(
+            ctx,
+            &key("slot_retained_max"),
+            &v,
+            16 * MIB,
+            "Give how much WAL the server may hold for pitr's slot before it is an alert, as bytes or with a unit (slot_retained_max = \"4GiB\", the default); keep it well below the free space of the server's pg_wal disk",
+        )?,
     };
     let token = secrets::text(
         ctx,

@@ -6,7 +6,7 @@ use super::super::PostgresConfig;
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawPostgres, Section, Val};
 use super::super::secrets;
-use super::values::{GIB, cron, entry_name};
+use super::values::{GIB, cron, entry_name, int_in};
 use crate::cron::CronSchedule;
 use crate::pg::{Checkpoint, ManifestChecksums};
 
@@ -98,31 +98,25 @@ pub(super) fn postgres(
         };
         let max_rate_kb = match p.max_rate {
             None => None,
-            Some(v) => match u32::try_from(v.value) {
-                Ok(kb) if MAX_RATES.contains(&kb) => Some(kb),
-                _ => {
-                    return Err(ctx.invalid(
-                        &key("max_rate"),
-                        &v.origin,
-                        &format!("{} is out of range", v.value),
-                        "Give the server's sending limit for base backups in kB/s, from 32 to 1048576 (PostgreSQL's MAX_RATE), e.g. max_rate = 102400 for 100 MB/s; leave it out for no limit",
-                    ));
-                }
-            },
+            Some(v) => Some(int_in(
+                ctx,
+                &key("max_rate"),
+                &v,
+                MAX_RATES,
+                "Give the server's sending limit for base backups in kB/s, from 32 to 1048576 (PostgreSQL's MAX_RATE), e.g. max_rate = 102400 for 100 MB/s; leave it out for no limit",
+            )?),
         };
         let incremental_max_chain = match p.incremental_max_chain {
             None => super::super::DEFAULT_INCREMENTAL_MAX_CHAIN,
-            Some(v) => match u32::try_from(v.value) {
-                Ok(n) if n <= MAX_INCREMENTAL_CHAIN => n,
-                _ => {
-                    return Err(ctx.invalid(
-                        &key("incremental_max_chain"),
-                        &v.origin,
-                        &format!("{} is out of range", v.value),
-                        &format!("Give how many incremental base backups may follow a full one before the next full one, from 0 (only full backups) to {MAX_INCREMENTAL_CHAIN}; the default is 7"),
-                    ));
-                }
-            },
+            Some(v) => int_in(
+                ctx,
+                &key("incremental_max_chain"),
+                &v,
+                0..=MAX_INCREMENTAL_CHAIN,
+                &format!(
+                    "Give how many incremental base backups may follow a full one before the next full one, from 0 (only full backups) to {MAX_INCREMENTAL_CHAIN}; the default is 7"
+                ),
+            )?,
         };
         let manifest_checksums = match p.manifest_checksums {
             None => ManifestChecksums::Crc32c,

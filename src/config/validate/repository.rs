@@ -4,11 +4,11 @@ use super::super::RepositoryConfig;
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawRepository, Section, Val};
 use super::super::secrets;
-use super::values::{MIB, parse_size, path};
+use super::values::{MIB, int_in, path, shown, size_at_least, size_bytes};
 
 /// zstd levels pitr accepts; above 19 zstd needs much more memory per level
 /// for little gain, which would break the bounded-memory invariant.
-const ZSTD_LEVELS: std::ops::RangeInclusive<i64> = 1..=19;
+const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Large enough to keep the object count low, small enough to buffer.
 const PACK_SIZES: std::ops::RangeInclusive<u64> = MIB..=512 * MIB;
@@ -80,17 +80,13 @@ pub(super) fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryCo
 
     let zstd_level = match r.zstd_level {
         None => DEFAULT_ZSTD_LEVEL,
-        Some(v) => match i32::try_from(v.value) {
-            Ok(level) if ZSTD_LEVELS.contains(&v.value) => level,
-            _ => {
-                return Err(ctx.invalid(
-                    &key("zstd_level"),
-                    &v.origin,
-                    &format!("{} is out of range", v.value),
-                    "Use a level from 1 (fastest) to 19 (smallest); 3 is the default",
-                ));
-            }
-        },
+        Some(v) => int_in(
+            ctx,
+            &key("zstd_level"),
+            &v,
+            ZSTD_LEVELS,
+            "Use a level from 1 (fastest) to 19 (smallest); 3 is the default",
+        )?,
     };
     let pack_size = match r.pack_size {
         None => DEFAULT_PACK_SIZE,
@@ -115,25 +111,13 @@ pub(super) fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryCo
     };
     let spool_max_bytes = match r.spool_max_bytes {
         None => DEFAULT_SPOOL_MAX,
-        Some(v) => {
-            let fix = "Give a size of at least 1 MiB, as bytes or with a unit (spool_max_bytes = \"4GiB\"); 1 GiB is the default";
-            let bytes = match &v.value {
-                toml::Value::Integer(n) => u64::try_from(*n).ok(),
-                toml::Value::String(s) => parse_size(s),
-                _ => None,
-            };
-            match bytes {
-                Some(b) if b >= MIB => b,
-                _ => {
-                    return Err(ctx.invalid(
-                        &key("spool_max_bytes"),
-                        &v.origin,
-                        &format!("{} is not a size of at least 1 MiB", v.value),
-                        fix,
-                    ));
-                }
-            }
-        }
+        Some(v) => size_at_least(
+            ctx,
+            &key("spool_max_bytes"),
+            &v,
+            MIB,
+            "Give a size of at least 1 MiB, as bytes or with a unit (spool_max_bytes = \"4GiB\"); 1 GiB is the default",
+        )?,
     };
     let key_id = match r.key_id {
         None => None,
@@ -167,16 +151,8 @@ pub(super) fn repository(ctx: &Ctx<'_>, r: RawRepository) -> Result<RepositoryCo
 
 fn pack_size(ctx: &Ctx<'_>, key: &KeyName, v: &Val<toml::Value>) -> Result<u64, ConfigError> {
     let fix = "Give a size from 1 MiB to 512 MiB, as bytes (pack_size = 16777216) or with a unit (pack_size = \"16MiB\"); 16 MiB is the default";
-    let bytes = match &v.value {
-        toml::Value::Integer(n) => u64::try_from(*n).ok(),
-        toml::Value::String(s) => parse_size(s),
-        _ => None,
-    };
-    let shown = match &v.value {
-        toml::Value::String(s) => format!("{s:?}"),
-        other => other.to_string(),
-    };
-    match bytes {
+    let shown = shown(&v.value);
+    match size_bytes(&v.value) {
         None => Err(ctx.invalid(key, &v.origin, &format!("{shown} is not a size"), fix)),
         Some(b) if !PACK_SIZES.contains(&b) => Err(ctx.invalid(
             key,

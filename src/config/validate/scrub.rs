@@ -3,7 +3,7 @@
 use super::super::ScrubConfig;
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawScrub, Section};
-use super::values::{cron, parse_size};
+use super::values::{cron, size_bytes};
 use crate::cron::CronSchedule;
 
 /// Default scrub: daily, clear of the base backup (03:00), the test restore
@@ -22,12 +22,7 @@ pub(super) fn scrub(ctx: &Ctx<'_>, r: RawScrub) -> Result<ScrubConfig, ConfigErr
     let read_budget = match r.read_budget {
         None => DEFAULT_SCRUB_READ_BUDGET,
         Some(v) => {
-            let bytes = match &v.value {
-                toml::Value::Integer(n) => u64::try_from(*n).ok(),
-                toml::Value::String(s) => parse_size(s),
-                _ => None,
-            };
-            bytes.ok_or_else(|| {
+            size_bytes(&v.value).ok_or_else(|| {
                 ctx.invalid(
                     &key("read_budget"),
                     &v.origin,

@@ -27,6 +27,68 @@ pub(super) fn parse_size(s: &str) -> Option<u64> {
     number.checked_mul(factor)
 }
 
+/// A size value's bytes: a whole number of bytes, or a string with a unit
+/// (see [`parse_size`]); `None` for anything else.
+pub(super) fn size_bytes(v: &toml::Value) -> Option<u64> {
+    match v {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(s) => parse_size(s),
+        _ => None,
+    }
+}
+
+/// A size value of at least `min` bytes (a whole number of MiB), or an
+/// error with `fix`.
+pub(super) fn size_at_least(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: &Val<toml::Value>,
+    min: u64,
+    fix: &str,
+) -> Result<u64, ConfigError> {
+    match size_bytes(&v.value) {
+        Some(b) if b >= min => Ok(b),
+        _ => Err(ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{} is not a size of at least {} MiB", v.value, min / MIB),
+            fix,
+        )),
+    }
+}
+
+/// A value as messages quote it: a string in quotes, anything else as TOML.
+pub(super) fn shown(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// An integer value that fits `T` and lies in `range`, or an error that it
+/// is out of range, with `fix`.
+pub(super) fn int_in<T>(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: &Val<i64>,
+    range: std::ops::RangeInclusive<T>,
+    fix: &str,
+) -> Result<T, ConfigError>
+where
+    T: TryFrom<i64> + PartialOrd,
+{
+    match T::try_from(v.value) {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ctx.invalid(key, &v.origin, &format!("{} is out of range", v.value), fix)),
+    }
+}
+
+/// The first of `keys` (name, whether it is set) that is set: a key that
+/// does not belong where it was written.
+pub(super) fn first_set<const N: usize>(keys: [(&'static str, bool); N]) -> Option<&'static str> {
+    keys.into_iter().find(|(_, set)| *set).map(|(k, _)| k)
+}
+
 /// A path value: non-empty, relative ones resolved against the config file's
 /// directory.
 pub(super) fn path(
@@ -135,10 +197,7 @@ pub(super) fn duration(
         toml::Value::String(s) => parse_duration(s),
         _ => None,
     };
-    let shown = match &v.value {
-        toml::Value::String(s) => format!("{s:?}"),
-        other => other.to_string(),
-    };
+    let shown = shown(&v.value);
     match parsed {
         None => Err(ctx.invalid(key, &v.origin, &format!("{shown} is not a duration"), &fix)),
         Some(d) if !range.contains(&d) => {

@@ -14,11 +14,11 @@ use sha2::{Digest, Sha256};
 const CHUNK: usize = 1 << 20;
 /// Children per node; deeper trees (objects over 1 GiB) are not made.
 const WIDTH: usize = 1024;
-/// Multicodec codes.
-const RAW: u64 = 0x55;
-const DAG_PB: u64 = 0x70;
-const CAR: u64 = 0x0202;
-const SHA2_256: u64 = 0x12;
+/// Multicodec codes, for the whole of the Storacha destination.
+pub(super) const RAW: u64 = 0x55;
+pub(super) const DAG_PB: u64 = 0x70;
+pub(super) const CAR: u64 = 0x0202;
+pub(super) const SHA2_256: u64 = 0x12;
 
 /// Why an object cannot be packed.
 #[derive(Debug, thiserror::Error)]
@@ -28,11 +28,14 @@ pub enum CarError {
     TooLarge(usize),
 }
 
+/// The SHA-256 multihash of `bytes`: the hash of every CID pitr writes.
+pub(super) fn sha256(bytes: &[u8]) -> Multihash<64> {
+    Multihash::<64>::wrap(SHA2_256, &Sha256::digest(bytes))
+        .expect("a 32-byte digest fits a 64-byte multihash")
+}
+
 pub(super) fn cid_of(codec: u64, block: &[u8]) -> Cid {
-    let digest = Sha256::digest(block);
-    let mh = Multihash::<64>::wrap(SHA2_256, &digest)
-        .expect("a 32-byte digest fits a 64-byte multihash");
-    Cid::new_v1(codec, mh)
+    Cid::new_v1(codec, sha256(block))
 }
 
 fn varint(mut n: u64, out: &mut Vec<u8>) {

@@ -8,8 +8,8 @@
 use cid::Cid;
 use ipld_core::ipld::Ipld;
 
-use super::car::write_car;
-use super::service::{car_link, multihash};
+use super::car::{shard_cid, write_car};
+use super::service::multihash;
 use super::ucanto::{Block, map, principal::get_varint};
 
 /// The index format's name.
@@ -73,7 +73,7 @@ pub fn sharded_dag_index(root: &Cid, car: &[u8]) -> Result<(Cid, Vec<u8>), Index
             (shard_block.cid, &shard_block.bytes),
         ],
     );
-    Ok((car_link(&bytes), bytes))
+    Ok((shard_cid(&bytes), bytes))
 }
 
 #[cfg(test)]
@@ -87,7 +87,7 @@ mod tests {
         let data: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 251) as u8).collect();
         let car = pack_named("pitr%2Fx", &data).expect("pack");
         let (link, bytes) = sharded_dag_index(&car.root, &car.bytes).expect("index");
-        assert_eq!(link, car_link(&bytes));
+        assert_eq!(link, shard_cid(&bytes));
         let blocks = verify::blocks(&bytes).expect("a valid CAR");
         assert_eq!(blocks.len(), 2);
         let shard = blocks

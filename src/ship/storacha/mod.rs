@@ -340,7 +340,7 @@ impl StorachaDestination {
         root: &Cid,
         shard: Option<Cid>,
     ) -> Result<Option<(String, StorachaObject)>, ShipError> {
-        if root.codec() != 0x70 {
+        if root.codec() != car::DAG_PB {
             return Ok(None);
         }
         let dir = self.block(what, root).await?;
@@ -350,7 +350,7 @@ impl StorachaDestination {
         let Some(key) = key_of(&entry.name) else {
             return Ok(None);
         };
-        let size = if entry.cid.codec() == 0x55 {
+        let size = if entry.cid.codec() == car::RAW {
             entry.tsize
         } else {
             let file = self.block(what, &entry.cid).await?;

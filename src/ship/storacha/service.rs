@@ -7,18 +7,14 @@
 use std::time::Duration;
 
 use cid::Cid;
-use cid::multihash::Multihash;
 use ipld_core::ipld::Ipld;
-use sha2::{Digest, Sha256};
 
-use super::car::cid_of;
+use super::car::shard_cid;
 use super::ucanto::{
     self, Block, Did, Invocation, Payload, Proof, Receipt, Response, Signer, UcantoError,
-    capability, field, map, text,
+    capability, field, link, map, text,
 };
 
-/// Multicodec of a CAR: the codec of shard and index links.
-const CAR: u64 = 0x0202;
 /// How long an invocation stays valid: long enough for a slow request and
 /// some clock skew, short enough that a leaked request is soon useless.
 const LIFETIME_SECS: i64 = 600;
@@ -124,14 +120,7 @@ fn shorten(s: &str) -> String {
 
 /// The SHA-256 multihash of `bytes`, as ucanto's `digest` fields hold it.
 pub fn multihash(bytes: &[u8]) -> Vec<u8> {
-    Multihash::<64>::wrap(0x12, &Sha256::digest(bytes))
-        .map(|m| m.to_bytes())
-        .unwrap_or_default()
-}
-
-/// The link of a CAR blob (`bag…`).
-pub fn car_link(bytes: &[u8]) -> Cid {
-    cid_of(CAR, bytes)
+    super::car::sha256(bytes).to_bytes()
 }
 
 /// One page of a listing.
@@ -235,10 +224,7 @@ impl Service {
             .body(body)
             .send()
             .await
-            .map_err(|source| ServiceError::Transport {
-                url: self.url.clone(),
-                source,
-            })?;
+            .map_err(transport(&self.url))?;
         let body = self.body(&self.url, resp).await?;
         Response::decode(&body).map_err(|e| Self::protocol(ability, e))
     }
@@ -249,13 +235,7 @@ impl Service {
         if status.is_redirection() {
             return Err(redirected(url, &resp));
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| ServiceError::Transport {
-                url: url.to_owned(),
-                source,
-            })?;
+        let bytes = resp.bytes().await.map_err(transport(url))?;
         if !status.is_success() {
             return Err(ServiceError::Status {
                 url: url.to_owned(),
@@ -390,10 +370,7 @@ impl Service {
                 .timeout(self.timeout)
                 .send()
                 .await
-                .map_err(|source| ServiceError::Transport {
-                    url: url.clone(),
-                    source,
-                })?;
+                .map_err(transport(&url))?;
             if resp.status().as_u16() == 404 {
                 return Ok(None);
             }
@@ -523,7 +500,7 @@ impl Service {
         }
         Err(ServiceError::Pending(format!(
             "the Storacha service has no blob/accept receipt for task {accept} (blob {}) after {ACCEPT_POLLS} tries of {}/receipt/",
-            car_link(bytes),
+            shard_cid(bytes),
             self.url
         )))
     }
@@ -538,7 +515,7 @@ impl Service {
     /// The `PUT` of a blob's bytes to the allocated URL with exactly the
     /// headers the allocation gave.
     async fn put(&self, bytes: &[u8], address: &Ipld) -> Result<(), ServiceError> {
-        let blob = car_link(bytes);
+        let blob = shard_cid(bytes);
         let malformed = |why: &str| {
             Self::protocol(
                 "blob/allocate",
@@ -570,10 +547,7 @@ impl Service {
                 req = req.header(name.as_str(), v);
             }
         }
-        let resp = req.send().await.map_err(|source| ServiceError::Transport {
-            url: url.to_owned(),
-            source,
-        })?;
+        let resp = req.send().await.map_err(transport(url))?;
         let status = resp.status();
         if status.is_redirection() {
             return Err(redirected(url, &resp));
@@ -624,10 +598,7 @@ impl Service {
             m.insert("cursor".to_owned(), Ipld::String(c.to_owned()));
         }
         let (ok, _, _) = self.invoke("upload/list", nb).await?;
-        page(&ok, "upload/list", |r| match field(r, "root") {
-            Some(Ipld::Link(c)) => Some(*c),
-            _ => None,
-        })
+        page(&ok, "upload/list", |r| field(r, "root").and_then(link))
     }
 
     /// One page of the shards of the upload `root`.
@@ -641,10 +612,7 @@ impl Service {
             m.insert("cursor".to_owned(), Ipld::String(c.to_owned()));
         }
         let (ok, _, _) = self.invoke("upload/shard/list", nb).await?;
-        page(&ok, "upload/shard/list", |r| match r {
-            Ipld::Link(c) => Some(*c),
-            _ => None,
-        })
+        page(&ok, "upload/shard/list", link)
     }
 
     /// Removes the upload `root` (not its blobs).
@@ -708,5 +676,13 @@ fn redirected(url: &str, resp: &reqwest::Response) -> ServiceError {
             .and_then(|l| l.to_str().ok())
             .unwrap_or("(no location)")
             .to_owned(),
+    }
+}
+
+/// The error of a request to `url` that got no answer.
+fn transport(url: &str) -> impl FnOnce(reqwest::Error) -> ServiceError + '_ {
+    move |source| ServiceError::Transport {
+        url: url.to_owned(),
+        source,
     }
 }

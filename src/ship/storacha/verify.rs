@@ -10,10 +10,8 @@ use std::io::Cursor;
 use cid::Cid;
 use sha2::{Digest, Sha256};
 
-/// Multicodec codes.
-const RAW: u64 = 0x55;
-const DAG_PB: u64 = 0x70;
-const SHA2_256: u64 = 0x12;
+use super::car::{DAG_PB, RAW, SHA2_256};
+
 /// Deeper than any DAG pitr writes (directory → file root → leaves).
 const MAX_DEPTH: usize = 8;
 

@@ -457,14 +457,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    use super::super::fake::{read_startup, trust_login};
     use super::*;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    }
 
     /// A loopback server that accepts one startup and answers it as a
     /// PostgreSQL server of `version` would (trust authentication); `None`
@@ -474,16 +468,8 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let task = tokio::spawn(async move {
             let (mut sock, _) = listener.accept().await.expect("accept");
-            let len = sock.read_u32().await.expect("startup length") as usize;
-            let mut startup = vec![0; len - 4];
-            sock.read_exact(&mut startup).await.expect("startup");
-            let mut out = message(b'R', &0u32.to_be_bytes());
-            if let Some(v) = version {
-                out.extend(message(b'S', format!("server_version\0{v}\0").as_bytes()));
-            }
-            out.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
-            out.extend(message(b'Z', b"I"));
-            sock.write_all(&out).await.expect("write");
+            read_startup(&mut sock).await;
+            sock.write_all(&trust_login(version)).await.expect("write");
             // Hold the connection until the client closes it.
             let mut rest = Vec::new();
             let _ = sock.read_to_end(&mut rest).await;

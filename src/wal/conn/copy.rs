@@ -374,13 +374,7 @@ mod tests {
 
     use super::*;
     use crate::wal::conn::ConnInfo;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    }
+    use crate::wal::conn::fake::{message, read_startup, trust_login};
 
     /// Reads one tagged message and returns its tag.
     async fn read_tagged(sock: &mut TcpStream) -> u8 {
@@ -395,14 +389,10 @@ mod tests {
     /// between its CopyDone and the next timeline's row.
     async fn scripted_server(listener: TcpListener) {
         let (mut sock, _) = listener.accept().await.expect("accept");
-        let len = sock.read_u32().await.expect("startup length") as usize;
-        let mut startup = vec![0; len - 4];
-        sock.read_exact(&mut startup).await.expect("startup");
-        let mut out = message(b'R', &0u32.to_be_bytes());
-        out.extend(message(b'S', b"server_version\x0015.10\x00"));
-        out.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
-        out.extend(message(b'Z', b"I"));
-        sock.write_all(&out).await.expect("write");
+        read_startup(&mut sock).await;
+        sock.write_all(&trust_login(Some("15.10")))
+            .await
+            .expect("write");
         assert_eq!(read_tagged(&mut sock).await, b'Q');
         let mut out = message(b'W', &[0, 0, 0]);
         out.extend(message(b'c', &[]));

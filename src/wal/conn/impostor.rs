@@ -7,15 +7,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use super::fake::{message, read_startup};
 use super::{ConnError, ConnInfo, ReplicationClient};
 
 /// An authentication request `R` with `code` and `rest`.
 fn auth(code: i32, rest: &[u8]) -> Vec<u8> {
-    let mut m = vec![b'R'];
-    m.extend_from_slice(&(8 + rest.len() as i32).to_be_bytes());
-    m.extend_from_slice(&code.to_be_bytes());
-    m.extend_from_slice(rest);
-    m
+    message(b'R', &[&code.to_be_bytes()[..], rest].concat())
 }
 
 /// Accepts one connection, reads the startup message, sends `script`
@@ -27,9 +24,7 @@ async fn impostor(script: Vec<Vec<u8>>) -> (u16, tokio::task::JoinHandle<Vec<u8>
     let task = tokio::spawn(async move {
         let (mut sock, _) = listener.accept().await.expect("accept");
         let mut seen = Vec::new();
-        let len = sock.read_i32().await.expect("startup length");
-        let mut startup = vec![0; usize::try_from(len - 4).expect("length")];
-        sock.read_exact(&mut startup).await.expect("startup");
+        read_startup(&mut sock).await;
         let steps = script.len();
         for (i, step) in script.into_iter().enumerate() {
             sock.write_all(&step).await.expect("write");
@@ -64,6 +59,14 @@ fn info(port: u16, extra: &str) -> ConnInfo {
     .expect("conninfo")
 }
 
+/// Connects with `info`, which must fail as untrusted (`expect` says why
+/// it must fail), with a message that mentions `says`.
+async fn refused_as_untrusted(info: &ConnInfo, expect: &str, says: &str) {
+    let err = ReplicationClient::connect(info).await.expect_err(expect);
+    assert!(matches!(err, ConnError::Untrusted { .. }), "{err:?}");
+    assert!(err.to_string().contains(says), "{err}");
+}
+
 const READY: &[u8] = b"Z\0\0\0\x05I";
 /// `ParameterStatus` naming a supported major: a login that counts must
 /// also pass the check of the server's major.
@@ -74,11 +77,12 @@ async fn an_impostor_that_skips_scram_with_authentication_ok_is_refused() {
     let sasl = b"SCRAM-SHA-256\0\0".to_vec();
     let ok = [auth(0, &[]), READY.to_vec()].concat();
     let (port, server) = impostor(vec![auth(10, &sasl), ok]).await;
-    let err = ReplicationClient::connect(&info(port, ""))
-        .await
-        .expect_err("an unfinished SCRAM exchange must not log in");
-    assert!(matches!(err, ConnError::Untrusted { .. }), "{err:?}");
-    assert!(err.to_string().contains("SCRAM"), "{err}");
+    refused_as_untrusted(
+        &info(port, ""),
+        "an unfinished SCRAM exchange must not log in",
+        "SCRAM",
+    )
+    .await;
     let seen = server.await.expect("server");
     assert!(
         !seen.windows(13).any(|w| w == b"the-secret-pw"),
@@ -90,11 +94,12 @@ async fn an_impostor_that_skips_scram_with_authentication_ok_is_refused() {
 async fn channel_binding_require_refuses_an_unencrypted_scram_exchange() {
     let sasl = b"SCRAM-SHA-256\0SCRAM-SHA-256-PLUS\0\0".to_vec();
     let (port, server) = impostor(vec![auth(10, &sasl), auth(0, &[])]).await;
-    let err = ReplicationClient::connect(&info(port, "channel_binding=require"))
-        .await
-        .expect_err("nothing to bind to without TLS");
-    assert!(matches!(err, ConnError::Untrusted { .. }), "{err:?}");
-    assert!(err.to_string().contains("not encrypted"), "{err}");
+    refused_as_untrusted(
+        &info(port, "channel_binding=require"),
+        "nothing to bind to without TLS",
+        "not encrypted",
+    )
+    .await;
     let _ = server.await;
 }
 
@@ -122,11 +127,12 @@ async fn an_impostor_whose_server_final_is_forged_is_refused() {
 async fn cleartext_and_md5_are_refused_without_tls_unless_allowed() {
     for (code, rest) in [(3, Vec::new()), (5, b"salt".to_vec())] {
         let (port, server) = impostor(vec![auth(code, &rest), auth(0, &[])]).await;
-        let err = ReplicationClient::connect(&info(port, ""))
-            .await
-            .expect_err("no password over plain TCP");
-        assert!(matches!(err, ConnError::Untrusted { .. }), "{err:?}");
-        assert!(err.to_string().contains("allow_insecure_password"), "{err}");
+        refused_as_untrusted(
+            &info(port, ""),
+            "no password over plain TCP",
+            "allow_insecure_password",
+        )
+        .await;
         let seen = server.await.expect("server");
         assert!(
             !seen.contains(&b'p'),

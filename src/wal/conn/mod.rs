@@ -28,6 +28,8 @@ pub(crate) mod copy;
 mod copy_in;
 mod copy_out;
 mod error;
+#[cfg(test)]
+mod fake;
 mod ops;
 mod pgpass;
 mod resolve;

@@ -207,23 +207,21 @@ fn resolve(
         .ok_or(ConnInfoError::NoUser)?;
     let dbname = get("dbname", "PGDATABASE").unwrap_or_else(|| user.clone());
 
-    let sslmode = match get("sslmode", "PGSSLMODE") {
-        None => SslMode::Prefer,
-        Some(m) => SslMode::parse(&m).ok_or(ConnInfoError::InvalidValue {
-            keyword: "sslmode".into(),
-            value: m,
-            expected: "disable, allow, prefer, require, verify-ca or verify-full",
-        })?,
-    };
+    let sslmode = mode(
+        "sslmode",
+        get("sslmode", "PGSSLMODE"),
+        SslMode::Prefer,
+        SslMode::parse,
+        "disable, allow, prefer, require, verify-ca or verify-full",
+    )?;
     let sslrootcert = get("sslrootcert", "PGSSLROOTCERT").map(PathBuf::from);
-    let channel_binding = match get("channel_binding", "PGCHANNELBINDING") {
-        None => ChannelBindingMode::Prefer,
-        Some(m) => ChannelBindingMode::parse(&m).ok_or(ConnInfoError::InvalidValue {
-            keyword: "channel_binding".into(),
-            value: m,
-            expected: "disable, prefer or require",
-        })?,
-    };
+    let channel_binding = mode(
+        "channel_binding",
+        get("channel_binding", "PGCHANNELBINDING"),
+        ChannelBindingMode::Prefer,
+        ChannelBindingMode::parse,
+        "disable, prefer or require",
+    )?;
 
     let application_name = get("application_name", "PGAPPNAME")
         .or_else(|| given.get("fallback_application_name").cloned())
@@ -294,4 +292,23 @@ fn resolve(
         channel_binding,
         allow_insecure_password: false,
     })
+}
+
+/// A mode keyword's `value` read by `parse` (`sslmode`, `channel_binding`),
+/// `default` when it is not set; `expected` lists the accepted values.
+fn mode<T>(
+    keyword: &str,
+    value: Option<String>,
+    default: T,
+    parse: fn(&str) -> Option<T>,
+    expected: &'static str,
+) -> Result<T, ConnInfoError> {
+    match value {
+        None => Ok(default),
+        Some(m) => parse(&m).ok_or(ConnInfoError::InvalidValue {
+            keyword: keyword.into(),
+            value: m,
+            expected,
+        }),
+    }
 }

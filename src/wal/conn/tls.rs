@@ -48,7 +48,10 @@ pub(super) async fn handshake(
         _ => Verify::Nothing,
     };
     let verifier: Arc<dyn ServerCertVerifier> = match verify {
-        Verify::Nothing => Arc::new(AnyCert(provider.clone())),
+        Verify::Nothing => Arc::new(Lenient {
+            provider: provider.clone(),
+            chain: None,
+        }),
         Verify::Chain | Verify::Full => {
             let roots = load_roots(info, root_file.as_deref()).map_err(fail)?;
             let webpki =
@@ -58,7 +61,10 @@ pub(super) async fn handshake(
             if verify == Verify::Full {
                 webpki
             } else {
-                Arc::new(AnyName(webpki))
+                Arc::new(Lenient {
+                    provider: provider.clone(),
+                    chain: Some(webpki),
+                })
             }
         }
     };
@@ -150,23 +156,39 @@ fn load_roots(info: &ConnInfo, file: Option<&Path>) -> Result<RootCertStore, Str
     Ok(roots)
 }
 
-/// Accepts any certificate (`require`), but still checks the handshake
-/// signatures so the session key belongs to that certificate.
+/// The modes that accept more than webpki would: `require` accepts any
+/// certificate, `verify-ca` a verified chain that names another host. Both
+/// still check the handshake signatures, so the session key belongs to the
+/// certificate.
 #[derive(Debug)]
-struct AnyCert(Arc<CryptoProvider>);
+struct Lenient {
+    provider: Arc<CryptoProvider>,
+    /// `verify-ca`: the chain must verify; `None` (`require`): anything goes.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+}
 
-impl ServerCertVerifier for AnyCert {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
+    // The chain's verifier was built with the same provider, so its
+    // signature checks are these.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
@@ -177,7 +199,7 @@ impl ServerCertVerifier for AnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -191,58 +213,13 @@ impl ServerCertVerifier for AnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must verify; the name need not match.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -101,6 +101,23 @@ pub fn text(v: &Ipld) -> Option<&str> {
     }
 }
 
+/// The CID of a link value.
+pub fn link(v: &Ipld) -> Option<Cid> {
+    match v {
+        Ipld::Link(c) => Some(*c),
+        _ => None,
+    }
+}
+
+/// The links of a list value (other items skipped); `None` when `v` is not
+/// a list.
+fn links(v: Option<&Ipld>) -> Option<Vec<Cid>> {
+    match v {
+        Some(Ipld::List(l)) => Some(l.iter().filter_map(link).collect()),
+        _ => None,
+    }
+}
+
 /// A map from `(key, value)` pairs.
 pub fn map<const N: usize>(entries: [(&str, Ipld); N]) -> Ipld {
     Ipld::Map(
@@ -124,16 +141,7 @@ pub fn car_blocks(car: &[u8]) -> Result<(Vec<Cid>, Blocks), UcantoError> {
         .and_then(|end| car.get(pos..end))
         .ok_or_else(|| bad("header longer than the file".into()))?;
     let h: Ipld = serde_ipld_dagcbor::from_slice(header).map_err(|e| bad(e.to_string()))?;
-    let roots = match field(&h, "roots") {
-        Some(Ipld::List(l)) => l
-            .iter()
-            .filter_map(|r| match r {
-                Ipld::Link(c) => Some(*c),
-                _ => None,
-            })
-            .collect(),
-        _ => return Err(bad("no roots in the header".into())),
-    };
+    let roots = links(field(&h, "roots")).ok_or_else(|| bad("no roots in the header".into()))?;
     let blocks = super::verify::blocks(car)
         .map_err(|e| bad(e.to_string()))?
         .into_iter()
@@ -217,38 +225,22 @@ impl Receipt {
         let bad = |why: &str| UcantoError::Malformed(format!("receipt {cid}: {why}"));
         let v: Ipld = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
         let ocm = field(&v, "ocm").ok_or_else(|| bad("no ocm"))?;
-        let ran = match field(ocm, "ran") {
-            Some(Ipld::Link(c)) => *c,
-            _ => return Err(bad("no ran link")),
-        };
+        let ran = field(ocm, "ran")
+            .and_then(link)
+            .ok_or_else(|| bad("no ran link"))?;
         let out = field(ocm, "out").ok_or_else(|| bad("no out"))?;
         let out = match (field(out, "ok"), field(out, "error")) {
             (Some(ok), _) => Ok(ok.clone()),
             (None, Some(e)) => Err(e.clone()),
             (None, None) => return Err(bad("out has neither ok nor error")),
         };
-        let links = |v: Option<&Ipld>| -> Vec<Cid> {
-            match v {
-                Some(Ipld::List(l)) => l
-                    .iter()
-                    .filter_map(|x| match x {
-                        Ipld::Link(c) => Some(*c),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            }
-        };
         let fx = field(ocm, "fx");
         Ok(Receipt {
             cid,
             ran,
             out,
-            fork: links(fx.and_then(|f| field(f, "fork"))),
-            join: match fx.and_then(|f| field(f, "join")) {
-                Some(Ipld::Link(c)) => Some(*c),
-                _ => None,
-            },
+            fork: links(fx.and_then(|f| field(f, "fork"))).unwrap_or_default(),
+            join: fx.and_then(|f| field(f, "join")).and_then(link),
             iss: field(ocm, "iss").and_then(text).map(str::to_owned),
         })
     }

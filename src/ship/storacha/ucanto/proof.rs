@@ -10,12 +10,11 @@ use std::collections::HashMap;
 use cid::Cid;
 use ipld_core::ipld::Ipld;
 
+use super::super::car::CAR;
 use super::principal::{Did, get_varint};
 use super::ucan::Ucan;
-use super::{Block, UcantoError, car_blocks, field};
+use super::{Block, UcantoError, car_blocks, field, link};
 
-/// Multicodec of a CAR.
-const CAR: u64 = 0x0202;
 /// The identity multihash.
 const IDENTITY: u64 = 0x00;
 
@@ -55,10 +54,9 @@ impl Proof {
             .get(root)
             .ok_or_else(|| bad("its root block is missing".to_owned()))?;
         let v: Ipld = serde_ipld_dagcbor::from_slice(variant).map_err(|e| bad(e.to_string()))?;
-        let link = match field(&v, "ucan@0.9.1") {
-            Some(Ipld::Link(c)) => *c,
-            _ => return Err(bad("its root is not {\"ucan@0.9.1\": link}".to_owned())),
-        };
+        let link = field(&v, "ucan@0.9.1")
+            .and_then(link)
+            .ok_or_else(|| bad("its root is not {\"ucan@0.9.1\": link}".to_owned()))?;
         let mut out = Vec::new();
         let ucan = export(&link, &blocks, &mut out, 0).map_err(|e| bad(e.to_string()))?;
         Ok(Proof {
