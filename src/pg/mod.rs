@@ -14,3 +14,41 @@ pub use backup::{Checkpoint, ManifestChecksums};
 pub use bin::{BinError, Looked, PgBin, data_dir_major, find, find_in, find_newest, major_of};
 pub use server::{Postmaster, ServerStart, StartError, isolated_server_settings, start_isolated};
 pub use user::{NoOsUser, server_owner};
+
+/// A size setting as PostgreSQL's `SHOW` prints it (`16MB`, `1GB`, `8192`,
+/// `64kB`) in bytes; `None` for `-1` (no limit) or anything else.
+pub fn setting_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let factor: u64 = match unit {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn size_settings_parse_in_postgres_units() {
+        for (text, bytes) in [
+            ("16MB", Some(16 << 20)),
+            ("1GB", Some(1 << 30)),
+            ("10GB", Some(10 << 30)),
+            ("8192", Some(8192)),
+            ("64kB", Some(64 << 10)),
+            ("-1", None),
+            ("MB", None),
+            ("many", None),
+            ("16 parsecs", None),
+        ] {
+            assert_eq!(super::setting_bytes(text), bytes, "{text:?}");
+        }
+    }
+}

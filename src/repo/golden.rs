@@ -258,22 +258,13 @@ fn golden_commit_v2() {
     assert_eq!(c.version, 2);
     let plain = c.encode_plain();
     pin("commit-v2-plaintext.hex", &plain);
-    let seal_it = |c: &Commit| {
-        let z = zstd::bulk::compress(&c.encode_plain(), 3).expect("compress");
-        seal::seal_with_nonce(&key(), SealKind::CatalogCommit, &c.object_name(), &z, NONCE)
-    };
-    let back = Commit::decode(&key(), &c.object_name(), &seal_it(&c)).expect("decodes");
-    assert_eq!(back, c);
+    assert_eq!(decode_as(&c, c.version).expect("decodes"), c);
 
     // Removals under version 1: a writer bug, refused rather than replayed.
-    let mut lying = c.clone();
-    lying.version = 1;
-    let err = Commit::decode(&key(), &c.object_name(), &seal_it(&lying)).unwrap_err();
+    let err = decode_as(&c, 1).unwrap_err();
     assert!(matches!(err, super::RepoError::Malformed { .. }), "{err}");
     // A version from the future: named, with the version this build reads.
-    let mut future = c.clone();
-    future.version = 3;
-    let err = Commit::decode(&key(), &c.object_name(), &seal_it(&future)).unwrap_err();
+    let err = decode_as(&c, 3).unwrap_err();
     assert!(
         matches!(
             err,
@@ -285,6 +276,16 @@ fn golden_commit_v2() {
         ),
         "{err}"
     );
+}
+
+/// `c` sealed as a commit object claiming `version`, then decoded.
+fn decode_as(c: &Commit, version: u32) -> Result<Commit, super::RepoError> {
+    let mut c = c.clone();
+    c.version = version;
+    let z = zstd::bulk::compress(&c.encode_plain(), 3).expect("compress");
+    let sealed =
+        seal::seal_with_nonce(&key(), SealKind::CatalogCommit, &c.object_name(), &z, NONCE);
+    Commit::decode(&key(), &c.object_name(), &sealed)
 }
 
 /// A version 2 commit carrying content ids (Storacha root CIDs) of its pack
@@ -321,17 +322,10 @@ fn golden_commit_with_cids() {
         )),
         "{text}"
     );
-    let seal_it = |c: &Commit| {
-        let z = zstd::bulk::compress(&c.encode_plain(), 3).expect("compress");
-        seal::seal_with_nonce(&key(), SealKind::CatalogCommit, &c.object_name(), &z, NONCE)
-    };
-    let back = Commit::decode(&key(), &c.object_name(), &seal_it(&c)).expect("decodes");
-    assert_eq!(back, c);
+    assert_eq!(decode_as(&c, c.version).expect("decodes"), c);
 
     // Content ids under version 1: refused, not half-read.
-    let mut lying = c.clone();
-    lying.version = 1;
-    let err = Commit::decode(&key(), &c.object_name(), &seal_it(&lying)).unwrap_err();
+    let err = decode_as(&c, 1).unwrap_err();
     assert!(matches!(err, super::RepoError::Malformed { .. }), "{err}");
     assert!(err.to_string().contains("content ids"), "{err}");
 

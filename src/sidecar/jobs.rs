@@ -58,6 +58,16 @@ impl std::fmt::Display for Schedule {
     }
 }
 
+/// A check `id` from a status's own judgement (failing, summary), for
+/// [`Jobs::scheduled`]: for the parts below the sidecar, which cannot name
+/// its [`Check`] type.
+pub fn judged<S>(id: &'static str, judge: fn(&S) -> (bool, String)) -> impl Fn(&S) -> Check {
+    move |s| {
+        let (failing, summary) = judge(s);
+        Check::new(id.to_owned(), failing, summary)
+    }
+}
+
 /// How a supervised part failed.
 #[derive(Debug)]
 pub enum PartError {
@@ -310,64 +320,72 @@ where
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_failing_part_is_restarted_and_shown_until_stopped() {
-        let cell = task_cell();
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A registry with one job, `make(n)` for its `n`th run (from 0), and
+    /// how many runs started.
+    fn one_job<Fut>(
+        make: impl Fn(u32) -> Fut + Send + 'static,
+    ) -> (Jobs, watch::Sender<bool>, TaskCell, Arc<AtomicU32>)
+    where
+        Fut: Future + Send + 'static,
+        Fut::Output: Outcome,
+    {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut jobs = Jobs::new(stop_rx);
+        let runs = Arc::new(AtomicU32::new(0));
         let counter = runs.clone();
-        let task = tokio::spawn(supervise(
+        let cell = jobs.add(
+            "test",
             "test part".to_owned(),
-            cell.clone(),
-            stop_rx,
-            move |_stop| {
-                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move {
-                    if n == 1 {
-                        panic!("second run panics");
-                    }
-                    Err(format!("run {n} failed"))
-                }
-            },
-        ));
-        // Two restarts take 1–2 s plus 2–4 s of backoff.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while runs.load(std::sync::atomic::Ordering::SeqCst) < 3 && Instant::now() < deadline {
+            Schedule::Continuous,
+            false,
+            move |_| make(counter.fetch_add(1, Ordering::SeqCst)),
+        );
+        (jobs, stop_tx, cell, runs)
+    }
+
+    /// Polls `done` every 50 ms for up to `within`.
+    async fn wait_for(within: Duration, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + within;
+        while !done() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(runs.load(std::sync::atomic::Ordering::SeqCst) >= 3);
-        let state = cell.lock().map(|t| t.clone()).expect("lock");
-        assert!(state.restarts >= 2, "{state:?}");
-        assert!(state.last_error.is_some(), "{state:?}");
+    }
+
+    /// Stops the registry and checks that the job stopped promptly.
+    async fn stop(jobs: Jobs, stop_tx: watch::Sender<bool>, cell: &TaskCell) {
         stop_tx.send(true).expect("send");
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("stops promptly")
-            .expect("no panic escapes");
+        let began = Instant::now();
+        jobs.wait_stopped(Duration::from_secs(5)).await;
+        assert!(began.elapsed() < Duration::from_secs(5), "stops promptly");
         assert_eq!(cell.lock().map(|t| t.state).expect("lock"), Phase::Stopped);
     }
 
     #[tokio::test]
+    async fn a_failing_part_is_restarted_and_shown_until_stopped() {
+        let (jobs, stop_tx, cell, runs) = one_job(|n| async move {
+            if n == 1 {
+                panic!("second run panics");
+            }
+            Err(format!("run {n} failed"))
+        });
+        // Two restarts take 1–2 s plus 2–4 s of backoff.
+        wait_for(Duration::from_secs(15), || runs.load(Ordering::SeqCst) >= 3).await;
+        assert!(runs.load(Ordering::SeqCst) >= 3);
+        let state = cell.lock().map(|t| t.clone()).expect("lock");
+        assert!(state.restarts >= 2, "{state:?}");
+        assert!(state.last_error.is_some(), "{state:?}");
+        stop(jobs, stop_tx, &cell).await;
+    }
+
+    #[tokio::test]
     async fn a_permanent_failure_is_shown_and_not_restarted() {
-        let cell = task_cell();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let counter = runs.clone();
-        let task = tokio::spawn(supervise(
-            "test part".to_owned(),
-            cell.clone(),
-            stop_rx,
-            move |_stop| {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move { Err::<(), _>(PartError::Permanent("PostgreSQL 13 is refused".into())) }
-            },
-        ));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cell.lock().map(|t| t.state).expect("lock") != Phase::Failed
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (jobs, stop_tx, cell, runs) = one_job(|_| async {
+            Err::<(), _>(PartError::Permanent("PostgreSQL 13 is refused".into()))
+        });
+        let failed = || cell.lock().map(|t| t.state).expect("lock") == Phase::Failed;
+        wait_for(Duration::from_secs(10), failed).await;
         // Longer than the first backoff (1 to 2 s): a retry would have run.
         tokio::time::sleep(Duration::from_millis(3000)).await;
         let state = cell.lock().map(|t| t.clone()).expect("lock");
@@ -377,13 +395,8 @@ mod tests {
             state.last_error.as_deref(),
             Some("PostgreSQL 13 is refused")
         );
-        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
-        stop_tx.send(true).expect("send");
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("stops promptly")
-            .expect("no panic escapes");
-        assert_eq!(cell.lock().map(|t| t.state).expect("lock"), Phase::Stopped);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        stop(jobs, stop_tx, &cell).await;
     }
 
     #[tokio::test]
@@ -416,11 +429,8 @@ mod tests {
                 ("postgres/main/stream", "continuous", true)
             ]
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
         let failed = || listed[1].task.lock().map(|t| t.state).expect("lock") == Phase::Failed;
-        while !failed() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for(Duration::from_secs(10), failed).await;
         assert!(failed(), "the permanent failure shows in the registry");
         assert_eq!(
             listed[0].task.lock().map(|t| t.state).expect("lock"),

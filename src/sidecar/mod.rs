@@ -325,10 +325,7 @@ pub async fn run(
             "retention",
             config.retention.schedule.as_ref(),
             "retention",
-            |s: &crate::retention::RetentionStatus| {
-                let (failing, summary) = s.check();
-                health::Check::new("retention".to_owned(), failing, summary)
-            },
+            jobs::judged("retention", crate::retention::RetentionStatus::check),
             move |tx, stop| crate::retention::run_scheduled(repo.clone(), cfg.clone(), tx, stop),
         );
     }
@@ -354,10 +351,7 @@ pub async fn run(
             "test-restores",
             config.verify.schedule.as_ref(),
             "verification",
-            |s: &crate::verify::VerifyStatus| {
-                let (failing, summary) = s.check();
-                health::Check::new("verification".to_owned(), failing, summary)
-            },
+            jobs::judged("verification", crate::verify::VerifyStatus::check),
             move |tx, stop| crate::verify::run_scheduled(cfg.clone(), repo.clone(), tx, stop),
         );
     }

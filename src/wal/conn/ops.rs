@@ -345,7 +345,7 @@ impl ReplicationClient {
     /// The WAL segment size in bytes (`SHOW wal_segment_size`, e.g. `16MB`).
     pub async fn wal_segment_size(&mut self) -> Result<u64, ConnError> {
         let text = self.show("wal_segment_size").await?;
-        parse_size(&text).ok_or_else(|| {
+        crate::pg::setting_bytes(&text).ok_or_else(|| {
             self.wire
                 .protocol(&format!("wal_segment_size {text:?} is not a size"))
         })
@@ -410,34 +410,9 @@ pub(super) fn check_slot_name(name: &str) -> Result<(), ConnError> {
     }
 }
 
-/// `16MB`, `1GB`, `8192`, `64kB` → bytes.
-fn parse_size(text: &str) -> Option<u64> {
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let n: u64 = text[..digits].parse().ok()?;
-    let unit = match text[digits..].trim() {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        "TB" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(unit)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_in_postgres_units() {
-        assert_eq!(parse_size("16MB"), Some(16 << 20));
-        assert_eq!(parse_size("1GB"), Some(1 << 30));
-        assert_eq!(parse_size("8192"), Some(8192));
-        assert_eq!(parse_size("64kB"), Some(64 << 10));
-        assert_eq!(parse_size("MB"), None);
-        assert_eq!(parse_size("16 parsecs"), None);
-    }
 
     #[test]
     fn slot_names_are_checked() {

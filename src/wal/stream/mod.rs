@@ -292,7 +292,7 @@ async fn pass(
             .show("max_slot_wal_keep_size")
             .await
             .ok()
-            .and_then(|v| pg_size(&v));
+            .and_then(|v| crate::pg::setting_bytes(&v));
         link.send_modify(|l| l.max_slot_wal_keep_size = keep);
     }
     let slot = client.physical_slot(&opts.slot).await?;
@@ -383,24 +383,6 @@ async fn pass(
     ended.map_err(|e| lost_wal(e, opts, timeline, s.flushed()))
 }
 
-/// A PostgreSQL memory setting as `SHOW` prints it (`-1`, `1024MB`,
-/// `10GB`, `512kB`) in bytes; `None` for -1 (no limit) or anything else.
-fn pg_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(digits);
-    let n: u64 = n.parse().ok()?;
-    let factor: u64 = match unit {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        "TB" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(factor)
-}
-
 /// The server's lineage (timelines up to its current one, with switch
 /// points), storing every history file of it the repository lacks: a
 /// restore follows the server's forks through them (invariant 2: no
@@ -459,17 +441,5 @@ fn lost_wal(e: StreamError, opts: &StreamOptions, timeline: u32, stored_end: Lsn
             }
         }
         _ => e,
-    }
-}
-
-#[cfg(test)]
-mod size_tests {
-    #[test]
-    fn pg_sizes() {
-        assert_eq!(super::pg_size("-1"), None);
-        assert_eq!(super::pg_size("1024MB"), Some(1 << 30));
-        assert_eq!(super::pg_size("10GB"), Some(10 << 30));
-        assert_eq!(super::pg_size("64kB"), Some(64 << 10));
-        assert_eq!(super::pg_size("many"), None);
     }
 }
