@@ -71,6 +71,14 @@ pub enum HeaderError {
     Short,
 }
 
+/// The `i`th little-endian 32-bit word of a header.
+fn word(bytes: &[u8], i: usize) -> Result<u32, HeaderError> {
+    bytes
+        .get(i * 4..i * 4 + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(HeaderError::Short)
+}
+
 impl Header {
     /// Bytes of the fixed part: magic, block count, truncation length.
     pub const FIXED: usize = 12;
@@ -78,12 +86,7 @@ impl Header {
     /// The block count from the fixed part (checked against the segment
     /// size), so a reader knows how much more header to read.
     pub fn block_count(fixed: &[u8]) -> Result<u32, HeaderError> {
-        let word = |i: usize| -> Result<u32, HeaderError> {
-            fixed
-                .get(i * 4..i * 4 + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .ok_or(HeaderError::Short)
-        };
+        let word = |i| word(fixed, i);
         let magic = word(0)?;
         if magic != MAGIC {
             return Err(HeaderError::Magic(magic));
@@ -103,12 +106,7 @@ impl Header {
     /// binaries pitr restores with.
     pub fn parse(bytes: &[u8]) -> Result<Header, HeaderError> {
         let n = Header::block_count(bytes)? as usize;
-        let word = |i: usize| -> Result<u32, HeaderError> {
-            bytes
-                .get(i * 4..i * 4 + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .ok_or(HeaderError::Short)
-        };
+        let word = |i| word(bytes, i);
         let truncation_blocks = word(2)?;
         if truncation_blocks > RELSEG_BLOCKS {
             return Err(HeaderError::TooLarge {

@@ -148,45 +148,35 @@ fn anything_but_zeros_after_the_end_is_an_error() {
     );
 
     // Garbage where the next record would start is not an end.
-    let mut bytes = w.padded(4 * PAGE);
     let next = (w.pos - w.base) as usize;
-    bytes[next..next + 8].copy_from_slice(&[0xFF; 8]);
-    let err = decode_all(&bytes, 1000).expect_err("garbage record");
+    let err = bad_record_header(&w, |b| b[next..next + 8].copy_from_slice(&[0xFF; 8]));
+    assert_eq!(err.lsn, Lsn(w.pos));
+}
+
+/// Four pages of `w` damaged by `damage`: decoding must fail on a record
+/// header; the error.
+fn bad_record_header(w: &WalWriter, damage: impl FnOnce(&mut [u8])) -> DecodeError {
+    let mut bytes = w.padded(4 * PAGE);
+    damage(&mut bytes);
+    let err = decode_all(&bytes, 1000).expect_err("a damaged record header");
     assert!(
         matches!(err.kind, DecodeErrorKind::RecordHeader { .. }),
         "{err}"
     );
-    assert_eq!(err.lsn, Lsn(w.pos));
+    err
 }
 
 #[test]
 fn a_record_header_pointing_nowhere_is_an_error() {
     let (w, lsns) = sample();
-    let mut bytes = w.padded(4 * PAGE);
     let at = (lsns[1].0 - w.base) as usize;
-    bytes[at + 8] ^= 0x08; // the back link
-    let err = decode_all(&bytes, 1000).expect_err("bad back link");
-    assert!(
-        matches!(err.kind, DecodeErrorKind::RecordHeader { .. }),
-        "{err}"
-    );
+    // The back link.
+    let err = bad_record_header(&w, |b| b[at + 8] ^= 0x08);
     assert_eq!(err.lsn, lsns[1]);
-
-    let mut bytes = w.padded(4 * PAGE);
-    bytes[at + 17] = 60; // no such resource manager
-    let err = decode_all(&bytes, 1000).expect_err("bad rmgr");
-    assert!(
-        matches!(err.kind, DecodeErrorKind::RecordHeader { .. }),
-        "{err}"
-    );
-
-    let mut bytes = w.padded(4 * PAGE);
-    bytes[at..at + 4].copy_from_slice(&12u32.to_le_bytes());
-    let err = decode_all(&bytes, 1000).expect_err("too short");
-    assert!(
-        matches!(err.kind, DecodeErrorKind::RecordHeader { .. }),
-        "{err}"
-    );
+    // No such resource manager.
+    bad_record_header(&w, |b| b[at + 17] = 60);
+    // Shorter than a record header.
+    bad_record_header(&w, |b| b[at..at + 4].copy_from_slice(&12u32.to_le_bytes()));
 }
 
 #[test]
