@@ -19,17 +19,25 @@ const KEY_VERSION: u8 = 1;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId(pub [u8; 32]);
 
-impl fmt::Display for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
+/// `Display` as lowercase hex and `Debug` as `Name(hex)` for a 32-byte id.
+macro_rules! hex_id_fmt {
+    ($id:ident) => {
+        impl std::fmt::Display for $id {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
 
-impl fmt::Debug for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChunkId({self})")
-    }
+        impl std::fmt::Debug for $id {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({self})", stringify!($id))
+            }
+        }
+    };
 }
+pub(crate) use hex_id_fmt;
+
+hex_id_fmt!(ChunkId);
 
 impl FromStr for ChunkId {
     type Err = hex::FromHexError;

@@ -1,7 +1,6 @@
 //! Packs: many chunk blobs in one immutable object, with a sealed index at the
 //! end. See docs/FORMAT.md, "packs".
 
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,17 +55,7 @@ impl PackId {
     }
 }
 
-impl fmt::Display for PackId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for PackId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PackId({self})")
-    }
-}
+super::keys::hex_id_fmt!(PackId);
 
 /// Accumulates blobs for one pack, sealing them under its data key.
 #[derive(Debug)]

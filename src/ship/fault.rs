@@ -169,6 +169,15 @@ mod tests {
     use super::*;
     use crate::backoff::Backoff;
 
+    /// The next `n` puts fail, transiently or not.
+    fn failing_puts(n: usize, transient: bool) -> FaultPlan {
+        FaultPlan {
+            fail_puts: n,
+            transient,
+            ..FaultPlan::default()
+        }
+    }
+
     fn fast() -> Backoff {
         Backoff::forever(Duration::from_millis(1), Duration::from_millis(5)).times(3)
     }
@@ -177,21 +186,13 @@ mod tests {
     async fn retry_layer_retries_transient_failures_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let faulty = FaultyDestination::new(FsDestination::new("local", dir.path()));
-        faulty.set_plan(FaultPlan {
-            fail_puts: 2,
-            transient: true,
-            ..FaultPlan::default()
-        });
+        faulty.set_plan(failing_puts(2, true));
         let d = Retrying::new(faulty, fast());
         let out = d.put_if_absent("k", Bytes::from_static(b"v")).await;
         assert_eq!(out.expect("retried put succeeds"), PutOutcome::Created);
         assert_eq!(d.inner().puts_seen(), 3);
 
-        d.inner().set_plan(FaultPlan {
-            fail_puts: 1,
-            transient: false,
-            ..FaultPlan::default()
-        });
+        d.inner().set_plan(failing_puts(1, false));
         let err = d
             .put_if_absent("k2", Bytes::from_static(b"v"))
             .await
@@ -212,11 +213,7 @@ mod tests {
             "a permanent failure is not retried"
         );
 
-        d.inner().set_plan(FaultPlan {
-            fail_puts: 10,
-            transient: true,
-            ..FaultPlan::default()
-        });
+        d.inner().set_plan(failing_puts(10, true));
         let err = d
             .put_if_absent("k3", Bytes::from_static(b"v"))
             .await
