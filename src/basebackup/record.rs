@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{BackupError, KIND_BACKUP, KIND_RESTORABLE, record_name};
-use crate::repo::{Chunking, Repository};
+use crate::repo::Repository;
 use crate::wal::{Lsn, WalStore};
 
 /// What `pg/<db>/backups/<id>` holds in its attributes.
@@ -154,8 +154,7 @@ pub async fn mark_restorable(repo: &Repository, db: &str) -> Result<Vec<String>,
             "end_lsn": b.record.end_lsn,
             "timeline": b.record.end_timeline,
         });
-        w.put(&name, KIND_RESTORABLE, attrs, Chunking::Cdc, &b""[..])
-            .await?;
+        w.put_record(&name, KIND_RESTORABLE, attrs).await?;
         marked.push(b.record.id);
     }
     w.commit().await?;

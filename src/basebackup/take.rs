@@ -254,14 +254,8 @@ async fn take_once(
         parent: parent.map(|p| p.id),
     };
     let attrs = serde_json::to_value(&record).expect("a record serializes");
-    w.put(
-        &record_name(&opts.database, &id),
-        KIND_BACKUP,
-        attrs,
-        Chunking::Cdc,
-        &b""[..],
-    )
-    .await?;
+    w.put_record(&record_name(&opts.database, &id), KIND_BACKUP, attrs)
+        .await?;
     w.commit().await?;
     Ok(record)
 }

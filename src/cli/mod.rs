@@ -277,19 +277,22 @@ async fn plan_point(
     Ok((config, repo, planned))
 }
 
+/// Entry names for "(configured: …)" in an error: `a, b`, or `none`.
+fn configured<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
 /// The `[[postgres]]` entry a command is about: the named one, or the only one.
 fn postgres_entry<'a>(
     config: &'a Config,
     name: Option<&str>,
 ) -> anyhow::Result<&'a pitr::config::PostgresConfig> {
-    let names = || {
-        config
-            .postgres
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let names = || configured(config.postgres.iter().map(|p| p.name.as_str()));
     match name {
         Some(n) => config.postgres.iter().find(|p| p.name == n).ok_or_else(|| {
             Exit::Usage(format!(

@@ -117,12 +117,7 @@ pub(super) async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyh
             return Err(Exit::Usage(format!(
                 "--from {name:?}: {} has no such [[destination]] (configured: {})",
                 config.path.display(),
-                config
-                    .destinations
-                    .iter()
-                    .map(|d| d.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                super::configured(config.destinations.iter().map(|d| d.name.as_str()))
             ))
             .into());
         };

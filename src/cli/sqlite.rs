@@ -19,15 +19,10 @@ pub(super) fn sqlite_entry<'a>(config: &'a Config, name: &str) -> anyhow::Result
         .iter()
         .find(|s| s.name == name)
         .ok_or_else(|| {
-            let names: Vec<&str> = config.sqlite.iter().map(|s| s.name.as_str()).collect();
             Exit::Usage(format!(
                 "{}: no [[sqlite]] entry is named {name:?} (configured: {})",
                 config.path.display(),
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
+                super::configured(config.sqlite.iter().map(|s| s.name.as_str()))
             ))
             .into()
         })

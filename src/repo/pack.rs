@@ -1,7 +1,6 @@
 //! Packs: many chunk blobs in one immutable object, with a sealed index at the
 //! end. See docs/FORMAT.md, "packs".
 
-
 use serde::{Deserialize, Serialize};
 
 use super::RepoError;

@@ -209,6 +209,17 @@ impl Writer {
         }
     }
 
+    /// Puts an item of attributes only, with no data (a record, a marker,
+    /// a report): not yet committed.
+    pub async fn put_record(
+        &mut self,
+        name: &str,
+        kind: &str,
+        attrs: serde_json::Value,
+    ) -> Result<Manifest, RepoError> {
+        self.put(name, kind, attrs, Chunking::Cdc, &b""[..]).await
+    }
+
     /// Stores everything `reader` yields as item `name` and returns its
     /// manifest. Chunks already stored are not stored again.
     pub async fn put<R>(

@@ -23,7 +23,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::repo::{Chunking, RepoError, RepoOptions, Repository};
+use crate::repo::{RepoError, RepoOptions, Repository};
 
 pub use postgres::TOOLS as TEST_RESTORE_TOOLS;
 pub use schedule::{VerifyStatus, run_scheduled};
@@ -312,14 +312,8 @@ pub async fn record(repo: &Repository, report: &VerifyReport) -> Result<(), Repo
         source: std::io::Error::other(e),
     })?;
     let mut w = repo.writer();
-    w.put(
-        &report.item_name(),
-        KIND_VERIFY,
-        attrs,
-        Chunking::Cdc,
-        &b""[..],
-    )
-    .await?;
+    w.put_record(&report.item_name(), KIND_VERIFY, attrs)
+        .await?;
     w.commit().await?;
     Ok(())
 }
