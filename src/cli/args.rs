@@ -6,9 +6,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::export::VERSION;
-
 /// Keeps PostgreSQL and SQLite databases recoverable to any second.
+/// `pitr --version`: the crate version and the git commit it was built
+/// from (`build.rs`; `unknown` when built outside a git checkout without
+/// `GIT_COMMIT` set). Not named PITR_*: cargo
+/// passes it to test processes, and the config refuses unknown PITR_ variables.
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(name = "pitr", version = VERSION, about, long_about = None)]
 pub(crate) struct Cli {

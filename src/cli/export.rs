@@ -12,17 +12,6 @@ use super::args::DatabaseArg;
 use super::exit::Exit;
 use super::{CatalogSync, mib, open_repo, postgres_entry};
 
-/// `pitr --version`: the crate version and the git commit it was built
-/// from (`build.rs`; `unknown` when built outside a git checkout without
-/// `GIT_COMMIT` set). Not named PITR_*: cargo
-/// passes it to test processes, and the config refuses unknown PITR_ variables.
-pub(super) const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("BUILD_GIT_COMMIT"),
-    ")"
-);
-
 /// `pitr export`: every database of the config (or the one named) from
 /// destination `from` (default: the first) into `to`.
 pub(super) async fn export(

@@ -12,7 +12,7 @@
 //! - `verify`: `verify`, with and without `--restore`
 //! - `maintenance`: `repair`, `retention`
 //! - `cids`: `catalog cids`
-//! - `export`: `export`, `probe` and the version string
+//! - `export`: `export` and `probe`
 //! - `demo`: `demo`
 //!
 //! Helpers more than one command uses (the config, opening the repository,
