@@ -12,5 +12,7 @@ mod user;
 
 pub use backup::{Checkpoint, ManifestChecksums};
 pub use bin::{BinError, Looked, PgBin, data_dir_major, find, find_in, find_newest, major_of};
-pub use server::{Postmaster, ServerStart, StartError, isolated_server_settings, start_isolated};
+pub use server::{
+    Postmaster, ServerStart, StartError, StopError, isolated_server_settings, start_isolated,
+};
 pub use user::{NoOsUser, server_owner};
