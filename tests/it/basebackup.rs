@@ -17,8 +17,8 @@ use pitr::repo::Repository;
 use pitr::wal::{ConnInfo, Progress, Segment, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};
 
-use crate::harness::{PgCluster, run_as_pg_user};
-use crate::repo::TestRepo;
+use crate::support::TestRepo;
+use crate::support::{PgCluster, run_as_pg_user};
 
 const SEG: u64 = 16 << 20;
 
@@ -514,7 +514,7 @@ async fn a_tablespace_outside_the_data_directory_is_restored_where_asked() {
             .arg(&data),
         "pg_verifybackup",
     );
-    if crate::harness::pg::effective_uid() == 0 {
+    if crate::support::pg::effective_uid() == 0 {
         run_tool(
             Command::new("chown")
                 .arg("-R")

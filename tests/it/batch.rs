@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::harness::PgCluster;
-use crate::harness::pg::free_port;
-use crate::harness::s3::S3Server;
-use crate::pitr_restore::{between, write_row};
-use crate::sqlite::Sidecar;
+use crate::support::PgCluster;
+use crate::support::Sidecar;
+use crate::support::pg::free_port;
+use crate::support::s3::S3Server;
+use crate::support::{between, write_row};
 
 fn pitr(config: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
@@ -81,7 +81,7 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
     let pg = PgCluster::start();
     let s3 = S3Server::start("batched");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (head, fs) = crate::harness::repository_toml(
+    let (head, fs) = crate::support::repository_toml(
         dir.path(),
         "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
     );
@@ -99,7 +99,7 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
         ),
     )
     .expect("config");
-    let show = crate::harness::text;
+    let show = crate::support::text;
 
     let out = pitr(&both, &["init"]);
     assert!(out.status.success(), "{}", show(&out));
@@ -262,7 +262,7 @@ async fn staging_survives_a_restart_damage_is_never_packed_and_the_batched_copy_
     use pitr::ship::{Destination, Fanout, FsDestination};
     use std::sync::Arc;
 
-    let t = crate::repo::TestRepo::new().await;
+    let t = crate::support::TestRepo::new().await;
     let batched_fanout = || {
         Fanout::new(vec![
             Arc::new(FsDestination::new("far", t.dir.path().join("far"))) as Arc<dyn Destination>,

@@ -12,8 +12,8 @@ use pitr::basebackup::{self, BackupInfo};
 use pitr::repo::{RepoOptions, Repository};
 use pitr::wal::{Lsn, WalStore};
 
-use crate::harness::PgCluster;
-use crate::repo::TestRepo;
+use crate::support::PgCluster;
+use crate::support::TestRepo;
 
 /// `pitr run` on a test repository, its log in a file.
 struct Sidecar {

@@ -6,10 +6,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::pg::free_port;
-use crate::harness::{PgCluster, WebhookReceiver};
-use crate::repo::TestRepo;
-use crate::sqlite::{Sidecar, add_sqlite};
+use crate::sqlite::add_sqlite;
+use crate::support::Sidecar;
+use crate::support::TestRepo;
+use crate::support::pg::free_port;
+use crate::support::{PgCluster, WebhookReceiver};
 
 /// A config for `pitr run` with a health endpoint on a free port, an
 /// initial base backup (schedule on, far away) and a 10 s stream threshold.
@@ -273,7 +274,7 @@ async fn a_taken_health_port_fails_at_start_with_the_address() {
     let repo = TestRepo::new().await;
     let (cfg, port) = sidecar_config(&repo, &pg, "");
     let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
-    let out = crate::sqlite::pitr(&["run", "-c", cfg.to_str().expect("utf-8")]);
+    let out = crate::support::pitr(&["run", "-c", cfg.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(2), "{}", crate::sqlite::text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -371,7 +372,7 @@ async fn sigterm_during_a_base_backup_and_during_streaming_stops_within_10s_and_
             let end = Instant::now() + Duration::from_secs(6);
             let mut n = 0;
             while Instant::now() < end {
-                let out = Command::new(crate::harness::pg::pg_bin_dir().join("psql"))
+                let out = Command::new(crate::support::pg::pg_bin_dir().join("psql"))
                     .args([&conninfo, "-qAtc"])
                     .arg(
                         "INSERT INTO t (pad) SELECT repeat('y', 500) FROM generate_series(1, 2000)",
@@ -577,7 +578,7 @@ async fn the_restore_api_needs_the_token_stays_under_its_root_and_reports_the_re
     let (status, text) = get_as(port, "/backups", Some(token)).await.expect("answer");
     assert_eq!(status, 200, "{text}");
     let served: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    let out = crate::sqlite::pitr(&["list", "-c", cfg.to_str().expect("utf-8"), "--json"]);
+    let out = crate::support::pitr(&["list", "-c", cfg.to_str().expect("utf-8"), "--json"]);
     assert!(out.status.success(), "{}", crate::sqlite::text(&out));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let keys = |v: &serde_json::Value| {

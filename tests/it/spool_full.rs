@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use pitr::wal::Lsn;
 
-use crate::harness::pg::free_port;
-use crate::harness::{PgCluster, S3Server};
-use crate::sqlite::Sidecar;
+use crate::support::Sidecar;
+use crate::support::pg::free_port;
+use crate::support::{PgCluster, S3Server};
 
 fn restart_lsn(pg: &PgCluster) -> Option<Lsn> {
     pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'")
@@ -92,7 +92,7 @@ async fn a_full_spool_stops_acknowledgement_and_reports_it_until_s3_is_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let (head, fs) =
-        crate::harness::repository_toml(dir.path(), "quorum = 1\nspool_max_bytes = \"1MiB\"\n");
+        crate::support::repository_toml(dir.path(), "quorum = 1\nspool_max_bytes = \"1MiB\"\n");
     let s3 = server.destination_toml("s3", "spoolfull", "");
     let rest = format!(
         "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n\

@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::PgCluster;
-use crate::harness::pg::free_port;
-use crate::sqlite::{Sidecar, pitr, text};
+use crate::support::PgCluster;
+use crate::support::pg::free_port;
+use crate::support::{Sidecar, pitr, text};
 
 /// The spool subdirectories (one per writing process) beneath `spool`.
 fn spools(spool: &Path) -> Vec<String> {
@@ -30,7 +30,7 @@ async fn beside_a_running_sidecar_backup_and_retention_work_and_a_second_run_is_
     let port = free_port();
     // Two destinations with a quorum of one: every write goes through a
     // spool.
-    let (head, fs) = crate::harness::repository_toml(dir.path(), "quorum = 1\n");
+    let (head, fs) = crate::support::repository_toml(dir.path(), "quorum = 1\n");
     let second = format!(
         "\n[[destination]]\nname = \"second\"\nkind = \"fs\"\npath = \"{}\"\n",
         dir.path().join("store2").display()

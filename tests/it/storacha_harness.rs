@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use crate::harness::storacha::{CredentialOptions, GatewayFault, StorachaHarness};
-use crate::harness::text;
+use crate::support::storacha::{CredentialOptions, GatewayFault, StorachaHarness};
+use crate::support::text;
 
 /// `len` pseudo-random bytes (a fixed xorshift: no two files alike, no
 /// dedup between them).

@@ -22,8 +22,8 @@ use pitr::repo::Repository;
 use pitr::wal::{ConnInfo, Decoder, Lsn, RecordKind, Segment, WalFormat, WalStore};
 use tokio::sync::watch;
 
-use crate::harness::PgCluster;
-use crate::pitr_restore::Streamer;
+use crate::support::PgCluster;
+use crate::support::Streamer;
 use crate::wal_decode::{Dumped, dumped_time, parse_dump_line, pg_waldump, pgbench};
 use crate::wal_fetch::Setup;
 
@@ -143,7 +143,7 @@ async fn core_scenarios(major: u32) {
 
     // `pitr check` reads what streaming needs on this major, and names the
     // binaries a restore of it would use.
-    let bin = crate::harness::pg::pg_bin_dir_for(major);
+    let bin = crate::support::pg::pg_bin_dir_for(major);
     let check = Command::new(env!("CARGO_BIN_EXE_pitr"))
         .args(["check", "-c"])
         .arg(setup.config_path())
@@ -165,7 +165,7 @@ async fn core_scenarios(major: u32) {
     // Without them, and with test restores scheduled, the check fails and
     // names the major and where it looked. (Debian's 15 is found in its
     // usual place; the other majors are only where .ci/setup put them.)
-    if major != crate::harness::pg::DEFAULT_MAJOR {
+    if major != crate::support::pg::DEFAULT_MAJOR {
         let check = Command::new(env!("CARGO_BIN_EXE_pitr"))
             .args(["check", "-c"])
             .arg(setup.config_path())
@@ -424,13 +424,13 @@ async fn fake_pg13() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 async fn an_unsupported_major_is_refused_once_shown_on_health_and_alerted_once() {
     const TOKEN: &str = "versions-test-token-0123456789abcdef";
     let (pg_port, connections) = fake_pg13().await;
-    let repo = crate::repo::TestRepo::new().await;
-    let hook = crate::harness::WebhookReceiver::start().await;
+    let repo = crate::support::TestRepo::new().await;
+    let hook = crate::support::WebhookReceiver::start().await;
     let cfg = repo.write_config(&[(
         "main",
         &format!("host=127.0.0.1 port={pg_port} user=postgres dbname=postgres sslmode=disable"),
     )]);
-    let port = crate::harness::pg::free_port();
+    let port = crate::support::pg::free_port();
     let text = fs::read_to_string(&cfg).expect("read config");
     fs::write(
         &cfg,
@@ -441,7 +441,7 @@ async fn an_unsupported_major_is_refused_once_shown_on_health_and_alerted_once()
         ),
     )
     .expect("write config");
-    let sidecar = crate::sqlite::Sidecar::start(&cfg);
+    let sidecar = crate::support::Sidecar::start(&cfg);
 
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let summary = loop {

@@ -12,7 +12,7 @@ use pitr::repo::{RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
 use pitr::wal::{Segment, WalStore};
 
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 const SEG: u64 = 16 << 20;
 

@@ -13,8 +13,8 @@ use pitr::repo::{RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
 use pitr::wal::{Lsn, Segment, WalStore};
 
-use crate::harness::query_lsn as server_lsn;
-use crate::harness::{PgCluster, run_as_pg_user};
+use crate::support::query_lsn as server_lsn;
+use crate::support::{PgCluster, run_as_pg_user};
 
 const SEG: u64 = 16 << 20;
 

@@ -12,9 +12,9 @@ use pitr::ship::{Destination, Fanout, FsDestination};
 use pitr::wal::{ConnInfo, Lsn, Progress, Segment, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};
 
-use crate::harness::PgCluster;
-use crate::harness::query_lsn as lsn;
-use crate::repo::TestRepo;
+use crate::support::PgCluster;
+use crate::support::TestRepo;
+use crate::support::query_lsn as lsn;
 
 const SEG: u64 = 16 << 20;
 

@@ -9,10 +9,10 @@
 use std::path::Path;
 use std::process::{Child, Command};
 
-use crate::harness::pg::{free_port, pg_bin_dir};
-use crate::harness::{PgCluster, run_as_pg_user};
-use crate::pitr_restore::{Streamer, between, write_row};
-use crate::repo::TestRepo;
+use crate::support::TestRepo;
+use crate::support::pg::{free_port, pg_bin_dir};
+use crate::support::{PgCluster, run_as_pg_user};
+use crate::support::{Streamer, between, write_row};
 
 /// The commands of the runbook section, in order, without comments.
 fn runbook_commands() -> Vec<String> {

@@ -1,7 +1,7 @@
 //! `--name`, `--lsn` and `--latest` restore exactly too.
 
 use super::{Env, Streamer, backup, create_oracle, restore_and_read, text, write_row};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn name_lsn_and_latest_targets_restore_exactly() {

@@ -14,7 +14,7 @@ use pitr::config::Config;
 use pitr::repo::{Chunking, Forget, Repository};
 use pitr::retention::{self, RunOptions, Scope};
 
-use crate::repo::{TestRepo, data};
+use crate::support::{TestRepo, data};
 
 /// Runs retention through the API with grace `grace`.
 async fn gc(repo: &Repository, config: &Config, grace: Duration) -> retention::RetentionPlan {

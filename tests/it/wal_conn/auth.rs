@@ -8,7 +8,7 @@ use std::time::Duration;
 use pitr::wal::conn::{ConnError, PasswordSource};
 
 use super::{connect, connect_err, eventually, info, within};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 const HBA: &str = "\
 local all         all                      trust

@@ -8,7 +8,7 @@ use pitr::wal::conn::{ConnError, CopyOutEvent, Host, ReplMessage};
 use pitr::wal::{Lsn, history_file_name};
 
 use super::{connect, connect_err, conninfo, eventually, info, within};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 #[tokio::test]
 async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pitr::wal::conn::{ConnError, ConnInfo, ReplicationClient};
 
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 /// The longest any single network step may take in these tests.
 const STEP: Duration = Duration::from_secs(30);

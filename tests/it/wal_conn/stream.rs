@@ -8,7 +8,7 @@ use pitr::wal::conn::{ConnError, ReplMessage, ReplicationStream, pg_now_micros};
 use pitr::wal::{Lsn, Segment};
 
 use super::{connect, conninfo, eventually, within};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 const SEG: u64 = 16 << 20;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pitr::wal::conn::ConnError;
 
 use super::{connect, connect_err, eventually, info, within};
-use crate::harness::{PgCluster, run_as_pg_user};
+use crate::support::{PgCluster, run_as_pg_user};
 
 /// Runs openssl in `dir` as the server's user, so the key it writes is the
 /// server's to read.

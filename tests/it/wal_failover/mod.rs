@@ -21,8 +21,8 @@ use pitr::wal::{ConnInfo, Lsn, Progress, Segment, StreamError, StreamOptions, Wa
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::harness::PgCluster;
-use crate::harness::query_lsn as lsn;
+use crate::support::PgCluster;
+use crate::support::query_lsn as lsn;
 
 const SEG: u64 = 16 << 20;
 

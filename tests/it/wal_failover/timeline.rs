@@ -7,8 +7,8 @@ use super::{
     SEG, Streamer, check_invariant, compare_with_pg_wal, complete_segments, eventually, fetch,
     flush_lsn, lsn, one_range_per_timeline, options, within, write_wal,
 };
-use crate::harness::PgCluster;
-use crate::repo::TestRepo;
+use crate::support::PgCluster;
+use crate::support::TestRepo;
 
 /// A primary with a table `t` and a hot standby of it, both connected.
 struct Pair {
