@@ -9,7 +9,7 @@
 //! Kept cheap (pgbench scale 2, 400 transactions): the whole group is
 //! minutes on two cores. Run one major with `cargo test --test it
 //! versions::pg17`. A cluster of major N comes from
-//! `PgCluster::start_major(N)` (binaries as `harness::pg::pg_bin_dir_for`
+//! `PgCluster::start_major(N)` (binaries as `support::pg::pg_bin_dir_for`
 //! finds them: `.ci/setup` installs them).
 
 use std::fs;
