@@ -5,7 +5,7 @@
 //! alone (fresh state directory) is exact up to its last batch.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 
@@ -13,7 +13,7 @@ use crate::support::PgCluster;
 use crate::support::Sidecar;
 use crate::support::pg::free_port;
 use crate::support::s3::S3Server;
-use crate::support::{between, write_row};
+use crate::support::{between, eventually, with_log, write_row};
 
 fn pitr(config: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
@@ -44,21 +44,18 @@ async fn wait_for(
     what: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let start = Instant::now();
     let mut last = None;
-    while start.elapsed() < within {
+    let log = || sidecar.log_text();
+    eventually(what, within, async || {
         if let Some(b) = health(port).await {
             if ready(&b) {
-                return b;
+                return Ok(b);
             }
             last = Some(b);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!(
-        "{what}: not within {within:?}; last /health {last:#?}\nlog:\n{}",
-        sidecar.log_text()
-    );
+        Err(with_log(format!("last /health {last:#?}"), &log))
+    })
+    .await
 }
 
 /// The batched destination's last successful batch, from `/health`.
@@ -160,18 +157,16 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
         .psql("SELECT pg_current_wal_lsn()")
         .parse()
         .expect("an LSN");
-    let start = Instant::now();
-    loop {
-        if acknowledged(&pg).is_some_and(|f| f >= lsn) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "WAL up to {lsn} was not acknowledged within 60 s while the batched destination hung:\n{}",
-            sidecar.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let log = || sidecar.log_text();
+    eventually(
+        format!("WAL up to {lsn} acknowledged while the batched destination hung"),
+        Duration::from_secs(60),
+        async || match acknowledged(&pg) {
+            Some(f) if f >= lsn => Ok(()),
+            f => Err(with_log(format!("acknowledged {f:?}"), &log)),
+        },
+    )
+    .await;
     let failing = wait_for(
         port,
         Duration::from_secs(240),

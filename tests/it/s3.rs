@@ -457,13 +457,10 @@ fn spooled_files(spool: &std::path::Path) -> usize {
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not happen within 60 s");
+    crate::support::eventually(what, Duration::from_secs(60), async || {
+        if cond() { Ok(()) } else { Err("not yet") }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -259,36 +259,33 @@ async fn the_sidecar_scrub_reports_what_it_cannot_repair() {
     .expect("config");
     let sidecar = crate::support::Sidecar::start(&cfg);
     let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(100);
-    let problem = loop {
-        let body: Option<serde_json::Value> = async {
-            let r = client
-                .get(format!("http://127.0.0.1:{port}/health"))
-                .bearer_auth(token)
-                .timeout(std::time::Duration::from_secs(5))
-                .send()
-                .await
-                .ok()?;
-            serde_json::from_str(&r.text().await.ok()?).ok()
-        }
-        .await;
-        let found = body.as_ref().and_then(|b| {
-            b["problems"]
-                .as_array()?
-                .iter()
-                .find(|c| c["id"] == "scrub")
-                .cloned()
-        });
-        if let Some(p) = found {
-            break p;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failing scrub check within 100 s: {body:?}\nlog:\n{}",
-            sidecar.log_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    };
+    let log = || sidecar.log_text();
+    let problem = crate::support::eventually(
+        "a failing scrub check",
+        std::time::Duration::from_secs(100),
+        async || {
+            let body: Option<serde_json::Value> = async {
+                let r = client
+                    .get(format!("http://127.0.0.1:{port}/health"))
+                    .bearer_auth(token)
+                    .timeout(std::time::Duration::from_secs(5))
+                    .send()
+                    .await
+                    .ok()?;
+                serde_json::from_str(&r.text().await.ok()?).ok()
+            }
+            .await;
+            let found = body.as_ref().and_then(|b| {
+                b["problems"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["id"] == "scrub")
+                    .cloned()
+            });
+            found.ok_or_else(|| crate::support::with_log(format!("{body:?}"), &log))
+        },
+    )
+    .await;
     let summary = problem["summary"].as_str().unwrap_or_default();
     assert!(
         summary.contains(&object) && summary.contains("in local"),

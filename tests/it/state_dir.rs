@@ -4,7 +4,7 @@
 //! of its own that no other touches.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::PgCluster;
 use crate::support::pg::free_port;
@@ -52,18 +52,20 @@ async fn beside_a_running_sidecar_backup_and_retention_work_and_a_second_run_is_
     pg.psql("SELECT pg_switch_wal()");
     let spool = dir.path().join("state/spool");
     let mine = format!("{}-", sidecar.pid());
-    let start = Instant::now();
-    while !spools(&spool).iter().any(|s| s.starts_with(&mine)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "pitr run claimed no spool of its own in {}: {:?}\n{}",
-            spool.display(),
-            spools(&spool),
-            sidecar.log_text()
-        );
-        pg.psql("INSERT INTO t SELECT max(id) + 1 FROM t; SELECT pg_switch_wal()");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let log = || sidecar.log_text();
+    crate::support::eventually(
+        format!("pitr run claimed a spool of its own in {}", spool.display()),
+        Duration::from_secs(120),
+        async || {
+            let found = spools(&spool);
+            if found.iter().any(|s| s.starts_with(&mine)) {
+                return Ok(());
+            }
+            pg.psql("INSERT INTO t SELECT max(id) + 1 FROM t; SELECT pg_switch_wal()");
+            Err(crate::support::with_log(format!("{found:?}"), &log))
+        },
+    )
+    .await;
 
     // A second sidecar on the same state directory: refused, naming the
     // first one's pid.

@@ -71,16 +71,18 @@ async fn wait_flushed(
     store: &WalStore,
     target: Lsn,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while rx.borrow().flushed < target {
-        check_invariant(db, store).await;
-        assert!(
-            Instant::now() < deadline,
-            "streaming did not reach {target}: {:?}",
-            *rx.borrow()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::eventually(
+        format!("streaming reached {target}"),
+        Duration::from_secs(90),
+        async || {
+            if rx.borrow().flushed >= target {
+                return Ok(());
+            }
+            check_invariant(db, store).await;
+            Err(format!("{:?}", *rx.borrow()))
+        },
+    )
+    .await;
     check_invariant(db, store).await;
 }
 

@@ -156,8 +156,7 @@ pub fn while_running<T>(
     what: &str,
     mut found: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    crate::support::eventually_blocking(what, Duration::from_secs(120), || {
         if let Some(status) = child.try_wait().expect("try_wait") {
             use std::io::Read;
             let (mut stdout, mut stderr) = (String::new(), String::new());
@@ -169,28 +168,21 @@ pub fn while_running<T>(
             }
             panic!("pitr ended ({status}) before {what}:\nstdout:\n{stdout}\nstderr:\n{stderr}");
         }
-        if let Some(v) = found() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        found().ok_or("pitr runs, nothing yet")
+    })
 }
 
 /// Sends `signal` to `child` and waits at most 60 s for it to exit.
 pub fn interrupt(mut child: std::process::Child, signal: nix::sys::signal::Signal) -> Output {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("kill");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("try_wait").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pitr did not exit within 60 s of {signal}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::support::eventually_blocking(
+        format!("pitr exited after {signal}"),
+        Duration::from_secs(60),
+        || match child.try_wait().expect("try_wait") {
+            Some(_) => Ok(()),
+            None => Err("still running"),
+        },
+    );
     child.wait_with_output().expect("output")
 }
 

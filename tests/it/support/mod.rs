@@ -22,7 +22,7 @@ pub mod stream;
 pub mod webhook;
 
 pub use pg::{PgCluster, run_as_pg_user};
-pub use poll::eventually_blocking;
+pub use poll::{eventually, eventually_blocking, with_log};
 pub use repo::{TestRepo, data, first_pack, test_options};
 pub use s3::S3Server;
 pub use sidecar::{Sidecar, pitr};

@@ -15,9 +15,10 @@ const MAX_PAUSE: Duration = Duration::from_millis(250);
 
 /// Polls `f` until it gives `Ok`, for at most `timeout`, and returns what it
 /// gave. `Err` is what `f` saw instead (not an error: the state so far);
-/// the last one is in the panic's message when `timeout` passes.
+/// the last one is in the panic's message when `timeout` passes (formatted
+/// only then: see [`with_log`]).
 pub async fn eventually<T, S: Display>(
-    what: &str,
+    what: impl Display,
     timeout: Duration,
     mut f: impl AsyncFnMut() -> Result<T, S>,
 ) -> T {
@@ -39,7 +40,7 @@ pub async fn eventually<T, S: Display>(
 /// [`eventually`] for a condition checked without `async` (a file, a
 /// process, a blocking client); the thread sleeps between polls.
 pub fn eventually_blocking<T, S: Display>(
-    what: &str,
+    what: impl Display,
     timeout: Duration,
     mut f: impl FnMut() -> Result<T, S>,
 ) -> T {
@@ -55,5 +56,20 @@ pub fn eventually_blocking<T, S: Display>(
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// What [`eventually`]'s condition saw (`seen`) and, when shown, `log()`
+/// read at that moment: a process's log, read only if a timeout needs it.
+pub fn with_log<S: Display, L: Fn() -> String>(seen: S, log: L) -> WithLog<S, L> {
+    WithLog(seen, log)
+}
+
+/// See [`with_log`].
+pub struct WithLog<S, L>(S, L);
+
+impl<S: Display, L: Fn() -> String> Display for WithLog<S, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\nlog:\n{}", self.0, (self.1)())
     }
 }

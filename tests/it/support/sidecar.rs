@@ -62,7 +62,7 @@ impl Sidecar {
 
     /// Waits until the log has `n` stored captures.
     pub fn wait_captures(&self, n: usize, within: Duration) {
-        super::eventually_blocking(&format!("{n} stored captures"), within, || {
+        super::eventually_blocking(format!("{n} stored captures"), within, || {
             let log = self.log_text();
             if log.matches("stored an SQLite capture").count() >= n {
                 Ok(())

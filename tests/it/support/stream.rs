@@ -47,16 +47,19 @@ impl Streamer {
             .psql("SELECT pg_current_wal_lsn()")
             .parse()
             .expect("an LSN");
-        for _ in 0..600 {
-            if self.progress.borrow().flushed >= lsn {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "the WAL up to {lsn} was not stored within 30 s: {:?}",
-            *self.progress.borrow()
-        );
+        super::eventually(
+            format!("the WAL up to {lsn} stored"),
+            Duration::from_secs(30),
+            async || {
+                let progress = *self.progress.borrow();
+                if progress.flushed >= lsn {
+                    Ok(())
+                } else {
+                    Err(format!("{progress:?}"))
+                }
+            },
+        )
+        .await
     }
 
     pub async fn stop(mut self) {

@@ -183,8 +183,12 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
     fs::write(pg.data_dir().join("recovery.signal"), "").expect("recovery.signal");
     pg.start_again();
     // Hot standby lets pg_ctl return while recovery still runs.
-    eventually("recovery ends", Duration::from_secs(20), || async {
-        (pg.psql("SELECT pg_is_in_recovery()") == "f").then_some(())
+    eventually("recovery ends", Duration::from_secs(20), async || match pg
+        .psql("SELECT pg_is_in_recovery()")
+        .as_str()
+    {
+        "f" => Ok(()),
+        _ => Err("in recovery"),
     })
     .await;
     let mut client = connect(&conninfo(&pg, "")).await;
