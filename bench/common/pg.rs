@@ -3,7 +3,7 @@
 //! drop, so a failing benchmark leaves no server behind.
 //!
 //! A small copy of what the integration tests' harness does
-//! (`tests/it/harness/pg.rs`, which a bench target cannot import): as root,
+//! (`tests/it/support/pg.rs`, which a bench target cannot import): as root,
 //! the server binaries run as `postgres` (else `nobody`), since PostgreSQL
 //! refuses to run as root.
 

@@ -12,7 +12,9 @@ mod user;
 
 pub use backup::{Checkpoint, ManifestChecksums};
 pub use bin::{BinError, Looked, PgBin, data_dir_major, find, find_in, find_newest, major_of};
-pub use server::{Postmaster, ServerStart, StartError, isolated_server_settings, start_isolated};
+pub use server::{
+    Postmaster, ServerStart, StartError, StopError, isolated_server_settings, start_isolated,
+};
 pub use user::{NoOsUser, server_owner};
 
 /// A size setting as PostgreSQL's `SHOW` prints it (`16MB`, `1GB`, `8192`,

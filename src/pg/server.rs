@@ -45,16 +45,13 @@ impl Postmaster {
     /// Fast shutdown (a clean checkpoint, so the directory starts again
     /// without recovery), waiting at most `within`; past it, the server is
     /// left to the drop's immediate shutdown.
-    pub async fn stop_fast(&mut self, within: Duration) -> Result<(), String> {
+    pub async fn stop_fast(&mut self, within: Duration) -> Result<(), StopError> {
         self.signal(Signal::SIGINT);
         match tokio::time::timeout(within, self.0.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(format!("the server's shutdown failed ({status})")),
-            Ok(Err(e)) => Err(format!("waiting for the server to stop: {e}")),
-            Err(_) => Err(format!(
-                "the server did not shut down within {} s",
-                within.as_secs()
-            )),
+            Ok(Ok(status)) => Err(StopError::Failed(status)),
+            Ok(Err(e)) => Err(StopError::Wait(e)),
+            Err(_) => Err(StopError::Timeout(within)),
         }
     }
 }
@@ -172,6 +169,20 @@ pub enum StartError {
     },
     /// It was not ready in time; it has been stopped.
     #[error("the server was not ready within {} s", .0.as_secs())]
+    Timeout(Duration),
+}
+
+/// Why a fast shutdown ([`Postmaster::stop_fast`]) did not end cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// The postmaster exited, but not successfully.
+    #[error("the server's shutdown failed ({0})")]
+    Failed(std::process::ExitStatus),
+    /// Waiting for it failed.
+    #[error("waiting for the server to stop: {0}")]
+    Wait(#[source] std::io::Error),
+    /// It did not exit in time; the drop's immediate shutdown follows.
+    #[error("the server did not shut down within {} s", .0.as_secs())]
     Timeout(Duration),
 }
 

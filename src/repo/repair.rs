@@ -10,11 +10,30 @@
 
 use bytes::Bytes;
 
+use super::catalog::CatalogError;
 use super::manifest::{Commit, DESCRIPTOR_OBJECT, Descriptor};
 use super::pack::PackId;
 use super::verify::check_pack;
 use super::{RepoError, Repository};
 use crate::ship::{Destination, ShipError};
+
+/// What is wrong with one destination's copy of an object (shown as-is in
+/// the report's `was`).
+#[derive(Debug, thiserror::Error)]
+enum BadCopy {
+    /// The catalog cannot say what the pack must hold.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The copy does not decode or authenticate.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// A well-formed descriptor, of another repository.
+    #[error("a descriptor of another repository")]
+    OtherRepository,
+    /// A key object with no bytes.
+    #[error("empty")]
+    Empty,
+}
 
 /// One object fixed in one destination.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -125,29 +144,28 @@ impl Repository {
     }
 
     /// Whether `bytes` is a good copy of `object`; `Err` says what is wrong.
-    fn check_copy(&self, object: &str, kind: &Kind, bytes: &[u8]) -> Result<(), String> {
+    fn check_copy(&self, object: &str, kind: &Kind, bytes: &[u8]) -> Result<(), BadCopy> {
         match kind {
             Kind::Pack { id, size } => {
-                let expected = self.catalog().pack_entries(id).map_err(|e| e.to_string())?;
+                let expected = self.catalog().pack_entries(id)?;
                 let decrypt = !self.inner.opts.identities.is_empty();
-                check_pack(&self.inner, object, *id, *size, &expected, bytes, decrypt)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                check_pack(&self.inner, object, *id, *size, &expected, bytes, decrypt)?;
+                Ok(())
             }
-            Kind::Commit => Commit::decode(&self.inner.key, object, bytes)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Kind::Commit => {
+                Commit::decode(&self.inner.key, object, bytes)?;
+                Ok(())
+            }
             Kind::Descriptor => {
-                let d = Descriptor::decode(bytes).map_err(|e| e.to_string())?;
-                if d == self.inner.descriptor {
+                if Descriptor::decode(bytes)? == self.inner.descriptor {
                     Ok(())
                 } else {
-                    Err("a descriptor of another repository".into())
+                    Err(BadCopy::OtherRepository)
                 }
             }
             Kind::Key => {
                 if bytes.is_empty() {
-                    Err("empty".into())
+                    Err(BadCopy::Empty)
                 } else {
                     Ok(())
                 }

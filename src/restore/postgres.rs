@@ -665,7 +665,10 @@ async fn run_server(
         })?;
     // Fast shutdown: a clean checkpoint, so the directory starts without
     // recovery and without pitr.
-    server.stop_fast(Duration::from_secs(300)).await
+    server
+        .stop_fast(Duration::from_secs(300))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// What the server's log says about the end of recovery.

@@ -29,7 +29,7 @@ use crate::config::{Config, DestinationKind};
 pub use fanout::{Fanout, FanoutStatus};
 pub use fs::FsDestination;
 pub use retry::{REQUEST_RETRY, Retrying};
-pub use s3::{MULTIPART_THRESHOLD, S3Destination};
+pub use s3::{MULTIPART_THRESHOLD, S3Destination, S3SettingsRefused};
 pub use spool::SpoolConfig;
 pub use storacha::StorachaDestination;
 pub use tracked::{DestinationHealth, DestinationState, Tracked};

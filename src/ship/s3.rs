@@ -39,8 +39,14 @@ pub struct S3Destination {
     prefix: String,
     /// The client, or why the settings were refused (reported by every
     /// operation, so that building the destination list cannot fail).
-    store: Result<Arc<dyn ObjectStore>, String>,
+    store: Result<Arc<dyn ObjectStore>, S3SettingsRefused>,
 }
+
+/// Settings the S3 client refuses (a malformed endpoint, a region it does
+/// not know, ...), with the client's own error as the cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the s3 settings are refused: {0}")]
+pub struct S3SettingsRefused(#[source] Arc<object_store::Error>);
 
 impl S3Destination {
     /// A destination for `settings`. Settings the client refuses (e.g. a
@@ -77,7 +83,7 @@ impl S3Destination {
         let store = b
             .build()
             .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            .map_err(|e| e.to_string());
+            .map_err(|e| S3SettingsRefused(Arc::new(e)));
         let prefix = settings.prefix.trim_matches('/').to_owned();
         S3Destination {
             name: name.to_owned(),
@@ -92,11 +98,8 @@ impl S3Destination {
 
     /// Whether the client accepts `settings`, without contacting the
     /// store (`pitr check --offline`).
-    pub fn validate(settings: &S3Config) -> Result<(), String> {
-        match &S3Destination::new("check", settings).store {
-            Ok(_) => Ok(()),
-            Err(why) => Err(format!("the s3 settings are refused: {why}")),
-        }
+    pub fn validate(settings: &S3Config) -> Result<(), S3SettingsRefused> {
+        S3Destination::new("check", settings).store.map(|_| ())
     }
 
     fn store(&self, op: &'static str, key: &str) -> Result<&Arc<dyn ObjectStore>, ShipError> {
@@ -104,7 +107,7 @@ impl S3Destination {
             dest: self.name.clone(),
             op,
             key: key.to_owned(),
-            source: std::io::Error::other(format!("the s3 settings are refused: {why}")),
+            source: std::io::Error::other(why.clone()),
             transient: false,
         })
     }

@@ -139,9 +139,12 @@ pub enum VerifyError {
          cannot verify)"
     )]
     NoIdentity,
-    /// The identity file or the repository could not be opened for reading.
+    /// The identity file could not be read.
     #[error("opening the repository for reading: {0}")]
-    Open(String),
+    Identity(#[source] crate::config::ConfigError),
+    /// The repository could not be opened for reading.
+    #[error("opening the repository for reading: {0}")]
+    Open(#[source] RepoError),
     /// A database named on the command line is not in the config.
     #[error("{config}: no [[{kind}]] entry is named {name:?} (configured: {known})")]
     UnknownDatabase {
@@ -189,10 +192,10 @@ pub async fn reading_repo(config: &Config, repo: &Repository) -> Result<Reposito
     if config.repository.identity_file.is_none() {
         return Err(VerifyError::NoIdentity);
     }
-    let opts = RepoOptions::from_config(config).map_err(|e| VerifyError::Open(e.to_string()))?;
+    let opts = RepoOptions::from_config(config).map_err(VerifyError::Identity)?;
     Repository::open(repo.fanout().clone(), opts)
         .await
-        .map_err(|e| VerifyError::Open(e.to_string()))
+        .map_err(VerifyError::Open)
 }
 
 /// Runs a test restore now of every selected database, one after another,
@@ -250,10 +253,10 @@ pub async fn run_now(
         let clock = Instant::now();
         tracing::info!(database = %name, "PostgreSQL test restore starting");
         let result = postgres::test_restore(config, &reader, pg, &mut report).await;
-        if let Err(postgres::Failure::Binaries(_)) = &result {
+        if let Err(Failure::Binaries(_)) = &result {
             run.missing_binaries.push(name.to_owned());
         }
-        conclude(&mut report, clock, result.map_err(String::from));
+        conclude(&mut report, clock, result);
         finish(&reader, report, &mut run).await;
     }
     for name in sqlite {
@@ -273,7 +276,7 @@ pub async fn run_now(
 }
 
 /// Fills in a report's duration and outcome.
-fn conclude(report: &mut VerifyReport, clock: Instant, result: Result<(), String>) {
+fn conclude(report: &mut VerifyReport, clock: Instant, result: Result<(), Failure>) {
     report.duration_secs = clock.elapsed().as_secs_f64();
     let kind = report.kind.as_str();
     match result {
@@ -284,7 +287,7 @@ fn conclude(report: &mut VerifyReport, clock: Instant, result: Result<(), String
         Err(e) => {
             tracing::error!(database = %report.database, kind, error = %e, "test restore FAILED");
             report.ok = false;
-            report.error = Some(e);
+            report.error = Some(e.to_string());
         }
     }
 }
@@ -363,6 +366,68 @@ fn emit_metrics(report: &VerifyReport) {
     }
 }
 
+/// Why a test restore failed: what failed and what to do. Its text is the
+/// report's `error`.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The backup's major has no server binaries here: an installation
+    /// problem, not a damaged backup.
+    #[error("the test restore cannot run: {0}")]
+    Binaries(#[source] crate::pg::BinError),
+    /// The catalog's base backups cannot be read.
+    #[error(transparent)]
+    Backups(#[from] crate::basebackup::BackupError),
+    /// The PostgreSQL restore window or plan cannot be had.
+    #[error(transparent)]
+    Plan(#[from] crate::restore::PlanError),
+    /// The SQLite restore window or plan cannot be had.
+    #[error(transparent)]
+    SqlitePlan(#[from] crate::restore::sqlite::SqliteRestoreError),
+    /// `[verify] os_user` does not exist.
+    #[error(transparent)]
+    OsUser(#[from] crate::pg::NoOsUser),
+    /// The restored directory's `PG_VERSION` cannot be read.
+    #[error(transparent)]
+    DataDir(crate::pg::BinError),
+    /// The scratch directory cannot be made.
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
+    /// Anything else, said as the check found it.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure::Other(s)
+    }
+}
+
+/// Why a test restore's scratch directory cannot be made.
+#[derive(Debug, thiserror::Error)]
+enum ScratchError {
+    /// `[verify] scratch_dir` itself.
+    #[error(
+        "cannot create [verify] scratch_dir {}: {source}; create it or point scratch_dir at \
+         a writable directory",
+        dir.display()
+    )]
+    Create {
+        /// `scratch_dir`.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The run's directory inside it.
+    #[error("cannot create a directory in {}: {source}", dir.display())]
+    Inside {
+        /// `scratch_dir`.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
 /// One test restore's directory under `scratch_dir`: removed by
 /// [`Scratch::remove`], or on drop when the run is cancelled (sidecar
 /// shutdown) half-way.
@@ -373,22 +438,19 @@ struct Scratch {
 
 impl Scratch {
     /// A fresh directory for one test restore under `scratch_dir`.
-    fn create(scratch_dir: &Path, kind: DatabaseKind, name: &str) -> Result<Scratch, String> {
-        crate::crashsafe::create_private_dir_all(scratch_dir).map_err(|e| {
-            format!(
-                "cannot create [verify] scratch_dir {}: {e}; create it or point scratch_dir at \
-                 a writable directory",
-                scratch_dir.display()
-            )
+    fn create(scratch_dir: &Path, kind: DatabaseKind, name: &str) -> Result<Scratch, ScratchError> {
+        crate::crashsafe::create_private_dir_all(scratch_dir).map_err(|source| {
+            ScratchError::Create {
+                dir: scratch_dir.to_owned(),
+                source,
+            }
         })?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("run-{}-{name}-", kind.as_str()))
             .tempdir_in(scratch_dir)
-            .map_err(|e| {
-                format!(
-                    "cannot create a directory in {}: {e}",
-                    scratch_dir.display()
-                )
+            .map_err(|source| ScratchError::Inside {
+                dir: scratch_dir.to_owned(),
+                source,
             })?;
         Ok(Scratch {
             dir: dir.keep(),

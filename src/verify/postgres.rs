@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{DatabaseKind, Scratch, VerifyReport, random_time};
+use super::{DatabaseKind, Failure, Scratch, VerifyReport, random_time};
 use crate::config::{Config, PostgresConfig};
 use crate::pg::{self, PgBin};
 use crate::repo::{RepoError, Repository};
@@ -29,30 +29,6 @@ const AMCHECK_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// What a test restore runs of the backup's major.
 pub const TOOLS: &[&str] = &["postgres", "pg_amcheck", "pg_checksums", "psql"];
 
-/// Why a test restore failed: what failed and what to do.
-#[derive(Debug)]
-pub(super) enum Failure {
-    /// The backup's major has no server binaries here: an installation
-    /// problem, not a damaged backup.
-    Binaries(String),
-    /// Anything else.
-    Other(String),
-}
-
-impl From<String> for Failure {
-    fn from(s: String) -> Failure {
-        Failure::Other(s)
-    }
-}
-
-impl From<Failure> for String {
-    fn from(f: Failure) -> String {
-        match f {
-            Failure::Binaries(s) | Failure::Other(s) => s,
-        }
-    }
-}
-
 /// Restores `pg` to a random time into a scratch directory, checks it and
 /// removes it; fills `report` as it goes.
 pub(super) async fn test_restore(
@@ -66,9 +42,7 @@ pub(super) async fn test_restore(
         Some(n) => format!("{} ({n})", target.describe()),
         None => target.describe(),
     });
-    let plan = crate::restore::plan(repo, &pg.name, &target, timeline)
-        .await
-        .map_err(|e| e.to_string())?;
+    let plan = crate::restore::plan(repo, &pg.name, &target, timeline).await?;
     report.backup = Some(plan.backup.id.clone());
     // The catalog's server version, checked before the download; the
     // restored PG_VERSION is checked again after it.
@@ -110,22 +84,20 @@ pub(super) fn nothing_to_restore(repo: &Repository, db: &str) -> Option<String> 
 async fn choose_target(
     repo: &Repository,
     db: &str,
-) -> Result<(Target, Option<u32>, Option<String>), String> {
-    let backups = crate::basebackup::backups(repo, db).map_err(|e| e.to_string())?;
+) -> Result<(Target, Option<u32>, Option<String>), Failure> {
+    let backups = crate::basebackup::backups(repo, db)?;
     let newest = backups
         .iter()
         .filter(|b| b.restorable)
         .max_by_key(|b| b.record.finished)
         .ok_or_else(|| {
-            format!(
+            Failure::Other(format!(
                 "the repository holds no restorable base backup of [[postgres]] {db:?}, so \
                  nothing can be test-restored: take one with `pitr backup` while `pitr run` \
                  streams its WAL"
-            )
+            ))
         })?;
-    let windows = crate::restore::windows(repo, db)
-        .await
-        .map_err(|e| e.to_string())?;
+    let windows = crate::restore::windows(repo, db).await?;
     let window = windows
         .iter()
         .filter(|w| w.timeline >= newest.record.end_timeline && w.earliest.is_some())
@@ -152,8 +124,7 @@ async fn choose_target(
 
 /// The binaries of `major` with every tool a test restore runs.
 fn find_tools(config: &Config, major: u32) -> Result<PgBin, Failure> {
-    pg::find(major, &config.restore.bin_dirs, TOOLS)
-        .map_err(|e| Failure::Binaries(format!("the test restore cannot run: {e}")))
+    pg::find(major, &config.restore.bin_dirs, TOOLS).map_err(Failure::Binaries)
 }
 
 async fn restore_and_check(
@@ -165,8 +136,7 @@ async fn restore_and_check(
     run_dir: &Path,
     report: &mut VerifyReport,
 ) -> Result<(), Failure> {
-    let owner =
-        pg::server_owner(&config.verify.os_user, "[verify] os_user").map_err(|e| e.to_string())?;
+    let owner = pg::server_owner(&config.verify.os_user, "[verify] os_user")?;
     if let Some((uid, gid)) = owner {
         // The server (os_user) must reach its data directory inside.
         std::os::unix::fs::chown(run_dir, Some(uid), Some(gid))
@@ -204,11 +174,7 @@ async fn restore_and_check(
         progress: None,
     };
     let restored = match crate::restore::restore(repo, plan, &opts).await {
-        Err(RestoreError::NoPostgres(e)) => {
-            return Err(Failure::Binaries(format!(
-                "the test restore cannot run: {e}"
-            )));
-        }
+        Err(RestoreError::NoPostgres(e)) => return Err(Failure::Binaries(e)),
         r => r.map_err(explain_restore_error)?,
     };
     let reached = restored
@@ -222,7 +188,7 @@ async fn restore_and_check(
         restored.files, reached.wal_files
     ));
     // The restored PG_VERSION decides the major of the checks' tools.
-    let major = pg::data_dir_major(&data).map_err(|e| e.to_string())?;
+    let major = pg::data_dir_major(&data).map_err(Failure::DataDir)?;
     let bin = match bin {
         Some(b) if b.major() == major => b,
         _ => find_tools(config, major)?,

@@ -3,7 +3,7 @@
 //! whose checksum or `PRAGMA integrity_check` fails), both checks run again
 //! on the file as it lies on disk, then the directory is removed.
 
-use super::{DatabaseKind, Scratch, VerifyReport, random_time};
+use super::{DatabaseKind, Failure, Scratch, VerifyReport, random_time};
 use crate::config::Config;
 use crate::repo::Repository;
 use crate::restore::sqlite::{SqliteRestoreError, file_checksum, integrity_check};
@@ -28,20 +28,20 @@ pub(super) async fn test_restore(
     repo: &Repository,
     name: &str,
     report: &mut VerifyReport,
-) -> Result<(), String> {
-    let window = crate::restore::sqlite::window(repo, name).map_err(|e| e.to_string())?;
+) -> Result<(), Failure> {
+    let window = crate::restore::sqlite::window(repo, name)?;
     let target = match (window.earliest, window.latest) {
         (Some(from), Some(to)) if to > from => Target::Time(random_time(from, to)),
         (Some(_), _) => Target::Latest,
         _ => {
-            return Err(format!(
+            return Err(Failure::Other(format!(
                 "nothing is stored for [[sqlite]] {name:?}, so nothing can be test-restored: \
                  `pitr run` takes its first snapshot when it starts watching the file"
-            ));
+            )));
         }
     };
     report.target = Some(target.describe());
-    let plan = crate::restore::sqlite::plan(repo, name, &target).map_err(|e| e.to_string())?;
+    let plan = crate::restore::sqlite::plan(repo, name, &target)?;
     report.backup = plan.captures.first().map(|c| c.item.clone());
     report.wal_files = plan.captures.len();
     let scratch = Scratch::create(&config.verify.scratch_dir, DatabaseKind::Sqlite, name)?;
@@ -78,8 +78,7 @@ pub(super) async fn test_restore(
     .await;
     let removed = scratch.remove();
     match (result, removed) {
-        (Err(e), _) => Err(e),
-        (Ok(()), Some(e)) => Err(e),
+        (Err(e), _) | (Ok(()), Some(e)) => Err(Failure::Other(e)),
         (Ok(()), None) => Ok(()),
     }
 }

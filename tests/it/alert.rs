@@ -10,7 +10,7 @@ use pitr::config::{AlertConfig, AlertKind};
 use pitr::sidecar::alert::Alerter;
 use pitr::sidecar::health::Check;
 
-use crate::harness::{SmtpServer, WebhookReceiver};
+use crate::support::{SmtpServer, WebhookReceiver};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -17,8 +17,8 @@ use pitr::repo::Repository;
 use pitr::wal::{ConnInfo, Progress, Segment, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};
 
-use crate::harness::{PgCluster, run_as_pg_user};
-use crate::repo::TestRepo;
+use crate::support::TestRepo;
+use crate::support::{PgCluster, run_as_pg_user};
 
 const SEG: u64 = 16 << 20;
 
@@ -242,31 +242,27 @@ async fn wait_wal_stored(repo: &Repository, pg: &PgCluster) {
         .parse()
         .expect("an LSN");
     let store = WalStore::new(repo.clone(), "main");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while store
-        .stored_end(1)
-        .expect("catalog")
-        .is_none_or(|(end, _)| end < now)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the streamer did not store WAL up to {now}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::eventually(
+        format!("the streamer stored WAL up to {now}"),
+        Duration::from_secs(60),
+        async || match store.stored_end(1).expect("catalog") {
+            Some((end, _)) if end >= now => Ok(()),
+            stored => Err(format!("stored {stored:?}")),
+        },
+    )
+    .await;
 }
 
 /// Waits (bounded) until a restored cluster left recovery.
 fn wait_writable(pg: &PgCluster) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while pg.psql("SELECT pg_is_in_recovery()") != "f" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restored cluster did not finish recovery:\n{}",
-            pg.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    crate::support::eventually_blocking(
+        "the restored cluster finished recovery",
+        Duration::from_secs(60),
+        || match pg.psql("SELECT pg_is_in_recovery()").as_str() {
+            "f" => Ok(()),
+            _ => Err(pg.log_tail()),
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -439,16 +435,15 @@ async fn pitr_backup_waits_for_the_wal_of_pitr_run() {
         .spawn()
         .expect("start pitr run");
     // The slot must hold WAL from before the backup starts.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
-        != "1"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pitr run did not start streaming"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::support::eventually_blocking("pitr run streams", Duration::from_secs(30), || {
+        match pg
+            .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
+            .as_str()
+        {
+            "1" => Ok(()),
+            n => Err(format!("{n} active slots named pitr")),
+        }
+    });
     let out = pitr(&["backup", "--wait-wal", "60"]);
     let _ = Command::new("kill")
         .args(["-TERM", &run.id().to_string()])
@@ -514,7 +509,7 @@ async fn a_tablespace_outside_the_data_directory_is_restored_where_asked() {
             .arg(&data),
         "pg_verifybackup",
     );
-    if crate::harness::pg::effective_uid() == 0 {
+    if crate::support::pg::effective_uid() == 0 {
         run_tool(
             Command::new("chown")
                 .arg("-R")

@@ -5,15 +5,15 @@
 //! alone (fresh state directory) is exact up to its last batch.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::harness::PgCluster;
-use crate::harness::pg::free_port;
-use crate::harness::s3::S3Server;
-use crate::pitr_restore::{between, write_row};
-use crate::sqlite::Sidecar;
+use crate::support::PgCluster;
+use crate::support::Sidecar;
+use crate::support::pg::free_port;
+use crate::support::s3::S3Server;
+use crate::support::{between, eventually, with_log, write_row};
 
 fn pitr(config: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
@@ -44,21 +44,18 @@ async fn wait_for(
     what: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let start = Instant::now();
     let mut last = None;
-    while start.elapsed() < within {
+    let log = || sidecar.log_text();
+    eventually(what, within, async || {
         if let Some(b) = health(port).await {
             if ready(&b) {
-                return b;
+                return Ok(b);
             }
             last = Some(b);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!(
-        "{what}: not within {within:?}; last /health {last:#?}\nlog:\n{}",
-        sidecar.log_text()
-    );
+        Err(with_log(format!("last /health {last:#?}"), &log))
+    })
+    .await
 }
 
 /// The batched destination's last successful batch, from `/health`.
@@ -81,7 +78,7 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
     let pg = PgCluster::start();
     let s3 = S3Server::start("batched");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (head, fs) = crate::harness::repository_toml(
+    let (head, fs) = crate::support::repository_toml(
         dir.path(),
         "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
     );
@@ -99,7 +96,7 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
         ),
     )
     .expect("config");
-    let show = crate::harness::text;
+    let show = crate::support::text;
 
     let out = pitr(&both, &["init"]);
     assert!(out.status.success(), "{}", show(&out));
@@ -160,18 +157,16 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
         .psql("SELECT pg_current_wal_lsn()")
         .parse()
         .expect("an LSN");
-    let start = Instant::now();
-    loop {
-        if acknowledged(&pg).is_some_and(|f| f >= lsn) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "WAL up to {lsn} was not acknowledged within 60 s while the batched destination hung:\n{}",
-            sidecar.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let log = || sidecar.log_text();
+    eventually(
+        format!("WAL up to {lsn} acknowledged while the batched destination hung"),
+        Duration::from_secs(60),
+        async || match acknowledged(&pg) {
+            Some(f) if f >= lsn => Ok(()),
+            f => Err(with_log(format!("acknowledged {f:?}"), &log)),
+        },
+    )
+    .await;
     let failing = wait_for(
         port,
         Duration::from_secs(240),
@@ -262,7 +257,7 @@ async fn staging_survives_a_restart_damage_is_never_packed_and_the_batched_copy_
     use pitr::ship::{Destination, Fanout, FsDestination};
     use std::sync::Arc;
 
-    let t = crate::repo::TestRepo::new().await;
+    let t = crate::support::TestRepo::new().await;
     let batched_fanout = || {
         Fanout::new(vec![
             Arc::new(FsDestination::new("far", t.dir.path().join("far"))) as Arc<dyn Destination>,

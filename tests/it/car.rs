@@ -15,7 +15,7 @@ fn car_files_and_root_cids_equal_ipfs_car() {
         ("mib-plus-one", (1 << 20) + 1),
         ("twenty", 20 << 20),
     ] {
-        let data = crate::repo::data(size as u64 + 3, size, 0);
+        let data = crate::support::data(size as u64 + 3, size, 0);
         let input = dir.path().join(format!("{name}.bin"));
         std::fs::write(&input, &data).expect("write input");
         let car_path = dir.path().join(format!("{name}.car"));

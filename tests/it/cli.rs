@@ -389,7 +389,7 @@ fn bad_usage_exits_2() {
 
 #[test]
 fn check_reports_the_server_and_fails_when_it_is_down() {
-    let mut pg = crate::harness::PgCluster::start();
+    let mut pg = crate::support::PgCluster::start();
     let s = Setup::new();
     let text_with_pg = format!(
         "{}\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\n",

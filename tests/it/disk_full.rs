@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pitr::repo::{Chunking, RepoError, RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination, ShipError};
 
-use crate::repo::data;
+use crate::support::data;
 
 /// A tmpfs of a few MiB, unmounted on drop.
 pub struct SmallDisk {

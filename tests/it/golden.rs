@@ -13,7 +13,7 @@ use std::sync::Arc;
 use pitr::repo::{Chunking, FORMAT_VERSION, RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
 
-use crate::repo::data;
+use crate::support::data;
 
 fn golden_store() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/store-v1")

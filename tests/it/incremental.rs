@@ -27,9 +27,9 @@ use pitr::repo::Repository;
 use pitr::wal::ConnInfo;
 use tokio::sync::watch;
 
-use crate::harness::{PgCluster, run_as_pg_user, text};
-use crate::pitr_restore::{Streamer, between, write_row};
-use crate::repo::TestRepo;
+use crate::support::TestRepo;
+use crate::support::{PgCluster, run_as_pg_user, text};
+use crate::support::{Streamer, between, write_row};
 
 /// A cluster of `major` with WAL summaries on or off.
 fn cluster(major: u32, summaries: bool) -> PgCluster {
@@ -534,7 +534,7 @@ async fn a_chain_with_a_tablespace_restores_exactly_17() {
         ],
     );
     assert!(out.status.success(), "pitr restore: {}", text(&out));
-    if crate::harness::pg::effective_uid() == 0 {
+    if crate::support::pg::effective_uid() == 0 {
         run_tool(
             Command::new("chown")
                 .arg("-R")

@@ -1,5 +1,7 @@
-//! The integration tests: one binary, one module per area, sharing the
-//! harness (throw-away PostgreSQL clusters and friends).
+//! The integration tests: one binary, one module per area, sharing
+//! `support` (throw-away PostgreSQL clusters and friends, a test
+//! repository, the `pitr` binary, and `eventually` to wait for a
+//! condition).
 
 mod alert;
 mod basebackup;
@@ -8,7 +10,6 @@ mod car;
 mod cli;
 mod disk_full;
 mod golden;
-mod harness;
 mod incremental;
 mod layers;
 mod pack;
@@ -27,6 +28,7 @@ mod sqlite;
 mod state_dir;
 mod storacha;
 mod storacha_harness;
+mod support;
 mod verify;
 mod versions;
 mod wal_conn;

@@ -5,8 +5,8 @@ use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-use crate::harness::pg::effective_uid;
-use crate::harness::{PgCluster, run_as_pg_user};
+use crate::support::pg::effective_uid;
+use crate::support::{PgCluster, run_as_pg_user};
 
 /// The real, effective, saved and filesystem uids of a process.
 fn process_uids(pid: u32) -> Vec<u32> {

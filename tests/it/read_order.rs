@@ -10,7 +10,7 @@ use pitr::repo::{Chunking, Manifest, RepoOptions, Repository};
 use pitr::ship::fault::{FaultPlan, FaultyDestination};
 use pitr::ship::{Destination, DestinationHealth, Fanout, FsDestination, Tracked};
 
-use crate::repo::data;
+use crate::support::data;
 
 type Slow = Tracked<FaultyDestination<FsDestination>>;
 
@@ -25,7 +25,7 @@ struct Setup {
 /// 64 chunks.
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = crate::repo::test_options(dir.path(), 4 << 20);
+    let opts = crate::support::test_options(dir.path(), 4 << 20);
     let fanout = Fanout::new(vec![
         Arc::new(FsDestination::new("a", dir.path().join("a"))) as Arc<dyn Destination>,
         Arc::new(FsDestination::new("b", dir.path().join("b"))),
@@ -119,7 +119,7 @@ async fn reads_are_served_by_the_faster_destination() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_copy_is_skipped_and_named() {
     let s = setup().await;
-    let pack = crate::repo::first_pack(&s.dir.path().join("b"));
+    let pack = crate::support::first_pack(&s.dir.path().join("b"));
     let object = pack
         .strip_prefix(s.dir.path().join("b"))
         .expect("under b")

@@ -11,7 +11,7 @@ use pitr::basebackup::{
 use pitr::repo::{Chunking, Repository};
 use pitr::wal::Lsn;
 
-use crate::repo::TestRepo;
+use crate::support::TestRepo;
 
 const DB: &str = "main";
 
@@ -332,7 +332,7 @@ async fn a_pack_replaced_by_a_zstd_bomb_fails_in_bounded_memory() {
         .expect("put");
     w.commit().await.expect("commit");
     assert_eq!(manifest.chunks.len(), 1);
-    let pack = crate::repo::first_pack(&t.store());
+    let pack = crate::support::first_pack(&t.store());
     let object = pack
         .strip_prefix(t.store())
         .expect("in the store")
@@ -402,7 +402,8 @@ fn open_to_others(dir: &Path) -> Vec<(PathBuf, u32)> {
 
 #[test]
 fn state_files_are_private_after_a_run() {
-    use crate::sqlite::{Sidecar, heavy, sqlite_config, sqlite3};
+    use crate::sqlite::{heavy, sqlite_config, sqlite3};
+    use crate::support::Sidecar;
     use std::os::unix::fs::PermissionsExt;
     let _heavy = heavy();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -449,7 +450,8 @@ fn state_files_are_private_after_a_run() {
 
 #[test]
 fn a_restore_pins_the_repository_key_and_says_which_it_trusts() {
-    use crate::sqlite::{add_sqlite, pitr};
+    use crate::sqlite::add_sqlite;
+    use crate::support::pitr;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let t = rt.block_on(TestRepo::new());
     let id = rt.block_on(t.open()).descriptor().key_id.clone();

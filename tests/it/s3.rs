@@ -9,7 +9,7 @@ use bytes::Bytes;
 use pitr::config::{DestinationKind, S3Config};
 use pitr::ship::{Destination, PutOutcome, S3Destination, ShipError};
 
-use crate::harness::{PgCluster, S3Server};
+use crate::support::{PgCluster, S3Server};
 
 fn settings(server: &S3Server, bucket: &str, prefix: &str) -> S3Config {
     S3Config {
@@ -160,11 +160,11 @@ async fn an_unreachable_store_is_a_transient_error_naming_the_destination() {
 /// is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_from_s3_alone_is_exact() {
-    use crate::pitr_restore::{between, write_row};
+    use crate::support::{between, write_row};
     let server = S3Server::start("backups");
     let pg = PgCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (head, fs) = crate::harness::repository_toml(dir.path(), "");
+    let (head, fs) = crate::support::repository_toml(dir.path(), "");
     let s3 = server.destination_toml("s3", "backups", "pitr/");
     let pgs = format!(
         "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
@@ -196,7 +196,7 @@ async fn a_restore_from_s3_alone_is_exact() {
     .await
     .expect("open");
     pg.psql("CREATE TABLE oracle (id int PRIMARY KEY, at timestamptz NOT NULL)");
-    let streamer = crate::pitr_restore::Streamer::start(&repo, &pg, "pitr");
+    let streamer = crate::support::Streamer::start(&repo, &pg, "pitr");
     streamer.caught_up(&pg).await;
     let out = pitr(&both, &["backup", "--wait-wal", "60"]);
     assert!(out.status.success(), "{out:?}");
@@ -249,7 +249,7 @@ async fn a_restore_from_s3_alone_is_exact() {
 async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
     let server = S3Server::start("repair");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (identity, identity_file) = crate::harness::new_identity(dir.path());
+    let (identity, identity_file) = crate::support::new_identity(dir.path());
     let store = dir.path().join("store");
     let config_path = dir.path().join("pitr.toml");
     std::fs::write(
@@ -294,7 +294,7 @@ async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
     .expect("open");
     let mut items = Vec::new();
     for i in 0..3u64 {
-        let bytes = crate::repo::data(i + 7, 3 << 20, 0);
+        let bytes = crate::support::data(i + 7, 3 << 20, 0);
         let mut w = repo.writer();
         let m = w
             .put(
@@ -457,13 +457,10 @@ fn spooled_files(spool: &std::path::Path) -> usize {
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not happen within 60 s");
+    crate::support::eventually(what, Duration::from_secs(60), async || {
+        if cond() { Ok(()) } else { Err("not yet") }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -599,7 +596,7 @@ async fn stream_through_a_hung_s3(
     let bucket = format!("hang{quorum}");
     let server = S3Server::start(&bucket);
     let pg = PgCluster::start();
-    let t = crate::repo::TestRepo::new().await;
+    let t = crate::support::TestRepo::new().await;
     let spool = t.dir.path().join("spool");
     let fanout = quorum_fanout(&server, &bucket, &t.store(), &spool, quorum, 1 << 30);
     pitr::repo::Repository::init(&fanout, &t.opts)
@@ -630,7 +627,7 @@ async fn stream_through_a_hung_s3(
             .expect("pgbench -i")
             .success()
     );
-    let streamer = crate::pitr_restore::Streamer::start(&repo, &pg, "pitr");
+    let streamer = crate::support::Streamer::start(&repo, &pg, "pitr");
     streamer.caught_up(&pg).await;
     let mut load = pgbench(&["-n", "-c", "2", "-T", "45"])
         .spawn()

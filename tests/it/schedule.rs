@@ -6,14 +6,14 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pitr::basebackup::{self, BackupInfo};
 use pitr::repo::{RepoOptions, Repository};
 use pitr::wal::{Lsn, WalStore};
 
-use crate::harness::PgCluster;
-use crate::repo::TestRepo;
+use crate::support::PgCluster;
+use crate::support::TestRepo;
 
 /// `pitr run` on a test repository, its log in a file.
 struct Sidecar {
@@ -78,19 +78,16 @@ impl Sidecar {
             .status()
             .expect("kill -TERM");
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "pitr run exited {status}:\n{}",
-                    self.log_text()
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "pitr run ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let status = crate::support::eventually_blocking(
+            "pitr run stopped on SIGTERM",
+            Duration::from_secs(60),
+            || child.try_wait().expect("wait").ok_or("still running"),
+        );
+        assert!(
+            status.success(),
+            "pitr run exited {status}:\n{}",
+            self.log_text()
+        );
     }
 
     /// A reader of the store with its own catalog, as another process sees
@@ -113,22 +110,20 @@ impl Sidecar {
         n: usize,
         secs: u64,
     ) -> Vec<BackupInfo> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            self.assert_running();
-            reader.sync_catalog().await.expect("sync catalog");
-            let all = basebackup::backups(reader, "main").expect("backups");
-            if all.iter().filter(|b| b.restorable).count() >= n {
-                return all;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fewer than {n} restorable backups after {secs} s ({} recorded):\n{}",
-                all.len(),
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        crate::support::eventually(
+            format!("{n} restorable backups"),
+            Duration::from_secs(secs),
+            async || {
+                self.assert_running();
+                reader.sync_catalog().await.expect("sync catalog");
+                let all = basebackup::backups(reader, "main").expect("backups");
+                if all.iter().filter(|b| b.restorable).count() >= n {
+                    return Ok(all);
+                }
+                Err(format!("{} recorded:\n{}", all.len(), self.log_text()))
+            },
+        )
+        .await
     }
 }
 
@@ -183,24 +178,23 @@ fn generate_wal(pg: &PgCluster, segments: usize) {
 
 /// Waits (bounded) until the stored WAL of timeline 1 reaches `lsn`.
 async fn wait_wal_stored(side: &mut Sidecar, reader: &Repository, lsn: Lsn) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        side.assert_running();
-        reader.sync_catalog().await.expect("sync catalog");
-        let end = WalStore::new(reader.clone(), "main")
-            .stored_end(1)
-            .expect("stored end")
-            .map(|(end, _)| end);
-        if end.is_some_and(|e| e >= lsn) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "WAL up to {lsn} not stored within 60 s (stored: {end:?}):\n{}",
-            side.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    crate::support::eventually(
+        format!("WAL up to {lsn} stored"),
+        Duration::from_secs(60),
+        async || {
+            side.assert_running();
+            reader.sync_catalog().await.expect("sync catalog");
+            let end = WalStore::new(reader.clone(), "main")
+                .stored_end(1)
+                .expect("stored end")
+                .map(|(end, _)| end);
+            if end.is_some_and(|e| e >= lsn) {
+                return Ok(());
+            }
+            Err(format!("stored: {end:?}\n{}", side.log_text()))
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -331,16 +325,19 @@ async fn a_scheduled_backup_cut_by_a_restart_is_retried_and_the_stream_goes_on()
         "base_backup = \"*/2 * * * * *\"\ncheckpoint = \"fast\"\nmax_rate = 4096",
     );
     side.start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while backup_streamed(&pg) < 2 << 20 {
-        side.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "no scheduled backup got going within 60 s:\n{}",
-            side.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::eventually(
+        "a scheduled backup got going",
+        Duration::from_secs(60),
+        async || {
+            let streamed = backup_streamed(&pg);
+            if streamed >= 2 << 20 {
+                return Ok(());
+            }
+            side.assert_running();
+            Err(format!("{streamed} bytes streamed\n{}", side.log_text()))
+        },
+    )
+    .await;
     tokio::task::block_in_place(|| pg.restart());
 
     let reader = side.reader().await;

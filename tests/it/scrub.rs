@@ -10,7 +10,7 @@ use pitr::repo::{Chunking, Repository, ScrubOptions};
 use pitr::ship::fault::{FaultPlan, FaultyDestination};
 use pitr::ship::{Destination, Fanout, FsDestination};
 
-use crate::repo::data;
+use crate::support::data;
 
 /// A repository on destinations `a` (plain) and `b` (behind the fault
 /// layer), with five committed items in at least three packs.
@@ -23,7 +23,7 @@ struct TwoDests {
 impl TwoDests {
     async fn new() -> TwoDests {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = crate::repo::test_options(dir.path(), 1 << 20);
+        let opts = crate::support::test_options(dir.path(), 1 << 20);
         let a = Arc::new(FsDestination::new("a", dir.path().join("a"))) as Arc<dyn Destination>;
         let b = Arc::new(FaultyDestination::new(FsDestination::new(
             "b",
@@ -217,7 +217,7 @@ async fn what_the_scrub_cannot_repair_is_named() {
 /// counts it.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sidecar_scrub_reports_what_it_cannot_repair() {
-    let t = crate::repo::TestRepo::new().await;
+    let t = crate::support::TestRepo::new().await;
     {
         let repo = t.open().await;
         let mut w = repo.writer();
@@ -232,7 +232,7 @@ async fn the_sidecar_scrub_reports_what_it_cannot_repair() {
         .expect("put");
         w.commit().await.expect("commit");
     }
-    let pack = crate::repo::first_pack(&t.store());
+    let pack = crate::support::first_pack(&t.store());
     let object = pack
         .strip_prefix(t.store())
         .expect("in the store")
@@ -245,7 +245,7 @@ async fn the_sidecar_scrub_reports_what_it_cannot_repair() {
         .and_then(|c| c.execute_batch("CREATE TABLE x (a); INSERT INTO x VALUES (1);"))
         .expect("sqlite");
     let cfg = crate::sqlite::sqlite_config(&t, "app", &db);
-    let port = crate::harness::pg::free_port();
+    let port = crate::support::pg::free_port();
     // /health's words (the summary checked below) are for the token only.
     let token = "a-long-random-test-token-0123456789";
     let text = std::fs::read_to_string(&cfg).expect("config").replace(
@@ -257,38 +257,35 @@ async fn the_sidecar_scrub_reports_what_it_cannot_repair() {
         format!("{text}\n[health]\nlisten = \"127.0.0.1:{port}\"\nrestore_token = \"{token}\"\n"),
     )
     .expect("config");
-    let sidecar = crate::sqlite::Sidecar::start(&cfg);
+    let sidecar = crate::support::Sidecar::start(&cfg);
     let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(100);
-    let problem = loop {
-        let body: Option<serde_json::Value> = async {
-            let r = client
-                .get(format!("http://127.0.0.1:{port}/health"))
-                .bearer_auth(token)
-                .timeout(std::time::Duration::from_secs(5))
-                .send()
-                .await
-                .ok()?;
-            serde_json::from_str(&r.text().await.ok()?).ok()
-        }
-        .await;
-        let found = body.as_ref().and_then(|b| {
-            b["problems"]
-                .as_array()?
-                .iter()
-                .find(|c| c["id"] == "scrub")
-                .cloned()
-        });
-        if let Some(p) = found {
-            break p;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failing scrub check within 100 s: {body:?}\nlog:\n{}",
-            sidecar.log_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    };
+    let log = || sidecar.log_text();
+    let problem = crate::support::eventually(
+        "a failing scrub check",
+        std::time::Duration::from_secs(100),
+        async || {
+            let body: Option<serde_json::Value> = async {
+                let r = client
+                    .get(format!("http://127.0.0.1:{port}/health"))
+                    .bearer_auth(token)
+                    .timeout(std::time::Duration::from_secs(5))
+                    .send()
+                    .await
+                    .ok()?;
+                serde_json::from_str(&r.text().await.ok()?).ok()
+            }
+            .await;
+            let found = body.as_ref().and_then(|b| {
+                b["problems"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["id"] == "scrub")
+                    .cloned()
+            });
+            found.ok_or_else(|| crate::support::with_log(format!("{body:?}"), &log))
+        },
+    )
+    .await;
     let summary = problem["summary"].as_str().unwrap_or_default();
     assert!(
         summary.contains(&object) && summary.contains("in local"),

@@ -6,10 +6,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::pg::free_port;
-use crate::harness::{PgCluster, WebhookReceiver};
-use crate::repo::TestRepo;
-use crate::sqlite::{Sidecar, add_sqlite};
+use crate::sqlite::add_sqlite;
+use crate::support::Sidecar;
+use crate::support::TestRepo;
+use crate::support::pg::free_port;
+use crate::support::{PgCluster, WebhookReceiver, eventually, with_log};
 
 /// A config for `pitr run` with a health endpoint on a free port, an
 /// initial base backup (schedule on, far away) and a 10 s stream threshold.
@@ -76,25 +77,21 @@ async fn wait_health_as(
     sidecar: &Sidecar,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let start = Instant::now();
     let mut last = None;
-    loop {
+    let log = || sidecar.log_text();
+    eventually(format!("/health answers {want}"), within, async || {
         if let Some((status, body)) = get_as(port, "/health", token).await {
             if status == want {
                 let json: serde_json::Value = serde_json::from_str(&body).expect("health is JSON");
                 if ready(&json) {
-                    return json;
+                    return Ok(json);
                 }
             }
             last = Some((status, body));
         }
-        assert!(
-            start.elapsed() < within,
-            "/health did not answer {want} within {within:?}; last answer {last:?}\nlog:\n{}",
-            sidecar.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Err(with_log(format!("last answer {last:?}"), &log))
+    })
+    .await
 }
 
 fn start_writer(db: &Path, seconds: u32) -> std::process::Child {
@@ -123,10 +120,18 @@ async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_serve
     let db = repo.dir.path().join("app.db");
     let mut writer = start_writer(&db, 600);
     // The writer creates the file; the watcher needs it to exist.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !db.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the writer created the database",
+        Duration::from_secs(30),
+        async || {
+            if db.exists() {
+                Ok(())
+            } else {
+                Err("no file yet")
+            }
+        },
+    )
+    .await;
     add_sqlite(&cfg, "app", &db, "");
     let sidecar = Sidecar::start(&cfg);
 
@@ -188,19 +193,16 @@ async fn health_follows_the_server_down_and_up_and_metrics_and_backups_are_serve
             .all(|j| j["state"] == "running" && j["restarts"] == 0),
         "{body:#}"
     );
-    let start = Instant::now();
-    loop {
+    eventually("an SQLite capture", Duration::from_secs(60), async || {
         let (_, text) = get(port, "/health").await.expect("health answers");
         let b: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         if b["sqlite"][0]["captures"].as_u64().unwrap_or(0) > 0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{b:#}"))
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no SQLite capture: {b:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
 
     let (status, metrics) = get(port, "/metrics").await.expect("metrics answer");
     assert_eq!(status, 200);
@@ -314,7 +316,7 @@ async fn a_taken_health_port_fails_at_start_with_the_address() {
     let repo = TestRepo::new().await;
     let (cfg, port) = sidecar_config(&repo, &pg, "");
     let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
-    let out = crate::sqlite::pitr(&["run", "-c", cfg.to_str().expect("utf-8")]);
+    let out = crate::support::pitr(&["run", "-c", cfg.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(2), "{}", crate::sqlite::text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -412,7 +414,7 @@ async fn sigterm_during_a_base_backup_and_during_streaming_stops_within_10s_and_
             let end = Instant::now() + Duration::from_secs(6);
             let mut n = 0;
             while Instant::now() < end {
-                let out = Command::new(crate::harness::pg::pg_bin_dir().join("psql"))
+                let out = Command::new(crate::support::pg::pg_bin_dir().join("psql"))
                     .args([&conninfo, "-qAtc"])
                     .arg(
                         "INSERT INTO t (pad) SELECT repeat('y', 500) FROM generate_series(1, 2000)",
@@ -618,7 +620,7 @@ async fn the_restore_api_needs_the_token_stays_under_its_root_and_reports_the_re
     let (status, text) = get_as(port, "/backups", Some(token)).await.expect("answer");
     assert_eq!(status, 200, "{text}");
     let served: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    let out = crate::sqlite::pitr(&["list", "-c", cfg.to_str().expect("utf-8"), "--json"]);
+    let out = crate::support::pitr(&["list", "-c", cfg.to_str().expect("utf-8"), "--json"]);
     assert!(out.status.success(), "{}", crate::sqlite::text(&out));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let keys = |v: &serde_json::Value| {
@@ -687,25 +689,25 @@ async fn the_restore_api_needs_the_token_stays_under_its_root_and_reports_the_re
     );
 
     // Wait until the WAL with the second insert is stored, then restore.
-    let start = Instant::now();
-    let job = loop {
-        let r = client
-            .post(&url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("answer");
-        if r.status().as_u16() == 202 {
-            break r.json::<serde_json::Value>().await.expect("JSON");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{:?}",
-            r.text().await
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let job = eventually(
+        "the restore request accepted (202)",
+        Duration::from_secs(60),
+        async || {
+            let r = client
+                .post(&url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .expect("answer");
+            if r.status().as_u16() == 202 {
+                Ok(r.json::<serde_json::Value>().await.expect("JSON"))
+            } else {
+                Err(format!("{:?}", r.text().await))
+            }
+        },
+    )
+    .await;
     let id = job["id"].as_str().expect("id").to_owned();
     let status = format!("http://127.0.0.1:{port}/restore/{id}");
     assert_eq!(
@@ -718,27 +720,28 @@ async fn the_restore_api_needs_the_token_stays_under_its_root_and_reports_the_re
             .as_u16(),
         401
     );
-    let start = Instant::now();
-    let done = loop {
-        let j: serde_json::Value = client
-            .get(&status)
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("answer")
-            .json()
-            .await
-            .expect("JSON");
-        if j["state"] != "running" {
-            break j;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "{j:#}\n{}",
-            sidecar.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let log = || sidecar.log_text();
+    let done = eventually(
+        "the restore job ended",
+        Duration::from_secs(300),
+        async || {
+            let j: serde_json::Value = client
+                .get(&status)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("answer")
+                .json()
+                .await
+                .expect("JSON");
+            if j["state"] != "running" {
+                Ok(j)
+            } else {
+                Err(with_log(format!("{j:#}"), &log))
+            }
+        },
+    )
+    .await;
     assert_eq!(done["state"], "done", "{done:#}\n{}", sidecar.log_text());
     assert!(done["reached"]["redo_done"].is_string(), "{done:#}");
     assert!(

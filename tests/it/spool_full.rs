@@ -5,13 +5,13 @@
 //! spool drains, acknowledgement catches up and both destinations hold the
 //! WAL without a gap.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pitr::wal::Lsn;
 
-use crate::harness::pg::free_port;
-use crate::harness::{PgCluster, S3Server};
-use crate::sqlite::Sidecar;
+use crate::support::pg::free_port;
+use crate::support::{PgCluster, S3Server};
+use crate::support::{Sidecar, eventually, with_log};
 
 fn restart_lsn(pg: &PgCluster) -> Option<Lsn> {
     pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'")
@@ -53,18 +53,11 @@ async fn until<T>(
     sidecar: &Sidecar,
     mut cond: impl AsyncFnMut() -> Option<T>,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = cond().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < within,
-            "{what} did not happen within {within:?}\nlog:\n{}",
-            sidecar.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let log = || sidecar.log_text();
+    eventually(what, within, async || {
+        cond().await.ok_or_else(|| with_log("not yet", &log))
+    })
+    .await
 }
 
 /// The `spool/full` entry of `/health`'s `problems`, if it is failing.
@@ -92,7 +85,7 @@ async fn a_full_spool_stops_acknowledgement_and_reports_it_until_s3_is_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let (head, fs) =
-        crate::harness::repository_toml(dir.path(), "quorum = 1\nspool_max_bytes = \"1MiB\"\n");
+        crate::support::repository_toml(dir.path(), "quorum = 1\nspool_max_bytes = \"1MiB\"\n");
     let s3 = server.destination_toml("s3", "spoolfull", "");
     let rest = format!(
         "\n[[postgres]]\nname = \"main\"\nconninfo = \"{}\"\nbase_backup = \"off\"\n\n\

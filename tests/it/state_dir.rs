@@ -4,11 +4,11 @@
 //! of its own that no other touches.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::PgCluster;
-use crate::harness::pg::free_port;
-use crate::sqlite::{Sidecar, pitr, text};
+use crate::support::PgCluster;
+use crate::support::pg::free_port;
+use crate::support::{Sidecar, pitr, text};
 
 /// The spool subdirectories (one per writing process) beneath `spool`.
 fn spools(spool: &Path) -> Vec<String> {
@@ -30,7 +30,7 @@ async fn beside_a_running_sidecar_backup_and_retention_work_and_a_second_run_is_
     let port = free_port();
     // Two destinations with a quorum of one: every write goes through a
     // spool.
-    let (head, fs) = crate::harness::repository_toml(dir.path(), "quorum = 1\n");
+    let (head, fs) = crate::support::repository_toml(dir.path(), "quorum = 1\n");
     let second = format!(
         "\n[[destination]]\nname = \"second\"\nkind = \"fs\"\npath = \"{}\"\n",
         dir.path().join("store2").display()
@@ -52,18 +52,20 @@ async fn beside_a_running_sidecar_backup_and_retention_work_and_a_second_run_is_
     pg.psql("SELECT pg_switch_wal()");
     let spool = dir.path().join("state/spool");
     let mine = format!("{}-", sidecar.pid());
-    let start = Instant::now();
-    while !spools(&spool).iter().any(|s| s.starts_with(&mine)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "pitr run claimed no spool of its own in {}: {:?}\n{}",
-            spool.display(),
-            spools(&spool),
-            sidecar.log_text()
-        );
-        pg.psql("INSERT INTO t SELECT max(id) + 1 FROM t; SELECT pg_switch_wal()");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let log = || sidecar.log_text();
+    crate::support::eventually(
+        format!("pitr run claimed a spool of its own in {}", spool.display()),
+        Duration::from_secs(120),
+        async || {
+            let found = spools(&spool);
+            if found.iter().any(|s| s.starts_with(&mine)) {
+                return Ok(());
+            }
+            pg.psql("INSERT INTO t SELECT max(id) + 1 FROM t; SELECT pg_switch_wal()");
+            Err(crate::support::with_log(format!("{found:?}"), &log))
+        },
+    )
+    .await;
 
     // A second sidecar on the same state directory: refused, naming the
     // first one's pid.

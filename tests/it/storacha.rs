@@ -17,7 +17,7 @@ use pitr::ship::storacha::entry_name;
 use pitr::ship::{Destination, PutOutcome, Retrying, StorachaDestination};
 use serde_json::Value;
 
-use crate::harness::storacha::{
+use crate::support::storacha::{
     CredentialOptions, GatewayFault, StorachaCredentials, StorachaHarness,
 };
 
@@ -53,7 +53,7 @@ fn wrapped_cars_and_shard_cids_equal_ipfs_car() {
     let name = entry_name("packs/ab/abcdef0123");
     assert_eq!(name, "pitr%2Fpacks%2Fab%2Fabcdef0123");
     for size in [0usize, 1, 256 << 10, (1 << 20) + 1, 3 << 20] {
-        let data = crate::repo::data(size as u64 + 11, size, 0);
+        let data = crate::support::data(size as u64 + 11, size, 0);
         let (root, shard, theirs) = ipfs_car(dir.path(), &name, &data);
         let ours = pack_named(&name, &data).expect("pack");
         assert_eq!(ours.root.to_string(), root, "{size} B: root CID");
@@ -113,14 +113,14 @@ async fn objects_are_stored_listed_read_and_deleted_with_the_blob_protocol() {
 
     // Enough objects for several upload/list pages (the service answers
     // pages of 20), one of several 1 MiB leaves.
-    let big = Bytes::from(crate::repo::data(7, (3 << 20) + 17, 0));
+    let big = Bytes::from(crate::support::data(7, (3 << 20) + 17, 0));
     let mut keys = Vec::new();
     for i in 0..45u64 {
         let key = format!("packs/{:02x}/object-{i:03}", i % 7);
         let data = if i == 0 {
             big.clone()
         } else {
-            Bytes::from(crate::repo::data(i, 100 + i as usize, 0))
+            Bytes::from(crate::support::data(i, 100 + i as usize, 0))
         };
         assert_eq!(
             d.put_if_absent(&key, data.clone()).await.expect("put"),
@@ -229,7 +229,7 @@ async fn pitr_reads_an_upload_the_js_client_made() {
     let creds = h.credentials(&CredentialOptions::default());
     let dir = tempfile::tempdir().expect("tempdir");
     let key = "test/made-by-js";
-    let data = crate::repo::data(5, (2 << 20) + 3, 0);
+    let data = crate::support::data(5, (2 << 20) + 3, 0);
     let file = dir.path().join("bytes");
     std::fs::write(&file, &data).expect("write");
     // A directory with one file named as pitr names the key.
@@ -313,7 +313,7 @@ async fn gateway_failures_are_bounded_and_only_transient_ones_are_retried() {
     let h = StorachaHarness::start();
     let creds = h.credentials(&CredentialOptions::default());
     let d = retrying(StorachaDestination::new("storacha", &config(&h, &creds)));
-    let data = Bytes::from(crate::repo::data(9, (1 << 20) + 99, 0));
+    let data = Bytes::from(crate::support::data(9, (1 << 20) + 99, 0));
     d.put_if_absent("test/z", data.clone()).await.expect("put");
     let root = d
         .stored_content_id("test/z")
@@ -362,7 +362,7 @@ fn check_reports_the_space_and_the_proofs_abilities() {
     let h = StorachaHarness::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |creds: &StorachaCredentials| {
-        let (head, _) = crate::harness::repository_toml(dir.path(), "");
+        let (head, _) = crate::support::repository_toml(dir.path(), "");
         let cfg = dir.path().join("pitr.toml");
         std::fs::write(
             &cfg,
@@ -374,7 +374,7 @@ fn check_reports_the_space_and_the_proofs_abilities() {
             .arg(&cfg)
             .output()
             .expect("pitr init");
-        let init = crate::harness::text(&out);
+        let init = crate::support::text(&out);
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
             .args(["check", "-c"])
             .arg(&cfg)
@@ -382,7 +382,7 @@ fn check_reports_the_space_and_the_proofs_abilities() {
             .expect("pitr check");
         (
             out.status.success(),
-            format!("{init}\n{}", crate::harness::text(&out)),
+            format!("{init}\n{}", crate::support::text(&out)),
         )
     };
     let creds = h.credentials(&CredentialOptions::default());
@@ -427,13 +427,13 @@ fn cid_triples(stdout: &[u8]) -> Vec<(String, String, String)> {
 /// (through the gateway) is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_from_storacha_alone_is_exact() {
-    use crate::harness::PgCluster;
-    use crate::pitr_restore::{between, write_row};
+    use crate::support::PgCluster;
+    use crate::support::{between, write_row};
     let h = StorachaHarness::start();
     let creds = h.credentials(&CredentialOptions::default());
     let pg = PgCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (head, fs) = crate::harness::repository_toml(
+    let (head, fs) = crate::support::repository_toml(
         dir.path(),
         "\n[verify]\nschedule = \"off\"\n\n[retention]\nschedule = \"off\"\n\n[scrub]\nschedule = \"off\"\n",
     );
@@ -458,7 +458,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
             .output()
             .expect("run pitr")
     };
-    let show = |o: &std::process::Output| crate::harness::text(o);
+    let show = |o: &std::process::Output| crate::support::text(o);
     let out = pitr(&both, &["init"]);
     assert!(out.status.success(), "{}", show(&out));
 
@@ -470,7 +470,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
     .await
     .expect("open");
     pg.psql("CREATE TABLE oracle (id int PRIMARY KEY, at timestamptz NOT NULL)");
-    let streamer = crate::pitr_restore::Streamer::start(&repo, &pg, "pitr");
+    let streamer = crate::support::Streamer::start(&repo, &pg, "pitr");
     streamer.caught_up(&pg).await;
     let out = pitr(&both, &["backup", "--wait-wal", "60"]);
     assert!(out.status.success(), "{}", show(&out));

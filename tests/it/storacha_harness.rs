@@ -1,4 +1,4 @@
-//! The Storacha harness (`tests/storacha/`, `harness::storacha`) works end
+//! The Storacha harness (`tests/storacha/`, `support::storacha`) works end
 //! to end with Storacha's own JS client before pitr's destination is tested
 //! against it: the client uploads with the W3_PRINCIPAL / W3_PROOF the
 //! harness made, lists to the end, and reads the bytes back through the
@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use crate::harness::storacha::{CredentialOptions, GatewayFault, StorachaHarness};
-use crate::harness::text;
+use crate::support::storacha::{CredentialOptions, GatewayFault, StorachaHarness};
+use crate::support::text;
 
 /// `len` pseudo-random bytes (a fixed xorshift: no two files alike, no
 /// dedup between them).

@@ -12,11 +12,10 @@ use pitr::repo::Repository;
 use pitr::sqlite::{Step, WatchOptions, Watcher};
 use pitr::verify::{DatabaseKind, VerifyStatus, last_reports};
 
-use crate::harness::{PgCluster, text};
-use crate::pitr_restore::{
-    Streamer, hang_pack_of, interrupt, processes_in, while_running, write_row,
-};
-use crate::repo::TestRepo;
+use crate::pitr_restore::{hang_pack_of, interrupt, processes_in, while_running};
+use crate::support::TestRepo;
+use crate::support::{PgCluster, text};
+use crate::support::{Streamer, write_row};
 
 /// A config for `repo` (with its identity) whose other schedules are off,
 /// test restores staged in a scratch directory PostgreSQL's user can enter.

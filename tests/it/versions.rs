@@ -9,7 +9,7 @@
 //! Kept cheap (pgbench scale 2, 400 transactions): the whole group is
 //! minutes on two cores. Run one major with `cargo test --test it
 //! versions::pg17`. A cluster of major N comes from
-//! `PgCluster::start_major(N)` (binaries as `harness::pg::pg_bin_dir_for`
+//! `PgCluster::start_major(N)` (binaries as `support::pg::pg_bin_dir_for`
 //! finds them: `.ci/setup` installs them).
 
 use std::fs;
@@ -22,8 +22,8 @@ use pitr::repo::Repository;
 use pitr::wal::{ConnInfo, Decoder, Lsn, RecordKind, Segment, WalFormat, WalStore};
 use tokio::sync::watch;
 
-use crate::harness::PgCluster;
-use crate::pitr_restore::Streamer;
+use crate::support::PgCluster;
+use crate::support::Streamer;
 use crate::wal_decode::{Dumped, dumped_time, parse_dump_line, pg_waldump, pgbench};
 use crate::wal_fetch::Setup;
 
@@ -81,14 +81,18 @@ async fn core_scenarios(major: u32) {
     let streamer = Streamer::start(&repo, &pg, "pitr");
     // Everything after the slot exists is streamed: wait for it, so that
     // every pgbench commit below is in the WAL compared.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr'") != "1" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the streamer made no slot"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::eventually(
+        "the streamer's slot",
+        Duration::from_secs(60),
+        async || match pg
+            .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr'")
+            .as_str()
+        {
+            "1" => Ok(()),
+            n => Err(format!("{n} slots named pitr")),
+        },
+    )
+    .await;
 
     pgbench(&pg, &["-i", "-s", "2", "-q"]);
     // A count of transactions, not a duration: the same WAL on any machine.
@@ -143,7 +147,7 @@ async fn core_scenarios(major: u32) {
 
     // `pitr check` reads what streaming needs on this major, and names the
     // binaries a restore of it would use.
-    let bin = crate::harness::pg::pg_bin_dir_for(major);
+    let bin = crate::support::pg::pg_bin_dir_for(major);
     let check = Command::new(env!("CARGO_BIN_EXE_pitr"))
         .args(["check", "-c"])
         .arg(setup.config_path())
@@ -165,7 +169,7 @@ async fn core_scenarios(major: u32) {
     // Without them, and with test restores scheduled, the check fails and
     // names the major and where it looked. (Debian's 15 is found in its
     // usual place; the other majors are only where .ci/setup put them.)
-    if major != crate::harness::pg::DEFAULT_MAJOR {
+    if major != crate::support::pg::DEFAULT_MAJOR {
         let check = Command::new(env!("CARGO_BIN_EXE_pitr"))
             .args(["check", "-c"])
             .arg(setup.config_path())
@@ -358,18 +362,15 @@ fn checksums(major: u32) -> ManifestChecksums {
 /// Waits (bounded) until the streamer stored WAL up to `end`.
 async fn wait_stored(repo: &Repository, end: Lsn) {
     let store = WalStore::new(repo.clone(), "main");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while store
-        .stored_end(1)
-        .expect("catalog")
-        .is_none_or(|(stored, _)| stored < end)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the streamer did not store WAL up to {end}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::eventually(
+        format!("the streamer stored WAL up to {end}"),
+        Duration::from_secs(60),
+        async || match store.stored_end(1).expect("catalog") {
+            Some((stored, _)) if stored >= end => Ok(()),
+            stored => Err(format!("stored {stored:?}")),
+        },
+    )
+    .await;
 }
 
 /// A loopback server that answers every startup as PostgreSQL 13 would
@@ -424,13 +425,13 @@ async fn fake_pg13() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 async fn an_unsupported_major_is_refused_once_shown_on_health_and_alerted_once() {
     const TOKEN: &str = "versions-test-token-0123456789abcdef";
     let (pg_port, connections) = fake_pg13().await;
-    let repo = crate::repo::TestRepo::new().await;
-    let hook = crate::harness::WebhookReceiver::start().await;
+    let repo = crate::support::TestRepo::new().await;
+    let hook = crate::support::WebhookReceiver::start().await;
     let cfg = repo.write_config(&[(
         "main",
         &format!("host=127.0.0.1 port={pg_port} user=postgres dbname=postgres sslmode=disable"),
     )]);
-    let port = crate::harness::pg::free_port();
+    let port = crate::support::pg::free_port();
     let text = fs::read_to_string(&cfg).expect("read config");
     fs::write(
         &cfg,
@@ -441,39 +442,38 @@ async fn an_unsupported_major_is_refused_once_shown_on_health_and_alerted_once()
         ),
     )
     .expect("write config");
-    let sidecar = crate::sqlite::Sidecar::start(&cfg);
+    let sidecar = crate::support::Sidecar::start(&cfg);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let summary = loop {
-        let body: Option<serde_json::Value> = async {
-            // The refusal's text is behind the token (an unauthenticated
-            // caller sees states and figures only).
-            let r = reqwest::Client::new()
-                .get(format!("http://127.0.0.1:{port}/health"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .ok()?;
-            r.json().await.ok()
-        }
-        .await;
-        let stream = body.as_ref().and_then(|b| {
-            b["problems"]
-                .as_array()?
-                .iter()
-                .find(|p| p["id"] == "postgres/main/stream")
-                .and_then(|p| p["summary"].as_str().map(str::to_owned))
-        });
-        if let Some(s) = stream.filter(|s| s.contains("not retried")) {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/health shows no refusal: {body:?}\n{}",
-            sidecar.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let log = || sidecar.log_text();
+    let summary = crate::support::eventually(
+        "/health shows the refusal",
+        Duration::from_secs(60),
+        async || {
+            let body: Option<serde_json::Value> = async {
+                // The refusal's text is behind the token (an unauthenticated
+                // caller sees states and figures only).
+                let r = reqwest::Client::new()
+                    .get(format!("http://127.0.0.1:{port}/health"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .ok()?;
+                r.json().await.ok()
+            }
+            .await;
+            let stream = body.as_ref().and_then(|b| {
+                b["problems"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["id"] == "postgres/main/stream")
+                    .and_then(|p| p["summary"].as_str().map(str::to_owned))
+            });
+            stream
+                .filter(|s| s.contains("not retried"))
+                .ok_or_else(|| crate::support::with_log(format!("{body:?}"), &log))
+        },
+    )
+    .await;
     assert!(
         summary.contains("13.16") && summary.contains("14, 15, 16, 17 and 18"),
         "{summary}"

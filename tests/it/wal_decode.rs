@@ -13,7 +13,7 @@ use pitr::wal::{
     DecodeErrorKind, Decoder, Lsn, Record, RecordKind, Segment, SegmentIndex, index_segment,
 };
 
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 /// One line of `pg_waldump` output, the fields we compare.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use pitr::repo::{RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
 use pitr::wal::{Segment, WalStore};
 
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 const SEG: u64 = 16 << 20;
 
@@ -329,14 +329,22 @@ async fn wal_fetch_prefetches_the_next_segments() {
     // The detached prefetcher spools the following segments (bounded wait).
     let spool = setup.dir.path().join("state/prefetch/main");
     let expected: Vec<&String> = segments[1..].iter().take(4).map(|(n, _)| n).collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !expected.iter().all(|n| spool.join(n).is_file()) || spool.join(".lock").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "prefetcher did not spool {expected:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    crate::support::eventually_blocking(
+        format!("the prefetcher spooled {expected:?}"),
+        std::time::Duration::from_secs(60),
+        || {
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|n| !spool.join(n).is_file())
+                .collect();
+            let locked = spool.join(".lock").exists();
+            if missing.is_empty() && !locked {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}, lock held: {locked}"))
+            }
+        },
+    );
     // With the store gone, the next segment still comes, from the spool,
     // byte-identical; the spool gives it up.
     std::fs::remove_dir_all(setup.dir.path().join("store/packs")).expect("rm packs");

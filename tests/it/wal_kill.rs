@@ -13,8 +13,8 @@ use pitr::repo::{RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
 use pitr::wal::{Lsn, Segment, WalStore};
 
-use crate::harness::query_lsn as server_lsn;
-use crate::harness::{PgCluster, run_as_pg_user};
+use crate::support::query_lsn as server_lsn;
+use crate::support::{PgCluster, run_as_pg_user};
 
 const SEG: u64 = 16 << 20;
 
@@ -112,23 +112,17 @@ schedule = "off"
             .status()
             .expect("kill -TERM");
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = c.try_wait().expect("wait") {
-                let mut err = String::new();
-                if let Some(mut e) = c.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                assert!(status.success(), "pitr run exited {status}: {err}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pitr run did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        let status = crate::support::eventually_blocking(
+            "pitr run stopped on SIGTERM",
+            Duration::from_secs(60),
+            || c.try_wait().expect("wait").ok_or("still running"),
+        );
+        let mut err = String::new();
+        if let Some(mut e) = c.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
         }
+        assert!(status.success(), "pitr run exited {status}: {err}");
     }
 
     /// A reader of the store with its own, fresh catalog.
@@ -242,14 +236,19 @@ async fn sigkill_during_pgbench_loses_nothing_and_acknowledges_nothing_early() {
     let target = server_lsn(&db, "SELECT pg_current_wal_flush_lsn()::text")
         .await
         .expect("lsn");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while check_invariant(&db, &reader).await < target {
-        assert!(
-            Instant::now() < deadline,
-            "streaming did not reach {target}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::support::eventually(
+        format!("streaming reached {target}"),
+        Duration::from_secs(90),
+        async || {
+            let at = check_invariant(&db, &reader).await;
+            if at >= target {
+                Ok(())
+            } else {
+                Err(format!("at {at}"))
+            }
+        },
+    )
+    .await;
     sidecar.terminate();
     check_invariant(&db, &reader).await;
     assert!(

@@ -12,9 +12,9 @@ use pitr::ship::{Destination, Fanout, FsDestination};
 use pitr::wal::{ConnInfo, Lsn, Progress, Segment, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};
 
-use crate::harness::PgCluster;
-use crate::harness::query_lsn as lsn;
-use crate::repo::TestRepo;
+use crate::support::PgCluster;
+use crate::support::TestRepo;
+use crate::support::query_lsn as lsn;
 
 const SEG: u64 = 16 << 20;
 
@@ -71,16 +71,18 @@ async fn wait_flushed(
     store: &WalStore,
     target: Lsn,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while rx.borrow().flushed < target {
-        check_invariant(db, store).await;
-        assert!(
-            Instant::now() < deadline,
-            "streaming did not reach {target}: {:?}",
-            *rx.borrow()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::eventually(
+        format!("streaming reached {target}"),
+        Duration::from_secs(90),
+        async || {
+            if rx.borrow().flushed >= target {
+                return Ok(());
+            }
+            check_invariant(db, store).await;
+            Err(format!("{:?}", *rx.borrow()))
+        },
+    )
+    .await;
     check_invariant(db, store).await;
 }
 

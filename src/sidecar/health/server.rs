@@ -455,7 +455,7 @@ async fn start_restore(
             Ok(again) if again.replace == opts.force => {
                 crate::restore::restore(&repo, &plan, &opts)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| crate::sidecar::with_causes(&e))
             }
             Ok(_) => Err(format!(
                 "{}: the directory changed between the request and the restore; nothing was removed, ask again",

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::harness::{PgCluster, text};
-use crate::pitr_restore::{Streamer, between, write_row};
-use crate::repo::TestRepo;
+use crate::support::TestRepo;
+use crate::support::{PgCluster, text};
+use crate::support::{Streamer, between, write_row};
 
 fn pitr(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pitr"))
@@ -247,7 +247,8 @@ async fn export_of_an_empty_repository_is_not_possible() {
 
 #[test]
 fn sqlite_export_restores_alone() {
-    use crate::sqlite::{Sidecar, restore_ok, sqlite_config, sqlite3};
+    use crate::sqlite::{restore_ok, sqlite_config, sqlite3};
+    use crate::support::Sidecar;
     use std::time::Duration;
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");

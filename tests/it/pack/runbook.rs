@@ -9,10 +9,10 @@
 use std::path::Path;
 use std::process::{Child, Command};
 
-use crate::harness::pg::{free_port, pg_bin_dir};
-use crate::harness::{PgCluster, run_as_pg_user};
-use crate::pitr_restore::{Streamer, between, write_row};
-use crate::repo::TestRepo;
+use crate::support::TestRepo;
+use crate::support::pg::{free_port, pg_bin_dir};
+use crate::support::{PgCluster, run_as_pg_user};
+use crate::support::{Streamer, between, write_row};
 
 /// The commands of the runbook section, in order, without comments.
 fn runbook_commands() -> Vec<String> {
@@ -55,31 +55,31 @@ fn step_name(command: &str) -> String {
 /// Waits (bounded) until the slot `pitr` is active on the cluster at
 /// `socket`/`port`.
 fn wait_for_active_slot(socket: &Path, port: u16) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let out = run_as_pg_user(Command::new(pg_bin_dir().join("psql")).args([
-            "-h",
-            socket.to_str().expect("utf-8"),
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-Atc",
-            "SELECT active FROM pg_replication_slots WHERE slot_name = 'pitr'",
-        ]))
-        .output()
-        .expect("psql");
-        if String::from_utf8_lossy(&out.stdout).trim() == "t" {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pitr run did not start streaming from the restored cluster: {out:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    crate::support::eventually_blocking(
+        "pitr run streams from the restored cluster",
+        std::time::Duration::from_secs(60),
+        || {
+            let out = run_as_pg_user(Command::new(pg_bin_dir().join("psql")).args([
+                "-h",
+                socket.to_str().expect("utf-8"),
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-Atc",
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'pitr'",
+            ]))
+            .output()
+            .expect("psql");
+            if String::from_utf8_lossy(&out.stdout).trim() == "t" {
+                Ok(())
+            } else {
+                Err(format!("{out:?}"))
+            }
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

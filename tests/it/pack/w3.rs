@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 use serde_yaml_ng::Value;
 
-use crate::harness::text;
+use crate::support::text;
 
 /// What pitr invokes on a space (docs/DESTINATIONS.md).
 const ABILITIES: [&str; 7] = [
@@ -48,7 +48,7 @@ fn did_in(s: &str) -> String {
 /// principal, proof and space come from the environment, as the workflows
 /// give them.
 fn check(dir: &Path, principal: &str, proof: &str, space: &str) -> Output {
-    let (head, _) = crate::harness::repository_toml(dir, "");
+    let (head, _) = crate::support::repository_toml(dir, "");
     let config = dir.join("pitr.toml");
     std::fs::write(
         &config,

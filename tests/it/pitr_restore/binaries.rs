@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use super::{Env, Streamer, backup, create_oracle, is_empty_or_missing, text, write_row};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 /// The majors pitr supports, each installed here by `.ci/setup`.
 const MAJORS: [u32; 5] = [14, 15, 16, 17, 18];

@@ -11,8 +11,8 @@ use super::{
     Env, Streamer, backup, create_oracle, hang_pack_of, interrupt, is_empty_or_missing,
     processes_in, restore_and_read, text, while_running, write_row,
 };
-use crate::harness::PgCluster;
-use crate::repo::TestRepo;
+use crate::support::PgCluster;
+use crate::support::TestRepo;
 
 /// A cluster with a backup, three rows, a few switched segments and three
 /// more rows in the open segment, all stored; the streamer stopped.

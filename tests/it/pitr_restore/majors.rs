@@ -20,7 +20,7 @@ use super::{
     Env, Streamer, backup, between, create_oracle, expected, restore_and_read_major, text,
     write_row,
 };
-use crate::harness::{PgCluster, run_as_pg_user};
+use crate::support::{PgCluster, run_as_pg_user};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pg14() {

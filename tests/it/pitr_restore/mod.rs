@@ -18,12 +18,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use pitr::repo::Repository;
-use pitr::wal::{ConnInfo, Lsn, Progress, StreamOptions, stream};
-use tokio::sync::{oneshot, watch};
 
-use crate::harness::PgCluster;
-pub use crate::harness::text;
-use crate::repo::TestRepo;
+pub use crate::support::text;
+use crate::support::{PgCluster, Streamer, TestRepo, between, write_row};
 
 /// A repository with a config file the binary uses, for one `[[postgres]]`
 /// entry named `main`.
@@ -55,67 +52,6 @@ impl Env {
     }
 }
 
-/// The WAL streamer in the background, as `pitr run` runs it.
-pub struct Streamer {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), pitr::wal::StreamError>>,
-    progress: watch::Receiver<Progress>,
-}
-
-impl Streamer {
-    pub fn start(repo: &Repository, pg: &PgCluster, slot: &str) -> Streamer {
-        let info = ConnInfo::parse(&pg.conninfo("postgres")).expect("conninfo");
-        let mut o = StreamOptions::new("main", info, slot);
-        o.partial_interval = Duration::from_millis(200);
-        o.status_interval = Duration::from_millis(500);
-        let (tx, progress) = watch::channel(Progress::default());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(stream(repo.clone(), o, tx, async {
-            let _ = stopped.await;
-        }));
-        Streamer {
-            stop: Some(stop),
-            task,
-            progress,
-        }
-    }
-
-    /// The flush position acknowledged to the server so far.
-    pub fn flushed(&self) -> Lsn {
-        self.progress.borrow().flushed
-    }
-
-    /// Waits (bounded) until everything the server has written so far is
-    /// stored and acknowledged.
-    pub async fn caught_up(&self, pg: &PgCluster) {
-        let lsn: Lsn = pg
-            .psql("SELECT pg_current_wal_lsn()")
-            .parse()
-            .expect("an LSN");
-        for _ in 0..600 {
-            if self.progress.borrow().flushed >= lsn {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "the WAL up to {lsn} was not stored within 30 s: {:?}",
-            *self.progress.borrow()
-        );
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the streamer stops")
-            .expect("no panic")
-            .expect("no error");
-    }
-}
-
 /// Takes a base backup with `pitr backup` (the binary), restorable once the
 /// streamer has stored its WAL; returns its id.
 fn backup(env: &Env) -> String {
@@ -135,25 +71,10 @@ fn create_oracle(pg: &PgCluster) {
     pg.psql("CREATE TABLE oracle (id int PRIMARY KEY, at timestamptz NOT NULL)");
 }
 
-/// Commits row `id` and returns its stamp.
-pub fn write_row(pg: &PgCluster, id: u32) -> Timestamp {
-    let at = pg.psql(&format!(
-        "INSERT INTO oracle VALUES ({id}, clock_timestamp()) RETURNING at"
-    ));
-    pitr::restore::parse_time(&at).expect("a timestamptz")
-}
-
-/// The midpoint of two stamps.
-pub fn between(a: Timestamp, b: Timestamp) -> Timestamp {
-    let half = b.duration_since(a).as_nanos() / 2;
-    a.checked_add(jiff::SignedDuration::from_nanos(half as i64))
-        .expect("a time")
-}
-
 /// Restores with the binary into a fresh cluster directory, starts it on
 /// its own and returns it with the ids of its oracle rows.
 fn restore_and_read(env: &Env, args: &[&str]) -> (PgCluster, Vec<u32>, String) {
-    restore_and_read_major(env, crate::harness::pg::DEFAULT_MAJOR, args)
+    restore_and_read_major(env, crate::support::pg::DEFAULT_MAJOR, args)
 }
 
 /// [`restore_and_read`] for a backup of PostgreSQL `major`, started with
@@ -235,8 +156,7 @@ pub fn while_running<T>(
     what: &str,
     mut found: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    crate::support::eventually_blocking(what, Duration::from_secs(120), || {
         if let Some(status) = child.try_wait().expect("try_wait") {
             use std::io::Read;
             let (mut stdout, mut stderr) = (String::new(), String::new());
@@ -248,28 +168,21 @@ pub fn while_running<T>(
             }
             panic!("pitr ended ({status}) before {what}:\nstdout:\n{stdout}\nstderr:\n{stderr}");
         }
-        if let Some(v) = found() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        found().ok_or("pitr runs, nothing yet")
+    })
 }
 
 /// Sends `signal` to `child` and waits at most 60 s for it to exit.
 pub fn interrupt(mut child: std::process::Child, signal: nix::sys::signal::Signal) -> Output {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("kill");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().expect("try_wait").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pitr did not exit within 60 s of {signal}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::support::eventually_blocking(
+        format!("pitr exited after {signal}"),
+        Duration::from_secs(60),
+        || match child.try_wait().expect("try_wait") {
+            Some(_) => Ok(()),
+            None => Err("still running"),
+        },
+    );
     child.wait_with_output().expect("output")
 }
 

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use super::{
     Env, Streamer, backup, between, create_oracle, expected, restore_and_read, text, write_row,
 };
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 /// `pitr plan --at t --json`, parsed.
 fn plan_json(env: &Env, t: Timestamp) -> serde_json::Value {

@@ -1,7 +1,7 @@
 //! `--name`, `--lsn` and `--latest` restore exactly too.
 
 use super::{Env, Streamer, backup, create_oracle, restore_and_read, text, write_row};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn name_lsn_and_latest_targets_restore_exactly() {
@@ -160,15 +160,14 @@ async fn no_recover_stages_a_directory_postgres_recovers_with_wal_fetch() {
     // PostgreSQL 15 would refuse the RFC 3339 `Z` spelling here.
     assert!(auto.contains("+00'"), "{auto}");
     restored.start_filled("");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while restored.psql("SELECT pg_is_in_recovery()") != "f" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            restored.log_tail()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    crate::support::eventually_blocking(
+        "the restored cluster left recovery",
+        std::time::Duration::from_secs(60),
+        || match restored.psql("SELECT pg_is_in_recovery()").as_str() {
+            "f" => Ok(()),
+            _ => Err(restored.log_tail()),
+        },
+    );
     assert_eq!(
         restored.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM oracle"),
         "1,2"

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Env, Streamer, backup, between, create_oracle, restore_and_read, text, write_row};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn times_on_both_sides_of_a_fork_restore_exactly() {

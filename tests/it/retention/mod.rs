@@ -14,7 +14,7 @@ use pitr::config::Config;
 use pitr::repo::{Chunking, Forget, Repository};
 use pitr::retention::{self, RunOptions, Scope};
 
-use crate::repo::{TestRepo, data};
+use crate::support::{TestRepo, data};
 
 /// Runs retention through the API with grace `grace`.
 async fn gc(repo: &Repository, config: &Config, grace: Duration) -> retention::RetentionPlan {
@@ -743,14 +743,19 @@ async fn packs_no_commit_names_are_collected_but_not_a_writers_in_flight() {
     .expect("put");
     // Its first pack uploads in the background: wait (bounded) until the
     // destination lists it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while repo.fanout().list("packs/").await.expect("list").len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer's pack was not uploaded in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::eventually(
+        "the writer's pack uploaded",
+        Duration::from_secs(30),
+        async || {
+            let packs = repo.fanout().list("packs/").await.expect("list").len();
+            if packs >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{packs} packs listed"))
+            }
+        },
+    )
+    .await;
     let plan = gc(&repo, &config, Duration::ZERO).await;
     assert_eq!(
         plan.gc
@@ -811,14 +816,19 @@ async fn a_writer_begun_while_garbage_is_planned_keeps_its_pack() {
     )
     .await
     .expect("put");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while repo.fanout().list("packs/").await.expect("list").is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer's pack was not uploaded in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::eventually(
+        "the writer's pack uploaded",
+        Duration::from_secs(30),
+        async || {
+            let packs = repo.fanout().list("packs/").await.expect("list").len();
+            if packs >= 1 {
+                Ok(())
+            } else {
+                Err("no pack listed")
+            }
+        },
+    )
+    .await;
     let opts = RunOptions {
         now: planned,
         grace: Duration::ZERO,

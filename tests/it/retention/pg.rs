@@ -16,9 +16,9 @@ use pitr::retention::{self, RunOptions, Scope};
 use pitr::wal::ConnInfo;
 use tokio::sync::watch;
 
-use crate::harness::{PgCluster, text};
-use crate::pitr_restore::Streamer;
-use crate::repo::{TestRepo, data};
+use crate::support::Streamer;
+use crate::support::{PgCluster, text};
+use crate::support::{TestRepo, data};
 
 struct Env {
     t: TestRepo,

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use pitr::sqlite::{Step, WatchOptions, Watcher};
 
-use crate::repo::TestRepo;
-use crate::sqlite::{add_sqlite, pitr, restore_ok, rows, text};
+use crate::sqlite::{add_sqlite, restore_ok, rows, text};
+use crate::support::TestRepo;
+use crate::support::pitr;
 
 async fn capture(w: &mut Watcher, snapshot: bool) {
     match w.step(true).await {

@@ -9,11 +9,11 @@ mod throughput;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-pub use crate::harness::text;
-use crate::repo::TestRepo;
+use crate::support::TestRepo;
+pub use crate::support::{Sidecar, pitr, text};
 
 /// Held by the tests that measure time or push a gigabyte (the oracles, the
 /// throughput ratio, the 1 GiB capture): run side by side on a 2-core
@@ -47,18 +47,6 @@ pub fn sqlite_config(repo: &TestRepo, name: &str, db: &Path) -> PathBuf {
     cfg
 }
 
-/// Runs `pitr` with a clean `PITR_*` environment.
-pub fn pitr(args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
-    cmd.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PITR_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.output().expect("run pitr")
-}
-
 /// The `sqlite3` shell's answer to `sql` on `db`, trimmed.
 pub fn sqlite3(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3")
@@ -68,88 +56,6 @@ pub fn sqlite3(db: &Path, sql: &str) -> String {
         .expect("the sqlite3 shell (installed by .ci/setup)");
     assert!(out.status.success(), "sqlite3 {sql}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// `pitr run` in the background; stopped with SIGTERM when dropped.
-pub struct Sidecar {
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl Sidecar {
-    pub fn start(cfg: &Path) -> Sidecar {
-        let log = cfg.with_file_name(format!(
-            "pitr-run-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos()
-        ));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PITR_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .args(["run", "-c"])
-            .arg(cfg)
-            .env("PITR_LOG", "pitr=info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start pitr run");
-        Sidecar { child, log }
-    }
-
-    /// The process id of this `pitr run`.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log has `n` stored captures.
-    pub fn wait_captures(&self, n: usize, within: Duration) {
-        let start = Instant::now();
-        while self.log_text().matches("stored an SQLite capture").count() < n {
-            assert!(
-                start.elapsed() < within,
-                "fewer than {n} captures within {within:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, then waits; asserts a clean exit.
-    pub fn stop(mut self) -> String {
-        self.terminate();
-        let status = self.child.wait().expect("wait");
-        let log = self.log_text();
-        assert_eq!(status.code(), Some(0), "pitr run exit:\n{log}");
-        log
-    }
-
-    fn terminate(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// One commit the writer reported.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pitr::wal::conn::{ConnError, PasswordSource};
 
 use super::{connect, connect_err, eventually, info, within};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 const HBA: &str = "\
 local all         all                      trust
@@ -55,12 +55,17 @@ async fn password_methods_work_and_refusals_say_what_to_do() {
     };
 
     // Until the reload lands, nohba is still trusted.
-    let err = eventually("pg_hba.conf reloaded", Duration::from_secs(10), || async {
-        let nohba = as_user("nohba", "nohba-secret");
-        within("connect", pitr::wal::ReplicationClient::connect(&nohba))
-            .await
-            .err()
-    })
+    let err = eventually(
+        "pg_hba.conf reloaded",
+        Duration::from_secs(10),
+        async || {
+            let nohba = as_user("nohba", "nohba-secret");
+            match within("connect", pitr::wal::ReplicationClient::connect(&nohba)).await {
+                Ok(_) => Err("nohba still connects"),
+                Err(e) => Ok(e),
+            }
+        },
+    )
     .await;
     assert!(matches!(err, ConnError::NoHbaEntry { .. }), "{err:?}");
     assert_eq!(err.sqlstate(), Some("28000"));

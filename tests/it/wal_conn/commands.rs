@@ -8,7 +8,7 @@ use pitr::wal::conn::{ConnError, CopyOutEvent, Host, ReplMessage};
 use pitr::wal::{Lsn, history_file_name};
 
 use super::{connect, connect_err, conninfo, eventually, info, within};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 #[tokio::test]
 async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
@@ -183,8 +183,12 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
     fs::write(pg.data_dir().join("recovery.signal"), "").expect("recovery.signal");
     pg.start_again();
     // Hot standby lets pg_ctl return while recovery still runs.
-    eventually("recovery ends", Duration::from_secs(20), || async {
-        (pg.psql("SELECT pg_is_in_recovery()") == "f").then_some(())
+    eventually("recovery ends", Duration::from_secs(20), async || match pg
+        .psql("SELECT pg_is_in_recovery()")
+        .as_str()
+    {
+        "f" => Ok(()),
+        _ => Err("in recovery"),
     })
     .await;
     let mut client = connect(&conninfo(&pg, "")).await;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pitr::wal::conn::{ConnError, ConnInfo, ReplicationClient};
 
-use crate::harness::PgCluster;
+use crate::support::{PgCluster, eventually};
 
 /// The longest any single network step may take in these tests.
 const STEP: Duration = Duration::from_secs(30);
@@ -55,22 +55,6 @@ async fn connect_err(info: &ConnInfo) -> ConnError {
     match within("connect", ReplicationClient::connect(info)).await {
         Ok(c) => panic!("connecting as {} to {} succeeded", info.user, c.target()),
         Err(e) => e,
-    }
-}
-
-/// Polls `check` until it returns `Some` or `limit` passes.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

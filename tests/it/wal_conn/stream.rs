@@ -8,7 +8,7 @@ use pitr::wal::conn::{ConnError, ReplMessage, ReplicationStream, pg_now_micros};
 use pitr::wal::{Lsn, Segment};
 
 use super::{connect, conninfo, eventually, within};
-use crate::harness::PgCluster;
+use crate::support::PgCluster;
 
 const SEG: u64 = 16 << 20;
 
@@ -93,7 +93,7 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
         .send_status(seg_end, seg_end, seg_end, false)
         .await
         .expect("status");
-    let flush = eventually("flush_lsn reported", Duration::from_secs(10), || async {
+    let flush = eventually("flush_lsn reported", Duration::from_secs(10), async || {
         let row = sql
             .query_opt(
                 "SELECT flush_lsn::text FROM pg_stat_replication WHERE pid = $1",
@@ -102,7 +102,10 @@ async fn streams_a_segment_acknowledges_and_answers_keepalives() {
             .await
             .expect("pg_stat_replication");
         let flush: Option<String> = row.and_then(|r| r.get(0));
-        flush.filter(|f| *f == seg_end.to_string())
+        match flush {
+            Some(f) if f == seg_end.to_string() => Ok(f),
+            other => Err(format!("flush_lsn {other:?}")),
+        }
     })
     .await;
     assert_eq!(flush, seg_end.to_string());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pitr::wal::conn::ConnError;
 
 use super::{connect, connect_err, eventually, info, within};
-use crate::harness::{PgCluster, run_as_pg_user};
+use crate::support::{PgCluster, run_as_pg_user};
 
 /// Runs openssl in `dir` as the server's user, so the key it writes is the
 /// server's to read.
@@ -119,11 +119,15 @@ async fn sslmodes_encrypt_and_verify_as_libpq_does() {
 
     let base = format!("port={} user=postgres", pg.port());
     let require = info(&format!("host=127.0.0.1 {base} sslmode=require"));
-    let client = eventually("ssl = on took effect", Duration::from_secs(10), || async {
-        within("connect", pitr::wal::ReplicationClient::connect(&require))
-            .await
-            .ok()
-    })
+    let client = eventually(
+        "ssl = on took effect",
+        Duration::from_secs(10),
+        async || {
+            within("connect", pitr::wal::ReplicationClient::connect(&require))
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
     .await;
     assert!(client.is_tls());
     let sql = pg.connect().await;

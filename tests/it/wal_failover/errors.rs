@@ -13,8 +13,8 @@ use pitr::wal::{
 use tokio::sync::watch;
 
 use super::{Streamer, lsn, options, options_for, stored_end, within, write_wal};
-use crate::harness::PgCluster;
-use crate::repo::TestRepo;
+use crate::support::PgCluster;
+use crate::support::TestRepo;
 
 /// One pass of the streamer, which must fail.
 async fn pass_fails(repo: &Repository, opts: &StreamOptions) -> StreamError {

@@ -13,7 +13,7 @@ mod timeline;
 
 use std::future::Future;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pitr::repo::Repository;
 use pitr::wal::conn::DEFAULT_APPLICATION_NAME;
@@ -21,8 +21,8 @@ use pitr::wal::{ConnInfo, Lsn, Progress, Segment, StreamError, StreamOptions, Wa
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::harness::PgCluster;
-use crate::harness::query_lsn as lsn;
+use crate::support::query_lsn as lsn;
+use crate::support::{PgCluster, eventually};
 
 const SEG: u64 = 16 << 20;
 
@@ -40,22 +40,6 @@ fn options_for(conninfo: &str) -> StreamOptions {
     o.partial_interval = Duration::from_millis(200);
     o.status_interval = Duration::from_millis(500);
     o
-}
-
-/// Polls `check` until it returns `Some`, for at most [`LIMIT`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {LIMIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Awaits `fut` for at most [`LIMIT`].
@@ -153,25 +137,20 @@ impl Streamer {
         what: &str,
         done: impl Fn(&Progress) -> bool,
     ) {
-        let deadline = Instant::now() + LIMIT;
-        loop {
+        eventually(what, LIMIT, async || {
             if check_invariant(db, store).await.is_some() {
                 self.flush_seen += 1;
             }
             if done(&self.rx.borrow()) {
-                return;
+                return Ok(());
             }
             if self.task.is_finished() {
                 let ended = (&mut self.task).await;
                 panic!("the streamer ended while waiting for {what}: {ended:?}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {LIMIT:?}; progress {:?}",
-                *self.rx.borrow()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Err(format!("progress {:?}", *self.rx.borrow()))
+        })
+        .await
     }
 
     /// Waits until everything before `target` is stored and acknowledged.

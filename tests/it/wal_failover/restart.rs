@@ -7,8 +7,8 @@ use super::{
     Streamer, compare_with_pg_wal, complete_segments, flush_lsn, one_range_per_timeline, options,
     write_wal,
 };
-use crate::harness::PgCluster;
-use crate::repo::TestRepo;
+use crate::support::PgCluster;
+use crate::support::TestRepo;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_a_restart_and_a_crash_and_continues() {

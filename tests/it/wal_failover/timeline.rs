@@ -4,11 +4,11 @@
 use pitr::wal::{Lineage, Lsn, ReplicationClient, Segment, WalStore, history_file_name};
 
 use super::{
-    SEG, Streamer, check_invariant, compare_with_pg_wal, complete_segments, eventually, fetch,
-    flush_lsn, lsn, one_range_per_timeline, options, within, write_wal,
+    LIMIT, SEG, Streamer, check_invariant, compare_with_pg_wal, complete_segments, eventually,
+    fetch, flush_lsn, lsn, one_range_per_timeline, options, within, write_wal,
 };
-use crate::harness::PgCluster;
-use crate::repo::TestRepo;
+use crate::support::PgCluster;
+use crate::support::TestRepo;
 
 /// A primary with a table `t` and a hot standby of it, both connected.
 struct Pair {
@@ -39,9 +39,11 @@ impl Pair {
     /// flushed.
     async fn standby_caught_up(&self) -> Lsn {
         let target = flush_lsn(&self.pdb).await;
-        eventually("the standby replays", || async move {
-            let replayed = lsn(&self.sdb, "SELECT pg_last_wal_replay_lsn()::text").await?;
-            (replayed >= target).then_some(target)
+        eventually("the standby replays", LIMIT, async || {
+            match lsn(&self.sdb, "SELECT pg_last_wal_replay_lsn()::text").await {
+                Some(replayed) if replayed >= target => Ok(target),
+                replayed => Err(format!("replayed {replayed:?} of {target}")),
+            }
         })
         .await
     }

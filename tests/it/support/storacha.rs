@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -177,23 +177,21 @@ impl StorachaHarness {
             },
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
         // The info file appears (renamed into place) once every server listens.
-        let info = loop {
-            if let Ok(text) = std::fs::read_to_string(&info_file) {
-                break serde_json::from_str::<StorachaInfo>(&text)
-                    .unwrap_or_else(|e| panic!("harness info {text:?}: {e}"));
-            }
-            if let Ok(Some(status)) = harness.child.try_wait() {
-                panic!("the Storacha harness exited ({status}):\n{}", harness.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Storacha harness did not start within 60 s:\n{}",
-                harness.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let info = super::eventually_blocking(
+            "the Storacha harness started",
+            Duration::from_secs(60),
+            || {
+                if let Ok(text) = std::fs::read_to_string(&info_file) {
+                    return Ok(serde_json::from_str::<StorachaInfo>(&text)
+                        .unwrap_or_else(|e| panic!("harness info {text:?}: {e}")));
+                }
+                if let Ok(Some(status)) = harness.child.try_wait() {
+                    panic!("the Storacha harness exited ({status}):\n{}", harness.log());
+                }
+                Err(harness.log())
+            },
+        );
         harness.info = info;
         let out = Command::new("curl")
             .args(["-sf", "--max-time", "10"])

@@ -1,5 +1,8 @@
-//! What the integration tests share: throw-away servers and the helpers that
-//! drive them.
+//! What the integration tests share: throw-away servers (PostgreSQL, S3,
+//! Storacha, SMTP, webhooks) and the helpers that drive them, a throw-away
+//! repository ([`TestRepo`]), the `pitr` binary ([`pitr`], [`Sidecar`]),
+//! WAL streamed in the background ([`Streamer`]), and the one way to wait
+//! for a condition ([`eventually`]).
 //!
 //! Every test starts its own servers (docs/ARCHITECTURE.md, Testing): real binaries on
 //! loopback, in a temp dir that disappears with the value that owns it.
@@ -9,14 +12,22 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod poll;
+pub mod repo;
 pub mod s3;
+pub mod sidecar;
 pub mod smtp;
 pub mod storacha;
+pub mod stream;
 pub mod webhook;
 
 pub use pg::{PgCluster, run_as_pg_user};
+pub use poll::{eventually, eventually_blocking, with_log};
+pub use repo::{TestRepo, data, first_pack, test_options};
 pub use s3::S3Server;
+pub use sidecar::{Sidecar, pitr};
 pub use smtp::SmtpServer;
+pub use stream::{Streamer, between, write_row};
 pub use webhook::WebhookReceiver;
 
 /// A finished command's exit status, stdout and stderr, for assertion

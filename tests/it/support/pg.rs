@@ -345,16 +345,14 @@ impl PgCluster {
     /// `pg_ctl` may return before that.
     pub fn promote(&mut self) {
         self.pg_ctl_checked(&["promote"], "pg_ctl promote");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while self.psql("SELECT pg_is_in_recovery()") != "f" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the standby on port {} did not leave recovery within 30 s:\n{}",
-                self.port,
-                self.log_tail()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        super::eventually_blocking(
+            format!("the standby on port {} left recovery", self.port),
+            std::time::Duration::from_secs(30),
+            || match self.psql("SELECT pg_is_in_recovery()").as_str() {
+                "f" => Ok(()),
+                _ => Err(self.log_tail()),
+            },
+        );
     }
 
     /// Restarts the server cleanly (`pg_ctl restart -m fast`) on the same

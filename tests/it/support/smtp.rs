@@ -68,15 +68,14 @@ impl SmtpServer {
             .spawn()
             .expect("start python3 -m aiosmtpd (pip install aiosmtpd; .ci/setup installs it)");
         let server = SmtpServer { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd did not listen within 30 s: {}",
-                std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::eventually_blocking("aiosmtpd listens", Duration::from_secs(30), || {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(_) => Ok(()),
+                Err(_) => {
+                    Err(std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default())
+                }
+            }
+        });
         server
     }
 

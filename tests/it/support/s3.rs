@@ -5,7 +5,7 @@
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running S3-compatible server, killed on drop.
 pub struct S3Server {
@@ -34,14 +34,9 @@ impl S3Server {
             port,
             _log: log,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        super::eventually_blocking("moto_server listens", Duration::from_secs(60), || {
+            TcpStream::connect(("127.0.0.1", port)).map(drop)
+        });
         // moto takes unsigned requests: make the bucket with plain HTTP.
         let out = Command::new("curl")
             .args(["-sf", "-X", "PUT"])

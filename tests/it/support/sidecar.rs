@@ -1,0 +1,99 @@
+//! The `pitr` binary: one command run to its end, or `pitr run` in the
+//! background.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// Runs `pitr` with a clean `PITR_*` environment.
+pub fn pitr(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PITR_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().expect("run pitr")
+}
+
+/// `pitr run` in the background; stopped with SIGTERM when dropped.
+pub struct Sidecar {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Sidecar {
+    pub fn start(cfg: &Path) -> Sidecar {
+        let log = cfg.with_file_name(format!(
+            "pitr-run-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos()
+        ));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PITR_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .args(["run", "-c"])
+            .arg(cfg)
+            .env("PITR_LOG", "pitr=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start pitr run");
+        Sidecar { child, log }
+    }
+
+    /// The process id of this `pitr run`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `n` stored captures.
+    pub fn wait_captures(&self, n: usize, within: Duration) {
+        super::eventually_blocking(format!("{n} stored captures"), within, || {
+            let log = self.log_text();
+            if log.matches("stored an SQLite capture").count() >= n {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        })
+    }
+
+    /// SIGTERM, then waits; asserts a clean exit.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        let status = self.child.wait().expect("wait");
+        let log = self.log_text();
+        assert_eq!(status.code(), Some(0), "pitr run exit:\n{log}");
+        log
+    }
+
+    fn terminate(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+            let _ = self.child.wait();
+        }
+    }
+}
