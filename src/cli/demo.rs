@@ -236,7 +236,7 @@ schedule = "off"
         ),
     )?;
     let config = Config::load(&config_path)?;
-    let fanout = pitr::ship::from_config(&config);
+    let fanout = pitr::wiring::fanout(&config);
     let opts = pitr::repo::RepoOptions::from_config(&config)?;
     Repository::init(&fanout, &opts).await?;
     let repo = Repository::open(fanout, opts).await?;

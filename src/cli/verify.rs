@@ -119,7 +119,7 @@ fn print_report(r: &VerifyReport) {
 
 /// `pitr verify`: every object in every destination read back and checked.
 pub(super) async fn verify(config: &Config) -> anyhow::Result<()> {
-    let fanout = pitr::ship::from_config(config);
+    let fanout = pitr::wiring::fanout(config);
     let opts = pitr::repo::RepoOptions::from_config(config)?;
     let structural = opts.identities.is_empty();
     let repo = Repository::open(fanout, opts).await?;

@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pitr::config::{DestinationKind, S3Config};
-use pitr::ship::{Destination, PutOutcome, S3Destination, ShipError};
+use pitr::config::DestinationKind;
+use pitr::ship::{Destination, PutOutcome, S3Destination, S3Options, ShipError};
 
 use crate::harness::{PgCluster, S3Server};
 
-fn settings(server: &S3Server, bucket: &str, prefix: &str) -> S3Config {
-    S3Config {
+fn settings(server: &S3Server, bucket: &str, prefix: &str) -> S3Options {
+    S3Options {
         bucket: bucket.into(),
         prefix: prefix.into(),
         region: "us-east-1".into(),
@@ -137,7 +137,7 @@ async fn an_unreachable_store_is_a_transient_error_naming_the_destination() {
         .port();
     let d = S3Destination::new(
         "s3-down",
-        &S3Config {
+        &S3Options {
             bucket: "b".into(),
             prefix: String::new(),
             region: "us-east-1".into(),
@@ -190,7 +190,7 @@ async fn a_restore_from_s3_alone_is_exact() {
         DestinationKind::S3(_)
     ));
     let repo = pitr::repo::Repository::open(
-        pitr::ship::from_config(&config),
+        pitr::wiring::fanout(&config),
         pitr::repo::RepoOptions::from_config(&config).expect("options"),
     )
     .await
@@ -287,7 +287,7 @@ async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
 
     let config = pitr::config::Config::load(&config_path).expect("config");
     let repo = pitr::repo::Repository::open(
-        pitr::ship::from_config(&config),
+        pitr::wiring::fanout(&config),
         pitr::repo::RepoOptions::from_config(&config).expect("options"),
     )
     .await

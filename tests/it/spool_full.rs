@@ -191,7 +191,7 @@ async fn a_full_spool_stops_acknowledgement_and_reports_it_until_s3_is_back() {
     // Each destination alone holds the WAL as one unbroken range to at
     // least what was acknowledged.
     let config = pitr::config::Config::load(&cfg).expect("config");
-    let dests = pitr::ship::from_config(&config);
+    let dests = pitr::wiring::fanout(&config);
     for (i, name) in ["local", "s3"].into_iter().enumerate() {
         let only = pitr::ship::Fanout::new(vec![dests.destinations()[i].clone()]);
         assert_eq!(only.destinations()[0].name(), name);
