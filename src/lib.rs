@@ -3,7 +3,7 @@
 //! data flows from the sources (`wal`, `basebackup`, `sqlite`) through the
 //! repository format (`repo`, its catalog inside) to the destinations
 //! (`ship`); `restore` plans and runs restores; `sidecar` runs it all;
-//! `wiring` builds the options of `ship` from the `config`.
+//! `wiring` builds the options of `repo` and `ship` from the `config`.
 
 pub mod backoff;
 pub mod basebackup;

@@ -10,7 +10,7 @@ use super::humantime_secs;
 /// failed.
 pub(super) async fn check(config: &Config, offline: bool) -> anyhow::Result<()> {
     println!("config {}: valid", config.path.display());
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let opts = pitr::wiring::repo_options(config)?;
     if offline {
         opts.check_key_file()?;
         return check_offline(config);

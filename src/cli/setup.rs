@@ -58,7 +58,7 @@ pub(super) fn keygen(output: Option<&Path>) -> anyhow::Result<()> {
 /// `pitr init`: every destination prepared, batched ones included.
 pub(super) async fn init(config: &Config) -> anyhow::Result<()> {
     let fanout = pitr::wiring::fanout(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let opts = pitr::wiring::repo_options(config)?;
     let report = Repository::init(&fanout, &opts).await?;
     let id = &report.descriptor.repository_id;
     if report.created {
@@ -128,7 +128,7 @@ pub(super) async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyh
         };
         fanout = pitr::ship::Fanout::new(vec![d]);
     }
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let opts = pitr::wiring::repo_options(config)?;
     let repo = Repository::rebuild_catalog(fanout, opts).await?;
     {
         let catalog = repo.catalog();

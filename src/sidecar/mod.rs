@@ -147,7 +147,7 @@ pub async fn run(
     let _run_lock = lock_state_dir(&config.repository.state_dir)?;
     let metrics = install_metrics();
     let fanout = crate::wiring::fanout(&config);
-    let opts = crate::repo::RepoOptions::from_config(&config)?;
+    let opts = crate::wiring::repo_options(&config)?;
     let repo = Repository::open(fanout, opts).await?;
     // Retention may run elsewhere too (CI, another host): its marks reach
     // this process's writers only through a sync (docs/RETENTION.md).

@@ -191,7 +191,7 @@ async fn a_restore_from_s3_alone_is_exact() {
     ));
     let repo = pitr::repo::Repository::open(
         pitr::wiring::fanout(&config),
-        pitr::repo::RepoOptions::from_config(&config).expect("options"),
+        pitr::wiring::repo_options(&config).expect("options"),
     )
     .await
     .expect("open");
@@ -288,7 +288,7 @@ async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
     let config = pitr::config::Config::load(&config_path).expect("config");
     let repo = pitr::repo::Repository::open(
         pitr::wiring::fanout(&config),
-        pitr::repo::RepoOptions::from_config(&config).expect("options"),
+        pitr::wiring::repo_options(&config).expect("options"),
     )
     .await
     .expect("open");
@@ -363,7 +363,7 @@ async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
             let only = pitr::ship::Fanout::new(vec![d.clone()]);
             let r = pitr::repo::Repository::open(
                 only,
-                pitr::repo::RepoOptions::from_config(&config).expect("options"),
+                pitr::wiring::repo_options(&config).expect("options"),
             )
             .await
             .expect("open one destination");

@@ -464,7 +464,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
     let config = pitr::config::Config::load(&both).expect("config");
     let repo = pitr::repo::Repository::open(
         pitr::wiring::fanout(&config),
-        pitr::repo::RepoOptions::from_config(&config).expect("options"),
+        pitr::wiring::repo_options(&config).expect("options"),
     )
     .await
     .expect("open");
