@@ -2,7 +2,8 @@
 //! their history. docs/ARCHITECTURE.md has the layers and the invariants:
 //! data flows from the sources (`wal`, `basebackup`, `sqlite`) through the
 //! repository format (`repo`, its catalog inside) to the destinations
-//! (`ship`); `restore` plans and runs restores; `sidecar` runs it all.
+//! (`ship`); `restore` plans and runs restores; `sidecar` runs it all;
+//! `wiring` builds the options of `repo` and `ship` from the `config`.
 
 pub mod backoff;
 pub mod basebackup;
@@ -22,3 +23,4 @@ pub mod sidecar;
 pub mod sqlite;
 pub mod verify;
 pub mod wal;
+pub mod wiring;

@@ -41,8 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pitr::config::S3Config;
-use pitr::ship::{Destination, ObjectMeta, PutOutcome, S3Destination, ShipError};
+use pitr::ship::{Destination, ObjectMeta, PutOutcome, S3Destination, S3Options, ShipError};
 
 /// moto's server on a free loopback port, killed on drop.
 struct Moto {
@@ -74,14 +73,14 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn bucket(&self, name: &str) -> anyhow::Result<S3Config> {
+    fn bucket(&self, name: &str) -> anyhow::Result<S3Options> {
         let ok = std::process::Command::new("curl")
             .args(["-sf", "-X", "PUT"])
             .arg(format!("{}/{name}", self.endpoint()))
             .status()?
             .success();
         anyhow::ensure!(ok, "create bucket {name}");
-        Ok(S3Config {
+        Ok(S3Options {
             bucket: name.into(),
             prefix: String::new(),
             region: "us-east-1".into(),

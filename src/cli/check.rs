@@ -10,14 +10,14 @@ use super::humantime_secs;
 /// failed.
 pub(super) async fn check(config: &Config, offline: bool) -> anyhow::Result<()> {
     println!("config {}: valid", config.path.display());
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let opts = pitr::wiring::repo_options(config)?;
     if offline {
         opts.check_key_file()?;
         return check_offline(config);
     }
     // One retry: a check should answer quickly; a store that fails twice in
     // a row is worth reporting.
-    let fanout = pitr::ship::from_config_with_retry(config, pitr::ship::REQUEST_RETRY.times(1));
+    let fanout = pitr::wiring::fanout_with_retry(config, pitr::ship::REQUEST_RETRY.times(1));
     let mut failed = 0;
     failed += check_storacha_credentials(config);
     let quorum = fanout.status().quorum;
@@ -37,7 +37,7 @@ pub(super) async fn check(config: &Config, offline: bool) -> anyhow::Result<()> 
             }
         }
     }
-    for b in pitr::ship::batched_from_config(config) {
+    for b in pitr::wiring::batched(config) {
         let every = humantime_secs(b.every);
         let Some(d) = b.fanout.destinations().first() else {
             continue;
@@ -95,7 +95,9 @@ fn check_storacha_credentials(config: &Config) -> usize {
     let mut failed = 0;
     for d in &config.destinations {
         if let pitr::config::DestinationKind::Storacha(c) = &d.kind {
-            match pitr::ship::StorachaDestination::new(&d.name, c).credentials_report() {
+            match pitr::ship::StorachaDestination::new(&d.name, &pitr::wiring::storacha(c))
+                .credentials_report()
+            {
                 Ok(r) => println!("destination {}: {r}", d.name),
                 Err(e) => {
                     failed += 1;
@@ -114,7 +116,9 @@ fn check_offline(config: &Config) -> anyhow::Result<()> {
     let mut failed = check_storacha_credentials(config);
     for d in &config.destinations {
         let verdict = match &d.kind {
-            pitr::config::DestinationKind::S3(s3) => pitr::ship::S3Destination::validate(s3),
+            pitr::config::DestinationKind::S3(s3) => {
+                pitr::ship::S3Destination::validate(&pitr::wiring::s3(s3))
+            }
             _ => Ok(()),
         };
         match verdict {

@@ -236,8 +236,8 @@ schedule = "off"
         ),
     )?;
     let config = Config::load(&config_path)?;
-    let fanout = pitr::ship::from_config(&config);
-    let opts = pitr::repo::RepoOptions::from_config(&config)?;
+    let fanout = pitr::wiring::fanout(&config);
+    let opts = pitr::wiring::repo_options(&config)?;
     Repository::init(&fanout, &opts).await?;
     let repo = Repository::open(fanout, opts).await?;
     println!(

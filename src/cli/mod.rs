@@ -229,8 +229,8 @@ enum CatalogSync {
 /// fan-out or the options themselves (`init`, `catalog rebuild`, `check`,
 /// `verify`, `demo`) open it their own way.
 async fn open_repo(config: &Config, sync: CatalogSync) -> anyhow::Result<Repository> {
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let fanout = pitr::wiring::fanout(config);
+    let opts = pitr::wiring::repo_options(config)?;
     let repo = Repository::open(fanout, opts).await?;
     if sync == CatalogSync::Latest {
         repo.sync_catalog().await?;

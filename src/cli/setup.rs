@@ -57,8 +57,8 @@ pub(super) fn keygen(output: Option<&Path>) -> anyhow::Result<()> {
 
 /// `pitr init`: every destination prepared, batched ones included.
 pub(super) async fn init(config: &Config) -> anyhow::Result<()> {
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let fanout = pitr::wiring::fanout(config);
+    let opts = pitr::wiring::repo_options(config)?;
     let report = Repository::init(&fanout, &opts).await?;
     let id = &report.descriptor.repository_id;
     if report.created {
@@ -71,7 +71,7 @@ pub(super) async fn init(config: &Config) -> anyhow::Result<()> {
             report.seeded.join(", ")
         );
     }
-    let batched = pitr::ship::batched_from_config(config);
+    let batched = pitr::wiring::batched(config);
     if !batched.is_empty() {
         let repo = Repository::open(fanout, opts).await?;
         for b in batched {
@@ -95,7 +95,7 @@ pub(super) async fn init(config: &Config) -> anyhow::Result<()> {
 /// destinations (or the one named `from`), then checked against the content
 /// ids content-addressed destinations report.
 pub(super) async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyhow::Result<()> {
-    let mut fanout = pitr::ship::from_config(config);
+    let mut fanout = pitr::wiring::fanout(config);
     if let Some(name) = from {
         let Some(d) = fanout
             .destinations()
@@ -123,7 +123,7 @@ pub(super) async fn catalog_rebuild(config: &Config, from: Option<&str>) -> anyh
         };
         fanout = pitr::ship::Fanout::new(vec![d]);
     }
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let opts = pitr::wiring::repo_options(config)?;
     let repo = Repository::rebuild_catalog(fanout, opts).await?;
     {
         let catalog = repo.catalog();

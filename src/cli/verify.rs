@@ -119,8 +119,8 @@ fn print_report(r: &VerifyReport) {
 
 /// `pitr verify`: every object in every destination read back and checked.
 pub(super) async fn verify(config: &Config) -> anyhow::Result<()> {
-    let fanout = pitr::ship::from_config(config);
-    let opts = pitr::repo::RepoOptions::from_config(config)?;
+    let fanout = pitr::wiring::fanout(config);
+    let opts = pitr::wiring::repo_options(config)?;
     let structural = opts.identities.is_empty();
     let repo = Repository::open(fanout, opts).await?;
     let report = repo.verify().await?;

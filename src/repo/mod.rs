@@ -27,7 +27,6 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::config::{Config, ConfigError};
 use crate::repo::catalog::{Catalog, CatalogError};
 use crate::ship::{Fanout, ShipError};
 
@@ -239,7 +238,8 @@ pub enum RepoError {
     Catalog(#[from] CatalogError),
 }
 
-/// What a repository needs from the configuration.
+/// What a repository needs: its keys, local state and format settings
+/// (`crate::wiring` builds them from the config).
 #[derive(Clone)]
 pub struct RepoOptions {
     /// age recipients every chunk is encrypted to.
@@ -256,44 +256,54 @@ pub struct RepoOptions {
     pub pack_size: usize,
 }
 
-impl RepoOptions {
-    /// The options a config gives. Reads `identity_file` when it is set
-    /// (restore and verify need it; a sidecar's config should not set it).
-    pub fn from_config(config: &Config) -> Result<RepoOptions, ConfigError> {
-        let r = &config.repository;
-        let identities = match &r.identity_file {
-            None => Vec::new(),
-            Some(file) => read_identities(config, file)?,
-        };
-        Ok(RepoOptions {
-            recipients: r.recipients.clone(),
-            identities,
-            key_file: r.key_file.clone(),
-            state_dir: r.state_dir.clone(),
-            zstd_level: r.zstd_level,
-            // The config bounds pack_size to 512 MiB.
-            pack_size: usize::try_from(r.pack_size).unwrap_or(usize::MAX),
-        })
-    }
+/// Why an identity file gave no identity that reads the repository. The
+/// layer that knows where the file was configured (`crate::wiring`) names
+/// that place around these messages.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The file could not be read.
+    #[error("cannot read identity file {}: {source}", file.display())]
+    Read {
+        /// The identity file.
+        file: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A line is not an age X25519 identity.
+    #[error(
+        "line {line} of {} is not an age X25519 identity (AGE-SECRET-KEY-1…). \
+         Create one with `pitr keygen --output FILE`; plugin and passphrase \
+         identities are not supported",
+        file.display()
+    )]
+    NotAnIdentity {
+        /// The identity file.
+        file: PathBuf,
+        /// The line, counted from 1.
+        line: usize,
+    },
+    /// No identity in the file belongs to any of the recipients.
+    #[error(
+        "{} holds no identity for any of the configured recipients, so it cannot \
+         read this repository. Point identity_file at the identity whose public key \
+         (`age-keygen -y FILE`) is in [repository] recipients",
+        file.display()
+    )]
+    NoneForRecipients {
+        /// The identity file.
+        file: PathBuf,
+    },
 }
 
 /// Parses an identity file as `age-keygen` and `pitr keygen` write it: one
 /// `AGE-SECRET-KEY-1…` per line, `#` comments. Refuses a file that holds no
-/// identity for any configured recipient: a restore with it could only fail
+/// identity for any of `recipients`: a restore with it could only fail
 /// later, object by object.
-fn read_identities(
-    config: &Config,
+pub fn read_identities(
     file: &Path,
-) -> Result<Vec<age::x25519::Identity>, ConfigError> {
-    let key = "[repository] identity_file".to_owned();
-    let invalid = |message: String| ConfigError::Invalid {
-        path: config.path.clone(),
-        key: key.clone(),
-        message,
-    };
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::SecretFile {
-        path: config.path.clone(),
-        key: key.clone(),
+    recipients: &[age::x25519::Recipient],
+) -> Result<Vec<age::x25519::Identity>, IdentityError> {
+    let text = std::fs::read_to_string(file).map_err(|source| IdentityError::Read {
         file: file.to_owned(),
         source,
     })?;
@@ -303,33 +313,22 @@ fn read_identities(
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let identity = line.parse::<age::x25519::Identity>().map_err(|_| {
-            invalid(format!(
-                "line {} of {} is not an age X25519 identity (AGE-SECRET-KEY-1…). \
-                 Create one with `pitr keygen --output FILE`; plugin and passphrase \
-                 identities are not supported",
-                n + 1,
-                file.display()
-            ))
-        })?;
+        let identity =
+            line.parse::<age::x25519::Identity>()
+                .map_err(|_| IdentityError::NotAnIdentity {
+                    file: file.to_owned(),
+                    line: n + 1,
+                })?;
         identities.push(identity);
     }
-    let configured: Vec<String> = config
-        .repository
-        .recipients
-        .iter()
-        .map(|r| r.to_string())
-        .collect();
+    let configured: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
     if !identities
         .iter()
         .any(|i| configured.contains(&i.to_public().to_string()))
     {
-        return Err(invalid(format!(
-            "{} holds no identity for any of the configured recipients, so it cannot \
-             read this repository. Point identity_file at the identity whose public key \
-             (`age-keygen -y FILE`) is in [repository] recipients",
-            file.display()
-        )));
+        return Err(IdentityError::NoneForRecipients {
+            file: file.to_owned(),
+        });
     }
     Ok(identities)
 }

@@ -9,6 +9,7 @@ mod fanout;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 mod fs;
+mod open;
 mod retry;
 mod s3;
 mod spool;
@@ -18,108 +19,18 @@ mod tracked;
 use std::fmt;
 use std::io;
 use std::ops::Range;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::backoff::Backoff;
-use crate::config::{Config, DestinationKind};
-
 pub use fanout::{Fanout, FanoutStatus};
 pub use fs::FsDestination;
+pub use open::{Batched, DestinationKind, DestinationSpec, FanoutOptions};
 pub use retry::{REQUEST_RETRY, Retrying};
-pub use s3::{MULTIPART_THRESHOLD, S3Destination, S3SettingsRefused};
+pub use s3::{MULTIPART_THRESHOLD, S3Destination, S3Options, S3SettingsRefused};
 pub use spool::SpoolConfig;
-pub use storacha::StorachaDestination;
+pub use storacha::{StorachaDestination, StorachaOptions};
 pub use tracked::{DestinationHealth, DestinationState, Tracked};
-
-/// The configured destinations that take every write, each behind the
-/// retry layer, in config order. Batched destinations are not among them:
-/// see [`batched_from_config`].
-pub fn from_config(config: &Config) -> Fanout {
-    from_config_with_retry(config, REQUEST_RETRY)
-}
-
-/// `from_config` with another retry policy: `pitr check` answers in seconds
-/// rather than after the half minute of retries a sidecar's write deserves.
-pub fn from_config_with_retry(config: &Config, retry: Backoff) -> Fanout {
-    let mut health = Vec::new();
-    let dests = config
-        .destinations
-        .iter()
-        .filter(|d| !d.is_batched())
-        .map(|d| {
-            let h = DestinationHealth::new(&d.name);
-            health.push(h.clone());
-            destination(d, h, retry)
-        })
-        .collect::<Vec<_>>();
-    let r = &config.repository;
-    let fanout = match r.quorum {
-        Some(q) if q < dests.len() => Fanout::with_quorum(
-            dests,
-            q,
-            SpoolConfig {
-                dir: r.spool_dir.clone(),
-                max_bytes: r.spool_max_bytes,
-            },
-        ),
-        _ => Fanout::new(dests),
-    };
-    fanout.with_health(health)
-}
-
-/// A batched destination (`batch_interval`): its own one-destination
-/// fan-out, outside the acknowledgement path.
-#[derive(Debug, Clone)]
-pub struct Batched {
-    /// The destination's name.
-    pub name: String,
-    /// How often it receives a batch.
-    pub every: std::time::Duration,
-    /// The destination alone, behind the retry layer.
-    pub fanout: Fanout,
-}
-
-/// The configured batched destinations, in config order.
-pub fn batched_from_config(config: &Config) -> Vec<Batched> {
-    config
-        .destinations
-        .iter()
-        .filter_map(|d| {
-            let every = d.batch_interval?;
-            let h = DestinationHealth::new(&d.name);
-            let dest = destination(d, h.clone(), REQUEST_RETRY);
-            Some(Batched {
-                name: d.name.clone(),
-                every,
-                fanout: Fanout::new(vec![dest]).with_health(vec![h]),
-            })
-        })
-        .collect()
-}
-
-fn destination(
-    d: &crate::config::DestinationConfig,
-    h: Arc<DestinationHealth>,
-    retry: Backoff,
-) -> Arc<dyn Destination> {
-    match &d.kind {
-        DestinationKind::Fs { path } => Arc::new(Retrying::new(
-            Tracked::new(FsDestination::new(d.name.clone(), path.clone()), h),
-            retry,
-        )),
-        DestinationKind::S3(s3) => Arc::new(Retrying::new(
-            Tracked::new(S3Destination::new(&d.name, s3), h),
-            retry,
-        )),
-        DestinationKind::Storacha(c) => Arc::new(Retrying::new(
-            Tracked::new(StorachaDestination::new(&d.name, c), h),
-            retry,
-        )),
-    }
-}
 
 /// What `put_if_absent` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,44 @@ use object_store::{
 };
 
 use super::{Destination, ObjectMeta, PutOutcome, ShipError, validate_key};
-use crate::config::S3Config;
+
+/// How to reach an S3 bucket: what [`S3Destination`] needs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Options {
+    /// The bucket.
+    pub bucket: String,
+    /// Prepended to every object name (`pitr/`); empty for none.
+    pub prefix: String,
+    /// The region (`us-east-1` when the store does not care).
+    pub region: String,
+    /// A custom endpoint (`http://127.0.0.1:9000`); `None` for AWS. Plain
+    /// http only when given here explicitly.
+    pub endpoint: Option<String>,
+    /// The access key id; `None` takes `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// The secret key; `None` takes `AWS_SECRET_ACCESS_KEY`. `Debug`
+    /// redacts it.
+    pub secret_access_key: Option<String>,
+    /// How long one request may take before it is retried.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "(redacted)"),
+            )
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
 
 /// Objects larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 64 << 20;
@@ -51,7 +88,7 @@ pub struct S3SettingsRefused(#[source] Arc<object_store::Error>);
 impl S3Destination {
     /// A destination for `settings`. Settings the client refuses (e.g. a
     /// malformed endpoint) make every operation fail, saying why.
-    pub fn new(name: &str, settings: &S3Config) -> S3Destination {
+    pub fn new(name: &str, settings: &S3Options) -> S3Destination {
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&settings.bucket)
             .with_region(&settings.region)
@@ -98,7 +135,7 @@ impl S3Destination {
 
     /// Whether the client accepts `settings`, without contacting the
     /// store (`pitr check --offline`).
-    pub fn validate(settings: &S3Config) -> Result<(), S3SettingsRefused> {
+    pub fn validate(settings: &S3Options) -> Result<(), S3SettingsRefused> {
         S3Destination::new("check", settings).store.map(|_| ())
     }
 

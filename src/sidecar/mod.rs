@@ -146,8 +146,8 @@ pub async fn run(
     // process spools in its own directory.
     let _run_lock = lock_state_dir(&config.repository.state_dir)?;
     let metrics = install_metrics();
-    let fanout = crate::ship::from_config(&config);
-    let opts = crate::repo::RepoOptions::from_config(&config)?;
+    let fanout = crate::wiring::fanout(&config);
+    let opts = crate::wiring::repo_options(&config)?;
     let repo = Repository::open(fanout, opts).await?;
     // Retention may run elsewhere too (CI, another host): its marks reach
     // this process's writers only through a sync (docs/RETENTION.md).
@@ -155,7 +155,7 @@ pub async fn run(
     // Staging starts before any writer does: each chunk stored from now on
     // reaches the batched destinations without a copy of its whole pack.
     let mut batched = Vec::new();
-    for b in crate::ship::batched_from_config(&config) {
+    for b in crate::wiring::batched(&config) {
         let stage = Arc::new(crate::repo::BatchStage::new(
             &b.name,
             &config.repository.state_dir,

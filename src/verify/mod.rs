@@ -23,7 +23,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::repo::{RepoError, RepoOptions, Repository};
+use crate::repo::{RepoError, Repository};
 
 pub use postgres::TOOLS as TEST_RESTORE_TOOLS;
 pub use schedule::{VerifyStatus, run_scheduled};
@@ -192,7 +192,7 @@ pub async fn reading_repo(config: &Config, repo: &Repository) -> Result<Reposito
     if config.repository.identity_file.is_none() {
         return Err(VerifyError::NoIdentity);
     }
-    let opts = RepoOptions::from_config(config).map_err(VerifyError::Identity)?;
+    let opts = crate::wiring::repo_options(config).map_err(VerifyError::Identity)?;
     Repository::open(repo.fanout().clone(), opts)
         .await
         .map_err(VerifyError::Open)

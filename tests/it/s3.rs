@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pitr::config::{DestinationKind, S3Config};
-use pitr::ship::{Destination, PutOutcome, S3Destination, ShipError};
+use pitr::config::DestinationKind;
+use pitr::ship::{Destination, PutOutcome, S3Destination, S3Options, ShipError};
 
 use crate::support::{PgCluster, S3Server};
 
-fn settings(server: &S3Server, bucket: &str, prefix: &str) -> S3Config {
-    S3Config {
+fn settings(server: &S3Server, bucket: &str, prefix: &str) -> S3Options {
+    S3Options {
         bucket: bucket.into(),
         prefix: prefix.into(),
         region: "us-east-1".into(),
@@ -137,7 +137,7 @@ async fn an_unreachable_store_is_a_transient_error_naming_the_destination() {
         .port();
     let d = S3Destination::new(
         "s3-down",
-        &S3Config {
+        &S3Options {
             bucket: "b".into(),
             prefix: String::new(),
             region: "us-east-1".into(),
@@ -190,8 +190,8 @@ async fn a_restore_from_s3_alone_is_exact() {
         DestinationKind::S3(_)
     ));
     let repo = pitr::repo::Repository::open(
-        pitr::ship::from_config(&config),
-        pitr::repo::RepoOptions::from_config(&config).expect("options"),
+        pitr::wiring::fanout(&config),
+        pitr::wiring::repo_options(&config).expect("options"),
     )
     .await
     .expect("open");
@@ -287,8 +287,8 @@ async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
 
     let config = pitr::config::Config::load(&config_path).expect("config");
     let repo = pitr::repo::Repository::open(
-        pitr::ship::from_config(&config),
-        pitr::repo::RepoOptions::from_config(&config).expect("options"),
+        pitr::wiring::fanout(&config),
+        pitr::wiring::repo_options(&config).expect("options"),
     )
     .await
     .expect("open");
@@ -363,7 +363,7 @@ async fn verify_finds_and_repair_fixes_damage_in_either_destination() {
             let only = pitr::ship::Fanout::new(vec![d.clone()]);
             let r = pitr::repo::Repository::open(
                 only,
-                pitr::repo::RepoOptions::from_config(&config).expect("options"),
+                pitr::wiring::repo_options(&config).expect("options"),
             )
             .await
             .expect("open one destination");

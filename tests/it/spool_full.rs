@@ -184,11 +184,11 @@ async fn a_full_spool_stops_acknowledgement_and_reports_it_until_s3_is_back() {
     // Each destination alone holds the WAL as one unbroken range to at
     // least what was acknowledged.
     let config = pitr::config::Config::load(&cfg).expect("config");
-    let dests = pitr::ship::from_config(&config);
+    let dests = pitr::wiring::fanout(&config);
     for (i, name) in ["local", "s3"].into_iter().enumerate() {
         let only = pitr::ship::Fanout::new(vec![dests.destinations()[i].clone()]);
         assert_eq!(only.destinations()[0].name(), name);
-        let mut opts = pitr::repo::RepoOptions::from_config(&config).expect("options");
+        let mut opts = pitr::wiring::repo_options(&config).expect("options");
         opts.state_dir = dir.path().join(format!("state-{name}-only"));
         let repo = pitr::repo::Repository::open(only, opts)
             .await

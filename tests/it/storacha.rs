@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pitr::backoff::Backoff;
-use pitr::config::StorachaConfig;
 use pitr::ship::storacha::car::pack_named;
 use pitr::ship::storacha::entry_name;
-use pitr::ship::{Destination, PutOutcome, Retrying, StorachaDestination};
+use pitr::ship::{Destination, PutOutcome, Retrying, StorachaDestination, StorachaOptions};
 use serde_json::Value;
 
 use crate::support::storacha::{
@@ -63,8 +62,8 @@ fn wrapped_cars_and_shard_cids_equal_ipfs_car() {
 }
 
 /// The destination's settings for `creds` on the harness.
-fn config(h: &StorachaHarness, creds: &StorachaCredentials) -> StorachaConfig {
-    StorachaConfig {
+fn config(h: &StorachaHarness, creds: &StorachaCredentials) -> StorachaOptions {
+    StorachaOptions {
         space: creds.space.clone(),
         principal: creds.principal.clone(),
         proof: creds.proof.clone(),
@@ -464,8 +463,8 @@ async fn a_restore_from_storacha_alone_is_exact() {
 
     let config = pitr::config::Config::load(&both).expect("config");
     let repo = pitr::repo::Repository::open(
-        pitr::ship::from_config(&config),
-        pitr::repo::RepoOptions::from_config(&config).expect("options"),
+        pitr::wiring::fanout(&config),
+        pitr::wiring::repo_options(&config).expect("options"),
     )
     .await
     .expect("open");

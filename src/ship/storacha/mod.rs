@@ -40,7 +40,42 @@ use cid::Cid;
 
 use self::service::{Service, ServiceError};
 use super::{Destination, ObjectMeta, PutOutcome, ShipError, validate_key};
-use crate::config::StorachaConfig;
+
+/// How to reach a Storacha space: what [`StorachaDestination`] needs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorachaOptions {
+    /// The space's DID (`did:key:z6Mk…`), the subject of every invocation.
+    pub space: String,
+    /// The agent's private key as `storacha key create` prints it (`M…`).
+    /// `Debug` redacts it.
+    pub principal: String,
+    /// The delegation from the space to the agent, base64 or the CAR bytes
+    /// of one. `Debug` redacts it.
+    pub proof: String,
+    /// The upload service's URL (`https://up.storacha.network`).
+    pub service: String,
+    /// The upload service's DID, the audience of every invocation
+    /// (`did:web:up.storacha.network`).
+    pub service_did: String,
+    /// The IPFS trustless gateway reads go through (`https://storacha.link`).
+    pub gateway: String,
+    /// How long one request may take before it is retried.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for StorachaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorachaOptions")
+            .field("space", &self.space)
+            .field("principal", &"(redacted)")
+            .field("proof", &"(redacted)")
+            .field("service", &self.service)
+            .field("service_did", &self.service_did)
+            .field("gateway", &self.gateway)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
 
 /// Whole objects kept for ranged reads.
 const CACHE_BYTES: usize = 64 << 20;
@@ -105,7 +140,7 @@ fn key_of(name: &str) -> Option<String> {
 
 impl StorachaDestination {
     /// A destination named `name` with the given settings.
-    pub fn new(name: &str, c: &StorachaConfig) -> StorachaDestination {
+    pub fn new(name: &str, c: &StorachaOptions) -> StorachaDestination {
         let http = reqwest::Client::new();
         StorachaDestination {
             name: name.to_owned(),
