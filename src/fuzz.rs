@@ -19,12 +19,14 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::basebackup::tar::TarParser;
+use crate::pg::FORMATS;
+use crate::pg::Lsn;
 use crate::repo::seal::{self, SealKind};
 use crate::repo::{Commit, Descriptor, RepositoryKey};
 use crate::sqlite::pageset::PageSetHeader;
 use crate::sqlite::wal::{WalCursor, WalHeader};
-use crate::wal::decode::{Decoder, FORMATS};
-use crate::wal::{Lineage, Lsn};
+use crate::wal::Lineage;
+use crate::wal::decode::Decoder;
 
 /// The fixed repository key the golden files are made with (test only).
 pub const KEY: [u8; 32] = [0x42; 32];
@@ -251,10 +253,10 @@ pub fn page_set(data: &[u8]) {
 /// and a timeline history file (TIMELINE_HISTORY).
 pub fn replication(data: &[u8]) {
     let b = Bytes::copy_from_slice(data);
-    let _ = crate::wal::conn::copy::decode_copy_data(b.clone());
-    let _ = crate::wal::conn::wire::parse_error(&b);
-    let _ = crate::wal::conn::wire::parse_row_description(&b);
-    let _ = crate::wal::conn::wire::parse_data_row(&b);
+    let _ = crate::pg::conn::copy::decode_copy_data(b.clone());
+    let _ = crate::pg::conn::wire::parse_error(&b);
+    let _ = crate::pg::conn::wire::parse_row_description(&b);
+    let _ = crate::pg::conn::wire::parse_data_row(&b);
     if let Some((&tl, rest)) = data.split_first() {
         let _ = Lineage::parse(u32::from(tl).max(1), rest);
     }

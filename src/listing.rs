@@ -9,11 +9,12 @@ use serde::Serialize;
 
 use crate::basebackup::{BackupError, BackupRecord};
 use crate::config::Config;
+use crate::pg::Lsn;
 use crate::repo::{RepoError, Repository};
 use crate::restore::sqlite::SqliteWindow;
 use crate::restore::{PlanError, Window};
 use crate::verify::{DatabaseKind, VerifyReport};
-use crate::wal::{Lsn, WalStore};
+use crate::wal::WalStore;
 
 /// The whole document.
 #[derive(Debug, Clone, Serialize)]

@@ -8,7 +8,11 @@
 use std::path::Path;
 
 use crate::backoff::Backoff;
-use crate::config::{Config, ConfigError, DestinationConfig, S3Config, StorachaConfig};
+use crate::config::{
+    Config, ConfigError, DestinationConfig, PostgresConfig, S3Config, StorachaConfig,
+};
+use crate::pg::ConnInfo;
+use crate::pg::conn::ConnInfoError;
 use crate::repo::{IdentityError, RepoOptions};
 use crate::ship::{
     Batched, DestinationKind, DestinationSpec, Fanout, FanoutOptions, REQUEST_RETRY, S3Options,
@@ -149,6 +153,14 @@ pub fn storacha(c: &StorachaConfig) -> StorachaOptions {
         gateway,
         request_timeout,
     }
+}
+
+/// The connection of a `[[postgres]]` entry: its conninfo resolved, with
+/// the entry's pitr-only settings applied.
+pub fn conninfo(pg: &PostgresConfig) -> Result<ConnInfo, ConnInfoError> {
+    let mut info = ConnInfo::parse(&pg.conninfo)?;
+    info.allow_insecure_password = pg.allow_insecure_password;
+    Ok(info)
 }
 
 #[cfg(test)]

@@ -270,7 +270,7 @@ async fn puts_per_hour(moto: &Moto, idle_secs: u64, busy_secs: u64) -> anyhow::R
     };
     pitr::repo::Repository::init(&fanout, &opts).await?;
     let repo = pitr::repo::Repository::open(fanout, opts).await?;
-    let info = pitr::wal::ConnInfo::parse(&pg.conninfo())?;
+    let info = pitr::pg::ConnInfo::parse(&pg.conninfo())?;
     let (tx, progress) = tokio::sync::watch::channel(pitr::wal::Progress::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(pitr::wal::stream(
@@ -290,7 +290,7 @@ async fn puts_per_hour(moto: &Moto, idle_secs: u64, busy_secs: u64) -> anyhow::R
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await?
         .get(0);
-    let lsn: pitr::wal::Lsn = lsn.parse()?;
+    let lsn: pitr::pg::Lsn = lsn.parse()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while progress.borrow().flushed < lsn {
         anyhow::ensure!(Instant::now() < deadline, "the stream did not catch up");
@@ -346,9 +346,9 @@ async fn ten_commits_per_second(
 ) -> anyhow::Result<(u64, AckDelays)> {
     let started = Instant::now();
     let mut n = 0u64;
-    let mut pending: std::collections::VecDeque<(pitr::wal::Lsn, Instant)> = Default::default();
+    let mut pending: std::collections::VecDeque<(pitr::pg::Lsn, Instant)> = Default::default();
     let mut delays = Vec::new();
-    let mut settle = |pending: &mut std::collections::VecDeque<(pitr::wal::Lsn, Instant)>| {
+    let mut settle = |pending: &mut std::collections::VecDeque<(pitr::pg::Lsn, Instant)>| {
         let flushed = progress.borrow().flushed;
         while let Some((lsn, at)) = pending.front() {
             if *lsn > flushed {
@@ -422,7 +422,7 @@ async fn batched_puts_per_hour(
     };
     pitr::repo::Repository::init(&fanout, &opts).await?;
     let repo = pitr::repo::Repository::open(fanout, opts.clone()).await?;
-    let info = pitr::wal::ConnInfo::parse(&pg.conninfo())?;
+    let info = pitr::pg::ConnInfo::parse(&pg.conninfo())?;
     let (tx, progress) = tokio::sync::watch::channel(pitr::wal::Progress::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(pitr::wal::stream(
@@ -441,7 +441,7 @@ async fn batched_puts_per_hour(
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await?
         .get(0);
-    let lsn: pitr::wal::Lsn = lsn.parse()?;
+    let lsn: pitr::pg::Lsn = lsn.parse()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while progress.borrow().flushed < lsn {
         anyhow::ensure!(Instant::now() < deadline, "the stream did not catch up");

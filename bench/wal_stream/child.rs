@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use pitr::pg::{ConnInfo, Lsn};
 use pitr::repo::{RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
-use pitr::wal::{ConnInfo, Lsn, Progress, StreamOptions, stream};
+use pitr::wal::{Progress, StreamOptions, stream};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{cpu_secs, vm_hwm_kb};

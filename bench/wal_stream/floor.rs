@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use pitr::pg::Segment;
 use pitr::repo::RepositoryKey;
-use pitr::wal::{Segment, index_segment};
+use pitr::wal::index_segment;
 
 use crate::common::{GB, cpu_secs};
 use crate::{SEG, ZSTD_LEVEL};

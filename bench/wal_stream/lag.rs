@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use pitr::wal::{Lsn, Segment};
+use pitr::pg::{Lsn, Segment};
 
 use crate::contender::Contender;
 use crate::{INTERRUPTED, SAMPLE_EVERY, SEG};

@@ -56,7 +56,7 @@ use common::{GB, MB, ProcCounters, dir_bytes, load_average, vm_rss_kb, which};
 use contender::{Contender, Proc, Running, start_contender, stop_contender, usage};
 use lag::{Sampler, lags, parse_lsn, quantile, segment_latencies};
 use pgbackrest::{archiver_failure, enable_archiving, pgbackrest_dir, wait_archiver_idle};
-use pitr::wal::Lsn;
+use pitr::pg::Lsn;
 use report::{fmt_opt, fmt_secs, report_markdown};
 
 mod child;

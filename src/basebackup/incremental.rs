@@ -344,9 +344,9 @@ pub const SUMMARIES_HINT: &str = "turn WAL summaries on so that later base backu
 /// they are on, and when they could be but `summarize_wal` is off, how to
 /// turn it on.
 pub async fn describe(
-    client: &mut crate::wal::ReplicationClient,
+    client: &mut crate::pg::ReplicationClient,
     max_chain: u32,
-) -> Result<String, crate::wal::ConnError> {
+) -> Result<String, crate::pg::ConnError> {
     let major = client.server_major();
     if major < FIRST_MAJOR {
         return Ok(format!(
@@ -370,7 +370,7 @@ pub async fn describe(
 pub async fn prepare(
     repo: &Repository,
     db: &str,
-    client: &mut crate::wal::ReplicationClient,
+    client: &mut crate::pg::ReplicationClient,
     major: u32,
     system_id: &str,
     max_chain: u32,
@@ -419,7 +419,7 @@ pub async fn prepare(
 /// Whether `e`, from an incremental `BASE_BACKUP`, means the server cannot
 /// take it incrementally (SQLSTATE 55000: WAL summaries missing for the
 /// parent's range, a parent from another history): a full backup can.
-pub fn refused(e: &crate::wal::ConnError) -> bool {
+pub fn refused(e: &crate::pg::ConnError) -> bool {
     e.sqlstate() == Some("55000")
 }
 

@@ -38,8 +38,8 @@ pub use record::{
 pub use restore::{RestoreOptions, RestoreSummary, restore};
 pub use take::{BackupOptions, BackupProgress, take};
 
+use crate::pg::{ConnError, Lsn};
 use crate::repo::RepoError;
-use crate::wal::{ConnError, Lsn};
 
 /// Item kind of a backup record.
 pub const KIND_BACKUP: &str = "base-backup";

@@ -18,9 +18,9 @@ use super::record::{ListingEntry, TablespaceInfo};
 use super::take::BackupProgress;
 use super::tar::{TarEvent, TarParser};
 use crate::pg::ManifestChecksums;
+use crate::pg::conn::CopyOutEvent;
+use crate::pg::{Lsn, ReplicationClient};
 use crate::repo::Chunking;
-use crate::wal::conn::CopyOutEvent;
-use crate::wal::{Lsn, ReplicationClient};
 
 /// CopyData messages queued towards the store task per file.
 const FILE_QUEUE: usize = 16;
@@ -323,7 +323,7 @@ fn finish_archive(archive: Option<(String, TarParser)>) -> Result<(), BackupErro
     Ok(())
 }
 
-fn lsn_tli(row: &crate::wal::conn::Row) -> Result<(Lsn, u32), BackupError> {
+fn lsn_tli(row: &crate::pg::conn::Row) -> Result<(Lsn, u32), BackupError> {
     let lsn = row.get_str(0).and_then(|s| s.parse().ok());
     let tli = row.get_str(1).and_then(|s| s.parse().ok());
     match (lsn, tli) {

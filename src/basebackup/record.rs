@@ -7,8 +7,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{BackupError, KIND_BACKUP, KIND_RESTORABLE, record_name};
+use crate::pg::Lsn;
 use crate::repo::Repository;
-use crate::wal::{Lsn, WalStore};
+use crate::wal::WalStore;
 
 /// What `pg/<db>/backups/<id>` holds in its attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

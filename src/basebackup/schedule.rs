@@ -20,8 +20,9 @@ use tokio::sync::watch;
 use super::{BackupError, BackupOptions, BackupProgress, BackupRecord, take, wait_restorable};
 use crate::backoff::Backoff;
 use crate::cron::CronSchedule;
+use crate::pg::Lsn;
 use crate::repo::Repository;
-use crate::wal::{Lsn, Progress};
+use crate::wal::Progress;
 
 /// How failed scheduled backups are retried: 5 s doubling to 5 min, 8
 /// retries: rides out a server restart or a destination outage of about a

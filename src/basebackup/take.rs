@@ -18,8 +18,8 @@ use super::receive::{ChannelReader, FileJob, Run, STORE_GONE};
 use super::record::BackupRecord;
 use super::{BackupError, KIND_BACKUP, KIND_FILE, KIND_META, files_prefix, record_name};
 use crate::pg::{Checkpoint, ManifestChecksums};
+use crate::pg::{ConnInfo, ReplicationClient};
 use crate::repo::{Chunking, RepoError, Repository, Writer};
-use crate::wal::{ConnInfo, ReplicationClient};
 
 /// Commit the files stored so far after this many bytes, so a long backup
 /// does not hold every manifest until its end.

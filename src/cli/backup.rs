@@ -18,7 +18,7 @@ pub(super) async fn backup(
     use std::io::IsTerminal;
 
     let db = postgres_entry(config, postgres)?;
-    let conninfo = pitr::wal::ConnInfo::of_entry(db).map_err(|e| {
+    let conninfo = pitr::wiring::conninfo(db).map_err(|e| {
         Exit::Usage(format!(
             "{}: [[postgres]] {:?} conninfo: {e}",
             config.path.display(),

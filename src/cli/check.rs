@@ -137,7 +137,7 @@ fn check_offline(config: &Config) -> anyhow::Result<()> {
         }
     }
     for pg in &config.postgres {
-        match pitr::wal::ConnInfo::of_entry(pg) {
+        match pitr::wiring::conninfo(pg) {
             Ok(_) => println!("postgres {}: conninfo valid (not contacted)", pg.name),
             Err(e) => {
                 failed += 1;
@@ -196,8 +196,8 @@ fn check_restore_binaries(config: &Config, name: &str, major: u32) -> usize {
 /// Connects the way the streamer does and reads what streaming needs: the
 /// system, `wal_level`, `max_wal_senders`, the slot.
 async fn check_postgres(pg: &pitr::config::PostgresConfig) -> anyhow::Result<(String, u32)> {
-    let info = pitr::wal::ConnInfo::of_entry(pg)?;
-    let mut client = pitr::wal::ReplicationClient::connect(&info).await?;
+    let info = pitr::wiring::conninfo(pg)?;
+    let mut client = pitr::pg::ReplicationClient::connect(&info).await?;
     let system = client.identify_system().await?;
     let wal_level = client.check_wal_level().await?;
     let senders = client.show("max_wal_senders").await?;

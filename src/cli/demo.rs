@@ -248,7 +248,7 @@ schedule = "off"
 
     // 3. Stream WAL, as `pitr run` does.
     let pg = &config.postgres[0];
-    let conninfo = pitr::wal::ConnInfo::of_entry(pg)?;
+    let conninfo = pitr::wiring::conninfo(pg)?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let (progress_tx, progress_rx) = tokio::sync::watch::channel(pitr::wal::Progress::default());
     let streaming = tokio::spawn(pitr::wal::stream(
@@ -275,7 +275,7 @@ async fn wait_stored(
     progress: &tokio::sync::watch::Receiver<pitr::wal::Progress>,
     source: &Cluster,
 ) -> anyhow::Result<()> {
-    let lsn: pitr::wal::Lsn = source
+    let lsn: pitr::pg::Lsn = source
         .sql("SELECT pg_current_wal_lsn()")?
         .parse()
         .context("pg_current_wal_lsn")?;
@@ -299,7 +299,7 @@ async fn demo_steps(
     source.sql("CREATE TABLE demo (n int PRIMARY KEY, at timestamptz NOT NULL)")?;
     let options = pitr::basebackup::BackupOptions {
         database: db.clone(),
-        conninfo: pitr::wal::ConnInfo::of_entry(&config.postgres[0])?,
+        conninfo: pitr::wiring::conninfo(&config.postgres[0])?,
         label: "pitr demo".to_owned(),
         checkpoint: pitr::pg::Checkpoint::Fast,
         max_rate_kb: None,

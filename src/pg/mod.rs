@@ -1,5 +1,8 @@
-//! PostgreSQL servers, apart from the wire protocol: which directory holds
-//! a major's server binaries, which OS user a server runs as when pitr runs
+//! What pitr knows of PostgreSQL, shared by every part that talks to a
+//! server or reads its files: the wire client ([`conn`]: replication and
+//! plain SQL), LSNs and WAL file names, what each supported major's WAL
+//! looks like ([`FORMATS`]), which directory holds a major's server
+//! binaries, which OS user a server runs as when pitr runs
 //! as root, and servers pitr starts itself on data it restored (isolated:
 //! a private socket, no TCP, nothing that reaches production). Restore,
 //! test restores and the demo all go through here, so a fix or a new place
@@ -7,11 +10,17 @@
 
 mod backup;
 mod bin;
+pub mod conn;
+mod format;
+mod lsn;
 mod server;
 mod user;
 
 pub use backup::{Checkpoint, ManifestChecksums};
 pub use bin::{BinError, Looked, PgBin, data_dir_major, find, find_in, find_newest, major_of};
+pub use conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
+pub use format::{FORMATS, WalFormat, major_of_version, supported_majors};
+pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
 pub use server::{
     Postmaster, ServerStart, StartError, StopError, isolated_server_settings, start_isolated,
 };

@@ -18,8 +18,9 @@ use serde::Serialize;
 
 use super::target::{Target, pg_time};
 use crate::basebackup::{BackupError, BackupRecord, backups};
+use crate::pg::{Lsn, Segment, history_file_name};
 use crate::repo::Repository;
-use crate::wal::{Lineage, Lsn, Segment, SegmentIndex, WalAttrs, WalStore, history_file_name};
+use crate::wal::{Lineage, SegmentIndex, WalAttrs, WalStore};
 
 /// Why no plan could be made.
 #[derive(Debug, thiserror::Error)]

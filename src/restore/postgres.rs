@@ -15,9 +15,10 @@ use super::plan::Plan;
 use super::serve::WalServer;
 use super::target::{Target, parse_time, pg_time};
 use crate::basebackup::{self, BackupError};
+use crate::pg::Lsn;
 use crate::pg::{self, PgBin};
 use crate::repo::Repository;
-use crate::wal::{Lsn, WalStore};
+use crate::wal::WalStore;
 
 /// The marker lines around the settings pitr writes into
 /// `postgresql.auto.conf`.

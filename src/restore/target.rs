@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use crate::wal::Lsn;
+use crate::pg::Lsn;
 
 /// A restore target.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

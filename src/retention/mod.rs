@@ -24,11 +24,12 @@ use serde::Serialize;
 
 use crate::basebackup::{self, BackupError};
 use crate::config::{Config, RetentionConfig};
+use crate::pg::Lsn;
 use crate::repo::catalog::{CatalogError, ItemRow};
 use crate::repo::{Forget, RepoError, Repository};
 use crate::sqlite::store as sqlite_store;
 use crate::verify::{DatabaseKind, ITEM_PREFIX as VERIFY_PREFIX, KIND_VERIFY, VerifyReport};
-use crate::wal::{KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, Lsn, WalAttrs};
+use crate::wal::{KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, WalAttrs};
 
 pub use gc::{GcOutcome, GcPlan, PackAction};
 pub use policy::{BackupPoint, Decision, KeepReason, decide};

@@ -33,7 +33,7 @@ pub struct DestinationState {
     /// Bytes written since start.
     pub bytes_written: u64,
     /// How long a small read (a head, or a get of at most
-    /// [`SMALL_READ`] bytes) has taken lately, in microseconds: an
+    /// `SMALL_READ` bytes) has taken lately, in microseconds: an
     /// exponentially weighted moving average, `None` until one was timed.
     /// Reads go to the fastest healthy destination first.
     pub read_latency_us: Option<u64>,

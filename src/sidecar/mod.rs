@@ -22,8 +22,9 @@ use tokio::sync::watch;
 
 use crate::basebackup::schedule::{self, ScheduleOptions, ScheduleStatus};
 use crate::config::Config;
+use crate::pg::ConnInfo;
 use crate::repo::{RepoError, Repository};
-use crate::wal::{ConnInfo, Link, Progress, StreamOptions};
+use crate::wal::{Link, Progress, StreamOptions};
 use health::server::Endpoint;
 use health::{Evaluator, PgSource, Report, Sources, SqliteSource};
 use jobs::{Jobs, PartError, Schedule};
@@ -134,7 +135,7 @@ pub async fn run(
     }
     let mut streams = Vec::new();
     for pg in &config.postgres {
-        let info = ConnInfo::of_entry(pg).map_err(|e| SidecarError::Conninfo {
+        let info = crate::wiring::conninfo(pg).map_err(|e| SidecarError::Conninfo {
             config: config.path.display().to_string(),
             name: pg.name.clone(),
             message: e.to_string(),

@@ -424,7 +424,7 @@ async fn amcheck(
     // Any role that exists can ask who the bootstrap superuser (oid 10) is;
     // the one the sidecar connects as exists for sure.
     let mut candidates = Vec::new();
-    if let Ok(info) = crate::wal::ConnInfo::of_entry(pg) {
+    if let Ok(info) = crate::wiring::conninfo(pg) {
         candidates.push(info.user);
     }
     candidates.push("postgres".to_owned());

@@ -6,7 +6,7 @@
 //! on a chunk at a time, so it holds one chunk whatever the backlog
 //! (invariant 7).
 
-use super::lsn::{Lsn, Segment};
+use crate::pg::{Lsn, Segment};
 
 /// Streamed bytes did not continue where the previous ones ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,7 @@
 //! holding the switch point exists on both timelines: the child's copy holds
 //! the parent's bytes up to the switch point, then its own.
 
-use super::lsn::Lsn;
+use crate::pg::Lsn;
 
 /// A history file that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind};
-use super::{Lsn, Segment};
+use crate::pg::{Lsn, Segment};
 
 /// What one WAL segment holds, for planning restores. Stored by the catalog
 /// as item attributes; times serialize as RFC 3339, positions as `X/X`.

@@ -6,25 +6,18 @@
 //! (`stream`).
 
 mod assemble;
-pub mod conn;
 pub mod decode;
 mod history;
 mod index;
-mod lsn;
 mod prefetch;
 mod prepare;
 mod store;
 mod stream;
 
 pub use assemble::{Assembler, GapError, Piece};
-pub use conn::{ConnError, ConnInfo, ReplMessage, ReplicationClient, ReplicationStream};
-pub use decode::{
-    DecodeError, DecodeErrorKind, Decoder, FORMATS, Record, RecordKind, WalFormat,
-    major_of_version, supported_majors, valid_segment_size,
-};
+pub use decode::{DecodeError, DecodeErrorKind, Decoder, Record, RecordKind, valid_segment_size};
 pub use history::{HistoryError, Lineage, LineageEntry, Resume};
 pub use index::{RestorePoint, SegmentIndex, SegmentIndexer, XactTimes, index_segment};
-pub use lsn::{Lsn, ParseLsnError, Segment, history_file_name};
 pub use prefetch::Prefetch;
 pub use store::{
     KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, StoredWal, WalAttrs, WalStore, WalStoreError,

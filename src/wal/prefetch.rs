@@ -13,8 +13,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::lsn::Segment;
 use super::store::{WalStore, WalStoreError};
+use crate::pg::Segment;
 
 /// A lock older than this belongs to a prefetcher that died.
 const STALE_LOCK: Duration = Duration::from_secs(600);

@@ -23,11 +23,12 @@
 use tokio::sync::mpsc;
 
 use super::assemble::Piece;
-use super::decode::{DecodeError, Decoder, WalFormat};
+use super::decode::{DecodeError, Decoder};
 use super::index::{SegmentIndex, SegmentIndexer};
-use super::lsn::{Lsn, Segment};
 use super::store::WAL_CHUNK;
 use super::stream::StreamError;
+use crate::pg::WalFormat;
+use crate::pg::{Lsn, Segment};
 use crate::repo::{ChunkPreparer, PreparedChunk, Repository};
 
 /// Chunks queued for the task at most: 2 MiB of WAL.

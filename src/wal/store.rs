@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::index::SegmentIndex;
-use super::lsn::{Lsn, Segment, history_file_name};
+use crate::pg::{Lsn, Segment, history_file_name};
 use crate::repo::catalog::ItemRow;
 use crate::repo::{Chunking, Manifest, PreparedChunk, RepoError, Repository, Writer};
 
@@ -170,7 +170,7 @@ impl WalStore {
 
     /// Puts a complete segment, or with `partial` the open segment's bytes
     /// up to `end`, from chunks the caller cut at multiples of
-    /// [`WAL_CHUNK`] and prepared ([`crate::repo::ChunkPreparer`]): the same
+    /// `WAL_CHUNK` and prepared ([`crate::repo::ChunkPreparer`]): the same
     /// item [`WalStore::put_bytes`] stores from the bytes. Not yet committed, as those.
     #[allow(clippy::too_many_arguments)]
     pub async fn put_prepared(
@@ -402,7 +402,7 @@ fn parse_attrs(item: &ItemRow) -> Result<WalAttrs, WalStoreError> {
 
 fn parse_lsn(item: &ItemRow, text: &str) -> Result<Lsn, WalStoreError> {
     text.parse()
-        .map_err(|e: super::lsn::ParseLsnError| WalStoreError::BadAttrs {
+        .map_err(|e: crate::pg::ParseLsnError| WalStoreError::BadAttrs {
             item: item.name.clone(),
             what: e.to_string(),
         })

@@ -13,8 +13,9 @@ use pitr::basebackup::{
     self, BackupError, BackupOptions, BackupProgress, BackupRecord, RestoreOptions,
 };
 use pitr::pg::Checkpoint;
+use pitr::pg::{ConnInfo, Segment};
 use pitr::repo::Repository;
-use pitr::wal::{ConnInfo, Progress, Segment, StreamOptions, WalStore, stream};
+use pitr::wal::{Progress, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};
 
 use crate::support::TestRepo;
@@ -237,7 +238,7 @@ async fn a_restored_backup_verifies_recovers_and_matches_the_source() {
 
 /// Waits (bounded) until the streamer stored the server's WAL up to now.
 async fn wait_wal_stored(repo: &Repository, pg: &PgCluster) {
-    let now: pitr::wal::Lsn = pg
+    let now: pitr::pg::Lsn = pg
         .psql("SELECT pg_current_wal_flush_lsn()")
         .parse()
         .expect("an LSN");

@@ -65,7 +65,7 @@ fn last_batch(b: &serde_json::Value) -> Option<Timestamp> {
 
 /// `pg_replication_slots.restart_lsn` of the `pitr` slot: for a physical
 /// slot, the flush position pitr last acknowledged.
-fn acknowledged(pg: &PgCluster) -> Option<pitr::wal::Lsn> {
+fn acknowledged(pg: &PgCluster) -> Option<pitr::pg::Lsn> {
     pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'")
         .trim()
         .parse()
@@ -153,7 +153,7 @@ async fn a_batched_s3_destination_never_holds_up_the_acknowledgement_and_restore
     // (the fs destination holds it), and /health says batches fail.
     s3.pause();
     let seventh = write_row(&pg, 7);
-    let lsn: pitr::wal::Lsn = pg
+    let lsn: pitr::pg::Lsn = pg
         .psql("SELECT pg_current_wal_lsn()")
         .parse()
         .expect("an LSN");

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use pitr::basebackup::{self, BackupOptions, BackupProgress, BackupRecord};
 use pitr::pg::Checkpoint;
+use pitr::pg::ConnInfo;
 use pitr::repo::Repository;
-use pitr::wal::ConnInfo;
 use tokio::sync::watch;
 
 use crate::support::TestRepo;

@@ -8,8 +8,8 @@ use pitr::basebackup::{
     self, BackupRecord, KIND_BACKUP, KIND_FILE, KIND_META, ListingEntry, TablespaceInfo,
     files_prefix, record_name,
 };
+use pitr::pg::Lsn;
 use pitr::repo::{Chunking, Repository};
-use pitr::wal::Lsn;
 
 use crate::support::TestRepo;
 

@@ -590,9 +590,7 @@ fn a_spool_left_by_a_crash_is_replayed_on_the_next_start() {
 /// WAL streamed to fs + S3 under pgbench while S3 is paused for 30 s.
 /// Returns the flush positions acknowledged at the pause, near its end and
 /// at the end; checks no WAL is missing from S3 afterwards.
-async fn stream_through_a_hung_s3(
-    quorum: usize,
-) -> (pitr::wal::Lsn, pitr::wal::Lsn, pitr::wal::Lsn) {
+async fn stream_through_a_hung_s3(quorum: usize) -> (pitr::pg::Lsn, pitr::pg::Lsn, pitr::pg::Lsn) {
     let bucket = format!("hang{quorum}");
     let server = S3Server::start(&bucket);
     let pg = PgCluster::start();

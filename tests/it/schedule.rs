@@ -9,8 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pitr::basebackup::{self, BackupInfo};
+use pitr::pg::Lsn;
 use pitr::repo::{RepoOptions, Repository};
-use pitr::wal::{Lsn, WalStore};
+use pitr::wal::WalStore;
 
 use crate::support::PgCluster;
 use crate::support::TestRepo;

@@ -328,7 +328,7 @@ async fn a_taken_health_port_fails_at_start_with_the_address() {
 
 /// `pg_replication_slots.restart_lsn` of the `pitr` slot: for a physical
 /// slot, the flush position pitr last acknowledged.
-fn slot_restart_lsn(pg: &PgCluster) -> Option<pitr::wal::Lsn> {
+fn slot_restart_lsn(pg: &PgCluster) -> Option<pitr::pg::Lsn> {
     let text = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'");
     text.trim().parse().ok()
 }
@@ -440,7 +440,7 @@ async fn sigterm_during_a_base_backup_and_during_streaming_stops_within_10s_and_
     wait_health_until(port, 200, Duration::from_secs(120), &sidecar, |b| {
         b["postgres"][0]["acknowledged_lsn"]
             .as_str()
-            .and_then(|l| l.parse::<pitr::wal::Lsn>().ok())
+            .and_then(|l| l.parse::<pitr::pg::Lsn>().ok())
             .is_some_and(|l| l > before)
     })
     .await;

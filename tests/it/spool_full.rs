@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use pitr::wal::Lsn;
+use pitr::pg::Lsn;
 
 use crate::support::pg::free_port;
 use crate::support::{PgCluster, S3Server};

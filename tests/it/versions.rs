@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use pitr::basebackup::{self, BackupOptions, BackupProgress, RestoreOptions};
 use pitr::pg::{Checkpoint, ManifestChecksums};
+use pitr::pg::{ConnInfo, Lsn, Segment, WalFormat};
 use pitr::repo::Repository;
-use pitr::wal::{ConnInfo, Decoder, Lsn, RecordKind, Segment, WalFormat, WalStore};
+use pitr::wal::{Decoder, RecordKind, WalStore};
 use tokio::sync::watch;
 
 use crate::support::PgCluster;
@@ -59,7 +60,7 @@ async fn pg18() {
 /// Every supported major has its test above.
 #[test]
 fn every_supported_major_is_tested() {
-    let majors: Vec<u32> = pitr::wal::FORMATS.iter().map(|f| f.major).collect();
+    let majors: Vec<u32> = pitr::pg::FORMATS.iter().map(|f| f.major).collect();
     assert_eq!(
         majors,
         [14, 15, 16, 17, 18],

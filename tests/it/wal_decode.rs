@@ -9,9 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use jiff::Timestamp;
-use pitr::wal::{
-    DecodeErrorKind, Decoder, Lsn, Record, RecordKind, Segment, SegmentIndex, index_segment,
-};
+use pitr::pg::{Lsn, Segment};
+use pitr::wal::{DecodeErrorKind, Decoder, Record, RecordKind, SegmentIndex, index_segment};
 
 use crate::support::PgCluster;
 

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use pitr::pg::Segment;
 use pitr::repo::{RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
-use pitr::wal::{Segment, WalStore};
+use pitr::wal::WalStore;
 
 use crate::support::PgCluster;
 

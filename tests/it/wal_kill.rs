@@ -9,9 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pitr::pg::{Lsn, Segment};
 use pitr::repo::{RepoOptions, Repository};
 use pitr::ship::{Destination, Fanout, FsDestination};
-use pitr::wal::{Lsn, Segment, WalStore};
+use pitr::wal::WalStore;
 
 use crate::support::query_lsn as server_lsn;
 use crate::support::{PgCluster, run_as_pg_user};

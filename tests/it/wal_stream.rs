@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pitr::pg::{ConnInfo, Lsn, Segment};
 use pitr::repo::Repository;
 use pitr::ship::fault::{FaultPlan, FaultyDestination};
 use pitr::ship::{Destination, Fanout, FsDestination};
-use pitr::wal::{ConnInfo, Lsn, Progress, Segment, StreamOptions, WalStore, stream};
+use pitr::wal::{Progress, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};
 
 use crate::support::PgCluster;

@@ -322,7 +322,7 @@ pub struct DestinationReport {
 /// Per-database memory between evaluations: what moved when.
 #[derive(Debug, Default)]
 struct PgMemory {
-    flushed: crate::wal::Lsn,
+    flushed: crate::pg::Lsn,
     flushed_at: Option<Timestamp>,
     /// When WAL not yet stored was first seen (lag start).
     behind_since: Option<Timestamp>,

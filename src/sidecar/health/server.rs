@@ -1,5 +1,5 @@
 //! The sidecar's HTTP endpoint (axum): `GET /health` (200 or 503 with the
-//! [`Report`](super::Report) as JSON), `GET /metrics` (Prometheus text),
+//! [`Report`] as JSON), `GET /metrics` (Prometheus text),
 //! and behind a bearer token `GET /backups` (what `pitr list --json`
 //! prints) and the restore API, `POST /restore` and `GET /restore/{id}`;
 //! without a configured token those answer 404.
@@ -176,7 +176,7 @@ fn public(v: serde_json::Value) -> serde_json::Value {
         "schedule",
     ];
     fn safe_text(s: &str) -> bool {
-        s.parse::<Timestamp>().is_ok() || s.parse::<crate::wal::Lsn>().is_ok()
+        s.parse::<Timestamp>().is_ok() || s.parse::<crate::pg::Lsn>().is_ok()
     }
     fn walk(key: Option<&str>, v: Value) -> Value {
         match v {

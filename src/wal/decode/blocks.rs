@@ -4,9 +4,9 @@
 
 use std::ops::Range;
 
-use super::format::WalFormat;
 use super::record::{PREFIX_CAP, RECORD_HEADER};
 use super::{le_u16, le_u32};
+use crate::pg::WalFormat;
 
 /// Block-reference header ids (`XLR_BLOCK_ID_*`, `XLR_MAX_BLOCK_ID`).
 const BLOCK_ID_DATA_SHORT: u8 = 255;

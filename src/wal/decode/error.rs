@@ -1,7 +1,7 @@
 //! What can be wrong with WAL bytes, always said with the segment and the
 //! position (invariant 2: a problem is an error, never a skip).
 
-use crate::wal::Lsn;
+use crate::pg::Lsn;
 
 /// WAL that does not decode: where, and what was wrong.
 ///
@@ -33,7 +33,7 @@ pub enum DecodeErrorKind {
     #[error(
         "page magic {found:04X} is not that of any PostgreSQL major pitr decodes ({}): this \
          WAL was written by an unsupported PostgreSQL major version or is not WAL at all",
-        super::format::supported_majors()
+        crate::pg::supported_majors()
     )]
     UnknownMagic {
         /// The magic on the page.

@@ -19,21 +19,21 @@
 
 mod blocks;
 mod error;
-mod format;
 mod page;
 mod partial;
 mod record;
 mod stream;
+
+use crate::pg::WalFormat;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 
 pub use error::{DecodeError, DecodeErrorKind};
-pub use format::{FORMATS, WalFormat, major_of_version, supported_majors};
 pub use record::{Record, RecordKind};
 
-use crate::wal::{Lsn, Segment};
+use crate::pg::{Lsn, Segment};
 use page::{LONG_HEADER, WAL_PAGE_SIZE};
 use partial::Partial;
 

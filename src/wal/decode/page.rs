@@ -1,14 +1,14 @@
 //! WAL page headers (`access/xlog_internal.h`, the same in 14 to 18 but for
-//! the magic, see [`super::format`]).
+//! the magic, see [`crate::pg::FORMATS`]).
 //!
 //! Every 8 KiB page starts with a 24-byte header; the first page of a segment
 //! has the 40-byte long header that also names the cluster (system id) and
 //! repeats the segment and page sizes.
 
 use super::error::{DecodeError, DecodeErrorKind};
-use super::format::WalFormat;
 use super::{Decoder, State, ZEROS, le_u16, le_u32, le_u64};
-use crate::wal::Lsn;
+use crate::pg::Lsn;
+use crate::pg::WalFormat;
 
 /// `XLOG_BLCKSZ`: the WAL page size. Fixed at PostgreSQL's compile time; the
 /// Debian and upstream builds use 8 KiB, and the long header lets us check.

@@ -7,13 +7,13 @@ use std::ops::Range;
 
 use super::blocks::main_data_range;
 use super::error::DecodeErrorKind;
-use super::format::WalFormat;
 use super::record::{
     MAIN_DATA_CAP, PREFIX_CAP, RECORD_HEADER, RM_XLOG, Record, XLOG_SWITCH, XLR_INFO_MASK,
     interpret,
 };
 use super::{le_u32, le_u64};
-use crate::wal::Lsn;
+use crate::pg::Lsn;
+use crate::pg::WalFormat;
 
 /// `offsetof(XLogRecord, xl_crc)`: the header bytes the CRC covers (after
 /// the record's data, see [`Partial::finish`]).

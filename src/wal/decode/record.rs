@@ -5,7 +5,7 @@
 use jiff::Timestamp;
 
 use super::le_u64;
-use crate::wal::Lsn;
+use crate::pg::Lsn;
 
 /// `SizeOfXLogRecord`: the fixed record header.
 pub const RECORD_HEADER: usize = 24;

@@ -2,12 +2,12 @@
 //! zeros that follow a switch record or the end of the WAL.
 
 use super::error::DecodeErrorKind;
-use super::format::WalFormat;
 use super::page::WAL_PAGE_SIZE;
 use super::partial::Partial;
 use super::record::{Record, RecordKind};
 use super::{DecodeError, Decoder, MAXALIGN, State, ZEROS, next_segment};
-use crate::wal::Lsn;
+use crate::pg::Lsn;
+use crate::pg::WalFormat;
 
 impl Decoder {
     /// Consumes some of `bytes` (never past a page boundary) and returns how

@@ -23,12 +23,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::assemble::GapError;
-use super::conn::{ConnError, ConnInfo, ReplicationClient};
 use super::decode::DecodeError;
 use super::history::{HistoryError, Lineage};
-use super::lsn::{Lsn, history_file_name};
 use super::store::{WalStore, WalStoreError};
 use crate::backoff::Backoff;
+use crate::pg::{ConnError, ConnInfo, ReplicationClient};
+use crate::pg::{Lsn, history_file_name};
 use crate::repo::{RepoError, Repository};
 
 mod session;
@@ -181,7 +181,7 @@ impl StreamError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            StreamError::Conn(crate::wal::conn::ConnError::UnsupportedMajor { .. })
+            StreamError::Conn(crate::pg::conn::ConnError::UnsupportedMajor { .. })
         )
     }
 
@@ -209,7 +209,7 @@ pub enum Ended {
 const RECONNECT: Backoff = Backoff::forever(Duration::from_secs(1), Duration::from_secs(30));
 
 /// Streams until `shutdown` fires, reconnecting with exponential backoff
-/// ([`RECONNECT`]) after transient failures. Returns the first
+/// (`RECONNECT`) after transient failures. Returns the first
 /// failure that is not transient.
 pub async fn stream(
     repo: Repository,

@@ -9,11 +9,11 @@ use std::future::Future;
 use tokio::sync::watch;
 
 use super::{Ended, Progress, StreamError, StreamOptions};
+use crate::pg::WalFormat;
+use crate::pg::conn::{ReplMessage, ReplicationStream};
+use crate::pg::{Lsn, Segment};
 use crate::repo::Repository;
-use crate::wal::WalFormat;
 use crate::wal::assemble::{Assembler, GapError};
-use crate::wal::conn::{ReplMessage, ReplicationStream};
-use crate::wal::lsn::{Lsn, Segment};
 use crate::wal::prepare::{Job, Preparer, Ready};
 use crate::wal::store::{WAL_CHUNK, WalStore};
 

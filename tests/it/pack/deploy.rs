@@ -1015,7 +1015,7 @@ fn dockerfile_stages_user_healthcheck_and_entrypoint() {
     assert_eq!(stages, ["build", "postgres", "runtime"]);
     let major = dockerfile_pg_major(&df);
     assert!(
-        pitr::wal::decode::WalFormat::of_major(major).is_some(),
+        pitr::pg::WalFormat::of_major(major).is_some(),
         "ARG PG_MAJOR={major} is not a supported major"
     );
     let last_from = lines

@@ -50,7 +50,7 @@ async fn pg18() {
 /// Every supported major has its test above.
 #[test]
 fn every_supported_major_is_restored() {
-    let majors: Vec<u32> = pitr::wal::FORMATS.iter().map(|f| f.major).collect();
+    let majors: Vec<u32> = pitr::pg::FORMATS.iter().map(|f| f.major).collect();
     assert_eq!(
         majors,
         [14, 15, 16, 17, 18],

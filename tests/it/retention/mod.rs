@@ -295,8 +295,9 @@ async fn a_failed_deletion_is_reported_and_retried_next_run() {
 #[tokio::test]
 async fn a_synthetic_postgres_history_forgets_exactly_the_expected_items() {
     use pitr::basebackup::{BackupRecord, KIND_BACKUP, KIND_FILE, KIND_RESTORABLE};
+    use pitr::pg::Lsn;
     use pitr::verify::{DatabaseKind, VerifyReport};
-    use pitr::wal::{KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, Lsn, WalAttrs};
+    use pitr::wal::{KIND_HISTORY, KIND_PARTIAL, KIND_SEGMENT, WalAttrs};
 
     let t = TestRepo::new().await;
     let path = t.write_config(&[("main", "host=127.0.0.1 port=1 user=x dbname=postgres")]);

@@ -11,9 +11,9 @@ use jiff::Timestamp;
 use pitr::basebackup::{self, BackupOptions, BackupProgress};
 use pitr::config::Config;
 use pitr::pg::Checkpoint;
+use pitr::pg::ConnInfo;
 use pitr::repo::Repository;
 use pitr::retention::{self, RunOptions, Scope};
-use pitr::wal::ConnInfo;
 use tokio::sync::watch;
 
 use crate::support::Streamer;

@@ -78,7 +78,7 @@ pub fn repository_toml(dir: &std::path::Path, extra: &str) -> (String, String) {
 
 /// The LSN in the first column of `sql`'s only row (`None` for no row or
 /// NULL): how the WAL tests read `pg_stat_replication`, slots and positions.
-pub async fn query_lsn(db: &tokio_postgres::Client, sql: &str) -> Option<pitr::wal::Lsn> {
+pub async fn query_lsn(db: &tokio_postgres::Client, sql: &str) -> Option<pitr::pg::Lsn> {
     let row = db.query_opt(sql, &[]).await.expect("query")?;
     let text: Option<String> = row.get(0);
     text.map(|t| t.parse().expect("an LSN"))

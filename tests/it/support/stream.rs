@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use pitr::pg::{ConnInfo, Lsn};
 use pitr::repo::Repository;
-use pitr::wal::{ConnInfo, Lsn, Progress, StreamOptions, stream};
+use pitr::wal::{Progress, StreamOptions, stream};
 use tokio::sync::{oneshot, watch};
 
 use super::PgCluster;

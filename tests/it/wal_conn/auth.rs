@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use pitr::wal::conn::{ConnError, PasswordSource};
+use pitr::pg::conn::{ConnError, PasswordSource};
 
 use super::{connect, connect_err, eventually, info, within};
 use crate::support::PgCluster;
@@ -60,7 +60,7 @@ async fn password_methods_work_and_refusals_say_what_to_do() {
         Duration::from_secs(10),
         async || {
             let nohba = as_user("nohba", "nohba-secret");
-            match within("connect", pitr::wal::ReplicationClient::connect(&nohba)).await {
+            match within("connect", pitr::pg::ReplicationClient::connect(&nohba)).await {
                 Ok(_) => Err("nohba still connects"),
                 Err(e) => Ok(e),
             }

@@ -4,8 +4,8 @@
 use std::fs;
 use std::time::Duration;
 
-use pitr::wal::conn::{ConnError, CopyOutEvent, Host, ReplMessage};
-use pitr::wal::{Lsn, history_file_name};
+use pitr::pg::conn::{ConnError, CopyOutEvent, Host, ReplMessage};
+use pitr::pg::{Lsn, history_file_name};
 
 use super::{connect, connect_err, conninfo, eventually, info, within};
 use crate::support::PgCluster;
@@ -257,7 +257,7 @@ async fn commands_agree_with_sql_and_timelines_end_with_the_next_one() {
 }
 
 /// Runs a small BASE_BACKUP and checks the order of what comes back.
-async fn base_backup_events(client: &mut pitr::wal::ReplicationClient) {
+async fn base_backup_events(client: &mut pitr::pg::ReplicationClient) {
     let mut stream = client
         .simple_query_copy_out(
             "BASE_BACKUP (LABEL 'pitr-it', CHECKPOINT 'fast', WAIT false, MANIFEST 'no')",

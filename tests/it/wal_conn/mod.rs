@@ -1,4 +1,4 @@
-//! The replication connection client (`pitr::wal::conn`) against real
+//! The replication connection client (`pitr::pg::conn`) against real
 //! clusters: commands, streaming, authentication, TLS, and the connection
 //! errors that must tell the operator what to do.
 //!
@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use pitr::wal::conn::{ConnError, ConnInfo, ReplicationClient};
+use pitr::pg::conn::{ConnError, ConnInfo, ReplicationClient};
 
 use crate::support::{PgCluster, eventually};
 

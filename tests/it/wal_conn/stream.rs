@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use pitr::wal::conn::{ConnError, ReplMessage, ReplicationStream, pg_now_micros};
-use pitr::wal::{Lsn, Segment};
+use pitr::pg::conn::{ConnError, ReplMessage, ReplicationStream, pg_now_micros};
+use pitr::pg::{Lsn, Segment};
 
 use super::{connect, conninfo, eventually, within};
 use crate::support::PgCluster;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pitr::wal::conn::ConnError;
+use pitr::pg::conn::ConnError;
 
 use super::{connect, connect_err, eventually, info, within};
 use crate::support::{PgCluster, run_as_pg_user};
@@ -123,7 +123,7 @@ async fn sslmodes_encrypt_and_verify_as_libpq_does() {
         "ssl = on took effect",
         Duration::from_secs(10),
         async || {
-            within("connect", pitr::wal::ReplicationClient::connect(&require))
+            within("connect", pitr::pg::ReplicationClient::connect(&require))
                 .await
                 .map_err(|e| e.to_string())
         },

@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
+use pitr::pg::conn::ConnError;
+use pitr::pg::{Lsn, ReplicationClient};
 use pitr::repo::Repository;
-use pitr::wal::conn::ConnError;
-use pitr::wal::{
-    Lsn, Progress, ReplicationClient, StreamError, StreamOptions, WalStore, stream_once,
-};
+use pitr::wal::{Progress, StreamError, StreamOptions, WalStore, stream_once};
 use tokio::sync::watch;
 
 use super::{Streamer, lsn, options, options_for, stored_end, within, write_wal};

@@ -15,9 +15,10 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
+use pitr::pg::conn::DEFAULT_APPLICATION_NAME;
+use pitr::pg::{ConnInfo, Lsn, Segment};
 use pitr::repo::Repository;
-use pitr::wal::conn::DEFAULT_APPLICATION_NAME;
-use pitr::wal::{ConnInfo, Lsn, Progress, Segment, StreamError, StreamOptions, WalStore, stream};
+use pitr::wal::{Progress, StreamError, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 

@@ -1,7 +1,8 @@
 //! Streaming from a standby that is then promoted: pitr follows onto
 //! timeline 2, live or after a restart that missed the promotion.
 
-use pitr::wal::{Lineage, Lsn, ReplicationClient, Segment, WalStore, history_file_name};
+use pitr::pg::{Lsn, ReplicationClient, Segment, history_file_name};
+use pitr::wal::{Lineage, WalStore};
 
 use super::{
     LIMIT, SEG, Streamer, check_invariant, compare_with_pg_wal, complete_segments, eventually,

@@ -246,14 +246,6 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// The connection of a `[[postgres]]` entry: its conninfo resolved,
-    /// with the entry's pitr-only settings applied.
-    pub fn of_entry(pg: &crate::config::PostgresConfig) -> Result<ConnInfo, ConnInfoError> {
-        let mut info = ConnInfo::parse(&pg.conninfo)?;
-        info.allow_insecure_password = pg.allow_insecure_password;
-        Ok(info)
-    }
-
     /// `host:port` or the socket path, for messages.
     pub fn target(&self) -> String {
         self.host.describe(self.port)

@@ -18,7 +18,7 @@ use super::conninfo::{ChannelBindingMode, ConnInfo, Host, SslMode};
 use super::error::{ConnError, Context, classify};
 use super::tls;
 use super::wire::{Socket, Wire, cstr, i32_, parse_error};
-use crate::wal::decode::{WalFormat, major_of_version};
+use crate::pg::{WalFormat, major_of_version};
 
 /// A physical replication connection (`replication=true`): only simple
 /// queries of the replication protocol work on it. See the operations in

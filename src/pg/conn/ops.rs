@@ -11,7 +11,7 @@ use postgres_protocol::message::frontend;
 use super::client::ReplicationClient;
 use super::error::{ConnError, Context, classify};
 use super::wire::{Frame, parse_data_row, parse_error, parse_row_description};
-use crate::wal::Lsn;
+use crate::pg::Lsn;
 
 /// Bound on the rows one simple query may return, in bytes: replication
 /// commands answer with a few short rows.

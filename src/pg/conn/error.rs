@@ -82,7 +82,7 @@ pub enum ConnError {
         } else {
             format!("runs version {version}")
         },
-        crate::wal::supported_majors()
+        crate::pg::supported_majors()
     )]
     UnsupportedMajor {
         /// `host:port` or socket path.

@@ -11,7 +11,7 @@ use super::client::ReplicationClient;
 use super::error::{ConnError, Context, classify};
 use super::ops::check_slot_name;
 use super::wire::{Frame, i64_, parse_error};
-use crate::wal::Lsn;
+use crate::pg::Lsn;
 
 /// Seconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
 const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
@@ -373,8 +373,8 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::wal::conn::ConnInfo;
-    use crate::wal::conn::fake::{message, read_startup, trust_login};
+    use crate::pg::conn::ConnInfo;
+    use crate::pg::conn::fake::{message, read_startup, trust_login};
 
     /// Reads one tagged message and returns its tag.
     async fn read_tagged(sock: &mut TcpStream) -> u8 {
