@@ -1,9 +1,9 @@
-//! WAL: positions and segment names (`lsn`), the physical replication client
-//! (`conn`), segment assembly from streamed bytes (`assemble`), the record
-//! decoder (`decode`) and the per-segment index the restore planner reads
-//! (`index`), timeline lineage and where to resume (`history`), WAL as
-//! repository items (`store`), and the streamer that ties them together
-//! (`stream`).
+//! WAL, streamed from a server over `crate::pg`'s replication client:
+//! segment assembly from streamed bytes (`assemble`), the record decoder
+//! (`decode`, on each major's format from `crate::pg::FORMATS`), the
+//! per-segment index the restore planner reads (`index`), timeline lineage
+//! and where to resume (`history`), WAL as repository items (`store`), and
+//! the streamer that ties them together (`stream`).
 
 mod assemble;
 pub mod decode;
