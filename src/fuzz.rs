@@ -19,8 +19,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::basebackup::tar::TarParser;
-use crate::pg::FORMATS;
-use crate::pg::Lsn;
+use crate::pg::{FORMATS, Lsn};
 use crate::repo::seal::{self, SealKind};
 use crate::repo::{Commit, Descriptor, RepositoryKey};
 use crate::sqlite::pageset::PageSetHeader;

@@ -11,8 +11,7 @@ use crate::backoff::Backoff;
 use crate::config::{
     Config, ConfigError, DestinationConfig, PostgresConfig, S3Config, StorachaConfig,
 };
-use crate::pg::ConnInfo;
-use crate::pg::conn::ConnInfoError;
+use crate::pg::{ConnInfo, conn::ConnInfoError};
 use crate::repo::{IdentityError, RepoOptions};
 use crate::ship::{
     Batched, DestinationKind, DestinationSpec, Fanout, FanoutOptions, REQUEST_RETRY, S3Options,

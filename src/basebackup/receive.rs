@@ -17,9 +17,7 @@ use super::pgmanifest::Received;
 use super::record::{ListingEntry, TablespaceInfo};
 use super::take::BackupProgress;
 use super::tar::{TarEvent, TarParser};
-use crate::pg::ManifestChecksums;
-use crate::pg::conn::CopyOutEvent;
-use crate::pg::{Lsn, ReplicationClient};
+use crate::pg::{Lsn, ManifestChecksums, ReplicationClient, conn::CopyOutEvent};
 use crate::repo::Chunking;
 
 /// CopyData messages queued towards the store task per file.

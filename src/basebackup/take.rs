@@ -17,8 +17,7 @@ use super::pgmanifest;
 use super::receive::{ChannelReader, FileJob, Run, STORE_GONE};
 use super::record::BackupRecord;
 use super::{BackupError, KIND_BACKUP, KIND_FILE, KIND_META, files_prefix, record_name};
-use crate::pg::{Checkpoint, ManifestChecksums};
-use crate::pg::{ConnInfo, ReplicationClient};
+use crate::pg::{Checkpoint, ConnInfo, ManifestChecksums, ReplicationClient};
 use crate::repo::{Chunking, RepoError, Repository, Writer};
 
 /// Commit the files stored so far after this many bytes, so a long backup

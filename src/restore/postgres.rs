@@ -15,8 +15,7 @@ use super::plan::Plan;
 use super::serve::WalServer;
 use super::target::{Target, parse_time, pg_time};
 use crate::basebackup::{self, BackupError};
-use crate::pg::Lsn;
-use crate::pg::{self, PgBin};
+use crate::pg::{self, Lsn, PgBin};
 use crate::repo::Repository;
 use crate::wal::WalStore;
 

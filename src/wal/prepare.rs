@@ -27,8 +27,7 @@ use super::decode::{DecodeError, Decoder};
 use super::index::{SegmentIndex, SegmentIndexer};
 use super::store::WAL_CHUNK;
 use super::stream::StreamError;
-use crate::pg::WalFormat;
-use crate::pg::{Lsn, Segment};
+use crate::pg::{Lsn, Segment, WalFormat};
 use crate::repo::{ChunkPreparer, PreparedChunk, Repository};
 
 /// Chunks queued for the task at most: 2 MiB of WAL.

@@ -2,7 +2,7 @@
 //! (axum) and an SMTP server (aiosmtpd). Transitions, payloads per kind,
 //! reminders, retries, refusals; `pitr check` on alert channels.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use pitr::backoff::Backoff;
@@ -10,7 +10,7 @@ use pitr::config::{AlertConfig, AlertKind};
 use pitr::sidecar::alert::Alerter;
 use pitr::sidecar::health::Check;
 
-use crate::support::{SmtpServer, WebhookReceiver};
+use crate::support::{SmtpServer, WebhookReceiver, pitr};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -525,17 +525,6 @@ fn deliveries_and_failures_are_counted_in_metrics() {
 }
 
 // ---- `pitr check` through the binary ----
-
-fn pitr(args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
-    cmd.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PITR_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.output().expect("run pitr")
-}
 
 fn text(o: &Output) -> String {
     format!(

@@ -12,51 +12,14 @@ use std::time::Duration;
 use pitr::basebackup::{
     self, BackupError, BackupOptions, BackupProgress, BackupRecord, RestoreOptions,
 };
-use pitr::pg::Checkpoint;
-use pitr::pg::{ConnInfo, Segment};
+use pitr::pg::{Checkpoint, ConnInfo, Segment};
 use pitr::repo::Repository;
-use pitr::wal::{Progress, StreamOptions, WalStore, stream};
-use tokio::sync::{oneshot, watch};
+use pitr::wal::WalStore;
+use tokio::sync::watch;
 
-use crate::support::TestRepo;
-use crate::support::{PgCluster, run_as_pg_user};
+use crate::support::{PgCluster, Streamer, TestRepo, run_as_pg_user};
 
 const SEG: u64 = 16 << 20;
-
-/// The WAL streamer in the background, as `pitr run` runs it.
-struct Streamer {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), pitr::wal::StreamError>>,
-}
-
-impl Streamer {
-    fn start(repo: &Repository, pg: &PgCluster) -> Streamer {
-        let info = ConnInfo::parse(&pg.conninfo("postgres")).expect("conninfo");
-        let mut o = StreamOptions::new("main", info, "pitr");
-        o.partial_interval = Duration::from_millis(200);
-        o.status_interval = Duration::from_millis(500);
-        let (tx, _rx) = watch::channel(Progress::default());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(stream(repo.clone(), o, tx, async {
-            let _ = stopped.await;
-        }));
-        Streamer {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the streamer stops")
-            .expect("no panic")
-            .expect("no error");
-    }
-}
 
 fn options(pg: &PgCluster, max_rate_kb: Option<u32>) -> BackupOptions {
     BackupOptions {
@@ -156,7 +119,7 @@ async fn a_restored_backup_verifies_recovers_and_matches_the_source() {
     let pg = PgCluster::start();
     let t = TestRepo::new().await;
     let repo = t.open().await;
-    let streamer = Streamer::start(&repo, &pg);
+    let streamer = Streamer::start(&repo, &pg, "pitr");
     pgbench_init(&pg, 5);
     pg.psql("UPDATE pgbench_accounts SET abalance = aid % 97 WHERE aid % 10 = 0");
     let sum_query = "SELECT sum(abalance) FROM pgbench_accounts";
@@ -271,7 +234,7 @@ async fn a_server_restart_mid_backup_leaves_nothing_restorable_and_the_next_work
     let mut pg = PgCluster::start();
     let t = TestRepo::new().await;
     let repo = t.open().await;
-    let streamer = Streamer::start(&repo, &pg);
+    let streamer = Streamer::start(&repo, &pg, "pitr");
     pgbench_init(&pg, 1);
 
     // Slowed to 1 MB/s by the server, so the restart lands mid-stream.
@@ -317,7 +280,7 @@ async fn unchanged_pages_are_not_stored_again() {
     let pg = PgCluster::start();
     let t = TestRepo::new().await;
     let repo = t.open().await;
-    let streamer = Streamer::start(&repo, &pg);
+    let streamer = Streamer::start(&repo, &pg, "pitr");
     pgbench_init(&pg, 30);
     // pgbench's WAL stored first, so the store's growth is the backups'.
     wait_wal_stored(&repo, &pg).await;
@@ -467,7 +430,7 @@ async fn a_tablespace_outside_the_data_directory_is_restored_where_asked() {
     let pg = PgCluster::start();
     let t = TestRepo::new().await;
     let repo = t.open().await;
-    let streamer = Streamer::start(&repo, &pg);
+    let streamer = Streamer::start(&repo, &pg, "pitr");
     let location = pg.dir().join("ts");
     run_tool(
         run_as_pg_user(Command::new("mkdir").arg(&location)),
@@ -576,7 +539,7 @@ async fn a_backup_taken_under_write_load_restores_consistent() {
     let pg = PgCluster::start();
     let t = TestRepo::new().await;
     let repo = t.open().await;
-    let streamer = Streamer::start(&repo, &pg);
+    let streamer = Streamer::start(&repo, &pg, "pitr");
     pgbench_init(&pg, 2);
     let mut load = Command::new(pg.bin("pgbench"))
         .args(["-n", "-c", "2", "-T", "8"])

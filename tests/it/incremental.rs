@@ -22,8 +22,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use pitr::basebackup::{self, BackupOptions, BackupProgress, BackupRecord};
-use pitr::pg::Checkpoint;
-use pitr::pg::ConnInfo;
+use pitr::pg::{Checkpoint, ConnInfo};
 use pitr::repo::Repository;
 use tokio::sync::watch;
 

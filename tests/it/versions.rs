@@ -17,8 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pitr::basebackup::{self, BackupOptions, BackupProgress, RestoreOptions};
-use pitr::pg::{Checkpoint, ManifestChecksums};
-use pitr::pg::{ConnInfo, Lsn, Segment, WalFormat};
+use pitr::pg::{Checkpoint, ConnInfo, Lsn, ManifestChecksums, Segment, WalFormat};
 use pitr::repo::Repository;
 use pitr::wal::{Decoder, RecordKind, WalStore};
 use tokio::sync::watch;

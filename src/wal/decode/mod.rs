@@ -24,7 +24,7 @@ mod partial;
 mod record;
 mod stream;
 
-use crate::pg::WalFormat;
+use crate::pg::{Lsn, Segment, WalFormat};
 #[cfg(test)]
 mod tests;
 
@@ -33,7 +33,6 @@ use std::fmt;
 pub use error::{DecodeError, DecodeErrorKind};
 pub use record::{Record, RecordKind};
 
-use crate::pg::{Lsn, Segment};
 use page::{LONG_HEADER, WAL_PAGE_SIZE};
 use partial::Partial;
 

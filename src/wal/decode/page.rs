@@ -7,8 +7,7 @@
 
 use super::error::{DecodeError, DecodeErrorKind};
 use super::{Decoder, State, ZEROS, le_u16, le_u32, le_u64};
-use crate::pg::Lsn;
-use crate::pg::WalFormat;
+use crate::pg::{Lsn, WalFormat};
 
 /// `XLOG_BLCKSZ`: the WAL page size. Fixed at PostgreSQL's compile time; the
 /// Debian and upstream builds use 8 KiB, and the long header lets us check.

@@ -12,8 +12,7 @@ use super::record::{
     interpret,
 };
 use super::{le_u32, le_u64};
-use crate::pg::Lsn;
-use crate::pg::WalFormat;
+use crate::pg::{Lsn, WalFormat};
 
 /// `offsetof(XLogRecord, xl_crc)`: the header bytes the CRC covers (after
 /// the record's data, see [`Partial::finish`]).

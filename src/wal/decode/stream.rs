@@ -6,8 +6,7 @@ use super::page::WAL_PAGE_SIZE;
 use super::partial::Partial;
 use super::record::{Record, RecordKind};
 use super::{DecodeError, Decoder, MAXALIGN, State, ZEROS, next_segment};
-use crate::pg::Lsn;
-use crate::pg::WalFormat;
+use crate::pg::{Lsn, WalFormat};
 
 impl Decoder {
     /// Consumes some of `bytes` (never past a page boundary) and returns how

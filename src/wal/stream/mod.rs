@@ -27,8 +27,7 @@ use super::decode::DecodeError;
 use super::history::{HistoryError, Lineage};
 use super::store::{WalStore, WalStoreError};
 use crate::backoff::Backoff;
-use crate::pg::{ConnError, ConnInfo, ReplicationClient};
-use crate::pg::{Lsn, history_file_name};
+use crate::pg::{ConnError, ConnInfo, Lsn, ReplicationClient, history_file_name};
 use crate::repo::{RepoError, Repository};
 
 mod session;

@@ -9,9 +9,10 @@ use std::future::Future;
 use tokio::sync::watch;
 
 use super::{Ended, Progress, StreamError, StreamOptions};
-use crate::pg::WalFormat;
-use crate::pg::conn::{ReplMessage, ReplicationStream};
-use crate::pg::{Lsn, Segment};
+use crate::pg::{
+    Lsn, Segment, WalFormat,
+    conn::{ReplMessage, ReplicationStream},
+};
 use crate::repo::Repository;
 use crate::wal::assemble::{Assembler, GapError};
 use crate::wal::prepare::{Job, Preparer, Ready};

@@ -4,8 +4,11 @@
 use std::fs;
 use std::time::Duration;
 
-use pitr::pg::conn::{ConnError, CopyOutEvent, Host, ReplMessage};
-use pitr::pg::{Lsn, history_file_name};
+use pitr::pg::{
+    Lsn,
+    conn::{ConnError, CopyOutEvent, Host, ReplMessage},
+    history_file_name,
+};
 
 use super::{connect, connect_err, conninfo, eventually, info, within};
 use crate::support::PgCluster;

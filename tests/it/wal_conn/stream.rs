@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use pitr::pg::conn::{ConnError, ReplMessage, ReplicationStream, pg_now_micros};
-use pitr::pg::{Lsn, Segment};
+use pitr::pg::{
+    Lsn, Segment,
+    conn::{ConnError, ReplMessage, ReplicationStream, pg_now_micros},
+};
 
 use super::{connect, conninfo, eventually, within};
 use crate::support::PgCluster;

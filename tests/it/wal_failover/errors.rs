@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use pitr::pg::conn::ConnError;
-use pitr::pg::{Lsn, ReplicationClient};
+use pitr::pg::{Lsn, ReplicationClient, conn::ConnError};
 use pitr::repo::Repository;
 use pitr::wal::{Progress, StreamError, StreamOptions, WalStore, stream_once};
 use tokio::sync::watch;

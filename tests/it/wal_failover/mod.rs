@@ -15,8 +15,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use pitr::pg::conn::DEFAULT_APPLICATION_NAME;
-use pitr::pg::{ConnInfo, Lsn, Segment};
+use pitr::pg::{ConnInfo, Lsn, Segment, conn::DEFAULT_APPLICATION_NAME};
 use pitr::repo::Repository;
 use pitr::wal::{Progress, StreamError, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};
