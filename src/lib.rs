@@ -20,6 +20,7 @@ pub mod restore;
 pub mod retention;
 pub mod ship;
 pub mod sidecar;
+pub mod snapshot;
 pub mod sqlite;
 pub mod verify;
 pub mod wal;

@@ -119,6 +119,7 @@ fn entry_names(raw: &RawConfig, section: Section) -> Vec<Option<String>> {
         Section::Postgres => names(&raw.postgres, |e| &e.name),
         Section::Sqlite => names(&raw.sqlite, |e| &e.name),
         Section::Alert => names(&raw.alert, |e| &e.name),
+        Section::Command => names(&raw.command, |e| &e.name),
         Section::Repository
         | Section::Health
         | Section::Verify
@@ -207,6 +208,23 @@ fn store(
                 },
                 var,
             ))
+        }
+        // `A=1,B=2`: the same comma-separated form lists take; a value
+        // with a comma goes into `env_file` instead.
+        Slot::Table(f) => {
+            let mut table = toml::Table::new();
+            for pair in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let Some((k, v)) = pair.split_once('=') else {
+                    return Err(ctx.env(
+                        var,
+                        &t.key,
+                        &format!("{pair:?} is not NAME=VALUE"),
+                        "Set it to comma-separated NAME=VALUE pairs (A=1,B=2), or use the `_file` key for values with commas",
+                    ));
+                };
+                table.insert(k.trim().to_owned(), toml::Value::String(v.to_owned()));
+            }
+            *f = Some(val(table, var))
         }
     }
     Ok(())

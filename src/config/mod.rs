@@ -62,6 +62,9 @@ pub struct Config {
     pub scrub: ScrubConfig,
     /// `[restore]`: where the PostgreSQL server binaries restores run are.
     pub restore: RestoreConfig,
+    /// `[[command]]`: snapshot sources whose standard output is stored on
+    /// a schedule (docs/SNAPSHOTS.md); names unique.
+    pub commands: Vec<CommandConfig>,
 }
 
 /// `[repository]`: how objects are encrypted, compressed and packed, and
@@ -478,6 +481,58 @@ pub struct VerifyConfig {
     /// The OS user PostgreSQL runs as during a test restore when pitr runs
     /// as root (`os_user`, default `postgres`).
     pub os_user: String,
+}
+
+/// One `[[command]]`: a program whose standard output is stored as a
+/// snapshot (a `pg_dump`, an export), on a schedule (docs/SNAPSHOTS.md).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CommandConfig {
+    /// Unique among `[[command]]` entries; `[a-z0-9_-]+`.
+    pub name: String,
+    /// The program and its arguments (`run`), run directly: no shell, so
+    /// nothing in it is expanded or split. Never empty.
+    pub run: Vec<String>,
+    /// Variables added to the program's environment (`env` or `env_file`).
+    /// May hold passwords: `Debug` shows the names only.
+    pub env: Vec<(String, String)>,
+    /// When a snapshot is taken, cron in UTC (`schedule`, default
+    /// `30 2 * * *`); `None` when written `"off"`.
+    pub schedule: Option<CronSchedule>,
+    /// How long one run may take before its whole process group is killed
+    /// and the run counts as failed (`timeout`, default 1 h).
+    pub timeout: Duration,
+    /// The OS user the program runs as when pitr runs as root (`user`);
+    /// `None`: pitr's own user.
+    pub user: Option<String>,
+    /// A program run on a restored copy during test restores (`verify`),
+    /// with `{file}` replaced by the copy's path; `None`: the copy is only
+    /// read back and checked.
+    pub verify: Option<Vec<String>>,
+    /// `/health` fails when the newest snapshot is older than this
+    /// (`max_age`); `None`: 1.5 × the schedule's interval (no limit when
+    /// the schedule is off).
+    pub max_age: Option<Duration>,
+}
+
+impl std::fmt::Debug for CommandConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config is logged at startup; env values may be passwords.
+        let env: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, _)| format!("{k}=(redacted)"))
+            .collect();
+        f.debug_struct("CommandConfig")
+            .field("name", &self.name)
+            .field("run", &self.run)
+            .field("env", &env)
+            .field("schedule", &self.schedule)
+            .field("timeout", &self.timeout)
+            .field("user", &self.user)
+            .field("verify", &self.verify)
+            .field("max_age", &self.max_age)
+            .finish()
+    }
 }
 
 /// `[restore]`: how restores and test restores find PostgreSQL.

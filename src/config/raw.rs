@@ -44,6 +44,7 @@ pub(super) struct RawConfig {
     pub retention: Option<RawRetention>,
     pub scrub: Option<RawScrub>,
     pub restore: Option<RawRestore>,
+    pub command: Option<Vec<RawCommand>>,
 }
 
 impl RawConfig {
@@ -71,6 +72,7 @@ impl RawConfig {
             Section::Retention => plain(&mut self.retention),
             Section::Scrub => plain(&mut self.scrub),
             Section::Restore => plain(&mut self.restore),
+            Section::Command => nth(&mut self.command, index),
         }
     }
 }
@@ -88,6 +90,7 @@ pub(super) enum Section {
     Retention,
     Scrub,
     Restore,
+    Command,
 }
 
 /// How an environment variable's text becomes a value of a key.
@@ -103,6 +106,8 @@ pub(super) enum KeyType {
     Number,
     /// Seconds, or a number with a unit (`500ms`, `1s`, `24h`).
     Duration,
+    /// A table of strings (`{ A = "1" }`); `A=1,B=2` in the environment.
+    Table,
 }
 
 /// One key of a section: its name, type, and an example line for messages.
@@ -127,6 +132,8 @@ pub(super) enum Slot<'a> {
     Size(&'a mut Option<Val<toml::Value>>),
     Number(&'a mut Option<Val<toml::Value>>),
     Duration(&'a mut Option<Val<toml::Value>>),
+    /// Checked in validation: every value must be a string.
+    Table(&'a mut Option<Val<toml::Table>>),
 }
 
 impl Slot<'_> {
@@ -137,6 +144,7 @@ impl Slot<'_> {
             Slot::Int(v) => v.as_ref().map(|v| &v.origin),
             Slot::List(v) => v.as_ref().map(|v| &v.origin),
             Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) => v.as_ref().map(|v| &v.origin),
+            Slot::Table(v) => v.as_ref().map(|v| &v.origin),
         }
     }
 
@@ -147,6 +155,7 @@ impl Slot<'_> {
             Slot::Int(v) => *v = None,
             Slot::List(v) => *v = None,
             Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) => *v = None,
+            Slot::Table(v) => *v = None,
         }
     }
 }
@@ -165,6 +174,7 @@ macro_rules! raw_type {
     (Size) => { toml::Value };
     (Number) => { toml::Value };
     (Duration) => { toml::Value };
+    (Table) => { toml::Table };
 }
 
 /// Declares a section's raw struct, its key table and its [`Keys`] from one
@@ -346,9 +356,25 @@ section! {
     }
 }
 
+section! {
+    /// One `[[command]]`: a snapshot source whose standard output is
+    /// stored (docs/SNAPSHOTS.md).
+    struct RawCommand, table COMMAND_KEYS {
+        name: Str = r#"name = "app-dump""#,
+        run: List = r#"run = ["pg_dump", "-Fc", "--dbname=app"]"#,
+        env: Table = r#"env = { PGHOST = "127.0.0.1" }"#,
+        env_file: Str = r#"env_file = "/run/secrets/app-dump.env""#,
+        schedule: Str = r#"schedule = "30 2 * * *""#,
+        timeout: Duration = r#"timeout = "1h""#,
+        user: Str = r#"user = "postgres""#,
+        verify: List = r#"verify = ["pg_restore", "--list", "{file}"]"#,
+        max_age: Duration = r#"max_age = "36h""#,
+    }
+}
+
 impl Section {
     /// Every section, in the order the design card writes them.
-    pub const ALL: [Section; 10] = [
+    pub const ALL: [Section; 11] = [
         Section::Repository,
         Section::Destination,
         Section::Postgres,
@@ -359,6 +385,7 @@ impl Section {
         Section::Retention,
         Section::Scrub,
         Section::Restore,
+        Section::Command,
     ];
 
     /// The section's name in the file.
@@ -374,6 +401,7 @@ impl Section {
             Section::Retention => "retention",
             Section::Scrub => "scrub",
             Section::Restore => "restore",
+            Section::Command => "command",
         }
     }
 
@@ -381,7 +409,11 @@ impl Section {
     pub fn is_array(self) -> bool {
         matches!(
             self,
-            Section::Destination | Section::Postgres | Section::Sqlite | Section::Alert
+            Section::Destination
+                | Section::Postgres
+                | Section::Sqlite
+                | Section::Alert
+                | Section::Command
         )
     }
 
@@ -407,6 +439,7 @@ impl Section {
             Section::Retention => RETENTION_KEYS,
             Section::Scrub => SCRUB_KEYS,
             Section::Restore => RESTORE_KEYS,
+            Section::Command => COMMAND_KEYS,
         }
     }
 

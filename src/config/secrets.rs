@@ -194,3 +194,77 @@ fn both(ctx: &Ctx<'_>, key: &KeyName, file_key: &KeyName, origin: &Origin) -> Co
         ),
     )
 }
+
+/// A command's environment given inline (`env = { A = "1" }`) or through
+/// `env_file`, a file of `NAME=VALUE` lines as Docker's `--env-file` reads
+/// them (blank lines and `#` comments skipped, `export ` and one pair of
+/// surrounding quotes allowed), so that passwords stay out of the config.
+/// Values are never quoted back in messages: they may be secrets.
+pub(super) fn env_table(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    inline: Option<Val<toml::Table>>,
+    file: Option<Val<String>>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    match given(ctx, key, inline, file)? {
+        None => {}
+        Some(Given::Inline(v)) => {
+            for (name, value) in v.value {
+                let toml::Value::String(value) = value else {
+                    return Err(ctx.invalid(
+                        key,
+                        &v.origin,
+                        &format!("the value of {name:?} is not a string"),
+                        "Quote every value, e.g. env = { PGPORT = \"5432\" }",
+                    ));
+                };
+                env_name(ctx, key, &v.origin, &name)?;
+                out.push((name, value));
+            }
+        }
+        Some(Given::File {
+            key,
+            origin,
+            path,
+            content,
+        }) => {
+            for (i, line) in content.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let line = line.strip_prefix("export ").unwrap_or(line);
+                let Some((name, value)) = line.split_once('=') else {
+                    return Err(ctx.invalid(
+                        &key,
+                        &origin,
+                        &format!("line {} of {} is not NAME=VALUE", i + 1, path.display()),
+                        "Write one NAME=VALUE per line (blank lines and # comments are skipped)",
+                    ));
+                };
+                let value = value.trim();
+                let unquoted = ['"', '\'']
+                    .iter()
+                    .find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q))
+                    .unwrap_or(value);
+                env_name(ctx, &key, &origin, name.trim())?;
+                out.push((name.trim().to_owned(), unquoted.to_owned()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A variable name a process environment can hold.
+fn env_name(ctx: &Ctx<'_>, key: &KeyName, origin: &Origin, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(ctx.invalid(
+            key,
+            origin,
+            &format!("{name:?} is not a variable name"),
+            "Name each variable without `=` or NUL, e.g. PGPASSWORD",
+        ));
+    }
+    Ok(())
+}

@@ -337,6 +337,24 @@ impl Writer {
         self.record(name, kind, attrs, chunking, size, hasher, chunks)
     }
 
+    /// Replaces the attributes of the uncommitted item `name` put last:
+    /// for what is known only once its data was read (a snapshot's size,
+    /// how long its source took). Returns whether there was such an item.
+    pub fn set_attrs(&mut self, name: &str, attrs: serde_json::Value) -> bool {
+        match self
+            .items
+            .iter_mut()
+            .rev()
+            .find(|i| i.manifest.name == name)
+        {
+            Some(item) => {
+                item.attrs = attrs;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Adds a new chunk's blob to the open pack (once per writer).
     async fn add_chunk(&mut self, p: PreparedChunk) -> Result<(), RepoError> {
         if let Some(compressed) = p.compressed

@@ -200,6 +200,15 @@ fn override_for(ty: KeyType) -> (&'static str, toml::Value) {
         KeyType::Size => ("8MiB", Value::String("8MiB".into())),
         KeyType::Number => ("2.5", Value::Float(2.5)),
         KeyType::Duration => ("5m", Value::String("5m".into())),
+        KeyType::Table => (
+            "a=1, b=2",
+            Value::Table(
+                [("a", "1"), ("b", "2")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+                    .collect(),
+            ),
+        ),
     }
 }
 
@@ -226,6 +235,10 @@ fn slot_value(slot: raw::Slot<'_>) -> Option<(toml::Value, Vec<Origin>)> {
         Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) => {
             let v = v.as_ref()?;
             (v.value.clone(), vec![v.origin.clone()])
+        }
+        Slot::Table(v) => {
+            let v = v.as_ref()?;
+            (toml::Value::Table(v.value.clone()), vec![v.origin.clone()])
         }
     })
 }
@@ -261,21 +274,17 @@ fn every_key_can_be_set_from_the_environment() {
     for section in Section::ALL {
         let upper = section.name().to_ascii_uppercase();
         for spec in section.keys().iter().filter(|k| k.name != "name") {
-            let file_value = match spec.ty {
+            let file_value = |ty| match ty {
                 KeyType::Str => "\"from-file\"",
                 KeyType::Int | KeyType::Size | KeyType::Number | KeyType::Duration => "1",
                 KeyType::List => "[\"from-file\"]",
+                KeyType::Table => "{ from = \"file\" }",
             };
             let pair = overrides::paired_key(section, spec.name);
-            let mut keys = format!("{} = {file_value}\n", spec.name);
+            let mut keys = format!("{} = {}\n", spec.name, file_value(spec.ty));
             if let Some(other) = pair {
-                let ty = section.key(other).map(|s| s.ty);
-                let other_value = if ty == Some(KeyType::List) {
-                    "[\"from-file\"]"
-                } else {
-                    "\"from-file\""
-                };
-                keys.push_str(&format!("{other} = {other_value}\n"));
+                let ty = section.key(other).map_or(KeyType::Str, |s| s.ty);
+                keys.push_str(&format!("{other} = {}\n", file_value(ty)));
             }
             let (text, var, index) = if section.is_array() {
                 let header = section.header();

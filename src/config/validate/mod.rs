@@ -6,6 +6,7 @@
 //! span sections (the quorum against the destinations) live here.
 
 mod alert;
+mod command;
 mod destination;
 mod health;
 mod postgres;
@@ -22,6 +23,7 @@ use super::error::{ConfigError, Ctx, KeyName};
 use super::raw::{RawConfig, Section};
 
 use alert::alerts;
+use command::commands;
 use destination::destinations;
 use health::health;
 use postgres::postgres;
@@ -52,6 +54,7 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         retention: retention(ctx, raw.retention.unwrap_or_default())?,
         scrub: scrub(ctx, raw.scrub.unwrap_or_default())?,
         restore: restore(ctx, raw.restore.unwrap_or_default())?,
+        commands: commands(ctx, raw.command.unwrap_or_default())?,
         repository,
     };
     let unbatched = config
