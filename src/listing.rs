@@ -1,6 +1,6 @@
 //! What the repository holds, per configured database: base backups, WAL
-//! ranges per timeline, restore windows, SQLite captures and the newest
-//! test restore. One document, built here, is what `pitr list --json`
+//! ranges per timeline, restore windows, SQLite captures, snapshots of
+//! snapshot sources and the newest test restore. One document, built here, is what `pitr list --json`
 //! prints and what the sidecar's `GET /backups` answers, so the two never
 //! drift apart.
 
@@ -23,6 +23,21 @@ pub struct Listing {
     pub postgres: Vec<PgListing>,
     /// Per `[[sqlite]]` entry, in config order.
     pub sqlite: Vec<SqliteListing>,
+    /// Per snapshot source (`[[command]]` entries), in config order.
+    pub snapshots: Vec<SnapshotListing>,
+}
+
+/// One snapshot source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotListing {
+    /// The source's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: crate::snapshot::SourceKind,
+    /// Its snapshots, oldest first.
+    pub snapshots: Vec<crate::snapshot::Snapshot>,
+    /// The newest recorded test restore.
+    pub last_test_restore: Option<VerifyReport>,
 }
 
 /// One PostgreSQL database.
@@ -122,6 +137,9 @@ pub enum ListingError {
     /// The SQLite window could not be computed.
     #[error(transparent)]
     SqliteWindow(#[from] crate::restore::sqlite::SqliteRestoreError),
+    /// Snapshots could not be read.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// Builds the listing of every configured database from the local catalog
@@ -185,5 +203,19 @@ pub async fn listing(repo: &Repository, config: &Config) -> Result<Listing, List
             last_test_restore: tested(DatabaseKind::Sqlite, &s.name),
         });
     }
-    Ok(Listing { postgres, sqlite })
+    let mut snapshots = Vec::new();
+    for c in &config.commands {
+        let kind = crate::snapshot::SourceKind::Command;
+        snapshots.push(SnapshotListing {
+            name: c.name.clone(),
+            kind,
+            snapshots: crate::snapshot::list(&repo.catalog(), &c.name)?,
+            last_test_restore: tested(DatabaseKind::Snapshot, &c.name),
+        });
+    }
+    Ok(Listing {
+        postgres,
+        sqlite,
+        snapshots,
+    })
 }

@@ -83,6 +83,9 @@ pub(crate) struct TargetArg {
     /// A restore point made with pg_create_restore_point (PostgreSQL only).
     #[arg(long, value_name = "NAME")]
     pub(crate) name: Option<String>,
+    /// A snapshot by its id, as `pitr list` shows it (--snapshot only).
+    #[arg(long, value_name = "ID", requires = "snapshot")]
+    pub(crate) id: Option<String>,
 }
 
 /// Which database a plan or restore is about, and the point it aims at.
@@ -94,6 +97,10 @@ pub(crate) struct PointArg {
     pub(crate) target: TargetArg,
     #[command(flatten)]
     pub(crate) database: DatabaseArg,
+    /// A `[[command]]` snapshot source by name: the newest snapshot taken
+    /// at or before --at (or --latest, or --id).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["postgres", "sqlite", "lsn", "name", "timeline"])]
+    pub(crate) snapshot: Option<String>,
     /// Follow this timeline (default: the one current at the target).
     #[arg(long, value_name = "N")]
     pub(crate) timeline: Option<u32>,
@@ -122,6 +129,10 @@ pub(crate) enum Command {
         /// The `[[postgres]]` entry (default: the only one).
         #[arg(long, value_name = "NAME")]
         postgres: Option<String>,
+        /// Take a snapshot of this `[[command]]` source now instead of a
+        /// base backup.
+        #[arg(long, value_name = "NAME", conflicts_with = "postgres")]
+        snapshot: Option<String>,
         /// How long to wait for the backup's WAL to be stored (by `pitr run`)
         /// before giving up on marking it restorable.
         #[arg(long, value_name = "SECONDS", default_value_t = 300)]
@@ -134,7 +145,8 @@ pub(crate) enum Command {
         #[arg(long, value_name = "KB", value_parser = clap::value_parser!(u32).range(32..=1048576))]
         max_rate: Option<u32>,
     },
-    /// Base backups, WAL ranges per timeline, SQLite points, the restore window.
+    /// Base backups, WAL ranges per timeline, SQLite points, snapshots, the
+    /// restore window.
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -150,14 +162,20 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a database to a point in time.
+    /// Restore a database to a point in time, or write a snapshot out.
     Restore {
         #[command(flatten)]
         point: PointArg,
-        /// Where to restore: an empty directory (PostgreSQL) or a file path (SQLite).
-        #[arg(long = "target", value_name = "PATH")]
-        target_path: PathBuf,
-        /// Empty a non-empty target directory first.
+        /// Where to restore: an empty directory (PostgreSQL) or a file path
+        /// (SQLite). Required but for --snapshot.
+        #[arg(long = "target", value_name = "PATH", conflicts_with = "snapshot")]
+        target_path: Option<PathBuf>,
+        /// With --snapshot: the file to write (mode 0600; refused if it
+        /// exists unless --force). Without it, standard output.
+        #[arg(long, value_name = "FILE", requires = "snapshot")]
+        output: Option<PathBuf>,
+        /// Empty a non-empty target directory first; with --snapshot,
+        /// replace an existing --output file.
         #[arg(long)]
         force: bool,
         /// Stop after staging the directory and writing the recovery

@@ -9,6 +9,7 @@
 //! - `wal_fetch`: `wal-fetch` and its prefetcher
 //! - `restore`: `list`, `plan` and `restore`
 //! - `sqlite`: the SQLite side of `list`, `plan` and `restore`
+//! - `snapshot`: snapshot sources in `backup`, `list`, `plan` and `restore`
 //! - `verify`: `verify`, with and without `--restore`
 //! - `maintenance`: `repair`, `retention`
 //! - `cids`: `catalog cids`
@@ -29,6 +30,7 @@ mod maintenance;
 mod restore;
 mod setup;
 mod sidecar;
+mod snapshot;
 mod sqlite;
 mod verify;
 mod wal_fetch;
@@ -86,11 +88,15 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         Command::Backup {
             config,
             postgres,
+            snapshot,
             wait_wal,
             spread_checkpoint,
             max_rate,
         } => {
             let config = load(&config)?;
+            if let Some(name) = snapshot {
+                return snapshot::backup(&config, &name).await;
+            }
             let checkpoint = if spread_checkpoint {
                 pitr::pg::Checkpoint::Spread
             } else {
@@ -107,6 +113,9 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::List { config, json } => restore::list(&load(&config)?, json).await,
         Command::Plan { point, json } => {
+            if let Some(name) = &point.snapshot {
+                return snapshot::plan(&load(&point.config)?, name, &point.target, json).await;
+            }
             let (_, _, planned) = plan_point(&point, false).await?;
             match (planned, json) {
                 (Planned::Sqlite(p), true) => println!("{}", serde_json::to_string_pretty(&p)?),
@@ -119,6 +128,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         Command::Restore {
             point,
             target_path,
+            output,
             force,
             no_recover,
             os_user,
@@ -127,6 +137,18 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             parallel,
             recovery_timeout,
         } => {
+            if let Some(name) = &point.snapshot {
+                let config = load(&point.config)?;
+                return snapshot::restore(&config, name, &point.target, output.as_deref(), force)
+                    .await;
+            }
+            let Some(target_path) = target_path else {
+                return Err(Exit::Usage(
+                    "--target PATH is required: an empty directory (PostgreSQL) or a file path                      (SQLite)"
+                        .to_owned(),
+                )
+                .into());
+            };
             let (config, repo, planned) = plan_point(&point, true).await?;
             let plan = match planned {
                 Planned::Sqlite(plan) => {

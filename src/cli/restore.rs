@@ -218,6 +218,7 @@ pub(super) async fn list(config: &Config, json: bool) -> anyhow::Result<()> {
         );
     }
     super::sqlite::print_list(&listing.sqlite);
+    super::snapshot::print_list(&listing.snapshots);
     Ok(())
 }
 

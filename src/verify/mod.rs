@@ -42,14 +42,18 @@ pub enum DatabaseKind {
     Postgres,
     /// A `[[sqlite]]` entry.
     Sqlite,
+    /// A snapshot source (`[[command]]`): its snapshots read back and, when
+    /// it has `verify`, checked by that program.
+    Snapshot,
 }
 
 impl DatabaseKind {
-    /// `postgres` or `sqlite`, as item names and the config spell it.
+    /// `postgres`, `sqlite` or `snapshot`, as item names spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             DatabaseKind::Postgres => "postgres",
             DatabaseKind::Sqlite => "sqlite",
+            DatabaseKind::Snapshot => "snapshot",
         }
     }
 }

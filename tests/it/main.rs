@@ -23,6 +23,7 @@ mod s3;
 mod schedule;
 mod scrub;
 mod sidecar;
+mod snapshot;
 mod spool_full;
 mod sqlite;
 mod state_dir;

@@ -1,0 +1,394 @@
+//! Snapshot sources (`[[command]]`, docs/SNAPSHOTS.md) through the real
+//! binary: a real `pg_dump -Fc` restored with `pg_restore`, a 2 GiB output
+//! streamed in bounded memory, failing commands that record nothing,
+//! deduplication, `--at` between two snapshots and the `--output` rules.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::{PgCluster, TestRepo, pitr, run_as_pg_user, text};
+
+/// A config of `repo` with `commands` (TOML of `[[command]]` entries)
+/// appended.
+fn config_with(repo: &TestRepo, commands: &str) -> PathBuf {
+    let path = repo.write_config(&[]);
+    let mut text = std::fs::read_to_string(&path).expect("config");
+    text.push_str(commands);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// One `[[command]]` entry named `name` running `argv`, with `extra` keys.
+fn command_toml(name: &str, argv: &[&str], extra: &str) -> String {
+    let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "\n[[command]]\nname = \"{name}\"\nrun = [{}]\nschedule = \"off\"\n{extra}",
+        argv.join(", ")
+    )
+}
+
+fn run_ok(args: &[&str]) -> Output {
+    let out = pitr(args);
+    assert_eq!(out.status.code(), Some(0), "pitr {args:?}: {}", text(&out));
+    out
+}
+
+/// The snapshots `pitr list --json` shows for source `name`.
+fn listed(cfg: &Path, name: &str) -> Vec<serde_json::Value> {
+    let out = run_ok(&["list", "-c", path(cfg), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json");
+    v["snapshots"]
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("source {name} in {v}"))["snapshots"]
+        .as_array()
+        .expect("its snapshots")
+        .clone()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The OS user the harness runs PostgreSQL as, when the tests run as root.
+fn pg_os_user() -> Option<&'static str> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    ["postgres", "nobody"]
+        .into_iter()
+        .find(|u| nix::unistd::User::from_name(u).ok().flatten().is_some())
+}
+
+/// A real `pg_dump -Fc` as a `[[command]]` (as the harness's unprivileged
+/// user when the tests run as root, which also exercises `user`): the
+/// restored dump is a file of mode 0600 that `pg_restore` loads into a
+/// fresh database with the same row counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_dump_snapshot_restores_with_pg_restore() {
+    let pg = PgCluster::start();
+    pg.psql("CREATE DATABASE app");
+    let app = pg.conninfo("app");
+    pg.psql_at(
+        &app,
+        "CREATE TABLE orders (id int PRIMARY KEY, note text);
+         INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 5000) g;
+         CREATE TABLE users (id int PRIMARY KEY);
+         INSERT INTO users SELECT generate_series(1, 321);",
+    );
+    let repo = TestRepo::new().await;
+    let user = pg_os_user().map_or(String::new(), |u| format!("user = \"{u}\"\n"));
+    let dump = pg.bin("pg_dump");
+    let cfg = config_with(
+        &repo,
+        &command_toml(
+            "app-dump",
+            &[path(&dump), "-Fc", "--dbname", &app],
+            &format!("{user}env = {{ PGCONNECT_TIMEOUT = \"10\" }}\n"),
+        ),
+    );
+    let out = run_ok(&["backup", "-c", path(&cfg), "--snapshot", "app-dump"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Snapshot"),
+        "{}",
+        text(&out)
+    );
+    let snaps = listed(&cfg, "app-dump");
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["kind"], "command");
+    assert!(snaps[0]["bytes"].as_u64().expect("bytes") > 1000);
+
+    // Written for the PostgreSQL user to read when it loads it.
+    let outdir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(outdir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let file = outdir.path().join("app.dump");
+    run_ok(&[
+        "restore",
+        "-c",
+        path(&cfg),
+        "--snapshot",
+        "app-dump",
+        "--latest",
+        "--output",
+        path(&file),
+    ]);
+    let mode = std::fs::metadata(&file)
+        .expect("restored")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "restored dump mode {mode:o}");
+    if let Some(u) = pg_os_user() {
+        let u = nix::unistd::User::from_name(u)
+            .ok()
+            .flatten()
+            .expect("user");
+        nix::unistd::chown(&file, Some(u.uid), None).expect("chown for pg_restore");
+    }
+
+    pg.psql("CREATE DATABASE restored");
+    let restored = pg.conninfo("restored");
+    let load = run_as_pg_user(&mut Command::new(pg.bin("pg_restore")))
+        .args(["--exit-on-error", "--no-owner", "--dbname", &restored])
+        .arg(&file)
+        .output()
+        .expect("run pg_restore");
+    assert!(load.status.success(), "pg_restore: {}", text(&load));
+    for table in ["orders", "users"] {
+        let count = |c: &str| pg.psql_at(c, &format!("SELECT count(*) FROM {table}"));
+        assert_eq!(count(&restored), count(&app), "rows of {table}");
+    }
+    assert_eq!(pg.psql_at(&restored, "SELECT count(*) FROM users"), "321");
+}
+
+/// Peak resident memory of `cmd` (and any child it waited for, each
+/// counted alone: the kernel keeps the largest), in KiB, from `wait4`.
+fn run_peak_rss(cmd: &mut Command) -> (std::process::ExitStatus, String, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let output = std::thread::spawn(move || {
+        // Drains both pipes; the status comes from wait4 below.
+        let mut child = child;
+        let mut out = String::new();
+        let mut err = String::new();
+        use std::io::Read;
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        if let Some(mut s) = child.stderr.take() {
+            let _ = s.read_to_string(&mut err);
+        }
+        std::mem::forget(child);
+        format!("stdout:\n{out}\nstderr:\n{err}")
+    });
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child; status and usage point at live locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    let text = output.join().expect("pipes");
+    (
+        std::process::ExitStatus::from_raw(status),
+        text,
+        usage.ru_maxrss,
+    )
+}
+
+/// 2 GiB of output (distinct, compressible lines, so nothing deduplicates
+/// and the store stays small) streams through `pitr backup --snapshot`
+/// with pitr's peak RSS under 128 MiB (invariant 7, docs/ARCHITECTURE.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_gib_output_streams_in_bounded_memory() {
+    const SIZE: u64 = 2 << 30;
+    let repo = TestRepo::new().await;
+    // Lines of 64 bytes: a counter and its hex, padded; none repeats.
+    let script = format!(
+        "import sys\nw=sys.stdout.buffer.write\nn={}\nfor i in range(0,n,1024):\n    \
+         w(b''.join(b'%016d %016x pitr snapshot line %08d.\\n' % (j, j*2654435761, j%99991) for j in range(i,min(i+1024,n))))\n",
+        SIZE / 64
+    );
+    let cfg = config_with(&repo, &command_toml("big", &["python3", "-c", &script], ""));
+    let (status, out, peak_kib) = run_peak_rss(Command::new(env!("CARGO_BIN_EXE_pitr")).args([
+        "backup",
+        "-c",
+        path(&cfg),
+        "--snapshot",
+        "big",
+    ]));
+    assert!(
+        status.success(),
+        "pitr backup --snapshot big: {status}\n{out}"
+    );
+    let snaps = listed(&cfg, "big");
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["bytes"].as_u64(), Some(SIZE), "{snaps:?}");
+    assert!(
+        peak_kib < 128 * 1024,
+        "peak RSS {} MiB for a 2 GiB snapshot",
+        peak_kib / 1024
+    );
+}
+
+/// A command that fails (exit 1 after some output, killed by a signal,
+/// past its timeout) records nothing: `pitr backup` fails with its stderr
+/// tail and names it, `pitr list` shows no snapshot, and a restore exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_commands_record_nothing_and_show_their_stderr() {
+    let repo = TestRepo::new().await;
+    let mut toml = command_toml(
+        "exits",
+        &[
+            "sh",
+            "-c",
+            "echo partial output; echo 'pg_dump: error: connection refused' >&2; exit 1",
+        ],
+        "",
+    );
+    toml.push_str(&command_toml(
+        "killed",
+        &[
+            "sh",
+            "-c",
+            "echo partial; echo 'about to die' >&2; kill -9 $$",
+        ],
+        "",
+    ));
+    toml.push_str(&command_toml(
+        "hangs",
+        &[
+            "sh",
+            "-c",
+            "echo 'waiting forever' >&2; echo partial; sleep 600",
+        ],
+        "timeout = \"2s\"\n",
+    ));
+    let cfg = config_with(&repo, &toml);
+    for (name, expect) in [
+        ("exits", &["exited with status 1", "connection refused"][..]),
+        ("killed", &["killed by signal SIGKILL", "about to die"]),
+        (
+            "hangs",
+            &["longer than its timeout of 2 s", "waiting forever"],
+        ),
+    ] {
+        let out = pitr(&["backup", "-c", path(&cfg), "--snapshot", name]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{name}: {}", text(&out));
+        assert!(
+            err.contains(&format!("[[command]] \"{name}\"")),
+            "{name}: {err}"
+        );
+        for e in expect {
+            assert!(err.contains(e), "{name}: {e:?} not in {err}");
+        }
+        assert!(listed(&cfg, name).is_empty(), "{name} recorded a snapshot");
+        let restore = pitr(&[
+            "restore",
+            "-c",
+            path(&cfg),
+            "--snapshot",
+            name,
+            "--latest",
+            "--output",
+            path(&repo.dir.path().join("out")),
+        ]);
+        assert_eq!(restore.status.code(), Some(1), "{name}: {}", text(&restore));
+    }
+}
+
+/// Packs in the store.
+fn packs(repo: &TestRepo) -> usize {
+    walkdir(&repo.store().join("packs"))
+}
+
+fn walkdir(p: &Path) -> usize {
+    std::fs::read_dir(p).map_or(0, |d| {
+        d.flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    walkdir(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+/// An unchanged output stores no new pack; a changed one shows at the next
+/// snapshot; `--at` between two snapshots returns the older, byte-equal;
+/// `--id` picks one; `--output` refuses an existing file without
+/// `--force`; `pitr plan --snapshot` names the one a restore would write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_and_restore_by_time() {
+    let repo = TestRepo::new().await;
+    let src = repo.dir.path().join("export.txt");
+    let first: String = (0..200_000)
+        .map(|i| format!("row {i} of the first export\n"))
+        .collect();
+    std::fs::write(&src, &first).expect("write");
+    let cfg = config_with(&repo, &command_toml("export", &["cat", path(&src)], ""));
+    let c = path(&cfg);
+    run_ok(&["backup", "-c", c, "--snapshot", "export"]);
+    let after_first = packs(&repo);
+    assert!(after_first > 0);
+    run_ok(&["backup", "-c", c, "--snapshot", "export"]);
+    assert_eq!(
+        packs(&repo),
+        after_first,
+        "an unchanged output stored a new pack"
+    );
+    let between = jiff::Timestamp::now();
+    let second = first.replace("row 100000 of", "row 100000 (changed) of");
+    std::fs::write(&src, &second).expect("write");
+    let out = run_ok(&["backup", "-c", c, "--snapshot", "export"]);
+    assert!(
+        packs(&repo) > after_first,
+        "the change stored nothing: {}",
+        text(&out)
+    );
+    let snaps = listed(&cfg, "export");
+    assert_eq!(snaps.len(), 3);
+
+    let at = between.to_string();
+    let plan = run_ok(&[
+        "plan",
+        "-c",
+        c,
+        "--snapshot",
+        "export",
+        "--at",
+        &at,
+        "--json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan json");
+    assert_eq!(plan["id"], snaps[1]["id"], "plan at {at}");
+
+    let out_dir = repo.dir.path();
+    let older = out_dir.join("older.txt");
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "-c", c, "--snapshot", "export"];
+        args.extend_from_slice(extra);
+        pitr(&args)
+    };
+    let r = restore(&["--at", &at, "--output", path(&older)]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert_eq!(std::fs::read_to_string(&older).expect("older"), first);
+    // To standard output, the newest.
+    let r = restore(&["--latest"]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert_eq!(String::from_utf8_lossy(&r.stdout), second);
+    // By id.
+    let id = snaps[2]["id"].as_str().expect("id");
+    let r = restore(&["--id", id]);
+    assert_eq!(String::from_utf8_lossy(&r.stdout), second, "{}", text(&r));
+
+    // An existing file is refused (exit 2) and left alone, unless --force.
+    let r = restore(&["--latest", "--output", path(&older)]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&older).expect("older"), first);
+    let r = restore(&["--latest", "--output", path(&older), "--force"]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert_eq!(std::fs::read_to_string(&older).expect("replaced"), second);
+    let mode = std::fs::metadata(&older)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Before the first snapshot: nothing covers it.
+    let r = restore(&["--at", "2001-01-01T00:00:00Z"]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    // An unknown source is a usage error.
+    let r = pitr(&["restore", "-c", c, "--snapshot", "nope", "--latest"]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+}
