@@ -55,6 +55,16 @@ impl CronSchedule {
     }
 }
 
+impl CronSchedule {
+    /// The time between the expression's next two times from now: how
+    /// often it fires, for "older than one interval" rules.
+    pub fn interval(&self) -> Option<Duration> {
+        let first = self.next_after(Timestamp::now())?;
+        let second = self.next_after(first)?;
+        second.duration_since(first).try_into().ok()
+    }
+}
+
 impl PartialEq for CronSchedule {
     fn eq(&self, other: &Self) -> bool {
         self.text == other.text

@@ -210,7 +210,7 @@ pub async fn listing(repo: &Repository, config: &Config) -> Result<Listing, List
             name: c.name.clone(),
             kind,
             snapshots: crate::snapshot::list(&repo.catalog(), &c.name)?,
-            last_test_restore: tested(DatabaseKind::Snapshot, &c.name),
+            last_test_restore: tested(DatabaseKind::Command, &c.name),
         });
     }
     Ok(Listing {

@@ -483,6 +483,10 @@ pub struct VerifyConfig {
     pub os_user: String,
 }
 
+/// What a `[[command]]`'s `verify` writes where the path of the restored
+/// copy goes.
+pub const VERIFY_FILE_PLACEHOLDER: &str = "{file}";
+
 /// One `[[command]]`: a program whose standard output is stored as a
 /// snapshot (a `pg_dump`, an export), on a schedule (docs/SNAPSHOTS.md).
 #[derive(Clone, PartialEq, Eq)]

@@ -95,7 +95,7 @@ pub struct WalRange {
 /// What the policy does to one database.
 #[derive(Debug, Clone, Serialize)]
 pub struct DatabasePlan {
-    /// `postgres` or `sqlite`.
+    /// `postgres`, `sqlite` or `command` (a snapshot source).
     pub kind: &'static str,
     /// The entry's name.
     pub name: String,
@@ -212,6 +212,15 @@ pub async fn plan(
         let (p, f) = plan_sqlite(repo, &sq.name, &config.retention, opts.now)?;
         databases.push(p);
         forgotten.extend(f);
+    }
+    // Snapshot sources: with every database only; `--postgres` /
+    // `--sqlite` name one database.
+    if opts.scope == Scope::All {
+        for cmd in &config.commands {
+            let (p, f) = plan_snapshots(repo, &cmd.name, &config.retention, opts.now)?;
+            databases.push(p);
+            forgotten.extend(f);
+        }
     }
     let forget = group_forgets(forgotten);
     let gc = gc::plan(repo, &forget, opts.now, opts.grace).await?;
@@ -538,6 +547,61 @@ fn plan_sqlite(
             partials_superseded: 0,
             orphans: Vec::new(),
             captures_forgotten,
+            verify_reports_forgotten,
+            items_forgotten,
+        },
+        forget,
+    ))
+}
+
+/// The policy applied to one snapshot source, per source: each snapshot
+/// stands alone (nothing builds on it), so a forgotten one is one item, and
+/// the test-restore reports from before the oldest kept one go with it.
+fn plan_snapshots(
+    repo: &Repository,
+    name: &str,
+    policy: &RetentionConfig,
+    now: Timestamp,
+) -> Result<(DatabasePlan, Vec<(String, String)>), RetentionError> {
+    use crate::snapshot::SnapshotError;
+    let snaps = crate::snapshot::list(&repo.catalog(), name).map_err(|e| match e {
+        SnapshotError::Catalog(c) => RetentionError::Catalog(c),
+        other => RetentionError::BadItem {
+            item: crate::snapshot::prefix(name),
+            what: other.to_string(),
+        },
+    })?;
+    let points: Vec<BackupPoint> = snaps
+        .iter()
+        .map(|s| BackupPoint {
+            id: s.item.clone(),
+            time: s.attrs.time,
+            restorable: true,
+        })
+        .collect();
+    let decisions = decide(&points, policy, now);
+    let mut forget = Vec::new();
+    let mut keep_from = None::<Timestamp>;
+    for (s, d) in snaps.iter().zip(&decisions) {
+        if d.keep() {
+            keep_from = Some(keep_from.map_or(s.attrs.time, |k| k.min(s.attrs.time)));
+        } else {
+            forget.push((s.commit.clone(), s.item.clone()));
+        }
+    }
+    let reports = verify_reports_to_forget(repo, DatabaseKind::Command, name, keep_from)?;
+    let verify_reports_forgotten = reports.len();
+    forget.extend(reports);
+    let items_forgotten = forget.len();
+    Ok((
+        DatabasePlan {
+            kind: "command",
+            name: name.to_owned(),
+            backups: decisions,
+            wal_forgotten: Vec::new(),
+            partials_superseded: 0,
+            orphans: Vec::new(),
+            captures_forgotten: 0,
             verify_reports_forgotten,
             items_forgotten,
         },

@@ -111,7 +111,7 @@ pub struct Jobs {
     stop: watch::Receiver<bool>,
     tasks: JoinSet<()>,
     jobs: Vec<Job>,
-    sections: Vec<(&'static str, Section)>,
+    sections: Vec<(String, Section)>,
     checks: Vec<CheckFn>,
 }
 
@@ -167,7 +167,7 @@ impl Jobs {
         &mut self,
         name: &str,
         cron: Option<&CronSchedule>,
-        section: &'static str,
+        section: impl Into<String>,
         judge: impl Fn(&S) -> Check + Send + Sync + 'static,
         mut run: F,
     ) where
@@ -189,7 +189,7 @@ impl Jobs {
     }
 
     /// Shows `status` on `/health` as the section `section`.
-    pub fn publish<S>(&mut self, section: &'static str, status: watch::Receiver<S>)
+    pub fn publish<S>(&mut self, section: impl Into<String>, status: watch::Receiver<S>)
     where
         S: serde::Serialize + Send + Sync + 'static,
     {
@@ -200,8 +200,8 @@ impl Jobs {
     }
 
     /// Adds a section to `/health`.
-    pub fn section(&mut self, name: &'static str, f: Section) {
-        self.sections.push((name, f));
+    pub fn section(&mut self, name: impl Into<String>, f: Section) {
+        self.sections.push((name.into(), f));
     }
 
     /// Adds checks a job's state implies (judged at each evaluation).
@@ -217,7 +217,7 @@ impl Jobs {
     }
 
     /// What `/health` reads: the jobs, their sections and their checks.
-    pub fn for_health(&self) -> (Vec<Job>, Vec<(&'static str, Section)>, Vec<CheckFn>) {
+    pub fn for_health(&self) -> (Vec<Job>, Vec<(String, Section)>, Vec<CheckFn>) {
         (
             self.jobs.clone(),
             self.sections.clone(),

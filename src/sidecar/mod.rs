@@ -45,9 +45,9 @@ const PROBE_EVERY: Duration = Duration::from_secs(60);
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    /// No `[[postgres]]` and no `[[sqlite]]` entry.
+    /// No `[[postgres]]`, `[[sqlite]]` or `[[command]]` entry.
     #[error(
-        "{0} has no [[postgres]] and no [[sqlite]] entry: nothing to back up. Add one (`pitr init` writes an example; docs/OPERATIONS.md explains each key)"
+        "{0} has no [[postgres]], [[sqlite]] or [[command]] entry: nothing to back up. Add one (`pitr init` writes an example; docs/OPERATIONS.md and docs/SNAPSHOTS.md explain each key)"
     )]
     NothingToDo(String),
     /// A conninfo that does not parse.
@@ -130,7 +130,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SidecarError> {
     let config = Arc::new(config);
-    if config.postgres.is_empty() && config.sqlite.is_empty() {
+    if config.postgres.is_empty() && config.sqlite.is_empty() && config.commands.is_empty() {
         return Err(SidecarError::NothingToDo(config.path.display().to_string()));
     }
     let mut streams = Vec::new();
@@ -275,6 +275,9 @@ pub async fn run(
             task: cell,
             stats,
         });
+    }
+    for cmd in &config.commands {
+        register_command(&mut jobs, &repo, cmd);
     }
     jobs.background(probe_destinations(repo.clone(), stop_rx.clone()));
 
@@ -440,6 +443,49 @@ pub async fn run(
     alerter.flush(Duration::from_secs(2)).await;
     tracing::info!("pitr run: stopped");
     Ok(())
+}
+
+/// Registers a `[[command]]` snapshot source: its schedule as the job
+/// `snapshot/<name>`, its status as the `/health` section of that name,
+/// and its check (failing from a failed run until a success, or when the
+/// newest snapshot is older than `max_age`), which alerts.
+fn register_command(jobs: &mut Jobs, repo: &Repository, cmd: &crate::config::CommandConfig) {
+    use crate::snapshot::{SourceKind, command, schedule};
+    let key = format!("snapshot/{}", cmd.name);
+    let max_age = schedule::max_age(cmd.max_age, cmd.schedule.as_ref());
+    let check_id = key.clone();
+    let name = cmd.name.clone();
+    let cron = cmd.schedule.clone();
+    let (repo, cmd) = (repo.clone(), cmd.clone());
+    jobs.scheduled(
+        &key,
+        cron.as_ref(),
+        key.clone(),
+        move |s: &schedule::SnapshotStatus| {
+            let (failing, summary) = s.check();
+            health::Check::new(check_id.clone(), failing, summary).db(&name)
+        },
+        move |tx, stop| {
+            let (repo, cmd) = (repo.clone(), cmd.clone());
+            async move {
+                let take = || {
+                    let (repo, cmd) = (repo.clone(), cmd.clone());
+                    async move { command::take(&repo, &cmd).await }
+                };
+                schedule::run_scheduled(
+                    repo.clone(),
+                    cmd.name.clone(),
+                    SourceKind::Command,
+                    cmd.schedule.clone(),
+                    max_age,
+                    tx,
+                    stop,
+                    take,
+                )
+                .await
+            }
+        },
+    );
 }
 
 /// The file `pitr run` keeps locked in the state directory, with its pid.

@@ -10,10 +10,12 @@
 //!
 //! - `postgres`: the PostgreSQL test restore;
 //! - `sqlite`: the SQLite test restore;
+//! - `snapshot`: the test restore of a snapshot source (`[[command]]`);
 //! - `schedule`: the cron loop and the [`VerifyStatus`] it publishes.
 
 mod postgres;
 mod schedule;
+mod snapshot;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -42,18 +44,19 @@ pub enum DatabaseKind {
     Postgres,
     /// A `[[sqlite]]` entry.
     Sqlite,
-    /// A snapshot source (`[[command]]`): its snapshots read back and, when
-    /// it has `verify`, checked by that program.
-    Snapshot,
+    /// A `[[command]]` snapshot source: a snapshot read back and, when the
+    /// entry has `verify`, checked by that program.
+    Command,
 }
 
 impl DatabaseKind {
-    /// `postgres`, `sqlite` or `snapshot`, as item names spell it.
+    /// `postgres`, `sqlite` or `command`, as item names and the config
+    /// spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             DatabaseKind::Postgres => "postgres",
             DatabaseKind::Sqlite => "sqlite",
-            DatabaseKind::Snapshot => "snapshot",
+            DatabaseKind::Command => "command",
         }
     }
 }
@@ -273,6 +276,27 @@ pub async fn run_now(
         let clock = Instant::now();
         tracing::info!(database = %name, "SQLite test restore starting");
         let result = sqlite::test_restore(config, &reader, name, &mut report).await;
+        conclude(&mut report, clock, result);
+        finish(&reader, report, &mut run).await;
+    }
+    // Snapshot sources with every database: there is no flag for one of
+    // them alone yet.
+    let commands = if matches!(selection, Selection::All | Selection::Restorable) {
+        config.commands.as_slice()
+    } else {
+        &[]
+    };
+    for cmd in commands {
+        let name = &cmd.name;
+        if only_restorable && let Some(why) = snapshot::nothing_to_restore(&reader, name) {
+            tracing::info!(source = %name, reason = %why, "test restore skipped");
+            run.skipped.push((format!("[[command]] {name:?}"), why));
+            continue;
+        }
+        let mut report = VerifyReport::new(DatabaseKind::Command, name);
+        let clock = Instant::now();
+        tracing::info!(source = %name, "snapshot test restore starting");
+        let result = snapshot::test_restore(config, &reader, cmd, &mut report).await;
         conclude(&mut report, clock, result);
         finish(&reader, report, &mut run).await;
     }

@@ -192,7 +192,7 @@ async fn a_two_gib_output_streams_in_bounded_memory() {
     // Lines of 64 bytes: a counter and its hex, padded; none repeats.
     let script = format!(
         "import sys\nw=sys.stdout.buffer.write\nn={}\nfor i in range(0,n,1024):\n    \
-         w(b''.join(b'%016d %016x pitr snapshot line %08d.\\n' % (j, j*2654435761, j%99991) for j in range(i,min(i+1024,n))))\n",
+         w(b''.join(b'%016d %016x pitr snapshots line %08d.\\n' % (j, j*2654435761, j%99991) for j in range(i,min(i+1024,n))))\n",
         SIZE / 64
     );
     let cfg = config_with(&repo, &command_toml("big", &["python3", "-c", &script], ""));
@@ -207,14 +207,14 @@ async fn a_two_gib_output_streams_in_bounded_memory() {
         status.success(),
         "pitr backup --snapshot big: {status}\n{out}"
     );
-    let snaps = listed(&cfg, "big");
-    assert_eq!(snaps.len(), 1);
-    assert_eq!(snaps[0]["bytes"].as_u64(), Some(SIZE), "{snaps:?}");
     assert!(
         peak_kib < 128 * 1024,
         "peak RSS {} MiB for a 2 GiB snapshot",
         peak_kib / 1024
     );
+    let snaps = listed(&cfg, "big");
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["bytes"].as_u64(), Some(SIZE), "{snaps:?}");
 }
 
 /// A command that fails (exit 1 after some output, killed by a signal,

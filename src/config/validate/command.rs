@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::super::CommandConfig;
+use super::super::{CommandConfig, VERIFY_FILE_PLACEHOLDER};
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawCommand, Section, Val};
 use super::super::secrets;
@@ -18,8 +18,6 @@ const TIMEOUTS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(7 * 86400);
 const MAX_AGES: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(366 * 86400);
-/// What `verify` writes where the restored copy's path goes.
-pub(crate) const FILE_PLACEHOLDER: &str = "{file}";
 
 pub(super) fn commands(
     ctx: &Ctx<'_>,
@@ -40,7 +38,7 @@ pub(super) fn commands(
         };
         let verify = argv(ctx, &key("verify"), c.verify.clone())?;
         if let (Some(v), Some(raw)) = (&verify, &c.verify)
-            && !v.iter().any(|a| a.contains(FILE_PLACEHOLDER))
+            && !v.iter().any(|a| a.contains(VERIFY_FILE_PLACEHOLDER))
         {
             return Err(ctx.invalid(
                 &key("verify"),

@@ -150,7 +150,7 @@ pub struct Sources {
     /// Every registered job.
     pub jobs: Vec<Job>,
     /// Named extra sections of the report.
-    pub sections: Vec<(&'static str, Section)>,
+    pub sections: Vec<(String, Section)>,
     /// Checks other parts contribute (e.g. verification results).
     pub extra_checks: Vec<CheckFn>,
 }
@@ -462,7 +462,7 @@ impl Evaluator {
         }
         let mut sections = serde_json::Map::new();
         for (name, f) in &self.sources.sections {
-            sections.insert((*name).to_owned(), f());
+            sections.insert(name.clone(), f());
         }
         let problems: Vec<Check> = checks.iter().filter(|c| c.failing).cloned().collect();
         Report {
@@ -777,11 +777,7 @@ pub fn backup_max_age(config: &Config, pg: &crate::config::PostgresConfig) -> Op
     if let Some(d) = config.health.backup_max_age {
         return Some(d);
     }
-    let cron = pg.base_backup.as_ref()?;
-    let first = cron.next_after(Timestamp::now())?;
-    let second = cron.next_after(first)?;
-    let interval = second.duration_since(first).as_secs_f64();
-    Duration::try_from_secs_f64(interval * 1.5).ok()
+    Some(pg.base_backup.as_ref()?.interval()?.mul_f64(1.5))
 }
 
 fn secs(now: Timestamp, then: Timestamp) -> f64 {
