@@ -109,12 +109,12 @@ impl SnapshotStatus {
             ),
             (Some(l), _) => (
                 false,
-                format!("the newest snapshot of {section} {name:?} is from {}", l.time),
+                format!(
+                    "the newest snapshot of {section} {name:?} is from {}",
+                    l.time
+                ),
             ),
-            (None, _) => (
-                false,
-                format!("{section} {name:?} has no snapshot yet"),
-            ),
+            (None, _) => (false, format!("{section} {name:?} has no snapshot yet")),
         }
     }
 }
@@ -191,8 +191,11 @@ where
 }
 
 /// One scheduled snapshot, retried with [`SNAPSHOT_RETRY`] when it fails.
-async fn take_with_retries<T, Fut>(source: &str, status: &watch::Sender<SnapshotStatus>, take: &mut T)
-where
+async fn take_with_retries<T, Fut>(
+    source: &str,
+    status: &watch::Sender<SnapshotStatus>,
+    take: &mut T,
+) where
     T: FnMut() -> Fut,
     Fut: Future<Output = Result<SnapshotInfo, SnapshotError>>,
 {

@@ -392,3 +392,180 @@ async fn dedup_and_restore_by_time() {
     let r = pitr(&["restore", "-c", c, "--snapshot", "nope", "--latest"]);
     assert_eq!(r.status.code(), Some(2), "{}", text(&r));
 }
+
+/// GET `path` on the health endpoint with the bearer token: status and
+/// body (`None` while nothing listens).
+async fn get(port: u16, path: &str, token: &str) -> Option<(u16, String)> {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .bearer_auth(token)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.unwrap_or_default()))
+}
+
+/// `pitr run` with two `[[command]]` sources, both due at start: the one
+/// that works is stored, shown in `/health` and `/metrics`, and test
+/// restored on the `[verify]` schedule (read back, then its `verify` run
+/// on the copy); the one that fails records nothing, fails its check with
+/// its stderr tail, and alerts exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pitr_run_takes_snapshots_on_schedule_with_health_metrics_alerts_and_test_restores() {
+    use crate::support::pg::free_port;
+    use crate::support::{Sidecar, WebhookReceiver, eventually, with_log};
+    use std::time::Duration;
+
+    let repo = TestRepo::new().await;
+    let hook = WebhookReceiver::start().await;
+    let port = free_port();
+    let token = "a-long-random-test-token-0123456789";
+    // Far-away cron times: each runs once, at start, having no snapshot.
+    let yearly = "schedule = \"0 3 1 1 *\"\n";
+    let mut toml = command_toml(
+        "export",
+        &[
+            "sh",
+            "-c",
+            "echo hello from the export; head -c 200000 /dev/zero | tr '\\\\0' x",
+        ],
+        &format!("verify = [\"grep\", \"-q\", \"hello from\", \"{{file}}\"]\n"),
+    )
+    .replace("schedule = \"off\"\n", yearly);
+    toml.push_str(
+        &command_toml(
+            "broken",
+            &[
+                "sh",
+                "-c",
+                "echo 'export failed: HTTP 503 from the API' >&2; exit 1",
+            ],
+            "",
+        )
+        .replace("schedule = \"off\"\n", yearly),
+    );
+    toml.push_str(&format!(
+        "\n[health]\nlisten = \"127.0.0.1:{port}\"\nrestore_token = \"{token}\"\n\n\
+         [[alert]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+        hook.url("/hook")
+    ));
+    let cfg = config_with(&repo, &toml);
+    repo.enable_test_restores(&cfg, "*/5 * * * * *");
+    let sidecar = Sidecar::start(&cfg);
+    let log = || sidecar.log_text();
+
+    let health = eventually(
+        "a stored snapshot, a failing check and a passing test restore in /health",
+        Duration::from_secs(120),
+        async || {
+            let Some((status, body)) = get(port, "/health", token).await else {
+                return Err(with_log("nothing listens yet".to_owned(), &log));
+            };
+            let h: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let stored = !h["snapshot/export"]["last"].is_null()
+                || !h["sections"]["snapshot/export"]["last"].is_null();
+            let failing = h["problems"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|c| c["id"] == "snapshot/broken"));
+            let verified = h.to_string().contains("verify (grep) exited 0");
+            if status == 503 && stored && failing && verified {
+                Ok(h)
+            } else {
+                Err(with_log(format!("{status}: {h:#}"), &log))
+            }
+        },
+    )
+    .await;
+    let broken = health["problems"]
+        .as_array()
+        .and_then(|p| p.iter().find(|c| c["id"] == "snapshot/broken"))
+        .expect("the check")
+        .clone();
+    assert!(
+        broken["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("HTTP 503 from the API"),
+        "{broken:#}"
+    );
+    assert!(
+        !health["problems"].to_string().contains("snapshot/export"),
+        "{health:#}"
+    );
+
+    let (_, metrics) = get(port, "/metrics", token).await.expect("metrics");
+    for want in [
+        "pitr_snapshot_bytes{source=\"export\"}",
+        "pitr_snapshot_stored_bytes{source=\"export\"}",
+        "pitr_snapshot_duration_seconds{source=\"export\"}",
+        "pitr_snapshot_failures_total{source=\"broken\"} 1",
+        "pitr_snapshot_failures_total{source=\"export\"} 0",
+    ] {
+        assert!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
+    }
+
+    // One alert about the failing source; none more while it stays
+    // failing (several evaluations later).
+    hook.wait_accepted("/hook", 1, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let alerts: Vec<_> = hook
+        .accepted("/hook")
+        .into_iter()
+        .filter(|a| a["id"] == "snapshot/broken")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}\n{}", log());
+    assert_eq!(alerts[0]["event"], "failing");
+    assert!(
+        alerts[0].to_string().contains("HTTP 503 from the API"),
+        "{alerts:#?}"
+    );
+
+    sidecar.stop();
+    assert_eq!(listed(&cfg, "export").len(), 1);
+    assert!(listed(&cfg, "broken").is_empty());
+    let out = run_ok(&["list", "-c", path(&cfg), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let export = v["snapshots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "export"))
+        .expect("export")
+        .clone();
+    assert_eq!(export["last_test_restore"]["ok"], true, "{export:#}");
+    assert_eq!(export["last_test_restore"]["kind"], "command", "{export:#}");
+}
+
+/// The `[retention]` policy applies per snapshot source: with `keep_last =
+/// 1` (and no daily, weekly or monthly keeps) `pitr retention` forgets all
+/// but the newest snapshot, which still restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_policy_per_snapshot_source() {
+    let repo = TestRepo::new().await;
+    let src = repo.dir.path().join("data.txt");
+    let mut toml = command_toml("a", &["cat", path(&src)], "");
+    toml.push_str(&command_toml("b", &["echo", "the other source"], ""));
+    let cfg = config_with(&repo, &toml);
+    let toml = std::fs::read_to_string(&cfg).expect("config").replacen(
+        "[retention]\n",
+        "[retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n",
+        1,
+    );
+    std::fs::write(&cfg, toml).expect("write");
+    let c = path(&cfg);
+    for i in 0..3 {
+        std::fs::write(&src, format!("version {i}\n")).expect("write");
+        run_ok(&["backup", "-c", c, "--snapshot", "a"]);
+    }
+    run_ok(&["backup", "-c", c, "--snapshot", "b"]);
+    let before = listed(&cfg, "a");
+    assert_eq!(before.len(), 3);
+    let out = run_ok(&["retention", "-c", c]);
+    let after = listed(&cfg, "a");
+    assert_eq!(after.len(), 1, "{}", text(&out));
+    assert_eq!(after[0]["id"], before[2]["id"], "the newest stays");
+    assert_eq!(listed(&cfg, "b").len(), 1, "the other source keeps its own");
+    let r = run_ok(&["restore", "-c", c, "--snapshot", "a", "--latest"]);
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "version 2\n");
+}

@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::super::{CommandConfig, VERIFY_FILE_PLACEHOLDER};
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawCommand, Section, Val};
 use super::super::secrets;
+use super::super::{CommandConfig, VERIFY_FILE_PLACEHOLDER};
 use super::values::{cron, duration, entry_name};
 use crate::cron::CronSchedule;
 
