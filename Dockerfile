@@ -53,14 +53,16 @@ RUN apt-get update \
  && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
  && apt-get install -y --no-install-recommends "postgresql-${PG_MAJOR}" \
  && rm -rf /var/lib/apt/lists/*
-# Only what restores run: the server, initdb/pg_ctl, the checkers, and the
-# tools the runbook uses. No JIT (llvmjit and its bitcode are most of the
+# Only what restores run: the server, initdb/pg_ctl, the checkers, the
+# tools the runbook uses, and the dump tools `[[command]]` snapshot sources
+# run (docs/SNAPSHOTS.md). No JIT (llvmjit and its bitcode are most of the
 # size and recovery never uses them), no pgxs.
 RUN set -eu; \
     src="/usr/lib/postgresql/${PG_MAJOR}"; out="/out${src}"; \
     mkdir -p "$out/bin" "/out/usr/share/postgresql"; \
     for b in postgres initdb pg_ctl pg_amcheck pg_checksums pg_controldata \
-             pg_waldump pg_verifybackup pg_isready psql; do \
+             pg_waldump pg_verifybackup pg_isready psql \
+             pg_dump pg_dumpall pg_restore; do \
       cp -a "$src/bin/$b" "$out/bin/"; \
     done; \
     cp -a "$src/lib" "$out/lib"; \

@@ -1,8 +1,8 @@
 //! pitr keeps PostgreSQL and SQLite databases recoverable to any second of
 //! their history. docs/ARCHITECTURE.md has the layers and the invariants:
-//! data flows from the sources (`wal`, `basebackup`, `sqlite`) through the
-//! repository format (`repo`, its catalog inside) to the destinations
-//! (`ship`); `restore` plans and runs restores; `sidecar` runs it all;
+//! data flows from the sources (`wal`, `basebackup`, `sqlite`, `snapshot`)
+//! through the repository format (`repo`, its catalog inside) to the
+//! destinations (`ship`); `restore` plans and runs restores; `sidecar` runs it all;
 //! `wiring` builds the options of `repo` and `ship` from the `config`.
 
 pub mod backoff;

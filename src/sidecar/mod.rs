@@ -472,17 +472,13 @@ fn register_command(jobs: &mut Jobs, repo: &Repository, cmd: &crate::config::Com
                     let (repo, cmd) = (repo.clone(), cmd.clone());
                     async move { command::take(&repo, &cmd).await }
                 };
-                schedule::run_scheduled(
-                    repo.clone(),
-                    cmd.name.clone(),
-                    SourceKind::Command,
-                    cmd.schedule.clone(),
+                let sched = schedule::SourceSchedule {
+                    source: cmd.name.clone(),
+                    kind: SourceKind::Command,
+                    cron: cmd.schedule.clone(),
                     max_age,
-                    tx,
-                    stop,
-                    take,
-                )
-                .await
+                };
+                schedule::run_scheduled(repo.clone(), sched, tx, stop, take).await
             }
         },
     );

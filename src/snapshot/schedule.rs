@@ -126,16 +126,26 @@ pub fn max_age(configured: Option<Duration>, cron: Option<&CronSchedule>) -> Opt
     configured.or_else(|| Some(cron?.interval()?.mul_f64(1.5)))
 }
 
+/// One source's schedule, as [`run_scheduled`] keeps it.
+#[derive(Debug, Clone)]
+pub struct SourceSchedule {
+    /// The source's name.
+    pub source: String,
+    /// Its kind.
+    pub kind: SourceKind,
+    /// When it is taken; `None`: never on a schedule.
+    pub cron: Option<CronSchedule>,
+    /// Its health check fails past this age ([`max_age`]).
+    pub max_age: Option<Duration>,
+}
+
 /// Runs the schedule of one source until `stop`: `take` takes one
 /// snapshot (a command's run, an export); each result is published to
 /// `status` and in metrics. Takes one at once when the newest is older than
 /// the schedule's interval or there is none.
 pub async fn run_scheduled<T, Fut>(
     repo: Repository,
-    source: String,
-    kind: SourceKind,
-    cron: Option<CronSchedule>,
-    max_age: Option<Duration>,
+    sched: SourceSchedule,
     status: watch::Sender<SnapshotStatus>,
     stop: impl Future<Output = ()>,
     mut take: T,
@@ -144,6 +154,12 @@ where
     T: FnMut() -> Fut,
     Fut: Future<Output = Result<SnapshotInfo, SnapshotError>>,
 {
+    let SourceSchedule {
+        source,
+        kind,
+        cron,
+        max_age,
+    } = sched;
     let newest = super::list(&repo.catalog(), &source)
         .map_err(|e| e.to_string())?
         .pop();

@@ -431,7 +431,7 @@ async fn pitr_run_takes_snapshots_on_schedule_with_health_metrics_alerts_and_tes
             "-c",
             "echo hello from the export; head -c 200000 /dev/zero | tr '\\\\0' x",
         ],
-        &format!("verify = [\"grep\", \"-q\", \"hello from\", \"{{file}}\"]\n"),
+        "verify = [\"grep\", \"-q\", \"hello from\", \"{file}\"]\n",
     )
     .replace("schedule = \"off\"\n", yearly);
     toml.push_str(

@@ -1,6 +1,7 @@
 //! Unit tests of config loading. Each asserts on the message an operator
 //! sees, not only on the error's existence.
 
+mod command;
 mod env;
 mod file;
 mod secrets;
