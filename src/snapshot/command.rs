@@ -141,6 +141,18 @@ struct Running {
     pgid: nix::unistd::Pid,
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.timer.abort();
+        // Dropped before the program was reaped (pitr stopping mid-run):
+        // its whole group goes with it, not only the direct child that
+        // `kill_on_drop` kills.
+        if let Ok(None) = self.child.try_wait() {
+            kill_group(Some(self.pgid));
+        }
+    }
+}
+
 /// Runs `cmd` now and stores its standard output as a snapshot of
 /// `[[command]] cmd.name`; records nothing unless it exits 0. When storing
 /// fails first (a destination down), the program's output pipe closes, so

@@ -370,7 +370,7 @@ fn wal_fetch_and_run_without_a_postgres_entry_fail_clearly() {
     let err = text(&out).1;
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("no [[postgres]] and no [[sqlite]] entry"),
+        err.contains("no [[postgres]], [[sqlite]] or [[command]] entry"),
         "{err}"
     );
 }

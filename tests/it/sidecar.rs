@@ -35,7 +35,7 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// [`get`] with a bearer token.
-async fn get_as(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+pub(crate) async fn get_as(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     let mut req = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}{path}"))
         .timeout(Duration::from_secs(10));

@@ -393,20 +393,6 @@ async fn dedup_and_restore_by_time() {
     assert_eq!(r.status.code(), Some(2), "{}", text(&r));
 }
 
-/// GET `path` on the health endpoint with the bearer token: status and
-/// body (`None` while nothing listens).
-async fn get(port: u16, path: &str, token: &str) -> Option<(u16, String)> {
-    let r = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .bearer_auth(token)
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
-        .await
-        .ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.text().await.unwrap_or_default()))
-}
-
 /// `pitr run` with two `[[command]]` sources, both due at start: the one
 /// that works is stored, shown in `/health` and `/metrics`, and test
 /// restored on the `[verify]` schedule (read back, then its `verify` run
@@ -414,6 +400,7 @@ async fn get(port: u16, path: &str, token: &str) -> Option<(u16, String)> {
 /// its stderr tail, and alerts exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pitr_run_takes_snapshots_on_schedule_with_health_metrics_alerts_and_test_restores() {
+    use crate::sidecar::get_as;
     use crate::support::pg::free_port;
     use crate::support::{Sidecar, WebhookReceiver, eventually, with_log};
     use std::time::Duration;
@@ -460,7 +447,7 @@ async fn pitr_run_takes_snapshots_on_schedule_with_health_metrics_alerts_and_tes
         "a stored snapshot, a failing check and a passing test restore in /health",
         Duration::from_secs(120),
         async || {
-            let Some((status, body)) = get(port, "/health", token).await else {
+            let Some((status, body)) = get_as(port, "/health", Some(token)).await else {
                 return Err(with_log("nothing listens yet".to_owned(), &log));
             };
             let h: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -495,7 +482,9 @@ async fn pitr_run_takes_snapshots_on_schedule_with_health_metrics_alerts_and_tes
         "{health:#}"
     );
 
-    let (_, metrics) = get(port, "/metrics", token).await.expect("metrics");
+    let (_, metrics) = get_as(port, "/metrics", Some(token))
+        .await
+        .expect("metrics");
     for want in [
         "pitr_snapshot_bytes{source=\"export\"}",
         "pitr_snapshot_stored_bytes{source=\"export\"}",
