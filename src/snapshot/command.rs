@@ -138,7 +138,8 @@ struct Running {
     stderr: tokio::task::JoinHandle<Vec<u8>>,
     timer: tokio::task::JoinHandle<()>,
     timed_out: Arc<AtomicBool>,
-    pgid: nix::unistd::Pid,
+    /// The program's process group; `None` if its pid was not known.
+    pgid: Option<nix::unistd::Pid>,
 }
 
 impl Drop for Running {
@@ -148,7 +149,7 @@ impl Drop for Running {
         // its whole group goes with it, not only the direct child that
         // `kill_on_drop` kills.
         if let Ok(None) = self.child.try_wait() {
-            kill_group(Some(self.pgid));
+            kill_group(self.pgid);
         }
     }
 }
@@ -236,7 +237,13 @@ fn spawn<'a>(
         program: program.clone(),
         source,
     })?;
-    let pgid = nix::unistd::Pid::from_raw(child.id().map_or(0, |id| id as i32));
+    // The child leads its own group (`process_group(0)`), so its pid is the
+    // group's id. Never 0: killpg(0) would signal pitr's own group.
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .filter(|id| *id > 0)
+        .map(nix::unistd::Pid::from_raw);
     let stdout = child.stdout.take();
     let Some(stderr) = child.stderr.take() else {
         return Err(CommandError::Spawn {
@@ -252,7 +259,7 @@ fn spawn<'a>(
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
             timed_out.store(true, Ordering::SeqCst);
-            kill_group(Some(pgid));
+            kill_group(pgid);
         })
     };
     Ok((
@@ -330,7 +337,7 @@ async fn finish(
     running.timer.abort();
     // Children it left behind in its group would hold standard error open.
     if status.as_ref().map(|s| !s.success()).unwrap_or(true) {
-        kill_group(Some(running.pgid));
+        kill_group(running.pgid);
     }
     let stderr_bytes = (&mut running.stderr).await.unwrap_or_default();
     let stderr = String::from_utf8_lossy(&stderr_bytes).trim_end().to_owned();
