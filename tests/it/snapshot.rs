@@ -207,6 +207,10 @@ async fn a_two_gib_output_streams_in_bounded_memory() {
         status.success(),
         "pitr backup --snapshot big: {status}\n{out}"
     );
+    eprintln!(
+        "peak RSS of pitr backup --snapshot for 2 GiB: {} MiB",
+        peak_kib / 1024
+    );
     assert!(
         peak_kib < 128 * 1024,
         "peak RSS {} MiB for a 2 GiB snapshot",
