@@ -143,43 +143,39 @@ async fn a_pg_dump_snapshot_restores_with_pg_restore() {
     assert_eq!(pg.psql_at(&restored, "SELECT count(*) FROM users"), "321");
 }
 
-/// Peak resident memory of `cmd` (and any child it waited for, each
-/// counted alone: the kernel keeps the largest), in KiB, from `wait4`.
-fn run_peak_rss(cmd: &mut Command) -> (std::process::ExitStatus, String, i64) {
-    use std::os::unix::process::ExitStatusExt;
+/// Runs `cmd` and returns its status, its output, and its peak resident
+/// memory in KiB: the largest `VmHWM` of /proc/<pid>/status seen while it
+/// runs (read every 50 ms; a high-water mark, so a peak between reads is
+/// still seen at the next). Not `wait4`'s `ru_maxrss`: Linux carries the
+/// spawning process's high-water mark over exec into it, so in a large
+/// test process it measures the test binary, not pitr.
+fn run_peak_rss(cmd: &mut Command) -> (std::process::ExitStatus, String, u64) {
     let child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let output = std::thread::spawn(move || {
-        // Drains both pipes; the status comes from wait4 below.
-        let mut child = child;
-        let mut out = String::new();
-        let mut err = String::new();
-        use std::io::Read;
-        if let Some(mut s) = child.stdout.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        if let Some(mut s) = child.stderr.take() {
-            let _ = s.read_to_string(&mut err);
-        }
-        std::mem::forget(child);
-        format!("stdout:\n{out}\nstderr:\n{err}")
-    });
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child; status and usage point at live locals.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    let text = output.join().expect("pipes");
-    (
-        std::process::ExitStatus::from_raw(status),
-        text,
-        usage.ru_maxrss,
-    )
+    let status_file = format!("/proc/{}/status", child.id());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let hwm = std::fs::read_to_string(&status_file).ok().and_then(|t| {
+                    let line = t.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
+                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
+                });
+                peak = peak.max(hwm.unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    let out = child.wait_with_output().expect("wait");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let peak = poller.join().expect("poller");
+    (out.status, text(&out), peak)
 }
 
 /// 2 GiB of output (distinct, compressible lines, so nothing deduplicates
