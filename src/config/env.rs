@@ -119,6 +119,7 @@ fn entry_names(raw: &RawConfig, section: Section) -> Vec<Option<String>> {
         Section::Postgres => names(&raw.postgres, |e| &e.name),
         Section::Sqlite => names(&raw.sqlite, |e| &e.name),
         Section::Alert => names(&raw.alert, |e| &e.name),
+        Section::Infisical => names(&raw.infisical, |e| &e.name),
         Section::Repository
         | Section::Health
         | Section::Verify

@@ -44,6 +44,7 @@ pub(super) struct RawConfig {
     pub retention: Option<RawRetention>,
     pub scrub: Option<RawScrub>,
     pub restore: Option<RawRestore>,
+    pub infisical: Option<Vec<RawInfisical>>,
 }
 
 impl RawConfig {
@@ -71,6 +72,7 @@ impl RawConfig {
             Section::Retention => plain(&mut self.retention),
             Section::Scrub => plain(&mut self.scrub),
             Section::Restore => plain(&mut self.restore),
+            Section::Infisical => nth(&mut self.infisical, index),
         }
     }
 }
@@ -88,6 +90,7 @@ pub(super) enum Section {
     Retention,
     Scrub,
     Restore,
+    Infisical,
 }
 
 /// How an environment variable's text becomes a value of a key.
@@ -346,9 +349,28 @@ section! {
     }
 }
 
+section! {
+    /// One `[[infisical]]` snapshot source: an Infisical project's secrets.
+    struct RawInfisical, table INFISICAL_KEYS {
+        name: Str = r#"name = "secrets""#,
+        site_url: Str = r#"site_url = "https://app.infisical.com""#,
+        project_id: Str = r#"project_id = "6f1c…""#,
+        environments: List = r#"environments = ["dev", "prod"]"#,
+        secret_path: Str = r#"secret_path = "/""#,
+        client_id: Str = r#"client_id = "…""#,
+        client_secret: Str = r#"client_secret_file = "/run/secrets/infisical-client-secret""#,
+        client_secret_file: Str =
+            r#"client_secret_file = "/run/secrets/infisical-client-secret""#,
+        schedule: Str = r#"schedule = "0 * * * *""#,
+        /// Same form as `[[sqlite]] interval`.
+        timeout: Duration = r#"timeout = "5m""#,
+        max_age: Duration = r#"max_age = "3h""#,
+    }
+}
+
 impl Section {
     /// Every section, in the order the design card writes them.
-    pub const ALL: [Section; 10] = [
+    pub const ALL: [Section; 11] = [
         Section::Repository,
         Section::Destination,
         Section::Postgres,
@@ -359,6 +381,7 @@ impl Section {
         Section::Retention,
         Section::Scrub,
         Section::Restore,
+        Section::Infisical,
     ];
 
     /// The section's name in the file.
@@ -374,6 +397,7 @@ impl Section {
             Section::Retention => "retention",
             Section::Scrub => "scrub",
             Section::Restore => "restore",
+            Section::Infisical => "infisical",
         }
     }
 
@@ -381,7 +405,11 @@ impl Section {
     pub fn is_array(self) -> bool {
         matches!(
             self,
-            Section::Destination | Section::Postgres | Section::Sqlite | Section::Alert
+            Section::Destination
+                | Section::Postgres
+                | Section::Sqlite
+                | Section::Alert
+                | Section::Infisical
         )
     }
 
@@ -407,6 +435,7 @@ impl Section {
             Section::Retention => RETENTION_KEYS,
             Section::Scrub => SCRUB_KEYS,
             Section::Restore => RESTORE_KEYS,
+            Section::Infisical => INFISICAL_KEYS,
         }
     }
 

@@ -388,14 +388,22 @@ impl Snapshot {
             s.tags.dedup();
         }
         self.secrets.sort_by(|a, b| {
-            (&a.environment, &a.path, &a.key, &a.value, &a.comment, &a.tags).cmp(&(
-                &b.environment,
-                &b.path,
-                &b.key,
-                &b.value,
-                &b.comment,
-                &b.tags,
-            ))
+            (
+                &a.environment,
+                &a.path,
+                &a.key,
+                &a.value,
+                &a.comment,
+                &a.tags,
+            )
+                .cmp(&(
+                    &b.environment,
+                    &b.path,
+                    &b.key,
+                    &b.value,
+                    &b.comment,
+                    &b.tags,
+                ))
         });
         self.secrets.dedup();
         self.imports.sort();
@@ -622,7 +630,11 @@ impl Client {
             Some(t) if t.due() => self.renew().await?,
             Some(_) => {}
         }
-        Ok(self.token.as_ref().map(|t| t.value.clone()).unwrap_or_default())
+        Ok(self
+            .token
+            .as_ref()
+            .map(|t| t.value.clone())
+            .unwrap_or_default())
     }
 
     /// Every secret of `environment` under `secret_path` (recursively) and
@@ -842,11 +854,17 @@ impl Client {
 /// What to do about a status.
 fn hint(status: u16) -> &'static str {
     match status {
-        401 => "The access token was refused twice; check the machine identity's access token trusted IPs and TTLs",
-        403 => "Give the machine identity a project role that may read secrets (and secret values) of these environments and path",
+        401 => {
+            "The access token was refused twice; check the machine identity's access token trusted IPs and TTLs"
+        }
+        403 => {
+            "Give the machine identity a project role that may read secrets (and secret values) of these environments and path"
+        }
         404 => "Check project_id, the environment slugs and secret_path",
         400 | 422 => "Check project_id, the environment slugs and secret_path",
-        429 => "Infisical's rate limit; pitr retried with the wait it asked for. Take snapshots less often or raise the instance's limits",
+        429 => {
+            "Infisical's rate limit; pitr retried with the wait it asked for. Take snapshots less often or raise the instance's limits"
+        }
         _ if status >= 500 => "The instance failed; pitr retried. Check its status and logs",
         _ => "Check the [[infisical]] entry",
     }

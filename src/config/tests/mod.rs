@@ -3,6 +3,7 @@
 
 mod env;
 mod file;
+mod infisical;
 mod secrets;
 mod sidecar;
 mod values;

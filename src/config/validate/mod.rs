@@ -8,6 +8,7 @@
 mod alert;
 mod destination;
 mod health;
+mod infisical;
 mod postgres;
 mod repository;
 mod restore;
@@ -24,6 +25,7 @@ use super::raw::{RawConfig, Section};
 use alert::alerts;
 use destination::destinations;
 use health::health;
+use infisical::infisical;
 use postgres::postgres;
 use repository::repository;
 use restore::restore;
@@ -52,6 +54,7 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         retention: retention(ctx, raw.retention.unwrap_or_default())?,
         scrub: scrub(ctx, raw.scrub.unwrap_or_default())?,
         restore: restore(ctx, raw.restore.unwrap_or_default())?,
+        infisical: infisical(ctx, raw.infisical.unwrap_or_default())?,
         repository,
     };
     let unbatched = config
