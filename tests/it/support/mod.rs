@@ -1,6 +1,6 @@
 //! What the integration tests share: throw-away servers (PostgreSQL, S3,
-//! Storacha, SMTP, webhooks) and the helpers that drive them, a throw-away
-//! repository ([`TestRepo`]), the `pitr` binary ([`pitr`], [`Sidecar`]),
+//! Storacha, SMTP, webhooks, Infisical's API) and the helpers that drive
+//! them, a throw-away repository ([`TestRepo`]), the `pitr` binary ([`pitr`], [`Sidecar`]),
 //! WAL streamed in the background ([`Streamer`]), and the one way to wait
 //! for a condition ([`eventually`]).
 //!
@@ -11,6 +11,7 @@
 // calls yet is not an error.
 #![allow(dead_code)]
 
+pub mod infisical;
 pub mod pg;
 pub mod poll;
 pub mod repo;
@@ -21,6 +22,7 @@ pub mod storacha;
 pub mod stream;
 pub mod webhook;
 
+pub use infisical::InfisicalServer;
 pub use pg::{PgCluster, run_as_pg_user};
 pub use poll::{eventually, eventually_blocking, with_log};
 pub use repo::{TestRepo, data, first_pack, test_options};
