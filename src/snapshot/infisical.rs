@@ -191,7 +191,7 @@ pub enum InfisicalError {
         message: String,
     },
     /// Any other answer than success.
-    #[error("[[infisical]] {name}: {url} answered {status} {error}: {message}. {hint}")]
+    #[error("[[infisical]] {name}: {url} answered {status} {error}: {message}. {}", hint(*status))]
     Status {
         /// The source.
         name: String,
@@ -203,8 +203,6 @@ pub enum InfisicalError {
         error: String,
         /// Infisical's `message` field, scrubbed.
         message: String,
-        /// What to do.
-        hint: &'static str,
         /// The `Retry-After` of a 429 (or 503).
         retry_after: Option<Duration>,
     },
@@ -811,7 +809,6 @@ impl Client {
             status: code,
             error: shorten(&self.scrub(&error)),
             message: shorten(&self.scrub(&message)),
-            hint: hint(code),
             retry_after,
         })
     }

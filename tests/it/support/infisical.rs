@@ -209,8 +209,9 @@ async fn renew(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
     token_answer(&inner, &token)
 }
 
-/// The token's state: `Err` with the answer to give when it is refused.
-fn authenticate(inner: &mut Inner, headers: &HeaderMap) -> Result<(), Response> {
+/// The answer to give when the request's token is refused; `None` when
+/// it is good.
+fn refused_token(inner: &mut Inner, headers: &HeaderMap) -> Option<Response> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -238,10 +239,7 @@ fn authenticate(inner: &mut Inner, headers: &HeaderMap) -> Result<(), Response> 
         )),
         Some(_) => None,
     };
-    match refused {
-        None => Ok(()),
-        Some((status, kind, message)) => Err(error(inner, status, kind, message)),
-    }
+    refused.map(|(status, kind, message)| error(inner, status, kind, message))
 }
 
 fn secret_json(s: &StoredSecret, with_path: bool) -> Value {
@@ -290,7 +288,7 @@ async fn list(
     if let Some(r) = rate_limited(&mut inner) {
         return r;
     }
-    if let Err(r) = authenticate(&mut inner, &headers) {
+    if let Some(r) = refused_token(&mut inner, &headers) {
         return r;
     }
     inner.listing_calls += 1;
