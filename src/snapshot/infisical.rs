@@ -769,12 +769,7 @@ impl Client {
                     .to_owned(),
             });
         }
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::backoff::retry_after(resp.headers());
         // Never sized by the server's Content-Length: grown as bytes
         // arrive, up to the bound.
         let mut body = Vec::new();

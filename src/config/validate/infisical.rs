@@ -70,36 +70,22 @@ pub(super) fn infisical(
             e.client_id,
             "Add client_id = \"…\": the Universal Auth client id of the machine identity pitr logs in as",
         )?;
-        let client_secret = match secrets::text(
+        let client_secret = secrets::required_text(
             ctx,
             &key("client_secret"),
             e.client_secret,
             e.client_secret_file,
-        )? {
-            None => {
-                return Err(ctx.missing(
-                    &key("client_secret_file"),
-                    "no client secret is configured",
-                    &format!(
-                        "Add client_secret_file = \"/run/secrets/…\" naming a file that holds the machine identity's Universal Auth client secret, or set PITR_INFISICAL_{}_CLIENT_SECRET_FILE",
-                        super::super::env::env_name(&name)
-                    ),
-                ));
-            }
-            Some(s) if s.value.trim().is_empty() => {
-                let what = match &s.file {
-                    Some(f) => format!("the secret file {} is empty", f.display()),
-                    None => "is empty".to_owned(),
-                };
-                return Err(ctx.invalid(
-                    &s.key,
-                    &s.origin,
-                    &what,
-                    "Put the client secret Infisical showed when it was created there",
-                ));
-            }
-            Some(s) => s.value.trim().to_owned(),
-        };
+            (
+                "no client secret is configured",
+                &format!(
+                    "Add client_secret_file = \"/run/secrets/…\" naming a file that holds the machine identity's Universal Auth client secret, or set PITR_INFISICAL_{}_CLIENT_SECRET_FILE",
+                    super::super::env::env_name(&name)
+                ),
+            ),
+            "Put the client secret Infisical showed when it was created there",
+        )?
+        .trim()
+        .to_owned();
         let schedule = match e.schedule {
             None => Some(CronSchedule::parse(DEFAULT_SCHEDULE).expect("the default parses")),
             Some(v) => cron(ctx, &key("schedule"), v)?,

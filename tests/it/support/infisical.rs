@@ -408,19 +408,7 @@ impl InfisicalServer {
             .route("/api/v1/auth/token/renew", axum::routing::post(renew))
             .route("/api/v4/secrets", axum::routing::get(list))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("serve");
-        });
+        let (addr, stop) = super::serve(app).await;
         InfisicalServer {
             addr,
             inner,

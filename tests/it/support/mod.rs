@@ -85,3 +85,22 @@ pub async fn query_lsn(db: &tokio_postgres::Client, sql: &str) -> Option<pitr::p
     let text: Option<String> = row.get(0);
     text.map(|t| t.parse().expect("an LSN"))
 }
+
+/// Serves `app` on a free port of 127.0.0.1, on the current tokio runtime,
+/// until the returned sender is dropped.
+pub async fn serve(app: axum::Router) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+    });
+    (addr, stop)
+}
