@@ -63,6 +63,17 @@ impl Backoff {
     }
 }
 
+/// The wait an HTTP answer's `Retry-After` asks for, in the delay-seconds
+/// form rate limiters send (an HTTP date is not read: `None`). Retry loops
+/// wait at least this long, so the next try is not refused again.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 /// The delays of a [`Backoff`], in order.
 #[derive(Debug)]
 pub struct Delays {

@@ -1,9 +1,10 @@
 //! pitr keeps PostgreSQL and SQLite databases recoverable to any second of
 //! their history. docs/ARCHITECTURE.md has the layers and the invariants:
-//! data flows from the sources (`wal`, `basebackup`, `sqlite`, `snapshot`)
-//! through the repository format (`repo`, its catalog inside) to the
-//! destinations (`ship`); `restore` plans and runs restores; `sidecar` runs it all;
-//! `wiring` builds the options of `repo` and `ship` from the `config`.
+//! data flows from the sources (`wal`, `basebackup`, `sqlite`, the
+//! snapshot sources in `snapshot`) through the repository format (`repo`,
+//! its catalog inside) to the destinations (`ship`); `restore` plans and
+//! runs restores; `sidecar` runs it all; `wiring` builds the options of
+//! `repo`, `ship` and the snapshot sources from the `config`.
 
 pub mod backoff;
 pub mod basebackup;

@@ -1,6 +1,7 @@
 //! The glue between the config and the layers that must not read it: the
-//! repository's options (`repo::RepoOptions`) and the destinations' (`ship`
-//! options, and the fan-outs opened from them), built from a loaded
+//! repository's options (`repo::RepoOptions`), the destinations' (`ship`
+//! options, and the fan-outs opened from them) and the snapshot sources'
+//! (`snapshot::infisical::InfisicalOptions`), built from a loaded
 //! [`Config`]. Every command and the sidecar open the repository and the
 //! destinations through here, so the config's structs stay out of `repo`
 //! and `ship`.
@@ -9,7 +10,8 @@ use std::path::Path;
 
 use crate::backoff::Backoff;
 use crate::config::{
-    Config, ConfigError, DestinationConfig, PostgresConfig, S3Config, StorachaConfig,
+    Config, ConfigError, DestinationConfig, InfisicalConfig, PostgresConfig, S3Config,
+    StorachaConfig,
 };
 use crate::pg::{ConnInfo, conn::ConnInfoError};
 use crate::repo::{IdentityError, RepoOptions};
@@ -17,6 +19,7 @@ use crate::ship::{
     Batched, DestinationKind, DestinationSpec, Fanout, FanoutOptions, REQUEST_RETRY, S3Options,
     SpoolConfig, StorachaOptions,
 };
+use crate::snapshot::infisical::{API_RETRY, InfisicalOptions, MAX_RESPONSE_BYTES};
 
 /// The repository options a config gives. Reads `identity_file` when it is
 /// set (restore and verify need it; a sidecar's config should not set it).
@@ -151,6 +154,23 @@ pub fn storacha(c: &StorachaConfig) -> StorachaOptions {
         service_did,
         gateway,
         request_timeout,
+    }
+}
+
+/// An `[[infisical]]` entry's settings as `snapshot::infisical` takes
+/// them, with the API's retry policy and response bound.
+pub fn infisical(c: &InfisicalConfig) -> InfisicalOptions {
+    InfisicalOptions {
+        name: c.name.clone(),
+        site_url: c.site_url.clone(),
+        project_id: c.project_id.clone(),
+        environments: c.environments.clone(),
+        secret_path: c.secret_path.clone(),
+        client_id: c.client_id.clone(),
+        client_secret: c.client_secret.clone(),
+        timeout: c.timeout,
+        retry: API_RETRY,
+        max_response_bytes: MAX_RESPONSE_BYTES,
     }
 }
 

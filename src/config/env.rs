@@ -120,6 +120,7 @@ fn entry_names(raw: &RawConfig, section: Section) -> Vec<Option<String>> {
         Section::Sqlite => names(&raw.sqlite, |e| &e.name),
         Section::Alert => names(&raw.alert, |e| &e.name),
         Section::Command => names(&raw.command, |e| &e.name),
+        Section::Infisical => names(&raw.infisical, |e| &e.name),
         Section::Repository
         | Section::Health
         | Section::Verify

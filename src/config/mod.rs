@@ -65,6 +65,58 @@ pub struct Config {
     /// `[[command]]`: snapshot sources whose standard output is stored on
     /// a schedule (docs/SNAPSHOTS.md); names unique.
     pub commands: Vec<CommandConfig>,
+    /// `[[infisical]]`: Infisical projects whose secrets are snapshotted;
+    /// names unique.
+    pub infisical: Vec<InfisicalConfig>,
+}
+
+/// One `[[infisical]]` snapshot source: the secrets of some environments
+/// of an Infisical project, read by a machine identity with Universal Auth
+/// (docs/SNAPSHOTS.md).
+#[derive(Clone, PartialEq, Eq)]
+pub struct InfisicalConfig {
+    /// Unique among `[[infisical]]` entries; `[a-z0-9_-]+`.
+    pub name: String,
+    /// The instance (`site_url`, default Infisical Cloud US,
+    /// `https://app.infisical.com`), http(s), without a trailing slash.
+    pub site_url: String,
+    /// The project's id.
+    pub project_id: String,
+    /// The environment slugs exported; at least one, no repeats.
+    pub environments: Vec<String>,
+    /// The folder exported with everything beneath it (`secret_path`,
+    /// default `/`).
+    pub secret_path: String,
+    /// The machine identity's Universal Auth client id.
+    pub client_id: String,
+    /// Its client secret (`client_secret` or `client_secret_file`).
+    /// `Debug` redacts it.
+    pub client_secret: String,
+    /// When snapshots are taken (`schedule`, cron in UTC, default hourly
+    /// `0 * * * *`); `None` when written `"off"`.
+    pub schedule: Option<CronSchedule>,
+    /// How long one export may take (`timeout`, default 5 min).
+    pub timeout: Duration,
+    /// The source is failing when its newest snapshot is older than this
+    /// (`max_age`); `None`: 1.5 × the schedule's interval.
+    pub max_age: Option<Duration>,
+}
+
+impl std::fmt::Debug for InfisicalConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InfisicalConfig")
+            .field("name", &self.name)
+            .field("site_url", &self.site_url)
+            .field("project_id", &self.project_id)
+            .field("environments", &self.environments)
+            .field("secret_path", &self.secret_path)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"(redacted)")
+            .field("schedule", &self.schedule)
+            .field("timeout", &self.timeout)
+            .field("max_age", &self.max_age)
+            .finish()
+    }
 }
 
 /// `[repository]`: how objects are encrypted, compressed and packed, and

@@ -45,6 +45,7 @@ pub(super) struct RawConfig {
     pub scrub: Option<RawScrub>,
     pub restore: Option<RawRestore>,
     pub command: Option<Vec<RawCommand>>,
+    pub infisical: Option<Vec<RawInfisical>>,
 }
 
 impl RawConfig {
@@ -73,6 +74,7 @@ impl RawConfig {
             Section::Scrub => plain(&mut self.scrub),
             Section::Restore => plain(&mut self.restore),
             Section::Command => nth(&mut self.command, index),
+            Section::Infisical => nth(&mut self.infisical, index),
         }
     }
 }
@@ -91,6 +93,7 @@ pub(super) enum Section {
     Scrub,
     Restore,
     Command,
+    Infisical,
 }
 
 /// How an environment variable's text becomes a value of a key.
@@ -372,9 +375,28 @@ section! {
     }
 }
 
+section! {
+    /// One `[[infisical]]` snapshot source: an Infisical project's secrets.
+    struct RawInfisical, table INFISICAL_KEYS {
+        name: Str = r#"name = "secrets""#,
+        site_url: Str = r#"site_url = "https://app.infisical.com""#,
+        project_id: Str = r#"project_id = "6f1c…""#,
+        environments: List = r#"environments = ["dev", "prod"]"#,
+        secret_path: Str = r#"secret_path = "/""#,
+        client_id: Str = r#"client_id = "…""#,
+        client_secret: Str = r#"client_secret_file = "/run/secrets/infisical-client-secret""#,
+        client_secret_file: Str =
+            r#"client_secret_file = "/run/secrets/infisical-client-secret""#,
+        schedule: Str = r#"schedule = "0 * * * *""#,
+        /// Same form as `[[sqlite]] interval`.
+        timeout: Duration = r#"timeout = "5m""#,
+        max_age: Duration = r#"max_age = "3h""#,
+    }
+}
+
 impl Section {
     /// Every section, in the order the design card writes them.
-    pub const ALL: [Section; 11] = [
+    pub const ALL: [Section; 12] = [
         Section::Repository,
         Section::Destination,
         Section::Postgres,
@@ -386,6 +408,7 @@ impl Section {
         Section::Scrub,
         Section::Restore,
         Section::Command,
+        Section::Infisical,
     ];
 
     /// The section's name in the file.
@@ -402,6 +425,7 @@ impl Section {
             Section::Scrub => "scrub",
             Section::Restore => "restore",
             Section::Command => "command",
+            Section::Infisical => "infisical",
         }
     }
 
@@ -414,6 +438,7 @@ impl Section {
                 | Section::Sqlite
                 | Section::Alert
                 | Section::Command
+                | Section::Infisical
         )
     }
 
@@ -440,6 +465,7 @@ impl Section {
             Section::Scrub => SCRUB_KEYS,
             Section::Restore => RESTORE_KEYS,
             Section::Command => COMMAND_KEYS,
+            Section::Infisical => INFISICAL_KEYS,
         }
     }
 

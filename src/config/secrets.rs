@@ -67,6 +67,30 @@ pub(super) fn text(
     })
 }
 
+/// Like [`text`], for a value that must be given and not blank: `missing`
+/// (what is wrong, what to do) when neither key is set, `empty_fix` when
+/// the value, or the file, is blank. The value is never echoed.
+pub(super) fn required_text(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    inline: Option<Val<String>>,
+    file: Option<Val<String>>,
+    missing: (&str, &str),
+    empty_fix: &str,
+) -> Result<String, ConfigError> {
+    match text(ctx, key, inline, file)? {
+        None => Err(ctx.missing(key, missing.0, missing.1)),
+        Some(s) if s.value.trim().is_empty() => {
+            let what = match &s.file {
+                Some(f) => format!("the secret file {} is empty", f.display()),
+                None => "is empty".to_owned(),
+            };
+            Err(ctx.invalid(&s.key, &s.origin, &what, empty_fix))
+        }
+        Some(s) => Ok(s.value),
+    }
+}
+
 /// Resolves a list given inline or as a file of one item per line, where
 /// blank lines and `#` comments are skipped.
 pub(super) fn list(

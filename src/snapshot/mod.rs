@@ -16,6 +16,7 @@
 //! that hands [`store`] (or [`store_when`]) a reader of its output.
 
 pub mod command;
+pub mod infisical;
 pub mod schedule;
 
 use std::future::Future;

@@ -11,6 +11,7 @@ mod cli;
 mod disk_full;
 mod golden;
 mod incremental;
+mod infisical;
 mod layers;
 mod pack;
 mod pg_harness;

@@ -4,6 +4,7 @@
 mod command;
 mod env;
 mod file;
+mod infisical;
 mod secrets;
 mod sidecar;
 mod values;

@@ -7,7 +7,7 @@ use super::super::error::{ConfigError, Ctx, Entry, KeyName};
 use super::super::raw::{RawDestination, Section, Val};
 use super::super::secrets;
 use super::super::{DestinationConfig, DestinationKind, S3Config, StorachaConfig};
-use super::values::{duration, entry_name, first_set, humantime, path};
+use super::values::{duration, entry_name, first_set, http_url, humantime, path};
 
 /// `batch_interval`: `0` (every write, the default but for Storacha), or
 /// at least a second and at most a day.
@@ -267,31 +267,6 @@ fn request_timeout(
             "request_timeout = 60",
         )),
     }
-}
-
-/// An http(s) URL without a trailing slash, or a config error naming `k`.
-fn http_url(
-    ctx: &Ctx<'_>,
-    key: &KeyName,
-    v: Option<Val<String>>,
-    default: &str,
-    example: &str,
-) -> Result<String, ConfigError> {
-    let Some(v) = v else {
-        return Ok(default.to_owned());
-    };
-    let ok = (v.value.starts_with("http://") || v.value.starts_with("https://"))
-        && v.value.len() > "https://".len()
-        && !v.value.contains(char::is_whitespace);
-    if !ok {
-        return Err(ctx.invalid(
-            key,
-            &v.origin,
-            &format!("{:?} is not an http(s) URL", v.value),
-            example,
-        ));
-    }
-    Ok(v.value.trim_end_matches('/').to_owned())
 }
 
 /// A `kind = "storacha"` destination's keys.

@@ -9,6 +9,7 @@ mod alert;
 mod command;
 mod destination;
 mod health;
+mod infisical;
 mod postgres;
 mod repository;
 mod restore;
@@ -26,6 +27,7 @@ use alert::alerts;
 use command::commands;
 use destination::destinations;
 use health::health;
+use infisical::infisical;
 use postgres::postgres;
 use repository::repository;
 use restore::restore;
@@ -55,6 +57,7 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         scrub: scrub(ctx, raw.scrub.unwrap_or_default())?,
         restore: restore(ctx, raw.restore.unwrap_or_default())?,
         commands: commands(ctx, raw.command.unwrap_or_default())?,
+        infisical: infisical(ctx, raw.infisical.unwrap_or_default())?,
         repository,
     };
     let unbatched = config

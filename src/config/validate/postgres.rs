@@ -30,31 +30,20 @@ pub(super) fn postgres(
     for (i, p) in raw.into_iter().enumerate() {
         let (entry, name) = entry_name(ctx, section, i, p.name, &mut seen)?;
         let key = |k| KeyName::entry(section, &entry, k);
-        let conninfo = match secrets::text(ctx, &key("conninfo"), p.conninfo, p.conninfo_file)? {
-            None => {
-                return Err(ctx.missing(
-                    &key("conninfo"),
-                    "no connection string is configured",
-                    &format!(
-                        "Add conninfo = \"host=… port=5432 user=replicator dbname=postgres\", or conninfo_file = \"…\" naming a file that holds it, or set PITR_POSTGRES_{}_CONNINFO",
-                        super::super::env::env_name(&name)
-                    ),
-                ));
-            }
-            Some(s) if s.value.trim().is_empty() => {
-                let what = match &s.file {
-                    Some(f) => format!("the secret file {} is empty", f.display()),
-                    None => "is empty".to_owned(),
-                };
-                return Err(ctx.invalid(
-                    &s.key,
-                    &s.origin,
-                    &what,
-                    "Give a libpq connection string, e.g. \"host=127.0.0.1 port=5432 user=replicator dbname=postgres\"",
-                ));
-            }
-            Some(s) => s.value,
-        };
+        let conninfo = secrets::required_text(
+            ctx,
+            &key("conninfo"),
+            p.conninfo,
+            p.conninfo_file,
+            (
+                "no connection string is configured",
+                &format!(
+                    "Add conninfo = \"host=… port=5432 user=replicator dbname=postgres\", or conninfo_file = \"…\" naming a file that holds it, or set PITR_POSTGRES_{}_CONNINFO",
+                    super::super::env::env_name(&name)
+                ),
+            ),
+            "Give a libpq connection string, e.g. \"host=127.0.0.1 port=5432 user=replicator dbname=postgres\"",
+        )?;
         let slot = match p.slot {
             None => DEFAULT_SLOT.to_owned(),
             Some(v) => {

@@ -1,5 +1,5 @@
 //! Value checks more than one section uses: sizes, durations, paths,
-//! cron schedules and entry names.
+//! cron schedules, entry names and http(s) URLs.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -235,4 +235,29 @@ pub(super) fn humantime(d: Duration) -> String {
     } else {
         format!("{ms} ms")
     }
+}
+
+/// An http(s) URL without a trailing slash, or a config error naming `k`.
+pub(super) fn http_url(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: Option<Val<String>>,
+    default: &str,
+    example: &str,
+) -> Result<String, ConfigError> {
+    let Some(v) = v else {
+        return Ok(default.to_owned());
+    };
+    let ok = (v.value.starts_with("http://") || v.value.starts_with("https://"))
+        && v.value.len() > "https://".len()
+        && !v.value.contains(char::is_whitespace);
+    if !ok {
+        return Err(ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{:?} is not an http(s) URL", v.value),
+            example,
+        ));
+    }
+    Ok(v.value.trim_end_matches('/').to_owned())
 }

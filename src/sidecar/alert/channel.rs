@@ -471,12 +471,7 @@ impl Channel {
                 if status.is_success() {
                     return Ok(());
                 }
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let retry_after = crate::backoff::retry_after(resp.headers());
                 let text = resp.text().await.unwrap_or_default();
                 let mut detail: String = text.trim().chars().take(BODY_QUOTE_CHARS).collect();
                 if !detail.is_empty() {

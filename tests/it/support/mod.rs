@@ -1,6 +1,6 @@
 //! What the integration tests share: throw-away servers (PostgreSQL, S3,
-//! Storacha, SMTP, webhooks) and the helpers that drive them, a throw-away
-//! repository ([`TestRepo`]), the `pitr` binary ([`pitr`], [`Sidecar`]),
+//! Storacha, SMTP, webhooks, Infisical's API) and the helpers that drive
+//! them, a throw-away repository ([`TestRepo`]), the `pitr` binary ([`pitr`], [`Sidecar`]),
 //! WAL streamed in the background ([`Streamer`]), and the one way to wait
 //! for a condition ([`eventually`]).
 //!
@@ -11,6 +11,7 @@
 // calls yet is not an error.
 #![allow(dead_code)]
 
+pub mod infisical;
 pub mod pg;
 pub mod poll;
 pub mod repo;
@@ -21,6 +22,7 @@ pub mod storacha;
 pub mod stream;
 pub mod webhook;
 
+pub use infisical::InfisicalServer;
 pub use pg::{PgCluster, run_as_pg_user};
 pub use poll::{eventually, eventually_blocking, with_log};
 pub use repo::{TestRepo, data, first_pack, test_options};
@@ -82,4 +84,23 @@ pub async fn query_lsn(db: &tokio_postgres::Client, sql: &str) -> Option<pitr::p
     let row = db.query_opt(sql, &[]).await.expect("query")?;
     let text: Option<String> = row.get(0);
     text.map(|t| t.parse().expect("an LSN"))
+}
+
+/// Serves `app` on a free port of 127.0.0.1, on the current tokio runtime,
+/// until the returned sender is dropped.
+pub async fn serve(app: axum::Router) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+    });
+    (addr, stop)
 }

@@ -52,19 +52,7 @@ impl WebhookReceiver {
         let app = axum::Router::new()
             .route("/{*path}", axum::routing::post(receive))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("serve");
-        });
+        let (addr, stop) = super::serve(app).await;
         WebhookReceiver {
             addr,
             shared,
