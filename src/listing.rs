@@ -204,13 +204,13 @@ pub async fn listing(repo: &Repository, config: &Config) -> Result<Listing, List
         });
     }
     let mut snapshots = Vec::new();
-    for c in &config.commands {
-        let kind = crate::snapshot::SourceKind::Command;
+    for source in crate::snapshot::sources(config) {
+        let (name, kind) = (source.name(), source.kind());
         snapshots.push(SnapshotListing {
-            name: c.name.clone(),
+            name: name.to_owned(),
             kind,
-            snapshots: crate::snapshot::list(&repo.catalog(), &c.name)?,
-            last_test_restore: tested(DatabaseKind::Command, &c.name),
+            snapshots: crate::snapshot::list(&repo.catalog(), name)?,
+            last_test_restore: tested(DatabaseKind::of_source(kind), name),
         });
     }
     Ok(Listing {

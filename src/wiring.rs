@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::backoff::Backoff;
 use crate::config::{
-    Config, ConfigError, DestinationConfig, InfisicalConfig, PostgresConfig, S3Config,
+    Config, ConfigError, DestinationConfig, PostgresConfig, S3Config,
     StorachaConfig,
 };
 use crate::pg::{ConnInfo, conn::ConnInfoError};
@@ -19,7 +19,6 @@ use crate::ship::{
     Batched, DestinationKind, DestinationSpec, Fanout, FanoutOptions, REQUEST_RETRY, S3Options,
     SpoolConfig, StorachaOptions,
 };
-use crate::snapshot::infisical::{API_RETRY, InfisicalOptions, MAX_RESPONSE_BYTES};
 
 /// The repository options a config gives. Reads `identity_file` when it is
 /// set (restore and verify need it; a sidecar's config should not set it).
@@ -154,23 +153,6 @@ pub fn storacha(c: &StorachaConfig) -> StorachaOptions {
         service_did,
         gateway,
         request_timeout,
-    }
-}
-
-/// An `[[infisical]]` entry's settings as `snapshot::infisical` takes
-/// them, with the API's retry policy and response bound.
-pub fn infisical(c: &InfisicalConfig) -> InfisicalOptions {
-    InfisicalOptions {
-        name: c.name.clone(),
-        site_url: c.site_url.clone(),
-        project_id: c.project_id.clone(),
-        environments: c.environments.clone(),
-        secret_path: c.secret_path.clone(),
-        client_id: c.client_id.clone(),
-        client_secret: c.client_secret.clone(),
-        timeout: c.timeout,
-        retry: API_RETRY,
-        max_response_bytes: MAX_RESPONSE_BYTES,
     }
 }
 

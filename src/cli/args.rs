@@ -97,8 +97,8 @@ pub(crate) struct PointArg {
     pub(crate) target: TargetArg,
     #[command(flatten)]
     pub(crate) database: DatabaseArg,
-    /// A `[[command]]` snapshot source by name: the newest snapshot taken
-    /// at or before --at (or --latest, or --id).
+    /// A snapshot source (`[[command]]`, `[[infisical]]`) by name: the
+    /// newest snapshot taken at or before --at (or --latest, or --id).
     #[arg(long, value_name = "NAME", conflicts_with_all = ["postgres", "sqlite", "lsn", "name", "timeline"])]
     pub(crate) snapshot: Option<String>,
     /// Follow this timeline (default: the one current at the target).
@@ -129,8 +129,8 @@ pub(crate) enum Command {
         /// The `[[postgres]]` entry (default: the only one).
         #[arg(long, value_name = "NAME")]
         postgres: Option<String>,
-        /// Take a snapshot of this `[[command]]` source now instead of a
-        /// base backup.
+        /// Take a snapshot of this source (`[[command]]`, `[[infisical]]`)
+        /// now instead of a base backup.
         #[arg(long, value_name = "NAME", conflicts_with = "postgres")]
         snapshot: Option<String>,
         /// How long to wait for the backup's WAL to be stored (by `pitr run`)
@@ -174,6 +174,15 @@ pub(crate) enum Command {
         /// exists unless --force). Without it, standard output.
         #[arg(long, value_name = "FILE", requires = "snapshot")]
         output: Option<PathBuf>,
+        /// With an `[[infisical]]` --snapshot: json (as stored, every
+        /// field), dotenv or yaml (one environment's keys and values).
+        #[arg(long, value_name = "FORMAT", requires = "snapshot",
+              value_parser = clap::builder::PossibleValuesParser::new(
+                  pitr::snapshot::infisical::render::Format::NAMES))]
+        format: Option<String>,
+        /// With an `[[infisical]]` --snapshot: only this environment.
+        #[arg(long, value_name = "ENV", requires = "snapshot")]
+        environment: Option<String>,
         /// Empty a non-empty target directory first; with --snapshot,
         /// replace an existing --output file.
         #[arg(long)]

@@ -129,6 +129,8 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             point,
             target_path,
             output,
+            format,
+            environment,
             force,
             no_recover,
             os_user,
@@ -139,12 +141,24 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             if let Some(name) = &point.snapshot {
                 let config = load(&point.config)?;
-                return snapshot::restore(&config, name, &point.target, output.as_deref(), force)
-                    .await;
+                let form = snapshot::Form {
+                    format: format.as_deref(),
+                    environment: environment.as_deref(),
+                };
+                return snapshot::restore(
+                    &config,
+                    name,
+                    &point.target,
+                    output.as_deref(),
+                    force,
+                    form,
+                )
+                .await;
             }
             let Some(target_path) = target_path else {
                 return Err(Exit::Usage(
-                    "--target PATH is required: an empty directory (PostgreSQL) or a file path                      (SQLite)"
+                    "--target PATH is required: an empty directory (PostgreSQL) or a file path \
+                     (SQLite)"
                         .to_owned(),
                 )
                 .into());

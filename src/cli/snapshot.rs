@@ -5,28 +5,26 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use pitr::config::{CommandConfig, Config};
+use pitr::config::Config;
 use pitr::repo::Repository;
-use pitr::snapshot::{Point, Snapshot, SnapshotError};
+use pitr::snapshot::infisical::render::{self, Format};
+use pitr::snapshot::{Point, Snapshot, SnapshotError, Source, SourceKind};
 
 use super::args::TargetArg;
 use super::exit::Exit;
 use super::{CatalogSync, mib, open_repo};
 
-/// The `[[command]]` entry named `name`.
-fn command_entry<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a CommandConfig> {
-    config
-        .commands
-        .iter()
-        .find(|c| c.name == name)
-        .ok_or_else(|| {
-            Exit::Usage(format!(
-                "{}: no [[command]] entry is named {name:?} (configured: {})",
-                config.path.display(),
-                super::configured(config.commands.iter().map(|c| c.name.as_str()))
-            ))
-            .into()
-        })
+/// The snapshot source (`[[command]]`, `[[infisical]]`) named `name`.
+fn source_entry(config: &Config, name: &str) -> anyhow::Result<Source> {
+    pitr::snapshot::find(config, name).ok_or_else(|| {
+        let names: Vec<Source> = pitr::snapshot::sources(config).collect();
+        Exit::Usage(format!(
+            "{}: no [[command]] or [[infisical]] entry is named {name:?} (configured: {})",
+            config.path.display(),
+            super::configured(names.iter().map(|s| s.name()))
+        ))
+        .into()
+    })
 }
 
 /// Maps "no such snapshot" to exit 1.
@@ -60,14 +58,18 @@ fn point(t: &TargetArg) -> anyhow::Result<Point> {
 /// `pitr backup --snapshot NAME`: runs the source now and stores what it
 /// gives; nothing is recorded when it fails.
 pub(super) async fn backup(config: &Config, name: &str) -> anyhow::Result<()> {
-    let cmd = command_entry(config, name)?;
+    let source = source_entry(config, name)?;
     let repo = open_repo(config, CatalogSync::AsOpened).await?;
-    eprintln!("Running [[command]] {name:?} ({})...", cmd.run[0]);
-    let info = pitr::snapshot::command::take(&repo, cmd).await?;
+    let label = source.label();
+    match &source {
+        Source::Command(cmd) => eprintln!("Running {label} ({})...", cmd.run[0]),
+        Source::Infisical(i) => eprintln!("Exporting {label} from {}...", i.site_url),
+    }
+    let info = pitr::snapshot::take(&repo, &source).await?;
     let s = &info.snapshot;
     println!(
-        "Snapshot {} of [[command]] {name:?}: {} in {:.1} s; {} of new data stored (the rest \
-         was already in the repository).",
+        "Snapshot {} of {label}: {} in {:.1} s; {} of new data stored (the rest was already in \
+         the repository).",
         s.id,
         mib(s.attrs.bytes),
         s.attrs.duration_secs,
@@ -84,7 +86,7 @@ async fn picked(
     target: &TargetArg,
     restoring: bool,
 ) -> anyhow::Result<(Repository, Snapshot)> {
-    command_entry(config, name)?;
+    source_entry(config, name)?;
     let point = point(target)?;
     let repo = if restoring {
         super::restore::open_repo_for_restore(config).await?
@@ -107,7 +109,7 @@ pub(super) async fn plan(
         println!("{}", serde_json::to_string_pretty(&snap)?);
         return Ok(());
     }
-    println!("Restore plan for [[command]] {name:?}");
+    println!("Restore plan for {} {name:?}", snap.attrs.kind.section());
     print_snapshot(&snap);
     Ok(())
 }
@@ -122,15 +124,31 @@ fn print_snapshot(s: &Snapshot) {
     );
 }
 
+/// How an `[[infisical]]` snapshot is written out (`--format`,
+/// `--environment`); both `None` for a snapshot written as stored.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Form<'a> {
+    /// `--format`.
+    pub(super) format: Option<&'a str>,
+    /// `--environment`.
+    pub(super) environment: Option<&'a str>,
+}
+
+/// The largest Infisical snapshot `--format`/`--environment` reads into
+/// memory (its export is bounded per environment the same way).
+const MAX_RENDERED: u64 = 256 << 20;
+
 /// `pitr restore --snapshot NAME`: writes the snapshot, every chunk
 /// checked, to `--output` (created with mode 0600, never over an existing
-/// file without `--force`) or to standard output.
+/// file without `--force`) or to standard output; an `[[infisical]]` one
+/// in the `--format` asked for.
 pub(super) async fn restore(
     config: &Config,
     name: &str,
     target: &TargetArg,
     output: Option<&Path>,
     force: bool,
+    form: Form<'_>,
 ) -> anyhow::Result<()> {
     if let Some(out) = output
         && !force
@@ -151,22 +169,41 @@ pub(super) async fn restore(
         )
         .into());
     }
+    let source = source_entry(config, name)?;
+    let format = match (form.format, form.environment) {
+        (None, None) => None,
+        (f, _) if source.kind() != SourceKind::Infisical => {
+            return Err(Exit::Usage(format!(
+                "--{} applies to [[infisical]] snapshots; {} is written as stored",
+                if f.is_some() { "format" } else { "environment" },
+                source.label()
+            ))
+            .into());
+        }
+        (f, _) => Some(
+            f.unwrap_or("json")
+                .parse::<Format>()
+                .map_err(Exit::Usage)?,
+        ),
+    };
     let (repo, snap) = picked(config, name, target, true).await?;
+    let label = source.label();
     eprintln!(
-        "Restoring snapshot {} of [[command]] {name:?} (taken {}, {})...",
+        "Restoring snapshot {} of {label} (taken {}, {})...",
         snap.id,
         pitr::restore::pg_time(snap.attrs.time),
         mib(snap.attrs.bytes)
     );
+    let content = match format {
+        None => Content::AsStored(&snap),
+        Some(format) => Content::Rendered(rendered(&repo, &snap, format, form.environment).await?),
+    };
     let n = match output {
-        None => {
-            let mut out = tokio::io::stdout();
-            pitr::snapshot::read_to(&repo, &snap, &mut out).await?
-        }
-        Some(path) => write_file(&repo, &snap, path, force).await?,
+        None => content.write(&repo, &mut tokio::io::stdout()).await?,
+        Some(path) => write_file(&repo, &content, path, force).await?,
     };
     eprintln!(
-        "Restored snapshot {} of [[command]] {name:?}: {n} bytes{}, every chunk checked.",
+        "Restored snapshot {} of {label}: {n} bytes{}, every chunk checked.",
         snap.id,
         output.map_or(String::new(), |p| format!(" into {}", p.display()))
     );
@@ -174,13 +211,61 @@ pub(super) async fn restore(
     Ok(())
 }
 
-/// Writes the snapshot beside `path` in a new private file, then puts it
-/// in place: with a hard link, which fails if `path` exists (someone made
+/// What a snapshot restore writes.
+enum Content<'a> {
+    /// The snapshot as stored, streamed from the repository.
+    AsStored(&'a Snapshot),
+    /// An Infisical snapshot in another form, in memory.
+    Rendered(Vec<u8>),
+}
+
+impl Content<'_> {
+    /// Writes it to `out`; the bytes written.
+    async fn write<W>(&self, repo: &Repository, out: &mut W) -> anyhow::Result<u64>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            Content::AsStored(snap) => Ok(pitr::snapshot::read_to(repo, snap, out).await?),
+            Content::Rendered(bytes) => {
+                out.write_all(bytes).await?;
+                out.flush().await?;
+                Ok(bytes.len() as u64)
+            }
+        }
+    }
+}
+
+/// An Infisical snapshot read (every chunk checked) and written as
+/// `format`, one environment of it with `environment`.
+async fn rendered(
+    repo: &Repository,
+    snap: &Snapshot,
+    format: Format,
+    environment: Option<&str>,
+) -> anyhow::Result<Vec<u8>> {
+    if snap.attrs.bytes > MAX_RENDERED {
+        anyhow::bail!(
+            "snapshot {} is {}, more than an Infisical export can be ({}): it is not one; \
+             restore it without --format and --environment",
+            snap.id,
+            mib(snap.attrs.bytes),
+            mib(MAX_RENDERED)
+        );
+    }
+    let mut stored = Vec::new();
+    pitr::snapshot::read_to(repo, snap, &mut stored).await?;
+    render::render(&stored, format, environment).map_err(|e| Exit::Usage(e.to_string()).into())
+}
+
+/// Writes `content` beside `path` in a new private file, then puts it in
+/// place: with a hard link, which fails if `path` exists (someone made
 /// it meanwhile), or with `force` a rename over it. A failed or partial
 /// restore leaves nothing at `path`.
 async fn write_file(
     repo: &Repository,
-    snap: &Snapshot,
+    content: &Content<'_>,
     path: &Path,
     force: bool,
 ) -> anyhow::Result<u64> {
@@ -198,7 +283,7 @@ async fn write_file(
     };
     let mut out = tokio::fs::File::from_std(file);
     let written = async {
-        let n = pitr::snapshot::read_to(repo, snap, &mut out).await?;
+        let n = content.write(repo, &mut out).await?;
         out.sync_all().await?;
         anyhow::Ok(n)
     }

@@ -216,8 +216,8 @@ pub async fn plan(
     // Snapshot sources: with every database only; `--postgres` /
     // `--sqlite` name one database.
     if opts.scope == Scope::All {
-        for cmd in &config.commands {
-            let (p, f) = plan_snapshots(repo, &cmd.name, &config.retention, opts.now)?;
+        for source in crate::snapshot::sources(config) {
+            let (p, f) = plan_snapshots(repo, &source, &config.retention, opts.now)?;
             databases.push(p);
             forgotten.extend(f);
         }
@@ -559,11 +559,12 @@ fn plan_sqlite(
 /// the test-restore reports from before the oldest kept one go with it.
 fn plan_snapshots(
     repo: &Repository,
-    name: &str,
+    source: &crate::snapshot::Source,
     policy: &RetentionConfig,
     now: Timestamp,
 ) -> Result<(DatabasePlan, Vec<(String, String)>), RetentionError> {
     use crate::snapshot::SnapshotError;
+    let (name, kind) = (source.name(), DatabaseKind::of_source(source.kind()));
     let snaps = crate::snapshot::list(&repo.catalog(), name).map_err(|e| match e {
         SnapshotError::Catalog(c) => RetentionError::Catalog(c),
         other => RetentionError::BadItem {
@@ -589,13 +590,13 @@ fn plan_snapshots(
             forget.push((s.commit.clone(), s.item.clone()));
         }
     }
-    let reports = verify_reports_to_forget(repo, DatabaseKind::Command, name, keep_from)?;
+    let reports = verify_reports_to_forget(repo, kind, name, keep_from)?;
     let verify_reports_forgotten = reports.len();
     forget.extend(reports);
     let items_forgotten = forget.len();
     Ok((
         DatabasePlan {
-            kind: "command",
+            kind: kind.as_str(),
             name: name.to_owned(),
             backups: decisions,
             wal_forgotten: Vec::new(),

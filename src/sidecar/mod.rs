@@ -130,7 +130,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SidecarError> {
     let config = Arc::new(config);
-    if config.postgres.is_empty() && config.sqlite.is_empty() && config.commands.is_empty() {
+    if config.postgres.is_empty()
+        && config.sqlite.is_empty()
+        && crate::snapshot::sources(&config).next().is_none()
+    {
         return Err(SidecarError::NothingToDo(config.path.display().to_string()));
     }
     let mut streams = Vec::new();
@@ -276,8 +279,8 @@ pub async fn run(
             stats,
         });
     }
-    for cmd in &config.commands {
-        register_command(&mut jobs, &repo, cmd);
+    for source in crate::snapshot::sources(&config) {
+        register_snapshot(&mut jobs, &repo, source);
     }
     jobs.background(probe_destinations(repo.clone(), stop_rx.clone()));
 
@@ -445,18 +448,24 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers a `[[command]]` snapshot source: its schedule as the job
-/// `snapshot/<name>`, its status as the `/health` section of that name,
-/// and its check (failing from a failed run until a success, or when the
-/// newest snapshot is older than `max_age`), which alerts.
-fn register_command(jobs: &mut Jobs, repo: &Repository, cmd: &crate::config::CommandConfig) {
-    use crate::snapshot::{SourceKind, command, schedule};
-    let key = format!("snapshot/{}", cmd.name);
-    let max_age = schedule::max_age(cmd.max_age, cmd.schedule.as_ref());
+/// Registers a snapshot source (`[[command]]`, `[[infisical]]`): its
+/// schedule as the job `snapshot/<name>`, its status as the `/health`
+/// section of that name, and its check (failing from a failed run until a
+/// success, or when the newest snapshot is older than `max_age`), which
+/// alerts.
+fn register_snapshot(jobs: &mut Jobs, repo: &Repository, source: crate::snapshot::Source) {
+    use crate::snapshot::schedule;
+    let key = format!("snapshot/{}", source.name());
     let check_id = key.clone();
-    let name = cmd.name.clone();
-    let cron = cmd.schedule.clone();
-    let (repo, cmd) = (repo.clone(), cmd.clone());
+    let name = source.name().to_owned();
+    let cron = source.schedule().cloned();
+    let sched = schedule::SourceSchedule {
+        source: name.clone(),
+        kind: source.kind(),
+        cron: cron.clone(),
+        max_age: schedule::max_age(source.max_age(), cron.as_ref()),
+    };
+    let repo = repo.clone();
     jobs.scheduled(
         &key,
         cron.as_ref(),
@@ -466,17 +475,11 @@ fn register_command(jobs: &mut Jobs, repo: &Repository, cmd: &crate::config::Com
             health::Check::new(check_id.clone(), failing, summary).db(&name)
         },
         move |tx, stop| {
-            let (repo, cmd) = (repo.clone(), cmd.clone());
+            let (repo, source, sched) = (repo.clone(), source.clone(), sched.clone());
             async move {
                 let take = || {
-                    let (repo, cmd) = (repo.clone(), cmd.clone());
-                    async move { command::take(&repo, &cmd).await }
-                };
-                let sched = schedule::SourceSchedule {
-                    source: cmd.name.clone(),
-                    kind: SourceKind::Command,
-                    cron: cmd.schedule.clone(),
-                    max_age,
+                    let (repo, source) = (repo.clone(), source.clone());
+                    async move { crate::snapshot::take(&repo, &source).await }
                 };
                 schedule::run_scheduled(repo.clone(), sched, tx, stop, take).await
             }

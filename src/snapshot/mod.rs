@@ -1,7 +1,8 @@
 //! Snapshot sources: things that are not a database pitr streams, stored
-//! whole on a schedule and restored by time (docs/SNAPSHOTS.md). Today a
-//! command's standard output (`[[command]]`, [`command`]): a `pg_dump`, a
-//! `sqlite3 .dump`, an export over HTTP.
+//! whole on a schedule and restored by time (docs/SNAPSHOTS.md): a
+//! command's standard output (`[[command]]`, [`command`]: a `pg_dump`, a
+//! `sqlite3 .dump`, an export over HTTP) and an Infisical project's
+//! secrets (`[[infisical]]`, [`infisical`]).
 //!
 //! A snapshot is one repository item, kind [`KIND`], named
 //! `snapshot/<source>/<id>` where the id is its start time
@@ -12,12 +13,15 @@
 //! and how long it took, never content. It is committed only once the
 //! source said it succeeded; otherwise nothing is recorded.
 //!
-//! A new kind of source is one [`SourceKind`] variant and one function
-//! that hands [`store`] (or [`store_when`]) a reader of its output.
+//! A new kind of source is one [`SourceKind`] variant, one [`Source`]
+//! variant and one function that hands [`store`] (or [`store_when`]) a
+//! reader of its output; everything that loops over sources goes through
+//! [`sources`].
 
 pub mod command;
 pub mod infisical;
 pub mod schedule;
+mod source;
 
 use std::future::Future;
 
@@ -29,6 +33,8 @@ use crate::repo::catalog::{Catalog, CatalogError};
 use crate::repo::{Chunking, Manifest, RepoError, Repository};
 
 pub use command::CommandError;
+pub use infisical::InfisicalError;
+pub use source::{Source, find, sources, take};
 
 /// The item kind of every snapshot.
 pub const KIND: &str = "snapshot";
@@ -42,13 +48,16 @@ pub const ITEM_PREFIX: &str = "snapshot/";
 pub enum SourceKind {
     /// A `[[command]]` entry: its standard output.
     Command,
+    /// An `[[infisical]]` entry: the canonical JSON of its secrets.
+    Infisical,
 }
 
 impl SourceKind {
-    /// `command`, as attributes and `pitr list --json` spell it.
+    /// `command` or `infisical`, as attributes and `pitr list --json` spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Command => "command",
+            SourceKind::Infisical => "infisical",
         }
     }
 
@@ -56,6 +65,7 @@ impl SourceKind {
     pub fn section(self) -> &'static str {
         match self {
             SourceKind::Command => "[[command]]",
+            SourceKind::Infisical => "[[infisical]]",
         }
     }
 }
@@ -159,6 +169,9 @@ pub enum SnapshotError {
     /// The source failed: nothing was recorded.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// The Infisical export failed: nothing was recorded.
+    #[error(transparent)]
+    Infisical(#[from] InfisicalError),
 }
 
 impl SnapshotError {

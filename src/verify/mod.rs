@@ -47,16 +47,28 @@ pub enum DatabaseKind {
     /// A `[[command]]` snapshot source: a snapshot read back and, when the
     /// entry has `verify`, checked by that program.
     Command,
+    /// An `[[infisical]]` snapshot source: a snapshot read back and parsed
+    /// as the canonical export.
+    Infisical,
 }
 
 impl DatabaseKind {
-    /// `postgres`, `sqlite` or `command`, as item names and the config
+    /// `postgres`, `sqlite`, `command` or `infisical`, as item names and the config
     /// spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             DatabaseKind::Postgres => "postgres",
             DatabaseKind::Sqlite => "sqlite",
             DatabaseKind::Command => "command",
+            DatabaseKind::Infisical => "infisical",
+        }
+    }
+
+    /// The kind a snapshot source's reports are filed under.
+    pub fn of_source(kind: crate::snapshot::SourceKind) -> DatabaseKind {
+        match kind {
+            crate::snapshot::SourceKind::Command => DatabaseKind::Command,
+            crate::snapshot::SourceKind::Infisical => DatabaseKind::Infisical,
         }
     }
 }
@@ -281,22 +293,23 @@ pub async fn run_now(
     }
     // Snapshot sources with every database: there is no flag for one of
     // them alone yet.
-    let commands = if matches!(selection, Selection::All | Selection::Restorable) {
-        config.commands.as_slice()
-    } else {
-        &[]
-    };
-    for cmd in commands {
-        let name = &cmd.name;
+    let sources: Vec<crate::snapshot::Source> =
+        if matches!(selection, Selection::All | Selection::Restorable) {
+            crate::snapshot::sources(config).collect()
+        } else {
+            Vec::new()
+        };
+    for source in &sources {
+        let name = source.name();
         if only_restorable && let Some(why) = snapshot::nothing_to_restore(&reader, name) {
             tracing::info!(source = %name, reason = %why, "test restore skipped");
-            run.skipped.push((format!("[[command]] {name:?}"), why));
+            run.skipped.push((source.label(), why));
             continue;
         }
-        let mut report = VerifyReport::new(DatabaseKind::Command, name);
+        let mut report = VerifyReport::new(DatabaseKind::of_source(source.kind()), name);
         let clock = Instant::now();
         tracing::info!(source = %name, "snapshot test restore starting");
-        let result = snapshot::test_restore(config, &reader, cmd, &mut report).await;
+        let result = snapshot::test_restore(config, &reader, source, &mut report).await;
         conclude(&mut report, clock, result);
         finish(&reader, report, &mut run).await;
     }

@@ -1,14 +1,15 @@
 //! The test restore of a snapshot source: a snapshot picked at a random
 //! time between the oldest and the newest, read back into a scratch
 //! directory (every chunk decrypted and its id recomputed, the whole
-//! compared with its manifest: invariant 3, docs/ARCHITECTURE.md) and, when
-//! the entry has `verify`, that program run on the copy with `{file}`
-//! replaced by its path; then the directory is removed.
+//! compared with its manifest: invariant 3, docs/ARCHITECTURE.md); then,
+//! for a `[[command]]` with `verify`, that program run on the copy with
+//! `{file}` replaced by its path, and for an `[[infisical]]` source the copy
+//! parsed as the canonical export; then the directory is removed.
 
 use super::{DatabaseKind, Failure, Scratch, VerifyReport, random_time};
 use crate::config::{CommandConfig, Config, VERIFY_FILE_PLACEHOLDER};
 use crate::repo::Repository;
-use crate::snapshot::{Point, SnapshotError};
+use crate::snapshot::{Point, SnapshotError, Source};
 
 /// Why `name` has nothing to test-restore yet (no snapshot stored), or
 /// `None` when it has.
@@ -21,15 +22,16 @@ pub(super) fn nothing_to_restore(repo: &Repository, name: &str) -> Option<String
     }
 }
 
-/// Reads a snapshot of `cmd` picked at a random time back into a scratch
-/// directory, runs its `verify` on it, and removes it; fills `report`.
+/// Reads a snapshot of `source` picked at a random time back into a
+/// scratch directory, checks it as its kind allows, and removes it; fills
+/// `report`.
 pub(super) async fn test_restore(
     config: &Config,
     repo: &Repository,
-    cmd: &CommandConfig,
+    source: &Source,
     report: &mut VerifyReport,
 ) -> Result<(), Failure> {
-    let name = &cmd.name;
+    let name = source.name();
     let all = crate::snapshot::list(&repo.catalog(), name).map_err(explain)?;
     let point = match (all.first(), all.last()) {
         (Some(a), Some(b)) if b.attrs.time > a.attrs.time => {
@@ -40,7 +42,8 @@ pub(super) async fn test_restore(
     report.target = Some(point.to_string());
     let snap = crate::snapshot::pick(&repo.catalog(), name, &point).map_err(explain)?;
     report.backup = Some(snap.item.clone());
-    let scratch = Scratch::create(&config.verify.scratch_dir, DatabaseKind::Command, name)?;
+    let kind = DatabaseKind::of_source(source.kind());
+    let scratch = Scratch::create(&config.verify.scratch_dir, kind, name)?;
     let file = scratch.path().join("snapshot");
     let result = async {
         let mut out = tokio::fs::File::create(&file)
@@ -54,19 +57,24 @@ pub(super) async fn test_restore(
         report.checks.push(format!(
             "read back {n} bytes: every chunk decrypted and checked, the whole matches its manifest"
         ));
-        if let Some(verify) = &cmd.verify {
-            give_to_user(cmd, scratch.path(), &file)?;
-            let path = file.display().to_string();
-            let argv: Vec<String> = verify
-                .iter()
-                .map(|a| a.replace(VERIFY_FILE_PLACEHOLDER, &path))
-                .collect();
-            crate::snapshot::command::run_check(cmd, &argv)
-                .await
-                .map_err(|e| format!("verify: {e}"))?;
-            report
-                .checks
-                .push(format!("verify ({}) exited 0", verify[0]));
+        match source {
+            Source::Command(cmd) => {
+                if let Some(check) = run_verify(cmd, scratch.path(), &file).await? {
+                    report.checks.push(check);
+                }
+            }
+            Source::Infisical(_) => {
+                let bytes = tokio::fs::read(&file)
+                    .await
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let export = crate::snapshot::infisical::Snapshot::from_json(&bytes)
+                    .map_err(|e| format!("the snapshot is not an Infisical export: {e}"))?;
+                report.checks.push(format!(
+                    "parsed as an Infisical export: {} secrets in {} environments",
+                    export.secrets.len(),
+                    export.environments.len()
+                ));
+            }
         }
         Ok::<(), String>(())
     }
@@ -76,6 +84,28 @@ pub(super) async fn test_restore(
         (Err(e), _) | (Ok(()), Some(e)) => Err(Failure::Other(e)),
         (Ok(()), None) => Ok(()),
     }
+}
+
+/// Runs a `[[command]]`'s `verify` (if any) on the copy at `file`; the
+/// check it passed, for the report.
+async fn run_verify(
+    cmd: &CommandConfig,
+    dir: &std::path::Path,
+    file: &std::path::Path,
+) -> Result<Option<String>, String> {
+    let Some(verify) = &cmd.verify else {
+        return Ok(None);
+    };
+    give_to_user(cmd, dir, file)?;
+    let path = file.display().to_string();
+    let argv: Vec<String> = verify
+        .iter()
+        .map(|a| a.replace(VERIFY_FILE_PLACEHOLDER, &path))
+        .collect();
+    crate::snapshot::command::run_check(cmd, &argv)
+        .await
+        .map_err(|e| format!("verify: {e}"))?;
+    Ok(Some(format!("verify ({}) exited 0", verify[0])))
 }
 
 /// Lets `verify` read the copy when it runs as the entry's `user` (pitr

@@ -148,3 +148,16 @@ fn an_empty_secret_file_is_refused_without_echoing_anything() {
         &["client_secret_file", "is empty"],
     );
 }
+
+#[test]
+fn a_name_used_by_a_command_is_refused() {
+    let text = format!(
+        "{}client_secret = \"s\"\n[[command]]\nname = \"secrets\"\nrun = [\"true\"]\n",
+        with_infisical("")
+    );
+    refused_at(
+        &text,
+        "[[infisical]] \"secrets\" name",
+        &["already used by a [[command]]", "unique name"],
+    );
+}

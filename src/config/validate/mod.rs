@@ -20,7 +20,7 @@ mod values;
 mod verify;
 
 use super::Config;
-use super::error::{ConfigError, Ctx, KeyName};
+use super::error::{ConfigError, Ctx, Entry, KeyName};
 use super::raw::{RawConfig, Section};
 
 use alert::alerts;
@@ -60,6 +60,25 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         infisical: infisical(ctx, raw.infisical.unwrap_or_default())?,
         repository,
     };
+    // Both kinds of snapshot source store under `snapshot/<name>/`: one
+    // name in both sections would mix their snapshots.
+    if let Some(i) = config
+        .infisical
+        .iter()
+        .find(|i| config.commands.iter().any(|c| c.name == i.name))
+    {
+        return Err(ConfigError::Invalid {
+            path: ctx.path.to_path_buf(),
+            key: KeyName::entry(Section::Infisical, &Entry::Named(i.name.clone()), "name")
+                .to_string(),
+            message: format!(
+                "the name {:?} is already used by a [[command]] entry: snapshot sources share \
+                 one namespace in the repository. Give each [[command]] and [[infisical]] entry \
+                 a unique name",
+                i.name
+            ),
+        });
+    }
     let unbatched = config
         .destinations
         .iter()

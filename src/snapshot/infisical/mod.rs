@@ -73,6 +73,8 @@
 //! environment, a timeout) returns an error and no bytes: a partial
 //! snapshot is never produced.
 
+pub mod render;
+
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -131,6 +133,25 @@ pub struct InfisicalOptions {
     pub retry: Backoff,
     /// The most one answer may hold ([`MAX_RESPONSE_BYTES`]).
     pub max_response_bytes: usize,
+}
+
+impl InfisicalOptions {
+    /// An `[[infisical]]` entry's settings, with the API's retry policy
+    /// and response bound.
+    pub fn of_config(c: &crate::config::InfisicalConfig) -> InfisicalOptions {
+        InfisicalOptions {
+            name: c.name.clone(),
+            site_url: c.site_url.clone(),
+            project_id: c.project_id.clone(),
+            environments: c.environments.clone(),
+            secret_path: c.secret_path.clone(),
+            client_id: c.client_id.clone(),
+            client_secret: c.client_secret.clone(),
+            timeout: c.timeout,
+            retry: API_RETRY,
+            max_response_bytes: MAX_RESPONSE_BYTES,
+        }
+    }
 }
 
 impl fmt::Debug for InfisicalOptions {
