@@ -10,8 +10,7 @@ use std::path::Path;
 
 use crate::backoff::Backoff;
 use crate::config::{
-    Config, ConfigError, DestinationConfig, PostgresConfig, S3Config,
-    StorachaConfig,
+    Config, ConfigError, DestinationConfig, PostgresConfig, S3Config, StorachaConfig,
 };
 use crate::pg::{ConnInfo, conn::ConnInfoError};
 use crate::repo::{IdentityError, RepoOptions};

@@ -180,11 +180,7 @@ pub(super) async fn restore(
             ))
             .into());
         }
-        (f, _) => Some(
-            f.unwrap_or("json")
-                .parse::<Format>()
-                .map_err(Exit::Usage)?,
-        ),
+        (f, _) => Some(f.unwrap_or("json").parse::<Format>().map_err(Exit::Usage)?),
     };
     let (repo, snap) = picked(config, name, target, true).await?;
     let label = source.label();

@@ -12,6 +12,7 @@ mod disk_full;
 mod golden;
 mod incremental;
 mod infisical;
+mod infisical_source;
 mod layers;
 mod pack;
 mod pg_harness;

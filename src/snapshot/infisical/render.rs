@@ -84,9 +84,7 @@ impl std::str::FromStr for Format {
             "json" => Ok(Format::Json),
             "dotenv" => Ok(Format::Dotenv),
             "yaml" => Ok(Format::Yaml),
-            other => Err(format!(
-                "unknown format {other:?}: json, dotenv or yaml"
-            )),
+            other => Err(format!("unknown format {other:?}: json, dotenv or yaml")),
         }
     }
 }
@@ -281,12 +279,18 @@ mod tests {
 
     #[test]
     fn flat_forms_refuse_what_they_cannot_say() {
-        let two = stored(vec![secret("dev", "/", "A", "1"), secret("prod", "/", "A", "2")]);
+        let two = stored(vec![
+            secret("dev", "/", "A", "1"),
+            secret("prod", "/", "A", "2"),
+        ]);
         let e = render(&two, Format::Dotenv, None).unwrap_err();
         assert!(matches!(e, RenderError::WhichEnvironment { .. }), "{e}");
         let e = render(&two, Format::Yaml, Some("stage")).unwrap_err();
         assert!(matches!(e, RenderError::NoSuchEnvironment { .. }), "{e}");
-        let dup = stored(vec![secret("dev", "/", "A", "1"), secret("dev", "/x", "A", "2")]);
+        let dup = stored(vec![
+            secret("dev", "/", "A", "1"),
+            secret("dev", "/x", "A", "2"),
+        ]);
         let e = render(&dup, Format::Dotenv, Some("dev")).unwrap_err();
         assert!(e.to_string().contains("/, /x"), "{e}");
         let bad = stored(vec![secret("dev", "/", "A=B", "1")]);
