@@ -9,10 +9,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pitr::backoff::Backoff;
-use pitr::snapshot::infisical::{
-    Client, InfisicalError, InfisicalOptions, MAX_RESPONSE_BYTES, Snapshot, export,
-};
+use pitr::snapshot::infisical::{Client, InfisicalError, Snapshot, export};
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::support::InfisicalServer;
@@ -57,22 +54,6 @@ fn capture_logs() -> (LogBuf, tracing::subscriber::DefaultGuard) {
         .with_writer(buf.clone())
         .finish();
     (buf, tracing::subscriber::set_default(subscriber))
-}
-
-fn options(server: &InfisicalServer, environments: &[&str]) -> InfisicalOptions {
-    InfisicalOptions {
-        name: "secrets".to_owned(),
-        site_url: server.url(),
-        project_id: PROJECT.to_owned(),
-        environments: environments.iter().map(|e| (*e).to_owned()).collect(),
-        secret_path: "/".to_owned(),
-        client_id: CLIENT_ID.to_owned(),
-        client_secret: CLIENT_SECRET.to_owned(),
-        timeout: Duration::from_secs(30),
-        // Short delays: the tests wait for Retry-After, not for backoff.
-        retry: Backoff::forever(Duration::from_millis(10), Duration::from_millis(50)).times(3),
-        max_response_bytes: MAX_RESPONSE_BYTES,
-    }
 }
 
 /// A server with a project of three environments, folders, tags, a
@@ -148,7 +129,7 @@ fn assert_no_secret_in(server: &InfisicalServer, what: &str, text: &str) {
 #[tokio::test]
 async fn export_lists_every_environment_and_folder_in_canonical_order() {
     let server = seeded().await;
-    let bytes = export(&options(&server, &["prod", "dev"]))
+    let bytes = export(&server.options(&["prod", "dev"]))
         .await
         .expect("export");
     let snap = Snapshot::from_json(&bytes).expect("the export reads back");
@@ -233,7 +214,7 @@ async fn export_lists_every_environment_and_folder_in_canonical_order() {
 #[tokio::test]
 async fn an_unchanged_project_exports_the_same_bytes_and_a_change_does_not() {
     let server = seeded().await;
-    let opts = options(&server, &["prod", "dev"]);
+    let opts = server.options(&["prod", "dev"]);
     // The server answers in another order at each call.
     let first = export(&opts).await.expect("first");
     let second = export(&opts).await.expect("second");
@@ -271,7 +252,7 @@ async fn an_unchanged_project_exports_the_same_bytes_and_a_change_does_not() {
 async fn an_expiring_token_is_renewed_and_past_its_max_ttl_replaced_by_a_login() {
     let server = seeded().await;
     server.token_lifetime(Duration::from_secs(2), Duration::from_secs(5));
-    let mut client = Client::new(&options(&server, &["prod"])).expect("client");
+    let mut client = Client::new(&server.options(&["prod"])).expect("client");
     client.login().await.expect("login");
     assert_eq!(server.logins(), 1);
 
@@ -299,7 +280,7 @@ async fn an_expiring_token_is_renewed_and_past_its_max_ttl_replaced_by_a_login()
 async fn a_refused_token_gets_one_new_login_and_bad_credentials_an_error() {
     let (logs, _guard) = capture_logs();
     let server = seeded().await;
-    let opts = options(&server, &["prod"]);
+    let opts = server.options(&["prod"]);
     let mut client = Client::new(&opts).expect("client");
     client
         .list(PROJECT, "prod", "/")
@@ -343,7 +324,7 @@ async fn a_refused_token_gets_one_new_login_and_bad_credentials_an_error() {
 #[tokio::test]
 async fn a_429_is_retried_after_the_wait_it_asks_for() {
     let server = seeded().await;
-    let opts = options(&server, &["prod"]);
+    let opts = server.options(&["prod"]);
     server.rate_limit_next(2, 1);
     let started = Instant::now();
     let bytes = export(&opts).await.expect("succeeds once the limit passes");
@@ -374,7 +355,7 @@ async fn a_429_is_retried_after_the_wait_it_asks_for() {
 async fn a_500_mid_export_is_an_error_and_no_bytes() {
     let (logs, _guard) = capture_logs();
     let server = seeded().await;
-    let opts = options(&server, &["dev", "prod"]);
+    let opts = server.options(&["dev", "prod"]);
     // The first environment lists; every try of the second fails (the
     // first try and its three retries).
     server.fail_listing_calls(2..=5);
@@ -403,7 +384,7 @@ async fn a_500_mid_export_is_an_error_and_no_bytes() {
 #[tokio::test]
 async fn a_slow_export_times_out_and_a_huge_answer_is_refused() {
     let server = seeded().await;
-    let mut opts = options(&server, &["prod"]);
+    let mut opts = server.options(&["prod"]);
     opts.timeout = Duration::from_secs(1);
     server.rate_limit_next(1, 5);
     let err = export(&opts).await.expect_err("times out");
@@ -414,7 +395,7 @@ async fn a_slow_export_times_out_and_a_huge_answer_is_refused() {
     assert!(err.to_string().contains("no snapshot was taken"), "{err}");
 
     server.rate_limit_next(0, 0);
-    let mut opts = options(&server, &["prod"]);
+    let mut opts = server.options(&["prod"]);
     opts.max_response_bytes = 512;
     let err = export(&opts).await.expect_err("too large");
     assert!(
@@ -428,7 +409,7 @@ async fn no_credential_or_secret_value_reaches_a_log_line_or_an_error() {
     let (logs, _guard) = capture_logs();
     let server = seeded().await;
     server.token_lifetime(Duration::from_secs(1), Duration::from_secs(60));
-    let opts = options(&server, &["dev", "prod", "shared"]);
+    let opts = server.options(&["dev", "prod", "shared"]);
     let mut errors = Vec::new();
 
     // Success, with a renewal, retries after 429 and 500.

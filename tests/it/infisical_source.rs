@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use pitr::backoff::Backoff;
-use pitr::snapshot::infisical::{InfisicalOptions, MAX_RESPONSE_BYTES, export};
+use pitr::snapshot::infisical::export;
 
 use crate::support::{InfisicalServer, TestRepo, text};
 
@@ -59,19 +58,9 @@ fn config(repo: &TestRepo, server: &InfisicalServer, extra: &str) -> PathBuf {
 /// What the library exports from `server` now: the bytes a snapshot must
 /// restore to.
 async fn exported(server: &InfisicalServer) -> Vec<u8> {
-    let opts = InfisicalOptions {
-        name: "secrets".to_owned(),
-        site_url: server.url(),
-        project_id: PROJECT.to_owned(),
-        environments: vec!["prod".to_owned(), "dev".to_owned()],
-        secret_path: "/".to_owned(),
-        client_id: CLIENT_ID.to_owned(),
-        client_secret: CLIENT_SECRET.to_owned(),
-        timeout: Duration::from_secs(30),
-        retry: Backoff::forever(Duration::from_millis(10), Duration::from_millis(50)).times(3),
-        max_response_bytes: MAX_RESPONSE_BYTES,
-    };
-    export(&opts).await.expect("export")
+    export(&server.options(&["prod", "dev"]))
+        .await
+        .expect("export")
 }
 
 /// `pitr args` with every log line of every crate (`PITR_LOG=trace`), so
@@ -216,21 +205,24 @@ async fn infisical_snapshots_dedup_restore_by_time_and_refuse_a_partial_export()
     assert_eq!(std::fs::read(&older).expect("older"), first_export);
 
     // One environment as dotenv and YAML.
+    let latest_as = |format: &str, environment: &str, out: &Path| {
+        ok(&[
+            "restore",
+            "-c",
+            c,
+            "--snapshot",
+            "secrets",
+            "--latest",
+            "--format",
+            format,
+            "--environment",
+            environment,
+            "--output",
+            path(out),
+        ])
+    };
     let env = dir.join("prod.env");
-    ok(&[
-        "restore",
-        "-c",
-        c,
-        "--snapshot",
-        "secrets",
-        "--latest",
-        "--format",
-        "dotenv",
-        "--environment",
-        "prod",
-        "--output",
-        path(&env),
-    ]);
+    latest_as("dotenv", "prod", &env);
     let dotenv = std::fs::read_to_string(&env).expect("dotenv");
     assert!(
         dotenv.contains(&format!("DATABASE_URL='{}'\n", VALUES[0])),
@@ -245,20 +237,7 @@ async fn infisical_snapshots_dedup_restore_by_time_and_refuse_a_partial_export()
         "dev's value in prod's file: {dotenv}"
     );
     let yaml = dir.join("dev.yaml");
-    ok(&[
-        "restore",
-        "-c",
-        c,
-        "--snapshot",
-        "secrets",
-        "--latest",
-        "--format",
-        "yaml",
-        "--environment",
-        "dev",
-        "--output",
-        path(&yaml),
-    ]);
+    latest_as("yaml", "dev", &yaml);
     let y: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(&yaml).expect("yaml")).expect("YAML");
     assert_eq!(y["DATABASE_URL"].as_str(), Some(VALUES[2]));

@@ -416,6 +416,35 @@ impl InfisicalServer {
         }
     }
 
+    /// Client options for this server's identity and project, exporting
+    /// `environments` from `/`, with short retry delays (the tests wait
+    /// for `Retry-After`, not for backoff).
+    pub fn options(&self, environments: &[&str]) -> pitr::snapshot::infisical::InfisicalOptions {
+        let (client_id, client_secret, project_id) = self.with(|i| {
+            (
+                i.client_id.clone(),
+                i.client_secret.clone(),
+                i.project_id.clone(),
+            )
+        });
+        pitr::snapshot::infisical::InfisicalOptions {
+            name: "secrets".to_owned(),
+            site_url: self.url(),
+            project_id,
+            environments: environments.iter().map(|e| (*e).to_owned()).collect(),
+            secret_path: "/".to_owned(),
+            client_id,
+            client_secret,
+            timeout: Duration::from_secs(30),
+            retry: pitr::backoff::Backoff::forever(
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+            )
+            .times(3),
+            max_response_bytes: pitr::snapshot::infisical::MAX_RESPONSE_BYTES,
+        }
+    }
+
     /// `http://127.0.0.1:<port>`, the `site_url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
