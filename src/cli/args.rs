@@ -295,6 +295,10 @@ pub(crate) enum Command {
         to: PathBuf,
         #[command(flatten)]
         database: DatabaseArg,
+        /// A snapshot source (`[[command]]`, `[[infisical]]`) by name: its
+        /// newest snapshot.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["postgres", "sqlite"])]
+        snapshot: Option<String>,
         /// The destination to read from (default: the first configured).
         #[arg(long, value_name = "NAME")]
         from: Option<String>,

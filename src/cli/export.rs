@@ -18,20 +18,32 @@ pub(super) async fn export(
     config: &Config,
     to: &Path,
     database: &DatabaseArg,
+    snapshot: Option<&str>,
     from: Option<&str>,
 ) -> anyhow::Result<()> {
-    let selection = match (&database.postgres, &database.sqlite) {
-        (Some(name), _) => Selection {
+    let selection = match (&database.postgres, &database.sqlite, snapshot) {
+        (Some(name), _, _) => Selection {
             postgres: vec![postgres_entry(config, Some(name))?.name.clone()],
-            sqlite: Vec::new(),
+            ..Selection::default()
         },
-        (_, Some(name)) => Selection {
-            postgres: Vec::new(),
+        (_, Some(name), _) => Selection {
             sqlite: vec![super::sqlite::sqlite_entry(config, name)?.name.clone()],
+            ..Selection::default()
         },
-        (None, None) => Selection {
+        (_, _, Some(name)) => Selection {
+            snapshots: vec![
+                super::snapshot::source_entry(config, name)?
+                    .name()
+                    .to_owned(),
+            ],
+            ..Selection::default()
+        },
+        (None, None, None) => Selection {
             postgres: config.postgres.iter().map(|p| p.name.clone()).collect(),
             sqlite: config.sqlite.iter().map(|s| s.name.clone()).collect(),
+            snapshots: pitr::snapshot::sources(config)
+                .map(|s| s.name().to_owned())
+                .collect(),
         },
     };
     let repo = open_repo(config, CatalogSync::Latest).await?;
@@ -66,6 +78,12 @@ pub(super) async fn export(
         .iter()
         .map(|n| format!("[[postgres]] {n:?}"))
         .chain(selection.sqlite.iter().map(|n| format!("[[sqlite]] {n:?}")))
+        .chain(
+            selection
+                .snapshots
+                .iter()
+                .map(|n| format!("snapshot source {n:?}")),
+        )
         .collect();
     println!(
         "Exported the newest restorable set of {} from destination {:?} into {}: {} items, \

@@ -232,10 +232,18 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             config,
             to,
             database,
+            snapshot,
             from,
         } => {
             let config = load(&config)?;
-            export::export(&config, &to, &database, from.as_deref()).await
+            export::export(
+                &config,
+                &to,
+                &database,
+                snapshot.as_deref(),
+                from.as_deref(),
+            )
+            .await
         }
         Command::Probe { url, timeout } => {
             let code = export::probe(&url, std::time::Duration::from_secs(timeout)).await;

@@ -15,7 +15,7 @@ use super::exit::Exit;
 use super::{CatalogSync, mib, open_repo};
 
 /// The snapshot source (`[[command]]`, `[[infisical]]`) named `name`.
-fn source_entry(config: &Config, name: &str) -> anyhow::Result<Source> {
+pub(super) fn source_entry(config: &Config, name: &str) -> anyhow::Result<Source> {
     pitr::snapshot::find(config, name).ok_or_else(|| {
         let names: Vec<Source> = pitr::snapshot::sources(config).collect();
         Exit::Usage(format!(

@@ -3,8 +3,8 @@
 //! encrypted. What "restorable set" means is the planner's business, so it
 //! is decided here: for PostgreSQL the plan of a `--latest` restore (its
 //! base backup and every WAL and history file after it), for SQLite the
-//! newest snapshot and every page set after it. The copying itself is
-//! [`Repository::export_items`].
+//! newest snapshot and every page set after it, for a snapshot source its
+//! newest snapshot. The copying itself is [`Repository::export_items`].
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -42,8 +42,20 @@ pub enum ExportError {
         /// The `[[sqlite]]` entry.
         name: String,
     },
+    /// A snapshot source has no snapshot yet.
+    #[error(
+        "snapshot source {name:?} has no snapshot in the repository yet: nothing to export \
+         (`pitr backup --snapshot {name}` takes one)"
+    )]
+    NoSourceSnapshot {
+        /// The `[[command]]` or `[[infisical]]` entry.
+        name: String,
+    },
     /// Nothing was selected.
-    #[error("nothing to export: the config has no [[postgres]] and no [[sqlite]] entry")]
+    #[error(
+        "nothing to export: the config has no [[postgres]], [[sqlite]], [[command]] or \
+         [[infisical]] entry"
+    )]
     NothingSelected,
     /// Planning a PostgreSQL database's newest restore failed.
     #[error(transparent)]
@@ -58,7 +70,7 @@ impl ExportError {
     /// as opposed to a failure.
     pub fn is_not_possible(&self) -> bool {
         match self {
-            ExportError::NoSnapshot { .. } => true,
+            ExportError::NoSnapshot { .. } | ExportError::NoSourceSnapshot { .. } => true,
             ExportError::Plan(p) => p.is_not_possible(),
             _ => false,
         }
@@ -72,6 +84,8 @@ pub struct Selection {
     pub postgres: Vec<String>,
     /// `[[sqlite]]` entry names.
     pub sqlite: Vec<String>,
+    /// Snapshot source (`[[command]]`, `[[infisical]]`) names.
+    pub snapshots: Vec<String>,
 }
 
 /// The names of the items the newest restorable set of each selected
@@ -80,7 +94,10 @@ pub async fn restorable_set(
     repo: &Repository,
     selection: &Selection,
 ) -> Result<BTreeSet<String>, ExportError> {
-    if selection.postgres.is_empty() && selection.sqlite.is_empty() {
+    if selection.postgres.is_empty()
+        && selection.sqlite.is_empty()
+        && selection.snapshots.is_empty()
+    {
         return Err(ExportError::NothingSelected);
     }
     let mut names = BTreeSet::new();
@@ -122,6 +139,22 @@ pub async fn restorable_set(
             return Err(ExportError::NoSnapshot { name: name.clone() });
         };
         names.extend(captures[start..].iter().map(|c| c.item.name.clone()));
+    }
+    for name in &selection.snapshots {
+        use crate::snapshot::{Point, SnapshotError, pick};
+        match pick(&repo.catalog(), name, &Point::Latest) {
+            Ok(snap) => names.insert(snap.item),
+            Err(SnapshotError::NotFound { .. }) => {
+                return Err(ExportError::NoSourceSnapshot { name: name.clone() });
+            }
+            Err(e) => {
+                return Err(RepoError::Malformed {
+                    object: "(catalog)".into(),
+                    what: e.to_string(),
+                }
+                .into());
+            }
+        };
     }
     Ok(names)
 }

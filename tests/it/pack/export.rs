@@ -289,3 +289,48 @@ fn sqlite_export_restores_alone() {
     restore_ok(&from_export, "app", None, &target);
     assert_eq!(sqlite3(&target, "SELECT group_concat(v) FROM t"), expected);
 }
+
+/// Snapshot sources are exported too (the newest snapshot of each), and
+/// the copy restores alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_sources_export_and_restore_alone() {
+    let repo = TestRepo::new().await;
+    let data = repo.dir.path().join("data.txt");
+    let config = repo.write_config(&[]);
+    let mut toml = std::fs::read_to_string(&config).expect("config");
+    toml.push_str(&format!(
+        "\n[[command]]\nname = \"dump\"\nrun = [\"cat\", {:?}]\nschedule = \"off\"\n",
+        data.display().to_string()
+    ));
+    std::fs::write(&config, toml).expect("write config");
+    std::fs::write(&data, "the first version\n").expect("write");
+    ok(&config, &["backup", "--snapshot", "dump"]);
+    let between = jiff::Timestamp::now().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&data, "the second version\n").expect("write");
+    ok(&config, &["backup", "--snapshot", "dump"]);
+
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let export = out_dir.path().join("export");
+    let report = ok(
+        &config,
+        &["export", "--to", export.to_str().expect("utf-8")],
+    );
+    assert!(report.contains("snapshot source \"dump\""), "{report}");
+    assert!(
+        report.contains(": 1 items"),
+        "only the newest snapshot: {report}"
+    );
+
+    std::fs::remove_dir_all(repo.store()).expect("delete the original store");
+    std::fs::remove_dir_all(&repo.opts.state_dir).expect("delete the state");
+    let from_export = config_for(&repo, &config, &export, &out_dir.path().join("state"));
+    let latest = ok(&from_export, &["restore", "--snapshot", "dump", "--latest"]);
+    assert_eq!(latest, "the second version\n");
+    // The older snapshot was not exported: nothing that old is there.
+    let out = pitr(
+        &from_export,
+        &["restore", "--snapshot", "dump", "--at", &between],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
