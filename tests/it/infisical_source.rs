@@ -342,6 +342,38 @@ async fn pitr_run_snapshots_infisical_on_schedule_with_health_metrics_and_test_r
     ] {
         assert!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
     }
+    // The restore API returns a snapshot to a caller with the token.
+    let (status, body) = get_as(port, "/snapshots/secrets?latest=true", Some(token))
+        .await
+        .expect("GET /snapshots");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_bytes(), exported(&server).await.as_slice());
+    let (status, dotenv) = get_as(
+        port,
+        "/snapshots/secrets?latest=true&format=dotenv&environment=prod",
+        Some(token),
+    )
+    .await
+    .expect("GET /snapshots dotenv");
+    assert_eq!(status, 200, "{dotenv}");
+    assert!(
+        dotenv.contains(&format!("DATABASE_URL='{}'", VALUES[0])),
+        "{dotenv}"
+    );
+    for (path, who, want) in [
+        ("/snapshots/secrets?latest=true", None, 401),
+        ("/snapshots/nothing?latest=true", Some(token), 404),
+        ("/snapshots/secrets?latest=true&id=x", Some(token), 400),
+        (
+            "/snapshots/secrets?at=2001-01-01T00:00:00Z",
+            Some(token),
+            422,
+        ),
+    ] {
+        let (status, body) = get_as(port, path, who).await.expect("GET");
+        assert_eq!(status, want, "{path}: {body}");
+        no_secrets(&server, &body, path);
+    }
     let run_log = sidecar.stop();
     let snaps = listed(&cfg);
     assert!(snaps.len() >= 2, "{snaps:#?}\n{run_log}");

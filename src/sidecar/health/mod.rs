@@ -6,6 +6,7 @@
 
 pub mod confine;
 pub mod server;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

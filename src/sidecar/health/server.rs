@@ -1,8 +1,9 @@
 //! The sidecar's HTTP endpoint (axum): `GET /health` (200 or 503 with the
 //! [`Report`] as JSON), `GET /metrics` (Prometheus text),
 //! and behind a bearer token `GET /backups` (what `pitr list --json`
-//! prints) and the restore API, `POST /restore` and `GET /restore/{id}`;
-//! without a configured token those answer 404.
+//! prints) and the restore API, `POST /restore`, `GET /restore/{id}` and
+//! `GET /snapshots/{source}` ([`super::snapshot`]); without a configured
+//! token those answer 404.
 //!
 //! Whoever can reach the port gets `/health`'s verdict and figures, never
 //! its free text: error messages name hosts, users and paths, so they are
@@ -129,6 +130,7 @@ pub fn router(endpoint: Endpoint) -> Router {
         .route("/backups", get(backups))
         .route("/restore", post(start_restore))
         .route("/restore/{id}", get(restore_status))
+        .route("/snapshots/{source}", get(super::snapshot::get_snapshot))
         .with_state(endpoint)
 }
 
@@ -250,12 +252,12 @@ fn same_token(given: &str, expected: &str) -> bool {
     diff == 0
 }
 
-fn error(code: StatusCode, message: String) -> Response {
+pub(super) fn error(code: StatusCode, message: String) -> Response {
     (code, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 /// `None` when the request may use the restore API, else the answer.
-fn authorize(e: &Endpoint, headers: &HeaderMap) -> Option<Response> {
+pub(super) fn authorize(e: &Endpoint, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &e.config.health.restore_token else {
         return Some(error(
             StatusCode::NOT_FOUND,
