@@ -124,7 +124,8 @@ fn entry_names(raw: &RawConfig, section: Section) -> Vec<Option<String>> {
         | Section::Verify
         | Section::Retention
         | Section::Scrub
-        | Section::Restore => Vec::new(),
+        | Section::Restore
+        | Section::Fleet => Vec::new(),
     }
 }
 
@@ -199,6 +200,9 @@ fn store(
                 var,
             ))
         }
+        // `k=v,k=v`; text that is not of that form stays text, and
+        // validation says so, naming the variable.
+        Slot::Table(f) => *f = Some(val(table_of(text), var)),
         Slot::Size(f) | Slot::Duration(f) => {
             *f = Some(val(
                 match text.trim().parse::<i64>() {
@@ -210,6 +214,21 @@ fn store(
         }
     }
     Ok(())
+}
+
+/// `k=v,k=v` as a TOML table; the text itself when a pair has no `=`.
+fn table_of(text: &str) -> toml::Value {
+    let mut table = toml::Table::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return toml::Value::String(text.to_owned());
+        };
+        table.insert(
+            k.trim().to_owned(),
+            toml::Value::String(v.trim().to_owned()),
+        );
+    }
+    toml::Value::Table(table)
 }
 
 /// The other half of a value/file pair: `x` and `x_file` when the section

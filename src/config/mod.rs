@@ -62,6 +62,9 @@ pub struct Config {
     pub scrub: ScrubConfig,
     /// `[restore]`: where the PostgreSQL server binaries restores run are.
     pub restore: RestoreConfig,
+    /// `[fleet]`: where this sidecar publishes its catalog for the fleet
+    /// (docs/FLEET.md); `None` without the section.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// `[repository]`: how objects are encrypted, compressed and packed, and
@@ -478,6 +481,55 @@ pub struct VerifyConfig {
     /// The OS user PostgreSQL runs as during a test restore when pitr runs
     /// as root (`os_user`, default `postgres`).
     pub os_user: String,
+}
+
+/// How the fleet catalog is reached (`[fleet] kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetKind {
+    /// `kind = "postgres"` (the default): a PostgreSQL connection.
+    Postgres,
+}
+
+/// `[fleet]`: the fleet catalog this sidecar publishes into and `pitr
+/// fleet` reads (docs/FLEET.md).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// How the catalog is reached.
+    pub kind: FleetKind,
+    /// A libpq connection string or `postgres://` URL (`url`); TLS
+    /// settings (`sslmode`, `sslrootcert`) go in it as for `[[postgres]]`.
+    /// May hold a password: `Debug` redacts it.
+    pub url: String,
+    /// The role's password (`password` or `password_file`), used when the
+    /// URL has none. `Debug` redacts it.
+    pub password: Option<String>,
+    /// Send a cleartext or md5 password over an unencrypted TCP connection
+    /// (`allow_insecure_password`, default false), as for `[[postgres]]`.
+    pub allow_insecure_password: bool,
+    /// This sidecar's name in the fleet (`instance`, default the host
+    /// name): the key of every row it writes. `[A-Za-z0-9_.-]`, 1 to 63.
+    pub instance: String,
+    /// Free key/values shown and filtered on (`labels`): service, region,
+    /// deployment.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How often the publisher looks for new commits and reports that the
+    /// instance is alive (`publish_interval`, 1 s..=1 h, default 30 s).
+    pub publish_interval: Duration,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config is logged at startup; passwords must not reach the logs.
+        f.debug_struct("FleetConfig")
+            .field("kind", &self.kind)
+            .field("url", &redact::conninfo(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "(redacted)"))
+            .field("allow_insecure_password", &self.allow_insecure_password)
+            .field("instance", &self.instance)
+            .field("labels", &self.labels)
+            .field("publish_interval", &self.publish_interval)
+            .finish()
+    }
 }
 
 /// `[restore]`: how restores and test restores find PostgreSQL.

@@ -44,6 +44,7 @@ pub(super) struct RawConfig {
     pub retention: Option<RawRetention>,
     pub scrub: Option<RawScrub>,
     pub restore: Option<RawRestore>,
+    pub fleet: Option<RawFleet>,
 }
 
 impl RawConfig {
@@ -71,6 +72,7 @@ impl RawConfig {
             Section::Retention => plain(&mut self.retention),
             Section::Scrub => plain(&mut self.scrub),
             Section::Restore => plain(&mut self.restore),
+            Section::Fleet => plain(&mut self.fleet),
         }
     }
 }
@@ -88,6 +90,7 @@ pub(super) enum Section {
     Retention,
     Scrub,
     Restore,
+    Fleet,
 }
 
 /// How an environment variable's text becomes a value of a key.
@@ -103,6 +106,8 @@ pub(super) enum KeyType {
     Number,
     /// Seconds, or a number with a unit (`500ms`, `1s`, `24h`).
     Duration,
+    /// A table of string values; `k=v,k=v` in the environment.
+    Table,
 }
 
 /// One key of a section: its name, type, and an example line for messages.
@@ -127,6 +132,9 @@ pub(super) enum Slot<'a> {
     Size(&'a mut Option<Val<toml::Value>>),
     Number(&'a mut Option<Val<toml::Value>>),
     Duration(&'a mut Option<Val<toml::Value>>),
+    /// A table stays a TOML value until validation, which checks that every
+    /// value is a string.
+    Table(&'a mut Option<Val<toml::Value>>),
 }
 
 impl Slot<'_> {
@@ -136,7 +144,9 @@ impl Slot<'_> {
             Slot::Str(v) => v.as_ref().map(|v| &v.origin),
             Slot::Int(v) => v.as_ref().map(|v| &v.origin),
             Slot::List(v) => v.as_ref().map(|v| &v.origin),
-            Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) => v.as_ref().map(|v| &v.origin),
+            Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) | Slot::Table(v) => {
+                v.as_ref().map(|v| &v.origin)
+            }
         }
     }
 
@@ -146,7 +156,7 @@ impl Slot<'_> {
             Slot::Str(v) => *v = None,
             Slot::Int(v) => *v = None,
             Slot::List(v) => *v = None,
-            Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) => *v = None,
+            Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) | Slot::Table(v) => *v = None,
         }
     }
 }
@@ -165,6 +175,7 @@ macro_rules! raw_type {
     (Size) => { toml::Value };
     (Number) => { toml::Value };
     (Duration) => { toml::Value };
+    (Table) => { toml::Value };
 }
 
 /// Declares a section's raw struct, its key table and its [`Keys`] from one
@@ -346,9 +357,24 @@ section! {
     }
 }
 
+section! {
+    /// `[fleet]`: publishing into the fleet catalog (docs/FLEET.md).
+    struct RawFleet, table FLEET_KEYS {
+        kind: Str = r#"kind = "postgres""#,
+        url: Str = r#"url = "postgres://pitr_cloud_api@catalog.internal/fleet""#,
+        password: Str = r#"password_file = "/run/secrets/fleet-password""#,
+        password_file: Str = r#"password_file = "/run/secrets/fleet-password""#,
+        /// `true`/`false`, or their text from the environment.
+        allow_insecure_password: Number = "allow_insecure_password = false",
+        instance: Str = r#"instance = "cloud-api-prod""#,
+        labels: Table = r#"labels = { service = "cloud-api", region = "eu" }"#,
+        publish_interval: Duration = r#"publish_interval = "30s""#,
+    }
+}
+
 impl Section {
     /// Every section, in the order the design card writes them.
-    pub const ALL: [Section; 10] = [
+    pub const ALL: [Section; 11] = [
         Section::Repository,
         Section::Destination,
         Section::Postgres,
@@ -359,6 +385,7 @@ impl Section {
         Section::Retention,
         Section::Scrub,
         Section::Restore,
+        Section::Fleet,
     ];
 
     /// The section's name in the file.
@@ -374,6 +401,7 @@ impl Section {
             Section::Retention => "retention",
             Section::Scrub => "scrub",
             Section::Restore => "restore",
+            Section::Fleet => "fleet",
         }
     }
 
@@ -407,6 +435,7 @@ impl Section {
             Section::Retention => RETENTION_KEYS,
             Section::Scrub => SCRUB_KEYS,
             Section::Restore => RESTORE_KEYS,
+            Section::Fleet => FLEET_KEYS,
         }
     }
 

@@ -200,6 +200,13 @@ fn override_for(ty: KeyType) -> (&'static str, toml::Value) {
         KeyType::Size => ("8MiB", Value::String("8MiB".into())),
         KeyType::Number => ("2.5", Value::Float(2.5)),
         KeyType::Duration => ("5m", Value::String("5m".into())),
+        KeyType::Table => (
+            "a=1, b = 2",
+            Value::Table(toml::Table::from_iter([
+                ("a".to_owned(), Value::String("1".into())),
+                ("b".to_owned(), Value::String("2".into())),
+            ])),
+        ),
     }
 }
 
@@ -223,7 +230,7 @@ fn slot_value(slot: raw::Slot<'_>) -> Option<(toml::Value, Vec<Origin>)> {
                 std::iter::once(v.origin.clone()).chain(v.value.iter().map(|i| i.origin.clone()));
             (toml::Value::Array(items.collect()), origins.collect())
         }
-        Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) => {
+        Slot::Size(v) | Slot::Number(v) | Slot::Duration(v) | Slot::Table(v) => {
             let v = v.as_ref()?;
             (v.value.clone(), vec![v.origin.clone()])
         }
@@ -265,6 +272,7 @@ fn every_key_can_be_set_from_the_environment() {
                 KeyType::Str => "\"from-file\"",
                 KeyType::Int | KeyType::Size | KeyType::Number | KeyType::Duration => "1",
                 KeyType::List => "[\"from-file\"]",
+                KeyType::Table => "{ from = \"file\" }",
             };
             let pair = overrides::paired_key(section, spec.name);
             let mut keys = format!("{} = {file_value}\n", spec.name);

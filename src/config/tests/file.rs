@@ -123,6 +123,7 @@ fn every_key_is_known() {
                 KeyType::Str => "\"x\"",
                 KeyType::Int | KeyType::Size | KeyType::Number | KeyType::Duration => "1",
                 KeyType::List => "[\"x\"]",
+                KeyType::Table => "{ x = \"x\" }",
             };
             let text = format!("{}\n{} = {value}\n", section.header(), spec.name);
             let ctx = Ctx {

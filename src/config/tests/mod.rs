@@ -3,6 +3,7 @@
 
 mod env;
 mod file;
+mod fleet;
 mod secrets;
 mod sidecar;
 mod values;

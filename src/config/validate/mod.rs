@@ -7,6 +7,7 @@
 
 mod alert;
 mod destination;
+mod fleet;
 mod health;
 mod postgres;
 mod repository;
@@ -23,6 +24,7 @@ use super::raw::{RawConfig, Section};
 
 use alert::alerts;
 use destination::destinations;
+use fleet::fleet;
 use health::health;
 use postgres::postgres;
 use repository::repository;
@@ -52,6 +54,10 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         retention: retention(ctx, raw.retention.unwrap_or_default())?,
         scrub: scrub(ctx, raw.scrub.unwrap_or_default())?,
         restore: restore(ctx, raw.restore.unwrap_or_default())?,
+        fleet: match raw.fleet {
+            None => None,
+            Some(f) => Some(fleet(ctx, f)?),
+        },
         repository,
     };
     let unbatched = config

@@ -177,6 +177,28 @@ pub(super) fn cron(
     })
 }
 
+/// A `true`/`false` key (or that text from the environment); `None` unset
+/// means false.
+pub(super) fn boolean(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: Option<Val<toml::Value>>,
+    fix: &str,
+) -> Result<bool, ConfigError> {
+    let Some(v) = v else { return Ok(false) };
+    match &v.value {
+        toml::Value::Boolean(b) => Ok(*b),
+        toml::Value::String(t) if t.trim() == "true" => Ok(true),
+        toml::Value::String(t) if t.trim() == "false" => Ok(false),
+        other => Err(ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{other} is not true or false"),
+            fix,
+        )),
+    }
+}
+
 /// A duration value: whole seconds as an integer, or a string with a unit
 /// (`ms`, `s`, `m`, `h`, `d`), within `range`.
 pub(super) fn duration(
