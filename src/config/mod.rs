@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::ConfigError;
+pub use validate::values::parse_duration;
 
 use crate::cron::CronSchedule;
 use crate::pg::{Checkpoint, ManifestChecksums};
@@ -612,6 +613,34 @@ impl Config {
         let mut raw = raw::parse(&ctx)?;
         env::apply(&ctx, &mut raw, env)?;
         validate::validate(&ctx, raw)
+    }
+}
+
+impl FleetConfig {
+    /// Loads only `[fleet]` of `path` (with the process's `PITR_FLEET_*`
+    /// overrides): what `pitr fleet` needs to read the fleet catalog, so
+    /// a reader's file may hold nothing else. Other sections are still
+    /// parsed (unknown keys refused) but not validated.
+    pub fn load(path: &Path) -> Result<FleetConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ctx = error::Ctx {
+            path,
+            text: &text,
+            base: path.parent().unwrap_or(Path::new("")),
+        };
+        let mut raw = raw::parse(&ctx)?;
+        env::apply(&ctx, &mut raw, &process_env()?)?;
+        match raw.fleet {
+            Some(f) => validate::fleet_only(&ctx, f),
+            None => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "[fleet]".to_owned(),
+                message: "the file has no [fleet] section. Add [fleet] with url = \"postgres://…/fleet\" (docs/FLEET.md), or set PITR_FLEET_URL".to_owned(),
+            }),
+        }
     }
 }
 

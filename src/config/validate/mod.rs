@@ -15,7 +15,7 @@ mod restore;
 mod retention;
 mod scrub;
 mod sqlite;
-mod values;
+pub(super) mod values;
 mod verify;
 
 use super::Config;
@@ -33,6 +33,14 @@ use retention::retention;
 use scrub::scrub;
 use sqlite::sqlite;
 use verify::verify;
+
+/// Checks `[fleet]` alone (`pitr fleet`'s readers need nothing else).
+pub(super) fn fleet_only(
+    ctx: &Ctx<'_>,
+    raw: super::raw::RawFleet,
+) -> Result<super::FleetConfig, ConfigError> {
+    fleet(ctx, raw)
+}
 
 /// Checks everything and builds the [`Config`].
 pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {

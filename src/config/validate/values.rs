@@ -229,8 +229,9 @@ pub(super) fn duration(
     }
 }
 
-/// `"500ms"`, `"1s"`, `"2m"`, `"24h"`, `"7d"`, `"30"` (seconds).
-fn parse_duration(s: &str) -> Option<Duration> {
+/// `"500ms"`, `"1s"`, `"2m"`, `"24h"`, `"7d"`, `"30"` (seconds): the
+/// durations of the config, which command-line flags take in the same form.
+pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(digits);
