@@ -419,17 +419,7 @@ impl Statements {
         tx: &tokio_postgres::Transaction<'_>,
         t: &'static Table,
     ) -> Result<Statement, FleetError> {
-        if let Some(s) = self.upsert.get(t.name) {
-            return Ok(s.clone());
-        }
-        let st = bounded(
-            "preparing an upsert",
-            STATEMENT_TIMEOUT,
-            tx.prepare(&upsert_sql(t)),
-        )
-        .await?;
-        self.upsert.insert(t.name, st.clone());
-        Ok(st)
+        prepared(&mut self.upsert, tx, t, upsert_sql).await
     }
 
     async fn delete(
@@ -437,18 +427,28 @@ impl Statements {
         tx: &tokio_postgres::Transaction<'_>,
         t: &'static Table,
     ) -> Result<Statement, FleetError> {
-        if let Some(s) = self.delete.get(t.name) {
-            return Ok(s.clone());
-        }
-        let st = bounded(
-            "preparing a delete",
-            STATEMENT_TIMEOUT,
-            tx.prepare(&delete_sql(t)),
-        )
-        .await?;
-        self.delete.insert(t.name, st.clone());
-        Ok(st)
+        prepared(&mut self.delete, tx, t, delete_sql).await
     }
+}
+
+/// The statement `sql` makes for `t`, prepared on first use.
+async fn prepared(
+    cache: &mut HashMap<&'static str, Statement>,
+    tx: &tokio_postgres::Transaction<'_>,
+    t: &'static Table,
+    sql: fn(&Table) -> String,
+) -> Result<Statement, FleetError> {
+    if let Some(s) = cache.get(t.name) {
+        return Ok(s.clone());
+    }
+    let st = bounded(
+        "preparing a statement",
+        STATEMENT_TIMEOUT,
+        tx.prepare(&sql(t)),
+    )
+    .await?;
+    cache.insert(t.name, st.clone());
+    Ok(st)
 }
 
 /// `INSERT ... ON CONFLICT (natural key) DO UPDATE ... WHERE changed`:
