@@ -88,7 +88,8 @@ pub(super) async fn run(command: FleetCommand) -> anyhow::Result<()> {
             let at =
                 pitr::restore::parse_time(&at).map_err(|e| Exit::Usage(format!("--at: {e}")))?;
             let client = connect(&config).await?;
-            let db = read::find(&client, &database).await.map_err(not_found)?;
+            let detail = read::show(&client, &database).await.map_err(not_found)?;
+            let db = &detail.database;
             let covered = db.windows.iter().any(
                 |w| matches!((w.earliest, w.latest), (Some(e), Some(l)) if e <= at && at <= l),
             );
@@ -98,27 +99,11 @@ pub(super) async fn run(command: FleetCommand) -> anyhow::Result<()> {
                     db.instance,
                     db.name,
                     pitr::restore::pg_time(at),
-                    windows_text(&db)
+                    windows_text(db)
                 ))
                 .into());
             }
-            let flag = if db.kind == "sqlite" {
-                "--sqlite"
-            } else {
-                "--postgres"
-            };
-            // Names come from the fleet database: quoted for the shell,
-            // and never used as a path here.
-            println!(
-                "# The repository of fleet instance {:?}: run with that sidecar's config (its\n\
-                 # [repository] and [[destination]] sections) plus identity_file, on a host\n\
-                 # that holds the identity. The target is a new directory of your choice.\n\
-                 pitr restore -c pitr.toml {flag} {} --at {} --target {}",
-                db.instance,
-                shell_quote(&db.name),
-                shell_quote(&at.to_string()),
-                shell_quote(&format!("./restore-{}-{}", db.instance, db.name)),
-            );
+            print!("{}", restore_command(&detail, at));
             Ok(())
         }
     }
@@ -205,6 +190,44 @@ fn print_list(dbs: &[FleetDatabase]) {
             health
         );
     }
+}
+
+/// The config skeleton and the `pitr restore` line for `detail` at `at`.
+/// Names come from the fleet database: quoted for TOML and the shell, and
+/// no path is taken from it (the fleet holds neither locations nor
+/// secrets): the operator fills those in from the instance's own config.
+fn restore_command(detail: &read::FleetDetail, at: jiff::Timestamp) -> String {
+    let db = &detail.database;
+    let toml_str = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut out = format!(
+        "# pitr.toml: the repository of fleet instance {}. Copy [repository] recipients\n\
+         # and each [[destination]]'s settings from that sidecar's config, and give the\n\
+         # identity that can read its backups.\n\
+         [repository]\n\
+         recipients = [\"<the instance's age recipients>\"]\n\
+         identity_file = \"<the age identity>\"\n\
+         state_dir = \"<an empty directory for the local catalog>\"\n",
+        toml_str(&db.instance)
+    );
+    for d in &detail.destinations {
+        out.push_str(&format!(
+            "\n[[destination]]\nname = {}\nkind = {}\n# …the settings of this destination in the instance's config\n",
+            toml_str(&d.name),
+            toml_str(&d.kind)
+        ));
+    }
+    let flag = if db.kind == "sqlite" {
+        "--sqlite"
+    } else {
+        "--postgres"
+    };
+    out.push_str(&format!(
+        "\n# then, with TARGET a new directory (PostgreSQL) or file (SQLite):\n\
+         pitr restore -c pitr.toml {flag} {} --at {} --target TARGET\n",
+        shell_quote(&db.name),
+        shell_quote(&at.to_string()),
+    ));
+    out
 }
 
 /// Single quotes for a POSIX shell.

@@ -92,6 +92,19 @@ pub enum FleetError {
     /// The local catalog failed.
     #[error(transparent)]
     Repo(#[from] crate::repo::RepoError),
+    /// The fleet database refuses this role the instance's rows.
+    #[error(
+        "the fleet database refuses role {role:?} the rows of instance {instance:?} ({source}): the DBA maps it with INSERT INTO pitr_fleet.instance_roles (role, instance) VALUES ('{role}', '{instance}'), and grants it pitr_fleet_writer (docs/FLEET.md); or fix [fleet] instance"
+    )]
+    NotMapped {
+        /// The login role.
+        role: String,
+        /// `[fleet] instance`.
+        instance: String,
+        /// The server's refusal.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// A database or time named on the command line is not there.
     #[error("{0}")]
     NotFound(String),

@@ -369,10 +369,12 @@ impl Publisher {
         Ok(())
     }
 
-    /// Upserts the instance row: labels, version, last seen.
+    /// Upserts the instance row: labels, version, last seen. The first
+    /// statement of a publish, so a role the DBA has not mapped to this
+    /// instance is told here how to fix it.
     async fn heartbeat(&self, client: &Client) -> Result<(), FleetError> {
         let labels = serde_json::to_string(&self.opts.fleet.labels).unwrap_or_else(|_| "{}".into());
-        bounded(
+        let done = bounded(
             "updating the instance",
             STATEMENT_TIMEOUT,
             client.execute(
@@ -387,8 +389,25 @@ impl Publisher {
                 ],
             ),
         )
-        .await?;
-        Ok(())
+        .await;
+        match done {
+            Err(FleetError::Sql { source, .. })
+                if source.code().is_some_and(|c| c.code() == "42501") =>
+            {
+                let role = client
+                    .query_one("SELECT current_user::text", &[])
+                    .await
+                    // Bounded: the answer is the fleet database's.
+                    .map(|r| r.get::<_, String>(0).chars().take(63).collect())
+                    .unwrap_or_else(|_| "?".to_owned());
+                Err(FleetError::NotMapped {
+                    role,
+                    instance: self.opts.fleet.instance.clone(),
+                    source,
+                })
+            }
+            other => other.map(|_| ()),
+        }
     }
 }
 

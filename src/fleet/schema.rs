@@ -1,5 +1,5 @@
 //! The fleet catalog's schema (`pitr_fleet`, docs/FLEET.md): versioned
-//! migrations in `migrations/fleet/`, applied by `refinery` under an
+//! migrations in `src/fleet/migrations/`, applied by `refinery` under an
 //! advisory lock so that sidecars starting together migrate once.
 
 use tokio_postgres::Client;
@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use super::{FleetError, STATEMENT_TIMEOUT, bounded};
 
 mod embedded {
-    refinery::embed_migrations!("migrations/fleet");
+    refinery::embed_migrations!("src/fleet/migrations");
 }
 
 /// The schema version this pitr writes and reads: the newest migration,

@@ -256,6 +256,10 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         printed.contains("pitr restore -c pitr.toml --postgres 'main' --at"),
         "{printed}"
     );
+    assert!(
+        printed.contains("[[destination]]\nname = \"local\"\nkind = \"fs\""),
+        "{printed}"
+    );
     let out = pitr(&[
         "fleet",
         "restore-command",
@@ -270,6 +274,19 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         Some(1),
         "a time no window covers is not possible"
     );
+
+    // --failing: a failed test restore (recorded here by the fleet's
+    // owner, as a failing report would be) puts the database in the list.
+    fleet.psql_at(
+        &fleet.conninfo("fleet"),
+        "INSERT INTO pitr_fleet.test_restores VALUES \
+         ('lite-side', 'sqlite', 'app', now() + interval '1 hour', false, 'checksum mismatch', 0)",
+    );
+    let failing =
+        json_of(&["fleet", "list", "--json", "--failing", "-c", reader_s]).expect("list failing");
+    let app = entry(&failing, "lite-side", "app").expect("the failed database is listed");
+    assert_eq!(app["last_test_restore"]["ok"], false, "{failing:#}");
+    assert_eq!(app["last_test_restore"]["detail"], "checksum mismatch");
 
     // /health shows the publisher.
     let (_, body) = get(port_a, "/health").await.expect("health answers");
