@@ -12,6 +12,7 @@ pub mod beneath;
 pub mod config;
 pub mod crashsafe;
 pub mod cron;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod listing;

@@ -276,6 +276,12 @@ pub(crate) enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// The fleet catalog (docs/FLEET.md): what every sidecar publishes.
+    /// Needs only `[fleet] url` and read rights.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// The local catalog.
     Catalog {
         #[command(subcommand)]
@@ -334,5 +340,53 @@ pub(crate) enum CatalogCommand {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// The commands of `pitr fleet`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum FleetCommand {
+    /// Create or upgrade the `pitr_fleet` schema (needs DDL rights, and
+    /// CREATEROLE the first time).
+    Migrate(ConfigArg),
+    /// Every database of the fleet: instance, kind, newest restorable
+    /// point, restore windows, last test restore, failing checks.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only instances with this label (repeatable: all must match).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Only databases with no restorable point newer than this (24h, 90m, 7d).
+        #[arg(long, value_name = "DURATION")]
+        stale: Option<String>,
+        /// Only databases whose last test restore failed or whose instance
+        /// has a failing health check.
+        #[arg(long)]
+        failing: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One database: its backups, windows, destinations and CIDs.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// NAME, or INSTANCE/NAME when several instances have one of that name.
+        database: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the `pitr restore` invocation (and the config it needs) that
+    /// restores DATABASE to TIME from its instance's repository.
+    RestoreCommand {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// NAME, or INSTANCE/NAME.
+        database: String,
+        /// The time: RFC 3339 or PostgreSQL's form, with a zone.
+        #[arg(long, value_name = "TIME")]
+        at: String,
     },
 }

@@ -13,6 +13,7 @@
 //! - `verify`: `verify`, with and without `--restore`
 //! - `maintenance`: `repair`, `retention`
 //! - `cids`: `catalog cids`
+//! - `fleet`: `fleet migrate`, `list`, `show`, `restore-command`
 //! - `export`: `export` and `probe`
 //! - `demo`: `demo`
 //!
@@ -26,6 +27,7 @@ mod cids;
 mod demo;
 pub(crate) mod exit;
 mod export;
+mod fleet;
 mod maintenance;
 mod restore;
 mod setup;
@@ -227,6 +229,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             }
             fetched
         }
+        Command::Fleet { command } => fleet::run(command).await,
         Command::Demo => demo::run().await,
         Command::Export {
             config,

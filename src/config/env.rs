@@ -126,7 +126,8 @@ fn entry_names(raw: &RawConfig, section: Section) -> Vec<Option<String>> {
         | Section::Verify
         | Section::Retention
         | Section::Scrub
-        | Section::Restore => Vec::new(),
+        | Section::Restore
+        | Section::Fleet => Vec::new(),
     }
 }
 

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::ConfigError;
+pub use validate::values::parse_duration;
 
 use crate::cron::CronSchedule;
 use crate::pg::{Checkpoint, ManifestChecksums};
@@ -68,6 +69,9 @@ pub struct Config {
     /// `[[infisical]]`: Infisical projects whose secrets are snapshotted;
     /// names unique.
     pub infisical: Vec<InfisicalConfig>,
+    /// `[fleet]`: where this sidecar publishes its catalog for the fleet
+    /// (docs/FLEET.md); `None` without the section.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// One `[[infisical]]` snapshot source: the secrets of some environments
@@ -591,6 +595,55 @@ impl std::fmt::Debug for CommandConfig {
     }
 }
 
+/// How the fleet catalog is reached (`[fleet] kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetKind {
+    /// `kind = "postgres"` (the default): a PostgreSQL connection.
+    Postgres,
+}
+
+/// `[fleet]`: the fleet catalog this sidecar publishes into and `pitr
+/// fleet` reads (docs/FLEET.md).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// How the catalog is reached.
+    pub kind: FleetKind,
+    /// A libpq connection string or `postgres://` URL (`url`); TLS
+    /// settings (`sslmode`, `sslrootcert`) go in it as for `[[postgres]]`.
+    /// May hold a password: `Debug` redacts it.
+    pub url: String,
+    /// The role's password (`password` or `password_file`), used when the
+    /// URL has none. `Debug` redacts it.
+    pub password: Option<String>,
+    /// Send a cleartext or md5 password over an unencrypted TCP connection
+    /// (`allow_insecure_password`, default false), as for `[[postgres]]`.
+    pub allow_insecure_password: bool,
+    /// This sidecar's name in the fleet (`instance`, default the host
+    /// name): the key of every row it writes. `[A-Za-z0-9_.-]`, 1 to 63.
+    pub instance: String,
+    /// Free key/values shown and filtered on (`labels`): service, region,
+    /// deployment.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How often the publisher looks for new commits and reports that the
+    /// instance is alive (`publish_interval`, 1 s..=1 h, default 30 s).
+    pub publish_interval: Duration,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config is logged at startup; passwords must not reach the logs.
+        f.debug_struct("FleetConfig")
+            .field("kind", &self.kind)
+            .field("url", &redact::conninfo(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "(redacted)"))
+            .field("allow_insecure_password", &self.allow_insecure_password)
+            .field("instance", &self.instance)
+            .field("labels", &self.labels)
+            .field("publish_interval", &self.publish_interval)
+            .finish()
+    }
+}
+
 /// `[restore]`: how restores and test restores find PostgreSQL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreConfig {
@@ -671,6 +724,34 @@ impl Config {
         let mut raw = raw::parse(&ctx)?;
         env::apply(&ctx, &mut raw, env)?;
         validate::validate(&ctx, raw)
+    }
+}
+
+impl FleetConfig {
+    /// Loads only `[fleet]` of `path` (with the process's `PITR_FLEET_*`
+    /// overrides): what `pitr fleet` needs to read the fleet catalog, so
+    /// a reader's file may hold nothing else. Other sections are still
+    /// parsed (unknown keys refused) but not validated.
+    pub fn load(path: &Path) -> Result<FleetConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ctx = error::Ctx {
+            path,
+            text: &text,
+            base: path.parent().unwrap_or(Path::new("")),
+        };
+        let mut raw = raw::parse(&ctx)?;
+        env::apply(&ctx, &mut raw, &process_env()?)?;
+        match raw.fleet {
+            Some(f) => validate::fleet_only(&ctx, f),
+            None => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "[fleet]".to_owned(),
+                message: "the file has no [fleet] section. Add [fleet] with url = \"postgres://…/fleet\" (docs/FLEET.md), or set PITR_FLEET_URL".to_owned(),
+            }),
+        }
     }
 }
 

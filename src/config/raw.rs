@@ -46,6 +46,7 @@ pub(super) struct RawConfig {
     pub restore: Option<RawRestore>,
     pub command: Option<Vec<RawCommand>>,
     pub infisical: Option<Vec<RawInfisical>>,
+    pub fleet: Option<RawFleet>,
 }
 
 impl RawConfig {
@@ -75,6 +76,7 @@ impl RawConfig {
             Section::Restore => plain(&mut self.restore),
             Section::Command => nth(&mut self.command, index),
             Section::Infisical => nth(&mut self.infisical, index),
+            Section::Fleet => plain(&mut self.fleet),
         }
     }
 }
@@ -94,6 +96,7 @@ pub(super) enum Section {
     Restore,
     Command,
     Infisical,
+    Fleet,
 }
 
 /// How an environment variable's text becomes a value of a key.
@@ -394,9 +397,24 @@ section! {
     }
 }
 
+section! {
+    /// `[fleet]`: publishing into the fleet catalog (docs/FLEET.md).
+    struct RawFleet, table FLEET_KEYS {
+        kind: Str = r#"kind = "postgres""#,
+        url: Str = r#"url = "postgres://pitr_cloud_api@catalog.internal/fleet""#,
+        password: Str = r#"password_file = "/run/secrets/fleet-password""#,
+        password_file: Str = r#"password_file = "/run/secrets/fleet-password""#,
+        /// `true`/`false`, or their text from the environment.
+        allow_insecure_password: Number = "allow_insecure_password = false",
+        instance: Str = r#"instance = "cloud-api-prod""#,
+        labels: Table = r#"labels = { service = "cloud-api", region = "eu" }"#,
+        publish_interval: Duration = r#"publish_interval = "30s""#,
+    }
+}
+
 impl Section {
     /// Every section, in the order the design card writes them.
-    pub const ALL: [Section; 12] = [
+    pub const ALL: [Section; 13] = [
         Section::Repository,
         Section::Destination,
         Section::Postgres,
@@ -409,6 +427,7 @@ impl Section {
         Section::Restore,
         Section::Command,
         Section::Infisical,
+        Section::Fleet,
     ];
 
     /// The section's name in the file.
@@ -426,6 +445,7 @@ impl Section {
             Section::Restore => "restore",
             Section::Command => "command",
             Section::Infisical => "infisical",
+            Section::Fleet => "fleet",
         }
     }
 
@@ -466,6 +486,7 @@ impl Section {
             Section::Restore => RESTORE_KEYS,
             Section::Command => COMMAND_KEYS,
             Section::Infisical => INFISICAL_KEYS,
+            Section::Fleet => FLEET_KEYS,
         }
     }
 

@@ -378,6 +378,10 @@ pub async fn run(
             Arc::new(move || serde_json::to_value(alerter.channels()).unwrap_or_default()),
         );
     }
+    let (report_tx, report_rx) = watch::channel(None);
+    if let Some(fleet) = &config.fleet {
+        fleet_publisher(&mut jobs, &repo, &config, fleet, report_rx.clone());
+    }
     let (registered, sections, extra_checks) = jobs.for_health();
     let sources = Sources {
         started: Timestamp::now(),
@@ -389,7 +393,6 @@ pub async fn run(
         sections,
         extra_checks,
     };
-    let (report_tx, report_rx) = watch::channel(None);
     jobs.background(evaluate_forever(
         Evaluator::new(sources),
         alerter.clone(),
@@ -484,6 +487,48 @@ fn register_snapshot(jobs: &mut Jobs, repo: &Repository, source: crate::snapshot
                 schedule::run_scheduled(repo.clone(), sched, tx, stop, take).await
             }
         },
+    );
+}
+
+/// Registers the fleet publisher (`fleet-publish`, docs/FLEET.md): its own
+/// task and connection, so a down or slow fleet database delays nothing
+/// else; `/health` shows its status as the section `fleet`.
+fn fleet_publisher(
+    jobs: &mut Jobs,
+    repo: &Repository,
+    config: &Arc<Config>,
+    fleet: &crate::config::FleetConfig,
+    report: watch::Receiver<Option<Arc<Report>>>,
+) {
+    use crate::fleet::publish::{self, PublishOptions, PublishStatus};
+    use crate::fleet::rows::HealthRow;
+    let health = move || {
+        report.borrow().as_ref().map_or_else(Vec::new, |r| {
+            r.checks
+                .iter()
+                .map(|c| HealthRow {
+                    id: c.id.clone(),
+                    ok: !c.failing,
+                    summary: c.summary.clone(),
+                })
+                .collect()
+        })
+    };
+    let opts = PublishOptions {
+        fleet: fleet.clone(),
+        config: config.clone(),
+        health: Arc::new(health),
+        may_migrate: true,
+    };
+    let (tx, rx) = watch::channel(PublishStatus::default());
+    jobs.publish("fleet", rx);
+    let repo = repo.clone();
+    jobs.add(
+        "fleet-publish",
+        format!("publishing to the fleet catalog as {:?}", fleet.instance),
+        Schedule::Every(fleet.publish_interval),
+        false,
+        move |stop| publish::run(repo.clone(), opts.clone(), tx.clone(), stop),
     );
 }
 

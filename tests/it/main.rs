@@ -9,6 +9,7 @@ mod batch;
 mod car;
 mod cli;
 mod disk_full;
+mod fleet;
 mod golden;
 mod incremental;
 mod infisical;

@@ -14,7 +14,11 @@ use crate::support::{PgCluster, WebhookReceiver, eventually, with_log};
 
 /// A config for `pitr run` with a health endpoint on a free port, an
 /// initial base backup (schedule on, far away) and a 10 s stream threshold.
-fn sidecar_config(repo: &TestRepo, pg: &PgCluster, extra: &str) -> (std::path::PathBuf, u16) {
+pub(crate) fn sidecar_config(
+    repo: &TestRepo,
+    pg: &PgCluster,
+    extra: &str,
+) -> (std::path::PathBuf, u16) {
     let cfg = repo.write_config(&[("main", &pg.conninfo("postgres"))]);
     let port = free_port();
     let text = std::fs::read_to_string(&cfg)
@@ -30,7 +34,7 @@ fn sidecar_config(repo: &TestRepo, pg: &PgCluster, extra: &str) -> (std::path::P
 
 /// GET `path` on the endpoint: status and body (`None` while nothing
 /// listens).
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     get_as(port, path, None).await
 }
 
@@ -328,7 +332,7 @@ async fn a_taken_health_port_fails_at_start_with_the_address() {
 
 /// `pg_replication_slots.restart_lsn` of the `pitr` slot: for a physical
 /// slot, the flush position pitr last acknowledged.
-fn slot_restart_lsn(pg: &PgCluster) -> Option<pitr::pg::Lsn> {
+pub(crate) fn slot_restart_lsn(pg: &PgCluster) -> Option<pitr::pg::Lsn> {
     let text = pg.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'");
     text.trim().parse().ok()
 }

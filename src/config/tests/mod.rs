@@ -4,6 +4,7 @@
 mod command;
 mod env;
 mod file;
+mod fleet;
 mod infisical;
 mod secrets;
 mod sidecar;

@@ -8,6 +8,7 @@
 mod alert;
 mod command;
 mod destination;
+mod fleet;
 mod health;
 mod infisical;
 mod postgres;
@@ -16,7 +17,7 @@ mod restore;
 mod retention;
 mod scrub;
 mod sqlite;
-mod values;
+pub(super) mod values;
 mod verify;
 
 use super::Config;
@@ -26,6 +27,7 @@ use super::raw::{RawConfig, Section};
 use alert::alerts;
 use command::commands;
 use destination::destinations;
+use fleet::fleet;
 use health::health;
 use infisical::infisical;
 use postgres::postgres;
@@ -35,6 +37,14 @@ use retention::retention;
 use scrub::scrub;
 use sqlite::sqlite;
 use verify::verify;
+
+/// Checks `[fleet]` alone (`pitr fleet`'s readers need nothing else).
+pub(super) fn fleet_only(
+    ctx: &Ctx<'_>,
+    raw: super::raw::RawFleet,
+) -> Result<super::FleetConfig, ConfigError> {
+    fleet(ctx, raw)
+}
 
 /// Checks everything and builds the [`Config`].
 pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -58,6 +68,10 @@ pub(super) fn validate(ctx: &Ctx<'_>, raw: RawConfig) -> Result<Config, ConfigEr
         restore: restore(ctx, raw.restore.unwrap_or_default())?,
         commands: commands(ctx, raw.command.unwrap_or_default())?,
         infisical: infisical(ctx, raw.infisical.unwrap_or_default())?,
+        fleet: match raw.fleet {
+            None => None,
+            Some(f) => Some(fleet(ctx, f)?),
+        },
         repository,
     };
     // Both kinds of snapshot source store under `snapshot/<name>/`: one

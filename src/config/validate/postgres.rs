@@ -6,7 +6,7 @@ use super::super::PostgresConfig;
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawPostgres, Section, Val};
 use super::super::secrets;
-use super::values::{GIB, cron, entry_name, int_in};
+use super::values::{GIB, boolean, cron, entry_name, int_in};
 use crate::cron::CronSchedule;
 use crate::pg::{Checkpoint, ManifestChecksums};
 
@@ -20,6 +20,10 @@ const MAX_RATES: std::ops::RangeInclusive<u32> = 32..=1_048_576;
 /// The longest chain of incremental backups `incremental_max_chain` allows:
 /// every restore reads each backup of the chain, so a long one costs.
 const MAX_INCREMENTAL_CHAIN: u32 = 1000;
+/// What to do about an `allow_insecure_password` that is not a boolean
+/// (`[[postgres]]` and `[fleet]`).
+pub(super) const INSECURE_PASSWORD_FIX: &str = "Leave it out (false): pitr then refuses to send a cleartext or md5 password over a connection without TLS. Set allow_insecure_password = true only where the network path is trusted";
+
 pub(super) fn postgres(
     ctx: &Ctx<'_>,
     raw: Vec<RawPostgres>,
@@ -122,22 +126,12 @@ pub(super) fn postgres(
                 }
             },
         };
-        let allow_insecure_password = match p.allow_insecure_password {
-            None => false,
-            Some(v) => match &v.value {
-                toml::Value::Boolean(b) => *b,
-                toml::Value::String(t) if t.trim() == "true" => true,
-                toml::Value::String(t) if t.trim() == "false" => false,
-                other => {
-                    return Err(ctx.invalid(
-                        &key("allow_insecure_password"),
-                        &v.origin,
-                        &format!("{other} is not true or false"),
-                        "Leave it out (false): pitr then refuses to send a cleartext or md5 password over a connection without TLS. Set allow_insecure_password = true only where the network path is trusted",
-                    ));
-                }
-            },
-        };
+        let allow_insecure_password = boolean(
+            ctx,
+            &key("allow_insecure_password"),
+            p.allow_insecure_password,
+            INSECURE_PASSWORD_FIX,
+        )?;
         out.push(PostgresConfig {
             name,
             conninfo,

@@ -177,6 +177,28 @@ pub(super) fn cron(
     })
 }
 
+/// A `true`/`false` key (or that text from the environment); `None` unset
+/// means false.
+pub(super) fn boolean(
+    ctx: &Ctx<'_>,
+    key: &KeyName,
+    v: Option<Val<toml::Value>>,
+    fix: &str,
+) -> Result<bool, ConfigError> {
+    let Some(v) = v else { return Ok(false) };
+    match &v.value {
+        toml::Value::Boolean(b) => Ok(*b),
+        toml::Value::String(t) if t.trim() == "true" => Ok(true),
+        toml::Value::String(t) if t.trim() == "false" => Ok(false),
+        other => Err(ctx.invalid(
+            key,
+            &v.origin,
+            &format!("{other} is not true or false"),
+            fix,
+        )),
+    }
+}
+
 /// A duration value: whole seconds as an integer, or a string with a unit
 /// (`ms`, `s`, `m`, `h`, `d`), within `range`.
 pub(super) fn duration(
@@ -207,8 +229,9 @@ pub(super) fn duration(
     }
 }
 
-/// `"500ms"`, `"1s"`, `"2m"`, `"24h"`, `"7d"`, `"30"` (seconds).
-fn parse_duration(s: &str) -> Option<Duration> {
+/// `"500ms"`, `"1s"`, `"2m"`, `"24h"`, `"7d"`, `"30"` (seconds): the
+/// durations of the config, which command-line flags take in the same form.
+pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(digits);

@@ -108,12 +108,81 @@ impl ReplicationClient {
     }
 }
 
-async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, ConnError> {
+/// A socket to the server of `info`, TLS negotiated as its `sslmode` asks,
+/// before any startup message: what a plain SQL client (the fleet
+/// catalog's) speaks its own protocol over. Bounded by
+/// `info.connect_timeout` when set.
+pub async fn open_socket(info: &ConnInfo) -> Result<PgSocket, ConnError> {
+    let target = info.target();
+    let open = open(info, &target);
+    let (sock, tls) = match info.connect_timeout {
+        Some(limit) => {
+            tokio::time::timeout(limit, open)
+                .await
+                .map_err(|_| ConnError::Timeout {
+                    target,
+                    timeout: limit,
+                })??
+        }
+        None => open.await?,
+    };
+    Ok(PgSocket { sock, tls })
+}
+
+/// A connected socket, encrypted when [`PgSocket::is_tls`] says so.
+pub struct PgSocket {
+    sock: Socket,
+    tls: bool,
+}
+
+impl PgSocket {
+    /// Whether the connection is encrypted (a unix socket never is).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+}
+
+impl tokio::io::AsyncRead for PgSocket {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().sock).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PgSocket {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().sock).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().sock).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().sock).poll_shutdown(cx)
+    }
+}
+
+/// The socket and whether it is encrypted.
+async fn open(info: &ConnInfo, target: &str) -> Result<(Socket, bool), ConnError> {
     let unreachable = |source: io::Error| ConnError::Unreachable {
         target: target.to_owned(),
         source,
     };
-    let (sock, tls) = match &info.host {
+    Ok(match &info.host {
         Host::Unix(dir) => {
             // TLS is never used on a unix socket, as in libpq.
             let path = dir.join(format!(".s.PGSQL.{}", info.port));
@@ -128,7 +197,11 @@ async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, Con
             tcp.set_nodelay(true).map_err(unreachable)?;
             negotiate_tls(tcp, info, name, target).await?
         }
-    };
+    })
+}
+
+async fn connect(info: &ConnInfo, target: &str) -> Result<ReplicationClient, ConnError> {
+    let (sock, tls) = open(info, target).await?;
     // Taken before the socket moves into the wire: what SCRAM binds to.
     let end_point = match &sock {
         Socket::Tls(stream) => stream

@@ -42,7 +42,7 @@ mod impostor;
 #[cfg(test)]
 mod tests;
 
-pub use client::ReplicationClient;
+pub use client::{PgSocket, ReplicationClient, open_socket};
 pub use conninfo::{
     ChannelBindingMode, ConnInfo, ConnInfoError, DEFAULT_APPLICATION_NAME, DEFAULT_HOST,
     DEFAULT_PORT, DEFAULT_SOCKET_DIR, Host, Password, PasswordSource, SslMode,

@@ -1,0 +1,91 @@
+//! `[fleet]`: publishing into the fleet catalog.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::FleetKind;
+
+#[test]
+fn no_fleet_section_means_no_fleet() {
+    let c = load(&minimal(&recipient()), &[]).expect("loads");
+    assert_eq!(c.fleet, None);
+}
+
+#[test]
+fn every_key_of_fleet_and_the_defaults() {
+    let text = format!(
+        "{}\n[fleet]\nurl = \"host=catalog user=pitr_api dbname=fleet sslmode=verify-full\"\n",
+        minimal(&recipient())
+    );
+    let f = load(&text, &[]).expect("loads").fleet.expect("a fleet");
+    assert_eq!(f.kind, FleetKind::Postgres);
+    assert_eq!(f.publish_interval, Duration::from_secs(30));
+    assert!(f.labels.is_empty());
+    assert!(!f.instance.is_empty(), "the host name is the default");
+
+    let text = format!(
+        r#"{}
+[fleet]
+kind = "postgres"
+url = "postgres://pitr_api@catalog/fleet"
+password = "s3cret-password"
+allow_insecure_password = true
+instance = "cloud-api.prod"
+labels = {{ service = "api", region = "eu" }}
+publish_interval = "5s"
+"#,
+        minimal(&recipient())
+    );
+    let f = load(&text, &[]).expect("loads").fleet.expect("a fleet");
+    assert_eq!(f.instance, "cloud-api.prod");
+    assert_eq!(f.password.as_deref(), Some("s3cret-password"));
+    assert!(f.allow_insecure_password);
+    assert_eq!(f.labels.get("region").map(String::as_str), Some("eu"));
+    assert_eq!(f.publish_interval, Duration::from_secs(5));
+    assert!(!format!("{f:?}").contains("s3cret"), "Debug redacts");
+
+    let f = load(&text, &[("PITR_FLEET_LABELS", "service=web, tier=gold")])
+        .expect("loads")
+        .fleet
+        .expect("a fleet");
+    assert_eq!(f.labels.len(), 2);
+    assert_eq!(f.labels.get("tier").map(String::as_str), Some("gold"));
+}
+
+#[test]
+fn bad_fleet_settings_name_the_key_and_the_fix() {
+    let base = minimal(&recipient());
+    for (section, parts) in [
+        (
+            "[fleet]\ninstance = \"x\"\n",
+            &["[fleet] url", "PITR_FLEET_URL"][..],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\ninstance = \"a b\"\n",
+            &["[fleet] instance", "letters, digits"],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\nlabels = { a = 1 }\n",
+            &["[fleet] labels", "short string"],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\nkind = \"carrier-pigeon\"\n",
+            &["[fleet] kind", "postgres"],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\npublish_interval = \"2d\"\n",
+            &["[fleet] publish_interval", "out of range"],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\nurls = \"x\"\n",
+            &["unknown key", "Did you mean `url`?"],
+        ),
+    ] {
+        refused_with(&format!("{base}\n{section}"), parts);
+    }
+    let (_, msg) = fail(
+        &format!("{base}\n[fleet]\nurl = \"host=a\"\n"),
+        &[("PITR_FLEET_LABELS", "no-equals-sign")],
+    );
+    contains_all(&msg, &["PITR_FLEET_LABELS", "not a table"]);
+}
