@@ -87,5 +87,5 @@ fn bad_fleet_settings_name_the_key_and_the_fix() {
         &format!("{base}\n[fleet]\nurl = \"host=a\"\n"),
         &[("PITR_FLEET_LABELS", "no-equals-sign")],
     );
-    contains_all(&msg, &["PITR_FLEET_LABELS", "not a table"]);
+    contains_all(&msg, &["PITR_FLEET_LABELS", "not NAME=VALUE"]);
 }
