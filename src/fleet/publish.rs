@@ -12,8 +12,9 @@
 //!   the row is the same; a retried batch therefore changes nothing.
 //!   Each batch is one transaction of at most [`MAX_BATCH`] rows.
 //! - When the fleet database's `published_seq` is not what the local record
-//!   says (a new fleet database, a lost state file), everything is sent
-//!   again and rows not written by this publish are swept.
+//!   says (a new fleet database, the instance's rows deleted, a lost state
+//!   file), checked at every publish, everything is sent again and rows
+//!   not written by this publish are swept.
 //! - Its own task and connection, statement and connect timeouts, retries
 //!   with the one backoff policy: a down or slow fleet database never
 //!   delays WAL acknowledgement, backups or `/health` (invariant 1,
@@ -79,7 +80,7 @@ pub struct PublishStatus {
     pub last_error: Option<String>,
     /// Failed attempts since start.
     pub failures: u64,
-    /// Rows upserted and deleted since start.
+    /// Rows upserted since start.
     pub rows_upserted: u64,
     /// Rows deleted since start.
     pub rows_deleted: u64,
@@ -165,12 +166,10 @@ impl Publisher {
             return e;
         }
         let mut statements = Statements::default();
-        let mut resync = true;
         loop {
-            if let Err(e) = self.publish(&mut client, &mut statements, resync).await {
+            if let Err(e) = self.publish(&mut client, &mut statements).await {
                 return e;
             }
-            resync = false;
             delays.reset();
             tokio::time::sleep(self.opts.fleet.publish_interval).await;
         }
@@ -215,15 +214,16 @@ impl Publisher {
         &mut self,
         client: &mut Client,
         statements: &mut Statements,
-        resync: bool,
     ) -> Result<(), FleetError> {
         let head = self.head()?;
         self.note_lag(Some(head));
         let instance = self.opts.fleet.instance.clone();
         self.heartbeat(client).await?;
         let fleet_seq = published_seq(client, &instance).await?;
-        // The fleet does not reflect what the local record says: send all.
-        let resync = resync && fleet_seq != Some(self.published.seq as i64);
+        // The fleet does not reflect what the local record says (a new or
+        // restored fleet database, the instance's rows deleted, a lost
+        // state file): send everything and sweep the rest.
+        let resync = fleet_seq != Some(self.published.seq as i64);
         if resync {
             self.published.rows.clear();
         }
@@ -411,13 +411,15 @@ impl Publisher {
     }
 }
 
-/// The sequence number the fleet says it reflects for `instance`.
+/// The sequence number the fleet says it reflects for `instance`; `None`
+/// when nothing was published into it yet.
 async fn published_seq(client: &Client, instance: &str) -> Result<Option<i64>, FleetError> {
     let row = bounded(
         "reading the published sequence number",
         STATEMENT_TIMEOUT,
         client.query_opt(
-            "SELECT published_seq FROM pitr_fleet.instances WHERE instance = $1",
+            "SELECT published_seq FROM pitr_fleet.instances \
+             WHERE instance = $1 AND published_at IS NOT NULL",
             &[&instance],
         ),
     )
