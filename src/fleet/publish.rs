@@ -135,7 +135,9 @@ pub async fn run(
             s.failures += 1;
             s.last_error = Some(e.to_string());
         });
-        publisher.note_lag(None);
+        // The catalog moves on while the fleet is away: the lag shows it.
+        let head = publisher.head().ok();
+        publisher.note_lag(head);
         let wait = delays.next_delay().unwrap_or(RETRY.max_delay);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -185,7 +187,8 @@ impl Publisher {
         Ok(next.saturating_sub(1))
     }
 
-    /// Updates the lag figures; `published` when a publish just reached it.
+    /// Updates the lag figures from `head`, the catalog's newest commit
+    /// sequence number (`None`: the last one read).
     fn note_lag(&mut self, head: Option<u64>) {
         let head = match head.or(self.status.borrow().catalog_seq) {
             Some(h) => h,
