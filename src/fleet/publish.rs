@@ -239,7 +239,7 @@ impl Publisher {
                 .map_err(crate::repo::RepoError::from)?;
             self.built = Some(Built {
                 seq: head,
-                rows: rows::catalog_rows(&listing, &self.opts.config, &cids),
+                rows: rows::catalog_rows(&listing, &self.opts.config.destinations, &cids),
             });
         }
         let health = rows::health_rows(&(self.opts.health)());
