@@ -1,5 +1,6 @@
-//! `pitr check`: the config, then every destination, database and alert
-//! channel it names; with `--offline`, only what needs no network.
+//! `pitr check`: the config, then every destination, database, alert
+//! channel and fleet catalog it names; with `--offline`, only what needs no
+//! network.
 
 use pitr::config::Config;
 use pitr::repo::Repository;
@@ -79,6 +80,15 @@ pub(super) async fn check(config: &Config, offline: bool) -> anyhow::Result<()> 
             Err(e) => {
                 failed += 1;
                 println!("alert {}: FAILED: {e}", alert.name);
+            }
+        }
+    }
+    if let Some(fleet) = &config.fleet {
+        match pitr::fleet::schema::check(fleet).await {
+            Ok(report) => println!("fleet {}: {report}", fleet.instance),
+            Err(e) => {
+                failed += 1;
+                println!("fleet {}: FAILED: {e}", fleet.instance);
             }
         }
     }

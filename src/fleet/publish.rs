@@ -12,8 +12,9 @@
 //!   the row is the same; a retried batch therefore changes nothing.
 //!   Each batch is one transaction of at most [`MAX_BATCH`] rows.
 //! - When the fleet database's `published_seq` is not what the local record
-//!   says (a new fleet database, a lost state file), everything is sent
-//!   again and rows not written by this publish are swept.
+//!   says (a new fleet database, the instance's rows deleted, a lost state
+//!   file), checked at every publish, everything is sent again and rows
+//!   not written by this publish are swept.
 //! - Its own task and connection, statement and connect timeouts, retries
 //!   with the one backoff policy: a down or slow fleet database never
 //!   delays WAL acknowledgement, backups or `/health` (invariant 1,
@@ -79,7 +80,7 @@ pub struct PublishStatus {
     pub last_error: Option<String>,
     /// Failed attempts since start.
     pub failures: u64,
-    /// Rows upserted and deleted since start.
+    /// Rows upserted since start.
     pub rows_upserted: u64,
     /// Rows deleted since start.
     pub rows_deleted: u64,
@@ -134,7 +135,9 @@ pub async fn run(
             s.failures += 1;
             s.last_error = Some(e.to_string());
         });
-        publisher.note_lag(None);
+        // The catalog moves on while the fleet is away: the lag shows it.
+        let head = publisher.head().ok();
+        publisher.note_lag(head);
         let wait = delays.next_delay().unwrap_or(RETRY.max_delay);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -165,12 +168,10 @@ impl Publisher {
             return e;
         }
         let mut statements = Statements::default();
-        let mut resync = true;
         loop {
-            if let Err(e) = self.publish(&mut client, &mut statements, resync).await {
+            if let Err(e) = self.publish(&mut client, &mut statements).await {
                 return e;
             }
-            resync = false;
             delays.reset();
             tokio::time::sleep(self.opts.fleet.publish_interval).await;
         }
@@ -186,7 +187,8 @@ impl Publisher {
         Ok(next.saturating_sub(1))
     }
 
-    /// Updates the lag figures; `published` when a publish just reached it.
+    /// Updates the lag figures from `head`, the catalog's newest commit
+    /// sequence number (`None`: the last one read).
     fn note_lag(&mut self, head: Option<u64>) {
         let head = match head.or(self.status.borrow().catalog_seq) {
             Some(h) => h,
@@ -215,15 +217,16 @@ impl Publisher {
         &mut self,
         client: &mut Client,
         statements: &mut Statements,
-        resync: bool,
     ) -> Result<(), FleetError> {
         let head = self.head()?;
         self.note_lag(Some(head));
         let instance = self.opts.fleet.instance.clone();
         self.heartbeat(client).await?;
         let fleet_seq = published_seq(client, &instance).await?;
-        // The fleet does not reflect what the local record says: send all.
-        let resync = resync && fleet_seq != Some(self.published.seq as i64);
+        // The fleet does not reflect what the local record says (a new or
+        // restored fleet database, the instance's rows deleted, a lost
+        // state file): send everything and sweep the rest.
+        let resync = fleet_seq != Some(self.published.seq as i64);
         if resync {
             self.published.rows.clear();
         }
@@ -236,7 +239,7 @@ impl Publisher {
                 .map_err(crate::repo::RepoError::from)?;
             self.built = Some(Built {
                 seq: head,
-                rows: rows::catalog_rows(&listing, &self.opts.config, &cids),
+                rows: rows::catalog_rows(&listing, &self.opts.config.destinations, &cids),
             });
         }
         let health = rows::health_rows(&(self.opts.health)());
@@ -411,13 +414,15 @@ impl Publisher {
     }
 }
 
-/// The sequence number the fleet says it reflects for `instance`.
+/// The sequence number the fleet says it reflects for `instance`; `None`
+/// when nothing was published into it yet.
 async fn published_seq(client: &Client, instance: &str) -> Result<Option<i64>, FleetError> {
     let row = bounded(
         "reading the published sequence number",
         STATEMENT_TIMEOUT,
         client.query_opt(
-            "SELECT published_seq FROM pitr_fleet.instances WHERE instance = $1",
+            "SELECT published_seq FROM pitr_fleet.instances \
+             WHERE instance = $1 AND published_at IS NOT NULL",
             &[&instance],
         ),
     )

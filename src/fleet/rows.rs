@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, DestinationKind};
+use crate::config::{DestinationConfig, DestinationKind};
 use crate::listing::Listing;
 use crate::repo::catalog::CidRow;
 use crate::verify::VerifyReport;
@@ -181,9 +181,13 @@ fn text(v: impl ToString) -> Option<String> {
 }
 
 /// The rows of the local catalog: databases, backups, windows and test
-/// restores from `listing`, the destinations of `config`, the CIDs the
-/// catalog holds.
-pub fn catalog_rows(listing: &Listing, config: &Config, cids: &[CidRow]) -> Vec<Row> {
+/// restores from `listing`, the configured `destinations`, the CIDs the
+/// catalog holds for them.
+pub fn catalog_rows(
+    listing: &Listing,
+    destinations: &[DestinationConfig],
+    cids: &[CidRow],
+) -> Vec<Row> {
     let mut out = Vec::new();
     for pg in &listing.postgres {
         let kind = "postgres";
@@ -260,7 +264,7 @@ pub fn catalog_rows(listing: &Listing, config: &Config, cids: &[CidRow]) -> Vec<
         ));
         out.extend(test_restore(kind, &s.name, s.last_test_restore.as_ref()));
     }
-    for d in &config.destinations {
+    for d in destinations {
         let kind = match d.kind {
             DestinationKind::Fs { .. } => "fs",
             DestinationKind::S3(_) => "s3",
@@ -269,7 +273,7 @@ pub fn catalog_rows(listing: &Listing, config: &Config, cids: &[CidRow]) -> Vec<
         out.push(row(&DESTINATIONS, vec![d.name.clone()], vec![text(kind)]));
     }
     for c in cids {
-        if config.destinations.iter().any(|d| d.name == c.destination) {
+        if destinations.iter().any(|d| d.name == c.destination) {
             out.push(row(
                 &CIDS,
                 vec![c.destination.clone(), c.object.clone()],
@@ -303,4 +307,120 @@ pub fn health_rows(checks: &[HealthRow]) -> Vec<Row> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listing::{PgListing, SqliteListing};
+    use crate::restore::Window;
+    use crate::restore::sqlite::SqliteWindow;
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().expect("a time")
+    }
+
+    fn listing() -> Listing {
+        Listing {
+            postgres: vec![PgListing {
+                name: "main".into(),
+                backups: vec![],
+                wal: vec![],
+                windows: vec![
+                    Window {
+                        timeline: 1,
+                        earliest: Some(at("2026-12-01T00:00:00Z")),
+                        latest: Some(at("2026-12-02T00:00:00.123456789Z")),
+                        end: Some("0/3000060".parse().expect("an LSN")),
+                    },
+                    Window {
+                        timeline: 2,
+                        earliest: None,
+                        latest: None,
+                        end: None,
+                    },
+                ],
+                last_test_restore: None,
+            }],
+            sqlite: vec![SqliteListing {
+                name: "auth".into(),
+                path: "/data/auth.db".into(),
+                captures: 0,
+                snapshots: vec![],
+                last: None,
+                window: SqliteWindow {
+                    earliest: Some(at("2026-12-01T00:00:00Z")),
+                    latest: Some(at("2026-12-03T00:00:00Z")),
+                },
+                last_test_restore: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn windows_and_newest_points_are_the_listings() {
+        let cids = [CidRow {
+            object: "packs/x".into(),
+            destination: "gone".into(),
+            cid: "bafy".into(),
+            commit: None,
+        }];
+        let rows = catalog_rows(&listing(), &[], &cids);
+        let of = |t: &str| {
+            rows.iter()
+                .filter(|r| r.table.name == t)
+                .collect::<Vec<_>>()
+        };
+        let windows = of("restore_windows");
+        assert_eq!(
+            windows.len(),
+            3,
+            "one per timeline, and SQLite's as timeline 0"
+        );
+        assert_eq!(windows[0].key, ["postgres", "main", "1"]);
+        assert_eq!(
+            windows[0].values,
+            [
+                Some("2026-12-01T00:00:00Z".to_owned()),
+                Some("2026-12-02T00:00:00.123456789Z".to_owned()),
+                Some("0/3000060".to_owned())
+            ]
+        );
+        assert_eq!(windows[2].key, ["sqlite", "auth", "0"]);
+        let dbs = of("databases");
+        assert_eq!(
+            dbs[0].values,
+            [Some("2026-12-02T00:00:00.123456789Z".to_owned())]
+        );
+        assert_eq!(dbs[1].values, [Some("2026-12-03T00:00:00Z".to_owned())]);
+        assert!(
+            of("cids").is_empty(),
+            "no CID of a destination not configured"
+        );
+    }
+
+    #[test]
+    fn a_changed_value_changes_the_digest_not_the_id() {
+        let a = health_rows(&[HealthRow {
+            id: "postgres/main/stream".into(),
+            ok: true,
+            summary: "streaming".into(),
+        }]);
+        let b = health_rows(&[HealthRow {
+            id: "postgres/main/stream".into(),
+            ok: false,
+            summary: "streaming".into(),
+        }]);
+        assert_eq!(a[0].id(), b[0].id());
+        assert_ne!(a[0].digest(), b[0].digest());
+        assert_eq!(
+            a[0].digest(),
+            health_rows(&[HealthRow {
+                id: "postgres/main/stream".into(),
+                ok: true,
+                summary: "streaming".into(),
+            }])[0]
+                .digest()
+        );
+    }
 }

@@ -120,6 +120,25 @@ pub async fn ensure(client: &mut Client, may_migrate: bool) -> Result<(), FleetE
     Ok(())
 }
 
+/// What `pitr check` says of the fleet database: reachable as the
+/// configured role, and its schema version against this pitr's. Fails when
+/// it cannot be reached or its schema is newer than this pitr.
+pub async fn check(cfg: &crate::config::FleetConfig) -> Result<String, FleetError> {
+    let client = super::connect(cfg).await?;
+    let found = version(&client).await?;
+    match found.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Equal => Ok(format!("reachable, schema version {found}")),
+        std::cmp::Ordering::Less => Ok(format!(
+            "reachable, schema version {found} (this pitr writes {SCHEMA_VERSION}: `pitr run` migrates when its role may, else run `pitr fleet migrate`)"
+        )),
+        std::cmp::Ordering::Greater => Err(FleetError::SchemaVersion {
+            found,
+            want: SCHEMA_VERSION,
+            fix: "upgrade this pitr to the version that migrated the fleet database",
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -411,6 +411,23 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         assert_eq!(rows, distinct, "duplicate rows in {table}");
         assert_ne!(rows, "0", "{table} is empty");
     }
+
+    // The DBA deletes an instance (its rows cascade): its sidecar notices
+    // at the next publish and sends everything again.
+    fleet.psql_at(
+        &fleet.conninfo("fleet"),
+        "DELETE FROM pitr_fleet.instances WHERE instance = 'lite-side'",
+    );
+    eventually(
+        "lite-side published again in full",
+        Duration::from_secs(120),
+        async || {
+            let list = json_of(&["fleet", "list", "--json", "-c", reader_s])?;
+            let b = json_of(&["list", "--json", "-c", cfg_b_s])?;
+            windows_agree(&list, &b, "lite-side", "sqlite", "app")
+        },
+    )
+    .await;
     sidecar_a.stop();
     sidecar_b.stop();
 }
