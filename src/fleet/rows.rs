@@ -354,6 +354,7 @@ mod tests {
                 },
                 last_test_restore: None,
             }],
+            snapshots: vec![],
         }
     }
 
