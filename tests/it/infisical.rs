@@ -385,7 +385,7 @@ async fn a_500_mid_export_is_an_error_and_no_bytes() {
 async fn a_slow_export_times_out_and_a_huge_answer_is_refused() {
     let server = seeded().await;
     let mut opts = server.options(&["prod"]);
-    opts.timeout = Duration::from_secs(1);
+    opts.entry.timeout = Duration::from_secs(1);
     server.rate_limit_next(1, 5);
     let err = export(&opts).await.expect_err("times out");
     assert!(
@@ -430,10 +430,10 @@ async fn no_credential_or_secret_value_reaches_a_log_line_or_an_error() {
     server.fail_listing_calls(10..=13);
     errors.push(format!("{:?}", export(&opts).await.expect_err("500s")));
     let mut wrong = opts.clone();
-    wrong.project_id = "no-such-project".to_owned();
+    wrong.entry.project_id = "no-such-project".to_owned();
     errors.push(format!("{:?}", export(&wrong).await.expect_err("404")));
     let mut wrong = opts.clone();
-    wrong.client_secret = "wrong-secret".to_owned();
+    wrong.entry.client_secret = "wrong-secret".to_owned();
     errors.push(format!("{:?}", export(&wrong).await.expect_err("401")));
     server.rate_limit_next(10, 0);
     errors.push(format!("{:?}", export(&opts).await.expect_err("429s")));

@@ -82,6 +82,7 @@ use backon::Retryable;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
+use crate::config::InfisicalConfig;
 
 /// Infisical Cloud (US); `https://eu.infisical.com` is the EU region, and
 /// self-hosted instances have their own URL.
@@ -109,26 +110,14 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 /// does, never between two exports of the same project.
 pub const FORMAT: &str = "pitr.infisical.v1";
 
-/// What [`export`] needs: where the project is and how to log in.
-#[derive(Clone, PartialEq, Eq)]
+/// What [`export`] needs: the `[[infisical]]` entry (where the project
+/// is, how to log in; its `Debug` redacts the client secret) and how hard
+/// to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InfisicalOptions {
-    /// The source's name (`[[infisical]] name`), for logs and errors.
-    pub name: String,
-    /// The instance, without a trailing slash (`https://app.infisical.com`).
-    pub site_url: String,
-    /// The project's id.
-    pub project_id: String,
-    /// The environment slugs to export (`dev`, `prod`).
-    pub environments: Vec<String>,
-    /// The folder exported, with everything beneath it (`/`).
-    pub secret_path: String,
-    /// The machine identity's Universal Auth client id.
-    pub client_id: String,
-    /// Its client secret. `Debug` redacts it.
-    pub client_secret: String,
-    /// How long one export may take, retries included; also each request's
-    /// limit.
-    pub timeout: Duration,
+    /// The entry. Its `timeout` bounds one export, retries included, and
+    /// each request.
+    pub entry: InfisicalConfig,
     /// How failed requests are retried.
     pub retry: Backoff,
     /// The most one answer may hold ([`MAX_RESPONSE_BYTES`]).
@@ -138,36 +127,12 @@ pub struct InfisicalOptions {
 impl InfisicalOptions {
     /// An `[[infisical]]` entry's settings, with the API's retry policy
     /// and response bound.
-    pub fn of_config(c: &crate::config::InfisicalConfig) -> InfisicalOptions {
+    pub fn of_config(c: &InfisicalConfig) -> InfisicalOptions {
         InfisicalOptions {
-            name: c.name.clone(),
-            site_url: c.site_url.clone(),
-            project_id: c.project_id.clone(),
-            environments: c.environments.clone(),
-            secret_path: c.secret_path.clone(),
-            client_id: c.client_id.clone(),
-            client_secret: c.client_secret.clone(),
-            timeout: c.timeout,
+            entry: c.clone(),
             retry: API_RETRY,
             max_response_bytes: MAX_RESPONSE_BYTES,
         }
-    }
-}
-
-impl fmt::Debug for InfisicalOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InfisicalOptions")
-            .field("name", &self.name)
-            .field("site_url", &self.site_url)
-            .field("project_id", &self.project_id)
-            .field("environments", &self.environments)
-            .field("secret_path", &self.secret_path)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"(redacted)")
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
-            .field("max_response_bytes", &self.max_response_bytes)
-            .finish()
     }
 }
 
@@ -574,23 +539,23 @@ impl Client {
     /// A client for `opts`' instance; it logs in at its first request.
     pub fn new(opts: &InfisicalOptions) -> Result<Client, InfisicalError> {
         let http = reqwest::Client::builder()
-            .timeout(opts.timeout)
-            .connect_timeout(opts.timeout.min(Duration::from_secs(30)))
+            .timeout(opts.entry.timeout)
+            .connect_timeout(opts.entry.timeout.min(Duration::from_secs(30)))
             // A redirect would carry the client secret or the token to
             // wherever it points.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("pitr/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| InfisicalError::Setup {
-                name: opts.name.clone(),
+                name: opts.entry.name.clone(),
                 message: e.to_string(),
             })?;
         Ok(Client {
-            name: opts.name.clone(),
-            base: opts.site_url.trim_end_matches('/').to_owned(),
+            name: opts.entry.name.clone(),
+            base: opts.entry.site_url.trim_end_matches('/').to_owned(),
             http,
-            client_id: opts.client_id.clone(),
-            client_secret: opts.client_secret.clone(),
+            client_id: opts.entry.client_id.clone(),
+            client_secret: opts.entry.client_secret.clone(),
             retry: opts.retry,
             max_response_bytes: opts.max_response_bytes,
             token: None,
@@ -906,24 +871,28 @@ fn causes(e: &dyn std::error::Error) -> String {
 
 /// Logs in, lists every configured environment and returns the canonical
 /// JSON of the whole project ([`Snapshot::to_json`]). Any failure, or not
-/// finishing within `opts.timeout`, is an error and no bytes.
+/// finishing within `opts.entry.timeout`, is an error and no bytes.
 pub async fn export(opts: &InfisicalOptions) -> Result<Vec<u8>, InfisicalError> {
     let work = async {
         let mut client = Client::new(opts)?;
-        let mut snapshot = Snapshot::new(&opts.project_id, &opts.secret_path, &opts.environments);
-        let mut environments = opts.environments.clone();
+        let mut snapshot = Snapshot::new(
+            &opts.entry.project_id,
+            &opts.entry.secret_path,
+            &opts.entry.environments,
+        );
+        let mut environments = opts.entry.environments.clone();
         environments.sort();
         environments.dedup();
         for env in &environments {
             let (secrets, imports) = client
-                .list(&opts.project_id, env, &opts.secret_path)
+                .list(&opts.entry.project_id, env, &opts.entry.secret_path)
                 .await?;
             snapshot.secrets.extend(secrets);
             snapshot.imports.extend(imports);
         }
         let snapshot = snapshot.canonical();
         tracing::info!(
-            source = %opts.name,
+            source = %opts.entry.name,
             environments = snapshot.environments.len(),
             secrets = snapshot.secrets.len(),
             imports = snapshot.imports.len(),
@@ -931,12 +900,12 @@ pub async fn export(opts: &InfisicalOptions) -> Result<Vec<u8>, InfisicalError> 
         );
         Ok(snapshot.to_json())
     };
-    tokio::time::timeout(opts.timeout, work)
+    tokio::time::timeout(opts.entry.timeout, work)
         .await
         .unwrap_or_else(|_| {
             Err(InfisicalError::Timeout {
-                name: opts.name.clone(),
-                seconds: opts.timeout.as_secs(),
+                name: opts.entry.name.clone(),
+                seconds: opts.entry.timeout.as_secs(),
             })
         })
 }
@@ -1060,7 +1029,7 @@ mod tests {
     fn debug_redacts_values_and_credentials() {
         let s = secret("dev", "/", "K", "hunter2-value", &[]);
         assert!(!format!("{s:?}").contains("hunter2"));
-        let opts = InfisicalOptions {
+        let opts = InfisicalOptions::of_config(&InfisicalConfig {
             name: "n".into(),
             site_url: DEFAULT_SITE_URL.into(),
             project_id: "p".into(),
@@ -1068,10 +1037,10 @@ mod tests {
             secret_path: "/".into(),
             client_id: "id".into(),
             client_secret: "hunter2-secret".into(),
+            schedule: None,
             timeout: Duration::from_secs(1),
-            retry: API_RETRY,
-            max_response_bytes: MAX_RESPONSE_BYTES,
-        };
+            max_age: None,
+        });
         assert!(!format!("{opts:?}").contains("hunter2"));
     }
 

@@ -428,14 +428,18 @@ impl InfisicalServer {
             )
         });
         pitr::snapshot::infisical::InfisicalOptions {
-            name: "secrets".to_owned(),
-            site_url: self.url(),
-            project_id,
-            environments: environments.iter().map(|e| (*e).to_owned()).collect(),
-            secret_path: "/".to_owned(),
-            client_id,
-            client_secret,
-            timeout: Duration::from_secs(30),
+            entry: pitr::config::InfisicalConfig {
+                name: "secrets".to_owned(),
+                site_url: self.url(),
+                project_id,
+                environments: environments.iter().map(|e| (*e).to_owned()).collect(),
+                secret_path: "/".to_owned(),
+                client_id,
+                client_secret,
+                schedule: None,
+                timeout: Duration::from_secs(30),
+                max_age: None,
+            },
             retry: pitr::backoff::Backoff::forever(
                 Duration::from_millis(10),
                 Duration::from_millis(50),
