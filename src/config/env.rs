@@ -220,7 +220,7 @@ fn store(
                         var,
                         &t.key,
                         &format!("{pair:?} is not NAME=VALUE"),
-                        "Set it to comma-separated NAME=VALUE pairs (A=1,B=2), or use the `_file` key for values with commas",
+                        "Set it to comma-separated NAME=VALUE pairs (A=1,B=2); a value holding a comma cannot be given this way (write it in the file)",
                     ));
                 };
                 table.insert(k.trim().to_owned(), toml::Value::String(v.to_owned()));
