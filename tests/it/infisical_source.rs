@@ -171,59 +171,32 @@ async fn infisical_snapshots_dedup_restore_by_time_and_refuse_a_partial_export()
     assert_eq!(snaps.len(), 3, "{snaps:#?}");
 
     let dir = repo.dir.path();
-    let latest = dir.join("latest.json");
-    ok(&[
-        "restore",
-        "-c",
-        c,
-        "--snapshot",
-        "secrets",
-        "--latest",
-        "--output",
-        path(&latest),
-    ]);
+    // `pitr restore --snapshot secrets POINT... --output FILE`, read back.
+    let restored = |point: &[&str], file: &str| {
+        let out = dir.join(file);
+        let mut args = vec!["restore", "-c", c, "--snapshot", "secrets"];
+        args.extend_from_slice(point);
+        args.extend_from_slice(&["--output", path(&out)]);
+        ok(&args);
+        std::fs::read(&out).expect("restored file")
+    };
     assert_eq!(
-        std::fs::read(&latest).expect("latest"),
+        restored(&["--latest"], "latest.json"),
         exported(&server).await
     );
 
     // --at between the second and the third: the second, byte-equal to
     // what the server served then.
-    let older = dir.join("older.json");
     let at = between.to_string();
-    ok(&[
-        "restore",
-        "-c",
-        c,
-        "--snapshot",
-        "secrets",
-        "--at",
-        &at,
-        "--output",
-        path(&older),
-    ]);
-    assert_eq!(std::fs::read(&older).expect("older"), first_export);
+    let older = restored(&["--at", &at], "older.json");
+    assert_eq!(older, first_export);
 
     // One environment as dotenv and YAML.
-    let latest_as = |format: &str, environment: &str, out: &Path| {
-        ok(&[
-            "restore",
-            "-c",
-            c,
-            "--snapshot",
-            "secrets",
-            "--latest",
-            "--format",
-            format,
-            "--environment",
-            environment,
-            "--output",
-            path(out),
-        ])
-    };
-    let env = dir.join("prod.env");
-    latest_as("dotenv", "prod", &env);
-    let dotenv = std::fs::read_to_string(&env).expect("dotenv");
+    let as_text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8");
+    let dotenv = as_text(restored(
+        &["--latest", "--format", "dotenv", "--environment", "prod"],
+        "prod.env",
+    ));
     assert!(
         dotenv.contains(&format!("DATABASE_URL='{}'\n", VALUES[0])),
         "{dotenv}"
@@ -236,10 +209,11 @@ async fn infisical_snapshots_dedup_restore_by_time_and_refuse_a_partial_export()
         !dotenv.contains(VALUES[2]),
         "dev's value in prod's file: {dotenv}"
     );
-    let yaml = dir.join("dev.yaml");
-    latest_as("yaml", "dev", &yaml);
-    let y: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(&yaml).expect("yaml")).expect("YAML");
+    let yaml = as_text(restored(
+        &["--latest", "--format", "yaml", "--environment", "dev"],
+        "dev.yaml",
+    ));
+    let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
     assert_eq!(y["DATABASE_URL"].as_str(), Some(VALUES[2]));
     // dotenv of two environments without --environment: usage error.
     let out = run(&[
