@@ -264,6 +264,42 @@ pub fn catalog_rows(
         ));
         out.extend(test_restore(kind, &s.name, s.last_test_restore.as_ref()));
     }
+    // Snapshot sources ([[command]], [[infisical]]): restorable only to a
+    // snapshot's time, so they have backups and no window.
+    for src in &listing.snapshots {
+        let kind = "snapshot";
+        let newest = src.snapshots.iter().map(|s| s.attrs.time).max();
+        out.push(row(
+            &DATABASES,
+            vec![kind.into(), src.name.clone()],
+            vec![newest.map(|t| t.to_string())],
+        ));
+        for snap in &src.snapshots {
+            let finished = snap
+                .attrs
+                .time
+                .checked_add(jiff::SignedDuration::from_secs_f64(
+                    snap.attrs.duration_secs.max(0.0),
+                ))
+                .unwrap_or(snap.attrs.time);
+            out.push(row(
+                &BACKUPS,
+                vec![kind.into(), src.name.clone(), snap.id.clone()],
+                vec![
+                    text(snap.attrs.time),
+                    text(finished),
+                    None,
+                    None,
+                    None,
+                    text(snap.attrs.bytes),
+                    None,
+                    text(true),
+                    None,
+                ],
+            ));
+        }
+        out.extend(test_restore(kind, &src.name, src.last_test_restore.as_ref()));
+    }
     for d in destinations {
         let kind = match d.kind {
             DestinationKind::Fs { .. } => "fs",
@@ -354,8 +390,54 @@ mod tests {
                 },
                 last_test_restore: None,
             }],
-            snapshots: vec![],
+            snapshots: vec![crate::listing::SnapshotListing {
+                name: "vault".into(),
+                kind: crate::snapshot::SourceKind::Command,
+                snapshots: ["2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z"]
+                    .into_iter()
+                    .map(|t| crate::snapshot::Snapshot {
+                        id: t.into(),
+                        item: format!("snapshot/vault/{t}"),
+                        attrs: crate::snapshot::SnapshotAttrs {
+                            source: "vault".into(),
+                            kind: crate::snapshot::SourceKind::Command,
+                            time: at(t),
+                            bytes: 10,
+                            duration_secs: 1.5,
+                        },
+                        manifest: crate::repo::Manifest {
+                            name: format!("snapshot/vault/{t}"),
+                            size: 10,
+                            chunker: crate::repo::Chunking::Cdc,
+                            hash: String::new(),
+                            chunks: vec![],
+                        },
+                        commit: String::new(),
+                    })
+                    .collect(),
+                last_test_restore: None,
+            }],
         }
+    }
+
+    #[test]
+    fn snapshot_sources_are_databases_with_one_backup_per_snapshot_and_no_window() {
+        let rows = catalog_rows(&listing(), &[], &[]);
+        let of = |t: &str, kind: &str| {
+            rows.iter()
+                .filter(|r| r.table.name == t && r.key[0] == kind)
+                .collect::<Vec<_>>()
+        };
+        let dbs = of("databases", "snapshot");
+        assert_eq!(dbs.len(), 1);
+        assert_eq!(dbs[0].key, ["snapshot", "vault"]);
+        assert_eq!(dbs[0].values, [Some("2026-12-02T00:00:00Z".to_owned())]);
+        let backups = of("backups", "snapshot");
+        assert_eq!(backups.len(), 2);
+        assert_eq!(backups[1].key, ["snapshot", "vault", "2026-12-02T00:00:00Z"]);
+        assert_eq!(backups[1].values[1], Some("2026-12-02T00:00:01.5Z".to_owned()));
+        assert_eq!(backups[1].values[5], Some("10".to_owned()));
+        assert!(of("restore_windows", "snapshot").is_empty());
     }
 
     #[test]

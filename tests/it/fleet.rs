@@ -175,8 +175,18 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         "lite-side",
         "{ service = \"auth\" }",
     ));
+    // And a snapshot source, with one snapshot taken before it starts.
+    text.push_str(
+        "\n[[command]]\nname = \"settings\"\nrun = [\"echo\", \"feature_flags=on\"]\nschedule = \"off\"\n",
+    );
     std::fs::write(&cfg_b, text).expect("write config");
     let cfg_b_s = cfg_b.to_str().expect("utf-8 path");
+    let out = pitr(&["backup", "--snapshot", "settings", "-c", cfg_b_s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let sidecar_a = Sidecar::start(&cfg_a);
     let sidecar_b = Sidecar::start(&cfg_b);
@@ -210,6 +220,19 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         entry(&list, "lite-side", "app").expect("listed")["kind"],
         "sqlite"
     );
+    // The snapshot source: its newest restorable point is its snapshot's
+    // time as `pitr list` reports it, and the snapshot is a backup.
+    let settings = entry(&list, "lite-side", "settings").expect("the snapshot source is listed");
+    assert_eq!(settings["kind"], "snapshot", "{settings:#}");
+    let local_b = json_of(&["list", "--json", "-c", cfg_b_s]).expect("pitr list");
+    let snap = &local_b["snapshots"][0]["snapshots"][0];
+    assert!(
+        same_time(&settings["newest_restorable"], &snap["time"]),
+        "fleet {settings:#} vs pitr list {snap:#}"
+    );
+    let show = json_of(&["fleet", "show", "--json", "lite-side/settings", "-c", reader_s])
+        .expect("show the snapshot source");
+    assert_eq!(show["backups"][0]["id"], snap["id"], "{show:#}");
 
     // Filters: by label, and nothing is stale a minute after its backup.
     let auth = json_of(&[
@@ -328,10 +351,13 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         "rows unchanged"
     );
 
-    // The fleet database stopped for a while (about 20 s here; an outage
-    // of any length behaves the same: nothing waits on it) delays nothing:
-    // WAL is acknowledged and a base backup completes meanwhile.
+    // The fleet database stopped for a minute delays nothing: WAL is
+    // acknowledged, a base backup completes and the SQLite sidecar goes on
+    // capturing meanwhile.
     let backups_before = local_backups(&cfg_a).expect("pitr list");
+    let lite_latest = |l: &Value| time(&l["sqlite"][0]["window"]["latest"]);
+    let lite_before = lite_latest(&json_of(&["list", "--json", "-c", cfg_b_s]).expect("pitr list"))
+        .expect("SQLite has a window");
     let acknowledged = slot_restart_lsn(&pg).expect("the slot has a restart LSN");
     fleet.stop();
     let stopped = std::time::Instant::now();
@@ -358,13 +384,31 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         local_backups(&cfg_a).expect("pitr list"),
         backups_before + 1
     );
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute_batch("INSERT INTO t VALUES (4)"))
+        .expect("write the SQLite file during the outage");
+    eventually(
+        "the SQLite sidecar captures while the fleet is down",
+        Duration::from_secs(60),
+        async || {
+            let l = json_of(&["list", "--json", "-c", cfg_b_s])?;
+            match lite_latest(&l) {
+                Some(t) if t > lite_before => Ok(()),
+                other => Err(format!("latest {other:?}, was {lite_before}")),
+            }
+        },
+    )
+    .await;
     eventually(
         "the publisher notices the outage",
         Duration::from_secs(60),
         async || {
             let (_, body) = get(port_a, "/health").await.ok_or("no answer")?;
             let h: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            if h["fleet"]["last_error"].is_string() {
+            // How far behind it is: the backup is a commit it has not sent.
+            if h["fleet"]["last_error"].is_string()
+                && h["fleet"]["lag_commits"].as_u64().is_some_and(|n| n > 0)
+            {
                 Ok(())
             } else {
                 Err(format!("{:#}", h["fleet"]))
@@ -372,7 +416,7 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         },
     )
     .await;
-    if let Some(rest) = Duration::from_secs(20).checked_sub(stopped.elapsed()) {
+    if let Some(rest) = Duration::from_secs(60).checked_sub(stopped.elapsed()) {
         tokio::time::sleep(rest).await;
     }
     fleet.start_again();
@@ -385,6 +429,8 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
             let list = json_of(&["fleet", "list", "--json", "-c", reader_s])?;
             let a = json_of(&["list", "--json", "-c", cfg_a_s])?;
             windows_agree(&list, &a, "pg-side", "postgres", "main")?;
+            let b = json_of(&["list", "--json", "-c", cfg_b_s])?;
+            windows_agree(&list, &b, "lite-side", "sqlite", "app")?;
             let show = json_of(&["fleet", "show", "--json", "pg-side/main", "-c", reader_s])?;
             let n = show["backups"].as_array().map_or(0, Vec::len);
             if n == backups_before + 1 {
@@ -448,4 +494,74 @@ async fn connect_as(fleet: &PgCluster, role: &str) -> tokio_postgres::Client {
         let _ = connection.await;
     });
     client
+}
+
+/// `pitr run` applies the migrations at start when its role may; a role
+/// without DDL rights facing an empty fleet database is told, in
+/// `/health`, what to run, and backs nothing up any worse for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_migrates_at_start_when_its_role_may_and_says_what_to_run_when_not() {
+    let fleet = PgCluster::start();
+    fleet.psql("CREATE DATABASE fleet");
+    fleet.psql("CREATE ROLE plain LOGIN");
+    let repo = TestRepo::new().await;
+    let db = repo.dir.path().join("app.db");
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)"))
+        .expect("write the SQLite file");
+    let config_as = |role: &str, instance: &str| {
+        let cfg = repo.write_config(&[]);
+        add_sqlite(&cfg, "app", &db, "");
+        let port = crate::support::free_port();
+        let mut text = std::fs::read_to_string(&cfg).expect("read config");
+        text.push_str(&format!("\n[health]\nlisten = \"127.0.0.1:{port}\"\n"));
+        text.push_str(&fleet_section(&fleet, role, instance, "{}"));
+        std::fs::write(&cfg, text).expect("write config");
+        (cfg, port)
+    };
+
+    let (cfg, port) = config_as("plain", "early");
+    let sidecar = Sidecar::start(&cfg);
+    let fleet_health = eventually(
+        "the publisher says the schema is missing",
+        Duration::from_secs(60),
+        async || {
+            let (_, body) = get(port, "/health").await.ok_or("no answer")?;
+            let h: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            match h["fleet"]["last_error"].as_str() {
+                Some(e) if e.contains("pitr fleet migrate") => Ok(h["fleet"].clone()),
+                _ => Err(format!("{:#}", h["fleet"])),
+            }
+        },
+    )
+    .await;
+    assert!(fleet_health["published_seq"].is_null(), "{fleet_health:#}");
+    let tables = "SELECT count(*) FROM pg_namespace WHERE nspname = 'pitr_fleet'";
+    assert_eq!(fleet.psql_at(&fleet.conninfo("fleet"), tables), "0");
+    sidecar.stop();
+
+    // A role that may (here the cluster's owner) migrates and publishes.
+    let (cfg, _) = config_as("postgres", "owner");
+    let sidecar = Sidecar::start(&cfg);
+    let admin = reader_config(repo.dir.path(), "admin.toml", &fleet, "postgres");
+    let admin_s = admin.to_str().expect("utf-8 path");
+    eventually(
+        "the sidecar migrated the fleet database and published",
+        Duration::from_secs(60),
+        async || {
+            let list = json_of(&["fleet", "list", "--json", "-c", admin_s])?;
+            entry(&list, "owner", "app")
+                .map(|_| ())
+                .ok_or_else(|| format!("{list:#}\n{}", sidecar.log_text()))
+        },
+    )
+    .await;
+    assert_eq!(
+        fleet.psql_at(
+            &fleet.conninfo("fleet"),
+            "SELECT version FROM pitr_fleet.schema_version"
+        ),
+        "1"
+    );
+    sidecar.stop();
 }
