@@ -43,7 +43,7 @@ pub enum FleetError {
         target: String,
     },
     /// The server refused or failed a statement, or the connection broke.
-    #[error("fleet database: {what}: {source}")]
+    #[error("fleet database: {what}: {}", server_says(.source))]
     Sql {
         /// What pitr was doing.
         what: String,
@@ -94,7 +94,8 @@ pub enum FleetError {
     Repo(#[from] crate::repo::RepoError),
     /// The fleet database refuses this role the instance's rows.
     #[error(
-        "the fleet database refuses role {role:?} the rows of instance {instance:?} ({source}): the DBA maps it with INSERT INTO pitr_fleet.instance_roles (role, instance) VALUES ('{role}', '{instance}'), and grants it pitr_fleet_writer (docs/FLEET.md); or fix [fleet] instance"
+        "the fleet database refuses role {role:?} the rows of instance {instance:?} ({}): the DBA maps it with INSERT INTO pitr_fleet.instance_roles (role, instance) VALUES ('{role}', '{instance}'), and grants it pitr_fleet_writer (docs/FLEET.md); or fix [fleet] instance",
+        server_says(.source)
     )]
     NotMapped {
         /// The login role.
@@ -108,6 +109,22 @@ pub enum FleetError {
     /// A database or time named on the command line is not there.
     #[error("{0}")]
     NotFound(String),
+}
+
+/// The driver's error with what the server said: its `Display` alone is
+/// "db error", which would leave a log line or an alert without the reason.
+fn server_says(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(hint) = db.hint() {
+                s.push_str("; hint: ");
+                s.push_str(hint);
+            }
+            s
+        }
+        None => e.to_string(),
+    }
 }
 
 impl FleetError {

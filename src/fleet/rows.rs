@@ -298,7 +298,11 @@ pub fn catalog_rows(
                 ],
             ));
         }
-        out.extend(test_restore(kind, &src.name, src.last_test_restore.as_ref()));
+        out.extend(test_restore(
+            kind,
+            &src.name,
+            src.last_test_restore.as_ref(),
+        ));
     }
     for d in destinations {
         let kind = match d.kind {
@@ -434,8 +438,14 @@ mod tests {
         assert_eq!(dbs[0].values, [Some("2026-12-02T00:00:00Z".to_owned())]);
         let backups = of("backups", "snapshot");
         assert_eq!(backups.len(), 2);
-        assert_eq!(backups[1].key, ["snapshot", "vault", "2026-12-02T00:00:00Z"]);
-        assert_eq!(backups[1].values[1], Some("2026-12-02T00:00:01.5Z".to_owned()));
+        assert_eq!(
+            backups[1].key,
+            ["snapshot", "vault", "2026-12-02T00:00:00Z"]
+        );
+        assert_eq!(
+            backups[1].values[1],
+            Some("2026-12-02T00:00:01.5Z".to_owned())
+        );
         assert_eq!(backups[1].values[5], Some("10".to_owned()));
         assert!(of("restore_windows", "snapshot").is_empty());
     }

@@ -64,12 +64,18 @@ pub async fn migrate(client: &mut Client) -> Result<i64, FleetError> {
 async fn apply(client: &mut Client) -> Result<(), FleetError> {
     // refinery creates its history table before the first migration runs:
     // the schema it lives in must exist first.
-    bounded(
+    // A role without DDL rights fails here: said as a migration failure,
+    // which names the fix.
+    match bounded(
         "creating the schema",
         STATEMENT_TIMEOUT,
         client.batch_execute("CREATE SCHEMA IF NOT EXISTS pitr_fleet"),
     )
-    .await?;
+    .await
+    {
+        Err(e) if e.sqlstate() == Some("42501") => return Err(FleetError::Migrate(e.to_string())),
+        other => other?,
+    };
     let mut runner = embedded::migrations::runner();
     runner.set_migration_table_name(HISTORY);
     let report = runner
