@@ -204,9 +204,8 @@ async fn instance(
     headers: HeaderMap,
     query: Result<Query<InstanceQuery>, QueryRejection>,
 ) -> Response {
-    let role = match r.authorize(&headers) {
-        Ok(role) => role,
-        Err(denied) => return denied,
+    let Some(role) = r.authorize(&headers) else {
+        return unauthorized();
     };
     let name = match query {
         Ok(Query(q)) if valid_instance(&q.name) => q.name,
@@ -237,9 +236,8 @@ struct InstanceQuery {
 
 /// `POST /v1/batches`: applies one batch as the token's role.
 async fn batches(State(r): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
-    let role = match r.authorize(&headers) {
-        Ok(role) => role,
-        Err(denied) => return denied,
+    let Some(role) = r.authorize(&headers) else {
+        return unauthorized();
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -297,6 +295,18 @@ async fn read_body(body: Body) -> Result<Vec<u8>, Response> {
     Ok(out)
 }
 
+/// The answer to a request without a known token.
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({
+            "error": "missing or unknown bearer token: send Authorization: Bearer <token>, whose SHA-256 the receiver's tokens file lists"
+        })),
+    )
+        .into_response()
+}
+
 fn too_large() -> Response {
     error(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -305,23 +315,13 @@ fn too_large() -> Response {
 }
 
 impl Receiver {
-    /// The role of the request's bearer token, or the 401 answer.
-    fn authorize(&self, headers: &HeaderMap) -> Result<Role, Response> {
+    /// The role of the request's bearer token.
+    fn authorize(&self, headers: &HeaderMap) -> Option<Role> {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given.and_then(|t| self.0.tokens.role_of(t.trim())) {
-            Some(role) => Ok(role.clone()),
-            None => Err((
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(serde_json::json!({
-                    "error": "missing or unknown bearer token: send Authorization: Bearer <token>, whose SHA-256 the receiver's tokens file lists"
-                })),
-            )
-                .into_response()),
-        }
+            .and_then(|v| v.strip_prefix("Bearer "))?;
+        self.0.tokens.role_of(given.trim()).cloned()
     }
 
     /// Runs `work` on a pooled connection, in turn with at most
