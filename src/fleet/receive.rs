@@ -217,6 +217,10 @@ async fn instance(
             );
         }
     };
+    let _turn = match r.turn().await {
+        Ok(t) => t,
+        Err(busy) => return busy,
+    };
     r.with_session(async |s: &mut Session| {
         let published_seq = s.published_seq(&name, Some(&role)).await?;
         Ok(Json(InstanceState {
@@ -246,26 +250,32 @@ async fn batches(State(r): State<Receiver>, headers: HeaderMap, body: Body) -> R
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return too_large();
     }
+    // The turn bounds the bodies held in memory; the connection is
+    // taken only once the body is read and parsed.
+    let _turn = match r.turn().await {
+        Ok(t) => t,
+        Err(busy) => return busy,
+    };
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body took too long".to_owned(),
+            );
+        }
+        Ok(Err(answer)) => return answer,
+        Ok(Ok(b)) => b,
+    };
+    let batch: Batch = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a batch (docs/FLEET.md): {e}"),
+            );
+        }
+    };
     r.with_session(async |s: &mut Session| {
-        let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
-            Err(_) => {
-                return Ok(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the body took too long".to_owned(),
-                ));
-            }
-            Ok(Err(answer)) => return Ok(answer),
-            Ok(Ok(b)) => b,
-        };
-        let batch: Batch = match serde_json::from_slice(&bytes) {
-            Ok(b) => b,
-            Err(e) => {
-                return Ok(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body is not a batch (docs/FLEET.md): {e}"),
-                ));
-            }
-        };
         s.apply(&batch, Some(&role)).await?;
         Ok(Json(serde_json::json!({
             "upserts": batch.upserts.len(),
@@ -324,20 +334,26 @@ impl Receiver {
         self.0.tokens.role_of(given.trim()).cloned()
     }
 
-    /// Runs `work` on a pooled connection, in turn with at most
-    /// [`CONCURRENCY`] others; a failure becomes its JSON answer.
-    async fn with_session(
-        &self,
-        work: impl AsyncFnOnce(&mut Session) -> Result<Response, FleetError>,
-    ) -> Response {
-        let Ok(Ok(_turn)) = tokio::time::timeout(QUEUE_WAIT, self.0.turns.acquire()).await else {
-            return (
+    /// A turn among at most [`CONCURRENCY`] requests, or the 503 answer
+    /// after waiting [`QUEUE_WAIT`].
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Response> {
+        match tokio::time::timeout(QUEUE_WAIT, self.0.turns.acquire()).await {
+            Ok(Ok(turn)) => Ok(turn),
+            _ => Err((
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, "1")],
                 Json(serde_json::json!({"error": "busy: retry"})),
             )
-                .into_response();
-        };
+                .into_response()),
+        }
+    }
+
+    /// Runs `work` on a pooled connection (the caller holds a turn, so at
+    /// most [`CONCURRENCY`] exist); a failure becomes its JSON answer.
+    async fn with_session(
+        &self,
+        work: impl AsyncFnOnce(&mut Session) -> Result<Response, FleetError>,
+    ) -> Response {
         let pooled = self.0.pool.lock().ok().and_then(|mut p| p.pop());
         let mut session = match pooled {
             Some(s) if !s.is_closed() => s,
