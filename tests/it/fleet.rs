@@ -395,22 +395,7 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         },
     )
     .await;
-    for (table, key) in [
-        ("instances", "instance"),
-        ("databases", "instance, kind, name"),
-        ("backups", "instance, kind, database, id"),
-        ("restore_windows", "instance, kind, database, timeline"),
-        ("destinations", "instance, name"),
-        ("health_checks", "instance, id"),
-    ] {
-        let counts = fleet.psql_at(
-            &fleet.conninfo("fleet"),
-            &format!("SELECT count(*) || ' ' || count(DISTINCT ({key})) FROM pitr_fleet.{table}"),
-        );
-        let (rows, distinct) = counts.split_once(' ').expect("two counts");
-        assert_eq!(rows, distinct, "duplicate rows in {table}");
-        assert_ne!(rows, "0", "{table} is empty");
-    }
+    assert_no_duplicates(&fleet);
 
     // The DBA deletes an instance (its rows cascade): its sidecar notices
     // at the next publish and sends everything again.
@@ -430,6 +415,27 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
     .await;
     sidecar_a.stop();
     sidecar_b.stop();
+}
+
+/// Asserts that no table of the fleet holds a key twice, and that each
+/// holds rows.
+pub(crate) fn assert_no_duplicates(fleet: &PgCluster) {
+    for (table, key) in [
+        ("instances", "instance"),
+        ("databases", "instance, kind, name"),
+        ("backups", "instance, kind, database, id"),
+        ("restore_windows", "instance, kind, database, timeline"),
+        ("destinations", "instance, name"),
+        ("health_checks", "instance, id"),
+    ] {
+        let counts = fleet.psql_at(
+            &fleet.conninfo("fleet"),
+            &format!("SELECT count(*) || ' ' || count(DISTINCT ({key})) FROM pitr_fleet.{table}"),
+        );
+        let (rows, distinct) = counts.split_once(' ').expect("two counts");
+        assert_eq!(rows, distinct, "duplicate rows in {table}");
+        assert_ne!(rows, "0", "{table} is empty");
+    }
 }
 
 /// A connection to the fleet database as `role`.

@@ -15,7 +15,9 @@ use pitr::fleet::rows::HealthRow;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::fleet::{entry, json_of, local_backups, reader_config, windows_agree};
+use crate::fleet::{
+    assert_no_duplicates, entry, json_of, local_backups, reader_config, windows_agree,
+};
 use crate::sidecar::{get, sidecar_config};
 use crate::support::pg::free_port;
 use crate::support::{PgCluster, Sidecar, TestRepo, eventually, pitr};
@@ -416,21 +418,7 @@ async fn a_sidecar_publishes_through_the_receiver_the_rows_a_direct_connection_w
         },
     )
     .await;
-    for (table, key) in [
-        ("instances", "instance"),
-        ("databases", "instance, kind, name"),
-        ("backups", "instance, kind, database, id"),
-        ("restore_windows", "instance, kind, database, timeline"),
-        ("health_checks", "instance, id"),
-    ] {
-        let counts = fleet.psql_at(
-            &fleet.conninfo("fleet"),
-            &format!("SELECT count(*) || ' ' || count(DISTINCT ({key})) FROM pitr_fleet.{table}"),
-        );
-        let (rows, distinct) = counts.split_once(' ').expect("two counts");
-        assert_eq!(rows, distinct, "duplicate rows in {table}");
-        assert_ne!(rows, "0", "{table} is empty");
-    }
+    assert_no_duplicates(&fleet);
     sidecar.stop();
 
     // The same rows: the stopped sidecar's catalog published once more
