@@ -74,6 +74,19 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// An error and its causes on one line: what a retry loop reports of a
+/// failed request (reqwest's own `Display` leaves the causes out).
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
 /// The delays of a [`Backoff`], in order.
 #[derive(Debug)]
 pub struct Delays {

@@ -349,6 +349,10 @@ pub(crate) enum FleetCommand {
     /// Create or upgrade the `pitr_fleet` schema (needs DDL rights, and
     /// CREATEROLE the first time).
     Migrate(ConfigArg),
+    /// Serve the HTTP transport: apply the batches `kind = "http"`
+    /// sidecars POST, each as the database role its token maps to
+    /// (`[fleet] receive_listen`, `receive_tokens_file`).
+    Receive(ConfigArg),
     /// Every database of the fleet: instance, kind, newest restorable
     /// point, restore windows, last test restore, failing checks.
     List {

@@ -1,6 +1,6 @@
 //! `pitr fleet migrate`, `list`, `show` and `restore-command`: the fleet
 //! catalog (docs/FLEET.md), read with nothing but `[fleet] url` and read
-//! rights.
+//! rights; `pitr fleet receive`, the HTTP transport's server.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +19,15 @@ pub(super) async fn run(command: FleetCommand) -> anyhow::Result<()> {
             let before = schema::version(&client).await?;
             let after = schema::migrate(&mut client).await?;
             println!("fleet schema: version {before} → {after}");
+            Ok(())
+        }
+        FleetCommand::Receive(c) => {
+            let fleet = FleetConfig::load(&c.config)?;
+            let (addr, served) =
+                pitr::fleet::receive::serve(fleet, super::sidecar::stop_signal()?).await?;
+            tracing::info!(%addr, "the fleet receiver listens");
+            eprintln!("pitr fleet receive: listening on {addr}");
+            served.await?;
             Ok(())
         }
         FleetCommand::List {

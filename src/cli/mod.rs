@@ -13,7 +13,7 @@
 //! - `verify`: `verify`, with and without `--restore`
 //! - `maintenance`: `repair`, `retention`
 //! - `cids`: `catalog cids`
-//! - `fleet`: `fleet migrate`, `list`, `show`, `restore-command`
+//! - `fleet`: `fleet migrate`, `list`, `show`, `restore-command`, `receive`
 //! - `export`: `export` and `probe`
 //! - `demo`: `demo`
 //!

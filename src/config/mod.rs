@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::ConfigError;
+pub use validate::fleet::{MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS, valid_instance};
 pub use validate::values::parse_duration;
 
 use crate::cron::CronSchedule;
@@ -600,6 +601,9 @@ impl std::fmt::Debug for CommandConfig {
 pub enum FleetKind {
     /// `kind = "postgres"` (the default): a PostgreSQL connection.
     Postgres,
+    /// `kind = "http"`: batches POSTed as JSON to a receiver (`pitr fleet
+    /// receive`, docs/FLEET.md "HTTP transport") with a bearer token.
+    Http,
 }
 
 /// `[fleet]`: the fleet catalog this sidecar publishes into and `pitr
@@ -610,7 +614,9 @@ pub struct FleetConfig {
     pub kind: FleetKind,
     /// A libpq connection string or `postgres://` URL (`url`); TLS
     /// settings (`sslmode`, `sslrootcert`) go in it as for `[[postgres]]`.
-    /// May hold a password: `Debug` redacts it.
+    /// May hold a password: `Debug` redacts it. With `kind = "http"`, the
+    /// receiver's base URL (https, or http to loopback or when
+    /// `allow_insecure_http`), without a trailing slash.
     pub url: String,
     /// The role's password (`password` or `password_file`), used when the
     /// URL has none. `Debug` redacts it.
@@ -627,6 +633,26 @@ pub struct FleetConfig {
     /// How often the publisher looks for new commits and reports that the
     /// instance is alive (`publish_interval`, 1 s..=1 h, default 30 s).
     pub publish_interval: Duration,
+    /// The bearer token sent to the receiver (`token` or `token_file`);
+    /// set exactly when `kind = "http"`. `Debug` redacts it.
+    pub token: Option<String>,
+    /// Send the token over plain http to a host that is not loopback
+    /// (`allow_insecure_http`, default false).
+    pub allow_insecure_http: bool,
+    /// `pitr fleet receive`'s settings (`receive_listen`,
+    /// `receive_tokens_file`).
+    pub receive: ReceiveConfig,
+}
+
+/// What `pitr fleet receive` serves (docs/FLEET.md "HTTP transport").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiveConfig {
+    /// The address it listens on (`receive_listen`, default
+    /// `127.0.0.1:9188`).
+    pub listen: std::net::SocketAddr,
+    /// The file of `ROLE SHA256-HEX-OF-TOKEN` lines (`receive_tokens_file`);
+    /// `pitr fleet receive` refuses to start without it.
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -640,6 +666,9 @@ impl std::fmt::Debug for FleetConfig {
             .field("instance", &self.instance)
             .field("labels", &self.labels)
             .field("publish_interval", &self.publish_interval)
+            .field("token", &self.token.as_ref().map(|_| "(redacted)"))
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("receive", &self.receive)
             .finish()
     }
 }

@@ -409,6 +409,12 @@ section! {
         instance: Str = r#"instance = "cloud-api-prod""#,
         labels: Table = r#"labels = { service = "cloud-api", region = "eu" }"#,
         publish_interval: Duration = r#"publish_interval = "30s""#,
+        token: Str = r#"token_file = "/run/secrets/fleet-token""#,
+        token_file: Str = r#"token_file = "/run/secrets/fleet-token""#,
+        /// `true`/`false`, or their text from the environment.
+        allow_insecure_http: Number = "allow_insecure_http = false",
+        receive_listen: Str = r#"receive_listen = "127.0.0.1:9188""#,
+        receive_tokens_file: Str = r#"receive_tokens_file = "/etc/pitr/fleet-tokens""#,
     }
 }
 

@@ -24,6 +24,9 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connects to the fleet database of `cfg` as its role; the connection's
 /// I/O runs on a task of its own until the client is dropped.
 pub async fn connect(cfg: &FleetConfig) -> Result<Client, FleetError> {
+    if cfg.kind != crate::config::FleetKind::Postgres {
+        return Err(FleetError::NotPostgres);
+    }
     let mut info = ConnInfo::parse(&cfg.url)?;
     if info.password.is_none()
         && let Some(p) = &cfg.password

@@ -11,15 +11,22 @@
 //!   (`listing`), never derived a second way;
 //! - [`publish`]: the sidecar job that sends what changed since its last
 //!   successful publish, driven by the local catalog's commits;
+//! - [`batch`]: what one publish sends, cut into batches, and how a batch
+//!   is applied in one transaction (by the sidecar, or by the receiver);
+//! - [`http`]: the `kind = "http"` transport's client, and [`receive`]:
+//!   `pitr fleet receive`, its server;
 //! - [`read`]: the queries behind `pitr fleet list / show /
 //!   restore-command`.
 //!
 //! Everything read from the fleet database is treated as hostile: text is
 //! bounded in length and nothing read from it names a path.
 
+pub mod batch;
 mod connect;
+pub mod http;
 pub mod publish;
 pub mod read;
+pub mod receive;
 pub mod rows;
 pub mod schema;
 
@@ -109,6 +116,37 @@ pub enum FleetError {
     /// A database or time named on the command line is not there.
     #[error("{0}")]
     NotFound(String),
+    /// A batch that is not well-formed (refused before any SQL).
+    #[error(transparent)]
+    Batch(#[from] batch::BatchError),
+    /// The receiver (`kind = "http"`) could not be reached, failed, or
+    /// refused a request; publishing is retried.
+    #[error("fleet receiver at {url}: {message}")]
+    Http {
+        /// The request's URL.
+        url: String,
+        /// What happened (the receiver's message, bounded).
+        message: String,
+    },
+    /// The receiver refused the token (401) or the fleet database refused
+    /// the token's role the instance's rows (403).
+    #[error("fleet receiver at {url} answered {status}: {message}. {fix}")]
+    Refused {
+        /// The request's URL.
+        url: String,
+        /// 401 or 403.
+        status: u16,
+        /// The receiver's message (bounded).
+        message: String,
+        /// What to do.
+        fix: &'static str,
+    },
+    /// A command that reads or migrates the fleet database was given a
+    /// config whose `[fleet]` names a receiver.
+    #[error(
+        "[fleet] kind = \"http\" names a receiver, not the fleet database: this command connects to the database itself. Give it a config whose [fleet] url is the database (kind = \"postgres\", docs/FLEET.md)"
+    )]
+    NotPostgres,
 }
 
 /// The driver's error with what the server said: its `Display` alone is
@@ -131,8 +169,22 @@ impl FleetError {
     /// The SQLSTATE the server sent, if any.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            FleetError::Sql { source, .. } => source.code().map(|c| c.code()),
+            FleetError::Sql { source, .. } | FleetError::NotMapped { source, .. } => {
+                source.code().map(|c| c.code())
+            }
             _ => None,
+        }
+    }
+
+    /// What the server said, without the driver's wrapping: for the
+    /// receiver's answers.
+    pub fn server_message(&self) -> String {
+        match self {
+            FleetError::Sql { what, source } => match source.as_db_error() {
+                Some(db) => format!("fleet database: {what}: {}", db.message()),
+                None => self.to_string(),
+            },
+            other => other.to_string(),
         }
     }
 }

@@ -10,7 +10,10 @@
 //!   upserted and only rows the catalog forgot are deleted.
 //! - Idempotent: upserts conflict on natural keys and change nothing when
 //!   the row is the same; a retried batch therefore changes nothing.
-//!   Each batch is one transaction of at most [`MAX_BATCH`] rows.
+//!   Each batch ([`batch`](super::batch)) is one transaction of at most
+//!   [`MAX_BATCH`] rows, applied on the sidecar's own connection (`kind =
+//!   "postgres"`) or POSTed to a receiver that applies it (`kind =
+//!   "http"`, [`http`](super::http)).
 //! - When the fleet database's `published_seq` is not what the local record
 //!   says (a new fleet database, the instance's rows deleted, a lost state
 //!   file), checked at every publish, everything is sent again and rows
@@ -20,7 +23,7 @@
 //!   delays WAL acknowledgement, backups or `/health` (invariant 1,
 //!   docs/ARCHITECTURE.md, holds without it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,18 +32,15 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
 
+pub use super::batch::MAX_BATCH;
+use super::batch::{Batch, Plan, Session};
+use super::http::Sender;
 use super::rows::{self, HealthRow, Row, TABLES, Table};
-use super::{FleetError, STATEMENT_TIMEOUT, bounded, connect, schema};
+use super::{FleetError, connect, schema};
 use crate::backoff::Backoff;
-use crate::config::{Config, FleetConfig};
+use crate::config::{Config, FleetConfig, FleetKind};
 use crate::repo::Repository;
-
-/// Rows per transaction: bounds the work a slow database holds open and
-/// the memory of one batch.
-pub const MAX_BATCH: usize = 500;
 /// How a failed publish is retried: 1 s doubling to 60 s, for as long as
 /// pitr runs; the next interval's publish resumes where it left off.
 pub const RETRY: Backoff = Backoff::forever(Duration::from_secs(1), Duration::from_secs(60));
@@ -160,16 +160,12 @@ struct Publisher {
 impl Publisher {
     /// Connects and publishes every interval; returns only on a failure.
     async fn session(&mut self, delays: &mut crate::backoff::Delays) -> FleetError {
-        let mut client = match connect(&self.opts.fleet).await {
-            Ok(c) => c,
+        let mut transport = match Transport::open(&self.opts).await {
+            Ok(t) => t,
             Err(e) => return e,
         };
-        if let Err(e) = schema::ensure(&mut client, self.opts.may_migrate).await {
-            return e;
-        }
-        let mut statements = Statements::default();
         loop {
-            if let Err(e) = self.publish(&mut client, &mut statements).await {
+            if let Err(e) = self.publish(&mut transport).await {
                 return e;
             }
             delays.reset();
@@ -213,16 +209,11 @@ impl Publisher {
 
     /// One publish: the instance's heartbeat, then every changed row in
     /// batches, then the sequence number the fleet now reflects.
-    async fn publish(
-        &mut self,
-        client: &mut Client,
-        statements: &mut Statements,
-    ) -> Result<(), FleetError> {
+    async fn publish(&mut self, transport: &mut Transport) -> Result<(), FleetError> {
         let head = self.head()?;
         self.note_lag(Some(head));
         let instance = self.opts.fleet.instance.clone();
-        self.heartbeat(client).await?;
-        let fleet_seq = published_seq(client, &instance).await?;
+        let fleet_seq = transport.published_seq(&instance).await?;
         // The fleet does not reflect what the local record says (a new or
         // restored fleet database, the instance's rows deleted, a lost
         // state file): send everything and sweep the rest.
@@ -272,84 +263,18 @@ impl Publisher {
             deletes.into_iter().filter_map(|id| parse_id(id)).collect();
         deletes.sort_by_key(|(t, _)| std::cmp::Reverse(order(t)));
 
-        let seq = head as i64;
         let (upserted, deleted) = (upserts.len(), deletes.len());
-        for batch in upserts.chunks(MAX_BATCH) {
-            let tx = bounded(
-                "starting a transaction",
-                STATEMENT_TIMEOUT,
-                client.transaction(),
-            )
-            .await?;
-            for r in batch {
-                let st = statements.upsert(&tx, r.table).await?;
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&instance];
-                params.extend(r.key.iter().map(|k| k as &(dyn ToSql + Sync)));
-                params.extend(r.values.iter().map(|v| v as &(dyn ToSql + Sync)));
-                params.push(&seq);
-                bounded(
-                    &format!("upserting into {}", r.table.name),
-                    STATEMENT_TIMEOUT,
-                    tx.execute(&st, &params),
-                )
-                .await?;
-            }
-            bounded("committing", STATEMENT_TIMEOUT, tx.commit()).await?;
+        let plan = Plan {
+            instance: &instance,
+            labels: &self.opts.fleet.labels,
+            seq: head,
+            resync,
+            upserts,
+            deletes,
+        };
+        for batch in plan.batches() {
+            transport.send(&batch).await?;
         }
-        for batch in deletes.chunks(MAX_BATCH) {
-            let tx = bounded(
-                "starting a transaction",
-                STATEMENT_TIMEOUT,
-                client.transaction(),
-            )
-            .await?;
-            for (table, key) in batch {
-                let st = statements.delete(&tx, table).await?;
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&instance];
-                params.extend(key.iter().map(|k| k as &(dyn ToSql + Sync)));
-                bounded(
-                    &format!("deleting from {}", table.name),
-                    STATEMENT_TIMEOUT,
-                    tx.execute(&st, &params),
-                )
-                .await?;
-            }
-            bounded("committing", STATEMENT_TIMEOUT, tx.commit()).await?;
-        }
-        // The last transaction: sweep what an earlier publish left that
-        // this one did not write (after a resync), and record the sequence
-        // number the fleet now reflects.
-        let tx = bounded(
-            "starting a transaction",
-            STATEMENT_TIMEOUT,
-            client.transaction(),
-        )
-        .await?;
-        if resync {
-            for t in TABLES.iter().rev() {
-                let sql = format!(
-                    "DELETE FROM pitr_fleet.{} WHERE instance = $1 AND seq <> $2",
-                    t.name
-                );
-                bounded(
-                    &format!("sweeping {}", t.name),
-                    STATEMENT_TIMEOUT,
-                    tx.execute(&sql, &[&instance, &seq]),
-                )
-                .await?;
-            }
-        }
-        bounded(
-            "recording the published sequence number",
-            STATEMENT_TIMEOUT,
-            tx.execute(
-                "UPDATE pitr_fleet.instances SET published_seq = $2, published_at = now() WHERE instance = $1",
-                &[&instance, &seq],
-            ),
-        )
-        .await?;
-        bounded("committing", STATEMENT_TIMEOUT, tx.commit()).await?;
-
         self.published.seq = head;
         self.published.rows = now;
         save(&self.path, &self.published)?;
@@ -371,33 +296,51 @@ impl Publisher {
         self.note_lag(Some(head));
         Ok(())
     }
+}
 
-    /// Upserts the instance row: labels, version, last seen. The first
-    /// statement of a publish, so a role the DBA has not mapped to this
-    /// instance is told here how to fix it.
-    async fn heartbeat(&self, client: &Client) -> Result<(), FleetError> {
-        let labels = serde_json::to_string(&self.opts.fleet.labels).unwrap_or_else(|_| "{}".into());
-        let done = bounded(
-            "updating the instance",
-            STATEMENT_TIMEOUT,
-            client.execute(
-                "INSERT INTO pitr_fleet.instances (instance, labels, version, last_seen) \
-                 VALUES ($1, $2::text::jsonb, $3, now()) \
-                 ON CONFLICT (instance) DO UPDATE SET labels = excluded.labels, \
-                 version = excluded.version, last_seen = excluded.last_seen",
-                &[
-                    &self.opts.fleet.instance,
-                    &labels,
-                    &env!("CARGO_PKG_VERSION"),
-                ],
-            ),
-        )
-        .await;
-        match done {
+/// How batches reach the fleet database (`[fleet] kind`).
+enum Transport {
+    /// The sidecar's own connection.
+    Postgres(Session),
+    /// A receiver, over HTTP.
+    Http(Sender),
+}
+
+impl Transport {
+    /// Connects (and for `postgres`, migrates when it may and must).
+    async fn open(opts: &PublishOptions) -> Result<Transport, FleetError> {
+        match opts.fleet.kind {
+            FleetKind::Postgres => {
+                let mut client = connect(&opts.fleet).await?;
+                schema::ensure(&mut client, opts.may_migrate).await?;
+                Ok(Transport::Postgres(Session::new(client)))
+            }
+            FleetKind::Http => Ok(Transport::Http(Sender::new(&opts.fleet)?)),
+        }
+    }
+
+    /// The sequence number the fleet reflects for `instance`.
+    async fn published_seq(&mut self, instance: &str) -> Result<Option<i64>, FleetError> {
+        match self {
+            Transport::Postgres(s) => s.published_seq(instance, None).await,
+            Transport::Http(h) => h.published_seq(instance).await,
+        }
+    }
+
+    /// Applies one batch. Every batch starts with the instance's
+    /// heartbeat, so a role the DBA has not mapped to this instance is
+    /// told how to fix it at the first.
+    async fn send(&mut self, batch: &Batch) -> Result<(), FleetError> {
+        let s = match self {
+            Transport::Http(h) => return h.send(batch).await,
+            Transport::Postgres(s) => s,
+        };
+        match s.apply(batch, None).await {
             Err(FleetError::Sql { source, .. })
                 if source.code().is_some_and(|c| c.code() == "42501") =>
             {
-                let role = client
+                let role = s
+                    .client()
                     .query_one("SELECT current_user::text", &[])
                     .await
                     // Bounded: the answer is the fleet database's.
@@ -405,133 +348,13 @@ impl Publisher {
                     .unwrap_or_else(|_| "?".to_owned());
                 Err(FleetError::NotMapped {
                     role,
-                    instance: self.opts.fleet.instance.clone(),
+                    instance: batch.instance.clone(),
                     source,
                 })
             }
-            other => other.map(|_| ()),
+            other => other,
         }
     }
-}
-
-/// The sequence number the fleet says it reflects for `instance`; `None`
-/// when nothing was published into it yet.
-async fn published_seq(client: &Client, instance: &str) -> Result<Option<i64>, FleetError> {
-    let row = bounded(
-        "reading the published sequence number",
-        STATEMENT_TIMEOUT,
-        client.query_opt(
-            "SELECT published_seq FROM pitr_fleet.instances \
-             WHERE instance = $1 AND published_at IS NOT NULL",
-            &[&instance],
-        ),
-    )
-    .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
-/// Statements prepared once per connection.
-#[derive(Default)]
-struct Statements {
-    upsert: HashMap<&'static str, Statement>,
-    delete: HashMap<&'static str, Statement>,
-}
-
-impl Statements {
-    async fn upsert(
-        &mut self,
-        tx: &tokio_postgres::Transaction<'_>,
-        t: &'static Table,
-    ) -> Result<Statement, FleetError> {
-        prepared(&mut self.upsert, tx, t, upsert_sql).await
-    }
-
-    async fn delete(
-        &mut self,
-        tx: &tokio_postgres::Transaction<'_>,
-        t: &'static Table,
-    ) -> Result<Statement, FleetError> {
-        prepared(&mut self.delete, tx, t, delete_sql).await
-    }
-}
-
-/// The statement `sql` makes for `t`, prepared on first use.
-async fn prepared(
-    cache: &mut HashMap<&'static str, Statement>,
-    tx: &tokio_postgres::Transaction<'_>,
-    t: &'static Table,
-    sql: fn(&Table) -> String,
-) -> Result<Statement, FleetError> {
-    if let Some(s) = cache.get(t.name) {
-        return Ok(s.clone());
-    }
-    let st = bounded(
-        "preparing a statement",
-        STATEMENT_TIMEOUT,
-        tx.prepare(&sql(t)),
-    )
-    .await?;
-    cache.insert(t.name, st.clone());
-    Ok(st)
-}
-
-/// `INSERT ... ON CONFLICT (natural key) DO UPDATE ... WHERE changed`:
-/// a row that is already there as sent is left alone.
-fn upsert_sql(t: &Table) -> String {
-    let cols: Vec<&rows::Col> = t.key.iter().chain(t.values).collect();
-    let mut names = vec!["instance".to_owned()];
-    names.extend(cols.iter().map(|c| c.name.to_owned()));
-    names.push("seq".to_owned());
-    let mut params = vec!["$1".to_owned()];
-    params.extend(
-        cols.iter()
-            .enumerate()
-            .map(|(i, c)| format!("${}::text::{}", i + 2, c.ty)),
-    );
-    params.push(format!("${}::bigint", cols.len() + 2));
-    let mut conflict = vec!["instance"];
-    conflict.extend(t.key.iter().map(|c| c.name));
-    let mut set: Vec<&str> = t.values.iter().map(|c| c.name).collect();
-    set.push("seq");
-    format!(
-        "INSERT INTO pitr_fleet.{table} AS t ({names}) VALUES ({params}) \
-         ON CONFLICT ({conflict}) DO UPDATE SET {assign} \
-         WHERE ({old}) IS DISTINCT FROM ({new})",
-        table = t.name,
-        names = names.join(", "),
-        params = params.join(", "),
-        conflict = conflict.join(", "),
-        assign = set
-            .iter()
-            .map(|c| format!("{c} = excluded.{c}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        old = set
-            .iter()
-            .map(|c| format!("t.{c}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        new = set
-            .iter()
-            .map(|c| format!("excluded.{c}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    )
-}
-
-/// `DELETE ... WHERE instance = $1 AND key = ...`.
-fn delete_sql(t: &Table) -> String {
-    let conds: Vec<String> = t
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} = ${}::text::{}", c.name, i + 2, c.ty))
-        .collect();
-    format!(
-        "DELETE FROM pitr_fleet.{} WHERE instance = $1 AND {}",
-        t.name,
-        conds.join(" AND ")
-    )
 }
 
 /// A row id back into its table and key.
@@ -575,22 +398,6 @@ fn ids(rows: &[Row]) -> std::collections::HashSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upserts_conflict_on_natural_keys_and_skip_unchanged_rows() {
-        let sql = upsert_sql(&rows::HEALTH_CHECKS);
-        assert_eq!(
-            sql,
-            "INSERT INTO pitr_fleet.health_checks AS t (instance, id, ok, summary, seq) \
-             VALUES ($1, $2::text::text, $3::text::boolean, $4::text::text, $5::bigint) \
-             ON CONFLICT (instance, id) DO UPDATE SET ok = excluded.ok, summary = excluded.summary, seq = excluded.seq \
-             WHERE (t.ok, t.summary, t.seq) IS DISTINCT FROM (excluded.ok, excluded.summary, excluded.seq)"
-        );
-        assert_eq!(
-            delete_sql(&rows::BACKUPS),
-            "DELETE FROM pitr_fleet.backups WHERE instance = $1 AND kind = $2::text::text AND database = $3::text::text AND id = $4::text::text"
-        );
-    }
 
     #[test]
     fn a_row_id_names_its_table_and_key_again() {

@@ -130,6 +130,15 @@ pub async fn ensure(client: &mut Client, may_migrate: bool) -> Result<(), FleetE
 /// configured role, and its schema version against this pitr's. Fails when
 /// it cannot be reached or its schema is newer than this pitr.
 pub async fn check(cfg: &crate::config::FleetConfig) -> Result<String, FleetError> {
+    if cfg.kind == crate::config::FleetKind::Http {
+        // The receiver answers for the database, as this sidecar's token.
+        let sender = super::http::Sender::new(cfg)?;
+        let seq = sender.published_seq(&cfg.instance).await?;
+        return Ok(format!(
+            "receiver reachable, schema version {SCHEMA_VERSION}, published_seq {}",
+            seq.map_or_else(|| "none yet".to_owned(), |s| s.to_string())
+        ));
+    }
     let client = super::connect(cfg).await?;
     let found = version(&client).await?;
     match found.cmp(&SCHEMA_VERSION) {

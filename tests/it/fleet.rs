@@ -23,7 +23,7 @@ fn fleet_section(fleet: &PgCluster, role: &str, instance: &str, labels: &str) ->
 }
 
 /// A file holding only `[fleet]`: what a reader (or the DBA) needs.
-fn reader_config(dir: &Path, name: &str, fleet: &PgCluster, role: &str) -> PathBuf {
+pub(crate) fn reader_config(dir: &Path, name: &str, fleet: &PgCluster, role: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(
         &path,
@@ -37,7 +37,7 @@ fn reader_config(dir: &Path, name: &str, fleet: &PgCluster, role: &str) -> PathB
     path
 }
 
-fn json_of(args: &[&str]) -> Result<Value, String> {
+pub(crate) fn json_of(args: &[&str]) -> Result<Value, String> {
     let out = pitr(args);
     if !out.status.success() {
         return Err(format!(
@@ -64,7 +64,7 @@ fn same_time(a: &Value, b: &Value) -> bool {
 }
 
 /// The fleet's entry for `instance`/`name` in `list`.
-fn entry<'a>(list: &'a Value, instance: &str, name: &str) -> Option<&'a Value> {
+pub(crate) fn entry<'a>(list: &'a Value, instance: &str, name: &str) -> Option<&'a Value> {
     list.as_array()?
         .iter()
         .find(|d| d["instance"] == instance && d["name"] == name)
@@ -72,7 +72,7 @@ fn entry<'a>(list: &'a Value, instance: &str, name: &str) -> Option<&'a Value> {
 
 /// Compares the fleet's windows of `instance`/`name` with what `pitr list
 /// --json` says of the same database; `Err` says how they differ.
-fn windows_agree(
+pub(crate) fn windows_agree(
     fleet_list: &Value,
     local: &Value,
     instance: &str,
@@ -116,7 +116,7 @@ fn windows_agree(
 }
 
 /// The number of base backups `pitr list --json` reports for `main`.
-fn local_backups(cfg: &Path) -> Result<usize, String> {
+pub(crate) fn local_backups(cfg: &Path) -> Result<usize, String> {
     let l = json_of(&["list", "--json", "-c", cfg.to_str().expect("utf-8 path")])?;
     Ok(l["postgres"][0]["backups"].as_array().map_or(0, Vec::len))
 }
@@ -456,22 +456,7 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
         },
     )
     .await;
-    for (table, key) in [
-        ("instances", "instance"),
-        ("databases", "instance, kind, name"),
-        ("backups", "instance, kind, database, id"),
-        ("restore_windows", "instance, kind, database, timeline"),
-        ("destinations", "instance, name"),
-        ("health_checks", "instance, id"),
-    ] {
-        let counts = fleet.psql_at(
-            &fleet.conninfo("fleet"),
-            &format!("SELECT count(*) || ' ' || count(DISTINCT ({key})) FROM pitr_fleet.{table}"),
-        );
-        let (rows, distinct) = counts.split_once(' ').expect("two counts");
-        assert_eq!(rows, distinct, "duplicate rows in {table}");
-        assert_ne!(rows, "0", "{table} is empty");
-    }
+    assert_no_duplicates(&fleet);
 
     // The DBA deletes an instance (its rows cascade): its sidecar notices
     // at the next publish and sends everything again.
@@ -493,8 +478,29 @@ async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays
     sidecar_b.stop();
 }
 
+/// Asserts that no table of the fleet holds a key twice, and that each
+/// holds rows.
+pub(crate) fn assert_no_duplicates(fleet: &PgCluster) {
+    for (table, key) in [
+        ("instances", "instance"),
+        ("databases", "instance, kind, name"),
+        ("backups", "instance, kind, database, id"),
+        ("restore_windows", "instance, kind, database, timeline"),
+        ("destinations", "instance, name"),
+        ("health_checks", "instance, id"),
+    ] {
+        let counts = fleet.psql_at(
+            &fleet.conninfo("fleet"),
+            &format!("SELECT count(*) || ' ' || count(DISTINCT ({key})) FROM pitr_fleet.{table}"),
+        );
+        let (rows, distinct) = counts.split_once(' ').expect("two counts");
+        assert_eq!(rows, distinct, "duplicate rows in {table}");
+        assert_ne!(rows, "0", "{table} is empty");
+    }
+}
+
 /// A connection to the fleet database as `role`.
-async fn connect_as(fleet: &PgCluster, role: &str) -> tokio_postgres::Client {
+pub(crate) async fn connect_as(fleet: &PgCluster, role: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(
         &format!(
             "host={} port={} user={role} dbname=fleet",

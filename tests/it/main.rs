@@ -10,6 +10,7 @@ mod car;
 mod cli;
 mod disk_full;
 mod fleet;
+mod fleet_http;
 mod golden;
 mod incremental;
 mod infisical;

@@ -89,3 +89,93 @@ fn bad_fleet_settings_name_the_key_and_the_fix() {
     );
     contains_all(&msg, &["PITR_FLEET_LABELS", "not NAME=VALUE"]);
 }
+
+#[test]
+fn the_http_transport_takes_a_receiver_url_and_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken-secret\n").expect("write the token");
+    let text = format!(
+        "{}\n[fleet]\nkind = \"http\"\nurl = \"https://receiver.internal/fleet/\"\ntoken_file = \"{}\"\ninstance = \"api\"\n",
+        minimal(&recipient()),
+        token.display()
+    );
+    let f = load(&text, &[]).expect("loads").fleet.expect("a fleet");
+    assert_eq!(f.kind, FleetKind::Http);
+    assert_eq!(f.url, "https://receiver.internal/fleet");
+    assert_eq!(f.token.as_deref(), Some("t0ken-secret"));
+    assert!(!format!("{f:?}").contains("t0ken"), "Debug redacts");
+    assert_eq!(f.receive.listen.to_string(), "127.0.0.1:9188");
+    assert_eq!(f.receive.tokens_file, None);
+
+    // Plain http: to loopback, or anywhere when allowed.
+    for url in [
+        "http://127.0.0.1:9188",
+        "http://[::1]:9188",
+        "http://localhost",
+    ] {
+        let f = load(&text.replace("https://receiver.internal/fleet/", url), &[])
+            .expect("loopback over http");
+        assert_eq!(f.fleet.expect("a fleet").url, url);
+    }
+    let insecure = text.replace("https://", "http://");
+    refused_with(
+        &insecure,
+        &["[fleet] url", "plain http", "allow_insecure_http"],
+    );
+    load(&format!("{insecure}allow_insecure_http = true\n"), &[]).expect("allowed");
+
+    // The receiver's keys, read by `pitr fleet receive`.
+    let f = load(
+        &text,
+        &[
+            ("PITR_FLEET_RECEIVE_LISTEN", "0.0.0.0:9999"),
+            ("PITR_FLEET_RECEIVE_TOKENS_FILE", "/etc/pitr/tokens"),
+        ],
+    )
+    .expect("loads")
+    .fleet
+    .expect("a fleet");
+    assert_eq!(f.receive.listen.to_string(), "0.0.0.0:9999");
+    assert_eq!(
+        f.receive.tokens_file.as_deref(),
+        Some(std::path::Path::new("/etc/pitr/tokens"))
+    );
+}
+
+#[test]
+fn each_transport_refuses_the_others_keys() {
+    let base = minimal(&recipient());
+    for (section, parts) in [
+        (
+            "[fleet]\nkind = \"http\"\nurl = \"https://r\"\n",
+            &[
+                "[fleet] token",
+                "kind = \"http\" sends a bearer token",
+                "token_file",
+            ][..],
+        ),
+        (
+            "[fleet]\nkind = \"http\"\nurl = \"https://r\"\ntoken = \"t\"\npassword = \"p\"\n",
+            &["[fleet] password", "does not apply to kind = \"http\""],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\ntoken = \"t\"\n",
+            &["[fleet] token", "does not apply to kind = \"postgres\""],
+        ),
+        (
+            "[fleet]\nkind = \"http\"\nurl = \"host=a user=b\"\ntoken = \"t\"\n",
+            &["[fleet] url", "not an http(s) URL of a receiver"],
+        ),
+        (
+            "[fleet]\nkind = \"http\"\nurl = \"https://user:pw@r\"\ntoken = \"t\"\n",
+            &["[fleet] url", "without credentials"],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\nreceive_listen = \"receiver:80\"\n",
+            &["[fleet] receive_listen", "IP and port"],
+        ),
+    ] {
+        refused_with(&format!("{base}\n{section}"), parts);
+    }
+}

@@ -8,7 +8,7 @@
 mod alert;
 mod command;
 mod destination;
-mod fleet;
+pub(super) mod fleet;
 mod health;
 mod infisical;
 mod postgres;

@@ -739,7 +739,7 @@ impl Client {
         let unreachable = |e: reqwest::Error| InfisicalError::Unreachable {
             name: self.name.clone(),
             url: url.to_owned(),
-            message: causes(&e.without_url()),
+            message: crate::backoff::causes(&e.without_url()),
         };
         let mut resp = request.send().await.map_err(unreachable)?;
         let status = resp.status();
@@ -855,18 +855,6 @@ fn shorten(text: &str) -> String {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
     }
-}
-
-/// An error and its causes on one line.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
 }
 
 /// Logs in, lists every configured environment and returns the canonical

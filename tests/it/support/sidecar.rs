@@ -25,6 +25,11 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn start(cfg: &Path) -> Sidecar {
+        Sidecar::start_with(&["run"], cfg)
+    }
+
+    /// `pitr ARGS -c CFG` in the background (`["fleet", "receive"]`).
+    pub fn start_with(args: &[&str], cfg: &Path) -> Sidecar {
         let log = cfg.with_file_name(format!(
             "pitr-run-{}.log",
             std::time::SystemTime::now()
@@ -39,14 +44,15 @@ impl Sidecar {
             }
         }
         let child = cmd
-            .args(["run", "-c"])
+            .args(args)
+            .arg("-c")
             .arg(cfg)
             .env("PITR_LOG", "pitr=info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
-            .expect("start pitr run");
+            .unwrap_or_else(|e| panic!("start pitr {args:?}: {e}"));
         Sidecar { child, log }
     }
 
