@@ -121,23 +121,35 @@ pub(crate) fn local_backups(cfg: &Path) -> Result<usize, String> {
     Ok(l["postgres"][0]["backups"].as_array().map_or(0, Vec::len))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut fleet = PgCluster::start();
+/// A harness cluster holding the database `fleet`, migrated by `pitr fleet
+/// migrate` as the cluster's owner (the config `dir/admin.toml`), with the
+/// DBA's `roles` SQL run in it.
+pub(crate) fn fleet_database(dir: &Path, roles: &str) -> PgCluster {
+    let fleet = PgCluster::start();
     fleet.psql("CREATE DATABASE fleet");
-    let admin = reader_config(dir.path(), "admin.toml", &fleet, "postgres");
-    let admin_s = admin.to_str().expect("utf-8 path");
-    let out = pitr(&["fleet", "migrate", "-c", admin_s]);
+    let admin = reader_config(dir, "admin.toml", &fleet, "postgres");
+    let out = pitr(&[
+        "fleet",
+        "migrate",
+        "-c",
+        admin.to_str().expect("utf-8 path"),
+    ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    fleet.psql_at(&fleet.conninfo("fleet"), roles);
+    fleet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_publish_their_own_rows_and_a_stopped_fleet_database_delays_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
     // The DBA's part (docs/FLEET.md): a login role per instance, mapped,
     // and a read role.
-    fleet.psql_at(
-        &fleet.conninfo("fleet"),
+    let mut fleet = fleet_database(
+        dir.path(),
         "CREATE ROLE pitr_pg LOGIN IN ROLE pitr_fleet_writer; \
          CREATE ROLE pitr_lite LOGIN IN ROLE pitr_fleet_writer; \
          CREATE ROLE fleet_reader LOGIN IN ROLE pitr_fleet_reader; \

@@ -16,7 +16,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::fleet::{
-    assert_no_duplicates, entry, json_of, local_backups, reader_config, windows_agree,
+    assert_no_duplicates, entry, fleet_database, json_of, local_backups, reader_config,
+    windows_agree,
 };
 use crate::sidecar::{get, sidecar_config};
 use crate::support::pg::free_port;
@@ -178,19 +179,10 @@ fn write(path: &Path, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_publishes_through_the_receiver_the_rows_a_direct_connection_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let fleet = PgCluster::start();
-    fleet.psql("CREATE DATABASE fleet");
-    let admin = reader_config(dir.path(), "admin.toml", &fleet, "postgres");
-    let out = pitr(&["fleet", "migrate", "-c", admin.to_str().expect("utf-8")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // The DBA's part (docs/FLEET.md): a role per instance, mapped; the
     // receiver's login, a member of each so it may SET ROLE to them.
-    fleet.psql_at(
-        &fleet.conninfo("fleet"),
+    let fleet = fleet_database(
+        dir.path(),
         "CREATE ROLE pitr_h LOGIN IN ROLE pitr_fleet_writer; \
          CREATE ROLE pitr_p LOGIN IN ROLE pitr_fleet_writer; \
          CREATE ROLE fleet_receiver LOGIN IN ROLE pitr_fleet_reader; \
