@@ -221,7 +221,7 @@ impl Publisher {
         let head = self.head()?;
         self.note_lag(Some(head));
         let instance = self.opts.fleet.instance.clone();
-        self.heartbeat(client).await?;
+        heartbeat(client, &instance, &self.opts.fleet.labels).await?;
         let fleet_seq = published_seq(client, &instance).await?;
         // The fleet does not reflect what the local record says (a new or
         // restored fleet database, the instance's rows deleted, a lost
@@ -274,81 +274,10 @@ impl Publisher {
 
         let seq = head as i64;
         let (upserted, deleted) = (upserts.len(), deletes.len());
-        for batch in upserts.chunks(MAX_BATCH) {
-            let tx = bounded(
-                "starting a transaction",
-                STATEMENT_TIMEOUT,
-                client.transaction(),
-            )
-            .await?;
-            for r in batch {
-                let st = statements.upsert(&tx, r.table).await?;
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&instance];
-                params.extend(r.key.iter().map(|k| k as &(dyn ToSql + Sync)));
-                params.extend(r.values.iter().map(|v| v as &(dyn ToSql + Sync)));
-                params.push(&seq);
-                bounded(
-                    &format!("upserting into {}", r.table.name),
-                    STATEMENT_TIMEOUT,
-                    tx.execute(&st, &params),
-                )
-                .await?;
-            }
-            bounded("committing", STATEMENT_TIMEOUT, tx.commit()).await?;
-        }
-        for batch in deletes.chunks(MAX_BATCH) {
-            let tx = bounded(
-                "starting a transaction",
-                STATEMENT_TIMEOUT,
-                client.transaction(),
-            )
-            .await?;
-            for (table, key) in batch {
-                let st = statements.delete(&tx, table).await?;
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&instance];
-                params.extend(key.iter().map(|k| k as &(dyn ToSql + Sync)));
-                bounded(
-                    &format!("deleting from {}", table.name),
-                    STATEMENT_TIMEOUT,
-                    tx.execute(&st, &params),
-                )
-                .await?;
-            }
-            bounded("committing", STATEMENT_TIMEOUT, tx.commit()).await?;
-        }
-        // The last transaction: sweep what an earlier publish left that
-        // this one did not write (after a resync), and record the sequence
-        // number the fleet now reflects.
-        let tx = bounded(
-            "starting a transaction",
-            STATEMENT_TIMEOUT,
-            client.transaction(),
+        send(
+            client, statements, &instance, seq, &upserts, &deletes, resync,
         )
         .await?;
-        if resync {
-            for t in TABLES.iter().rev() {
-                let sql = format!(
-                    "DELETE FROM pitr_fleet.{} WHERE instance = $1 AND seq <> $2",
-                    t.name
-                );
-                bounded(
-                    &format!("sweeping {}", t.name),
-                    STATEMENT_TIMEOUT,
-                    tx.execute(&sql, &[&instance, &seq]),
-                )
-                .await?;
-            }
-        }
-        bounded(
-            "recording the published sequence number",
-            STATEMENT_TIMEOUT,
-            tx.execute(
-                "UPDATE pitr_fleet.instances SET published_seq = $2, published_at = now() WHERE instance = $1",
-                &[&instance, &seq],
-            ),
-        )
-        .await?;
-        bounded("committing", STATEMENT_TIMEOUT, tx.commit()).await?;
 
         self.published.seq = head;
         self.published.rows = now;
@@ -371,52 +300,146 @@ impl Publisher {
         self.note_lag(Some(head));
         Ok(())
     }
+}
 
-    /// Upserts the instance row: labels, version, last seen. The first
-    /// statement of a publish, so a role the DBA has not mapped to this
-    /// instance is told here how to fix it.
-    async fn heartbeat(&self, client: &Client) -> Result<(), FleetError> {
-        let labels = serde_json::to_string(&self.opts.fleet.labels).unwrap_or_else(|_| "{}".into());
-        let done = bounded(
-            "updating the instance",
-            STATEMENT_TIMEOUT,
-            client.execute(
-                "INSERT INTO pitr_fleet.instances (instance, labels, version, last_seen) \
-                 VALUES ($1, $2::text::jsonb, $3, now()) \
-                 ON CONFLICT (instance) DO UPDATE SET labels = excluded.labels, \
-                 version = excluded.version, last_seen = excluded.last_seen",
-                &[
-                    &self.opts.fleet.instance,
-                    &labels,
-                    &env!("CARGO_PKG_VERSION"),
-                ],
-            ),
-        )
-        .await;
-        match done {
-            Err(FleetError::Sql { source, .. })
-                if source.code().is_some_and(|c| c.code() == "42501") =>
-            {
-                let role = client
-                    .query_one("SELECT current_user::text", &[])
-                    .await
-                    // Bounded: the answer is the fleet database's.
-                    .map(|r| r.get::<_, String>(0).chars().take(63).collect())
-                    .unwrap_or_else(|_| "?".to_owned());
-                Err(FleetError::NotMapped {
-                    role,
-                    instance: self.opts.fleet.instance.clone(),
-                    source,
-                })
-            }
-            other => other.map(|_| ()),
+/// Upserts the instance row: labels, version, last seen. The first
+/// statement of a publish, so a role the DBA has not mapped to this
+/// instance is told here how to fix it. Public for `bench/fleet`.
+pub async fn heartbeat(
+    client: &Client,
+    instance: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), FleetError> {
+    let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
+    let done = bounded(
+        "updating the instance",
+        STATEMENT_TIMEOUT,
+        client.execute(
+            "INSERT INTO pitr_fleet.instances (instance, labels, version, last_seen) \
+             VALUES ($1, $2::text::jsonb, $3, now()) \
+             ON CONFLICT (instance) DO UPDATE SET labels = excluded.labels, \
+             version = excluded.version, last_seen = excluded.last_seen",
+            &[&instance, &labels, &env!("CARGO_PKG_VERSION")],
+        ),
+    )
+    .await;
+    match done {
+        Err(FleetError::Sql { source, .. })
+            if source.code().is_some_and(|c| c.code() == "42501") =>
+        {
+            let role = client
+                .query_one("SELECT current_user::text", &[])
+                .await
+                // Bounded: the answer is the fleet database's.
+                .map(|r| r.get::<_, String>(0).chars().take(63).collect())
+                .unwrap_or_else(|_| "?".to_owned());
+            Err(FleetError::NotMapped {
+                role,
+                instance: instance.to_owned(),
+                source,
+            })
         }
+        other => other.map(|_| ()),
     }
 }
 
+/// Sends one publish's rows for `instance` as the sidecar does, after its
+/// heartbeat: `upserts` (parents first) in transactions of at most
+/// [`MAX_BATCH`] rows, then `deletes` (children first) likewise, then one
+/// last transaction that sweeps the rows an earlier publish left when
+/// `resync` (those whose `seq` is not `seq`) and records `seq` as the
+/// instance's `published_seq`. Public so that `bench/fleet` drives the
+/// fleet database with exactly the statements a sidecar sends.
+pub async fn send(
+    client: &mut Client,
+    statements: &mut Statements,
+    instance: &str,
+    seq: i64,
+    upserts: &[&Row],
+    deletes: &[(&'static Table, Vec<String>)],
+    resync: bool,
+) -> Result<(), FleetError> {
+    for batch in upserts.chunks(MAX_BATCH) {
+        let tx = bounded(
+            "starting a transaction",
+            STATEMENT_TIMEOUT,
+            client.transaction(),
+        )
+        .await?;
+        for r in batch {
+            let st = statements.upsert(&tx, r.table).await?;
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&instance];
+            params.extend(r.key.iter().map(|k| k as &(dyn ToSql + Sync)));
+            params.extend(r.values.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.push(&seq);
+            bounded(
+                &format!("upserting into {}", r.table.name),
+                STATEMENT_TIMEOUT,
+                tx.execute(&st, &params),
+            )
+            .await?;
+        }
+        bounded("committing", STATEMENT_TIMEOUT, tx.commit()).await?;
+    }
+    for batch in deletes.chunks(MAX_BATCH) {
+        let tx = bounded(
+            "starting a transaction",
+            STATEMENT_TIMEOUT,
+            client.transaction(),
+        )
+        .await?;
+        for (table, key) in batch {
+            let st = statements.delete(&tx, table).await?;
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&instance];
+            params.extend(key.iter().map(|k| k as &(dyn ToSql + Sync)));
+            bounded(
+                &format!("deleting from {}", table.name),
+                STATEMENT_TIMEOUT,
+                tx.execute(&st, &params),
+            )
+            .await?;
+        }
+        bounded("committing", STATEMENT_TIMEOUT, tx.commit()).await?;
+    }
+    // The last transaction: sweep what an earlier publish left that
+    // this one did not write (after a resync), and record the sequence
+    // number the fleet now reflects.
+    let tx = bounded(
+        "starting a transaction",
+        STATEMENT_TIMEOUT,
+        client.transaction(),
+    )
+    .await?;
+    if resync {
+        for t in TABLES.iter().rev() {
+            let sql = format!(
+                "DELETE FROM pitr_fleet.{} WHERE instance = $1 AND seq <> $2",
+                t.name
+            );
+            bounded(
+                &format!("sweeping {}", t.name),
+                STATEMENT_TIMEOUT,
+                tx.execute(&sql, &[&instance, &seq]),
+            )
+            .await?;
+        }
+    }
+    bounded(
+        "recording the published sequence number",
+        STATEMENT_TIMEOUT,
+        tx.execute(
+            "UPDATE pitr_fleet.instances SET published_seq = $2, published_at = now() WHERE instance = $1",
+            &[&instance, &seq],
+        ),
+    )
+    .await?;
+    bounded("committing", STATEMENT_TIMEOUT, tx.commit()).await?;
+    Ok(())
+}
+
 /// The sequence number the fleet says it reflects for `instance`; `None`
-/// when nothing was published into it yet.
-async fn published_seq(client: &Client, instance: &str) -> Result<Option<i64>, FleetError> {
+/// when nothing was published into it yet. Public for `bench/fleet`.
+pub async fn published_seq(client: &Client, instance: &str) -> Result<Option<i64>, FleetError> {
     let row = bounded(
         "reading the published sequence number",
         STATEMENT_TIMEOUT,
@@ -430,9 +453,10 @@ async fn published_seq(client: &Client, instance: &str) -> Result<Option<i64>, F
     Ok(row.map(|r| r.get(0)))
 }
 
-/// Statements prepared once per connection.
+/// Statements prepared once per connection (an empty set for a new
+/// connection: `Statements::default()`).
 #[derive(Default)]
-struct Statements {
+pub struct Statements {
     upsert: HashMap<&'static str, Statement>,
     delete: HashMap<&'static str, Statement>,
 }
