@@ -115,6 +115,21 @@ pub fn expected_stale(shape: Shape) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The databases `pitr fleet list --failing` must list, as
+/// `instance/name`: every database of an instance with a failing check (the
+/// stale, the never restorable and the failed test restores each fail one)
+/// or whose newest test restore failed.
+pub fn expected_failing(shape: Shape) -> std::collections::BTreeSet<String> {
+    (0..shape.instances)
+        .filter(|i| i % 40 == 3 || i % 50 == 37 || i % 100 == 11)
+        .flat_map(|i| {
+            DATABASES
+                .iter()
+                .map(move |(_, n)| format!("{}/{n}", instance(i)))
+        })
+        .collect()
+}
+
 /// How the fill went: row counts per table, sizes, time.
 pub struct Filled {
     /// The fill's `now()`, in microseconds since the epoch: every time of the
@@ -137,7 +152,7 @@ pub async fn fill(admin: &Client, shape: Shape) -> anyhow::Result<Filled> {
         days,
         storacha_every: se,
     } = shape;
-    anyhow::ensure!(n >= 1 && n < 100_000, "instances: 1 to 99,999");
+    anyhow::ensure!((1..100_000).contains(&n), "instances: 1 to 99,999");
     anyhow::ensure!(days >= 8, "days: at least 8 (a week of test restores)");
     let se = se.max(1);
     let split = days / 3;

@@ -18,6 +18,8 @@ pub enum Query {
     All,
     /// `pitr fleet list --stale 24h --json`.
     Stale,
+    /// `pitr fleet list --failing --json` (checked, not timed).
+    Failing,
 }
 
 impl Query {
@@ -25,6 +27,7 @@ impl Query {
         match self {
             Query::All => &["fleet", "list", "--json"],
             Query::Stale => &["fleet", "list", "--stale", "24h", "--json"],
+            Query::Failing => &["fleet", "list", "--failing", "--json"],
         }
     }
 
@@ -32,6 +35,7 @@ impl Query {
         match self {
             Query::All => "`pitr fleet list --json`",
             Query::Stale => "`pitr fleet list --stale 24h --json`",
+            Query::Failing => "`pitr fleet list --failing --json`",
         }
     }
 }
@@ -95,13 +99,14 @@ impl Reader {
     }
 }
 
-/// Checks one output: every database of the fleet (`All`), or exactly the
-/// ones the fill made stale or never restorable (`Stale`).
+/// Checks one output: every database of the fleet (`All`), or exactly
+/// `expected` (`instance/name`: the ones the fill made stale or never
+/// restorable for `Stale`, failing for `Failing`).
 pub fn check(
     q: Query,
     stdout: &[u8],
     databases: usize,
-    stale: &BTreeSet<String>,
+    expected: &BTreeSet<String>,
 ) -> Result<(), String> {
     let list: serde_json::Value =
         serde_json::from_slice(stdout).map_err(|e| format!("not JSON: {e}"))?;
@@ -122,13 +127,13 @@ pub fn check(
             entries.len(),
             names.len()
         )),
-        Query::Stale if &names != stale || entries.len() != stale.len() => {
-            let missing: Vec<&String> = stale.difference(&names).take(5).collect();
-            let extra: Vec<&String> = names.difference(stale).take(5).collect();
+        Query::Stale | Query::Failing if &names != expected || entries.len() != expected.len() => {
+            let missing: Vec<&String> = expected.difference(&names).take(5).collect();
+            let extra: Vec<&String> = names.difference(expected).take(5).collect();
             Err(format!(
-                "{} listed as stale, {} made stale; missing {missing:?}, not stale {extra:?}",
+                "{} listed, {} expected; missing {missing:?}, not expected {extra:?}",
                 entries.len(),
-                stale.len()
+                expected.len()
             ))
         }
         _ => Ok(()),
