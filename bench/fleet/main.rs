@@ -160,6 +160,60 @@ fn cluster_cpu(postmaster: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// CPU ticks so far of every process but this one and the cluster's:
+/// pid → (command name, ticks). Two samples tell what else ran on the
+/// machine meanwhile (other people's builds), which the report names.
+fn other_processes(postmaster: u32) -> std::collections::HashMap<u32, (String, u64)> {
+    let me = std::process::id();
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let comm = head.get(open + 1..).unwrap_or("?").to_owned();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let ppid = n(1) as u32;
+        if pid == me || pid == postmaster || ppid == postmaster || ppid == me {
+            continue;
+        }
+        out.insert(pid, (comm, n(11) + n(12)));
+    }
+    out
+}
+
+/// What the processes of `before` used until `after`, the busiest first,
+/// summed per command name: `rustc 95.1 CPU-s, cc1 20.3 CPU-s`.
+fn busiest(
+    before: &std::collections::HashMap<u32, (String, u64)>,
+    after: &std::collections::HashMap<u32, (String, u64)>,
+) -> String {
+    let mut per: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for (pid, (comm, ticks)) in after {
+        let was = before.get(pid).map_or(0, |(_, t)| *t);
+        *per.entry(comm.as_str()).or_default() += ticks.saturating_sub(was);
+    }
+    let mut v: Vec<(&str, u64)> = per.into_iter().filter(|(_, t)| *t >= 100).collect();
+    v.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+    if v.is_empty() {
+        return "none above 1 CPU-s".to_owned();
+    }
+    v.iter()
+        .take(5)
+        .map(|(c, t)| format!("{c} {:.1} CPU-s", *t as f64 / 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `pg_stat_database` of the fleet database: commits, rollbacks, rows
 /// inserted, updated, deleted.
 async fn db_stats(admin: &tokio_postgres::Client) -> anyhow::Result<[i64; 5]> {
@@ -356,6 +410,7 @@ async fn run(write_md: bool) -> anyhow::Result<bool> {
     };
     let pub_cpu0 = backends_cpu(&backend_pids);
     let self_cpu0 = common::cpu_secs(None).unwrap_or(0.0);
+    let others0 = other_processes(postmaster);
     eprintln!(
         "fleet: {} publishers every {} s for {} s, and the listings meanwhile…",
         shape.instances,
@@ -393,6 +448,7 @@ async fn run(write_md: bool) -> anyhow::Result<bool> {
     let pub_cpu = backends_cpu(&backend_pids) - pub_cpu0;
     let self_cpu = common::cpu_secs(None).unwrap_or(0.0) - self_cpu0;
     let load_after = load();
+    let others1 = other_processes(postmaster);
     let busy = busy_phase
         .join()
         .map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;
@@ -419,6 +475,7 @@ async fn run(write_md: bool) -> anyhow::Result<bool> {
         "idle".to_owned(),
     )?;
     let load_end = load();
+    let others2 = other_processes(postmaster);
     // `--failing` once, for its answer only (the issue times the other two).
     let failing = fill::expected_failing(shape);
     let (_, out) = reader.run(Query::Failing)?;
@@ -629,6 +686,12 @@ async fn run(write_md: bool) -> anyhow::Result<bool> {
         md,
         "- load average (1 min): {load_start} at the start, {load_before} before the publish minute, \
          {load_after} after it, {load_end} at the end"
+    );
+    let _ = writeln!(
+        md,
+        "- other processes' CPU during the publish minute: {}; during the idle listings: {}",
+        busiest(&others0, &others1),
+        busiest(&others1, &others2)
     );
     let _ = writeln!(md, "\nOverall: {}", if ok { "PASS" } else { "FAIL" });
     println!("{md}");
