@@ -214,6 +214,29 @@ fn busiest(
         .join(", ")
 }
 
+/// How many processes the postmaster has now.
+fn children(postmaster: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(postmaster)
+        })
+        .count()
+}
+
 /// `pg_stat_database` of the fleet database: commits, rollbacks, rows
 /// inserted, updated, deleted.
 async fn db_stats(admin: &tokio_postgres::Client) -> anyhow::Result<[i64; 5]> {
@@ -452,9 +475,16 @@ async fn run(write_md: bool) -> anyhow::Result<bool> {
     let busy = busy_phase
         .join()
         .map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;
-    // Closing the publishers' connections flushes their statistics.
+    // Closing the publishers' connections flushes their statistics; the
+    // idle listings start once their 1,000 backends have exited (within
+    // 30 s), and the machine has had a moment: exiting backends are
+    // runnable processes, which the load average counts.
     drop(clients);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let exiting = Instant::now();
+    while children(postmaster) > 20 && exiting.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let stats1 = db_stats(&admin).await?;
 
     let published: i64 = admin
@@ -466,6 +496,7 @@ async fn run(write_md: bool) -> anyhow::Result<bool> {
         .get(0);
 
     eprintln!("fleet: the listings with the publishers gone…");
+    let load_idle = load();
     let idle = list_phase(
         &reader,
         s.list_runs,
@@ -685,7 +716,7 @@ async fn run(write_md: bool) -> anyhow::Result<bool> {
     let _ = writeln!(
         md,
         "- load average (1 min): {load_start} at the start, {load_before} before the publish minute, \
-         {load_after} after it, {load_end} at the end"
+         {load_after} after it, {load_idle} before the idle listings, {load_end} at the end"
     );
     let _ = writeln!(
         md,
