@@ -57,17 +57,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
-    // binary without it. A 1 GiB benchmark has no place in a test run.
-    if !args.iter().any(|a| a == "--bench") {
-        eprintln!(
-            "repo_write: not run by `cargo bench`; skipping (run `cargo bench --bench repo_write`)"
-        );
+    let Some(write_md) = common::run_mode("repo_write") else {
         return ExitCode::SUCCESS;
-    }
-    let write_md = args.iter().any(|a| a == "--write-md")
-        || std::env::var("PITR_BENCH_WRITE_MD").is_ok_and(|v| v == "1");
+    };
     match run(write_md) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -9,6 +9,64 @@ pub mod pg;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The machine-wide benchmark lock: a benchmark that measures holds it (an
+/// exclusive `flock`) so that no other benchmark measures meanwhile.
+pub const LOCK: &str = "/tmp/pitr-bench.lock";
+
+/// Takes [`LOCK`], waiting for a benchmark that holds it; held until the
+/// returned value is dropped.
+pub fn lock() -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use anyhow::Context as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(LOCK)
+        .with_context(|| format!("open {LOCK}"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("flock {LOCK}: {e}"))
+}
+
+/// Whether `cargo bench` runs benchmark `name`, and if so whether it
+/// rewrites its section of BENCHMARKS.md (`--write-md` or
+/// `PITR_BENCH_WRITE_MD=1`). `cargo test --all-targets` runs every
+/// benchmark binary without `--bench`, and a benchmark has no place in a
+/// test run: then this says so on stderr and returns `None`.
+pub fn run_mode(name: &str) -> Option<bool> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        eprintln!("{name}: not run by `cargo bench`; skipping (run `cargo bench --bench {name}`)");
+        return None;
+    }
+    Some(
+        args.iter().any(|a| a == "--write-md")
+            || std::env::var("PITR_BENCH_WRITE_MD").is_ok_and(|v| v == "1"),
+    )
+}
+
+/// The live children of process `parent`, from `/proc/*/stat` (field 4,
+/// after the command name, which may hold spaces and parentheses).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
 /// MB as in MB/s and "under 128 MB": 10^6 bytes.
 pub const MB: f64 = 1e6;
 /// GB as in "CPU seconds per GB of WAL": 10^9 bytes.

@@ -79,13 +79,9 @@ fn make_sqlite(path: &Path, rows: u32) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `cargo test --all-targets` runs this binary without `--bench`; minutes
-    // of idling have no place in a test run.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("idle: not run by `cargo bench`; skipping (run `cargo bench --bench idle`)");
+    let Some(write_md) = common::run_mode("idle") else {
         return Ok(());
-    }
-    let write_md = std::env::args().any(|a| a == "--write-md");
+    };
     let window = env_u64("PITR_BENCH_IDLE_SECS", 300);
     let settle = env_u64("PITR_BENCH_SETTLE_SECS", 30);
 

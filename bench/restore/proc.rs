@@ -70,25 +70,8 @@ pub fn reap_all(within: Duration) -> anyhow::Result<Vec<i32>> {
 
 /// This process's live children, from `/proc/*/stat`.
 pub fn children() -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<i32>()
-                        .ok()
-                })
-                == Some(me)
-        })
+    crate::common::children_of(std::process::id())
+        .into_iter()
+        .filter_map(|p| i32::try_from(p).ok())
         .collect()
 }

@@ -510,14 +510,9 @@ async fn batched_puts_per_hour(
 }
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
-    // binary without it, and minutes of streaming have no place in a test run.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("s3: not run by `cargo bench`; skipping (run `cargo bench --bench s3`)");
+    let Some(write_md) = common::run_mode("s3") else {
         return Ok(());
-    }
-    let write_md = std::env::args().any(|a| a == "--write-md")
-        || std::env::var("PITR_BENCH_WRITE_MD").is_ok_and(|v| v == "1");
+    };
     let rounds = env_u64("PITR_BENCH_ROUNDS", 3) as usize;
     let idle_secs = env_u64("PITR_BENCH_IDLE_SECS", 300);
     let busy_secs = env_u64("PITR_BENCH_BUSY_SECS", 120);

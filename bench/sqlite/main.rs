@@ -68,14 +68,9 @@ fn writer_script() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
-    if !args.iter().any(|a| a == "--bench") {
-        eprintln!("sqlite: not run by `cargo bench`; skipping (run `cargo bench --bench sqlite`)");
+    let Some(write_md) = common::run_mode("sqlite") else {
         return ExitCode::SUCCESS;
-    }
-    let write_md = args.iter().any(|a| a == "--write-md")
-        || std::env::var("PITR_BENCH_WRITE_MD").is_ok_and(|v| v == "1");
+    };
     let parts = std::env::var("PITR_BENCH_PARTS").unwrap_or_else(|_| "latency,throughput".into());
     let result = (|| {
         for tool in ["python3", "sqlite3", "zstd", "age"] {

@@ -112,17 +112,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
-    // binary without it, and a benchmark has no place in a test run.
-    if !args.iter().any(|a| a == "--bench") {
-        eprintln!(
-            "wal_stream: not run by `cargo bench`; skipping (run `cargo bench --bench wal_stream`)"
-        );
+    let Some(write_md) = common::run_mode("wal_stream") else {
         return ExitCode::SUCCESS;
-    }
-    let write_md = args.iter().any(|a| a == "--write-md")
-        || std::env::var("PITR_BENCH_WRITE_MD").is_ok_and(|v| v == "1");
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
