@@ -245,18 +245,13 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         &rest,
         (load_before, load_after),
     );
-    println!("{md}");
-    if write_md {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-        common::write_section(
-            &path,
-            MD_BEGIN,
-            MD_END,
-            "## `basebackup`: a full and an incremental base backup",
-            &md,
-        )?;
-        eprintln!("basebackup: wrote {}", path.display());
-    }
+    common::report(
+        MD_BEGIN,
+        MD_END,
+        "## `basebackup`: a full and an incremental base backup",
+        &md,
+        write_md,
+    )?;
     Ok(())
 }
 

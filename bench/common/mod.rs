@@ -67,6 +67,24 @@ pub fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Prints a benchmark's results (`md`) and, with `write_md`, rewrites its
+/// section of BENCHMARKS.md (see [`write_section`]).
+pub fn report(
+    begin: &str,
+    end: &str,
+    heading: &str,
+    md: &str,
+    write_md: bool,
+) -> anyhow::Result<()> {
+    println!("{md}");
+    if write_md {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+        write_section(&path, begin, end, heading, md)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// MB as in MB/s and "under 128 MB": 10^6 bytes.
 pub const MB: f64 = 1e6;
 /// GB as in "CPU seconds per GB of WAL": 10^9 bytes.

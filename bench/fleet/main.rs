@@ -37,7 +37,7 @@ mod publishers;
 mod readers;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -694,18 +694,13 @@ async fn run(write_md: bool) -> anyhow::Result<bool> {
         busiest(&others1, &others2)
     );
     let _ = writeln!(md, "\nOverall: {}", if ok { "PASS" } else { "FAIL" });
-    println!("{md}");
-    if write_md {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-        common::write_section(
-            &path,
-            MD_BEGIN,
-            MD_END,
-            "## `fleet`: 1,000 instances publishing into one fleet database (issue 22)",
-            &md,
-        )?;
-        eprintln!("fleet: results written to {}", path.display());
-    }
+    common::report(
+        MD_BEGIN,
+        MD_END,
+        "## `fleet`: 1,000 instances publishing into one fleet database (issue 22)",
+        &md,
+        write_md,
+    )?;
     // For looking into a result by hand (EXPLAIN ANALYZE as the read role):
     // the cluster stays up this long before it is thrown away.
     let hold = std::env::var("PITR_BENCH_HOLD_SECS")

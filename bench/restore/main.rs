@@ -37,7 +37,7 @@
 //! `PITR_BENCH_REUSE=DIR/prepared.json` (skip setup and load, restore from a
 //! kept preparation: for profiling, not for the table).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -198,17 +198,12 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         [load_before, load_at_restores, load_after],
         &pgbackrest,
     );
-    println!("{md}");
-    if write_md {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-        common::write_section(
-            &path,
-            MD_BEGIN,
-            MD_END,
-            "## `restore`: point-in-time restore vs pgBackRest",
-            &md,
-        )?;
-        eprintln!("restore: wrote {}", path.display());
-    }
+    common::report(
+        MD_BEGIN,
+        MD_END,
+        "## `restore`: point-in-time restore vs pgBackRest",
+        &md,
+        write_md,
+    )?;
     runs::check_agreement(&results, &prepared)
 }

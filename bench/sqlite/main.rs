@@ -90,17 +90,13 @@ fn main() -> ExitCode {
         }
         if parts.contains(&"throughput") {
             let md = throughput::run()?;
-            println!("{md}");
-            if write_md {
-                let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-                common::write_section(
-                    &path,
-                    MD_TP_BEGIN,
-                    MD_TP_END,
-                    "### `sqlite`: the writer's throughput with and without the watcher",
-                    &md,
-                )?;
-            }
+            common::report(
+                MD_TP_BEGIN,
+                MD_TP_END,
+                "### `sqlite`: the writer's throughput with and without the watcher",
+                &md,
+                write_md,
+            )?;
         }
         Ok(())
     })();
@@ -619,16 +615,12 @@ fn run(write_md: bool) -> anyhow::Result<()> {
         if rss_ok { "met" } else { "NOT met" },
         big.rss_kb as f64 * 1024.0 / common::MB
     )?;
-    println!("{md}");
-    if write_md {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-        common::write_section(
-            &path,
-            MD_BEGIN,
-            MD_END,
-            "## `sqlite`: the SQLite watcher",
-            &md,
-        )?;
-    }
+    common::report(
+        MD_BEGIN,
+        MD_END,
+        "## `sqlite`: the SQLite watcher",
+        &md,
+        write_md,
+    )?;
     Ok(())
 }

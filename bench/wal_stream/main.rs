@@ -358,12 +358,7 @@ pub async fn run(write_md: bool) -> anyhow::Result<()> {
         );
     }
     let md = report_markdown(&bench, &runs, (load_before, load_after), &notes);
-    println!("{md}");
-    if write_md {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-        common::write_section(&path, MD_BEGIN, MD_END, "## `wal_stream` results", &md)?;
-        eprintln!("wal_stream: results written to {}", path.display());
-    }
+    common::report(MD_BEGIN, MD_END, "## `wal_stream` results", &md, write_md)?;
     eprintln!(
         "wal_stream: done in {:.0} s",
         started.elapsed().as_secs_f64()
