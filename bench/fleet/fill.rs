@@ -308,17 +308,8 @@ SET session_replication_role = DEFAULT;
         .await?
         .get(0);
     let mut tables = Vec::new();
-    for t in [
-        "instance_roles",
-        "instances",
-        "databases",
-        "backups",
-        "restore_windows",
-        "destinations",
-        "cids",
-        "test_restores",
-        "health_checks",
-    ] {
+    let published = pitr::fleet::rows::TABLES.map(|t| t.name);
+    for t in ["instance_roles", "instances"].into_iter().chain(published) {
         let row = admin
             .query_one(
                 &format!(

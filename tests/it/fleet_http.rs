@@ -116,15 +116,7 @@ fn rows_of(fleet: &PgCluster, instance: &str) -> String {
              FROM pitr_fleet.instances WHERE instance = '{instance}'"
         ),
     );
-    for t in [
-        "databases",
-        "backups",
-        "restore_windows",
-        "destinations",
-        "cids",
-        "test_restores",
-        "health_checks",
-    ] {
+    for t in pitr::fleet::rows::TABLES.map(|t| t.name) {
         let rows = fleet.psql_at(
             &fleet.conninfo("fleet"),
             &format!(
