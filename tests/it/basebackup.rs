@@ -50,38 +50,10 @@ async fn take(repo: &Repository, pg: &PgCluster) -> BackupRecord {
     record
 }
 
-fn run_tool(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
+use crate::support::pg::run_checked as run_tool;
 
 fn pgbench_init(pg: &PgCluster, scale: u32) {
-    run_tool(
-        Command::new(pg.bin("pgbench"))
-            .args(["-i", "-q", "-s", &scale.to_string()])
-            .args([
-                "-h",
-                pg.host(),
-                "-p",
-                &pg.port().to_string(),
-                "-U",
-                "postgres",
-            ])
-            .arg("postgres"),
-        "pgbench -i",
-    );
+    pg.pgbench(&["-i", "-q", "-s", &scale.to_string()]);
 }
 
 /// Restores `record` into `restored`'s data directory with the WAL from its
@@ -348,15 +320,7 @@ fn differing(repo: &Repository, a: &BackupRecord, b: &BackupRecord) -> Vec<Strin
 async fn pitr_backup_waits_for_the_wal_of_pitr_run() {
     let pg = PgCluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let identity = age::x25519::Identity::generate();
-    std::fs::write(
-        dir.path().join("identity.txt"),
-        format!(
-            "{}\n",
-            age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
-        ),
-    )
-    .expect("write identity");
+    let (identity, _) = crate::support::new_identity(dir.path());
     let config = dir.path().join("pitr.toml");
     std::fs::write(
         &config,
@@ -369,15 +333,7 @@ async fn pitr_backup_waits_for_the_wal_of_pitr_run() {
         ),
     )
     .expect("write config");
-    let pitr = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_pitr"))
-            .args(args)
-            .arg("-c")
-            .arg(&config)
-            .env_remove("PITR_CONFIG")
-            .output()
-            .expect("run pitr")
-    };
+    let pitr = |args: &[&str]| crate::support::pitr_with(&config, args);
     let out = pitr(&["init"]);
     assert!(out.status.success(), "{out:?}");
 

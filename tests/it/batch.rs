@@ -4,7 +4,6 @@
 //! batch shows in `/health`, and a restore from the batched destination
 //! alone (fresh state directory) is exact up to its last batch.
 
-use std::path::Path;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -15,15 +14,7 @@ use crate::support::pg::free_port;
 use crate::support::s3::S3Server;
 use crate::support::{between, eventually, with_log, write_row};
 
-fn pitr(config: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .env_remove("PITR_CONFIG")
-        .output()
-        .expect("run pitr")
-}
+use crate::support::pitr_with as pitr;
 
 /// `/health` as JSON, whatever its status (`None` while nothing listens).
 async fn health(port: u16) -> Option<serde_json::Value> {

@@ -37,22 +37,10 @@ fn cluster(major: u32, summaries: bool) -> PgCluster {
     })
 }
 
-fn run_tool(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert!(out.status.success(), "{what} failed: {}", text(&out));
-    text(&out)
-}
+use crate::support::pg::run_checked as run_tool;
 
 fn pgbench_init(pg: &PgCluster, scale: u32) {
-    run_tool(
-        Command::new(pg.bin("pgbench"))
-            .args(["-i", "-q", "-s", &scale.to_string()])
-            .args(["-h", pg.host(), "-p", &pg.port().to_string()])
-            .args(["-U", "postgres", "postgres"]),
-        "pgbench -i",
-    );
+    pg.pgbench(&["-i", "-q", "-s", &scale.to_string()]);
 }
 
 async fn take(repo: &Repository, pg: &PgCluster) -> BackupRecord {
@@ -262,25 +250,15 @@ fn pitr(config: &Path, pg: &PgCluster, args: &[&str]) -> Output {
         &std::env::var_os("PATH").unwrap_or_default(),
     )))
     .expect("PATH");
-    Command::new(env!("CARGO_BIN_EXE_pitr"))
-        .args(args)
+    crate::support::pitr_command(args)
         .arg("-c")
         .arg(config)
-        .env_remove("PITR_CONFIG")
         .env("PATH", path)
         .output()
         .expect("run pitr")
 }
 
-fn backup_id(out: &Output) -> String {
-    assert!(out.status.success(), "{}", text(out));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .skip_while(|w| *w != "backup")
-        .nth(1)
-        .expect("the backup id in pitr backup's output")
-        .to_owned()
-}
+use crate::support::backup_id;
 
 async fn a_chain_restores_exactly(major: u32) {
     let pg = cluster(major, true);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pitr::repo::{Chunking, RepoError, RepoOptions, Repository};
-use pitr::ship::fault::{FaultPlan, FaultyDestination};
+use pitr::ship::fault::FaultPlan;
 use pitr::ship::{Destination, Fanout, FsDestination};
 use proptest::prelude::*;
 
@@ -399,14 +399,7 @@ async fn an_uninitialized_destination_is_a_clear_error() {
 #[tokio::test]
 async fn a_failed_upload_commits_nothing_and_a_retry_stores_everything() {
     let t = TestRepo::new().await;
-    let faulty = Arc::new(FaultyDestination::new(FsDestination::new(
-        "local",
-        t.store(),
-    )));
-    let fanout = Fanout::new(vec![faulty.clone() as Arc<dyn Destination>]);
-    let repo = Repository::open(fanout, t.opts.clone())
-        .await
-        .expect("open");
+    let (repo, faulty) = t.open_faulty().await;
     let input = data(9, 300_000, 2);
     faulty.set_plan(FaultPlan {
         fail_puts: 1,

@@ -172,15 +172,7 @@ async fn a_restore_from_s3_alone_is_exact() {
     );
     let both = dir.path().join("both.toml");
     std::fs::write(&both, format!("{head}{fs}{s3}{pgs}")).expect("config");
-    let pitr = |config: &std::path::Path, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
-            .args(args)
-            .arg("-c")
-            .arg(config)
-            .env_remove("PITR_CONFIG")
-            .output()
-            .expect("run pitr")
-    };
+    let pitr = crate::support::pitr_with;
     let out = pitr(&both, &["init"]);
     assert!(out.status.success(), "{out:?}");
 
@@ -604,18 +596,8 @@ async fn stream_through_a_hung_s3(quorum: usize) -> (pitr::pg::Lsn, pitr::pg::Ls
         .await
         .expect("open");
     let pgbench = |args: &[&str]| {
-        let mut c = std::process::Command::new(pg.bin("pgbench"));
-        c.args(args)
-            .args([
-                "-h",
-                pg.host(),
-                "-p",
-                &pg.port().to_string(),
-                "-U",
-                "postgres",
-            ])
-            .arg("postgres")
-            .stdout(std::process::Stdio::null())
+        let mut c = pg.client("pgbench", args);
+        c.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         c
     };

@@ -138,24 +138,7 @@ impl Drop for Sidecar {
 }
 
 fn pgbench_init(pg: &PgCluster, scale: u32) {
-    let out = Command::new(pg.bin("pgbench"))
-        .args(["-i", "-q", "-s", &scale.to_string()])
-        .args([
-            "-h",
-            pg.host(),
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-        ])
-        .arg("postgres")
-        .output()
-        .expect("run pgbench");
-    assert!(
-        out.status.success(),
-        "pgbench -i: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg.pgbench(&["-i", "-q", "-s", &scale.to_string()]);
 }
 
 /// The server's flush position.

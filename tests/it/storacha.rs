@@ -448,15 +448,7 @@ async fn a_restore_from_storacha_alone_is_exact() {
     );
     let both = dir.path().join("both.toml");
     std::fs::write(&both, format!("{head}{fs}{st}{pgs}")).expect("config");
-    let pitr = |config: &std::path::Path, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
-            .args(args)
-            .arg("-c")
-            .arg(config)
-            .env_remove("PITR_CONFIG")
-            .output()
-            .expect("run pitr")
-    };
+    let pitr = crate::support::pitr_with;
     let show = |o: &std::process::Output| crate::support::text(o);
     let out = pitr(&both, &["init"]);
     assert!(out.status.success(), "{}", show(&out));

@@ -53,17 +53,7 @@ impl Env {
     }
 
     fn pitr(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PITR_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args(args)
-            .arg("-c")
-            .arg(&self.config)
-            .output()
-            .expect("run pitr")
+        crate::support::pitr_with(&self.config, args)
     }
 
     /// Run directories left in the scratch directory.
@@ -104,14 +94,7 @@ impl Env {
 /// `pitr backup` through the binary, restorable once the streamer stored
 /// its WAL; returns the backup id.
 fn backup(env: &Env) -> String {
-    let out = env.pitr(&["backup", "--wait-wal", "60"]);
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .skip_while(|w| *w != "backup")
-        .nth(1)
-        .expect("the backup id in pitr backup's output")
-        .to_owned()
+    crate::support::backup_id(&env.pitr(&["backup", "--wait-wal", "60"]))
 }
 
 #[tokio::test(flavor = "multi_thread")]

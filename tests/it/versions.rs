@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::support::PgCluster;
 use crate::support::Streamer;
-use crate::wal_decode::{Dumped, dumped_time, parse_dump_line, pg_waldump, pgbench};
+use crate::wal_decode::{Dumped, dumped_time, parse_dump_line, pg_waldump};
 use crate::wal_fetch::Setup;
 
 const SEG: u64 = 16 << 20;
@@ -94,19 +94,16 @@ async fn core_scenarios(major: u32) {
     )
     .await;
 
-    pgbench(&pg, &["-i", "-s", "2", "-q"]);
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
     // A count of transactions, not a duration: the same WAL on any machine.
-    pgbench(
-        &pg,
-        &[
-            "-t",
-            &(PGBENCH_TRANSACTIONS / 2).to_string(),
-            "-c",
-            "2",
-            "-j",
-            "1",
-        ],
-    );
+    pg.pgbench(&[
+        "-t",
+        &(PGBENCH_TRANSACTIONS / 2).to_string(),
+        "-c",
+        "2",
+        "-j",
+        "1",
+    ]);
 
     // A base backup in that major's syntax and stream framing; the stream
     // stores its WAL.

@@ -73,28 +73,6 @@ pub(crate) fn pg_waldump(pg: &PgCluster, dir: &Path, first: &str, last: &str) ->
         .expect("run pg_waldump")
 }
 
-pub(crate) fn pgbench(pg: &PgCluster, args: &[&str]) {
-    let out = Command::new(pg.bin("pgbench"))
-        .args([
-            "-h",
-            pg.host(),
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-        ])
-        .args(args)
-        .arg("postgres")
-        .output()
-        .expect("run pgbench");
-    assert!(
-        out.status.success(),
-        "pgbench {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Decodes `segments` (in order, read from `dir`) with one decoder.
 fn decode(
     dir: &Path,
@@ -113,8 +91,8 @@ fn decode(
 #[test]
 fn the_decoder_agrees_with_pg_waldump_on_a_pgbench_run() {
     let mut pg = PgCluster::start();
-    pgbench(&pg, &["-i", "-s", "5", "-q"]);
-    pgbench(&pg, &["-T", "5", "-c", "4", "-j", "2"]);
+    pg.pgbench(&["-i", "-s", "5", "-q"]);
+    pg.pgbench(&["-T", "5", "-c", "4", "-j", "2"]);
     pg.psql("SELECT pg_create_restore_point('golden')");
     pg.psql(
         "BEGIN; CREATE TABLE rolled_back (x int); INSERT INTO rolled_back VALUES (1); ROLLBACK;",

@@ -27,15 +27,7 @@ pub(crate) struct Setup {
 impl Setup {
     pub(crate) async fn new(conninfo: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
-        let identity = age::x25519::Identity::generate();
-        std::fs::write(
-            dir.path().join("identity.txt"),
-            format!(
-                "{}\n",
-                age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
-            ),
-        )
-        .expect("write identity");
+        let (identity, _) = crate::support::new_identity(dir.path());
         std::fs::write(
             dir.path().join("pitr.toml"),
             format!(

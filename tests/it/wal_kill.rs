@@ -177,19 +177,8 @@ async fn check_invariant(db: &tokio_postgres::Client, repo: &Repository) -> Lsn 
 }
 
 fn pgbench(pg: &PgCluster, args: &[&str]) -> Command {
-    let mut c = Command::new(pg.bin("pgbench"));
-    c.args([
-        "-h",
-        pg.host(),
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-    ])
-    .args(args)
-    .arg("postgres")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut c = pg.client("pgbench", args);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
     run_as_pg_user(&mut c);
     c
 }

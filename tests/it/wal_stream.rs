@@ -3,13 +3,11 @@
 //! (invariant 1), and a failing destination holding the slot back until it
 //! recovers, with no gap.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pitr::pg::{ConnInfo, Lsn, Segment};
 use pitr::repo::Repository;
-use pitr::ship::fault::{FaultPlan, FaultyDestination};
-use pitr::ship::{Destination, Fanout, FsDestination};
+use pitr::ship::fault::FaultPlan;
 use pitr::wal::{Progress, StreamOptions, WalStore, stream};
 use tokio::sync::{oneshot, watch};
 
@@ -205,14 +203,7 @@ async fn streamed_segments_are_byte_identical_and_never_acknowledged_early() {
 async fn a_failing_destination_holds_the_slot_back_and_streaming_catches_up() {
     let pg = PgCluster::start();
     let t = TestRepo::new().await;
-    let faulty = Arc::new(FaultyDestination::new(FsDestination::new(
-        "local",
-        t.store(),
-    )));
-    let fanout = Fanout::new(vec![faulty.clone() as Arc<dyn Destination>]);
-    let repo = Repository::open(fanout, t.opts.clone())
-        .await
-        .expect("open");
+    let (repo, faulty) = t.open_faulty().await;
     let store = WalStore::new(repo.clone(), "main");
     let db = pg.connect().await;
     db.batch_execute("CREATE TABLE t (id serial PRIMARY KEY, v text)")

@@ -82,16 +82,10 @@ struct Fill {
 impl Fill {
     fn new() -> Fill {
         let dir = tempfile::tempdir().expect("tempdir");
-        let identity = age::x25519::Identity::generate();
-        let recipient = identity.to_public().to_string();
-        std::fs::write(
-            dir.path().join("identity.txt"),
-            format!(
-                "{}\n",
-                age::secrecy::ExposeSecret::expose_secret(&identity.to_string())
-            ),
-        )
-        .expect("identity");
+        let recipient = crate::support::new_identity(dir.path())
+            .0
+            .to_public()
+            .to_string();
         std::fs::write(dir.path().join("repository.key"), "ab".repeat(32)).expect("key");
         Fill { dir, recipient }
     }

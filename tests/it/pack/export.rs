@@ -3,21 +3,12 @@
 //! holds exactly the rows the oracle says.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use crate::support::TestRepo;
 use crate::support::{PgCluster, text};
 use crate::support::{Streamer, between, write_row};
 
-fn pitr(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pitr"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .env_remove("PITR_CONFIG")
-        .output()
-        .expect("run pitr")
-}
+use crate::support::pitr_with as pitr;
 
 fn ok(config: &Path, args: &[&str]) -> String {
     let out = pitr(config, args);

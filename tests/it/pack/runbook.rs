@@ -52,6 +52,25 @@ fn step_name(command: &str) -> String {
     }
 }
 
+/// Runs `sql` with `psql` as the superuser on the cluster at
+/// `socket`/`port` (one the runbook started, not a test harness cluster).
+fn psql(socket: &Path, port: u16, sql: &str) -> std::process::Output {
+    run_as_pg_user(Command::new(pg_bin_dir().join("psql")).args([
+        "-h",
+        socket.to_str().expect("utf-8"),
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-Atc",
+        sql,
+    ]))
+    .output()
+    .expect("psql")
+}
+
 /// Waits (bounded) until the slot `pitr` is active on the cluster at
 /// `socket`/`port`.
 fn wait_for_active_slot(socket: &Path, port: u16) {
@@ -59,20 +78,11 @@ fn wait_for_active_slot(socket: &Path, port: u16) {
         "pitr run streams from the restored cluster",
         std::time::Duration::from_secs(60),
         || {
-            let out = run_as_pg_user(Command::new(pg_bin_dir().join("psql")).args([
-                "-h",
-                socket.to_str().expect("utf-8"),
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-Atc",
+            let out = psql(
+                socket,
+                port,
                 "SELECT active FROM pg_replication_slots WHERE slot_name = 'pitr'",
-            ]))
-            .output()
-            .expect("psql");
+            );
             if String::from_utf8_lossy(&out.stdout).trim() == "t" {
                 Ok(())
             } else {
@@ -217,20 +227,11 @@ async fn the_restore_runbook_works_as_written() {
     }
 
     // The cluster the runbook started holds exactly rows 1 to 4.
-    let out = run_as_pg_user(Command::new(pg_bin_dir().join("psql")).args([
-        "-h",
-        socket.to_str().expect("utf-8"),
-        "-p",
-        &port.to_string(),
-        "-U",
-        "postgres",
-        "-d",
-        "postgres",
-        "-Atc",
+    let out = psql(
+        &socket,
+        port,
         "SELECT string_agg(id::text, ',' ORDER BY id) FROM oracle",
-    ]))
-    .output()
-    .expect("psql");
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "1,2,3,4",

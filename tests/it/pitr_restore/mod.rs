@@ -13,7 +13,7 @@ mod targets;
 mod timeline;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -42,28 +42,14 @@ impl Env {
 
     /// Runs `pitr <args> -c <config>`.
     fn pitr(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_pitr"))
-            .args(args)
-            .arg("-c")
-            .arg(&self.config)
-            .env_remove("PITR_CONFIG")
-            .output()
-            .expect("run pitr")
+        crate::support::pitr_with(&self.config, args)
     }
 }
 
 /// Takes a base backup with `pitr backup` (the binary), restorable once the
 /// streamer has stored its WAL; returns its id.
 fn backup(env: &Env) -> String {
-    let out = env.pitr(&["backup", "--wait-wal", "60"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .split_whitespace()
-        .skip_while(|w| *w != "backup")
-        .nth(1)
-        .expect("the backup id in pitr backup's output")
-        .to_owned()
+    crate::support::backup_id(&env.pitr(&["backup", "--wait-wal", "60"]))
 }
 
 /// The oracle's table: one row per commit, stamped by the server.

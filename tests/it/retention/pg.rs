@@ -4,7 +4,7 @@
 //! garbage is collected, reusing chunks of forgotten backups.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -50,13 +50,7 @@ impl Env {
     }
 
     fn pitr(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_pitr"))
-            .args(args)
-            .arg("-c")
-            .arg(&self.config)
-            .env_remove("PITR_CONFIG")
-            .output()
-            .expect("run pitr")
+        crate::support::pitr_with(&self.config, args)
     }
 
     fn pitr_ok(&self, args: &[&str]) -> String {

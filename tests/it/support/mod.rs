@@ -27,7 +27,7 @@ pub use pg::{PgCluster, run_as_pg_user};
 pub use poll::{eventually, eventually_blocking, with_log};
 pub use repo::{TestRepo, data, first_pack, test_options};
 pub use s3::S3Server;
-pub use sidecar::{Sidecar, pitr};
+pub use sidecar::{Sidecar, backup_id, pitr, pitr_command, pitr_with};
 pub use smtp::SmtpServer;
 pub use stream::{Streamer, between, write_row};
 pub use webhook::WebhookReceiver;

@@ -179,7 +179,9 @@ pub fn run_as_pg_user(cmd: &mut Command) -> &mut Command {
 }
 
 /// Runs `cmd` and panics, showing its output, unless it succeeds.
-fn run_checked(cmd: &mut Command, what: &str) -> Output {
+/// Runs `cmd` to its end; fails the test, with its output, unless it
+/// succeeds.
+pub fn run_checked(cmd: &mut Command, what: &str) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot run {:?}: {e}", cmd.get_program()));
@@ -521,6 +523,26 @@ impl PgCluster {
             let _ = connection.await;
         });
         client
+    }
+
+    /// `tool` (a client binary of the cluster's major, e.g. `pgbench`) with
+    /// `args`, connecting as the superuser to database `postgres`.
+    pub fn client(&self, tool: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(self.bin(tool));
+        c.args(["-h", self.host(), "-p", &self.port.to_string()])
+            .args(["-U", SUPERUSER])
+            .args(args)
+            .arg("postgres");
+        c
+    }
+
+    /// Runs `pgbench` with `args` (e.g. `["-i", "-s", "2", "-q"]`) on
+    /// database `postgres`; fails the test unless it succeeds.
+    pub fn pgbench(&self, args: &[&str]) {
+        run_checked(
+            &mut self.client("pgbench", args),
+            &format!("pgbench {args:?}"),
+        );
     }
 
     /// Runs `sql` with `psql` as the superuser on database `postgres`;

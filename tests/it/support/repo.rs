@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pitr::repo::{RepoOptions, Repository};
+use pitr::ship::fault::FaultyDestination;
 use pitr::ship::{Destination, Fanout, FsDestination};
 
 /// A repository on an fs destination in a temp dir; `opts` holds its identity.
@@ -63,6 +64,20 @@ impl TestRepo {
         Repository::open(self.fanout(), self.opts.clone())
             .await
             .expect("open")
+    }
+
+    /// Opens the repository through a fault-injecting wrapper of its fs
+    /// destination; returns the wrapper too, to plan its failures.
+    pub async fn open_faulty(&self) -> (Repository, Arc<FaultyDestination<FsDestination>>) {
+        let faulty = Arc::new(FaultyDestination::new(FsDestination::new(
+            "local",
+            self.store(),
+        )));
+        let fanout = Fanout::new(vec![faulty.clone() as Arc<dyn Destination>]);
+        let repo = Repository::open(fanout, self.opts.clone())
+            .await
+            .expect("open");
+        (repo, faulty)
     }
 
     /// Writes `pitr.toml` (and the identity beside it) for the binary to

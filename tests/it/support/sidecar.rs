@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-/// Runs `pitr` with a clean `PITR_*` environment.
-pub fn pitr(args: &[&str]) -> Output {
+/// The `pitr` binary with `args`, its environment cleared of `PITR_*`
+/// variables (so no setting of the test's own environment leaks in).
+pub fn pitr_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
     cmd.args(args);
     for (k, _) in std::env::vars() {
@@ -14,7 +15,33 @@ pub fn pitr(args: &[&str]) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.output().expect("run pitr")
+    cmd
+}
+
+/// Runs `pitr` with a clean `PITR_*` environment.
+pub fn pitr(args: &[&str]) -> Output {
+    pitr_command(args).output().expect("run pitr")
+}
+
+/// Runs `pitr <args> -c <config>` with a clean `PITR_*` environment.
+pub fn pitr_with(config: &Path, args: &[&str]) -> Output {
+    pitr_command(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .expect("run pitr")
+}
+
+/// The id `pitr backup` printed (the word after `backup`); fails the test
+/// when the command failed.
+pub fn backup_id(out: &Output) -> String {
+    assert!(out.status.success(), "{}", super::text(out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "backup")
+        .nth(1)
+        .expect("the backup id in pitr backup's output")
+        .to_owned()
 }
 
 /// `pitr run` in the background; stopped with SIGTERM when dropped.
