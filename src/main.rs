@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let code = match &outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", pitr::sidecar::with_causes(err.as_ref()));
             ExitCode::from(exit_code(err))
         }
     };

@@ -206,7 +206,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             let loaded = match load(&config) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", pitr::sidecar::with_causes(e.as_ref()));
                     std::process::exit(EXIT_WAL_FETCH_FAILED.into());
                 }
             };
@@ -224,7 +224,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             if let Err(e) = &fetched
                 && exit_code(e) != EXIT_NOT_POSSIBLE
             {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", pitr::sidecar::with_causes(e.as_ref()));
                 std::process::exit(EXIT_WAL_FETCH_FAILED.into());
             }
             fetched

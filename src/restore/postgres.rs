@@ -524,7 +524,11 @@ async fn recover(
     let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
     let exe = if owner.is_some() && !others_can_run(&exe) {
         let copy = private_path.join("pitr");
-        std::fs::copy(&exe, &copy).map_err(io(&copy))?;
+        // From the running image, not its path: an upgrade that replaced
+        // the file since this process started leaves that path empty (or a
+        // different build), while /proc/self/exe still reads this one.
+        let running = Path::new("/proc/self/exe");
+        std::fs::copy(running, &copy).map_err(io(running))?;
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
             .map_err(io(&copy))?;
         copy

@@ -625,8 +625,10 @@ fn schedule_options(pg: &crate::config::PostgresConfig, conninfo: ConnInfo) -> S
 /// a failed part, so the root cause (a refused connection under a failed
 /// read of the catalog, say) is not lost on the way; and what an alert
 /// channel's failure says (reqwest's own message alone, "error sending
-/// request", does not say that the connection was refused).
-pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+/// request", does not say that the connection was refused). The CLI prints
+/// its errors this way too: a message that quotes its cause
+/// (`{path}: {source}`) is not followed by the same cause again.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -3,19 +3,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// Runs `pitr` with `args`, a clean `PITR_*` environment plus `env`.
 fn pitr(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pitr"));
-    cmd.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PITR_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("run pitr")
+    crate::support::pitr_command(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run pitr")
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -322,6 +317,24 @@ fn init_against_a_store_of_other_recipients_fails_clearly() {
     let err = text(&out).1;
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("recipients"), "{err}");
+}
+
+/// The CLI prints an error's causes once each: a message that already
+/// quotes its cause (`{path}: {source}`) is not followed by it again.
+#[test]
+fn an_error_names_its_cause_once() {
+    let s = Setup::new();
+    // The state directory's place is taken by a file.
+    std::fs::write(s.path("state"), "").expect("write");
+    let out = pitr(&["init", "-c", &s.config()], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    // The OS's own words ("File exists (os error 17)"), once.
+    assert_eq!(stderr.matches("(os error ").count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("state"),
+        "{stderr}"
+    );
 }
 
 #[test]

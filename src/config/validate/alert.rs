@@ -1,23 +1,17 @@
 //! `[[alert]]`: the channels and their keys.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use super::super::error::{ConfigError, Ctx, Entry, KeyName};
+use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawAlert, Section, Val};
 use super::super::secrets;
 use super::super::{AlertConfig, AlertKind};
-use super::values::{duration, entry_name, first_set};
+use super::values::{duration, each_entry, first_set};
 
 const ALERT_KINDS: &str = "slack, discord, webhook, email";
 
 pub(super) fn alerts(ctx: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<AlertConfig>, ConfigError> {
-    let section = Section::Alert;
-    let mut seen = HashMap::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, mut a) in raw.into_iter().enumerate() {
-        let (entry, name) = entry_name(ctx, section, i, a.name.take(), &mut seen)?;
-        let key = |k| KeyName::entry(section, &entry, k);
+    each_entry(ctx, Section::Alert, raw, |key, name, mut a| {
         let Some(kind) = a.kind.take() else {
             return Err(ctx.missing(
                 &key("kind"),
@@ -70,7 +64,7 @@ pub(super) fn alerts(ctx: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<AlertConfi
                     _ => AlertKind::Webhook { url: value },
                 }
             }
-            "email" => email(ctx, section, &entry, a)?,
+            "email" => email(ctx, key, a)?,
             other => {
                 return Err(ctx.invalid(
                     &key("kind"),
@@ -91,23 +85,20 @@ pub(super) fn alerts(ctx: &Ctx<'_>, raw: Vec<RawAlert>) -> Result<Vec<AlertConfi
                 "24h",
             )?),
         };
-        out.push(AlertConfig {
+        Ok(AlertConfig {
             name,
             kind,
             renotify,
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// A `kind = "email"` channel's keys.
 fn email(
     ctx: &Ctx<'_>,
-    section: Section,
-    entry: &Entry,
+    key: &dyn Fn(&str) -> KeyName,
     mut a: RawAlert,
 ) -> Result<AlertKind, ConfigError> {
-    let key = |k: &str| KeyName::entry(section, entry, k);
     let Some((smtp_url, u, smtp)) = secret_url(
         ctx,
         &key("smtp_url"),

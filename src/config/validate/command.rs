@@ -1,13 +1,12 @@
 //! `[[command]]`: snapshot sources whose standard output is stored.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawCommand, Section, Val};
 use super::super::secrets;
 use super::super::{CommandConfig, VERIFY_FILE_PLACEHOLDER};
-use super::values::{cron, duration, entry_name};
+use super::values::{cron, duration, each_entry};
 use crate::cron::CronSchedule;
 
 /// Default schedule: daily, before the seed's 03:00 base backup.
@@ -23,12 +22,7 @@ pub(super) fn commands(
     ctx: &Ctx<'_>,
     raw: Vec<RawCommand>,
 ) -> Result<Vec<CommandConfig>, ConfigError> {
-    let section = Section::Command;
-    let mut seen = HashMap::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, c) in raw.into_iter().enumerate() {
-        let (entry, name) = entry_name(ctx, section, i, c.name, &mut seen)?;
-        let key = |k| KeyName::entry(section, &entry, k);
+    each_entry(ctx, Section::Command, raw, |key, name, c| {
         let Some(run) = argv(ctx, &key("run"), c.run)? else {
             return Err(ctx.missing(
                 &key("run"),
@@ -72,7 +66,7 @@ pub(super) fn commands(
                 ));
             }
         };
-        out.push(CommandConfig {
+        Ok(CommandConfig {
             name,
             run,
             env,
@@ -81,9 +75,8 @@ pub(super) fn commands(
             user,
             verify,
             max_age,
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// An argument vector: `None` when unset; an empty list or an empty

@@ -1,13 +1,12 @@
 //! `[[destination]]`: the kinds and their keys.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use super::super::error::{ConfigError, Ctx, Entry, KeyName};
+use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawDestination, Section, Val};
 use super::super::secrets;
 use super::super::{DestinationConfig, DestinationKind, S3Config, StorachaConfig};
-use super::values::{duration, entry_name, first_set, http_url, humantime, path};
+use super::values::{duration, each_entry, first_set, http_url, humantime, path};
 
 /// `batch_interval`: `0` (every write, the default but for Storacha), or
 /// at least a second and at most a day.
@@ -32,13 +31,9 @@ pub(super) fn destinations(
             "Add one, e.g.\n[[destination]]\nname = \"local\"\nkind = \"fs\"\npath = \"/var/lib/pitr/repo\"",
         ));
     }
-    let mut seen = HashMap::new();
-    let mut out = Vec::with_capacity(raw.len());
     // Per destination: the key's origin and whether it was given at all.
     let mut batch_given = Vec::with_capacity(raw.len());
-    for (i, mut d) in raw.into_iter().enumerate() {
-        let (entry, name) = entry_name(ctx, section, i, d.name.take(), &mut seen)?;
-        let key = |k| KeyName::entry(section, &entry, k);
+    let mut out = each_entry(ctx, section, raw, |key, name, mut d| {
         let batch_interval = match d.batch_interval.take() {
             None => None,
             Some(v) => {
@@ -84,8 +79,8 @@ pub(super) fn destinations(
                     path: path(ctx, &key("path"), &p)?,
                 }
             }
-            "s3" => s3(ctx, section, &entry, d)?,
-            "storacha" => storacha(ctx, section, &entry, d)?,
+            "s3" => s3(ctx, key, d)?,
+            "storacha" => storacha(ctx, key, d)?,
             other => {
                 return Err(ctx.invalid(
                     &key("kind"),
@@ -97,14 +92,14 @@ pub(super) fn destinations(
         };
         let storacha = matches!(kind, DestinationKind::Storacha(_));
         batch_given.push((batch_interval.clone(), storacha));
-        out.push(DestinationConfig {
+        Ok(DestinationConfig {
             name,
             kind,
             batch_interval: batch_interval
                 .map(|(every, _, _)| every)
                 .filter(|e| !e.is_zero()),
-        });
-    }
+        })
+    })?;
     // Storacha is batched unless told otherwise, when some other destination
     // takes every write (a lone Storacha destination takes them itself).
     // Those that take every write by choice or by kind (not Storacha left
@@ -141,11 +136,9 @@ pub(super) fn destinations(
 /// A `kind = "s3"` destination's keys.
 fn s3(
     ctx: &Ctx<'_>,
-    section: Section,
-    entry: &Entry,
+    key: &dyn Fn(&str) -> KeyName,
     d: RawDestination,
 ) -> Result<DestinationKind, ConfigError> {
-    let key = |k: &str| KeyName::entry(section, entry, k);
     if let Some(k) = storacha_key_set(&d) {
         return Err(other_kinds_key(ctx, &key(k), "storacha", "s3"));
     }
@@ -272,11 +265,9 @@ fn request_timeout(
 /// A `kind = "storacha"` destination's keys.
 fn storacha(
     ctx: &Ctx<'_>,
-    section: Section,
-    entry: &Entry,
+    key: &dyn Fn(&str) -> KeyName,
     d: RawDestination,
 ) -> Result<DestinationKind, ConfigError> {
-    let key = |k: &str| KeyName::entry(section, entry, k);
     let other = first_set([("path", d.path.is_some())]).or_else(|| s3_key_set(&d));
     if let Some(k) = other {
         return Err(ctx.missing(

@@ -1,13 +1,12 @@
 //! `[[infisical]]`: an Infisical project's secrets as a snapshot source.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::super::InfisicalConfig;
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawInfisical, Section, Val};
 use super::super::secrets;
-use super::values::{cron, duration, entry_name, http_url};
+use super::values::{cron, duration, each_entry, http_url};
 use crate::cron::CronSchedule;
 
 /// Infisical Cloud's US region; the EU one and self-hosted instances are
@@ -27,12 +26,7 @@ pub(super) fn infisical(
     ctx: &Ctx<'_>,
     raw: Vec<RawInfisical>,
 ) -> Result<Vec<InfisicalConfig>, ConfigError> {
-    let section = Section::Infisical;
-    let mut seen = HashMap::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, e) in raw.into_iter().enumerate() {
-        let (entry, name) = entry_name(ctx, section, i, e.name, &mut seen)?;
-        let key = |k| KeyName::entry(section, &entry, k);
+    each_entry(ctx, Section::Infisical, raw, |key, name, e| {
         let site_url = http_url(
             ctx,
             &key("site_url"),
@@ -98,7 +92,7 @@ pub(super) fn infisical(
             None => None,
             Some(v) => Some(duration(ctx, &key("max_age"), &v, MAX_AGES, "3h")?),
         };
-        out.push(InfisicalConfig {
+        Ok(InfisicalConfig {
             name,
             site_url,
             project_id,
@@ -109,9 +103,8 @@ pub(super) fn infisical(
             schedule,
             timeout,
             max_age,
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// A required text key, trimmed and not empty.

@@ -1,12 +1,10 @@
 //! `[[postgres]]`.
 
-use std::collections::HashMap;
-
 use super::super::PostgresConfig;
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawPostgres, Section, Val};
 use super::super::secrets;
-use super::values::{GIB, boolean, cron, entry_name, int_in};
+use super::values::{GIB, boolean, cron, each_entry, int_in};
 use crate::cron::CronSchedule;
 use crate::pg::{Checkpoint, ManifestChecksums};
 
@@ -28,12 +26,7 @@ pub(super) fn postgres(
     ctx: &Ctx<'_>,
     raw: Vec<RawPostgres>,
 ) -> Result<Vec<PostgresConfig>, ConfigError> {
-    let section = Section::Postgres;
-    let mut seen = HashMap::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, p) in raw.into_iter().enumerate() {
-        let (entry, name) = entry_name(ctx, section, i, p.name, &mut seen)?;
-        let key = |k| KeyName::entry(section, &entry, k);
+    each_entry(ctx, Section::Postgres, raw, |key, name, p| {
         let conninfo = secrets::required_text(
             ctx,
             &key("conninfo"),
@@ -132,7 +125,7 @@ pub(super) fn postgres(
             p.allow_insecure_password,
             INSECURE_PASSWORD_FIX,
         )?;
-        out.push(PostgresConfig {
+        Ok(PostgresConfig {
             name,
             conninfo,
             slot,
@@ -143,9 +136,8 @@ pub(super) fn postgres(
             incremental_max_chain,
             manifest_checksums,
             allow_insecure_password,
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// `base_backup_wal_gb`: a positive number of GiB, fractions allowed, as

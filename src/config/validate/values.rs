@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::super::error::{ConfigError, Ctx, Entry, KeyName};
-use super::super::raw::{Section, Val};
+use super::super::raw::{Keys, Section, Slot, Val};
 use crate::cron::CronSchedule;
 
 pub(super) const MIB: u64 = 1024 * 1024;
@@ -108,10 +108,33 @@ pub(super) fn path(
     Ok(ctx.resolve(&v.value))
 }
 
+/// Validates the entries of a list section (`[[postgres]]`, `[[sqlite]]`,
+/// ...) in order: each one's name is checked first ([`entry_name`]), then
+/// `one` builds the entry from it, with `key` naming the entry's keys in
+/// errors. The first error ends the validation.
+pub(super) fn each_entry<R: Keys, T>(
+    ctx: &Ctx<'_>,
+    section: Section,
+    raw: Vec<R>,
+    mut one: impl FnMut(&dyn Fn(&str) -> KeyName, String, R) -> Result<T, ConfigError>,
+) -> Result<Vec<T>, ConfigError> {
+    let mut seen = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, mut r) in raw.into_iter().enumerate() {
+        let name = match r.slot("name") {
+            Some(Slot::Str(v)) => v.take(),
+            _ => None,
+        };
+        let (entry, name) = entry_name(ctx, section, i, name, &mut seen)?;
+        out.push(one(&|k| KeyName::entry(section, &entry, k), name, r)?);
+    }
+    Ok(out)
+}
+
 /// Checks entry `index`'s name: present, well-formed, and not taken by an
 /// earlier entry of the section (`seen`). Names end up in variable names,
 /// object names and messages, hence the small alphabet.
-pub(super) fn entry_name(
+fn entry_name(
     ctx: &Ctx<'_>,
     section: Section,
     index: usize,

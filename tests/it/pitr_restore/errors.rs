@@ -323,3 +323,48 @@ async fn an_interrupted_restore_stops_its_server_and_removes_the_target() {
         "no spool or temp files left beside it"
     );
 }
+
+/// A package upgrade may replace or remove the `pitr` binary while a
+/// restore runs. The restore_command recovery runs is a copy of the running
+/// image (not of the path it was started from, which would be gone), so the
+/// restore completes with every row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_completes_when_its_binary_is_removed_while_it_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    let pg = PgCluster::start();
+    let env = stored(&pg).await;
+    // Installed where only root may run it, so the restore must hand the
+    // PostgreSQL user a copy.
+    let bin_dir = tempfile::tempdir().expect("tempdir");
+    let exe = bin_dir.path().join("pitr");
+    std::fs::copy(env!("CARGO_BIN_EXE_pitr"), &exe).expect("copy the binary");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let mut restored = PgCluster::empty();
+    let data = restored.data_dir();
+    let child = Command::new(&exe)
+        .args([
+            "restore",
+            "--target",
+            data.to_str().expect("utf-8"),
+            "--latest",
+        ])
+        .arg("-c")
+        .arg(&env.config)
+        .env_remove("PITR_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pitr restore");
+    // `spawn` returns once the new process runs the file: removing it now
+    // is an upgrade that landed at the restore's very start.
+    std::fs::remove_file(&exe).expect("remove the binary");
+    let out = child.wait_with_output().expect("pitr restore");
+    assert!(out.status.success(), "{}", text(&out));
+    restored.start_filled("");
+    assert_eq!(
+        restored.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM oracle"),
+        "1,2,3,4,5,6"
+    );
+}
