@@ -308,6 +308,26 @@ fn as_user(c: &mut Command, name: &str, user: &str) -> Result<(), CommandError> 
     Ok(())
 }
 
+/// Values shorter than this are left in a stderr tail: a `1` or `on`
+/// replaced everywhere would garble the message and hide nothing.
+const REDACT_MIN: usize = 4;
+
+/// `stderr` with every value of the entry's `env` replaced by `[env NAME]`:
+/// the tail goes into the log, `/health` and the alerts, and a script that
+/// echoes its settings (`set -x`, a connection string in an error) must
+/// not carry the password there. Longest values first, so one that
+/// contains another is replaced whole.
+fn redact(stderr: &str, env: &[(String, String)]) -> String {
+    let mut secrets: Vec<&(String, String)> =
+        env.iter().filter(|(_, v)| v.len() >= REDACT_MIN).collect();
+    secrets.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    let mut out = stderr.to_owned();
+    for (name, value) in secrets {
+        out = out.replace(value.as_str(), &format!("[env {name}]"));
+    }
+    out
+}
+
 /// Reads `r` to its end, keeping only its last `max` bytes.
 async fn tail(mut r: impl AsyncRead + Unpin, max: usize) -> Vec<u8> {
     let mut kept: std::collections::VecDeque<u8> = std::collections::VecDeque::with_capacity(max);
@@ -340,7 +360,7 @@ async fn finish(
         kill_group(running.pgid);
     }
     let stderr_bytes = (&mut running.stderr).await.unwrap_or_default();
-    let stderr = String::from_utf8_lossy(&stderr_bytes).trim_end().to_owned();
+    let stderr = redact(String::from_utf8_lossy(&stderr_bytes).trim_end(), &cmd.env);
     let status = status.map_err(|source| CommandError::Wait {
         name: name.to_owned(),
         program: program.to_owned(),

@@ -250,9 +250,27 @@ async fn failing_commands_record_nothing_and_show_their_stderr() {
         ],
         "timeout = \"2s\"\n",
     ));
+    // A script that echoes its settings: the password stays out of the
+    // message (and so out of the log, /health and the alerts).
+    toml.push_str(&command_toml(
+        "echoes",
+        &[
+            "sh",
+            "-c",
+            "echo \"connecting as app:$DUMP_PASSWORD\" >&2; exit 2",
+        ],
+        "env = { DUMP_PASSWORD = \"hunter2-s3cret\" }\n",
+    ));
     let cfg = config_with(&repo, &toml);
     for (name, expect) in [
         ("exits", &["exited with status 1", "connection refused"][..]),
+        (
+            "echoes",
+            &[
+                "exited with status 2",
+                "connecting as app:[env DUMP_PASSWORD]",
+            ],
+        ),
         ("killed", &["killed by signal SIGKILL", "about to die"]),
         (
             "hangs",
@@ -269,6 +287,7 @@ async fn failing_commands_record_nothing_and_show_their_stderr() {
         for e in expect {
             assert!(err.contains(e), "{name}: {e:?} not in {err}");
         }
+        assert!(!err.contains("hunter2"), "{name}: {err}");
         assert!(listed(&cfg, name).is_empty(), "{name} recorded a snapshot");
         let restore = pitr(&[
             "restore",
