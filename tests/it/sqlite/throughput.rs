@@ -86,7 +86,9 @@ fn writer_is_not_stalled(mode: &str) {
         "30 s after the writer ended, the latest restore still lacks rows it committed:\n{log}"
     );
     eprintln!(
-        "{mode}: {committed} rows committed, {during} captures while writing; writer: {}",
+        "{mode}: {committed} rows committed, {during} captures while writing ({} rescans in \
+         all); writer: {}",
+        log.matches("reason=rescan").count(),
         stdout.trim().replace('\n', "; ")
     );
 }
