@@ -27,6 +27,9 @@ pub struct FaultPlan {
     /// Answer every get, ranged get and head this much later: a slow
     /// destination.
     pub read_delay: std::time::Duration,
+    /// Hold every put until this reads `true`: a destination that takes
+    /// writes only when the test says, to act while a store is under way.
+    pub hold_puts: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Wraps a destination and fails requests as its [`FaultPlan`] says.
@@ -120,6 +123,11 @@ impl<D: Destination> Destination for FaultyDestination<D> {
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, ShipError> {
         *lock(&self.puts_seen) += 1;
         self.take("put", key)?;
+        let gate = lock(&self.plan).hold_puts.clone();
+        if let Some(mut gate) = gate {
+            // A closed sender opens the gate: nothing is left to wait for.
+            let _ = gate.wait_for(|open| *open).await;
+        }
         self.inner.put_if_absent(key, data).await
     }
 

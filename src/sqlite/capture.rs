@@ -212,6 +212,13 @@ pub struct Capturer {
     rescan: Option<String>,
     /// The database file's size and mtime when the last capture began.
     db_sig: Option<(u64, (i64, i64))>,
+    /// The `db_sig` of a capture taken but not yet stored or discarded:
+    /// while it is stored, the WAL is still followed, and a new WAL's frames
+    /// are new against it (see `advance_wal`).
+    in_flight: Option<Option<(u64, (i64, i64))>>,
+    /// A new WAL was judged against the capture in flight: if that capture
+    /// is discarded, the judgement was against the wrong base.
+    new_wal_in_flight: bool,
     signals: Option<Signals>,
     stats: Arc<Stats>,
 }
@@ -238,6 +245,8 @@ impl Capturer {
             state: None,
             rescan: None,
             db_sig: None,
+            in_flight: None,
+            new_wal_in_flight: false,
             signals: None,
             stats,
         }
@@ -386,7 +395,8 @@ impl Capturer {
     /// what changed). Called often while a writer is busy, so that a WAL
     /// its checkpoints restart several times per interval is read before
     /// the restarts overwrite frames this watcher has not seen, which would
-    /// cost a rescan of every page.
+    /// cost a rescan of every page — also while a capture is being stored,
+    /// between [`Self::capture`] and [`Self::stored`] or [`Self::discard`].
     pub fn follow(&mut self) -> Result<(), CaptureError> {
         if self.wal_path.exists() || self.cursor.position().is_some() {
             if let Some(lost) = self.advance_wal()? {
@@ -402,6 +412,9 @@ impl Capturer {
     /// the capture is safe in the repository: a capture that fails to store
     /// is taken again, whole, next time.
     pub fn capture(&mut self, snapshot: bool) -> Result<Option<Spooled>, CaptureError> {
+        // A capture the caller neither stored nor discarded is not a base.
+        self.in_flight = None;
+        self.new_wal_in_flight = false;
         let m = self.stat()?;
         let inode = inode_of(&m);
         let mode = self.read_mode()?;
@@ -468,6 +481,7 @@ impl Capturer {
         };
         spooled.trim_to = trim_to;
         spooled.db_sig = db_sig;
+        self.in_flight = Some(db_sig);
         Ok(Some(spooled))
     }
 
@@ -485,13 +499,22 @@ impl Capturer {
             .map_err(Self::io_err(&self.wal_path))?;
         add(&self.stats.wal_bytes_read, adv.bytes_read);
         self.pending.extend(adv.frames);
-        if adv.first_look && self.state.is_some() {
+        // The capture the new frames build on: the one being stored, if
+        // any (it becomes the base once stored), else the last stored.
+        let base = match self.in_flight {
+            Some(sig) => Some(sig),
+            None => self.state.is_some().then_some(self.db_sig),
+        };
+        if adv.first_look
+            && let Some(base) = base
+        {
             // A WAL appeared since the last look (the last one was removed
             // when its writer closed). Its frames are all new unless a
             // checkpoint wrote some of them into the database meanwhile,
             // which changes the file.
+            self.new_wal_in_flight |= self.in_flight.is_some();
             let m = self.stat()?;
-            if Some((m.len(), (m.mtime(), m.mtime_nsec()))) != self.db_sig {
+            if Some((m.len(), (m.mtime(), m.mtime_nsec()))) != base {
                 return Ok(Some(
                     "a new WAL appeared and the database file changed since the last capture"
                         .into(),
@@ -577,19 +600,20 @@ impl Capturer {
             }
             (Some(state), Some(why)) => {
                 add(&self.stats.full_scans, 1);
-                let hashes = reader.hash_all(db_pages)?;
-                let changed: Vec<u32> = (1..=db_pages)
-                    .filter(|&p| state.hashes.get(p as usize - 1) != Some(&hashes[p as usize - 1]))
-                    .collect();
+                // One pass: every page hashed, the changed ones spooled as
+                // they are read.
+                let (changed, hashes) = reader.rescan(db_pages, state, spool)?;
                 let checksum = hashes.iter().fold(0, |a, h| a ^ h);
                 let reason = format!("rescan: {why}");
                 if changed.is_empty() && db_pages as usize == state.hashes.len() {
+                    let _ = std::fs::remove_file(spool);
                     return Ok(None);
                 }
                 if changed.len() as u64 * 2 > u64::from(db_pages) {
                     // Most pages changed: a snapshot costs as much and
-                    // shortens every later restore.
-                    let (hashes, checksum) = reader.snapshot(db_pages, spool)?;
+                    // shortens every later restore. Only the unchanged
+                    // pages are read again, in the same transaction.
+                    reader.fill_snapshot(db_pages, &changed, spool)?;
                     (
                         snapshot_header(page_size, db_pages),
                         Update::Full(hashes),
@@ -597,7 +621,6 @@ impl Capturer {
                         reason,
                     )
                 } else {
-                    reader.pages(&changed, spool)?;
                     let updates = changed
                         .iter()
                         .map(|&p| (p, hashes[p as usize - 1]))
@@ -685,6 +708,8 @@ impl Capturer {
         });
         self.trim(s.trim_to);
         self.db_sig = s.db_sig;
+        self.in_flight = None;
+        self.new_wal_in_flight = false;
         let _ = std::fs::remove_file(&s.pages_file);
     }
 
@@ -695,6 +720,14 @@ impl Capturer {
         if s.reason.starts_with("rescan: ") {
             self.rescan = Some(s.reason["rescan: ".len()..].to_owned());
         }
+        if std::mem::take(&mut self.new_wal_in_flight) && self.state.is_some() {
+            // Its frames were judged new against this capture, which is not
+            // the base after all: compare every page instead.
+            self.rescan.get_or_insert_with(|| {
+                "a new WAL appeared while a capture that failed to store was in flight".into()
+            });
+        }
+        self.in_flight = None;
         let _ = std::fs::remove_file(&s.pages_file);
     }
 
@@ -787,14 +820,83 @@ impl PageReader<'_> {
         Ok(())
     }
 
-    /// Every page's hash.
-    fn hash_all(&self, db_pages: u32) -> Result<Vec<u64>, CaptureError> {
+    /// Every page's hash, in one scan that spools the pages whose hash
+    /// differs from `state`'s as it goes; the changed page numbers.
+    fn rescan(
+        &self,
+        db_pages: u32,
+        state: &State,
+        spool: &Path,
+    ) -> Result<(Vec<u32>, Vec<u64>), CaptureError> {
+        let mut out = self.spool(spool)?;
         let mut hashes = Vec::with_capacity(db_pages as usize);
+        let mut changed = Vec::new();
         self.each_page(db_pages, |p, d| {
-            hashes.push(page_hash(p, d));
+            let h = page_hash(p, d);
+            hashes.push(h);
+            if state.hashes.get(p as usize - 1) != Some(&h) {
+                changed.push(p);
+                out.write_all(d).map_err(Capturer::io_err(spool))?;
+            }
             Ok(())
         })?;
-        Ok(hashes)
+        out.into_inner()
+            .map_err(|e| Capturer::io_err(spool)(e.into_error()))?;
+        Ok((changed, hashes))
+    }
+
+    /// Turns the spool of the `changed` pages (ascending, as [`Self::rescan`]
+    /// wrote it) into every page of a snapshot: the changed ones copied from
+    /// it, the others read again. A page in memory at a time.
+    fn fill_snapshot(
+        &self,
+        db_pages: u32,
+        changed: &[u32],
+        spool: &Path,
+    ) -> Result<(), CaptureError> {
+        use std::io::Read;
+        let mut diff_path = spool.as_os_str().to_owned();
+        diff_path.push(".changed");
+        let diff_path = PathBuf::from(diff_path);
+        std::fs::rename(spool, &diff_path).map_err(Capturer::io_err(spool))?;
+        let filled = (|| {
+            let mut diff = std::io::BufReader::with_capacity(
+                1 << 20,
+                File::open(&diff_path).map_err(Capturer::io_err(&diff_path))?,
+            );
+            let mut out = self.spool(spool)?;
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
+                .map_err(|e| self.err(e))?;
+            let mut buf = vec![0u8; self.page_size as usize];
+            let mut next = changed.iter().peekable();
+            for p in 1..=db_pages {
+                if next.next_if_eq(&&p).is_some() {
+                    buf.resize(self.page_size as usize, 0);
+                    diff.read_exact(&mut buf)
+                        .map_err(Capturer::io_err(&diff_path))?;
+                } else {
+                    self.read_page(&mut st, p, &mut buf)?;
+                    if buf.len() != self.page_size as usize {
+                        return Err(CaptureError::Unexpected {
+                            path: self.path.to_owned(),
+                            what: format!(
+                                "sqlite_dbpage returned {} bytes for page {p}, expected {}",
+                                buf.len(),
+                                self.page_size
+                            ),
+                        });
+                    }
+                }
+                out.write_all(&buf).map_err(Capturer::io_err(spool))?;
+            }
+            out.into_inner()
+                .map_err(|e| Capturer::io_err(spool)(e.into_error()))?;
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&diff_path);
+        filled
     }
 
     /// Every page into the spool; their hashes and the checksum.
@@ -825,11 +927,6 @@ impl PageReader<'_> {
         .map_err(|e| self.err(e))?;
         add(&self.stats.db_bytes_read, buf.len() as u64);
         Ok(())
-    }
-
-    /// The listed pages into the spool.
-    fn pages(&self, pages: &[u32], spool: &Path) -> Result<(), CaptureError> {
-        self.spool_pages(pages, spool, |_, _| true).map(drop)
     }
 
     /// Of `candidates`, the pages whose hash differs from `state`'s, spooled;

@@ -160,8 +160,11 @@ struct Scanned {
 
 /// Reads frames `from..` of the generation `h`, starting the checksum chain
 /// at `chain`, until the first frame that does not belong (other salts, a
-/// broken chain, end of file).
-fn scan(file: &File, h: &WalHeader, from: u32, chain: (u32, u32)) -> io::Result<Scanned> {
+/// broken chain, end of file) or the end of the file as it was `len` bytes
+/// long: a writer appending faster than this reads would otherwise keep it
+/// reading (and a capture's read transaction open) for as long as it
+/// writes. Frames past `len` are for the next look.
+fn scan(file: &File, h: &WalHeader, from: u32, chain: (u32, u32), len: u64) -> io::Result<Scanned> {
     let mut out = Scanned {
         frames: Vec::new(),
         committed: from - 1,
@@ -177,7 +180,9 @@ fn scan(file: &File, h: &WalHeader, from: u32, chain: (u32, u32)) -> io::Result<
     let mut buf = vec![0u8; fs * BATCH];
     let mut n = from;
     'read: loop {
-        let got = read_some(file, &mut buf, h.frame_offset(n))?;
+        let offset = h.frame_offset(n);
+        let want = len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let got = read_some(file, &mut buf[..want], offset)?;
         let frames = got / fs;
         if frames == 0 {
             break;
@@ -296,7 +301,8 @@ impl WalCursor {
         };
         match self.pos {
             Some(p) if p.header == header => {
-                let s = scan(file, &header, p.committed + 1, p.chain)?;
+                let len = file.metadata()?.len();
+                let s = scan(file, &header, p.committed + 1, p.chain, len)?;
                 adv.bytes_read += s.bytes_read;
                 adv.frames = s
                     .frames
@@ -323,14 +329,14 @@ impl WalCursor {
                         && header.salts.0 == p.header.salts.0.wrapping_add(1)
                         && header.page_size == p.header.page_size;
                     if one_restart {
-                        let tail = scan(file, &p.header, p.committed + 1, p.chain)?;
+                        let tail = scan(file, &p.header, p.committed + 1, p.chain, len_before)?;
                         adv.bytes_read += tail.bytes_read;
                         old_tail = Some((p, tail));
                     }
                 }
                 self.generations += 1;
                 let generation = self.generations;
-                let new = scan(file, &header, 1, header.checksum)?;
+                let new = scan(file, &header, 1, header.checksum, len_before)?;
                 adv.bytes_read += new.bytes_read;
                 match (old, old_tail) {
                     (None, _) => adv.first_look = new.committed > 0,

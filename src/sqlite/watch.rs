@@ -133,19 +133,10 @@ impl Watcher {
     /// Reads the WAL's newly committed frames (see [`Capturer::follow`]);
     /// a failure is left for the next step to meet and report.
     pub async fn follow_wal(&mut self) {
-        let Some(mut cap) = self.capturer.take() else {
+        let Some(cap) = self.capturer.take() else {
             return;
         };
-        let (cap, r) = tokio::task::spawn_blocking(move || {
-            let r = cap.follow();
-            (cap, r)
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        self.capturer = Some(cap);
-        if let Err(e) = r {
-            tracing::debug!(database = %self.opts.name, error = %e, "following the WAL");
-        }
+        self.capturer = Some(follow(cap, &self.opts.name).await);
     }
 
     /// Polls; when something may have changed (or `always`), captures and
@@ -156,7 +147,8 @@ impl Watcher {
             .capturer
             .take()
             .expect("capturer present between steps");
-        let (cap, taken) = tokio::task::spawn_blocking(move || {
+        let began = Instant::now();
+        let (mut cap, taken) = tokio::task::spawn_blocking(move || {
             let r = (|| {
                 let changed = cap.poll()?;
                 if !(changed || always || snapshot) {
@@ -168,11 +160,37 @@ impl Watcher {
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        self.capturer = Some(cap);
-        let Some(spooled) = taken? else {
-            return Ok(Step::Unchanged);
+        let spooled = match taken {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                self.capturer = Some(cap);
+                return Ok(Step::Unchanged);
+            }
+            Err(e) => {
+                self.capturer = Some(cap);
+                return Err(e.into());
+            }
         };
-        match self.store(&spooled).await {
+        let read = began.elapsed();
+        // The WAL is followed while the capture is stored: a busy writer's
+        // checkpoints restart it several times a second, and frames they
+        // overwrite before the watcher read them would make the next
+        // capture a rescan of every page — which takes longer to store, so
+        // that rescans would follow one another.
+        let name = self.opts.name.clone();
+        let stored = {
+            let store = self.store(&spooled);
+            let mut store = std::pin::pin!(store);
+            loop {
+                tokio::select! {
+                    r = &mut store => break r,
+                    _ = tokio::time::sleep(FOLLOW_STEP) => cap = follow(cap, &name).await,
+                }
+            }
+        };
+        let store_time = began.elapsed() - read;
+        self.capturer = Some(cap);
+        match stored {
             Ok((item, info_bytes)) => {
                 let snapshot = spooled.header.snapshot;
                 let pages = spooled.header.count();
@@ -185,7 +203,9 @@ impl Watcher {
                 }
                 tracing::info!(
                     database = %self.opts.name, item = %item, snapshot, pages,
-                    reason = %spooled.reason, at = %spooled.at, "stored an SQLite capture"
+                    reason = %spooled.reason, at = %spooled.at,
+                    read_ms = read.as_millis() as u64, store_ms = store_time.as_millis() as u64,
+                    "stored an SQLite capture"
                 );
                 cap.stored(spooled);
                 Ok(Step::Stored {
@@ -243,7 +263,24 @@ impl Watcher {
     }
 }
 
-/// How often the WAL is read while a capture waits for its interval: well
+/// Reads the WAL's newly committed frames into `cap` on the blocking pool
+/// (see [`Capturer::follow`]); a failure is left for the next step to meet
+/// and report.
+async fn follow(mut cap: Capturer, name: &str) -> Capturer {
+    let (cap, r) = tokio::task::spawn_blocking(move || {
+        let r = cap.follow();
+        (cap, r)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    if let Err(e) = r {
+        tracing::debug!(database = %name, error = %e, "following the WAL");
+    }
+    cap
+}
+
+/// How often the WAL is read while a capture waits for its interval or is
+/// being stored: well
 /// within the time a busy writer takes to fill and restart a WAL of
 /// SQLite's default 1000-page autocheckpoint (about 0.2 s at 5000 commits
 /// a second).

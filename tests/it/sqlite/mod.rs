@@ -5,6 +5,7 @@
 mod bad;
 mod big;
 mod oracle;
+mod rescan;
 mod throughput;
 
 use std::io::{BufRead, BufReader};
