@@ -5,23 +5,19 @@
 //! when the pack is sealed. One X25519 exchange per pack instead of one per
 //! chunk is what makes pitr faster than `zstd | age` (see BENCHMARKS.md).
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-
 use super::RepoError;
 use super::keys::{ChunkId, age_decrypt, age_encrypt, decode_wrapped_key};
+use super::xchacha::{NONCE_LEN, TAG_LEN, XChaCha};
 
 const MAGIC: &[u8; 8] = b"PITRDKEY";
 const VERSION: u8 = 1;
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
 
 /// The smallest possible chunk blob: a nonce and a tag around nothing.
 pub const BLOB_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 /// One pack's data key.
 pub struct DataKey {
-    cipher: XChaCha20Poly1305,
+    cipher: XChaCha,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -39,7 +35,7 @@ impl DataKey {
 
     pub(crate) fn from_bytes(bytes: &[u8; 32]) -> DataKey {
         DataKey {
-            cipher: XChaCha20Poly1305::new(bytes.into()),
+            cipher: XChaCha::new(bytes),
         }
     }
 
@@ -74,19 +70,9 @@ impl DataKey {
         compressed: &[u8],
         nonce: [u8; NONCE_LEN],
     ) -> Vec<u8> {
-        let ct = self
-            .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: compressed,
-                    aad: &id.0,
-                },
-            )
-            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        let mut out = Vec::with_capacity(BLOB_OVERHEAD + compressed.len());
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        self.cipher.seal_into(&nonce, &id.0, compressed, &mut out);
         out
     }
 
@@ -108,14 +94,9 @@ impl DataKey {
             });
         }
         let (nonce, ct) = blob.split_at(NONCE_LEN);
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
         self.cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: &id.0,
-                },
-            )
+            .open(nonce, &id.0, ct)
             .map_err(|_| RepoError::Tampered {
                 object: object.to_owned(),
                 what: format!(

@@ -23,6 +23,7 @@ mod scrub;
 pub(crate) mod seal;
 mod verify;
 mod writer;
+mod xchacha;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

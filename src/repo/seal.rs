@@ -1,16 +1,13 @@
 //! Sealed metadata: XChaCha20-Poly1305 under the metadata key, for objects the
 //! writer must read back (pack indexes, catalog commits). See docs/FORMAT.md.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-
 use super::RepoError;
 use super::keys::RepositoryKey;
+use super::xchacha::{NONCE_LEN, TAG_LEN, XChaCha};
 
 const MAGIC: &[u8; 8] = b"PITRSEAL";
 const VERSION: u8 = 1;
 const PREFIX_LEN: usize = 10;
-const NONCE_LEN: usize = 24;
 
 /// What a sealed blob holds; part of the authenticated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,21 +40,11 @@ pub(crate) fn seal_with_nonce(
     plain: &[u8],
     nonce: [u8; NONCE_LEN],
 ) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new(key.meta_key().into());
     let aad = aad(kind, bound_name);
-    let ct = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: plain,
-                aad: &aad,
-            },
-        )
-        .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
-    let mut out = Vec::with_capacity(PREFIX_LEN + NONCE_LEN + ct.len());
+    let mut out = Vec::with_capacity(PREFIX_LEN + NONCE_LEN + plain.len() + TAG_LEN);
     out.extend_from_slice(&aad[..PREFIX_LEN]);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    XChaCha::new(key.meta_key()).seal_into(&nonce, &aad, plain, &mut out);
     out
 }
 
@@ -69,7 +56,7 @@ pub fn open(
     bound_name: &str,
     sealed: &[u8],
 ) -> Result<Vec<u8>, RepoError> {
-    if sealed.len() < PREFIX_LEN + NONCE_LEN + 16 {
+    if sealed.len() < PREFIX_LEN + NONCE_LEN + TAG_LEN {
         return Err(RepoError::Truncated {
             object: object.to_owned(),
             what: format!("its sealed metadata is only {} bytes", sealed.len()),
@@ -97,15 +84,14 @@ pub fn open(
             ),
         });
     }
-    let cipher = XChaCha20Poly1305::new(key.meta_key().into());
-    let nonce = XNonce::from_slice(&sealed[PREFIX_LEN..PREFIX_LEN + NONCE_LEN]);
-    cipher
-        .decrypt(
+    let nonce: &[u8; NONCE_LEN] = sealed[PREFIX_LEN..PREFIX_LEN + NONCE_LEN]
+        .try_into()
+        .expect("a slice of NONCE_LEN");
+    XChaCha::new(key.meta_key())
+        .open(
             nonce,
-            Payload {
-                msg: &sealed[PREFIX_LEN + NONCE_LEN..],
-                aad: &aad(kind, bound_name),
-            },
+            &aad(kind, bound_name),
+            &sealed[PREFIX_LEN + NONCE_LEN..],
         )
         .map_err(|_| RepoError::MetadataAuth {
             object: object.to_owned(),
