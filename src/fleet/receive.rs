@@ -7,7 +7,9 @@
 //! refuse another instance's rows exactly as for a direct connection.
 //!
 //! - Tokens are kept as SHA-256 digests (`receive_tokens_file`: lines
-//!   `ROLE HEX`), compared without early exit.
+//!   `ROLE HEX`), compared without early exit. The file is read again
+//!   when it changes, so a token is added or revoked without a restart; a
+//!   file that no longer parses refuses every request until it is fixed.
 //! - Requests are hostile: the token is checked before the body is read,
 //!   bodies are read up to [`MAX_BODY`], at most [`CONCURRENCY`] requests
 //!   are served at once (each with one connection of a small pool), and a
@@ -15,7 +17,8 @@
 //! - Errors are JSON `{"error": "…"}`; SQLSTATE 42501 is 403.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,13 +137,67 @@ impl Tokens {
     }
 }
 
+/// The tokens file as the receiver serves it: read again when its inode,
+/// length or modification time changes (a rewrite, or a secret volume
+/// swapping its link). A file that no longer reads or parses refuses every
+/// request until it is fixed: keeping the old tokens would keep a token
+/// someone meant to revoke.
+struct TokensFile {
+    path: PathBuf,
+    /// The file's signature when last read, and what it held.
+    current: Mutex<(Option<FileSig>, Result<Tokens, String>)>,
+}
+
+/// Inode, length and modification time (ns) of a file.
+type FileSig = (u64, u64, i64, i64);
+
+fn file_sig(path: &Path) -> Option<FileSig> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+}
+
+impl TokensFile {
+    /// Reads `path`; it must parse now.
+    fn open(path: &Path) -> Result<TokensFile, ReceiveError> {
+        let sig = file_sig(path);
+        let tokens = Tokens::read(path)?;
+        Ok(TokensFile {
+            path: path.to_owned(),
+            current: Mutex::new((sig, Ok(tokens))),
+        })
+    }
+
+    /// The role `token` maps to in the file as it is now; `Err` says why
+    /// the file cannot be used.
+    fn role_of(&self, token: &str) -> Result<Option<Role>, String> {
+        let sig = file_sig(&self.path);
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if sig != current.0 {
+            current.1 = Tokens::read(&self.path).map_err(|e| e.to_string());
+            current.0 = sig;
+            match &current.1 {
+                Ok(_) => {
+                    tracing::info!(path = %self.path.display(), "re-read the fleet tokens file")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the fleet tokens file changed and cannot be used: every request is refused until it is fixed")
+                }
+            }
+        }
+        match &current.1 {
+            Ok(tokens) => Ok(tokens.role_of(token).cloned()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
 /// The receiver's shared state.
 #[derive(Clone)]
 struct Receiver(Arc<Inner>);
 
 struct Inner {
     fleet: FleetConfig,
-    tokens: Tokens,
+    tokens: TokensFile,
     /// Idle connections; at most [`CONCURRENCY`] exist, one per request.
     pool: Mutex<Vec<Session>>,
     turns: Semaphore,
@@ -160,7 +217,7 @@ pub async fn serve(
             message: "pitr fleet receive needs it: add receive_tokens_file = \"/etc/pitr/fleet-tokens\" to [fleet], a file of `ROLE SHA256-HEX` lines (docs/FLEET.md)".to_owned(),
         });
     };
-    let tokens = Tokens::read(&path)?;
+    let tokens = TokensFile::open(&path)?;
     let mut client = connect(&fleet).await?;
     schema::ensure(&mut client, false).await?;
     let addr = fleet.receive.listen;
@@ -204,8 +261,9 @@ async fn instance(
     headers: HeaderMap,
     query: Result<Query<InstanceQuery>, QueryRejection>,
 ) -> Response {
-    let Some(role) = r.authorize(&headers) else {
-        return unauthorized();
+    let role = match r.authorize(&headers) {
+        Ok(role) => role,
+        Err(answer) => return *answer,
     };
     let name = match query {
         Ok(Query(q)) if valid_instance(&q.name) => q.name,
@@ -240,8 +298,9 @@ struct InstanceQuery {
 
 /// `POST /v1/batches`: applies one batch as the token's role.
 async fn batches(State(r): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
-    let Some(role) = r.authorize(&headers) else {
-        return unauthorized();
+    let role = match r.authorize(&headers) {
+        Ok(role) => role,
+        Err(answer) => return *answer,
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -325,13 +384,24 @@ fn too_large() -> Response {
 }
 
 impl Receiver {
-    /// The role of the request's bearer token.
-    fn authorize(&self, headers: &HeaderMap) -> Option<Role> {
+    /// The role of the request's bearer token, or the answer: 401 for a
+    /// missing or unknown token, 503 while the tokens file is unusable.
+    fn authorize(&self, headers: &HeaderMap) -> Result<Role, Box<Response>> {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))?;
-        self.0.tokens.role_of(given.trim()).cloned()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Box::new(unauthorized()))?;
+        match self.0.tokens.role_of(given.trim()) {
+            Ok(Some(role)) => Ok(role),
+            Ok(None) => Err(Box::new(unauthorized())),
+            Err(e) => Err(Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the receiver's tokens file cannot be used ({e}); its operator must fix it"
+                ),
+            ))),
+        }
     }
 
     /// A turn among at most [`CONCURRENCY`] requests, or the 503 answer
@@ -423,6 +493,35 @@ mod tests {
             t.role_of(&sha("api-token")).is_none(),
             "the digest is no token"
         );
+    }
+
+    /// A token added or revoked in the file counts from the next request;
+    /// a file broken meanwhile refuses everyone until it is fixed.
+    #[test]
+    fn the_tokens_file_is_read_again_when_it_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, format!("pitr_api {}\n", sha("old"))).expect("write");
+        let file = TokensFile::open(&path).expect("open");
+        let role = |t: &str| file.role_of(t).map(|r| r.map(|r| r.name().to_owned()));
+        assert_eq!(role("old"), Ok(Some("pitr_api".to_owned())));
+        assert_eq!(role("new"), Ok(None));
+        // Rotated: the new token in, the old one out (a rename, as an
+        // editor or a secret volume does it).
+        let next = dir.path().join("tokens.next");
+        std::fs::write(&next, format!("pitr_api {}\n", sha("new"))).expect("write");
+        std::fs::rename(&next, &path).expect("rename");
+        assert_eq!(role("new"), Ok(Some("pitr_api".to_owned())));
+        assert_eq!(role("old"), Ok(None));
+        // Broken: nobody gets in, and the error names the line.
+        std::fs::write(&path, "pitr_api not-hex\n").expect("write");
+        let e = role("new").expect_err("a broken file refuses");
+        assert!(e.contains("line 1"), "{e}");
+        // Removed: the same.
+        std::fs::remove_file(&path).expect("remove");
+        assert!(role("new").is_err());
+        std::fs::write(&path, format!("pitr_api {}\n", sha("new"))).expect("write");
+        assert_eq!(role("new"), Ok(Some("pitr_api".to_owned())));
     }
 
     #[test]

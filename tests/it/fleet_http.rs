@@ -235,6 +235,27 @@ async fn a_sidecar_publishes_through_the_receiver_the_rows_a_direct_connection_w
             .is_some_and(|e| e.contains("bearer token")),
         "{body}"
     );
+    // The tokens file is read again when it changes: a revoked token is
+    // refused from the next request, a broken file refuses everyone (503,
+    // saying why), and the fixed file lets the token in again.
+    let tokens_text = std::fs::read_to_string(&tokens).expect("read tokens");
+    write(&tokens, &format!("pitr_p {}\n", sha(TOKEN_P)));
+    let (status, body) = call(rport, Some(TOKEN_H), "/v1/instance?name=http-side", None)
+        .await
+        .expect("answers");
+    assert_eq!(status, 401, "a revoked token: {body}");
+    write(&tokens, "pitr_h not-a-digest\n");
+    let (status, body) = call(rport, Some(TOKEN_H), "/v1/instance?name=http-side", None)
+        .await
+        .expect("answers");
+    assert_eq!(status, 503, "a broken tokens file: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("tokens file") && e.contains("line 1")),
+        "{body}"
+    );
+    write(&tokens, &tokens_text);
     let (status, body) = call(rport, Some(TOKEN_H), "/v1/instance?name=http-side", None)
         .await
         .expect("answers");
