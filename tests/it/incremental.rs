@@ -537,11 +537,14 @@ async fn a_chain_with_a_tablespace_restores_exactly_17() {
 /// for `--at` that includes all that came before.
 fn write_row_plain(pg: &PgCluster) -> jiff::Timestamp {
     pg.psql("CREATE TABLE IF NOT EXISTS marker (at timestamptz)");
-    let at = pg.psql("INSERT INTO marker VALUES (clock_timestamp()) RETURNING at");
-    let at = pitr::restore::parse_time(&at).expect("a timestamptz");
+    let (_, committed) = crate::support::committed_stamps(
+        pg,
+        "INSERT INTO marker VALUES (clock_timestamp()) RETURNING at",
+    );
     std::thread::sleep(Duration::from_millis(50));
     pg.psql("INSERT INTO marker VALUES (clock_timestamp())");
-    at.checked_add(jiff::SignedDuration::from_millis(20))
+    committed
+        .checked_add(jiff::SignedDuration::from_millis(20))
         .expect("a time")
 }
 

@@ -15,8 +15,8 @@ use pitr::repo::Repository;
 use pitr::retention::{self, RunOptions, Scope};
 use tokio::sync::watch;
 
-use crate::support::Streamer;
 use crate::support::{PgCluster, text};
+use crate::support::{Streamer, write_row};
 use crate::support::{TestRepo, data};
 
 struct Env {
@@ -101,13 +101,6 @@ impl Env {
             .collect();
         (restored, ids)
     }
-}
-
-fn write_row(pg: &PgCluster, id: u32) -> Timestamp {
-    let at = pg.psql(&format!(
-        "INSERT INTO oracle VALUES ({id}, clock_timestamp()) RETURNING at"
-    ));
-    pitr::restore::parse_time(&at).expect("a timestamptz")
 }
 
 /// A base backup through the API, restorable once the streamer stored its

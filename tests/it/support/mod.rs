@@ -29,7 +29,7 @@ pub use repo::{TestRepo, data, first_pack, test_options};
 pub use s3::S3Server;
 pub use sidecar::{Sidecar, backup_id, pitr, pitr_command, pitr_with};
 pub use smtp::SmtpServer;
-pub use stream::{Streamer, between, write_row};
+pub use stream::{Streamer, between, committed_stamps, write_row};
 pub use webhook::WebhookReceiver;
 
 /// A finished command's exit status, stdout and stderr, for assertion

@@ -405,6 +405,7 @@ impl PgCluster {
     /// A temp dir for a cluster of `major`, handed to the PostgreSQL user; no
     /// server yet.
     fn unstarted(major: u32) -> PgCluster {
+        remember_panics();
         let bin = pg_bin_dir_for(major);
         let dir = tempfile::Builder::new()
             .prefix("pitr-pg-")
@@ -554,13 +555,25 @@ impl PgCluster {
     /// Runs `sql` with `psql` on `conninfo` (a replication connection, another
     /// database); panics with psql's stderr on any error.
     pub fn psql_at(&self, conninfo: &str, sql: &str) -> String {
-        let out = run_checked(
-            run_as_pg_user(&mut Command::new(self.bin("psql")))
-                .current_dir(self.dir())
-                .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
-                .args(["-d", conninfo, "-c", sql]),
-            &format!("psql -c {sql:?}"),
-        );
+        self.psql_run(conninfo, &[sql])
+    }
+
+    /// Runs each of `sqls` with one `psql`, each as its own request (and so
+    /// its own transaction), and returns their output lines together.
+    pub fn psql_each(&self, sqls: &[&str]) -> String {
+        self.psql_run(&self.conninfo("postgres"), sqls)
+    }
+
+    fn psql_run(&self, conninfo: &str, sqls: &[&str]) -> String {
+        let mut cmd = Command::new(self.bin("psql"));
+        run_as_pg_user(&mut cmd)
+            .current_dir(self.dir())
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(["-d", conninfo]);
+        for sql in sqls {
+            cmd.args(["-c", sql]);
+        }
+        let out = run_checked(&mut cmd, &format!("psql -c {sqls:?}"));
         let mut stdout = String::from_utf8(out.stdout).expect("psql prints UTF-8");
         if stdout.ends_with('\n') {
             stdout.pop();
@@ -658,6 +671,11 @@ impl Drop for PgCluster {
                 self.dir().display(),
                 self.log_tail()
             );
+            // Again after the log: a CI page that keeps only the end of the
+            // output still shows why the test failed.
+            if let Some(why) = last_panic() {
+                eprintln!("(the test failed: {why})");
+            }
         }
         // Immediate: nothing of a throw-away cluster needs a checkpoint.
         // Errors are ignored: the server may never have started or be gone.
@@ -691,4 +709,37 @@ fn check_traversable(dir: &Path) {
             dir.display()
         );
     }
+}
+
+thread_local! {
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps each thread's last panic message (then prints it as before), so
+/// that a cluster dropped while the test unwinds can repeat it after its
+/// server log.
+fn remember_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(a panic without a message)".into());
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{message}{at}")));
+            previous(info);
+        }));
+    });
+}
+
+/// This thread's last panic message, if it panicked since the hook was set.
+fn last_panic() -> Option<String> {
+    LAST_PANIC.with(|p| p.borrow().clone())
 }

@@ -75,12 +75,42 @@ impl Streamer {
     }
 }
 
-/// Commits row `id` and returns its stamp.
+/// Commits row `id` and returns its stamp (`clock_timestamp()` inside the
+/// insert, before the commit).
+///
+/// Returns only once [`between`] this stamp and any later row's is past
+/// this row's commit: a commit waits for its WAL flush, which under a busy
+/// disk takes longer than starting the next `psql`, so the midpoint of two
+/// insert stamps alone could fall before the first commit and a restore to
+/// it would rightly leave that row out.
 pub fn write_row(pg: &PgCluster, id: u32) -> Timestamp {
-    let at = pg.psql(&format!(
-        "INSERT INTO oracle VALUES ({id}, clock_timestamp()) RETURNING at"
-    ));
-    pitr::restore::parse_time(&at).expect("a timestamptz")
+    let (at, committed) = committed_stamps(
+        pg,
+        &format!("INSERT INTO oracle VALUES ({id}, clock_timestamp()) RETURNING at"),
+    );
+    // The next stamp comes after now; the midpoint is past `committed`
+    // once now is at least `committed + (committed - at)`.
+    let ahead = committed.duration_since(at) + jiff::SignedDuration::from_millis(1);
+    let until = committed.checked_add(ahead).expect("a time");
+    let wait = until.duration_since(Timestamp::now());
+    if wait.is_positive() {
+        std::thread::sleep(wait.unsigned_abs());
+    }
+    at
+}
+
+/// Runs `sql` (which returns one `timestamptz`) in its own transaction and
+/// then reads the server's clock: the stamp `sql` returned, and a time at
+/// which its commit had certainly happened.
+pub fn committed_stamps(pg: &PgCluster, sql: &str) -> (Timestamp, Timestamp) {
+    let out = pg.psql_each(&[sql, "SELECT clock_timestamp()"]);
+    let mut lines = out
+        .lines()
+        .map(|l| pitr::restore::parse_time(l).expect("a timestamptz"));
+    match (lines.next(), lines.next(), lines.next()) {
+        (Some(at), Some(committed), None) => (at, committed),
+        _ => panic!("two stamps from psql, got {out:?}"),
+    }
 }
 
 /// The midpoint of two stamps.
