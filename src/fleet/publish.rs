@@ -78,6 +78,9 @@ pub struct PublishStatus {
     pub lag_seconds: f64,
     /// The last failure, until a publish succeeds.
     pub last_error: Option<String>,
+    /// Since when every publish has failed (the first failure after the
+    /// last success), until one succeeds.
+    pub failing_since: Option<Timestamp>,
     /// Failed attempts since start.
     pub failures: u64,
     /// Rows upserted since start.
@@ -134,6 +137,7 @@ pub async fn run(
         publisher.status.send_modify(|s| {
             s.failures += 1;
             s.last_error = Some(e.to_string());
+            s.failing_since.get_or_insert_with(Timestamp::now);
         });
         // The catalog moves on while the fleet is away: the lag shows it.
         let head = publisher.head().ok();
@@ -290,6 +294,7 @@ impl Publisher {
             s.last_publish = Some(Timestamp::now());
             s.published_seq = Some(head);
             s.last_error = None;
+            s.failing_since = None;
             s.rows_upserted += upserted as u64;
             s.rows_deleted += deleted as u64;
         });

@@ -26,7 +26,7 @@ use crate::pg::ConnInfo;
 use crate::repo::{RepoError, Repository};
 use crate::wal::{Link, Progress, StreamOptions};
 use health::server::Endpoint;
-use health::{Evaluator, PgSource, Report, Sources, SqliteSource};
+use health::{Check, Evaluator, PgSource, Report, Sources, SqliteSource};
 use jobs::{Jobs, PartError, Schedule};
 
 pub mod alert;
@@ -521,7 +521,16 @@ fn fleet_publisher(
         may_migrate: true,
     };
     let (tx, rx) = watch::channel(PublishStatus::default());
-    jobs.publish("fleet", rx);
+    jobs.publish("fleet", rx.clone());
+    let (down_max, instance) = (config.health.destination_down_max, fleet.instance.clone());
+    jobs.check(move || {
+        vec![fleet_check(
+            &rx.borrow(),
+            &instance,
+            down_max,
+            Timestamp::now(),
+        )]
+    });
     let repo = repo.clone();
     jobs.add(
         "fleet-publish",
@@ -530,6 +539,46 @@ fn fleet_publisher(
         false,
         move |stop| publish::run(repo.clone(), opts.clone(), tx.clone(), stop),
     );
+}
+
+/// The fleet publisher's check (`fleet/publish`): failing once every
+/// publish has failed for `down_max` (`[health] destination_down_max`, as
+/// for a destination: one failed attempt is retried, a long outage is
+/// not). Backups go on meanwhile; what goes stale is the fleet's view.
+fn fleet_check(
+    s: &crate::fleet::publish::PublishStatus,
+    instance: &str,
+    down_max: Duration,
+    now: Timestamp,
+) -> Check {
+    let id = "fleet/publish".to_owned();
+    let down_for = s
+        .failing_since
+        .and_then(|t| now.duration_since(t).try_into().ok())
+        .unwrap_or(Duration::ZERO);
+    match (&s.last_error, s.failing_since) {
+        (Some(e), Some(since)) if down_for >= down_max => Check::new(
+            id,
+            true,
+            format!(
+                "every publish to the fleet catalog has failed since {since} ({} s): {e}. \
+                 Backups go on, but the fleet shows {instance:?} as of {}; \
+                 check the fleet database (or receiver), its address and this instance's role \
+                 (docs/FLEET.md)",
+                down_for.as_secs(),
+                s.last_publish
+                    .map_or_else(|| "never published".to_owned(), |t| t.to_string())
+            ),
+        ),
+        _ => Check::new(
+            id,
+            false,
+            match s.last_publish {
+                Some(t) => format!("published to the fleet catalog as {instance:?}; last at {t}"),
+                None => format!("not yet published to the fleet catalog as {instance:?}"),
+            },
+        ),
+    }
 }
 
 /// The file `pitr run` keeps locked in the state directory, with its pid.
@@ -687,6 +736,56 @@ async fn evaluate_forever(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fleet_check_fails_only_after_the_outage_lasts_destination_down_max() {
+        use crate::fleet::publish::PublishStatus;
+        let t0: jiff::Timestamp = "2026-12-07T10:00:00Z".parse().expect("a time");
+        let at = |s: i64| t0 + jiff::SignedDuration::from_secs(s);
+        let max = std::time::Duration::from_secs(600);
+        let check = |s: &PublishStatus, now| super::fleet_check(s, "api-1", max, now);
+
+        let fresh = check(&PublishStatus::default(), t0);
+        assert!(!fresh.failing);
+        assert_eq!(fresh.id, "fleet/publish");
+        assert!(
+            fresh.summary.contains("not yet published"),
+            "{}",
+            fresh.summary
+        );
+
+        let down = PublishStatus {
+            last_publish: Some(t0),
+            last_error: Some("connection refused".into()),
+            failing_since: Some(at(30)),
+            ..PublishStatus::default()
+        };
+        // One failure, or an outage shorter than the threshold: retried.
+        assert!(!check(&down, at(31)).failing);
+        assert!(!check(&down, at(629)).failing);
+        let failing = check(&down, at(630));
+        assert!(failing.failing);
+        for part in [
+            "connection refused",
+            "\"api-1\"",
+            "as of 2026-12-07T10:00:00Z",
+            "600 s",
+        ] {
+            assert!(
+                failing.summary.contains(part),
+                "{part}: {}",
+                failing.summary
+            );
+        }
+        // A success clears it.
+        let back = PublishStatus {
+            last_publish: Some(at(700)),
+            ..PublishStatus::default()
+        };
+        let ok = check(&back, at(701));
+        assert!(!ok.failing);
+        assert!(ok.summary.contains("last at"), "{}", ok.summary);
+    }
+
     #[test]
     fn a_failed_part_shows_every_cause_once() {
         #[derive(Debug, thiserror::Error)]

@@ -547,7 +547,11 @@ async fn a_sidecar_migrates_at_start_when_its_role_may_and_says_what_to_run_when
         add_sqlite(&cfg, "app", &db, "");
         let port = crate::support::pg::free_port();
         let mut text = std::fs::read_to_string(&cfg).expect("read config");
-        text.push_str(&format!("\n[health]\nlisten = \"127.0.0.1:{port}\"\n"));
+        // A publisher failing for 10 s (the least allowed) is past its
+        // threshold.
+        text.push_str(&format!(
+            "\n[health]\nlisten = \"127.0.0.1:{port}\"\ndestination_down_max = 10\n"
+        ));
         text.push_str(&fleet_section(&fleet, role, instance, "{}"));
         std::fs::write(&cfg, text).expect("write config");
         (cfg, port)
@@ -576,12 +580,30 @@ async fn a_sidecar_migrates_at_start_when_its_role_may_and_says_what_to_run_when
     )
     .await;
     assert!(fleet_health["published_seq"].is_null(), "{fleet_health:#}");
+    // Past the threshold it is a problem: /health fails and alerts fire.
+    eventually(
+        "the fleet check fails once publishing has failed for 10 s",
+        Duration::from_secs(60),
+        async || {
+            let (status, body) = get(port, "/health").await.ok_or("no answer")?;
+            let h: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let listed = h["problems"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|c| c["id"] == "fleet/publish"));
+            if status == 503 && listed {
+                Ok(())
+            } else {
+                Err(format!("{status} {:#}", h["problems"]))
+            }
+        },
+    )
+    .await;
     let tables = "SELECT count(*) FROM pg_namespace WHERE nspname = 'pitr_fleet'";
     assert_eq!(fleet.psql_at(&fleet.conninfo("fleet"), tables), "0");
     sidecar.stop();
 
     // A role that may (here the cluster's owner) migrates and publishes.
-    let (cfg, _) = config_as("postgres", "owner");
+    let (cfg, port) = config_as("postgres", "owner");
     let sidecar = Sidecar::start(&cfg);
     let admin = reader_config(repo.dir.path(), "admin.toml", &fleet, "postgres");
     let admin_s = admin.to_str().expect("utf-8 path");
@@ -603,5 +625,23 @@ async fn a_sidecar_migrates_at_start_when_its_role_may_and_says_what_to_run_when
         ),
         "1"
     );
+    // Publishing, the fleet check passes.
+    eventually(
+        "the fleet check passes once publishing works",
+        Duration::from_secs(60),
+        async || {
+            let (_, body) = get(port, "/health").await.ok_or("no answer")?;
+            let h: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let listed = h["problems"]
+                .as_array()
+                .is_none_or(|p| p.iter().any(|c| c["id"] == "fleet/publish"));
+            if h["fleet"]["last_publish"].is_string() && !listed {
+                Ok(())
+            } else {
+                Err(format!("{h:#}"))
+            }
+        },
+    )
+    .await;
     sidecar.stop();
 }
