@@ -247,6 +247,10 @@ pub(crate) enum Command {
         /// With --restore: only this database (default: every one).
         #[command(flatten)]
         database: DatabaseArg,
+        /// With --restore: only this snapshot source (`[[command]]`,
+        /// `[[infisical]]`) by name.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["postgres", "sqlite"])]
+        snapshot: Option<String>,
     },
     /// Copy missing or damaged objects into each destination from one where
     /// they check out; then every destination holds every object.
@@ -258,6 +262,10 @@ pub(crate) enum Command {
         config: ConfigArg,
         #[command(flatten)]
         database: DatabaseArg,
+        /// Only this snapshot source (`[[command]]`, `[[infisical]]`) by
+        /// name.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["postgres", "sqlite"])]
+        snapshot: Option<String>,
         /// Print the plan only; change nothing.
         #[arg(long)]
         dry_run: bool,

@@ -43,17 +43,21 @@ pub(super) async fn repair(config: &Config) -> anyhow::Result<()> {
 pub(super) async fn retention(
     config: &Config,
     database: DatabaseArg,
+    snapshot: Option<String>,
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     use pitr::retention::{RetentionError, RunOptions, Scope};
-    let scope = match (database.postgres, database.sqlite) {
-        (Some(p), None) => Scope::Postgres(p),
-        (None, Some(s)) => Scope::Sqlite(s),
-        (None, None) => Scope::All,
-        (Some(_), Some(_)) => {
-            return Err(Exit::Usage("give --postgres or --sqlite, not both".into()).into());
-        }
+    // clap lets at most one of the three through.
+    let scope = match (database.postgres, database.sqlite, snapshot) {
+        (Some(p), _, _) => Scope::Postgres(p),
+        (_, Some(s), _) => Scope::Sqlite(s),
+        (_, _, Some(name)) => Scope::Snapshot(
+            super::snapshot::source_entry(config, &name)?
+                .name()
+                .to_owned(),
+        ),
+        (None, None, None) => Scope::All,
     };
     let repo = open_repo(config, CatalogSync::AsOpened).await?;
     let run = RunOptions {

@@ -58,20 +58,16 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
             config,
             restore,
             database,
+            snapshot,
         } => {
             let config = load(&config)?;
             if restore {
-                return verify::verify_restore(
-                    &config,
-                    database.postgres.as_deref(),
-                    database.sqlite.as_deref(),
-                )
-                .await;
+                return verify::verify_restore(&config, database, snapshot).await;
             }
-            if database.postgres.is_some() || database.sqlite.is_some() {
+            if database.postgres.is_some() || database.sqlite.is_some() || snapshot.is_some() {
                 return Err(Exit::Usage(
-                    "--postgres / --sqlite select a database for `pitr verify --restore`; \
-                     `pitr verify` alone checks every object of the repository"
+                    "--postgres / --sqlite / --snapshot select what `pitr verify --restore` \
+                     restores; `pitr verify` alone checks every object of the repository"
                         .to_owned(),
                 )
                 .into());
@@ -83,9 +79,10 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<()> {
         Command::Retention {
             config,
             database,
+            snapshot,
             dry_run,
             json,
-        } => maintenance::retention(&load(&config)?, database, dry_run, json).await,
+        } => maintenance::retention(&load(&config)?, database, snapshot, dry_run, json).await,
         Command::Run(c) => sidecar::run_sidecar(&load(&c)?).await,
         Command::Backup {
             config,

@@ -6,6 +6,7 @@ use pitr::config::Config;
 use pitr::repo::Repository;
 use pitr::verify::{Selection, VerifyError, VerifyReport};
 
+use super::args::DatabaseArg;
 use super::exit::Exit;
 use super::{CatalogSync, open_repo};
 
@@ -13,13 +14,19 @@ use super::{CatalogSync, open_repo};
 /// reports.
 pub(super) async fn verify_restore(
     config: &Config,
-    postgres: Option<&str>,
-    sqlite: Option<&str>,
+    database: DatabaseArg,
+    snapshot: Option<String>,
 ) -> anyhow::Result<()> {
-    let selection = match (postgres, sqlite) {
-        (Some(p), _) => Selection::Postgres(p.to_owned()),
-        (None, Some(s)) => Selection::Sqlite(s.to_owned()),
-        (None, None) => Selection::All,
+    // clap lets at most one of the three through.
+    let selection = match (database.postgres, database.sqlite, snapshot) {
+        (Some(p), _, _) => Selection::Postgres(p),
+        (_, Some(s), _) => Selection::Sqlite(s),
+        (_, _, Some(name)) => Selection::Snapshot(
+            super::snapshot::source_entry(config, &name)?
+                .name()
+                .to_owned(),
+        ),
+        (None, None, None) => Selection::All,
     };
     if config.repository.identity_file.is_none() {
         return Err(Exit::Usage(VerifyError::NoIdentity.to_string()).into());
@@ -35,7 +42,7 @@ pub(super) async fn verify_restore(
         })?;
     if run.reports.is_empty() {
         return Err(Exit::Usage(format!(
-            "{} has no [[postgres]] or [[sqlite]] entry to test-restore",
+            "{} has no [[postgres]], [[sqlite]], [[command]] or [[infisical]] entry to test-restore",
             config.path.display()
         ))
         .into());

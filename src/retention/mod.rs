@@ -56,10 +56,10 @@ pub enum RetentionError {
         /// What is wrong.
         what: String,
     },
-    /// `--postgres` / `--sqlite` named no configured database.
+    /// `--postgres` / `--sqlite` / `--snapshot` named no configured entry.
     #[error("no [[{kind}]] entry named {name:?} in the config")]
     UnknownDatabase {
-        /// `postgres` or `sqlite`.
+        /// The section: `postgres`, `sqlite`, or the snapshot sources'.
         kind: &'static str,
         /// The name given.
         name: String,
@@ -77,6 +77,8 @@ pub enum Scope {
     Postgres(String),
     /// One `[[sqlite]]` entry.
     Sqlite(String),
+    /// One snapshot source (`[[command]]`, `[[infisical]]`).
+    Snapshot(String),
 }
 
 /// A contiguous run of WAL files forgotten on one timeline.
@@ -191,12 +193,22 @@ pub async fn plan(
                 name: n.clone(),
             });
         }
+        Scope::Snapshot(n) if crate::snapshot::find(config, n).is_none() => {
+            return Err(RetentionError::UnknownDatabase {
+                kind: "command]] or [[infisical",
+                name: n.clone(),
+            });
+        }
         _ => {}
     }
+    let wanted = |kind: &str, name: &str| match &opts.scope {
+        Scope::All => true,
+        Scope::Postgres(n) => kind == "postgres" && n == name,
+        Scope::Sqlite(n) => kind == "sqlite" && n == name,
+        Scope::Snapshot(n) => kind == "snapshot" && n == name,
+    };
     for pg in &config.postgres {
-        if matches!(&opts.scope, Scope::Sqlite(_))
-            || matches!(&opts.scope, Scope::Postgres(n) if n != &pg.name)
-        {
+        if !wanted("postgres", &pg.name) {
             continue;
         }
         let (p, f) = plan_postgres(repo, &pg.name, &config.retention, opts)?;
@@ -204,23 +216,20 @@ pub async fn plan(
         forgotten.extend(f);
     }
     for sq in &config.sqlite {
-        if matches!(&opts.scope, Scope::Postgres(_))
-            || matches!(&opts.scope, Scope::Sqlite(n) if n != &sq.name)
-        {
+        if !wanted("sqlite", &sq.name) {
             continue;
         }
         let (p, f) = plan_sqlite(repo, &sq.name, &config.retention, opts.now)?;
         databases.push(p);
         forgotten.extend(f);
     }
-    // Snapshot sources: with every database only; `--postgres` /
-    // `--sqlite` name one database.
-    if opts.scope == Scope::All {
-        for source in crate::snapshot::sources(config) {
-            let (p, f) = plan_snapshots(repo, &source, &config.retention, opts.now)?;
-            databases.push(p);
-            forgotten.extend(f);
+    for source in crate::snapshot::sources(config) {
+        if !wanted("snapshot", source.name()) {
+            continue;
         }
+        let (p, f) = plan_snapshots(repo, &source, &config.retention, opts.now)?;
+        databases.push(p);
+        forgotten.extend(f);
     }
     let forget = group_forgets(forgotten);
     let gc = gc::plan(repo, &forget, opts.now, opts.grace).await?;

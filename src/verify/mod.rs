@@ -140,6 +140,8 @@ pub enum Selection {
     Postgres(String),
     /// One `[[sqlite]]` entry.
     Sqlite(String),
+    /// One snapshot source (`[[command]]`, `[[infisical]]`).
+    Snapshot(String),
     /// Every entry that has something to restore; the others are skipped
     /// and said in [`VerifyRun::skipped`]. The schedule uses it: a database
     /// with no base backup yet (a fresh deployment before its initial
@@ -169,7 +171,7 @@ pub enum VerifyError {
     UnknownDatabase {
         /// The config file.
         config: PathBuf,
-        /// `postgres` or `sqlite`.
+        /// The section: `postgres`, `sqlite`, or the snapshot sources'.
         kind: &'static str,
         /// The name given.
         name: String,
@@ -251,6 +253,14 @@ pub async fn run_now(
             }
             (vec![], vec![n.as_str()])
         }
+        Selection::Snapshot(n) => {
+            if crate::snapshot::find(config, n).is_none() {
+                let names: Vec<_> = crate::snapshot::sources(config).collect();
+                let known = names.iter().map(|s| s.name()).collect();
+                return Err(unknown("command]] or [[infisical", n, known));
+            }
+            (vec![], vec![])
+        }
     };
     let reader = reading_repo(config, repo).await?;
     // Another writer (the sidecar) may have stored backups since.
@@ -291,14 +301,12 @@ pub async fn run_now(
         conclude(&mut report, clock, result);
         finish(&reader, report, &mut run).await;
     }
-    // Snapshot sources with every database: there is no flag for one of
-    // them alone yet.
-    let sources: Vec<crate::snapshot::Source> =
-        if matches!(selection, Selection::All | Selection::Restorable) {
-            crate::snapshot::sources(config).collect()
-        } else {
-            Vec::new()
-        };
+    // Snapshot sources with every database, or the one named.
+    let sources: Vec<crate::snapshot::Source> = match selection {
+        Selection::All | Selection::Restorable => crate::snapshot::sources(config).collect(),
+        Selection::Snapshot(n) => crate::snapshot::find(config, n).into_iter().collect(),
+        Selection::Postgres(_) | Selection::Sqlite(_) => Vec::new(),
+    };
     for source in &sources {
         let name = source.name();
         if only_restorable && let Some(why) = snapshot::nothing_to_restore(&reader, name) {

@@ -547,7 +547,8 @@ async fn pitr_run_takes_snapshots_on_schedule_with_health_metrics_alerts_and_tes
 
 /// The `[retention]` policy applies per snapshot source: with `keep_last =
 /// 1` (and no daily, weekly or monthly keeps) `pitr retention` forgets all
-/// but the newest snapshot, which still restores.
+/// but the newest snapshot, which still restores. `--snapshot NAME` makes
+/// `pitr retention` and `pitr verify --restore` act on that source alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_the_policy_per_snapshot_source() {
     let repo = TestRepo::new().await;
@@ -566,9 +567,49 @@ async fn retention_keeps_the_policy_per_snapshot_source() {
         std::fs::write(&src, format!("version {i}\n")).expect("write");
         run_ok(&["backup", "-c", c, "--snapshot", "a"]);
     }
-    run_ok(&["backup", "-c", c, "--snapshot", "b"]);
+    for _ in 0..2 {
+        run_ok(&["backup", "-c", c, "--snapshot", "b"]);
+    }
     let before = listed(&cfg, "a");
     assert_eq!(before.len(), 3);
+    assert_eq!(listed(&cfg, "b").len(), 2);
+
+    // --snapshot NAME: that source alone, in retention and test restores.
+    let out = run_ok(&["retention", "-c", c, "--snapshot", "b"]);
+    assert_eq!(listed(&cfg, "b").len(), 1, "{}", text(&out));
+    assert_eq!(listed(&cfg, "a").len(), 3, "{}", text(&out));
+    let out = run_ok(&["verify", "-c", c, "--restore", "--snapshot", "a"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("Test restore of [[command]] \"a\": PASSED"),
+        "{said}"
+    );
+    assert!(!said.contains("\"b\""), "only a: {said}");
+    for args in [
+        &["retention", "-c", c, "--snapshot", "nope"][..],
+        &["verify", "-c", c, "--restore", "--snapshot", "nope"],
+    ] {
+        let out = pitr(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains(
+                "no [[command]] or [[infisical]] entry is named \"nope\" (configured: a, b)"
+            ),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let out = pitr(&["verify", "-c", c, "--snapshot", "a"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--snapshot select what"),
+        "{}",
+        text(&out)
+    );
+    let out = pitr(&["retention", "-c", c, "--snapshot", "a", "--sqlite", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("cannot be used with"), "{}", text(&out));
+
     let out = run_ok(&["retention", "-c", c]);
     let after = listed(&cfg, "a");
     assert_eq!(after.len(), 1, "{}", text(&out));
