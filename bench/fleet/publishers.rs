@@ -108,9 +108,11 @@ fn fleet_config(port: u16, i: u32) -> FleetConfig {
         publish_interval: Duration::from_secs(30),
         token: None,
         allow_insecure_http: false,
+        ca_file: None,
         receive: pitr::config::ReceiveConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9188)),
             tokens_file: None,
+            tls: None,
         },
     }
 }

@@ -23,10 +23,15 @@ pub(super) async fn run(command: FleetCommand) -> anyhow::Result<()> {
         }
         FleetCommand::Receive(c) => {
             let fleet = FleetConfig::load(&c.config)?;
+            let scheme = if fleet.receive.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let (addr, served) =
                 pitr::fleet::receive::serve(fleet, super::sidecar::stop_signal()?).await?;
-            tracing::info!(%addr, "the fleet receiver listens");
-            eprintln!("pitr fleet receive: listening on {addr}");
+            tracing::info!(%addr, scheme, "the fleet receiver listens");
+            eprintln!("pitr fleet receive: listening on {scheme}://{addr}");
             served.await?;
             Ok(())
         }

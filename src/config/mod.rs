@@ -639,8 +639,12 @@ pub struct FleetConfig {
     /// Send the token over plain http to a host that is not loopback
     /// (`allow_insecure_http`, default false).
     pub allow_insecure_http: bool,
+    /// A PEM file of the certificates that may sign the receiver's, trusted
+    /// besides the system's (`ca_file`, `kind = "http"` only): for a
+    /// receiver with its own CA.
+    pub ca_file: Option<PathBuf>,
     /// `pitr fleet receive`'s settings (`receive_listen`,
-    /// `receive_tokens_file`).
+    /// `receive_tokens_file`, `receive_tls_*`).
     pub receive: ReceiveConfig,
 }
 
@@ -653,6 +657,19 @@ pub struct ReceiveConfig {
     /// The file of `ROLE SHA256-HEX-OF-TOKEN` lines (`receive_tokens_file`);
     /// `pitr fleet receive` refuses to start without it.
     pub tokens_file: Option<PathBuf>,
+    /// Serve https with this certificate and key; `None`: plain http.
+    pub tls: Option<ReceiveTls>,
+}
+
+/// The receiver's own certificate (`receive_tls_cert_file`, its chain in
+/// PEM, leaf first) and private key (`receive_tls_key_file`, PEM), read
+/// when `pitr fleet receive` starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiveTls {
+    /// The certificate chain.
+    pub cert_file: PathBuf,
+    /// The private key.
+    pub key_file: PathBuf,
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -668,6 +685,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("publish_interval", &self.publish_interval)
             .field("token", &self.token.as_ref().map(|_| "(redacted)"))
             .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("ca_file", &self.ca_file)
             .field("receive", &self.receive)
             .finish()
     }

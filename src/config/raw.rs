@@ -413,8 +413,11 @@ section! {
         token_file: Str = r#"token_file = "/run/secrets/fleet-token""#,
         /// `true`/`false`, or their text from the environment.
         allow_insecure_http: Number = "allow_insecure_http = false",
+        ca_file: Str = r#"ca_file = "/etc/pitr/fleet-ca.pem""#,
         receive_listen: Str = r#"receive_listen = "127.0.0.1:9188""#,
         receive_tokens_file: Str = r#"receive_tokens_file = "/etc/pitr/fleet-tokens""#,
+        receive_tls_cert_file: Str = r#"receive_tls_cert_file = "/etc/pitr/receiver.crt""#,
+        receive_tls_key_file: Str = r#"receive_tls_key_file = "/etc/pitr/receiver.key""#,
     }
 }
 

@@ -53,19 +53,48 @@ pub struct Sender {
     token: String,
 }
 
+/// The certificates of `[fleet] ca_file` (PEM), read with a bound: a
+/// file of certificates is small.
+fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    use std::io::Read;
+    const MAX: u64 = 1 << 20;
+    let what = |e: &dyn std::fmt::Display| format!("[fleet] ca_file {}: {e}", path.display());
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX + 1).read_to_end(&mut pem))
+        .map_err(|e| what(&e))?;
+    if pem.len() as u64 > MAX {
+        return Err(what(&"is over 1 MiB: give a PEM file of CA certificates"));
+    }
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(what(
+            &"holds no certificate: give the PEM file of the CA that signed the receiver's certificate",
+        )),
+        Err(e) => Err(what(&e)),
+    }
+}
+
 impl Sender {
     /// A client of `cfg`'s receiver (`kind = "http"`).
     pub fn new(cfg: &FleetConfig) -> Result<Sender, FleetError> {
-        let http = reqwest::Client::builder()
+        let fail = |message: String| FleetError::Http {
+            url: cfg.url.clone(),
+            message,
+        };
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("pitr/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("pitr/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &cfg.ca_file {
+            for cert in ca_certificates(path).map_err(fail)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
-            .map_err(|e| FleetError::Http {
-                url: cfg.url.clone(),
-                message: format!("cannot build an HTTP client: {e}"),
-            })?;
+            .map_err(|e| fail(format!("cannot build an HTTP client: {e}")))?;
         Ok(Sender {
             http,
             url: cfg.url.trim_end_matches('/').to_owned(),

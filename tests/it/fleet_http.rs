@@ -460,3 +460,153 @@ async fn a_sidecar_publishes_through_the_receiver_the_rows_a_direct_connection_w
     assert_eq!(over_http, rows_of(&fleet, "pg-side"));
     receiver.stop();
 }
+
+/// A receiver with its own certificate (`receive_tls_cert_file`,
+/// `receive_tls_key_file`, made by the openssl CLI) serves https only: a
+/// sidecar that does not trust its CA is refused by the handshake and
+/// says so in its log, one given the CA (`ca_file`) publishes through it,
+/// and a plain http request gets no HTTP answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_with_its_own_certificate_serves_https_to_sidecars_that_trust_its_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = fleet_database(
+        dir.path(),
+        "CREATE ROLE pitr_h LOGIN IN ROLE pitr_fleet_writer; \
+         CREATE ROLE fleet_receiver LOGIN IN ROLE pitr_fleet_reader; \
+         GRANT pitr_h TO fleet_receiver; \
+         CREATE ROLE fleet_reader LOGIN IN ROLE pitr_fleet_reader; \
+         INSERT INTO pitr_fleet.instance_roles VALUES ('pitr_h', 'https-side')",
+    );
+    let reader = reader_config(dir.path(), "reader.toml", &fleet, "fleet_reader");
+    let reader_s = reader.to_str().expect("utf-8 path");
+    // The CA and the receiver's certificate (for `localhost`), in a
+    // directory the openssl CLI may write as the PostgreSQL user.
+    let certs = fleet.dir().join("certs");
+    let made = crate::support::run_as_pg_user(&mut std::process::Command::new("mkdir"))
+        .arg(&certs)
+        .status()
+        .expect("mkdir");
+    assert!(made.success(), "mkdir {}", certs.display());
+    crate::support::tls::make_ca(&certs, "ca");
+    crate::support::tls::make_server_cert(&certs);
+
+    let tokens = dir.path().join("fleet-tokens");
+    write(
+        &tokens,
+        &format!(
+            "pitr_h {}\n",
+            hex::encode(Sha256::digest(TOKEN_H.as_bytes()))
+        ),
+    );
+    let rport = free_port();
+    let receiver_cfg = dir.path().join("receiver.toml");
+    write(
+        &receiver_cfg,
+        &format!(
+            "[fleet]\nurl = \"host={} port={} user=fleet_receiver dbname=fleet\"\n\
+             receive_listen = \"127.0.0.1:{rport}\"\nreceive_tokens_file = \"{}\"\n\
+             receive_tls_cert_file = \"{}\"\nreceive_tls_key_file = \"{}\"\n",
+            fleet.host(),
+            fleet.port(),
+            tokens.display(),
+            certs.join("server.crt").display(),
+            certs.join("server.key").display(),
+        ),
+    );
+    let receiver = Sidecar::start_with(&["fleet", "receive"], &receiver_cfg);
+    let ca = std::fs::read(certs.join("ca.crt")).expect("read the CA");
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("a PEM certificate"))
+        .build()
+        .expect("client");
+    let url = format!("https://localhost:{rport}/v1/instance?name=https-side");
+    let status = eventually(
+        "the receiver answers over https",
+        Duration::from_secs(60),
+        async || {
+            let r = trusting
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}\n{}", receiver.log_text()))?;
+            Ok::<_, String>(r.status().as_u16())
+        },
+    )
+    .await;
+    assert_eq!(status, 401, "no token");
+    assert!(
+        receiver
+            .log_text()
+            .contains("listening on https://127.0.0.1:"),
+        "{}",
+        receiver.log_text()
+    );
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{rport}/v1/instance?name=https-side"
+        ))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain http got an answer: {plain:?}");
+
+    // A sidecar (an SQLite source) pointed at the receiver.
+    let token_file = dir.path().join("token");
+    write(&token_file, &format!("{TOKEN_H}\n"));
+    let repo = TestRepo::new().await;
+    let db = repo.dir.path().join("app.db");
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)"))
+        .expect("write the SQLite file");
+    let config_with = |extra: &str| {
+        let cfg = repo.write_config(&[]);
+        crate::sqlite::add_sqlite(&cfg, "app", &db, "");
+        let mut text = std::fs::read_to_string(&cfg).expect("read config");
+        text.push_str(&format!(
+            "\n[fleet]\nkind = \"http\"\nurl = \"https://localhost:{rport}\"\n\
+             token_file = \"{}\"\ninstance = \"https-side\"\npublish_interval = \"1s\"\n{extra}",
+            token_file.display()
+        ));
+        write(&cfg, &text);
+        cfg
+    };
+
+    // Without the CA: the handshake fails, and the log says why.
+    let sidecar = Sidecar::start(&config_with(""));
+    eventually(
+        "the sidecar refuses the receiver's certificate",
+        Duration::from_secs(60),
+        async || {
+            let log = sidecar.log_text();
+            if log.contains("fleet publish failed") && log.contains("certificate") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
+    sidecar.stop();
+    let listed = json_of(&["fleet", "list", "--json", "-c", reader_s]).expect("fleet list");
+    assert!(
+        entry(&listed, "https-side", "app").is_none(),
+        "published without trusting the receiver: {listed:#}"
+    );
+
+    // With the CA: it publishes.
+    let ca_file = format!("ca_file = \"{}\"\n", certs.join("ca.crt").display());
+    let sidecar = Sidecar::start(&config_with(&ca_file));
+    eventually(
+        "the sidecar publishes over https",
+        Duration::from_secs(60),
+        async || {
+            let list = json_of(&["fleet", "list", "--json", "-c", reader_s])?;
+            entry(&list, "https-side", "app")
+                .map(|_| ())
+                .ok_or_else(|| format!("{list:#}\n{}", sidecar.log_text()))
+        },
+    )
+    .await;
+    sidecar.stop();
+}

@@ -141,6 +141,28 @@ fn the_http_transport_takes_a_receiver_url_and_a_token() {
         f.receive.tokens_file.as_deref(),
         Some(std::path::Path::new("/etc/pitr/tokens"))
     );
+    assert_eq!(
+        f.receive.tls, None,
+        "plain http unless both TLS files are set"
+    );
+    assert_eq!(f.ca_file, None);
+    let f = load(
+        &format!("{text}ca_file = \"/etc/pitr/ca.pem\"\n"),
+        &[
+            ("PITR_FLEET_RECEIVE_TLS_CERT_FILE", "/etc/pitr/r.crt"),
+            ("PITR_FLEET_RECEIVE_TLS_KEY_FILE", "/etc/pitr/r.key"),
+        ],
+    )
+    .expect("loads")
+    .fleet
+    .expect("a fleet");
+    let tls = f.receive.tls.expect("both TLS files");
+    assert_eq!(tls.cert_file, std::path::Path::new("/etc/pitr/r.crt"));
+    assert_eq!(tls.key_file, std::path::Path::new("/etc/pitr/r.key"));
+    assert_eq!(
+        f.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/pitr/ca.pem"))
+    );
 }
 
 #[test]
@@ -174,6 +196,26 @@ fn each_transport_refuses_the_others_keys() {
         (
             "[fleet]\nurl = \"host=a\"\nreceive_listen = \"receiver:80\"\n",
             &["[fleet] receive_listen", "IP and port"],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\nca_file = \"/etc/ca.pem\"\n",
+            &[
+                "[fleet] ca_file",
+                "does not apply to kind = \"postgres\"",
+                "sslrootcert",
+            ],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\nreceive_tls_cert_file = \"/etc/r.crt\"\n",
+            &[
+                "[fleet] receive_tls_cert_file",
+                "is given alone",
+                "receive_tls_key_file",
+            ],
+        ),
+        (
+            "[fleet]\nurl = \"host=a\"\nreceive_tls_key_file = \"/etc/r.key\"\n",
+            &["[fleet] receive_tls_key_file", "is given alone"],
         ),
     ] {
         refused_with(&format!("{base}\n{section}"), parts);

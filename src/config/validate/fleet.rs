@@ -7,7 +7,7 @@ use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::Val;
 use super::super::raw::{RawFleet, Section};
 use super::super::secrets;
-use super::super::{FleetConfig, FleetKind, ReceiveConfig};
+use super::super::{FleetConfig, FleetKind, ReceiveConfig, ReceiveTls};
 use super::postgres::INSECURE_PASSWORD_FIX;
 use super::values::{boolean, duration, path};
 
@@ -101,7 +101,20 @@ pub(super) fn fleet(ctx: &Ctx<'_>, mut f: RawFleet) -> Result<FleetConfig, Confi
             .receive_tokens_file
             .map(|v| path(ctx, &key("receive_tokens_file"), &v))
             .transpose()?,
+        tls: match (f.receive_tls_cert_file, f.receive_tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(k)) => Some(ReceiveTls {
+                cert_file: path(ctx, &key("receive_tls_cert_file"), &cert)?,
+                key_file: path(ctx, &key("receive_tls_key_file"), &k)?,
+            }),
+            (Some(v), None) => return Err(half_tls(ctx, "receive_tls_cert_file", &v)),
+            (None, Some(v)) => return Err(half_tls(ctx, "receive_tls_key_file", &v)),
+        },
     };
+    let ca_file = f
+        .ca_file
+        .map(|v| path(ctx, &key("ca_file"), &v))
+        .transpose()?;
     let allow_insecure_password = boolean(
         ctx,
         &key("allow_insecure_password"),
@@ -178,8 +191,20 @@ pub(super) fn fleet(ctx: &Ctx<'_>, mut f: RawFleet) -> Result<FleetConfig, Confi
         publish_interval,
         token,
         allow_insecure_http,
+        ca_file,
         receive,
     })
+}
+
+/// One of `receive_tls_cert_file` / `receive_tls_key_file` without the
+/// other.
+fn half_tls(ctx: &Ctx<'_>, given: &str, v: &Val<String>) -> ConfigError {
+    ctx.invalid(
+        &KeyName::plain(Section::Fleet, given),
+        &v.origin,
+        "is given alone: the receiver needs receive_tls_cert_file and receive_tls_key_file to serve https",
+        "Set both: receive_tls_cert_file = \"/etc/pitr/receiver.crt\" (the chain, PEM, leaf first) and receive_tls_key_file = \"/etc/pitr/receiver.key\" (PEM); or neither, for plain http behind a TLS proxy",
+    )
 }
 
 /// What to do about an `allow_insecure_http` that is not a boolean.
@@ -191,18 +216,19 @@ fn transport_keys(ctx: &Ctx<'_>, kind: FleetKind, f: &RawFleet) -> Result<(), Co
     let given = |v: &Option<Val<String>>| v.as_ref().map(|v| v.origin.clone());
     let (wrong, fix) = match kind {
         FleetKind::Postgres => (
-            [
+            vec![
                 ("token", given(&f.token)),
                 ("token_file", given(&f.token_file)),
                 (
                     "allow_insecure_http",
                     f.allow_insecure_http.as_ref().map(|v| v.origin.clone()),
                 ),
+                ("ca_file", given(&f.ca_file)),
             ],
-            "These belong to kind = \"http\": remove them, or set kind = \"http\" with url = \"https://receiver…\"",
+            "These belong to kind = \"http\": remove them, or set kind = \"http\" with url = \"https://receiver…\" (a PostgreSQL connection takes its CA from sslrootcert in url)",
         ),
         FleetKind::Http => (
-            [
+            vec![
                 ("password", given(&f.password)),
                 ("password_file", given(&f.password_file)),
                 (

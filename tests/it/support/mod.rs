@@ -20,6 +20,7 @@ pub mod sidecar;
 pub mod smtp;
 pub mod storacha;
 pub mod stream;
+pub mod tls;
 pub mod webhook;
 
 pub use infisical::InfisicalServer;
