@@ -643,7 +643,11 @@ mod tests {
         for (files, parts) in [
             (
                 tls(&missing, &empty),
-                &["receive_tls_cert_file", "missing.pem", "PEM certificate chain"][..],
+                &[
+                    "receive_tls_cert_file",
+                    "missing.pem",
+                    "PEM certificate chain",
+                ][..],
             ),
             (
                 tls(&empty, &empty),
