@@ -15,6 +15,7 @@ pub mod cron;
 pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod https;
 pub mod listing;
 pub mod pg;
 pub mod repo;

@@ -386,6 +386,9 @@ pub struct HealthConfig {
     /// (`restore_root`, default `<state_dir>/restores`): the API refuses any
     /// other target.
     pub restore_root: PathBuf,
+    /// Serve https with this certificate and key (`tls_cert_file`,
+    /// `tls_key_file`); `None`: plain http.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for HealthConfig {
@@ -400,6 +403,7 @@ impl Default for HealthConfig {
             verify_max_age: Duration::from_secs(3 * 86400),
             restore_token: None,
             restore_root: PathBuf::from("/var/lib/pitr/restores"),
+            tls: None,
         }
     }
 }
@@ -419,6 +423,7 @@ impl std::fmt::Debug for HealthConfig {
                 &self.restore_token.as_ref().map(|_| "(redacted)"),
             )
             .field("restore_root", &self.restore_root)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -658,14 +663,14 @@ pub struct ReceiveConfig {
     /// `pitr fleet receive` refuses to start without it.
     pub tokens_file: Option<PathBuf>,
     /// Serve https with this certificate and key; `None`: plain http.
-    pub tls: Option<ReceiveTls>,
+    pub tls: Option<TlsFiles>,
 }
 
-/// The receiver's own certificate (`receive_tls_cert_file`, its chain in
-/// PEM, leaf first) and private key (`receive_tls_key_file`, PEM), read
-/// when `pitr fleet receive` starts.
+/// A server's own certificate (its chain in PEM, leaf first) and private
+/// key (PEM), read when the server starts: `[health] tls_cert_file` /
+/// `tls_key_file`, `[fleet] receive_tls_cert_file` / `receive_tls_key_file`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceiveTls {
+pub struct TlsFiles {
     /// The certificate chain.
     pub cert_file: PathBuf,
     /// The private key.

@@ -307,6 +307,8 @@ section! {
         restore_token: Str = r#"restore_token_file = "/run/secrets/pitr-restore-token""#,
         restore_token_file: Str = r#"restore_token_file = "/run/secrets/pitr-restore-token""#,
         restore_root: Str = r#"restore_root = "/var/lib/pitr/restores""#,
+        tls_cert_file: Str = r#"tls_cert_file = "/etc/pitr/health.crt""#,
+        tls_key_file: Str = r#"tls_key_file = "/etc/pitr/health.key""#,
     }
 }
 

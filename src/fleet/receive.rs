@@ -68,14 +68,12 @@ pub enum ReceiveError {
         source: std::io::Error,
     },
     /// `receive_tls_cert_file` / `receive_tls_key_file` cannot be used.
-    #[error("[fleet] {key} {path}: {message}")]
+    #[error("[fleet] {key} {source}")]
     Tls {
         /// The key.
-        key: &'static str,
-        /// The file.
-        path: String,
-        /// What is wrong and what to do.
-        message: String,
+        key: String,
+        /// What is wrong with the file.
+        source: crate::https::TlsError,
     },
     /// The fleet database cannot be reached, or its schema is not current.
     #[error(transparent)]
@@ -228,7 +226,15 @@ pub async fn serve(
         });
     };
     let tokens = TokensFile::open(&path)?;
-    let tls = fleet.receive.tls.as_ref().map(acceptor).transpose()?;
+    let tls = match &fleet.receive.tls {
+        None => None,
+        Some(files) => Some(
+            crate::https::acceptor(files).map_err(|e| ReceiveError::Tls {
+                key: e.file.key("receive_"),
+                source: e,
+            })?,
+        ),
+    };
     let mut client = connect(&fleet).await?;
     schema::ensure(&mut client, false).await?;
     let addr = fleet.receive.listen;
@@ -255,160 +261,11 @@ pub async fn serve(
         })
         .with_state(state);
     let handle = tokio::spawn(async move {
-        let served = match tls {
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-            Some(acceptor) => {
-                let listener = TlsListener {
-                    tcp: listener,
-                    acceptor,
-                    pending: tokio::task::JoinSet::new(),
-                };
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-        };
-        if let Err(e) = served {
+        if let Err(e) = crate::https::serve(listener, tls, app, shutdown).await {
             tracing::error!(error = %e, "the fleet receiver stopped");
         }
     });
     Ok((bound, handle))
-}
-
-/// Handshakes under way at once; past it, new connections wait in the
-/// kernel's backlog.
-const MAX_HANDSHAKES: usize = 64;
-/// How long a client may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The receiver's TLS acceptor from `receive_tls_cert_file` (the chain,
-/// leaf first) and `receive_tls_key_file`, each read in PEM; HTTP/1.1
-/// only, as the receiver serves.
-fn acceptor(tls: &crate::config::ReceiveTls) -> Result<tokio_rustls::TlsAcceptor, ReceiveError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let fail = |key, path: &Path, message: String| ReceiveError::Tls {
-        key,
-        path: path.display().to_string(),
-        message,
-    };
-    let (cert_key, key_key) = ("receive_tls_cert_file", "receive_tls_key_file");
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| {
-            fail(
-                cert_key,
-                &tls.cert_file,
-                format!("cannot read a PEM certificate chain: {e}"),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(fail(
-            cert_key,
-            &tls.cert_file,
-            "holds no certificate: give the receiver's certificate in PEM, then its intermediates"
-                .to_owned(),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| {
-        fail(
-            key_key,
-            &tls.key_file,
-            format!("cannot read a PEM private key: {e}"),
-        )
-    })?;
-    if let Ok(meta) = std::fs::metadata(&tls.key_file)
-        && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o004 != 0
-    {
-        tracing::warn!(
-            file = %tls.key_file.display(),
-            "the receiver's private key is readable by every user: chmod o-r it"
-        );
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(cert_key, &tls.cert_file, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            fail(
-                cert_key,
-                &tls.cert_file,
-                format!(
-                    "does not go with receive_tls_key_file {}: {e}",
-                    tls.key_file.display()
-                ),
-            )
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// The receiver's listener with TLS: each handshake runs in its own task
-/// (at most [`MAX_HANDSHAKES`] at once, each within
-/// [`HANDSHAKE_TIMEOUT`]), so a client that stalls its handshake holds up
-/// nobody else.
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    pending: tokio::task::JoinSet<
-        Option<(
-            tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-            SocketAddr,
-        )>,
-    >,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            tokio::select! {
-                accepted = self.tcp.accept(), if self.pending.len() < MAX_HANDSHAKES => {
-                    match accepted {
-                        Ok((sock, addr)) => {
-                            let acceptor = self.acceptor.clone();
-                            self.pending.spawn(async move {
-                                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
-                                    Ok(Ok(stream)) => Some((stream, addr)),
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
-                                        None
-                                    }
-                                    Err(_) => {
-                                        tracing::debug!(peer = %addr, "TLS handshake timed out");
-                                        None
-                                    }
-                                }
-                            });
-                        }
-                        Err(e) => {
-                            // Out of file descriptors and the like: pause
-                            // rather than spin.
-                            tracing::warn!(error = %e, "the fleet receiver cannot accept a connection");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-                Some(done) = self.pending.join_next(), if !self.pending.is_empty() => {
-                    if let Ok(Some(conn)) = done {
-                        return conn;
-                    }
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
 }
 
 /// `GET /v1/instance?name=INSTANCE`: the instance's `published_seq`, read
@@ -629,37 +486,6 @@ fn error(status: StatusCode, message: String) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unusable_tls_files_are_named_with_the_fix() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "").expect("write");
-        let tls = |cert: &Path, key: &Path| crate::config::ReceiveTls {
-            cert_file: cert.to_owned(),
-            key_file: key.to_owned(),
-        };
-        let missing = dir.path().join("missing.pem");
-        for (files, parts) in [
-            (
-                tls(&missing, &empty),
-                &[
-                    "receive_tls_cert_file",
-                    "missing.pem",
-                    "PEM certificate chain",
-                ][..],
-            ),
-            (
-                tls(&empty, &empty),
-                &["receive_tls_cert_file", "holds no certificate"],
-            ),
-        ] {
-            let e = acceptor(&files).err().expect("refused").to_string();
-            for part in parts {
-                assert!(e.contains(part), "{part}: {e}");
-            }
-        }
-    }
 
     fn sha(token: &str) -> String {
         hex::encode(Sha256::digest(token.as_bytes()))

@@ -96,6 +96,14 @@ pub enum SidecarError {
         /// The error.
         source: std::io::Error,
     },
+    /// `[health] tls_cert_file` / `tls_key_file` cannot be served.
+    #[error("[health] {key} {source}")]
+    Tls {
+        /// The key.
+        key: String,
+        /// What is wrong with the file.
+        source: crate::https::TlsError,
+    },
 }
 
 impl SidecarError {
@@ -106,6 +114,7 @@ impl SidecarError {
             SidecarError::NothingToDo(_)
                 | SidecarError::Conninfo { .. }
                 | SidecarError::Listen { .. }
+                | SidecarError::Tls { .. }
                 | SidecarError::Config(_)
                 | SidecarError::AlreadyRunning { .. }
         )
@@ -416,13 +425,33 @@ pub async fn run(
             config: config.clone(),
             restores: Arc::default(),
         };
+        if config.health.tls.is_none()
+            && config.health.restore_token.is_some()
+            && !addr.ip().is_loopback()
+        {
+            tracing::warn!(%addr, "the restore API listens on plain http beyond loopback: its token crosses the network in clear; set [health] tls_cert_file and tls_key_file, or serve it behind a TLS proxy");
+        }
+        let tls = match &config.health.tls {
+            None => None,
+            Some(files) => Some(
+                crate::https::acceptor(files).map_err(|e| SidecarError::Tls {
+                    key: e.file.key(""),
+                    source: e,
+                })?,
+            ),
+        };
         let mut stop = stop_rx.clone();
-        let (bound, server) = health::server::serve(addr, endpoint, async move {
+        let (bound, server) = health::server::serve(addr, tls, endpoint, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await
         .map_err(|source| SidecarError::Listen { addr, source })?;
-        tracing::info!(%bound, "health endpoint listening");
+        let scheme = if config.health.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%bound, scheme, "health endpoint listening");
         health_addr = Some(bound);
         jobs.background(async move {
             let _ = server.await;

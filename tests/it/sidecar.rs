@@ -759,3 +759,95 @@ async fn the_restore_api_needs_the_token_stays_under_its_root_and_reports_the_re
     assert!(!log.contains("restarting"), "{log}");
     drop(sidecar);
 }
+
+/// `[health] tls_cert_file` / `tls_key_file` (certificates made by the
+/// openssl CLI): the endpoint serves https only, so the restore API's
+/// token travels encrypted; plain http gets no answer; `pitr probe` reads
+/// the status of `https://127.0.0.1:PORT/health` although the certificate
+/// names `localhost` (it sends nothing and reads its own host); and a
+/// certificate file that holds none stops `pitr run` at start, naming the
+/// key (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_endpoint_serves_https_with_its_certificate() {
+    // A directory the openssl CLI may write as the PostgreSQL user.
+    let holder = PgCluster::empty();
+    let certs = holder.dir();
+    crate::support::tls::make_ca(certs, "ca");
+    crate::support::tls::make_server_cert(certs);
+    let repo = TestRepo::new().await;
+    let db = repo.dir.path().join("app.db");
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)"))
+        .expect("write the SQLite file");
+    let port = free_port();
+    let token = "a-restore-token-of-32-characters";
+    let config_with = |cert: &Path| {
+        let cfg = repo.write_config(&[]);
+        add_sqlite(&cfg, "app", &db, "");
+        let mut text = std::fs::read_to_string(&cfg).expect("read config");
+        text.push_str(&format!(
+            "\n[health]\nlisten = \"127.0.0.1:{port}\"\nrestore_token = \"{token}\"\n\
+             tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert.display(),
+            certs.join("server.key").display()
+        ));
+        std::fs::write(&cfg, text).expect("write config");
+        cfg
+    };
+    let cfg = config_with(&certs.join("server.crt"));
+    let sidecar = Sidecar::start(&cfg);
+    let ca = std::fs::read(certs.join("ca.crt")).expect("read the CA");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("a PEM certificate"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let health: serde_json::Value = eventually(
+        "/health answers over https",
+        Duration::from_secs(60),
+        async || {
+            let r = client
+                .get(format!("https://localhost:{port}/health"))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}\n{}", sidecar.log_text()))?;
+            r.json::<serde_json::Value>()
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    assert!(health["status"].is_string(), "{health:#}");
+    let backups = client
+        .get(format!("https://localhost:{port}/backups"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /backups");
+    assert_eq!(backups.status().as_u16(), 200);
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain http got an answer: {plain:?}");
+    let url = format!("https://127.0.0.1:{port}/health");
+    let probe = crate::support::pitr(&["probe", &url]);
+    let said = String::from_utf8_lossy(&probe.stderr).to_string();
+    match probe.status.code() {
+        Some(0) => {}
+        Some(1) => assert!(said.contains("answered 503"), "{said}"),
+        other => panic!("pitr probe exited {other:?}: {said}"),
+    }
+    sidecar.stop();
+
+    let empty = repo.dir.path().join("empty.pem");
+    std::fs::write(&empty, "").expect("write");
+    let out = crate::support::pitr(&["run", "-c", config_with(&empty).to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("[health] tls_cert_file") && err.contains("holds no certificate"),
+        "{err}"
+    );
+}

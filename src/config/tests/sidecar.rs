@@ -44,6 +44,8 @@ destination_down_max = 300
 slot_retained_max = "1GiB"
 verify_max_age = "2d"
 restore_token = "0123456789abcdef0123"
+tls_cert_file = "health.crt"
+tls_key_file = "/etc/ssl/health.key"
 
 [[alert]]
 name = "slack"
@@ -85,6 +87,9 @@ schedule = "0 5 * * 0"
         c.health.restore_token.as_deref(),
         Some("0123456789abcdef0123")
     );
+    let tls = c.health.tls.as_ref().expect("https");
+    assert_eq!(tls.cert_file, PathBuf::from("/etc/pitr/health.crt"));
+    assert_eq!(tls.key_file, PathBuf::from("/etc/ssl/health.key"));
     assert_eq!(c.alerts.len(), 2);
     assert_eq!(c.alerts[0].renotify, Some(Duration::from_secs(4 * 3600)));
     assert!(matches!(&c.alerts[1].kind, AlertKind::Email { to, .. } if to.len() == 2));
@@ -308,4 +313,26 @@ fn restore_bin_dirs_from_file_and_environment() {
         &format!("{base}\n[restore]\nbin_dirs = [\"\"]\n"),
         &["[restore] bin_dirs", "is empty"],
     );
+}
+
+#[test]
+fn a_tls_file_without_its_other_half_is_refused() {
+    let base = minimal(&recipient());
+    for (keys, given, missing) in [
+        (
+            "tls_cert_file = \"/c\"",
+            "[health] tls_cert_file",
+            "tls_key_file",
+        ),
+        (
+            "tls_key_file = \"/k\"",
+            "[health] tls_key_file",
+            "tls_cert_file",
+        ),
+    ] {
+        refused_with(
+            &format!("{base}\n[health]\n{keys}\n"),
+            &[given, "is given alone", missing, "or neither"],
+        );
+    }
 }

@@ -7,9 +7,9 @@ use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::Val;
 use super::super::raw::{RawFleet, Section};
 use super::super::secrets;
-use super::super::{FleetConfig, FleetKind, ReceiveConfig, ReceiveTls};
+use super::super::{FleetConfig, FleetKind, ReceiveConfig};
 use super::postgres::INSECURE_PASSWORD_FIX;
-use super::values::{boolean, duration, path};
+use super::values::{boolean, duration, path, tls_files};
 
 /// Shorter would hammer the fleet database; longer would not say the
 /// instance is alive.
@@ -101,15 +101,13 @@ pub(super) fn fleet(ctx: &Ctx<'_>, mut f: RawFleet) -> Result<FleetConfig, Confi
             .receive_tokens_file
             .map(|v| path(ctx, &key("receive_tokens_file"), &v))
             .transpose()?,
-        tls: match (f.receive_tls_cert_file, f.receive_tls_key_file) {
-            (None, None) => None,
-            (Some(cert), Some(k)) => Some(ReceiveTls {
-                cert_file: path(ctx, &key("receive_tls_cert_file"), &cert)?,
-                key_file: path(ctx, &key("receive_tls_key_file"), &k)?,
-            }),
-            (Some(v), None) => return Err(half_tls(ctx, "receive_tls_cert_file", &v)),
-            (None, Some(v)) => return Err(half_tls(ctx, "receive_tls_key_file", &v)),
-        },
+        tls: tls_files(
+            ctx,
+            Section::Fleet,
+            "receive_",
+            f.receive_tls_cert_file,
+            f.receive_tls_key_file,
+        )?,
     };
     let ca_file = f
         .ca_file
@@ -194,17 +192,6 @@ pub(super) fn fleet(ctx: &Ctx<'_>, mut f: RawFleet) -> Result<FleetConfig, Confi
         ca_file,
         receive,
     })
-}
-
-/// One of `receive_tls_cert_file` / `receive_tls_key_file` without the
-/// other.
-fn half_tls(ctx: &Ctx<'_>, given: &str, v: &Val<String>) -> ConfigError {
-    ctx.invalid(
-        &KeyName::plain(Section::Fleet, given),
-        &v.origin,
-        "is given alone: the receiver needs receive_tls_cert_file and receive_tls_key_file to serve https",
-        "Set both: receive_tls_cert_file = \"/etc/pitr/receiver.crt\" (the chain, PEM, leaf first) and receive_tls_key_file = \"/etc/pitr/receiver.key\" (PEM); or neither, for plain http behind a TLS proxy",
-    )
 }
 
 /// What to do about an `allow_insecure_http` that is not a boolean.

@@ -7,7 +7,7 @@ use super::super::HealthConfig;
 use super::super::error::{ConfigError, Ctx, KeyName};
 use super::super::raw::{RawHealth, Section, Val};
 use super::super::secrets;
-use super::values::{MIB, duration, path, size_at_least};
+use super::values::{MIB, duration, path, size_at_least, tls_files};
 
 fn listen(ctx: &Ctx<'_>, v: Val<String>) -> Result<SocketAddr, ConfigError> {
     v.value.trim().parse().map_err(|e| {
@@ -118,5 +118,6 @@ pub(super) fn health(
         verify_max_age: threshold("verify_max_age", h.verify_max_age, d.verify_max_age, "3d")?,
         restore_token,
         restore_root,
+        tls: tls_files(ctx, Section::Health, "", h.tls_cert_file, h.tls_key_file)?,
     })
 }

@@ -1,5 +1,5 @@
 //! Value checks more than one section uses: sizes, durations, paths,
-//! cron schedules, entry names and http(s) URLs.
+//! cron schedules, entry names, http(s) URLs and a server's TLS files.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -306,4 +306,39 @@ pub(super) fn http_url(
         ));
     }
     Ok(v.value.trim_end_matches('/').to_owned())
+}
+
+/// A server's `{prefix}tls_cert_file` and `{prefix}tls_key_file` in
+/// `section`: both (it serves https) or neither (plain http).
+pub(super) fn tls_files(
+    ctx: &Ctx<'_>,
+    section: Section,
+    prefix: &str,
+    cert: Option<Val<String>>,
+    key: Option<Val<String>>,
+) -> Result<Option<super::super::TlsFiles>, ConfigError> {
+    let (cert_key, key_key) = (
+        format!("{prefix}tls_cert_file"),
+        format!("{prefix}tls_key_file"),
+    );
+    let name = |k: &str| KeyName::plain(section, k);
+    let alone = |given: &str, v: &Val<String>| {
+        ctx.invalid(
+            &name(given),
+            &v.origin,
+            &format!("is given alone: the server needs {cert_key} and {key_key} to serve https"),
+            &format!(
+                "Set both: {cert_key} = \"/etc/pitr/server.crt\" (the chain, PEM, leaf first) and {key_key} = \"/etc/pitr/server.key\" (PEM); or neither, for plain http (behind a TLS proxy, or on a trusted network)"
+            ),
+        )
+    };
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(c), Some(k)) => Ok(Some(super::super::TlsFiles {
+            cert_file: path(ctx, &name(&cert_key), &c)?,
+            key_file: path(ctx, &name(&key_key), &k)?,
+        })),
+        (Some(v), None) => Err(alone(&cert_key, &v)),
+        (None, Some(v)) => Err(alone(&key_key, &v)),
+    }
 }

@@ -101,10 +101,12 @@ pub struct RestoreRequest {
     pub timeline: Option<u32>,
 }
 
-/// Serves on `addr` until `shutdown`; returns once the listener is bound
-/// (so a taken port fails `pitr run` at start, with its address).
+/// Serves on `addr` (https with `tls`) until `shutdown`; returns once the
+/// listener is bound (so a taken port fails `pitr run` at start, with its
+/// address).
 pub async fn serve(
     addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     endpoint: Endpoint,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
@@ -112,10 +114,7 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let app = router(endpoint);
     let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        if let Err(e) = crate::https::serve(listener, tls, app, shutdown).await {
             tracing::error!(error = %e, "the health endpoint stopped");
         }
     });
