@@ -5,7 +5,7 @@
 //! rows are the ones the `postgres` transport writes for the same
 //! catalog.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,6 +164,36 @@ async fn publish_once(repo: &TestRepo, config: &Arc<Config>, fleet: FleetConfig)
     task.await.expect("the publisher stops");
 }
 
+/// A receiver's files in `dir`: its tokens file (`tokens`: its text) and
+/// its config (the fleet database as `fleet_receiver`, a free loopback
+/// port, `extra` keys of `[fleet]`).
+struct ReceiverFiles {
+    tokens: PathBuf,
+    config: PathBuf,
+    port: u16,
+}
+
+fn receiver(dir: &Path, fleet: &PgCluster, tokens: &str, extra: &str) -> ReceiverFiles {
+    let files = ReceiverFiles {
+        tokens: dir.join("fleet-tokens"),
+        config: dir.join("receiver.toml"),
+        port: free_port(),
+    };
+    write(&files.tokens, tokens);
+    write(
+        &files.config,
+        &format!(
+            "[fleet]\nurl = \"host={} port={} user=fleet_receiver dbname=fleet\"\n\
+             receive_listen = \"127.0.0.1:{}\"\nreceive_tokens_file = \"{}\"\n{extra}",
+            fleet.host(),
+            fleet.port(),
+            files.port,
+            files.tokens.display()
+        ),
+    );
+    files
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
@@ -186,28 +216,18 @@ async fn a_sidecar_publishes_through_the_receiver_the_rows_a_direct_connection_w
     let reader_s = reader.to_str().expect("utf-8 path");
 
     // The receiver: its tokens as digests, its own login role.
-    let tokens = dir.path().join("fleet-tokens");
     let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
-    write(
-        &tokens,
+    let r = receiver(
+        dir.path(),
+        &fleet,
         &format!(
             "# role sha256(token)\npitr_h {}\npitr_p {}\n",
             sha(TOKEN_H),
             sha(TOKEN_P)
         ),
+        "",
     );
-    let rport = free_port();
-    let receiver_cfg = dir.path().join("receiver.toml");
-    write(
-        &receiver_cfg,
-        &format!(
-            "[fleet]\nurl = \"host={} port={} user=fleet_receiver dbname=fleet\"\n\
-             receive_listen = \"127.0.0.1:{rport}\"\nreceive_tokens_file = \"{}\"\n",
-            fleet.host(),
-            fleet.port(),
-            tokens.display()
-        ),
-    );
+    let (tokens, rport, receiver_cfg) = (r.tokens, r.port, r.config);
     let receiver = Sidecar::start_with(&["fleet", "receive"], &receiver_cfg);
     let (status, body) = eventually(
         "the receiver answers",
@@ -490,30 +510,21 @@ async fn a_receiver_with_its_own_certificate_serves_https_to_sidecars_that_trust
     crate::support::tls::make_ca(&certs, "ca");
     crate::support::tls::make_server_cert(&certs);
 
-    let tokens = dir.path().join("fleet-tokens");
-    write(
-        &tokens,
+    let r = receiver(
+        dir.path(),
+        &fleet,
         &format!(
             "pitr_h {}\n",
             hex::encode(Sha256::digest(TOKEN_H.as_bytes()))
         ),
-    );
-    let rport = free_port();
-    let receiver_cfg = dir.path().join("receiver.toml");
-    write(
-        &receiver_cfg,
         &format!(
-            "[fleet]\nurl = \"host={} port={} user=fleet_receiver dbname=fleet\"\n\
-             receive_listen = \"127.0.0.1:{rport}\"\nreceive_tokens_file = \"{}\"\n\
-             receive_tls_cert_file = \"{}\"\nreceive_tls_key_file = \"{}\"\n",
-            fleet.host(),
-            fleet.port(),
-            tokens.display(),
+            "receive_tls_cert_file = \"{}\"\nreceive_tls_key_file = \"{}\"\n",
             certs.join("server.crt").display(),
             certs.join("server.key").display(),
         ),
     );
-    let receiver = Sidecar::start_with(&["fleet", "receive"], &receiver_cfg);
+    let rport = r.port;
+    let receiver = Sidecar::start_with(&["fleet", "receive"], &r.config);
     let ca = std::fs::read(certs.join("ca.crt")).expect("read the CA");
     let trusting = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("a PEM certificate"))

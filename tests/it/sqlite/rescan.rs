@@ -39,6 +39,14 @@ fn insert(app: &rusqlite::Connection, n: usize) {
     }
 }
 
+/// Commits `n` rows, one per transaction, and waits until the watcher
+/// has read their frames.
+async fn insert_and_read(app: &rusqlite::Connection, stats: &Stats, n: usize, what: &str) {
+    let read = Stats::get(&stats.wal_bytes_read);
+    insert(app, n);
+    grown(&stats.wal_bytes_read, read, n as u64 * FRAME, what).await;
+}
+
 /// The `reason` of every stored capture of `app`, in order.
 fn reasons(repo: &TestRepo) -> Vec<String> {
     let catalog =
@@ -126,12 +134,10 @@ fn hold_puts(faulty: &FaultyDestination<FsDestination>) -> tokio::sync::watch::S
 /// rows, restarts the WAL (a RESTART checkpoint) and commits 201 more, each
 /// step read by the watcher before the next.
 async fn restart_the_wal_while_held(app: &rusqlite::Connection, stats: &Stats) {
-    let read = Stats::get(&stats.wal_bytes_read);
-    insert(app, 50);
-    grown(
-        &stats.wal_bytes_read,
-        read,
-        50 * FRAME,
+    insert_and_read(
+        app,
+        stats,
+        50,
         "the watcher did not read the WAL while a capture was being stored",
     )
     .await;
@@ -141,24 +147,8 @@ async fn restart_the_wal_while_held(app: &rusqlite::Connection, stats: &Stats) {
         })
         .expect("checkpoint");
     assert_eq!(busy, 0, "the RESTART checkpoint was blocked");
-    let read = Stats::get(&stats.wal_bytes_read);
-    insert(app, 1);
-    grown(
-        &stats.wal_bytes_read,
-        read,
-        FRAME,
-        "the restarted WAL was not read",
-    )
-    .await;
-    let read = Stats::get(&stats.wal_bytes_read);
-    insert(app, 200);
-    grown(
-        &stats.wal_bytes_read,
-        read,
-        200 * FRAME,
-        "the restarted WAL was not read",
-    )
-    .await;
+    insert_and_read(app, stats, 1, "the restarted WAL was not read").await;
+    insert_and_read(app, stats, 200, "the restarted WAL was not read").await;
 }
 
 /// Restores the latest capture of `app` and checks it holds every row
@@ -323,15 +313,7 @@ async fn a_capture_that_fails_to_store_loses_nothing() {
         drop(std::mem::replace(app, again));
         let wal = db.with_extension("db-wal");
         assert!(!wal.exists(), "SQLite kept {wal:?} after the last close");
-        let read = Stats::get(&stats.wal_bytes_read);
-        insert(app, 50);
-        grown(
-            &stats.wal_bytes_read,
-            read,
-            50 * FRAME,
-            "the new WAL was not read",
-        )
-        .await;
+        insert_and_read(app, &stats, 50, "the new WAL was not read").await;
     })
     .await;
     assert_eq!(reasons(&s.repo).len(), 2, "nothing of the failed capture");
